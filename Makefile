@@ -1,0 +1,49 @@
+# Two promises of the README: `make demo` and `make test` work on a fresh machine.
+# Each creates (or reuses) .venv, installs torch==2.13.0 FIRST (any other torch spec pulls a
+# multi-GB CUDA build here), then the package, then Debian's Fashion-MNIST when apt is usable.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
+
+.PHONY: install demo test test-all bench bench-peers data clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test,demo]'
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+install: $(STAMP) data
+
+# Fashion-MNIST from Debian (real, offline). Skipped quietly where apt is not usable:
+# the data module then says where it looked and falls back to scikit-learn digits for the demo.
+data:
+	@if [ -d /usr/share/datasets/fashion-mnist ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
+	  || echo "note: could not install dataset-fashion-mnist; the demo falls back to digits"; \
+	else echo "note: apt not usable; the demo falls back to scikit-learn digits"; fi
+
+demo: install
+	$(BIN)/patsparse demo
+
+# pytest exit code 5 (no tests collected) must fail, not pass silently.
+test: install
+	$(BIN)/python -m pytest -q -m "not slow" -p no:cacheprovider; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "error: no tests were collected"; exit 1; fi; exit $$rc
+
+test-all: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "error: no tests were collected"; exit 1; fi; exit $$rc
+
+bench-peers: install
+	$(BIN)/pip install -q -e '.[peers]'
+
+bench: bench-peers
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info

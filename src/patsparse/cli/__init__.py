@@ -1,0 +1,48 @@
+"""The ``patsparse`` command: one sub-module per sub-command.
+
+Each module in ``COMMANDS`` defines ``register(subparsers)`` which adds its parser and sets
+``func`` (a callable taking the parsed args and returning an exit code). Adding a command is
+one module and one line here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ..errors import PatsparseError
+
+COMMANDS: list[str] = []
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="patsparse",
+        description="Pattern-based sparsity for CNNs: train, prune, compile, run and benchmark.",
+        epilog="Example: patsparse train --model resnet18 --dataset fashion-mnist --width 0.25 --epochs 1",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"{__name__}.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except PatsparseError as e:
+        print(f"patsparse {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"patsparse {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
