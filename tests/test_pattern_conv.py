@@ -1,0 +1,183 @@
+"""The pattern-sparse 3x3 kernel against PyTorch: masks, strides, paddings, odd sizes, epilogues."""
+
+import ctypes
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
+
+from patsparse.compiler.build import compile_c
+from patsparse.compiler.codegen.base import PRELUDE, SLACK
+from patsparse.compiler.codegen.pattern_conv import SUPPORT, candidate_schedules, gen_pattern_conv, host_vl
+from patsparse.compiler.layout import Layout
+from patsparse.compiler.reorder import FULL_MASK, analyse, reorder
+from patsparse.compiler.storage import pack, unpack
+from patsparse.errors import InputError, UnsupportedError
+
+PHASE2 = [(0, 1, 3, 4), (1, 2, 4, 5), (3, 4, 6, 7), (4, 5, 7, 8),
+          (1, 3, 4, 5), (1, 3, 4, 7), (1, 4, 5, 7), (3, 4, 5, 7)]
+
+
+def pattern_weight(F_, C, keep=0.3, dense_frac=0.0, small_frac=0.0, seed=0):
+    """Random (F, C, 3, 3) weight: phase-2 patterns, a fraction of kernels kept, some dense or
+    with fewer than 4 non-zeros (the paths a model pruned by another tool can hit)."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((F_, C, 9)).astype(np.float32)
+    mask = np.zeros((F_, C, 9), dtype=bool)
+    for f in range(F_):
+        for c in range(C):
+            u = rng.random()
+            if u < dense_frac:
+                mask[f, c] = True
+            elif rng.random() < keep:
+                pos = list(PHASE2[rng.integers(len(PHASE2))])
+                if rng.random() < small_frac:
+                    pos = pos[: rng.integers(1, 4)]
+                mask[f, c, pos] = True
+    return (w * mask).reshape(F_, C, 3, 3)
+
+
+def to_layout(x: np.ndarray, L: Layout) -> np.ndarray:
+    buf = np.zeros(L.size + SLACK, dtype=np.float32)
+    planes = buf[: L.size].reshape(L.C, -1)[:, : (L.H + 2 * L.pad) * L.ld].reshape(L.C, L.H + 2 * L.pad, L.ld)
+    planes[:, L.pad: L.pad + L.H, L.pad: L.pad + L.W] = x
+    return buf
+
+
+def from_layout(buf: np.ndarray, L: Layout) -> tuple[np.ndarray, np.ndarray]:
+    """(interior, halo copy with the interior zeroed)."""
+    planes = buf[: L.size].reshape(L.C, -1)[:, : (L.H + 2 * L.pad) * L.ld].reshape(L.C, L.H + 2 * L.pad, L.ld)
+    inner = planes[:, L.pad: L.pad + L.H, L.pad: L.pad + L.W].copy()
+    halo = buf.copy()
+    hv = halo[: L.size].reshape(L.C, -1)[:, : (L.H + 2 * L.pad) * L.ld].reshape(L.C, L.H + 2 * L.pad, L.ld)
+    hv[:, L.pad: L.pad + L.H, L.pad: L.pad + L.W] = 0
+    return inner, halo
+
+
+def run_conv(weight, x, *, stride=1, padding=1, act="none", residual=None, in_pad=1, out_pad=1,
+             schedule=None, bias=None, vl=None, extra_flags=()):
+    F_, C = weight.shape[:2]
+    _, H, W = x.shape
+    Ho, Wo = (H + 2 * padding - 3) // stride + 1, (W + 2 * padding - 3) // stride + 1
+    Li, Lo = Layout(C, H, W, in_pad), Layout(F_, Ho, Wo, out_pad)
+    gk = gen_pattern_conv("conv", weight, stride=stride, padding=padding, in_layout=Li, out_layout=Lo,
+                          act=act, has_residual=residual is not None, schedule=schedule, vl=vl)
+    src = PRELUDE + SUPPORT + gk.code + r"""
+void run(const float *in, float *out, const float *w, const float *b, const float *res) {
+    conv(in, out, w, b, res);
+}
+"""
+    lib = ctypes.CDLL(str(compile_c(src, name="pconv_test", extra_flags=extra_flags)))
+    wp = gk.pack(weight)
+    bias = np.zeros(F_, np.float32) if bias is None else bias.astype(np.float32)
+    xin = to_layout(x, Li)
+    out = np.zeros(Lo.size + SLACK, np.float32)
+    res = to_layout(residual, Lo) if residual is not None else None
+    p = lambda a: a.ctypes.data_as(ctypes.c_void_p) if a is not None else None  # noqa: E731
+    lib.run(p(xin), p(out), p(wp), p(bias), p(res))
+    inner, halo = from_layout(out, Lo)
+    assert not halo.any(), "kernel wrote outside the interior"
+    return inner
+
+
+def reference(weight, x, *, stride=1, padding=1, act="none", residual=None, bias=None):
+    y = F.conv2d(torch.from_numpy(x)[None], torch.from_numpy(weight),
+                 None if bias is None else torch.from_numpy(bias), stride=stride, padding=padding)[0]
+    if residual is not None:
+        y = y + torch.from_numpy(residual)
+    y = {"none": y, "relu": torch.relu(y), "relu6": y.clamp(0, 6)}[act]
+    return y.numpy()
+
+
+def assert_close(got, want):
+    scale = max(1.0, float(np.abs(want).max()))
+    err = float(np.abs(got - want).max())
+    assert err <= 1e-4 * scale, f"max abs error {err} > 1e-4 * {scale}"
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("act,res", [("relu", False), ("relu6", True), ("none", True)])
+def test_pattern_conv_matches_torch(stride, act, res):
+    rng = np.random.default_rng(1)
+    w = pattern_weight(24, 16, keep=0.4, dense_frac=0.05, small_frac=0.2)
+    x = rng.standard_normal((16, 13, 19)).astype(np.float32)
+    b = rng.standard_normal(24).astype(np.float32)
+    Ho, Wo = (13 - 1) // stride + 1, (19 - 1) // stride + 1
+    r = rng.standard_normal((24, Ho, Wo)).astype(np.float32) if res else None
+    got = run_conv(w, x, stride=stride, act=act, residual=r, bias=b)
+    assert_close(got, reference(w, x, stride=stride, act=act, residual=r, bias=b))
+
+
+@settings(max_examples=12, deadline=None)
+@given(F_=st.integers(1, 20), C=st.integers(1, 12), H=st.integers(1, 20), W=st.integers(1, 37),
+       stride=st.sampled_from([1, 2]), padding=st.sampled_from([0, 1]), out_pad=st.sampled_from([0, 1, 3]),
+       rows=st.integers(1, 6), vecs=st.integers(1, 4), order=st.sampled_from(["tf", "ft"]),
+       seed=st.integers(0, 999))
+def test_pattern_conv_shapes_property(F_, C, H, W, stride, padding, out_pad, rows, vecs, order, seed):
+    if padding == 0 and (H < 3 or W < 3):
+        H, W = max(H, 3), max(W, 3)
+    rng = np.random.default_rng(seed)
+    w = pattern_weight(F_, C, keep=0.5, dense_frac=0.1, small_frac=0.2, seed=seed)
+    x = rng.standard_normal((C, H, W)).astype(np.float32)
+    got = run_conv(w, x, stride=stride, padding=padding, out_pad=out_pad, in_pad=max(1, padding),
+                   schedule={"rows": rows, "vecs": vecs, "order": order})
+    assert_close(got, reference(w, x, stride=stride, padding=padding))
+
+
+def test_generic_vector_width_fallback():
+    """The same generator with 4-float vectors, built without AVX: the portable path."""
+    rng = np.random.default_rng(2)
+    w = pattern_weight(8, 6, keep=0.6, dense_frac=0.1)
+    x = rng.standard_normal((6, 9, 11)).astype(np.float32)
+    for stride in (1, 2):
+        got = run_conv(w, x, stride=stride, vl=4, extra_flags=("-mno-avx",))
+        assert_close(got, reference(w, x, stride=stride))
+
+
+def test_all_pruned_and_dense_layers():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5, 8, 8)).astype(np.float32)
+    zero = np.zeros((4, 5, 3, 3), np.float32)
+    assert_close(run_conv(zero, x, act="relu", bias=np.ones(4, np.float32)), np.ones((4, 8, 8)))
+    dense = rng.standard_normal((4, 5, 3, 3)).astype(np.float32)
+    assert analyse(dense).masks == (FULL_MASK,)
+    assert_close(run_conv(dense, x), reference(dense, x))
+
+
+def test_storage_roundtrip_and_reorder_invariants():
+    w = pattern_weight(32, 20, keep=0.3, dense_frac=0.05, small_frac=0.3, seed=5)
+    sp = analyse(w)
+    ro = reorder(sp)
+    np.testing.assert_array_equal(unpack(pack(sp, ro, w), sp.masks), w)
+    assert sorted(ro.perm.tolist()) == list(range(32))
+    counts = (sp.kernel_mask[ro.perm] >= 0).sum(axis=1)
+    assert (np.diff(counts) <= 0).all(), "filters not grouped by kernel count"
+    assert ro.cidx.size == sp.n_kernels  # one index per kernel, no per-weight indices
+    assert all(bin(m).count("1") in (4, 9) for m in sp.masks)
+
+
+def test_pack_rejects_weights_outside_compiled_sparsity():
+    w = pattern_weight(4, 4, keep=0.5, seed=7)
+    sp = analyse(w, "layer1.conv")
+    ro = reorder(sp)
+    w2 = w.copy()
+    f, c = np.argwhere((sp.kernel_mask < 0))[0]
+    w2[f, c, 1, 1] = 1.0
+    with pytest.raises(InputError, match="layer1.conv"):
+        pack(sp, ro, w2, "layer1.conv")
+
+
+def test_bad_geometry_is_named():
+    w = pattern_weight(4, 4)
+    with pytest.raises(UnsupportedError, match="stride 1 or 2, not 3"):
+        gen_pattern_conv("c", w, stride=3, padding=1, in_layout=Layout(4, 8, 8), out_layout=Layout(4, 3, 3))
+    with pytest.raises(InputError, match="output layout"):
+        gen_pattern_conv("c", w, stride=1, padding=1, in_layout=Layout(4, 8, 8), out_layout=Layout(4, 7, 7))
+
+
+def test_tuning_space_is_sane():
+    vl = host_vl()
+    cands = candidate_schedules(Layout(64, 32, 32), vl)
+    assert cands and all(c["rows"] * c["vecs"] <= 12 for c in cands)
