@@ -1,0 +1,166 @@
+"""Which conv layers are pruned, how, and how many kernels each keeps for a requested rate.
+
+Rules (paper section 7 and PatDNN):
+- every 3x3 ``nn.Conv2d`` is pruned except the model's first conv (the input layer, kept dense
+  as in the paper): regular and grouped 3x3 convs get pattern + connectivity pruning, depthwise
+  3x3 convs (one input channel per group) get patterns only (a depthwise filter has one kernel,
+  so removing kernels would remove whole channels);
+- 1x1 convs get connectivity pruning only when asked (``conv1x1=True`` or named in ``layers``).
+
+``rate`` is the compression rate of the pruned 3x3 convs: dense weights / kept weights over those
+layers. Patterns alone keep 4 of 9 weights (2.25x); the remaining factor comes from connectivity
+pruning, whose keep fraction is solved globally so that pattern-only (depthwise) layers are
+accounted for, then distributed over layers by largest remainder so the rate is met closely.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+from torch import nn
+
+from ..errors import InputError
+
+PATTERN_RATE = 9 / 4  # what pattern pruning alone gives on a 3x3 kernel
+PATTERN_AND_CONNECTIVITY = "pattern+connectivity"
+PATTERN = "pattern"
+CONNECTIVITY = "connectivity"
+MODES = (PATTERN_AND_CONNECTIVITY, PATTERN, CONNECTIVITY)
+
+
+@dataclass
+class LayerPlan:
+    """One pruned layer: its mode and (for connectivity) the number of kernels kept in it.
+
+    ``keep`` is a kernel count for the whole layer; in balanced mode it is a multiple of the
+    number of filters (the same count per filter).
+    """
+
+    name: str
+    module: nn.Conv2d
+    mode: str
+    keep: int | None = None
+    balanced: bool = False
+
+    @property
+    def kernels(self) -> int:
+        w = self.module.weight
+        return int(w.shape[0] * w.shape[1])
+
+
+def is_3x3(m: nn.Module) -> bool:
+    return isinstance(m, nn.Conv2d) and tuple(m.kernel_size) == (3, 3)
+
+
+def is_1x1(m: nn.Module) -> bool:
+    return isinstance(m, nn.Conv2d) and tuple(m.kernel_size) == (1, 1)
+
+
+def is_depthwise(m: nn.Conv2d) -> bool:
+    return m.groups > 1 and m.weight.shape[1] == 1
+
+
+def conv_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
+    """All ``nn.Conv2d`` of a model, in registration order (the forward order for zoo models)."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+
+
+def _mode(m: nn.Conv2d) -> str:
+    if is_3x3(m):
+        return PATTERN if is_depthwise(m) else PATTERN_AND_CONNECTIVITY
+    return CONNECTIVITY
+
+
+def select_layers(model: nn.Module, layers: Sequence[str] | None = None,
+                  conv1x1: bool = False) -> list[tuple[str, nn.Conv2d, str]]:
+    """``(name, conv, mode)`` of the layers to prune; ``layers`` names them explicitly.
+
+    Raises InputError for an unknown or unprunable name, or when nothing is left to prune.
+    """
+    convs = conv_layers(model)
+    if layers is None:
+        chosen = [(n, m) for i, (n, m) in enumerate(convs)
+                  if i > 0 and (is_3x3(m) or (conv1x1 and is_1x1(m)))]
+    else:
+        if isinstance(layers, str):
+            layers = [layers]
+        by_name = dict(convs)
+        chosen = []
+        for name in layers:
+            m = by_name.get(name)
+            if m is None:
+                known = [n for n, c in convs if is_3x3(c) or is_1x1(c)]
+                raise InputError(f"layer {name!r} is not a Conv2d of the model; prunable convs: "
+                                 f"{known[:12]}{' ...' if len(known) > 12 else ''}")
+            if not (is_3x3(m) or is_1x1(m)):
+                raise InputError(f"layer {name!r} has kernel size {tuple(m.kernel_size)}; only 3x3 "
+                                 f"(patterns) and 1x1 (connectivity) convs can be pruned")
+            chosen.append((name, m))
+    if not any(is_3x3(m) for _, m in chosen):
+        raise InputError(f"no prunable 3x3 conv in {type(model).__name__}: pattern pruning needs "
+                         f"3x3 Conv2d layers (the first conv stays dense unless named in layers=)")
+    return [(n, m, _mode(m)) for n, m in chosen]
+
+
+def _allocate(targets: list[float], units: list[int], caps: list[int], total: int) -> list[int]:
+    """Integer kernel counts per layer, multiples of ``units``, >= 1 unit, <= cap, summing as
+    close to ``total`` as possible (largest remainder first)."""
+    counts = [max(1, min(c, math.floor(t / u))) for t, u, c in zip(targets, units, caps)]
+    left = total - sum(n * u for n, u in zip(counts, units))
+    order = sorted(range(len(targets)), key=lambda i: counts[i] - targets[i] / units[i])
+    for i in order:
+        if left <= 0:
+            break
+        if counts[i] < caps[i] and units[i] <= 2 * left:
+            counts[i] += 1
+            left -= units[i]
+    return [n * u for n, u in zip(counts, units)]
+
+
+def plan_layers(model: nn.Module, rate: float, layers: Sequence[str] | None = None,
+                conv1x1: bool = False, balanced: bool = False) -> list[LayerPlan]:
+    """Decide each pruned layer's mode and kernel budget for a 3x3-conv compression ``rate``."""
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate):
+        raise InputError(f"rate must be a number, got {rate!r}")
+    if rate < PATTERN_RATE - 1e-9:
+        raise InputError(f"rate {rate} cannot be reached: pattern pruning alone already gives "
+                         f"{PATTERN_RATE}x on 3x3 convs, so the rate must be >= 2.25")
+    chosen = select_layers(model, layers, conv1x1)
+    plans = [LayerPlan(n, m, mode, balanced=balanced) for n, m, mode in chosen]
+    pattern_only = sum(p.kernels for p in plans if p.mode == PATTERN)
+    conn = [p for p in plans if p.mode == PATTERN_AND_CONNECTIVITY]
+    conn_kernels = sum(p.kernels for p in conn)
+    keep_fraction = PATTERN_RATE / rate
+    if conn_kernels:
+        # kept 3x3 weights = 4 * (pattern-only kernels + kept kernels) = 9 * all kernels / rate
+        target = 9 * (pattern_only + conn_kernels) / rate / 4 - pattern_only
+        if target < 1 - 1e-9:
+            best = 9 * (pattern_only + conn_kernels) / (4 * (pattern_only + len(conn)))
+            raise InputError(f"rate {rate} cannot be reached: the depthwise (pattern-only) layers "
+                             f"alone keep too many weights; the highest reachable rate is about {best:.2f}")
+        fraction = min(1.0, target / conn_kernels)
+        units = [p.module.weight.shape[0] if balanced else 1 for p in conn]
+        caps = [p.kernels // u for p, u in zip(conn, units)]
+        counts = _allocate([fraction * p.kernels for p in conn], units, caps, round(target))
+        kept = sum(counts)
+        reached = 9 * (pattern_only + conn_kernels) / (4 * (pattern_only + kept))
+        if reached < rate * 0.98:
+            minimum = sum(units)
+            best = 9 * (pattern_only + conn_kernels) / (4 * (pattern_only + minimum))
+            raise InputError(f"rate {rate} cannot be reached with these layers: keeping at least one "
+                             f"kernel {'per filter' if balanced else 'per layer'} limits the rate to "
+                             f"about {best:.2f} ({len(conn)} layers, {conn_kernels} kernels)")
+        for p, c in zip(conn, counts):
+            p.keep = c
+    elif rate > PATTERN_RATE * 1.02:
+        raise InputError(f"rate {rate} cannot be reached: the pruned layers are all depthwise 3x3 "
+                         f"convs, which get patterns only (2.25x)")
+    for p in plans:
+        if p.mode == CONNECTIVITY:
+            o, i = p.module.weight.shape[:2]
+            per = i if balanced else o * i
+            n = max(1, min(per, round(keep_fraction * per)))
+            p.keep = n * o if balanced else n
+    return plans

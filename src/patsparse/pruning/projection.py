@@ -1,0 +1,156 @@
+"""Euclidean projections onto the pattern set and the connectivity set (the ADMM proximal steps).
+
+Both are vectorised over a whole layer: a VGG-16 has 1.6 million 3x3 kernels, so a Python loop
+over kernels is not an option. Pattern projection keeps, for every kernel, the library mask that
+preserves the largest squared L2 norm (the argmax of ``(w*w) @ masks``, first index on ties).
+Connectivity projection keeps the kernels of largest L2 norm, per layer or the same number per
+filter ("filter-balanced", which gives the compiler equal work per filter).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..errors import InputError
+from ..patterns.library import pattern_library
+from .layers import CONNECTIVITY, PATTERN_AND_CONNECTIVITY, LayerPlan, plan_layers
+from .spec import PRUNED, layer_entry, make_spec
+
+# Largest (kernels x patterns) score block computed at once: bounds memory for 126 candidates
+# on a VGG-16 layer (2.4M kernels x 126 x 4 bytes would be 1.2 GB) while staying vectorised.
+_SCORE_BLOCK = 1 << 22
+
+
+def _check_3x3(weight: torch.Tensor, what: str) -> None:
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 4 or tuple(weight.shape[2:]) != (3, 3):
+        shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
+        raise InputError(f"{what}: expected a conv weight of shape (O, I, 3, 3), got {shape}")
+    if not bool(torch.isfinite(weight).all()):
+        raise InputError(f"{what}: weight has non-finite values (NaN or inf)")
+
+
+def pattern_scores(weight: torch.Tensor, library: torch.Tensor) -> torch.Tensor:
+    """Squared norm each pattern would keep, shape (O*I, K): the quantity the projection maximises."""
+    flat = weight.detach().reshape(-1, 9)
+    lib = library.to(dtype=flat.dtype, device=flat.device).reshape(-1, 9)
+    return (flat * flat) @ lib.T
+
+
+def project_pattern(weight: torch.Tensor, library: torch.Tensor | str = "phase2",
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Project every 3x3 kernel onto its best library pattern.
+
+    Returns ``(projected, pattern_ids)``: ``projected`` has the shape of ``weight`` with only the
+    4 entries of the chosen mask kept; ``pattern_ids`` is (O, I) long, the chosen mask's index.
+    An all-zero kernel gets id 0 (it is the connectivity projection that marks kernels pruned).
+    """
+    _check_3x3(weight, "project_pattern")
+    lib = pattern_library(library)
+    w = weight.detach()
+    flat = w.reshape(-1, 9)
+    lib_flat = lib.to(dtype=w.dtype, device=w.device).reshape(-1, 9)
+    n = flat.shape[0]
+    step = max(1, _SCORE_BLOCK // lib_flat.shape[0])
+    ids = torch.empty(n, dtype=torch.long, device=w.device)
+    for start in range(0, n, step):  # blocks of kernels, not single kernels: bounded memory
+        chunk = flat[start:start + step]
+        ids[start:start + step] = ((chunk * chunk) @ lib_flat.T).argmax(dim=1)
+    projected = (flat * lib_flat[ids]).view_as(w)
+    return projected, ids.view(w.shape[0], w.shape[1])
+
+
+def kernels_to_keep(keep: int | float, out_channels: int, in_channels: int,
+                    balanced: bool = False, what: str = "layer") -> int:
+    """How many kernels per filter (balanced) or per layer (not) a ``keep`` argument means.
+
+    ``keep`` is a fraction in (0, 1] (a float) or a count of kernels in the layer (an int).
+    """
+    total = out_channels * in_channels
+    if isinstance(keep, bool) or not isinstance(keep, (int, float)):
+        raise InputError(f"{what}: keep must be an int count or a float fraction, got {keep!r}")
+    if isinstance(keep, float):
+        if not 0.0 < keep <= 1.0:
+            raise InputError(f"{what}: keep fraction must be in (0, 1], got {keep}")
+        count = keep * (in_channels if balanced else total)
+        return max(1, min(in_channels if balanced else total, int(round(count))))
+    if not 1 <= keep <= total:
+        raise InputError(f"{what}: keep count must be in [1, {total}] kernels, got {keep}")
+    if balanced:
+        return max(1, int(round(keep / out_channels)))
+    return int(keep)
+
+
+def project_connectivity(weight: torch.Tensor, keep: int | float, balanced: bool = False,
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep the kernels of largest L2 norm and zero the rest.
+
+    ``keep``: a fraction of kernels (float in (0, 1]) or a count (int). ``balanced=True`` keeps
+    the same number in every filter (output channel). Returns ``(projected, kept)`` with
+    ``kept`` an (O, I) bool mask. Ties are broken by position (stable sort), so the result is
+    deterministic.
+    """
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 4:
+        raise InputError(f"project_connectivity: expected a conv weight (O, I, kh, kw), got "
+                         f"{tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__}")
+    w = weight.detach()
+    o, i = w.shape[:2]
+    k = kernels_to_keep(keep, o, i, balanced, "project_connectivity")
+    norms = w.reshape(o, i, -1).norm(dim=2)
+    if balanced:
+        order = torch.sort(norms, dim=1, descending=True, stable=True).indices[:, :k]
+        kept = torch.zeros(o, i, dtype=torch.bool, device=w.device)
+        kept.scatter_(1, order, True)
+    else:
+        order = torch.sort(norms.flatten(), descending=True, stable=True).indices[:k]
+        kept = torch.zeros(o * i, dtype=torch.bool, device=w.device)
+        kept[order] = True
+        kept = kept.view(o, i)
+    return w * kept[:, :, None, None].to(w.dtype), kept
+
+
+def prune_layer(weight: torch.Tensor, plan: LayerPlan, library: torch.Tensor,
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hard-prune one layer's weight per its plan: pattern projection, then keep the ``plan.keep``
+    kernels of largest remaining norm. Returns ``(projected, kernel_ids)`` (-1 = pruned).
+
+    The one place that turns a plan into final weights, shared by one-shot projection and the
+    hard-pruning step that ends ADMM.
+    """
+    if plan.mode == CONNECTIVITY:
+        projected, kept = project_connectivity(weight, plan.keep, plan.balanced)
+        return projected, torch.where(kept, 0, PRUNED)
+    projected, ids = project_pattern(weight, library)
+    if plan.mode == PATTERN_AND_CONNECTIVITY:
+        projected, kept = project_connectivity(projected, plan.keep, plan.balanced)
+        ids = torch.where(kept, ids, PRUNED)
+    return projected, ids
+
+
+def prune_planned(plans: Sequence[LayerPlan], library: torch.Tensor, rate: float | None) -> dict:
+    """Hard-prune every planned layer in place and return the sparsity spec."""
+    entries = {}
+    with torch.no_grad():
+        for p in plans:
+            projected, ids = prune_layer(p.module.weight, p, library)
+            p.module.weight.copy_(projected)
+            entries[p.name] = layer_entry(p.module, p.mode, ids)
+    return make_spec(library, entries, rate)
+
+
+def project_model(model: nn.Module, rate: float = 8.0, library: torch.Tensor | str = "phase2",
+                  layers: Sequence[str] | None = None, *, balanced: bool = False,
+                  conv1x1: bool = False) -> dict:
+    """One-shot pattern (+ connectivity) pruning of a model in place, without training.
+
+    Useful to make pattern-sparse models at a given rate quickly (benchmarks, experiments);
+    accuracy needs :func:`patsparse.prune`. Returns the sparsity spec, also attached to the
+    model as ``model.patsparse_spec``.
+    """
+    lib = pattern_library(library)
+    plans = plan_layers(model, rate, layers, conv1x1, balanced)
+    spec = prune_planned(plans, lib, rate)
+    model.patsparse_spec = spec
+    return spec

@@ -1,0 +1,104 @@
+"""``patsparse.save`` / ``patsparse.load``: pruned models (and compiled ones) on disk.
+
+A saved pruned model is a directory::
+
+    model.pats/
+      weights.safetensors   # the state dict (never pickled)
+      model.json            # {"format": "patsparse-model", "version": 1, "spec": <sparsity spec>,
+                            #  "arch": <zoo model arguments or null>, "patsparse_version": ...}
+      recipe.yaml           # the pruning recipe, when the model was pruned by patsparse.prune
+
+``load`` rebuilds zoo models from ``arch`` (``patsparse.models.get(**arch)``); for a user's own
+model pass ``load(path, model=m)`` and the weights are checked against it and filled in. The spec
+is validated against the weights (shapes, pattern ids in range, zero outside every mask), so a
+tampered or mismatched file fails with a FormatError naming the layer and kernel.
+
+Compiled models are dispatched: ``save`` calls their own ``save``; ``load`` of a directory with
+a ``manifest.json`` returns ``patsparse.compiler.runtime.CompiledModel.load(path)``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from . import __version__
+from .checkpoint import check_state_dict, load_tensors, read_json, save_tensors, write_json
+from .errors import FormatError, InputError
+from .pruning.spec import check_weights, spec_from_json, spec_to_json
+
+MODEL_FORMAT = "patsparse-model"
+MODEL_VERSION = 1
+WEIGHTS = "weights.safetensors"
+META = "model.json"
+RECIPE = "recipe.yaml"
+MANIFEST = "manifest.json"  # written by the compiler's CompiledModel
+
+
+def save(obj: Any, path: str | os.PathLike) -> None:
+    """Save a (pruned) model to the directory ``path``, or a compiled model via its own ``save``."""
+    if getattr(obj, "is_compiled_patsparse", False) is True and callable(getattr(obj, "save", None)):
+        obj.save(path)
+        return
+    if not isinstance(obj, nn.Module):
+        raise InputError(f"save: expected a torch.nn.Module or a compiled patsparse model, got {type(obj).__name__}")
+    spec = getattr(obj, "patsparse_spec", None)
+    if spec is not None:
+        try:
+            check_weights(obj, spec, "model to save")
+        except FormatError as e:  # the caller's model broke its own spec: their input, not a file
+            raise InputError(f"{e} (weights were changed after pruning; re-prune or drop patsparse_spec)") from None
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"save: {path} exists and is not a directory")
+    path.mkdir(parents=True, exist_ok=True)
+    save_tensors(path / WEIGHTS, obj.state_dict())
+    arch = getattr(obj, "patsparse_arch", None)
+    write_json(path / META, {"format": MODEL_FORMAT, "version": MODEL_VERSION, "patsparse_version": __version__,
+                             "class": type(obj).__name__, "arch": arch,
+                             "spec": None if spec is None else spec_to_json(spec)})
+    recipe = getattr(obj, "patsparse_recipe", None)
+    if recipe is not None:
+        recipe.save(path / RECIPE)
+
+
+def load(path: str | os.PathLike, model: nn.Module | None = None) -> Any:
+    """Load what :func:`save` wrote. Returns the model in eval mode with ``patsparse_spec`` set,
+    or a ``CompiledModel`` for a compiled-model directory."""
+    path = Path(path)
+    if (path / MANIFEST).is_file():
+        from .compiler.runtime import CompiledModel
+
+        return CompiledModel.load(path)
+    if not path.is_dir():
+        raise FormatError(f"load: {path} is not a saved patsparse model directory")
+    meta = read_json(path / META, "patsparse model metadata")
+    if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
+        raise FormatError(f"{path / META}: not a patsparse model (format "
+                          f"{meta.get('format') if isinstance(meta, dict) else None!r})")
+    if meta.get("version") != MODEL_VERSION:
+        raise FormatError(f"{path / META}: model format version {meta.get('version')!r} is not supported "
+                          f"(this patsparse reads version {MODEL_VERSION})")
+    if model is None:
+        arch = meta.get("arch")
+        if not isinstance(arch, dict):
+            raise FormatError(f"{path}: the saved model ({meta.get('class')}) is not a patsparse zoo "
+                              f"model, so it cannot be rebuilt: pass load(path, model=<an instance>)")
+        from . import models
+
+        try:
+            model = models.get(**arch)
+        except TypeError as e:
+            raise FormatError(f"{path / META}: arch {arch} does not build a zoo model: {e}") from None
+        model.patsparse_arch = arch
+    tensors = load_tensors(path / WEIGHTS, "model weights")
+    check_state_dict(model, tensors, str(path / WEIGHTS))
+    model.load_state_dict(tensors)
+    if meta.get("spec") is not None:
+        spec = spec_from_json(meta["spec"], f"sparsity spec in {path / META}")
+        check_weights(model, spec, str(path))
+        model.patsparse_spec = spec
+    return model.eval()
