@@ -13,7 +13,7 @@ import sys
 
 from ..errors import PatsparseError
 
-COMMANDS: list[str] = []
+COMMANDS: list[str] = ["train", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:

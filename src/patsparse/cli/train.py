@@ -1,0 +1,122 @@
+"""``patsparse train``: train a zoo model on a dataset with checkpoints and exact --resume."""
+
+from __future__ import annotations
+
+import argparse
+import textwrap
+from dataclasses import fields
+from pathlib import Path
+
+from ..errors import InputError
+
+EXAMPLE = textwrap.dedent("""\
+    examples:
+      patsparse train --model resnet18 --dataset fashion-mnist --width 0.25 --epochs 1
+      patsparse train --run-dir runs/resnet18_fashion-mnist --resume   # continue it exactly
+      torchrun --standalone --nproc_per_node=2 -m patsparse train --model convnet --dataset mnist
+
+    Writes <run-dir>/metrics.jsonl (one line per epoch), checkpoint.json + checkpoints/ (every
+    epoch and every --checkpoint-minutes), model.safetensors + model.json (the trained model).
+    With --resume, options not given are taken from the run's checkpoint; options given must
+    match it (an exact continuation needs the same settings).""")
+
+# option -> default; None in argparse means "not given" so --resume can fill it from the run
+DEFAULTS = {
+    "model": None, "dataset": "fashion-mnist", "width": 1.0, "variant": "auto", "epochs": 10,
+    "lr": 0.1, "batch_size": 128, "optimizer": "sgd", "momentum": 0.9, "nesterov": False,
+    "weight_decay": 5e-4, "schedule": "cosine", "step_epochs": 30, "gamma": 0.1, "subset": None,
+    "seed": 0, "device": "cpu", "checkpoint_minutes": 10.0,
+}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train", help="train a model (VGG-16, ResNet-18/50, MobileNet-V2, small nets) on a dataset",
+        description="Train a model from the zoo on a dataset with SGD/Adam and a cosine or step "
+                    "schedule, logging metrics per epoch and checkpointing so that --resume continues "
+                    "an interrupted run exactly. Runs unchanged under torchrun (DDP).",
+        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = p.add_argument
+    a("--model", help="resnet18, resnet50, vgg16_bn, mobilenet_v2, resnet8, convnet")
+    a("--dataset", help="fashion-mnist (default), mnist, cifar10, cifar100, imagefolder, digits")
+    a("--data-root", help="directory holding the dataset (searched first; download target)")
+    a("--download", action="store_true", help="download the dataset from its official URL if missing")
+    a("--width", type=float, help="channel width multiplier (default 1.0)")
+    a("--variant", choices=["auto", "imagenet", "cifar"],
+      help="stem type; auto = cifar (3x3 stride-1) below 100 px, else imagenet")
+    a("--epochs", type=int, help="number of epochs (default 10)")
+    a("--lr", type=float, help="peak learning rate (default 0.1)")
+    a("--batch-size", type=int, help="batch size per process (default 128)")
+    a("--optimizer", choices=["sgd", "adam"], help="default sgd")
+    a("--momentum", type=float, help="SGD momentum (default 0.9)")
+    a("--nesterov", action="store_const", const=True, help="Nesterov momentum")
+    a("--weight-decay", type=float, help="default 5e-4")
+    a("--schedule", choices=["cosine", "step", "constant"], help="per-batch LR schedule (default cosine)")
+    a("--step-epochs", type=int, help="step schedule: decay every N epochs (default 30)")
+    a("--gamma", type=float, help="step schedule: decay factor (default 0.1)")
+    a("--subset", type=int, help="train on at most N examples (a fixed random subset)")
+    a("--seed", type=int, help="random seed (default 0)")
+    a("--device", help="cpu (default), cuda or cuda:N")
+    a("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
+    a("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    a("--checkpoint-minutes", type=float, help="also checkpoint mid-epoch this often (default 10)")
+    a("--run-dir", help="output directory (default runs/<model>_<dataset>)")
+    a("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
+    a("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    p.set_defaults(func=run)
+
+
+def _settings(args: argparse.Namespace) -> tuple[dict, Path]:
+    """Effective options: defaults < the resumed run's saved options < options given now."""
+    from ..checkpoint import read_json
+
+    given = {k: getattr(args, k) for k in DEFAULTS if getattr(args, k) is not None}
+    run_dir = Path(args.run_dir) if args.run_dir else None
+    saved: dict = {}
+    if args.resume:
+        if run_dir is None:
+            if "model" not in given:
+                raise InputError("--resume needs --run-dir (or --model/--dataset to find the default run dir)")
+            run_dir = Path("runs") / f"{given['model']}_{given.get('dataset', DEFAULTS['dataset'])}"
+        if (run_dir / "checkpoint.json").exists():
+            saved = read_json(run_dir / "checkpoint.json", "training checkpoint").get("meta", {}).get("cli", {})
+    s = {**DEFAULTS, **saved, **given}
+    if not s["model"]:
+        raise InputError("--model is required (e.g. --model resnet18)")
+    if run_dir is None:
+        run_dir = Path("runs") / f"{s['model']}_{s['dataset']}"
+    return s, run_dir
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from .. import models
+    from ..data import get_loaders
+    from ..train import TrainConfig, fit, init_distributed, seed_everything
+
+    s, run_dir = _settings(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ctx = init_distributed(s["device"])
+    train_loader, test_loader = get_loaders(
+        s["dataset"], batch_size=s["batch_size"], root=args.data_root, download=args.download,
+        workers=args.workers, subset=s["subset"], seed=s["seed"])
+    info = train_loader.dataset.info
+    variant = s["variant"]
+    if variant == "auto":
+        variant = "cifar" if info.image_size[0] < 100 else "imagenet"
+    spec = {"name": models.canonical(s["model"]), "num_classes": info.num_classes,
+            "in_channels": info.in_channels, "width": s["width"], "variant": variant}
+    seed_everything(s["seed"])
+    model = models.get(**spec)
+    config = TrainConfig(**{f.name: s[f.name] for f in fields(TrainConfig) if f.name in s},
+                         progress=not args.quiet)
+    meta = {"model": spec, "dataset": info.name, "input_shape": [info.in_channels, *info.image_size],
+            "mean": list(info.mean), "std": list(info.std),
+            "cli": {k: v for k, v in s.items() if k != "device" and k != "checkpoint_minutes"}}
+    result = fit(model, train_loader, test_loader, config, run_dir, resume=args.resume, meta=meta)
+    if ctx.is_main:
+        print(f"test accuracy {result['test_acc']:.2%} after {result['epoch']} epochs "
+              f"({spec['name']} width {spec['width']} on {info.name}); run dir {run_dir}")
+    return 0
