@@ -1,0 +1,98 @@
+"""``patsparse.compile``: PyTorch model or ONNX file -> CompiledModel (native code, one call).
+
+capture (torch.fx / ONNX) -> passes (fold BN, fuse act/residual, drop no-ops) -> plan (kernel
+per layer, layouts, workspace) -> [tune] -> generate C -> build (cached by content hash) ->
+CompiledModel. Every unsupported op is reported before any code is generated.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from .build import compile_c, toolchain_fingerprint
+from .capture import capture_onnx, capture_torch
+from .codegen.graph import emit_model, generate_kernels, pack_blob, plan_graph
+from .ir import Graph
+from .passes import run_passes
+from .reorder import analyse
+from .runtime import FORMAT, FORMAT_VERSION, CompiledModel, sha256
+
+
+def default_threads() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def capture(model_or_onnx_path: Any, example_input: Any = None) -> Graph:
+    """The fused IR of a model (nn.Module with an example input, or an ONNX file path)."""
+    if isinstance(model_or_onnx_path, (str, os.PathLike)):
+        g = capture_onnx(Path(model_or_onnx_path))
+        origin = str(model_or_onnx_path)
+    elif isinstance(model_or_onnx_path, torch.nn.Module):
+        if example_input is None:
+            raise InputError("compile(model, example_input): an example input (N, C, H, W) is needed "
+                             "to trace a PyTorch model")
+        x = torch.as_tensor(example_input) if isinstance(example_input, np.ndarray) else example_input
+        g = capture_torch(model_or_onnx_path, x)
+        origin = type(model_or_onnx_path).__name__
+    else:
+        raise InputError(f"compile() takes an nn.Module or an ONNX file path, got "
+                         f"{type(model_or_onnx_path).__name__}")
+    g = run_passes(g)
+    g.origin = origin  # type: ignore[attr-defined]
+    return g
+
+
+def build_from_graph(g: Graph, *, threads: int | None = None, schedules: dict | None = None,
+                     tune: bool = False, cache_dir: str | os.PathLike | None = None,
+                     origin: str = "") -> CompiledModel:
+    """Plan, (tune,) generate, build and wrap a fused graph."""
+    threads = int(threads or default_threads())
+    plan = plan_graph(g)
+    gj, gt = g.to_json()  # before kernels are generated: the IR as captured and fused
+    if tune:
+        from .tune import tune_plan
+
+        schedules = {**(schedules or {}), **tune_plan(plan, threads=threads, cache_dir=cache_dir)}
+    generate_kernels(plan, schedules)
+    blob = pack_blob(plan)
+    source = emit_model(plan)
+    lib = compile_c(source, name="model", cache_dir=Path(cache_dir) if cache_dir else None)
+    layers = []
+    for s in plan.steps:
+        entry = {"name": s.node.name, "kernel": s.kind, "c_name": s.cname, "flops": s.kernel.flops,
+                 "schedule": plan.schedules[s.cname], "act": s.node.act,
+                 "residual": s.node.residual is not None}
+        if s.kind == "pattern_conv":
+            entry["kernels"] = analyse(s.node.params["weight"], s.node.name).counts()
+        layers.append(entry)
+    out_shape = g.node(g.output).shape
+    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "origin": origin,
+                "input_shape": list(g.input_shape), "output_shape": list(out_shape),
+                "threads": threads, "vl": plan.vl, "toolchain": toolchain_fingerprint(),
+                "source_sha256": sha256(source.encode()),
+                "weights_sha256": sha256(blob.astype("<f4").tobytes()),
+                "workspace_floats": plan.ws_floats, "blob_floats": plan.blob_floats,
+                "tuned": bool(tune), "layers": layers}
+    return CompiledModel(lib, blob, manifest, source, gj, gt)
+
+
+def compile(model_or_onnx_path: Any, example_input: Any = None, *, threads: int | None = None,
+            tune: bool = False, cache_dir: str | os.PathLike | None = None) -> CompiledModel:
+    """Compile a (pattern-sparse or dense) CNN to native code.
+
+    ``model_or_onnx_path``: an ``nn.Module`` (traced with torch.fx on ``example_input``, a
+    (N, C, H, W) tensor; N does not matter) or the path of an ONNX file. Sparsity is read from
+    the weights. ``threads``: OpenMP threads per call (default: the CPUs this process may use).
+    ``tune``: measure candidate schedules per layer on this machine (slower compile, stored in
+    the manifest). ``cache_dir``: where built libraries are cached (default $PATSPARSE_CACHE or
+    ~/.cache/patsparse). Returns a CompiledModel: ``y = cm(x)``, ``cm.save(dir)``.
+    """
+    g = capture(model_or_onnx_path, example_input)
+    return build_from_graph(g, threads=threads, tune=tune, cache_dir=cache_dir,
+                            origin=getattr(g, "origin", ""))

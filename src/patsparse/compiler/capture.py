@@ -1,0 +1,346 @@
+"""Lower a PyTorch model (torch.fx) or an ONNX file to the compiler IR.
+
+Every op is checked here, before any code is generated: anything outside the supported set is
+an UnsupportedError naming the op and the layer, so the user learns at once what to change.
+Shapes come from running the example input through the traced graph (torch.fx ShapeProp).
+"""
+
+from __future__ import annotations
+
+import operator
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import FormatError, InputError, UnsupportedError
+from .ir import INPUT, Graph, Node
+
+
+def _np(t: torch.Tensor | None) -> np.ndarray | None:
+    return None if t is None else t.detach().cpu().float().numpy().copy()
+
+
+def _pair(v, what: str, where: str) -> int:
+    """A square size (int or equal pair); anything else is unsupported."""
+    if isinstance(v, (tuple, list)):
+        if len(set(v)) != 1:
+            raise UnsupportedError(f"{where}: non-square {what} {tuple(v)} is not supported")
+        v = v[0]
+    if not isinstance(v, int):
+        raise UnsupportedError(f"{where}: {what} {v!r} is not supported (need an int)")
+    return v
+
+
+def _conv(m: nn.Conv2d, where: str) -> tuple[dict, dict]:
+    if m.padding_mode != "zeros" or isinstance(m.padding, str):
+        raise UnsupportedError(f"{where}: Conv2d padding {m.padding!r} / mode {m.padding_mode!r}; "
+                               "only explicit zero padding is supported")
+    if _pair(m.dilation, "dilation", where) != 1:
+        raise UnsupportedError(f"{where}: dilated Conv2d (dilation {m.dilation}) is not supported")
+    attrs = {"k": _pair(m.kernel_size, "kernel size", where), "stride": _pair(m.stride, "stride", where),
+             "padding": _pair(m.padding, "padding", where), "groups": m.groups}
+    params = {"weight": _np(m.weight)}
+    if m.bias is not None:
+        params["bias"] = _np(m.bias)
+    return attrs, params
+
+
+def _pool_attrs(k, s, p, ceil, where: str, dilation=1) -> dict:
+    if ceil:
+        raise UnsupportedError(f"{where}: pooling with ceil_mode=True is not supported")
+    if _pair(dilation, "dilation", where) != 1:
+        raise UnsupportedError(f"{where}: dilated pooling is not supported")
+    k = _pair(k, "kernel size", where)
+    return {"k": k, "stride": _pair(s if s is not None else k, "stride", where),
+            "padding": _pair(p, "padding", where)}
+
+
+def _adaptive(out_size, in_shape: tuple, where: str) -> tuple[str, dict]:
+    """AdaptiveAvgPool2d as gap, identity, or a plain average pool when the sizes divide."""
+    o = out_size if isinstance(out_size, (tuple, list)) else (out_size, out_size)
+    H, W = in_shape[1:]
+    oh, ow = (H if o[0] is None else o[0]), (W if o[1] is None else o[1])
+    if (oh, ow) == (1, 1):
+        return "gap", {}
+    if (oh, ow) == (H, W):
+        return "identity", {}
+    if H % oh == 0 and W % ow == 0 and H // oh == W // ow:
+        k = H // oh
+        return "avgpool", {"k": k, "stride": k, "padding": 0}
+    raise UnsupportedError(f"{where}: AdaptiveAvgPool2d from {H}x{W} to {oh}x{ow} is not supported")
+
+
+_ACT_MODULES = {nn.ReLU: "relu", nn.ReLU6: "relu6"}
+_NOOP_MODULES = (nn.Dropout, nn.Dropout2d, nn.Identity)
+_ADD_FUNCS = {operator.add, operator.iadd, torch.add}
+_RELU_FUNCS = {F.relu, torch.relu, torch.relu_, F.relu_}
+
+
+def capture_torch(model: nn.Module, example: torch.Tensor) -> Graph:
+    """Trace ``model`` with torch.fx and lower it to the IR (shapes from ``example``)."""
+    import torch.fx
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    if not isinstance(example, torch.Tensor) or example.dim() != 4:
+        raise InputError(f"example input must be a 4-D (N, C, H, W) tensor, got "
+                         f"{getattr(example, 'shape', type(example).__name__)}")
+    model = model.eval()
+    try:
+        gm = torch.fx.symbolic_trace(model)
+    except Exception as e:  # fx raises plain exceptions for data-dependent control flow
+        raise UnsupportedError(f"torch.fx cannot trace {type(model).__name__}: {e}") from e
+    with torch.no_grad():
+        ShapeProp(gm).propagate(example.float())
+    mods = dict(gm.named_modules())
+    names: dict[str, str] = {}  # fx node -> IR name (or an alias for dropped no-ops)
+    nodes: list[Node] = []
+    out_name = None
+
+    def shape(n) -> tuple:
+        meta = n.meta.get("tensor_meta")
+        if meta is None:
+            raise UnsupportedError(f"{n.name}: output is not a single tensor")
+        return tuple(int(s) for s in meta.shape[1:])
+
+    def src(a, where: str) -> str:
+        if not isinstance(a, torch.fx.Node):
+            raise UnsupportedError(f"{where}: constant operand {a!r} is not supported")
+        return names[a.name]
+
+    used: set[str] = set()
+
+    def add(n, op, inputs, attrs=None, params=None):
+        # module path for modules (a module called twice gets #2, #3...), fx name otherwise
+        base = str(n.target) if n.op == "call_module" else n.name
+        name, k = base, 1
+        while name in used:
+            k += 1
+            name = f"{base}#{k}"
+        used.add(name)
+        node = Node(name, op, [src(a, n.name) for a in inputs], shape(n), attrs or {}, params or {})
+        nodes.append(node)
+        names[n.name] = node.name
+
+    for n in gm.graph.nodes:
+        where = str(n.target) if n.op == "call_module" else n.name
+        if n.op == "placeholder":
+            if INPUT in names.values():
+                raise UnsupportedError(f"{n.name}: models with more than one input are not supported")
+            names[n.name] = INPUT
+        elif n.op == "output":
+            out_name = src(n.args[0], "output")
+        elif n.op == "call_module":
+            m = mods[n.target]
+            if isinstance(m, nn.Conv2d):
+                add(n, "conv", n.args[:1], *_conv(m, where))
+            elif isinstance(m, nn.BatchNorm2d):
+                if m.running_mean is None:
+                    raise UnsupportedError(f"{where}: BatchNorm2d without running statistics")
+                params = {"mean": _np(m.running_mean), "var": _np(m.running_var),
+                          "gamma": _np(m.weight) if m.affine else np.ones(m.num_features, np.float32),
+                          "beta": _np(m.bias) if m.affine else np.zeros(m.num_features, np.float32)}
+                add(n, "bn", n.args[:1], {"eps": float(m.eps)}, params)
+            elif type(m) in _ACT_MODULES:
+                add(n, _ACT_MODULES[type(m)], n.args[:1])
+            elif isinstance(m, nn.Hardtanh) and (m.min_val, m.max_val) == (0.0, 6.0):
+                add(n, "relu6", n.args[:1])
+            elif isinstance(m, _NOOP_MODULES):
+                names[n.name] = src(n.args[0], where)
+            elif isinstance(m, nn.MaxPool2d):
+                add(n, "maxpool", n.args[:1], _pool_attrs(m.kernel_size, m.stride, m.padding, m.ceil_mode, where, m.dilation))
+            elif isinstance(m, nn.AvgPool2d):
+                if m.padding and m.count_include_pad is False:
+                    raise UnsupportedError(f"{where}: AvgPool2d with count_include_pad=False and padding")
+                add(n, "avgpool", n.args[:1], _pool_attrs(m.kernel_size, m.stride, m.padding, m.ceil_mode, where))
+            elif isinstance(m, nn.AdaptiveAvgPool2d):
+                op, attrs = _adaptive(m.output_size, shape(n.args[0]), where)
+                if op == "identity":
+                    names[n.name] = src(n.args[0], where)
+                else:
+                    add(n, op, n.args[:1], attrs)
+            elif isinstance(m, nn.Linear):
+                params = {"weight": _np(m.weight)}
+                if m.bias is not None:
+                    params["bias"] = _np(m.bias)
+                add(n, "linear", n.args[:1], {}, params)
+            elif isinstance(m, nn.Flatten):
+                add(n, "flatten", n.args[:1])
+            else:
+                raise UnsupportedError(f"layer {where!r}: module {type(m).__name__} is not supported "
+                                       "(supported: Conv2d, BatchNorm2d, ReLU, ReLU6, MaxPool2d, AvgPool2d, "
+                                       "AdaptiveAvgPool2d, Linear, Flatten, Dropout, Identity)")
+        elif n.op in ("call_function", "call_method"):
+            _lower_call(n, add, names, src, shape)
+        else:
+            raise UnsupportedError(f"{n.name}: fx op {n.op} ({n.target}) is not supported "
+                                   "(parameters used directly in forward?)")
+    if out_name is None or out_name == INPUT:
+        raise UnsupportedError("model output is its input (nothing to compile)")
+    return Graph(tuple(int(s) for s in example.shape[1:]), nodes, out_name)
+
+
+def _lower_call(n, add, names, src, shape) -> None:
+    """call_function / call_method nodes: activations, add, flatten, pooling functions."""
+    t, where = n.target, n.name
+    kw = n.kwargs
+    if t in _RELU_FUNCS or t in ("relu", "relu_"):
+        add(n, "relu", n.args[:1])
+    elif t is F.relu6 or (t is F.hardtanh and tuple(n.args[1:3]) == (0.0, 6.0)):
+        add(n, "relu6", n.args[:1])
+    elif t in _ADD_FUNCS or t in ("add", "add_", "__add__", "__iadd__"):
+        if kw.get("alpha", 1) != 1 or len(n.args) != 2:
+            raise UnsupportedError(f"{where}: add with alpha or more than two operands")
+        add(n, "add", n.args)
+    elif t is torch.flatten or t in ("flatten", "view", "reshape"):
+        if len(shape(n)) != 1:
+            raise UnsupportedError(f"{where}: {t if isinstance(t, str) else t.__name__} to shape "
+                                   f"{shape(n)} (only flattening each image to a vector is supported)")
+        add(n, "flatten", n.args[:1])
+    elif t == "size" or t is getattr:
+        names[n.name] = "__shape__"  # only feeds view/reshape arguments, which are ignored
+    elif t in (F.dropout, torch.dropout) or t == "contiguous":
+        names[n.name] = src(n.args[0], where)
+    elif t is F.adaptive_avg_pool2d:
+        op, attrs = _adaptive(n.args[1] if len(n.args) > 1 else kw["output_size"], shape(n.args[0]), where)
+        if op == "identity":
+            names[n.name] = src(n.args[0], where)
+        else:
+            add(n, op, n.args[:1], attrs)
+    elif t == "mean" or t is torch.mean:
+        dims = n.args[1] if len(n.args) > 1 else kw.get("dim")
+        if sorted(d % 4 for d in (dims if isinstance(dims, (list, tuple)) else [dims])) != [2, 3]:
+            raise UnsupportedError(f"{where}: mean over dims {dims} (only spatial mean is supported)")
+        add(n, "gap", n.args[:1])
+    elif t is F.max_pool2d or t is F.avg_pool2d:
+        a = list(n.args) + [None] * 4
+        k = kw.get("kernel_size", a[1])
+        s = kw.get("stride", a[2])
+        p = kw.get("padding", a[3] or 0)
+        attrs = _pool_attrs(k, s, p, kw.get("ceil_mode", False), where)
+        add(n, "maxpool" if t is F.max_pool2d else "avgpool", n.args[:1], attrs)
+    else:
+        name = t if isinstance(t, str) else getattr(t, "__name__", str(t))
+        raise UnsupportedError(f"op {name!r} at {where!r} is not supported by the compiler")
+
+
+# ------------------------------------------------------------------------------------------
+# ONNX
+
+_ONNX_ACT = {"Relu": "relu"}
+
+
+def capture_onnx(path: str | Path) -> Graph:
+    """Lower an ONNX file (opset >= 11 conv nets as torch.onnx exports them) to the IR."""
+    import onnx
+    from onnx import numpy_helper, shape_inference
+
+    path = Path(path)
+    try:
+        model = onnx.load(str(path))
+    except Exception as e:
+        raise FormatError(f"{path}: not a readable ONNX file ({e})") from e
+    model = shape_inference.infer_shapes(model)
+    g = model.graph
+    inits = {t.name: numpy_helper.to_array(t).astype(np.float32, copy=False) for t in g.initializer}
+    consts = {}
+    for n in g.node:
+        if n.op_type == "Constant":
+            consts[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+    real_inputs = [i for i in g.input if i.name not in inits]
+    if len(real_inputs) != 1:
+        raise UnsupportedError(f"{path}: {len(real_inputs)} graph inputs; exactly one is supported")
+    shapes = {}
+    for vi in list(g.value_info) + list(g.output) + list(g.input):
+        dims = [d.dim_value for d in vi.type.tensor_type.shape.dim]
+        shapes[vi.name] = tuple(dims[1:])
+    in_shape = shapes[real_inputs[0].name]
+    if len(in_shape) != 3 or not all(in_shape):
+        raise UnsupportedError(f"{path}: input shape {in_shape} must be a static (N, C, H, W)")
+    names = {real_inputs[0].name: INPUT}
+    nodes: list[Node] = []
+
+    def attr(n, key, default=None):
+        for a in n.attribute:
+            if a.name == key:
+                return onnx.helper.get_attribute_value(a)
+        return default
+
+    def emit(n, op, inputs, attrs=None, params=None):
+        name = n.name or n.output[0]
+        nodes.append(Node(name, op, [names[i] for i in inputs], shapes.get(n.output[0], ()), attrs or {}, params or {}))
+        names[n.output[0]] = name
+
+    def sym(pads, where):
+        if pads and (len(set(pads)) != 1):
+            raise UnsupportedError(f"{where}: asymmetric pads {pads}")
+        return pads[0] if pads else 0
+
+    for n in g.node:
+        where, op = n.name or n.output[0], n.op_type
+        if op == "Constant":
+            continue
+        if op == "Conv":
+            if set(attr(n, "dilations", [1, 1])) != {1}:
+                raise UnsupportedError(f"{where}: dilated Conv")
+            if attr(n, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+                raise UnsupportedError(f"{where}: Conv auto_pad")
+            w = inits[n.input[1]]
+            params = {"weight": w.copy()}
+            if len(n.input) > 2 and n.input[2]:
+                params["bias"] = inits[n.input[2]].copy()
+            attrs = {"k": _pair(list(attr(n, "kernel_shape", w.shape[2:])), "kernel size", where),
+                     "stride": _pair(list(attr(n, "strides", [1, 1])), "stride", where),
+                     "padding": sym(list(attr(n, "pads", [0, 0, 0, 0])), where),
+                     "groups": int(attr(n, "group", 1))}
+            emit(n, "conv", n.input[:1], attrs, params)
+        elif op == "BatchNormalization":
+            params = {"gamma": inits[n.input[1]].copy(), "beta": inits[n.input[2]].copy(),
+                      "mean": inits[n.input[3]].copy(), "var": inits[n.input[4]].copy()}
+            emit(n, "bn", n.input[:1], {"eps": float(attr(n, "epsilon", 1e-5))}, params)
+        elif op == "Relu":
+            emit(n, "relu", n.input[:1])
+        elif op == "Clip":
+            lo = inits.get(n.input[1], consts.get(n.input[1])) if len(n.input) > 1 and n.input[1] else attr(n, "min")
+            hi = inits.get(n.input[2], consts.get(n.input[2])) if len(n.input) > 2 and n.input[2] else attr(n, "max")
+            if lo is None or hi is None or (float(lo), float(hi)) != (0.0, 6.0):
+                raise UnsupportedError(f"{where}: Clip({lo}, {hi}); only Clip(0, 6) = ReLU6 is supported")
+            emit(n, "relu6", n.input[:1])
+        elif op == "Add":
+            if any(i in inits or i in consts for i in n.input):
+                raise UnsupportedError(f"{where}: Add with a constant operand")
+            emit(n, "add", list(n.input))
+        elif op in ("MaxPool", "AveragePool"):
+            if attr(n, "ceil_mode", 0):
+                raise UnsupportedError(f"{where}: {op} with ceil_mode")
+            k = _pair(list(attr(n, "kernel_shape")), "kernel size", where)
+            attrs = {"k": k, "stride": _pair(list(attr(n, "strides", [k, k])), "stride", where),
+                     "padding": sym(list(attr(n, "pads", [0, 0, 0, 0])), where)}
+            if op == "AveragePool" and attrs["padding"] and not attr(n, "count_include_pad", 0):
+                raise UnsupportedError(f"{where}: AveragePool with padding and count_include_pad=0")
+            emit(n, "maxpool" if op == "MaxPool" else "avgpool", n.input[:1], attrs)
+        elif op == "GlobalAveragePool":
+            emit(n, "gap", n.input[:1])
+        elif op in ("Flatten", "Reshape"):
+            if len(shapes.get(n.output[0], ())) != 1:
+                raise UnsupportedError(f"{where}: {op} to {shapes.get(n.output[0])} (only flattening "
+                                       "each image to a vector is supported)")
+            emit(n, "flatten", n.input[:1])
+        elif op in ("Dropout", "Identity"):
+            names[n.output[0]] = names[n.input[0]]
+        elif op == "Gemm":
+            if attr(n, "transA", 0) or not attr(n, "transB", 0) or attr(n, "alpha", 1.0) != 1.0 \
+                    or attr(n, "beta", 1.0) != 1.0:
+                raise UnsupportedError(f"{where}: Gemm must be x @ W^T + b (transB=1, alpha=beta=1)")
+            params = {"weight": inits[n.input[1]].copy()}
+            if len(n.input) > 2 and n.input[2]:
+                params["bias"] = inits[n.input[2]].reshape(-1).copy()
+            emit(n, "linear", n.input[:1], {}, params)
+        else:
+            raise UnsupportedError(f"ONNX op {op} at node {where!r} is not supported by the compiler")
+    out = names.get(g.output[0].name)
+    if len(g.output) != 1 or out is None:
+        raise UnsupportedError(f"{path}: exactly one graph output is supported")
+    return Graph(tuple(in_shape), nodes, out)

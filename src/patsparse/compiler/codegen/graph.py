@@ -1,0 +1,256 @@
+"""The whole model as one C translation unit with one entry point: no Python between layers.
+
+``plan_graph`` decides, per IR node, which generator runs it (pattern conv when the weights are
+sparse enough to win, else the dense generators), the activation layout of every tensor (halo =
+the largest padding any consumer needs, so a producer writes straight into its consumers'
+layout and padding is free), and where each tensor lives in one workspace. ``emit_model``
+writes the source; ``pack_blob`` packs every layer's weights into one float blob.
+
+Workspace reuse: a buffer is recycled only for a tensor of the *same* layout. Kernels never
+write halos, so a halo zeroed once stays zero for the life of the workspace; reusing a buffer
+for a different layout would put old interior values where a halo should be zero.
+
+Entry point (per call, ``batch`` images, NCHW float input and output)::
+
+    void ps_forward(const float *x, float *y, int batch, float *ws, const float *blob, int nthreads)
+
+``ws`` must be zeroed once before its first use and used by one call at a time (the runtime
+keeps one per Python thread).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ...errors import UnsupportedError
+from ..ir import INPUT, Graph, Node, c_comment, c_ident
+from ..layout import Layout
+from ..reorder import analyse
+from .base import PRELUDE, SLACK, GeneratedKernel
+from .pattern_conv import SUPPORT, gen_pattern_conv, host_vl
+
+ALIGN = 16  # floats
+
+# a 3x3 conv goes to the pattern kernel when it computes at most this share of the dense taps
+PATTERN_MAX_DENSITY = 0.6
+
+
+@dataclass
+class Step:
+    """One kernel call of the forward pass."""
+
+    node: Node
+    index: int
+    kind: str                 # generator family, e.g. "pattern_conv", "conv2d", "linear"
+    cname: str
+    in_layout: Layout
+    out_layout: Layout
+    kernel: GeneratedKernel | None = None
+    w_off: int = 0
+    b_off: int = 0
+
+
+@dataclass
+class Plan:
+    graph: Graph
+    steps: list[Step]
+    layouts: dict[str, Layout]
+    offsets: dict[str, int]     # tensor -> workspace offset (floats)
+    ws_floats: int
+    blob_floats: int = 0
+    vl: int = 8
+    schedules: dict[str, dict] = field(default_factory=dict)
+
+
+def _spatial(shape: tuple) -> tuple[int, int, int]:
+    return tuple(shape) if len(shape) == 3 else (int(np.prod(shape)), 1, 1)
+
+
+def kernel_kind(node: Node) -> str:
+    """Which generator family runs ``node`` (an UnsupportedError names node and reason)."""
+    a = node.attrs
+    if node.op == "conv":
+        w = node.params["weight"]
+        F, Cg = w.shape[:2]
+        if a["groups"] == 1:
+            if a["k"] == 3 and a["stride"] in (1, 2):
+                sp = analyse(w, node.name)
+                density = sp.taps_per_kernel().sum() / max(1, 9 * F * Cg)
+                if density <= PATTERN_MAX_DENSITY:
+                    return "pattern_conv"
+            return "conv2d"
+        if a["groups"] == F and Cg == 1 and a["k"] == 3:
+            return "depthwise"
+        raise UnsupportedError(f"layer {node.name!r}: grouped conv (groups={a['groups']}, "
+                               f"kernel {a['k']}) is not supported; depthwise 3x3 and groups=1 are")
+    return {"linear": "linear", "maxpool": "maxpool", "avgpool": "avgpool", "gap": "gap"}[node.op]
+
+
+def _required_pad(node: Node) -> int:
+    return int(node.attrs.get("padding", 0)) if node.op in ("conv", "maxpool", "avgpool") else 0
+
+
+def plan_graph(g: Graph, *, vl: int | None = None) -> Plan:
+    """Kernel choice, layouts and workspace offsets for a fused graph (see module docstring)."""
+    vl = vl or host_vl()
+    kinds = {n.name: kernel_kind(n) for n in g.nodes}  # all errors before any code exists
+    pads: dict[str, int] = {INPUT: 0, **{n.name: 0 for n in g.nodes}}
+    for n in g.nodes:
+        for i in n.inputs:
+            pads[i] = max(pads[i], _required_pad(n))
+    changed = True
+    while changed:  # a residual is read in its consumer's output layout: same halo
+        changed = False
+        for n in g.nodes:
+            if n.residual and pads[n.residual] != pads[n.name]:
+                pads[n.residual] = pads[n.name] = max(pads[n.residual], pads[n.name])
+                changed = True
+    layouts = {t: Layout(*_spatial(g.shape_of(t)), pad=p) for t, p in pads.items()}
+    steps = [Step(n, i, kinds[n.name], c_ident(n.name, i), layouts[n.inputs[0]], layouts[n.name])
+             for i, n in enumerate(g.nodes)]
+    offsets, ws = _assign_buffers(g, layouts)
+    return Plan(g, steps, layouts, offsets, ws, vl=vl)
+
+
+def _assign_buffers(g: Graph, layouts: dict[str, Layout]) -> tuple[dict[str, int], int]:
+    last_use = {INPUT: -1}
+    for i, n in enumerate(g.nodes):
+        for t in n.inputs + ([n.residual] if n.residual else []):
+            last_use[t] = i
+    last_use[g.output] = len(g.nodes)
+    free: dict[Layout, list[int]] = {}
+    offsets: dict[str, int] = {}
+    top = 0
+
+    def alloc(t: str) -> None:
+        nonlocal top
+        lay = layouts[t]
+        if free.get(lay):
+            offsets[t] = free[lay].pop()
+        else:
+            offsets[t] = top
+            top += (lay.size + SLACK + ALIGN - 1) // ALIGN * ALIGN
+
+    alloc(INPUT)
+    for i, n in enumerate(g.nodes):
+        alloc(n.name)
+        for t in set(n.inputs + ([n.residual] if n.residual else [])):
+            if last_use.get(t) == i:
+                free.setdefault(layouts[t], []).append(offsets[t])
+    return offsets, top
+
+
+def _generate(step: Step, schedule: dict | None, vl: int) -> GeneratedKernel:
+    n, a = step.node, step.node.attrs
+    common = dict(in_layout=step.in_layout, out_layout=step.out_layout, act=n.act,
+                  has_residual=n.residual is not None, schedule=schedule)
+    if step.kind == "pattern_conv":
+        return gen_pattern_conv(step.cname, n.params["weight"], stride=a["stride"], padding=a["padding"],
+                                vl=vl, where=n.name, **common)
+    F = n.params["weight"].shape[0] if "weight" in n.params else step.out_layout.C
+    gen = _dense_generator(step.kind, n.name)
+    if step.kind == "conv2d":
+        return gen(step.cname, cin=step.in_layout.C, cout=F, k=a["k"], stride=a["stride"],
+                   padding=a["padding"], **common)
+    if step.kind == "depthwise":
+        return gen(step.cname, channels=F, stride=a["stride"], padding=a["padding"], **common)
+    if step.kind == "linear":
+        return gen(step.cname, in_features=n.params["weight"].shape[1], out_features=F, **common)
+    if step.kind in ("maxpool", "avgpool"):
+        return gen(step.cname, k=a["k"], stride=a["stride"], padding=a["padding"], **common)
+    return gen(step.cname, **common)  # gap
+
+
+# generator family -> (module, function) of the dense kernels (codegen/*.py)
+DENSE_GENERATORS = {
+    "conv2d": ("dense_conv", "gen_conv2d"),
+    "depthwise": ("depthwise", "gen_depthwise"),
+    "linear": ("gemm", "gen_linear"),
+    "maxpool": ("pool", "gen_maxpool"),
+    "avgpool": ("pool", "gen_avgpool"),
+    "gap": ("pool", "gen_global_avgpool"),
+}
+
+
+def _dense_generator(kind: str, where: str):
+    mod, fn = DENSE_GENERATORS[kind]
+    try:
+        return getattr(importlib.import_module(f"{__package__}.{mod}"), fn)
+    except (ImportError, AttributeError) as e:
+        raise UnsupportedError(f"layer {where!r}: needs the {kind} kernel ({mod}.{fn}), which is "
+                               f"not available in this build: {e}") from e
+
+
+def generate_kernels(plan: Plan, schedules: dict[str, dict] | None = None) -> None:
+    """Generate every step's kernel (``schedules`` by C name overrides the defaults)."""
+    schedules = schedules or {}
+    for s in plan.steps:
+        s.kernel = _generate(s, schedules.get(s.cname), plan.vl)
+        plan.schedules[s.cname] = dict(s.kernel.schedule)
+
+
+def _copy_in(lay: Layout) -> str:
+    return (f"    for (int c = 0; c < {lay.C}; c++) for (int h = 0; h < {lay.H}; h++)\n"
+            f"        memcpy(buf + (ptrdiff_t)c * {lay.ps} + (h + {lay.pad}) * {lay.ld} + {lay.pad}, "
+            f"xn + ((ptrdiff_t)c * {lay.H} + h) * {lay.W}, {lay.W} * sizeof(float));")
+
+
+def _copy_out(lay: Layout) -> str:
+    return (f"    for (int c = 0; c < {lay.C}; c++) for (int h = 0; h < {lay.H}; h++)\n"
+            f"        memcpy(yn + ((ptrdiff_t)c * {lay.H} + h) * {lay.W}, "
+            f"buf + (ptrdiff_t)c * {lay.ps} + (h + {lay.pad}) * {lay.ld} + {lay.pad}, {lay.W} * sizeof(float));")
+
+
+def emit_model(plan: Plan) -> str:
+    """The whole model's C source (kernels must be generated)."""
+    g, lay_in, lay_out = plan.graph, plan.layouts[INPUT], plan.layouts[plan.graph.output]
+    parts = [PRELUDE, SUPPORT]
+    parts += [s.kernel.code for s in plan.steps]
+    body = [f"void ps_forward(const float *restrict x, float *restrict y, int batch, float *restrict ws,",
+            "                const float *restrict blob, int nthreads) {",
+            "    if (nthreads > 0) omp_set_num_threads(nthreads);",
+            "    for (int n = 0; n < batch; n++) {",
+            f"    const float *restrict xn = x + (ptrdiff_t)n * {lay_in.C * lay_in.H * lay_in.W};",
+            f"    float *restrict yn = y + (ptrdiff_t)n * {lay_out.C * lay_out.H * lay_out.W};",
+            f"    {{ float *restrict buf = ws + {plan.offsets[INPUT]};",
+            _copy_in(lay_in), "    }"]
+    for s in plan.steps:
+        n = s.node
+        res = f"ws + {plan.offsets[n.residual]}" if n.residual else "0"
+        body.append(f"    /* {c_comment(n.name)}: {s.kind} */")
+        body.append(f"    {s.cname}(ws + {plan.offsets[n.inputs[0]]}, ws + {plan.offsets[n.name]}, "
+                    f"blob + {s.w_off}, blob + {s.b_off}, {res});")
+    body += [f"    {{ const float *restrict buf = ws + {plan.offsets[g.output]};", _copy_out(lay_out), "    }",
+             "    }", "}",
+             "int ps_vl(void) { return VL; }",
+             f"long ps_workspace_floats(void) {{ return {plan.ws_floats}L; }}",
+             f"long ps_blob_floats(void) {{ return {plan.blob_floats}L; }}"]
+    parts.append("\n".join(body))
+    return "\n".join(parts) + "\n"
+
+
+def pack_blob(plan: Plan) -> np.ndarray:
+    """Every layer's packed weights and bias in one 64-byte-aligned-section float array;
+    sets each step's offsets (call before ``emit_model``)."""
+    chunks, at = [], 0
+    for s in plan.steps:
+        n = s.node
+        if "weight" in n.params:
+            packed = np.asarray(s.kernel.pack(n.params["weight"]), dtype=np.float32).ravel()
+        else:
+            packed = np.zeros(0, np.float32)
+        bias = np.zeros(s.out_layout.C, np.float32)
+        if "bias" in n.params:
+            bias[:] = n.params["bias"]
+        for arr, attr in ((packed, "w_off"), (bias, "b_off")):
+            setattr(s, attr, at)
+            size = (arr.size + ALIGN - 1) // ALIGN * ALIGN or ALIGN
+            buf = np.zeros(size, np.float32)
+            buf[: arr.size] = arr
+            chunks.append(buf)
+            at += size
+    plan.blob_floats = at
+    return np.concatenate(chunks) if chunks else np.zeros(ALIGN, np.float32)
