@@ -1,0 +1,80 @@
+"""How a windowed kernel (conv, depthwise) reads its input: straight from the layout, or via a prep.
+
+For output pixel (oh, ow) and tap (kh, kw) a kernel needs X[oh*s + kh - P][ow*s + kw - P]
+(zero outside the image). Two ways to get it:
+
+* direct: the input halo is at least the conv padding, so the layout's zero halo *is* the
+  padding. Loads are unit-stride when s == 1; at s == 2 a kernel may use ``ps_load_s2``.
+* phase planes: a prep pass (an ``omp for`` inside the kernel's parallel region) copies the
+  input into per-thread scratch as s*s space-to-depth phases of the zero-padded input,
+  phase (py, px) holding Xpad[s*r + py][s*c + px]. Every stride becomes unit-stride loads at
+  compile-time offsets, and any input halo (even none, as for the model input) works.
+
+``InputAccess`` gives the C expressions a kernel needs either way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..layout import Layout, round_up
+from .common import MAX_VL
+
+
+@dataclass(frozen=True)
+class InputAccess:
+    src: str            # C name of the buffer to read ("in" or the scratch)
+    direct: bool        # reading the layout itself (no prep)
+    step: int           # input columns per output column in ``src`` (1, or s when direct)
+    row_stride: int     # floats between consecutive output rows' first tap (per output row)
+    cs: int             # floats between channels in ``src``
+    origin: int         # offset of output (0, 0)'s tap (0, 0) inside a channel of ``src``
+    tap_off: tuple[int, ...]  # offset of tap (kh, kw), row-major, relative to origin
+    scratch: str        # C declaring the scratch (before the parallel region), or ""
+    prep: str           # C filling it (inside the parallel region), or ""
+
+
+def input_access(name: str, *, channels: int, k: int, stride: int, padding: int,
+                 in_layout: Layout, Ho: int, Wo: int, allow_strided: bool) -> InputAccess:
+    """Direct access when the halo allows it (and the stride is 1 or ``allow_strided``), else a prep."""
+    s, P, K, L = stride, padding, k, in_layout
+    if L.pad >= P and (s == 1 or allow_strided):
+        return InputAccess(
+            src="in", direct=True, step=s, row_stride=s * L.ld, cs=L.ps,
+            origin=(L.pad - P) * L.ld + (L.pad - P),
+            tap_off=tuple(kh * L.ld + kw for kh in range(K) for kw in range(K)),
+            scratch="", prep="")
+    # only the phases some tap reads are built (a 1x1 stride-2 conv needs phase (0, 0) alone)
+    phases = sorted({(kh % s, kw % s) for kh in range(K) for kw in range(K)})
+    nph, hph = len(phases), Ho + (K - 1) // s
+    ldp = round_up(round_up(Wo, MAX_VL) + (K - 1) // s, MAX_VL)
+    phs = hph * ldp
+    cs = nph * phs
+    tap_off = tuple(phases.index((kh % s, kw % s)) * phs + (kh // s) * ldp + kw // s
+                    for kh in range(K) for kw in range(K))
+    pys = ", ".join(str(p[0]) for p in phases)
+    pxs = ", ".join(str(p[1]) for p in phases)
+    scratch = f"""
+    PS_SCRATCH(scr, {channels * cs}, "{name}");"""
+    prep = f"""
+    {{
+    static const int PYS[{nph}] = {{{pys}}}, PXS[{nph}] = {{{pxs}}};
+    #pragma omp for schedule(static)
+    for (int q = 0; q < {channels * nph * hph}; q++) {{
+        int ci = q / {nph * hph}, ph = q / {hph} % {nph}, r = q % {hph};
+        float *d = scr + (size_t)ci * {cs} + ph * {phs} + r * {ldp};
+        int y = {s} * r + PYS[ph] - {P};
+        if (y < 0 || y >= {L.H}) {{ memset(d, 0, {ldp} * sizeof(float)); continue; }}
+        const float *sr = in + (size_t)ci * {L.ps} + (y + {L.pad}) * {L.ld} + {L.pad};
+        int x0 = PXS[ph] - {P};              /* input column of phase column 0 */
+        int c0 = x0 >= 0 ? 0 : (-x0 + {s - 1}) / {s};
+        int c1 = ({L.W} - 1 - x0) >= 0 ? ({L.W} - 1 - x0) / {s} + 1 : 0;
+        if (c1 > {ldp}) c1 = {ldp};
+        if (c0 > c1) c0 = c1;
+        for (int c = 0; c < c0; c++) d[c] = 0.0f;
+        for (int c = c0; c < c1; c++) d[c] = sr[{s} * c + x0];
+        for (int c = c1; c < {ldp}; c++) d[c] = 0.0f;
+    }}
+    }}"""
+    return InputAccess(src="scr", direct=False, step=1, row_stride=ldp, cs=cs, origin=0,
+                       tap_off=tap_off, scratch=scratch, prep=prep)

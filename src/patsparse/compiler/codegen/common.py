@@ -1,0 +1,125 @@
+"""Small pieces every dense generator shares: argument checks, host vector width, C helpers.
+
+The C helpers sit behind an include guard because the compiler concatenates many kernels into
+one translation unit; each kernel's code carries the guarded block so it also builds alone.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+
+import numpy as np
+
+from ...errors import InputError, UnsupportedError
+from ..build import isa_macros
+from ..layout import Layout
+from .base import ACTIVATIONS
+
+MAX_VL = 16  # widest vector any target uses; Python-side sizes that must fit every VL use it
+
+# ps_splat: base.vbcast is ``(vf){0} + x``, which GCC cannot fold (-0.0 + 0 != -0.0), costing an
+# extra add per broadcast in inner loops; ``x - 0`` is exact for every x, so it folds away.
+# PS_KEEP: see the C comment.
+# ps_load_s2: lanes 0, 2, 4, ... of p[0 .. 2*VL): one stride-2 vector from two loads + a shuffle.
+# PS_SCRATCH: per-thread scratch that lives as long as the thread (kernels are called from several
+# threads at once, and malloc/free per call would fault fresh pages in on every call).
+HELPERS = r"""
+#ifndef PATSPARSE_DENSE_HELPERS
+#define PATSPARSE_DENSE_HELPERS
+#include <stdlib.h>
+#include <stdio.h>
+static inline vf ps_splat(float x) { return x - (vf){0}; }
+/* Pin a loaded vector in a register: without it GCC folds the load into every FMA that uses it,
+   turning one load per input vector into MR loads (load-port bound, 2x slower on 3x3 convs). */
+#if defined(__x86_64__) || defined(__i386__)
+#define PS_KEEP(v) __asm__("" : "+v"(v))
+#else
+#define PS_KEEP(v) ((void)0)
+#endif
+#if VL == 16
+#define PS_EVEN (vi){0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30}
+#elif VL == 8
+#define PS_EVEN (vi){0, 2, 4, 6, 8, 10, 12, 14}
+#else
+#define PS_EVEN (vi){0, 2, 4, 6}
+#endif
+static inline vf ps_load_s2(const float *p) {
+    return __builtin_shuffle(vload(p), vload(p + VL), PS_EVEN);
+}
+static float *ps_scratch_alloc(size_t nfloats, const char *who) {
+    size_t bytes = (nfloats * sizeof(float) + 63) / 64 * 64;
+    float *p = aligned_alloc(64, bytes ? bytes : 64);
+    if (!p) {
+        fprintf(stderr, "patsparse: kernel %s could not allocate %zu bytes of scratch\n", who, bytes);
+        abort();
+    }
+    return p;
+}
+#define PS_SCRATCH(var, nfloats, who) \
+    static __thread float *var##_tls; \
+    if (!var##_tls) var##_tls = ps_scratch_alloc((nfloats), (who)); \
+    float *var = var##_tls
+#endif
+"""
+
+_C_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def check_name(name: str) -> None:
+    """Kernel names go straight into C source: accept only plain identifiers."""
+    if not isinstance(name, str) or not _C_IDENT.match(name):
+        raise InputError(f"kernel name {name!r} is not a safe C identifier")
+
+
+def check_act(act: str, where: str) -> None:
+    if act not in ACTIVATIONS:
+        raise UnsupportedError(f"{where}: activation {act!r} is not supported "
+                               f"(supported: {', '.join(ACTIVATIONS)})")
+
+
+def conv_out_size(size: int, k: int, stride: int, pad: int, where: str) -> int:
+    """PyTorch's output size (floor mode); an InputError when the window does not fit."""
+    out = (size + 2 * pad - k) // stride + 1
+    if out < 1:
+        raise InputError(f"{where}: input size {size} with kernel {k}, stride {stride}, padding "
+                         f"{pad} gives an empty output")
+    return out
+
+
+def check_layouts(where: str, in_layout: Layout, out_layout: Layout,
+                  expect_in: tuple[int, int, int], expect_out: tuple[int, int, int]) -> None:
+    """Both layouts must describe the shapes the op implies; the message shows which differs."""
+    for label, lay, exp in (("in_layout", in_layout, expect_in), ("out_layout", out_layout, expect_out)):
+        if not isinstance(lay, Layout):
+            raise InputError(f"{where}: {label} must be a Layout, got {type(lay).__name__}")
+        if (lay.C, lay.H, lay.W) != exp:
+            raise InputError(f"{where}: {label} is (C, H, W) = {(lay.C, lay.H, lay.W)}, "
+                             f"expected {exp}")
+
+
+def check_positive(where: str, **values: int) -> None:
+    for key, v in values.items():
+        if not isinstance(v, int) or v < 1:
+            raise InputError(f"{where}: {key} must be a positive integer, got {v!r}")
+
+
+@functools.lru_cache(maxsize=None)
+def host_vl() -> int:
+    """Floats per vector on the build host: schedule heuristics use it, code never depends on it."""
+    macros = isa_macros()
+    if "__AVX512F__" in macros:
+        return 16
+    if "__AVX__" in macros:
+        return 8
+    return 4
+
+
+def check_weight(weight: np.ndarray, shape: tuple[int, ...], name: str) -> np.ndarray:
+    """The layer's weight as float32 of exactly ``shape`` (what a pack function accepts)."""
+    w = np.asarray(weight, dtype=np.float32)
+    if w.shape != tuple(shape):
+        raise InputError(f"kernel {name}: weight of shape {w.shape}, expected {tuple(shape)}")
+    if not np.isfinite(w).all():
+        raise InputError(f"kernel {name}: weight has non-finite values")
+    return w

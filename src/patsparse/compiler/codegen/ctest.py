@@ -1,0 +1,124 @@
+"""Run one generated kernel on numpy data through ctypes: the harness kernel tests and benchmarks share.
+
+Why it exists: every generator is checked against PyTorch on buffers in the real activation
+layout (halo, row tails, SLACK included), so the same memory rules the compiled model relies on
+are exercised here. ``to_layout``/``from_layout`` convert between NCHW numpy arrays and padded
+layout buffers; ``KernelRunner`` builds a kernel alone into a shared library and calls it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import InputError
+from ..build import compile_c
+from ..layout import Layout
+from .base import PRELUDE, SLACK, GeneratedKernel
+
+ALIGN = 64  # bytes; planes start on 64-byte boundaries (layout.py), so buffers must too
+
+
+def aligned_zeros(n: int) -> np.ndarray:
+    """``n`` zero float32 values starting on a 64-byte boundary."""
+    raw = np.zeros(n + ALIGN // 4, dtype=np.float32)
+    start = (-raw.ctypes.data % ALIGN) // 4
+    out = raw[start:start + n]
+    assert out.ctypes.data % ALIGN == 0
+    return out
+
+
+def layout_buffer(layout: Layout) -> np.ndarray:
+    """A zeroed activation buffer for one image: ``layout.size`` floats plus SLACK."""
+    return aligned_zeros(layout.size + SLACK)
+
+
+def interior_mask(layout: Layout) -> np.ndarray:
+    """Boolean mask over a layout buffer: True on interior elements, False on halo/tail/SLACK."""
+    mask = np.zeros(layout.size + SLACK, dtype=bool)
+    planes = mask[:layout.size].reshape(layout.C, -1)[:, :(layout.H + 2 * layout.pad) * layout.ld]
+    grid = planes.reshape(layout.C, layout.H + 2 * layout.pad, layout.ld)
+    grid[:, layout.pad:layout.pad + layout.H, layout.pad:layout.pad + layout.W] = True
+    return mask
+
+
+def _interior_view(buf: np.ndarray, layout: Layout) -> np.ndarray:
+    planes = buf[:layout.size].reshape(layout.C, layout.ps)
+    grid = planes[:, :(layout.H + 2 * layout.pad) * layout.ld].reshape(
+        layout.C, layout.H + 2 * layout.pad, layout.ld)
+    return grid[:, layout.pad:layout.pad + layout.H, layout.pad:layout.pad + layout.W]
+
+
+def to_layout(x: np.ndarray, layout: Layout) -> np.ndarray:
+    """Copy a (C, H, W) array into a fresh zero-halo buffer in ``layout``."""
+    if x.shape != (layout.C, layout.H, layout.W):
+        raise InputError(f"array of shape {x.shape} does not match layout "
+                         f"(C, H, W) = ({layout.C}, {layout.H}, {layout.W})")
+    buf = layout_buffer(layout)
+    _interior_view(buf, layout)[...] = x
+    return buf
+
+
+def from_layout(buf: np.ndarray, layout: Layout) -> np.ndarray:
+    """The (C, H, W) interior of a layout buffer, as a new array."""
+    return _interior_view(buf, layout).copy()
+
+
+def _ptr(a: np.ndarray | None) -> ctypes.c_void_p:
+    return ctypes.c_void_p(None if a is None else a.ctypes.data)
+
+
+class KernelRunner:
+    """One generated kernel built alone into a shared library, callable on numpy buffers.
+
+    The library exports ``run`` (the kernel itself, through a thin wrapper) and
+    ``bench(iters)`` (a tight loop around it, so timings carry no ctypes overhead).
+    """
+
+    def __init__(self, kernel: GeneratedKernel, *, cache_dir: Path | None = None,
+                 extra_flags: tuple[str, ...] = ()):
+        self.kernel = kernel
+        source = PRELUDE + kernel.code + f"""
+void run(const float *in, float *out, const float *w, const float *b, const float *r) {{
+    {kernel.name}(in, out, w, b, r);
+}}
+double bench(const float *in, float *out, const float *w, const float *b, const float *r,
+             int iters) {{
+    double t0 = omp_get_wtime();
+    for (int i = 0; i < iters; i++) {kernel.name}(in, out, w, b, r);
+    return omp_get_wtime() - t0;
+}}
+"""
+        self.lib = ctypes.CDLL(str(compile_c(source, name=f"k_{kernel.name}", cache_dir=cache_dir,
+                                             extra_flags=extra_flags)))
+        self.lib.bench.restype = ctypes.c_double
+
+    def pack(self, weight: np.ndarray) -> np.ndarray:
+        packed = np.asarray(self.kernel.pack(np.asarray(weight, dtype=np.float32)), np.float32)
+        out = aligned_zeros(packed.size + SLACK)
+        out[:packed.size] = packed.ravel()
+        return out
+
+    def __call__(self, inp: np.ndarray, out: np.ndarray, packed_w: np.ndarray,
+                 bias: np.ndarray, res: np.ndarray | None = None) -> None:
+        self.lib.run(_ptr(inp), _ptr(out), _ptr(packed_w), _ptr(bias), _ptr(res))
+
+    def time(self, inp: np.ndarray, out: np.ndarray, packed_w: np.ndarray, bias: np.ndarray,
+             res: np.ndarray | None = None, *, iters: int = 10) -> float:
+        """Seconds per call, averaged over ``iters`` back-to-back calls inside C."""
+        return self.lib.bench(_ptr(inp), _ptr(out), _ptr(packed_w), _ptr(bias), _ptr(res),
+                              ctypes.c_int(iters)) / iters
+
+
+def timed_median(fn, *, repeats: int = 7) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` calls (after one warm-up call)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))

@@ -1,0 +1,54 @@
+"""Dense KxK convolution (groups=1): first convs, the 7x7 stem, dense 3x3 layers.
+
+All sizes share one register-blocked implicit-GEMM engine (igemm.py): the KxK taps are
+unrolled at compile-time offsets inside the reduction over input channels, so a 3x3 stride-1
+conv on a padded layout is loads at constant offsets + FMAs with an MRxNR tile in registers.
+Stride 2 (3x3 s2, the 7x7 s2 stem) and inputs whose halo is narrower than the conv padding go
+through a phase-plane prep pass (see igemm.py). 1x1 convs are delegated to gemm.gen_conv1x1.
+"""
+
+from __future__ import annotations
+
+from ...errors import InputError, UnsupportedError
+from ..layout import Layout
+from .base import GeneratedKernel
+from .common import check_act, check_layouts, check_name, check_positive, conv_out_size
+from .gemm import gen_conv1x1
+from .igemm import gen_igemm
+from .igemm import schedules as _igemm_schedules
+
+MAX_K = 7
+
+
+def schedules(*, cout: int, out_layout: Layout) -> list[dict]:
+    """Candidate register tiles for a conv writing ``out_layout``, best-by-heuristic first."""
+    return _igemm_schedules(cout=cout, Ho=out_layout.H, Wo=out_layout.W)
+
+
+def gen_conv2d(name: str, *, cin: int, cout: int, k: int, stride: int = 1, padding: int = 0,
+               in_layout: Layout, out_layout: Layout, act: str = "none",
+               has_residual: bool = False, schedule: dict | None = None) -> GeneratedKernel:
+    """Dense conv2d, groups=1, square kernel ``k`` (1..7), stride 1 or 2, zero padding.
+
+    Weight shape (cout, cin, k, k). ``in_layout.pad`` may be smaller than ``padding``.
+    """
+    where = f"conv2d kernel {name}"
+    check_name(name)
+    check_positive(where, cin=cin, cout=cout, k=k, stride=stride)
+    check_act(act, where)
+    if k > MAX_K:
+        raise UnsupportedError(f"{where}: kernel size {k} > {MAX_K} is not supported")
+    if stride > 2:
+        raise UnsupportedError(f"{where}: stride {stride} is not supported (1 or 2)")
+    if not 0 <= padding < k:
+        raise InputError(f"{where}: padding {padding} must be in [0, {k - 1}] for a {k}x{k} kernel")
+    if k == 1:
+        return gen_conv1x1(name, cin=cin, cout=cout, stride=stride, padding=padding,
+                           in_layout=in_layout, out_layout=out_layout, act=act,
+                           has_residual=has_residual, schedule=schedule)
+    Ho = conv_out_size(in_layout.H, k, stride, padding, where)
+    Wo = conv_out_size(in_layout.W, k, stride, padding, where)
+    check_layouts(where, in_layout, out_layout, (cin, in_layout.H, in_layout.W), (cout, Ho, Wo))
+    return gen_igemm(name, cin=cin, cout=cout, k=k, stride=stride, padding=padding,
+                     in_layout=in_layout, out_layout=out_layout, act=act,
+                     has_residual=has_residual, schedule=schedule, where=where)

@@ -1,0 +1,157 @@
+"""Register-blocked implicit-GEMM convolution: the engine behind dense KxK convs and 1x1 convs.
+
+out[co, oh, ow] = sum over (ci, kh, kw) of W[co, ci, kh, kw] * X[ci, oh*s + kh - P, ow*s + kw - P]
+
+Output pixels are cut into *slots*: VL consecutive columns of one output row (the last slot of a
+row is partial and its lanes past the row are masked to zero at the store). A micro-kernel
+keeps an MR x NR tile in registers (MR output channels x NR slots); per reduction step it loads
+NR input vectors, broadcasts MR weights and issues MR*NR FMAs, so it is FMA-bound, not load-bound,
+whenever MR*NR is large. The reduction runs over input channels with the KxK taps unrolled at
+compile-time offsets.
+
+Stride 1 with enough input padding reads the activation layout directly. Otherwise (stride 2,
+or an input whose halo is narrower than the conv padding, e.g. the model input) a prep pass
+copies the input once into a scratch of *phase planes* (space-to-depth: phase (py, px) holds
+Xpad[s*r + py][s*c + px]) with full zero padding, which turns any stride into unit-stride loads.
+The prep touches each input element about once, against Cout*K*K/s^2 FMAs per element.
+
+Weights are packed per MR-row tile as [tile][ci][kh][kw][MR] (rows past Cout are zero), so the
+broadcasts of one reduction step are adjacent and the weight stream is sequential.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...errors import InputError
+from ..layout import Layout, round_up
+from .base import GeneratedKernel, act_c
+from .access import input_access
+from .common import HELPERS, check_weight, host_vl
+
+
+def _slots(Ho: int, Wo: int, vl: int) -> int:
+    return Ho * -(-Wo // vl)
+
+
+def schedules(*, cout: int, Ho: int, Wo: int, vl: int | None = None) -> list[dict]:
+    """Candidate (mr, nr) register tiles for the auto-tuner, best-by-heuristic first.
+
+    All tiles fit the register file with the NR input vectors held in registers
+    (MR*NR + NR + 1 <= registers). The heuristic ranks them by modelled cycles: per reduction
+    step max(MR*NR FMAs / 2 ports, (MR + NR) loads / 2 ports) times the tiles computed, which
+    charges the waste of padded channel rows and padded slots.
+    """
+    vl = vl or host_vl()
+    nregs = 32 if vl == 16 else 16
+    ns = _slots(Ho, Wo, vl)
+    cands = []
+    for mr in range(1, 17):
+        for nr in range(1, 9):
+            if mr * nr + nr + 1 > nregs or mr * nr < 4:
+                continue
+            tiles = -(-cout // mr) * -(-ns // nr)
+            step = max(mr * nr / 2, (mr + nr) / 2) + 0.5  # +0.5: loop/pointer overhead
+            cands.append((tiles * step, -mr * nr, mr, nr))
+    cands.sort()
+    return [{"mr": mr, "nr": nr} for _, _, mr, nr in cands[:8]]
+
+
+def _check_schedule(schedule: dict, where: str) -> tuple[int, int]:
+    try:
+        mr, nr = int(schedule["mr"]), int(schedule["nr"])
+    except (KeyError, TypeError, ValueError):
+        raise InputError(f"{where}: schedule must be a dict with integer 'mr' and 'nr', "
+                         f"got {schedule!r}") from None
+    if not (1 <= mr <= 32 and 1 <= nr <= 16):
+        raise InputError(f"{where}: schedule mr={mr}, nr={nr} out of range (1..32, 1..16)")
+    return mr, nr
+
+
+def gen_igemm(name: str, *, cin: int, cout: int, k: int, stride: int, padding: int,
+              in_layout: Layout, out_layout: Layout, act: str, has_residual: bool,
+              schedule: dict | None, where: str) -> GeneratedKernel:
+    """Generate the implicit-GEMM conv; callers have already validated shapes and arguments."""
+    H, W, s, P, K = in_layout.H, in_layout.W, stride, padding, k
+    Ho, Wo = out_layout.H, out_layout.W
+    if schedule is None:
+        schedule = schedules(cout=cout, Ho=Ho, Wo=Wo)[0]
+    mr, nr = _check_schedule(schedule, where)
+    cout_pad = round_up(cout, mr)
+    kk = K * K
+    acc = input_access(name, channels=cin, k=K, stride=s, padding=P, in_layout=in_layout,
+                       Ho=Ho, Wo=Wo, allow_strided=False)
+    src, row_stride, cs, origin, tap_off = acc.src, acc.row_stride, acc.cs, acc.origin, acc.tap_off
+    scratch, prep, direct = acc.scratch, acc.prep, acc.direct
+
+    J, I = range(nr), range(mr)
+    decl = "\n".join(f"        vf a{i}_{j} = (vf){{0}};" for i in I for j in J)
+    body = []
+    for t, off in enumerate(tap_off):
+        body.append("            {")
+        body += [f"                vf b{j} = vload(q{j} + {off}); PS_KEEP(b{j});" for j in J]
+        for i in I:
+            body.append(f"                {{ vf wv = ps_splat(wk[{t * mr + i}]);")
+            body.append("                  " + " ".join(f"a{i}_{j} += wv * b{j};" for j in J) + " }")
+        body.append("            }")
+    body = "\n".join(body)
+    olay = out_layout
+    ochk = "" if cout == cout_pad else f"if (co0 + {{i}} < {cout}) "
+    stores = []
+    for j in J:
+        stores.append(f"        if (ok{j}) {{")
+        stores.append(f"            size_t o = {olay.origin} + (size_t)oh{j} * {olay.ld} + w0{j};")
+        for i in I:
+            expr = f"a{i}_{j} + ps_splat(bias[co0 + {i}])"
+            if has_residual:
+                expr += f" + vload(res + o + (size_t)(co0 + {i}) * {olay.ps})"
+            stores.append(f"            {ochk.format(i=i)}{{ vf v = {act_c(act, expr)};"
+                          f" if (w0{j} == LASTW) v = vand(v, tm);"
+                          f" vstore(out + o + (size_t)(co0 + {i}) * {olay.ps}, v); }}")
+        stores.append("        }")
+    stores = "\n".join(stores)
+    slots = "\n".join(
+        f"        int s{j} = pt * {nr} + {j}, ok{j} = s{j} < NS; if (!ok{j}) s{j} = pt * {nr};\n"
+        f"        int oh{j} = s{j} / NVW, w0{j} = s{j} % NVW * VL;\n"
+        f"        const float *p{j} = {src} + {origin} + (size_t)oh{j} * {row_stride} + w0{j};"
+        for j in J)
+    qs = " ".join(f"const float *q{j} = p{j} + (size_t)ci * {cs};" for j in J)
+    code = HELPERS + f"""
+/* {name}: dense conv {cin}->{cout}, {K}x{K}, stride {s}, padding {P}, {H}x{W} -> {Ho}x{Wo},
+   implicit GEMM, tile {mr} channels x {nr} row vectors, {'direct input' if direct else 'phase-plane prep'} */
+static void {name}(const float *restrict in, float *restrict out, const float *restrict w,
+                   const float *restrict bias, const float *restrict res) {{
+    enum {{ NVW = ({Wo} + VL - 1) / VL, NS = {Ho} * NVW, NPT = (NS + {nr - 1}) / {nr},
+           NCT = {cout_pad // mr}, LASTW = (NVW - 1) * VL }};
+    const vi tm = vtailmask({Wo} - LASTW);
+    (void)res;{scratch}
+    #pragma omp parallel
+    {{{prep}
+    #pragma omp for schedule(static)
+    for (int u = 0; u < NPT * NCT; u++) {{
+        int pt = u / NCT, co0 = u % NCT * {mr};
+{slots}
+        const float *wp = w + (size_t)(u % NCT) * {cin * kk * mr};
+{decl}
+        #pragma GCC unroll {4 if kk == 1 else 1}
+        for (int ci = 0; ci < {cin}; ci++) {{
+            {qs}
+            const float *wk = wp + (size_t)ci * {kk * mr};
+{body}
+        }}
+{stores}
+    }}
+    }}
+}}
+"""
+
+    def pack(weight: np.ndarray) -> np.ndarray:
+        wt = check_weight(weight, (cout, cin, K, K), name).reshape(cout, cin, kk)
+        full = np.zeros((cout_pad, cin, kk), np.float32)
+        full[:cout] = wt
+        # [tile][ci][tap][mr]
+        return np.ascontiguousarray(full.reshape(cout_pad // mr, mr, cin, kk).transpose(0, 2, 3, 1)).ravel()
+
+    return GeneratedKernel(name=name, code=code, pack=pack,
+                           flops=2 * cout * cin * kk * Ho * Wo,
+                           schedule={"mr": mr, "nr": nr})
