@@ -13,7 +13,7 @@ import sys
 
 from ..errors import PatsparseError
 
-COMMANDS: list[str] = ["train", "demo"]
+COMMANDS: list[str] = ["train", "demo", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,319 @@
+"""Side-by-side timing: every engine in its own worker process, timed interleaved.
+
+Why this shape:
+- Isolation. Each engine runs in a worker process (``worker.py``); a crash, an abort or a hang
+  (per-request timeout) ends that worker, the engine is reported with the reason, and the
+  benchmark goes on with the others. Peak resident memory is then per engine, too.
+- Fairness on a noisy, shared machine. Workers stay alive and idle (blocked on a pipe) while
+  another engine runs, and timing goes in rounds: each round gives every engine one block of
+  calls, in a rotated order. Drift in machine load hits all engines alike, and medians and p90
+  come from all blocks of all rounds.
+- Correctness first. Each engine's output is compared with the reference (PyTorch eager on
+  the same input, in the harness) before any timing; a wrong engine is reported as wrong and
+  never timed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..errors import InputError
+from . import protocol
+from .engines import ENGINES, engine_spec, load_engine
+
+SRC_ROOT = str(Path(__file__).resolve().parents[2])
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TVM_NUM_THREADS",
+              "NM_NUM_THREADS")
+
+
+@dataclass
+class Stats:
+    """Summary of per-call latencies in milliseconds."""
+
+    median: float
+    p90: float
+    mean: float
+    min: float
+    n: int
+
+
+def summarize(samples_ms: Sequence[float]) -> Stats:
+    """Median, 90th percentile (linear interpolation), mean and min of latency samples."""
+    a = np.asarray(samples_ms, dtype=np.float64)
+    if a.size == 0 or not np.all(np.isfinite(a)):
+        raise InputError(f"latency samples must be a non-empty list of finite numbers, got {a.size}")
+    return Stats(median=float(np.median(a)), p90=float(np.percentile(a, 90)), mean=float(a.mean()),
+                 min=float(a.min()), n=int(a.size))
+
+
+def compare(y: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
+    """(max abs error, max abs error / max |ref|); shapes must hold the same elements."""
+    y = np.asarray(y, dtype=np.float64)
+    if y.size != ref.size:
+        raise ValueError(f"output has shape {list(y.shape)}, the reference {list(ref.shape)}")
+    err = float(np.max(np.abs(y.reshape(ref.shape) - ref))) if ref.size else 0.0
+    if not math.isfinite(err):
+        return math.inf, math.inf
+    scale = float(np.max(np.abs(ref))) or 1.0
+    return err, err / scale
+
+
+@dataclass
+class EngineResult:
+    """One engine's outcome. ``status``: ok, unavailable, wrong, failed, crashed, timeout."""
+
+    name: str
+    label: str
+    status: str
+    reason: str = ""
+    version: str = ""
+    notes: str = ""
+    max_abs_err: float | None = None
+    rel_err: float | None = None
+    median_ms: float | None = None
+    p90_ms: float | None = None
+    samples_ms: list[float] = field(default_factory=list)
+    peak_rss_mb: float | None = None
+    model_bytes: int | None = None
+    prepare_s: float | None = None
+
+
+@dataclass
+class BenchResult:
+    """Everything one run measured, with the context needed to reproduce or judge it."""
+
+    model: str
+    input_shape: list[int]
+    batch: int
+    threads: int
+    repeats: int
+    reference: str
+    tolerance: float
+    engines: list[EngineResult]
+    machine: dict[str, Any]
+    rate: float | None = None
+    macs_dense: int | None = None
+    macs_sparse: int | None = None
+
+    def ok(self) -> list[EngineResult]:
+        return [e for e in self.engines if e.status == "ok"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class EngineFailure(Exception):
+    def __init__(self, status: str, reason: str):
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+class Worker:
+    """One engine's worker process and the request/response calls to it."""
+
+    def __init__(self, name: str, python: str, path: list[str], threads: int, log: Path):
+        env = dict(os.environ)
+        env.update({k: str(threads) for k in THREAD_ENV})
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([SRC_ROOT, *path]))
+        env["PYTHONUNBUFFERED"] = "1"
+        self.name, self.log = name, log
+        self._log_file = open(log, "wb")
+        self.proc = subprocess.Popen([python, "-m", "patsparse.bench.worker"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self._log_file, env=env,
+                                     start_new_session=True)
+
+    def call(self, msg: dict[str, Any], arrays: dict[str, np.ndarray] | None = None,
+             timeout: float | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        try:
+            protocol.send(self.proc.stdin.fileno(), msg, arrays)
+            reply, out = protocol.recv(self.proc.stdout.fileno(), timeout)
+        except protocol.WorkerTimeout:
+            self.kill()
+            raise EngineFailure("timeout", f"{msg['op']} did not finish within {timeout:.0f} s "
+                                f"(worker killed; log: {self.log})") from None
+        except protocol.WorkerGone:
+            raise EngineFailure("crashed", self._death()) from None
+        if not reply.get("ok"):
+            raise EngineFailure("failed", f"{msg['op']}: {reply.get('error', 'unknown error')}")
+        return reply, out
+
+    def _death(self) -> str:
+        try:
+            rc = self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            rc = self.proc.returncode
+        how = (f"killed by {signal.Signals(-rc).name}" if rc is not None and rc < 0
+               else f"exited with status {rc}")
+        self._log_file.flush()
+        tail = [ln for ln in self.log.read_text(errors="replace").splitlines() if ln.strip()][-3:]
+        return f"worker {how}" + (f"; last output: {' | '.join(tail)}" if tail else "") + f" (log: {self.log})"
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.call({"op": "exit"}, timeout=10)
+                self.proc.wait(timeout=10)
+            except (EngineFailure, subprocess.TimeoutExpired):
+                pass
+        self.kill()
+        for f in (self.proc.stdin, self.proc.stdout, self._log_file):
+            f.close()
+
+
+def machine_info(threads: int) -> dict[str, Any]:
+    """Where and when: CPU, cores, vector ISA, OS, date, patsparse commit."""
+    cpu, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and cpu in ("", platform.machine(), platform.processor()):
+                cpu = line.split(":", 1)[1].strip()
+            if line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    commit = subprocess.run(["git", "-C", SRC_ROOT, "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True)
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "threads": threads,
+        "isa": [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "asimd") if f in flags],
+        "os": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "load_average": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+        "commit": commit.stdout.strip() if commit.returncode == 0 else "",
+    }
+
+
+def run_bench(model, engines: Sequence[str] | None = None, *, batch: int = 1, threads: int = 2,
+              repeats: int = 50, warmup: int = 5, block: int = 5, timeout: float = 600.0,
+              tolerance: float = 1e-3, workdir: str | os.PathLike | None = None,
+              time_limit: float = 120.0, options: dict[str, Any] | None = None, seed: int = 0,
+              log: Callable[[str], None] = lambda s: None) -> BenchResult:
+    """Benchmark ``model`` (a ``patsparse.bench.model.BenchModel``) on ``engines``.
+
+    ``repeats`` timed calls per engine, in rounds of ``block`` calls (one unrecorded call
+    before each block re-warms caches another engine evicted). ``timeout`` bounds each request
+    to a worker (preparing includes conversion, compilation and tuning). ``tolerance`` bounds
+    max |y - ref| / max |ref| for an engine to count as correct. An engine whose timed calls
+    add up to ``time_limit`` seconds gets no further rounds (a very slow engine, e.g. untuned
+    TVM on a large model, then has fewer samples; their number is in the JSON). ``options``
+    go to every engine (e.g. ``{"tvm_budget": 600}``). Without ``workdir`` a temporary one is
+    used and removed afterwards unless an engine failed (its log is kept there).
+    """
+    for what, v, lo in (("batch", batch, 1), ("threads", threads, 1), ("repeats", repeats, 1),
+                        ("block", block, 1), ("warmup", warmup, 0)):
+        if not isinstance(v, int) or v < lo:
+            raise InputError(f"{what} must be an integer >= {lo}, got {v!r}")
+    if not (timeout > 0 and tolerance > 0):
+        raise InputError(f"timeout and tolerance must be positive, got {timeout}, {tolerance}")
+    names = list(engines) if engines else list(ENGINES)
+    for n in names:
+        engine_spec(n)  # unknown names fail before any work
+    own_dir = workdir is None
+    root = Path(tempfile.mkdtemp(prefix="patsparse-bench-") if own_dir else workdir)
+    root.mkdir(parents=True, exist_ok=True)
+
+    machine = machine_info(threads)
+    x = model.example(batch, seed)
+    files = model.materialise(root / "model", x)
+    ref, ref_name = model.reference(x, files)
+    module_bytes = model.module_bytes()
+    results: dict[str, EngineResult] = {}
+    workers: dict[str, Worker] = {}
+
+    for name in names:
+        engine = load_engine(name)
+        res = results[name] = EngineResult(name=name, label=engine.label or name, status="ok")
+        ok, why = engine.available()
+        if ok and engine.needs_torch_model and model.module is None:
+            ok, why = False, "needs a PyTorch model (this benchmark was given an ONNX file)"
+        if not ok:
+            res.status, res.reason = "unavailable", why
+            log(f"{name}: unavailable: {why}")
+            continue
+        log(f"{name}: preparing")
+        w = Worker(name, engine.python(), engine.worker_path(), threads, root / f"{_slug(name)}.log")
+        try:
+            arrays = {"x": x}
+            if engine.needs_torch_model and module_bytes is not None:
+                arrays["module"] = np.frombuffer(module_bytes, dtype=np.uint8)
+            reply, _ = w.call({"op": "prepare", "engine": engine_spec(name), "threads": threads,
+                               "workdir": str(root / _slug(name)), "files": files,
+                               "options": options or {}}, arrays, timeout)
+            res.prepare_s, res.model_bytes = reply["seconds"], reply["model_bytes"]
+            res.notes, res.version = reply.get("notes", ""), reply.get("version", "")
+            _, out = w.call({"op": "run"}, timeout=timeout)
+            try:
+                res.max_abs_err, res.rel_err = compare(out["y"], ref)
+            except ValueError as e:
+                raise EngineFailure("wrong", str(e)) from None
+            if not res.rel_err <= tolerance:
+                raise EngineFailure("wrong", f"output differs from {ref_name}: max abs error "
+                                    f"{res.max_abs_err:.3g} = {res.rel_err:.3g} of max |ref| "
+                                    f"(tolerance {tolerance:g}); not timed")
+            if warmup:
+                w.call({"op": "time", "n": 1, "warmup": warmup - 1}, timeout=timeout)
+            workers[name] = w
+            log(f"{name}: ready in {res.prepare_s:.1f} s, max abs error {res.max_abs_err:.2g}")
+        except EngineFailure as f:
+            res.status, res.reason = f.status, f.reason
+            log(f"{name}: {f.status}: {f.reason}")
+            w.close()
+
+    rounds = math.ceil(repeats / block)
+    for r in range(rounds):
+        live = [n for n in names if n in workers]
+        n_calls = min(block, repeats - r * block)
+        live = [n for n in live if sum(results[n].samples_ms) < time_limit * 1e3]
+        for name in live[r % len(live):] + live[: r % len(live)] if live else []:
+            try:
+                reply, _ = workers[name].call({"op": "time", "n": n_calls, "warmup": 1}, timeout=timeout)
+                results[name].samples_ms.extend(t / 1e6 for t in reply["ns"])
+            except EngineFailure as f:
+                results[name].status, results[name].reason = f.status, f"while timing: {f.reason}"
+                log(f"{name}: {f.status} while timing: {f.reason}")
+                workers.pop(name).close()
+    for name, w in workers.items():
+        try:
+            reply, _ = w.call({"op": "stats"}, timeout=60)
+            results[name].peak_rss_mb = reply["peak_rss_kb"] / 1024
+        except EngineFailure as f:
+            log(f"{name}: could not read memory use: {f.reason}")
+        w.close()
+        s = summarize(results[name].samples_ms)
+        results[name].median_ms, results[name].p90_ms = s.median, s.p90
+
+    if hasattr(os, "getloadavg"):
+        machine["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
+    if own_dir and all(r.status in ("ok", "unavailable") for r in results.values()):
+        shutil.rmtree(root, ignore_errors=True)
+    macs = model.macs(x)
+    return BenchResult(model=model.name, input_shape=list(x.shape), batch=batch, threads=threads,
+                       repeats=repeats, reference=ref_name, tolerance=tolerance,
+                       engines=[results[n] for n in names], machine=machine,
+                       rate=model.rate, macs_dense=macs[0] if macs else None,
+                       macs_sparse=macs[1] if macs else None)
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)

@@ -1,0 +1,81 @@
+"""``patsparse bench MODEL``: the model in every available engine, side by side."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import InputError
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(d) for d in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected C,H,W (e.g. 3,32,32), got {text!r}") from None
+    return dims
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from ..bench.engines import ENGINES
+
+    p = sub.add_parser(
+        "bench", help="time a model in patsparse and peer engines side by side",
+        description="Run MODEL in every available engine in one run, interleaved after warm-up; "
+                    "check each engine's output against PyTorch before timing; print median and "
+                    "p90 latency, speed-ups, max abs error, peak memory and model size.",
+        epilog="Examples: patsparse bench vgg16_bn --rate 8 --batch 1 --threads 2 | "
+               "patsparse bench model.pats --input-shape 3,32,32 | patsparse bench model.onnx "
+               "--engines onnxruntime,openvino")
+    p.add_argument("model", help="a saved patsparse model, a zoo name (with --rate), or an .onnx file")
+    p.add_argument("--rate", type=float, help="zoo models: pattern + connectivity compression rate "
+                   "(2.25 = patterns only; omit for dense)")
+    p.add_argument("--variant", default="cifar", choices=["cifar", "imagenet"],
+                   help="zoo models: 32x32 CIFAR or 224x224 ImageNet input (default cifar)")
+    p.add_argument("--width", type=float, default=1.0, help="zoo models: channel width multiplier")
+    p.add_argument("--input-shape", type=_shape, help="C,H,W for a saved model that does not record it")
+    p.add_argument("--engines", help=f"comma-separated subset of: {', '.join(ENGINES)} (default: all)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=50, help="timed calls per engine (default 50)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed calls per engine first (default 5)")
+    p.add_argument("--timeout", type=float, default=600.0,
+                   help="seconds any one engine request may take before the engine is killed")
+    p.add_argument("--tvm-budget", type=float, default=0.0,
+                   help="seconds of MetaSchedule tuning for TVM (0: untuned, labelled so)")
+    p.add_argument("--tolerance", type=float, default=1e-3,
+                   help="max |y - ref| / max |ref| for an engine's output to count as correct")
+    p.add_argument("--json", metavar="PATH", help="write the full result as JSON")
+    p.add_argument("--plot", metavar="PNG", help="write a bar chart of the latencies")
+    p.add_argument("--workdir", help="keep converted models and worker logs here")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..bench import report
+    from ..bench.harness import run_bench
+    from ..bench.model import BenchModel
+
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()] if args.engines else None
+    if args.tvm_budget < 0:
+        raise InputError(f"--tvm-budget must be >= 0 seconds, got {args.tvm_budget}")
+    model = BenchModel.from_spec(args.model, rate=args.rate, variant=args.variant, width=args.width,
+                                 input_shape=args.input_shape)
+    log = (lambda s: None) if args.quiet else (lambda s: print(f"[bench] {s}", file=sys.stderr, flush=True))
+    result = run_bench(model, engines, batch=args.batch, threads=args.threads, repeats=args.repeats,
+                       warmup=args.warmup, timeout=args.timeout + args.tvm_budget,
+                       tolerance=args.tolerance, workdir=args.workdir,
+                       options={"tvm_budget": args.tvm_budget}, log=log)
+    print(report.header(result))
+    print()
+    print(report.table(result))
+    matrix = report.speedup_matrix(result)
+    if matrix:
+        print()
+        print(matrix)
+    if args.json:
+        report.write_result_json(result, args.json)
+    if args.plot:
+        report.bar_chart(result, args.plot)
+    return 0 if result.ok() else 1
