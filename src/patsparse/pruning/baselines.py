@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from .admm import cosine_lr, make_optimizer
 from .layers import is_3x3, select_layers
 from .masks import MaskEnforcer
 
@@ -136,22 +137,22 @@ def prune_baseline(model: nn.Module, train_loader: Iterable, method: str, rate: 
                    layers: Sequence[str] | None = None, device: str = "cpu", progress: bool = True,
                    on_epoch: Callable[[int, dict], None] | None = None) -> dict[str, torch.Tensor]:
     """Prune ``model`` in place by ``method`` at ``rate``, then retrain it for ``epochs`` with the
-    masks held (SGD with cosine schedule, as the pattern rows' retraining). Returns the masks;
-    ``on_epoch(epoch, stats)`` is called after each epoch (e.g. to evaluate)."""
-    from ..train.loop import train_epoch  # the training loop of patsparse.train
+    masks held, with the optimizer and per-epoch cosine schedule of the pattern pruner's own
+    retraining (so equal epochs mean an equal budget). Returns the masks; ``on_epoch(epoch,
+    stats)`` is called after each epoch (e.g. to evaluate)."""
+    from ..train.loop import train_epoch
 
-    if epochs < 0:
-        raise InputError(f"epochs must be >= 0, got {epochs}")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise InputError(f"epochs must be an int >= 0, got {epochs!r}")
     masks = baseline_masks(model, method, rate, layers)
+    model.to(device)
     with MaskEnforcer(model, masks) as enforcer:
-        if epochs:
-            opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-            steps = epochs * len(train_loader)  # type: ignore[arg-type]
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps))
-            for epoch in range(epochs):
-                stats = train_epoch(model, train_loader, opt, device=device, after_step=enforcer.after_step,
-                                    scheduler=sched, progress=progress,
-                                    desc=f"{method} {rate:g}x retrain {epoch + 1}/{epochs}")
-                if on_epoch is not None:
-                    on_epoch(epoch, stats)
+        optimizer = make_optimizer(model, lr, momentum, weight_decay)
+        for epoch in range(epochs):
+            for group in optimizer.param_groups:
+                group["lr"] = cosine_lr(lr, epoch, epochs)
+            stats = train_epoch(model, train_loader, optimizer, device=device, after_step=enforcer.after_step,
+                                progress=progress, desc=f"{method} {rate:g}x retrain {epoch + 1}/{epochs}")
+            if on_epoch is not None:
+                on_epoch(epoch, stats)
     return masks

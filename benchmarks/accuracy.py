@@ -1,0 +1,483 @@
+"""The accuracy grid of the paper's Table 1, run on our machine, written to docs/RESULTS.md.
+
+Rows, per model and seed, all starting from the same trained dense network:
+
+- ``dense``: the trained network; ``dense-ft``: the same network trained further for exactly the
+  epochs a pruned row gets (without this control, "pruning improved accuracy" can simply mean
+  "more epochs improved accuracy");
+- ``pattern-phase1/2/3``: pattern pruning only (2.25x) with the Phase-1 (12), Phase-2 (8) and
+  Phase-3 (4) libraries; ``pattern-random``: the control, a library of 8 random 4-entry masks;
+- ``pc-8x/12x/16x``: pattern (Phase-2) + connectivity pruning at those 3x3-conv rates;
+- ``magnitude-Rx`` / ``filter-Rx``: unstructured magnitude and L1-norm filter pruning at the
+  same rates, retrained with masks for as many epochs as the pattern rows spend in ADMM plus
+  retraining (same budget).
+
+Each row's result is a JSON file under ``--out`` written when the row finishes, so the script
+resumes: a re-run skips finished rows (and refuses to mix rows run with another configuration).
+The 3x3-conv rate of every row is measured from its weights. ``--report-only`` rewrites the
+RESULTS.md section from the stored rows.
+
+    python benchmarks/accuracy.py --dataset fashion-mnist --budget small      # this machine
+    python benchmarks/accuracy.py --dataset fashion-mnist --budget small --estimate
+    python benchmarks/accuracy.py --dataset cifar10 --data-root ~/data/cifar10 --budget paper  # GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import fnmatch
+import math
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _report  # noqa: E402
+
+import patsparse as ps  # noqa: E402
+from patsparse import data as psdata  # noqa: E402
+from patsparse import models as psmodels  # noqa: E402
+from patsparse.checkpoint import load_tensors, read_json, save_tensors, write_json  # noqa: E402
+from patsparse.errors import FormatError, InputError, PatsparseError  # noqa: E402
+from patsparse.patterns.library import candidates  # noqa: E402
+from patsparse.pruning.admm import cosine_lr, make_optimizer  # noqa: E402
+from patsparse.pruning.baselines import measured_rate, prune_baseline, pruned_convs  # noqa: E402
+from patsparse.train.loop import evaluate, train_epoch  # noqa: E402
+
+DATASETS = {  # --dataset -> (patsparse.data name, model variant)
+    "fashion-mnist": ("fashion-mnist", "cifar"),
+    "mnist": ("mnist", "cifar"),
+    "cifar10": ("cifar10", "cifar"),
+    "imagenet": ("imagefolder", "imagenet"),
+    "digits": ("digits", "cifar"),  # 8x8, bundled with scikit-learn: for smoke tests only
+}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much training one grid gets. ``prune_epochs`` = ADMM iterations x epochs + retraining
+    is what every pruned row (and dense-ft) spends after the dense network is trained."""
+
+    name: str
+    subset: int | None          # training examples (None = all)
+    batch_size: int
+    widths: dict[str, float]    # model -> width multiplier
+    dense_epochs: int
+    admm_iters: int
+    admm_epochs: int
+    retrain_epochs: int
+    seeds: int
+    lr: float                   # dense training (cosine from here)
+    prune_lr: float             # ADMM and retraining (the pruner's default)
+    gpu: bool = False           # too big for a CPU: say so instead of pretending
+
+    @property
+    def prune_epochs(self) -> int:
+        return self.admm_iters * self.admm_epochs + self.retrain_epochs
+
+
+_W = {"resnet18": 0.25, "vgg16_bn": 0.25, "mobilenet_v2": 0.25, "convnet": 0.5, "resnet8": 0.5}
+BUDGETS = {
+    "tiny": Budget("tiny", 512, 64, {k: 0.125 for k in _W}, 1, 1, 1, 1, 1, 0.05, 0.01),
+    "small": Budget("small", 8000, 128, _W, 4, 2, 1, 2, 3, 0.05, 0.01),
+    "medium": Budget("medium", None, 128, _W, 15, 3, 2, 4, 3, 0.05, 0.01),
+    "paper": Budget("paper", None, 128, {k: 1.0 for k in _W}, 200, 10, 10, 100, 3, 0.1, 0.01, gpu=True),
+}
+DEFAULT_MODELS = ("resnet18", "vgg16_bn", "mobilenet_v2")
+RATES = (8, 12, 16)
+
+
+@dataclass(frozen=True)
+class Row:
+    id: str
+    kind: str                   # dense | dense-ft | pattern | baseline
+    rate: float = 1.0           # nominal 3x3-conv rate
+    library: str | None = None  # phase1/2/3 or random
+    method: str | None = None   # magnitude | filter
+
+
+ROWS: tuple[Row, ...] = (
+    Row("dense", "dense"),
+    Row("dense-ft", "dense-ft"),
+    *(Row(f"pattern-{lib}", "pattern", 2.25, lib) for lib in ("phase1", "phase2", "phase3", "random")),
+    *(Row(f"pc-{r}x", "pattern", float(r), "phase2") for r in RATES),
+    *(Row(f"{m}-{r}x", "baseline", float(r), method=m) for m in ("magnitude", "filter") for r in RATES),
+)
+KEEP_WEIGHTS = ("dense", "pattern-phase2")  # the enhancement figure reuses these two
+
+
+def random_library(size: int, seed: int) -> torch.Tensor:
+    """The control: ``size`` distinct 4-entry masks drawn uniformly from the 126 candidates."""
+    cand = candidates()
+    g = torch.Generator().manual_seed(10_000 + seed)
+    return cand[torch.randperm(cand.shape[0], generator=g)[:size]].clone()
+
+
+# ------------------------------------------------------------------------------ one grid cell
+
+@dataclass
+class Cell:
+    """Everything one (dataset, budget, model, seed) needs; rows of the cell share the dense net."""
+
+    dataset: str
+    budget: Budget
+    model: str
+    seed: int
+    root: str | None
+    device: str
+    progress: bool
+    command: str = ""
+
+    @property
+    def width(self) -> float:
+        return self.budget.widths.get(self.model, 0.25)
+
+    def config(self, row: Row) -> dict[str, Any]:
+        b = self.budget
+        return {"dataset": self.dataset, "budget": b.name, "model": self.model, "width": self.width,
+                "seed": self.seed, "row": asdict(row), "subset": b.subset, "batch_size": b.batch_size,
+                "dense_epochs": b.dense_epochs, "admm_iters": b.admm_iters, "admm_epochs": b.admm_epochs,
+                "retrain_epochs": b.retrain_epochs, "lr": b.lr, "prune_lr": b.prune_lr}
+
+    def loaders(self):
+        name, _ = DATASETS[self.dataset]
+        return psdata.get_loaders(name, batch_size=self.budget.batch_size, root=self.root,
+                                  subset=self.budget.subset, seed=self.seed)
+
+    def build(self) -> nn.Module:
+        name, variant = DATASETS[self.dataset]
+        info = psdata.info(name)
+        torch.manual_seed(self.seed)
+        return psmodels.get(self.model, num_classes=info.num_classes, in_channels=info.in_channels,
+                            width=self.width, variant=variant)
+
+
+def train_plain(model: nn.Module, loader, epochs: int, lr: float, cell: Cell, desc: str) -> None:
+    """SGD (nesterov, weight decay) with per-epoch cosine decay: the pruner's own optimizer and
+    schedule, so dense, dense-ft and pruned rows differ only in what they prune."""
+    opt = make_optimizer(model, lr, 0.9, 5e-4)
+    for ep in range(epochs):
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(lr, ep, epochs)
+        set_epoch = getattr(getattr(loader, "sampler", None), "set_epoch", None)
+        if set_epoch is not None:
+            set_epoch(ep)
+        train_epoch(model, loader, opt, device=cell.device, progress=cell.progress,
+                    desc=f"{desc} {ep + 1}/{epochs}")
+
+
+def run_row(cell: Cell, row: Row, dense_state: dict[str, torch.Tensor] | None, loaders) -> nn.Module:
+    """Train (dense) or prune + retrain (others) one row; returns the resulting model."""
+    train_loader, _ = loaders
+    b = cell.budget
+    model = cell.build().to(cell.device)
+    if row.kind == "dense":
+        train_plain(model, train_loader, b.dense_epochs, b.lr, cell, f"{cell.model} dense")
+        return model
+    assert dense_state is not None
+    model.load_state_dict(dense_state)
+    torch.manual_seed(cell.seed + 1)
+    if row.kind == "dense-ft":
+        train_plain(model, train_loader, b.prune_epochs, b.prune_lr, cell, f"{cell.model} dense-ft")
+    elif row.kind == "pattern":
+        lib = random_library(8, cell.seed) if row.library == "random" else row.library
+        ps.prune(model, train_loader, rate=row.rate, library=lib, epochs=b.admm_epochs,
+                 admm_iters=b.admm_iters, retrain_epochs=b.retrain_epochs, lr=b.prune_lr,
+                 device=cell.device, progress=cell.progress)
+    else:
+        prune_baseline(model, train_loader, row.method, row.rate, epochs=b.prune_epochs, lr=b.prune_lr,
+                       device=cell.device, progress=cell.progress)
+    return model
+
+
+def whole_model_rate(model: nn.Module) -> float:
+    """Conv + linear weights, dense / non-zero (BatchNorm and biases are not pruned by anyone)."""
+    ws = [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    return sum(w.numel() for w in ws) / max(1, sum(int(torch.count_nonzero(w)) for w in ws))
+
+
+def row_dir(out: Path, cell: Cell) -> Path:
+    return out / cell.dataset / cell.budget.name / cell.model / f"seed{cell.seed}"
+
+
+def run_cell(cell: Cell, rows: Iterable[Row], out: Path, log: Callable[[str], None] = print) -> list[dict]:
+    """Run the missing rows of a cell (dense first, as the others start from it); return all
+    of its results (finished earlier or now)."""
+    d = row_dir(out, cell)
+    results, loaders, dense_state = [], None, None
+    rows = list(rows)
+    for row in rows:
+        path = d / f"{row.id}.json"
+        if path.exists():
+            done = read_json(path, "grid row")
+            if done.get("config") != cell.config(row):
+                raise FormatError(f"{path} was run with another configuration; delete it or pass "
+                                  f"another --out to run this one")
+            results.append(done)
+            log(f"skip {cell.model} seed {cell.seed} {row.id}: done ({done['acc'] * 100:.2f}%)")
+            continue
+        if loaders is None:
+            loaders = cell.loaders()
+        if row.kind != "dense" and dense_state is None:
+            dense_state = _dense_state(cell, out, loaders, log)
+        log(f"run  {cell.model} seed {cell.seed} {row.id} ...")
+        t0 = time.perf_counter()
+        model = run_row(cell, row, dense_state, loaders)
+        seconds = time.perf_counter() - t0
+        ev = evaluate(model, loaders[1], device=cell.device)
+        names = [n for n, _ in pruned_convs(model)]
+        result = {"config": cell.config(row), "acc": ev["acc"], "loss": ev["loss"],
+                  "rate_3x3": measured_rate(model, names), "rate_model": whole_model_rate(model),
+                  "seconds": seconds, "date": _report.utc_now(), "command": cell.command,
+                  "machine": _report.machine(), "commit": _report.git_commit()}
+        if row.id in KEEP_WEIGHTS:
+            save_tensors(d / f"{row.id}.safetensors", model.state_dict())
+        write_json(path, result)  # last: a row counts as done only once everything is stored
+        results.append(result)
+        log(f"done {cell.model} seed {cell.seed} {row.id}: acc {ev['acc'] * 100:.2f}%, "
+            f"rate {result['rate_3x3']:.2f}x, {seconds:.0f}s")
+    return results
+
+
+def _dense_state(cell: Cell, out: Path, loaders, log) -> dict[str, torch.Tensor]:
+    """The dense weights of this cell, trained now (as the ``dense`` row) if not stored yet."""
+    d = row_dir(out, cell)
+    if not (d / "dense.json").exists() or not (d / "dense.safetensors").exists():
+        (d / "dense.json").unlink(missing_ok=True)
+        run_cell(cell, [ROWS[0]], out, log)
+    return load_tensors(d / "dense.safetensors", "dense checkpoint")
+
+
+def load_model(out: Path, dataset: str, budget: str, model: str, seed: int, row: str) -> nn.Module:
+    """A stored grid model (``dense`` or ``pattern-phase2``) rebuilt with its weights."""
+    b = BUDGETS[budget]
+    cell = Cell(dataset, b, model, seed, None, "cpu", False)
+    m = cell.build()
+    m.load_state_dict(load_tensors(row_dir(out, cell) / f"{row}.safetensors", f"grid model {row}"))
+    return m.eval()
+
+
+# ------------------------------------------------------------------------------------ report
+
+def collect(out: Path, dataset: str, budget: str) -> list[dict]:
+    base = out / dataset / budget
+    return [read_json(p, "grid row") for p in sorted(base.glob("*/seed*/*.json"))] if base.exists() else []
+
+
+def _stats(v: list[float]) -> tuple[float, float, int]:
+    return statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 else float("nan")), len(v)
+
+
+def verdict(a: list[float], b: list[float]) -> tuple[str, float]:
+    """Compare accuracies (fractions) of two rows across seeds: ``higher``/``lower`` when the mean
+    difference exceeds two standard errors, ``same`` (within noise) otherwise, ``undecided``
+    with fewer than two seeds on either side. Returns (word, difference in points)."""
+    ma, sa, na = _stats(a)
+    mb, sb, nb = _stats(b)
+    d = (ma - mb) * 100
+    if na < 2 or nb < 2:
+        return "undecided", d
+    se = 100 * math.sqrt(sa ** 2 / na + sb ** 2 / nb)
+    if d > 2 * se:
+        return "higher", d
+    if d < -2 * se:
+        return "lower", d
+    return "same", d
+
+
+def _fmt_acc(v: list[float]) -> str:
+    m, s, n = _stats(v)
+    return f"{m * 100:.2f} ± {s * 100:.2f}" if n > 1 else f"{m * 100:.2f}"
+
+
+CLAIMS = [
+    # (claim, row a, row b, words that support it)
+    ("Phase-2 patterns keep or improve accuracy (vs dense)", "pattern-phase2", "dense", ("higher", "same")),
+    ("... and not only because of extra epochs (vs dense-ft)", "pattern-phase2", "dense-ft", ("higher", "same")),
+    ("Designed Phase-2 library beats random 4-entry masks", "pattern-phase2", "pattern-random", ("higher",)),
+    *((f"Pattern + connectivity at {r}x loses little (vs dense, within 1 point)", f"pc-{r}x", "dense", "within1")
+      for r in RATES),
+    *((f"Pattern + connectivity beats L1 filter pruning at {r}x", f"pc-{r}x", f"filter-{r}x", ("higher",))
+      for r in RATES),
+    *((f"Pattern + connectivity vs unstructured magnitude at {r}x (paper: comparable)", f"pc-{r}x",
+       f"magnitude-{r}x", ("higher", "same")) for r in RATES),
+]
+
+
+def render(results: list[dict], dataset: str, budget: Budget, models: list[str]) -> str:
+    by: dict[tuple[str, str], list[dict]] = {}
+    for r in results:
+        by.setdefault((r["config"]["model"], r["config"]["row"]["id"]), []).append(r)
+    lines = [f"## Accuracy grid: {dataset}, budget `{budget.name}`", "",
+             "Written by `benchmarks/accuracy.py`. Accuracy is top-1 on the full test set, mean ± "
+             "sample standard deviation over seeds (n = seeds). The rate is measured from the weights: "
+             "dense / non-zero weights over the pruned 3x3 convs (every 3x3 conv but the first).", "",
+             f"Budget `{budget.name}`: {budget.subset or 'all'} training images, batch {budget.batch_size}, "
+             f"dense {budget.dense_epochs} epochs (lr {budget.lr}); every other row then gets "
+             f"{budget.prune_epochs} epochs (pattern rows: {budget.admm_iters} ADMM iterations x "
+             f"{budget.admm_epochs} epochs + {budget.retrain_epochs} masked retraining; baselines and "
+             f"dense-ft: {budget.prune_epochs} epochs of (masked) retraining), lr {budget.prune_lr}. "
+             f"The paper trains ~300-400 epochs on the full data at full width.", ""]
+    if budget.gpu:
+        lines += ["**This budget needs a GPU** (paper scale).", ""]
+    claim_rows = []
+    for model in models:
+        got = {row: by.get((model, row.id), []) for row in ROWS}
+        if not any(got.values()):
+            continue
+        width = next(v for v in got.values() if v)[0]["config"]["width"]
+        dense = [r["acc"] for r in got[ROWS[0]]]
+        lines += [f"### {model} (width {width})", ""]
+        table = []
+        for row, rs in got.items():
+            if not rs:
+                table.append([row.id, "-", "not run", "-", "-", "-"])
+                continue
+            accs = [r["acc"] for r in rs]
+            rate = statistics.fmean(r["rate_3x3"] for r in rs)
+            delta = f"{(statistics.fmean(accs) - statistics.fmean(dense)) * 100:+.2f}" if dense else "-"
+            table.append([row.id, f"{rate:.2f}x", _fmt_acc(accs), delta, str(len(rs)),
+                          ", ".join(str(r["config"]["seed"]) for r in sorted(rs, key=lambda r: r["config"]["seed"]))])
+        lines += [_report.md_table(["row", "3x3 rate", "accuracy %", "Δ vs dense (points)", "n", "seeds"], table), ""]
+        for claim, a, b, support in CLAIMS:
+            ra, rb = by.get((model, a)), by.get((model, b))
+            if not ra or not rb:
+                claim_rows.append([claim, model, "not run", "-"])
+                continue
+            word, d = verdict([r["acc"] for r in ra], [r["acc"] for r in rb])
+            if support == "within1":  # a mean loss of at most 1 point, the paper's "little loss"
+                status = "supported" if d >= -1.0 else "not supported"
+                if word == "undecided":
+                    status += " (one seed: indicative only)"
+            elif word == "undecided":
+                status = "undecided (one seed)"
+            else:
+                status = "supported" if word in support else "not supported"
+            claim_rows.append([claim, model, f"{a} {d:+.2f} points vs {b} ({word})", status])
+    lines += ["### Which claims hold here", "",
+              "`higher`/`lower`: the mean difference exceeds two standard errors over seeds; `same`: "
+              "it does not (a difference inside the seed noise is not read as an effect).", "",
+              _report.md_table(["claim", "model", "measured", "verdict"], claim_rows), ""]
+    lines += ["### Every run", ""]
+    machines: dict[str, str] = {}
+    commands: dict[str, str] = {}
+    runs = []
+    for r in sorted(results, key=lambda r: (r["config"]["model"], r["config"]["row"]["id"], r["config"]["seed"])):
+        m = machines.setdefault(_report.machine_line(r["machine"]), f"M{len(machines) + 1}")
+        c = commands.setdefault(r["command"], f"C{len(commands) + 1}")
+        runs.append([r["config"]["model"], r["config"]["row"]["id"], str(r["config"]["seed"]),
+                     f"{r['acc'] * 100:.2f}", f"{r['rate_3x3']:.2f}x", f"{r['rate_model']:.2f}x",
+                     f"{r['seconds']:.0f}", r["date"], r["commit"], m, c])
+    lines += [_report.md_table(["model", "row", "seed", "acc %", "3x3 rate", "model rate", "seconds",
+                                "date", "commit", "machine", "command"], runs), ""]
+    lines += [f"- {k}: {v}" for v, k in machines.items()]
+    lines += [f"- {k}: `{v}`" for v, k in commands.items()]
+    if not budget.gpu:
+        lines += ["", "Paper-scale rows (full width, full data, ~400 epochs) need a GPU: "
+                  f"`python benchmarks/accuracy.py --dataset {dataset} --budget paper --device cuda`"
+                  + (" --data-root DIR" if dataset in ("cifar10", "imagenet") else "") + "."]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------- CLI
+
+def estimate(cells: list[Cell], rows: list[Row], log=print) -> float:
+    """Seconds the grid would take, from timing a few training batches of each model here."""
+    total = 0.0
+    for model in sorted({c.model for c in cells}):
+        cell = next(c for c in cells if c.model == model)
+        train_loader, test_loader = cell.loaders()
+        net = cell.build()
+        opt = torch.optim.SGD(net.parameters(), lr=0.01)
+        batches = iter(train_loader)
+        times = []
+        for _ in range(4):
+            x, y = next(batches)
+            t0 = time.perf_counter()
+            opt.zero_grad()
+            F.cross_entropy(net(x), y).backward()
+            opt.step()
+            times.append(time.perf_counter() - t0)
+        per_batch = statistics.median(times[1:])
+        b = cell.budget
+        epochs = sum(b.dense_epochs if r.kind == "dense" else b.prune_epochs for r in rows)
+        train_s = epochs * len(train_loader) * per_batch * 1.15  # ADMM terms and projections
+        eval_s = len(rows) * len(test_loader) * per_batch / 3
+        n = sum(1 for c in cells if c.model == model)
+        log(f"{model}: {per_batch:.3f} s/batch x {len(train_loader)} batches; "
+            f"{epochs} epochs per seed -> {(train_s + eval_s) * n / 3600:.1f} h for {n} seed(s)")
+        total += (train_s + eval_s) * n
+    log(f"estimated total: {total / 3600:.1f} h on this machine (timings on a shared CPU are noisy)")
+    return total
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="fashion-mnist", choices=sorted(DATASETS))
+    p.add_argument("--data-root", default=None, help="dataset directory (required for imagenet)")
+    p.add_argument("--budget", default="small", choices=sorted(BUDGETS))
+    p.add_argument("--models", default=",".join(DEFAULT_MODELS),
+                   help=f"comma-separated zoo names (known: {', '.join(psmodels.names())})")
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the budget's)")
+    p.add_argument("--rows", default="*", help="comma-separated row ids or globs, e.g. 'dense*,pc-*'")
+    p.add_argument("--out", default=str(_report.REPO / "runs" / "accuracy"))
+    p.add_argument("--results", default=str(_report.RESULTS), help="markdown file to write the section into")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--estimate", action="store_true", help="time a few batches and print the run time")
+    p.add_argument("--report-only", action="store_true", help="rewrite the report from stored rows")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    budget = BUDGETS[args.budget]
+    if args.seeds is not None:
+        if args.seeds < 1:
+            raise InputError(f"--seeds must be >= 1, got {args.seeds}")
+        budget = replace(budget, seeds=args.seeds)
+    if args.dataset == "imagenet" and not args.data_root:
+        raise InputError("--dataset imagenet needs --data-root (an ImageNet-style folder with train/ and val/)")
+    models = [psmodels.canonical(m) for m in args.models.split(",") if m.strip()]
+    patterns = [g.strip() for g in args.rows.split(",") if g.strip()]
+    rows = [r for r in ROWS if any(fnmatch.fnmatch(r.id, g) for g in patterns)]
+    if not rows:
+        raise InputError(f"--rows {args.rows!r} matches no row; rows: {', '.join(r.id for r in ROWS)}")
+    out = Path(args.out)
+    command = _report.command_line(__file__, sys.argv[1:] if argv is None else argv)
+    cells = [Cell(args.dataset, budget, m, s, args.data_root, args.device, not args.quiet, command)
+             for m in models for s in range(budget.seeds)]
+    if args.estimate:
+        estimate(cells, rows)
+        return 0
+    if budget.gpu and args.device == "cpu" and not args.report_only:
+        print(f"note: budget '{budget.name}' is paper scale and needs a GPU; running it on a CPU "
+              f"would take weeks (see --estimate)", file=sys.stderr)
+        return 2
+    if not args.report_only:
+        for cell in cells:
+            run_cell(cell, rows, out)
+    results = [r for r in collect(out, args.dataset, budget.name) if r["config"]["model"] in models]
+    body = render(results, args.dataset, budget, models)
+    _report.update_section(f"accuracy-{args.dataset}-{budget.name}", body, Path(args.results))
+    print(f"wrote {args.results} ({len(results)} rows)")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except PatsparseError as e:
+        print(f"accuracy: error: {e}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,121 @@
+"""The accuracy grid script on a tiny budget (scikit-learn digits, 1 epoch): rows are stored as
+they finish, a re-run resumes instead of retraining, and the RESULTS.md section is written."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from patsparse.errors import FormatError, InputError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+acc = _load("accuracy")
+report = _load("_report")
+
+ROWS = "dense,pattern-phase2,magnitude-8x"
+
+
+def _argv(tmp: Path, rows: str = ROWS) -> list[str]:
+    return ["--dataset", "digits", "--budget", "tiny", "--models", "convnet", "--rows", rows,
+            "--out", str(tmp / "runs"), "--results", str(tmp / "RESULTS.md"), "--quiet", "--threads", "2"]
+
+
+def test_grid_runs_resumes_and_writes_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "RESULTS.md").write_text("# Results\n\n<!-- section:other -->\nkept\n<!-- /section:other -->\n")
+    assert acc.main(_argv(tmp_path)) == 0
+    cell_dir = tmp_path / "runs" / "digits" / "tiny" / "convnet" / "seed0"
+    stored = {p.stem: json.loads(p.read_text()) for p in cell_dir.glob("*.json")}
+    assert set(stored) == {"dense", "pattern-phase2", "magnitude-8x"}
+    assert (cell_dir / "dense.safetensors").exists() and (cell_dir / "pattern-phase2.safetensors").exists()
+    assert not (cell_dir / "magnitude-8x.safetensors").exists()
+    for row in stored.values():
+        assert 0.0 <= row["acc"] <= 1.0
+        assert row["date"].endswith("UTC") and row["command"].startswith("python benchmarks/accuracy.py")
+        assert row["machine"]["cores"] >= 1 and row["config"]["seed"] == 0
+    assert stored["dense"]["rate_3x3"] == pytest.approx(1.0)
+    assert stored["pattern-phase2"]["rate_3x3"] == pytest.approx(2.25, rel=0.02)
+    assert stored["magnitude-8x"]["rate_3x3"] == pytest.approx(8.0, rel=0.02)
+
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "<!-- section:other -->\nkept" in text  # another script's section survives
+    assert "## Accuracy grid: digits, budget `tiny`" in text
+    assert "| pattern-phase2 | 2.25x |" in text and "| pc-16x | - | not run |" in text
+    assert "Which claims hold here" in text and "undecided (one seed)" in text
+
+    # resume: nothing is retrained, and the section is rewritten identically
+    def boom(*a, **k):
+        raise AssertionError("a finished row was run again")
+
+    monkeypatch.setattr(acc, "run_row", boom)
+    assert acc.main(_argv(tmp_path)) == 0
+    assert (tmp_path / "RESULTS.md").read_text() == text
+
+    # a stored row from another configuration is refused, not silently mixed in
+    path = cell_dir / "dense.json"
+    row = json.loads(path.read_text())
+    row["config"]["dense_epochs"] = 99
+    path.write_text(json.dumps(row))
+    with pytest.raises(FormatError, match="another configuration"):
+        acc.main(_argv(tmp_path))
+
+
+def test_missing_row_after_dense_reuses_stored_dense(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert acc.main(_argv(tmp_path, "dense")) == 0
+    calls = []
+    real = acc.run_row
+    monkeypatch.setattr(acc, "run_row", lambda cell, row, *a: calls.append(row.id) or real(cell, row, *a))
+    assert acc.main(_argv(tmp_path, "dense,filter-8x")) == 0
+    assert calls == ["filter-8x"]
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(InputError, match="matches no row"):
+        acc.main(["--rows", "nothing*", "--dataset", "digits"])
+    with pytest.raises(InputError, match="data-root"):
+        acc.main(["--dataset", "imagenet"])
+    with pytest.raises(InputError, match="unknown model"):
+        acc.main(["--models", "alexnet", "--dataset", "digits"])
+
+
+def test_verdict_reads_noise_as_noise() -> None:
+    assert acc.verdict([0.90], [0.80])[0] == "undecided"
+    word, d = acc.verdict([0.901, 0.899, 0.900], [0.800, 0.801, 0.799])
+    assert word == "higher" and d == pytest.approx(10.0)
+    assert acc.verdict([0.80, 0.81, 0.79], [0.90, 0.91, 0.89])[0] == "lower"
+    # a 0.2-point gap with 1-point seed noise is not an effect
+    assert acc.verdict([0.902, 0.89, 0.912], [0.90, 0.89, 0.91])[0] == "same"
+
+
+def test_random_control_library_is_valid_and_seeded() -> None:
+    from patsparse.patterns.library import validate_library
+
+    a, b = acc.random_library(8, 0), acc.random_library(8, 1)
+    validate_library(a)
+    assert a.shape == (8, 3, 3) and (a.flatten(1).sum(1) == 4).all()
+    assert not (a == b).all()
+    assert (acc.random_library(8, 0) == a).all()
+
+
+def test_update_section_replaces_only_its_own(tmp_path: Path) -> None:
+    p = tmp_path / "R.md"
+    report.update_section("a", "first", p)
+    report.update_section("b", "second", p)
+    report.update_section("a", "third", p)
+    text = p.read_text()
+    assert "first" not in text and "third" in text and "second" in text
+    assert text.index("third") < text.index("second")
