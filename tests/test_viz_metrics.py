@@ -79,6 +79,8 @@ def test_to_map_reduces_channels_and_checks_shape() -> None:
     t[0, 2, 0, 0] = 1.0
     assert M.to_map(t)[0, 0] == 2.0
     assert M.to_map(t, reduce="abssum")[0, 0] == 3.0
+    with pytest.raises(InputError, match="NaN"):
+        M.to_map(np.full((4, 4), np.nan))
     with pytest.raises(InputError, match="batch of 2"):
         M.to_map(torch.zeros(2, 1, 4, 4))
     with pytest.raises(InputError, match="mask shape"):
@@ -87,7 +89,37 @@ def test_to_map_reduces_channels_and_checks_shape() -> None:
         M.concentration(np.ones((4, 4)), np.zeros((4, 4)))
 
 
+def test_correlation_ignores_contrast_and_offset() -> None:
+    rng = np.random.default_rng(1)
+    img = rng.normal(size=(3, 8, 8))
+    assert M.correlation(2.5 * img + 7, img) == pytest.approx(1.0)
+    assert M.correlation(-img, img) == pytest.approx(-1.0)
+    assert abs(M.correlation(rng.normal(size=(3, 64, 64)), rng.normal(size=(3, 64, 64)))) < 0.05
+    with pytest.raises(InputError, match="shapes differ"):
+        M.correlation(img, img[:2])
+
+
 def test_mean_metrics() -> None:
     out = M.mean_metrics([{"a": 1.0, "b": 2.0}, {"a": 3.0, "b": 2.0}])
     assert out["a"] == pytest.approx((2.0, np.sqrt(2.0)))
     assert out["b"] == (2.0, 0.0)
+
+
+def test_saliency_grid_writes_a_png(tmp_path) -> None:
+    from patsparse.viz.figures import Panel, saliency_display, saliency_grid, to_display
+
+    rng = np.random.default_rng(0)
+    imgs = [torch.rand(1, 3, 16, 16), np.random.rand(16, 16)]
+    cols = ["GBP dense", "GBP pruned", "inversion"]
+    panels = [[Panel(rng.normal(size=(3, 16, 16))), Panel(rng.normal(size=(16, 16)), note="hf 0.5"),
+               Panel(torch.rand(3, 16, 16), kind="image")] for _ in imgs]
+    out = saliency_grid(imgs, cols, panels, tmp_path / "fig.png", row_labels=["a", "b"], title="t")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 1000
+    assert to_display(torch.rand(1, 3, 5, 5)).shape == (5, 5, 3)
+    spike = np.zeros((20, 20))
+    spike[5, :10] = 1.0
+    spike[0, 0] = 1000.0  # one hot pixel must not wash out the ten ordinary ones
+    shown = saliency_display(spike)
+    assert shown.max() == 1.0 and (shown[5, 1:10] == 1.0).all()
+    with pytest.raises(InputError, match="row 0 has 1 panels"):
+        saliency_grid(imgs[:1], cols, [[Panel(np.ones((4, 4)))]], tmp_path / "bad.png")

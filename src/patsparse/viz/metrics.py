@@ -9,6 +9,7 @@ different networks have arbitrary, unrelated magnitudes.
   Speckle noise lives there; a lower share means a smoother, less noisy map.
 - :func:`gradient_sharpness` and :func:`laplacian_variance`: how crisp the map's edges are
   (Tenengrad and variance of Laplacian, the usual focus measures), on the map scaled to max |value| = 1.
+- :func:`correlation`: how faithfully an inverted representation reproduces the image.
 - :func:`concentration`: share of saliency mass on the object when an object mask exists
   (Fashion-MNIST: the garment's pixels; the background is black), i.e. signal vs background noise.
 """
@@ -28,7 +29,7 @@ ArrayLike = np.ndarray | torch.Tensor
 def to_map(saliency: ArrayLike, reduce: str = "absmax") -> np.ndarray:
     """A 2-D float64 map from a saliency tensor: ``absmax`` over channels (Simonyan et al.) or
     ``abssum``. Accepts (H, W), (C, H, W) or (1, C, H, W)."""
-    a = saliency.detach().cpu().double().numpy() if isinstance(saliency, torch.Tensor) else np.asarray(saliency, dtype=np.float64)
+    a = to_array(saliency)
     if a.ndim == 4:
         if a.shape[0] != 1:
             raise InputError(f"to_map: expected one map, got a batch of {a.shape[0]}")
@@ -42,8 +43,6 @@ def to_map(saliency: ArrayLike, reduce: str = "absmax") -> np.ndarray:
             raise InputError(f"to_map: reduce must be 'absmax' or 'abssum', got {reduce!r}")
     if a.ndim != 2 or min(a.shape) < 3:
         raise InputError(f"to_map: expected a 2-D map of at least 3x3, got shape {a.shape}")
-    if not np.isfinite(a).all():
-        raise InputError("to_map: the map contains NaN or Inf")
     return a
 
 
@@ -99,6 +98,26 @@ def concentration(saliency: ArrayLike, mask: ArrayLike) -> float:
         raise InputError("concentration: the object mask is empty")
     total = m.sum()
     return float(m[k].sum() / total) if total > 0 else 0.0
+
+
+def correlation(image: ArrayLike, reference: ArrayLike) -> float:
+    """Pearson correlation of two images of the same shape (all channels): how faithfully an
+    inverted representation reproduces the original, whatever its contrast and offset."""
+    a = to_array(image)
+    b = to_array(reference)
+    if a.shape != b.shape:
+        raise InputError(f"correlation: shapes differ: {a.shape} vs {b.shape}")
+    a, b = a - a.mean(), b - b.mean()
+    denom = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / denom) if denom > 0 else 0.0
+
+
+def to_array(x: ArrayLike) -> np.ndarray:
+    """float64 numpy copy of a tensor or array (no reduction), rejecting NaN/Inf."""
+    a = x.detach().cpu().double().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float64)
+    if not np.isfinite(a).all():
+        raise InputError("the array contains NaN or Inf")
+    return a
 
 
 def summarize(saliency: ArrayLike, mask: ArrayLike | None = None, cutoff: float = 0.5) -> dict[str, float]:
