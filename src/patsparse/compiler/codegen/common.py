@@ -87,12 +87,17 @@ def conv_out_size(size: int, k: int, stride: int, pad: int, where: str) -> int:
     return out
 
 
+def check_layout_types(where: str, in_layout: Layout, out_layout: Layout) -> None:
+    for label, lay in (("in_layout", in_layout), ("out_layout", out_layout)):
+        if not isinstance(lay, Layout):
+            raise InputError(f"{where}: {label} must be a Layout, got {type(lay).__name__}")
+
+
 def check_layouts(where: str, in_layout: Layout, out_layout: Layout,
                   expect_in: tuple[int, int, int], expect_out: tuple[int, int, int]) -> None:
     """Both layouts must describe the shapes the op implies; the message shows which differs."""
+    check_layout_types(where, in_layout, out_layout)
     for label, lay, exp in (("in_layout", in_layout, expect_in), ("out_layout", out_layout, expect_out)):
-        if not isinstance(lay, Layout):
-            raise InputError(f"{where}: {label} must be a Layout, got {type(lay).__name__}")
         if (lay.C, lay.H, lay.W) != exp:
             raise InputError(f"{where}: {label} is (C, H, W) = {(lay.C, lay.H, lay.W)}, "
                              f"expected {exp}")

@@ -12,7 +12,8 @@ from __future__ import annotations
 from ...errors import InputError, UnsupportedError
 from ..layout import Layout
 from .base import GeneratedKernel
-from .common import check_act, check_layouts, check_name, check_positive, conv_out_size
+from .common import (check_act, check_layout_types, check_layouts, check_name, check_positive,
+                     conv_out_size)
 from .gemm import gen_conv1x1
 from .igemm import gen_igemm
 from .igemm import schedules as _igemm_schedules
@@ -42,6 +43,7 @@ def gen_conv2d(name: str, *, cin: int, cout: int, k: int, stride: int = 1, paddi
         raise UnsupportedError(f"{where}: stride {stride} is not supported (1 or 2)")
     if not 0 <= padding < k:
         raise InputError(f"{where}: padding {padding} must be in [0, {k - 1}] for a {k}x{k} kernel")
+    check_layout_types(where, in_layout, out_layout)
     if k == 1:
         return gen_conv1x1(name, cin=cin, cout=cout, stride=stride, padding=padding,
                            in_layout=in_layout, out_layout=out_layout, act=act,

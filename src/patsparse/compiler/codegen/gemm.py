@@ -20,8 +20,8 @@ import numpy as np
 from ...errors import InputError
 from ..layout import Layout, round_up
 from .base import GeneratedKernel, act_scalar_c
-from .common import (HELPERS, MAX_VL, check_act, check_layouts, check_name, check_positive,
-                     check_weight, conv_out_size)
+from .common import (HELPERS, MAX_VL, check_act, check_layout_types, check_layouts, check_name,
+                     check_positive, check_weight, conv_out_size)
 from .igemm import gen_igemm
 from .igemm import schedules as _igemm_schedules
 
@@ -41,6 +41,7 @@ def gen_conv1x1(name: str, *, cin: int, cout: int, stride: int = 1, padding: int
     check_act(act, where)
     if padding < 0:
         raise InputError(f"{where}: padding must be >= 0, got {padding}")
+    check_layout_types(where, in_layout, out_layout)
     Ho = conv_out_size(in_layout.H, 1, stride, padding, where)
     Wo = conv_out_size(in_layout.W, 1, stride, padding, where)
     check_layouts(where, in_layout, out_layout, (cin, in_layout.H, in_layout.W), (cout, Ho, Wo))

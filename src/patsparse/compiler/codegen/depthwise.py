@@ -1,0 +1,128 @@
+"""Depthwise KxK convolution (groups = channels; MobileNet-V2's 3x3, stride 1 and 2).
+
+There is no reduction over channels, so each output vector costs K*K FMAs against K*K input
+loads: the kernel is load-bound, and the lever is reuse. A pass computes ROWS output rows of one
+vector column together; the input rows they share are loaded once (the generator deduplicates
+loads by their compile-time offset), and the channel's K*K weights stay broadcast in registers
+for the whole plane. Stride 2 with an adequate halo reads the layout directly with ``ps_load_s2``
+(two loads and a shuffle); a thin halo (e.g. the model input) goes through the phase-plane prep.
+Work is split over (channel, row block) pairs, so 2 threads stay balanced even on 7x7 planes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...errors import InputError, UnsupportedError
+from ..layout import Layout
+from .access import input_access
+from .base import GeneratedKernel, act_c
+from .common import (HELPERS, check_act, check_layout_types, check_layouts, check_name,
+                     check_positive, check_weight, conv_out_size)
+
+
+def schedules(*, stride: int, out_layout: Layout) -> list[dict]:
+    """Candidate output rows per pass; the first is the heuristic default."""
+    order = (2, 1, 3, 4) if stride == 1 else (1, 2, 3)
+    return [{"rows": r} for r in order if r <= out_layout.H] or [{"rows": 1}]
+
+
+def gen_depthwise(name: str, *, channels: int, k: int = 3, stride: int = 1, padding: int = 1,
+                  in_layout: Layout, out_layout: Layout, act: str = "none",
+                  has_residual: bool = False, schedule: dict | None = None) -> GeneratedKernel:
+    """Depthwise conv (groups == channels, one filter per channel); weight shape (C, 1, k, k)."""
+    where = f"depthwise kernel {name}"
+    check_name(name)
+    check_positive(where, channels=channels, k=k, stride=stride)
+    check_act(act, where)
+    if k > 7 or stride > 2:
+        raise UnsupportedError(f"{where}: kernel {k}, stride {stride} not supported "
+                               f"(kernel 1..7, stride 1 or 2)")
+    if not 0 <= padding < k:
+        raise InputError(f"{where}: padding {padding} must be in [0, {k - 1}] for a {k}x{k} kernel")
+    check_layout_types(where, in_layout, out_layout)
+    Ho = conv_out_size(in_layout.H, k, stride, padding, where)
+    Wo = conv_out_size(in_layout.W, k, stride, padding, where)
+    check_layouts(where, in_layout, out_layout, (channels, in_layout.H, in_layout.W),
+                  (channels, Ho, Wo))
+    sched = schedule or schedules(stride=stride, out_layout=out_layout)[0]
+    rows = sched.get("rows") if isinstance(sched, dict) else None
+    if not isinstance(rows, int) or not 1 <= rows <= 8:
+        raise InputError(f"{where}: schedule must be {{'rows': 1..8}}, got {schedule!r}")
+    rows = min(rows, Ho)
+    kk = k * k
+    acc = input_access(name, channels=channels, k=k, stride=stride, padding=padding,
+                       in_layout=in_layout, Ho=Ho, Wo=Wo, allow_strided=True)
+    load = "vload" if acc.step == 1 else "ps_load_s2"
+    O = out_layout
+
+    def block(nrows: int, indent: str) -> str:
+        """C for ``nrows`` output rows starting at oh, vector column at w0."""
+        names: dict[int, str] = {}
+        for r in range(nrows):
+            for off in acc.tap_off:
+                o = r * acc.row_stride + off
+                names.setdefault(o, f"x{len(names)}")
+        lines = [f"{indent}vf {v} = {load}(ip + {o});" for o, v in names.items()]
+        for r in range(nrows):
+            terms = " + ".join(f"wt{t} * {names[r * acc.row_stride + off]}"
+                               for t, off in enumerate(acc.tap_off))
+            expr = f"bv + {terms}"
+            if has_residual:
+                expr += f" + vload(rp + {r * O.ld})"
+            lines.append(f"{indent}{{ vf v = {act_c(act, expr)}; if (tail) v = vand(v, tm); "
+                         f"vstore(op + {r * O.ld}, v); }}")
+        return "\n".join(lines)
+
+    def rdecl(row: str, indent: str) -> str:
+        if not has_residual:
+            return ""
+        return f"{indent}const float *rp = res + ob + (size_t){row} * {O.ld} + w0;"
+
+    wdecl = " ".join(f"const vf wt{t} = ps_splat(wc[{t}]);" for t in range(kk))
+    nrb = -(-Ho // rows)
+    code = HELPERS + f"""
+/* {name}: depthwise {k}x{k} conv, {channels} channels, stride {stride}, padding {padding},
+   {in_layout.H}x{in_layout.W} -> {Ho}x{Wo}, {rows} output rows per pass,
+   {'direct input' if acc.direct else 'phase-plane prep'} */
+static void {name}(const float *restrict in, float *restrict out, const float *restrict w,
+                   const float *restrict bias, const float *restrict res) {{
+    enum {{ NVW = ({Wo} + VL - 1) / VL, LASTW = (NVW - 1) * VL }};
+    const vi tm = vtailmask({Wo} - LASTW);
+    (void)res;{acc.scratch}
+    #pragma omp parallel
+    {{{acc.prep}
+    #pragma omp for schedule(static)
+    for (int u = 0; u < {channels * nrb}; u++) {{
+        int c = u / {nrb}, oh0 = u % {nrb} * {rows};
+        const float *wc = w + (size_t)c * {kk};
+        {wdecl}
+        const vf bv = ps_splat(bias[c]);
+        const float *ib = {acc.src} + (size_t)c * {acc.cs} + {acc.origin};
+        size_t ob = (size_t)c * {O.ps} + {O.origin};
+        for (int w0 = 0; w0 < {Wo}; w0 += VL) {{
+            int tail = w0 == LASTW;
+            if (oh0 + {rows} <= {Ho}) {{
+                const float *ip = ib + (size_t)oh0 * {acc.row_stride} + w0 * {acc.step};
+                float *op = out + ob + (size_t)oh0 * {O.ld} + w0;
+{rdecl("oh0", " " * 16)}
+{block(rows, " " * 16)}
+            }} else {{
+                for (int oh = oh0; oh < {Ho}; oh++) {{
+                    const float *ip = ib + (size_t)oh * {acc.row_stride} + w0 * {acc.step};
+                    float *op = out + ob + (size_t)oh * {O.ld} + w0;
+{rdecl("oh", " " * 20)}
+{block(1, " " * 20)}
+                }}
+            }}
+        }}
+    }}
+    }}
+}}
+"""
+
+    def pack(weight: np.ndarray) -> np.ndarray:
+        return check_weight(weight, (channels, 1, k, k), name).ravel().copy()
+
+    return GeneratedKernel(name=name, code=code, pack=pack, flops=2 * channels * kk * Ho * Wo,
+                           schedule={"rows": rows})

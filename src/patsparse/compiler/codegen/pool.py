@@ -1,0 +1,180 @@
+"""Pooling: max / average over KxK windows (PyTorch semantics) and global average pooling.
+
+Semantics follow torch.nn.functional: max pooling pads with -inf, average pooling counts the
+padding (count_include_pad=True, divisor K*K), floor output size (ceil_mode=False), no dilation;
+other settings are an UnsupportedError rather than silently different numbers. Padding is at
+most K/2, as PyTorch requires.
+
+Pools have no bias: the ``bias`` argument of the kernel contract is ignored; a fused residual
+and activation are applied at the store like every kernel. The layout's zero halo is *not*
+the pool's padding (max needs -inf, and the halo may be thinner than the padding), so rows
+outside the image are skipped and vectors at the left/right image border are gathered lane by
+lane with out-of-image lanes set to the pool's identity. Interior vectors are plain loads
+(stride 1) or two loads and a shuffle (stride 2).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...errors import InputError, UnsupportedError
+from ..layout import Layout
+from .base import GeneratedKernel, act_c, act_scalar_c
+from .common import (HELPERS, check_act, check_layout_types, check_layouts, check_name,
+                     check_positive, conv_out_size)
+
+
+def _no_weights(weight: np.ndarray | None) -> np.ndarray:
+    """Pools have no weights: the packed blob is empty."""
+    if weight is not None and np.asarray(weight).size:
+        raise InputError("pooling kernels take no weights")
+    return np.zeros(0, np.float32)
+
+
+def _check_pool(where: str, k: int, stride: int, padding: int, ceil_mode: bool,
+                dilation: int) -> None:
+    check_positive(where, k=k, stride=stride, dilation=dilation)
+    if ceil_mode:
+        raise UnsupportedError(f"{where}: ceil_mode=True is not supported (floor mode only)")
+    if dilation != 1:
+        raise UnsupportedError(f"{where}: dilation {dilation} is not supported (1 only)")
+    if not 0 <= padding <= k // 2:
+        raise InputError(f"{where}: padding {padding} must be in [0, {k // 2}] (at most half "
+                         f"the kernel {k}, as in PyTorch)")
+
+
+def _gen_window_pool(name: str, kind: str, *, k: int, stride: int, padding: int,
+                     in_layout: Layout, out_layout: Layout, act: str, has_residual: bool,
+                     where: str) -> GeneratedKernel:
+    L, O, s, P, K = in_layout, out_layout, stride, padding, k
+    check_layout_types(where, L, O)
+    Ho = conv_out_size(L.H, K, s, P, where)
+    Wo = conv_out_size(L.W, K, s, P, where)
+    check_layouts(where, L, O, (L.C, L.H, L.W), (L.C, Ho, Wo))
+    is_max = kind == "max"
+    ident = "-INFINITY" if is_max else "0.0f"
+    combine = (lambda a, b: f"{a} = vmax({a}, {b});") if is_max else (lambda a, b: f"{a} += {b};")
+    fast_load = {1: "vload", 2: "ps_load_s2"}.get(s)
+    gather = "\n".join(
+        f"                    {{ vf v; for (int l = 0; l < VL; l++) {{ int x = (w0 + l) * {s} - {P} + {kw}; "
+        f"v[l] = (x >= 0 && x < {L.W}) ? row[x] : {ident}; }} {combine('acc', 'v')} }}"
+        for kw in range(K))
+    if fast_load:
+        fast = "\n".join(f"                    {{ vf v = {fast_load}(row + w0 * {s} - {P} + {kw}); "
+                         f"{combine('acc', 'v')} }}" for kw in range(K))
+        taps = f"""                if (border) {{
+{gather}
+                }} else {{
+{fast}
+                }}"""
+    else:
+        taps = gather
+    val = "acc" if is_max else f"acc * ps_splat({1.0 / (K * K)!r}f)"
+    if has_residual:
+        val += " + vload(res + o)"
+    code = HELPERS + f"""
+/* {name}: {kind} pool {K}x{K}, stride {s}, padding {P}, {L.C} channels, {L.H}x{L.W} -> {Ho}x{Wo} */
+static void {name}(const float *restrict in, float *restrict out, const float *restrict w,
+                   const float *restrict bias, const float *restrict res) {{
+    enum {{ NVW = ({Wo} + VL - 1) / VL, LASTW = (NVW - 1) * VL }};
+    const vi tm = vtailmask({Wo} - LASTW);
+    (void)w; (void)bias; (void)res;
+    #pragma omp parallel for schedule(static)
+    for (int u = 0; u < {L.C * Ho}; u++) {{
+        int c = u / {Ho}, oh = u % {Ho}, ih0 = oh * {s} - {P};
+        int kh0 = ih0 < 0 ? -ih0 : 0, kh1 = {L.H} - ih0 < {K} ? {L.H} - ih0 : {K};
+        for (int w0 = 0; w0 < {Wo}; w0 += VL) {{
+            int last = w0 + VL < {Wo} ? w0 + VL : {Wo};   /* one past the last valid lane */
+            int border = w0 * {s} - {P} < 0 || (last - 1) * {s} - {P} + {K - 1} >= {L.W};
+            (void)border;
+            vf acc = ps_splat({ident});
+            for (int kh = kh0; kh < kh1; kh++) {{
+                const float *row = in + (size_t)c * {L.ps} + (size_t)(ih0 + kh + {L.pad}) * {L.ld} + {L.pad};
+{taps}
+            }}
+            size_t o = (size_t)c * {O.ps} + {O.origin} + (size_t)oh * {O.ld} + w0;
+            vf v = {act_c(act, val)};
+            if (w0 == LASTW) v = vand(v, tm);
+            vstore(out + o, v);
+        }}
+    }}
+}}
+"""
+    return GeneratedKernel(name=name, code=code, pack=_no_weights,
+                           flops=L.C * Ho * Wo * K * K, schedule={})
+
+
+def schedules() -> list[dict]:
+    """Pools have no tunable knobs (memory-bound, one pass): a single empty schedule."""
+    return [{}]
+
+
+def gen_maxpool(name: str, *, k: int, stride: int | None = None, padding: int = 0,
+                in_layout: Layout, out_layout: Layout, act: str = "none",
+                has_residual: bool = False, schedule: dict | None = None,
+                ceil_mode: bool = False, dilation: int = 1) -> GeneratedKernel:
+    """F.max_pool2d(x, k, stride, padding) on one image (stride defaults to k, as in PyTorch)."""
+    where = f"maxpool kernel {name}"
+    check_name(name)
+    check_act(act, where)
+    stride = k if stride is None else stride
+    _check_pool(where, k, stride, padding, ceil_mode, dilation)
+    return _gen_window_pool(name, "max", k=k, stride=stride, padding=padding, in_layout=in_layout,
+                            out_layout=out_layout, act=act, has_residual=has_residual, where=where)
+
+
+def gen_avgpool(name: str, *, k: int, stride: int | None = None, padding: int = 0,
+                in_layout: Layout, out_layout: Layout, act: str = "none",
+                has_residual: bool = False, schedule: dict | None = None,
+                ceil_mode: bool = False, count_include_pad: bool = True,
+                divisor_override: int | None = None) -> GeneratedKernel:
+    """F.avg_pool2d(x, k, stride, padding) on one image, count_include_pad=True semantics."""
+    where = f"avgpool kernel {name}"
+    check_name(name)
+    check_act(act, where)
+    stride = k if stride is None else stride
+    _check_pool(where, k, stride, padding, ceil_mode, 1)
+    if not count_include_pad and padding > 0:
+        raise UnsupportedError(f"{where}: count_include_pad=False with padding {padding} is not "
+                               f"supported (the divisor is always k*k)")
+    if divisor_override is not None:
+        raise UnsupportedError(f"{where}: divisor_override is not supported")
+    return _gen_window_pool(name, "avg", k=k, stride=stride, padding=padding, in_layout=in_layout,
+                            out_layout=out_layout, act=act, has_residual=has_residual, where=where)
+
+
+def gen_global_avgpool(name: str, *, in_layout: Layout, out_layout: Layout, act: str = "none",
+                       has_residual: bool = False, schedule: dict | None = None) -> GeneratedKernel:
+    """AdaptiveAvgPool2d(1): the mean of each channel plane; ``out_layout`` is (C, 1, 1, any pad).
+
+    Whole row vectors are summed, lanes past the row included: they read the row's zero tail
+    and the next row's zero left halo (layout contract), so no masking is needed.
+    """
+    where = f"global avgpool kernel {name}"
+    check_name(name)
+    check_act(act, where)
+    L, O = in_layout, out_layout
+    check_layout_types(where, L, O)
+    check_layouts(where, L, O, (L.C, L.H, L.W), (L.C, 1, 1))
+    val = f"s * {1.0 / (L.H * L.W)!r}f"
+    if has_residual:
+        val += f" + res[(size_t)c * {O.ps} + {O.origin}]"
+    code = HELPERS + f"""
+/* {name}: global average pool, {L.C} channels of {L.H}x{L.W} */
+static void {name}(const float *restrict in, float *restrict out, const float *restrict w,
+                   const float *restrict bias, const float *restrict res) {{
+    (void)w; (void)bias; (void)res;
+    #pragma omp parallel for schedule(static)
+    for (int c = 0; c < {L.C}; c++) {{
+        const float *p = in + (size_t)c * {L.ps} + {L.origin};
+        vf acc = (vf){{0}};
+        for (int h = 0; h < {L.H}; h++)
+            for (int w0 = 0; w0 < {L.W}; w0 += VL) acc += vload(p + (size_t)h * {L.ld} + w0);
+        float s = 0.0f;
+        for (int l = 0; l < VL; l++) s += acc[l];
+        out[(size_t)c * {O.ps} + {O.origin}] = {act_scalar_c(act, val)};
+    }}
+}}
+"""
+    return GeneratedKernel(name=name, code=code, pack=_no_weights, flops=L.C * L.H * L.W,
+                           schedule={})

@@ -1,0 +1,79 @@
+"""Pooling kernels against torch.nn.functional, in the real layout (halo checked)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+from test_codegen_dense import SETTINGS, _act, check_close, run_kernel
+
+from patsparse.compiler.codegen.base import ACTIVATIONS
+from patsparse.compiler.codegen.pool import gen_avgpool, gen_global_avgpool, gen_maxpool
+from patsparse.compiler.layout import Layout
+from patsparse.errors import InputError, UnsupportedError
+
+NO_WEIGHTS = np.zeros(0, np.float32)
+
+
+@SETTINGS
+@given(kind=st.sampled_from(["max", "avg"]), C=st.integers(1, 6), k=st.integers(1, 4),
+       stride=st.integers(1, 3), data=st.data(), H=st.integers(1, 19), W=st.integers(1, 45),
+       pin=st.integers(0, 2), pout=st.integers(0, 2), act=st.sampled_from(ACTIVATIONS),
+       residual=st.booleans())
+def test_window_pool_matches_torch(kind, C, k, stride, data, H, W, pin, pout, act, residual):
+    padding = data.draw(st.integers(0, k // 2), label="padding")
+    H, W = max(H, k), max(W, k)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(C, H, W, generator=g) - 3  # mostly negative: -inf padding matters for max
+    fn = F.max_pool2d if kind == "max" else F.avg_pool2d
+    y = fn(x[None], k, stride, padding)[0]
+    r = torch.randn(y.shape, generator=g)
+    want = _act(y + r if residual else y, act)
+    Lin, Lout = Layout(C, H, W, pin), Layout(C, *y.shape[1:], pout)
+    gen = gen_maxpool if kind == "max" else gen_avgpool
+    kern = gen("pool", k=k, stride=stride, padding=padding, in_layout=Lin, out_layout=Lout,
+               act=act, has_residual=residual)
+    got = run_kernel(kern, x.numpy(), NO_WEIGHTS, NO_WEIGHTS, Lin, Lout, r.numpy() if residual else None)
+    check_close(got, want)
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_resnet_maxpool_shape(kind):
+    C, H = 8, 56
+    x = torch.randn(C, H, H)
+    fn, gen = (F.max_pool2d, gen_maxpool) if kind == "max" else (F.avg_pool2d, gen_avgpool)
+    y = fn(x[None], 3, 2, 1)[0]
+    Lin, Lout = Layout(C, H, H, 1), Layout(C, 28, 28, 1)
+    kern = gen("mp", k=3, stride=2, padding=1, in_layout=Lin, out_layout=Lout)
+    check_close(run_kernel(kern, x.numpy(), NO_WEIGHTS, NO_WEIGHTS, Lin, Lout, None), y)
+
+
+@SETTINGS
+@given(C=st.integers(1, 20), H=st.integers(1, 15), W=st.integers(1, 40), pin=st.integers(0, 2),
+       pout=st.integers(0, 1), act=st.sampled_from(ACTIVATIONS), residual=st.booleans())
+def test_global_avgpool_matches_torch(C, H, W, pin, pout, act, residual):
+    x = torch.randn(C, H, W)
+    y = F.adaptive_avg_pool2d(x[None], 1)[0]
+    r = torch.randn(y.shape)
+    want = _act(y + r if residual else y, act)
+    Lin, Lout = Layout(C, H, W, pin), Layout(C, 1, 1, pout)
+    kern = gen_global_avgpool("gap", in_layout=Lin, out_layout=Lout, act=act,
+                              has_residual=residual)
+    check_close(run_kernel(kern, x.numpy(), NO_WEIGHTS, NO_WEIGHTS, Lin, Lout,
+                           r.numpy() if residual else None), want)
+
+
+def test_unsupported_pool_settings_are_named():
+    L = Layout(4, 8, 8, 1)
+    with pytest.raises(UnsupportedError, match="ceil_mode"):
+        gen_maxpool("p", k=2, in_layout=L, out_layout=Layout(4, 4, 4, 1), ceil_mode=True)
+    with pytest.raises(UnsupportedError, match="count_include_pad"):
+        gen_avgpool("p", k=3, stride=1, padding=1, in_layout=L, out_layout=L,
+                    count_include_pad=False)
+    with pytest.raises(InputError, match="padding 2"):
+        gen_maxpool("p", k=3, stride=1, padding=2, in_layout=L, out_layout=L)
+    with pytest.raises(InputError, match="out_layout"):
+        gen_global_avgpool("g", in_layout=L, out_layout=Layout(4, 2, 2, 0))
