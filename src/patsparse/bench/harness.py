@@ -141,12 +141,12 @@ class Worker:
             reply, out = protocol.recv(self.proc.stdout.fileno(), timeout)
         except protocol.WorkerTimeout:
             self.kill()
-            raise EngineFailure("timeout", f"{msg['op']} did not finish within {timeout:.0f} s "
+            raise EngineFailure("timeout", f"no answer within {timeout:.0f} s "
                                 f"(worker killed; log: {self.log})") from None
         except protocol.WorkerGone:
             raise EngineFailure("crashed", self._death()) from None
         if not reply.get("ok"):
-            raise EngineFailure("failed", f"{msg['op']}: {reply.get('error', 'unknown error')}")
+            raise EngineFailure("failed", reply.get("error", "unknown error"))
         return reply, out
 
     def _death(self) -> str:
@@ -253,6 +253,7 @@ def run_bench(model, engines: Sequence[str] | None = None, *, batch: int = 1, th
             continue
         log(f"{name}: preparing")
         w = Worker(name, engine.python(), engine.worker_path(), threads, root / f"{_slug(name)}.log")
+        stage = "preparing"
         try:
             arrays = {"x": x}
             if engine.needs_torch_model and module_bytes is not None:
@@ -262,6 +263,7 @@ def run_bench(model, engines: Sequence[str] | None = None, *, batch: int = 1, th
                                "options": options or {}}, arrays, timeout)
             res.prepare_s, res.model_bytes = reply["seconds"], reply["model_bytes"]
             res.notes, res.version = reply.get("notes", ""), reply.get("version", "")
+            stage = "checking the output"
             _, out = w.call({"op": "run"}, timeout=timeout)
             try:
                 res.max_abs_err, res.rel_err = compare(out["y"], ref)
@@ -271,13 +273,15 @@ def run_bench(model, engines: Sequence[str] | None = None, *, batch: int = 1, th
                 raise EngineFailure("wrong", f"output differs from {ref_name}: max abs error "
                                     f"{res.max_abs_err:.3g} = {res.rel_err:.3g} of max |ref| "
                                     f"(tolerance {tolerance:g}); not timed")
+            stage = "warming up"
             if warmup:
                 w.call({"op": "time", "n": 1, "warmup": warmup - 1}, timeout=timeout)
             workers[name] = w
             log(f"{name}: ready in {res.prepare_s:.1f} s, max abs error {res.max_abs_err:.2g}")
         except EngineFailure as f:
-            res.status, res.reason = f.status, f.reason
-            log(f"{name}: {f.status}: {f.reason}")
+            res.status = f.status
+            res.reason = f.reason if f.status == "wrong" else f"while {stage}: {f.reason}"
+            log(f"{name}: {f.status}: {res.reason}")
             w.close()
 
     rounds = math.ceil(repeats / block)

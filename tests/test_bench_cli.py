@@ -1,0 +1,41 @@
+"""``patsparse bench``: the three kinds of MODEL the command takes, end to end."""
+
+import json
+
+import torch
+from torch import nn
+
+from patsparse.cli import main
+
+
+def test_bench_onnx_file(tmp_path, capsys):
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).eval()
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(m, (torch.randn(1, 3, 8, 8),), str(path), dynamo=False, opset_version=17,
+                      input_names=["x"], dynamic_axes={"x": {0: "n"}})
+    rc = main(["bench", str(path), "--engines", "onnxruntime,torch", "--batch", "3", "--repeats", "4",
+               "--warmup", "1", "--json", str(tmp_path / "r.json"), "--plot", str(tmp_path / "r.png"), "-q"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    r = json.loads((tmp_path / "r.json").read_text())
+    ort, torch_engine = r["engines"]
+    assert ort["status"] == "ok" and len(ort["samples_ms"]) == 4 and r["input_shape"] == [3, 3, 8, 8]
+    assert torch_engine["status"] == "unavailable" and "needs a PyTorch model" in torch_engine["reason"]
+    assert "ONNX Runtime (the model was given as ONNX)" in r["reference"]
+    assert (tmp_path / "r.png").stat().st_size > 0 and "| ONNX Runtime |" in out
+
+
+def test_bench_zoo_model_at_a_rate(tmp_path, capsys):
+    rc = main(["bench", "resnet18", "--rate", "8", "--width", "0.125", "--engines", "torch,onnxruntime",
+               "--repeats", "4", "--warmup", "1", "--json", str(tmp_path / "r.json"), "-q"])
+    assert rc == 0, capsys.readouterr()
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["rate"] == 8.0 and r["input_shape"] == [1, 3, 32, 32]
+    assert [e["status"] for e in r["engines"]] == ["ok", "ok"]
+    assert 6 < r["macs_dense"] / r["macs_sparse"] < 9  # 3x3 convs at 8x, 1x1/linear dense
+
+
+def test_bench_bad_model(capsys):
+    assert main(["bench", "no-such-net", "--engines", "onnxruntime"]) == 1
+    assert "no-such-net" in capsys.readouterr().err
