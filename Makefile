@@ -39,8 +39,14 @@ test-all: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: no tests were collected"; exit 1; fi; exit $$rc
 
+# Peer engines for `patsparse bench`. DeepSparse 1.8 pins onnx<1.15 and Python <= 3.11, so it gets
+# its own venv where the bench engine looks for it; a failure there leaves the other peers usable.
+DS_VENV = $${PATSPARSE_CACHE:-$$HOME/.cache/patsparse}/venvs/deepsparse
 bench-peers: install
 	$(BIN)/pip install -q -e '.[peers]'
+	@(test -x $(DS_VENV)/bin/python || $(PY) -m venv $(DS_VENV)) && \
+	  $(DS_VENV)/bin/pip install -q "deepsparse==1.8.0" "onnx<1.15" \
+	  || echo "note: could not set up DeepSparse in $(DS_VENV) (needs Python <= 3.11); bench reports it unavailable"
 
 bench: bench-peers
 	$(BIN)/python benchmarks/run_all.py
