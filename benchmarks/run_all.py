@@ -1,0 +1,193 @@
+"""Run the speed grid and write docs/BENCHMARKS.md.
+
+Grid (issue 5): VGG-16-BN, ResNet-18, ResNet-50, MobileNet-V2; CIFAR (32x32) and ImageNet
+(224x224) inputs; dense / pattern-only (2.25x) / 8x / 12x / 16x; batch 1 and 8; every engine
+``patsparse bench`` knows, side by side. Each configuration is one ``run_bench`` call (its own
+interleaved run), saved as JSON under docs/bench/results/ so the page can be re-stitched
+without re-running (``--stitch-only``). The page keeps the tables of the grid that actually
+ran (``--quick`` or a sub-grid chosen by flags) and says so, then appends every other
+docs/bench/*.md section other scripts wrote (layers.md: the compiler's per-layer figures,
+dense.md: dense kernels).
+
+    python benchmarks/run_all.py                # the full grid: hours on a small machine
+    python benchmarks/run_all.py --quick        # VGG-16 CIFAR, dense and 8x, batch 1
+    python benchmarks/run_all.py --models vgg16_bn resnet18 --variants cifar --batches 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from _report import command_line  # noqa: E402
+
+from patsparse.bench import report  # noqa: E402
+from patsparse.bench.engines import ENGINES  # noqa: E402
+from patsparse.bench.harness import BenchResult, run_bench  # noqa: E402
+from patsparse.bench.model import BenchModel  # noqa: E402
+from patsparse.checkpoint import atomic_write_bytes  # noqa: E402
+
+MODELS = ["vgg16_bn", "resnet18", "resnet50", "mobilenet_v2"]
+VARIANTS = ["cifar", "imagenet"]
+RATES = [1.0, 2.25, 8.0, 12.0, 16.0]  # 1.0 = dense
+BATCHES = [1, 8]
+RATE_NAMES = {1.0: "dense", 2.25: "pattern-only 2.25x"}
+
+
+def rate_name(rate: float) -> str:
+    return RATE_NAMES.get(rate, f"{rate:g}x")
+
+
+def config_id(model: str, variant: str, rate: float, batch: int) -> str:
+    return f"{model}-{variant}-r{rate:g}-b{batch}"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="VGG-16 CIFAR, dense and 8x, batch 1, 20 repeats")
+    p.add_argument("--models", nargs="+", default=MODELS)
+    p.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
+    p.add_argument("--rates", nargs="+", type=float, default=RATES, help="1 = dense")
+    p.add_argument("--batches", nargs="+", type=int, default=BATCHES)
+    p.add_argument("--engines", nargs="+", default=list(ENGINES), help="default: all")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("--time-limit", type=float, default=60.0, help="timed seconds per engine per config")
+    p.add_argument("--timeout", type=float, default=900.0)
+    p.add_argument("--tvm-budget", type=float, default=0.0, help="MetaSchedule seconds per config (0: untuned)")
+    p.add_argument("--out", type=Path, default=REPO / "docs" / "BENCHMARKS.md")
+    p.add_argument("--stitch-only", action="store_true", help="rewrite the page from saved JSON results")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.models, args.variants, args.rates, args.batches = ["vgg16_bn"], ["cifar"], [1.0, 8.0], [1]
+        args.repeats = min(args.repeats, 20)
+    return args
+
+
+def grid(args) -> list[tuple[str, str, float, int]]:
+    return [(m, v, r, b) for m in args.models for v in args.variants for b in args.batches for r in args.rates]
+
+
+def run_grid(args, results_dir: Path) -> None:
+    results_dir.mkdir(parents=True, exist_ok=True)
+    for old in results_dir.glob("*.json"):
+        old.unlink()  # the page shows one run of the grid, never a mix of runs
+    configs = grid(args)
+    for i, (model, variant, rate, batch) in enumerate(configs, 1):
+        cid = config_id(model, variant, rate, batch)
+        print(f"[{i}/{len(configs)}] {cid}", flush=True)
+        bm = BenchModel.from_zoo(model, rate=None if rate == 1.0 else rate, variant=variant)
+        res = run_bench(bm, args.engines, batch=batch, threads=args.threads, repeats=args.repeats,
+                        timeout=args.timeout + args.tvm_budget, time_limit=args.time_limit,
+                        options={"tvm_budget": args.tvm_budget},
+                        log=lambda s: print(f"    {s}", flush=True))
+        report.write_result_json(res, results_dir / f"{cid}.json")
+        print(report.table(res), flush=True)
+
+
+def _group(results: list[BenchResult]) -> dict[tuple[str, int], list[BenchResult]]:
+    groups: dict[tuple[str, int], list[BenchResult]] = {}
+    for r in results:
+        groups.setdefault((r.model.rsplit(" ", 1)[0], r.batch), []).append(r)
+    return {k: sorted(v, key=lambda r: r.rate or 1.0) for k, v in groups.items()}
+
+
+def summary_table(results: list[BenchResult]) -> str:
+    """Engines x rates, median ms; then patsparse's speed-up over the fastest peer per rate."""
+    engines = list(dict.fromkeys(e.name for r in results for e in r.engines))
+    labels = {e.name: e.label for r in results for e in r.engines}
+    head = ["engine"] + [rate_name(r.rate or 1.0) for r in results]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name in engines:
+        cells = []
+        for r in results:
+            e = next((x for x in r.engines if x.name == name), None)
+            cells.append("-" if e is None else f"{e.median_ms:.2f}" if e.status == "ok" else e.status)
+        lines.append(f"| {labels[name]} | " + " | ".join(cells) + " |")
+    cells = []
+    for r in results:
+        ours = next((e for e in r.ok() if e.name == report.OURS), None)
+        peers = [e for e in r.ok() if e.name != report.OURS]
+        cells.append(f"{min(p.median_ms for p in peers) / ours.median_ms:.2f}x" if ours and peers else "-")
+    lines.append("| **patsparse speed-up over fastest peer** | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def shortfalls(results: list[BenchResult]) -> list[str]:
+    """Where patsparse is not the fastest (or did not run), and by how much."""
+    out = []
+    for r in results:
+        ours = next((e for e in r.engines if e.name == report.OURS), None)
+        peers = sorted((e for e in r.ok() if e.name != report.OURS), key=lambda e: e.median_ms)
+        where = f"{r.model}, batch {r.batch}"
+        if ours is None:
+            continue
+        if ours.status != "ok":
+            out.append(f"- {where}: patsparse did not run ({ours.status}: {ours.reason})")
+        elif peers and peers[0].median_ms < ours.median_ms:
+            b = peers[0]
+            out.append(f"- {where}: {b.label} {b.median_ms:.2f} ms vs patsparse {ours.median_ms:.2f} ms "
+                       f"(patsparse {ours.median_ms / b.median_ms:.2f}x slower)")
+    return out
+
+
+def stitch(args, results_dir: Path, plots_dir: Path, argv: list[str]) -> str:
+    results = [report.read_result_json(p) for p in sorted(results_dir.glob("*.json"))]
+    if not results:
+        raise SystemExit(f"no results in {results_dir}: run without --stitch-only first")
+    m = results[0].machine
+    lines = [
+        "# Benchmarks: patsparse against the engines users would pick instead", "",
+        f"Written by `{command_line(__file__, argv)}` from one run of the grid below "
+        f"({len(results)} configurations, each its own interleaved side-by-side run of every engine; "
+        f"per-configuration JSON in `docs/bench/results/`).", "",
+        f"- Machine: {m.get('cpu')}, {m.get('cores')} cores ({', '.join(m.get('isa', []))}), {m.get('os')}, "
+        f"Python {m.get('python')}",
+        f"- Date: {m.get('date')} (first configuration); commit {m.get('commit') or '?'}; "
+        f"{results[0].threads} threads per engine",
+        "- Weights: random initialisation, pattern + connectivity projected one-shot "
+        "(`project_model`, phase-2 library); latency depends on which weights are zero, not their values.",
+        "- Each engine runs in its own worker process; its output is checked against PyTorch eager "
+        "before timing (wrong engines are not timed); latencies are per batch, median and p90 of "
+        "timed calls in interleaved rounds; each call goes through the engine's Python API "
+        "(numpy in, numpy out).",
+        "- Noise: the machine may be shared; each table gives the load average at the start and end "
+        "of its run. Compare ratios within a table rather than absolute times across tables.",
+        "",
+    ]
+    short = [s for group in _group(results).values() for s in shortfalls(group)]
+    lines += ["## Where patsparse is not yet the fastest", ""]
+    lines += short or ["- Nowhere in this grid: patsparse was the fastest engine in every configuration."]
+    lines.append("")
+    for (model, batch), group in _group(results).items():
+        lines += [f"## {model}, batch {batch}", "", summary_table(group), ""]
+        if len(group) > 1:
+            png = report.rate_plot(group, plots_dir / f"{model.replace(' ', '_')}-b{batch}.png",
+                                   f"{model}, batch {batch}, {group[0].threads} threads")
+            lines += [f"![latency vs compression rate]({png.relative_to(args.out.parent)})", ""]
+        for r in group:
+            lines += [f"### {r.model}, batch {r.batch}", "", report.header(r), "", report.table(r), ""]
+    for extra in sorted((args.out.parent / "bench").glob("*.md")):
+        lines += [f"<!-- section from bench/{extra.name} -->", extra.read_text().rstrip(), ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    results_dir = args.out.parent / "bench" / "results"
+    plots_dir = args.out.parent / "bench" / "plots"
+    if not args.stitch_only:
+        run_grid(args, results_dir)
+    atomic_write_bytes(args.out, stitch(args, results_dir, plots_dir, argv).encode())
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

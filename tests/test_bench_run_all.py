@@ -1,0 +1,39 @@
+"""benchmarks/run_all.py: the page is stitched from saved results plus other scripts' sections."""
+
+import importlib.util
+from pathlib import Path
+
+from test_bench_report import result
+
+from patsparse.bench import report
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "run_all.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("run_all", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_stitch_page(tmp_path):
+    run_all = load_script()
+    docs = tmp_path / "docs"
+    results = docs / "bench" / "results"
+    slow = result(8.0)
+    slow.engines[0].median_ms = 3.0  # patsparse slower than ONNX Runtime here
+    for r in (result(1.0), slow):
+        r.model = f"vgg16_bn-cifar {run_all.rate_name(r.rate)}"
+        report.write_result_json(r, results / f"{run_all.config_id('vgg16_bn', 'cifar', r.rate, 1)}.json")
+    (docs / "bench" / "layers.md").write_text("## Per-layer kernels\n\nfrom the compiler helper\n")
+    args = run_all.parse_args(["--stitch-only", "--out", str(docs / "BENCHMARKS.md")])
+    assert run_all.main(["--stitch-only", "--out", str(docs / "BENCHMARKS.md")]) == 0
+    page = (docs / "BENCHMARKS.md").read_text()
+    assert "## vgg16_bn-cifar, batch 1" in page and "| patsparse | 1.00 | 3.00 |" in page
+    assert "ONNX Runtime 2.00 ms vs patsparse 3.00 ms (patsparse 1.50x slower)" in page
+    assert "**patsparse speed-up over fastest peer** | 2.00x | 0.67x |" in page
+    assert "## Per-layer kernels" in page and "commit abc1234" in page
+    assert (docs / "bench" / "plots" / "vgg16_bn-cifar-b1.png").stat().st_size > 0
+    assert args.stitch_only and run_all.grid(run_all.parse_args(["--quick"])) == [
+        ("vgg16_bn", "cifar", 1.0, 1), ("vgg16_bn", "cifar", 8.0, 1)]
