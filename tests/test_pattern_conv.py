@@ -180,4 +180,4 @@ def test_bad_geometry_is_named():
 def test_tuning_space_is_sane():
     vl = host_vl()
     cands = candidate_schedules(Layout(64, 32, 32), vl)
-    assert cands and all(c["rows"] * c["vecs"] <= 12 for c in cands)
+    assert cands and all(c["rows"] * c["vecs"] <= 24 for c in cands)

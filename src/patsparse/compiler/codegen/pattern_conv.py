@@ -30,7 +30,12 @@ from ..storage import pack as fkw_pack, plan
 from .base import GeneratedKernel, act_c
 
 DEFAULT_SCHEDULE = {"rows": 0, "vecs": 0, "order": "tf"}  # 0 = choose from the shape
-MAX_ACC = 12
+# accumulators per tile: the register file minus 4 weight broadcasts and a temporary
+# (16 registers with AVX2 and SSE, 32 with AVX-512)
+
+
+def max_acc(vl: int) -> int:
+    return 24 if vl == 16 else 11
 
 
 def host_vl() -> int:
@@ -71,18 +76,19 @@ def default_schedule(out: Layout, vl: int) -> dict:
     """A good untuned tile: all vectors of a row when they fit, then as many rows as fit."""
     nv = -(-out.W // vl)
     vecs = min(nv, 4)
-    rows = max(1, min(out.H, MAX_ACC // vecs))
+    rows = max(1, min(out.H, max_acc(vl) // vecs))
     return {"rows": rows, "vecs": vecs, "order": "tf"}
 
 
 def candidate_schedules(out: Layout, vl: int) -> list[dict]:
-    """The tuning space: tiles of 4..12 accumulators that fit the output, both loop orders."""
+    """The tuning space: tiles of 4..max_acc accumulators that fit the output, both loop orders."""
     nv = -(-out.W // vl)
+    top = max_acc(vl)
     seen, cands = set(), []
     for vecs in range(1, min(nv, 6) + 1):
-        for rows in range(1, min(out.H, MAX_ACC) + 1):
+        for rows in range(1, min(out.H, top) + 1):
             acc = rows * vecs
-            if not (4 <= acc <= MAX_ACC or (acc < 4 and rows == out.H and vecs == nv)):
+            if not (4 <= acc <= top or (acc < 4 and rows == out.H and vecs == nv)):
                 continue
             for order in ("tf", "ft"):
                 key = (rows, vecs, order)
@@ -153,7 +159,7 @@ class _Emitter:
                  f"    for (int k = runs[{p}]; k < runs[{p + 1}]; k++, wk += {len(taps)}) {{",
                  f"        const float *restrict ip = ib + (ptrdiff_t)cidx[k] * {self.sh.inp.ps};"]
         for j in range(len(taps)):
-            lines.append(f"        const vf w{j} = vbcast(wk[{j}]);")
+            lines.append(f"        const vf w{j} = pc_splat(wk[{j}]);")
         # stream input rows: each (row, dx, vector) is loaded once and feeds every tap that uses it
         uses: dict[tuple[int, int], list[tuple[int, int]]] = {}
         for j, t in enumerate(taps):
@@ -277,6 +283,8 @@ static inline int ps_split(const int32_t *cost, int F, int t, int nt) {
     while (lo < hi) { int mid = (lo + hi) / 2; if (cost[mid] < goal) lo = mid + 1; else hi = mid; }
     return lo;
 }
+/* broadcast; unlike (vf){0} + x, x - 0 is exact for every x, so GCC folds the add away */
+static inline vf pc_splat(float x) { return x - (vf){0}; }
 /* even lanes of the 2*VL floats at p: one output vector of a stride-2 row */
 static inline vf vdeint_even(const float *p) {
 #if VL == 16
