@@ -30,7 +30,7 @@ class DemoContext:
 
     out_dir: Path
     epochs: int = 3
-    subset: int | None = 30000
+    subset: int | None = 20000
     batch_size: int = 128
     seed: int = 0
     device: str = "cpu"
@@ -85,7 +85,7 @@ def train_stage(ctx: DemoContext) -> TrainResult:
     return TrainResult(model.eval(), train_loader, test_loader, result["test_acc"], name, run_dir, seconds)
 
 
-def run_demo(out_dir: str | Path | None = None, *, epochs: int = 3, subset: int | None = 30000,
+def run_demo(out_dir: str | Path | None = None, *, epochs: int = 3, subset: int | None = 20000,
              seed: int = 0, device: str = "cpu", dataset: str | None = None,
              log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every stage; returns {stage name: result}. ``out_dir`` defaults to a new
