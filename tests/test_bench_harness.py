@@ -183,3 +183,18 @@ def test_every_installed_engine_agrees_with_pytorch(tmp_path):
     bad = [(e.name, e.status, e.reason) for e in res.engines if e.status not in ("ok", "unavailable")]
     assert not bad, bad
     assert len(res.ok()) >= 6, [(e.name, e.reason) for e in res.engines]
+
+
+class MissingInterpreter(OnnxRuntime):
+    name, label = "nopython", "no interpreter"
+
+    def python(self):
+        return "/nonexistent/bin/python"
+
+
+missinginterpreter = MissingInterpreter()
+
+
+def test_engine_whose_interpreter_is_missing(tmp_path):
+    res = run_bench(tiny_model(), [double(MissingInterpreter)], repeats=1, workdir=tmp_path)
+    assert res.engines[0].status == "failed" and "/nonexistent/bin/python" in res.engines[0].reason

@@ -130,9 +130,13 @@ class Worker:
         env["PYTHONUNBUFFERED"] = "1"
         self.name, self.log = name, log
         self._log_file = open(log, "wb")
-        self.proc = subprocess.Popen([python, "-m", "patsparse.bench.worker"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=self._log_file, env=env,
-                                     start_new_session=True)
+        try:
+            self.proc = subprocess.Popen([python, "-m", "patsparse.bench.worker"], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=self._log_file, env=env,
+                                         start_new_session=True)
+        except OSError as e:
+            self._log_file.close()
+            raise EngineFailure("failed", f"cannot start the worker with {python}: {e}") from None
 
     def call(self, msg: dict[str, Any], arrays: dict[str, np.ndarray] | None = None,
              timeout: float | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -252,9 +256,9 @@ def run_bench(model, engines: Sequence[str] | None = None, *, batch: int = 1, th
             log(f"{name}: unavailable: {why}")
             continue
         log(f"{name}: preparing")
-        w = Worker(name, engine.python(), engine.worker_path(), threads, root / f"{_slug(name)}.log")
-        stage = "preparing"
+        stage, w = "preparing", None
         try:
+            w = Worker(name, engine.python(), engine.worker_path(), threads, root / f"{_slug(name)}.log")
             arrays = {"x": x}
             if engine.needs_torch_model and module_bytes is not None:
                 arrays["module"] = np.frombuffer(module_bytes, dtype=np.uint8)
@@ -282,7 +286,8 @@ def run_bench(model, engines: Sequence[str] | None = None, *, batch: int = 1, th
             res.status = f.status
             res.reason = f.reason if f.status == "wrong" else f"while {stage}: {f.reason}"
             log(f"{name}: {f.status}: {res.reason}")
-            w.close()
+            if w is not None:
+                w.close()
 
     rounds = math.ceil(repeats / block)
     for r in range(rounds):

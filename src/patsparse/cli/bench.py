@@ -39,6 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=50, help="timed calls per engine (default 50)")
     p.add_argument("--warmup", type=int, default=5, help="untimed calls per engine first (default 5)")
+    p.add_argument("--time-limit", type=float, default=120.0,
+                   help="timed seconds per engine; a slower engine stops early with fewer samples")
     p.add_argument("--timeout", type=float, default=600.0,
                    help="seconds any one engine request may take before the engine is killed")
     p.add_argument("--tvm-budget", type=float, default=0.0,
@@ -65,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     log = (lambda s: None) if args.quiet else (lambda s: print(f"[bench] {s}", file=sys.stderr, flush=True))
     result = run_bench(model, engines, batch=args.batch, threads=args.threads, repeats=args.repeats,
                        warmup=args.warmup, timeout=args.timeout + args.tvm_budget,
-                       tolerance=args.tolerance, workdir=args.workdir,
+                       tolerance=args.tolerance, workdir=args.workdir, time_limit=args.time_limit,
                        options={"tvm_budget": args.tvm_budget}, log=log)
     print(report.header(result))
     print()

@@ -8,6 +8,7 @@ the engine's own worker process, where a crash or a hang cannot take the benchma
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -73,6 +74,12 @@ class Engine:
     def prepare(self, model: "ModelFiles", example: np.ndarray, workdir: Path,
                 threads: int) -> Runner:
         raise NotImplementedError
+
+
+def venv_dir(name: str) -> Path:
+    """Where an engine with its own virtual environment keeps it: $PATSPARSE_CACHE/venvs/NAME."""
+    root = os.environ.get("PATSPARSE_CACHE")
+    return (Path(root) if root else Path.home() / ".cache" / "patsparse") / "venvs" / name
 
 
 def file_bytes(*paths: Path | str) -> int:

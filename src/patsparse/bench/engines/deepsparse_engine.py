@@ -8,17 +8,11 @@ patsparse's source on its path (the worker needs numpy, not torch).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
-from .base import Engine, Runner, as_float32, file_bytes
-
-
-def venv_dir() -> Path:
-    root = os.environ.get("PATSPARSE_CACHE")
-    return (Path(root) if root else Path.home() / ".cache" / "patsparse") / "venvs" / "deepsparse"
+from .base import Engine, Runner, as_float32, file_bytes, venv_dir
 
 
 class DeepSparse(Engine):
@@ -26,16 +20,16 @@ class DeepSparse(Engine):
     distribution = "deepsparse"
 
     def python(self) -> str:
-        return str(venv_dir() / "bin" / "python")
+        return str(venv_dir('deepsparse') / "bin" / "python")
 
     def worker_path(self) -> list[str]:
         return []  # the harness adds patsparse's source root; nothing from this environment
 
     def available(self) -> tuple[bool, str]:
         if not Path(self.python()).exists():
-            return False, f"no DeepSparse venv at {venv_dir()} (run `make bench-peers`)"
-        if not list(venv_dir().glob("lib/python*/site-packages/deepsparse")):
-            return False, f"deepsparse is not installed in {venv_dir()} (run `make bench-peers`)"
+            return False, f"no DeepSparse venv at {venv_dir('deepsparse')} (run `make bench-peers`)"
+        if not list(venv_dir('deepsparse').glob("lib/python*/site-packages/deepsparse")):
+            return False, f"deepsparse is not installed in {venv_dir('deepsparse')} (run `make bench-peers`)"
         return True, ""
 
     def prepare(self, model, example: np.ndarray, workdir: Path, threads: int) -> Runner:
