@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
 
-.PHONY: install demo test test-all bench bench-peers data clean
+.PHONY: install demo test test-all bench bench-peers bench-litert data clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -47,6 +47,14 @@ bench-peers: install
 	@(test -x $(DS_VENV)/bin/python || $(PY) -m venv $(DS_VENV)) && \
 	  $(DS_VENV)/bin/pip install -q "deepsparse==1.8.0" "onnx<1.15" \
 	  || echo "note: could not set up DeepSparse in $(DS_VENV) (needs Python <= 3.11); bench reports it unavailable"
+
+# LiteRT's PyTorch converter (litert-torch) pulls a large TensorFlow/JAX stack: its own venv, with
+# the project's torch first so that pip never picks a CUDA build. Optional; bench works without it.
+LITERT_VENV = $${PATSPARSE_CACHE:-$$HOME/.cache/patsparse}/venvs/litert
+bench-litert:
+	test -x $(LITERT_VENV)/bin/python || $(PY) -m venv $(LITERT_VENV)
+	$(LITERT_VENV)/bin/pip install -q torch==2.13.0
+	$(LITERT_VENV)/bin/pip install -q litert-torch
 
 bench: bench-peers
 	$(BIN)/python benchmarks/run_all.py
