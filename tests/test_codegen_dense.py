@@ -34,9 +34,9 @@ def _act(y: torch.Tensor, act: str) -> torch.Tensor:
 
 
 def run_kernel(kernel, x: np.ndarray, weight: np.ndarray, bias: np.ndarray, in_layout: Layout,
-               out_layout: Layout, res: np.ndarray | None) -> np.ndarray:
+               out_layout: Layout, res: np.ndarray | None, flags: tuple[str, ...] = ()) -> np.ndarray:
     """Run one kernel on (C, H, W) arrays; checks the halo stayed zero; returns (C, Ho, Wo)."""
-    runner = KernelRunner(kernel)
+    runner = KernelRunner(kernel, extra_flags=flags)
     out = layout_buffer(out_layout)
     inside = interior_mask(out_layout)
     out[inside] = np.nan
@@ -59,7 +59,7 @@ def check_close(got: np.ndarray, want: torch.Tensor) -> None:
 
 
 def conv_case(*, cin, cout, k, stride, padding, H, W, pin, pout, act, residual, schedule=None,
-              seed=0):
+              seed=0, flags=()):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(cin, H, W, generator=g)
     w = torch.randn(cout, cin, k, k, generator=g) / (cin * k * k) ** 0.5
@@ -73,7 +73,7 @@ def conv_case(*, cin, cout, k, stride, padding, H, W, pin, pout, act, residual, 
                       schedule=schedule)
     assert kern.flops == 2 * cout * cin * k * k * y.shape[1] * y.shape[2]
     got = run_kernel(kern, x.numpy(), w.numpy(), b.numpy(), Lin, Lout,
-                     r.numpy() if residual else None)
+                     r.numpy() if residual else None, flags)
     check_close(got, want)
 
 
@@ -178,6 +178,34 @@ def test_linear_matches_torch(C, H, W, pin, out_features, pout, act, residual, m
     got = run_kernel(kern, x.numpy(), w.numpy(), b.numpy(), Lin, Lout,
                      r.numpy().reshape(out_features, 1, 1) if residual else None)
     check_close(got, want)
+
+
+# The same generated code must be right at every vector width: 4 lanes (no AVX) and 16 lanes
+# (AVX-512; emulated here with GCC's generic vectors when the host lacks it, PS_NO_KEEP because
+# a 64-byte vector fits no AVX2 register).
+OTHER_WIDTHS = {4: ("-mno-avx",), 16: ("-D__AVX512F__", "-DPS_NO_KEEP")}
+
+
+@pytest.mark.parametrize("vl", sorted(OTHER_WIDTHS))
+def test_kernels_at_other_vector_widths(vl):
+    flags = OTHER_WIDTHS[vl]
+    probe = gen_conv1x1("probe", cin=1, cout=1, in_layout=Layout(1, 1, 1), out_layout=Layout(1, 1, 1))
+    probe.code += "\nint probe_vl(void) { return VL; }\n"
+    assert KernelRunner(probe, extra_flags=flags).lib.probe_vl() == vl
+    for k, s, p, H, W, pin in [(3, 1, 1, 9, 37, 1), (7, 2, 3, 17, 23, 0), (1, 2, 0, 9, 19, 1)]:
+        conv_case(cin=3, cout=5, k=k, stride=s, padding=p, H=H, W=W, pin=pin, pout=1,
+                  act="relu", residual=True, flags=flags)
+    for s in (1, 2):
+        x, w, b = torch.randn(6, 11, 35), torch.randn(6, 1, 3, 3), torch.randn(6)
+        y = F.conv2d(x[None], w, b, stride=s, padding=1, groups=6)[0]
+        Lin, Lout = Layout(6, 11, 35, 1), Layout(6, *y.shape[1:], 1)
+        kern = gen_depthwise("dw", channels=6, stride=s, in_layout=Lin, out_layout=Lout)
+        check_close(run_kernel(kern, x.numpy(), w.numpy(), b.numpy(), Lin, Lout, None, flags), y)
+    x, w, b = torch.randn(3, 2, 5), torch.randn(9, 30), torch.randn(9)
+    Lin, Lout = Layout(3, 2, 5, 1), Layout(9, 1, 1, 0)
+    kern = gen_linear("fc", in_features=30, out_features=9, in_layout=Lin, out_layout=Lout)
+    check_close(run_kernel(kern, x.numpy(), w.numpy(), b.numpy(), Lin, Lout, None, flags),
+                F.linear(x.flatten(), w, b).reshape(9, 1, 1))
 
 
 def test_bad_arguments_name_the_kernel():

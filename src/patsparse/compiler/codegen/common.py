@@ -31,8 +31,9 @@ HELPERS = r"""
 #include <stdio.h>
 static inline vf ps_splat(float x) { return x - (vf){0}; }
 /* Pin a loaded vector in a register: without it GCC folds the load into every FMA that uses it,
-   turning one load per input vector into MR loads (load-port bound, 2x slower on 3x3 convs). */
-#if defined(__x86_64__) || defined(__i386__)
+   turning one load per input vector into MR loads (load-port bound, 2x slower on 3x3 convs).
+   PS_NO_KEEP turns it off: tests use it to run the 16-lane code on a host without AVX-512. */
+#if (defined(__x86_64__) || defined(__i386__)) && !defined(PS_NO_KEEP)
 #define PS_KEEP(v) __asm__("" : "+v"(v))
 #else
 #define PS_KEEP(v) ((void)0)
