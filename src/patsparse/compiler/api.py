@@ -50,8 +50,11 @@ def capture(model_or_onnx_path: Any, example_input: Any = None) -> Graph:
 
 def build_from_graph(g: Graph, *, threads: int | None = None, schedules: dict | None = None,
                      tune: bool = False, cache_dir: str | os.PathLike | None = None,
-                     origin: str = "") -> CompiledModel:
-    """Plan, (tune,) generate, build and wrap a fused graph."""
+                     origin: str = "", extra_flags: tuple[str, ...] = ()) -> CompiledModel:
+    """Plan, (tune,) generate, build and wrap a fused graph.
+
+    ``extra_flags`` go to the C compiler (tests build with -fsanitize=address this way).
+    """
     threads = int(threads or default_threads())
     plan = plan_graph(g)
     gj, gt = g.to_json()  # before kernels are generated: the IR as captured and fused
@@ -62,7 +65,8 @@ def build_from_graph(g: Graph, *, threads: int | None = None, schedules: dict | 
     generate_kernels(plan, schedules)
     blob = pack_blob(plan)
     source = emit_model(plan)
-    lib = compile_c(source, name="model", cache_dir=Path(cache_dir) if cache_dir else None)
+    lib = compile_c(source, name="model", cache_dir=Path(cache_dir) if cache_dir else None,
+                    extra_flags=tuple(extra_flags))
     layers = []
     for s in plan.steps:
         entry = {"name": s.node.name, "kernel": s.kind, "c_name": s.cname, "flops": s.kernel.flops,

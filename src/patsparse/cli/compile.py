@@ -1,0 +1,69 @@
+"""``patsparse compile SRC -o DIR``: a pruned (or dense) model to a compiled model directory."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from ..errors import InputError
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(d) for d in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected C,H,W (e.g. 3,32,32), got {text!r}") from None
+    if len(dims) != 3 or min(dims) < 1:
+        raise argparse.ArgumentTypeError(f"expected three positive sizes C,H,W, got {text!r}")
+    return dims
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compile", help="compile a model to pattern-specialised native code",
+        description="Capture SRC (a model saved by patsparse.save / patsparse train, or an ONNX "
+                    "file), fold and fuse it, read the sparsity from its weights, generate C per "
+                    "layer, build it, and write a compiled model directory that `patsparse run` "
+                    "and patsparse.load open.",
+        epilog="Examples: patsparse compile runs/vgg/model.pats --input-shape 3,32,32 -o vgg.compiled | "
+               "patsparse compile model.onnx -o model.compiled --tune")
+    p.add_argument("src", help="saved patsparse model directory or .onnx file")
+    p.add_argument("-o", "--out", required=True, help="output directory for the compiled model")
+    p.add_argument("--input-shape", type=_shape, help="C,H,W of one input image (PyTorch models; "
+                   "ONNX files carry their own)")
+    p.add_argument("--threads", type=int, help="OpenMP threads per call (default: all usable CPUs)")
+    p.add_argument("--tune", action="store_true", help="measure schedules per layer on this machine")
+    p.add_argument("--cache-dir", help="build cache (default $PATSPARSE_CACHE or ~/.cache/patsparse)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..compiler.api import compile as ps_compile
+
+    src = Path(args.src)
+    if not src.exists():
+        raise InputError(f"{src}: no such file or directory")
+    t0 = time.perf_counter()
+    if src.suffix.lower() == ".onnx":
+        cm = ps_compile(src, threads=args.threads, tune=args.tune, cache_dir=args.cache_dir)
+    else:
+        from ..serialize import load
+
+        model = load(src)
+        if getattr(model, "is_compiled_patsparse", False):
+            raise InputError(f"{src} is already a compiled model")
+        if args.input_shape is None:
+            raise InputError("--input-shape C,H,W is needed to trace a PyTorch model")
+        example = torch.zeros(1, *args.input_shape)
+        cm = ps_compile(model, example, threads=args.threads, tune=args.tune, cache_dir=args.cache_dir)
+    out = cm.save(args.out)
+    kinds: dict[str, int] = {}
+    for layer in cm.manifest["layers"]:
+        kinds[layer["kernel"]] = kinds.get(layer["kernel"], 0) + 1
+    print(f"compiled {src} -> {out} in {time.perf_counter() - t0:.1f} s: "
+          f"{', '.join(f'{v} {k}' for k, v in sorted(kinds.items()))}; input {cm.input_shape}, "
+          f"output {cm.output_shape}, {cm.threads} threads, {cm.manifest['vl']}-float vectors")
+    return 0

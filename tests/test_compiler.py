@@ -1,0 +1,270 @@
+"""patsparse.compile end to end against PyTorch: ops, zoo models, runtime, save/load, ONNX, CLI."""
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import patsparse as ps
+from patsparse.cli import main as cli_main
+from patsparse.compiler.runtime import CompiledModel
+from patsparse.errors import FormatError, InputError, UnsupportedError
+
+
+def assert_close(got, want):
+    got, want = np.asarray(got), np.asarray(want)
+    scale = max(1.0, float(np.abs(want).max()))
+    err = float(np.abs(got - want).max())
+    assert err <= 1e-4 * scale, f"max abs error {err} > 1e-4 * {scale}"
+
+
+def randomize_bn(model):
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(m.num_features, generator=g) * 0.4 - 0.2)
+    return model
+
+
+def pattern_prune(model, rate=8.0):
+    from patsparse.pruning.projection import project_model
+
+    project_model(model, rate=rate)
+    return model
+
+
+class OpsNet(nn.Module):
+    """Every supported op spelled the ways models write them."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.c2 = nn.Conv2d(16, 16, 3, padding=1, bias=False)
+        self.pool = nn.MaxPool2d(3, 2, padding=1)
+        self.c3 = nn.Conv2d(16, 24, 3, stride=2, padding=1)
+        self.c4 = nn.Conv2d(24, 24, 1)
+        self.dw = nn.Conv2d(24, 24, 3, padding=1, groups=24)
+        self.act6 = nn.Hardtanh(0.0, 6.0)
+        self.avg = nn.AvgPool2d(2)
+        self.drop = nn.Dropout(0.5)
+        self.ident = nn.Identity()
+        self.fc = nn.Linear(24 * 2 * 2, 7)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.c1(x)))
+        x = torch.add(self.c2(x), x).relu()
+        x = self.pool(x)
+        x = F.relu6(self.c3(x))
+        x = self.act6(self.dw(self.c4(x)) + x)
+        x = self.ident(self.drop(self.avg(x)))
+        return self.fc(x.view(x.size(0), -1))
+
+
+def sparse_opsnet():
+    torch.manual_seed(0)
+    m = randomize_bn(OpsNet()).eval()
+    with torch.no_grad():  # pattern weights on c2/c3 (pattern conv), dense elsewhere
+        for conv in (m.c2, m.c3):
+            w = conv.weight
+            keep = torch.rand(w.shape[:2]) < 0.4
+            mask = torch.zeros(w.shape[0], w.shape[1], 9)
+            mask[..., [1, 3, 4, 5]] = 1
+            w.mul_(mask.view_as(w) * keep[..., None, None])
+    return m
+
+
+@pytest.fixture(scope="module")
+def opsnet_compiled():
+    m = sparse_opsnet()
+    return m, ps.compile(m, torch.zeros(1, 3, 16, 16), threads=2)
+
+
+def test_every_op_matches_torch_batch_and_types(opsnet_compiled):
+    m, cm = opsnet_compiled
+    kinds = [layer["kernel"] for layer in cm.manifest["layers"]]
+    assert kinds.count("pattern_conv") == 2 and "depthwise" in kinds and "maxpool" in kinds
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        want = m(x)
+    got = cm(x)
+    assert isinstance(got, torch.Tensor) and got.shape == want.shape
+    assert_close(got, want)
+    got_np = cm(x.numpy())
+    assert isinstance(got_np, np.ndarray)
+    np.testing.assert_array_equal(got_np, got.numpy())
+    assert cm.is_compiled_patsparse
+
+
+def test_threads_share_a_model_safely(opsnet_compiled):
+    m, cm = opsnet_compiled
+    xs = [torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    with torch.no_grad():
+        want = [m(x) for x in xs]
+    got = [None] * 4
+
+    def work(i):
+        for _ in range(5):
+            got[i] = cm(xs[i])
+
+    ts = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    [t.start() for t in ts]
+    [t.join() for t in ts]
+    for g, w in zip(got, want):
+        assert_close(g, w)
+
+
+def test_bad_input_shape_is_named(opsnet_compiled):
+    _, cm = opsnet_compiled
+    with pytest.raises(InputError, match=r"\(N, 3, 16, 16\)"):
+        cm(torch.zeros(1, 3, 8, 8))
+
+
+def test_unsupported_op_named_before_codegen(monkeypatch):
+    import patsparse.compiler.api as api
+
+    def no_build(*a, **k):
+        raise AssertionError("code was generated for an unsupported model")
+
+    monkeypatch.setattr(api, "compile_c", no_build)
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GELU())
+    with pytest.raises(UnsupportedError, match=r"'1'.*GELU"):
+        ps.compile(m, torch.zeros(1, 3, 8, 8))
+    with pytest.raises(UnsupportedError, match="dilat"):
+        ps.compile(nn.Sequential(nn.Conv2d(3, 4, 3, dilation=2)), torch.zeros(1, 3, 8, 8))
+
+
+@pytest.mark.parametrize("name,variant,width,size,rate", [
+    ("vgg16_bn", "cifar", 0.125, 32, 8.0),
+    ("resnet18", "imagenet", 0.125, 64, 8.0),
+    ("resnet50", "cifar", 0.125, 32, 2.25),
+    ("mobilenet_v2", "cifar", 0.25, 32, None),
+])
+def test_zoo_model_small(name, variant, width, size, rate):
+    from patsparse.models import get
+
+    torch.manual_seed(0)
+    m = randomize_bn(get(name, num_classes=10, width=width, variant=variant)).eval()
+    if rate:
+        pattern_prune(m, rate)
+    x = torch.randn(2, 3, size, size)
+    cm = ps.compile(m, x[:1], threads=2)
+    with torch.no_grad():
+        want = m(x)
+    assert_close(cm(x), want)
+    if rate:
+        assert any(layer["kernel"] == "pattern_conv" for layer in cm.manifest["layers"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,variant,size", [
+    ("vgg16_bn", "cifar", 32), ("vgg16_bn", "imagenet", 224), ("resnet18", "cifar", 32),
+    ("resnet18", "imagenet", 224), ("resnet50", "imagenet", 224), ("mobilenet_v2", "imagenet", 224),
+])
+def test_zoo_model_full_width(name, variant, size):
+    from patsparse.models import get
+
+    torch.manual_seed(0)
+    m = randomize_bn(get(name, variant=variant)).eval()
+    if name != "mobilenet_v2":
+        pattern_prune(m, 8.0)
+    x = torch.randn(2, 3, size, size)
+    cm = ps.compile(m, x[:1], threads=2)
+    with torch.no_grad():
+        want = m(x)
+    assert_close(cm(x), want)
+
+
+def test_save_load_rebuild_and_tamper(opsnet_compiled, tmp_path):
+    m, cm = opsnet_compiled
+    x = torch.randn(2, 3, 16, 16)
+    want = cm(x)
+    d = cm.save(tmp_path / "net")
+    loaded = ps.load(d)
+    assert isinstance(loaded, CompiledModel)
+    np.testing.assert_array_equal(loaded(x).numpy(), want.numpy())
+    (d / "libmodel.so").unlink()  # a missing library is rebuilt from model.c
+    np.testing.assert_array_equal(CompiledModel.load(d)(x).numpy(), want.numpy())
+    import json
+    man = json.loads((d / "manifest.json").read_text())
+    man["toolchain"] = "built-elsewhere"  # another ISA/compiler: regenerate from the IR
+    (d / "manifest.json").write_text(json.dumps(man))
+    assert_close(CompiledModel.load(d)(x), want)
+    raw = bytearray((d / "weights.bin").read_bytes())
+    raw[100] ^= 0xFF
+    (d / "weights.bin").write_bytes(bytes(raw))
+    with pytest.raises(FormatError, match="weights.bin"):
+        CompiledModel.load(d)
+
+
+def test_onnx_file_compiles_to_the_same_numbers(tmp_path):
+    pytest.importorskip("onnx")
+    m = sparse_opsnet()
+    path = tmp_path / "net.onnx"
+    torch.onnx.export(m, torch.zeros(1, 3, 16, 16), str(path), dynamo=False, opset_version=17)
+    cm = ps.compile(str(path), threads=2)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert_close(cm(x), m(x))
+    assert sum(layer["kernel"] == "pattern_conv" for layer in cm.manifest["layers"]) == 2
+
+
+def test_cli_compile_and_run(tmp_path, capsys):
+    m = sparse_opsnet()
+    onnx_path = tmp_path / "net.onnx"
+    torch.onnx.export(m, torch.zeros(1, 3, 16, 16), str(onnx_path), dynamo=False, opset_version=17)
+    out = tmp_path / "net.compiled"
+    assert cli_main(["compile", str(onnx_path), "-o", str(out), "--threads", "1"]) == 0
+    assert "pattern_conv" in capsys.readouterr().out
+    x = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    assert cli_main(["run", str(out), "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "y.npy")]) == 0
+    with torch.no_grad():
+        assert_close(np.load(tmp_path / "y.npy"), m(torch.from_numpy(x)).numpy())
+    assert cli_main(["run", str(out), "--repeats", "3"]) == 0
+    assert "median" in capsys.readouterr().out
+    assert cli_main(["run", str(tmp_path / "missing")]) == 1
+
+
+ASAN_SCRIPT = r"""
+import sys, numpy as np, torch
+sys.path.insert(0, {tests!r})
+from test_compiler import sparse_opsnet
+from test_pattern_conv import pattern_weight, run_conv, reference, assert_close
+from patsparse.compiler.api import capture, build_from_graph
+flags = ("-fsanitize=address", "-fno-omit-frame-pointer")
+# one kernel on exact-size buffers: any read or write past its slack is caught
+rng = np.random.default_rng(0)
+for stride in (1, 2):
+    w = pattern_weight(8, 5, keep=0.5, dense_frac=0.1)
+    x = rng.standard_normal((5, 7, 9)).astype(np.float32)
+    assert_close(run_conv(w, x, stride=stride, out_pad=0, extra_flags=flags), reference(w, x, stride=stride))
+m = sparse_opsnet()
+cm = build_from_graph(capture(m, torch.zeros(1, 3, 16, 16)), threads=2, extra_flags=flags)
+x = torch.randn(2, 3, 16, 16)
+with torch.no_grad():
+    err = (cm(x) - m(x)).abs().max().item()
+assert err < 1e-4, err
+print("ASAN-CLEAN")
+"""
+
+
+def test_generated_code_under_address_sanitizer():
+    lib = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
+    if not lib or not os.path.isabs(lib):
+        pytest.skip("libasan not available")
+    tests = str(Path(__file__).parent)
+    env = dict(os.environ, LD_PRELOAD=lib, ASAN_OPTIONS="detect_leaks=0:abort_on_error=1")
+    proc = subprocess.run([sys.executable, "-c", ASAN_SCRIPT.format(tests=tests)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and "ASAN-CLEAN" in proc.stdout, proc.stderr[-3000:]
