@@ -25,9 +25,9 @@ RESULTS.md section from the stored rows.
 from __future__ import annotations
 
 import argparse
-import copy
 import fnmatch
 import math
+import os
 import statistics
 import sys
 import time
@@ -415,7 +415,9 @@ def estimate(cells: list[Cell], rows: list[Row], log=print) -> float:
         log(f"{model}: {per_batch:.3f} s/batch x {len(train_loader)} batches; "
             f"{epochs} epochs per seed -> {(train_s + eval_s) * n / 3600:.1f} h for {n} seed(s)")
         total += (train_s + eval_s) * n
-    log(f"estimated total: {total / 3600:.1f} h on this machine (timings on a shared CPU are noisy)")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    log(f"estimated total: {total / 3600:.1f} h on this machine (1-min load average {load:.1f} on "
+        f"{os.cpu_count()} cores while timing: a busy machine inflates this)")
     return total
 
 

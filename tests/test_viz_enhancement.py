@@ -38,7 +38,7 @@ def test_analyse_paired_and_render(tmp_path: Path) -> None:
     masks = images[:, 0] > 0.5
     nets = {"dense": _net(0), "pattern": _net(1)}
     records, panels = enh.analyse(nets, images, torch.tensor([0, 1, 2]), masks, torch.zeros(1, 1, 10, 10),
-                                  (0.0, 1.0), ig_steps=16, inv_steps=10, inv_lr=0.05, log=lambda *_: None)
+                                  (0.0, 1.0), ig_steps=8, inv_steps=5, inv_lr=0.05, log=lambda *_: None)
     assert len(records) == 3 and all(len(row) == 6 for row in panels)
     assert enh.middle_conv(nets["dense"]) == "2"
     for r in records:
