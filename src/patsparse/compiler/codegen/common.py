@@ -23,12 +23,14 @@ MAX_VL = 16  # widest vector any target uses; Python-side sizes that must fit ev
 # PS_KEEP: see the C comment.
 # ps_load_s2: lanes 0, 2, 4, ... of p[0 .. 2*VL): one stride-2 vector from two loads + a shuffle.
 # PS_SCRATCH: per-thread scratch that lives as long as the thread (kernels are called from several
-# threads at once, and malloc/free per call would fault fresh pages in on every call).
+# threads at once, and malloc/free per call would fault fresh pages in on every call); one arena
+# per thread serves all kernels of a library.
 HELPERS = r"""
 #ifndef PATSPARSE_DENSE_HELPERS
 #define PATSPARSE_DENSE_HELPERS
 #include <stdlib.h>
 #include <stdio.h>
+#include <pthread.h>
 static inline vf ps_splat(float x) { return x - (vf){0}; }
 /* Pin a loaded vector in a register: without it GCC folds the load into every FMA that uses it,
    turning one load per input vector into MR loads (load-port bound, 2x slower on 3x3 convs).
@@ -48,19 +50,34 @@ static inline vf ps_splat(float x) { return x - (vf){0}; }
 static inline vf ps_load_s2(const float *p) {
     return __builtin_shuffle(vload(p), vload(p + VL), PS_EVEN);
 }
-static float *ps_scratch_alloc(size_t nfloats, const char *who) {
-    size_t bytes = (nfloats * sizeof(float) + 63) / 64 * 64;
-    float *p = aligned_alloc(64, bytes ? bytes : 64);
-    if (!p) {
-        fprintf(stderr, "patsparse: kernel %s could not allocate %zu bytes of scratch\n", who, bytes);
-        abort();
-    }
-    return p;
+/* Per-thread scratch arena shared by every kernel of the library (kernels run one after
+   another on the calling thread, so the largest request sizes it). Freed when the thread exits. */
+typedef struct { float *p; size_t n; } ps_arena_t;
+static pthread_key_t ps_arena_key;
+static pthread_once_t ps_arena_once = PTHREAD_ONCE_INIT;
+static void ps_arena_free(void *a) { if (a) { free(((ps_arena_t *)a)->p); free(a); } }
+static void ps_arena_init(void) { pthread_key_create(&ps_arena_key, ps_arena_free); }
+static void ps_oom(const char *who, size_t bytes) {
+    fprintf(stderr, "patsparse: kernel %s could not allocate %zu bytes of scratch\n", who, bytes);
+    abort();
 }
-#define PS_SCRATCH(var, nfloats, who) \
-    static __thread float *var##_tls; \
-    if (!var##_tls) var##_tls = ps_scratch_alloc((nfloats), (who)); \
-    float *var = var##_tls
+static float *ps_scratch(size_t nfloats, const char *who) {
+    pthread_once(&ps_arena_once, ps_arena_init);
+    ps_arena_t *a = pthread_getspecific(ps_arena_key);
+    if (!a) {
+        if (!(a = calloc(1, sizeof *a))) ps_oom(who, sizeof *a);
+        pthread_setspecific(ps_arena_key, a);
+    }
+    if (a->n < nfloats) {
+        size_t bytes = (nfloats * sizeof(float) + 63) / 64 * 64;
+        free(a->p);
+        a->n = 0;
+        if (!(a->p = aligned_alloc(64, bytes))) ps_oom(who, bytes);
+        a->n = bytes / sizeof(float);
+    }
+    return a->p;
+}
+#define PS_SCRATCH(var, nfloats, who) float *var = ps_scratch((nfloats), (who))
 #endif
 """
 

@@ -23,7 +23,10 @@ from .common import (HELPERS, check_act, check_layout_types, check_layouts, chec
 
 def schedules(*, stride: int, out_layout: Layout) -> list[dict]:
     """Candidate output rows per pass; the first is the heuristic default."""
-    order = (2, 1, 3, 4) if stride == 1 else (1, 2, 3)
+    # measured (benchmarks/dense_kernels.py --tune, AVX2): one row wins at stride 1 on most
+    # MobileNet-V2 planes (more rows spill: K*K weights + rows of loads exceed 16 registers),
+    # three rows at stride 2 (rows share the shuffled input vectors)
+    order = (1, 3, 4, 2) if stride == 1 else (3, 2, 1)
     return [{"rows": r} for r in order if r <= out_layout.H] or [{"rows": 1}]
 
 
