@@ -1,7 +1,8 @@
 """Harness: statistics, the worker protocol, output checking and isolation of bad engines.
 
 The engines defined here are test doubles of *failures* (a crash, a hang, a wrong answer); the
-engines they run beside are the real PyTorch and ONNX Runtime engines.
+engines they run beside are the real PyTorch and ONNX Runtime engines. Worker processes import
+this module to find the doubles, so it keeps torch out of its top-level imports.
 """
 
 import math
@@ -11,10 +12,8 @@ import time
 
 import numpy as np
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch import nn
 
 from patsparse.bench import protocol
 from patsparse.bench.engines import Engine, Runner, load_engine
@@ -25,6 +24,9 @@ from patsparse.errors import InputError
 
 
 def tiny_model() -> BenchModel:
+    import torch  # here, not at the top: the workers import this module for the doubles below
+    from torch import nn
+
     torch.manual_seed(0)
     m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
                       nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),

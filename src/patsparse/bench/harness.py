@@ -241,76 +241,15 @@ def run_bench(model, engines: Sequence[str] | None = None, *, batch: int = 1, th
     x = model.example(batch, seed)
     files = model.materialise(root / "model", x)
     ref, ref_name = model.reference(x, files)
-    module_bytes = model.module_bytes()
-    results: dict[str, EngineResult] = {}
-    workers: dict[str, Worker] = {}
-
-    for name in names:
-        engine = load_engine(name)
-        res = results[name] = EngineResult(name=name, label=engine.label or name, status="ok")
-        ok, why = engine.available()
-        if ok and engine.needs_torch_model and model.module is None:
-            ok, why = False, "needs a PyTorch model (this benchmark was given an ONNX file)"
-        if not ok:
-            res.status, res.reason = "unavailable", why
-            log(f"{name}: unavailable: {why}")
-            continue
-        log(f"{name}: preparing")
-        stage, w = "preparing", None
-        try:
-            w = Worker(name, engine.python(), engine.worker_path(), threads, root / f"{_slug(name)}.log")
-            arrays = {"x": x}
-            if engine.needs_torch_model and module_bytes is not None:
-                arrays["module"] = np.frombuffer(module_bytes, dtype=np.uint8)
-            reply, _ = w.call({"op": "prepare", "engine": engine_spec(name), "threads": threads,
-                               "workdir": str(root / _slug(name)), "files": files,
-                               "options": options or {}}, arrays, timeout)
-            res.prepare_s, res.model_bytes = reply["seconds"], reply["model_bytes"]
-            res.notes, res.version = reply.get("notes", ""), reply.get("version", "")
-            stage = "checking the output"
-            _, out = w.call({"op": "run"}, timeout=timeout)
-            try:
-                res.max_abs_err, res.rel_err = compare(out["y"], ref)
-            except ValueError as e:
-                raise EngineFailure("wrong", str(e)) from None
-            if not res.rel_err <= tolerance:
-                raise EngineFailure("wrong", f"output differs from {ref_name}: max abs error "
-                                    f"{res.max_abs_err:.3g} = {res.rel_err:.3g} of max |ref| "
-                                    f"(tolerance {tolerance:g}); not timed")
-            stage = "warming up"
-            if warmup:
-                w.call({"op": "time", "n": 1, "warmup": warmup - 1}, timeout=timeout)
-            workers[name] = w
-            log(f"{name}: ready in {res.prepare_s:.1f} s, max abs error {res.max_abs_err:.2g}")
-        except EngineFailure as f:
-            res.status = f.status
-            res.reason = f.reason if f.status == "wrong" else f"while {stage}: {f.reason}"
-            log(f"{name}: {f.status}: {res.reason}")
-            if w is not None:
-                w.close()
-
-    rounds = math.ceil(repeats / block)
-    for r in range(rounds):
-        live = [n for n in names if n in workers]
-        n_calls = min(block, repeats - r * block)
-        live = [n for n in live if sum(results[n].samples_ms) < time_limit * 1e3]
-        for name in live[r % len(live):] + live[: r % len(live)] if live else []:
-            try:
-                reply, _ = workers[name].call({"op": "time", "n": n_calls, "warmup": 1}, timeout=timeout)
-                results[name].samples_ms.extend(t / 1e6 for t in reply["ns"])
-            except EngineFailure as f:
-                results[name].status, results[name].reason = f.status, f"while timing: {f.reason}"
-                log(f"{name}: {f.status} while timing: {f.reason}")
-                workers.pop(name).close()
-    for name, w in workers.items():
-        try:
-            reply, _ = w.call({"op": "stats"}, timeout=60)
-            results[name].peak_rss_mb = reply["peak_rss_kb"] / 1024
-        except EngineFailure as f:
-            log(f"{name}: could not read memory use: {f.reason}")
-        w.close()
-        s = summarize(results[name].samples_ms)
-        results[name].median_ms, results[name].p90_ms = s.median, s.p90
+    run = _Run(root=root, threads=threads, timeout=timeout, log=log)
+    try:
+        for name in names:
+            run.prepare(name, model, x, ref, ref_name, files, warmup, tolerance, options or {})
+        run.time_interleaved(names, repeats, block, time_limit)
+    finally:  # also on Ctrl-C or a harness error: no worker outlives the run
+        for w in run.started:
+            w.kill()
+    results = run.results
 
     if hasattr(os, "getloadavg"):
         machine["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
@@ -322,6 +261,95 @@ def run_bench(model, engines: Sequence[str] | None = None, *, batch: int = 1, th
                        engines=[results[n] for n in names], machine=machine,
                        rate=model.rate, macs_dense=macs[0] if macs else None,
                        macs_sparse=macs[1] if macs else None)
+
+
+@dataclass
+class _Run:
+    """State of one benchmark run: its workers and what each engine has produced so far."""
+
+    root: Path
+    threads: int
+    timeout: float
+    log: Callable[[str], None]
+    results: dict[str, EngineResult] = field(default_factory=dict)
+    workers: dict[str, Worker] = field(default_factory=dict)  # prepared, checked, warm
+    started: list[Worker] = field(default_factory=list)
+
+    def prepare(self, name: str, model, x: np.ndarray, ref: np.ndarray, ref_name: str,
+                files: dict[str, Any], warmup: int, tolerance: float, options: dict[str, Any]) -> None:
+        """Start, prepare, check and warm up one engine; a failure is recorded, not raised."""
+        engine = load_engine(name)
+        res = self.results[name] = EngineResult(name=name, label=engine.label or name, status="ok")
+        ok, why = engine.available()
+        if ok and engine.needs_torch_model and model.module is None:
+            ok, why = False, "needs a PyTorch model (this benchmark was given an ONNX file)"
+        if not ok:
+            res.status, res.reason = "unavailable", why
+            self.log(f"{name}: unavailable: {why}")
+            return
+        self.log(f"{name}: preparing")
+        stage, w = "preparing", None
+        try:
+            w = Worker(name, engine.python(), engine.worker_path(), self.threads,
+                       self.root / f"{_slug(name)}.log")
+            self.started.append(w)
+            arrays = {"x": x}
+            pickled = model.module_bytes() if engine.needs_torch_model else None
+            if pickled is not None:
+                arrays["module"] = np.frombuffer(pickled, dtype=np.uint8)
+            reply, _ = w.call({"op": "prepare", "engine": engine_spec(name), "threads": self.threads,
+                               "workdir": str(self.root / _slug(name)), "files": files,
+                               "options": options}, arrays, self.timeout)
+            res.prepare_s, res.model_bytes = reply["seconds"], reply["model_bytes"]
+            res.notes, res.version = reply.get("notes", ""), reply.get("version", "")
+            stage = "checking the output"
+            _, out = w.call({"op": "run"}, timeout=self.timeout)
+            try:
+                res.max_abs_err, res.rel_err = compare(out["y"], ref)
+            except ValueError as e:
+                raise EngineFailure("wrong", str(e)) from None
+            if not res.rel_err <= tolerance:
+                raise EngineFailure("wrong", f"output differs from {ref_name}: max abs error "
+                                    f"{res.max_abs_err:.3g} = {res.rel_err:.3g} of max |ref| "
+                                    f"(tolerance {tolerance:g}); not timed")
+            stage = "warming up"
+            if warmup:
+                w.call({"op": "time", "n": 1, "warmup": warmup - 1}, timeout=self.timeout)
+            self.workers[name] = w
+            self.log(f"{name}: ready in {res.prepare_s:.1f} s, max abs error {res.max_abs_err:.2g}")
+        except EngineFailure as f:
+            res.status = f.status
+            res.reason = f.reason if f.status == "wrong" else f"while {stage}: {f.reason}"
+            self.log(f"{name}: {f.status}: {res.reason}")
+            if w is not None:
+                w.close()
+
+    def time_interleaved(self, names: Sequence[str], repeats: int, block: int, time_limit: float) -> None:
+        """Rounds of ``block`` timed calls per live engine in rotated order, then memory and stats."""
+        for r in range(math.ceil(repeats / block)):
+            n_calls = min(block, repeats - r * block)
+            live = [n for n in names if n in self.workers
+                    and sum(self.results[n].samples_ms) < time_limit * 1e3]
+            for name in live[r % len(live):] + live[: r % len(live)] if live else []:
+                try:
+                    reply, _ = self.workers[name].call({"op": "time", "n": n_calls, "warmup": 1},
+                                                       timeout=self.timeout)
+                    self.results[name].samples_ms.extend(t / 1e6 for t in reply["ns"])
+                except EngineFailure as f:
+                    self.results[name].status = f.status
+                    self.results[name].reason = f"while timing: {f.reason}"
+                    self.log(f"{name}: {f.status} while timing: {f.reason}")
+                    self.workers.pop(name).close()
+        for name, w in self.workers.items():
+            res = self.results[name]
+            try:
+                reply, _ = w.call({"op": "stats"}, timeout=60)
+                res.peak_rss_mb = reply["peak_rss_kb"] / 1024
+            except EngineFailure as f:
+                self.log(f"{name}: could not read memory use: {f.reason}")
+            w.close()
+            s = summarize(res.samples_ms)
+            res.median_ms, res.p90_ms = s.median, s.p90
 
 
 def _slug(name: str) -> str:
