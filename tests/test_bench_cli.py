@@ -39,3 +39,28 @@ def test_bench_zoo_model_at_a_rate(tmp_path, capsys):
 def test_bench_bad_model(capsys):
     assert main(["bench", "no-such-net", "--engines", "onnxruntime"]) == 1
     assert "no-such-net" in capsys.readouterr().err
+
+
+def test_onnx_inputs_rejected_clearly(tmp_path):
+    import pytest
+
+    from patsparse.bench.model import BenchModel
+    from patsparse.errors import FormatError, InputError
+
+    class Two(nn.Module):
+        def forward(self, a, b):
+            return a + b
+
+    two = tmp_path / "two.onnx"
+    torch.onnx.export(Two(), (torch.zeros(1, 3), torch.zeros(1, 3)), str(two), dynamo=False, opset_version=17)
+    with pytest.raises(InputError, match="one input"):
+        BenchModel.from_onnx(two)
+    fixed = tmp_path / "fixed.onnx"
+    torch.onnx.export(nn.Conv2d(3, 2, 1), (torch.zeros(2, 3, 4, 4),), str(fixed), dynamo=False, opset_version=17)
+    m = BenchModel.from_onnx(fixed)
+    assert m.input_shape == (3, 4, 4)
+    with pytest.raises(InputError, match="fixed batch of 2"):
+        m.materialise(tmp_path / "w", m.example(5))
+    (tmp_path / "junk.onnx").write_bytes(b"not onnx")
+    with pytest.raises(FormatError, match="junk.onnx"):
+        BenchModel.from_onnx(tmp_path / "junk.onnx")
