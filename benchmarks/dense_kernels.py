@@ -10,18 +10,25 @@ smallest layers); ORT is run with spinning threads off so it does not steal core
 others between its blocks.
 
 Usage:  python benchmarks/dense_kernels.py [--threads 2] [--rounds 7] [--tune] [--quick]
-        [--out docs/bench/dense.md]
+        [--clock wall|cpu] [--spin] [--only SUBSTRING] [--out docs/bench/dense.md]
 """
 
 from __future__ import annotations
 
+import os
+import sys
+
+# Thread wait policy, the same for every engine, fixed before any OpenMP runtime loads (torch's
+# and ours read it once at start-up). Blocking (the default here) keeps a loaded, shared machine
+# from turning spin-waits into stolen time slices; --spin lets all engines spin instead.
+SPIN = "--spin" in sys.argv
+os.environ.setdefault("OMP_WAIT_POLICY", "active" if SPIN else "passive")
+
 import argparse
 import datetime
 import io
-import os
 import platform
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,7 +201,7 @@ def ort_session(module: nn.Module, x: torch.Tensor, threads: int):
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if SPIN else "0")
     sess = ort.InferenceSession(buf.getvalue(), so, providers=["CPUExecutionProvider"])
     feed = {"x": x.numpy()}
     want = module(x).detach().numpy()
@@ -255,7 +262,9 @@ def header(args: argparse.Namespace) -> str:
             f"- machine: {cpu}, {os.cpu_count()} cores, vector width {host_vl()} floats\n"
             f"- threads: {args.threads} (all engines), batch 1, fp32; medians of {args.rounds} "
             f"interleaved rounds; clock: {args.clock} "
-            f"({'elapsed time' if args.clock == 'wall' else 'process CPU time, robust to machine load'})\n"
+            f"({'elapsed time' if args.clock == 'wall' else 'process CPU time, robust to machine load'}); "
+            f"waiting threads {'spin' if SPIN else 'block'} in every engine "
+            f"(OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']})\n"
             f"- torch {torch.__version__}, onnxruntime {ort.__version__}\n"
             f"- command: `{cmd}`\n")
 
@@ -270,6 +279,9 @@ def main() -> None:
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="wall: elapsed time (the real figure); cpu: process CPU time with "
                          "--threads 1, which a loaded machine disturbs far less (per-core efficiency)")
+    ap.add_argument("--spin", action="store_true",
+                    help="let all engines' threads spin between parallel sections "
+                         "(OMP_WAIT_POLICY=active, ORT allow_spinning=1); default: all block")
     ap.add_argument("--out", default=str(ROOT / "docs" / "bench" / "dense.md"))
     args = ap.parse_args()
     if args.clock == "cpu" and args.threads != 1:

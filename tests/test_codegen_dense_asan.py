@@ -1,0 +1,99 @@
+"""Memory safety of the dense kernels under AddressSanitizer + UBSan.
+
+Each kernel is built into a standalone program whose buffers have exactly the sizes the
+contract promises (activation: layout size + SLACK floats; weights: the packed size; bias:
+Cout floats), so a read past SLACK, a weight over-read or a bias read past Cout aborts the
+program. The shapes are chosen to stress the edges: odd widths, thin halos, stride 2,
+partial register tiles.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from patsparse.compiler.build import find_compiler
+from patsparse.compiler.codegen.base import PRELUDE, SLACK
+from patsparse.compiler.codegen.dense_conv import gen_conv2d
+from patsparse.compiler.codegen.depthwise import gen_depthwise
+from patsparse.compiler.codegen.gemm import gen_linear
+from patsparse.compiler.codegen.pool import gen_avgpool, gen_global_avgpool, gen_maxpool
+from patsparse.compiler.layout import Layout
+
+DRIVER = r"""
+#include <stdlib.h>
+static float *buf(size_t n, float v) {
+    void *p = NULL;
+    if (posix_memalign(&p, 64, n * sizeof(float) ? n * sizeof(float) : 4)) abort();
+    float *f = p;
+    for (size_t i = 0; i < n; i++) f[i] = v;
+    return f;
+}
+int main(void) {
+    float *in = buf(IN_N, 0.0f), *out = buf(OUT_N, 0.0f), *res = buf(OUT_N, 0.0f);
+    float *w = buf(W_N, 0.5f), *b = buf(B_N, 0.25f);
+    for (size_t i = 0; i + SLACK_N < IN_N; i++) in[i] = (float)(i % 7) - 3.0f;
+    for (int r = 0; r < 2; r++) KERNEL(in, out, w, b, RES);
+    free(in); free(out); free(res); free(w); free(b);
+    return 0;
+}
+"""
+
+
+@dataclass(frozen=True)
+class Case:
+    gen: object          # generator function
+    kwargs: dict         # its shape arguments (name and layouts are added)
+    lin: Layout
+    lout: Layout
+    weight: tuple[int, ...] | None   # PyTorch weight shape, None for pools
+    residual: bool = False
+
+
+L = Layout
+CASES = {
+    "conv3x3_s1": Case(gen_conv2d, dict(cin=3, cout=7, k=3, stride=1, padding=1, act="relu"),
+                       L(3, 9, 37, 1), L(7, 9, 37, 0), (7, 3, 3, 3), residual=True),
+    "conv7x7_s2_nohalo": Case(gen_conv2d, dict(cin=3, cout=5, k=7, stride=2, padding=3),
+                              L(3, 23, 23, 0), L(5, 12, 12, 1), (5, 3, 7, 7)),
+    "conv1x1_s2": Case(gen_conv2d, dict(cin=6, cout=9, k=1, stride=2),
+                       L(6, 15, 17, 1), L(9, 8, 9, 0), (9, 6, 1, 1)),
+    "dw_s1": Case(gen_depthwise, dict(channels=5, stride=1), L(5, 11, 35, 1), L(5, 11, 35, 1),
+                  (5, 1, 3, 3), residual=True),
+    "dw_s2": Case(gen_depthwise, dict(channels=5, stride=2), L(5, 11, 35, 1), L(5, 6, 18, 0),
+                  (5, 1, 3, 3)),
+    "dw_s2_nohalo": Case(gen_depthwise, dict(channels=4, stride=2), L(4, 8, 9, 0), L(4, 4, 5, 1),
+                         (4, 1, 3, 3)),
+    "maxpool_s2_nohalo": Case(gen_maxpool, dict(k=3, stride=2, padding=1), L(4, 13, 37, 0),
+                              L(4, 7, 19, 0), None),
+    "avgpool_s3": Case(gen_avgpool, dict(k=3, stride=3, padding=1), L(2, 10, 20, 0),
+                       L(2, 4, 7, 0), None),
+    "gap": Case(gen_global_avgpool, {}, L(6, 7, 7, 0), L(6, 1, 1, 0), None, residual=True),
+    "linear_chw": Case(gen_linear, dict(in_features=30, out_features=11), L(3, 2, 5, 1),
+                       L(11, 1, 1, 0), (11, 30)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_kernel_is_memory_safe_under_asan(name, tmp_path):
+    case = CASES[name]
+    kern = case.gen("k", in_layout=case.lin, out_layout=case.lout, has_residual=case.residual,
+                    **case.kwargs)
+    wsize = kern.pack(np.ones(case.weight, np.float32)).size if case.weight else 0
+    defs = {"IN_N": case.lin.size + SLACK, "OUT_N": case.lout.size + SLACK, "W_N": wsize,
+            "B_N": case.weight[0] if case.weight else 0, "SLACK_N": SLACK, "KERNEL": kern.name,
+            "RES": "res" if case.residual else "NULL"}
+    src = tmp_path / "k.c"
+    src.write_text(PRELUDE + kern.code + "".join(f"#define {k} {v}\n" for k, v in defs.items())
+                   + DRIVER)
+    exe = tmp_path / "k"
+    subprocess.run([find_compiler(), "-O1", "-g", "-fopenmp", "-std=gnu11", "-march=native",
+                    "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
+                    "-fno-omit-frame-pointer", str(src), "-o", str(exe), "-lm"], check=True)
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0", OMP_NUM_THREADS="2")
+    proc = subprocess.run([str(exe)], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
