@@ -119,3 +119,29 @@ def test_update_section_replaces_only_its_own(tmp_path: Path) -> None:
     text = p.read_text()
     assert "first" not in text and "third" in text and "second" in text
     assert text.index("third") < text.index("second")
+
+
+def test_results_theory_step(tmp_path: Path) -> None:
+    res = _load("results")
+    assert res.main(["--steps", "theory", "--docs", str(tmp_path / "docs"),
+                     "--results", str(tmp_path / "docs" / "RESULTS.md")]) == 0
+    text = (tmp_path / "docs" / "RESULTS.md").read_text()
+    assert "- gaussian: holds" in text and "- elog: holds" in text
+    assert "](theory_identities.png)" in text and (tmp_path / "docs" / "theory_identities.png").exists()
+    with pytest.raises(InputError, match="--steps"):
+        res.main(["--steps", "everything"])
+
+
+@pytest.mark.slow
+def test_results_extraction_step_on_tiny_budget(tmp_path: Path) -> None:
+    res = _load("results")
+    argv = ["--dataset", "digits", "--budget", "tiny", "--steps", "extraction", "--extraction-model", "convnet",
+            "--out", str(tmp_path / "runs" / "accuracy"), "--docs", str(tmp_path / "docs"),
+            "--results", str(tmp_path / "docs" / "RESULTS.md"), "--quiet"]
+    assert res.main(argv) == 0
+    text = (tmp_path / "docs" / "RESULTS.md").read_text()
+    assert "| 126 -> 32 |" in text and "| 8 -> 4 |" in text
+    assert "of the extracted 8 patterns coincide with the designed Phase-2 library" in text
+    assert (tmp_path / "docs" / "extraction_digits.png").exists()
+    assert res.main(argv) == 0  # stored: the second run only rewrites the section
+    assert (tmp_path / "docs" / "RESULTS.md").read_text() == text
