@@ -325,6 +325,7 @@ def render(results: list[dict], dataset: str, budget: Budget, models: list[str])
              f"{budget.prune_epochs} epochs (pattern rows: {budget.admm_iters} ADMM iterations x "
              f"{budget.admm_epochs} epochs + {budget.retrain_epochs} masked retraining; baselines and "
              f"dense-ft: {budget.prune_epochs} epochs of (masked) retraining), lr {budget.prune_lr}. "
+             f"Each seed draws its own training subset, initialisation and data order. "
              f"The paper trains ~300-400 epochs on the full data at full width.", ""]
     if budget.gpu:
         lines += ["**This budget needs a GPU** (paper scale).", ""]
