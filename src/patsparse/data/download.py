@@ -83,10 +83,26 @@ def fetch(resource: Resource, dest_dir: str | os.PathLike, timeout: float = 60.0
     return dest
 
 
+def _safe_members(tar: tarfile.TarFile, dest: Path) -> list[tarfile.TarInfo]:
+    """Regular files and directories that stay inside ``dest`` (Pythons without tar filters)."""
+    root = dest.resolve()
+    out = []
+    for m in tar.getmembers():
+        target = (root / m.name).resolve()
+        if not (m.isfile() or m.isdir()) or (target != root and root not in target.parents):
+            raise FormatError(f"unsafe member {m.name!r} in archive {tar.name}; not extracting")
+        out.append(m)
+    return out
+
+
 def extract_tar(archive: str | os.PathLike, dest_dir: str | os.PathLike) -> None:
     """Unpack a (verified) tar archive, refusing members that would land outside ``dest_dir``."""
+    dest = Path(dest_dir)
     try:
         with tarfile.open(archive) as tar:
-            tar.extractall(dest_dir, filter="data")
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(dest, filter="data")
+            else:  # Python < 3.10.12 / 3.11.4
+                tar.extractall(dest, members=_safe_members(tar, dest))
     except (tarfile.TarError, OSError, EOFError) as e:
         raise FormatError(f"cannot extract {archive}: {e}") from None
