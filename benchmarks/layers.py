@@ -1,0 +1,253 @@
+"""Speed of patsparse's compiled models against ONNX Runtime and OpenVINO (f32), side by side.
+
+Three parts, all batch 1, fp32, the same thread count everywhere:
+  1. Whole models (the issue's targets): VGG-16-BN CIFAR 32x32 at 8x and at pattern-only 2.25x,
+     ResNet-18 ImageNet 224x224 at 8x, MobileNet-V2 ImageNet dense. Every engine runs the SAME
+     pruned model (the dense engines get it with its zeros, as an ONNX file).
+  2. Per-layer table: every pattern-sparse 3x3 conv of VGG-16 CIFAR at 8x as a one-layer model
+     (conv + bias + ReLU) in each engine: time, speed-up, and useful GFLOP/s (ours: the MACs it
+     really computes; the dense engines: the dense MACs), with the FLOP-count ideal beside it.
+  3. Compile time of ResNet-18 ImageNet at 8x: cold (empty build cache) and cached.
+Each engine's output is checked against PyTorch before timing. Timing: warm-up, then rounds in
+rotated engine order, each round a block of calls per engine; the table reports the median per
+call over rounds, so machine-load drift hits every engine alike. Weights are random (pattern
+projection of a randomly initialised model): speed does not depend on their values.
+
+Thread waits: OMP_WAIT_POLICY=passive and ORT spinning off by default, so engines do not steal
+each other's cores between blocks on this shared machine; --spin lets everyone spin.
+
+Usage: python benchmarks/layers.py [--threads 2] [--rounds 9] [--quick] [--spin]
+       [--skip-layers] [--skip-compile] [--out docs/bench/layers.md]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+SPIN = "--spin" in sys.argv
+os.environ.setdefault("OMP_WAIT_POLICY", "active" if SPIN else "passive")
+
+import argparse  # noqa: E402
+import datetime  # noqa: E402
+import platform  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+
+import patsparse as ps  # noqa: E402
+from patsparse.models import get  # noqa: E402
+from patsparse.pruning.projection import project_model  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def onnx_export(model: nn.Module, x: torch.Tensor, path: Path) -> Path:
+    torch.onnx.export(model, x, str(path), dynamo=False, opset_version=17)
+    return path
+
+
+def ort_runner(path: Path, threads: int):
+    import onnxruntime as ort
+
+    o = ort.SessionOptions()
+    o.intra_op_num_threads, o.inter_op_num_threads = threads, 1
+    o.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    o.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    o.add_session_config_entry("session.intra_op.allow_spinning", "1" if SPIN else "0")
+    s = ort.InferenceSession(str(path), o, providers=["CPUExecutionProvider"])
+    name = s.get_inputs()[0].name
+    return lambda x: s.run(None, {name: x})[0]
+
+
+def ov_runner(path: Path, threads: int):
+    import openvino as ov
+
+    c = ov.Core().compile_model(str(path), "CPU", {
+        "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads,
+        "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1})
+    req, out = c.create_infer_request(), c.output(0)
+    return lambda x: req.infer({0: x})[out]
+
+
+def interleaved(fns: dict, x: np.ndarray, rounds: int, block_s: float = 0.05) -> dict[str, float]:
+    """Median seconds per call of each engine, rounds in rotated order after warm-up."""
+    calls = {}
+    for k, f in fns.items():
+        for _ in range(3):
+            f(x)
+        t0 = time.perf_counter()
+        f(x)
+        calls[k] = max(1, int(block_s / max(time.perf_counter() - t0, 1e-6)))
+    per = {k: [] for k in fns}
+    names = list(fns)
+    for r in range(rounds):
+        for k in names[r % len(names):] + names[: r % len(names)]:
+            t0 = time.perf_counter()
+            for _ in range(calls[k]):
+                fns[k](x)
+            per[k].append((time.perf_counter() - t0) / calls[k])
+    return {k: float(np.median(v)) for k, v in per.items()}
+
+
+def check(name: str, got: np.ndarray, want: np.ndarray) -> None:
+    scale = max(1.0, float(np.abs(want).max()))
+    err = float(np.abs(np.asarray(got) - want).max())
+    if err > 1e-3 * scale:
+        raise SystemExit(f"{name}: output differs from PyTorch (max abs error {err}, scale {scale})")
+
+
+def engines_for(model: nn.Module, x: torch.Tensor, threads: int, work: Path, tag: str):
+    """(runners by engine, compiled model): every engine on the same model, checked first."""
+    cm = ps.compile(model, x, threads=threads)
+    path = onnx_export(model, x, work / f"{tag}.onnx")
+    fns = {"patsparse": cm.run_numpy, "onnxruntime": ort_runner(path, threads),
+           "openvino": ov_runner(path, threads)}
+    xn = x.numpy()
+    with torch.no_grad():
+        want = model(x).numpy()
+    for k, f in fns.items():
+        check(f"{tag} / {k}", f(xn), want)
+    return fns, cm
+
+
+def zoo(name: str, variant: str, rate: float | None) -> nn.Module:
+    torch.manual_seed(0)
+    m = get(name, variant=variant).eval()
+    for mod in m.modules():  # non-trivial BN so folding is exercised
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.running_var.uniform_(0.5, 2.0)
+    if rate:
+        project_model(m, rate=rate)
+    return m
+
+
+MODELS = [  # (label, zoo name, variant, rate or None for dense, input size, target speed-up)
+    ("VGG-16-BN CIFAR, 8x", "vgg16_bn", "cifar", 8.0, 32, 3.5),
+    ("VGG-16-BN CIFAR, pattern-only 2.25x", "vgg16_bn", "cifar", 2.25, 32, 1.3),
+    ("ResNet-18 ImageNet, 8x", "resnet18", "imagenet", 8.0, 224, 3.0),
+    ("MobileNet-V2 ImageNet, dense", "mobilenet_v2", "imagenet", None, 224, 1 / 1.25),
+]
+
+
+def whole_models(args, work: Path) -> list[str]:
+    rows = ["| model | patsparse ms | ONNX Runtime ms | OpenVINO f32 ms | speed-up vs best | target | met |",
+            "|---|---|---|---|---|---|---|"]
+    for label, name, variant, rate, size, target in MODELS[: 1 if args.quick else None]:
+        m = zoo(name, variant, rate)
+        x = torch.randn(1, 3, size, size)
+        fns, _ = engines_for(m, x, args.threads, work, name + variant + str(rate))
+        t = interleaved(fns, x.numpy(), args.rounds)
+        best = min(t["onnxruntime"], t["openvino"])
+        sp = best / t["patsparse"]
+        rows.append(f"| {label} | {t['patsparse'] * 1e3:.3f} | {t['onnxruntime'] * 1e3:.3f} | "
+                    f"{t['openvino'] * 1e3:.3f} | {sp:.2f}x | {'>=' if target >= 1 else '>='} {target:.2f}x | "
+                    f"{'yes' if sp >= target else '**no**'} |")
+        print(rows[-1], flush=True)
+    return rows
+
+
+def layer_table(args, work: Path) -> list[str]:
+    m = zoo("vgg16_bn", "cifar", 8.0)
+    rows = ["| layer | shape | ours us | ORT us | OV us | speed-up vs best | MAC ideal | ours useful GF/s | "
+            "ORT GF/s | OV GF/s | schedule |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    convs = [(n, c) for n, c in m.named_modules() if isinstance(c, nn.Conv2d)]
+    H = 32
+    shapes = []
+    for n, c in convs:  # spatial size at each conv: VGG halves it after each stage's last conv
+        shapes.append((n, c, H))
+        nxt = dict(m.named_modules()).get(n.rsplit(".", 1)[0] + "." + str(int(n.rsplit(".", 1)[1]) + 3))
+        if isinstance(nxt, nn.MaxPool2d):
+            H //= 2
+    for n, c, h in shapes[: 3 if args.quick else None]:
+        w = c.weight.detach()
+        if (w == 0).sum() == 0:
+            continue  # the dense first layer
+        layer = nn.Sequential(nn.Conv2d(c.in_channels, c.out_channels, 3, padding=1), nn.ReLU()).eval()
+        with torch.no_grad():
+            layer[0].weight.copy_(w)
+            layer[0].bias.uniform_(-0.1, 0.1)
+        x = torch.randn(1, c.in_channels, h, h)
+        fns, cm = engines_for(layer, x, args.threads, work, "layer_" + n.replace(".", "_"))
+        t = interleaved(fns, x.numpy(), args.rounds, block_s=0.03)
+        info = cm.manifest["layers"][0]
+        dense = 2 * c.in_channels * c.out_channels * 9 * h * h
+        best = min(t["onnxruntime"], t["openvino"])
+        sched = {k: v for k, v in info["schedule"].items() if k != "vl"}
+        rows.append(f"| {n} | {c.in_channels}->{c.out_channels} @{h}x{h} | {t['patsparse'] * 1e6:.1f} | "
+                    f"{t['onnxruntime'] * 1e6:.1f} | {t['openvino'] * 1e6:.1f} | {best / t['patsparse']:.2f}x | "
+                    f"{dense / info['flops']:.2f}x | {info['flops'] / t['patsparse'] / 1e9:.1f} | "
+                    f"{dense / t['onnxruntime'] / 1e9:.1f} | {dense / t['openvino'] / 1e9:.1f} | {sched} |")
+        print(rows[-1], flush=True)
+    return rows
+
+
+def compile_times(args) -> list[str]:
+    m = zoo("resnet18", "imagenet", 8.0)
+    x = torch.zeros(1, 3, 224, 224)
+    with tempfile.TemporaryDirectory() as cache:
+        t0 = time.perf_counter()
+        ps.compile(m, x, threads=args.threads, cache_dir=cache)
+        cold = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ps.compile(m, x, threads=args.threads, cache_dir=cache)
+        warm = time.perf_counter() - t0
+    return ["| model | cold (empty cache) s | cached s | target |", "|---|---|---|---|",
+            f"| ResNet-18 ImageNet 8x | {cold:.1f} | {warm:.2f} | < 60 s cold, < 1 s cached |"]
+
+
+def header(args) -> list[str]:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line), "?")
+    from patsparse.compiler.build import isa_macros
+
+    isa = "AVX-512" if "__AVX512F__" in isa_macros() else "AVX2" if "__AVX2__" in isa_macros() else "generic"
+    import onnxruntime
+    import openvino
+
+    return ["## Compiled pattern-sparse models vs ONNX Runtime and OpenVINO (benchmarks/layers.py)", "",
+            f"- date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, commit {commit}",
+            f"- machine: {cpu}, {os.cpu_count()} CPUs, vector ISA used: {isa}; {platform.python_version()}",
+            f"- engines: ONNX Runtime {onnxruntime.__version__}, OpenVINO {openvino.__version__} "
+            "(INFERENCE_PRECISION_HINT f32, LATENCY, 1 stream)",
+            f"- batch 1, fp32, {args.threads} threads, {args.rounds} interleaved rounds, medians; "
+            f"thread waits: {'spinning' if SPIN else 'passive (OMP_WAIT_POLICY=passive, ORT spinning off)'}",
+            f"- command: `python benchmarks/layers.py {' '.join(sys.argv[1:])}`", ""]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--quick", action="store_true", help="first model and three layers only")
+    ap.add_argument("--spin", action="store_true", help="let every engine's threads spin")
+    ap.add_argument("--skip-layers", action="store_true")
+    ap.add_argument("--skip-compile", action="store_true")
+    ap.add_argument("--out", default=str(ROOT / "docs" / "bench" / "layers.md"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    lines = header(args)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        lines += ["### Whole models", ""] + whole_models(args, work) + [""]
+        if not args.skip_layers:
+            lines += ["### Per layer: VGG-16-BN CIFAR at 8x, each 3x3 pattern conv (+bias+ReLU) alone", "",
+                      "useful GF/s: ours counts the MACs it computes (4 per pattern kernel per output), "
+                      "the dense engines the dense MACs; MAC ideal = dense MACs / ours.", ""]
+            lines += layer_table(args, work) + [""]
+    if not args.skip_compile:
+        lines += ["### Compile time", ""] + compile_times(args) + [""]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
