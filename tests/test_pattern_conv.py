@@ -10,7 +10,8 @@ from hypothesis import given, settings, strategies as st
 
 from patsparse.compiler.build import compile_c
 from patsparse.compiler.codegen.base import PRELUDE, SLACK
-from patsparse.compiler.codegen.pattern_conv import SUPPORT, candidate_schedules, gen_pattern_conv, host_vl
+from patsparse.compiler.codegen.pattern_conv import (SUPPORT, candidate_schedules, flat_fits, gen_pattern_conv,
+                                                     host_vl)
 from patsparse.compiler.layout import Layout
 from patsparse.compiler.reorder import FULL_MASK, analyse, reorder
 from patsparse.compiler.storage import pack, unpack
@@ -114,16 +115,36 @@ def test_pattern_conv_matches_torch(stride, act, res):
 @given(F_=st.integers(1, 20), C=st.integers(1, 12), H=st.integers(1, 20), W=st.integers(1, 37),
        stride=st.sampled_from([1, 2]), padding=st.sampled_from([0, 1]), out_pad=st.sampled_from([0, 1, 3]),
        rows=st.integers(1, 6), vecs=st.integers(1, 4), order=st.sampled_from(["tf", "ft"]),
-       seed=st.integers(0, 999))
-def test_pattern_conv_shapes_property(F_, C, H, W, stride, padding, out_pad, rows, vecs, order, seed):
+       flat=st.booleans(), unroll=st.integers(1, 4), seed=st.integers(0, 999))
+def test_pattern_conv_shapes_property(F_, C, H, W, stride, padding, out_pad, rows, vecs, order, flat,
+                                      unroll, seed):
     if padding == 0 and (H < 3 or W < 3):
         H, W = max(H, 3), max(W, 3)
     rng = np.random.default_rng(seed)
     w = pattern_weight(F_, C, keep=0.5, dense_frac=0.1, small_frac=0.2, seed=seed)
     x = rng.standard_normal((C, H, W)).astype(np.float32)
+    Ho, Wo = (H + 2 * padding - 3) // stride + 1, (W + 2 * padding - 3) // stride + 1
+    if flat and flat_fits(Layout(C, H, W), Layout(F_, Ho, Wo), host_vl()):
+        schedule = {"layout": "flat", "unroll": unroll}
+    else:
+        schedule = {"rows": rows, "vecs": vecs, "order": order}
     got = run_conv(w, x, stride=stride, padding=padding, out_pad=out_pad, in_pad=max(1, padding),
-                   schedule={"rows": rows, "vecs": vecs, "order": order})
+                   schedule=schedule)
     assert_close(got, reference(w, x, stride=stride, padding=padding))
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("unroll", [1, 3])
+def test_flat_layout_for_tiny_planes(stride, unroll):
+    rng = np.random.default_rng(4)
+    w = pattern_weight(20, 24, keep=0.4, dense_frac=0.05, small_frac=0.2)
+    x = rng.standard_normal((24, 4, 4)).astype(np.float32)
+    b = rng.standard_normal(20).astype(np.float32)
+    Ho = (4 - 1) // stride + 1
+    r = rng.standard_normal((20, Ho, Ho)).astype(np.float32)
+    sched = {"layout": "flat", "unroll": unroll}
+    got = run_conv(w, x, stride=stride, act="relu6", residual=r, bias=b, schedule=sched)
+    assert_close(got, reference(w, x, stride=stride, act="relu6", residual=r, bias=b))
 
 
 def test_generic_vector_width_fallback():
@@ -134,6 +155,9 @@ def test_generic_vector_width_fallback():
     for stride in (1, 2):
         got = run_conv(w, x, stride=stride, vl=4, extra_flags=("-mno-avx",))
         assert_close(got, reference(w, x, stride=stride))
+    tiny = x[:, :3, :3]
+    got = run_conv(w, tiny, vl=4, extra_flags=("-mno-avx",), schedule={"layout": "flat", "unroll": 2})
+    assert_close(got, reference(w, tiny))
 
 
 def test_all_pruned_and_dense_layers():
@@ -179,5 +203,7 @@ def test_bad_geometry_is_named():
 
 def test_tuning_space_is_sane():
     vl = host_vl()
-    cands = candidate_schedules(Layout(64, 32, 32), vl)
-    assert cands and all(c["rows"] * c["vecs"] <= 24 for c in cands)
+    cands = candidate_schedules(Layout(64, 32, 32), Layout(64, 32, 32), vl)
+    assert cands and all(c["rows"] * c["vecs"] <= 24 for c in cands if c["layout"] == "rows")
+    tiny = candidate_schedules(Layout(512, 4, 4), Layout(512, 4, 4), vl)
+    assert any(c["layout"] == "flat" for c in tiny)

@@ -28,10 +28,12 @@ MAX_CANDIDATES = 6
 def candidates(step: Step, vl: int) -> list[dict]:
     """Schedules worth measuring for ``step`` (empty: nothing to tune)."""
     if step.kind == "pattern_conv":
-        cands = candidate_schedules(step.out_layout, vl)
-        # keep the larger tiles (register reuse) and both loop orders
-        cands.sort(key=lambda c: (-(c["rows"] * c["vecs"]), c["order"]))
-        return cands[:MAX_CANDIDATES]
+        cands = candidate_schedules(step.in_layout, step.out_layout, vl)
+        rows = [c for c in cands if c["layout"] == "rows"]
+        flat = [c for c in cands if c["layout"] == "flat"]
+        # keep the larger row tiles (register reuse) in both loop orders, and every flat variant
+        rows.sort(key=lambda c: (-(c["rows"] * c["vecs"]), c["order"]))
+        return flat + rows[: MAX_CANDIDATES - len(flat)]
     if step.kind == "conv2d":
         try:
             from .codegen.dense_conv import schedules

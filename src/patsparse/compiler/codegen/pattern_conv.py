@@ -27,7 +27,7 @@ from ...errors import InputError, UnsupportedError
 from ..layout import Layout
 from ..reorder import FULL_MASK, LayerSparsity, analyse, mask_taps, reorder
 from ..storage import pack as fkw_pack, plan
-from .base import GeneratedKernel, act_c
+from .base import GeneratedKernel, act_c, act_scalar_c
 
 DEFAULT_SCHEDULE = {"rows": 0, "vecs": 0, "order": "tf"}  # 0 = choose from the shape
 # accumulators per tile: the register file minus 4 weight broadcasts and a temporary
@@ -72,16 +72,35 @@ class ConvShape:
         return ConvShape(stride, pad, inp, out)
 
 
-def default_schedule(out: Layout, vl: int) -> dict:
-    """A good untuned tile: all vectors of a row when they fit, then as many rows as fit."""
+FLAT_MAX_VECS = 4          # flat layout: the whole output plane in at most this many vectors
+FLAT_MAX_SCRATCH = 1 << 19  # bytes of per-tap input copies (C * 9 planes) the flat layout may use
+
+
+def flat_fits(inp: Layout, out: Layout, vl: int) -> bool:
+    """Whether the flat layout can run this layer: plane in few vectors, copies fit in L2."""
+    hwp = -(-(out.H * out.W) // vl) * vl
+    return hwp // vl <= FLAT_MAX_VECS and inp.C * 9 * hwp * 4 <= FLAT_MAX_SCRATCH
+
+
+def default_schedule(inp: Layout, out: Layout, vl: int) -> dict:
+    """A good untuned schedule.
+
+    Row layout: all vectors of a row when they fit, then as many rows as fit in registers.
+    Tiny planes (a 4x4 row fills half an 8-float vector, a 2x2 row a quarter) use the flat
+    layout instead, which vectorises over the whole plane and wastes no lanes.
+    """
     nv = -(-out.W // vl)
+    if out.W / (nv * vl) < 0.75 and flat_fits(inp, out, vl):
+        nvt = -(-(out.H * out.W) // vl)
+        return {"layout": "flat", "unroll": max(1, min(4, 8 // nvt))}
     vecs = min(nv, 4)
     rows = max(1, min(out.H, max_acc(vl) // vecs))
-    return {"rows": rows, "vecs": vecs, "order": "tf"}
+    return {"layout": "rows", "rows": rows, "vecs": vecs, "order": "tf"}
 
 
-def candidate_schedules(out: Layout, vl: int) -> list[dict]:
-    """The tuning space: tiles of 4..max_acc accumulators that fit the output, both loop orders."""
+def candidate_schedules(inp: Layout, out: Layout, vl: int) -> list[dict]:
+    """The tuning space: row tiles of 4..max_acc accumulators in both loop orders, and the flat
+    layout with a few unroll factors where it fits."""
     nv = -(-out.W // vl)
     top = max_acc(vl)
     seen, cands = set(), []
@@ -94,7 +113,9 @@ def candidate_schedules(out: Layout, vl: int) -> list[dict]:
                 key = (rows, vecs, order)
                 if key not in seen:
                     seen.add(key)
-                    cands.append({"rows": rows, "vecs": vecs, "order": order})
+                    cands.append({"layout": "rows", "rows": rows, "vecs": vecs, "order": order})
+    if flat_fits(inp, out, vl):
+        cands += [{"layout": "flat", "unroll": u} for u in (1, 2, 4)]
     return cands
 
 
@@ -115,11 +136,9 @@ def gen_pattern_conv(name: str, weight: np.ndarray, *, stride: int, padding: int
     sp = sparsity or analyse(weight, where)
     ro = reorder(sp)
     lay = plan(sp, ro)
-    sched = dict(default_schedule(out_layout, vl))
-    sched.update({k: v for k, v in (schedule or {}).items() if v})
-    if sched["order"] not in ("tf", "ft"):
-        raise InputError(f"{where}: schedule order must be 'tf' or 'ft', got {sched['order']!r}")
-    code = _Emitter(name, sp, lay, shape, act, has_residual, sched, vl).emit()
+    sched = _resolve_schedule(schedule, in_layout, out_layout, vl, where)
+    emitter = _FlatEmitter if sched["layout"] == "flat" else _Emitter
+    code = emitter(name, sp, lay, shape, act, has_residual, sched, vl).emit()
     taps = sp.taps_per_kernel().sum()
     flops = 2 * int(taps) * out_layout.H * out_layout.W
 
@@ -128,6 +147,31 @@ def gen_pattern_conv(name: str, weight: np.ndarray, *, stride: int, padding: int
 
     sched["vl"] = vl
     return GeneratedKernel(name=name, code=code, pack=pack, flops=flops, schedule=sched)
+
+
+def _resolve_schedule(schedule: dict | None, inp: Layout, out: Layout, vl: int, where: str) -> dict:
+    """The default schedule for this layer, overridden by ``schedule``; checked."""
+    given = {k: v for k, v in (schedule or {}).items() if v and k != "vl"}
+    layout = given.get("layout") or ("rows" if {"rows", "vecs", "order"} & given.keys() else None)
+    base = default_schedule(inp, out, vl)
+    if layout and layout != base["layout"]:  # the other layout's defaults; rows/vecs filled below
+        base = {"layout": "flat", "unroll": 2} if layout == "flat" else {"layout": "rows", "order": "tf"}
+    sched = {**base, **given}
+    if sched["layout"] not in ("rows", "flat"):
+        raise InputError(f"{where}: schedule layout must be 'rows' or 'flat', got {sched['layout']!r}")
+    if sched["layout"] == "flat":
+        if not flat_fits(inp, out, vl):
+            raise InputError(f"{where}: the flat layout needs an output plane of at most "
+                             f"{FLAT_MAX_VECS} vectors and per-tap copies within {FLAT_MAX_SCRATCH} bytes")
+        sched["unroll"] = int(sched.get("unroll") or 1)
+    else:
+        if sched.get("order", "tf") not in ("tf", "ft"):
+            raise InputError(f"{where}: schedule order must be 'tf' or 'ft', got {sched['order']!r}")
+        nv = -(-out.W // vl)
+        vecs = max(1, min(int(sched.get("vecs") or min(nv, 4)), nv))
+        rows = int(sched.get("rows") or max(1, min(out.H, max_acc(vl) // vecs)))
+        sched.update(vecs=vecs, rows=max(1, min(rows, out.H)), order=sched.get("order", "tf"))
+    return sched
 
 
 class _Emitter:
@@ -271,6 +315,106 @@ class _Emitter:
         return "\n\n".join(parts) + "\n"
 
 
+class _FlatEmitter:
+    """The flat layout for tiny output planes (4x4, 2x2...): vectorise over the whole plane.
+
+    A row of 4 outputs fills half an 8-float vector; here each input channel is first copied
+    into 9 per-tap planes (im2col per channel, the output plane flattened and padded to whole
+    vectors), so every tap of every kernel is an aligned vector load and no lane is wasted.
+    Few output vectors mean few accumulators, so the kernel loop is unrolled ``unroll`` times
+    into separate accumulator sets (independent FMA chains), summed at the end. The copies
+    live in a per-calling-thread scratch (thread-safe, allocated once).
+    """
+
+    def __init__(self, name, sp, lay, shape: ConvShape, act, has_residual, sched, vl):
+        self.name, self.sp, self.lay, self.sh = name, sp, lay, shape
+        self.act, self.res, self.vl = act, has_residual, vl
+        self.unroll = max(1, int(sched["unroll"]))
+        out = shape.out
+        self.nvt = -(-(out.H * out.W) // vl)
+        self.hwp = self.nvt * vl
+
+    def _run(self, p: int, U: int) -> list[str]:
+        taps = mask_taps(self.sp.masks[p])
+        nt, hwp, vl = len(taps), self.hwp, self.vl
+        lines = [f"for (; k + {U} <= e; k += {U}, wk += {U * nt}) {{"]
+        for u in range(U):
+            lines.append(f"    const float *restrict ip{u} = col + (ptrdiff_t)cidx[k + {u}] * {9 * hwp};")
+        for j, t in enumerate(taps):
+            for u in range(U):
+                lines.append(f"    {{ const vf wv = pc_splat(wk[{u * nt + j}]);")
+                for v in range(self.nvt):
+                    lines.append(f"      a{u}_{v} += wv * vloada(ip{u} + {t * hwp + v * vl});")
+                lines.append("    }")
+        lines.append("}")
+        return lines
+
+    def emit(self) -> str:
+        lay, sh, out, inp = self.lay, self.sh, self.sh.out, self.sh.inp
+        o, hwp, U = lay.offsets, self.hwp, self.unroll
+        off0 = (inp.pad - sh.pad) * inp.ld + (inp.pad - sh.pad)
+        body = [f"/* ---- {self.name}: pattern conv 3x3/{sh.stride} pad {sh.pad}, {lay.C}->{lay.F} ch, "
+                f"{inp.H}x{inp.W} -> {out.H}x{out.W}, {lay.P} masks, {lay.K} kernels, flat layout, "
+                f"unroll {U} */",
+                f'_Static_assert(VL == {self.vl}, "{self.name} was generated for {self.vl}-float '
+                f'vectors; regenerate it on this machine");',
+                f"static void {self.name}(const float *restrict in, float *restrict out,",
+                "    const float *restrict w, const float *restrict bias, const float *restrict res) {",
+                "    const int32_t *restrict wi = (const int32_t *)w;",
+                f"    const int32_t *restrict perm = wi + {o['perm']};",
+                f"    const int32_t *restrict runs = wi + {o['runs']};",
+                f"    const int32_t *restrict cidx = wi + {o['cidx']};",
+                f"    const int32_t *restrict cost = wi + {o['cost']};",
+                f"    const int32_t *restrict wptr = wi + {o['wptr']};",
+                f"    const float *restrict wts = w + {o['weights']};",
+                "    (void)res;",
+                f"    static __thread float *{self.name}_col;",
+                f"    if (!{self.name}_col) {self.name}_col = pc_scratch({lay.C * 9 * hwp}, \"{self.name}\");",
+                f"    float *restrict col = {self.name}_col;",
+                "    #pragma omp parallel",
+                "    {",
+                "        #pragma omp for schedule(static)",
+                f"        for (int c = 0; c < {lay.C}; c++) {{",
+                f"            const float *restrict src = in + (ptrdiff_t)c * {inp.ps} + {off0};",
+                f"            float *restrict dst = col + (ptrdiff_t)c * {9 * hwp};",
+                "            for (int t = 0; t < 9; t++) {",
+                f"                const float *restrict s0 = src + (t / 3) * {inp.ld} + t % 3;",
+                f"                float *restrict d = dst + t * {hwp};",
+                f"                for (int oh = 0; oh < {out.H}; oh++) for (int ow = 0; ow < {out.W}; ow++)",
+                f"                    d[oh * {out.W} + ow] = s0[oh * {sh.stride * inp.ld} + ow * {sh.stride}];",
+                f"                for (int q = {out.H * out.W}; q < {hwp}; q++) d[q] = 0.0f;",
+                "            }",
+                "        }",
+                "        const int nt = omp_get_num_threads(), t = omp_get_thread_num();",
+                f"        const int f0 = ps_split(cost, {lay.F}, t, nt), f1 = ps_split(cost, {lay.F}, t + 1, nt);",
+                "        for (int f = f0; f < f1; f++) {",
+                "            const int oc = perm[f];",
+                f"            const int32_t *restrict rf = runs + (ptrdiff_t)f * {lay.P};",
+                "            const float *restrict wk = wts + wptr[f];"]
+        for u in range(U):
+            body.append("            vf " + ", ".join(f"a{u}_{v} = {{0}}" for v in range(self.nvt)) + ";")
+        for p in range(lay.P):
+            body.append(f"            {{ int k = rf[{p}]; const int e = rf[{p + 1}];  /* mask {p} */")
+            body += ["                " + x for x in self._run(p, U)]
+            if U > 1:
+                body += ["                " + x for x in self._run(p, 1)]
+            body.append("            }")
+        body.append(f"            float tmp[{hwp}] __attribute__((aligned(64)));")
+        body.append("            const vf bv = pc_splat(bias[oc]);")
+        for v in range(self.nvt):
+            total = " + ".join(f"a{u}_{v}" for u in range(U))
+            body.append(f"            vstore(tmp + {v * self.vl}, {total} + bv);")
+        body.append(f"            float *restrict op = out + (ptrdiff_t)oc * {out.ps} + {out.origin};")
+        val = f"tmp[oh * {out.W} + ow]"
+        if self.res:
+            body.append(f"            const float *restrict rp = res + (ptrdiff_t)oc * {out.ps} + {out.origin};")
+            val += f" + rp[oh * {out.ld} + ow]"
+        body += [f"            for (int oh = 0; oh < {out.H}; oh++) for (int ow = 0; ow < {out.W}; ow++)",
+                 f"                op[oh * {out.ld} + ow] = {act_scalar_c(self.act, val)};",
+                 "        }", "    }", "}"]
+        return "\n".join(body) + "\n"
+
+
 # Shared by every pattern layer (the graph emits it once): first filter of thread t's share,
 # the reordered filters split by cumulative tap count.
 SUPPORT = r"""
@@ -282,6 +426,14 @@ static inline int ps_split(const int32_t *cost, int F, int t, int nt) {
     int lo = 0, hi = F;                 /* first i with cost[i] >= goal */
     while (lo < hi) { int mid = (lo + hi) / 2; if (cost[mid] < goal) lo = mid + 1; else hi = mid; }
     return lo;
+}
+/* per-calling-thread scratch of the flat layout: allocated once, never freed (lives with the thread) */
+#include <stdlib.h>
+#include <stdio.h>
+static float *pc_scratch(size_t nfloats, const char *who) {
+    float *p = aligned_alloc(64, (nfloats * sizeof(float) + 63) / 64 * 64);
+    if (!p) { fprintf(stderr, "patsparse: %s could not allocate %zu floats of scratch\n", who, nfloats); abort(); }
+    return p;
 }
 /* broadcast; unlike (vf){0} + x, x - 0 is exact for every x, so GCC folds the add away */
 static inline vf pc_splat(float x) { return x - (vf){0}; }
