@@ -20,7 +20,6 @@ process (worker processes and other ranks are re-seeded instead).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import random
 import time
