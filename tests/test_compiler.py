@@ -268,3 +268,17 @@ def test_generated_code_under_address_sanitizer():
     proc = subprocess.run([sys.executable, "-c", ASAN_SCRIPT.format(tests=tests)], env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0 and "ASAN-CLEAN" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_tuning_picks_a_measured_schedule_and_stays_correct():
+    torch.manual_seed(1)
+    m = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1)).eval()
+    with torch.no_grad():
+        m[2].weight.mul_((torch.rand(16, 16, 1, 1) < 0.3) * torch.tensor([0, 1, 0, 1, 1, 1, 0, 0, 0.]).view(1, 1, 3, 3))
+    cm = ps.compile(m, torch.zeros(1, 8, 12, 12), threads=2, tune=True)
+    assert cm.manifest["tuned"]
+    layer = next(l for l in cm.manifest["layers"] if l["kernel"] == "pattern_conv")
+    assert layer["schedule"]["layout"] in ("rows", "flat")
+    x = torch.randn(2, 8, 12, 12)
+    with torch.no_grad():
+        assert_close(cm(x), m(x))
