@@ -15,7 +15,9 @@ Exactness: each epoch starts from a seed derived from (seed, epoch, rank) and th
 a function of (seed, epoch), so resuming from an end-of-epoch checkpoint reproduces the
 uninterrupted run bit for bit. Mid-epoch checkpoints (every ``checkpoint_minutes``) also save
 the RNG state and resume at the next unseen batch; that is exact with ``workers=0`` on a single
-process (worker processes and other ranks are re-seeded instead).
+process (worker processes and other ranks are re-seeded instead). Both need loaders from
+``patsparse.data.get_loaders``, whose sampler order depends only on (seed, epoch) and can skip
+the batches already seen; with other loaders only end-of-epoch checkpoints are written.
 """
 
 from __future__ import annotations
@@ -243,6 +245,8 @@ def fit(model: nn.Module, train_loader, test_loader, config: TrainConfig, run_di
     barrier()
 
     last_save = time.monotonic()
+    # Mid-epoch checkpoints need a sampler that can skip the batches already seen.
+    can_skip = hasattr(sampler, "set_start")
 
     def step_hook(m: nn.Module) -> None:
         nonlocal step, last_save
@@ -250,7 +254,7 @@ def fit(model: nn.Module, train_loader, test_loader, config: TrainConfig, run_di
             after_step(m)
         step += 1
         every = config.checkpoint_minutes
-        if (ctx.is_main and every is not None and step < steps_per_epoch
+        if (ctx.is_main and every is not None and step < steps_per_epoch and can_skip
                 and time.monotonic() - last_save >= every * 60):
             run.save(epoch, step)
             last_save = time.monotonic()
