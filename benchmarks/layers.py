@@ -218,7 +218,16 @@ def header(args) -> list[str]:
             "(INFERENCE_PRECISION_HINT f32, LATENCY, 1 stream)",
             f"- batch 1, fp32, {args.threads} threads, {args.rounds} interleaved rounds, medians; "
             f"thread waits: {'spinning' if SPIN else 'passive (OMP_WAIT_POLICY=passive, ORT spinning off)'}",
-            f"- command: `python benchmarks/layers.py {' '.join(sys.argv[1:])}`", ""]
+            f"- command: `python benchmarks/layers.py {' '.join(sys.argv[1:])}`",
+            f"- machine load when the run started (/proc/pressure/cpu, 'some' = share of time runnable "
+            f"tasks waited for a CPU): {_pressure()}", ""]
+
+
+def _pressure() -> str:
+    try:
+        return open("/proc/pressure/cpu").readline().strip()
+    except OSError:
+        return "not available"
 
 
 def main() -> None:

@@ -28,6 +28,7 @@ from ..layout import Layout
 from ..reorder import FULL_MASK, LayerSparsity, analyse, mask_taps, reorder
 from ..storage import pack as fkw_pack, plan
 from .base import GeneratedKernel, act_c, act_scalar_c
+from .common import host_vl  # noqa: F401  (re-exported: graph and tests size schedules with it)
 
 DEFAULT_SCHEDULE = {"rows": 0, "vecs": 0, "order": "tf"}  # 0 = choose from the shape
 # accumulators per tile: the register file minus 4 weight broadcasts and a temporary
@@ -36,14 +37,6 @@ DEFAULT_SCHEDULE = {"rows": 0, "vecs": 0, "order": "tf"}  # 0 = choose from the 
 
 def max_acc(vl: int) -> int:
     return 24 if vl == 16 else 11
-
-
-def host_vl() -> int:
-    """Floats per vector for the host ISA, as the PRELUDE will define VL."""
-    from ..build import isa_macros
-
-    macros = isa_macros()
-    return 16 if "__AVX512F__" in macros else 8 if "__AVX__" in macros else 4
 
 
 @dataclass(frozen=True)
