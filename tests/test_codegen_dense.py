@@ -102,7 +102,9 @@ def test_conv2d_model_shapes(cin, cout, k, stride, padding, H):
 
 def test_every_candidate_schedule_is_correct():
     """The auto-tuner may pick any candidate: each must compute the same conv."""
-    for sched in conv_schedules(cout=10, Ho=6, Wo=11)[:4] + [{"mr": 1, "nr": 1}, {"mr": 7, "nr": 2}]:
+    extra = [{"mr": 1, "nr": 1}, {"mr": 7, "nr": 2, "order": "co"}, {"mr": 3, "nr": 2, "order": "pix"},
+             {"np": 3}, {"np": 5, "order": "co"}, {"np": 2, "order": "pix"}]
+    for sched in conv_schedules(cout=10, Ho=6, Wo=11, cin=4, k=3) + extra:
         conv_case(cin=4, cout=10, k=3, stride=1, padding=1, H=6, W=11, pin=1, pout=1,
                   act="relu", residual=True, schedule=sched)
 
@@ -193,8 +195,9 @@ def test_kernels_at_other_vector_widths(vl):
     probe.code += "\nint probe_vl(void) { return VL; }\n"
     assert KernelRunner(probe, extra_flags=flags).lib.probe_vl() == vl
     for k, s, p, H, W, pin in [(3, 1, 1, 9, 37, 1), (7, 2, 3, 17, 23, 0), (1, 2, 0, 9, 19, 1)]:
-        conv_case(cin=3, cout=5, k=k, stride=s, padding=p, H=H, W=W, pin=pin, pout=1,
-                  act="relu", residual=True, flags=flags)
+        for sched in (None, {"np": 3}):  # row-vector default and the channel-vector kernel
+            conv_case(cin=3, cout=21, k=k, stride=s, padding=p, H=H, W=W, pin=pin, pout=1,
+                      act="relu", residual=True, schedule=sched, flags=flags)
     for s in (1, 2):
         x, w, b = torch.randn(6, 11, 35), torch.randn(6, 1, 3, 3), torch.randn(6)
         y = F.conv2d(x[None], w, b, stride=s, padding=1, groups=6)[0]
@@ -220,9 +223,10 @@ def test_bad_arguments_name_the_kernel():
                    out_layout=Layout(4, 3, 3, 1))
     with pytest.raises(UnsupportedError, match="gelu"):
         gen_depthwise("d", channels=4, in_layout=L, out_layout=L, act="gelu")
-    with pytest.raises(InputError, match="schedule"):
-        gen_conv2d("c", cin=4, cout=4, k=3, padding=1, in_layout=L, out_layout=L,
-                   schedule={"mr": 0, "nr": 1})
+    for bad in ({"mr": 0, "nr": 1}, {"np": 0}, {"mr": 2, "nr": 2, "order": "rows"}, {"x": 1}):
+        with pytest.raises(InputError, match="schedule"):
+            gen_conv2d("c", cin=4, cout=4, k=3, padding=1, in_layout=L, out_layout=L,
+                       schedule=bad)
     with pytest.raises(InputError, match="in_features"):
         gen_linear("fc", in_features=10, out_features=3, in_layout=L, out_layout=Layout(3, 1, 1))
     kern = gen_conv2d("c", cin=4, cout=4, k=3, padding=1, in_layout=L, out_layout=L)

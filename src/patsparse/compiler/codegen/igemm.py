@@ -26,25 +26,31 @@ import numpy as np
 from ...errors import InputError
 from ..layout import Layout, round_up
 from .base import GeneratedKernel, act_c
+from . import cvec
 from .access import input_access
-from .common import HELPERS, check_weight, host_vl
+from .common import HELPERS, check_weight, host_vl, loop_order
 
 
 def _slots(Ho: int, Wo: int, vl: int) -> int:
     return Ho * -(-Wo // vl)
 
 
-def schedules(*, cout: int, Ho: int, Wo: int, vl: int | None = None) -> list[dict]:
-    """Candidate (mr, nr) register tiles for the auto-tuner, best-by-heuristic first.
+def schedules(*, cout: int, Ho: int, Wo: int, cin: int | None = None, k: int = 1,
+              vl: int | None = None) -> list[dict]:
+    """Candidate schedules for the auto-tuner, best-by-heuristic first.
 
-    All tiles fit the register file with the NR input vectors held in registers
-    (MR*NR + NR + 1 <= registers). The heuristic ranks them by modelled cycles: per reduction
-    step max(MR*NR FMAs / 2 ports, (MR + NR) loads / 2 ports) times the tiles computed, which
-    charges the waste of padded channel rows and padded slots.
+    Row-vector tiles ``{"mr", "nr"}`` (MR channels x NR row vectors; all fit the register file
+    with the NR input vectors held in registers, MR*NR + NR + 1 <= registers) and
+    channel-vector tiles ``{"np"}`` (cvec.py: 16 channels x NP pixels, for small planes).
+    Ranked by modelled cycles: per reduction step max(FMAs, loads) / 2 ports times the tiles
+    computed (which charges padded channels, padded slots and idle lanes), plus the epilogue.
+    ``cin``/``k`` give the reduction length (assumed long when unknown). An optional "order"
+    key ('pix' or 'co') fixes the loop order; without it a re-stream heuristic picks it.
     """
     vl = vl or host_vl()
     nregs = 32 if vl == 16 else 16
     ns = _slots(Ho, Wo, vl)
+    red = (cin or 256) * k * k
     cands = []
     for mr in range(1, 17):
         for nr in range(1, 9):
@@ -52,20 +58,33 @@ def schedules(*, cout: int, Ho: int, Wo: int, vl: int | None = None) -> list[dic
                 continue
             tiles = -(-cout // mr) * -(-ns // nr)
             step = max(mr * nr / 2, (mr + nr) / 2) + 0.5  # +0.5: loop/pointer overhead
-            cands.append((tiles * step, -mr * nr, mr, nr))
-    cands.sort()
-    return [{"mr": mr, "nr": nr} for _, _, mr, nr in cands[:8]]
+            cands.append((tiles * (red * step + mr * nr), -mr * nr, {"mr": mr, "nr": nr}))
+    for np_ in cvec.np_choices(vl):
+        c = cvec.cost(cout=cout, Ho=Ho, Wo=Wo, np_=np_, vl=vl, red=red, k=k)
+        cands.append((c, -np_ * cvec.CB // vl, {"np": np_}))
+    cands.sort(key=lambda c: c[:2])
+    best = [c[2] for c in cands if "mr" in c[2]][:6] + [c[2] for c in cands if "np" in c[2]][:2]
+    return sorted(best, key=lambda d: [c[2] for c in cands].index(d))
 
 
-def _check_schedule(schedule: dict, where: str) -> tuple[int, int]:
+def _check_schedule(schedule: dict, where: str) -> tuple[int, int, int, str | None]:
+    """(mr, nr, np, order) with np = 0 for a row-vector tile, mr = nr = 0 for a cvec tile."""
+    order = schedule.get("order") if isinstance(schedule, dict) else None
+    if order not in (None, "pix", "co"):
+        raise InputError(f"{where}: schedule order must be 'pix' or 'co', got {order!r}")
     try:
+        if "np" in schedule:
+            np_ = int(schedule["np"])
+            if not 1 <= np_ <= 32:
+                raise ValueError
+            return 0, 0, np_, order
         mr, nr = int(schedule["mr"]), int(schedule["nr"])
     except (KeyError, TypeError, ValueError):
-        raise InputError(f"{where}: schedule must be a dict with integer 'mr' and 'nr', "
-                         f"got {schedule!r}") from None
+        raise InputError(f"{where}: schedule must be a dict with integer 'mr' and 'nr' (or "
+                         f"'np' in 1..32), got {schedule!r}") from None
     if not (1 <= mr <= 32 and 1 <= nr <= 16):
         raise InputError(f"{where}: schedule mr={mr}, nr={nr} out of range (1..32, 1..16)")
-    return mr, nr
+    return mr, nr, 0, order
 
 
 def gen_igemm(name: str, *, cin: int, cout: int, k: int, stride: int, padding: int,
@@ -75,15 +94,21 @@ def gen_igemm(name: str, *, cin: int, cout: int, k: int, stride: int, padding: i
     H, W, s, P, K = in_layout.H, in_layout.W, stride, padding, k
     Ho, Wo = out_layout.H, out_layout.W
     if schedule is None:
-        schedule = schedules(cout=cout, Ho=Ho, Wo=Wo)[0]
-    mr, nr = _check_schedule(schedule, where)
-    cout_pad = round_up(cout, mr)
+        schedule = schedules(cout=cout, Ho=Ho, Wo=Wo, cin=cin, k=K)[0]
+    mr, nr, np_, order = _check_schedule(schedule, where)
     kk = K * K
     acc = input_access(name, channels=cin, k=K, stride=s, padding=P, in_layout=in_layout,
                        Ho=Ho, Wo=Wo, allow_strided=False)
+    if np_:
+        return cvec.gen_cvec(name, cin=cin, cout=cout, k=K, acc=acc, out_layout=out_layout,
+                             act=act, has_residual=has_residual, np_=np_, order=order)
+    cout_pad = round_up(cout, mr)
     src, row_stride, cs, origin, tap_off = acc.src, acc.row_stride, acc.cs, acc.origin, acc.tap_off
     scratch, prep, direct = acc.scratch, acc.prep, acc.direct
 
+    if order is None:
+        npt = -(-_slots(Ho, Wo, host_vl()) // nr)
+        order = loop_order(cin=cin, kk=kk, cout_pad=cout_pad, mr=mr, npt=npt, src_floats=cin * cs)
     J, I = range(nr), range(mr)
     decl = "\n".join(f"        vf a{i}_{j} = (vf){{0}};" for i in I for j in J)
     body = []
@@ -118,7 +143,7 @@ def gen_igemm(name: str, *, cin: int, cout: int, k: int, stride: int, padding: i
     qs = " ".join(f"const float *q{j} = p{j} + (size_t)ci * {cs};" for j in J)
     code = HELPERS + f"""
 /* {name}: dense conv {cin}->{cout}, {K}x{K}, stride {s}, padding {P}, {H}x{W} -> {Ho}x{Wo},
-   implicit GEMM, tile {mr} channels x {nr} row vectors, {'direct input' if direct else 'phase-plane prep'} */
+   implicit GEMM, tile {mr} channels x {nr} row vectors, {order}-major, {'direct input' if direct else 'phase-plane prep'} */
 static void {name}(const float *restrict in, float *restrict out, const float *restrict w,
                    const float *restrict bias, const float *restrict res) {{
     enum {{ NVW = ({Wo} + VL - 1) / VL, NS = {Ho} * NVW, NPT = (NS + {nr - 1}) / {nr},
@@ -129,9 +154,10 @@ static void {name}(const float *restrict in, float *restrict out, const float *r
     {{{prep}
     #pragma omp for schedule(static)
     for (int u = 0; u < NPT * NCT; u++) {{
-        int pt = u / NCT, co0 = u % NCT * {mr};
+        int pt = {"u / NCT" if order == "pix" else "u % NPT"}, ct = {"u % NCT" if order == "pix" else "u / NPT"};
+        int co0 = ct * {mr};
 {slots}
-        const float *wp = w + (size_t)(u % NCT) * {cin * kk * mr};
+        const float *wp = w + (size_t)ct * {cin * kk * mr};
 {decl}
         #pragma GCC unroll {4 if kk == 1 else 1}
         for (int ci = 0; ci < {cin}; ci++) {{
@@ -154,4 +180,4 @@ static void {name}(const float *restrict in, float *restrict out, const float *r
 
     return GeneratedKernel(name=name, code=code, pack=pack,
                            flops=2 * cout * cin * kk * Ho * Wo,
-                           schedule={"mr": mr, "nr": nr})
+                           schedule={"mr": mr, "nr": nr, "order": order})
