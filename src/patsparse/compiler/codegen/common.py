@@ -47,9 +47,18 @@ static inline vf ps_splat(float x) { return x - (vf){0}; }
 #else
 #define PS_EVEN (vi){0, 2, 4, 6}
 #endif
+#if VL == 8 && defined(__AVX2__)
+#include <immintrin.h>
+/* AVX2: in-lane vshufps then one cross-lane vpermpd (2 shuffles; the generic form costs 3) */
+static inline vf ps_load_s2(const float *p) {
+    __m256 e = _mm256_shuffle_ps((__m256)vload(p), (__m256)vload(p + VL), 0x88);
+    return (vf)_mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), 0xD8));
+}
+#else
 static inline vf ps_load_s2(const float *p) {
     return __builtin_shuffle(vload(p), vload(p + VL), PS_EVEN);
 }
+#endif
 /* Per-thread scratch arena shared by every kernel of the library (kernels run one after
    another on the calling thread, so the largest request sizes it). Freed when the thread exits. */
 typedef struct { float *p; size_t n; } ps_arena_t;

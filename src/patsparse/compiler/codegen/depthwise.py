@@ -23,10 +23,10 @@ from .common import (HELPERS, check_act, check_layout_types, check_layouts, chec
 
 def schedules(*, stride: int, out_layout: Layout) -> list[dict]:
     """Candidate output rows per pass; the first is the heuristic default."""
-    # measured (benchmarks/dense_kernels.py --tune, AVX2): one row wins at stride 1 on most
-    # MobileNet-V2 planes (more rows spill: K*K weights + rows of loads exceed 16 registers),
-    # three rows at stride 2 (rows share the shuffled input vectors)
-    order = (1, 3, 4, 2) if stride == 1 else (3, 2, 1)
+    # measured (AVX2, one thread, MobileNet-V2 planes): one row wins at stride 1 on most planes
+    # (more rows spill: K*K weights + rows of loads exceed 16 registers); at stride 2 two rows
+    # (which share one shuffled input row) win from 56x56 down, one row at 112x112
+    order = (1, 3, 4, 2) if stride == 1 else ((1, 2, 3) if out_layout.W > 32 else (2, 1, 3))
     return [{"rows": r} for r in order if r <= out_layout.H] or [{"rows": 1}]
 
 
