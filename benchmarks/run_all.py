@@ -141,6 +141,10 @@ def stitch(args, results_dir: Path, plots_dir: Path, argv: list[str]) -> str:
     if not results:
         raise SystemExit(f"no results in {results_dir}: run without --stitch-only first")
     m = results[0].machine
+    grid_line = (f"- Grid that ran: {', '.join(sorted({r.model.rsplit(' ', 1)[0] for r in results}))}; rates "
+                 f"{', '.join(rate_name(x) for x in sorted({r.rate or 1.0 for r in results}))}; batch "
+                 f"{', '.join(str(b) for b in sorted({r.batch for r in results}))}; "
+                 f"{', '.join(str(t) for t in sorted({r.threads for r in results}))} thread(s) per engine")
     lines = [
         "# Benchmarks: patsparse against the engines users would pick instead", "",
         f"Written by `{command_line(__file__, argv)}` from one run of the grid below "
@@ -150,6 +154,7 @@ def stitch(args, results_dir: Path, plots_dir: Path, argv: list[str]) -> str:
         f"Python {m.get('python')}",
         f"- Date: {m.get('date')} (first configuration); commit {m.get('commit') or '?'}; "
         f"{results[0].threads} threads per engine",
+        grid_line,
         "- Weights: random initialisation, pattern + connectivity projected one-shot "
         "(`project_model`, phase-2 library); latency depends on which weights are zero, not their values.",
         "- Each engine runs in its own worker process; its output is checked against PyTorch eager "
