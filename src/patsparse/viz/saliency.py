@@ -61,12 +61,12 @@ def _targets(target: Target | None, logits: torch.Tensor, where: str) -> torch.T
     n, k = logits.shape
     if target is None:
         return logits.argmax(1)
-    t = torch.as_tensor(target, dtype=torch.long).reshape(-1)
+    t = torch.as_tensor(target, dtype=torch.long).reshape(-1).to(logits.device)
     if t.numel() == 1:
         t = t.expand(n)
     if t.numel() != n:
         raise InputError(f"{where}: {t.numel()} targets for a batch of {n}")
-    if (t < 0).any() or (t >= k).any():
+    if bool((t < 0).any()) or bool((t >= k).any()):
         raise InputError(f"{where}: target class out of range 0..{k - 1}: {t.tolist()}")
     return t
 
@@ -211,8 +211,8 @@ def integrated_gradients(model: nn.Module, x: torch.Tensor, target: Target | Non
         total = torch.zeros_like(x, dtype=torch.float64)
         for i in range(x.shape[0]):
             for s in range(0, len(alphas), batch_size):
-                a = alphas[s:s + batch_size].to(x.dtype).view(-1, 1, 1, 1)
-                w = weights[s:s + batch_size].view(-1, 1, 1, 1)
+                a = alphas[s:s + batch_size].to(device=x.device, dtype=x.dtype).view(-1, 1, 1, 1)
+                w = weights[s:s + batch_size].to(x.device).view(-1, 1, 1, 1)
                 path = (base[i:i + 1] + a * diff[i:i + 1]).requires_grad_(True)
                 with torch.enable_grad():
                     score = _class_score(model, path, t[i].expand(len(a)), "integrated_gradients")
@@ -287,7 +287,7 @@ def invert_representation(model: nn.Module, x: torch.Tensor, layer: str, *, step
             target = _features(model, module, x).detach()
         norm0 = target.pow(2).sum().clamp_min(1e-12)
         gen = torch.Generator(device="cpu").manual_seed(seed)
-        z = (torch.randn(x.shape, generator=gen) * x.std().clamp_min(1e-3) * 0.1).to(x).requires_grad_(True)
+        z = (torch.randn(x.shape, generator=gen).to(x) * float(x.std().clamp_min(1e-3)) * 0.1).requires_grad_(True)
         opt = torch.optim.Adam([z], lr=lr)
         pixels = float(x[0].numel())
         history: list[float] = []
