@@ -1,6 +1,6 @@
 """Memory safety of the dense kernels under AddressSanitizer + UBSan.
 
-Each kernel is built into a standalone program whose buffers have exactly the sizes the
+All kernels are built into one standalone program whose buffers have exactly the sizes the
 contract promises (activation: layout size + SLACK floats; weights: the packed size; bias:
 Cout floats), so a read past SLACK, a weight over-read or a bias read past Cout aborts the
 program. The shapes are chosen to stress the edges: odd widths, thin halos, stride 2,
@@ -14,7 +14,6 @@ import subprocess
 from dataclasses import dataclass
 
 import numpy as np
-import pytest
 
 from patsparse.compiler.build import find_compiler
 from patsparse.compiler.codegen.base import PRELUDE, SLACK
@@ -24,7 +23,7 @@ from patsparse.compiler.codegen.gemm import gen_linear
 from patsparse.compiler.codegen.pool import gen_avgpool, gen_global_avgpool, gen_maxpool
 from patsparse.compiler.layout import Layout
 
-DRIVER = r"""
+HARNESS = r"""
 #include <stdlib.h>
 static float *buf(size_t n, float v) {
     void *p = NULL;
@@ -33,13 +32,14 @@ static float *buf(size_t n, float v) {
     for (size_t i = 0; i < n; i++) f[i] = v;
     return f;
 }
-int main(void) {
-    float *in = buf(IN_N, 0.0f), *out = buf(OUT_N, 0.0f), *res = buf(OUT_N, 0.0f);
-    float *w = buf(W_N, 0.5f), *b = buf(B_N, 0.25f);
-    for (size_t i = 0; i + SLACK_N < IN_N; i++) in[i] = (float)(i % 7) - 3.0f;
-    for (int r = 0; r < 2; r++) KERNEL(in, out, w, b, RES);
+/* run one kernel twice on buffers of exactly the contracted sizes */
+static void check(void (*k)(const float *, float *, const float *, const float *, const float *),
+                  size_t in_n, size_t out_n, size_t w_n, size_t b_n, int residual) {
+    float *in = buf(in_n, 0.0f), *out = buf(out_n, 0.0f), *res = buf(out_n, 0.0f);
+    float *w = buf(w_n, 0.5f), *b = buf(b_n, 0.25f);
+    for (size_t i = 0; i + SLACK_N < in_n; i++) in[i] = (float)(i % 7) - 3.0f;
+    for (int r = 0; r < 2; r++) k(in, out, w, b, residual ? res : NULL);
     free(in); free(out); free(res); free(w); free(b);
-    return 0;
 }
 """
 
@@ -81,22 +81,22 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_kernel_is_memory_safe_under_asan(name, tmp_path):
-    case = CASES[name]
-    kern = case.gen("k", in_layout=case.lin, out_layout=case.lout, has_residual=case.residual,
-                    **case.kwargs)
-    wsize = kern.pack(np.ones(case.weight, np.float32)).size if case.weight else 0
-    defs = {"IN_N": case.lin.size + SLACK, "OUT_N": case.lout.size + SLACK, "W_N": wsize,
-            "B_N": case.weight[0] if case.weight else 0, "SLACK_N": SLACK, "KERNEL": kern.name,
-            "RES": "res" if case.residual else "NULL"}
-    src = tmp_path / "k.c"
-    src.write_text(PRELUDE + kern.code + "".join(f"#define {k} {v}\n" for k, v in defs.items())
-                   + DRIVER)
-    exe = tmp_path / "k"
+def test_kernels_are_memory_safe_under_asan(tmp_path):
+    """All cases in one program (one build): ASan names the failing kernel in its report."""
+    parts, calls = [PRELUDE, f"#define SLACK_N {SLACK}u\n", HARNESS], []
+    for i, (label, case) in enumerate(sorted(CASES.items())):
+        kern = case.gen(f"k{i}_{label}", in_layout=case.lin, out_layout=case.lout,
+                        has_residual=case.residual, **case.kwargs)
+        wsize = kern.pack(np.ones(case.weight, np.float32)).size if case.weight else 0
+        parts.append(kern.code)
+        calls.append(f"    check({kern.name}, {case.lin.size + SLACK}u, {case.lout.size + SLACK}u, "
+                     f"{wsize}u, {case.weight[0] if case.weight else 0}u, {int(case.residual)});")
+    src = tmp_path / "asan.c"
+    src.write_text("\n".join(parts) + "\nint main(void) {\n" + "\n".join(calls) + "\n    return 0;\n}\n")
+    exe = tmp_path / "asan"
     subprocess.run([find_compiler(), "-O1", "-g", "-fopenmp", "-std=gnu11", "-march=native",
                     "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
                     "-fno-omit-frame-pointer", str(src), "-o", str(exe), "-lm"], check=True)
     env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0", OMP_NUM_THREADS="2")
-    proc = subprocess.run([str(exe)], capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run([str(exe)], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

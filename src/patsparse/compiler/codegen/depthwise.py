@@ -16,8 +16,8 @@ import numpy as np
 from ...errors import InputError, UnsupportedError
 from ..layout import Layout
 from .access import input_access
-from .base import GeneratedKernel, act_c
-from .common import (HELPERS, check_act, check_layout_types, check_layouts, check_name,
+from .base import GeneratedKernel
+from .common import (HELPERS, act_v, check_act, check_layout_types, check_layouts, check_name,
                      check_positive, check_weight, conv_out_size)
 
 
@@ -73,7 +73,7 @@ def gen_depthwise(name: str, *, channels: int, k: int = 3, stride: int = 1, padd
             expr = f"bv + {terms}"
             if has_residual:
                 expr += f" + vload(rp + {r * O.ld})"
-            lines.append(f"{indent}{{ vf v = {act_c(act, expr)}; if (tail) v = vand(v, tm); "
+            lines.append(f"{indent}{{ vf v = {act_v(act, expr)}; if (tail) v = vand(v, tm); "
                          f"vstore(op + {r * O.ld}, v); }}")
         return "\n".join(lines)
 

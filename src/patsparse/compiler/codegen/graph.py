@@ -28,7 +28,7 @@ import numpy as np
 from ...errors import UnsupportedError
 from ..ir import INPUT, Graph, Node, c_comment, c_ident
 from ..layout import Layout
-from ..reorder import analyse
+from ..reorder import LayerSparsity, analyse
 from .base import PRELUDE, SLACK, GeneratedKernel
 from .pattern_conv import SUPPORT, gen_pattern_conv, host_vl
 
@@ -48,6 +48,7 @@ class Step:
     cname: str
     in_layout: Layout
     out_layout: Layout
+    sparsity: LayerSparsity | None = None  # pattern convs: read from the weights once
     kernel: GeneratedKernel | None = None
     w_off: int = 0
     b_off: int = 0
@@ -69,8 +70,9 @@ def _spatial(shape: tuple) -> tuple[int, int, int]:
     return tuple(shape) if len(shape) == 3 else (int(np.prod(shape)), 1, 1)
 
 
-def kernel_kind(node: Node) -> str:
-    """Which generator family runs ``node`` (an UnsupportedError names node and reason)."""
+def kernel_kind(node: Node) -> tuple[str, LayerSparsity | None]:
+    """Which generator family runs ``node`` (an UnsupportedError names node and reason), and
+    for a pattern conv the sparsity read from its weights."""
     a = node.attrs
     if node.op == "conv":
         w = node.params["weight"]
@@ -80,13 +82,13 @@ def kernel_kind(node: Node) -> str:
                 sp = analyse(w, node.name)
                 density = sp.taps_per_kernel().sum() / max(1, 9 * F * Cg)
                 if density <= PATTERN_MAX_DENSITY:
-                    return "pattern_conv"
-            return "conv2d"
+                    return "pattern_conv", sp
+            return "conv2d", None
         if a["groups"] == F and Cg == 1 and a["k"] == 3:
-            return "depthwise"
+            return "depthwise", None
         raise UnsupportedError(f"layer {node.name!r}: grouped conv (groups={a['groups']}, "
                                f"kernel {a['k']}) is not supported; depthwise 3x3 and groups=1 are")
-    return {"linear": "linear", "maxpool": "maxpool", "avgpool": "avgpool", "gap": "gap"}[node.op]
+    return {"linear": "linear", "maxpool": "maxpool", "avgpool": "avgpool", "gap": "gap"}[node.op], None
 
 
 def _required_pad(node: Node) -> int:
@@ -109,8 +111,8 @@ def plan_graph(g: Graph, *, vl: int | None = None) -> Plan:
                 pads[n.residual] = pads[n.name] = max(pads[n.residual], pads[n.name])
                 changed = True
     layouts = {t: Layout(*_spatial(g.shape_of(t)), pad=p) for t, p in pads.items()}
-    steps = [Step(n, i, kinds[n.name], c_ident(n.name, i), layouts[n.inputs[0]], layouts[n.name])
-             for i, n in enumerate(g.nodes)]
+    steps = [Step(n, i, kinds[n.name][0], c_ident(n.name, i), layouts[n.inputs[0]], layouts[n.name],
+                  sparsity=kinds[n.name][1]) for i, n in enumerate(g.nodes)]
     offsets, ws = _assign_buffers(g, layouts)
     return Plan(g, steps, layouts, offsets, ws, vl=vl)
 
@@ -149,7 +151,7 @@ def _generate(step: Step, schedule: dict | None, vl: int) -> GeneratedKernel:
                   has_residual=n.residual is not None, schedule=schedule)
     if step.kind == "pattern_conv":
         return gen_pattern_conv(step.cname, n.params["weight"], stride=a["stride"], padding=a["padding"],
-                                vl=vl, where=n.name, **common)
+                                vl=vl, where=n.name, sparsity=step.sparsity, **common)
     F = n.params["weight"].shape[0] if "weight" in n.params else step.out_layout.C
     gen = _dense_generator(step.kind, n.name)
     if step.kind == "conv2d":

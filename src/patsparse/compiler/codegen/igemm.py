@@ -25,10 +25,10 @@ import numpy as np
 
 from ...errors import InputError
 from ..layout import Layout, round_up
-from .base import GeneratedKernel, act_c
+from .base import GeneratedKernel
 from . import cvec
 from .access import input_access
-from .common import HELPERS, check_weight, host_vl, loop_order
+from .common import HELPERS, act_v, check_weight, host_vl, loop_order
 
 
 def _slots(Ho: int, Wo: int, vl: int) -> int:
@@ -130,7 +130,7 @@ def gen_igemm(name: str, *, cin: int, cout: int, k: int, stride: int, padding: i
             expr = f"a{i}_{j} + ps_splat(bias[co0 + {i}])"
             if has_residual:
                 expr += f" + vload(res + o + (size_t)(co0 + {i}) * {olay.ps})"
-            stores.append(f"            {ochk.format(i=i)}{{ vf v = {act_c(act, expr)};"
+            stores.append(f"            {ochk.format(i=i)}{{ vf v = {act_v(act, expr)};"
                           f" if (w0{j} == LASTW) v = vand(v, tm);"
                           f" vstore(out + o + (size_t)(co0 + {i}) * {olay.ps}, v); }}")
         stores.append("        }")

@@ -19,8 +19,8 @@ import numpy as np
 
 from ...errors import InputError, UnsupportedError
 from ..layout import Layout
-from .base import GeneratedKernel, act_c, act_scalar_c
-from .common import (HELPERS, check_act, check_layout_types, check_layouts, check_name,
+from .base import GeneratedKernel, act_scalar_c
+from .common import (HELPERS, act_v, check_act, check_layout_types, check_layouts, check_name,
                      check_positive, conv_out_size)
 
 
@@ -93,7 +93,7 @@ static void {name}(const float *restrict in, float *restrict out, const float *r
 {taps}
             }}
             size_t o = (size_t)c * {O.ps} + {O.origin} + (size_t)oh * {O.ld} + w0;
-            vf v = {act_c(act, val)};
+            vf v = {act_v(act, val)};
             if (w0 == LASTW) v = vand(v, tm);
             vstore(out + o, v);
         }}
