@@ -44,7 +44,8 @@ class ShuffleSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         g = torch.Generator().manual_seed(self.seed + self.epoch)
         order = torch.randperm(self.n, generator=g).tolist()
-        order += order[:self.per_rank * self.world - self.n]  # pad (as DistributedSampler does)
+        total = self.per_rank * self.world  # pad by repeating, as DistributedSampler does
+        order = (order * -(-total // self.n))[:total]
         return iter(order[self.rank::self.world][self.start:])
 
     def __len__(self) -> int:
