@@ -16,7 +16,9 @@ projection of a randomly initialised model): speed does not depend on their valu
 Thread waits: OMP_WAIT_POLICY=passive and ORT spinning off by default, so engines do not steal
 each other's cores between blocks on this shared machine; --spin lets everyone spin.
 
-Usage: python benchmarks/layers.py [--threads 2] [--rounds 9] [--quick] [--spin]
+With --clock cpu the tables hold process CPU time per call instead of latency (see interleaved()).
+
+Usage: python benchmarks/layers.py [--threads 2] [--rounds 9] [--quick] [--spin] [--clock wall|cpu]
        [--skip-layers] [--skip-compile] [--out docs/bench/layers.md]
 """
 
@@ -26,6 +28,7 @@ import os
 import sys
 
 SPIN = "--spin" in sys.argv
+CLOCK = "wall"  # set from --clock in main()
 os.environ.setdefault("OMP_WAIT_POLICY", "active" if SPIN else "passive")
 
 import argparse  # noqa: E402
@@ -76,7 +79,14 @@ def ov_runner(path: Path, threads: int):
 
 
 def interleaved(fns: dict, x: np.ndarray, rounds: int, block_s: float = 0.05) -> dict[str, float]:
-    """Median seconds per call of each engine, rounds in rotated order after warm-up."""
+    """Median seconds per call of each engine, rounds in rotated order after warm-up.
+
+    CLOCK "wall" is latency; "cpu" is process CPU time per call (all threads, so about threads x
+    latency when threads are busy): on a machine shared with other jobs it counts the work an
+    engine does and not the time it waited for a core, so it stays comparable when wall time
+    does not.
+    """
+    clock = time.process_time if CLOCK == "cpu" else time.perf_counter
     calls = {}
     for k, f in fns.items():
         for _ in range(3):
@@ -88,10 +98,10 @@ def interleaved(fns: dict, x: np.ndarray, rounds: int, block_s: float = 0.05) ->
     names = list(fns)
     for r in range(rounds):
         for k in names[r % len(names):] + names[: r % len(names)]:
-            t0 = time.perf_counter()
+            t0 = clock()
             for _ in range(calls[k]):
                 fns[k](x)
-            per[k].append((time.perf_counter() - t0) / calls[k])
+            per[k].append((clock() - t0) / calls[k])
     return {k: float(np.median(v)) for k, v in per.items()}
 
 
@@ -216,7 +226,8 @@ def header(args) -> list[str]:
             f"- machine: {cpu}, {os.cpu_count()} CPUs, vector ISA used: {isa}; {platform.python_version()}",
             f"- engines: ONNX Runtime {onnxruntime.__version__}, OpenVINO {openvino.__version__} "
             "(INFERENCE_PRECISION_HINT f32, LATENCY, 1 stream)",
-            f"- batch 1, fp32, {args.threads} threads, {args.rounds} interleaved rounds, medians; "
+            f"- batch 1, fp32, {args.threads} threads, {args.rounds} interleaved rounds, medians of "
+            f"{'process CPU time per call (all threads)' if CLOCK == 'cpu' else 'wall-clock latency'}; "
             f"thread waits: {'spinning' if SPIN else 'passive (OMP_WAIT_POLICY=passive, ORT spinning off)'}",
             f"- command: `python benchmarks/layers.py {' '.join(sys.argv[1:])}`",
             f"- machine load when the run started (/proc/pressure/cpu, 'some' = share of time runnable "
@@ -236,10 +247,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--quick", action="store_true", help="first model and three layers only")
     ap.add_argument("--spin", action="store_true", help="let every engine's threads spin")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="wall: latency (default); cpu: process CPU time per call, robust to other "
+                         "jobs on the machine")
     ap.add_argument("--skip-layers", action="store_true")
     ap.add_argument("--skip-compile", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "docs" / "bench" / "layers.md"))
     args = ap.parse_args()
+    global CLOCK
+    CLOCK = args.clock
     torch.set_num_threads(args.threads)
     lines = header(args)
     with tempfile.TemporaryDirectory() as tmp:

@@ -20,7 +20,6 @@ from .capture import capture_onnx, capture_torch
 from .codegen.graph import emit_model, generate_kernels, pack_blob, plan_graph
 from .ir import Graph
 from .passes import run_passes
-from .reorder import analyse
 from .runtime import FORMAT, FORMAT_VERSION, CompiledModel, sha256
 
 
@@ -73,7 +72,7 @@ def build_from_graph(g: Graph, *, threads: int | None = None, schedules: dict | 
                  "schedule": plan.schedules[s.cname], "act": s.node.act,
                  "residual": s.node.residual is not None}
         if s.kind == "pattern_conv":
-            entry["kernels"] = analyse(s.node.params["weight"], s.node.name).counts()
+            entry["kernels"] = s.sparsity.counts()
         layers.append(entry)
     out_shape = g.node(g.output).shape
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "origin": origin,

@@ -82,7 +82,6 @@ _RELU_FUNCS = {F.relu, torch.relu, torch.relu_, F.relu_}
 def capture_torch(model: nn.Module, example: torch.Tensor) -> Graph:
     """Trace ``model`` with torch.fx and lower it to the IR (shapes from ``example``)."""
     import torch.fx
-    from torch.fx.passes.shape_prop import ShapeProp
 
     if not isinstance(example, torch.Tensor) or example.dim() != 4:
         raise InputError(f"example input must be a 4-D (N, C, H, W) tensor, got "
@@ -92,18 +91,16 @@ def capture_torch(model: nn.Module, example: torch.Tensor) -> Graph:
         gm = torch.fx.symbolic_trace(model)
     except Exception as e:  # fx raises plain exceptions for data-dependent control flow
         raise UnsupportedError(f"torch.fx cannot trace {type(model).__name__}: {e}") from e
-    with torch.no_grad():
-        ShapeProp(gm).propagate(example.float())
     mods = dict(gm.named_modules())
     names: dict[str, str] = {}  # fx node -> IR name (or an alias for dropped no-ops)
     nodes: list[Node] = []
     out_name = None
 
+    shapes: dict[str, tuple] = {INPUT: tuple(int(s) for s in example.shape[1:])}
+
     def shape(n) -> tuple:
-        meta = n.meta.get("tensor_meta")
-        if meta is None:
-            raise UnsupportedError(f"{n.name}: output is not a single tensor")
-        return tuple(int(s) for s in meta.shape[1:])
+        """Per-image shape of an fx node's value (inferred while lowering: no forward pass)."""
+        return shapes[names[n.name]]
 
     def src(a, where: str) -> str:
         if not isinstance(a, torch.fx.Node):
@@ -120,7 +117,13 @@ def capture_torch(model: nn.Module, example: torch.Tensor) -> Graph:
             k += 1
             name = f"{base}#{k}"
         used.add(name)
-        node = Node(name, op, [src(a, n.name) for a in inputs], shape(n), attrs or {}, params or {})
+        ins = [src(a, n.name) for a in inputs]
+        out = out_shape(op, attrs or {}, params or {}, [shapes[i] for i in ins], name)
+        if op == "gap" and (n.target == "mean" or n.target is torch.mean) and not n.kwargs.get("keepdim", False) \
+                and not (len(n.args) > 2 and n.args[2]):
+            out = out[:1]
+        node = Node(name, op, ins, out, attrs or {}, params or {})
+        shapes[name] = out
         nodes.append(node)
         names[n.name] = node.name
 
@@ -195,9 +198,10 @@ def _lower_call(n, add, names, src, shape) -> None:
             raise UnsupportedError(f"{where}: add with alpha or more than two operands")
         add(n, "add", n.args)
     elif t is torch.flatten or t in ("flatten", "view", "reshape"):
-        if len(shape(n)) != 1:
-            raise UnsupportedError(f"{where}: {t if isinstance(t, str) else t.__name__} to shape "
-                                   f"{shape(n)} (only flattening each image to a vector is supported)")
+        if not _flattens_per_image(t, list(n.args[1:]), kw, int(np.prod(shape(n.args[0])))):
+            raise UnsupportedError(f"{where}: {t if isinstance(t, str) else t.__name__}"
+                                   f"{tuple(a if not hasattr(a, 'name') else a.name for a in n.args[1:])} "
+                                   "(only flattening each image to a vector is supported)")
         add(n, "flatten", n.args[:1])
     elif t == "size" or t is getattr:
         names[n.name] = "__shape__"  # only feeds view/reshape arguments, which are ignored
@@ -224,6 +228,50 @@ def _lower_call(n, add, names, src, shape) -> None:
     else:
         name = t if isinstance(t, str) else getattr(t, "__name__", str(t))
         raise UnsupportedError(f"op {name!r} at {where!r} is not supported by the compiler")
+
+
+def _flattens_per_image(t, rest: list, kw: dict, features: int) -> bool:
+    """Whether flatten/view/reshape arguments turn (N, ...) into (N, features)."""
+    if t is torch.flatten or t == "flatten":
+        start = rest[0] if rest else kw.get("start_dim", 0)
+        end = rest[1] if len(rest) > 1 else kw.get("end_dim", -1)
+        return start == 1 and end == -1
+    if len(rest) == 1 and isinstance(rest[0], (tuple, list)):
+        rest = list(rest[0])
+    if len(rest) != 2:
+        return False
+    batch_ok = not isinstance(rest[0], int) or rest[0] in (-1, 1) or rest[1] != -1
+    return batch_ok and (rest[1] == -1 or rest[1] == features)
+
+
+def out_shape(op: str, attrs: dict, params: dict, ins: list[tuple], where: str) -> tuple:
+    """Per-image output shape of an IR op from its inputs' shapes (errors name the layer)."""
+    x = ins[0]
+    if op in ("conv", "maxpool", "avgpool", "bn", "gap") and len(x) != 3:
+        raise UnsupportedError(f"{where}: {op} on a tensor of shape {x} (needs C, H, W)")
+    if op == "conv":
+        w = params["weight"]
+        if w.shape[1] * attrs["groups"] != x[0]:
+            raise InputError(f"{where}: conv expects {w.shape[1] * attrs['groups']} input channels, gets {x[0]}")
+    if op in ("conv", "maxpool", "avgpool"):
+        k, s, p = attrs["k"], attrs["stride"], attrs["padding"]
+        h, w_ = (x[1] + 2 * p - k) // s + 1, (x[2] + 2 * p - k) // s + 1
+        if h < 1 or w_ < 1:
+            raise InputError(f"{where}: {op} with kernel {k}, stride {s}, padding {p} on {x[1]}x{x[2]} "
+                             "gives an empty output")
+        return (params["weight"].shape[0] if op == "conv" else x[0], h, w_)
+    if op == "gap":
+        return (x[0], 1, 1)
+    if op in ("flatten", "linear"):
+        feats = int(np.prod(x))
+        if op == "flatten":
+            return (feats,)
+        if params["weight"].shape[1] != feats:
+            raise InputError(f"{where}: Linear expects {params['weight'].shape[1]} features, gets {feats}")
+        return (params["weight"].shape[0],)
+    if op == "add" and ins[0] != ins[1]:
+        raise UnsupportedError(f"{where}: add of shapes {ins[0]} and {ins[1]} (broadcasting is not supported)")
+    return x
 
 
 # ------------------------------------------------------------------------------------------

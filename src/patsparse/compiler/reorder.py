@@ -33,7 +33,15 @@ def mask_taps(mask: int) -> tuple[int, ...]:
     return tuple(p for p in range(9) if mask >> p & 1)
 
 
+_POPCOUNT = np.array([bin(m).count("1") for m in range(512)], dtype=np.int64)
 _FOUR_MASKS = tuple(sum(1 << p for p in c) for c in combinations(range(9), PATTERN_TAPS))
+
+
+def nonzero_bits(weight: np.ndarray) -> np.ndarray:
+    """(F, C) int64: bit p set where kernel position p (3*row + col) is non-zero."""
+    F, C = weight.shape[:2]
+    packed = np.packbits(weight.reshape(F, C, 9) != 0, axis=-1, bitorder="little")
+    return packed[..., 0].astype(np.int64) | (packed[..., 1].astype(np.int64) << 8)
 
 
 @dataclass(frozen=True)
@@ -73,22 +81,17 @@ def analyse(weight: np.ndarray, where: str = "conv") -> LayerSparsity:
     if not np.isfinite(w).all():
         raise InputError(f"{where}: weight has non-finite values (NaN or inf)")
     F, C = w.shape[:2]
-    bits = (w.reshape(F, C, 9) != 0).astype(np.int64) @ (1 << np.arange(9, dtype=np.int64))
-    pop = np.zeros(512, dtype=np.int64)
-    for m in range(512):
-        pop[m] = bin(m).count("1")
-    npop = pop[bits]
+    bits = nonzero_bits(w)
+    npop = _POPCOUNT[bits]
     # 4-entry masks in use, most common first: kernels with fewer non-zeros join one of them
     four, freq = np.unique(bits[npop == PATTERN_TAPS], return_counts=True)
     preferred = [int(m) for m in four[np.argsort(-freq, kind="stable")]] + list(_FOUR_MASKS)
-    cover: dict[int, int] = {}
+    to_final = np.arange(512, dtype=np.int64)  # raw non-zero mask -> the mask it is computed with
+    to_final[0] = -1
+    to_final[_POPCOUNT > PATTERN_TAPS] = FULL_MASK
     for m in np.unique(bits[(npop > 0) & (npop < PATTERN_TAPS)]):
-        cover[int(m)] = next(p for p in preferred if p & int(m) == int(m))
-    final = bits.copy()
-    for small, big in cover.items():
-        final[bits == small] = big
-    final[npop > PATTERN_TAPS] = FULL_MASK
-    final[npop == 0] = -1
+        to_final[m] = next(p for p in preferred if p & int(m) == int(m))
+    final = to_final[bits]
     masks = tuple(sorted(int(m) for m in np.unique(final[final >= 0])))
     lut = np.full(513, -1, dtype=np.int32)
     for i, m in enumerate(masks):
@@ -112,27 +115,31 @@ class Reordered:
     cidx: np.ndarray
     cost: np.ndarray
 
+    def kernels(self, n_masks: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(original filter, input channel, mask index) of every stored kernel, in storage order."""
+        run_id = np.repeat(np.arange(self.runs.size - 1), np.diff(self.runs))
+        return self.perm[run_id // n_masks].astype(np.int64), self.cidx.astype(np.int64), run_id % n_masks
+
 
 def reorder(sp: LayerSparsity) -> Reordered:
     """Filter-kernel reorder of one layer (see the module docstring)."""
     km = sp.kernel_mask
     F, C = km.shape
     P = len(sp.masks)
-    hist = np.stack([(km == p).sum(axis=1) for p in range(P)], axis=1) if P else np.zeros((F, 0), int)
+    valid = km >= 0
+    f_idx, c_idx = np.nonzero(valid)  # row-major: channels ascending inside each filter
+    p_idx = km[valid].astype(np.int64)
+    hist = np.bincount(f_idx * P + p_idx, minlength=F * P).reshape(F, P)
     count = hist.sum(axis=1)
     # sort by kernel count (desc), then by the per-mask histogram (desc), then channel for ties
     keys = [np.arange(F)] + [-hist[:, p] for p in reversed(range(P))] + [-count]
     perm = np.lexsort(keys).astype(np.int32)
     inv = np.empty(F, dtype=np.int64)
     inv[perm] = np.arange(F)
-    f_idx, c_idx = np.nonzero(km >= 0)
-    p_idx = km[f_idx, c_idx].astype(np.int64)
-    order = np.lexsort((c_idx, p_idx, inv[f_idx]))  # by reordered filter, then mask, then channel
+    # storage order: reordered filter, then mask run, then channel (stable sort keeps channels)
+    order = np.argsort(inv[f_idx] * P + p_idx, kind="stable")
     cidx_arr = c_idx[order].astype(np.int32)
-    # run (i, p) starts after all kernels of earlier (filter, mask) pairs
-    per_run = np.zeros(F * P, dtype=np.int64)
-    np.add.at(per_run, inv[f_idx] * P + p_idx, 1)
-    runs = np.concatenate([[0], np.cumsum(per_run)]).astype(np.int32)
+    runs = np.concatenate([[0], np.cumsum(hist[perm].ravel())]).astype(np.int32)
     taps = sp.taps_per_kernel()
     cost = np.concatenate([[0], np.cumsum(taps[perm].sum(axis=1))]).astype(np.int64)
     return Reordered(perm, runs, cidx_arr, cost)

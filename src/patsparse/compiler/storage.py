@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import FormatError, InputError
-from .reorder import LayerSparsity, Reordered, mask_taps
+from .reorder import LayerSparsity, Reordered, mask_taps, nonzero_bits
 
 MAGIC = 0x46_4B_57_31  # "FKW1"
 VERSION = 1
@@ -84,20 +84,13 @@ def pack(sp: LayerSparsity, ro: Reordered, weight: np.ndarray, where: str = "con
     ints[o["runs"]: o["runs"] + ro.runs.size] = ro.runs
     ints[o["cidx"]: o["cidx"] + lay.K] = ro.cidx
     ints[o["cost"]: o["cost"] + lay.F + 1] = ro.cost
-    km = sp.kernel_mask
-    stray = (w != 0) & ~_mask_bits(sp)[np.maximum(km, 0)]
-    stray[km < 0] = (w[km < 0] != 0)
+    allowed = np.array(list(sp.masks) + [0], dtype=np.int64)[sp.kernel_mask]  # -1 (pruned) -> 0
+    stray = (nonzero_bits(w) & ~allowed) != 0
     if stray.any():
-        f, c = np.argwhere(stray.any(axis=2))[0]
+        f, c = np.argwhere(stray)[0]
         raise InputError(f"{where}: kernel (filter {f}, input channel {c}) has non-zeros outside "
                          f"the mask it was compiled for; recompile with these weights")
-    # kernels in storage order: reordered filter, then mask run, then channel (as ro.runs/cidx)
-    inv = np.empty(lay.F, dtype=np.int64)
-    inv[ro.perm] = np.arange(lay.F)
-    f_idx, c_idx = np.nonzero(km >= 0)
-    p_idx = km[f_idx, c_idx].astype(np.int64)
-    order = np.lexsort((c_idx, p_idx, inv[f_idx]))
-    f_idx, c_idx, p_idx = f_idx[order], c_idx[order], p_idx[order]
+    f_idx, c_idx, p_idx = ro.kernels(lay.P)
     ntaps = np.array([len(mask_taps(m)) for m in sp.masks], dtype=np.int64)[p_idx]
     woff = np.concatenate([[0], np.cumsum(ntaps)])
     wts = out[o["weights"]:]
@@ -109,11 +102,6 @@ def pack(sp: LayerSparsity, ro: Reordered, weight: np.ndarray, where: str = "con
     first_k = ro.runs[np.arange(lay.F) * lay.P] if lay.P else np.zeros(lay.F, np.int64)
     ints[o["wptr"]: o["wptr"] + lay.F] = woff[first_k]
     return out
-
-
-def _mask_bits(sp: LayerSparsity) -> np.ndarray:
-    """(P, 9) booleans: which taps each mask keeps."""
-    return np.array([[m >> t & 1 for t in range(9)] for m in sp.masks] or [[0] * 9], dtype=bool)
 
 
 def unpack(packed: np.ndarray, masks: tuple[int, ...]) -> np.ndarray:

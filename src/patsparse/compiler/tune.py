@@ -96,4 +96,4 @@ def _aligned(a: np.ndarray) -> np.ndarray:
 
 
 def _renamed(s: Step, cname: str) -> Step:
-    return Step(s.node, s.index, s.kind, cname, s.in_layout, s.out_layout)
+    return Step(s.node, s.index, s.kind, cname, s.in_layout, s.out_layout, sparsity=s.sparsity)

@@ -9,7 +9,6 @@ layout buffers; ``KernelRunner`` builds a kernel alone into a shared library and
 from __future__ import annotations
 
 import ctypes
-import time
 from pathlib import Path
 
 import numpy as np
@@ -111,14 +110,3 @@ double bench(const float *in, float *out, const float *w, const float *b, const 
         """Seconds per call, averaged over ``iters`` back-to-back calls inside C."""
         return self.lib.bench(_ptr(inp), _ptr(out), _ptr(packed_w), _ptr(bias), _ptr(res),
                               ctypes.c_int(iters)) / iters
-
-
-def timed_median(fn, *, repeats: int = 7) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` calls (after one warm-up call)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))

@@ -17,6 +17,11 @@ The prep touches each input element about once, against Cout*K*K/s^2 FMAs per el
 
 Weights are packed per MR-row tile as [tile][ci][kh][kw][MR] (rows past Cout are zero), so the
 broadcasts of one reduction step are adjacent and the weight stream is sequential.
+
+Two more knobs: the loop order over (pixel tile, channel tile) work units decides which operand
+is re-streamed (common.loop_order), and small planes, where row vectors leave lanes idle, may
+use the channel-vectorised kernel instead (cvec.py, schedule ``{"np": N}``). ``schedules``
+ranks all candidates with one cost model; the auto-tuner measures the top ones.
 """
 
 from __future__ import annotations
@@ -25,9 +30,9 @@ import numpy as np
 
 from ...errors import InputError
 from ..layout import Layout, round_up
-from .base import GeneratedKernel
 from . import cvec
 from .access import input_access
+from .base import GeneratedKernel
 from .common import HELPERS, act_v, check_weight, host_vl, loop_order
 
 
