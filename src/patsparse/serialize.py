@@ -3,12 +3,14 @@
 A saved pruned model is a directory::
 
     model.pats/
-      weights.safetensors   # the state dict (never pickled)
+      model.safetensors     # the state dict (never pickled)
       model.json            # {"format": "patsparse-model", "version": 1, "spec": <sparsity spec>,
-                            #  "arch": <zoo model arguments or null>, "patsparse_version": ...}
+                            #  "model": <patsparse.models.get arguments or null>, ...}
       recipe.yaml           # the pruning recipe, when the model was pruned by patsparse.prune
 
-``load`` rebuilds zoo models from ``arch`` (``patsparse.models.get(**arch)``); for a user's own
+This is the layout ``patsparse train`` leaves in a run directory (train.artifacts), so ``load``
+also reads a trained dense model, and the training side reads a pruned one.
+``load`` rebuilds zoo models from ``model`` (``patsparse.models.get(**model)``); for a user's own
 model pass ``load(path, model=m)`` and the weights are checked against it and filled in. The spec
 is validated against the weights (shapes, pattern ids in range, zero outside every mask), so a
 tampered or mismatched file fails with a FormatError naming the layer and kernel.
@@ -32,14 +34,18 @@ from .pruning.spec import check_weights, spec_from_json, spec_to_json
 
 MODEL_FORMAT = "patsparse-model"
 MODEL_VERSION = 1
-WEIGHTS = "weights.safetensors"
+WEIGHTS = "model.safetensors"
 META = "model.json"
 RECIPE = "recipe.yaml"
 MANIFEST = "manifest.json"  # written by the compiler's CompiledModel
 
 
-def save(obj: Any, path: str | os.PathLike) -> None:
-    """Save a (pruned) model to the directory ``path``, or a compiled model via its own ``save``."""
+def save(obj: Any, path: str | os.PathLike, arch: dict | None = None) -> None:
+    """Save a (pruned) model to the directory ``path``, or a compiled model via its own ``save``.
+
+    ``arch``: the ``patsparse.models.get`` arguments that rebuild the model (defaults to the
+    model's ``patsparse_arch`` attribute); without it ``load`` needs ``model=``.
+    """
     if getattr(obj, "is_compiled_patsparse", False) is True and callable(getattr(obj, "save", None)):
         obj.save(path)
         return
@@ -56,9 +62,9 @@ def save(obj: Any, path: str | os.PathLike) -> None:
         raise InputError(f"save: {path} exists and is not a directory")
     path.mkdir(parents=True, exist_ok=True)
     save_tensors(path / WEIGHTS, obj.state_dict())
-    arch = getattr(obj, "patsparse_arch", None)
+    arch = arch if arch is not None else getattr(obj, "patsparse_arch", None)
     write_json(path / META, {"format": MODEL_FORMAT, "version": MODEL_VERSION, "patsparse_version": __version__,
-                             "class": type(obj).__name__, "arch": arch,
+                             "class": type(obj).__name__, "model": arch,
                              "spec": None if spec is None else spec_to_json(spec)})
     recipe = getattr(obj, "patsparse_recipe", None)
     if recipe is not None:
@@ -83,7 +89,7 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> Any:
         raise FormatError(f"{path / META}: model format version {meta.get('version')!r} is not supported "
                           f"(this patsparse reads version {MODEL_VERSION})")
     if model is None:
-        arch = meta.get("arch")
+        arch = meta.get("model")
         if not isinstance(arch, dict):
             raise FormatError(f"{path}: the saved model ({meta.get('class')}) is not a patsparse zoo "
                               f"model, so it cannot be rebuilt: pass load(path, model=<an instance>)")
@@ -92,7 +98,7 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> Any:
         try:
             model = models.get(**arch)
         except TypeError as e:
-            raise FormatError(f"{path / META}: arch {arch} does not build a zoo model: {e}") from None
+            raise FormatError(f"{path / META}: model {arch} does not build a zoo model: {e}") from None
         model.patsparse_arch = arch
     tensors = load_tensors(path / WEIGHTS, "model weights")
     check_state_dict(model, tensors, str(path / WEIGHTS))

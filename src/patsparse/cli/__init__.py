@@ -13,7 +13,7 @@ import sys
 
 from ..errors import PatsparseError
 
-COMMANDS: list[str] = ["train", "demo", "bench", "compile", "run"]
+COMMANDS: list[str] = ["train", "demo", "bench", "compile", "run", "prune", "extract"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,7 +8,8 @@ set) and scaled duals U, V. One ADMM iteration is:
    with the distance, which is what makes the weights drift into the constraint sets);
 2. proximal: Z = project_pattern(W + U), Y = project_connectivity(W + V);
 3. dual: U += W - Z, V += W - Y;
-4. rho grows (``recipe.rho_growth``) up to ``recipe.rho_max``.
+4. rho grows (``recipe.rho_growth``) up to ``recipe.rho_max``; the scaled duals are rescaled by
+   old/new rho so the unscaled dual is unchanged (standard ADMM with a varying penalty).
 
 Hard pruning and masked retraining follow (see :mod:`patsparse.pruning.api`).
 """
@@ -57,6 +58,19 @@ class ADMMState:
                 lv.y = project_connectivity(w, p.keep, p.balanced)[0]
                 lv.v = torch.zeros_like(w)
             self.layers.append(lv)
+
+    @torch.no_grad()
+    def set_rho(self, rho: float) -> None:
+        """Change rho, rescaling the scaled duals so the unscaled dual rho*U stays the same
+        (Boyd et al. 2011, 3.4.1); without this every rho increase inflates the duals, Z runs
+        away from W and the residual grows instead of shrinking."""
+        rho = float(rho)
+        if rho != self.rho:
+            for lv in self.layers:
+                for dual in (lv.u, lv.v):
+                    if dual is not None:
+                        dual.mul_(self.rho / rho)
+            self.rho = rho
 
     def penalty(self, model: nn.Module | None = None) -> torch.Tensor:
         """sum rho/2 ||W - Z + U||^2 + rho/2 ||W - Y + V||^2 (differentiable in W).
@@ -125,7 +139,7 @@ def run_admm(model: nn.Module, loader: Iterable, plans: Sequence[LayerPlan], lib
     optimizer = make_optimizer(model, lr, momentum, weight_decay)
     kwargs = {} if loss_fn is None else {"loss_fn": loss_fn}
     for it in range(admm_iters):
-        state.rho = min(rho * rho_growth ** it, rho_max)
+        state.set_rho(min(rho * rho_growth ** it, rho_max))
         stats: dict[str, Any] = {}
         for ep in range(epochs):
             stats = train_epoch(model, loader, optimizer, device=device, extra_loss=state.penalty,

@@ -41,9 +41,9 @@ class PruneRecipe:
     admm_iters: int = 4
     epochs: int = 1
     retrain_epochs: int = 3
-    rho: float = 1e-3
+    rho: float = 1e-2
     rho_growth: float = 3.0
-    rho_max: float = 0.1
+    rho_max: float = 1.0
     lr: float = 0.01
     retrain_lr: float | None = None
     momentum: float = 0.9
