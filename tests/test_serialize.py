@@ -116,13 +116,18 @@ def test_bad_inputs(tmp_path):
         ps.load(tmp_path / "dense", model=nn.Sequential(nn.Conv2d(1, 8, 3)))
 
 
-def test_compiled_dispatch(tmp_path):
-    class FakeCompiled:  # only the dispatch contract is under test here
-        is_compiled_patsparse = True
+def test_compiled_dispatch_through_save_and_load(tmp_path):
+    """ps.save on a compiled model writes its own directory; ps.load of it returns a CompiledModel."""
+    from patsparse.compiler.runtime import CompiledModel
 
-        def save(self, path):
-            self.saved = path
-
-    c = FakeCompiled()
-    ps.save(c, tmp_path / "c")
-    assert c.saved == tmp_path / "c"
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1)).eval()
+    project_model(m, 4.0)
+    x = torch.randn(1, 1, 8, 8)
+    cm = ps.compile(m, x)  # default build cache: a re-run of the suite does not rebuild
+    ps.save(cm, tmp_path / "c")
+    assert (tmp_path / "c" / "manifest.json").is_file()
+    back = ps.load(tmp_path / "c")
+    assert isinstance(back, CompiledModel)
+    y = torch.as_tensor(back(x))
+    assert torch.allclose(y, m(x).detach(), atol=1e-4)
