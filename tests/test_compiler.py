@@ -282,3 +282,18 @@ def test_tuning_picks_a_measured_schedule_and_stays_correct():
     x = torch.randn(2, 8, 12, 12)
     with torch.no_grad():
         assert_close(cm(x), m(x))
+
+
+def test_onnx_zoo_model_with_shared_weight_aliases(tmp_path):
+    """torch's exporter routes some weights through Identity nodes; capture must follow them."""
+    from patsparse.models import get
+
+    torch.manual_seed(0)
+    m = randomize_bn(get("resnet18", num_classes=10, width=0.125, variant="imagenet")).eval()
+    pattern_prune(m, 8.0)
+    path = tmp_path / "r18.onnx"
+    torch.onnx.export(m, torch.zeros(1, 3, 32, 32), str(path), dynamo=False, opset_version=17)
+    cm = ps.compile(str(path), threads=2)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert_close(cm(x), m(x))

@@ -377,7 +377,13 @@ def capture_onnx(path: str | Path) -> Graph:
                                        "each image to a vector is supported)")
             emit(n, "flatten", n.input[:1])
         elif op in ("Dropout", "Identity"):
-            names[n.output[0]] = names[n.input[0]]
+            if n.input[0] in inits:  # exporters alias shared weights through Identity
+                inits[n.output[0]] = inits[n.input[0]]
+            elif n.input[0] in names:
+                names[n.output[0]] = names[n.input[0]]
+            else:
+                raise UnsupportedError(f"{where}: {op} of {n.input[0]!r}, which is neither a tensor "
+                                       "of the graph nor a weight")
         elif op == "Gemm":
             if attr(n, "transA", 0) or not attr(n, "transB", 0) or attr(n, "alpha", 1.0) != 1.0 \
                     or attr(n, "beta", 1.0) != 1.0:
