@@ -39,7 +39,7 @@ import accuracy  # noqa: E402
 
 from patsparse import data as psdata  # noqa: E402
 from patsparse import models as psmodels  # noqa: E402
-from patsparse.checkpoint import write_json  # noqa: E402
+from patsparse.checkpoint import read_json, write_json  # noqa: E402
 from patsparse.errors import InputError, PatsparseError  # noqa: E402
 from patsparse.pruning.layers import conv_layers  # noqa: E402
 from patsparse.pruning.projection import project_model  # noqa: E402
@@ -50,6 +50,7 @@ from patsparse.viz.saliency import guided_backprop, integrated_gradients, invert
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PHOTOS = ("chelsea", "coffee", "astronaut")
+SETTINGS = ("fashion", "imagenet")
 
 # metric -> (direction that supports the paper's claim, what it stands for)
 CLAIM_DIRECTION = {
@@ -230,7 +231,8 @@ def _columns() -> list[str]:
 
 # ------------------------------------------------------------------------------------ report
 
-def render(results: list[dict], command: str, results_path: Path) -> str:
+def render(results: list[dict], results_path: Path) -> str:
+    """The RESULTS.md section from stored setting results (each with its own provenance)."""
     lines = ["## Image enhancement (paper Figure 5), measured", "",
              "Written by `benchmarks/enhancement.py`. The paper shows that a Phase-2 pattern-pruned "
              "VGG-16 \"captures more image details and less noise\" in guided backpropagation, "
@@ -238,12 +240,11 @@ def render(results: list[dict], command: str, results_path: Path) -> str:
              "dense network and its pattern-pruned twin on the same images, and measure: the "
              "high-frequency energy fraction of each saliency map (above half Nyquist; lower = less "
              "noise), the share of guided-BP saliency on the object (Fashion-MNIST, where the object mask "
-             "is exact: the background is black), and the correlation of the inverted representation with the image (higher = "
-             "more faithful). Differences are paired by image; `supports`/`contradicts` needs the mean "
-             "paired difference beyond two standard errors. Sharpness measures (Tenengrad, Laplacian "
-             "variance) are reported without a verdict: they rise with crisp edges and with noise alike.", "",
-             f"Command: `{command}`. Machine: {_report.machine_line(_report.machine())}. "
-             f"Date: {_report.utc_now()}. Commit: {_report.git_commit()}.", ""]
+             "is exact: the background is black), and the correlation of the inverted representation with "
+             "the image (higher = more faithful). Differences are paired by image; `supports`/`contradicts` "
+             "needs the mean paired difference beyond two standard errors. Sharpness measures (Tenengrad, "
+             "Laplacian variance) are reported without a verdict: they rise with crisp edges and with noise "
+             "alike.", ""]
     for r in results:
         if r["setting"] == "fashion":
             acc = r["accuracy"]
@@ -251,7 +252,7 @@ def render(results: list[dict], command: str, results_path: Path) -> str:
                       "", f"Test accuracy: dense {acc['dense'] * 100:.2f}%, Phase-2 pattern-pruned "
                       f"{acc['pattern-phase2'] * 100:.2f}% (one seed). {len(r['records'])} test images "
                       f"(the first of each class); inverted layer `{r['inverted_layer']}`.", "",
-                      f"![Fashion-MNIST saliency]({_link(r['figure'], results_path)})", ""]
+                      f"![Fashion-MNIST saliency]({_link(r['figure'], results_path)})", ""] + _provenance(r)
         else:
             lines += ["### ImageNet photos, MobileNetV2 (torchvision weights)", "",
                       f"Pattern twin: one-shot Phase-2 projection of {r['layers_pruned']} layers, **not "
@@ -260,7 +261,7 @@ def render(results: list[dict], command: str, results_path: Path) -> str:
                       _report.md_table(["photo", "dense class (prob)", "pattern top-1", "pattern prob of that class"],
                                        [[p["image"], f"{p['class']} ({p['dense_prob']:.2f})", str(p["pattern_top1"]),
                                          f"{p['pattern_prob_of_dense_class']:.2f}"] for p in r["predictions"]]), "",
-                      f"![ImageNet saliency]({_link(r['figure'], results_path)})", ""]
+                      f"![ImageNet saliency]({_link(r['figure'], results_path)})", ""] + _provenance(r)
         table = [[p["method"], p["metric"], f"{p['a']:.4f}", f"{p['b']:.4f}", f"{p['diff']:+.4f} ± {p['se']:.4f}",
                   f"{p['wins']}/{p['n']}" if p["wins"] is not None else "-", p["meaning"] or "-", p["verdict"]]
                  for p in r["paired"]]
@@ -268,6 +269,11 @@ def render(results: list[dict], command: str, results_path: Path) -> str:
                                     "claim reading", "verdict"], table), ""]
     lines += ["### What this says", ""] + [f"- {s}" for s in conclusions(results)]
     return "\n".join(lines)
+
+
+def _provenance(r: dict) -> list[str]:
+    return [f"Run {r['date']}, commit {r['commit']}, {_report.machine_line(r['machine'])}; "
+            f"command `{r['command']}`.", ""]
 
 
 def _link(figure: str, results_path: Path) -> str:
@@ -307,6 +313,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--docs", default=str(_report.REPO / "docs"))
     p.add_argument("--results", default=str(_report.RESULTS))
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--report-only", action="store_true", help="rewrite the section from stored results")
     p.add_argument("--quiet", action="store_true")
     return p.parse_args(argv)
 
@@ -316,20 +323,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = [s.strip() for s in args.settings.split(",") if s.strip()]
-    bad = [s for s in settings if s not in ("fashion", "imagenet")]
+    bad = [s for s in settings if s not in SETTINGS]
     if bad or not settings:
         raise InputError(f"--settings: unknown {bad or settings}; choose from fashion, imagenet")
     if not 1 <= args.images <= 10:
         raise InputError(f"--images must be 1..10 (one per Fashion-MNIST class), got {args.images}")
     command = _report.command_line(__file__, sys.argv[1:] if argv is None else argv)
-    results = []
-    for s in settings:
-        r = fashion(args) if s == "fashion" else imagenet(args)
-        write_json(Path(args.out) / f"{s}.json", {**r, "command": command, "date": _report.utc_now(),
-                                                   "machine": _report.machine(), "commit": _report.git_commit()})
-        results.append(r)
-    _report.update_section("enhancement", render(results, command, Path(args.results)), Path(args.results))
-    print(f"wrote {args.results} and {', '.join(r['figure'] for r in results)}")
+    out = Path(args.out)
+    if not args.report_only:
+        for s in settings:
+            r = fashion(args) if s == "fashion" else imagenet(args)
+            write_json(out / f"{s}.json", {**r, "command": command, "date": _report.utc_now(),
+                                           "machine": _report.machine(), "commit": _report.git_commit()})
+    # the section shows every stored setting, so settings can be run (and re-run) separately
+    results = [read_json(out / f"{s}.json", "enhancement result") for s in SETTINGS if (out / f"{s}.json").exists()]
+    if not results:
+        raise InputError(f"no stored enhancement results in {out}; run without --report-only first")
+    _report.update_section("enhancement", render(results, Path(args.results)), Path(args.results))
+    print(f"wrote {args.results} ({', '.join(r['setting'] for r in results)})")
     return 0
 
 

@@ -57,10 +57,14 @@ def test_analyse_paired_and_render(tmp_path: Path) -> None:
     saliency_grid(images, enh._columns(), panels, fig)
     result = {"setting": "fashion", "model": "m", "width": 0.5, "budget": "tiny", "seed": 0,
               "accuracy": {"dense": 0.9, "pattern-phase2": 0.91}, "inverted_layer": "2",
-              "records": records, "figure": str(fig), "paired": table}
-    text = enh.render([result], "python benchmarks/enhancement.py", tmp_path / "docs" / "RESULTS.md")
+              "records": records, "figure": str(fig), "paired": table, "date": "2026-11-22 00:00 UTC",
+              "commit": "abc", "machine": {"cpu": "cpu", "cores": 2, "torch_threads": 1, "gpu": "none",
+                                           "python": "3", "torch": "2", "os": "linux"},
+              "command": "python benchmarks/enhancement.py"}
+    text = enh.render([result], tmp_path / "docs" / "RESULTS.md")
     assert "![Fashion-MNIST saliency](f.png)" in text and "dense 90.00%" in text
     assert "claim-bearing measures support the paper" in text
+    assert "command `python benchmarks/enhancement.py`" in text
 
 
 def test_verdicts_follow_the_claimed_direction() -> None:
@@ -92,6 +96,8 @@ def test_bad_arguments() -> None:
         enh.main(["--settings", "cifar"])
     with pytest.raises(InputError, match="images"):
         enh.main(["--settings", "fashion", "--images", "11"])
+    with pytest.raises(InputError, match="no stored enhancement results"):
+        enh.main(["--report-only", "--out", "/nonexistent/enhancement"])
 
 
 @pytest.mark.slow
