@@ -190,3 +190,18 @@ def test_torchrun_two_processes(tmp_path):
     model, _ = load_trained(tmp_path / "run")
     acc = evaluate(model, get_loaders("digits", batch_size=64)[1])["acc"]
     assert acc == pytest.approx(json.loads(lines[-1])["test_acc"])  # sharded eval counted every example once
+
+
+def test_config_and_device_errors():
+    from patsparse.train import init_distributed
+
+    for bad, match in [(dict(epochs=0), "epochs"), (dict(optimizer="rmsprop"), "optimizer"),
+                       (dict(schedule="linear"), "schedule"), (dict(optimizer="adam", nesterov=True), "nesterov"),
+                       (dict(lr=0), "lr")]:
+        with pytest.raises(InputError, match=match):
+            TrainConfig(**bad).validate()
+    with pytest.raises(InputError, match="unsupported device 'tpu'"):
+        init_distributed("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="no CUDA device is available"):
+            init_distributed("cuda")
