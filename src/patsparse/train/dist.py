@@ -29,7 +29,10 @@ class DistContext:
 
 def resolve_device(device: str | torch.device) -> torch.device:
     """``"cpu"``, ``"cuda"`` or ``"cuda:N"``; under torchrun ``"cuda"`` means this rank's GPU."""
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise InputError(f"unsupported device {device!r}; use cpu or cuda") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise InputError(f"device {device!r} requested but no CUDA device is available "
