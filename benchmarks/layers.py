@@ -146,7 +146,8 @@ MODELS = [  # (label, zoo name, variant, rate or None for dense, input size, tar
 
 
 def whole_models(args, work: Path) -> list[str]:
-    rows = ["| model | patsparse ms | ONNX Runtime ms | OpenVINO f32 ms | speed-up vs best | target | met |",
+    u = "CPU ms" if CLOCK == "cpu" else "ms"
+    rows = [f"| model | patsparse {u} | ONNX Runtime {u} | OpenVINO f32 {u} | speed-up vs best | target | met |",
             "|---|---|---|---|---|---|---|"]
     for label, name, variant, rate, size, target in MODELS[: 1 if args.quick else None]:
         m = zoo(name, variant, rate)
@@ -164,7 +165,8 @@ def whole_models(args, work: Path) -> list[str]:
 
 def layer_table(args, work: Path) -> list[str]:
     m = zoo("vgg16_bn", "cifar", 8.0)
-    rows = ["| layer | shape | ours us | ORT us | OV us | speed-up vs best | MAC ideal | ours useful GF/s | "
+    u = "CPU us" if CLOCK == "cpu" else "us"
+    rows = [f"| layer | shape | ours {u} | ORT {u} | OV {u} | speed-up vs best | MAC ideal | ours useful GF/s | "
             "ORT GF/s | OV GF/s | schedule |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     convs = [(n, c) for n, c in m.named_modules() if isinstance(c, nn.Conv2d)]
     H = 32
