@@ -30,7 +30,7 @@ weights = st.tuples(st.integers(1, 6), st.integers(1, 6), st.integers(0, 2 ** 31
     lambda t: torch.randn(t[0], t[1], 3, 3, generator=torch.Generator().manual_seed(t[2])))
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(w=weights, name=st.sampled_from(["phase2", "phase3", "phase1", "candidates"]))
 def test_pattern_projection_matches_reference(w, name):
     lib = ps.pattern_library(name)
@@ -41,7 +41,11 @@ def test_pattern_projection_matches_reference(w, name):
     ref_kept = (ref ** 2).flatten(2).sum(2)
     assert torch.allclose(kept, ref_kept, rtol=1e-5, atol=1e-6)
     assert torch.equal(proj, w * lib[ids])
-    assert bool((ids == ref_ids).float().mean() > 0.99) or torch.allclose(kept, ref_kept)
+    # ids agree except where two patterns keep exactly the same energy (a float tie)
+    tie = (ids != ref_ids)
+    if bool(tie.any()):
+        scores = (w[tie] ** 2).flatten(1) @ lib.flatten(1).T
+        assert torch.allclose(scores.gather(1, ids[tie][:, None]), scores.gather(1, ref_ids[tie][:, None]))
 
 
 def ref_connectivity(w, k, balanced):
@@ -58,7 +62,7 @@ def ref_connectivity(w, k, balanced):
     return kept
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(w=weights, frac=st.floats(0.05, 1.0), balanced=st.booleans())
 def test_connectivity_projection_matches_reference(w, frac, balanced):
     proj, kept = project_connectivity(w, frac, balanced)
