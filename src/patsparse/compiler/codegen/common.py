@@ -180,17 +180,24 @@ def check_weight(weight: np.ndarray, shape: tuple[int, ...], name: str) -> np.nd
     return w
 
 
-def loop_order(*, cin: int, kk: int, cout_pad: int, mr: int, npt: int, src_floats: int) -> str:
+def loop_order(*, cin: int, kk: int, cout_pad: int, mr: int, npt: int, src_floats: int,
+               out_floats: int) -> str:
     """Which operand a thread re-streams: 'pix' walks pixel tiles outside (all weights are read
-    again for every pixel tile), 'co' walks channel tiles outside (the input is read again for
-    every channel tile). Pick the smaller re-streamed volume, counting a re-stream that stays in
-    L2 as a third of one that spills to L3 (small planes with big weights, e.g. 7x7 layers of
-    960 channels, are the case this exists for: measured cold-cache on a 960->320 7x7 1x1 conv,
-    'co' ran at 52 GF/s against 44 for 'pix')."""
+    again for every pixel tile, and each tile's stores hop across all Cout planes), 'co' walks
+    channel tiles outside (the input is read again for every channel tile, stores stay in MR
+    planes). Measured on AVX2, one thread, cold caches: 'co' wins whenever the output is large
+    (16->96 1x1 at 112x112: 47 against 29 GF/s; VGG conv1 at 224: 57 against 27; the plane-hopping
+    stores miss the TLB) and on 7x7 planes with big weights (960->320: 52 against 44); 'pix'
+    only wins, slightly, for small outputs whose input overflows L2 while the weights fit
+    (576->96 at 14x14: 48 against 46). So: 'co' unless the output is small (<= 1 MB) and the
+    input re-stream costs more than the weight re-stream, counting a re-stream that stays in
+    L2 as a third of one that spills."""
     l2 = 512 * 1024
 
     def cost(times: int, nbytes: int) -> float:
         return times * nbytes * (1 if nbytes <= l2 else 3)
 
+    if out_floats * 4 > 1024 * 1024:
+        return "co"
     weights = cout_pad * cin * kk * 4
     return "co" if cost(cout_pad // mr, src_floats * 4) < cost(npt, weights) else "pix"

@@ -54,7 +54,7 @@ def gen_cvec(name: str, *, cin: int, cout: int, k: int, acc: InputAccess, out_la
     nct, npt = -(-cout // CB), -(-npix // np_)
     if order is None:
         order = loop_order(cin=cin, kk=kk, cout_pad=nct * CB, mr=CB, npt=npt,
-                           src_floats=cin * acc.cs)
+                           src_floats=cin * acc.cs, out_floats=out_layout.size)
     J = range(np_)
     pix = "\n".join(
         f"        int s{j} = pt * {np_} + {j}, ok{j} = s{j} < {npix}; if (!ok{j}) s{j} = pt * {np_};\n"
