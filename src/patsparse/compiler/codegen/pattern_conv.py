@@ -85,10 +85,10 @@ def default_schedule(inp: Layout, out: Layout, vl: int) -> dict:
     nv = -(-out.W // vl)
     if out.W / (nv * vl) < 0.75 and flat_fits(inp, out, vl):
         nvt = -(-(out.H * out.W) // vl)
-        return {"layout": "flat", "unroll": max(1, min(4, 8 // nvt))}
+        return {"layout": "flat", "unroll": max(1, min(4, 8 // nvt)), "prefetch": 0}
     vecs = min(nv, 4)
     rows = max(1, min(out.H, max_acc(vl) // vecs))
-    return {"layout": "rows", "rows": rows, "vecs": vecs, "order": "tf"}
+    return {"layout": "rows", "rows": rows, "vecs": vecs, "order": "tf", "prefetch": 1}
 
 
 def candidate_schedules(inp: Layout, out: Layout, vl: int) -> list[dict]:
@@ -106,9 +106,11 @@ def candidate_schedules(inp: Layout, out: Layout, vl: int) -> list[dict]:
                 key = (rows, vecs, order)
                 if key not in seen:
                     seen.add(key)
-                    cands.append({"layout": "rows", "rows": rows, "vecs": vecs, "order": order})
+                    cands.append({"layout": "rows", "rows": rows, "vecs": vecs, "order": order,
+                                  "prefetch": 1})
     if flat_fits(inp, out, vl):
-        cands += [{"layout": "flat", "unroll": u} for u in (1, 2, 4)]
+        cands += [{"layout": "flat", "unroll": u, "prefetch": 0} for u in (1, 2, 4)]
+        cands.append({"layout": "flat", "unroll": 4, "prefetch": 1})
     return cands
 
 
@@ -144,11 +146,12 @@ def gen_pattern_conv(name: str, weight: np.ndarray, *, stride: int, padding: int
 
 def _resolve_schedule(schedule: dict | None, inp: Layout, out: Layout, vl: int, where: str) -> dict:
     """The default schedule for this layer, overridden by ``schedule``; checked."""
-    given = {k: v for k, v in (schedule or {}).items() if v and k != "vl"}
+    given = {k: v for k, v in (schedule or {}).items() if v is not None and k != "vl"}
     layout = given.get("layout") or ("rows" if {"rows", "vecs", "order"} & given.keys() else None)
     base = default_schedule(inp, out, vl)
     if layout and layout != base["layout"]:  # the other layout's defaults; rows/vecs filled below
-        base = {"layout": "flat", "unroll": 2} if layout == "flat" else {"layout": "rows", "order": "tf"}
+        base = {"layout": "flat", "unroll": 2, "prefetch": 0} if layout == "flat" else \
+            {"layout": "rows", "order": "tf", "prefetch": 1}
     sched = {**base, **given}
     if sched["layout"] not in ("rows", "flat"):
         raise InputError(f"{where}: schedule layout must be 'rows' or 'flat', got {sched['layout']!r}")
@@ -174,6 +177,7 @@ class _Emitter:
         self.name, self.sp, self.lay, self.sh = name, sp, lay, shape
         self.act, self.res, self.vl = act, has_residual, vl
         self.rows, self.vecs, self.order = int(sched["rows"]), int(sched["vecs"]), sched["order"]
+        self.prefetch = int(sched.get("prefetch", 0))
         out = shape.out
         self.nv = -(-out.W // vl)
         self.vecs = max(1, min(self.vecs, self.nv))
@@ -195,6 +199,11 @@ class _Emitter:
         lines = [f"    /* mask {p}: taps {list(taps)}{' (dense kernel)' if m == FULL_MASK else ''} */",
                  f"    for (int k = runs[{p}]; k < runs[{p + 1}]; k++, wk += {len(taps)}) {{",
                  f"        const float *restrict ip = ib + (ptrdiff_t)cidx[k] * {self.sh.inp.ps};"]
+        if self.prefetch:  # the input rows of a kernel a few iterations ahead, into L1
+            lines.append(f"        const float *pf = ib + (ptrdiff_t)cidx[k + {self.prefetch}] * {self.sh.inp.ps};")
+            for rr in range(s * (R - 1) + 3):
+                for c0 in range(0, s * V * self.vl + 2, 16):
+                    lines.append(f"        __builtin_prefetch(pf + {rr * self.sh.inp.ld + c0}, 0, 3);")
         for j in range(len(taps)):
             lines.append(f"        const vf w{j} = pc_splat(wk[{j}]);")
         # stream input rows: each (row, dx, vector) is loaded once and feeds every tap that uses it
@@ -323,6 +332,7 @@ class _FlatEmitter:
         self.name, self.sp, self.lay, self.sh = name, sp, lay, shape
         self.act, self.res, self.vl = act, has_residual, vl
         self.unroll = max(1, int(sched["unroll"]))
+        self.prefetch = int(sched.get("prefetch", 0))
         out = shape.out
         self.nvt = -(-(out.H * out.W) // vl)
         self.hwp = self.nvt * vl
@@ -333,6 +343,11 @@ class _FlatEmitter:
         lines = [f"for (; k + {U} <= e; k += {U}, wk += {U * nt}) {{"]
         for u in range(U):
             lines.append(f"    const float *restrict ip{u} = col + (ptrdiff_t)cidx[k + {u}] * {9 * hwp};")
+        if self.prefetch:  # this mask's tap planes of the kernels a few iterations ahead
+            lines.append(f"    const float *pf = col + (ptrdiff_t)cidx[k + {U * self.prefetch}] * {9 * hwp};")
+            for t in taps:
+                for c0 in range(0, hwp, 16):
+                    lines.append(f"    __builtin_prefetch(pf + {t * hwp + c0}, 0, 3);")
         for j, t in enumerate(taps):
             for u in range(U):
                 lines.append(f"    {{ const vf wv = pc_splat(wk[{u * nt + j}]);")
