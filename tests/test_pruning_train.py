@@ -211,3 +211,18 @@ def test_cli_prune_and_extract(tmp_path, capsys):
     assert (tmp_path / "e" / "histogram.png").is_file()
     assert main(["prune", "--model", "convnet", *common, "--rate", "1.5", "--out", str(tmp_path / "x")]) == 1
     assert "rate must be a number >= 2.25" in capsys.readouterr().err
+
+
+def test_batchnorm_recalibration_is_the_mean_of_batch_statistics(dense, loaders):
+    from patsparse.pruning.api import recalibrate_batchnorm
+
+    m = copy.deepcopy(dense)
+    project_model(m, 8.0)
+    batches = [b for _, b in zip(range(3), loaders[0])]
+    assert recalibrate_batchnorm(m, batches, batches=2) == 2
+    bn = m.features[1]
+    conv = m.features[0]
+    with torch.no_grad():
+        means = [conv(x).mean(dim=(0, 2, 3)) for x, _ in batches[:2]]
+    assert torch.allclose(bn.running_mean, torch.stack(means).mean(0), atol=1e-5)
+    assert bn.momentum == 0.1  # the usual momentum is restored for later training

@@ -50,6 +50,35 @@ def masked_retrain(model: nn.Module, loader: Iterable, spec: dict, *, epochs: in
                 history.append(record)
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, loader: Iterable, batches: int, device: str = "cpu") -> int:
+    """Re-estimate every BatchNorm's running mean/variance as the plain average over ``batches``
+    training batches (forward only, no weight changes). Hard pruning shifts each pruned conv's
+    output, so the statistics gathered on the unpruned weights are stale; returns the number of
+    batches used (0 when the model has no BatchNorm)."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns or batches <= 0:
+        return 0
+    was_training = model.training
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: an exact mean over the batches seen
+    model.train()
+    used = 0
+    try:
+        for x, _ in loader:
+            if used >= batches:
+                break
+            model(x.to(device))
+            used += 1
+    finally:
+        for m, mom in zip(bns, momenta):
+            m.momentum = mom
+        model.train(was_training)
+    return used
+
+
 def _fmt(record: dict) -> str:
     parts = []
     for k, v in record.items():
@@ -119,6 +148,7 @@ def prune(model: nn.Module, train_loader: Iterable, rate: float = 8, library: st
                  rho_growth=r.rho_growth, rho_max=r.rho_max, lr=r.lr, momentum=r.momentum,
                  weight_decay=r.weight_decay, device=device, progress=progress, on_iteration=on_iteration)
     spec = prune_planned(plans, lib, r.rate)
+    recalibrate_batchnorm(model, train_loader, r.bn_batches, device)
     if eval_loader is not None:
         from ..train.loop import evaluate
 
