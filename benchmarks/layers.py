@@ -217,8 +217,8 @@ NOTES = [
     "### Where targets are missed, and why", "",
     "- The row-layout pattern kernel reaches 40-60% of a dense engine's per-MAC efficiency here "
     "(useful GF/s columns): every FMA takes an unaligned input vector, and a tile's input rows over "
-    "all channels (50-160 KB on VGG's layers) sit in L2, so the kernel is bound by L2 load "
-    "bandwidth; an 8x layer gains 3-4.5x instead of its 8x MAC ideal.",
+    "all channels (50-160 KB on VGG's layers) sit in L2, not L1, so it is most likely bound by L2 "
+    "load bandwidth (an estimate from the working set; not confirmed with hardware counters); an 8x layer gains 3-4.5x instead of its 8x MAC ideal.",
     "- 2x2 planes (VGG-CIFAR's last stage) fill half an 8-float vector even in the flat layout: "
     "1.5-1.7x there. 4x4 planes run flat with full vectors but 1.5 loads per FMA: 2.8x.",
     "- ResNet-18 ImageNet: the dense 7x7 stem (6.5% of the dense MACs, about a third of the MACs "
@@ -226,7 +226,7 @@ NOTES = [
     "- Wall-clock latency is not usable on this machine while other jobs keep it saturated "
     "(CPU pressure above): wall-clock runs of the same script gave 0.4x-12x for the same model. "
     "Process CPU time per call measures each engine's work and is what the tables show by "
-    "default here; `--clock wall` gives latency on a quiet machine.", ""]
+    "with --clock cpu; `--clock wall` (the default) gives latency on a quiet machine.", ""]
 
 
 def header(args) -> list[str]:
