@@ -293,6 +293,13 @@ def conclusions(results: list[dict]) -> list[str]:
                    + (f" ({', '.join(sup)})" if sup else "")
                    + (f"; {len(con)} contradict it ({', '.join(con)})" if con else "")
                    + (f"; {len(flat)} show no difference beyond noise ({', '.join(flat)})" if flat else "") + ".")
+        if r["setting"] == "imagenet":
+            kept = max(p["pattern_prob_of_dense_class"] for p in r["predictions"])
+            same = sum(p["pattern_top1"] == p["class"] for p in r["predictions"])
+            out.append(f"The untrained ImageNet twin keeps the dense network's class on {same} of "
+                       f"{len(r['predictions'])} photos (highest probability it gives that class: {kept:.2f}): "
+                       "this setting shows what the projection alone does to a trained network, not what a "
+                       "retrained pattern network extracts; only the Fashion-MNIST setting tests the paper's claim.")
     out.append("A few images and one seed per setting: these are indications, not a proof either way; "
                "`--images` and more grid seeds tighten them.")
     return out
