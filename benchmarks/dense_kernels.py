@@ -43,6 +43,7 @@ from patsparse.compiler.codegen.ctest import KernelRunner, from_layout, layout_b
 from patsparse.compiler.layout import Layout
 
 ROOT = Path(__file__).resolve().parents[1]
+LOAD_START = os.getloadavg()[0]
 
 
 @dataclass
@@ -265,6 +266,9 @@ def header(args: argparse.Namespace) -> str:
             f"({'elapsed time' if args.clock == 'wall' else 'process CPU time, robust to machine load'}); "
             f"waiting threads {'spin' if SPIN else 'block'} in every engine "
             f"(OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']})\n"
+            f"- machine load (1-min load average, start / end of run): {LOAD_START:.1f} / "
+            f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; above ~{os.cpu_count()} the "
+            f"absolute figures are a fraction of the machine, ratios from interleaved rounds less so\n"
             f"- torch {torch.__version__}, onnxruntime {ort.__version__}\n"
             f"- command: `{cmd}`\n")
 
