@@ -149,3 +149,21 @@ def test_layer_selection_rules_and_errors():
         plan_layers(m, 8, layers=["3"])
     plans = plan_layers(m, 8, conv1x1=True)
     assert plans[-1].mode == "connectivity" and plans[-1].keep == round(48 * 24 * 2.25 / 8)
+
+
+def test_depthwise_only_model_reaches_rate_through_its_1x1_convs():
+    """MobileNet-V2: all pruned 3x3 convs are depthwise, so rate 8 comes from the 1x1 convs and
+    counts over depthwise + 1x1 convs."""
+    from patsparse import models
+
+    m = models.get("mobilenet_v2", num_classes=10, in_channels=3, width=0.25, variant="cifar")
+    spec = project_model(m, 8.0)
+    modes = {e["mode"] for e in spec["layers"].values()}
+    assert modes == {"pattern", "connectivity"}
+    mods = dict(m.named_modules())
+    dense = sum(mods[n].weight.numel() for n in spec["layers"])
+    kept = sum(int((mods[n].weight != 0).sum()) for n in spec["layers"])
+    assert abs(dense / kept - 8.0) / 8.0 < 0.02
+    assert ps.describe(m).conv3x3_rate == pytest.approx(2.25)
+    with pytest.raises(InputError, match="highest reachable rate"):
+        project_model(models.get("mobilenet_v2", num_classes=10, width=0.25, variant="cifar"), 1e5)

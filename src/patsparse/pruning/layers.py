@@ -8,7 +8,8 @@ Rules (paper section 7 and PatDNN):
 - 1x1 convs get connectivity pruning only when asked (``conv1x1=True`` or named in ``layers``).
 
 ``rate`` is the compression rate of the pruned 3x3 convs: dense weights / kept weights over those
-layers. Patterns alone keep 4 of 9 weights (2.25x); the remaining factor comes from connectivity
+layers (for a model whose pruned 3x3 convs are all depthwise, e.g. MobileNet-V2, a rate above
+2.25 comes from its 1x1 convs and counts over depthwise + 1x1 convs). Patterns alone keep 4 of 9 weights (2.25x); the remaining factor comes from connectivity
 pruning, whose keep fraction is solved globally so that pattern-only (depthwise) layers are
 accounted for, then distributed over layers by largest remainder so the rate is met closely.
 """
@@ -155,12 +156,42 @@ def plan_layers(model: nn.Module, rate: float, layers: Sequence[str] | None = No
         for p, c in zip(conn, counts):
             p.keep = c
     elif rate > PATTERN_RATE * 1.02:
-        raise InputError(f"rate {rate} cannot be reached: the pruned layers are all depthwise 3x3 "
-                         f"convs, which get patterns only (2.25x)")
+        return _plan_depthwise_model(model, rate, layers, balanced)
     for p in plans:
         if p.mode == CONNECTIVITY:
             o, i = p.module.weight.shape[:2]
             per = i if balanced else o * i
             n = max(1, min(per, round(keep_fraction * per)))
             p.keep = n * o if balanced else n
+    return plans
+
+
+def _plan_depthwise_model(model: nn.Module, rate: float, layers: Sequence[str] | None,
+                          balanced: bool) -> list[LayerPlan]:
+    """MobileNet-style models: every pruned 3x3 conv is depthwise (patterns only, 2.25x), so a
+    higher rate can only come from the 1x1 convs. They are connectivity-pruned (automatically
+    when ``layers`` is not given) and ``rate`` counts over all pruned convs: depthwise 3x3 + 1x1.
+    """
+    chosen = select_layers(model, layers, conv1x1=layers is None)
+    plans = [LayerPlan(n, m, mode, balanced=balanced) for n, m, mode in chosen]
+    ones = [p for p in plans if p.mode == CONNECTIVITY]
+    if not ones:
+        raise InputError(f"rate {rate} cannot be reached: the pruned 3x3 convs are all depthwise "
+                         f"(patterns only, 2.25x) and no 1x1 conv is pruned")
+    dense = sum(p.module.weight.numel() for p in plans)
+    fixed = sum(4 * p.kernels for p in plans if p.mode == PATTERN)
+    per_kernel = [p.module.weight[0, 0].numel() for p in ones]
+    target = dense / rate - fixed  # weights the 1x1 convs may keep
+    floor = sum(c * (p.module.weight.shape[0] if balanced else 1) for p, c in zip(ones, per_kernel))
+    if target < floor:
+        best = dense / (fixed + floor)
+        raise InputError(f"rate {rate} cannot be reached: the depthwise 3x3 convs keep 4/9 of their "
+                         f"weights and the 1x1 convs at least one kernel {'per filter' if balanced else 'each'}; "
+                         f"the highest reachable rate is about {best:.2f}")
+    fraction = min(1.0, target / sum(p.module.weight.numel() for p in ones))
+    for p in ones:
+        o, i = p.module.weight.shape[:2]
+        per = i if balanced else o * i
+        n = max(1, min(per, round(fraction * per)))
+        p.keep = n * o if balanced else n
     return plans
