@@ -144,7 +144,7 @@ def stitch(args, results_dir: Path, plots_dir: Path, argv: list[str]) -> str:
     grid_line = (f"- Grid that ran: {', '.join(sorted({r.model.rsplit(' ', 1)[0] for r in results}))}; rates "
                  f"{', '.join(rate_name(x) for x in sorted({r.rate or 1.0 for r in results}))}; batch "
                  f"{', '.join(str(b) for b in sorted({r.batch for r in results}))}; "
-                 f"{', '.join(str(t) for t in sorted({r.threads for r in results}))} thread(s) per engine")
+                 f"threads per engine: {', '.join(str(t) for t in sorted({r.threads for r in results}))}")
     lines = [
         "# Benchmarks: patsparse against the engines users would pick instead", "",
         f"Written by `{command_line(__file__, argv)}` from one run of the grid below "
@@ -152,8 +152,9 @@ def stitch(args, results_dir: Path, plots_dir: Path, argv: list[str]) -> str:
         f"per-configuration JSON in `docs/bench/results/`).", "",
         f"- Machine: {m.get('cpu')}, {m.get('cores')} cores ({', '.join(m.get('isa', []))}), {m.get('os')}, "
         f"Python {m.get('python')}",
-        f"- Date: {m.get('date')} (first configuration); commit {m.get('commit') or '?'}; "
-        f"{results[0].threads} threads per engine",
+        f"- Dates: {min(r.machine.get('date', '') for r in results)} to "
+        f"{max(r.machine.get('date', '') for r in results)}; commits "
+        f"{', '.join(sorted({r.machine.get('commit') or '?' for r in results}))} (each table names its own)",
         grid_line,
         "- Weights: random initialisation, pattern + connectivity projected one-shot "
         "(`project_model`, phase-2 library); latency depends on which weights are zero, not their values.",

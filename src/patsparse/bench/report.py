@@ -122,12 +122,13 @@ def rate_plot(results: Sequence[BenchResult], path: str | Path, title: str = "")
     """
     plt = _pyplot()
     results = sorted((r for r in results if r.rate), key=lambda r: r.rate)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
     names = list(dict.fromkeys(e.name for r in results for e in r.ok()))
-    for name in names:
+    peers = iter([c for c in plt.get_cmap("tab20").colors if c != plt.get_cmap("tab20").colors[6]])
+    for name in names:  # patsparse alone in thick red; peers in other colours
         pts = [(r.rate, e.median_ms, e.label) for r in results for e in r.ok() if e.name == name]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=pts[0][2],
-                linewidth=2.5 if name == OURS else 1.2, color="tab:red" if name == OURS else None)
+                linewidth=2.5 if name == OURS else 1.2, color="tab:red" if name == OURS else next(peers))
     dense = next((r for r in results if r.rate == 1.0 and r.ok()), None)
     if dense and all(r.macs_dense for r in results):
         best = min(e.median_ms for e in dense.ok())
@@ -135,10 +136,12 @@ def rate_plot(results: Sequence[BenchResult], path: str | Path, title: str = "")
                 "k--", label="FLOP-count ideal (from fastest dense)")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
+    rates = [r.rate for r in results]
+    ax.set_xticks(rates, [f"{x:g}" for x in rates])
     ax.set_xlabel("compression rate (1 = dense)")
     ax.set_ylabel("median latency, ms")
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
