@@ -147,7 +147,7 @@ def test_unsupported_op_named_before_codegen(monkeypatch):
 @pytest.mark.parametrize("name,variant,width,size,rate", [
     ("vgg16_bn", "cifar", 0.125, 32, 8.0),
     ("resnet18", "imagenet", 0.125, 64, 8.0),
-    ("resnet50", "cifar", 0.125, 32, 2.25),
+    pytest.param("resnet50", "cifar", 0.125, 32, 2.25, marks=pytest.mark.slow),  # bottlenecks: slow tier
     ("mobilenet_v2", "cifar", 0.25, 32, None),
 ])
 def test_zoo_model_small(name, variant, width, size, rate):
@@ -272,9 +272,9 @@ def test_generated_code_under_address_sanitizer():
 
 def test_tuning_picks_a_measured_schedule_and_stays_correct():
     torch.manual_seed(1)
-    m = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1)).eval()
+    m = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU()).eval()
     with torch.no_grad():
-        m[2].weight.mul_((torch.rand(16, 16, 1, 1) < 0.3) * torch.tensor([0, 1, 0, 1, 1, 1, 0, 0, 0.]).view(1, 1, 3, 3))
+        m[0].weight.mul_((torch.rand(16, 8, 1, 1) < 0.3) * torch.tensor([0, 1, 0, 1, 1, 1, 0, 0, 0.]).view(1, 1, 3, 3))
     cm = ps.compile(m, torch.zeros(1, 8, 12, 12), threads=2, tune=True)
     assert cm.manifest["tuned"]
     layer = next(l for l in cm.manifest["layers"] if l["kernel"] == "pattern_conv")
