@@ -2,10 +2,14 @@
 
 import json
 
+import pytest
 import torch
 from torch import nn
 
 from patsparse.cli import main
+
+# the peers read the legacy exporter's opset-17 ONNX (DeepSparse needs it): deliberate here
+pytestmark = pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export")
 
 
 def test_bench_onnx_file(tmp_path, capsys):
@@ -42,8 +46,6 @@ def test_bench_bad_model(capsys):
 
 
 def test_onnx_inputs_rejected_clearly(tmp_path):
-    import pytest
-
     from patsparse.bench.model import BenchModel
     from patsparse.errors import FormatError, InputError
 
