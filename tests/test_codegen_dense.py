@@ -25,7 +25,7 @@ from patsparse.compiler.codegen.igemm import schedules as conv_schedules
 from patsparse.compiler.layout import Layout
 from patsparse.errors import InputError, UnsupportedError
 
-SETTINGS = settings(max_examples=8, deadline=None, derandomize=True,
+SETTINGS = settings(max_examples=6, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -194,10 +194,11 @@ def test_kernels_at_other_vector_widths(vl):
     probe = gen_conv1x1("probe", cin=1, cout=1, in_layout=Layout(1, 1, 1), out_layout=Layout(1, 1, 1))
     probe.code += "\nint probe_vl(void) { return VL; }\n"
     assert KernelRunner(probe, extra_flags=flags).lib.probe_vl() == vl
-    for k, s, p, H, W, pin in [(3, 1, 1, 9, 37, 1), (7, 2, 3, 17, 23, 0), (1, 2, 0, 9, 19, 1)]:
-        for sched in (None, {"np": 3}):  # row-vector default and the channel-vector kernel
-            conv_case(cin=3, cout=21, k=k, stride=s, padding=p, H=H, W=W, pin=pin, pout=1,
-                      act="relu", residual=True, schedule=sched, flags=flags)
+    # row-vector tiles direct / via the stride-2 prep, and the channel-vector kernel
+    for k, s, p, H, W, pin, sched in [(3, 1, 1, 9, 37, 1, None), (7, 2, 3, 17, 23, 0, None),
+                                      (3, 2, 1, 9, 19, 1, {"np": 3})]:
+        conv_case(cin=3, cout=21, k=k, stride=s, padding=p, H=H, W=W, pin=pin, pout=1,
+                  act="relu", residual=True, schedule=sched, flags=flags)
     for s in (1, 2):
         x, w, b = torch.randn(6, 11, 35), torch.randn(6, 1, 3, 3), torch.randn(6)
         y = F.conv2d(x[None], w, b, stride=s, padding=1, groups=6)[0]
