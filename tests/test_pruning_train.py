@@ -147,7 +147,8 @@ def test_oneshot_equals_projection(dense, loaders):
 
 
 def test_extraction_schedule_counts_and_plot(dense, loaders, tmp_path):
-    res = extract_library(dense, loaders[0], (32, 12, 8, 4), admm_iters=1, epochs=1, progress=False)
+    batches = [b for _, b in zip(range(2), loaders[0])]  # any iterable of batches is a loader
+    res = extract_library(dense, batches, (32, 12, 8, 4), admm_iters=1, epochs=1, progress=False)
     kernels = sum(p.kernels for p in plan_layers(dense, 2.25))
     assert [s.library.shape[0] for s in res.steps] == [126, 32, 12, 8]
     for s, nxt in zip(res.steps, res.steps[1:]):
