@@ -6,10 +6,15 @@ and the previous stages' results and returning its own result, so later parts of
 
 Stage 1, :func:`train_stage`: trains the small ConvNet on Fashion-MNIST (falling back to
 scikit-learn's digits, saying so, when Fashion-MNIST is not installed) and reports test accuracy.
+Stage 2, :func:`prune_stage`: pattern + connectivity pruning at 8x (Phase-2 library, ADMM then
+masked retraining) of a copy of that model; prints dense vs pruned accuracy and saves it.
+Stage 3, :func:`compile_stage`: compiles the pruned model to native code, checks it gives the
+same test accuracy, and times it side by side against PyTorch and ONNX Runtime.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +41,10 @@ class DemoContext:
     device: str = "cpu"
     dataset: str | None = None  # None: Fashion-MNIST if installed, else digits
     log: Callable[[str], None] = print
+    rate: float = 8.0
+    admm_iters: int = 2
+    retrain_epochs: int = 2
+    threads: int = 2
     results: dict[str, Any] = field(default_factory=dict)
 
 
@@ -86,14 +95,94 @@ def train_stage(ctx: DemoContext) -> TrainResult:
     return TrainResult(model.eval(), train_loader, test_loader, result["test_acc"], name, run_dir, seconds)
 
 
+@dataclass
+class PruneResult:
+    model: nn.Module
+    accuracy: float
+    conv_rate: float
+    model_rate: float
+    path: Path
+    seconds: float
+
+
+def prune_stage(ctx: DemoContext, trained: TrainResult) -> PruneResult:
+    """Prune a copy of the trained model at ``ctx.rate`` with the Phase-2 library and save it."""
+    from . import describe, prune, save
+    from .train.loop import evaluate
+
+    start = time.perf_counter()
+    model = copy.deepcopy(trained.model)
+    ctx.log(f"[prune] pattern + connectivity pruning at {ctx.rate:g}x (Phase-2 library): "
+            f"{ctx.admm_iters} ADMM iterations x 1 epoch, then {ctx.retrain_epochs} epochs of masked "
+            "retraining")
+    prune(model, trained.train_loader, rate=ctx.rate, library="phase2", epochs=1,
+          admm_iters=ctx.admm_iters, retrain_epochs=ctx.retrain_epochs, device=ctx.device)
+    model.eval()
+    accuracy = evaluate(model, trained.test_loader, device=ctx.device)["acc"]
+    report = describe(model)
+    ctx.log(str(report))
+    path = ctx.out_dir / "prune" / "model.pats"
+    save(model, path)
+    seconds = time.perf_counter() - start
+    ctx.log(f"[prune] test accuracy: dense {trained.accuracy:.2%} -> pruned {accuracy:.2%} "
+            f"({accuracy - trained.accuracy:+.2%}); 3x3-conv rate {report.conv3x3_rate:.2f}x, whole model "
+            f"{report.model_rate:.2f}x; saved to {path} ({seconds:.0f} s)")
+    return PruneResult(model, accuracy, report.conv3x3_rate, report.model_rate, path, seconds)
+
+
+def compile_stage(ctx: DemoContext, trained: TrainResult, pruned: PruneResult) -> Any:
+    """Compile the pruned model, check its test accuracy, and time it against PyTorch and ONNX
+    Runtime side by side (each engine in its own process, interleaved, medians)."""
+    from . import compile as ps_compile
+    from .bench.harness import run_bench
+    from .bench.model import BenchModel
+    from .bench.report import table
+
+    x0, _ = next(iter(trained.test_loader))
+    example = x0[:1].to("cpu")
+    start = time.perf_counter()
+    fast = ps_compile(pruned.model.cpu(), example, threads=ctx.threads)
+    ctx.log(f"[compile] built native code in {time.perf_counter() - start:.1f} s")
+    correct = total = 0
+    worst = 0.0
+    with torch.no_grad():
+        for x, y in trained.test_loader:
+            out = fast(x)
+            ref = pruned.model(x)
+            worst = max(worst, float((out - ref).abs().max() / ref.abs().max().clamp_min(1e-12)))
+            correct += int((out.argmax(1) == y).sum())
+            total += len(y)
+    ctx.log(f"[compile] compiled model test accuracy {correct / total:.2%} (PyTorch: "
+            f"{pruned.accuracy:.2%}); max relative difference from PyTorch {worst:.1e}")
+    fast.save(ctx.out_dir / "compile")
+    bench_model = BenchModel.from_module(pruned.model, tuple(example.shape[1:]), name="demo ConvNet",
+                                         rate=ctx.rate)
+    result = run_bench(bench_model, ["patsparse", "torch", "onnxruntime"], threads=ctx.threads,
+                       repeats=200, block=10)
+    ctx.log(f"[bench] batch 1, {ctx.threads} threads, the same pruned model in every engine:")
+    ctx.log(table(result))
+    ours = next((e for e in result.ok() if e.name == "patsparse"), None)
+    if ours:
+        for e in result.ok():
+            if e.name != "patsparse":
+                ratio = e.median_ms / ours.median_ms
+                ctx.log(f"[bench] patsparse vs {e.label}: {ratio:.2f}x "
+                        f"({'faster' if ratio >= 1 else 'slower'}, median latency)")
+    return result
+
+
 def run_demo(out_dir: str | Path | None = None, *, epochs: int = 3, subset: int | None = 20000,
              seed: int = 0, device: str = "cpu", dataset: str | None = None,
+             rate: float = 8.0, admm_iters: int = 2, retrain_epochs: int = 2, threads: int = 2,
              log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every stage; returns {stage name: result}. ``out_dir`` defaults to a new
     ``runs/demo-<timestamp>`` so earlier demo outputs are never overwritten."""
     out = Path(out_dir) if out_dir else Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
     ctx = DemoContext(out, epochs=epochs, subset=subset, seed=seed, device=device, dataset=dataset,
-                      log=log)
+                      log=log, rate=rate, admm_iters=admm_iters, retrain_epochs=retrain_epochs,
+                      threads=threads)
     ctx.results["train"] = train_stage(ctx)
+    ctx.results["prune"] = prune_stage(ctx, ctx.results["train"])
+    ctx.results["compile"] = compile_stage(ctx, ctx.results["train"], ctx.results["prune"])
     log(f"demo outputs in {out}")
     return ctx.results
