@@ -1,6 +1,7 @@
 """The pattern-sparse 3x3 kernel against PyTorch: masks, strides, paddings, odd sizes, epilogues."""
 
 import ctypes
+import itertools
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 from patsparse.compiler.build import compile_c
 from patsparse.compiler.codegen.base import PRELUDE, SLACK
 from patsparse.compiler.codegen.pattern_conv import (SUPPORT, candidate_schedules, flat_fits, gen_pattern_conv,
-                                                     host_vl)
+                                                     host_vl, tap_pack)
 from patsparse.compiler.layout import Layout
 from patsparse.compiler.reorder import FULL_MASK, analyse, reorder
 from patsparse.compiler.storage import pack, unpack
@@ -145,6 +146,48 @@ def test_flat_layout_for_tiny_planes(stride, unroll):
     sched = {"layout": "flat", "unroll": unroll}
     got = run_conv(w, x, stride=stride, act="relu6", residual=r, bias=b, schedule=sched)
     assert_close(got, reference(w, x, stride=stride, act="relu6", residual=r, bias=b))
+
+
+# Tap packing (2 or 4 taps of a kernel in one vector) at each vector width: 8 lanes on AVX2
+# hosts, 16 emulated with generic vectors (AVX-512 code path), 4 without AVX.
+PACK_WIDTHS = {8: ("-mavx2",), 16: ("-D__AVX512F__", "-DPS_EMULATED_VL"), 4: ("-mno-avx",)}
+
+
+@pytest.mark.parametrize("vl,in_hw,stride,g", [(8, (2, 2), 1, 2), (8, (4, 3), 2, 2), (16, (2, 2), 1, 4),
+                                               (16, (3, 8), 2, 2), (4, (1, 1), 1, 4)])
+def test_tap_packed_flat_layout(vl, in_hw, stride, g):
+    """Packed copies hold every mask's taps (a dense kernel's 9 padded with zero slots)."""
+    rng = np.random.default_rng(6)
+    w = pattern_weight(18, 20, keep=0.5, dense_frac=0.05, small_frac=0.2)
+    x = rng.standard_normal((20, *in_hw)).astype(np.float32)
+    b = rng.standard_normal(18).astype(np.float32)
+    Ho, Wo = (in_hw[0] - 1) // stride + 1, (in_hw[1] - 1) // stride + 1
+    assert tap_pack(Layout(18, Ho, Wo), vl) == g
+    r = rng.standard_normal((18, Ho, Wo)).astype(np.float32)
+    sched = {"layout": "flat", "unroll": 1 + (vl == 8), "pack": g, "prefetch": int(vl == 16)}
+    got = run_conv(w, x, stride=stride, act="relu", residual=r, bias=b, schedule=sched, vl=vl,
+                   extra_flags=PACK_WIDTHS[vl])
+    assert_close(got, reference(w, x, stride=stride, act="relu", residual=r, bias=b))
+
+
+def test_tap_pack_choice_and_errors():
+    assert tap_pack(Layout(8, 4, 4), 8) == 1 and tap_pack(Layout(8, 2, 2), 8) == 2
+    assert tap_pack(Layout(8, 1, 1), 8) == 1  # 8 taps per vector: a kernel has at most 4 (+ dense)
+    w = pattern_weight(4, 4, keep=0.8)
+    L = Layout(4, 2, 2)
+    with pytest.raises(InputError, match="pack 4"):
+        gen_pattern_conv("c", w, stride=1, padding=1, in_layout=L, out_layout=L,
+                         schedule={"layout": "flat", "pack": 4}, vl=8)
+    assert gen_pattern_conv("c", w, stride=1, padding=1, in_layout=L, out_layout=L, vl=8).schedule["pack"] == 2
+    # every 4-mask in use: the packed copies would leave L2, so the layer runs unpacked
+    masks = list(itertools.combinations(range(9), 4))
+    many = np.zeros((4, 512, 9), np.float32)
+    for c in range(512):
+        many[:, c, masks[c % len(masks)]] = 1.0
+    big = Layout(512, 2, 2)
+    k = gen_pattern_conv("c", many.reshape(4, 512, 3, 3), stride=1, padding=1, in_layout=big,
+                         out_layout=Layout(4, 2, 2), schedule={"layout": "flat", "pack": 2}, vl=8)
+    assert k.schedule["pack"] == 1
 
 
 def test_generic_vector_width_fallback():

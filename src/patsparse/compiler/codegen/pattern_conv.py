@@ -67,12 +67,25 @@ class ConvShape:
 
 FLAT_MAX_VECS = 4          # flat layout: the whole output plane in at most this many vectors
 FLAT_MAX_SCRATCH = 1 << 19  # bytes of per-tap input copies (C * 9 planes) the flat layout may use
+UNROLL_COPY_MAX = 512     # floats per channel up to which the flat layout's copy is straight-line code
 
 
 def flat_fits(inp: Layout, out: Layout, vl: int) -> bool:
     """Whether the flat layout can run this layer: plane in few vectors, copies fit in L2."""
     hwp = -(-(out.H * out.W) // vl) * vl
     return hwp // vl <= FLAT_MAX_VECS and inp.C * 9 * hwp * 4 <= FLAT_MAX_SCRATCH
+
+
+def tap_pack(out: Layout, vl: int) -> int:
+    """Taps per vector the packed flat layout puts in one vector for this output plane (1: none).
+
+    A plane of ``H*W`` outputs smaller than a vector would leave lanes idle (a 2x2 plane fills a
+    quarter of an 8-float vector); when ``H*W`` divides the vector, 2 or 4 taps of a kernel share
+    it instead (lane ``l`` holds tap ``l // (H*W)`` of output ``l % (H*W)``).
+    """
+    hw = out.H * out.W
+    g = vl // hw if vl % hw == 0 else 1
+    return g if g in (2, 4) else 1
 
 
 def default_schedule(inp: Layout, out: Layout, vl: int) -> dict:
@@ -85,7 +98,8 @@ def default_schedule(inp: Layout, out: Layout, vl: int) -> dict:
     nv = -(-out.W // vl)
     if out.W / (nv * vl) < 0.75 and flat_fits(inp, out, vl):
         nvt = -(-(out.H * out.W) // vl)
-        return {"layout": "flat", "unroll": max(1, min(4, 8 // nvt)), "prefetch": 0}
+        return {"layout": "flat", "unroll": max(1, min(4, 8 // nvt)), "prefetch": 0,
+                "pack": tap_pack(out, vl)}
     vecs = min(nv, 4)
     rows = max(1, min(out.H, max_acc(vl) // vecs))
     return {"layout": "rows", "rows": rows, "vecs": vecs, "order": "tf", "prefetch": 1}
@@ -109,8 +123,10 @@ def candidate_schedules(inp: Layout, out: Layout, vl: int) -> list[dict]:
                     cands.append({"layout": "rows", "rows": rows, "vecs": vecs, "order": order,
                                   "prefetch": 1})
     if flat_fits(inp, out, vl):
-        cands += [{"layout": "flat", "unroll": u, "prefetch": 0} for u in (1, 2, 4)]
-        cands.append({"layout": "flat", "unroll": 4, "prefetch": 1})
+        cands += [{"layout": "flat", "unroll": u, "prefetch": 0, "pack": 1} for u in (1, 2, 4)]
+        cands.append({"layout": "flat", "unroll": 4, "prefetch": 1, "pack": 1})
+        if tap_pack(out, vl) > 1:
+            cands += [{"layout": "flat", "unroll": u, "prefetch": 0, "pack": tap_pack(out, vl)} for u in (2, 4)]
     return cands
 
 
@@ -132,6 +148,9 @@ def gen_pattern_conv(name: str, weight: np.ndarray, *, stride: int, padding: int
     ro = reorder(sp)
     lay = plan(sp, ro)
     sched = _resolve_schedule(schedule, in_layout, out_layout, vl, where)
+    if sched["layout"] == "flat" and sched["pack"] > 1 and \
+            _FlatEmitter.scratch_floats(sp, in_layout.C, out_layout, sched["pack"]) * 4 > FLAT_MAX_SCRATCH:
+        sched["pack"] = 1  # too many masks: the packed copies would not stay in L2
     emitter = _FlatEmitter if sched["layout"] == "flat" else _Emitter
     code = emitter(name, sp, lay, shape, act, has_residual, sched, vl).emit()
     taps = sp.taps_per_kernel().sum()
@@ -150,7 +169,7 @@ def _resolve_schedule(schedule: dict | None, inp: Layout, out: Layout, vl: int, 
     layout = given.get("layout") or ("rows" if {"rows", "vecs", "order"} & given.keys() else None)
     base = default_schedule(inp, out, vl)
     if layout and layout != base["layout"]:  # the other layout's defaults; rows/vecs filled below
-        base = {"layout": "flat", "unroll": 2, "prefetch": 0} if layout == "flat" else \
+        base = {"layout": "flat", "unroll": 2, "prefetch": 0, "pack": tap_pack(out, vl)} if layout == "flat" else \
             {"layout": "rows", "order": "tf", "prefetch": 1}
     sched = {**base, **given}
     if sched["layout"] not in ("rows", "flat"):
@@ -160,6 +179,10 @@ def _resolve_schedule(schedule: dict | None, inp: Layout, out: Layout, vl: int, 
             raise InputError(f"{where}: the flat layout needs an output plane of at most "
                              f"{FLAT_MAX_VECS} vectors and per-tap copies within {FLAT_MAX_SCRATCH} bytes")
         sched["unroll"] = int(sched.get("unroll") or 1)
+        sched["pack"] = int(sched.get("pack") or 1)
+        if sched["pack"] not in (1, tap_pack(out, vl)):
+            raise InputError(f"{where}: schedule pack {sched['pack']} does not fit a {out.H}x{out.W} "
+                             f"plane in {vl}-float vectors (possible: 1, {tap_pack(out, vl)})")
     else:
         if sched.get("order", "tf") not in ("tf", "ft"):
             raise InputError(f"{where}: schedule order must be 'tf' or 'ft', got {sched['order']!r}")
@@ -326,6 +349,13 @@ class _FlatEmitter:
     Few output vectors mean few accumulators, so the kernel loop is unrolled ``unroll`` times
     into separate accumulator sets (independent FMA chains), summed at the end. The copies
     live in a per-calling-thread scratch (thread-safe, allocated once).
+
+    Tap packing (``pack`` = g > 1, see ``tap_pack``): a plane of VL/g outputs fills a vector
+    with g taps. The copies are then per mask: for every channel and every mask the layer uses,
+    the mask's taps one after the other (padded with zero taps to a multiple of g), so a kernel
+    reads 4/g aligned vectors and does 4/g full-width FMAs instead of 4 with idle lanes; its
+    weight vector is [w0 x hw, w1 x hw, ...] shuffled from its four stored weights. The g lane
+    groups are summed at the store.
     """
 
     def __init__(self, name, sp, lay, shape: ConvShape, act, has_residual, sched, vl):
@@ -336,8 +366,51 @@ class _FlatEmitter:
         out = shape.out
         self.nvt = -(-(out.H * out.W) // vl)
         self.hwp = self.nvt * vl
+        self.g = int(sched.get("pack", 1))
+        if self.g > 1:  # packed copies: per channel, every mask's taps in slots of hw floats
+            self.hw = out.H * out.W
+            self.slots = [self._slots(len(mask_taps(m)), self.g) for m in sp.masks]
+            self.moff = np.concatenate([[0], np.cumsum(self.slots)]).astype(int) * self.hw
+            self.cs = int(self.moff[-1])  # floats per channel: a multiple of VL
+
+    @staticmethod
+    def _slots(ntaps: int, g: int) -> int:
+        return -(-ntaps // g) * g
+
+    @staticmethod
+    def scratch_floats(sp: LayerSparsity, C: int, out: Layout, g: int) -> int:
+        """Floats of per-thread copies the packed flat layout needs for this layer."""
+        return C * out.H * out.W * sum(_FlatEmitter._slots(len(mask_taps(m)), g) for m in sp.masks)
+
+    def _weight_vec(self, p: int, u: int, i: int) -> str:
+        """Packed layout: vector ``i`` of kernel ``u``'s weights, lane l = weight i*g + l // hw."""
+        nt, g, hw = len(mask_taps(self.sp.masks[p])), self.g, self.hw
+        idx = [i * g + lane // hw for lane in range(self.vl)]
+        if nt == 4:  # the kernel's four weights in one load, spread by one shuffle
+            return (f"__builtin_shufflevector(pc_load4(wk + {u * nt}), pc_load4(wk + {u * nt}), "
+                    f"{', '.join(map(str, idx))})")
+        return "(vf){" + ", ".join(f"wk[{u * nt + j}]" if j < nt else "0.0f" for j in idx) + "}"
+
+    def _run_packed(self, p: int, U: int) -> list[str]:
+        nt, vl = len(mask_taps(self.sp.masks[p])), self.vl
+        lines = [f"for (; k + {U} <= e; k += {U}, wk += {U * nt}) {{"]
+        for u in range(U):
+            lines.append(f"    const float *restrict ip{u} = col + (ptrdiff_t)cidx[k + {u}] * {self.cs} + "
+                         f"{self.moff[p]};")
+        if self.prefetch:
+            lines.append(f"    const float *pf = col + (ptrdiff_t)cidx[k + {U * self.prefetch}] * {self.cs} "
+                         f"+ {self.moff[p]};")
+            lines += [f"    __builtin_prefetch(pf + {c0}, 0, 3);"
+                      for c0 in range(0, self.slots[p] * self.hw, 16)]
+        for u in range(U):
+            for i in range(self.slots[p] // self.g):
+                lines.append(f"    a{u}_0 += {self._weight_vec(p, u, i)} * vloada(ip{u} + {i * vl});")
+        lines.append("}")
+        return lines
 
     def _run(self, p: int, U: int) -> list[str]:
+        if self.g > 1:
+            return self._run_packed(p, U)
         taps = mask_taps(self.sp.masks[p])
         nt, hwp, vl = len(taps), self.hwp, self.vl
         lines = [f"for (; k + {U} <= e; k += {U}, wk += {U * nt}) {{"]
@@ -356,6 +429,45 @@ class _FlatEmitter:
                 lines.append("    }")
         lines.append("}")
         return lines
+
+    def _cs(self) -> int:
+        """Floats of copies per input channel."""
+        return self.cs if self.g > 1 else 9 * self.hwp
+
+    def _copy(self) -> list[str]:
+        """Body of the per-channel copy loop: ``src`` (the channel's padded plane) -> ``dst``.
+
+        Unpacked: 9 tap planes of hwp floats. Packed: each mask's taps in order, a zero slot
+        where a mask's taps do not fill a multiple of g.
+        """
+        sh, out, inp = self.sh, self.sh.out, self.sh.inp
+        if self.g > 1:
+            tab = [t for m, n in zip(self.sp.masks, self.slots) for t in
+                   list(mask_taps(m)) + [-1] * (n - len(mask_taps(m)))]
+            nslot, size = len(tab), self.hw
+            head = [f"static const int8_t tap[{nslot}] = {{{', '.join(map(str, tab))}}};",
+                    f"for (int q = 0; q < {nslot}; q++) {{", "    const int t = tap[q];"]
+        else:
+            nslot, size = 9, self.hwp
+            head = ["for (int q = 0; q < 9; q++) {", "    const int t = q;"]
+        if nslot * size <= UNROLL_COPY_MAX:  # straight-line: per-slot loop overhead dominated the copy
+            taps = tab if self.g > 1 else list(range(9))
+            lines = []
+            for q, t in enumerate(taps):
+                for i in range(size):
+                    oh, ow = divmod(i, out.W)
+                    src = (f"src[{(t // 3) * inp.ld + t % 3 + oh * sh.stride * inp.ld + ow * sh.stride}]"
+                           if t >= 0 and i < out.H * out.W else "0.0f")
+                    lines.append(f"dst[{q * size + i}] = {src};")
+            return lines
+        return head + [
+            f"    float *restrict d = dst + q * {size};",
+            f"    if (t < 0) {{ for (int i = 0; i < {size}; i++) d[i] = 0.0f; continue; }}",
+            f"    const float *restrict s0 = src + (t / 3) * {inp.ld} + t % 3;",
+            f"    for (int oh = 0; oh < {out.H}; oh++) for (int ow = 0; ow < {out.W}; ow++)",
+            f"        d[oh * {out.W} + ow] = s0[oh * {sh.stride * inp.ld} + ow * {sh.stride}];",
+            f"    for (int i = {out.H * out.W}; i < {size}; i++) d[i] = 0.0f;",
+            "}"]
 
     def emit(self) -> str:
         lay, sh, out, inp = self.lay, self.sh, self.sh.out, self.sh.inp
@@ -377,21 +489,15 @@ class _FlatEmitter:
                 f"    const float *restrict wts = w + {o['weights']};",
                 "    (void)res;",
                 f"    static __thread float *{self.name}_col;",
-                f"    if (!{self.name}_col) {self.name}_col = pc_scratch({lay.C * 9 * hwp}, \"{self.name}\");",
+                f"    if (!{self.name}_col) {self.name}_col = pc_scratch({lay.C * self._cs()}, \"{self.name}\");",
                 f"    float *restrict col = {self.name}_col;",
                 "    #pragma omp parallel",
                 "    {",
                 "        #pragma omp for schedule(static)",
                 f"        for (int c = 0; c < {lay.C}; c++) {{",
                 f"            const float *restrict src = in + (ptrdiff_t)c * {inp.ps} + {off0};",
-                f"            float *restrict dst = col + (ptrdiff_t)c * {9 * hwp};",
-                "            for (int t = 0; t < 9; t++) {",
-                f"                const float *restrict s0 = src + (t / 3) * {inp.ld} + t % 3;",
-                f"                float *restrict d = dst + t * {hwp};",
-                f"                for (int oh = 0; oh < {out.H}; oh++) for (int ow = 0; ow < {out.W}; ow++)",
-                f"                    d[oh * {out.W} + ow] = s0[oh * {sh.stride * inp.ld} + ow * {sh.stride}];",
-                f"                for (int q = {out.H * out.W}; q < {hwp}; q++) d[q] = 0.0f;",
-                "            }",
+                f"            float *restrict dst = col + (ptrdiff_t)c * {self._cs()};",
+                *["            " + x for x in self._copy()],
                 "        }",
                 "        const int nt = omp_get_num_threads(), t = omp_get_thread_num();",
                 f"        const int f0 = ps_split(cost, {lay.F}, t, nt), f1 = ps_split(cost, {lay.F}, t + 1, nt);",
@@ -399,8 +505,9 @@ class _FlatEmitter:
                 "            const int oc = perm[f];",
                 f"            const int32_t *restrict rf = runs + (ptrdiff_t)f * {lay.P};",
                 "            const float *restrict wk = wts + wptr[f];"]
+        nacc = 1 if self.g > 1 else self.nvt
         for u in range(U):
-            body.append("            vf " + ", ".join(f"a{u}_{v} = {{0}}" for v in range(self.nvt)) + ";")
+            body.append("            vf " + ", ".join(f"a{u}_{v} = {{0}}" for v in range(nacc)) + ";")
         for p in range(lay.P):
             body.append(f"            {{ int k = rf[{p}]; const int e = rf[{p + 1}];  /* mask {p} */")
             body += ["                " + x for x in self._run(p, U)]
@@ -409,11 +516,14 @@ class _FlatEmitter:
             body.append("            }")
         body.append(f"            float tmp[{hwp}] __attribute__((aligned(64)));")
         body.append("            const vf bv = pc_splat(bias[oc]);")
-        for v in range(self.nvt):
+        for v in range(nacc):
             total = " + ".join(f"a{u}_{v}" for u in range(U))
-            body.append(f"            vstore(tmp + {v * self.vl}, {total} + bv);")
+            body.append(f"            vstore(tmp + {v * self.vl}, {total}{'' if self.g > 1 else ' + bv'});")
         body.append(f"            float *restrict op = out + (ptrdiff_t)oc * {out.ps} + {out.origin};")
         val = f"tmp[oh * {out.W} + ow]"
+        if self.g > 1:  # sum the g lane groups (one tap group each), then the bias
+            val = "(" + " + ".join(f"tmp[{i * self.hw} + oh * {out.W} + ow]" for i in range(self.g)) + \
+                  " + bias[oc])"
         if self.res:
             body.append(f"            const float *restrict rp = res + (ptrdiff_t)oc * {out.ps} + {out.origin};")
             val += f" + rp[oh * {out.ld} + ow]"
@@ -445,6 +555,9 @@ static float *pc_scratch(size_t nfloats, const char *who) {
 }
 /* broadcast; unlike (vf){0} + x, x - 0 is exact for every x, so GCC folds the add away */
 static inline vf pc_splat(float x) { return x - (vf){0}; }
+/* four consecutive floats, any alignment (a pattern kernel's weights) */
+typedef float pc_v4u __attribute__((vector_size(16), aligned(4)));
+static inline pc_v4u pc_load4(const float *p) { return *(const pc_v4u *)p; }
 /* even lanes of the 2*VL floats at p: one output vector of a stride-2 row */
 static inline vf vdeint_even(const float *p) {
 #if VL == 16
