@@ -363,6 +363,11 @@ def render(results: list[dict], dataset: str, budget: Budget, models: list[str])
             else:
                 status = "supported" if word in support else "not supported"
             claim_rows.append([claim, model, f"{a} {d:+.2f} points vs {b} ({word})", status])
+    expected = len(ROWS) * budget.seeds * len(models)
+    if len(results) < expected:
+        lines += [f"**Incomplete grid: {len(results)} of {expected} runs stored** ({len(models)} models x "
+                  f"{len(ROWS)} rows x {budget.seeds} seeds); rows marked `not run` are missing. "
+                  f"`python benchmarks/accuracy.py --dataset {dataset} --budget {budget.name}` resumes it.", ""]
     lines += ["### Which claims hold here", "",
               "`higher`/`lower`: the mean difference exceeds two standard errors over seeds; `same`: "
               "it does not (a difference inside the seed noise is not read as an effect).", "",

@@ -86,9 +86,11 @@ def saliency_grid(images: Sequence[np.ndarray | torch.Tensor], columns: Sequence
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
+    height = cell_inches * n_rows * 1.12
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    # leave a band of ~0.4 inch on top for the title, whatever the number of rows
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / height) if title else None)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=150)
