@@ -391,42 +391,40 @@ class _FlatEmitter:
                     f"{', '.join(map(str, idx))})")
         return "(vf){" + ", ".join(f"wk[{u * nt + j}]" if j < nt else "0.0f" for j in idx) + "}"
 
-    def _run_packed(self, p: int, U: int) -> list[str]:
-        nt, vl = len(mask_taps(self.sp.masks[p])), self.vl
-        lines = [f"for (; k + {U} <= e; k += {U}, wk += {U * nt}) {{"]
-        for u in range(U):
-            lines.append(f"    const float *restrict ip{u} = col + (ptrdiff_t)cidx[k + {u}] * {self.cs} + "
-                         f"{self.moff[p]};")
-        if self.prefetch:
-            lines.append(f"    const float *pf = col + (ptrdiff_t)cidx[k + {U * self.prefetch}] * {self.cs} "
-                         f"+ {self.moff[p]};")
-            lines += [f"    __builtin_prefetch(pf + {c0}, 0, 3);"
-                      for c0 in range(0, self.slots[p] * self.hw, 16)]
-        for u in range(U):
-            for i in range(self.slots[p] // self.g):
-                lines.append(f"    a{u}_0 += {self._weight_vec(p, u, i)} * vloada(ip{u} + {i * vl});")
-        lines.append("}")
+    def _kernels(self, p: int, us: list[int]) -> list[str]:
+        """FMAs of kernels ``k + u`` (u in ``us``) of mask ``p``, kernel u into accumulator set u."""
+        taps = mask_taps(self.sp.masks[p])
+        nt, vl = len(taps), self.vl
+        if self.g > 1:
+            lines = [f"const float *restrict ip{u} = col + (ptrdiff_t)cidx[k + {u}] * {self.cs} + {self.moff[p]};"
+                     for u in us]
+            for u in us:
+                for i in range(self.slots[p] // self.g):
+                    lines.append(f"a{u}_0 += {self._weight_vec(p, u, i)} * vloada(ip{u} + {i * vl});")
+            return lines
+        hwp = self.hwp
+        lines = [f"const float *restrict ip{u} = col + (ptrdiff_t)cidx[k + {u}] * {9 * hwp};" for u in us]
+        for j, t in enumerate(taps):
+            for u in us:
+                lines.append(f"{{ const vf wv = pc_splat(wk[{u * nt + j}]);")
+                for v in range(self.nvt):
+                    lines.append(f"  a{u}_{v} += wv * vloada(ip{u} + {t * hwp + v * vl});")
+                lines.append("}")
         return lines
 
     def _run(self, p: int, U: int) -> list[str]:
-        if self.g > 1:
-            return self._run_packed(p, U)
-        taps = mask_taps(self.sp.masks[p])
-        nt, hwp, vl = len(taps), self.hwp, self.vl
+        """The main loop over mask ``p``'s run: ``U`` kernels per iteration."""
+        nt = len(mask_taps(self.sp.masks[p]))
         lines = [f"for (; k + {U} <= e; k += {U}, wk += {U * nt}) {{"]
-        for u in range(U):
-            lines.append(f"    const float *restrict ip{u} = col + (ptrdiff_t)cidx[k + {u}] * {9 * hwp};")
-        if self.prefetch:  # this mask's tap planes of the kernels a few iterations ahead
-            lines.append(f"    const float *pf = col + (ptrdiff_t)cidx[k + {U * self.prefetch}] * {9 * hwp};")
-            for t in taps:
-                for c0 in range(0, hwp, 16):
-                    lines.append(f"    __builtin_prefetch(pf + {t * hwp + c0}, 0, 3);")
-        for j, t in enumerate(taps):
-            for u in range(U):
-                lines.append(f"    {{ const vf wv = pc_splat(wk[{u * nt + j}]);")
-                for v in range(self.nvt):
-                    lines.append(f"      a{u}_{v} += wv * vloada(ip{u} + {t * hwp + v * vl});")
-                lines.append("    }")
+        if self.prefetch:  # this mask's copies of the kernels a few iterations ahead
+            if self.g > 1:
+                base, offs = f"{self.cs} + {self.moff[p]}", range(0, self.slots[p] * self.hw, 16)
+            else:
+                base = f"{9 * self.hwp}"
+                offs = [t * self.hwp + c0 for t in mask_taps(self.sp.masks[p]) for c0 in range(0, self.hwp, 16)]
+            lines.append(f"    const float *pf = col + (ptrdiff_t)cidx[k + {U * self.prefetch}] * {base};")
+            lines += [f"    __builtin_prefetch(pf + {o}, 0, 3);" for o in offs]
+        lines += ["    " + x for x in self._kernels(p, list(range(U)))]
         lines.append("}")
         return lines
 
