@@ -49,7 +49,7 @@ from patsparse.checkpoint import load_tensors, read_json, save_tensors, write_js
 from patsparse.errors import FormatError, InputError, PatsparseError  # noqa: E402
 from patsparse.patterns.library import candidates  # noqa: E402
 from patsparse.pruning.admm import cosine_lr, make_optimizer  # noqa: E402
-from patsparse.pruning.baselines import measured_rate, prune_baseline, pruned_convs  # noqa: E402
+from patsparse.pruning.baselines import measured_rate, prune_baseline, pruned_convs, reshuffle  # noqa: E402
 from patsparse.train.loop import evaluate, train_epoch  # noqa: E402
 
 DATASETS = {  # --dataset -> (patsparse.data name, model variant)
@@ -167,9 +167,7 @@ def train_plain(model: nn.Module, loader, epochs: int, lr: float, cell: Cell, de
     for ep in range(epochs):
         for g in opt.param_groups:
             g["lr"] = cosine_lr(lr, ep, epochs)
-        set_epoch = getattr(getattr(loader, "sampler", None), "set_epoch", None)
-        if set_epoch is not None:
-            set_epoch(ep)
+        reshuffle(loader, ep)
         train_epoch(model, loader, opt, device=cell.device, progress=cell.progress,
                     desc=f"{desc} {ep + 1}/{epochs}")
 

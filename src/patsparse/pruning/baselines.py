@@ -132,6 +132,14 @@ def measured_rate(model: nn.Module, names: Iterable[str]) -> float:
     return total / kept if kept else math.inf
 
 
+def reshuffle(loader: Iterable, epoch: int) -> None:
+    """Give the loader's sampler its epoch (``set_epoch``) so each epoch sees a new order;
+    a no-op for loaders whose sampler has no epochs."""
+    set_epoch = getattr(getattr(loader, "sampler", None), "set_epoch", None)
+    if set_epoch is not None:
+        set_epoch(epoch)
+
+
 def prune_baseline(model: nn.Module, train_loader: Iterable, method: str, rate: float, *,
                    epochs: int = 1, lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4,
                    layers: Sequence[str] | None = None, device: str = "cpu", progress: bool = True,
@@ -151,6 +159,7 @@ def prune_baseline(model: nn.Module, train_loader: Iterable, method: str, rate: 
         for epoch in range(epochs):
             for group in optimizer.param_groups:
                 group["lr"] = cosine_lr(lr, epoch, epochs)
+            reshuffle(train_loader, epoch)
             stats = train_epoch(model, train_loader, optimizer, device=device, after_step=enforcer.after_step,
                                 progress=progress, desc=f"{method} {rate:g}x retrain {epoch + 1}/{epochs}")
             if on_epoch is not None:
