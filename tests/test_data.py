@@ -312,7 +312,7 @@ def test_get_loaders_subset_and_determinism():
     assert tr.dataset.indices == tr2.dataset.indices
     tr.sampler.set_epoch(1), tr2.sampler.set_epoch(1)
     assert list(tr.sampler) == list(tr2.sampler)
-    tr2.sampler.set_epoch(2)
+    tr.sampler.set_epoch(1), tr2.sampler.set_epoch(2)
     assert list(tr.sampler) != list(tr2.sampler)
     with pytest.raises(InputError, match="subset"):
         get_loaders("digits", subset=0)
@@ -326,9 +326,11 @@ def test_shuffle_sampler_partitions(n, world, epoch, start):
         s = ShuffleSampler(n, seed=1, rank=rank, world=world)
         s.set_epoch(epoch)
         full = list(s)
-        assert len(full) == len(s) == -(-n // world)
+        assert len(full) == -(-n // world)
+        s.set_epoch(epoch)
+        assert len(s) == len(full)
         s.set_start(start)
-        assert list(s) == full[start:] and len(s) == len(full[start:])
+        assert len(s) == len(full[start:]) and list(s) == full[start:]
         shards.append(full)
     assert set().union(*map(set, shards)) == set(range(n))
     evals = [list(ShardSampler(n, r, world)) for r in range(world)]
@@ -343,3 +345,13 @@ def test_real_fashion_mnist():
     assert torch.bincount(train.labels).tolist() == [6000] * 10
     mean = train.images[:5000].float().mean() / 255
     assert abs(float(mean) - 0.2860) < 0.01
+
+
+def test_shuffle_sampler_new_order_each_pass_without_set_epoch():
+    from patsparse.data.loaders import ShuffleSampler
+
+    s = ShuffleSampler(50, seed=3)
+    first, second = list(s), list(s)
+    assert sorted(first) == sorted(second) == list(range(50)) and first != second
+    s.set_epoch(0)
+    assert list(s) == first  # set_epoch still chooses the permutation exactly

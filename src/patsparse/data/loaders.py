@@ -25,7 +25,9 @@ class ShuffleSampler(Sampler[int]):
 
     ``set_epoch(e)`` picks the permutation; ``set_start(i)`` skips this rank's first ``i``
     samples of it, which is how a run resumed in the middle of an epoch continues with exactly
-    the batches it had not seen yet.
+    the batches it had not seen yet. Each pass also moves on to the next epoch's permutation, so
+    a loop that never calls ``set_epoch`` (ADMM, retraining, a user's own loop) still sees a new
+    order every pass, as with a shuffling DataLoader.
     """
 
     def __init__(self, n: int, seed: int = 0, rank: int = 0, world: int = 1):
@@ -46,7 +48,9 @@ class ShuffleSampler(Sampler[int]):
         order = torch.randperm(self.n, generator=g).tolist()
         total = self.per_rank * self.world  # pad by repeating, as DistributedSampler does
         order = (order * -(-total // self.n))[:total]
-        return iter(order[self.rank::self.world][self.start:])
+        mine = order[self.rank::self.world][self.start:]
+        self.epoch, self.start = self.epoch + 1, 0
+        return iter(mine)
 
     def __len__(self) -> int:
         return self.per_rank - self.start
