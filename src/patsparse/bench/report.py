@@ -93,6 +93,16 @@ def _pyplot():
     return plt
 
 
+def _save(fig, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG (creating the directory) and free it."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
 def bar_chart(result: BenchResult, path: str | Path) -> Path:
     """Horizontal bars of median latency with a p90 whisker, fastest on top."""
     plt = _pyplot()
@@ -106,12 +116,7 @@ def bar_chart(result: BenchResult, path: str | Path) -> Path:
         ax.set_xscale("log")
     ax.set_xlabel("latency per batch, ms (bar: median, whisker: p90)")
     ax.set_title(f"{result.model}, batch {result.batch}, {result.threads} threads", fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def rate_plot(results: Sequence[BenchResult], path: str | Path, title: str = "") -> Path:
@@ -142,9 +147,4 @@ def rate_plot(results: Sequence[BenchResult], path: str | Path, title: str = "")
     ax.set_ylabel("median latency, ms")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
