@@ -51,10 +51,24 @@ typedef int32_t vi __attribute__((vector_size(VL * 4)));
 static inline vf vload(const float *p) { return *(const vfu *)p; }
 static inline vf vloada(const float *p) { return *(const vf *)p; }
 static inline void vstore(float *p, vf v) { *(vfu *)p = v; }
-static inline vf vbcast(float x) { return (vf){0} + x; }
+/* x - 0 is exact for every x (-0.0 included), so it folds to a plain broadcast; 0 + x does not */
+static inline vf vbcast(float x) { return x - (vf){0}; }
 static inline vf vselect(vi m, vf a, vf b) { return (vf)((m & (vi)a) | (~m & (vi)b)); }
+/* max/min as single instructions where the ISA has them (the generic select is compare + blend);
+   both forms return b when a is NaN. PS_EMULATED_VL: tests build 16-lane code on a host without
+   AVX-512 through GCC's generic vectors, so no AVX-512 intrinsics then. */
+#if VL == 16 && defined(__AVX512F__) && !defined(PS_EMULATED_VL)
+#include <immintrin.h>
+static inline vf vmax(vf a, vf b) { return (vf)_mm512_max_ps((__m512)a, (__m512)b); }
+static inline vf vmin(vf a, vf b) { return (vf)_mm512_min_ps((__m512)a, (__m512)b); }
+#elif VL == 8 && defined(__AVX__)
+#include <immintrin.h>
+static inline vf vmax(vf a, vf b) { return (vf)_mm256_max_ps((__m256)a, (__m256)b); }
+static inline vf vmin(vf a, vf b) { return (vf)_mm256_min_ps((__m256)a, (__m256)b); }
+#else
 static inline vf vmax(vf a, vf b) { return vselect(a > b, a, b); }
 static inline vf vmin(vf a, vf b) { return vselect(a < b, a, b); }
+#endif
 static inline vf vrelu(vf a) { return vmax(a, (vf){0}); }
 static inline vf vrelu6(vf a) { return vmin(vmax(a, (vf){0}), vbcast(6.0f)); }
 /* lanes [0, n) of all-ones, the rest zero: AND it into a row's last vector */

@@ -14,12 +14,10 @@ import numpy as np
 from ...errors import InputError, UnsupportedError
 from ..build import isa_macros
 from ..layout import Layout
-from .base import ACTIVATIONS, act_c
+from .base import ACTIVATIONS
 
 MAX_VL = 16  # widest vector any target uses; Python-side sizes that must fit every VL use it
 
-# ps_splat: base.vbcast is ``(vf){0} + x``, which GCC cannot fold (-0.0 + 0 != -0.0), costing an
-# extra add per broadcast in inner loops; ``x - 0`` is exact for every x, so it folds away.
 # PS_KEEP: see the C comment.
 # ps_load_s2: lanes 0, 2, 4, ... of p[0 .. 2*VL): one stride-2 vector from two loads + a shuffle.
 # PS_SCRATCH: per-thread scratch that lives as long as the thread (kernels are called from several
@@ -31,11 +29,10 @@ HELPERS = r"""
 #include <stdlib.h>
 #include <stdio.h>
 #include <pthread.h>
-static inline vf ps_splat(float x) { return x - (vf){0}; }
 /* Pin a loaded vector in a register: without it GCC folds the load into every FMA that uses it,
    turning one load per input vector into MR loads (load-port bound, 2x slower on 3x3 convs).
    PS_EMULATED_VL (tests: 16-lane code built on a host without AVX-512, where a 64-byte vector
-   fits no register) turns it off, and selects the generic max/min below. */
+   fits no register) turns it off. */
 #if (defined(__x86_64__) || defined(__i386__)) && !defined(PS_EMULATED_VL)
 #define PS_KEEP(v) __asm__("" : "+v"(v))
 #else
@@ -60,22 +57,6 @@ static inline vf ps_load_s2(const float *p) {
     return __builtin_shuffle(vload(p), vload(p + VL), PS_EVEN);
 }
 #endif
-/* ReLU / ReLU6 as single max/min instructions where the ISA has them (base.vrelu6 compiles to
-   compare + and + compare + blend); same results, NaN included (both give 0 for NaN). */
-#if VL == 16 && defined(__AVX512F__) && !defined(PS_EMULATED_VL)
-#include <immintrin.h>
-static inline vf ps_max(vf a, vf b) { return (vf)_mm512_max_ps((__m512)a, (__m512)b); }
-static inline vf ps_min(vf a, vf b) { return (vf)_mm512_min_ps((__m512)a, (__m512)b); }
-#elif VL == 8 && defined(__AVX__)
-#include <immintrin.h>
-static inline vf ps_max(vf a, vf b) { return (vf)_mm256_max_ps((__m256)a, (__m256)b); }
-static inline vf ps_min(vf a, vf b) { return (vf)_mm256_min_ps((__m256)a, (__m256)b); }
-#else
-static inline vf ps_max(vf a, vf b) { return vmax(a, b); }
-static inline vf ps_min(vf a, vf b) { return vmin(a, b); }
-#endif
-static inline vf ps_relu(vf a) { return ps_max(a, (vf){0}); }
-static inline vf ps_relu6(vf a) { return ps_min(ps_max(a, (vf){0}), ps_splat(6.0f)); }
 /* Per-thread scratch arena shared by every kernel of the library (kernels run one after
    another on the calling thread, so the largest request sizes it). Freed when the thread exits. */
 typedef struct { float *p; size_t n; } ps_arena_t;
@@ -108,12 +89,6 @@ static float *ps_scratch(size_t nfloats, const char *who) {
 """
 
 _C_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-def act_v(act: str, expr: str) -> str:
-    """C applying ``act`` to vector expression ``expr`` with the HELPERS' max/min (see base.act_c)."""
-    act_c(act, expr)  # validates the name
-    return {"none": expr, "relu": f"ps_relu({expr})", "relu6": f"ps_relu6({expr})"}[act]
 
 
 def check_name(name: str) -> None:

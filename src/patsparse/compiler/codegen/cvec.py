@@ -74,7 +74,7 @@ def gen_cvec(name: str, *, cin: int, cout: int, k: int, acc: InputAccess, out_la
             lines += [f"                vf w{v} = vloada(wk + {t * CB + v * (CB // nv)}); PS_KEEP(w{v});"
                       for v in V]
             for j in J:
-                lines.append(f"                {{ vf x = ps_splat(q{j}[{off}]); "
+                lines.append(f"                {{ vf x = vbcast(q{j}[{off}]); "
                              + " ".join(f"a{v}_{j} += w{v} * x;" for v in V) + " }")
             lines.append("            }")
         lines.append("        }")

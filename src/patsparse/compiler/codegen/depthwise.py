@@ -16,8 +16,8 @@ import numpy as np
 from ...errors import InputError, UnsupportedError
 from ..layout import Layout
 from .access import input_access
-from .base import GeneratedKernel
-from .common import (HELPERS, act_v, check_act, check_layout_types, check_layouts, check_name,
+from .base import GeneratedKernel, act_c
+from .common import (HELPERS, check_act, check_layout_types, check_layouts, check_name,
                      check_positive, check_weight, conv_out_size)
 
 
@@ -73,7 +73,7 @@ def gen_depthwise(name: str, *, channels: int, k: int = 3, stride: int = 1, padd
             expr = f"bv + {terms}"
             if has_residual:
                 expr += f" + vload(rp + {r * O.ld})"
-            lines.append(f"{indent}{{ vf v = {act_v(act, expr)}; if (tail) v = vand(v, tm); "
+            lines.append(f"{indent}{{ vf v = {act_c(act, expr)}; if (tail) v = vand(v, tm); "
                          f"vstore(op + {r * O.ld}, v); }}")
         return "\n".join(lines)
 
@@ -82,7 +82,7 @@ def gen_depthwise(name: str, *, channels: int, k: int = 3, stride: int = 1, padd
             return ""
         return f"{indent}const float *rp = res + ob + (size_t){row} * {O.ld} + w0;"
 
-    wdecl = " ".join(f"const vf wt{t} = ps_splat(wc[{t}]);" for t in range(kk))
+    wdecl = " ".join(f"const vf wt{t} = vbcast(wc[{t}]);" for t in range(kk))
     nrb = -(-Ho // rows)
     code = HELPERS + f"""
 /* {name}: depthwise {k}x{k} conv, {channels} channels, stride {stride}, padding {padding},
@@ -100,7 +100,7 @@ static void {name}(const float *restrict in, float *restrict out, const float *r
         int c = u / {nrb}, oh0 = u % {nrb} * {rows};
         const float *wc = w + (size_t)c * {kk};
         {wdecl}
-        const vf bv = ps_splat(bias[c]);
+        const vf bv = vbcast(bias[c]);
         const float *ib = {acc.src} + (size_t)c * {acc.cs} + {acc.origin};
         size_t ob = (size_t)c * {O.ps} + {O.origin};
         for (int w0 = 0; w0 < {Wo}; w0 += VL) {{

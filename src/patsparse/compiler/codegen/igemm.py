@@ -32,8 +32,8 @@ from ...errors import InputError
 from ..layout import Layout, round_up
 from . import cvec
 from .access import input_access
-from .base import GeneratedKernel
-from .common import HELPERS, act_v, check_weight, host_vl, loop_order
+from .base import GeneratedKernel, act_c
+from .common import HELPERS, check_weight, host_vl, loop_order
 
 
 def _slots(Ho: int, Wo: int, vl: int) -> int:
@@ -124,7 +124,7 @@ def gen_igemm(name: str, *, cin: int, cout: int, k: int, stride: int, padding: i
         body.append("            {")
         body += [f"                vf b{j} = vload(q{j} + {off}); PS_KEEP(b{j});" for j in J]
         for i in I:
-            body.append(f"                {{ vf wv = ps_splat(wk[{t * mr + i}]);")
+            body.append(f"                {{ vf wv = vbcast(wk[{t * mr + i}]);")
             body.append("                  " + " ".join(f"a{i}_{j} += wv * b{j};" for j in J) + " }")
         body.append("            }")
     body = "\n".join(body)
@@ -135,10 +135,10 @@ def gen_igemm(name: str, *, cin: int, cout: int, k: int, stride: int, padding: i
         stores.append(f"        if (ok{j}) {{")
         stores.append(f"            size_t o = {olay.origin} + (size_t)oh{j} * {olay.ld} + w0{j};")
         for i in I:
-            expr = f"a{i}_{j} + ps_splat(bias[co0 + {i}])"
+            expr = f"a{i}_{j} + vbcast(bias[co0 + {i}])"
             if has_residual:
                 expr += f" + vload(res + o + (size_t)(co0 + {i}) * {olay.ps})"
-            stores.append(f"            {ochk.format(i=i)}{{ vf v = {act_v(act, expr)};"
+            stores.append(f"            {ochk.format(i=i)}{{ vf v = {act_c(act, expr)};"
                           f" if (w0{j} == LASTW) v = vand(v, tm);"
                           f" vstore(out + o + (size_t)(co0 + {i}) * {olay.ps}, v); }}")
         stores.append("        }")

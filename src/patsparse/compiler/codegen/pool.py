@@ -19,8 +19,8 @@ import numpy as np
 
 from ...errors import InputError, UnsupportedError
 from ..layout import Layout
-from .base import GeneratedKernel, act_scalar_c
-from .common import (HELPERS, act_v, check_act, check_layout_types, check_layouts, check_name,
+from .base import GeneratedKernel, act_scalar_c, act_c
+from .common import (HELPERS, check_act, check_layout_types, check_layouts, check_name,
                      check_positive, conv_out_size)
 
 
@@ -69,7 +69,7 @@ def _gen_window_pool(name: str, kind: str, *, k: int, stride: int, padding: int,
                 }}"""
     else:
         taps = gather
-    val = "acc" if is_max else f"acc * ps_splat({1.0 / (K * K)!r}f)"
+    val = "acc" if is_max else f"acc * vbcast({1.0 / (K * K)!r}f)"
     if has_residual:
         val += " + vload(res + o)"
     code = HELPERS + f"""
@@ -87,13 +87,13 @@ static void {name}(const float *restrict in, float *restrict out, const float *r
             int last = w0 + VL < {Wo} ? w0 + VL : {Wo};   /* one past the last valid lane */
             int border = w0 * {s} - {P} < 0 || (last - 1) * {s} - {P} + {K - 1} >= {L.W};
             (void)border;
-            vf acc = ps_splat({ident});
+            vf acc = vbcast({ident});
             for (int kh = kh0; kh < kh1; kh++) {{
                 const float *row = in + (size_t)c * {L.ps} + (size_t)(ih0 + kh + {L.pad}) * {L.ld} + {L.pad};
 {taps}
             }}
             size_t o = (size_t)c * {O.ps} + {O.origin} + (size_t)oh * {O.ld} + w0;
-            vf v = {act_v(act, val)};
+            vf v = {act_c(act, val)};
             if (w0 == LASTW) v = vand(v, tm);
             vstore(out + o, v);
         }}
