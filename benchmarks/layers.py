@@ -215,12 +215,15 @@ def compile_times(args) -> list[str]:
 
 NOTES = [
     "### Where targets are missed, and why", "",
-    "- The row-layout pattern kernel reaches 40-60% of a dense engine's per-MAC efficiency here "
-    "(useful GF/s columns): every FMA takes an unaligned input vector, and a tile's input rows over "
-    "all channels (50-160 KB on VGG's layers) sit in L2, not L1, so it is most likely bound by L2 "
-    "load bandwidth (an estimate from the working set; not confirmed with hardware counters); an 8x layer gains 3-4.5x instead of its 8x MAC ideal.",
-    "- 2x2 planes (VGG-CIFAR's last stage) fill half an 8-float vector even in the flat layout: "
-    "1.5-1.7x there. 4x4 planes run flat with full vectors but 1.5 loads per FMA: 2.8x.",
+    "- The row-layout pattern kernel reaches 30-50% of a dense engine's per-MAC efficiency here "
+    "(useful GF/s columns), so an 8x layer gains 2.5-4x instead of its 8x MAC ideal. Hardware "
+    "counters show why: a tile's input rows over all channels (48 KB on 64@32x32) do not fit the "
+    "32 KB L1, so almost every kernel's rows come from L2 (211K L1 misses per call there); the same "
+    "work on a working set that fits L1 takes 2.6x fewer cycles. Channel blocking measured "
+    "0.6-0.8x at 8x (too few kernels per block and mask); see docs/COMPILER.md, Known limits.",
+    "- 2x2 planes (VGG-CIFAR's last stage) pack 2 taps per 8-float vector (flat layout, `pack` 2: "
+    "1.15-1.35x over unpacked per layer); what is left is the per-call copy and per-filter control. "
+    "4x4 planes run flat with full vectors but read 4 cache lines per kernel from L2.",
     "- ResNet-18 ImageNet: the dense 7x7 stem (6.5% of the dense MACs, about a third of the MACs "
     "left at 8x) runs at dense speed in every engine, which caps the whole-model gain (Amdahl).",
     "- Wall-clock latency is not usable on this machine while other jobs keep it saturated "
