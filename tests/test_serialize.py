@@ -131,3 +131,17 @@ def test_compiled_dispatch_through_save_and_load(tmp_path):
     assert isinstance(back, CompiledModel)
     y = torch.as_tensor(back(x))
     assert torch.allclose(y, m(x).detach(), atol=1e-4)
+
+
+def test_zoo_model_round_trips_without_an_instance(tmp_path):
+    import patsparse as ps
+    from patsparse import models
+    from patsparse.pruning.projection import project_model
+
+    m = models.get("convnet", num_classes=10, in_channels=1, width=0.5, variant="cifar")
+    project_model(m, rate=8.0, library="phase2")
+    ps.save(m, tmp_path / "m.pats")
+    back = ps.load(tmp_path / "m.pats")
+    x = torch.randn(2, 1, 28, 28)
+    assert torch.equal(back(x), m.eval()(x))
+    assert back.patsparse_arch == m.patsparse_arch

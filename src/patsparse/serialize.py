@@ -99,7 +99,6 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> Any:
             model = models.get(**arch)
         except TypeError as e:
             raise FormatError(f"{path / META}: model {arch} does not build a zoo model: {e}") from None
-        model.patsparse_arch = arch
     tensors = load_tensors(path / WEIGHTS, "model weights")
     check_state_dict(model, tensors, str(path / WEIGHTS))
     model.load_state_dict(tensors)

@@ -79,7 +79,6 @@ def load_source(args: argparse.Namespace, out: Path):
         fit(model, train_loader, test_loader, TrainConfig(epochs=args.dense_epochs, lr=0.1, device=args.device,
                                                           progress=not args.quiet),
             out / "dense", resume=True, meta={"model": arch, "dataset": info.name})
-        model.patsparse_arch = arch
     return model, train_loader, test_loader, dataset
 
 

@@ -54,9 +54,14 @@ def get(name: str, num_classes: int = 1000, in_channels: int = 3, width: float =
     ``variant="imagenet"`` is the 224x224 form with torchvision keys; ``"cifar"`` has a 3x3
     stride-1 stem for 32x32 / 28x28 inputs. ``width`` multiplies every channel count (rounded to
     a multiple of 8, at least 8) so the big nets train on a laptop-class CPU.
+    The arguments are kept as ``model.patsparse_arch``, so ``patsparse.save`` records them and
+    ``patsparse.load`` rebuilds the model without being handed an instance.
     """
-    return _BUILDERS[canonical(name)](num_classes=num_classes, in_channels=in_channels,
-                                      width=width, variant=variant)
+    model = _BUILDERS[canonical(name)](num_classes=num_classes, in_channels=in_channels,
+                                       width=width, variant=variant)
+    model.patsparse_arch = {"name": canonical(name), "num_classes": num_classes,
+                            "in_channels": in_channels, "width": width, "variant": variant}
+    return model
 
 
 __all__ = ["get", "names", "canonical", "VARIANTS", "make_divisible"]
