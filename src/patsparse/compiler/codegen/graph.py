@@ -211,7 +211,7 @@ def emit_model(plan: Plan) -> str:
     g, lay_in, lay_out = plan.graph, plan.layouts[INPUT], plan.layouts[plan.graph.output]
     parts = [PRELUDE, SUPPORT]
     parts += [s.kernel.code for s in plan.steps]
-    body = [f"void ps_forward(const float *restrict x, float *restrict y, int batch, float *restrict ws,",
+    body = ["void ps_forward(const float *restrict x, float *restrict y, int batch, float *restrict ws,",
             "                const float *restrict blob, int nthreads) {",
             "    if (nthreads > 0) omp_set_num_threads(nthreads);",
             "    for (int n = 0; n < batch; n++) {",

@@ -39,6 +39,16 @@ def max_acc(vl: int) -> int:
     return 24 if vl == 16 else 11
 
 
+def _fkw_prologue(name: str, o: dict) -> list[str]:
+    """The kernel's signature and the pointers to its FKW1 sections (offsets ``o`` in floats)."""
+    return [f"static void {name}(const float *restrict in, float *restrict out,",
+            "    const float *restrict w, const float *restrict bias, const float *restrict res) {",
+            "    const int32_t *restrict wi = (const int32_t *)w;",
+            *(f"    const int32_t *restrict {k} = wi + {o[k]};" for k in ("perm", "runs", "cidx", "cost", "wptr")),
+            f"    const float *restrict wts = w + {o['weights']};",
+            "    (void)res;"]
+
+
 @dataclass(frozen=True)
 class ConvShape:
     """Geometry of one 3x3 conv, checked against the layouts it reads and writes."""
@@ -320,16 +330,7 @@ class _Emitter:
                 loops += ["    }", "}"]
         if self.order == "ft":
             loops = [floop] + ["    " + x for x in filt + loops] + ["}"]
-        fn = [f"static void {self.name}(const float *restrict in, float *restrict out,",
-              "    const float *restrict w, const float *restrict bias, const float *restrict res) {",
-              "    const int32_t *restrict wi = (const int32_t *)w;",
-              f"    const int32_t *restrict perm = wi + {o['perm']};",
-              f"    const int32_t *restrict runs = wi + {o['runs']};",
-              f"    const int32_t *restrict cidx = wi + {o['cidx']};",
-              f"    const int32_t *restrict cost = wi + {o['cost']};",
-              f"    const int32_t *restrict wptr = wi + {o['wptr']};",
-              f"    const float *restrict wts = w + {o['weights']};",
-              "    (void)res;",
+        fn = [*_fkw_prologue(self.name, o),
               "    #pragma omp parallel",
               "    {",
               "        const int nt = omp_get_num_threads(), t = omp_get_thread_num();",
@@ -476,16 +477,7 @@ class _FlatEmitter:
                 f"unroll {U} */",
                 f'_Static_assert(VL == {self.vl}, "{self.name} was generated for {self.vl}-float '
                 f'vectors; regenerate it on this machine");',
-                f"static void {self.name}(const float *restrict in, float *restrict out,",
-                "    const float *restrict w, const float *restrict bias, const float *restrict res) {",
-                "    const int32_t *restrict wi = (const int32_t *)w;",
-                f"    const int32_t *restrict perm = wi + {o['perm']};",
-                f"    const int32_t *restrict runs = wi + {o['runs']};",
-                f"    const int32_t *restrict cidx = wi + {o['cidx']};",
-                f"    const int32_t *restrict cost = wi + {o['cost']};",
-                f"    const int32_t *restrict wptr = wi + {o['wptr']};",
-                f"    const float *restrict wts = w + {o['weights']};",
-                "    (void)res;",
+                *_fkw_prologue(self.name, o),
                 f"    static __thread float *{self.name}_col;",
                 f"    if (!{self.name}_col) {self.name}_col = pc_scratch({lay.C * self._cs()}, \"{self.name}\");",
                 f"    float *restrict col = {self.name}_col;",
