@@ -13,13 +13,7 @@ TINY = ["--model", "convnet", "--dataset", "digits", "--width", "0.5", "--subset
         "--batch-size", "32", "--lr", "0.05", "--quiet"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread is as fast, and far faster when the cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_help_says_what_and_shows_examples(capsys):

@@ -18,13 +18,7 @@ from patsparse.train import TrainConfig, evaluate, fit, load_trained, seed_every
 from patsparse.train.state import optimizer_from_flat, optimizer_to_flat
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread is as fast, and far faster when the cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
