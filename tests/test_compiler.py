@@ -185,6 +185,19 @@ def test_zoo_model_full_width(name, variant, size):
     assert_close(cm(x), want)
 
 
+def test_profile_times_every_layer(opsnet_compiled):
+    _, cm = opsnet_compiled
+    x = torch.randn(2, 3, 16, 16)
+    rows = cm.profile(x, repeats=3, warmup=1)
+    assert [r["name"] for r in rows] == [layer["name"] for layer in cm.manifest["layers"]]
+    assert all(r["ms"] > 0 and r["gflops"] >= 0 for r in rows)
+    assert sum(r["share"] for r in rows) == pytest.approx(1.0)
+    want = cm(x)  # profiling leaves the numbers alone
+    np.testing.assert_array_equal(cm.run_numpy(x.numpy(), np.zeros(len(rows))), want.numpy())
+    with pytest.raises(InputError, match="float64 array of"):
+        cm.run_numpy(x.numpy(), np.zeros(len(rows) + 1))
+
+
 def test_save_load_rebuild_and_tamper(opsnet_compiled, tmp_path):
     m, cm = opsnet_compiled
     x = torch.randn(2, 3, 16, 16)
@@ -200,6 +213,17 @@ def test_save_load_rebuild_and_tamper(opsnet_compiled, tmp_path):
     man["toolchain"] = "built-elsewhere"  # another ISA/compiler: regenerate from the IR
     (d / "manifest.json").write_text(json.dumps(man))
     assert_close(CompiledModel.load(d)(x), want)
+    man = json.loads((d / "manifest.json").read_text())
+    man["format_version"] = 1  # written by an older patsparse: regenerated, not misread
+    (d / "manifest.json").write_text(json.dumps(man))
+    assert_close(CompiledModel.load(d)(x), want)
+    assert json.loads((d / "manifest.json").read_text())["format_version"] == 2
+    man["format_version"] = 99
+    (d / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(FormatError, match="format 99"):
+        CompiledModel.load(d)
+    man["format_version"] = 2
+    (d / "manifest.json").write_text(json.dumps(man))
     raw = bytearray((d / "weights.bin").read_bytes())
     raw[100] ^= 0xFF
     (d / "weights.bin").write_bytes(bytes(raw))
@@ -231,8 +255,9 @@ def test_cli_compile_and_run(tmp_path, capsys):
     assert cli_main(["run", str(out), "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "y.npy")]) == 0
     with torch.no_grad():
         assert_close(np.load(tmp_path / "y.npy"), m(torch.from_numpy(x)).numpy())
-    assert cli_main(["run", str(out), "--repeats", "3"]) == 0
-    assert "median" in capsys.readouterr().out
+    assert cli_main(["run", str(out), "--repeats", "3", "--profile"]) == 0
+    printed = capsys.readouterr().out
+    assert "median" in printed and "GFLOP/s" in printed and "pattern_conv" in printed
     assert cli_main(["run", str(tmp_path / "missing")]) == 1
 
 

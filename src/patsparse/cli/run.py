@@ -24,6 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=1, help="timing: images per call (default 1)")
     p.add_argument("--repeats", type=int, default=50, help="timing: timed calls (default 50)")
     p.add_argument("--threads", type=int, help="override the compiled thread count")
+    p.add_argument("--profile", action="store_true",
+                   help="timing: also print each layer's median time, share and GFLOP/s")
     p.set_defaults(func=run)
 
 
@@ -56,4 +58,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"{args.model}: batch {args.batch}, {cm.threads} threads: median "
           f"{np.median(times) * 1e3:.3f} ms, p90 {np.percentile(times, 90) * 1e3:.3f} ms "
           f"over {args.repeats} calls")
+    if args.profile:
+        rows = cm.profile(x, repeats=args.repeats)
+        width = max(len(r["name"]) for r in rows)
+        print(f"{'layer':<{width}}  {'kernel':<12} {'ms':>8} {'share':>6} {'GFLOP/s':>8}")
+        for r in rows:
+            print(f"{r['name']:<{width}}  {r['kernel']:<12} {r['ms']:8.3f} {r['share']:6.1%} {r['gflops']:8.1f}")
     return 0

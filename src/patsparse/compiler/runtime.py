@@ -12,7 +12,8 @@ A compiled model directory holds::
 
 ``load`` uses the library when the toolchain fingerprint and source hash match, rebuilds it
 from model.c when only the library is missing, and regenerates everything from the IR when
-the ISA or compiler differs (a library built for AVX-512 would die with SIGILL on AVX2).
+the ISA or compiler differs (a library built for AVX-512 would die with SIGILL on AVX2) or the
+directory was written by an older format version.
 
 Thread safety: the generated code keeps no state between calls except the workspace; each
 Python thread gets its own workspace (zeroed once: kernels never write halos, so they stay
@@ -37,7 +38,7 @@ from ..errors import FormatError, InputError
 from .build import toolchain_fingerprint
 
 FORMAT = "patsparse-compiled"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: ps_forward takes the per-layer profile array (1 is regenerated on load)
 ALIGN_BYTES = 64
 
 
@@ -69,7 +70,7 @@ class CompiledModel:
         self._lib = ctypes.CDLL(str(self.lib_path))
         self._lib.ps_forward.restype = None
         self._lib.ps_forward.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
-                                         ctypes.c_void_p, ctypes.c_int]
+                                         ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
         self._blob = aligned_empty(blob.size, zero=False)
         self._blob[:] = blob
         self.input_shape = tuple(manifest["input_shape"])
@@ -85,18 +86,49 @@ class CompiledModel:
             ws = self._local.ws = aligned_empty(max(self._ws_floats, 16))
         return ws
 
-    def run_numpy(self, x: np.ndarray) -> np.ndarray:
-        """Forward pass on a float array (N, *input_shape) -> (N, *output_shape)."""
+    def run_numpy(self, x: np.ndarray, prof: np.ndarray | None = None) -> np.ndarray:
+        """Forward pass on a float array (N, *input_shape) -> (N, *output_shape).
+
+        ``prof``: a float64 array with one entry per layer, to which each layer adds its seconds.
+        """
         x = np.ascontiguousarray(x, dtype=np.float32)
         if x.ndim != len(self.input_shape) + 1 or tuple(x.shape[1:]) != self.input_shape:
             raise InputError(f"input of shape {tuple(x.shape)}; this model was compiled for "
                              f"(N, {', '.join(map(str, self.input_shape))})")
         n = x.shape[0]
         y = np.empty((n, *self.output_shape), np.float32)
+        if prof is not None and (prof.dtype != np.float64 or prof.shape != (len(self.manifest["layers"]),)
+                                 or not prof.flags.c_contiguous):
+            raise InputError(f"prof must be a contiguous float64 array of {len(self.manifest['layers'])} entries")
         if n:
             self._lib.ps_forward(x.ctypes.data, y.ctypes.data, n, self._workspace().ctypes.data,
-                                 self._blob.ctypes.data, self.threads)
+                                 self._blob.ctypes.data, self.threads,
+                                 None if prof is None else prof.ctypes.data)
         return y
+
+    def profile(self, x: Any = None, *, repeats: int = 20, warmup: int = 3) -> list[dict]:
+        """Per-layer wall-clock time: one dict per layer (name, kernel, median ms over ``repeats``
+        calls after ``warmup``, share of the total, GFLOP/s of the work the kernel does).
+
+        Why: a whole-model latency says nothing about which layer to improve; this is the view
+        the tuner and the benchmarks' per-layer tables take, on the user's own model. ``x``
+        defaults to one random image.
+        """
+        if x is None:
+            x = np.random.default_rng(0).standard_normal((1, *self.input_shape)).astype(np.float32)
+        x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, np.float32)
+        layers = self.manifest["layers"]
+        runs = np.zeros((max(1, repeats), len(layers)))
+        for i in range(warmup + len(runs)):
+            prof = np.zeros(len(layers))
+            self.run_numpy(x, prof)
+            if i >= warmup:
+                runs[i - warmup] = prof
+        med = np.median(runs, axis=0)
+        total = float(med.sum()) or 1.0
+        return [{"name": L["name"], "kernel": L["kernel"], "ms": float(t * 1e3), "share": float(t / total),
+                 "gflops": L["flops"] * len(x) / t / 1e9 if t > 0 else 0.0}
+                for L, t in zip(layers, med)]
 
     def __call__(self, x: Any) -> Any:
         if isinstance(x, torch.Tensor):
@@ -146,14 +178,15 @@ class CompiledModel:
         man = read_json(d / "manifest.json", "compiled-model manifest")
         if not isinstance(man, dict) or man.get("format") != FORMAT:
             raise FormatError(f"{d}: manifest.json is not a patsparse compiled model")
-        if man.get("format_version") != FORMAT_VERSION:
-            raise FormatError(f"{d}: compiled-model format {man.get('format_version')}, this "
-                              f"patsparse reads {FORMAT_VERSION}")
+        version = man.get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise FormatError(f"{d}: compiled-model format {version}, this patsparse reads "
+                              f"up to {FORMAT_VERSION}")
         if threads:
             man["threads"] = int(threads)
         gj = read_json(d / "graph.json", "compiled-model graph")
         gt = {k: v.numpy() for k, v in load_tensors(d / "graph.safetensors", "compiled-model graph").items()}
-        if man.get("toolchain") != toolchain_fingerprint():
+        if man.get("toolchain") != toolchain_fingerprint() or version < FORMAT_VERSION:
             from .api import build_from_graph
             from .ir import Graph
 

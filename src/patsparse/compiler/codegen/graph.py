@@ -12,10 +12,12 @@ for a different layout would put old interior values where a halo should be zero
 
 Entry point (per call, ``batch`` images, NCHW float input and output)::
 
-    void ps_forward(const float *x, float *y, int batch, float *ws, const float *blob, int nthreads)
+    void ps_forward(const float *x, float *y, int batch, float *ws, const float *blob, int nthreads,
+                    double *prof)
 
 ``ws`` must be zeroed once before its first use and used by one call at a time (the runtime
-keeps one per Python thread).
+keeps one per Python thread). ``prof`` is NULL, or one double per step to which each step adds
+its wall-clock seconds (the per-layer profile: one branch per layer when off).
 """
 
 from __future__ import annotations
@@ -212,19 +214,21 @@ def emit_model(plan: Plan) -> str:
     parts = [PRELUDE, SUPPORT]
     parts += [s.kernel.code for s in plan.steps]
     body = ["void ps_forward(const float *restrict x, float *restrict y, int batch, float *restrict ws,",
-            "                const float *restrict blob, int nthreads) {",
+            "                const float *restrict blob, int nthreads, double *restrict prof) {",
             "    if (nthreads > 0) omp_set_num_threads(nthreads);",
             "    for (int n = 0; n < batch; n++) {",
             f"    const float *restrict xn = x + (ptrdiff_t)n * {lay_in.C * lay_in.H * lay_in.W};",
             f"    float *restrict yn = y + (ptrdiff_t)n * {lay_out.C * lay_out.H * lay_out.W};",
             f"    {{ float *restrict buf = ws + {plan.offsets[INPUT]};",
-            _copy_in(lay_in), "    }"]
+            _copy_in(lay_in), "    }",
+            "    double t0 = prof ? omp_get_wtime() : 0.0;"]
     for s in plan.steps:
         n = s.node
         res = f"ws + {plan.offsets[n.residual]}" if n.residual else "0"
         body.append(f"    /* {c_comment(n.name)}: {s.kind} */")
         body.append(f"    {s.cname}(ws + {plan.offsets[n.inputs[0]]}, ws + {plan.offsets[n.name]}, "
                     f"blob + {s.w_off}, blob + {s.b_off}, {res});")
+        body.append(f"    if (prof) {{ const double t1 = omp_get_wtime(); prof[{s.index}] += t1 - t0; t0 = t1; }}")
     body += [f"    {{ const float *restrict buf = ws + {plan.offsets[g.output]};", _copy_out(lay_out), "    }",
              "    }", "}",
              "int ps_vl(void) { return VL; }",
