@@ -35,8 +35,14 @@ class InputAccess:
 
 
 def input_access(name: str, *, channels: int, k: int, stride: int, padding: int,
-                 in_layout: Layout, Ho: int, Wo: int, allow_strided: bool) -> InputAccess:
-    """Direct access when the halo allows it (and the stride is 1 or ``allow_strided``), else a prep."""
+                 in_layout: Layout, Ho: int, Wo: int, allow_strided: bool, row_align: int = MAX_VL,
+                 vl: int = MAX_VL) -> InputAccess:
+    """Direct access when the halo allows it (and the stride is 1 or ``allow_strided``), else a prep.
+
+    Phase rows hold the ``Wo`` outputs rounded up to whole ``vl``-float vectors plus the taps'
+    reach, and start every ``row_align`` floats: aligned rows for kernels that want them, dense
+    rows (a smaller scratch that stays in cache) for kernels that load unaligned anyway.
+    """
     s, P, K, L = stride, padding, k, in_layout
     if L.pad >= P and (s == 1 or allow_strided):
         return InputAccess(
@@ -47,7 +53,7 @@ def input_access(name: str, *, channels: int, k: int, stride: int, padding: int,
     # only the phases some tap reads are built (a 1x1 stride-2 conv needs phase (0, 0) alone)
     phases = sorted({(kh % s, kw % s) for kh in range(K) for kw in range(K)})
     nph, hph = len(phases), Ho + (K - 1) // s
-    ldp = round_up(round_up(Wo, MAX_VL) + (K - 1) // s, MAX_VL)
+    ldp = round_up(round_up(Wo, vl) + (K - 1) // s, row_align)
     phs = hph * ldp
     cs = nph * phs
     tap_off = tuple(phases.index((kh % s, kw % s)) * phs + (kh // s) * ldp + kw // s

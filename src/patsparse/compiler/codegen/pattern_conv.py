@@ -12,8 +12,8 @@ Why it is fast (see /work/shared/notes/kernel-lessons.md): the sparsity is compi
     each thread does the same amount of work.
   * Bias, residual and activation are applied at the store; the output goes straight into its
     consumer's padded layout, tail lanes masked to zero so halos stay zero.
-Stride 2 loads two vectors and keeps the even lanes (a deinterleave), so strided layers stay
-vectorised too. The vector length is fixed when the code is generated (``vl``; the host's by
+Stride 2 first copies the input into four phase planes (space-to-depth, access.py), so its
+loads are unit-stride at compile-time offsets like stride 1's. The vector length is fixed when the code is generated (``vl``; the host's by
 default) and checked by the C compiler, so a library never runs with the wrong width.
 """
 
@@ -28,7 +28,8 @@ from ..layout import Layout
 from ..reorder import FULL_MASK, LayerSparsity, analyse, mask_taps, reorder
 from ..storage import pack as fkw_pack, plan
 from .base import GeneratedKernel, act_c, act_scalar_c
-from .common import host_vl  # noqa: F401  (re-exported: graph and tests size schedules with it)
+from .access import input_access
+from .common import HELPERS, host_vl  # noqa: F401  (host_vl re-exported: graph and tests use it)
 
 DEFAULT_SCHEDULE = {"rows": 0, "vecs": 0, "order": "tf"}  # 0 = choose from the shape
 # accumulators per tile: the register file minus 4 weight broadcasts and a temporary
@@ -216,41 +217,38 @@ class _Emitter:
         self.vecs = max(1, min(self.vecs, self.nv))
         self.rows = max(1, min(self.rows, out.H))
         self.tail_lanes = out.W - (self.nv - 1) * vl  # valid lanes of a row's last vector
+        # stride 1 reads the layout itself; stride 2 reads phase planes a prep builds, so its
+        # loads are unit-stride too (a deinterleave per vector ran at a quarter of the speed)
+        self.acc = input_access(name, channels=lay.C, k=3, stride=shape.stride, padding=shape.pad,
+                                in_layout=shape.inp, Ho=out.H, Wo=out.W, allow_strided=False,
+                                row_align=4, vl=vl)
 
     # ---- the tile: R x V accumulators, all mask runs of one filter ------------------------
-    def _load(self, rr: int, dx: int, v: int) -> str:
-        s, ild, vl = self.sh.stride, self.sh.inp.ld, self.vl
-        off = f"{rr * ild + dx + s * v * vl}"
-        if s == 1:
-            return f"vload(ip + {off})"
-        return f"vdeint_even(ip + {off})"
-
     def _mask_body(self, p: int, R: int, V: int) -> list[str]:
         m = self.sp.masks[p]
         taps = mask_taps(m)
-        s = self.sh.stride
+        acc, vl = self.acc, self.vl
         lines = [f"    /* mask {p}: taps {list(taps)}{' (dense kernel)' if m == FULL_MASK else ''} */",
                  f"    for (int k = runs[{p}]; k < runs[{p + 1}]; k++, wk += {len(taps)}) {{",
-                 f"        const float *restrict ip = ib + (ptrdiff_t)cidx[k] * {self.sh.inp.ps};"]
-        if self.prefetch:  # the input rows of a kernel a few iterations ahead, into L1
-            lines.append(f"        const float *pf = ib + (ptrdiff_t)cidx[k + {self.prefetch}] * {self.sh.inp.ps};")
-            for rr in range(s * (R - 1) + 3):
-                for c0 in range(0, s * V * self.vl + 2, 16):
-                    lines.append(f"        __builtin_prefetch(pf + {rr * self.sh.inp.ld + c0}, 0, 3);")
+                 f"        const float *restrict ip = ib + (ptrdiff_t)cidx[k] * {acc.cs};"]
+        # stream input rows: each input vector (an offset from the tile's origin) is loaded once
+        # and feeds every (tap, output row) that reads it
+        uses: dict[int, list[tuple[int, int, int]]] = {}
+        for j, t in enumerate(taps):
+            for r in range(R):
+                for v in range(V):
+                    uses.setdefault(acc.tap_off[t] + r * acc.row_stride + v * vl, []).append((j, r, v))
+        if self.prefetch:  # the cache lines of a kernel a few iterations ahead, into L1
+            lines.append(f"        const float *pf = ib + (ptrdiff_t)cidx[k + {self.prefetch}] * {acc.cs};")
+            for line in sorted({off // 16 for off in uses} | {(off + vl - 1) // 16 for off in uses}):
+                lines.append(f"        __builtin_prefetch(pf + {line * 16}, 0, 3);")
         for j in range(len(taps)):
             lines.append(f"        const vf w{j} = pc_splat(wk[{j}]);")
-        # stream input rows: each (row, dx, vector) is loaded once and feeds every tap that uses it
-        uses: dict[tuple[int, int], list[tuple[int, int]]] = {}
-        for j, t in enumerate(taps):
-            dy, dx = divmod(t, 3)
-            for r in range(R):
-                uses.setdefault((s * r + dy, dx), []).append((j, r))
-        for (rr, dx) in sorted(uses):
-            for v in range(V):
-                lines.append(f"        {{ const vf x = {self._load(rr, dx, v)};")
-                for j, r in uses[(rr, dx)]:
-                    lines.append(f"          a{r}_{v} += w{j} * x;")
-                lines.append("        }")
+        for off in sorted(uses):  # PS_KEEP: one load in a register, not one folded into each FMA
+            lines.append(f"        {{ vf x = vload(ip + {off}); PS_KEEP(x);")
+            for j, r, v in uses[off]:
+                lines.append(f"          a{r}_{v} += w{j} * x;")
+            lines.append("        }")
         lines.append("    }")
         return lines
 
@@ -294,10 +292,8 @@ class _Emitter:
         return loops
 
     def _call(self, R: int, v0: int, V: int) -> str:
-        sh, vl = self.sh, self.vl
-        inp, out = sh.inp, sh.out
-        ib = (f"in + (ptrdiff_t)(oh * {sh.stride} + {inp.pad - sh.pad}) * {inp.ld} + "
-              f"{inp.pad - sh.pad + sh.stride * v0 * vl}")
+        acc, vl, out = self.acc, self.vl, self.sh.out
+        ib = f"{acc.src} + (ptrdiff_t)oh * {acc.row_stride} + {acc.origin + acc.step * v0 * vl}"
         ob = f"oplane + oh * {out.ld} + {v0 * vl}"
         rb = f"rplane + oh * {out.ld} + {v0 * vl}" if self.res else "0"
         last = 1 if (v0 + V == self.nv and self.tail_lanes != vl) else 0
@@ -314,6 +310,7 @@ class _Emitter:
                  f"{lay.P} masks, {lay.K} kernels, tile {self.rows}x{self.vecs} order {self.order} */",
                  f'_Static_assert(VL == {self.vl}, "{self.name} was generated for {self.vl}-float '
                  f'vectors; regenerate it on this machine");']
+        parts[1:1] = [HELPERS]
         parts += [self._tile(R, V) for R, V in shapes]
         filt = ["const int oc = perm[f];",
                 f"float *restrict oplane = out + (ptrdiff_t)oc * {out.ps} + {out.origin};"]
@@ -330,9 +327,9 @@ class _Emitter:
                 loops += ["    }", "}"]
         if self.order == "ft":
             loops = [floop] + ["    " + x for x in filt + loops] + ["}"]
-        fn = [*_fkw_prologue(self.name, o),
+        fn = [*_fkw_prologue(self.name, o), *self.acc.scratch.strip("\n").splitlines(),
               "    #pragma omp parallel",
-              "    {",
+              "    {", *self.acc.prep.strip("\n").splitlines(),
               "        const int nt = omp_get_num_threads(), t = omp_get_thread_num();",
               f"        const int f0 = ps_split(cost, {lay.F}, t, nt), f1 = ps_split(cost, {lay.F}, t + 1, nt);"]
         fn += ["        " + x for x in loops]
@@ -548,16 +545,5 @@ static inline vf pc_splat(float x) { return x - (vf){0}; }
 /* four consecutive floats, any alignment (a pattern kernel's weights) */
 typedef float pc_v4u __attribute__((vector_size(16), aligned(4)));
 static inline pc_v4u pc_load4(const float *p) { return *(const pc_v4u *)p; }
-/* even lanes of the 2*VL floats at p: one output vector of a stride-2 row */
-static inline vf vdeint_even(const float *p) {
-#if VL == 16
-    return __builtin_shufflevector(vload(p), vload(p + VL), 0, 2, 4, 6, 8, 10, 12, 14,
-                                   16, 18, 20, 22, 24, 26, 28, 30);
-#elif VL == 8
-    return __builtin_shufflevector(vload(p), vload(p + VL), 0, 2, 4, 6, 8, 10, 12, 14);
-#else
-    return __builtin_shufflevector(vload(p), vload(p + VL), 0, 2, 4, 6);
-#endif
-}
 #endif
 """
