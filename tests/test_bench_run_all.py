@@ -37,3 +37,26 @@ def test_stitch_page(tmp_path):
     assert (docs / "bench" / "plots" / "vgg16_bn-cifar-b1.png").stat().st_size > 0
     assert args.stitch_only and run_all.grid(run_all.parse_args(["--quick"])) == [
         ("vgg16_bn", "cifar", 1.0, 1), ("vgg16_bn", "cifar", 8.0, 1)]
+
+
+def test_standard_grid_and_resume(tmp_path, capsys):
+    run_all = load_script()
+    std = run_all.grid(run_all.parse_args([]))
+    assert len(std) == len(set(std)) == 28
+    assert std[0] == ("vgg16_bn", "cifar", 1.0, 1) and std[-1] == ("resnet18", "imagenet", 8.0, 8)
+    assert {c[0] for c in std} == set(run_all.MODELS) and {c[3] for c in std} == {1, 8}
+    assert {c[2] for c in std if c[0] == "mobilenet_v2"} == {1.0}
+    assert "tvm" not in run_all.parse_args([]).engines
+    sub = run_all.grid(run_all.parse_args(["--models", "resnet18", "--rates", "8"]))
+    assert sub == [("resnet18", v, 8.0, b) for v in run_all.VARIANTS for b in run_all.BATCHES]
+    assert len(run_all.grid(run_all.parse_args(["--full"]))) == 80
+    # --resume: finished configurations are kept and not re-run; results outside the grid go
+    results = tmp_path / "results"
+    r = result(8.0)
+    report.write_result_json(r, results / f"{run_all.config_id('vgg16_bn', 'cifar', 8.0, 1)}.json")
+    report.write_result_json(r, results / "stale-config.json")
+    args = run_all.parse_args(["--resume", "--models", "vgg16_bn", "--variants", "cifar",
+                               "--rates", "8", "--batches", "1"])
+    run_all.run_grid(args, results)
+    assert "done in an earlier part of this run" in capsys.readouterr().out
+    assert sorted(p.name for p in results.glob("*.json")) == ["vgg16_bn-cifar-r8-b1.json"]

@@ -198,13 +198,17 @@ def machine_info(threads: int) -> dict[str, Any]:
         pass
     commit = subprocess.run(["git", "-C", SRC_ROOT, "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True)
+    # uncommitted source changes make the commit a lie: say so
+    dirty = subprocess.run(["git", "-C", SRC_ROOT, "status", "--porcelain", "--", "."],
+                           capture_output=True, text=True)
     return {
         "cpu": cpu, "cores": os.cpu_count(), "threads": threads,
         "isa": [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "asimd") if f in flags],
         "os": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "load_average": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None,
-        "commit": commit.stdout.strip() if commit.returncode == 0 else "",
+        "commit": (commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else ""))
+        if commit.returncode == 0 else "",
     }
 
 
