@@ -200,3 +200,16 @@ missinginterpreter = MissingInterpreter()
 def test_engine_whose_interpreter_is_missing(tmp_path):
     res = run_bench(tiny_model(), [double(MissingInterpreter)], repeats=1, workdir=tmp_path)
     assert res.engines[0].status == "failed" and "/nonexistent/bin/python" in res.engines[0].reason
+
+
+def test_worker_env_drops_only_patsparse_calmed_openmp(monkeypatch):
+    from patsparse.bench.harness import worker_env
+    from patsparse.cli.train import CALMED
+
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    monkeypatch.setenv(CALMED, "1")  # set by patsparse for training: engines get their default
+    env = worker_env(2, ["/x"])
+    assert "OMP_WAIT_POLICY" not in env and CALMED not in env
+    assert env["OMP_NUM_THREADS"] == "2" and env["PYTHONPATH"].split(os.pathsep)[-1] == "/x"
+    monkeypatch.delenv(CALMED)  # the user's own choice stays
+    assert worker_env(1, [])["OMP_WAIT_POLICY"] == "PASSIVE"

@@ -15,7 +15,6 @@ same test accuracy, and times it side by side against PyTorch and ONNX Runtime.
 from __future__ import annotations
 
 import copy
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,19 +170,13 @@ def compile_stage(ctx: DemoContext, trained: TrainResult, pruned: PruneResult) -
 
 
 def _bench_with_default_openmp(bench_model: Any, threads: int) -> Any:
-    """Time the engines with OpenMP's default thread waits, as a user serving the model would run
-    it: the demo's training set passive waits (cli.train.calm_openmp), which the engines' worker
-    processes would inherit, and a passive wait costs every layer a thread wake-up."""
+    """Time the engines as a user serving the model would run them: the demo's training set
+    passive OpenMP waits (cli.train.calm_openmp), which cost every layer a thread wake-up; the
+    bench workers drop them (harness.Worker) and run with OpenMP's defaults."""
     from .bench.harness import run_bench
-    from .cli.train import CALMED
 
-    saved = os.environ.pop("OMP_WAIT_POLICY", None) if os.environ.get(CALMED) else None
-    try:
-        return run_bench(bench_model, ["patsparse", "torch", "onnxruntime"], threads=threads,
-                         repeats=200, block=10)
-    finally:
-        if saved is not None:
-            os.environ["OMP_WAIT_POLICY"] = saved
+    return run_bench(bench_model, ["patsparse", "torch", "onnxruntime"], threads=threads,
+                     repeats=200, block=10)
 
 
 def run_demo(out_dir: str | Path | None = None, *, epochs: int = 3, subset: int | None = 20000,

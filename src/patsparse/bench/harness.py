@@ -29,6 +29,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..cli.train import CALMED
 from ..errors import InputError
 from . import protocol
 from .engines import ENGINES, engine_spec, load_engine
@@ -120,14 +121,27 @@ class EngineFailure(Exception):
         self.status, self.reason = status, reason
 
 
+def worker_env(threads: int, path: list[str]) -> dict[str, str]:
+    """A worker's environment: this one with the thread count pinned and patsparse importable.
+
+    If patsparse itself made OpenMP waits passive in this process (for training,
+    cli.train.calm_openmp), the worker drops that: engines are timed with their defaults, and a
+    passive wait would cost every parallel region a thread wake-up. A user's own setting stays.
+    """
+    env = dict(os.environ)
+    if env.pop(CALMED, None):
+        env.pop("OMP_WAIT_POLICY", None)
+    env.update({k: str(threads) for k in THREAD_ENV})
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([SRC_ROOT, *path]))
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
 class Worker:
     """One engine's worker process and the request/response calls to it."""
 
     def __init__(self, name: str, python: str, path: list[str], threads: int, log: Path):
-        env = dict(os.environ)
-        env.update({k: str(threads) for k in THREAD_ENV})
-        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([SRC_ROOT, *path]))
-        env["PYTHONUNBUFFERED"] = "1"
+        env = worker_env(threads, path)
         self.name, self.log = name, log
         self._log_file = open(log, "wb")
         try:
