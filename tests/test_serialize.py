@@ -145,3 +145,21 @@ def test_zoo_model_round_trips_without_an_instance(tmp_path):
     x = torch.randn(2, 1, 28, 28)
     assert torch.equal(back(x), m.eval()(x))
     assert back.patsparse_arch == m.patsparse_arch
+
+
+def test_input_shape_is_recorded_and_checked(tmp_path):
+    from patsparse import models
+    from patsparse.bench.model import BenchModel
+
+    m = models.get("convnet", num_classes=10, in_channels=1, width=0.5)
+    ps.save(m, tmp_path / "a", input_shape=(1, 28, 28))
+    back = ps.load(tmp_path / "a")
+    assert back.patsparse_input_shape == (1, 28, 28)
+    assert BenchModel.from_saved(tmp_path / "a").input_shape == (1, 28, 28)  # not the zoo's 32x32
+    ps.save(back, tmp_path / "b")  # carried by the loaded model
+    assert ps.load(tmp_path / "b").patsparse_input_shape == (1, 28, 28)
+    with pytest.raises(InputError, match=r"input_shape must be one image's \(C, H, W\)"):
+        ps.save(m, tmp_path / "c", input_shape=(28, 28))
+    _tamper(tmp_path / "a", lambda meta: meta.update(input_shape=[1, -28, 28]))
+    with pytest.raises(FormatError, match="input_shape"):
+        ps.load(tmp_path / "a")

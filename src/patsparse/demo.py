@@ -122,7 +122,8 @@ def prune_stage(ctx: DemoContext, trained: TrainResult) -> PruneResult:
     report = describe(model)
     ctx.log(str(report))
     path = ctx.out_dir / "prune" / "model.pats"
-    save(model, path)
+    info = trained.train_loader.dataset.info
+    save(model, path, input_shape=(info.in_channels, *info.image_size))
     seconds = time.perf_counter() - start
     ctx.log(f"[prune] test accuracy: dense {trained.accuracy:.2%} -> pruned {accuracy:.2%} "
             f"({accuracy - trained.accuracy:+.2%}); 3x3-conv rate {report.conv3x3_rate:.2f}x, whole model "

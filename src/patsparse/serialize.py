@@ -21,9 +21,10 @@ a ``manifest.json`` returns ``patsparse.compiler.runtime.CompiledModel.load(path
 
 from __future__ import annotations
 
+import numbers
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from torch import nn
 
@@ -40,11 +41,14 @@ RECIPE = "recipe.yaml"
 MANIFEST = "manifest.json"  # written by the compiler's CompiledModel
 
 
-def save(obj: Any, path: str | os.PathLike, arch: dict | None = None) -> None:
+def save(obj: Any, path: str | os.PathLike, arch: dict | None = None,
+         input_shape: Sequence[int] | None = None) -> None:
     """Save a (pruned) model to the directory ``path``, or a compiled model via its own ``save``.
 
     ``arch``: the ``patsparse.models.get`` arguments that rebuild the model (defaults to the
     model's ``patsparse_arch`` attribute); without it ``load`` needs ``model=``.
+    ``input_shape``: one image's (C, H, W), so benchmarks and the compiler can feed the loaded
+    model without being told (defaults to the model's ``patsparse_input_shape`` attribute).
     """
     if getattr(obj, "is_compiled_patsparse", False) is True and callable(getattr(obj, "save", None)):
         obj.save(path)
@@ -63,8 +67,11 @@ def save(obj: Any, path: str | os.PathLike, arch: dict | None = None) -> None:
     path.mkdir(parents=True, exist_ok=True)
     save_tensors(path / WEIGHTS, obj.state_dict())
     arch = arch if arch is not None else getattr(obj, "patsparse_arch", None)
+    shape = input_shape if input_shape is not None else getattr(obj, "patsparse_input_shape", None)
+    if shape is not None:
+        shape = _checked_shape(shape, "save: input_shape")
     write_json(path / META, {"format": MODEL_FORMAT, "version": MODEL_VERSION, "patsparse_version": __version__,
-                             "class": type(obj).__name__, "model": arch,
+                             "class": type(obj).__name__, "model": arch, "input_shape": shape,
                              "spec": None if spec is None else spec_to_json(spec)})
     recipe = getattr(obj, "patsparse_recipe", None)
     if recipe is not None:
@@ -106,4 +113,16 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> Any:
         spec = spec_from_json(meta["spec"], f"sparsity spec in {path / META}")
         check_weights(model, spec, str(path))
         model.patsparse_spec = spec
+    if meta.get("input_shape") is not None:
+        model.patsparse_input_shape = tuple(_checked_shape(meta["input_shape"], f"{path / META}: input_shape",
+                                                           FormatError))
     return model.eval()
+
+
+def _checked_shape(shape: Any, where: str, err: type[Exception] = InputError) -> list[int]:
+    """(C, H, W) as a list of positive ints, or ``err`` naming ``where``."""
+    dims = list(shape) if isinstance(shape, (list, tuple)) else []
+    if len(dims) != 3 or not all(isinstance(d, numbers.Integral) and not isinstance(d, bool) and d > 0
+                                 for d in dims):
+        raise err(f"{where} must be one image's (C, H, W) as three positive integers, got {shape!r}")
+    return [int(d) for d in dims]

@@ -70,7 +70,8 @@ class BenchModel:
 
     @classmethod
     def from_saved(cls, path: str | Path, input_shape: tuple[int, ...] | None = None) -> "BenchModel":
-        """A model written by ``patsparse.save``; the input shape from its zoo arch or the caller."""
+        """A model written by ``patsparse.save``; the input shape from the caller, the saved model, or
+        its zoo arch, in that order."""
         from .. import load
 
         module = load(path)
@@ -78,7 +79,7 @@ class BenchModel:
             raise InputError(f"{path} is a compiled model; benchmark the pruned model it came from "
                              "(engines need the PyTorch model or an ONNX file)")
         arch = getattr(module, "patsparse_arch", None) or {}
-        shape = input_shape
+        shape = input_shape or getattr(module, "patsparse_input_shape", None)
         if shape is None and arch.get("variant") in ZOO_INPUT:
             shape = (arch.get("in_channels", 3), *ZOO_INPUT[arch["variant"]][1:])
         if not shape:
