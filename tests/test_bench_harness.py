@@ -213,3 +213,14 @@ def test_worker_env_drops_only_patsparse_calmed_openmp(monkeypatch):
     assert env["OMP_NUM_THREADS"] == "2" and env["PYTHONPATH"].split(os.pathsep)[-1] == "/x"
     monkeypatch.delenv(CALMED)  # the user's own choice stays
     assert worker_env(1, [])["OMP_WAIT_POLICY"] == "PASSIVE"
+
+
+def test_patsparse_worker_waits_option():
+    from patsparse.bench.harness import worker_env
+
+    engine = load_engine("patsparse")
+    assert engine.worker_env({}) == {} and engine.worker_env({"patsparse_waits": "default"}) == {}
+    extra = engine.worker_env({"patsparse_waits": "passive"})
+    assert worker_env(2, [], extra)["OMP_WAIT_POLICY"] == "PASSIVE"
+    with pytest.raises(ValueError, match="patsparse_waits"):
+        engine.worker_env({"patsparse_waits": "spin"})

@@ -121,7 +121,7 @@ class EngineFailure(Exception):
         self.status, self.reason = status, reason
 
 
-def worker_env(threads: int, path: list[str]) -> dict[str, str]:
+def worker_env(threads: int, path: list[str], extra: dict[str, str] | None = None) -> dict[str, str]:
     """A worker's environment: this one with the thread count pinned and patsparse importable.
 
     If patsparse itself made OpenMP waits passive in this process (for training,
@@ -134,14 +134,16 @@ def worker_env(threads: int, path: list[str]) -> dict[str, str]:
     env.update({k: str(threads) for k in THREAD_ENV})
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([SRC_ROOT, *path]))
     env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})  # the engine's own settings (Engine.worker_env)
     return env
 
 
 class Worker:
     """One engine's worker process and the request/response calls to it."""
 
-    def __init__(self, name: str, python: str, path: list[str], threads: int, log: Path):
-        env = worker_env(threads, path)
+    def __init__(self, name: str, python: str, path: list[str], threads: int, log: Path,
+                 extra_env: dict[str, str] | None = None):
+        env = worker_env(threads, path, extra_env)
         self.name, self.log = name, log
         self._log_file = open(log, "wb")
         try:
@@ -309,7 +311,7 @@ class _Run:
         stage, w = "preparing", None
         try:
             w = Worker(name, engine.python(), engine.worker_path(), self.threads,
-                       self.root / f"{_slug(name)}.log")
+                       self.root / f"{_slug(name)}.log", engine.worker_env(options))
             self.started.append(w)
             arrays = {"x": x}
             pickled = model.module_bytes() if engine.needs_torch_model else None

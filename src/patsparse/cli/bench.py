@@ -43,6 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="timed seconds per engine; a slower engine stops early with fewer samples")
     p.add_argument("--timeout", type=float, default=600.0,
                    help="seconds any one engine request may take before the engine is killed")
+    p.add_argument("--patsparse-waits", choices=["default", "passive"], default="default",
+                   help="OpenMP thread waits of patsparse's worker: passive is robust on a machine "
+                        "other jobs keep busy, default (spin, then sleep) is faster on a quiet one")
     p.add_argument("--tvm-budget", type=float, default=0.0,
                    help="seconds of MetaSchedule tuning for TVM (0: untuned, labelled so)")
     p.add_argument("--tolerance", type=float, default=1e-3,
@@ -68,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     result = run_bench(model, engines, batch=args.batch, threads=args.threads, repeats=args.repeats,
                        warmup=args.warmup, timeout=args.timeout + args.tvm_budget,
                        tolerance=args.tolerance, workdir=args.workdir, time_limit=args.time_limit,
-                       options={"tvm_budget": args.tvm_budget}, log=log)
+                       options={"tvm_budget": args.tvm_budget, "patsparse_waits": args.patsparse_waits},
+                       log=log)
     print(report.header(result))
     print()
     print(report.table(result))

@@ -65,6 +65,10 @@ class Engine:
         """sys.path for the worker: the harness's own, so the worker imports the same code."""
         return [p for p in sys.path if p]
 
+    def worker_env(self, options: dict) -> dict[str, str]:
+        """Environment variables the worker process starts with (read before any import)."""
+        return {}
+
     def available(self) -> tuple[bool, str]:
         missing = [m for m in self.modules if importlib.util.find_spec(m) is None]
         if missing:

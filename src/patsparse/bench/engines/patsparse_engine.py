@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,16 @@ class Patsparse(Engine):
     modules = ("torch",)
     distribution = "patsparse"
     needs_torch_model = True
+
+    def worker_env(self, options: dict) -> dict[str, str]:
+        """``options["patsparse_waits"] = "passive"``: OpenMP threads sleep at once instead of
+        spinning. Default waits are faster on a quiet machine (VGG-16 CIFAR 2.25x: 6.4 vs 7.6 ms);
+        on a machine where other processes keep a core busy, spinning barriers wait whole
+        scheduler slices for a descheduled partner (p90 276 ms against 13 ms passive)."""
+        waits = options.get("patsparse_waits", "default")
+        if waits not in ("default", "passive"):
+            raise ValueError(f"patsparse_waits must be 'default' or 'passive', got {waits!r}")
+        return {"OMP_WAIT_POLICY": "PASSIVE"} if waits == "passive" else {}
 
     def available(self) -> tuple[bool, str]:
         if importlib.util.find_spec("patsparse.compiler.api") is None:
@@ -30,7 +41,9 @@ class Patsparse(Engine):
                                      threads=threads)
         # What it needs at run time: the built library and the packed weights.
         size = file_bytes(compiled.lib_path) + 4 * int(compiled.manifest.get("blob_floats", 0))
-        notes = "tuned" if compiled.manifest.get("tuned") else ""
+        passive = os.environ.get("OMP_WAIT_POLICY", "").lower() == "passive"
+        notes = ", ".join(n for n in ("tuned" if compiled.manifest.get("tuned") else "",
+                                      "passive waits" if passive else "") if n)
         return Runner(compiled.run_numpy, size, notes, keep=compiled)
 
 
