@@ -150,8 +150,14 @@ def generate(s: Spec, lin: Layout, lout: Layout, schedule: dict | None):
 
 
 def candidate_schedules(s: Spec, lout: Layout) -> list[dict | None]:
+    """The layer's candidate schedules ranked as its default is chosen (the first is the default).
+
+    Why cin and k: the ranking depends on the reduction length; without them the list is the
+    one for a long 1x1 reduction, and "tuned" timed tiles ranked for another layer
+    (ResNet-18's 3x3 512@7: the default is the channel-vector tile np=5, which the
+    reduction-blind list ranks below four row tiles)."""
     if s.kind == "conv":
-        return igemm.schedules(cout=s.cout, Ho=lout.H, Wo=lout.W)
+        return igemm.schedules(cout=s.cout, Ho=lout.H, Wo=lout.W, cin=s.cin, k=s.k)
     if s.kind == "dw":
         return depthwise.schedules(stride=s.stride, out_layout=lout)
     if s.kind == "linear":

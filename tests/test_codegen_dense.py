@@ -91,9 +91,11 @@ def test_conv2d_matches_torch(cin, cout, k, stride, data, H, W, pin, pout, act, 
 
 @pytest.mark.parametrize("cin,cout,k,stride,padding,H", [
     (3, 64, 7, 2, 3, 40),      # ResNet stem (small image), input layout without halo
+    (3, 64, 7, 2, 3, 224),     # ResNet stem at ImageNet size (14 full vectors per output row)
     (3, 32, 3, 2, 1, 33),      # MobileNet-V2 first conv, odd size
     (16, 24, 3, 1, 1, 14),     # dense 3x3 stride 1
     (16, 20, 1, 2, 0, 15),     # ResNet 1x1 stride-2 downsample
+    (64, 128, 1, 2, 0, 56),    # ResNet-18's first downsample at ImageNet size
 ])
 def test_conv2d_model_shapes(cin, cout, k, stride, padding, H):
     conv_case(cin=cin, cout=cout, k=k, stride=stride, padding=padding, H=H, W=H, pin=0 if k == 7 else 1,
@@ -107,6 +109,25 @@ def test_every_candidate_schedule_is_correct():
     for sched in conv_schedules(cout=10, Ho=6, Wo=11, cin=4, k=3) + extra:
         conv_case(cin=4, cout=10, k=3, stride=1, padding=1, H=6, W=11, pin=1, pout=1,
                   act="relu", residual=True, schedule=sched)
+
+
+@settings(SETTINGS, max_examples=10)
+@given(cin=st.integers(1, 4), cout=st.integers(1, 21), k=st.sampled_from([3, 5, 7]),
+       H=st.integers(7, 41), W=st.integers(7, 41), data=st.data())
+def test_few_channel_strided_conv_any_schedule(cin, cout, k, H, W, data):
+    """The stem family (KxK stride 2 over a few input channels, read through the phase-plane
+    prep): any candidate the tuner may pick, in either loop order, on odd sizes, with input
+    halos from none (the model input) up to the padding, and padding from 0 to K//2."""
+    padding = data.draw(st.integers(0, k // 2), label="padding")
+    pin = data.draw(st.integers(0, padding), label="pin")
+    Ho, Wo = (H + 2 * padding - k) // 2 + 1, (W + 2 * padding - k) // 2 + 1
+    sched = dict(data.draw(st.sampled_from(conv_schedules(cout=cout, Ho=Ho, Wo=Wo, cin=cin, k=k)),
+                           label="schedule"))
+    order = data.draw(st.sampled_from([None, "pix", "co"]), label="order")
+    if order:
+        sched["order"] = order
+    conv_case(cin=cin, cout=cout, k=k, stride=2, padding=padding, H=H, W=W, pin=pin, pout=1,
+              act="relu", residual=data.draw(st.booleans(), label="residual"), schedule=sched)
 
 
 @SETTINGS
