@@ -94,6 +94,9 @@ def test_every_op_matches_torch_batch_and_types(opsnet_compiled):
     m, cm = opsnet_compiled
     kinds = [layer["kernel"] for layer in cm.manifest["layers"]]
     assert kinds.count("pattern_conv") == 2 and "depthwise" in kinds and "maxpool" in kinds
+    # one thread team per forward pass: no kernel opens a parallel region of its own
+    assert cm.source.count("#pragma omp parallel") == 1 and "omp single" not in cm.source
+    assert cm.source.count("ps_barrier();") >= len(kinds)
     x = torch.randn(3, 3, 16, 16)
     with torch.no_grad():
         want = m(x)

@@ -17,7 +17,7 @@ import torch
 from ..errors import InputError
 from .build import compile_c, toolchain_fingerprint
 from .capture import capture_onnx, capture_torch
-from .codegen.graph import emit_model, generate_kernels, pack_blob, plan_graph
+from .codegen.graph import SYNC_FLOATS, emit_model, generate_kernels, pack_blob, plan_graph
 from .ir import Graph
 from .passes import run_passes
 from .runtime import FORMAT, FORMAT_VERSION, CompiledModel, sha256
@@ -80,7 +80,7 @@ def build_from_graph(g: Graph, *, threads: int | None = None, schedules: dict | 
                 "threads": threads, "vl": plan.vl, "toolchain": toolchain_fingerprint(),
                 "source_sha256": sha256(source.encode()),
                 "weights_sha256": sha256(blob.astype("<f4").tobytes()),
-                "workspace_floats": plan.ws_floats, "blob_floats": plan.blob_floats,
+                "workspace_floats": plan.ws_floats + SYNC_FLOATS, "blob_floats": plan.blob_floats,
                 "tuned": bool(tune), "layers": layers}
     return CompiledModel(lib, blob, manifest, source, gj, gt)
 

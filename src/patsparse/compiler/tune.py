@@ -58,8 +58,9 @@ def tune_plan(plan: Plan, *, threads: int, cache_dir: str | Path | None = None,
     src = [PRELUDE, SUPPORT] + [k.code for _, _, k in jobs]
     src.append("void tune_run(int id, const float *in, float *out, const float *w, const float *b,\n"
                "              const float *res, int reps, int nthreads) {\n"
-               "    omp_set_num_threads(nthreads);\n    for (int r = 0; r < reps; r++) switch (id) {")
-    src += [f"    case {i}: {k.name}(in, out, w, b, res); break;" for i, (_, _, k) in enumerate(jobs)]
+               "    omp_set_num_threads(nthreads);\n    switch (id) {")
+    src += [f"    case {i}: PS_TEAM_LOOP(reps, {k.name}(in, out, w, b, res)); break;"
+            for i, (_, _, k) in enumerate(jobs)]
     src.append("    }\n}\n")
     lib = ctypes.CDLL(str(compile_c("\n".join(src), name="tune", cache_dir=Path(cache_dir) if cache_dir else None)))
     lib.tune_run.argtypes = [ctypes.c_int] + [ctypes.c_void_p] * 5 + [ctypes.c_int, ctypes.c_int]

@@ -5,7 +5,7 @@ For output pixel (oh, ow) and tap (kh, kw) a kernel needs X[oh*s + kh - P][ow*s 
 
 * direct: the input halo is at least the conv padding, so the layout's zero halo *is* the
   padding. Loads are unit-stride when s == 1; at s == 2 a kernel may use ``ps_load_s2``.
-* phase planes: a prep pass (an ``omp for`` inside the kernel's parallel region) copies the
+* phase planes: a prep pass (an ``omp for`` split over the team, then a barrier) copies the
   input into per-thread scratch as s*s space-to-depth phases of the zero-padded input,
   phase (py, px) holding Xpad[s*r + py][s*c + px]. Every stride becomes unit-stride loads at
   compile-time offsets, and any input halo (even none, as for the model input) works.
@@ -30,8 +30,8 @@ class InputAccess:
     cs: int             # floats between channels in ``src``
     origin: int         # offset of output (0, 0)'s tap (0, 0) inside a channel of ``src``
     tap_off: tuple[int, ...]  # offset of tap (kh, kw), row-major, relative to origin
-    scratch: str        # C declaring the scratch (before the parallel region), or ""
-    prep: str           # C filling it (inside the parallel region), or ""
+    scratch: str        # C declaring the scratch (every thread of the team runs it), or ""
+    prep: str           # C filling it (split over the team, ends with a barrier), or ""
 
 
 def input_access(name: str, *, channels: int, k: int, stride: int, padding: int,
@@ -65,7 +65,7 @@ def input_access(name: str, *, channels: int, k: int, stride: int, padding: int,
     prep = f"""
     {{
     static const int PYS[{nph}] = {{{pys}}}, PXS[{nph}] = {{{pxs}}};
-    #pragma omp for schedule(static)
+    #pragma omp for schedule(static) nowait
     for (int q = 0; q < {channels * nph * hph}; q++) {{
         int ci = q / {nph * hph}, ph = q / {hph} % {nph}, r = q % {hph};
         float *d = scr + (size_t)ci * {cs} + ph * {phs} + r * {ldp};
@@ -81,6 +81,7 @@ def input_access(name: str, *, channels: int, k: int, stride: int, padding: int,
         for (int c = c0; c < c1; c++) d[c] = sr[{s} * c + x0];
         for (int c = c1; c < {ldp}; c++) d[c] = 0.0f;
     }}
+    ps_barrier();
     }}"""
     return InputAccess(src="scr", direct=False, step=1, row_stride=ldp, cs=cs, origin=0,
                        tap_off=tap_off, scratch=scratch, prep=prep)

@@ -38,6 +38,51 @@ PRELUDE = r"""
 #include <string.h>
 #include <math.h>
 #include <omp.h>
+#include <stdatomic.h>
+#include <sched.h>
+/* Teams. One OpenMP parallel region runs a whole forward pass (graph.py): every kernel is called
+   by all threads of the team, splits its work with orphaned `omp for ... nowait` loops or by
+   thread number, and ps_barrier() separates its phases (the caller puts one after each kernel).
+   Why not OpenMP's own barriers and one region per kernel: with the default wait policy GNU
+   OpenMP spins ~300K iterations before sleeping, so while another process holds a core a
+   waiting thread burns whole time slices its descheduled partner needs (VGG-16 CIFAR: p90 276 ms
+   against 13 ms), and with passive waits every region is a thread wake-up. This barrier spins
+   briefly, then yields the core. The ps_sync lives in the caller's workspace (one per calling
+   thread), so concurrent forward passes never share one. */
+typedef struct { atomic_uint count, gen; float *scr; char pad[48]; } ps_sync;
+static __thread ps_sync *ps_team_sync;
+static __thread int ps_team_nt;
+static inline void ps_team_enter(ps_sync *s) { ps_team_sync = s; ps_team_nt = omp_get_num_threads(); }
+static inline void ps_team_leave(void) { ps_team_sync = 0; ps_team_nt = 0; }
+#ifndef PS_SPIN
+#define PS_SPIN 4000
+#endif
+static inline void ps_pause(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+static void ps_barrier(void) {
+    ps_sync *s = ps_team_sync;
+    if (!s || ps_team_nt <= 1) return;
+    const unsigned g = atomic_load_explicit(&s->gen, memory_order_relaxed);
+    if (atomic_fetch_add_explicit(&s->count, 1, memory_order_acq_rel) == (unsigned)ps_team_nt - 1) {
+        atomic_store_explicit(&s->count, 0, memory_order_relaxed);
+        atomic_store_explicit(&s->gen, g + 1, memory_order_release);
+        return;
+    }
+    for (unsigned i = 0; atomic_load_explicit(&s->gen, memory_order_acquire) == g; i++)
+        if (i < PS_SPIN) ps_pause(); else sched_yield();
+}
+/* Run `call` `reps` times in a team of its own, a barrier after each (single-kernel tests, tuner) */
+#define PS_TEAM_LOOP(reps, call) do { \
+    ps_sync ps_sync_ = {0}; \
+    _Pragma("omp parallel") { \
+        ps_team_enter(&ps_sync_); \
+        for (int ps_r_ = 0; ps_r_ < (reps); ps_r_++) { call; ps_barrier(); } \
+        ps_team_leave(); \
+    } \
+} while (0)
 #if defined(__AVX512F__)
 #define VL 16
 #elif defined(__AVX__)

@@ -20,9 +20,9 @@ MAX_VL = 16  # widest vector any target uses; Python-side sizes that must fit ev
 
 # PS_KEEP: see the C comment.
 # ps_load_s2: lanes 0, 2, 4, ... of p[0 .. 2*VL): one stride-2 vector from two loads + a shuffle.
-# PS_SCRATCH: per-thread scratch that lives as long as the thread (kernels are called from several
+# PS_SCRATCH: scratch that lives as long as the calling thread (kernels are called from several
 # threads at once, and malloc/free per call would fault fresh pages in on every call); one arena
-# per thread serves all kernels of a library.
+# per calling thread serves all kernels of a library, shared with that call's team.
 HELPERS = r"""
 #ifndef PATSPARSE_DENSE_HELPERS
 #define PATSPARSE_DENSE_HELPERS
@@ -84,7 +84,15 @@ static float *ps_scratch(size_t nfloats, const char *who) {
     }
     return a->p;
 }
-#define PS_SCRATCH(var, nfloats, who) float *var = ps_scratch((nfloats), (who))
+/* inside a team: the calling thread's (thread 0's) arena, shared with the team */
+static float *ps_team_scratch(size_t nfloats, const char *who) {
+    ps_sync *s = ps_team_sync;
+    if (!s || ps_team_nt <= 1) return ps_scratch(nfloats, who);
+    if (omp_get_thread_num() == 0) s->scr = ps_scratch(nfloats, who);
+    ps_barrier();
+    return s->scr;
+}
+#define PS_SCRATCH(var, nfloats, who) float *var = ps_team_scratch((nfloats), (who))
 #endif
 """
 

@@ -73,8 +73,9 @@ def _ptr(a: np.ndarray | None) -> ctypes.c_void_p:
 class KernelRunner:
     """One generated kernel built alone into a shared library, callable on numpy buffers.
 
-    The library exports ``run`` (the kernel itself, through a thin wrapper) and
-    ``bench(iters)`` (a tight loop around it, so timings carry no ctypes overhead).
+    The library exports ``run`` (the kernel itself, called by a thread team as in a compiled
+    model) and ``bench(iters)`` (a tight loop around it in one team, so timings carry no ctypes
+    or thread start-up overhead).
     """
 
     def __init__(self, kernel: GeneratedKernel, *, cache_dir: Path | None = None,
@@ -82,12 +83,12 @@ class KernelRunner:
         self.kernel = kernel
         source = PRELUDE + kernel.code + f"""
 void run(const float *in, float *out, const float *w, const float *b, const float *r) {{
-    {kernel.name}(in, out, w, b, r);
+    PS_TEAM_LOOP(1, {kernel.name}(in, out, w, b, r));
 }}
 double bench(const float *in, float *out, const float *w, const float *b, const float *r,
              int iters) {{
     double t0 = omp_get_wtime();
-    for (int i = 0; i < iters; i++) {kernel.name}(in, out, w, b, r);
+    PS_TEAM_LOOP(iters, {kernel.name}(in, out, w, b, r));
     return omp_get_wtime() - t0;
 }}
 """

@@ -96,9 +96,8 @@ def gen_cvec(name: str, *, cin: int, cout: int, k: int, acc: InputAccess, out_la
 static void {name}(const float *restrict in, float *restrict out, const float *restrict w,
                    const float *restrict bias, const float *restrict res) {{
     (void)res;{acc.scratch}
-    #pragma omp parallel
     {{{acc.prep}
-    #pragma omp for schedule(static)
+    #pragma omp for schedule(static) nowait
     for (int u = 0; u < {nct * npt}; u++) {{
         int pt = {"u / " + str(nct) if order == "pix" else "u % " + str(npt)};
         int ct = {"u % " + str(nct) if order == "pix" else "u / " + str(npt)}, co0 = ct * {CB};

@@ -93,9 +93,8 @@ static void {name}(const float *restrict in, float *restrict out, const float *r
     enum {{ NVW = ({Wo} + VL - 1) / VL, LASTW = (NVW - 1) * VL }};
     const vi tm = vtailmask({Wo} - LASTW);
     (void)res;{acc.scratch}
-    #pragma omp parallel
     {{{acc.prep}
-    #pragma omp for schedule(static)
+    #pragma omp for schedule(static) nowait
     for (int u = 0; u < {channels * nrb}; u++) {{
         int c = u / {nrb}, oh0 = u % {nrb} * {rows};
         const float *wc = w + (size_t)c * {kk};

@@ -102,13 +102,13 @@ static void {name}(const float *restrict in, float *restrict out, const float *r
                    const float *restrict bias, const float *restrict res) {{
     PS_SCRATCH(x, {kp}, "{name}");
     (void)res;
-    #pragma omp parallel
     {{
-        #pragma omp for schedule(static)
+        #pragma omp for schedule(static) nowait
         for (int c = 0; c < {L.C}; c++) {{ {gather} }}
-        #pragma omp single
-        for (int k = {in_features}; k < {kp}; k++) x[k] = 0.0f;
-        #pragma omp for schedule(static)
+        if (omp_get_thread_num() == 0)
+            for (int k = {in_features}; k < {kp}; k++) x[k] = 0.0f;
+        ps_barrier();
+        #pragma omp for schedule(static) nowait
         for (int o = 0; o < {op}; o += {mr}) {{
             const float *wo = w + (size_t)o * {kp};
 {accs}

@@ -16,7 +16,7 @@ Entry point (per call, ``batch`` images, NCHW float input and output)::
                     double *prof)
 
 ``ws`` must be zeroed once before its first use and used by one call at a time (the runtime
-keeps one per Python thread). ``prof`` is NULL, or one double per step to which each step adds
+keeps one per Python thread); its last 64 bytes hold the call's thread-team barrier. ``prof`` is NULL, or one double per step to which each step adds
 its wall-clock seconds (the per-layer profile: one branch per layer when off).
 """
 
@@ -197,42 +197,64 @@ def generate_kernels(plan: Plan, schedules: dict[str, dict] | None = None) -> No
 
 
 def _copy_in(lay: Layout) -> str:
-    return (f"    for (int c = 0; c < {lay.C}; c++) for (int h = 0; h < {lay.H}; h++)\n"
-            f"        memcpy(buf + (ptrdiff_t)c * {lay.ps} + (h + {lay.pad}) * {lay.ld} + {lay.pad}, "
+    return (f"        #pragma omp for schedule(static) nowait\n"
+            f"        for (int c = 0; c < {lay.C}; c++) for (int h = 0; h < {lay.H}; h++)\n"
+            f"            memcpy(buf + (ptrdiff_t)c * {lay.ps} + (h + {lay.pad}) * {lay.ld} + {lay.pad}, "
             f"xn + ((ptrdiff_t)c * {lay.H} + h) * {lay.W}, {lay.W} * sizeof(float));")
 
 
 def _copy_out(lay: Layout) -> str:
-    return (f"    for (int c = 0; c < {lay.C}; c++) for (int h = 0; h < {lay.H}; h++)\n"
-            f"        memcpy(yn + ((ptrdiff_t)c * {lay.H} + h) * {lay.W}, "
+    return (f"        #pragma omp for schedule(static) nowait\n"
+            f"        for (int c = 0; c < {lay.C}; c++) for (int h = 0; h < {lay.H}; h++)\n"
+            f"            memcpy(yn + ((ptrdiff_t)c * {lay.H} + h) * {lay.W}, "
             f"buf + (ptrdiff_t)c * {lay.ps} + (h + {lay.pad}) * {lay.ld} + {lay.pad}, {lay.W} * sizeof(float));")
 
 
+SYNC_FLOATS = 16  # the team's ps_sync (64 bytes) after the activations in the workspace
+
+
 def emit_model(plan: Plan) -> str:
-    """The whole model's C source (kernels must be generated)."""
+    """The whole model's C source (kernels must be generated).
+
+    One OpenMP parallel region per call; inside it every thread runs every layer in turn and a
+    ps_barrier (base.PRELUDE) separates the layers, so a forward pass costs one thread wake-up,
+    not one per layer.
+    """
     g, lay_in, lay_out = plan.graph, plan.layouts[INPUT], plan.layouts[plan.graph.output]
     parts = [PRELUDE, SUPPORT]
     parts += [s.kernel.code for s in plan.steps]
     body = ["void ps_forward(const float *restrict x, float *restrict y, int batch, float *restrict ws,",
             "                const float *restrict blob, int nthreads, double *restrict prof) {",
             "    if (nthreads > 0) omp_set_num_threads(nthreads);",
+            f"    ps_sync *sync = (ps_sync *)(ws + {plan.ws_floats});",
+            "    #pragma omp parallel",
+            "    {",
+            "    ps_team_enter(sync);",
+            "    const int lead = omp_get_thread_num() == 0;",
             "    for (int n = 0; n < batch; n++) {",
-            f"    const float *restrict xn = x + (ptrdiff_t)n * {lay_in.C * lay_in.H * lay_in.W};",
-            f"    float *restrict yn = y + (ptrdiff_t)n * {lay_out.C * lay_out.H * lay_out.W};",
-            f"    {{ float *restrict buf = ws + {plan.offsets[INPUT]};",
-            _copy_in(lay_in), "    }",
-            "    double t0 = prof ? omp_get_wtime() : 0.0;"]
+            f"        const float *restrict xn = x + (ptrdiff_t)n * {lay_in.C * lay_in.H * lay_in.W};",
+            f"        float *restrict yn = y + (ptrdiff_t)n * {lay_out.C * lay_out.H * lay_out.W};",
+            f"        {{ float *restrict buf = ws + {plan.offsets[INPUT]};",
+            _copy_in(lay_in), "        }",
+            "        ps_barrier();",
+            "        double t0 = prof && lead ? omp_get_wtime() : 0.0;"]
     for s in plan.steps:
         n = s.node
         res = f"ws + {plan.offsets[n.residual]}" if n.residual else "0"
-        body.append(f"    /* {c_comment(n.name)}: {s.kind} */")
-        body.append(f"    {s.cname}(ws + {plan.offsets[n.inputs[0]]}, ws + {plan.offsets[n.name]}, "
+        body.append(f"        /* {c_comment(n.name)}: {s.kind} */")
+        body.append(f"        {s.cname}(ws + {plan.offsets[n.inputs[0]]}, ws + {plan.offsets[n.name]}, "
                     f"blob + {s.w_off}, blob + {s.b_off}, {res});")
-        body.append(f"    if (prof) {{ const double t1 = omp_get_wtime(); prof[{s.index}] += t1 - t0; t0 = t1; }}")
-    body += [f"    {{ const float *restrict buf = ws + {plan.offsets[g.output]};", _copy_out(lay_out), "    }",
-             "    }", "}",
+        body.append("        ps_barrier();")
+        body.append(f"        if (prof && lead) {{ const double t1 = omp_get_wtime(); prof[{s.index}] += t1 - t0; "
+                    "t0 = t1; }")
+    body += [f"        {{ const float *restrict buf = ws + {plan.offsets[g.output]};", _copy_out(lay_out), "        }",
+             "        ps_barrier();  /* the next image reuses the workspace */",
+             "    }",
+             "    ps_team_leave();",
+             "    }",
+             "}",
              "int ps_vl(void) { return VL; }",
-             f"long ps_workspace_floats(void) {{ return {plan.ws_floats}L; }}",
+             f"long ps_workspace_floats(void) {{ return {plan.ws_floats + SYNC_FLOATS}L; }}",
              f"long ps_blob_floats(void) {{ return {plan.blob_floats}L; }}"]
     parts.append("\n".join(body))
     return "\n".join(parts) + "\n"

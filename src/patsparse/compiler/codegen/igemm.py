@@ -158,9 +158,8 @@ static void {name}(const float *restrict in, float *restrict out, const float *r
            NCT = {cout_pad // mr}, LASTW = (NVW - 1) * VL }};
     const vi tm = vtailmask({Wo} - LASTW);
     (void)res;{scratch}
-    #pragma omp parallel
     {{{prep}
-    #pragma omp for schedule(static)
+    #pragma omp for schedule(static) nowait
     for (int u = 0; u < NPT * NCT; u++) {{
         int pt = {"u / NCT" if order == "pix" else "u % NPT"}, ct = {"u % NCT" if order == "pix" else "u / NPT"};
         int co0 = ct * {mr};

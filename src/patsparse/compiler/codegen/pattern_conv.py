@@ -243,7 +243,7 @@ class _Emitter:
             for line in sorted({off // 16 for off in uses} | {(off + vl - 1) // 16 for off in uses}):
                 lines.append(f"        __builtin_prefetch(pf + {line * 16}, 0, 3);")
         for j in range(len(taps)):
-            lines.append(f"        const vf w{j} = pc_splat(wk[{j}]);")
+            lines.append(f"        const vf w{j} = vbcast(wk[{j}]);")
         for off in sorted(uses):  # PS_KEEP: one load in a register, not one folded into each FMA
             lines.append(f"        {{ vf x = vload(ip + {off}); PS_KEEP(x);")
             for j, r, v in uses[off]:
@@ -328,7 +328,6 @@ class _Emitter:
         if self.order == "ft":
             loops = [floop] + ["    " + x for x in filt + loops] + ["}"]
         fn = [*_fkw_prologue(self.name, o), *self.acc.scratch.strip("\n").splitlines(),
-              "    #pragma omp parallel",
               "    {", *self.acc.prep.strip("\n").splitlines(),
               "        const int nt = omp_get_num_threads(), t = omp_get_thread_num();",
               f"        const int f0 = ps_split(cost, {lay.F}, t, nt), f1 = ps_split(cost, {lay.F}, t + 1, nt);"]
@@ -346,7 +345,7 @@ class _FlatEmitter:
     vectors), so every tap of every kernel is an aligned vector load and no lane is wasted.
     Few output vectors mean few accumulators, so the kernel loop is unrolled ``unroll`` times
     into separate accumulator sets (independent FMA chains), summed at the end. The copies
-    live in a per-calling-thread scratch (thread-safe, allocated once).
+    live in the calling thread's scratch arena, shared with its team (PS_SCRATCH).
 
     Tap packing (``pack`` = g > 1, see ``tap_pack``): a plane of VL/g outputs fills a vector
     with g taps. The copies are then per mask: for every channel and every mask the layer uses,
@@ -404,7 +403,7 @@ class _FlatEmitter:
         lines = [f"const float *restrict ip{u} = col + (ptrdiff_t)cidx[k + {u}] * {9 * hwp};" for u in us]
         for j, t in enumerate(taps):
             for u in us:
-                lines.append(f"{{ const vf wv = pc_splat(wk[{u * nt + j}]);")
+                lines.append(f"{{ const vf wv = vbcast(wk[{u * nt + j}]);")
                 for v in range(self.nvt):
                     lines.append(f"  a{u}_{v} += wv * vloada(ip{u} + {t * hwp + v * vl});")
                 lines.append("}")
@@ -469,23 +468,21 @@ class _FlatEmitter:
         lay, sh, out, inp = self.lay, self.sh, self.sh.out, self.sh.inp
         o, hwp, U = lay.offsets, self.hwp, self.unroll
         off0 = (inp.pad - sh.pad) * inp.ld + (inp.pad - sh.pad)
-        body = [f"/* ---- {self.name}: pattern conv 3x3/{sh.stride} pad {sh.pad}, {lay.C}->{lay.F} ch, "
+        body = [HELPERS, f"/* ---- {self.name}: pattern conv 3x3/{sh.stride} pad {sh.pad}, {lay.C}->{lay.F} ch, "
                 f"{inp.H}x{inp.W} -> {out.H}x{out.W}, {lay.P} masks, {lay.K} kernels, flat layout, "
                 f"unroll {U} */",
                 f'_Static_assert(VL == {self.vl}, "{self.name} was generated for {self.vl}-float '
                 f'vectors; regenerate it on this machine");',
                 *_fkw_prologue(self.name, o),
-                f"    static __thread float *{self.name}_col;",
-                f"    if (!{self.name}_col) {self.name}_col = pc_scratch({lay.C * self._cs()}, \"{self.name}\");",
-                f"    float *restrict col = {self.name}_col;",
-                "    #pragma omp parallel",
+                f"    PS_SCRATCH(col, {lay.C * self._cs()}, \"{self.name}\");",
                 "    {",
-                "        #pragma omp for schedule(static)",
+                "        #pragma omp for schedule(static) nowait",
                 f"        for (int c = 0; c < {lay.C}; c++) {{",
                 f"            const float *restrict src = in + (ptrdiff_t)c * {inp.ps} + {off0};",
                 f"            float *restrict dst = col + (ptrdiff_t)c * {self._cs()};",
                 *["            " + x for x in self._copy()],
                 "        }",
+                "        ps_barrier();",
                 "        const int nt = omp_get_num_threads(), t = omp_get_thread_num();",
                 f"        const int f0 = ps_split(cost, {lay.F}, t, nt), f1 = ps_split(cost, {lay.F}, t + 1, nt);",
                 "        for (int f = f0; f < f1; f++) {",
@@ -502,7 +499,7 @@ class _FlatEmitter:
                 body += ["                " + x for x in self._run(p, 1)]
             body.append("            }")
         body.append(f"            float tmp[{hwp}] __attribute__((aligned(64)));")
-        body.append("            const vf bv = pc_splat(bias[oc]);")
+        body.append("            const vf bv = vbcast(bias[oc]);")
         for v in range(nacc):
             total = " + ".join(f"a{u}_{v}" for u in range(U))
             body.append(f"            vstore(tmp + {v * self.vl}, {total}{'' if self.g > 1 else ' + bv'});")
@@ -521,7 +518,7 @@ class _FlatEmitter:
 
 
 # Shared by every pattern layer (the graph emits it once): first filter of thread t's share,
-# the reordered filters split by cumulative tap count.
+# the reordered filters split by cumulative tap count. Kernels run in a team (base.PRELUDE).
 SUPPORT = r"""
 #ifndef PS_SPLIT_DEFINED
 #define PS_SPLIT_DEFINED
@@ -532,16 +529,6 @@ static inline int ps_split(const int32_t *cost, int F, int t, int nt) {
     while (lo < hi) { int mid = (lo + hi) / 2; if (cost[mid] < goal) lo = mid + 1; else hi = mid; }
     return lo;
 }
-/* per-calling-thread scratch of the flat layout: allocated once, never freed (lives with the thread) */
-#include <stdlib.h>
-#include <stdio.h>
-static float *pc_scratch(size_t nfloats, const char *who) {
-    float *p = aligned_alloc(64, (nfloats * sizeof(float) + 63) / 64 * 64);
-    if (!p) { fprintf(stderr, "patsparse: %s could not allocate %zu floats of scratch\n", who, nfloats); abort(); }
-    return p;
-}
-/* broadcast; unlike (vf){0} + x, x - 0 is exact for every x, so GCC folds the add away */
-static inline vf pc_splat(float x) { return x - (vf){0}; }
 /* four consecutive floats, any alignment (a pattern kernel's weights) */
 typedef float pc_v4u __attribute__((vector_size(16), aligned(4)));
 static inline pc_v4u pc_load4(const float *p) { return *(const pc_v4u *)p; }

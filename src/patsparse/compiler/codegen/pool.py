@@ -79,7 +79,7 @@ static void {name}(const float *restrict in, float *restrict out, const float *r
     enum {{ NVW = ({Wo} + VL - 1) / VL, LASTW = (NVW - 1) * VL }};
     const vi tm = vtailmask({Wo} - LASTW);
     (void)w; (void)bias; (void)res;
-    #pragma omp parallel for schedule(static)
+    #pragma omp for schedule(static) nowait
     for (int u = 0; u < {L.C * Ho}; u++) {{
         int c = u / {Ho}, oh = u % {Ho}, ih0 = oh * {s} - {P};
         int kh0 = ih0 < 0 ? -ih0 : 0, kh1 = {L.H} - ih0 < {K} ? {L.H} - ih0 : {K};
@@ -164,7 +164,7 @@ def gen_global_avgpool(name: str, *, in_layout: Layout, out_layout: Layout, act:
 static void {name}(const float *restrict in, float *restrict out, const float *restrict w,
                    const float *restrict bias, const float *restrict res) {{
     (void)w; (void)bias; (void)res;
-    #pragma omp parallel for schedule(static)
+    #pragma omp for schedule(static) nowait
     for (int c = 0; c < {L.C}; c++) {{
         const float *p = in + (size_t)c * {L.ps} + {L.origin};
         vf acc = (vf){{0}};
