@@ -325,3 +325,19 @@ def test_onnx_zoo_model_with_shared_weight_aliases(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert_close(cm(x), m(x))
+
+
+def test_tuner_candidates_include_the_default_dense_schedule():
+    """The tuner measures the dense conv's untuned default among its candidates (it used to
+    rank them without the input channels and kernel size, and could leave the default out)."""
+    from patsparse.compiler.api import capture
+    from patsparse.compiler.codegen.graph import generate_kernels, plan_graph
+    from patsparse.compiler.tune import candidates
+
+    m = nn.Sequential(nn.Conv2d(512, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 32, 1)).eval()
+    plan = plan_graph(capture(m, torch.zeros(1, 512, 7, 7)))
+    generate_kernels(plan)
+    for s in plan.steps:  # a candidate names the knobs it sets; the generator fills in the rest
+        default = plan.schedules[s.cname]
+        assert any(all(default.get(k) == v for k, v in c.items()) for c in candidates(s, plan.vl)), \
+            (s.cname, default)

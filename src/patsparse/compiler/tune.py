@@ -39,7 +39,10 @@ def candidates(step: Step, vl: int) -> list[dict]:
             from .codegen.dense_conv import schedules
         except ImportError:
             return []
-        return list(schedules(cout=step.out_layout.C, out_layout=step.out_layout))[:MAX_CANDIDATES]
+        # the same ranking the untuned default comes from (input channels and kernel size
+        # decide it), so the default is always among the candidates measured
+        return list(schedules(cout=step.out_layout.C, out_layout=step.out_layout, cin=step.in_layout.C,
+                              k=step.node.attrs["k"]))[:MAX_CANDIDATES]
     return []
 
 
