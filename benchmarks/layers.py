@@ -235,11 +235,20 @@ NOTES = [
     "- 2x2 planes (VGG-CIFAR's last stage) pack 2 taps per 8-float vector (flat layout, `pack` 2: "
     "1.15-1.35x over unpacked per layer); what is left is the per-call copy and per-filter control. "
     "4x4 planes run flat with full vectors but read 4 cache lines per kernel from L2.",
-    "- ResNet-18 ImageNet: the dense 7x7 stem (6.5% of the dense MACs, about a third of the MACs "
-    "left at 8x) runs at dense speed in every engine, which caps the whole-model gain (Amdahl).",
+    "- ResNet-18 ImageNet: the dense 7x7 stem is 118 M of the 347 M MACs left at 8x and runs at "
+    "its FMA bound in every engine (ours: 87% of one AVX2 core's peak by cycle counts, level with "
+    "ONNX Runtime per core; docs/COMPILER.md, Dense stem), which caps the whole-model gain "
+    "(Amdahl). The stride-2 pattern convs run at about half the stride-1 layers' GFLOP/s.",
+    "- Run-to-run spread on this shared VM is larger than the margins: on 2026-11-22 between 03:40 "
+    "and 04:15 UTC, with nothing else running here, ResNet-18 ImageNet 8x measured 3.04x (bench grid, "
+    "docs/BENCHMARKS.md), then 2.02x and 2.61x (two runs of this script) and 2.10x, 2.35x, 2.60x "
+    "(`patsparse bench resnet18 --variant imagenet --rate 8 --engines patsparse,onnxruntime`); "
+    "ONNX Runtime's own latency moved by 1.4x between those runs, ours by 1.8x (the pattern kernels "
+    "wait on cache misses, so they suffer most from neighbours' memory traffic). VGG-16 CIFAR 8x: "
+    "3.47x, 3.24x, 3.18x. The targets are therefore reported as missed unless every run meets them.",
     "- Wall-clock latency is not usable on this machine while other jobs keep it saturated "
     "(CPU pressure above): wall-clock runs of the same script gave 0.4x-12x for the same model. "
-    "Process CPU time per call measures each engine's work and is what the tables show by "
+    "Process CPU time per call measures each engine's work and is what the per-layer table shows "
     "with --clock cpu; `--clock wall` (the default) gives latency on a quiet machine.", ""]
 
 
@@ -260,7 +269,8 @@ def header(args) -> list[str]:
             "(INFERENCE_PRECISION_HINT f32, LATENCY, 1 stream)",
             f"- batch 1, fp32, {args.threads} threads, {args.rounds} interleaved rounds, medians of "
             f"{'process CPU time per call (all threads)' if CLOCK == 'cpu' else 'wall-clock latency'}; "
-            f"thread waits: {'spinning' if SPIN else 'passive (OMP_WAIT_POLICY=passive, ORT spinning off)'}",
+            f"thread waits in the per-layer table (one process): "
+            f"{'spinning' if SPIN else 'passive (OMP_WAIT_POLICY=passive, ORT spinning off)'}",
             f"- command: `python benchmarks/layers.py {' '.join(sys.argv[1:])}`",
             f"- machine load when the run started (/proc/pressure/cpu, 'some' = share of time runnable "
             f"tasks waited for a CPU): {_pressure()}", ""]

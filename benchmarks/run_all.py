@@ -59,6 +59,7 @@ STANDARD = [
 # torch.compile (16-84 s to compile per configuration) and TVM without MetaSchedule tuning
 # (15-40x slower than every other engine; tuning segfaults in apache-tvm 0.27). `patsparse bench`
 # runs them on request (--engines).
+COMMAND_FILE = "command.txt"  # beside the results: the command line that measured them
 GRID_ENGINES = [e for e in ENGINES if e not in ("torch-compile", "tvm")]
 
 
@@ -105,13 +106,15 @@ def grid(args) -> list[tuple[str, str, float, int]]:
     return [(m, v, r, b) for m, v, rates, batches in STANDARD for b in batches for r in rates]
 
 
-def run_grid(args, results_dir: Path) -> None:
+def run_grid(args, results_dir: Path, argv: list[str] = ()) -> None:
     results_dir.mkdir(parents=True, exist_ok=True)
     configs = grid(args)
     wanted = {config_id(*c) for c in configs}
     for old in results_dir.glob("*.json"):
         if not (args.resume and old.stem in wanted):
             old.unlink()  # the page shows one run of the grid, never a mix of runs
+    if not (args.resume and (results_dir / COMMAND_FILE).exists()):
+        atomic_write_bytes(results_dir / COMMAND_FILE, (command_line(__file__, list(argv)) + "\n").encode())
     for i, (model, variant, rate, batch) in enumerate(configs, 1):
         cid = config_id(model, variant, rate, batch)
         if (results_dir / f"{cid}.json").exists():
@@ -182,9 +185,10 @@ def stitch(args, results_dir: Path, plots_dir: Path, argv: list[str]) -> str:
                  f"{', '.join(rate_name(x) for x in sorted({r.rate or 1.0 for r in results}))}; batch "
                  f"{', '.join(str(b) for b in sorted({r.batch for r in results}))}; "
                  f"threads per engine: {', '.join(str(t) for t in sorted({r.threads for r in results}))}")
+    ran = (results_dir / COMMAND_FILE).read_text().strip() if (results_dir / COMMAND_FILE).exists() else "?"
     lines = [
         "# Benchmarks: patsparse against the engines users would pick instead", "",
-        f"Written by `{command_line(__file__, argv)}` from one run of the grid below "
+        f"Measured by `{ran}`, written by `{command_line(__file__, argv)}`, from one run of the grid below "
         f"({len(results)} configurations, each its own interleaved side-by-side run of every engine; "
         f"per-configuration JSON in `docs/bench/results/`).", "",
         f"- Machine: {m.get('cpu')}, {m.get('cores')} cores ({', '.join(m.get('isa', []))}), {m.get('os')}, "
@@ -235,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     results_dir = args.out.parent / "bench" / "results"
     plots_dir = args.out.parent / "bench" / "plots"
     if not args.stitch_only:
-        run_grid(args, results_dir)
+        run_grid(args, results_dir, argv)
     atomic_write_bytes(args.out, stitch(args, results_dir, plots_dir, argv).encode())
     print(f"wrote {args.out}")
     return 0

@@ -57,6 +57,7 @@ def test_standard_grid_and_resume(tmp_path, capsys):
     report.write_result_json(r, results / "stale-config.json")
     args = run_all.parse_args(["--resume", "--models", "vgg16_bn", "--variants", "cifar",
                                "--rates", "8", "--batches", "1"])
-    run_all.run_grid(args, results)
+    run_all.run_grid(args, results, ["--resume"])
     assert "done in an earlier part of this run" in capsys.readouterr().out
     assert sorted(p.name for p in results.glob("*.json")) == ["vgg16_bn-cifar-r8-b1.json"]
+    assert (results / "command.txt").read_text() == "python benchmarks/run_all.py --resume\n"
