@@ -1,0 +1,95 @@
+"""How a compiled model's latency holds up when another process keeps a core busy.
+
+A user's server or laptop is rarely idle. With OpenMP-style spinning waits, a thread that waits
+for a descheduled partner burns the time slice the partner needs, and latency outliers grow by
+orders of magnitude; patsparse's one-team forward pass spins briefly, then yields (see
+docs/COMPILER.md). This script measures it: the same compiled model, alone and next to a busy
+process pinned to nothing (the scheduler places it), with OpenMP's default and passive waits,
+each configuration in a fresh process (OpenMP reads its wait policy once, at start-up).
+
+    python benchmarks/contention.py [--model vgg16_bn] [--rate 2.25] [--calls 200]
+
+Writes docs/bench/contention.md (stitched into docs/BENCHMARKS.md by run_all.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Runs in a child process: compile, warm up, time `calls` calls, print JSON.
+CHILD = r"""
+import json, sys, time
+import numpy as np
+from patsparse.bench.model import BenchModel
+import patsparse as ps
+import torch
+name, variant, rate, calls = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
+bm = BenchModel.from_zoo(name, rate=None if rate == 1.0 else rate, variant=variant)
+x = np.random.default_rng(0).standard_normal((1, *bm.input_shape)).astype(np.float32)
+cm = ps.compile(bm.module, torch.from_numpy(x), threads=2)
+for _ in range(20):
+    cm.run_numpy(x)
+ts = []
+for _ in range(calls):
+    t0 = time.perf_counter(); cm.run_numpy(x); ts.append((time.perf_counter() - t0) * 1e3)
+ts = np.array(ts)
+print(json.dumps({"median": float(np.median(ts)), "p90": float(np.percentile(ts, 90)), "max": float(ts.max())}))
+"""
+
+
+def measure(args, waits: str, busy: bool) -> dict:
+    env = dict(os.environ)
+    env.pop("OMP_WAIT_POLICY", None)
+    if waits == "passive":
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
+    try:
+        out = subprocess.run([sys.executable, "-c", CHILD, args.model, args.variant, str(args.rate),
+                              str(args.calls)], env=env, capture_output=True, text=True, check=True)
+    finally:
+        if hog:
+            hog.kill()
+            hog.wait()
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="vgg16_bn")
+    ap.add_argument("--variant", default="cifar", choices=["cifar", "imagenet"])
+    ap.add_argument("--rate", type=float, default=2.25, help="1 = dense")
+    ap.add_argument("--calls", type=int, default=200)
+    ap.add_argument("--out", default=str(ROOT / "docs" / "bench" / "contention.md"))
+    args = ap.parse_args()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
+    lines = ["## Latency next to a busy process (benchmarks/contention.py)", "",
+             f"- {args.model} {args.variant}, rate {args.rate:g}, batch 1, 2 threads, {args.calls} calls after "
+             f"20 warm-up calls, each row a fresh process; 'busy': another process spinning on the "
+             f"CPU the whole time (`python -c 'while True: pass'`)",
+             f"- date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, commit {commit}, "
+             f"command `python benchmarks/contention.py {' '.join(sys.argv[1:])}`", "",
+             "| OpenMP waits | machine | median ms | p90 ms | max ms |", "|---|---|---|---|---|"]
+    for waits in ("default", "passive"):
+        for busy in (False, True):
+            r = measure(args, waits, busy)
+            lines.append(f"| {waits} | {'one core busy' if busy else 'quiet'} | {r['median']:.2f} | "
+                         f"{r['p90']:.2f} | {r['max']:.1f} |")
+            print(lines[-1], flush=True)
+            time.sleep(1)
+    out = Path(args.out)
+    out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
