@@ -3,7 +3,8 @@
 A generator returns a ``GeneratedKernel``: C source defining one ``static void`` function with
 the fixed signature below, a function that packs the layer's PyTorch weights into the order the
 kernel reads, and its useful FLOP count (for GFLOP/s tables). Kernels process ONE image; the
-entry point loops over the batch. Threads: each kernel parallelises itself with OpenMP.
+entry point loops over the batch. Threads: every thread of the caller's team calls the kernel
+(one OpenMP region per forward pass); a kernel splits its work and never opens a region.
 
 Signature of every kernel function::
 
