@@ -42,6 +42,13 @@ def command_line(script: str | Path, argv: list[str]) -> str:
     return " ".join(shlex.quote(a) for a in ["python", str(script), *argv])
 
 
+def add_zoo_args(ap, *, rate: float) -> None:
+    """--model / --variant / --rate for the scripts that time one zoo model (rate 1 = dense)."""
+    ap.add_argument("--model", default="vgg16_bn")
+    ap.add_argument("--variant", default="cifar", choices=["cifar", "imagenet"])
+    ap.add_argument("--rate", type=float, default=rate, help="1 = dense")
+
+
 def machine() -> dict[str, str | int]:
     """What a reader needs to judge a timing or a budget: CPU model, cores, torch, threads."""
     cpu = platform.processor() or platform.machine()

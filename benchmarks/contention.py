@@ -15,7 +15,6 @@ Writes docs/bench/contention.md (stitched into docs/BENCHMARKS.md by run_all.py)
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import subprocess
@@ -24,6 +23,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _report import add_zoo_args, command_line, git_commit, utc_now  # noqa: E402
 
 # Runs in a child process: compile, warm up, time `calls` calls, print JSON.
 CHILD = r"""
@@ -64,20 +65,16 @@ def measure(args, waits: str, busy: bool) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="vgg16_bn")
-    ap.add_argument("--variant", default="cifar", choices=["cifar", "imagenet"])
-    ap.add_argument("--rate", type=float, default=2.25, help="1 = dense")
+    add_zoo_args(ap, rate=2.25)
     ap.add_argument("--calls", type=int, default=200)
     ap.add_argument("--out", default=str(ROOT / "docs" / "bench" / "contention.md"))
     args = ap.parse_args()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
     lines = ["## Latency next to a busy process (benchmarks/contention.py)", "",
              f"- {args.model} {args.variant}, rate {args.rate:g}, batch 1, 2 threads, {args.calls} calls after "
              f"20 warm-up calls, each row a fresh process; 'busy': another process spinning on the "
              f"CPU the whole time (`python -c 'while True: pass'`)",
-             f"- date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, commit {commit}, "
-             f"command `python benchmarks/contention.py {' '.join(sys.argv[1:])}`", "",
+             f"- date {utc_now()}, commit {git_commit()}, "
+             f"command `{command_line(__file__, sys.argv[1:])}`", "",
              "| OpenMP waits | machine | median ms | p90 ms | max ms |", "|---|---|---|---|---|"]
     for waits in ("default", "passive"):
         for busy in (False, True):

@@ -10,20 +10,23 @@ times each layer alone; this checks whether its picks also win inside the whole 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-import patsparse as ps
-from patsparse.bench.model import BenchModel
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import add_zoo_args  # noqa: E402
+
+import patsparse as ps  # noqa: E402
+from patsparse.bench.model import BenchModel  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="vgg16_bn")
-    ap.add_argument("--variant", default="cifar", choices=["cifar", "imagenet"])
-    ap.add_argument("--rate", type=float, default=8.0, help="1 = dense")
+    add_zoo_args(ap, rate=8.0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--block", type=int, default=8)
