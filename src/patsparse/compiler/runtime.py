@@ -110,8 +110,8 @@ class CompiledModel:
         """Per-layer wall-clock time: one dict per layer (name, kernel, median ms over ``repeats``
         calls after ``warmup``, share of the total, GFLOP/s of the work the kernel does).
 
-        Why: a whole-model latency says nothing about which layer to improve; this is the view
-        the tuner and the benchmarks' per-layer tables take, on the user's own model. ``x``
+        Why: a whole-model latency says nothing about which layer to improve; this gives the
+        benchmarks' per-layer view on the user's own model. ``x``
         defaults to one random image.
         """
         if x is None:
