@@ -1,0 +1,150 @@
+"""What this machine's cores can do at most: the ceilings the kernel tables are judged against.
+
+A per-layer GFLOP/s figure means little without the machine's own limits beside it. This script
+measures them with small C loops built by patsparse's own compiler driver (same flags, same
+vector width as the generated kernels):
+
+- FMA peak: independent chains of register-only FMAs, on 1 thread and on every thread;
+- FMA fed from L1: one vector load per FMA, aligned, and offset by one float (half of those
+  loads then cross a 64-byte line, which is what a 3x3 tap at column offset 1 or 2 does);
+- read bandwidth: a vector sum over buffers from L1-sized to DRAM-sized, one thread.
+
+    python benchmarks/ceiling.py [--threads 2]
+
+Writes docs/bench/ceiling.md. Best of several runs for each figure (a ceiling, not a latency).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import REPO, command_line, git_commit, machine, machine_line, md_table, utc_now  # noqa: E402
+
+from patsparse.compiler.build import compile_c  # noqa: E402
+from patsparse.compiler.codegen.base import PRELUDE  # noqa: E402
+from patsparse.compiler.codegen.ctest import aligned_zeros  # noqa: E402
+
+CHAINS = 12  # independent accumulators: enough to hide FMA latency at two FMAs per cycle
+
+SOURCE = PRELUDE + r"""
+#define CHAINS %(chains)d
+/* register-only FMAs on `threads` threads; returns seconds */
+double fma_regs(long n, int threads) {
+    double t0 = omp_get_wtime();
+    #pragma omp parallel num_threads(threads)
+    {
+        vf a[CHAINS], w = vbcast(0.999f);
+        for (int j = 0; j < CHAINS; j++) a[j] = vbcast(j * 1e-3f);
+        for (long i = 0; i < n; i++)
+            for (int j = 0; j < CHAINS; j++) a[j] = a[j] * w + w;
+        vf s = a[0]; for (int j = 1; j < CHAINS; j++) s += a[j];
+        if (s[0] == 42.0f) __asm__ volatile("");
+    }
+    return omp_get_wtime() - t0;
+}
+/* one load per FMA from an L1-resident buffer, starting `offset` floats past a line */
+double fma_l1(const float *buf, long n, int offset) {
+    vf a[CHAINS], w = vbcast(0.999f);
+    for (int j = 0; j < CHAINS; j++) a[j] = (vf){0};
+    double t0 = omp_get_wtime();
+    for (long i = 0; i < n; i++) {
+        const float *p = buf + offset + (i * CHAINS * VL & 2047);
+        for (int j = 0; j < CHAINS; j++) a[j] += w * vload(p + j * VL);
+        __asm__ volatile("" : : "r"(p));
+    }
+    double t = omp_get_wtime() - t0;
+    vf s = a[0]; for (int j = 1; j < CHAINS; j++) s += a[j];
+    if (s[0] == 42.0f) __asm__ volatile("");
+    return t;
+}
+/* sum of `floats` floats (a multiple of 8 * VL), `reps` times; returns seconds */
+double read_bw(const float *buf, long floats, int reps) {
+    vf a[8];
+    for (int j = 0; j < 8; j++) a[j] = (vf){0};
+    double t0 = omp_get_wtime();
+    for (int r = 0; r < reps; r++)
+        for (long i = 0; i < floats; i += 8 * VL)
+            for (int j = 0; j < 8; j++) a[j] += vloada(buf + i + j * VL);
+    double t = omp_get_wtime() - t0;
+    vf s = a[0]; for (int j = 1; j < 8; j++) s += a[j];
+    if (s[0] == 42.0f) __asm__ volatile("");
+    return t;
+}
+int vector_floats(void) { return VL; }
+""" % {"chains": CHAINS}
+
+SIZES_KB = (16, 128, 384, 768, 2048, 8192, 65536)
+
+
+def measure(threads: int, runs: int, n: int = 20_000_000, sizes_kb: tuple[int, ...] = SIZES_KB) -> dict:
+    """GFLOP/s of the FMA loops (``n`` iterations each) and GB/s of the read sweep, best of ``runs``."""
+    lib = ctypes.CDLL(str(compile_c(SOURCE, name="ceiling")))
+    for f in ("fma_regs", "fma_l1", "read_bw"):
+        getattr(lib, f).restype = ctypes.c_double
+    lib.fma_regs.argtypes = [ctypes.c_long, ctypes.c_int]
+    lib.fma_l1.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_int]
+    lib.read_bw.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_int]
+    vl = lib.vector_floats()
+    flop = 2 * vl * CHAINS  # per loop iteration
+    res = {"vl": vl}
+    for t in sorted({1, threads}):
+        best = min(lib.fma_regs(n, t) for _ in range(runs))
+        res[f"peak_{t}"] = n * flop * t / best / 1e9
+    buf = aligned_zeros(4096)
+    for name, off in (("l1_aligned", 0), ("l1_offset1", 1)):
+        best = min(lib.fma_l1(buf.ctypes.data, n // 4, off) for _ in range(runs))
+        res[name] = n // 4 * flop / best / 1e9
+    res["bw"] = {}
+    for kb in sizes_kb:
+        floats = kb * 256 // (8 * vl) * (8 * vl)
+        big = aligned_zeros(floats) + np.float32(1.0)
+        reps = max(1, int(2e8 // floats))
+        lib.read_bw(big.ctypes.data, floats, 1)  # warm: page faults and first touch out of the way
+        best = min(lib.read_bw(big.ctypes.data, floats, reps) for _ in range(runs))
+        res["bw"][kb] = floats * 4 * reps / best / 1e9
+    return res
+
+
+def report(res: dict, threads: int, argv: list[str]) -> str:
+    p1 = res["peak_1"]
+    rows = [["FMA, registers only, 1 thread", f"{p1:.1f}", "1.00"]]
+    if threads > 1:
+        pt = res[f"peak_{threads}"]
+        rows.append([f"FMA, registers only, {threads} threads", f"{pt:.1f}", f"{pt / p1:.2f}"])
+    rows += [["FMA + one aligned L1 load each, 1 thread", f"{res['l1_aligned']:.1f}", f"{res['l1_aligned'] / p1:.2f}"],
+             ["FMA + one L1 load offset by 1 float, 1 thread", f"{res['l1_offset1']:.1f}",
+              f"{res['l1_offset1'] / p1:.2f}"]]
+    bw = [[f"{kb} KB" if kb < 1024 else f"{kb // 1024} MB", f"{gbs:.1f}"] for kb, gbs in res["bw"].items()]
+    return "\n".join([
+        "## Machine ceilings (benchmarks/ceiling.py)", "",
+        f"- date {utc_now()}, commit {git_commit()}",
+        f"- machine: {machine_line(machine())}; {res['vl']}-float vectors (what generated kernels use)",
+        f"- command: `{command_line(__file__, argv)}`", "",
+        "Best of several runs. A layer's useful GFLOP/s in the other tables is bounded by these: "
+        "a pattern kernel does one input load per FMA or close to it, so the L1-fed rows are its "
+        "best case, and half of its loads are offset like the second one.", "",
+        md_table(["loop", "GFLOP/s", "of 1-thread peak"], rows), "",
+        "Read bandwidth, one thread, vector sum over a buffer of this size:", "",
+        md_table(["buffer", "GB/s"], bw), ""])
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2, help="threads for the all-core FMA peak")
+    ap.add_argument("--runs", type=int, default=5, help="runs per figure (the best is kept)")
+    ap.add_argument("--out", default=str(REPO / "docs" / "bench" / "ceiling.md"))
+    args = ap.parse_args(argv)
+    text = report(measure(args.threads, args.runs), args.threads, argv)
+    Path(args.out).write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
