@@ -11,7 +11,7 @@ vector width as the generated kernels):
 
     python benchmarks/ceiling.py [--threads 2]
 
-Writes docs/bench/ceiling.md. Best of several runs for each figure (a ceiling, not a latency).
+Writes docs/bench/ceiling.md: the best and the worst of several interleaved rounds per figure.
 """
 
 from __future__ import annotations
@@ -83,7 +83,11 @@ SIZES_KB = (16, 128, 384, 768, 2048, 8192, 65536)
 
 
 def measure(threads: int, runs: int, n: int = 20_000_000, sizes_kb: tuple[int, ...] = SIZES_KB) -> dict:
-    """GFLOP/s of the FMA loops (``n`` iterations each) and GB/s of the read sweep, best of ``runs``."""
+    """Rates of every loop over ``runs`` interleaved rounds: {figure: [rate per round]}.
+
+    GFLOP/s for the FMA loops (``n`` iterations each), GB/s for the read sweep. Rounds are
+    interleaved so that every figure sees the same spells of machine noise.
+    """
     lib = ctypes.CDLL(str(compile_c(SOURCE, name="ceiling")))
     for f in ("fma_regs", "fma_l1", "read_bw"):
         getattr(lib, f).restype = ctypes.c_double
@@ -92,53 +96,60 @@ def measure(threads: int, runs: int, n: int = 20_000_000, sizes_kb: tuple[int, .
     lib.read_bw.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_int]
     vl = lib.vector_floats()
     flop = 2 * vl * CHAINS  # per loop iteration
-    res = {"vl": vl}
-    for t in sorted({1, threads}):
-        best = min(lib.fma_regs(n, t) for _ in range(runs))
-        res[f"peak_{t}"] = n * flop * t / best / 1e9
-    buf = aligned_zeros(4096)
+    l1 = aligned_zeros(4096)
+    figures = {f"peak_{t}": (lambda t=t: n * flop * t / lib.fma_regs(n, t) / 1e9) for t in sorted({1, threads})}
     for name, off in (("l1_aligned", 0), ("l1_offset1", 1)):
-        best = min(lib.fma_l1(buf.ctypes.data, n // 4, off) for _ in range(runs))
-        res[name] = n // 4 * flop / best / 1e9
-    res["bw"] = {}
+        figures[name] = lambda off=off: n // 4 * flop / lib.fma_l1(l1.ctypes.data, n // 4, off) / 1e9
     for kb in sizes_kb:
         floats = kb * 256 // (8 * vl) * (8 * vl)
-        big = aligned_zeros(floats) + np.float32(1.0)
+        buf = aligned_zeros(floats) + np.float32(1.0)
         reps = max(1, int(2e8 // floats))
-        lib.read_bw(big.ctypes.data, floats, 1)  # warm: page faults and first touch out of the way
-        best = min(lib.read_bw(big.ctypes.data, floats, reps) for _ in range(runs))
-        res["bw"][kb] = floats * 4 * reps / best / 1e9
-    return res
+        lib.read_bw(buf.ctypes.data, floats, 1)  # page faults and first touch out of the way
+        figures[f"bw_{kb}"] = lambda buf=buf, floats=floats, reps=reps: \
+            floats * 4 * reps / lib.read_bw(buf.ctypes.data, floats, reps) / 1e9
+    rates: dict = {name: [] for name in figures}
+    for _ in range(runs):
+        for name, run in figures.items():
+            rates[name].append(run())
+    return {"vl": vl, "rates": rates}
 
 
 def report(res: dict, threads: int, argv: list[str]) -> str:
-    p1 = res["peak_1"]
-    rows = [["FMA, registers only, 1 thread", f"{p1:.1f}", "1.00"]]
+    rates = res["rates"]
+    best = {k: max(v) for k, v in rates.items()}
+    p1 = best["peak_1"]
+
+    def row(label: str, key: str, unit_of_peak: bool = True) -> list[str]:
+        cells = [label, f"{max(rates[key]):.1f}", f"{min(rates[key]):.1f}"]
+        return cells + ([f"{best[key] / p1:.2f}"] if unit_of_peak else [])
+
+    rows = [row("FMA, registers only, 1 thread", "peak_1")]
     if threads > 1:
-        pt = res[f"peak_{threads}"]
-        rows.append([f"FMA, registers only, {threads} threads", f"{pt:.1f}", f"{pt / p1:.2f}"])
-    rows += [["FMA + one aligned L1 load each, 1 thread", f"{res['l1_aligned']:.1f}", f"{res['l1_aligned'] / p1:.2f}"],
-             ["FMA + one L1 load offset by 1 float, 1 thread", f"{res['l1_offset1']:.1f}",
-              f"{res['l1_offset1'] / p1:.2f}"]]
-    bw = [[f"{kb} KB" if kb < 1024 else f"{kb // 1024} MB", f"{gbs:.1f}"] for kb, gbs in res["bw"].items()]
+        rows.append(row(f"FMA, registers only, {threads} threads", f"peak_{threads}"))
+    rows += [row("FMA + one aligned L1 load each, 1 thread", "l1_aligned"),
+             row("FMA + one L1 load offset by 1 float, 1 thread", "l1_offset1")]
+    bw = [row(f"{kb} KB" if kb < 1024 else f"{kb // 1024} MB", f"bw_{kb}", False)
+          for kb in sorted(int(k[3:]) for k in rates if k.startswith("bw_"))]
+    runs = len(rates["peak_1"])
     return "\n".join([
         "## Machine ceilings (benchmarks/ceiling.py)", "",
         f"- date {utc_now()}, commit {git_commit()}",
         f"- machine: {machine_line(machine())}; {res['vl']}-float vectors (what generated kernels use)",
-        f"- command: `{command_line(__file__, argv)}`", "",
-        "Best of several runs. A layer's useful GFLOP/s in the other tables is bounded by these: "
-        "a pattern kernel does one input load per FMA or close to it, so the L1-fed rows are its "
-        "best case, and half of its loads are offset like the second one.", "",
-        md_table(["loop", "GFLOP/s", "of 1-thread peak"], rows), "",
+        f"- command: `{command_line(__file__, argv)}`; {runs} interleaved rounds", "",
+        "A layer's useful GFLOP/s in the other tables is bounded by these: a pattern kernel does "
+        "close to one input load per FMA, so the L1-fed rows are its best case, and about half "
+        "of its loads are offset like the last one. The worst round shows how far the same "
+        "loop moves on this machine from one second to the next.", "",
+        md_table(["loop", "best GFLOP/s", "worst GFLOP/s", "best / 1-thread peak"], rows), "",
         "Read bandwidth, one thread, vector sum over a buffer of this size:", "",
-        md_table(["buffer", "GB/s"], bw), ""])
+        md_table(["buffer", "best GB/s", "worst GB/s"], bw), ""])
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2, help="threads for the all-core FMA peak")
-    ap.add_argument("--runs", type=int, default=5, help="runs per figure (the best is kept)")
+    ap.add_argument("--runs", type=int, default=5, help="interleaved rounds")
     ap.add_argument("--out", default=str(REPO / "docs" / "bench" / "ceiling.md"))
     args = ap.parse_args(argv)
     text = report(measure(args.threads, args.runs), args.threads, argv)
