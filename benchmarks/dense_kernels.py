@@ -25,19 +25,19 @@ SPIN = "--spin" in sys.argv
 os.environ.setdefault("OMP_WAIT_POLICY", "active" if SPIN else "passive")
 
 import argparse
-import ctypes
 import datetime
 import io
 import platform
-import struct
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _clock import CLOCKS, get_clock  # noqa: E402
 
 from patsparse.compiler.codegen import dense_conv, depthwise, gemm, igemm, pool
 from patsparse.compiler.codegen.common import host_vl
@@ -46,11 +46,6 @@ from patsparse.compiler.layout import Layout
 
 ROOT = Path(__file__).resolve().parents[1]
 LOAD_START = os.getloadavg()[0]
-# --clock choices and how the report describes them
-CLOCKS = {"wall": "elapsed time",
-          "cpu": "process CPU time of one thread; a loaded VM still inflates it",
-          "cycles": "user-mode CPU cycles of the calling thread: every GFLOP/s figure below is "
-                    "FLOP per cycle"}
 
 
 @dataclass
@@ -224,30 +219,6 @@ def ort_session(module: nn.Module, x: torch.Tensor, threads: int):
     return lambda: sess.run(None, feed)
 
 
-def cycle_clock():
-    """A clock reading the calling thread's user-mode CPU cycles (Linux perf_event_open), in
-    units of 1e9 cycles, so every "GF/s" figure reads as FLOP per cycle.
-
-    Why: on this shared 2-core VM, process CPU time swings with the machine's load (the same
-    stem kernel read 60.6 and 31.8 GF/s of CPU time six minutes apart), its user cycles far less
-    (per-call minima 8.4-8.6 M over two hours, medians within ~15%). Counts one thread only, so
-    it needs --threads 1, where our kernels, ONNX Runtime and PyTorch all run on the calling thread.
-    """
-    if sys.platform != "linux" or platform.machine() != "x86_64":
-        raise SystemExit("--clock cycles: only wired for x86_64 Linux (perf_event_open = 298)")
-    attr = bytearray(128)  # struct perf_event_attr: type, size, config; flags word at byte 40
-    struct.pack_into("<IIQ", attr, 0, 0, len(attr), 0)  # PERF_TYPE_HARDWARE, CPU_CYCLES
-    struct.pack_into("<Q", attr, 40, (1 << 5) | (1 << 6))  # exclude_kernel | exclude_hv
-    libc = ctypes.CDLL(None, use_errno=True)
-    buf = (ctypes.c_char * len(attr)).from_buffer(attr)
-    fd = libc.syscall(ctypes.c_long(298), buf, 0, -1, -1, ctypes.c_ulong(0))
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise SystemExit(f"--clock cycles: perf_event_open failed ({os.strerror(err)}); "
-                         f"see /proc/sys/kernel/perf_event_paranoid or use --clock cpu")
-    return lambda: int.from_bytes(os.read(fd, 8), "little") / 1e9
-
-
 def loop_seconds(fn, iters: int, clock) -> float:
     t0 = clock()
     for _ in range(iters):
@@ -328,7 +299,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.clock != "wall" and args.threads != 1:
         ap.error(f"--clock {args.clock} needs --threads 1 (it measures one thread's work)")
-    clock = {"wall": time.perf_counter, "cpu": time.process_time}.get(args.clock) or cycle_clock()
+    clock = get_clock(args.clock)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     torch.set_num_threads(args.threads)
     specs = mobilenet_v2_specs() + other_specs()
