@@ -55,7 +55,7 @@ def pruned_weight(cin: int, cout: int, rate: float, seed: int = 0) -> np.ndarray
 def kernel_vectors(weight: np.ndarray, out: Layout, schedule: dict) -> int:
     """Kernels x output vectors: one kernel applied to one VL-wide output vector."""
     vl, kernels = schedule["vl"], int(np.count_nonzero(np.abs(weight).sum(axis=(2, 3))))
-    per_plane = -(-(out.H * out.W) // vl) if schedule["layout"] == "flat" else out.H * -(-out.W // vl)
+    per_plane = -(-(out.H * out.W) // vl) if schedule["layout"] in ("flat", "cm") else out.H * -(-out.W // vl)
     return kernels * per_plane
 
 

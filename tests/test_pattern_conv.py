@@ -11,8 +11,8 @@ from hypothesis import given, settings, strategies as st
 
 from patsparse.compiler.build import compile_c
 from patsparse.compiler.codegen.base import PRELUDE, SLACK
-from patsparse.compiler.codegen.pattern_conv import (SUPPORT, candidate_schedules, flat_fits, gen_pattern_conv,
-                                                     host_vl, tap_pack)
+from patsparse.compiler.codegen.pattern_conv import (SUPPORT, candidate_schedules, default_schedule, flat_fits,
+                                                     gen_pattern_conv, host_vl, tap_pack)
 from patsparse.compiler.layout import Layout
 from patsparse.compiler.reorder import FULL_MASK, analyse, reorder
 from patsparse.compiler.storage import pack, unpack
@@ -59,7 +59,8 @@ def from_layout(buf: np.ndarray, L: Layout) -> tuple[np.ndarray, np.ndarray]:
 
 
 def run_conv(weight, x, *, stride=1, padding=1, act="none", residual=None, in_pad=1, out_pad=1,
-             schedule=None, bias=None, vl=None, extra_flags=()):
+             schedule=None, bias=None, vl=None, extra_flags=(), threads=0):
+    """Run the generated kernel once: alone, or in a team of ``threads`` threads."""
     F_, C = weight.shape[:2]
     _, H, W = x.shape
     Ho, Wo = (H + 2 * padding - 3) // stride + 1, (W + 2 * padding - 3) // stride + 1
@@ -70,6 +71,10 @@ def run_conv(weight, x, *, stride=1, padding=1, act="none", residual=None, in_pa
 void run(const float *in, float *out, const float *w, const float *b, const float *res) {
     conv(in, out, w, b, res);
 }
+void run_team(const float *in, float *out, const float *w, const float *b, const float *res, int n) {
+    omp_set_num_threads(n);
+    PS_TEAM_LOOP(1, conv(in, out, w, b, res));
+}
 """
     lib = ctypes.CDLL(str(compile_c(src, name="pconv_test", extra_flags=extra_flags)))
     wp = gk.pack(weight)
@@ -78,7 +83,10 @@ void run(const float *in, float *out, const float *w, const float *b, const floa
     out = np.zeros(Lo.size + SLACK, np.float32)
     res = to_layout(residual, Lo) if residual is not None else None
     p = lambda a: a.ctypes.data_as(ctypes.c_void_p) if a is not None else None  # noqa: E731
-    lib.run(p(xin), p(out), p(wp), p(bias), p(res))
+    if threads:
+        lib.run_team(p(xin), p(out), p(wp), p(bias), p(res), ctypes.c_int(threads))
+    else:
+        lib.run(p(xin), p(out), p(wp), p(bias), p(res))
     inner, halo = from_layout(out, Lo)
     assert not halo.any(), "kernel wrote outside the interior"
     return inner
@@ -116,8 +124,8 @@ def test_pattern_conv_matches_torch(stride, act, res):
 @given(F_=st.integers(1, 20), C=st.integers(1, 12), H=st.integers(1, 20), W=st.integers(1, 37),
        stride=st.sampled_from([1, 2]), padding=st.sampled_from([0, 1]), out_pad=st.sampled_from([0, 1, 3]),
        rows=st.integers(1, 6), vecs=st.integers(1, 4), order=st.sampled_from(["tf", "ft"]),
-       flat=st.booleans(), unroll=st.integers(1, 4), seed=st.integers(0, 999))
-def test_pattern_conv_shapes_property(F_, C, H, W, stride, padding, out_pad, rows, vecs, order, flat,
+       tiny=st.sampled_from([None, "flat", "cm"]), unroll=st.integers(1, 4), seed=st.integers(0, 999))
+def test_pattern_conv_shapes_property(F_, C, H, W, stride, padding, out_pad, rows, vecs, order, tiny,
                                       unroll, seed):
     if padding == 0 and (H < 3 or W < 3):
         H, W = max(H, 3), max(W, 3)
@@ -125,8 +133,8 @@ def test_pattern_conv_shapes_property(F_, C, H, W, stride, padding, out_pad, row
     w = pattern_weight(F_, C, keep=0.5, dense_frac=0.1, small_frac=0.2, seed=seed)
     x = rng.standard_normal((C, H, W)).astype(np.float32)
     Ho, Wo = (H + 2 * padding - 3) // stride + 1, (W + 2 * padding - 3) // stride + 1
-    if flat and flat_fits(Layout(C, H, W), Layout(F_, Ho, Wo), host_vl()):
-        schedule = {"layout": "flat", "unroll": unroll}
+    if tiny and flat_fits(Layout(C, H, W), Layout(F_, Ho, Wo), host_vl()):
+        schedule = {"layout": tiny, "unroll": unroll}
     else:
         schedule = {"rows": rows, "vecs": vecs, "order": order}
     got = run_conv(w, x, stride=stride, padding=padding, out_pad=out_pad, in_pad=max(1, padding),
@@ -135,17 +143,33 @@ def test_pattern_conv_shapes_property(F_, C, H, W, stride, padding, out_pad, row
 
 
 @pytest.mark.parametrize("stride", [1, 2])
-@pytest.mark.parametrize("unroll", [1, 3])
-def test_flat_layout_for_tiny_planes(stride, unroll):
+@pytest.mark.parametrize("layout,unroll", [("flat", 1), ("flat", 3), ("cm", 1)])
+def test_tiny_plane_layouts(stride, layout, unroll):
     rng = np.random.default_rng(4)
     w = pattern_weight(20, 24, keep=0.4, dense_frac=0.05, small_frac=0.2)
     x = rng.standard_normal((24, 4, 4)).astype(np.float32)
     b = rng.standard_normal(20).astype(np.float32)
     Ho = (4 - 1) // stride + 1
     r = rng.standard_normal((20, Ho, Ho)).astype(np.float32)
-    sched = {"layout": "flat", "unroll": unroll}
+    sched = {"layout": layout, "unroll": unroll}
     got = run_conv(w, x, stride=stride, act="relu6", residual=r, bias=b, schedule=sched)
     assert_close(got, reference(w, x, stride=stride, act="relu6", residual=r, bias=b))
+
+
+@pytest.mark.parametrize("threads", [2, 3, 7])
+@pytest.mark.parametrize("hw,pack", [((4, 4), 1), ((2, 2), 2), ((2, 2), 1)])
+def test_channel_major_layout_in_a_team(threads, hw, pack):
+    """Threads split the input channels and sum their partial planes; with 7 threads and 5
+    channels some threads get none and add zeros."""
+    rng = np.random.default_rng(8)
+    C = 5 if threads == 7 else 24
+    w = pattern_weight(20, C, keep=0.5, dense_frac=0.05, small_frac=0.2)
+    x = rng.standard_normal((C, *hw)).astype(np.float32)
+    b = rng.standard_normal(20).astype(np.float32)
+    r = rng.standard_normal((20, *hw)).astype(np.float32)
+    got = run_conv(w, x, act="relu", residual=r, bias=b, schedule={"layout": "cm", "pack": pack}, vl=8,
+                   threads=threads)
+    assert_close(got, reference(w, x, act="relu", residual=r, bias=b))
 
 
 # Tap packing (2 or 4 taps of a kernel in one vector) at each vector width: 8 lanes on AVX2
@@ -153,9 +177,10 @@ def test_flat_layout_for_tiny_planes(stride, unroll):
 PACK_WIDTHS = {8: ("-mavx2",), 16: ("-D__AVX512F__", "-DPS_EMULATED_VL"), 4: ("-mno-avx",)}
 
 
+@pytest.mark.parametrize("layout", ["flat", "cm"])
 @pytest.mark.parametrize("vl,in_hw,stride,g", [(8, (2, 2), 1, 2), (8, (4, 3), 2, 2), (16, (2, 2), 1, 4),
                                                (16, (3, 8), 2, 2), (4, (1, 1), 1, 4)])
-def test_tap_packed_flat_layout(vl, in_hw, stride, g):
+def test_tap_packed_tiny_layouts(layout, vl, in_hw, stride, g):
     """Packed copies hold every mask's taps (a dense kernel's 9 padded with zero slots)."""
     rng = np.random.default_rng(6)
     w = pattern_weight(18, 20, keep=0.5, dense_frac=0.05, small_frac=0.2)
@@ -164,7 +189,7 @@ def test_tap_packed_flat_layout(vl, in_hw, stride, g):
     Ho, Wo = (in_hw[0] - 1) // stride + 1, (in_hw[1] - 1) // stride + 1
     assert tap_pack(Layout(18, Ho, Wo), vl) == g
     r = rng.standard_normal((18, Ho, Wo)).astype(np.float32)
-    sched = {"layout": "flat", "unroll": 1 + (vl == 8), "pack": g, "prefetch": int(vl == 16)}
+    sched = {"layout": layout, "unroll": 1 + (vl == 8), "pack": g, "prefetch": int(vl == 16)}
     got = run_conv(w, x, stride=stride, act="relu", residual=r, bias=b, schedule=sched, vl=vl,
                    extra_flags=PACK_WIDTHS[vl])
     assert_close(got, reference(w, x, stride=stride, act="relu", residual=r, bias=b))
@@ -199,8 +224,9 @@ def test_generic_vector_width_fallback():
         got = run_conv(w, x, stride=stride, vl=4, extra_flags=("-mno-avx",))
         assert_close(got, reference(w, x, stride=stride))
     tiny = x[:, :3, :3]
-    got = run_conv(w, tiny, vl=4, extra_flags=("-mno-avx",), schedule={"layout": "flat", "unroll": 2})
-    assert_close(got, reference(w, tiny))
+    for sched in ({"layout": "flat", "unroll": 2}, {"layout": "cm"}):
+        got = run_conv(w, tiny, vl=4, extra_flags=("-mno-avx",), schedule=sched)
+        assert_close(got, reference(w, tiny))
 
 
 def test_all_pruned_and_dense_layers():
@@ -249,4 +275,5 @@ def test_tuning_space_is_sane():
     cands = candidate_schedules(Layout(64, 32, 32), Layout(64, 32, 32), vl)
     assert cands and all(c["rows"] * c["vecs"] <= 24 for c in cands if c["layout"] == "rows")
     tiny = candidate_schedules(Layout(512, 4, 4), Layout(512, 4, 4), vl)
-    assert any(c["layout"] == "flat" for c in tiny)
+    assert {c["layout"] for c in tiny} == {"rows", "flat", "cm"}
+    assert default_schedule(Layout(512, 4, 4), Layout(512, 4, 4), vl)["layout"] == "cm"

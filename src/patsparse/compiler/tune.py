@@ -30,8 +30,8 @@ def candidates(step: Step, vl: int) -> list[dict]:
     if step.kind == "pattern_conv":
         cands = candidate_schedules(step.in_layout, step.out_layout, vl)
         rows = [c for c in cands if c["layout"] == "rows"]
-        flat = [c for c in cands if c["layout"] == "flat"]
-        # keep the larger row tiles (register reuse) in both loop orders, and every flat variant
+        flat = [c for c in cands if c["layout"] != "rows"]
+        # keep the larger row tiles (register reuse) in both loop orders, and every tiny-plane variant
         rows.sort(key=lambda c: (-(c["rows"] * c["vecs"]), c["order"]))
         return flat + rows[: MAX_CANDIDATES - len(flat)]
     if step.kind == "conv2d":
