@@ -226,19 +226,19 @@ def compile_times(args) -> list[str]:
 
 NOTES = [
     "### Where targets are missed, and why", "",
-    "- The row-layout pattern kernel reaches 30-50% of a dense engine's per-MAC efficiency here "
-    "(useful GF/s columns), so an 8x layer gains 2.5-4x instead of its 8x MAC ideal. Hardware "
-    "counters show why: a tile's input rows over all channels (48 KB on 64@32x32) do not fit the "
-    "32 KB L1, so almost every kernel's rows come from L2 (211K L1 misses per call there); the same "
-    "work on a working set that fits L1 takes 2.6x fewer cycles. Channel blocking measured "
-    "0.6-0.8x at 8x (too few kernels per block and mask); see docs/COMPILER.md, Known limits.",
-    "- 2x2 planes (VGG-CIFAR's last stage) pack 2 taps per 8-float vector (flat layout, `pack` 2: "
-    "1.15-1.35x over unpacked per layer); what is left is the per-call copy and per-filter control. "
-    "4x4 planes run flat with full vectors but read 4 cache lines per kernel from L2.",
+    "- Per core, the stride-1 row kernel runs close to its FMA bound (2.0-3.0 cycles per kernel and "
+    "output vector against 2.0; `benchmarks/pattern_kernel.py --clock cycles`, table in "
+    "docs/COMPILER.md, Known limits). An 8x layer still gains less than its 8x MAC ideal against a "
+    "dense engine because the dense engines run near peak too, while two threads give our kernels "
+    "1.3-1.6x (they read more memory per FLOP than a GEMM and this VM's cores are shared).",
+    "- Tiny planes (VGG-CIFAR's 4x4 and 2x2 stages) run channel-major: a channel's tap copies stay "
+    "in L1 and each kernel updates its filter's partial plane (1.3-1.9x over the earlier "
+    "filter-major flat layout per layer); the 2x2 layers still spend ~4.6 cycles per 2-FMA kernel.",
     "- ResNet-18 ImageNet: the dense 7x7 stem is 118 M of the 347 M MACs left at 8x and runs at "
     "its FMA bound in every engine (ours: 87% of one AVX2 core's peak by cycle counts, level with "
     "ONNX Runtime per core; docs/COMPILER.md, Dense stem), which caps the whole-model gain "
-    "(Amdahl). The stride-2 pattern convs run at about half the stride-1 layers' GFLOP/s.",
+    "(Amdahl). The stride-2 pattern convs cost 3-4x the stride-1 layers' cycles per unit of work (a 4x "
+    "larger input footprint per output, read from four phase planes, plus the phase copy).",
     "- Run-to-run spread on this shared VM is larger than the margins: on 2026-11-22 between 03:40 "
     "and 04:15 UTC, with nothing else running here, ResNet-18 ImageNet 8x measured 3.04x (bench grid, "
     "docs/BENCHMARKS.md), then 2.02x and 2.61x (two runs of this script) and 2.10x, 2.35x, 2.60x "
