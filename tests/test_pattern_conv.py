@@ -124,7 +124,7 @@ def test_pattern_conv_matches_torch(stride, act, res):
 @given(F_=st.integers(1, 20), C=st.integers(1, 12), H=st.integers(1, 20), W=st.integers(1, 37),
        stride=st.sampled_from([1, 2]), padding=st.sampled_from([0, 1]), out_pad=st.sampled_from([0, 1, 3]),
        rows=st.integers(1, 6), vecs=st.integers(1, 4), order=st.sampled_from(["tf", "ft"]),
-       tiny=st.sampled_from([None, "flat", "cm"]), unroll=st.integers(1, 4), seed=st.integers(0, 999))
+       tiny=st.sampled_from([None, "flat", "cm", "ct"]), unroll=st.integers(1, 4), seed=st.integers(0, 999))
 def test_pattern_conv_shapes_property(F_, C, H, W, stride, padding, out_pad, rows, vecs, order, tiny,
                                       unroll, seed):
     if padding == 0 and (H < 3 or W < 3):
@@ -133,7 +133,9 @@ def test_pattern_conv_shapes_property(F_, C, H, W, stride, padding, out_pad, row
     w = pattern_weight(F_, C, keep=0.5, dense_frac=0.1, small_frac=0.2, seed=seed)
     x = rng.standard_normal((C, H, W)).astype(np.float32)
     Ho, Wo = (H + 2 * padding - 3) // stride + 1, (W + 2 * padding - 3) // stride + 1
-    if tiny and flat_fits(Layout(C, H, W), Layout(F_, Ho, Wo), host_vl()):
+    if tiny == "ct":
+        schedule = {"layout": "ct", "vecs": vecs}
+    elif tiny and flat_fits(Layout(C, H, W), Layout(F_, Ho, Wo), host_vl()):
         schedule = {"layout": tiny, "unroll": unroll}
     else:
         schedule = {"rows": rows, "vecs": vecs, "order": order}
@@ -153,6 +155,21 @@ def test_tiny_plane_layouts(stride, layout, unroll):
     r = rng.standard_normal((20, Ho, Ho)).astype(np.float32)
     sched = {"layout": layout, "unroll": unroll}
     got = run_conv(w, x, stride=stride, act="relu6", residual=r, bias=b, schedule=sched)
+    assert_close(got, reference(w, x, stride=stride, act="relu6", residual=r, bias=b))
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("threads,vecs", [(0, 2), (2, 2), (3, 1), (5, 3)])
+def test_channel_tile_layout(stride, threads, vecs):
+    """Tiles of one output row split over a team; odd widths leave a narrower last tile."""
+    rng = np.random.default_rng(9)
+    w = pattern_weight(12, 10, keep=0.4, dense_frac=0.05, small_frac=0.2)
+    x = rng.standard_normal((10, 11, 37)).astype(np.float32)
+    b = rng.standard_normal(12).astype(np.float32)
+    Ho, Wo = (11 - 1) // stride + 1, (37 - 1) // stride + 1
+    r = rng.standard_normal((12, Ho, Wo)).astype(np.float32)
+    got = run_conv(w, x, stride=stride, act="relu6", residual=r, bias=b, threads=threads, vl=8,
+                   schedule={"layout": "ct", "vecs": vecs})
     assert_close(got, reference(w, x, stride=stride, act="relu6", residual=r, bias=b))
 
 
@@ -275,5 +292,6 @@ def test_tuning_space_is_sane():
     cands = candidate_schedules(Layout(64, 32, 32), Layout(64, 32, 32), vl)
     assert cands and all(c["rows"] * c["vecs"] <= 24 for c in cands if c["layout"] == "rows")
     tiny = candidate_schedules(Layout(512, 4, 4), Layout(512, 4, 4), vl)
-    assert {c["layout"] for c in tiny} == {"rows", "flat", "cm"}
+    assert {c["layout"] for c in tiny} == {"rows", "flat", "cm", "ct"}
     assert default_schedule(Layout(512, 4, 4), Layout(512, 4, 4), vl)["layout"] == "cm"
+    assert default_schedule(Layout(64, 56, 56), Layout(128, 28, 28), vl) == {"layout": "ct", "vecs": 2}

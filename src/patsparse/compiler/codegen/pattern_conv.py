@@ -76,6 +76,7 @@ class ConvShape:
         return ConvShape(stride, pad, inp, out)
 
 
+CT_VECS = 2  # the channel-tile layout's tile: one output row of this many vectors (see below)
 FLAT_MAX_VECS = 4          # flat layout: the whole output plane in at most this many vectors
 FLAT_MAX_SCRATCH = 1 << 19  # bytes of per-tap input copies (C * 9 planes) the flat layout may use
 UNROLL_COPY_MAX = 512     # floats per channel up to which the flat layout's copy is straight-line code
@@ -110,6 +111,8 @@ def default_schedule(inp: Layout, out: Layout, vl: int) -> dict:
     nv = -(-out.W // vl)
     if out.W / (nv * vl) < 0.75 and flat_fits(inp, out, vl):
         return {"layout": "cm", "pack": tap_pack(out, vl)}
+    if inp.H > out.H:  # stride 2
+        return {"layout": "ct", "vecs": min(CT_VECS, nv)}
     vecs = min(nv, 4)
     rows = max(1, min(out.H, max_acc(vl) // vecs))
     return {"layout": "rows", "rows": rows, "vecs": vecs, "order": "tf", "prefetch": 1}
@@ -132,6 +135,7 @@ def candidate_schedules(inp: Layout, out: Layout, vl: int) -> list[dict]:
                     seen.add(key)
                     cands.append({"layout": "rows", "rows": rows, "vecs": vecs, "order": order,
                                   "prefetch": 1})
+    cands += [{"layout": "ct", "vecs": v} for v in range(1, min(nv, CT_VECS) + 1)]
     if flat_fits(inp, out, vl):
         cands += [{"layout": "cm", "pack": g} for g in sorted({1, tap_pack(out, vl)})]
         cands += [{"layout": "flat", "unroll": u, "prefetch": 0, "pack": 1} for u in (1, 2, 4)]
@@ -162,11 +166,12 @@ def gen_pattern_conv(name: str, weight: np.ndarray, *, stride: int, padding: int
         sched["pack"] = 1  # too many masks: the packed copies would not stay in L2
     # the channel-major layout stores the transposed layer: input channels play the filters'
     # part in FKW1 (perm, runs, cost per input channel; cidx holds output channels)
-    cm = sched["layout"] == "cm"
+    cm = sched["layout"] in ("cm", "ct")
     sp_st = LayerSparsity(sp.masks, np.ascontiguousarray(sp.kernel_mask.T)) if cm else sp
     ro = reorder(sp_st)
     lay = plan(sp_st, ro)
-    emitter = {"flat": _FlatEmitter, "cm": _ChannelMajorEmitter}.get(sched["layout"], _Emitter)
+    emitter = {"flat": _FlatEmitter, "cm": _ChannelMajorEmitter, "ct": _ChannelTileEmitter}.get(
+        sched["layout"], _Emitter)
     code = emitter(name, sp, lay, shape, act, has_residual, sched, vl).emit()
     taps = sp.taps_per_kernel().sum()
     flops = 2 * int(taps) * out_layout.H * out_layout.W
@@ -185,12 +190,15 @@ def _resolve_schedule(schedule: dict | None, inp: Layout, out: Layout, vl: int, 
     layout = given.get("layout") or ("rows" if {"rows", "vecs", "order"} & given.keys() else None)
     base = default_schedule(inp, out, vl)
     if layout and layout != base["layout"]:  # the other layout's defaults; rows/vecs filled below
-        base = {"layout": "rows", "order": "tf", "prefetch": 1} if layout == "rows" else \
+        base = {"layout": "rows", "order": "tf", "prefetch": 1} if layout in ("rows", "ct") else \
             {"layout": "cm", "pack": tap_pack(out, vl)} if layout == "cm" else \
             {"layout": "flat", "unroll": 2, "prefetch": 0, "pack": tap_pack(out, vl)}
     sched = {**base, **given}
-    if sched["layout"] not in ("rows", "flat", "cm"):
-        raise InputError(f"{where}: schedule layout must be 'rows', 'flat' or 'cm', got {sched['layout']!r}")
+    if sched["layout"] not in ("rows", "flat", "cm", "ct"):
+        raise InputError(f"{where}: schedule layout must be 'rows', 'flat', 'cm' or 'ct', got {sched['layout']!r}")
+    if sched["layout"] == "ct":
+        nv = -(-out.W // vl)
+        return {"layout": "ct", "vecs": max(1, min(int(sched.get("vecs") or CT_VECS), nv))}
     if sched["layout"] in ("flat", "cm"):
         if not flat_fits(inp, out, vl):
             raise InputError(f"{where}: the {sched['layout']} layout needs an output plane of at most "
@@ -619,6 +627,114 @@ class _ChannelMajorEmitter(_FlatEmitter):
             body += ["            }", "        }"]
         body += ["    }", "    ps_barrier();", "    #pragma omp for schedule(static) nowait",
                  f"    for (int f = 0; f < {F}; f++) {{", *["        " + x for x in self._epilogue()], "    }", "}"]
+        return "\n".join(body) + "\n"
+
+
+class _ChannelTileEmitter:
+    """The channel-tile layout (``ct``): output tiles outer, input channels, then filters.
+
+    Why: a stride-2 output reads a 4x larger input footprint than a stride-1 one, spread over
+    four phase planes, so the row layout (filters inner, each kernel fetching its channel's
+    rows) ran at a third of its stride-1 speed. Here a thread takes whole tiles (one output row
+    of ``vecs`` vectors); for each input channel it loads the tile's input vectors of one mask
+    run into registers once, then every kernel of that run (one per filter using the channel
+    with that mask) costs its weight broadcasts and a read-modify-write of that filter's
+    partial tile, which stays in L1 (F x vecs vectors). After the last channel the partials get
+    bias, residual and activation and go to the output. Threads split tiles, so no reduction.
+    Weights are the transposed layer in FKW1, as in the channel-major layout.
+    """
+
+    def __init__(self, name, sp, lay, shape: ConvShape, act, has_residual, sched, vl):
+        self.name, self.sp, self.lay, self.sh = name, sp, lay, shape
+        self.act, self.res, self.vl = act, has_residual, vl
+        out = shape.out
+        self.nv = -(-out.W // vl)
+        self.V = int(sched["vecs"])
+        self.tail_lanes = out.W - (self.nv - 1) * vl
+        self.acc = input_access(name, channels=shape.inp.C, k=3, stride=shape.stride, padding=shape.pad,
+                                in_layout=shape.inp, Ho=out.H, Wo=out.W, allow_strided=False,
+                                row_align=4, vl=vl)
+
+    def _run(self, p: int, V: int) -> list[str]:
+        """Mask ``p``'s run of the current channel, on a tile of ``V`` vectors."""
+        taps, vl = mask_taps(self.sp.masks[p]), self.vl
+        lines = [f"{{  /* mask {p} */"]
+        lines += [f"    const vf x{j}_{v} = vload(ib + {self.acc.tap_off[t] + v * vl});"
+                  for j, t in enumerate(taps) for v in range(V)]
+        lines.append(f"    for (int k = ri[{p}]; k < ri[{p + 1}]; k++, wk += {len(taps)}) {{")
+        lines.append(f"        float *restrict pp = part + (ptrdiff_t)cidx[k] * {self.V * vl};")
+        lines += [f"        const vf w{j} = vbcast(wk[{j}]);" for j in range(len(taps))]
+        for v in range(V):
+            terms = " + ".join(f"w{j} * x{j}_{v}" for j in range(len(taps)))
+            lines.append(f"        vstore(pp + {v * vl}, vloada(pp + {v * vl}) + {terms});")
+        return lines + ["    }", "}"]
+
+    def _tile(self, V: int) -> str:
+        """The function doing one tile of ``V`` vectors at output row ``oh``, vector ``v0``."""
+        lay, out, vl, acc = self.lay, self.sh.out, self.vl, self.acc
+        F, C = out.C, self.sh.inp.C
+        lines = [f"static inline __attribute__((always_inline)) void {self.name}_ct{V}(",
+                 "    const float *restrict src, float *restrict out, const int32_t *restrict perm,",
+                 "    const int32_t *restrict runs, const int32_t *restrict cidx, const int32_t *restrict wptr,",
+                 "    const float *restrict wts, const float *restrict bias, const float *restrict res,",
+                 "    float *restrict part, int oh, int v0) {",
+                 f"    memset(part, 0, {F * self.V * vl} * sizeof(float));",
+                 f"    for (int i = 0; i < {C}; i++) {{",
+                 f"        const float *restrict ib = src + (ptrdiff_t)perm[i] * {acc.cs} + {acc.origin}"
+                 f" + (ptrdiff_t)oh * {acc.row_stride} + v0 * {vl * acc.step};",
+                 "        const float *restrict wk = wts + wptr[i];",
+                 f"        const int32_t *restrict ri = runs + (ptrdiff_t)i * {lay.P};"]
+        for p in range(lay.P):
+            lines += ["        " + x for x in self._run(p, V)]
+        lines += ["    }", "    const int lastv = v0 + " + str(V) + f" == {self.nv};",
+                  f"    const vi tm = vtailmask({self.tail_lanes});",
+                  f"    for (int f = 0; f < {F}; f++) {{",
+                  f"        float *restrict op = out + (ptrdiff_t)f * {out.ps} + {out.origin} + oh * {out.ld} + v0 * {vl};",
+                  "        const vf bv = vbcast(bias[f]);"]
+        if self.res:
+            lines.append(f"        const float *restrict rp = res + (ptrdiff_t)f * {out.ps} + {out.origin}"
+                         f" + oh * {out.ld} + v0 * {vl};")
+        for v in range(V):
+            val = f"vloada(part + f * {self.V * vl} + {v * vl}) + bv" + (f" + vload(rp + {v * vl})" if self.res else "")
+            val = act_c(self.act, val)
+            if v == V - 1:
+                lines.append(f"        if (lastv) vstore(op + {v * vl}, vand({val}, tm)); else vstore(op + {v * vl}, {val});")
+            else:
+                lines.append(f"        vstore(op + {v * vl}, {val});")
+        lines += ["    }", "}"]
+        return "\n".join(lines)
+
+    def emit(self) -> str:
+        lay, sh, out, acc, vl = self.lay, self.sh, self.sh.out, self.acc, self.vl
+        F, V, nv = out.C, self.V, self.nv
+        phase = 0 if acc.direct else -(-self.sh.inp.C * acc.cs // 16) * 16  # partials start aligned
+        shapes = sorted({V} | ({nv % V} if nv % V else set()))
+        ntile_cols = -(-nv // V)
+        calls = [f"{self.name}_ct{w}({acc.src}, out, perm, runs, cidx, wptr, wts, bias, res, part, oh, v0);"
+                 for w in shapes]
+        body = [HELPERS, f"/* ---- {self.name}: pattern conv 3x3/{sh.stride} pad {sh.pad}, {sh.inp.C}->{F} ch, "
+                f"{sh.inp.H}x{sh.inp.W} -> {out.H}x{out.W}, {lay.P} masks, {lay.K} kernels, channel-tile "
+                f"layout, {V} vectors per tile */",
+                f'_Static_assert(VL == {vl}, "{self.name} was generated for {vl}-float '
+                f'vectors; regenerate it on this machine");',
+                *[self._tile(w) for w in shapes],
+                *_fkw_prologue(self.name, lay.offsets),
+                "    const int nt = omp_get_num_threads(), t = omp_get_thread_num();",
+                f"    PS_SCRATCH(scr, {phase} + (size_t)nt * {F * V * vl}, \"{self.name}\");",
+                f"    float *restrict part = scr + {phase} + (size_t)t * {F * V * vl};",
+                "    (void)cost;",
+                "    {",
+                *acc.prep.strip("\n").splitlines(),
+                "    }",
+                "    #pragma omp for schedule(static) nowait",
+                f"    for (int q = 0; q < {out.H * ntile_cols}; q++) {{",
+                f"        const int oh = q / {ntile_cols}, v0 = q % {ntile_cols} * {V};"]
+        if len(shapes) == 1:
+            body.append("        " + calls[0])
+        else:
+            body.append(f"        if (v0 + {V} <= {nv}) {calls[shapes.index(V)]}")
+            body.append(f"        else {calls[1 - shapes.index(V)]}")
+        body += ["    }", "}"]
         return "\n".join(body) + "\n"
 
 
