@@ -3,29 +3,21 @@ they finish, a re-run resumes instead of retraining, and the RESULTS.md section 
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 from patsparse.errors import FormatError, InputError
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmark_scripts import load_benchmark
 
 
-def _load(name: str):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
 
 
-acc = _load("accuracy")
-report = _load("_report")
+
+acc = load_benchmark("accuracy")
+report = load_benchmark("_report")
 
 ROWS = "dense,pattern-phase2,magnitude-8x"
 
@@ -122,7 +114,7 @@ def test_update_section_replaces_only_its_own(tmp_path: Path) -> None:
 
 
 def test_results_theory_step(tmp_path: Path) -> None:
-    res = _load("results")
+    res = load_benchmark("results")
     assert res.main(["--steps", "theory", "--docs", str(tmp_path / "docs"),
                      "--results", str(tmp_path / "docs" / "RESULTS.md")]) == 0
     text = (tmp_path / "docs" / "RESULTS.md").read_text()
@@ -134,7 +126,7 @@ def test_results_theory_step(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_results_extraction_step_on_tiny_budget(tmp_path: Path) -> None:
-    res = _load("results")
+    res = load_benchmark("results")
     argv = ["--dataset", "digits", "--budget", "tiny", "--steps", "extraction", "--extraction-model", "convnet",
             "--out", str(tmp_path / "runs" / "accuracy"), "--docs", str(tmp_path / "docs"),
             "--results", str(tmp_path / "docs" / "RESULTS.md"), "--quiet"]

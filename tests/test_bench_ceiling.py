@@ -1,20 +1,10 @@
 """benchmarks/ceiling.py: the machine-ceiling loops build, run and render (no timing asserted)."""
 
-import importlib.util
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "ceiling.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("ceiling", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from benchmark_scripts import load_benchmark
 
 
 def test_ceiling_measures_and_renders(tmp_path):
-    ceiling = load_script()
+    ceiling = load_benchmark("ceiling")
     res = ceiling.measure(threads=2, runs=1, n=20_000, sizes_kb=(16, 64))
     assert res["vl"] in (4, 8, 16)
     assert sorted(res["rates"]) == sorted(["peak_1", "peak_2", "l1_aligned", "l1_offset1", "bw_16", "bw_64"])

@@ -1,25 +1,12 @@
 """benchmarks/pattern_kernel.py: builds, checks and times one layer per schedule (no speed asserted)."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "pattern_kernel.py"
-
-
-def load_script():
-    sys.path.insert(0, str(SCRIPT.parent))
-    spec = importlib.util.spec_from_file_location("pattern_kernel", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from benchmark_scripts import load_benchmark
 
 
 def test_pruned_weight_reaches_the_rate():
-    pk = load_script()
+    pk = load_benchmark("pattern_kernel")
     w = pk.pruned_weight(32, 16, rate=8.0)
     kernels = np.abs(w).sum(axis=(2, 3)) != 0
     assert (np.count_nonzero(w.reshape(16, 32, 9), axis=2)[kernels] == 4).all()  # Phase-2: 4 taps
@@ -29,7 +16,7 @@ def test_pruned_weight_reaches_the_rate():
 
 
 def test_two_schedules_one_table(capsys):
-    pk = load_script()
+    pk = load_benchmark("pattern_kernel")
     pk.main(["--cin", "8", "--cout", "8", "--size", "6", "--stride", "2", "--rounds", "1", "--iters", "1",
              "--threads", "1", "--schedules", '[{}, {"order": "ft"}]'])
     out = capsys.readouterr().out
@@ -39,6 +26,6 @@ def test_two_schedules_one_table(capsys):
 
 
 def test_bad_schedules_are_an_error():
-    pk = load_script()
+    pk = load_benchmark("pattern_kernel")
     with pytest.raises(SystemExit):
         pk.main(["--schedules", "{}"])

@@ -1,24 +1,14 @@
 """benchmarks/run_all.py: the page is stitched from saved results plus other scripts' sections."""
 
-import importlib.util
-from pathlib import Path
 
+from benchmark_scripts import load_benchmark
 from test_bench_report import result
 
 from patsparse.bench import report
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "run_all.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("run_all", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
 
 def test_stitch_page(tmp_path):
-    run_all = load_script()
+    run_all = load_benchmark("run_all")
     docs = tmp_path / "docs"
     results = docs / "bench" / "results"
     slow = result(8.0)
@@ -40,7 +30,7 @@ def test_stitch_page(tmp_path):
 
 
 def test_standard_grid_and_resume(tmp_path, capsys):
-    run_all = load_script()
+    run_all = load_benchmark("run_all")
     std = run_all.grid(run_all.parse_args([]))
     assert len(std) == len(set(std)) == 28
     assert std[0] == ("vgg16_bn", "cifar", 1.0, 1) and std[-1] == ("resnet18", "imagenet", 8.0, 8)

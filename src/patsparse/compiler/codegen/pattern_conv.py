@@ -50,6 +50,15 @@ def _fkw_prologue(name: str, o: dict) -> list[str]:
             "    (void)res;"]
 
 
+def _header(name: str, sh: "ConvShape", lay, vl: int, what: str) -> list[str]:
+    """The head of every layout's source: shared helpers, what the kernel is, the width check."""
+    return [HELPERS,
+            f"/* ---- {name}: pattern conv 3x3/{sh.stride} pad {sh.pad}, {sh.inp.C}->{sh.out.C} ch, "
+            f"{sh.inp.H}x{sh.inp.W} -> {sh.out.H}x{sh.out.W}, {lay.P} masks, {lay.K} kernels, {what} */",
+            f'_Static_assert(VL == {vl}, "{name} was generated for {vl}-float vectors; '
+            f'regenerate it on this machine");']
+
+
 @dataclass(frozen=True)
 class ConvShape:
     """Geometry of one 3x3 conv, checked against the layouts it reads and writes."""
@@ -320,12 +329,7 @@ class _Emitter:
         lay, out = self.lay, self.sh.out
         o = lay.offsets
         shapes = sorted({(R, V) for _, R, cols in self._row_loops() for _, V in cols})
-        parts = [f"/* ---- {self.name}: pattern conv 3x3/{self.sh.stride} pad {self.sh.pad}, "
-                 f"{lay.C}->{lay.F} ch, {self.sh.inp.H}x{self.sh.inp.W} -> {out.H}x{out.W}, "
-                 f"{lay.P} masks, {lay.K} kernels, tile {self.rows}x{self.vecs} order {self.order} */",
-                 f'_Static_assert(VL == {self.vl}, "{self.name} was generated for {self.vl}-float '
-                 f'vectors; regenerate it on this machine");']
-        parts[1:1] = [HELPERS]
+        parts = _header(self.name, self.sh, lay, self.vl, f"tile {self.rows}x{self.vecs} order {self.order}")
         parts += [self._tile(R, V) for R, V in shapes]
         filt = ["const int oc = perm[f];",
                 f"float *restrict oplane = out + (ptrdiff_t)oc * {out.ps} + {out.origin};"]
@@ -483,11 +487,7 @@ class _FlatEmitter:
         lay, sh, out, inp = self.lay, self.sh, self.sh.out, self.sh.inp
         o, hwp, U = lay.offsets, self.hwp, self.unroll
         off0 = (inp.pad - sh.pad) * inp.ld + (inp.pad - sh.pad)
-        body = [HELPERS, f"/* ---- {self.name}: pattern conv 3x3/{sh.stride} pad {sh.pad}, {lay.C}->{lay.F} ch, "
-                f"{inp.H}x{inp.W} -> {out.H}x{out.W}, {lay.P} masks, {lay.K} kernels, flat layout, "
-                f"unroll {U} */",
-                f'_Static_assert(VL == {self.vl}, "{self.name} was generated for {self.vl}-float '
-                f'vectors; regenerate it on this machine");',
+        body = [*_header(self.name, sh, lay, self.vl, f"flat layout, unroll {U}"),
                 *_fkw_prologue(self.name, o),
                 f"    PS_SCRATCH(col, {lay.C * self._cs()}, \"{self.name}\");",
                 "    {",
@@ -600,11 +600,7 @@ class _ChannelMajorEmitter(_FlatEmitter):
         lay, sh, out, inp = self.lay, self.sh, self.sh.out, self.sh.inp
         F, C, S, CS = out.C, inp.C, self._part_floats(), self._cs()
         off0 = (inp.pad - sh.pad) * inp.ld + (inp.pad - sh.pad)
-        body = [HELPERS, f"/* ---- {self.name}: pattern conv 3x3/{sh.stride} pad {sh.pad}, {C}->{F} ch, "
-                f"{inp.H}x{inp.W} -> {out.H}x{out.W}, {lay.P} masks, {lay.K} kernels, channel-major, "
-                f"pack {self.g} */",
-                f'_Static_assert(VL == {self.vl}, "{self.name} was generated for {self.vl}-float '
-                f'vectors; regenerate it on this machine");',
+        body = [*_header(self.name, sh, lay, self.vl, f"channel-major, pack {self.g}"),
                 *_fkw_prologue(self.name, lay.offsets),
                 "    const int nt = omp_get_num_threads(), t = omp_get_thread_num();",
                 f"    PS_SCRATCH(scr, (size_t)nt * {F * S + CS}, \"{self.name}\");",
@@ -712,11 +708,7 @@ class _ChannelTileEmitter:
         ntile_cols = -(-nv // V)
         calls = [f"{self.name}_ct{w}({acc.src}, out, perm, runs, cidx, wptr, wts, bias, res, part, oh, v0);"
                  for w in shapes]
-        body = [HELPERS, f"/* ---- {self.name}: pattern conv 3x3/{sh.stride} pad {sh.pad}, {sh.inp.C}->{F} ch, "
-                f"{sh.inp.H}x{sh.inp.W} -> {out.H}x{out.W}, {lay.P} masks, {lay.K} kernels, channel-tile "
-                f"layout, {V} vectors per tile */",
-                f'_Static_assert(VL == {vl}, "{self.name} was generated for {vl}-float '
-                f'vectors; regenerate it on this machine");',
+        body = [*_header(self.name, sh, lay, vl, f"channel-tile layout, {V} vectors per tile"),
                 *[self._tile(w) for w in shapes],
                 *_fkw_prologue(self.name, lay.offsets),
                 "    const int nt = omp_get_num_threads(), t = omp_get_thread_num();",
