@@ -175,19 +175,19 @@ def gen_pattern_conv(name: str, weight: np.ndarray, *, stride: int, padding: int
         sched["pack"] = 1  # too many masks: the packed copies would not stay in L2
     # the channel-major layout stores the transposed layer: input channels play the filters'
     # part in FKW1 (perm, runs, cost per input channel; cidx holds output channels)
-    cm = sched["layout"] in ("cm", "ct")
-    sp_st = LayerSparsity(sp.masks, np.ascontiguousarray(sp.kernel_mask.T)) if cm else sp
-    ro = reorder(sp_st)
-    lay = plan(sp_st, ro)
     emitter = {"flat": _FlatEmitter, "cm": _ChannelMajorEmitter, "ct": _ChannelTileEmitter}.get(
         sched["layout"], _Emitter)
+    transposed = emitter.TRANSPOSED
+    sp_st = LayerSparsity(sp.masks, np.ascontiguousarray(sp.kernel_mask.T)) if transposed else sp
+    ro = reorder(sp_st)
+    lay = plan(sp_st, ro)
     code = emitter(name, sp, lay, shape, act, has_residual, sched, vl).emit()
     taps = sp.taps_per_kernel().sum()
     flops = 2 * int(taps) * out_layout.H * out_layout.W
 
     def pack(w: np.ndarray) -> np.ndarray:
         w = np.asarray(w, dtype=np.float32)
-        return fkw_pack(sp_st, ro, w.transpose(1, 0, 2, 3) if cm else w, where)
+        return fkw_pack(sp_st, ro, w.transpose(1, 0, 2, 3) if transposed else w, where)
 
     sched["vl"] = vl
     return GeneratedKernel(name=name, code=code, pack=pack, flops=flops, schedule=sched)
@@ -199,9 +199,10 @@ def _resolve_schedule(schedule: dict | None, inp: Layout, out: Layout, vl: int, 
     layout = given.get("layout") or ("rows" if {"rows", "vecs", "order"} & given.keys() else None)
     base = default_schedule(inp, out, vl)
     if layout and layout != base["layout"]:  # the other layout's defaults; rows/vecs filled below
-        base = {"layout": "rows", "order": "tf", "prefetch": 1} if layout in ("rows", "ct") else \
-            {"layout": "cm", "pack": tap_pack(out, vl)} if layout == "cm" else \
-            {"layout": "flat", "unroll": 2, "prefetch": 0, "pack": tap_pack(out, vl)}
+        base = {"rows": {"layout": "rows", "order": "tf", "prefetch": 1},
+                "cm": {"layout": "cm", "pack": tap_pack(out, vl)},
+                "flat": {"layout": "flat", "unroll": 2, "prefetch": 0, "pack": tap_pack(out, vl)},
+                }.get(layout, {"layout": layout})
     sched = {**base, **given}
     if sched["layout"] not in ("rows", "flat", "cm", "ct"):
         raise InputError(f"{where}: schedule layout must be 'rows', 'flat', 'cm' or 'ct', got {sched['layout']!r}")
@@ -230,6 +231,8 @@ def _resolve_schedule(schedule: dict | None, inp: Layout, out: Layout, vl: int, 
 
 class _Emitter:
     """Writes the C for one layer; one method per piece so each stays readable."""
+
+    TRANSPOSED = False  # weights stored filter-major (True: the transposed layer, channel-major)
 
     def __init__(self, name, sp, lay, shape: ConvShape, act, has_residual, sched, vl):
         self.name, self.sp, self.lay, self.sh = name, sp, lay, shape
@@ -373,6 +376,8 @@ class _FlatEmitter:
     weight vector is [w0 x hw, w1 x hw, ...] shuffled from its four stored weights. The g lane
     groups are summed at the store.
     """
+
+    TRANSPOSED = False
 
     def __init__(self, name, sp, lay, shape: ConvShape, act, has_residual, sched, vl):
         self.name, self.sp, self.lay, self.sh = name, sp, lay, shape
@@ -550,6 +555,8 @@ class _ChannelMajorEmitter(_FlatEmitter):
     filter whose g lane groups are summed at the end.
     """
 
+    TRANSPOSED = True
+
     def _part_floats(self) -> int:
         """Partial-sum floats per filter."""
         return self.vl if self.g > 1 else self.hwp
@@ -639,6 +646,8 @@ class _ChannelTileEmitter:
     bias, residual and activation and go to the output. Threads split tiles, so no reduction.
     Weights are the transposed layer in FKW1, as in the channel-major layout.
     """
+
+    TRANSPOSED = True
 
     def __init__(self, name, sp, lay, shape: ConvShape, act, has_residual, sched, vl):
         self.name, self.sp, self.lay, self.sh = name, sp, lay, shape
