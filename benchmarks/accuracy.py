@@ -116,6 +116,9 @@ ROWS: tuple[Row, ...] = (
     *(Row(f"{m}-{r}x", "baseline", float(r), method=m) for m in ("magnitude", "filter") for r in RATES),
 )
 KEEP_WEIGHTS = ("dense", "pattern-phase2")  # the enhancement figure reuses these two
+# Rows live in the repository so that RESULTS.md can be re-rendered (and checked) from them on any
+# clone; the checkpoints beside them are ignored by git (megabytes each, re-made by a re-run).
+GRID_OUT = _report.REPO / "docs" / "bench" / "accuracy"
 
 
 def random_library(size: int, seed: int) -> torch.Tensor:
@@ -438,7 +441,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"comma-separated zoo names (known: {', '.join(psmodels.names())})")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the budget's)")
     p.add_argument("--rows", default="*", help="comma-separated row ids or globs, e.g. 'dense*,pc-*'")
-    p.add_argument("--out", default=str(_report.REPO / "runs" / "accuracy"))
+    p.add_argument("--out", default=str(GRID_OUT),
+                   help="row JSONs (committed: the evidence) and the kept checkpoints (git-ignored)")
     p.add_argument("--results", default=str(_report.RESULTS), help="markdown file to write the section into")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")

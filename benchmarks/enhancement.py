@@ -315,7 +315,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--images", type=int, default=10, help="Fashion-MNIST images (one per class, at most 10)")
     p.add_argument("--ig-steps", type=int, default=64)
     p.add_argument("--inv-steps", type=int, default=200)
-    p.add_argument("--grid-out", default=str(_report.REPO / "runs" / "accuracy"))
+    p.add_argument("--grid-out", default=str(accuracy.GRID_OUT))
     p.add_argument("--out", default=str(_report.REPO / "runs" / "enhancement"))
     p.add_argument("--docs", default=str(_report.REPO / "docs"))
     p.add_argument("--results", default=str(_report.RESULTS))

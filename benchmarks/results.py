@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", default="small", choices=sorted(accuracy.BUDGETS))
     p.add_argument("--steps", default=",".join(STEPS), help=f"comma-separated subset of {', '.join(STEPS)}")
     p.add_argument("--extraction-model", default="vgg16_bn")
-    p.add_argument("--out", default=str(_report.REPO / "runs" / "accuracy"))
+    p.add_argument("--out", default=str(accuracy.GRID_OUT))
     p.add_argument("--docs", default=str(_report.REPO / "docs"))
     p.add_argument("--results", default=str(_report.RESULTS))
     p.add_argument("--threads", type=int, default=None)
