@@ -11,7 +11,8 @@ from hypothesis import given, settings, strategies as st
 
 from patsparse.compiler.build import compile_c
 from patsparse.compiler.codegen.base import PRELUDE, SLACK
-from patsparse.compiler.codegen.pattern_conv import (SUPPORT, candidate_schedules, default_schedule, flat_fits,
+from patsparse.compiler.codegen.ctest import vl_flags
+from patsparse.compiler.codegen.pattern_conv import (SUPPORT, candidate_schedules, cm_fits, default_schedule, flat_fits,
                                                      gen_pattern_conv, host_vl, tap_pack)
 from patsparse.compiler.layout import Layout
 from patsparse.compiler.reorder import FULL_MASK, analyse, reorder
@@ -76,7 +77,8 @@ void run_team(const float *in, float *out, const float *w, const float *b, const
     PS_TEAM_LOOP(1, conv(in, out, w, b, res));
 }
 """
-    lib = ctypes.CDLL(str(compile_c(src, name="pconv_test", extra_flags=extra_flags)))
+    flags = (*(vl_flags(vl) if vl else ()), *extra_flags)
+    lib = ctypes.CDLL(str(compile_c(src, name="pconv_test", extra_flags=flags)))
     wp = gk.pack(weight)
     bias = np.zeros(F_, np.float32) if bias is None else bias.astype(np.float32)
     xin = to_layout(x, Li)
@@ -189,11 +191,8 @@ def test_channel_major_layout_in_a_team(threads, hw, pack):
     assert_close(got, reference(w, x, act="relu", residual=r, bias=b))
 
 
-# Tap packing (2 or 4 taps of a kernel in one vector) at each vector width: 8 lanes on AVX2
-# hosts, 16 emulated with generic vectors (AVX-512 code path), 4 without AVX.
-PACK_WIDTHS = {8: ("-mavx2",), 16: ("-D__AVX512F__", "-DPS_EMULATED_VL"), 4: ("-mno-avx",)}
-
-
+# Tap packing (2 or 4 taps of a kernel in one vector) at each vector width (run_conv builds
+# each width on this host: natively, with the wider ISA off, or 16 lanes emulated).
 @pytest.mark.parametrize("layout", ["flat", "cm"])
 @pytest.mark.parametrize("vl,in_hw,stride,g", [(8, (2, 2), 1, 2), (8, (4, 3), 2, 2), (16, (2, 2), 1, 4),
                                                (16, (3, 8), 2, 2), (4, (1, 1), 1, 4)])
@@ -207,9 +206,26 @@ def test_tap_packed_tiny_layouts(layout, vl, in_hw, stride, g):
     assert tap_pack(Layout(18, Ho, Wo), vl) == g
     r = rng.standard_normal((18, Ho, Wo)).astype(np.float32)
     sched = {"layout": layout, "unroll": 1 + (vl == 8), "pack": g, "prefetch": int(vl == 16)}
-    got = run_conv(w, x, stride=stride, act="relu", residual=r, bias=b, schedule=sched, vl=vl,
-                   extra_flags=PACK_WIDTHS[vl])
+    got = run_conv(w, x, stride=stride, act="relu", residual=r, bias=b, schedule=sched, vl=vl)
     assert_close(got, reference(w, x, stride=stride, act="relu", residual=r, bias=b))
+
+
+def test_channel_major_past_the_flat_copies_limit():
+    """cm copies one channel at a time, so a 7x7 plane with many channels (AVX-512: 4 vectors)
+    runs channel-major by default even where the flat layout's copies would leave L2."""
+    rng = np.random.default_rng(11)
+    C, Li, Lo = 300, Layout(300, 7, 7), Layout(6, 7, 7)
+    assert cm_fits(Lo, 16) and not flat_fits(Li, Lo, 16) and not cm_fits(Lo, 8)
+    assert default_schedule(Li, Lo, 16)["layout"] == "cm"
+    w = pattern_weight(6, C, keep=0.5, dense_frac=0.05)
+    x = rng.standard_normal((C, 7, 7)).astype(np.float32)
+    assert_close(run_conv(w, x, act="relu", vl=16), reference(w, x, act="relu"))
+    with pytest.raises(InputError, match="use the 'cm' layout"):
+        gen_pattern_conv("c", w, stride=1, padding=1, in_layout=Li, out_layout=Lo,
+                         schedule={"layout": "flat"}, vl=16)
+    with pytest.raises(InputError, match="at most 4 vectors"):
+        gen_pattern_conv("c", w, stride=1, padding=1, in_layout=Li, out_layout=Lo,
+                         schedule={"layout": "cm"}, vl=8)
 
 
 def test_tap_pack_choice_and_errors():
@@ -238,11 +254,11 @@ def test_generic_vector_width_fallback():
     w = pattern_weight(8, 6, keep=0.6, dense_frac=0.1)
     x = rng.standard_normal((6, 9, 11)).astype(np.float32)
     for stride in (1, 2):
-        got = run_conv(w, x, stride=stride, vl=4, extra_flags=("-mno-avx",))
+        got = run_conv(w, x, stride=stride, vl=4)
         assert_close(got, reference(w, x, stride=stride))
     tiny = x[:, :3, :3]
     for sched in ({"layout": "flat", "unroll": 2}, {"layout": "cm"}):
-        got = run_conv(w, tiny, vl=4, extra_flags=("-mno-avx",), schedule=sched)
+        got = run_conv(w, tiny, vl=4, schedule=sched)
         assert_close(got, reference(w, tiny))
 
 

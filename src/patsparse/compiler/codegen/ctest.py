@@ -17,6 +17,7 @@ from ...errors import InputError
 from ..build import compile_c
 from ..layout import Layout
 from .base import PRELUDE, SLACK, GeneratedKernel
+from .common import host_vl
 
 ALIGN = 64  # bytes; planes start on 64-byte boundaries (layout.py), so buffers must too
 
@@ -64,6 +65,26 @@ def to_layout(x: np.ndarray, layout: Layout) -> np.ndarray:
 def from_layout(buf: np.ndarray, layout: Layout) -> np.ndarray:
     """The (C, H, W) interior of a layout buffer, as a new array."""
     return _interior_view(buf, layout).copy()
+
+
+def vl_flags(vl: int) -> tuple[str, ...]:
+    """Compiler flags that build code generated for ``vl``-float vectors on this host.
+
+    Why: tests check every vector width on whatever machine runs them. The host's own width
+    builds natively; a narrower one by switching the wider ISA off; 16 lanes on a host without
+    AVX-512 through GCC's generic vectors (``PS_EMULATED_VL``: a 64-byte vector fits no AVX2
+    register, so no AVX-512 intrinsics then).
+    """
+    host = host_vl()
+    if vl == host:
+        return ()
+    if vl == 16:
+        return ("-D__AVX512F__", "-DPS_EMULATED_VL")
+    if vl == 8 and host == 16:
+        return ("-mno-avx512f",)
+    if vl == 4:
+        return ("-mno-avx",)
+    raise InputError(f"cannot build {vl}-float vector code on a host with {host}-float vectors")
 
 
 def _ptr(a: np.ndarray | None) -> ctypes.c_void_p:

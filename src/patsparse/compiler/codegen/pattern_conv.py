@@ -91,10 +91,16 @@ FLAT_MAX_SCRATCH = 1 << 19  # bytes of per-tap input copies (C * 9 planes) the f
 UNROLL_COPY_MAX = 512     # floats per channel up to which the flat layout's copy is straight-line code
 
 
+def cm_fits(out: Layout, vl: int) -> bool:
+    """Whether the channel-major layout can run this layer: the plane in few vectors (its tap
+    vectors stay in registers for a mask run; its copies are per channel, so C does not matter)."""
+    return -(-(out.H * out.W) // vl) <= FLAT_MAX_VECS
+
+
 def flat_fits(inp: Layout, out: Layout, vl: int) -> bool:
     """Whether the flat layout can run this layer: plane in few vectors, copies fit in L2."""
     hwp = -(-(out.H * out.W) // vl) * vl
-    return hwp // vl <= FLAT_MAX_VECS and inp.C * 9 * hwp * 4 <= FLAT_MAX_SCRATCH
+    return cm_fits(out, vl) and inp.C * 9 * hwp * 4 <= FLAT_MAX_SCRATCH
 
 
 def tap_pack(out: Layout, vl: int) -> int:
@@ -118,7 +124,7 @@ def default_schedule(inp: Layout, out: Layout, vl: int) -> dict:
     layout on VGG-CIFAR's 4x4 and 2x2 layers (docs/COMPILER.md).
     """
     nv = -(-out.W // vl)
-    if out.W / (nv * vl) < 0.75 and flat_fits(inp, out, vl):
+    if out.W / (nv * vl) < 0.75 and cm_fits(out, vl):
         return {"layout": "cm", "pack": tap_pack(out, vl)}
     if inp.H > out.H:  # stride 2
         return {"layout": "ct", "vecs": min(CT_VECS, nv)}
@@ -145,8 +151,9 @@ def candidate_schedules(inp: Layout, out: Layout, vl: int) -> list[dict]:
                     cands.append({"layout": "rows", "rows": rows, "vecs": vecs, "order": order,
                                   "prefetch": 1})
     cands += [{"layout": "ct", "vecs": v} for v in range(1, min(nv, CT_VECS) + 1)]
-    if flat_fits(inp, out, vl):
+    if cm_fits(out, vl):
         cands += [{"layout": "cm", "pack": g} for g in sorted({1, tap_pack(out, vl)})]
+    if flat_fits(inp, out, vl):
         cands += [{"layout": "flat", "unroll": u, "prefetch": 0, "pack": 1} for u in (1, 2, 4)]
         cands.append({"layout": "flat", "unroll": 4, "prefetch": 1, "pack": 1})
         if tap_pack(out, vl) > 1:
@@ -210,9 +217,12 @@ def _resolve_schedule(schedule: dict | None, inp: Layout, out: Layout, vl: int, 
         nv = -(-out.W // vl)
         return {"layout": "ct", "vecs": max(1, min(int(sched.get("vecs") or CT_VECS), nv))}
     if sched["layout"] in ("flat", "cm"):
-        if not flat_fits(inp, out, vl):
+        if not cm_fits(out, vl):
             raise InputError(f"{where}: the {sched['layout']} layout needs an output plane of at most "
-                             f"{FLAT_MAX_VECS} vectors and per-tap copies within {FLAT_MAX_SCRATCH} bytes")
+                             f"{FLAT_MAX_VECS} vectors of {vl} floats, got {out.H}x{out.W}")
+        if sched["layout"] == "flat" and not flat_fits(inp, out, vl):
+            raise InputError(f"{where}: the flat layout's per-tap copies of {inp.C} channels exceed "
+                             f"{FLAT_MAX_SCRATCH} bytes; use the 'cm' layout")
         if sched["layout"] == "flat":
             sched["unroll"] = int(sched.get("unroll") or 1)
         sched["pack"] = int(sched.get("pack") or 1)
@@ -408,8 +418,7 @@ class _FlatEmitter:
         nt, g, hw = len(mask_taps(self.sp.masks[p])), self.g, self.hw
         idx = [i * g + lane // hw for lane in range(self.vl)]
         if nt == 4:  # the kernel's four weights in one load, spread by one shuffle
-            return (f"__builtin_shufflevector(pc_load4(wk + {u * nt}), pc_load4(wk + {u * nt}), "
-                    f"{', '.join(map(str, idx))})")
+            return f"PC_SPREAD4(wk + {u * nt}, {', '.join(map(str, idx))})"
         return "(vf){" + ", ".join(f"wk[{u * nt + j}]" if j < nt else "0.0f" for j in idx) + "}"
 
     def _kernels(self, p: int, us: list[int]) -> list[str]:
@@ -751,8 +760,21 @@ static inline int ps_split(const int32_t *cost, int F, int t, int nt) {
     while (lo < hi) { int mid = (lo + hi) / 2; if (cost[mid] < goal) lo = mid + 1; else hi = mid; }
     return lo;
 }
-/* four consecutive floats, any alignment (a pattern kernel's weights) */
+/* PC_SPREAD4(p, lane indices...): a vector whose lane l is p[index l], from four consecutive floats
+   at p (a pattern kernel's weights, any alignment). The generic form widens a 4-float vector with
+   __builtin_shufflevector, which GCC 12 compiles to a stack round trip (a 64-byte reload of a
+   16-byte store: a store-forwarding stall that made packed 2x2 layers 4x slower with AVX-512);
+   the intrinsic forms are one load and one lane permute. */
 typedef float pc_v4u __attribute__((vector_size(16), aligned(4)));
 static inline pc_v4u pc_load4(const float *p) { return *(const pc_v4u *)p; }
+#if VL == 16 && defined(__AVX512F__) && !defined(PS_EMULATED_VL)
+#define PC_SPREAD4(p, ...) ((vf)_mm512_permutexvar_ps((__m512i)(vi){__VA_ARGS__}, \
+                                                       _mm512_castps128_ps512(_mm_loadu_ps(p))))
+#elif VL == 8 && defined(__AVX2__)
+#define PC_SPREAD4(p, ...) ((vf)_mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(p)), \
+                                                          (__m256i)(vi){__VA_ARGS__}))
+#else
+#define PC_SPREAD4(p, ...) __builtin_shufflevector(pc_load4(p), pc_load4(p), __VA_ARGS__)
+#endif
 #endif
 """
