@@ -35,6 +35,11 @@ from . import protocol
 from .engines import ENGINES, engine_spec, load_engine
 
 SRC_ROOT = str(Path(__file__).resolve().parents[2])
+# Pause before each timed block. Why: an engine's idle thread pool keeps spinning for a while after
+# its block (ONNX Runtime's spinning workers, OpenMP's spin-wait before sleeping), and those
+# spinning threads steal the cores from the next engine's block; measured on 2 cores, VGG-16
+# CIFAR 2.25x: patsparse 3.8 ms alone, 6.4-7.9 ms right after ONNX Runtime's blocks.
+SETTLE_S = 0.05
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TVM_NUM_THREADS",
               "NM_NUM_THREADS")
 
@@ -351,6 +356,7 @@ class _Run:
             live = [n for n in names if n in self.workers
                     and sum(self.results[n].samples_ms) < time_limit * 1e3]
             for name in live[r % len(live):] + live[: r % len(live)] if live else []:
+                time.sleep(SETTLE_S)
                 try:
                     reply, _ = self.workers[name].call({"op": "time", "n": n_calls, "warmup": 1},
                                                        timeout=self.timeout)
