@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 import patsparse as ps
 from patsparse.cli import main as cli_main
-from patsparse.compiler.runtime import CompiledModel
+from patsparse.compiler.runtime import FORMAT_VERSION, CompiledModel
 from patsparse.errors import FormatError, InputError, UnsupportedError
 
 
@@ -217,15 +217,15 @@ def test_save_load_rebuild_and_tamper(opsnet_compiled, tmp_path):
     (d / "manifest.json").write_text(json.dumps(man))
     assert_close(CompiledModel.load(d)(x), want)
     man = json.loads((d / "manifest.json").read_text())
-    man["format_version"] = 1  # written by an older patsparse: regenerated, not misread
+    man["format_version"] = FORMAT_VERSION - 1  # an older patsparse's (int32 cidx): regenerated, not misread
     (d / "manifest.json").write_text(json.dumps(man))
     assert_close(CompiledModel.load(d)(x), want)
-    assert json.loads((d / "manifest.json").read_text())["format_version"] == 2
+    assert json.loads((d / "manifest.json").read_text())["format_version"] == FORMAT_VERSION
     man["format_version"] = 99
     (d / "manifest.json").write_text(json.dumps(man))
     with pytest.raises(FormatError, match="format 99"):
         CompiledModel.load(d)
-    man["format_version"] = 2
+    man["format_version"] = FORMAT_VERSION
     (d / "manifest.json").write_text(json.dumps(man))
     raw = bytearray((d / "weights.bin").read_bytes())
     raw[100] ^= 0xFF

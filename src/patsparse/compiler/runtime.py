@@ -38,7 +38,8 @@ from ..errors import FormatError, InputError
 from .build import toolchain_fingerprint
 
 FORMAT = "patsparse-compiled"
-FORMAT_VERSION = 2  # 2: ps_forward takes the per-layer profile array (1 is regenerated on load)
+FORMAT_VERSION = 3  # 2: ps_forward takes the per-layer profile array; 3: FKW1 v2 (uint16 cidx).
+# Older versions are regenerated from the stored graph on load.
 ALIGN_BYTES = 64
 
 

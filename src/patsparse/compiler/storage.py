@@ -1,14 +1,16 @@
 """Compact storage of one pattern-sparse 3x3 layer, in the spirit of PatDNN's FKW format.
 
 One float32 array (the kernel reads it through a single pointer), made of 16-float-aligned
-sections; integer sections hold int32 bit patterns::
+sections; integer sections hold int32 bit patterns, except ``cidx`` (uint16, two per word)::
 
     header[16]  magic, version, F, C, P, K, n_weights, then the section offsets below
     perm[F]     original output channel of each reordered filter
     runs[F*P+1] start of each (filter, mask) run in the kernel list; a filter's runs are
                 consecutive, so the mask of a kernel is implied by its position: no per-kernel
                 pattern id is stored
-    cidx[K]     input channel of each kernel: the only per-kernel index
+    cidx[K]     input channel of each kernel (uint16): the only per-kernel index. 16 bits
+                because at batch 1 the small-plane layers stream their weights from memory:
+                20 -> 18 bytes per 4-tap kernel
     cost[F+1]   prefix sum of taps per filter (int32), for balanced thread splits
     wptr[F]     offset of each filter's first weight in ``weights``
     weights     the kernels' non-zero taps, kernel after kernel, taps ascending by position
@@ -24,11 +26,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import FormatError, InputError
+from ..errors import FormatError, InputError, UnsupportedError
 from .reorder import LayerSparsity, Reordered, mask_taps, nonzero_bits
 
 MAGIC = 0x46_4B_57_31  # "FKW1"
-VERSION = 1
+VERSION = 2  # 2: cidx is uint16 (1: int32)
+MAX_CHANNELS = 1 << 16  # what a uint16 cidx can name
 ALIGN = 16  # floats: every section starts on a 64-byte boundary
 SECTIONS = ("perm", "runs", "cidx", "cost", "wptr", "weights")
 
@@ -58,7 +61,7 @@ def plan(sp: LayerSparsity, ro: Reordered) -> FKWLayout:
     F, C = sp.kernel_mask.shape
     P, K = len(sp.masks), int(ro.cidx.size)
     n_weights = int(sp.taps_per_kernel().sum())
-    sizes = {"perm": F, "runs": F * P + 1, "cidx": K, "cost": F + 1, "wptr": F}
+    sizes = {"perm": F, "runs": F * P + 1, "cidx": (K + 1) // 2, "cost": F + 1, "wptr": F}
     offsets, at = {}, ALIGN
     for name in SECTIONS[:-1]:
         offsets[name] = at
@@ -74,6 +77,9 @@ def pack(sp: LayerSparsity, ro: Reordered, weight: np.ndarray, where: str = "con
     is an InputError naming the layer, filter and input channel (the code would silently drop it).
     """
     w = np.asarray(weight, dtype=np.float32).reshape(sp.kernel_mask.shape + (9,))
+    if max(sp.kernel_mask.shape) > MAX_CHANNELS:
+        raise UnsupportedError(f"{where}: {sp.kernel_mask.shape[0]} filters x {sp.kernel_mask.shape[1]} "
+                               f"channels; the compact format indexes at most {MAX_CHANNELS} channels")
     lay = plan(sp, ro)
     out = np.zeros(lay.size, dtype=np.float32)
     ints = out.view(np.int32)
@@ -82,7 +88,7 @@ def pack(sp: LayerSparsity, ro: Reordered, weight: np.ndarray, where: str = "con
     o = lay.offsets
     ints[o["perm"]: o["perm"] + lay.F] = ro.perm
     ints[o["runs"]: o["runs"] + ro.runs.size] = ro.runs
-    ints[o["cidx"]: o["cidx"] + lay.K] = ro.cidx
+    out.view(np.uint16)[2 * o["cidx"]: 2 * o["cidx"] + lay.K] = ro.cidx
     ints[o["cost"]: o["cost"] + lay.F + 1] = ro.cost
     allowed = np.array(list(sp.masks) + [0], dtype=np.int64)[sp.kernel_mask]  # -1 (pruned) -> 0
     stray = (nonzero_bits(w) & ~allowed) != 0
@@ -108,14 +114,14 @@ def unpack(packed: np.ndarray, masks: tuple[int, ...]) -> np.ndarray:
     """Rebuild the dense (F, C, 3, 3) weight from a packed layer (checks the header)."""
     ints = np.asarray(packed, dtype=np.float32).view(np.int32)
     if ints.size < ALIGN or ints[0] != MAGIC or ints[1] != VERSION:
-        raise FormatError("packed layer: bad magic or version (not an FKW1 array)")
+        raise FormatError(f"packed layer: bad magic or version (not an FKW1 version {VERSION} array)")
     F, C, P, K, _ = (int(x) for x in ints[2:7])
     o = dict(zip(SECTIONS, (int(x) for x in ints[7:7 + len(SECTIONS)])))
     if P != len(masks):
         raise FormatError(f"packed layer has {P} masks, caller gave {len(masks)}")
     perm = ints[o["perm"]: o["perm"] + F]
     runs = ints[o["runs"]: o["runs"] + F * P + 1]
-    cidx = ints[o["cidx"]: o["cidx"] + K]
+    cidx = np.asarray(packed, dtype=np.float32).view(np.uint16)[2 * o["cidx"]: 2 * o["cidx"] + K]
     wptr = ints[o["wptr"]: o["wptr"] + F]
     wts = np.asarray(packed, dtype=np.float32)[o["weights"]:]
     dense = np.zeros((F, C, 9), dtype=np.float32)

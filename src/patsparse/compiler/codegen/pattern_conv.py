@@ -45,7 +45,8 @@ def _fkw_prologue(name: str, o: dict) -> list[str]:
     return [f"static void {name}(const float *restrict in, float *restrict out,",
             "    const float *restrict w, const float *restrict bias, const float *restrict res) {",
             "    const int32_t *restrict wi = (const int32_t *)w;",
-            *(f"    const int32_t *restrict {k} = wi + {o[k]};" for k in ("perm", "runs", "cidx", "cost", "wptr")),
+            *(f"    const int32_t *restrict {k} = wi + {o[k]};" for k in ("perm", "runs", "cost", "wptr")),
+            f"    const uint16_t *restrict cidx = (const uint16_t *)(wi + {o['cidx']});",
             f"    const float *restrict wts = w + {o['weights']};",
             "    (void)res;"]
 
@@ -294,7 +295,7 @@ class _Emitter:
         fn = f"{self.name}_t{R}x{V}"
         lines = [f"static inline __attribute__((always_inline)) void {fn}(",
                  "    const float *restrict ib, float *restrict op, const float *restrict rp,",
-                 "    const int32_t *restrict runs, const int32_t *restrict cidx,",
+                 "    const int32_t *restrict runs, const uint16_t *restrict cidx,",
                  "    const float *restrict wk, float b, int lastmask) {"]
         for r in range(R):
             lines.append("    vf " + ", ".join(f"a{r}_{v} = {{0}}" for v in range(V)) + ";")
@@ -689,7 +690,7 @@ class _ChannelTileEmitter:
         F, C = out.C, self.sh.inp.C
         lines = [f"static inline __attribute__((always_inline)) void {self.name}_ct{V}(",
                  "    const float *restrict src, float *restrict out, const int32_t *restrict perm,",
-                 "    const int32_t *restrict runs, const int32_t *restrict cidx, const int32_t *restrict wptr,",
+                 "    const int32_t *restrict runs, const uint16_t *restrict cidx, const int32_t *restrict wptr,",
                  "    const float *restrict wts, const float *restrict bias, const float *restrict res,",
                  "    float *restrict part, int oh, int v0) {",
                  f"    memset(part, 0, {F * self.V * vl} * sizeof(float));",
