@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
-from test_codegen_dense import OTHER_WIDTHS, SETTINGS, _act, check_close, run_kernel
+from test_codegen_dense import SETTINGS, WIDTHS, _act, check_close, run_kernel, width_flags
 
 from patsparse.compiler.codegen.base import ACTIVATIONS
 from patsparse.compiler.codegen.pool import gen_avgpool, gen_global_avgpool, gen_maxpool
@@ -66,8 +66,9 @@ def test_global_avgpool_matches_torch(C, H, W, pin, pout, act, residual):
                            r.numpy() if residual else None), want)
 
 
-@pytest.mark.parametrize("vl", sorted(OTHER_WIDTHS))
+@pytest.mark.parametrize("vl", WIDTHS)
 def test_pools_at_other_vector_widths(vl):
+    flags = width_flags(vl)
     x = torch.randn(3, 13, 37) - 2
     Lin = Layout(3, 13, 37, 0)
     for gen, fn, s in [(gen_maxpool, F.max_pool2d, 2), (gen_avgpool, F.avg_pool2d, 1)]:
@@ -75,11 +76,11 @@ def test_pools_at_other_vector_widths(vl):
         Lout = Layout(3, *y.shape[1:], 1)
         kern = gen("p", k=3, stride=s, padding=1, in_layout=Lin, out_layout=Lout)
         check_close(run_kernel(kern, x.numpy(), NO_WEIGHTS, NO_WEIGHTS, Lin, Lout, None,
-                               OTHER_WIDTHS[vl]), y)
+                               flags), y)
     Lout = Layout(3, 1, 1, 1)
     kern = gen_global_avgpool("g", in_layout=Layout(3, 13, 37, 1), out_layout=Lout)
     check_close(run_kernel(kern, x.numpy(), NO_WEIGHTS, NO_WEIGHTS, Layout(3, 13, 37, 1), Lout,
-                           None, OTHER_WIDTHS[vl]), F.adaptive_avg_pool2d(x[None], 1)[0])
+                           None, flags), F.adaptive_avg_pool2d(x[None], 1)[0])
 
 
 def test_unsupported_pool_settings_are_named():
