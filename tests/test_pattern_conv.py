@@ -175,6 +175,20 @@ def test_channel_tile_layout(stride, threads, vecs):
     assert_close(got, reference(w, x, stride=stride, act="relu6", residual=r, bias=b))
 
 
+@pytest.mark.parametrize("layout", ["rows", "ct"])
+@pytest.mark.parametrize("in_pad", [1, 2])
+@pytest.mark.parametrize("W", [12, 13, 16, 17, 31, 32])
+def test_stride2_phase_prep_through_the_halo(layout, in_pad, W):
+    """Stride 2 reads phase planes built through the input's zero halo (the model input's,
+    without a halo, takes the bounds-checked prep: test_codegen_dense); widths around a
+    vector's multiple put the last phase columns inside and past the source row."""
+    rng = np.random.default_rng(W + in_pad)
+    w = pattern_weight(6, 5, keep=0.6, dense_frac=0.1)
+    x = rng.standard_normal((5, 9, W)).astype(np.float32)
+    got = run_conv(w, x, stride=2, in_pad=in_pad, act="relu", schedule={"layout": layout})
+    assert_close(got, reference(w, x, stride=2, act="relu"))
+
+
 @pytest.mark.parametrize("threads", [2, 3, 7])
 @pytest.mark.parametrize("hw,pack", [((4, 4), 1), ((2, 2), 2), ((2, 2), 1)])
 def test_channel_major_layout_in_a_team(threads, hw, pack):
