@@ -22,6 +22,8 @@ from .base import GeneratedKernel, act_scalar_c
 from .common import HELPERS, MAX_VL, check_weight, loop_order
 
 CB = MAX_VL  # output channels per tile
+# The k == 1 slowdown of a reduction step (see cost), by vector width, as measured.
+K1_FACTOR = {16: 2.0}
 
 
 def cost(*, cout: int, Ho: int, Wo: int, np_: int, vl: int, red: int, k: int) -> float:
@@ -30,10 +32,12 @@ def cost(*, cout: int, Ho: int, Wo: int, np_: int, vl: int, red: int, k: int) ->
     At k == 1 every reduction step reads a new input plane and a new weight row, which made it
     L2-bandwidth bound in measurements (960->160 1x1 at 7x7, AVX2: 42 GF/s against 54 for the
     row-vector kernel, a factor 1.3); with k > 1 the taps reuse the lines it loads (512->512 3x3
-    at 7x7: 55 against 49)."""
+    at 7x7: 55 against 49). With AVX-512 it is about 2: 1x1 convs at 7x7 (MobileNet-V2
+    160->960, 320->1280, 576->160, 960->320) ran 1.1-1.6x slower than a 16-channel x one-vector
+    row tile, whose weight broadcasts fold into the FMAs (benchmarks/dense_kernels.py)."""
     nv = CB // vl
     tiles = -(-cout // CB) * -(-(Ho * Wo) // np_)
-    step = (max(nv * np_, nv + np_) / 2 + 0.5) * (1.3 if k == 1 else 1.0)
+    step = (max(nv * np_, nv + np_) / 2 + 0.5) * (K1_FACTOR.get(vl, 1.3) if k == 1 else 1.0)
     return tiles * (red * step + 1.5 * CB * np_)
 
 

@@ -36,6 +36,10 @@ from .base import GeneratedKernel, act_c
 from .common import HELPERS, check_weight, host_vl, loop_order
 
 
+L1_BYTES = 32 << 10          # data L1 the model assumes (32-48 KB on current x86 cores)
+L2_BYTES_PER_CYCLE = 32      # sustained L2 -> L1 bandwidth the model assumes
+
+
 def _slots(Ho: int, Wo: int, vl: int) -> int:
     return Ho * -(-Wo // vl)
 
@@ -64,7 +68,11 @@ def schedules(*, cout: int, Ho: int, Wo: int, cin: int | None = None, k: int = 1
             if mr * nr + nr + 2 > nregs or mr * nr < 4:
                 continue
             tiles = -(-cout // mr) * -(-ns // nr)
-            step = max(mr * nr / 2, (mr + nr) / 2) + 0.5  # +0.5: loop/pointer overhead
+            # a tile whose input stream (red steps x NR vectors) overflows L1 reads it from L2
+            # every step; at ~32 bytes per cycle that bounds wide-NR tiles on long reductions
+            # (MobileNet-V2 160->960 at 7x7, AVX-512: MR=3 x NR=7 62 GF/s, 16 x 1 77)
+            l2 = nr * vl * 4 / L2_BYTES_PER_CYCLE if red * nr * vl * 4 > L1_BYTES else 0.0
+            step = max(mr * nr / 2, (mr + nr) / 2, l2) + 0.5  # +0.5: loop/pointer overhead
             cands.append((tiles * (red * step + mr * nr), -mr * nr, {"mr": mr, "nr": nr}))
     for np_ in cvec.np_choices(vl):
         c = cvec.cost(cout=cout, Ho=Ho, Wo=Wo, np_=np_, vl=vl, red=red, k=k)
