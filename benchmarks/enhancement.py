@@ -12,7 +12,7 @@ Two settings:
   projection of them. There is no ImageNet here to retrain on, so this twin is *not* retrained;
   its labels are reported next to the dense ones.
 
-Writes docs/enhancement_<setting>.png, runs/enhancement/<setting>.json and the ``enhancement``
+Writes docs/enhancement_<setting>.png, docs/bench/enhancement/<setting>.json and the ``enhancement``
 section of docs/RESULTS.md.
 
     python benchmarks/enhancement.py                       # both settings, budget small
@@ -316,7 +316,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ig-steps", type=int, default=64)
     p.add_argument("--inv-steps", type=int, default=200)
     p.add_argument("--grid-out", default=str(accuracy.GRID_OUT))
-    p.add_argument("--out", default=str(_report.REPO / "runs" / "enhancement"))
+    p.add_argument("--out", default=str(_report.REPO / "docs" / "bench" / "enhancement"),
+                   help="metrics JSON per setting (committed, so --report-only works on any clone)")
     p.add_argument("--docs", default=str(_report.REPO / "docs"))
     p.add_argument("--results", default=str(_report.RESULTS))
     p.add_argument("--threads", type=int, default=None)
