@@ -19,6 +19,7 @@ from patsparse.checkpoint import atomic_write_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "docs" / "RESULTS.md"
+BENCH = REPO / "docs" / "bench"  # what benchmark scripts store and commit
 
 _HEADER = """# Results: which of the paper's claims our runs support
 

@@ -118,7 +118,7 @@ ROWS: tuple[Row, ...] = (
 KEEP_WEIGHTS = ("dense", "pattern-phase2")  # the enhancement figure reuses these two
 # Rows live in the repository so that RESULTS.md can be re-rendered (and checked) from them on any
 # clone; the checkpoints beside them are ignored by git (megabytes each, re-made by a re-run).
-GRID_OUT = _report.REPO / "docs" / "bench" / "accuracy"
+GRID_OUT = _report.BENCH / "accuracy"
 
 
 def random_library(size: int, seed: int) -> torch.Tensor:

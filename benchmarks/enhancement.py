@@ -316,7 +316,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ig-steps", type=int, default=64)
     p.add_argument("--inv-steps", type=int, default=200)
     p.add_argument("--grid-out", default=str(accuracy.GRID_OUT))
-    p.add_argument("--out", default=str(_report.REPO / "docs" / "bench" / "enhancement"),
+    p.add_argument("--out", default=str(_report.BENCH / "enhancement"),
                    help="metrics JSON per setting (committed, so --report-only works on any clone)")
     p.add_argument("--docs", default=str(_report.REPO / "docs"))
     p.add_argument("--results", default=str(_report.RESULTS))

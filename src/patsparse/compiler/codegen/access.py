@@ -76,16 +76,17 @@ def _prep_from_halo(channels: int, s: int, P: int, L: Layout, phases: list, hph:
     compile-time trip counts and no edge cases, so GCC vectorises the deinterleave; the general
     prep below (one pass per phase row, bounds per row) took half of a stride-2 layer's time.
     Phase columns from ``ncol`` on lie past the source row and right of the image: zeros."""
-    pys = sorted({p[0] for p in phases})
-    body = []
-    for py in pys:
-        for px in (p[1] for p in phases if p[0] == py):
-            body.append(f"        if (py == {py}) {{ float *d = base + {phases.index((py, px)) * phs};"
-                        f" for (int c = 0; c < {ncol}; c++) d[c] = sr[{s} * c + {px}];"
-                        + (f" for (int c = {ncol}; c < {ldp}; c++) d[c] = 0.0f;" if ncol < ldp else "") + " }")
-    zero_rows = "\n".join(f"            if (py == {py}) {{" + "".join(
-        f" memset(base + {phases.index((py, px)) * phs}, 0, {ldp} * sizeof(float));"
-        for px in (p[1] for p in phases if p[0] == py)) + " }" for py in pys)
+    by_py: dict[int, list[tuple[int, int]]] = {}  # row phase -> (column phase, its offset)
+    for i, (py, px) in enumerate(phases):
+        by_py.setdefault(py, []).append((px, i * phs))
+    pys = sorted(by_py)
+    tail = f" for (int c = {ncol}; c < {ldp}; c++) d[c] = 0.0f;" if ncol < ldp else ""
+    body = "\n".join(
+        f"        if (py == {py}) {{ float *d = base + {off}; for (int c = 0; c < {ncol}; c++)"
+        f" d[c] = sr[{s} * c + {px}];{tail} }}" for py in pys for px, off in by_py[py])
+    zero_rows = "\n".join(
+        f"            if (py == {py}) {{" + "".join(f" memset(base + {off}, 0, {ldp} * sizeof(float));"
+                                               for _, off in by_py[py]) + " }" for py in pys)
     return f"""
     {{
     static const int PYS[{len(pys)}] = {{{", ".join(map(str, pys))}}};
@@ -99,7 +100,7 @@ def _prep_from_halo(channels: int, s: int, P: int, L: Layout, phases: list, hph:
             continue;
         }}
         const float *sr = in + (size_t)ci * {L.ps} + (y + {L.pad}) * {L.ld} + {L.pad - P};
-{chr(10).join(body)}
+{body}
     }}
     ps_barrier();
     }}"""

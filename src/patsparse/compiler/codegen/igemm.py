@@ -71,8 +71,8 @@ def schedules(*, cout: int, Ho: int, Wo: int, cin: int | None = None, k: int = 1
             # a tile whose input stream (red steps x NR vectors) overflows L1 reads it from L2
             # every step; at ~32 bytes per cycle that bounds wide-NR tiles on long reductions
             # (MobileNet-V2 160->960 at 7x7, AVX-512: MR=3 x NR=7 62 GF/s, 16 x 1 77)
-            l2 = nr * vl * 4 / L2_BYTES_PER_CYCLE if red * nr * vl * 4 > L1_BYTES else 0.0
-            step = max(mr * nr / 2, (mr + nr) / 2, l2) + 0.5  # +0.5: loop/pointer overhead
+            l2_cycles = nr * vl * 4 / L2_BYTES_PER_CYCLE if red * nr * vl * 4 > L1_BYTES else 0.0
+            step = max(mr * nr / 2, (mr + nr) / 2, l2_cycles) + 0.5  # +0.5: loop/pointer overhead
             cands.append((tiles * (red * step + mr * nr), -mr * nr, {"mr": mr, "nr": nr}))
     for np_ in cvec.np_choices(vl):
         c = cvec.cost(cout=cout, Ho=Ho, Wo=Wo, np_=np_, vl=vl, red=red, k=k)
