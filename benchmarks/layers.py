@@ -238,7 +238,7 @@ NOTES = [
     "it (aligned-load and L1-resident upper bounds gained at most 1.2x); this VM has no hardware "
     "counters to say what does.",
     "- ResNet-18 ImageNet: the dense 7x7 stem is 118 M of the 347 M MACs left at 8x and runs at "
-    "~200 GFLOP/s on two cores (71% of the FMA peak; per-layer profile), which caps the whole-model "
+    "~200 GFLOP/s on two cores (60% of the FMA peak in docs/bench/ceiling.md; per-layer profile), which caps the whole-model "
     "gain (Amdahl); the stride-2 pattern convs still run at 40% of the stride-1 layers' rate.",
     "- Channel-major tiny planes (7x7, 8x8) keep every filter's partial plane per thread (128 KB "
     "for 512 filters at 7x7): past L1, so each kernel's partial sums come from L2 (an upper bound "
