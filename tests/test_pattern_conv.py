@@ -126,9 +126,10 @@ def test_pattern_conv_matches_torch(stride, act, res):
 @given(F_=st.integers(1, 20), C=st.integers(1, 12), H=st.integers(1, 20), W=st.integers(1, 37),
        stride=st.sampled_from([1, 2]), padding=st.sampled_from([0, 1]), out_pad=st.sampled_from([0, 1, 3]),
        rows=st.integers(1, 6), vecs=st.integers(1, 4), order=st.sampled_from(["tf", "ft"]),
-       tiny=st.sampled_from([None, "flat", "cm", "ct"]), unroll=st.integers(1, 4), seed=st.integers(0, 999))
+       tiny=st.sampled_from([None, "flat", "cm", "ct"]), unroll=st.integers(1, 4),
+       cblk=st.sampled_from([0, 1, 3, 8]), seed=st.integers(0, 999))
 def test_pattern_conv_shapes_property(F_, C, H, W, stride, padding, out_pad, rows, vecs, order, tiny,
-                                      unroll, seed):
+                                      unroll, cblk, seed):
     if padding == 0 and (H < 3 or W < 3):
         H, W = max(H, 3), max(W, 3)
     rng = np.random.default_rng(seed)
@@ -140,7 +141,7 @@ def test_pattern_conv_shapes_property(F_, C, H, W, stride, padding, out_pad, row
     elif tiny and flat_fits(Layout(C, H, W), Layout(F_, Ho, Wo), host_vl()):
         schedule = {"layout": tiny, "unroll": unroll}
     else:
-        schedule = {"rows": rows, "vecs": vecs, "order": order}
+        schedule = {"rows": rows, "vecs": vecs, "order": order, "cblk": cblk if order == "tf" else 0}
     got = run_conv(w, x, stride=stride, padding=padding, out_pad=out_pad, in_pad=max(1, padding),
                    schedule=schedule)
     assert_close(got, reference(w, x, stride=stride, padding=padding))
@@ -315,6 +316,38 @@ def test_bad_geometry_is_named():
         gen_pattern_conv("c", w, stride=3, padding=1, in_layout=Layout(4, 8, 8), out_layout=Layout(4, 3, 3))
     with pytest.raises(InputError, match="output layout"):
         gen_pattern_conv("c", w, stride=1, padding=1, in_layout=Layout(4, 8, 8), out_layout=Layout(4, 7, 7))
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_channel_blocked_row_tile_in_a_team(stride, threads):
+    """Blocks of input channels, partial sums kept in the output between blocks: the last block
+    adds bias and residual, applies the activation and zeroes the tail lanes (halo checked)."""
+    rng = np.random.default_rng(7)
+    w = pattern_weight(21, 37, keep=0.9, dense_frac=0.1, small_frac=0.2, seed=3)
+    x = rng.standard_normal((37, 15, 21)).astype(np.float32)
+    b = rng.standard_normal(21).astype(np.float32)
+    Ho, Wo = (15 - 1) // stride + 1, (21 - 1) // stride + 1
+    r = rng.standard_normal((21, Ho, Wo)).astype(np.float32)
+    for cblk in (5, 16, 36):
+        got = run_conv(w, x, stride=stride, act="relu6", residual=r, bias=b, threads=threads,
+                       schedule={"layout": "rows", "rows": 4, "vecs": 2, "cblk": cblk})
+        assert_close(got, reference(w, x, stride=stride, act="relu6", residual=r, bias=b))
+
+
+def test_channel_blocking_default_follows_density():
+    L = Layout(64, 32, 32)
+    dense_ish = pattern_weight(64, 64, keep=1.0)
+    sparse = pattern_weight(64, 64, keep=0.25)
+    assert gen_pattern_conv("c", dense_ish, stride=1, padding=1, in_layout=L, out_layout=L,
+                            vl=16).schedule["cblk"] == 16
+    assert gen_pattern_conv("c", sparse, stride=1, padding=1, in_layout=L, out_layout=L,
+                            vl=16).schedule["cblk"] == 0
+    assert gen_pattern_conv("c", dense_ish, stride=1, padding=1, in_layout=L, out_layout=L, vl=16,
+                            schedule={"layout": "rows", "cblk": 0}).schedule["cblk"] == 0
+    with pytest.raises(InputError, match="cblk"):
+        gen_pattern_conv("c", dense_ish, stride=1, padding=1, in_layout=L, out_layout=L, vl=16,
+                         schedule={"layout": "rows", "order": "ft", "cblk": 8})
 
 
 def test_tuning_space_is_sane():

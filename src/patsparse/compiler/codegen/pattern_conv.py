@@ -135,6 +135,27 @@ def default_schedule(inp: Layout, out: Layout, vl: int) -> dict:
     return {"layout": "rows", "rows": rows, "vecs": vecs, "order": "tf", "prefetch": 1}
 
 
+CBLK = 16            # input channels per block of the channel-blocked row tile
+CBLK_DENSITY = 0.5   # kept kernels / (F * C) from which it pays
+
+
+def channel_blocking(sp: LayerSparsity, inp: Layout, sched: dict) -> dict:
+    """Schedule keys that turn channel blocking on for a row tile where it pays (else none).
+
+    Why: the row tile streams (rows + 2) input rows of every kernel's channel, and over all
+    filters of a tile those rows (64 channels x 14 rows of a 32-wide plane: 172 KB) overflow
+    L1, so each kernel reloads them from L2. Blocks of CBLK channels (all filters, then the next
+    block) keep a block's rows in L1; partial sums wait in the output between blocks. It pays
+    when most kernels are kept (pattern-only pruning: 64->64 @32x32 1.2x, @56x56 1.17x,
+    128->128 @16x16 1.1x; in-process A/B, AVX-512); at 8x each filter has ~2 kernels per block
+    and the partial-sum traffic cancels the gain (1.0x or slower). Prefetching the next
+    kernel's rows only re-fetches lines already in L1 then, so it is off."""
+    if sp.kernel_mask.size and (sp.kernel_mask >= 0).mean() >= CBLK_DENSITY and inp.C > CBLK \
+            and sched.get("order", "tf") == "tf":
+        return {"cblk": CBLK, "prefetch": 0}
+    return {"cblk": 0}
+
+
 def candidate_schedules(inp: Layout, out: Layout, vl: int) -> list[dict]:
     """The tuning space: row tiles of 4..max_acc accumulators in both loop orders, and where the
     plane is tiny the channel-major layout and the flat one with a few unroll factors."""
@@ -179,6 +200,8 @@ def gen_pattern_conv(name: str, weight: np.ndarray, *, stride: int, padding: int
     vl = vl or host_vl()
     sp = sparsity or analyse(weight, where)
     sched = _resolve_schedule(schedule, in_layout, out_layout, vl, where)
+    if sched["layout"] == "rows" and "cblk" not in (schedule or {}):
+        sched.update(channel_blocking(sp, in_layout, sched))
     if sched["layout"] == "flat" and sched["pack"] > 1 and \
             _FlatEmitter.scratch_floats(sp, in_layout.C, out_layout, sched["pack"]) * 4 > FLAT_MAX_SCRATCH:
         sched["pack"] = 1  # too many masks: the packed copies would not stay in L2
@@ -238,6 +261,11 @@ def _resolve_schedule(schedule: dict | None, inp: Layout, out: Layout, vl: int, 
         vecs = max(1, min(int(sched.get("vecs") or min(nv, 4)), nv))
         rows = int(sched.get("rows") or max(1, min(out.H, max_acc(vl) // vecs)))
         sched.update(vecs=vecs, rows=max(1, min(rows, out.H)), order=sched.get("order", "tf"))
+        cblk = int(sched.get("cblk") or 0)
+        if cblk < 0 or (cblk and sched["order"] != "tf"):
+            raise InputError(f"{where}: schedule cblk must be >= 0 and needs order 'tf', got "
+                             f"cblk={cblk}, order={sched['order']!r}")
+        sched["cblk"] = cblk if 0 < cblk < inp.C else 0
     return sched
 
 
@@ -251,6 +279,7 @@ class _Emitter:
         self.act, self.res, self.vl = act, has_residual, vl
         self.rows, self.vecs, self.order = int(sched["rows"]), int(sched["vecs"]), sched["order"]
         self.prefetch = int(sched.get("prefetch", 0))
+        self.cblk = int(sched.get("cblk", 0))  # input channels per block (0: no blocking)
         out = shape.out
         self.nv = -(-out.W // vl)
         self.vecs = max(1, min(self.vecs, self.nv))
@@ -267,9 +296,11 @@ class _Emitter:
         m = self.sp.masks[p]
         taps = mask_taps(m)
         acc, vl = self.acc, self.vl
+        head = (f"    for (int k = runs[{p}]; k < runs[{p + 1}]; k++, wk += {len(taps)}) {{" if not self.cblk else
+                f"    {{ int k = cur[{p}]; wk = w0 + {self._woff(p)} + (k - runs[{p}]) * {len(taps)};\n"
+                f"    for (; k < runs[{p + 1}] && cidx[k] < hi; k++, wk += {len(taps)}) {{")
         lines = [f"    /* mask {p}: taps {list(taps)}{' (dense kernel)' if m == FULL_MASK else ''} */",
-                 f"    for (int k = runs[{p}]; k < runs[{p + 1}]; k++, wk += {len(taps)}) {{",
-                 f"        const float *restrict ip = ib + (ptrdiff_t)cidx[k] * {acc.cs};"]
+                 head, f"        const float *restrict ip = ib + (ptrdiff_t)cidx[k] * {acc.cs};"]
         # stream input rows: each input vector (an offset from the tile's origin) is loaded once
         # and feeds every (tap, output row) that reads it
         uses: dict[int, list[tuple[int, int, int]]] = {}
@@ -288,8 +319,13 @@ class _Emitter:
             for j, r, v in uses[off]:
                 lines.append(f"          a{r}_{v} += w{j} * x;")
             lines.append("        }")
-        lines.append("    }")
+        lines.append("    }" + ("" if not self.cblk else f" cur[{p}] = k; }}"))
         return lines
+
+    def _woff(self, p: int) -> str:
+        """C expression: offset of mask ``p``'s first weight within the filter's weights."""
+        terms = [f"(runs[{q + 1}] - runs[{q}]) * {len(mask_taps(self.sp.masks[q]))}" for q in range(p)]
+        return "(" + " + ".join(terms) + ")" if terms else "0"
 
     def _tile(self, R: int, V: int) -> str:
         out, P = self.sh.out, len(self.sp.masks)
@@ -297,11 +333,23 @@ class _Emitter:
         lines = [f"static inline __attribute__((always_inline)) void {fn}(",
                  "    const float *restrict ib, float *restrict op, const float *restrict rp,",
                  "    const int32_t *restrict runs, const uint16_t *restrict cidx,",
-                 "    const float *restrict wk, float b, int lastmask) {"]
-        for r in range(R):
+                 "    const float *restrict wk, float b, int lastmask" +
+                 (", int *restrict cur, int hi, int first, int final) {" if self.cblk else ") {")]
+        if self.cblk:  # later channel blocks continue from the partial sums stored in the output
+            lines.append("    const float *restrict w0 = wk;")
+            for r in range(R):
+                lines.append("    vf " + ", ".join(
+                    f"a{r}_{v} = first ? (vf){{0}} : vload(op + {r * self.sh.out.ld + v * self.vl})"
+                    for v in range(V)) + ";")
+        for r in range(R if not self.cblk else 0):
             lines.append("    vf " + ", ".join(f"a{r}_{v} = {{0}}" for v in range(V)) + ";")
         for p in range(P):
             lines += self._mask_body(p, R, V)
+        if self.cblk:  # partial sums as they are; the last block finishes the tile below
+            lines.append("    if (!final) {")
+            lines += [f"        vstore(op + {r * out.ld + v * self.vl}, a{r}_{v});" for r in range(R) for v in range(V)]
+            lines.append("        return;")
+            lines.append("    }")
         lines.append("    const vf bv = vbcast(b);")
         lines.append(f"    const vi tm = vtailmask({self.tail_lanes});")
         for r in range(R):
@@ -337,14 +385,16 @@ class _Emitter:
         rb = f"rplane + oh * {out.ld} + {v0 * vl}" if self.res else "0"
         last = 1 if (v0 + V == self.nv and self.tail_lanes != vl) else 0
         P = len(self.sp.masks)
+        blk = f", cur + (ptrdiff_t)(f - f0) * {P}, hi, b == 0, b == NB - 1" if self.cblk else ""
         return (f"{self.name}_t{R}x{V}({ib}, {ob}, {rb}, runs + (ptrdiff_t)f * {P}, cidx, "
-                f"wts + wptr[f], bias[oc], {last});")
+                f"wts + wptr[f], bias[oc], {last}{blk});")
 
     def emit(self) -> str:
         lay, out = self.lay, self.sh.out
         o = lay.offsets
         shapes = sorted({(R, V) for _, R, cols in self._row_loops() for _, V in cols})
-        parts = _header(self.name, self.sh, lay, self.vl, f"tile {self.rows}x{self.vecs} order {self.order}")
+        parts = _header(self.name, self.sh, lay, self.vl, f"tile {self.rows}x{self.vecs} order {self.order}"
+                        + (f", {self.cblk}-channel blocks" if self.cblk else ""))
         parts += [self._tile(R, V) for R, V in shapes]
         filt = ["const int oc = perm[f];",
                 f"float *restrict oplane = out + (ptrdiff_t)oc * {out.ps} + {out.origin};"]
@@ -356,15 +406,27 @@ class _Emitter:
             calls = [self._call(R, v0, V) for v0, V in cols]
             if self.order == "ft":
                 loops += [head + " {"] + ["    " + c for c in calls] + ["}"]
-            else:  # tiles outer, filters inner: a tile's input rows stay in cache across filters
+            elif not self.cblk:  # tiles outer, filters inner: a tile's input rows stay in cache across filters
                 loops += [head + " {", "    " + floop] + ["        " + x for x in filt + calls]
                 loops += ["    }", "}"]
+            else:  # tiles, then channel blocks, then filters: a block's input rows stay in L1
+                P = len(self.sp.masks)
+                loops += [head + " {",
+                          f"    for (int f = f0; f < f1; f++) for (int p = 0; p < {P}; p++) "
+                          f"cur[(f - f0) * {P} + p] = runs[f * {P} + p];",
+                          f"    for (int b = 0; b < NB; b++) {{",
+                          f"        const int hi = (b + 1) * {self.cblk};",
+                          "        " + floop] + ["            " + x for x in filt + calls]
+                loops += ["        }", "    }", "}"]
         if self.order == "ft":
             loops = [floop] + ["    " + x for x in filt + loops] + ["}"]
         fn = [*_fkw_prologue(self.name, o), *self.acc.scratch.strip("\n").splitlines(),
               "    {", *self.acc.prep.strip("\n").splitlines(),
               "        const int nt = omp_get_num_threads(), t = omp_get_thread_num();",
               f"        const int f0 = ps_split(cost, {lay.F}, t, nt), f1 = ps_split(cost, {lay.F}, t + 1, nt);"]
+        if self.cblk:  # per thread: where each of its (filter, mask) runs has got to
+            fn += [f"        enum {{ NB = {-(-lay.C // self.cblk)} }};",
+                   f"        int *cur = (int *)__builtin_alloca(sizeof(int) * {len(self.sp.masks)} * (f1 - f0 + 1));"]
         fn += ["        " + x for x in loops]
         fn += ["    }", "}"]
         parts.append("\n".join(fn))
