@@ -52,6 +52,24 @@ def test_resnet_maxpool_shape(kind):
 
 
 @SETTINGS
+@given(C=st.integers(1, 5), k=st.integers(1, 4), stride=st.integers(1, 3), data=st.data(),
+       H=st.integers(1, 19), W=st.integers(1, 45), extra_pad=st.integers(0, 1), vl=st.sampled_from(WIDTHS))
+def test_maxpool_of_relu_output_pads_with_the_halo(C, k, stride, data, H, W, extra_pad, vl):
+    """With input >= 0 the zero halo is the padding: same numbers as -inf padding, at every width."""
+    padding = data.draw(st.integers(0, k // 2), label="padding")
+    H, W = max(H, k), max(W, k)
+    x = torch.relu(torch.randn(C, H, W, generator=torch.Generator().manual_seed(5)))
+    x[:, :, : W // 3] = 0.0  # whole zero windows at the border too
+    y = F.max_pool2d(x[None], k, stride, padding)[0]
+    Lin, Lout = Layout(C, H, W, padding + extra_pad), Layout(C, *y.shape[1:], 1)
+    kern = gen_maxpool("pool", k=k, stride=stride, padding=padding, in_layout=Lin, out_layout=Lout,
+                       input_nonneg=True)
+    assert ("the zero halo pads" in kern.code) == (stride in (1, 2))
+    got = run_kernel(kern, x.numpy(), NO_WEIGHTS, NO_WEIGHTS, Lin, Lout, None, width_flags(vl))
+    check_close(got, y)
+
+
+@SETTINGS
 @given(C=st.integers(1, 20), H=st.integers(1, 15), W=st.integers(1, 40), pin=st.integers(0, 2),
        pout=st.integers(0, 1), act=st.sampled_from(ACTIVATIONS), residual=st.booleans())
 def test_global_avgpool_matches_torch(C, H, W, pin, pout, act, residual):

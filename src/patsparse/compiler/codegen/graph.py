@@ -51,6 +51,7 @@ class Step:
     in_layout: Layout
     out_layout: Layout
     sparsity: LayerSparsity | None = None  # pattern convs: read from the weights once
+    input_nonneg: bool = False  # its input ends in ReLU/ReLU6 (a max pool may pad with the halo)
     kernel: GeneratedKernel | None = None
     w_off: int = 0
     b_off: int = 0
@@ -113,8 +114,10 @@ def plan_graph(g: Graph, *, vl: int | None = None) -> Plan:
                 pads[n.residual] = pads[n.name] = max(pads[n.residual], pads[n.name])
                 changed = True
     layouts = {t: Layout(*_spatial(g.shape_of(t)), pad=p) for t, p in pads.items()}
+    acts = {n.name: n.act for n in g.nodes}
     steps = [Step(n, i, kinds[n.name][0], c_ident(n.name, i), layouts[n.inputs[0]], layouts[n.name],
-                  sparsity=kinds[n.name][1]) for i, n in enumerate(g.nodes)]
+                  sparsity=kinds[n.name][1], input_nonneg=acts.get(n.inputs[0]) in ("relu", "relu6"))
+             for i, n in enumerate(g.nodes)]
     offsets, ws = _assign_buffers(g, layouts)
     return Plan(g, steps, layouts, offsets, ws, vl=vl)
 
@@ -163,7 +166,10 @@ def _generate(step: Step, schedule: dict | None, vl: int) -> GeneratedKernel:
         return gen(step.cname, channels=F, stride=a["stride"], padding=a["padding"], **common)
     if step.kind == "linear":
         return gen(step.cname, in_features=n.params["weight"].shape[1], out_features=F, **common)
-    if step.kind in ("maxpool", "avgpool"):
+    if step.kind == "maxpool":
+        return gen(step.cname, k=a["k"], stride=a["stride"], padding=a["padding"],
+                   input_nonneg=step.input_nonneg, **common)
+    if step.kind == "avgpool":
         return gen(step.cname, k=a["k"], stride=a["stride"], padding=a["padding"], **common)
     return gen(step.cname, **common)  # gap
 

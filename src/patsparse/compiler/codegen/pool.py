@@ -11,6 +11,11 @@ the pool's padding (max needs -inf, and the halo may be thinner than the padding
 outside the image are skipped and vectors at the left/right image border are gathered lane by
 lane with out-of-image lanes set to the pool's identity. Interior vectors are plain loads
 (stride 1) or two loads and a shuffle (stride 2).
+
+One exception: a max pool whose input is known to be >= 0 (the producer ends in ReLU/ReLU6,
+``input_nonneg``) may take the zero halo as its padding, since a window always holds a real
+element >= 0 and a 0 never exceeds it; then every vector is a fast one. ResNet's stem pool has
+one border vector in four on a 56-wide output, and its lane-by-lane gather was most of the pool.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ def _check_pool(where: str, k: int, stride: int, padding: int, ceil_mode: bool,
 
 def _gen_window_pool(name: str, kind: str, *, k: int, stride: int, padding: int,
                      in_layout: Layout, out_layout: Layout, act: str, has_residual: bool,
-                     where: str) -> GeneratedKernel:
+                     where: str, input_nonneg: bool = False) -> GeneratedKernel:
     L, O, s, P, K = in_layout, out_layout, stride, padding, k
     check_layout_types(where, L, O)
     Ho = conv_out_size(L.H, K, s, P, where)
@@ -59,10 +64,11 @@ def _gen_window_pool(name: str, kind: str, *, k: int, stride: int, padding: int,
         f"                    {{ vf v; for (int l = 0; l < VL; l++) {{ int x = (w0 + l) * {s} - {P} + {kw}; "
         f"v[l] = (x >= 0 && x < {L.W}) ? row[x] : {ident}; }} {combine('acc', 'v')} }}"
         for kw in range(K))
+    halo_pads = is_max and input_nonneg and L.pad >= P  # the zero halo is a valid padding
     if fast_load:
         fast = "\n".join(f"                    {{ vf v = {fast_load}(row + w0 * {s} - {P} + {kw}); "
                          f"{combine('acc', 'v')} }}" for kw in range(K))
-        taps = f"""                if (border) {{
+        taps = fast if halo_pads else f"""                if (border) {{
 {gather}
                 }} else {{
 {fast}
@@ -73,7 +79,7 @@ def _gen_window_pool(name: str, kind: str, *, k: int, stride: int, padding: int,
     if has_residual:
         val += " + vload(res + o)"
     code = HELPERS + f"""
-/* {name}: {kind} pool {K}x{K}, stride {s}, padding {P}, {L.C} channels, {L.H}x{L.W} -> {Ho}x{Wo} */
+/* {name}: {kind} pool {K}x{K}, stride {s}, padding {P}, {L.C} channels, {L.H}x{L.W} -> {Ho}x{Wo}{", input >= 0: the zero halo pads" if halo_pads and fast_load else ""} */
 static void {name}(const float *restrict in, float *restrict out, const float *restrict w,
                    const float *restrict bias, const float *restrict res) {{
     enum {{ NVW = ({Wo} + VL - 1) / VL, LASTW = (NVW - 1) * VL }};
@@ -112,15 +118,19 @@ def schedules() -> list[dict]:
 def gen_maxpool(name: str, *, k: int, stride: int | None = None, padding: int = 0,
                 in_layout: Layout, out_layout: Layout, act: str = "none",
                 has_residual: bool = False, schedule: dict | None = None,
-                ceil_mode: bool = False, dilation: int = 1) -> GeneratedKernel:
-    """F.max_pool2d(x, k, stride, padding) on one image (stride defaults to k, as in PyTorch)."""
+                ceil_mode: bool = False, dilation: int = 1, input_nonneg: bool = False) -> GeneratedKernel:
+    """F.max_pool2d(x, k, stride, padding) on one image (stride defaults to k, as in PyTorch).
+
+    ``input_nonneg``: the caller guarantees x >= 0 (a ReLU before it), so the layout's zero halo
+    may serve as the padding (see the module docstring)."""
     where = f"maxpool kernel {name}"
     check_name(name)
     check_act(act, where)
     stride = k if stride is None else stride
     _check_pool(where, k, stride, padding, ceil_mode, dilation)
     return _gen_window_pool(name, "max", k=k, stride=stride, padding=padding, in_layout=in_layout,
-                            out_layout=out_layout, act=act, has_residual=has_residual, where=where)
+                            out_layout=out_layout, act=act, has_residual=has_residual, where=where,
+                            input_nonneg=input_nonneg)
 
 
 def gen_avgpool(name: str, *, k: int, stride: int | None = None, padding: int = 0,
