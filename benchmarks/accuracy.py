@@ -482,8 +482,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only:
         for cell in cells:
             run_cell(cell, rows, out)
-    results = [r for r in collect(out, args.dataset, budget.name) if r["config"]["model"] in models]
-    body = render(results, args.dataset, budget, models)
+    # every stored model of this dataset and budget, not only this run's: a grid run in pieces
+    # (--models per process) must not drop the other pieces' tables from RESULTS.md
+    results = collect(out, args.dataset, budget.name)
+    stored = {r["config"]["model"] for r in results}
+    shown = [m for m in (*DEFAULT_MODELS, *models) if m in stored or m in models]
+    shown += sorted(stored - set(shown))
+    body = render(results, args.dataset, budget, list(dict.fromkeys(shown)))
     _report.update_section(f"accuracy-{args.dataset}-{budget.name}", body, Path(args.results))
     print(f"wrote {args.results} ({len(results)} rows)")
     return 0

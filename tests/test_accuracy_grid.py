@@ -75,6 +75,21 @@ def test_missing_row_after_dense_reuses_stored_dense(tmp_path: Path, monkeypatch
     assert calls == ["filter-8x"]
 
 
+def test_a_run_of_one_model_keeps_the_other_models_tables(tmp_path: Path) -> None:
+    """The grid runs in pieces (one process per model): each piece's report covers every stored
+    model, so the last piece to finish does not drop the others from RESULTS.md."""
+    assert acc.main(_argv(tmp_path, "dense")) == 0
+    other = tmp_path / "runs" / "digits" / "tiny" / "resnet8" / "seed0"
+    other.mkdir(parents=True)
+    row = json.loads((tmp_path / "runs" / "digits" / "tiny" / "convnet" / "seed0" / "dense.json").read_text())
+    row["config"]["model"] = "resnet8"
+    (other / "dense.json").write_text(json.dumps(row))
+    assert acc.main([*_argv(tmp_path, "dense"), "--report-only"]) == 0
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "### resnet8" in text and "### convnet" in text
+    assert text.index("### resnet8") < text.index("### convnet")  # the default models' order first
+
+
 def test_bad_arguments() -> None:
     with pytest.raises(InputError, match="matches no row"):
         acc.main(["--rows", "nothing*", "--dataset", "digits"])
