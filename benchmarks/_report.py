@@ -82,13 +82,20 @@ def git_commit() -> str:
         return "unknown"
 
 
-def update_section(name: str, body: str, path: Path = RESULTS) -> None:
-    """Replace (or append) the section ``name`` of ``path``, delimited by HTML comments."""
+def update_section(name: str, body: str, path: Path = RESULTS, *, first: bool = False) -> None:
+    """Replace (or add) the section ``name`` of ``path``, delimited by HTML comments; a new
+    section goes at the end, or before every other section with ``first``."""
     start, end = f"<!-- section:{name} -->", f"<!-- /section:{name} -->"
     block = f"{start}\n{body.rstrip()}\n{end}\n"
     text = path.read_text() if path.exists() else _HEADER
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end) + r"\n?", re.S)
-    text = pattern.sub(lambda _m: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block
+    if pattern.search(text):
+        text = pattern.sub(lambda _m: block, text)
+    elif first and "<!-- section:" in text:
+        i = text.index("<!-- section:")
+        text = text[:i] + block + "\n" + text[i:]
+    else:
+        text = text.rstrip() + "\n\n" + block
     atomic_write_bytes(path, text.encode())
 
 

@@ -317,10 +317,37 @@ CLAIMS = [
 ]
 
 
-def render(results: list[dict], dataset: str, budget: Budget, models: list[str]) -> str:
+def by_model_row(results: list[dict]) -> dict[tuple[str, str], list[dict]]:
+    """Stored rows grouped by (model, row id)."""
     by: dict[tuple[str, str], list[dict]] = {}
     for r in results:
         by.setdefault((r["config"]["model"], r["config"]["row"]["id"]), []).append(r)
+    return by
+
+
+def claim_verdicts(by: dict[tuple[str, str], list[dict]], model: str) -> list[tuple[str, str, str, str]]:
+    """(claim, model, what was measured, verdict) for every claim of CLAIMS on ``model``."""
+    out = []
+    for claim, a, b, support in CLAIMS:
+        ra, rb = by.get((model, a)), by.get((model, b))
+        if not ra or not rb:
+            out.append((claim, model, "not run", "-"))
+            continue
+        word, d = verdict([r["acc"] for r in ra], [r["acc"] for r in rb])
+        if support == "within1":  # a mean loss of at most 1 point, the paper's "little loss"
+            status = "supported" if d >= -1.0 else "not supported"
+            if word == "undecided":
+                status += " (one seed: indicative only)"
+        elif word == "undecided":
+            status = "undecided (one seed)"
+        else:
+            status = "supported" if word in support else "not supported"
+        out.append((claim, model, f"{a} {d:+.2f} points vs {b} ({word})", status))
+    return out
+
+
+def render(results: list[dict], dataset: str, budget: Budget, models: list[str]) -> str:
+    by = by_model_row(results)
     lines = [f"## Accuracy grid: {dataset}, budget `{budget.name}`", "",
              "Written by `benchmarks/accuracy.py`. Accuracy is top-1 on the full test set, mean ± "
              "sample standard deviation over seeds (n = seeds). The rate is measured from the weights: "
@@ -353,21 +380,7 @@ def render(results: list[dict], dataset: str, budget: Budget, models: list[str])
             table.append([row.id, f"{rate:.2f}x", _fmt_acc(accs), delta, str(len(rs)),
                           ", ".join(str(r["config"]["seed"]) for r in sorted(rs, key=lambda r: r["config"]["seed"]))])
         lines += [_report.md_table(["row", "3x3 rate", "accuracy %", "Δ vs dense (points)", "n", "seeds"], table), ""]
-        for claim, a, b, support in CLAIMS:
-            ra, rb = by.get((model, a)), by.get((model, b))
-            if not ra or not rb:
-                claim_rows.append([claim, model, "not run", "-"])
-                continue
-            word, d = verdict([r["acc"] for r in ra], [r["acc"] for r in rb])
-            if support == "within1":  # a mean loss of at most 1 point, the paper's "little loss"
-                status = "supported" if d >= -1.0 else "not supported"
-                if word == "undecided":
-                    status += " (one seed: indicative only)"
-            elif word == "undecided":
-                status = "undecided (one seed)"
-            else:
-                status = "supported" if word in support else "not supported"
-            claim_rows.append([claim, model, f"{a} {d:+.2f} points vs {b} ({word})", status])
+        claim_rows += [list(c) for c in claim_verdicts(by, model)]
     expected = len(ROWS) * budget.seeds * len(models)
     if len(results) < expected:
         lines += [f"**Incomplete grid: {len(results)} of {expected} runs stored** ({len(models)} models x "

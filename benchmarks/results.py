@@ -5,7 +5,9 @@
 2. the accuracy grid (benchmarks/accuracy.py), resumable;
 3. pattern-library extraction (paper Figure 4) on the grid's trained dense model: the pattern-use
    histogram per phase (docs/extraction.png) and how many of the extracted 8 are Phase-2 masks;
-4. the image-enhancement figure and metrics (benchmarks/enhancement.py).
+4. the image-enhancement figure and metrics (benchmarks/enhancement.py);
+5. the summary at the top: each of the paper's claims against the stored results of the steps
+   above, so the plain statement cannot drift from the numbers.
 
 Each step writes its own section of docs/RESULTS.md, so steps can be run alone (``--steps``)
 and a finished grid is never recomputed.
@@ -16,6 +18,7 @@ and a finished grid is never recomputed.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
@@ -32,7 +35,9 @@ from patsparse.patterns import theory  # noqa: E402
 from patsparse.patterns.library import positions  # noqa: E402
 from patsparse.pruning.extraction import extract_library, plot_extraction  # noqa: E402
 
-STEPS = ("theory", "accuracy", "extraction", "enhancement")
+STEPS = ("theory", "accuracy", "extraction", "enhancement", "summary")
+UNSTABLE_SD = 5.0  # accuracy points
+GPU_COMMAND = "python benchmarks/accuracy.py --dataset cifar10 --data-root ~/data/cifar10 --budget paper --device cuda"
 
 
 def theory_step(docs: Path, results: Path) -> None:
@@ -93,6 +98,63 @@ def extraction_step(args, docs: Path, results: Path) -> None:
     _report.update_section(f"extraction-{args.dataset}", "\n".join(body), results)
 
 
+def summary_step(args, results: Path) -> None:
+    """Each claim against what is stored: grid rows, extraction and enhancement results."""
+    budget = accuracy.BUDGETS[args.budget]
+    stored = accuracy.collect(Path(args.out), args.dataset, budget.name)
+    by = accuracy.by_model_row(stored)
+    models = sorted({r["config"]["model"] for r in stored})
+    verdicts: dict[str, list[tuple[str, str]]] = {}
+    for model in models:
+        for claim, _, _, status in accuracy.claim_verdicts(by, model):
+            if status != "-":
+                verdicts.setdefault(claim, []).append((model, status))
+    rows = []
+    for claim, got in verdicts.items():
+        yes = [m for m, st in got if st.startswith("supported")]
+        no = [m for m, st in got if st.startswith("not supported")]
+        open_ = [m for m, st in got if st.startswith("undecided")]
+        holds = "undecided" if open_ and not yes and not no else \
+            "yes" if yes and not no else "partly" if yes else "no"
+        parts = [f"{w} {', '.join(ms)}" for w, ms in (("supported on", yes), ("not on", no),
+                                                       ("undecided (one seed) on", open_)) if ms]
+        rows.append([claim, "; ".join(parts), holds])
+    checks = theory.check_identities()
+    rows.insert(0, ["Phase-2 masks sum to the Gaussian and ELoG reference filters (section 4)",
+                    ", ".join(f"{k}: {'holds' if ok else 'fails'}" for k, ok in checks.items()),
+                    "yes" if all(checks.values()) else "no"])
+    ext = Path(args.out).parent / "extraction" / args.dataset / budget.name / f"{args.extraction_model}.json"
+    if ext.exists():
+        k = read_json(ext, "extraction result")["phase2_overlap"]
+        rows.append(["Extraction (126 -> 8) converges to the designed Phase-2 library (Figure 4)",
+                     f"{k} of the extracted 8 are Phase-2 masks ({args.extraction_model})", "yes" if k == 8 else "no"])
+    enh_dir = Path(args.out).parent / "enhancement"
+    enh = [read_json(f, "enhancement result") for f in sorted(enh_dir.glob("*.json"))] if enh_dir.exists() else []
+    for r, sentence in zip(enh, enhancement.conclusions(enh)):
+        judged = [q for q in r["paired"] if q["verdict"] in ("supports", "contradicts", "no difference beyond noise")]
+        sup = sum(q["verdict"] == "supports" for q in judged)
+        rows.append([f"Pattern pruning gives sharper, less noisy saliency (Figure 5), {r['setting']}", sentence,
+                     "yes" if judged and sup == len(judged) else "partly" if sup else "no"])
+    unstable = []  # a seed that collapsed makes "same" mean little: say so next to the verdicts
+    for (model, row), rs in sorted(by.items()):
+        accs = [r["acc"] * 100 for r in rs]
+        if len(accs) > 1 and statistics.stdev(accs) > UNSTABLE_SD:
+            unstable.append(f"{model} {row} ({', '.join(f'{a:.1f}' for a in accs)} % over seeds)")
+    body = ["## Summary: the paper's claims against our runs", "",
+            f"Written by `benchmarks/results.py` from the stored results of the sections below "
+            f"(dataset {args.dataset}, budget `{budget.name}`; {len(stored)} grid runs, {len(models)} models). "
+            "An accuracy claim holds on a model when its verdict in the grid's claim table does "
+            "(differences inside the seed noise count as `same`).", "",
+            _report.md_table(["claim", "our evidence", "holds here?"], rows), "",
+            *([f"Unstable rows (seed spread over {UNSTABLE_SD:.0f} points; a verdict of `same` against "
+               f"them says little): {'; '.join(unstable)}.", ""] if unstable else []),
+            f"What limits this budget: {budget.subset or 'all'} training images, {budget.dense_epochs} dense "
+            f"epochs and {budget.prune_epochs} for each pruned row, narrow networks, Fashion-MNIST; the paper "
+            "trains 300-400 epochs at full width on CIFAR-10 and ImageNet. Those rows need a GPU "
+            f"(`--budget paper`): `{GPU_COMMAND}`."]
+    _report.update_section("summary", "\n".join(body), results, first=True)
+
+
 def _rel(path: Path, results: Path) -> str:
     import os
 
@@ -132,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
                           + (["--data-root", args.data_root] if args.data_root else []))
         elif step == "extraction":
             extraction_step(args, docs, results)
+        elif step == "summary":
+            summary_step(args, results)
         elif args.dataset == "fashion-mnist":
             enhancement.main(["--grid-out", args.out, "--docs", str(docs), *common])
         else:

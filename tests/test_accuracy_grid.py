@@ -90,6 +90,21 @@ def test_a_run_of_one_model_keeps_the_other_models_tables(tmp_path: Path) -> Non
     assert text.index("### resnet8") < text.index("### convnet")  # the default models' order first
 
 
+def test_results_summary_states_each_claim_first(tmp_path: Path) -> None:
+    results = load_benchmark("results")
+    res = tmp_path / "RESULTS.md"
+    res.write_text("# Results\n\n<!-- section:theory -->\nt\n<!-- /section:theory -->\n")
+    assert acc.main(_argv(tmp_path, "dense,pattern-phase2,pattern-random")) == 0
+    assert results.main(["--dataset", "digits", "--budget", "tiny", "--steps", "summary",
+                         "--out", str(tmp_path / "runs"), "--results", str(res)]) == 0
+    text = res.read_text()
+    assert text.index("section:summary") < text.index("section:theory") < text.index("section:accuracy")
+    summary = text[text.index("section:summary"):text.index("/section:summary")]
+    assert "| Phase-2 masks sum to the Gaussian and ELoG reference filters (section 4) |" in summary
+    assert "Designed Phase-2 library beats random 4-entry masks" in summary and "convnet" in summary
+    assert "--budget paper" in summary  # the GPU command for paper-scale rows
+
+
 def test_bad_arguments() -> None:
     with pytest.raises(InputError, match="matches no row"):
         acc.main(["--rows", "nothing*", "--dataset", "digits"])
