@@ -162,9 +162,10 @@ def test_tiny_plane_layouts(stride, layout, unroll):
 
 
 @pytest.mark.parametrize("stride", [1, 2])
-@pytest.mark.parametrize("threads,vecs", [(0, 2), (2, 2), (3, 1), (5, 3)])
-def test_channel_tile_layout(stride, threads, vecs):
-    """Tiles of one output row split over a team; odd widths leave a narrower last tile."""
+@pytest.mark.parametrize("threads,vecs,rows", [(0, 2, 1), (2, 2, 1), (3, 1, 1), (5, 3, 1), (2, 2, 3),
+                                               (0, 1, 4), (3, 3, 2)])
+def test_channel_tile_layout(stride, threads, vecs, rows):
+    """Tiles of rows x vecs split over a team; odd sizes leave narrower last tiles (right and bottom)."""
     rng = np.random.default_rng(9)
     w = pattern_weight(12, 10, keep=0.4, dense_frac=0.05, small_frac=0.2)
     x = rng.standard_normal((10, 11, 37)).astype(np.float32)
@@ -172,7 +173,7 @@ def test_channel_tile_layout(stride, threads, vecs):
     Ho, Wo = (11 - 1) // stride + 1, (37 - 1) // stride + 1
     r = rng.standard_normal((12, Ho, Wo)).astype(np.float32)
     got = run_conv(w, x, stride=stride, act="relu6", residual=r, bias=b, threads=threads, vl=8,
-                   schedule={"layout": "ct", "vecs": vecs})
+                   schedule={"layout": "ct", "vecs": vecs, "rows": rows})
     assert_close(got, reference(w, x, stride=stride, act="relu6", residual=r, bias=b))
 
 
@@ -357,4 +358,5 @@ def test_tuning_space_is_sane():
     tiny = candidate_schedules(Layout(512, 4, 4), Layout(512, 4, 4), vl)
     assert {c["layout"] for c in tiny} == {"rows", "flat", "cm", "ct"}
     assert default_schedule(Layout(512, 4, 4), Layout(512, 4, 4), vl)["layout"] == "cm"
-    assert default_schedule(Layout(64, 56, 56), Layout(128, 28, 28), vl) == {"layout": "ct", "vecs": 2}
+    assert default_schedule(Layout(64, 56, 56), Layout(128, 28, 28), 16) == {"layout": "ct", "vecs": 2, "rows": 3}
+    assert default_schedule(Layout(64, 56, 56), Layout(128, 28, 28), 8) == {"layout": "ct", "vecs": 2, "rows": 1}
