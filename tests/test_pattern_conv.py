@@ -340,10 +340,11 @@ def test_channel_blocking_default_follows_density():
     L = Layout(64, 32, 32)
     dense_ish = pattern_weight(64, 64, keep=1.0)
     sparse = pattern_weight(64, 64, keep=0.25)
+    rows = {"layout": "rows"}  # (the default layout of this shape is a channel tile)
     assert gen_pattern_conv("c", dense_ish, stride=1, padding=1, in_layout=L, out_layout=L,
-                            vl=16).schedule["cblk"] == 16
+                            vl=16, schedule=rows).schedule["cblk"] == 16
     assert gen_pattern_conv("c", sparse, stride=1, padding=1, in_layout=L, out_layout=L,
-                            vl=16).schedule["cblk"] == 0
+                            vl=16, schedule=rows).schedule["cblk"] == 0
     assert gen_pattern_conv("c", dense_ish, stride=1, padding=1, in_layout=L, out_layout=L, vl=16,
                             schedule={"layout": "rows", "cblk": 0}).schedule["cblk"] == 0
     with pytest.raises(InputError, match="cblk"):
@@ -359,4 +360,9 @@ def test_tuning_space_is_sane():
     assert {c["layout"] for c in tiny} == {"rows", "flat", "cm", "ct"}
     assert default_schedule(Layout(512, 4, 4), Layout(512, 4, 4), vl)["layout"] == "cm"
     assert default_schedule(Layout(64, 56, 56), Layout(128, 28, 28), 16) == {"layout": "ct", "vecs": 2, "rows": 3}
+    # stride 1: channel tiles while two rows of every filter's partial sums fit in L1
+    assert default_schedule(Layout(64, 32, 32), Layout(64, 32, 32), 16) == {"layout": "ct", "vecs": 2, "rows": 3}
+    assert default_schedule(Layout(128, 28, 28), Layout(128, 28, 28), 16) == {"layout": "ct", "vecs": 2, "rows": 2}
+    assert default_schedule(Layout(256, 14, 14), Layout(256, 14, 14), 16)["layout"] == "rows"
+    assert default_schedule(Layout(64, 32, 32), Layout(64, 32, 32), 8)["layout"] == "rows"
     assert default_schedule(Layout(64, 56, 56), Layout(128, 28, 28), 8) == {"layout": "ct", "vecs": 2, "rows": 1}

@@ -89,6 +89,10 @@ class ConvShape:
 CT_VECS = 2  # the channel-tile layout's tile: output rows of this many vectors (see below)
 
 
+CT_PARTIALS_L1 = 32 << 10  # bytes of a thread's partial tiles that stay in L1 (stride-1 choice)
+CT_MAX_FILTERS = 128       # above it a stride-1 ct tile lost to rows (256->256 @14x14, 8x)
+
+
 def ct_rows(out: Layout, vl: int, vecs: int) -> int:
     """Output rows per channel tile: a mask run's input vectors (4 taps x rows x vecs) in about
     3/4 of the register file. More rows per tile spread each kernel's fixed costs (its index,
@@ -133,12 +137,23 @@ def default_schedule(inp: Layout, out: Layout, vl: int) -> dict:
     and 8x8 too with 16) vectorise over the whole plane instead, channel-major (``cm``):
     1.3-1.9x faster than the filter-major flat layout on VGG-CIFAR's 4x4 and 2x2 layers, and
     1.5x faster than 7-of-16-lane rows on 512->512 @7x7 (docs/COMPILER.md).
+
+    Stride 2 runs channel tiles (``ct``). So does stride 1 when at least 2 output rows of
+    partial sums for every filter fit in L1 (up to 128 filters with AVX-512): the row layout
+    reloads each kernel's input rows from L2, a channel tile loads a mask run's input once for
+    all its kernels. In-process A/B, AVX-512, default -> ct: 64->64 @32x32 8x 87 -> 70 us,
+    128->128 @28x28 290 -> 236, @16x16 90 -> 67, at 2.25x 1.4-1.6x; 256->256 @14x14 8x (one row
+    of 256 partial planes) 248 -> 271, so it stays on rows.
     """
     nv = -(-out.W // vl)
     if out.W / (nv * vl) < 0.75 and cm_fits(out, vl):
         return {"layout": "cm", "pack": tap_pack(out, vl)}
+    vecs = min(CT_VECS, nv)
     if inp.H > out.H:  # stride 2
-        return {"layout": "ct", "vecs": min(CT_VECS, nv), "rows": ct_rows(out, vl, min(CT_VECS, nv))}
+        return {"layout": "ct", "vecs": vecs, "rows": ct_rows(out, vl, vecs)}
+    rows = min(ct_rows(out, vl, vecs), CT_PARTIALS_L1 // (out.C * vecs * vl * 4))
+    if rows >= 2 and out.C <= CT_MAX_FILTERS:
+        return {"layout": "ct", "vecs": vecs, "rows": rows}
     vecs = min(nv, 4)
     rows = max(1, min(out.H, max_acc(vl) // vecs))
     return {"layout": "rows", "rows": rows, "vecs": vecs, "order": "tf", "prefetch": 1}
