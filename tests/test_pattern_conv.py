@@ -330,9 +330,11 @@ def test_channel_blocked_row_tile_in_a_team(stride, threads):
     b = rng.standard_normal(21).astype(np.float32)
     Ho, Wo = (15 - 1) // stride + 1, (21 - 1) // stride + 1
     r = rng.standard_normal((21, Ho, Wo)).astype(np.float32)
-    for cblk in (5, 16, 36):
-        got = run_conv(w, x, stride=stride, act="relu6", residual=r, bias=b, threads=threads,
-                       schedule={"layout": "rows", "rows": 4, "vecs": 2, "cblk": cblk})
+    for cblk, vecs, vl in ((5, 2, None), (16, 2, None), (36, 2, None), (5, 1, None), (16, 1, 8), (7, 2, 4)):
+        # vecs 1 (and 4- and 8-float vectors): several column tiles per row, each starting its
+        # (filter, block) from the same cursor
+        got = run_conv(w, x, stride=stride, act="relu6", residual=r, bias=b, threads=threads, vl=vl,
+                       schedule={"layout": "rows", "rows": 4, "vecs": vecs, "cblk": cblk})
         assert_close(got, reference(w, x, stride=stride, act="relu6", residual=r, bias=b))
 
 
@@ -347,6 +349,9 @@ def test_channel_blocking_default_follows_density():
                             vl=16, schedule=rows).schedule["cblk"] == 0
     assert gen_pattern_conv("c", dense_ish, stride=1, padding=1, in_layout=L, out_layout=L, vl=16,
                             schedule={"layout": "rows", "cblk": 0}).schedule["cblk"] == 0
+    # a prefetch the caller chose is kept
+    assert gen_pattern_conv("c", dense_ish, stride=1, padding=1, in_layout=L, out_layout=L, vl=16,
+                            schedule={"layout": "rows", "prefetch": 1}).schedule["prefetch"] == 1
     with pytest.raises(InputError, match="cblk"):
         gen_pattern_conv("c", dense_ish, stride=1, padding=1, in_layout=L, out_layout=L, vl=16,
                          schedule={"layout": "rows", "order": "ft", "cblk": 8})

@@ -226,7 +226,10 @@ def gen_pattern_conv(name: str, weight: np.ndarray, *, stride: int, padding: int
     sp = sparsity or analyse(weight, where)
     sched = _resolve_schedule(schedule, in_layout, out_layout, vl, where)
     if sched["layout"] == "rows" and "cblk" not in (schedule or {}):
-        sched.update(channel_blocking(sp, in_layout, sched))
+        blocking = channel_blocking(sp, in_layout, sched)
+        if "prefetch" in (schedule or {}):
+            blocking.pop("prefetch", None)  # the caller's choice stands
+        sched.update(blocking)
     if sched["layout"] == "flat" and sched["pack"] > 1 and \
             _FlatEmitter.scratch_floats(sp, in_layout.C, out_layout, sched["pack"]) * 4 > FLAT_MAX_SCRATCH:
         sched["pack"] = 1  # too many masks: the packed copies would not stay in L2
@@ -345,7 +348,7 @@ class _Emitter:
             for j, r, v in uses[off]:
                 lines.append(f"          a{r}_{v} += w{j} * x;")
             lines.append("        }")
-        lines.append("    }" + ("" if not self.cblk else f" cur[{p}] = k; }}"))
+        lines.append("    }" + ("" if not self.cblk else f" nxt[{p}] = k; }}"))
         return lines
 
     def _woff(self, p: int) -> str:
@@ -360,7 +363,8 @@ class _Emitter:
                  "    const float *restrict ib, float *restrict op, const float *restrict rp,",
                  "    const int32_t *restrict runs, const uint16_t *restrict cidx,",
                  "    const float *restrict wk, float b, int lastmask" +
-                 (", int *restrict cur, int hi, int first, int final) {" if self.cblk else ") {")]
+                 (", const int *restrict cur, int *restrict nxt, int hi, int first, int final) {"
+                  if self.cblk else ") {")]
         if self.cblk:  # later channel blocks continue from the partial sums stored in the output
             lines.append("    const float *restrict w0 = wk;")
             for r in range(R):
@@ -411,7 +415,7 @@ class _Emitter:
         rb = f"rplane + oh * {out.ld} + {v0 * vl}" if self.res else "0"
         last = 1 if (v0 + V == self.nv and self.tail_lanes != vl) else 0
         P = len(self.sp.masks)
-        blk = f", cur + (ptrdiff_t)(f - f0) * {P}, hi, b == 0, b == NB - 1" if self.cblk else ""
+        blk = f", cur + (ptrdiff_t)(f - f0) * {P}, nxt, hi, b == 0, b == NB - 1" if self.cblk else ""
         return (f"{self.name}_t{R}x{V}({ib}, {ob}, {rb}, runs + (ptrdiff_t)f * {P}, cidx, "
                 f"wts + wptr[f], bias[oc], {last}{blk});")
 
@@ -443,7 +447,9 @@ class _Emitter:
                           f"    for (int b = 0; b < NB; b++) {{",
                           f"        const int hi = (b + 1) * {self.cblk};",
                           "        " + floop] + ["            " + x for x in filt + calls]
-                loops += ["        }", "    }", "}"]
+                # all column tiles of this (filter, block) started from the same cursor: move it on
+                loops += [f"            for (int p = 0; p < {P}; p++) cur[(f - f0) * {P} + p] = nxt[p];",
+                          "        }", "    }", "}"]
         if self.order == "ft":
             loops = [floop] + ["    " + x for x in filt + loops] + ["}"]
         fn = [*_fkw_prologue(self.name, o), *self.acc.scratch.strip("\n").splitlines(),
@@ -452,7 +458,8 @@ class _Emitter:
               f"        const int f0 = ps_split(cost, {lay.F}, t, nt), f1 = ps_split(cost, {lay.F}, t + 1, nt);"]
         if self.cblk:  # per thread: where each of its (filter, mask) runs has got to
             fn += [f"        enum {{ NB = {-(-lay.C // self.cblk)} }};",
-                   f"        int *cur = (int *)__builtin_alloca(sizeof(int) * {len(self.sp.masks)} * (f1 - f0 + 1));"]
+                   f"        int *cur = (int *)__builtin_alloca(sizeof(int) * {len(self.sp.masks)} * (f1 - f0 + 1));",
+                   f"        int nxt[{len(self.sp.masks)}];"]
         fn += ["        " + x for x in loops]
         fn += ["    }", "}"]
         parts.append("\n".join(fn))
