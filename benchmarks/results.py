@@ -105,15 +105,21 @@ def summary_step(args, results: Path) -> None:
     by = accuracy.by_model_row(stored)
     models = sorted({r["config"]["model"] for r in stored})
     verdicts: dict[str, list[tuple[str, str]]] = {}
+    for claim, *_ in accuracy.CLAIMS:
+        verdicts[claim] = []
     for model in models:
         for claim, _, _, status in accuracy.claim_verdicts(by, model):
             if status != "-":
-                verdicts.setdefault(claim, []).append((model, status))
+                verdicts[claim].append((model, status))
     rows = []
     for claim, got in verdicts.items():
-        yes = [m for m, st in got if st.startswith("supported")]
-        no = [m for m, st in got if st.startswith("not supported")]
-        open_ = [m for m, st in got if st.startswith("undecided")]
+        if not got:
+            rows.append([claim, "not run", "-"])
+            continue
+        # one seed decides nothing, even where the verdict reads "supported (one seed: ...)"
+        open_ = [m for m, st in got if st.startswith("undecided") or "one seed" in st]
+        yes = [m for m, st in got if st.startswith("supported") and m not in open_]
+        no = [m for m, st in got if st.startswith("not supported") and m not in open_]
         holds = "undecided" if open_ and not yes and not no else \
             "yes" if yes and not no else "partly" if yes else "no"
         parts = [f"{w} {', '.join(ms)}" for w, ms in (("supported on", yes), ("not on", no),
@@ -128,13 +134,14 @@ def summary_step(args, results: Path) -> None:
         k = read_json(ext, "extraction result")["phase2_overlap"]
         rows.append(["Extraction (126 -> 8) converges to the designed Phase-2 library (Figure 4)",
                      f"{k} of the extracted 8 are Phase-2 masks ({args.extraction_model})", "yes" if k == 8 else "no"])
-    enh_dir = Path(args.out).parent / "enhancement"
+    enh_dir = _enhancement_dir(args)
     enh = [read_json(f, "enhancement result") for f in sorted(enh_dir.glob("*.json"))] if enh_dir.exists() else []
-    for r, sentence in zip(enh, enhancement.conclusions(enh)):
+    for r in enh:
         judged = [q for q in r["paired"] if q["verdict"] in ("supports", "contradicts", "no difference beyond noise")]
         sup = sum(q["verdict"] == "supports" for q in judged)
-        rows.append([f"Pattern pruning gives sharper, less noisy saliency (Figure 5), {r['setting']}", sentence,
-                     "yes" if judged and sup == len(judged) else "partly" if sup else "no"])
+        rows.append([f"Pattern pruning gives sharper, less noisy saliency (Figure 5), {r['setting']}",
+                     enhancement.conclusions([r])[0],
+                     "undecided" if not judged else "yes" if sup == len(judged) else "partly" if sup else "no"])
     unstable = []  # a seed that collapsed makes "same" mean little: say so next to the verdicts
     for (model, row), rs in sorted(by.items()):
         accs = [r["acc"] * 100 for r in rs]
@@ -153,6 +160,11 @@ def summary_step(args, results: Path) -> None:
             "trains 300-400 epochs at full width on CIFAR-10 and ImageNet. Those rows need a GPU "
             f"(`--budget paper`): `{GPU_COMMAND}`."]
     _report.update_section("summary", "\n".join(body), results, first=True)
+
+
+def _enhancement_dir(args) -> Path:
+    """Where the enhancement step stores its results: beside the grid's rows."""
+    return Path(args.out).parent / "enhancement"
 
 
 def _rel(path: Path, results: Path) -> str:
@@ -197,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         elif step == "summary":
             summary_step(args, results)
         elif args.dataset == "fashion-mnist":
-            enhancement.main(["--grid-out", args.out, "--docs", str(docs), *common])
+            enhancement.main(["--grid-out", args.out, "--out", str(_enhancement_dir(args)), "--docs", str(docs),
+                              *common])
         else:
             print("enhancement: runs on Fashion-MNIST models and ImageNet photos; skipped for "
                   f"--dataset {args.dataset}", flush=True)

@@ -103,6 +103,9 @@ def test_results_summary_states_each_claim_first(tmp_path: Path) -> None:
     assert "| Phase-2 masks sum to the Gaussian and ELoG reference filters (section 4) |" in summary
     assert "Designed Phase-2 library beats random 4-entry masks" in summary and "convnet" in summary
     assert "--budget paper" in summary  # the GPU command for paper-scale rows
+    claims = summary.split("(section 4) |", 1)[1].split("\n", 1)[1]  # the rows after the theory row
+    assert "| undecided |" in claims and "| yes |" not in claims  # one seed decides nothing
+    assert "| not run | - |" in summary  # claims whose rows were not run stay in the table
 
 
 def test_bad_arguments() -> None:
