@@ -325,13 +325,14 @@ def by_model_row(results: list[dict]) -> dict[tuple[str, str], list[dict]]:
     return by
 
 
-def claim_verdicts(by: dict[tuple[str, str], list[dict]], model: str) -> list[tuple[str, str, str, str]]:
-    """(claim, model, what was measured, verdict) for every claim of CLAIMS on ``model``."""
+def claim_verdicts(by: dict[tuple[str, str], list[dict]], model: str) -> list[tuple[str, str, str, str, str]]:
+    """(claim, model, what was measured, verdict, comparison word) for every claim of CLAIMS on
+    ``model``; the word is verdict()'s (``undecided`` with one seed, ``-`` when not run)."""
     out = []
     for claim, a, b, support in CLAIMS:
         ra, rb = by.get((model, a)), by.get((model, b))
         if not ra or not rb:
-            out.append((claim, model, "not run", "-"))
+            out.append((claim, model, "not run", "-", "-"))
             continue
         word, d = verdict([r["acc"] for r in ra], [r["acc"] for r in rb])
         if support == "within1":  # a mean loss of at most 1 point, the paper's "little loss"
@@ -342,7 +343,7 @@ def claim_verdicts(by: dict[tuple[str, str], list[dict]], model: str) -> list[tu
             status = "undecided (one seed)"
         else:
             status = "supported" if word in support else "not supported"
-        out.append((claim, model, f"{a} {d:+.2f} points vs {b} ({word})", status))
+        out.append((claim, model, f"{a} {d:+.2f} points vs {b} ({word})", status, word))
     return out
 
 
@@ -380,7 +381,7 @@ def render(results: list[dict], dataset: str, budget: Budget, models: list[str])
             table.append([row.id, f"{rate:.2f}x", _fmt_acc(accs), delta, str(len(rs)),
                           ", ".join(str(r["config"]["seed"]) for r in sorted(rs, key=lambda r: r["config"]["seed"]))])
         lines += [_report.md_table(["row", "3x3 rate", "accuracy %", "Δ vs dense (points)", "n", "seeds"], table), ""]
-        claim_rows += [list(c) for c in claim_verdicts(by, model)]
+        claim_rows += [list(c[:4]) for c in claim_verdicts(by, model)]
     expected = len(ROWS) * budget.seeds * len(models)
     if len(results) < expected:
         lines += [f"**Incomplete grid: {len(results)} of {expected} runs stored** ({len(models)} models x "

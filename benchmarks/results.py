@@ -62,7 +62,7 @@ def extraction_step(args, docs: Path, results: Path) -> None:
                          _report.command_line(__file__, args.argv))
     out = Path(args.out)
     accuracy.run_cell(cell, [accuracy.ROWS[0]], out)
-    store = out.parent / "extraction" / args.dataset / budget.name / f"{model_name}.json"
+    store = _extraction_store(args)
     fig = docs / f"extraction_{args.dataset}.png"
     if store.exists() and fig.exists():
         done = read_json(store, "extraction result")
@@ -108,18 +108,18 @@ def summary_step(args, results: Path) -> None:
     for claim, *_ in accuracy.CLAIMS:
         verdicts[claim] = []
     for model in models:
-        for claim, _, _, status in accuracy.claim_verdicts(by, model):
-            if status != "-":
-                verdicts[claim].append((model, status))
+        for claim, _, _, status, word in accuracy.claim_verdicts(by, model):
+            if word != "-":
+                verdicts[claim].append((model, status, word))
     rows = []
     for claim, got in verdicts.items():
         if not got:
             rows.append([claim, "not run", "-"])
             continue
-        # one seed decides nothing, even where the verdict reads "supported (one seed: ...)"
-        open_ = [m for m, st in got if st.startswith("undecided") or "one seed" in st]
-        yes = [m for m, st in got if st.startswith("supported") and m not in open_]
-        no = [m for m, st in got if st.startswith("not supported") and m not in open_]
+        # one seed decides nothing, even where the claim's verdict reads "supported (one seed ...)"
+        open_ = [m for m, _, word in got if word == "undecided"]
+        yes = [m for m, st, word in got if word != "undecided" and st == "supported"]
+        no = [m for m, st, word in got if word != "undecided" and st == "not supported"]
         holds = "undecided" if open_ and not yes and not no else \
             "yes" if yes and not no else "partly" if yes else "no"
         parts = [f"{w} {', '.join(ms)}" for w, ms in (("supported on", yes), ("not on", no),
@@ -129,7 +129,7 @@ def summary_step(args, results: Path) -> None:
     rows.insert(0, ["Phase-2 masks sum to the Gaussian and ELoG reference filters (section 4)",
                     ", ".join(f"{k}: {'holds' if ok else 'fails'}" for k, ok in checks.items()),
                     "yes" if all(checks.values()) else "no"])
-    ext = Path(args.out).parent / "extraction" / args.dataset / budget.name / f"{args.extraction_model}.json"
+    ext = _extraction_store(args)
     if ext.exists():
         k = read_json(ext, "extraction result")["phase2_overlap"]
         rows.append(["Extraction (126 -> 8) converges to the designed Phase-2 library (Figure 4)",
@@ -156,10 +156,15 @@ def summary_step(args, results: Path) -> None:
             *([f"Unstable rows (seed spread over {UNSTABLE_SD:.0f} points; a verdict of `same` against "
                f"them says little): {'; '.join(unstable)}.", ""] if unstable else []),
             f"What limits this budget: {budget.subset or 'all'} training images, {budget.dense_epochs} dense "
-            f"epochs and {budget.prune_epochs} for each pruned row, narrow networks, Fashion-MNIST; the paper "
+            f"epochs and {budget.prune_epochs} for each pruned row, narrow networks, {args.dataset}; the paper "
             "trains 300-400 epochs at full width on CIFAR-10 and ImageNet. Those rows need a GPU "
             f"(`--budget paper`): `{GPU_COMMAND}`."]
     _report.update_section("summary", "\n".join(body), results, first=True)
+
+
+def _extraction_store(args) -> Path:
+    """Where the extraction step stores its result: beside the grid's rows."""
+    return Path(args.out).parent / "extraction" / args.dataset / args.budget / f"{args.extraction_model}.json"
 
 
 def _enhancement_dir(args) -> Path:

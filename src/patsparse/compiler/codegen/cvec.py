@@ -19,7 +19,7 @@ import numpy as np
 from ..layout import Layout
 from .access import InputAccess
 from .base import GeneratedKernel, act_scalar_c
-from .common import HELPERS, MAX_VL, check_weight, loop_order
+from .common import HELPERS, MAX_VL, check_weight, loop_order, vector_registers
 
 CB = MAX_VL  # output channels per tile
 # The k == 1 slowdown of a reduction step (see cost), by vector width, as measured (AVX2's
@@ -44,7 +44,7 @@ def cost(*, cout: int, Ho: int, Wo: int, np_: int, vl: int, red: int, k: int) ->
 
 def np_choices(vl: int) -> list[int]:
     """Pixels per tile that fit the registers: (16/VL)*NP accumulators + 16/VL weights + 1."""
-    nregs = 32 if vl == 16 else 16
+    nregs = vector_registers(vl)
     nv = CB // vl
     return [n for n in range(2, 15) if nv * n + nv + 1 <= nregs and nv * n >= 4]
 

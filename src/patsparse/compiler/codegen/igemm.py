@@ -33,7 +33,7 @@ from ..layout import Layout, round_up
 from . import cvec
 from .access import input_access
 from .base import GeneratedKernel, act_c
-from .common import HELPERS, check_weight, host_vl, loop_order
+from .common import HELPERS, check_weight, host_vl, loop_order, vector_registers
 
 
 L1_BYTES = 32 << 10          # data L1 the model assumes (32-48 KB on current x86 cores)
@@ -57,7 +57,7 @@ def schedules(*, cout: int, Ho: int, Wo: int, cin: int | None = None, k: int = 1
     key ('pix' or 'co') fixes the loop order; without it a re-stream heuristic picks it.
     """
     vl = vl or host_vl()
-    nregs = 32 if vl == 16 else 16
+    nregs = vector_registers(vl)
     ns = _slots(Ho, Wo, vl)
     red = (cin or 256) * k * k
     cands = []

@@ -29,7 +29,7 @@ from ..reorder import FULL_MASK, LayerSparsity, analyse, mask_taps, reorder
 from ..storage import pack as fkw_pack, plan
 from .base import GeneratedKernel, act_c, act_scalar_c
 from .access import input_access
-from .common import HELPERS, host_vl  # noqa: F401  (host_vl re-exported: graph and tests use it)
+from .common import HELPERS, host_vl, vector_registers  # noqa: F401  (host_vl re-exported: graph and tests use it)
 
 DEFAULT_SCHEDULE = {"rows": 0, "vecs": 0, "order": "tf"}  # 0 = choose from the shape
 # accumulators per tile: the register file minus 4 weight broadcasts and a temporary
@@ -89,6 +89,11 @@ class ConvShape:
 CT_VECS = 2  # the channel-tile layout's tile: output rows of this many vectors (see below)
 
 
+FLAT_MAX_VECS = 4          # flat layout: the whole output plane in at most this many vectors
+FLAT_MAX_SCRATCH = 1 << 19  # bytes of per-tap input copies (C * 9 planes) the flat layout may use
+UNROLL_COPY_MAX = 512     # floats per channel up to which the flat layout's copy is straight-line code
+
+
 CT_PARTIALS_L1 = 32 << 10  # bytes of a thread's partial tiles that stay in L1 (stride-1 choice)
 CT_MAX_FILTERS = 128       # above it a stride-1 ct tile lost to rows (256->256 @14x14, 8x)
 
@@ -98,11 +103,7 @@ def ct_rows(out: Layout, vl: int, vecs: int) -> int:
     3/4 of the register file. More rows per tile spread each kernel's fixed costs (its index,
     weight broadcasts, loop) over more FMAs: stride-2 64->128 @56x56 and 128->256 @28x28 at 8x
     ran 1.2-1.4x faster with 2-4 rows than with 1 (AVX-512, in-process A/B)."""
-    regs = 32 if vl == 16 else 16
-    return max(1, min(out.H, (regs * 3 // 4) // (4 * vecs)))
-FLAT_MAX_VECS = 4          # flat layout: the whole output plane in at most this many vectors
-FLAT_MAX_SCRATCH = 1 << 19  # bytes of per-tap input copies (C * 9 planes) the flat layout may use
-UNROLL_COPY_MAX = 512     # floats per channel up to which the flat layout's copy is straight-line code
+    return max(1, min(out.H, (vector_registers(vl) * 3 // 4) // (4 * vecs)))
 
 
 def cm_fits(out: Layout, vl: int) -> bool:
@@ -224,12 +225,7 @@ def gen_pattern_conv(name: str, weight: np.ndarray, *, stride: int, padding: int
     shape = ConvShape.check(weight.shape, stride, padding, in_layout, out_layout, where)
     vl = vl or host_vl()
     sp = sparsity or analyse(weight, where)
-    sched = _resolve_schedule(schedule, in_layout, out_layout, vl, where)
-    if sched["layout"] == "rows" and "cblk" not in (schedule or {}):
-        blocking = channel_blocking(sp, in_layout, sched)
-        if "prefetch" in (schedule or {}):
-            blocking.pop("prefetch", None)  # the caller's choice stands
-        sched.update(blocking)
+    sched = _resolve_schedule(schedule, in_layout, out_layout, vl, where, sp)
     if sched["layout"] == "flat" and sched["pack"] > 1 and \
             _FlatEmitter.scratch_floats(sp, in_layout.C, out_layout, sched["pack"]) * 4 > FLAT_MAX_SCRATCH:
         sched["pack"] = 1  # too many masks: the packed copies would not stay in L2
@@ -253,7 +249,8 @@ def gen_pattern_conv(name: str, weight: np.ndarray, *, stride: int, padding: int
     return GeneratedKernel(name=name, code=code, pack=pack, flops=flops, schedule=sched)
 
 
-def _resolve_schedule(schedule: dict | None, inp: Layout, out: Layout, vl: int, where: str) -> dict:
+def _resolve_schedule(schedule: dict | None, inp: Layout, out: Layout, vl: int, where: str,
+                      sp: LayerSparsity) -> dict:
     """The default schedule for this layer, overridden by ``schedule``; checked."""
     given = {k: v for k, v in (schedule or {}).items() if v is not None and k != "vl"}
     layout = given.get("layout") or ("rows" if {"rows", "vecs", "order"} & given.keys() else None)
@@ -290,6 +287,8 @@ def _resolve_schedule(schedule: dict | None, inp: Layout, out: Layout, vl: int, 
         vecs = max(1, min(int(sched.get("vecs") or min(nv, 4)), nv))
         rows = int(sched.get("rows") or max(1, min(out.H, max_acc(vl) // vecs)))
         sched.update(vecs=vecs, rows=max(1, min(rows, out.H)), order=sched.get("order", "tf"))
+        if "cblk" not in given:  # its default depends on the sparsity; keys the caller gave stand
+            sched.update({k: v for k, v in channel_blocking(sp, inp, sched).items() if k not in given})
         cblk = int(sched.get("cblk") or 0)
         if cblk < 0 or (cblk and sched["order"] != "tf"):
             raise InputError(f"{where}: schedule cblk must be >= 0 and needs order 'tf', got "
@@ -365,14 +364,12 @@ class _Emitter:
                  "    const float *restrict wk, float b, int lastmask" +
                  (", const int *restrict cur, int *restrict nxt, int hi, int first, int final) {"
                   if self.cblk else ") {")]
-        if self.cblk:  # later channel blocks continue from the partial sums stored in the output
+        if self.cblk:
             lines.append("    const float *restrict w0 = wk;")
-            for r in range(R):
-                lines.append("    vf " + ", ".join(
-                    f"a{r}_{v} = first ? (vf){{0}} : vload(op + {r * self.sh.out.ld + v * self.vl})"
-                    for v in range(V)) + ";")
-        for r in range(R if not self.cblk else 0):
-            lines.append("    vf " + ", ".join(f"a{r}_{v} = {{0}}" for v in range(V)) + ";")
+        for r in range(R):  # later channel blocks continue from the partial sums in the output
+            lines.append("    vf " + ", ".join(
+                f"a{r}_{v} = " + (f"first ? (vf){{0}} : vload(op + {r * out.ld + v * self.vl})" if self.cblk
+                                  else "{0}") for v in range(V)) + ";")
         for p in range(P):
             lines += self._mask_body(p, R, V)
         if self.cblk:  # partial sums as they are; the last block finishes the tile below
@@ -762,6 +759,7 @@ class _ChannelTileEmitter:
         self.nv = -(-out.W // vl)
         self.V = int(sched["vecs"])
         self.R = int(sched.get("rows", 1))  # output rows per tile
+        self.T = self.R * self.V * vl  # floats of one filter's partial tile
         self.tail_lanes = out.W - (self.nv - 1) * vl
         self.acc = input_access(name, channels=shape.inp.C, k=3, stride=shape.stride, padding=shape.pad,
                                 in_layout=shape.inp, Ho=out.H, Wo=out.W, allow_strided=False,
@@ -774,7 +772,7 @@ class _ChannelTileEmitter:
         lines += [f"    const vf x{j}_{r}_{v} = vload(ib + {acc.tap_off[t] + r * acc.row_stride + v * vl});"
                   for j, t in enumerate(taps) for r in range(R) for v in range(V)]
         lines.append(f"    for (int k = ri[{p}]; k < ri[{p + 1}]; k++, wk += {len(taps)}) {{")
-        lines.append(f"        float *restrict pp = part + (ptrdiff_t)cidx[k] * {self.R * self.V * vl};")
+        lines.append(f"        float *restrict pp = part + (ptrdiff_t)cidx[k] * {self.T};")
         lines += [f"        const vf w{j} = vbcast(wk[{j}]);" for j in range(len(taps))]
         for r in range(R):
             for v in range(V):
@@ -786,7 +784,7 @@ class _ChannelTileEmitter:
     def _tile(self, R: int, V: int) -> str:
         """The function doing one tile of ``R`` rows x ``V`` vectors at output row ``oh``, vector ``v0``."""
         lay, out, vl, acc = self.lay, self.sh.out, self.vl, self.acc
-        F, C, T = out.C, self.sh.inp.C, self.R * self.V * vl
+        F, C, T = out.C, self.sh.inp.C, self.T
         lines = [f"static inline __attribute__((always_inline)) void {self.name}_ct{R}x{V}(",
                  "    const float *restrict src, float *restrict out, const int32_t *restrict perm,",
                  "    const int32_t *restrict runs, const uint16_t *restrict cidx, const int32_t *restrict wptr,",
@@ -822,8 +820,7 @@ class _ChannelTileEmitter:
 
     def emit(self) -> str:
         lay, sh, out, acc, vl = self.lay, self.sh, self.sh.out, self.acc, self.vl
-        F, R, V, nv = out.C, self.R, self.V, self.nv
-        T = R * V * vl
+        F, R, V, nv, T = out.C, self.R, self.V, self.nv, self.T
         phase = 0 if acc.direct else -(-self.sh.inp.C * acc.cs // 16) * 16  # partials start aligned
         rows = sorted({R} | ({out.H % R} if out.H % R else set()), reverse=True)
         cols = sorted({V} | ({nv % V} if nv % V else set()), reverse=True)
