@@ -149,6 +149,31 @@ def test_conv1x1_matches_torch(cin, cout, stride, H, W, pin, pout, act, residual
     check_close(got, want)
 
 
+@settings(SETTINGS, max_examples=12)
+@given(cin=st.integers(1, 12), cout=st.integers(1, 21), stride=st.integers(1, 2),
+       H=st.integers(1, 15), W=st.integers(1, 23), pin=st.integers(0, 2), pout=st.integers(0, 2),
+       mr=st.integers(1, 6), nr=st.integers(1, 4), act=st.sampled_from(ACTIVATIONS),
+       residual=st.booleans(), order=st.sampled_from([None, "pix", "co"]))
+def test_conv1x1_compact_tiles_match_torch(cin, cout, stride, H, W, pin, pout, mr, nr, act, residual,
+                                           order):
+    """Tiles over the flattened plane (vectors spanning several output rows, stored lane-masked
+    per row): any tile shape, stride 1 or 2, odd sizes, halos, residual; the halo stays zero."""
+    sched = {"mr": mr, "nr": nr, "compact": 1, **({"order": order} if order else {})}
+    conv_case(cin=cin, cout=cout, k=1, stride=stride, padding=0, H=H, W=W, pin=pin, pout=pout,
+              act=act, residual=residual, schedule=sched)
+
+
+def test_conv1x1_compact_is_the_default_where_rows_idle_lanes():
+    """MobileNet-V2's 160->960 at 7x7: 7 of 16 lanes per row vector, so the default tiles the
+    flattened plane (4 vectors instead of 7); a 3x3 conv or a padded 1x1 never gets compact tiles."""
+    ranked = conv_schedules(cout=960, Ho=7, Wo=7, cin=160, k=1, vl=16, compact=True)
+    assert ranked[0].get("compact") == 1
+    assert not any(c.get("compact") for c in conv_schedules(cout=64, Ho=7, Wo=7, cin=64, k=3, vl=16))
+    with pytest.raises(InputError, match="compact needs a 1x1 conv without padding"):
+        gen_conv2d("c", cin=2, cout=2, k=3, padding=1, in_layout=Layout(2, 7, 7, 1),
+                   out_layout=Layout(2, 7, 7, 1), schedule={"mr": 2, "nr": 2, "compact": 1})
+
+
 @SETTINGS
 @given(C=st.integers(1, 11), stride=st.integers(1, 2), padding=st.integers(0, 1),
        H=st.integers(1, 21), W=st.integers(1, 40), pin=st.integers(0, 2), pout=st.integers(0, 2),
@@ -224,7 +249,9 @@ def test_kernels_at_other_vector_widths(vl):
     assert KernelRunner(probe, extra_flags=flags).lib.probe_vl() == vl
     # row-vector tiles direct / via the stride-2 prep, and the channel-vector kernel
     for k, s, p, H, W, pin, sched in [(3, 1, 1, 9, 37, 1, None), (7, 2, 3, 17, 23, 0, None),
-                                      (3, 2, 1, 9, 19, 1, {"np": 3})]:
+                                      (3, 2, 1, 9, 19, 1, {"np": 3}),
+                                      (1, 1, 0, 7, 7, 1, {"mr": 4, "nr": 3, "compact": 1}),
+                                      (1, 2, 0, 13, 11, 1, {"mr": 3, "nr": 2, "compact": 1})]:
         conv_case(cin=3, cout=21, k=k, stride=s, padding=p, H=H, W=W, pin=pin, pout=1,
                   act="relu", residual=True, schedule=sched, flags=flags)
     for s in (1, 2):

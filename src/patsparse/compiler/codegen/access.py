@@ -134,3 +134,40 @@ def _prep_general(channels: int, s: int, P: int, L: Layout, phases: list, hph: i
     }}
     ps_barrier();
     }}"""
+
+
+@dataclass(frozen=True)
+class CompactAccess:
+    """A 1x1 conv's input as compact planes: output pixel p = h * Wo + w of channel ci at
+    ``scr[ci * cs + p]`` (zero from Ho * Wo to ``cs``), so vectors run over the flattened plane."""
+
+    cs: int        # floats per channel of the scratch (Ho * Wo rounded up to whole vectors)
+    scratch: str   # C declaring it
+    prep: str      # C filling it (split over the team, ends with a barrier)
+
+
+def compact_access(name: str, *, channels: int, stride: int, in_layout: Layout, Ho: int,
+                   Wo: int) -> CompactAccess:
+    """The prep that packs each channel's (strided) pixels densely for a 1x1 conv, padding 0.
+
+    Why: a 7x7 plane fills 7 of 16 lanes per row vector (MobileNet-V2's last stages, ResNet's
+    last downsample), so a row-vector tile computes 2.3x the useful FMAs; over the flattened
+    plane the 49 pixels take 4 vectors. The copy touches each input element once against
+    Cout FMAs per element."""
+    L, s = in_layout, stride
+    cs = round_up(Ho * Wo, MAX_VL)
+    scratch = f"""
+    PS_SCRATCH(scr, {channels * cs}, "{name}");"""
+    prep = f"""
+    {{
+    #pragma omp for schedule(static) nowait
+    for (int q = 0; q < {channels * Ho}; q++) {{
+        const int ci = q / {Ho}, h = q % {Ho};
+        const float *restrict sr = in + (size_t)ci * {L.ps} + ({s} * h + {L.pad}) * {L.ld} + {L.pad};
+        float *restrict d = scr + (size_t)ci * {cs};
+        for (int w = 0; w < {Wo}; w++) d[h * {Wo} + w] = sr[{s} * w];
+        if (h == {Ho - 1}) for (int p = {Ho * Wo}; p < {cs}; p++) d[p] = 0.0f;
+    }}
+    ps_barrier();
+    }}"""
+    return CompactAccess(cs=cs, scratch=scratch, prep=prep)

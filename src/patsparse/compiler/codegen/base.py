@@ -127,6 +127,26 @@ static inline vi vtailmask(int n) {
     vi m; for (int i = 0; i < VL; i++) m[i] = i < n ? -1 : 0; return m;
 }
 static inline vf vand(vf a, vi m) { return (vf)((vi)a & m); }
+/* load / store only the lanes set in bit mask m (bit l: lane l); the other lanes' addresses
+   are never touched, so a vector may straddle the start or end of a row it writes part of */
+#if VL == 16 && defined(__AVX512F__) && !defined(PS_EMULATED_VL)
+static inline vf vload_lanes(const float *p, unsigned m) { return (vf)_mm512_maskz_loadu_ps((__mmask16)m, p); }
+static inline void vstore_lanes(float *p, unsigned m, vf v) { _mm512_mask_storeu_ps(p, (__mmask16)m, (__m512)v); }
+#elif VL == 8 && defined(__AVX__)
+static inline __m256i ps_lanes8(unsigned m) {
+    return (__m256i)(((vi){1, 2, 4, 8, 16, 32, 64, 128} & (vi){(int)m, (int)m, (int)m, (int)m,
+                                                         (int)m, (int)m, (int)m, (int)m}) != 0);
+}
+static inline vf vload_lanes(const float *p, unsigned m) { return (vf)_mm256_maskload_ps(p, ps_lanes8(m)); }
+static inline void vstore_lanes(float *p, unsigned m, vf v) { _mm256_maskstore_ps(p, ps_lanes8(m), (__m256)v); }
+#else
+static inline vf vload_lanes(const float *p, unsigned m) {
+    vf v = {0}; for (int i = 0; i < VL; i++) if (m >> i & 1u) v[i] = p[i]; return v;
+}
+static inline void vstore_lanes(float *p, unsigned m, vf v) {
+    for (int i = 0; i < VL; i++) if (m >> i & 1u) p[i] = v[i];
+}
+#endif
 """
 
 

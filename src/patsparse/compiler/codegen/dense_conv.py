@@ -21,10 +21,12 @@ from .igemm import schedules as _igemm_schedules
 MAX_K = 7
 
 
-def schedules(*, cout: int, out_layout: Layout, cin: int | None = None, k: int = 1) -> list[dict]:
+def schedules(*, cout: int, out_layout: Layout, cin: int | None = None, k: int = 1,
+              padding: int = 0) -> list[dict]:
     """Candidate schedules for a conv writing ``out_layout``, best-by-heuristic first (see
     igemm.schedules); ``cin`` and ``k`` sharpen the ranking when given."""
-    return _igemm_schedules(cout=cout, Ho=out_layout.H, Wo=out_layout.W, cin=cin, k=k)
+    return _igemm_schedules(cout=cout, Ho=out_layout.H, Wo=out_layout.W, cin=cin, k=k,
+                            compact=k == 1 and padding == 0)
 
 
 def gen_conv2d(name: str, *, cin: int, cout: int, k: int, stride: int = 1, padding: int = 0,

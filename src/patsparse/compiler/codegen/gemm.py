@@ -26,9 +26,11 @@ from .igemm import gen_igemm
 from .igemm import schedules as _igemm_schedules
 
 
-def schedules_conv1x1(*, cout: int, out_layout: Layout, cin: int | None = None) -> list[dict]:
+def schedules_conv1x1(*, cout: int, out_layout: Layout, cin: int | None = None,
+                       padding: int = 0) -> list[dict]:
     """Candidate schedules for a 1x1 conv writing ``out_layout`` (see igemm.schedules)."""
-    return _igemm_schedules(cout=cout, Ho=out_layout.H, Wo=out_layout.W, cin=cin, k=1)
+    return _igemm_schedules(cout=cout, Ho=out_layout.H, Wo=out_layout.W, cin=cin, k=1,
+                            compact=padding == 0)
 
 
 def gen_conv1x1(name: str, *, cin: int, cout: int, stride: int = 1, padding: int = 0,

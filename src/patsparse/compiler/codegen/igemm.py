@@ -31,21 +31,23 @@ import numpy as np
 from ...errors import InputError
 from ..layout import Layout, round_up
 from . import cvec
-from .access import input_access
+from .access import compact_access, input_access
 from .base import GeneratedKernel, act_c
 from .common import HELPERS, check_weight, host_vl, loop_order, vector_registers
 
 
 L1_BYTES = 32 << 10          # data L1 the model assumes (32-48 KB on current x86 cores)
 L2_BYTES_PER_CYCLE = 32      # sustained L2 -> L1 bandwidth the model assumes
+COMPACT_MAX_SHARE = 0.75     # compact tiles need at most this share of the row vectors
 
 
-def _slots(Ho: int, Wo: int, vl: int) -> int:
-    return Ho * -(-Wo // vl)
+def _slots(Ho: int, Wo: int, vl: int, compact: bool = False) -> int:
+    """Output vectors per channel: row vectors, or vectors over the flattened plane (compact)."""
+    return -(-(Ho * Wo) // vl) if compact else Ho * -(-Wo // vl)
 
 
 def schedules(*, cout: int, Ho: int, Wo: int, cin: int | None = None, k: int = 1,
-              vl: int | None = None) -> list[dict]:
+              vl: int | None = None, compact: bool = False) -> list[dict]:
     """Candidate schedules for the auto-tuner, best-by-heuristic first.
 
     Row-vector tiles ``{"mr", "nr"}`` (MR channels x NR row vectors; all fit the register file
@@ -55,25 +57,38 @@ def schedules(*, cout: int, Ho: int, Wo: int, cin: int | None = None, k: int = 1
     computed (which charges padded channels, padded slots and idle lanes), plus the epilogue.
     ``cin``/``k`` give the reduction length (assumed long when unknown). An optional "order"
     key ('pix' or 'co') fixes the loop order; without it a re-stream heuristic picks it.
+    ``compact`` (a 1x1 conv without padding) adds tiles over the flattened plane
+    (``{"compact": 1}``, compact_access) where they need at most COMPACT_MAX_SHARE of the row
+    vectors; they are charged for the copy and for a store per output row a vector touches.
     """
     vl = vl or host_vl()
     nregs = vector_registers(vl)
-    ns = _slots(Ho, Wo, vl)
     red = (cin or 256) * k * k
     cands = []
-    for mr in range(1, 17):
-        for nr in range(1, 9):
-            # one register spare: tiles that fill all 16 AVX2 registers (4x3, 2x5) spill in
-            # GCC's code and measured up to 1.8x slower (VGG conv1: 4x3 41 GF/s, 6x2 73)
-            if mr * nr + nr + 2 > nregs or mr * nr < 4:
-                continue
-            tiles = -(-cout // mr) * -(-ns // nr)
-            # a tile whose input stream (red steps x NR vectors) overflows L1 reads it from L2
-            # every step; at ~32 bytes per cycle that bounds wide-NR tiles on long reductions
-            # (MobileNet-V2 160->960 at 7x7, AVX-512: MR=3 x NR=7 62 GF/s, 16 x 1 77)
-            l2_cycles = nr * vl * 4 / L2_BYTES_PER_CYCLE if red * nr * vl * 4 > L1_BYTES else 0.0
-            step = max(mr * nr / 2, (mr + nr) / 2, l2_cycles) + 0.5  # +0.5: loop/pointer overhead
-            cands.append((tiles * (red * step + mr * nr), -mr * nr, {"mr": mr, "nr": nr}))
+    # compact tiles only where rows leave many lanes idle: with a saving of 1/8 (28x28 planes,
+    # 16 lanes) the copy cost more than it saved (MobileNet-V2 192->32 @28x28: 59-75 -> 80-111 us
+    # in the model; 160->960 @7x7, 7 -> 4 vectors: 159 -> 116 us)
+    worth = compact and _slots(Ho, Wo, vl, True) <= COMPACT_MAX_SHARE * _slots(Ho, Wo, vl)
+    for cp in (False, True) if worth else (False,):
+        ns = _slots(Ho, Wo, vl, cp)
+        # compact: the copy (a load and a store per input vector) and the extra row-segment
+        # stores of each vector (a vector spans about VL / Wo + 1 rows)
+        copy = (cin or 256) * ns * 2 if cp else 0
+        segs = (vl / Wo + 1) if cp else 1
+        for mr in range(1, 17):
+            for nr in range(1, 9):
+                # one register spare: tiles that fill all 16 AVX2 registers (4x3, 2x5) spill in
+                # GCC's code and measured up to 1.8x slower (VGG conv1: 4x3 41 GF/s, 6x2 73)
+                if mr * nr + nr + 2 > nregs or mr * nr < 4:
+                    continue
+                tiles = -(-cout // mr) * -(-ns // nr)
+                # a tile whose input stream (red steps x NR vectors) overflows L1 reads it from L2
+                # every step; at ~32 bytes per cycle that bounds wide-NR tiles on long reductions
+                # (MobileNet-V2 160->960 at 7x7, AVX-512: MR=3 x NR=7 62 GF/s, 16 x 1 77)
+                l2_cycles = nr * vl * 4 / L2_BYTES_PER_CYCLE if red * nr * vl * 4 > L1_BYTES else 0.0
+                step = max(mr * nr / 2, (mr + nr) / 2, l2_cycles) + 0.5  # +0.5: loop/pointer overhead
+                sched = {"mr": mr, "nr": nr, **({"compact": 1} if cp else {})}
+                cands.append((tiles * (red * step + mr * nr * segs) + copy, -mr * nr, sched))
     for np_ in cvec.np_choices(vl):
         c = cvec.cost(cout=cout, Ho=Ho, Wo=Wo, np_=np_, vl=vl, red=red, k=k)
         cands.append((c, -np_ * cvec.CB // vl, {"np": np_}))
@@ -83,7 +98,7 @@ def schedules(*, cout: int, Ho: int, Wo: int, cin: int | None = None, k: int = 1
 
 
 def _check_schedule(schedule: dict, where: str) -> tuple[int, int, int, str | None]:
-    """(mr, nr, np, order) with np = 0 for a row-vector tile, mr = nr = 0 for a cvec tile."""
+    """(mr, nr, np, order) with np = 0 for a row- or compact-vector tile, mr = nr = 0 for a cvec tile."""
     order = schedule.get("order") if isinstance(schedule, dict) else None
     if order not in (None, "pix", "co"):
         raise InputError(f"{where}: schedule order must be 'pix' or 'co', got {order!r}")
@@ -109,20 +124,31 @@ def gen_igemm(name: str, *, cin: int, cout: int, k: int, stride: int, padding: i
     H, W, s, P, K = in_layout.H, in_layout.W, stride, padding, k
     Ho, Wo = out_layout.H, out_layout.W
     if schedule is None:
-        schedule = schedules(cout=cout, Ho=Ho, Wo=Wo, cin=cin, k=K)[0]
+        schedule = schedules(cout=cout, Ho=Ho, Wo=Wo, cin=cin, k=K, compact=K == 1 and P == 0)[0]
     mr, nr, np_, order = _check_schedule(schedule, where)
+    compact = bool(schedule.get("compact")) and not np_
+    if compact and (K != 1 or P != 0):
+        raise InputError(f"{where}: schedule compact needs a 1x1 conv without padding "
+                         f"(got {K}x{K}, padding {P})")
     kk = K * K
-    acc = input_access(name, channels=cin, k=K, stride=s, padding=P, in_layout=in_layout,
-                       Ho=Ho, Wo=Wo, allow_strided=False)
     if np_:
+        acc = input_access(name, channels=cin, k=K, stride=s, padding=P, in_layout=in_layout,
+                           Ho=Ho, Wo=Wo, allow_strided=False)
         return cvec.gen_cvec(name, cin=cin, cout=cout, k=K, acc=acc, out_layout=out_layout,
                              act=act, has_residual=has_residual, np_=np_, order=order)
     cout_pad = round_up(cout, mr)
-    src, row_stride, cs, origin, tap_off = acc.src, acc.row_stride, acc.cs, acc.origin, acc.tap_off
-    scratch, prep, direct = acc.scratch, acc.prep, acc.direct
+    if compact:
+        cacc = compact_access(name, channels=cin, stride=s, in_layout=in_layout, Ho=Ho, Wo=Wo)
+        src, cs, tap_off, scratch, prep = "scr", cacc.cs, (0,), cacc.scratch, cacc.prep
+        reads = "compact-plane prep"
+    else:
+        acc = input_access(name, channels=cin, k=K, stride=s, padding=P, in_layout=in_layout,
+                           Ho=Ho, Wo=Wo, allow_strided=False)
+        src, cs, tap_off, scratch, prep = acc.src, acc.cs, acc.tap_off, acc.scratch, acc.prep
+        reads = "direct input" if acc.direct else "phase-plane prep"
 
     if order is None:
-        npt = -(-_slots(Ho, Wo, host_vl()) // nr)
+        npt = -(-_slots(Ho, Wo, host_vl(), compact) // nr)
         order = loop_order(cin=cin, kk=kk, cout_pad=cout_pad, mr=mr, npt=npt, src_floats=cin * cs,
                            out_floats=out_layout.size)
     J, I = range(nr), range(mr)
@@ -138,34 +164,55 @@ def gen_igemm(name: str, *, cin: int, cout: int, k: int, stride: int, padding: i
     body = "\n".join(body)
     olay = out_layout
     ochk = "" if cout == cout_pad else f"if (co0 + {{i}} < {cout}) "
+
+    def store(j: int, i: int, masked: str) -> str:
+        """Output channel co0 + i of slot j at offset o (lanes of ``masked``, or all + tail mask)."""
+        at = f"o + (size_t)(co0 + {i}) * {olay.ps}"
+        expr = f"a{i}_{j} + vbcast(bias[co0 + {i}])"
+        if has_residual:
+            expr += f" + vload_lanes(res + {at}, m)" if masked else f" + vload(res + {at})"
+        put = (f"vstore_lanes(out + {at}, m, v);" if masked else
+               f"if (w0{j} == LASTW) v = vand(v, tm); vstore(out + {at}, v);")
+        return f"{ochk.format(i=i)}{{ vf v = {act_c(act, expr)}; {put} }}"
+
     stores = []
     for j in J:
         stores.append(f"        if (ok{j}) {{")
-        stores.append(f"            size_t o = {olay.origin} + (size_t)oh{j} * {olay.ld} + w0{j};")
-        for i in I:
-            expr = f"a{i}_{j} + vbcast(bias[co0 + {i}])"
-            if has_residual:
-                expr += f" + vload(res + o + (size_t)(co0 + {i}) * {olay.ps})"
-            stores.append(f"            {ochk.format(i=i)}{{ vf v = {act_c(act, expr)};"
-                          f" if (w0{j} == LASTW) v = vand(v, tm);"
-                          f" vstore(out + o + (size_t)(co0 + {i}) * {olay.ps}, v); }}")
+        if compact:  # a vector over the flattened plane: one lane-masked store per output row it touches
+            stores += [f"          const int p0 = s{j} * VL;",
+                       f"          for (int h = p0 / {Wo}; h < {Ho} && h * {Wo} < p0 + VL; h++) {{",
+                       f"            const int lo = h * {Wo} > p0 ? h * {Wo} - p0 : 0,"
+                       f" hi = (h + 1) * {Wo} < p0 + VL ? (h + 1) * {Wo} - p0 : VL;",
+                       "            const unsigned m = (unsigned)((1ull << hi) - (1ull << lo));",
+                       f"            const size_t o = {olay.origin} + (size_t)h * {olay.ld - Wo} + p0;"]
+            stores += [f"            {store(j, i, 'm')}" for i in I]
+            stores.append("          }")
+        else:
+            stores.append(f"            size_t o = {olay.origin} + (size_t)oh{j} * {olay.ld} + w0{j};")
+            stores += [f"            {store(j, i, '')}" for i in I]
         stores.append("        }")
     stores = "\n".join(stores)
-    slots = "\n".join(
-        f"        int s{j} = pt * {nr} + {j}, ok{j} = s{j} < NS; if (!ok{j}) s{j} = pt * {nr};\n"
-        f"        int oh{j} = s{j} / NVW, w0{j} = s{j} % NVW * VL;\n"
-        f"        const float *p{j} = {src} + {origin} + (size_t)oh{j} * {row_stride} + w0{j};"
-        for j in J)
+    if compact:
+        slots = "\n".join(
+            f"        int s{j} = pt * {nr} + {j}, ok{j} = s{j} < NS; if (!ok{j}) s{j} = pt * {nr};\n"
+            f"        const float *p{j} = scr + (size_t)s{j} * VL;" for j in J)
+    else:
+        slots = "\n".join(
+            f"        int s{j} = pt * {nr} + {j}, ok{j} = s{j} < NS; if (!ok{j}) s{j} = pt * {nr};\n"
+            f"        int oh{j} = s{j} / NVW, w0{j} = s{j} % NVW * VL;\n"
+            f"        const float *p{j} = {src} + {acc.origin} + (size_t)oh{j} * {acc.row_stride} + w0{j};"
+            for j in J)
     qs = " ".join(f"const float *q{j} = p{j} + (size_t)ci * {cs};" for j in J)
+    ns = f"({Ho * Wo} + VL - 1) / VL" if compact else f"{Ho} * NVW"
     code = HELPERS + f"""
 /* {name}: dense conv {cin}->{cout}, {K}x{K}, stride {s}, padding {P}, {H}x{W} -> {Ho}x{Wo},
-   implicit GEMM, tile {mr} channels x {nr} row vectors, {order}-major, {'direct input' if direct else 'phase-plane prep'} */
+   implicit GEMM, tile {mr} channels x {nr} {'plane' if compact else 'row'} vectors, {order}-major, {reads} */
 static void {name}(const float *restrict in, float *restrict out, const float *restrict w,
                    const float *restrict bias, const float *restrict res) {{
-    enum {{ NVW = ({Wo} + VL - 1) / VL, NS = {Ho} * NVW, NPT = (NS + {nr - 1}) / {nr},
+    enum {{ NVW = ({Wo} + VL - 1) / VL, NS = {ns}, NPT = (NS + {nr - 1}) / {nr},
            NCT = {cout_pad // mr}, LASTW = (NVW - 1) * VL }};
     const vi tm = vtailmask({Wo} - LASTW);
-    (void)res;{scratch}
+    (void)res; (void)tm;{scratch}
     {{{prep}
     #pragma omp for schedule(static) nowait
     for (int u = 0; u < NPT * NCT; u++) {{
@@ -195,4 +242,4 @@ static void {name}(const float *restrict in, float *restrict out, const float *r
 
     return GeneratedKernel(name=name, code=code, pack=pack,
                            flops=2 * cout * cin * kk * Ho * Wo,
-                           schedule={"mr": mr, "nr": nr, "order": order})
+                           schedule={"mr": mr, "nr": nr, "order": order, **({"compact": 1} if compact else {})})
