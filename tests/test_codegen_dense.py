@@ -18,6 +18,7 @@ from patsparse.compiler.codegen.base import ACTIVATIONS
 from patsparse.compiler.codegen.ctest import (KernelRunner, vl_flags, from_layout, interior_mask,
                                               layout_buffer, to_layout)
 from patsparse.compiler.codegen.dense_conv import gen_conv2d
+from patsparse.compiler.codegen.dense_conv import schedules as dense_schedules
 from patsparse.compiler.codegen.depthwise import gen_depthwise
 from patsparse.compiler.codegen.depthwise import schedules as dw_schedules
 from patsparse.compiler.codegen.gemm import gen_conv1x1, gen_linear
@@ -168,10 +169,21 @@ def test_conv1x1_compact_is_the_default_where_rows_idle_lanes():
     flattened plane (4 vectors instead of 7); a 3x3 conv or a padded 1x1 never gets compact tiles."""
     ranked = conv_schedules(cout=960, Ho=7, Wo=7, cin=160, k=1, vl=16, compact=True)
     assert ranked[0].get("compact") == 1
-    assert not any(c.get("compact") for c in conv_schedules(cout=64, Ho=7, Wo=7, cin=64, k=3, vl=16))
+    # the tuner measures the first few: every tile family is among them
+    assert not ranked[1].get("compact") and "np" not in ranked[1] and "np" in ranked[2]
+    assert not any(c.get("compact") for c in dense_schedules(cout=64, out_layout=Layout(64, 7, 7, 1),
+                                                             cin=64, k=3, padding=1))
+    assert not any(c.get("compact") for c in dense_schedules(cout=960, out_layout=Layout(960, 9, 9, 1),
+                                                             cin=160, k=1, padding=1))
+    padded = gen_conv1x1("p", cin=160, cout=960, padding=1, in_layout=Layout(160, 7, 7, 1),
+                         out_layout=Layout(960, 9, 9, 1))
+    assert "compact" not in padded.schedule
     with pytest.raises(InputError, match="compact needs a 1x1 conv without padding"):
         gen_conv2d("c", cin=2, cout=2, k=3, padding=1, in_layout=Layout(2, 7, 7, 1),
                    out_layout=Layout(2, 7, 7, 1), schedule={"mr": 2, "nr": 2, "compact": 1})
+    with pytest.raises(InputError, match="without 'compact'"):
+        gen_conv1x1("c", cin=2, cout=2, in_layout=Layout(2, 7, 7, 1), out_layout=Layout(2, 7, 7, 1),
+                    schedule={"np": 2, "compact": 1})
 
 
 @SETTINGS

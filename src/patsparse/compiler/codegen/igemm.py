@@ -48,7 +48,8 @@ def _slots(Ho: int, Wo: int, vl: int, compact: bool = False) -> int:
 
 def schedules(*, cout: int, Ho: int, Wo: int, cin: int | None = None, k: int = 1,
               vl: int | None = None, compact: bool = False) -> list[dict]:
-    """Candidate schedules for the auto-tuner, best-by-heuristic first.
+    """Candidate schedules for the auto-tuner: the heuristic's best first (the untuned default),
+    then the best of each other tile family, then the rest by rank.
 
     Row-vector tiles ``{"mr", "nr"}`` (MR channels x NR row vectors; all fit the register file
     with the NR input vectors held in registers and one spare, MR*NR + NR + 2 <= registers) and
@@ -71,9 +72,9 @@ def schedules(*, cout: int, Ho: int, Wo: int, cin: int | None = None, k: int = 1
     worth = compact and _slots(Ho, Wo, vl, True) <= COMPACT_MAX_SHARE * _slots(Ho, Wo, vl)
     for cp in (False, True) if worth else (False,):
         ns = _slots(Ho, Wo, vl, cp)
-        # compact: the copy (a load and a store per input vector) and the extra row-segment
-        # stores of each vector (a vector spans about VL / Wo + 1 rows)
-        copy = (cin or 256) * ns * 2 if cp else 0
+        # compact: the copy (element by element: a cycle per input pixel) and the extra
+        # row-segment stores of each vector (a vector spans about VL / Wo + 1 rows)
+        copy = (cin or 256) * Ho * Wo if cp else 0
         segs = (vl / Wo + 1) if cp else 1
         for mr in range(1, 17):
             for nr in range(1, 9):
@@ -82,6 +83,8 @@ def schedules(*, cout: int, Ho: int, Wo: int, cin: int | None = None, k: int = 1
                 if mr * nr + nr + 2 > nregs or mr * nr < 4:
                     continue
                 tiles = -(-cout // mr) * -(-ns // nr)
+                if cp and tiles < 2:  # one work unit: one thread would do the whole layer
+                    continue
                 # a tile whose input stream (red steps x NR vectors) overflows L1 reads it from L2
                 # every step; at ~32 bytes per cycle that bounds wide-NR tiles on long reductions
                 # (MobileNet-V2 160->960 at 7x7, AVX-512: MR=3 x NR=7 62 GF/s, 16 x 1 77)
@@ -93,8 +96,17 @@ def schedules(*, cout: int, Ho: int, Wo: int, cin: int | None = None, k: int = 1
         c = cvec.cost(cout=cout, Ho=Ho, Wo=Wo, np_=np_, vl=vl, red=red, k=k)
         cands.append((c, -np_ * cvec.CB // vl, {"np": np_}))
     cands.sort(key=lambda c: c[:2])
-    best = [c[2] for c in cands if "mr" in c[2]][:6] + [c[2] for c in cands if "np" in c[2]][:2]
-    return sorted(best, key=lambda d: [c[2] for c in cands].index(d))
+    ranked = [c[2] for c in cands]
+
+    def family(d: dict) -> str:
+        return "np" if "np" in d else "compact" if d.get("compact") else "rows"
+
+    # the default first, then the best of every other family (so a tuner measuring the first few
+    # always compares row, compact and channel-vector tiles), then the rest by rank
+    leaders = [ranked[0]] + [next(d for d in ranked if family(d) == f) for f in ("rows", "compact", "np")
+                             if f != family(ranked[0]) and any(family(d) == f for d in ranked)]
+    best = [d for d in ranked if "mr" in d][:6] + [d for d in ranked if "np" in d][:2]
+    return leaders + [d for d in best if d not in leaders]
 
 
 def _check_schedule(schedule: dict, where: str) -> tuple[int, int, int, str | None]:
@@ -105,13 +117,13 @@ def _check_schedule(schedule: dict, where: str) -> tuple[int, int, int, str | No
     try:
         if "np" in schedule:
             np_ = int(schedule["np"])
-            if not 1 <= np_ <= 32:
+            if not 1 <= np_ <= 32 or schedule.get("compact"):
                 raise ValueError
             return 0, 0, np_, order
         mr, nr = int(schedule["mr"]), int(schedule["nr"])
     except (KeyError, TypeError, ValueError):
         raise InputError(f"{where}: schedule must be a dict with integer 'mr' and 'nr' (or "
-                         f"'np' in 1..32), got {schedule!r}") from None
+                         f"'np' in 1..32, without 'compact'), got {schedule!r}") from None
     if not (1 <= mr <= 32 and 1 <= nr <= 16):
         raise InputError(f"{where}: schedule mr={mr}, nr={nr} out of range (1..32, 1..16)")
     return mr, nr, 0, order
