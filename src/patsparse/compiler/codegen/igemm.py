@@ -138,14 +138,14 @@ def gen_igemm(name: str, *, cin: int, cout: int, k: int, stride: int, padding: i
     if schedule is None:
         schedule = schedules(cout=cout, Ho=Ho, Wo=Wo, cin=cin, k=K, compact=K == 1 and P == 0)[0]
     mr, nr, np_, order = _check_schedule(schedule, where)
-    compact = bool(schedule.get("compact")) and not np_
+    compact = bool(schedule.get("compact"))  # never with np (_check_schedule)
     if compact and (K != 1 or P != 0):
         raise InputError(f"{where}: schedule compact needs a 1x1 conv without padding "
                          f"(got {K}x{K}, padding {P})")
     kk = K * K
+    acc = None if compact else input_access(name, channels=cin, k=K, stride=s, padding=P,
+                                            in_layout=in_layout, Ho=Ho, Wo=Wo, allow_strided=False)
     if np_:
-        acc = input_access(name, channels=cin, k=K, stride=s, padding=P, in_layout=in_layout,
-                           Ho=Ho, Wo=Wo, allow_strided=False)
         return cvec.gen_cvec(name, cin=cin, cout=cout, k=K, acc=acc, out_layout=out_layout,
                              act=act, has_residual=has_residual, np_=np_, order=order)
     cout_pad = round_up(cout, mr)
@@ -154,8 +154,6 @@ def gen_igemm(name: str, *, cin: int, cout: int, k: int, stride: int, padding: i
         src, cs, tap_off, scratch, prep = "scr", cacc.cs, (0,), cacc.scratch, cacc.prep
         reads = "compact-plane prep"
     else:
-        acc = input_access(name, channels=cin, k=K, stride=s, padding=P, in_layout=in_layout,
-                           Ho=Ho, Wo=Wo, allow_strided=False)
         src, cs, tap_off, scratch, prep = acc.src, acc.cs, acc.tap_off, acc.scratch, acc.prep
         reads = "direct input" if acc.direct else "phase-plane prep"
 
