@@ -18,10 +18,13 @@ The prep touches each input element about once, against Cout*K*K/s^2 FMAs per el
 Weights are packed per MR-row tile as [tile][ci][kh][kw][MR] (rows past Cout are zero), so the
 broadcasts of one reduction step are adjacent and the weight stream is sequential.
 
-Two more knobs: the loop order over (pixel tile, channel tile) work units decides which operand
-is re-streamed (common.loop_order), and small planes, where row vectors leave lanes idle, may
-use the channel-vectorised kernel instead (cvec.py, schedule ``{"np": N}``). ``schedules``
-ranks all candidates with one cost model; the auto-tuner measures the top ones.
+Three more knobs: the loop order over (pixel tile, channel tile) work units decides which
+operand is re-streamed (common.loop_order); small planes, where row vectors leave lanes idle,
+may use the channel-vectorised kernel instead (cvec.py, schedule ``{"np": N}``); and a 1x1 conv
+without padding may slot the flattened plane instead of rows (``{"compact": 1}``: a prep packs
+each channel's pixels densely, access.compact_access, and each output vector is stored
+lane-masked, one store per output row it touches). ``schedules`` ranks all candidates with one
+cost model; the auto-tuner measures the top ones.
 """
 
 from __future__ import annotations
