@@ -49,23 +49,24 @@ def arch_flags() -> tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=None)
+def _predefined_macros() -> str:
+    """The compiler's predefined macros under ``arch_flags`` (one compiler run per process)."""
+    return subprocess.run([find_compiler(), *arch_flags(), "-dM", "-E", "-x", "c", "-"], input="",
+                          capture_output=True, text=True).stdout
+
+
+@functools.lru_cache(maxsize=None)
 def toolchain_fingerprint() -> str:
     """Compiler version plus the ISA macros ``arch_flags`` turn on: part of every cache key."""
-    cc = find_compiler()
-    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
-    macros = subprocess.run([cc, *arch_flags(), "-dM", "-E", "-x", "c", "-"], input="",
-                            capture_output=True, text=True).stdout
-    isa = sorted(line for line in macros.splitlines()
+    version = subprocess.run([find_compiler(), "--version"], capture_output=True, text=True).stdout
+    isa = sorted(line for line in _predefined_macros().splitlines()
                  if any(k in line for k in ("__AVX", "__FMA", "__SSE", "__ARM_NEON", "__aarch64__")))
     return hashlib.sha256((version + "\n".join(isa)).encode()).hexdigest()[:16]
 
 
 def isa_macros() -> set[str]:
     """The vector-ISA macros defined for generated code (e.g. {'__AVX2__', '__AVX512F__'})."""
-    cc = find_compiler()
-    out = subprocess.run([cc, *arch_flags(), "-dM", "-E", "-x", "c", "-"], input="",
-                         capture_output=True, text=True).stdout
-    return {line.split()[1] for line in out.splitlines() if line.startswith("#define __AVX")}
+    return {line.split()[1] for line in _predefined_macros().splitlines() if line.startswith("#define __AVX")}
 
 
 def compile_c(source: str, *, name: str = "model", extra_flags: tuple[str, ...] = (),

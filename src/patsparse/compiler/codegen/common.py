@@ -142,12 +142,12 @@ def check_positive(where: str, **values: int) -> None:
             raise InputError(f"{where}: {key} must be a positive integer, got {v!r}")
 
 
-@functools.lru_cache(maxsize=None)
 def vector_registers(vl: int) -> int:
     """Vector registers of the ISA that has ``vl``-float vectors (32 with AVX-512, else 16)."""
     return 32 if vl == 16 else 16
 
 
+@functools.lru_cache(maxsize=None)
 def host_vl() -> int:
     """Floats per vector on the build host: schedule heuristics use it, code never depends on it."""
     macros = isa_macros()

@@ -23,14 +23,6 @@ from .base import GeneratedKernel, act_scalar_c
 from .common import (HELPERS, MAX_VL, check_act, check_layout_types, check_layouts, check_name,
                      check_positive, check_weight, conv_out_size)
 from .igemm import gen_igemm
-from .igemm import schedules as _igemm_schedules
-
-
-def schedules_conv1x1(*, cout: int, out_layout: Layout, cin: int | None = None,
-                       padding: int = 0) -> list[dict]:
-    """Candidate schedules for a 1x1 conv writing ``out_layout`` (see igemm.schedules)."""
-    return _igemm_schedules(cout=cout, Ho=out_layout.H, Wo=out_layout.W, cin=cin, k=1,
-                            compact=padding == 0)
 
 
 def gen_conv1x1(name: str, *, cin: int, cout: int, stride: int = 1, padding: int = 0,

@@ -106,8 +106,10 @@ def schedules(*, cout: int, Ho: int, Wo: int, cin: int | None = None, k: int = 1
 
     # the default first, then the best of every other family (so a tuner measuring the first few
     # always compares row, compact and channel-vector tiles), then the rest by rank
-    leaders = [ranked[0]] + [next(d for d in ranked if family(d) == f) for f in ("rows", "compact", "np")
-                             if f != family(ranked[0]) and any(family(d) == f for d in ranked)]
+    leaders: list[dict] = []
+    for d in ranked:
+        if family(d) not in {family(e) for e in leaders}:
+            leaders.append(d)
     best = [d for d in ranked if "mr" in d][:6] + [d for d in ranked if "np" in d][:2]
     return leaders + [d for d in best if d not in leaders]
 
