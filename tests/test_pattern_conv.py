@@ -12,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 from patsparse.compiler.build import compile_c
 from patsparse.compiler.codegen.base import PRELUDE, SLACK
 from patsparse.compiler.codegen.ctest import vl_flags
-from patsparse.compiler.codegen.pattern_conv import (SUPPORT, candidate_schedules, cm_fits, default_schedule, flat_fits,
+from patsparse.compiler.codegen.pattern_conv import (SUPPORT, candidate_schedules, cm_fits, ct_rows, default_schedule, flat_fits,
                                                      gen_pattern_conv, host_vl, tap_pack)
 from patsparse.compiler.layout import Layout
 from patsparse.compiler.reorder import FULL_MASK, analyse, reorder
@@ -371,3 +371,25 @@ def test_tuning_space_is_sane():
     assert default_schedule(Layout(256, 14, 14), Layout(256, 14, 14), 16)["layout"] == "rows"
     assert default_schedule(Layout(64, 32, 32), Layout(64, 32, 32), 8)["layout"] == "rows"
     assert default_schedule(Layout(64, 56, 56), Layout(128, 28, 28), 8) == {"layout": "ct", "vecs": 2, "rows": 1}
+
+
+@pytest.mark.parametrize("threads", [2, 3, 4])
+@pytest.mark.parametrize("size", [7, 14, 16, 28, 56])
+def test_channel_tiles_balance_the_team(threads, size):
+    """With the team size known, ct rows are chosen so the static split of tiles is even: never
+    a worse busiest thread than the register-bound row count (ResNet-18's 14-row layer: 6-row
+    tiles gave one of two threads 12 rows, 4-row tiles give 8)."""
+    out, vl = Layout(256, size, size), 16
+    nv = -(-size // vl)
+
+    def busiest(rows: int) -> int:  # rows (+1 per tile) of the busiest thread, omp static split
+        costs = [min(rows, size - h) + 1 for h in range(0, size, rows) for _ in range(-(-nv // 2))]
+        q, rem = divmod(len(costs), threads)
+        cut = [t * q + min(t, rem) for t in range(threads + 1)]
+        return max(sum(costs[cut[t]:cut[t + 1]]) for t in range(threads))
+
+    plain, balanced = ct_rows(out, vl, 2), ct_rows(out, vl, 2, threads=threads)
+    assert 1 <= balanced <= plain and busiest(balanced) <= busiest(plain)
+    assert ct_rows(out, vl, 2, limit=2, threads=threads) <= 2
+    if size == 14:
+        assert default_schedule(Layout(128, 28, 28), out, vl, threads=2) == {"layout": "ct", "vecs": 1, "rows": 4}

@@ -55,7 +55,7 @@ def build_from_graph(g: Graph, *, threads: int | None = None, schedules: dict | 
     ``extra_flags`` go to the C compiler (tests build with -fsanitize=address this way).
     """
     threads = int(threads or default_threads())
-    plan = plan_graph(g)
+    plan = plan_graph(g, threads=threads)
     gj, gt = g.to_json()  # before kernels are generated: the IR as captured and fused
     if tune:
         from .tune import tune_plan

@@ -25,10 +25,10 @@ from .runtime import aligned_empty
 MAX_CANDIDATES = 6
 
 
-def candidates(step: Step, vl: int) -> list[dict]:
+def candidates(step: Step, vl: int, threads: int | None = None) -> list[dict]:
     """Schedules worth measuring for ``step`` (empty: nothing to tune)."""
     if step.kind == "pattern_conv":
-        cands = candidate_schedules(step.in_layout, step.out_layout, vl)
+        cands = candidate_schedules(step.in_layout, step.out_layout, vl, threads)
         rows = [c for c in cands if c["layout"] == "rows"]
         flat = [c for c in cands if c["layout"] != "rows"]
         # keep the larger row tiles (register reuse) in both loop orders, and every tiny-plane variant
@@ -51,10 +51,10 @@ def tune_plan(plan: Plan, *, threads: int, cache_dir: str | Path | None = None,
     """Measure candidates for every tunable step of ``plan``; returns {C name: best schedule}."""
     jobs = []  # (step, schedule, kernel)
     for s in plan.steps:
-        cands = candidates(s, plan.vl)
+        cands = candidates(s, plan.vl, plan.threads)
         if len(cands) > 1:
             for j, c in enumerate(cands):
-                k = _generate(_renamed(s, f"{s.cname}_c{j}"), c, plan.vl)
+                k = _generate(_renamed(s, f"{s.cname}_c{j}"), c, plan.vl, plan.threads)
                 jobs.append((s, c, k))
     if not jobs:
         return {}

@@ -66,6 +66,7 @@ class Plan:
     ws_floats: int
     blob_floats: int = 0
     vl: int = 8
+    threads: int | None = None  # the team size the model will run with (balances default schedules)
     schedules: dict[str, dict] = field(default_factory=dict)
 
 
@@ -98,7 +99,7 @@ def _required_pad(node: Node) -> int:
     return int(node.attrs.get("padding", 0)) if node.op in ("conv", "maxpool", "avgpool") else 0
 
 
-def plan_graph(g: Graph, *, vl: int | None = None) -> Plan:
+def plan_graph(g: Graph, *, vl: int | None = None, threads: int | None = None) -> Plan:
     """Kernel choice, layouts and workspace offsets for a fused graph (see module docstring)."""
     vl = vl or host_vl()
     kinds = {n.name: kernel_kind(n) for n in g.nodes}  # all errors before any code exists
@@ -119,7 +120,7 @@ def plan_graph(g: Graph, *, vl: int | None = None) -> Plan:
                   sparsity=kinds[n.name][1], input_nonneg=acts.get(n.inputs[0]) in ("relu", "relu6"))
              for i, n in enumerate(g.nodes)]
     offsets, ws = _assign_buffers(g, layouts)
-    return Plan(g, steps, layouts, offsets, ws, vl=vl)
+    return Plan(g, steps, layouts, offsets, ws, vl=vl, threads=threads)
 
 
 def _assign_buffers(g: Graph, layouts: dict[str, Layout]) -> tuple[dict[str, int], int]:
@@ -150,13 +151,13 @@ def _assign_buffers(g: Graph, layouts: dict[str, Layout]) -> tuple[dict[str, int
     return offsets, top
 
 
-def _generate(step: Step, schedule: dict | None, vl: int) -> GeneratedKernel:
+def _generate(step: Step, schedule: dict | None, vl: int, threads: int | None = None) -> GeneratedKernel:
     n, a = step.node, step.node.attrs
     common = dict(in_layout=step.in_layout, out_layout=step.out_layout, act=n.act,
                   has_residual=n.residual is not None, schedule=schedule)
     if step.kind == "pattern_conv":
         return gen_pattern_conv(step.cname, n.params["weight"], stride=a["stride"], padding=a["padding"],
-                                vl=vl, where=n.name, sparsity=step.sparsity, **common)
+                                vl=vl, where=n.name, sparsity=step.sparsity, threads=threads, **common)
     F = n.params["weight"].shape[0] if "weight" in n.params else step.out_layout.C
     gen = _dense_generator(step.kind, n.name)
     if step.kind == "conv2d":
@@ -198,7 +199,7 @@ def generate_kernels(plan: Plan, schedules: dict[str, dict] | None = None) -> No
     """Generate every step's kernel (``schedules`` by C name overrides the defaults)."""
     schedules = schedules or {}
     for s in plan.steps:
-        s.kernel = _generate(s, schedules.get(s.cname), plan.vl)
+        s.kernel = _generate(s, schedules.get(s.cname), plan.vl, plan.threads)
         plan.schedules[s.cname] = dict(s.kernel.schedule)
 
 

@@ -98,12 +98,31 @@ CT_PARTIALS_L1 = 32 << 10  # bytes of a thread's partial tiles that stay in L1 (
 CT_MAX_FILTERS = 128       # above it a stride-1 ct tile lost to rows (256->256 @14x14, 8x)
 
 
-def ct_rows(out: Layout, vl: int, vecs: int) -> int:
+def ct_rows(out: Layout, vl: int, vecs: int, limit: int | None = None, threads: int | None = None) -> int:
     """Output rows per channel tile: a mask run's input vectors (4 taps x rows x vecs) in about
-    3/4 of the register file. More rows per tile spread each kernel's fixed costs (its index,
-    weight broadcasts, loop) over more FMAs: stride-2 64->128 @56x56 and 128->256 @28x28 at 8x
-    ran 1.2-1.4x faster with 2-4 rows than with 1 (AVX-512, in-process A/B)."""
-    return max(1, min(out.H, (vector_registers(vl) * 3 // 4) // (4 * vecs)))
+    3/4 of the register file (and at most ``limit``). More rows per tile spread each kernel's
+    fixed costs (its index, weight broadcasts, loop) over more FMAs: stride-2 64->128 @56x56
+    and 128->256 @28x28 at 8x ran 1.2-1.4x faster with 2-4 rows than with 1 (AVX-512,
+    in-process A/B).
+
+    With ``threads`` known, the row count up to that bound whose tiles split best over the team
+    wins (tiles go to threads in contiguous blocks, ``omp for schedule(static)``; a tile costs
+    its rows plus about one row of fixed work). Why: ResNet-18's 128->256 @28/2 has 14 output
+    rows; 6-row tiles make 3 tiles (6, 6, 2) and one of two threads got 12 rows (258 against
+    97 us); 4-row tiles split 8/6 (the layer 324-370 -> 259-270 us in the model)."""
+    top = max(1, min(out.H, (vector_registers(vl) * 3 // 4) // (4 * vecs), limit or out.H))
+    if not threads or threads < 2:
+        return top
+    nv = -(-out.W // vl)
+    ncols = -(-nv // vecs)
+
+    def makespan(r: int) -> int:
+        costs = [min(r, out.H - h) + 1 for h in range(0, out.H, r) for _ in range(ncols)]
+        q, rem = divmod(len(costs), threads)
+        bounds = [t * q + min(t, rem) for t in range(threads + 1)]
+        return max(sum(costs[bounds[t]:bounds[t + 1]]) for t in range(threads))
+
+    return min(range(top, 0, -1), key=makespan)  # ties: the most rows
 
 
 def cm_fits(out: Layout, vl: int) -> bool:
@@ -130,8 +149,8 @@ def tap_pack(out: Layout, vl: int) -> int:
     return g if g in (2, 4) else 1
 
 
-def default_schedule(inp: Layout, out: Layout, vl: int) -> dict:
-    """A good untuned schedule.
+def default_schedule(inp: Layout, out: Layout, vl: int, threads: int | None = None) -> dict:
+    """A good untuned schedule (``threads``: the team size, when known, balances channel tiles).
 
     Row layout: all vectors of a row when they fit, then as many rows as fit in registers.
     Small planes whose rows fill under 3/4 of a vector (4x4 and 2x2 with 8-float vectors; 7x7
@@ -151,10 +170,10 @@ def default_schedule(inp: Layout, out: Layout, vl: int) -> dict:
         return {"layout": "cm", "pack": tap_pack(out, vl)}
     vecs = min(CT_VECS, nv)
     if inp.H > out.H:  # stride 2
-        return {"layout": "ct", "vecs": vecs, "rows": ct_rows(out, vl, vecs)}
-    rows = min(ct_rows(out, vl, vecs), CT_PARTIALS_L1 // (out.C * vecs * vl * 4))
-    if rows >= 2 and out.C <= CT_MAX_FILTERS:
-        return {"layout": "ct", "vecs": vecs, "rows": rows}
+        return {"layout": "ct", "vecs": vecs, "rows": ct_rows(out, vl, vecs, threads=threads)}
+    l1_rows = CT_PARTIALS_L1 // (out.C * vecs * vl * 4)
+    if min(ct_rows(out, vl, vecs), l1_rows) >= 2 and out.C <= CT_MAX_FILTERS:
+        return {"layout": "ct", "vecs": vecs, "rows": ct_rows(out, vl, vecs, l1_rows, threads)}
     vecs = min(nv, 4)
     rows = max(1, min(out.H, max_acc(vl) // vecs))
     return {"layout": "rows", "rows": rows, "vecs": vecs, "order": "tf", "prefetch": 1}
@@ -181,9 +200,10 @@ def channel_blocking(sp: LayerSparsity, inp: Layout, sched: dict) -> dict:
     return {"cblk": 0}
 
 
-def candidate_schedules(inp: Layout, out: Layout, vl: int) -> list[dict]:
-    """The tuning space: row tiles of 4..max_acc accumulators in both loop orders, and where the
-    plane is tiny the channel-major layout and the flat one with a few unroll factors."""
+def candidate_schedules(inp: Layout, out: Layout, vl: int, threads: int | None = None) -> list[dict]:
+    """The tuning space: row tiles of 4..max_acc accumulators in both loop orders, channel tiles
+    (1 row, the most that fit, the best balanced over ``threads``), and where the plane is tiny
+    the channel-major layout and the flat one with a few unroll factors."""
     nv = -(-out.W // vl)
     top = max_acc(vl)
     seen, cands = set(), []
@@ -199,7 +219,7 @@ def candidate_schedules(inp: Layout, out: Layout, vl: int) -> list[dict]:
                     cands.append({"layout": "rows", "rows": rows, "vecs": vecs, "order": order,
                                   "prefetch": 1})
     cands += [{"layout": "ct", "vecs": v, "rows": r} for v in range(1, min(nv, CT_VECS) + 1)
-              for r in sorted({1, ct_rows(out, vl, v)})]
+              for r in sorted({1, ct_rows(out, vl, v), ct_rows(out, vl, v, threads=threads)})]
     if cm_fits(out, vl):
         cands += [{"layout": "cm", "pack": g} for g in sorted({1, tap_pack(out, vl)})]
     if flat_fits(inp, out, vl):
@@ -213,19 +233,21 @@ def candidate_schedules(inp: Layout, out: Layout, vl: int) -> list[dict]:
 def gen_pattern_conv(name: str, weight: np.ndarray, *, stride: int, padding: int, in_layout: Layout,
                      out_layout: Layout, act: str = "none", has_residual: bool = False,
                      schedule: dict | None = None, vl: int | None = None,
-                     sparsity: LayerSparsity | None = None, where: str | None = None) -> GeneratedKernel:
+                     sparsity: LayerSparsity | None = None, where: str | None = None,
+                     threads: int | None = None) -> GeneratedKernel:
     """Generate the pattern-specialised kernel ``name`` for a (F, C, 3, 3) ``weight``.
 
     The code depends on which masks the weights use (read from the weights, or ``sparsity``);
     ``pack`` of the result turns a weight with that sparsity into the compact FKW array the
-    kernel reads. ``where`` names the layer in errors (defaults to ``name``).
+    kernel reads. ``where`` names the layer in errors (defaults to ``name``). ``threads``: the
+    team that will run it, if known (the default schedule balances its work over them).
     """
     where = where or name
     weight = np.asarray(weight, dtype=np.float32)
     shape = ConvShape.check(weight.shape, stride, padding, in_layout, out_layout, where)
     vl = vl or host_vl()
     sp = sparsity or analyse(weight, where)
-    sched = _resolve_schedule(schedule, in_layout, out_layout, vl, where, sp)
+    sched = _resolve_schedule(schedule, in_layout, out_layout, vl, where, sp, threads)
     if sched["layout"] == "flat" and sched["pack"] > 1 and \
             _FlatEmitter.scratch_floats(sp, in_layout.C, out_layout, sched["pack"]) * 4 > FLAT_MAX_SCRATCH:
         sched["pack"] = 1  # too many masks: the packed copies would not stay in L2
@@ -250,11 +272,11 @@ def gen_pattern_conv(name: str, weight: np.ndarray, *, stride: int, padding: int
 
 
 def _resolve_schedule(schedule: dict | None, inp: Layout, out: Layout, vl: int, where: str,
-                      sp: LayerSparsity) -> dict:
+                      sp: LayerSparsity, threads: int | None = None) -> dict:
     """The default schedule for this layer, overridden by ``schedule``; checked."""
     given = {k: v for k, v in (schedule or {}).items() if v is not None and k != "vl"}
     layout = given.get("layout") or ("rows" if {"rows", "vecs", "order"} & given.keys() else None)
-    base = default_schedule(inp, out, vl)
+    base = default_schedule(inp, out, vl, threads)
     if layout and layout != base["layout"]:  # the other layout's defaults; rows/vecs filled below
         base = {"rows": {"layout": "rows", "order": "tf", "prefetch": 1},
                 "cm": {"layout": "cm", "pack": tap_pack(out, vl)},
@@ -266,7 +288,8 @@ def _resolve_schedule(schedule: dict | None, inp: Layout, out: Layout, vl: int, 
     if sched["layout"] == "ct":
         nv = -(-out.W // vl)
         vecs = max(1, min(int(sched.get("vecs") or CT_VECS), nv))
-        return {"layout": "ct", "vecs": vecs, "rows": max(1, min(int(sched.get("rows") or ct_rows(out, vl, vecs)), out.H))}
+        rows = sched.get("rows") or ct_rows(out, vl, vecs, threads=threads)
+        return {"layout": "ct", "vecs": vecs, "rows": max(1, min(int(rows), out.H))}
     if sched["layout"] in ("flat", "cm"):
         if not cm_fits(out, vl):
             raise InputError(f"{where}: the {sched['layout']} layout needs an output plane of at most "
