@@ -368,7 +368,12 @@ def test_tuning_space_is_sane():
     # stride 1: channel tiles while two rows of every filter's partial sums fit in L1
     assert default_schedule(Layout(64, 32, 32), Layout(64, 32, 32), 16) == {"layout": "ct", "vecs": 2, "rows": 3}
     assert default_schedule(Layout(128, 28, 28), Layout(128, 28, 28), 16) == {"layout": "ct", "vecs": 2, "rows": 2}
-    assert default_schedule(Layout(256, 14, 14), Layout(256, 14, 14), 16)["layout"] == "rows"
+    # more filters: one-vector rows still run channel tiles, as tall as the registers allow
+    assert default_schedule(Layout(256, 14, 14), Layout(256, 14, 14), 16) == {"layout": "ct", "vecs": 1, "rows": 8}
+    assert default_schedule(Layout(256, 28, 28), Layout(256, 28, 28), 16)["layout"] == "rows"
+    # register bound: (3 rows + 2) distinct input vectors per column, 32 registers; AVX2 as before
+    assert [ct_rows(Layout(8, 64, 14), 16, v) for v in (1, 2)] == [8, 3]
+    assert [ct_rows(Layout(8, 64, 14), 8, v) for v in (1, 2)] == [3, 1]
     assert default_schedule(Layout(64, 32, 32), Layout(64, 32, 32), 8)["layout"] == "rows"
     assert default_schedule(Layout(64, 56, 56), Layout(128, 28, 28), 8) == {"layout": "ct", "vecs": 2, "rows": 1}
 
@@ -378,7 +383,7 @@ def test_tuning_space_is_sane():
 def test_channel_tiles_balance_the_team(threads, size):
     """With the team size known, ct rows are chosen so the static split of tiles is even: never
     a worse busiest thread than the register-bound row count (ResNet-18's 14-row layer: 6-row
-    tiles gave one of two threads 12 rows, 4-row tiles give 8)."""
+    tiles gave one of two threads 12 rows, 7-row tiles give 7)."""
     out, vl = Layout(256, size, size), 16
     nv = -(-size // vl)
 
@@ -392,4 +397,4 @@ def test_channel_tiles_balance_the_team(threads, size):
     assert 1 <= balanced <= plain and busiest(balanced) <= busiest(plain)
     assert ct_rows(out, vl, 2, limit=2, threads=threads) <= 2
     if size == 14:
-        assert default_schedule(Layout(128, 28, 28), out, vl, threads=2) == {"layout": "ct", "vecs": 1, "rows": 4}
+        assert default_schedule(Layout(128, 28, 28), out, vl, threads=2) == {"layout": "ct", "vecs": 1, "rows": 7}

@@ -95,22 +95,30 @@ UNROLL_COPY_MAX = 512     # floats per channel up to which the flat layout's cop
 
 
 CT_PARTIALS_L1 = 32 << 10  # bytes of a thread's partial tiles that stay in L1 (stride-1 choice)
-CT_MAX_FILTERS = 128       # above it a stride-1 ct tile lost to rows (256->256 @14x14, 8x)
+CT_MAX_FILTERS = 128       # above it stride-1 rows of several vectors stay on the row layout
 
 
 def ct_rows(out: Layout, vl: int, vecs: int, limit: int | None = None, threads: int | None = None) -> int:
-    """Output rows per channel tile: a mask run's input vectors (4 taps x rows x vecs) in about
-    3/4 of the register file (and at most ``limit``). More rows per tile spread each kernel's
-    fixed costs (its index, weight broadcasts, loop) over more FMAs: stride-2 64->128 @56x56
-    and 128->256 @28x28 at 8x ran 1.2-1.4x faster with 2-4 rows than with 1 (AVX-512,
-    in-process A/B).
+    """Output rows per channel tile (at most ``limit``): as many as keep a mask run's input
+    vectors in registers. More rows per tile spread each kernel's fixed costs (its index,
+    weight broadcasts, loop) over more FMAs: stride-2 64->128 @56x56 and 128->256 @28x28 at 8x
+    ran 1.2-1.4x faster with 2-4 rows than with 1 (AVX-512, in-process A/B).
+
+    The register bound: a 4-tap mask reads at most 3 * rows + 2 distinct input vectors per
+    tile column (taps in one column shift share rows), plus 4 weight broadcasts and a temporary
+    per column. The first bound assumed 4 * rows (no sharing) in 3/4 of the registers; it is
+    kept where it allowed more (16-register AVX2), so only one-vector tiles with 32 registers
+    changed, from 6 to 8 rows: ResNet-18's 14-row layers run two tiles of 7 rows.
 
     With ``threads`` known, the row count up to that bound whose tiles split best over the team
     wins (tiles go to threads in contiguous blocks, ``omp for schedule(static)``; a tile costs
     its rows plus about one row of fixed work). Why: ResNet-18's 128->256 @28/2 has 14 output
     rows; 6-row tiles make 3 tiles (6, 6, 2) and one of two threads got 12 rows (258 against
-    97 us); 4-row tiles split 8/6 (the layer 324-370 -> 259-270 us in the model)."""
-    top = max(1, min(out.H, (vector_registers(vl) * 3 // 4) // (4 * vecs), limit or out.H))
+    97 us in the model); 7-row tiles split 7/7 (alone, 2 threads: 228 us against 263 with 4
+    rows and 309 with 6)."""
+    regs = vector_registers(vl)
+    shared = ((regs - 5 - vecs) // vecs - 2) // 3  # (3R + 2) * vecs + vecs + 5 <= registers
+    top = max(1, min(out.H, max((regs * 3 // 4) // (4 * vecs), shared), limit or out.H))
     if not threads or threads < 2:
         return top
     nv = -(-out.W // vl)
@@ -162,8 +170,10 @@ def default_schedule(inp: Layout, out: Layout, vl: int, threads: int | None = No
     partial sums for every filter fit in L1 (up to 128 filters with AVX-512): the row layout
     reloads each kernel's input rows from L2, a channel tile loads a mask run's input once for
     all its kernels. In-process A/B, AVX-512, default -> ct: 64->64 @32x32 8x 87 -> 70 us,
-    128->128 @28x28 290 -> 236, @16x16 90 -> 67, at 2.25x 1.4-1.6x; 256->256 @14x14 8x (one row
-    of 256 partial planes) 248 -> 271, so it stays on rows.
+    128->128 @28x28 290 -> 236, @16x16 90 -> 67, at 2.25x 1.4-1.6x. With more filters, rows of
+    one vector still run channel tiles, as tall as the registers allow: 256->256 @14x14 8x lost
+    with 2-row tiles (248 -> 271 us) but wins with 7 rows (307 -> 289 alone; ResNet-18 ImageNet
+    8x whole model 1.025-1.043x in four warm-block rounds, with its stride-2 layer at 7 rows too).
     """
     nv = -(-out.W // vl)
     if out.W / (nv * vl) < 0.75 and cm_fits(out, vl):
@@ -171,6 +181,8 @@ def default_schedule(inp: Layout, out: Layout, vl: int, threads: int | None = No
     vecs = min(CT_VECS, nv)
     if inp.H > out.H:  # stride 2
         return {"layout": "ct", "vecs": vecs, "rows": ct_rows(out, vl, vecs, threads=threads)}
+    if nv == 1 and out.C > CT_MAX_FILTERS:  # one-vector rows: tall tiles beat rows anyway
+        return {"layout": "ct", "vecs": 1, "rows": ct_rows(out, vl, 1, threads=threads)}
     l1_rows = CT_PARTIALS_L1 // (out.C * vecs * vl * 4)
     if min(ct_rows(out, vl, vecs), l1_rows) >= 2 and out.C <= CT_MAX_FILTERS:
         return {"layout": "ct", "vecs": vecs, "rows": ct_rows(out, vl, vecs, l1_rows, threads)}
