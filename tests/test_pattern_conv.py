@@ -364,10 +364,11 @@ def test_tuning_space_is_sane():
     tiny = candidate_schedules(Layout(512, 4, 4), Layout(512, 4, 4), vl)
     assert {c["layout"] for c in tiny} == {"rows", "flat", "cm", "ct"}
     assert default_schedule(Layout(512, 4, 4), Layout(512, 4, 4), vl)["layout"] == "cm"
-    assert default_schedule(Layout(64, 56, 56), Layout(128, 28, 28), 16) == {"layout": "ct", "vecs": 2, "rows": 3}
-    # stride 1: channel tiles while two rows of every filter's partial sums fit in L1
-    assert default_schedule(Layout(64, 32, 32), Layout(64, 32, 32), 16) == {"layout": "ct", "vecs": 2, "rows": 3}
-    assert default_schedule(Layout(128, 28, 28), Layout(128, 28, 28), 16) == {"layout": "ct", "vecs": 2, "rows": 2}
+    # 32 registers: one-vector channel tiles as tall as the registers allow (balanced over a team)
+    assert default_schedule(Layout(64, 56, 56), Layout(128, 28, 28), 16) == {"layout": "ct", "vecs": 1, "rows": 8}
+    assert default_schedule(Layout(64, 56, 56), Layout(128, 28, 28), 16, 2) == {"layout": "ct", "vecs": 1, "rows": 7}
+    assert default_schedule(Layout(64, 32, 32), Layout(64, 32, 32), 16) == {"layout": "ct", "vecs": 1, "rows": 8}
+    assert default_schedule(Layout(128, 28, 28), Layout(128, 28, 28), 16) == {"layout": "ct", "vecs": 1, "rows": 8}
     # more filters: one-vector rows still run channel tiles, as tall as the registers allow
     assert default_schedule(Layout(256, 14, 14), Layout(256, 14, 14), 16) == {"layout": "ct", "vecs": 1, "rows": 8}
     assert default_schedule(Layout(256, 28, 28), Layout(256, 28, 28), 16)["layout"] == "rows"

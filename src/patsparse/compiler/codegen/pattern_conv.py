@@ -86,7 +86,7 @@ class ConvShape:
         return ConvShape(stride, pad, inp, out)
 
 
-CT_VECS = 2  # the channel-tile layout's tile: output rows of this many vectors (see below)
+CT_VECS = 2  # the channel-tile layout's tile width in vectors with 16 registers (see default_schedule)
 
 
 FLAT_MAX_VECS = 4          # flat layout: the whole output plane in at most this many vectors
@@ -166,26 +166,33 @@ def default_schedule(inp: Layout, out: Layout, vl: int, threads: int | None = No
     1.3-1.9x faster than the filter-major flat layout on VGG-CIFAR's 4x4 and 2x2 layers, and
     1.5x faster than 7-of-16-lane rows on 512->512 @7x7 (docs/COMPILER.md).
 
-    Stride 2 runs channel tiles (``ct``). So does stride 1 when at least 2 output rows of
-    partial sums for every filter fit in L1 (up to 128 filters with AVX-512): the row layout
-    reloads each kernel's input rows from L2, a channel tile loads a mask run's input once for
-    all its kernels. In-process A/B, AVX-512, default -> ct: 64->64 @32x32 8x 87 -> 70 us,
-    128->128 @28x28 290 -> 236, @16x16 90 -> 67, at 2.25x 1.4-1.6x. With more filters, rows of
-    one vector still run channel tiles, as tall as the registers allow: 256->256 @14x14 8x lost
-    with 2-row tiles (248 -> 271 us) but wins with 7 rows (307 -> 289 alone; ResNet-18 ImageNet
-    8x whole model 1.025-1.043x in four warm-block rounds, with its stride-2 layer at 7 rows too).
+    Stride 2 runs channel tiles (``ct``), and so does stride 1 up to 128 filters: the row
+    layout reloads each kernel's input rows from L2, a channel tile loads a mask run's input
+    once for all its kernels (in-process A/B, AVX-512, rows -> ct: 64->64 @32x32 8x 87 -> 70 us,
+    128->128 @28x28 290 -> 236, @16x16 90 -> 67, at 2.25x 1.4-1.6x).
+
+    With 32 vector registers the tiles are one vector wide and as tall as the registers allow
+    (ct_rows, balanced over the team): a kernel's index, broadcasts and loop then feed 28-32
+    FMAs instead of 24 (2 vectors x 3 rows), and the taller tiles win even where their partial
+    sums overflow L1. Alone, 2 threads, 2 x 3 -> 1 x 7 rows: 64->64 @56x56 8x 311 -> 276 us,
+    128->128 @28x28 8x 300 -> 253 (2 x 2 before), 2.25x 899 -> 761 (1 x 8); 64->64 @32x32,
+    128->128 @16x16 and the stride-2 64->128 @56 tie. One-vector rows run channel tiles with
+    more filters too: 256->256 @14x14 8x lost with 2-row tiles (248 -> 271 us) but wins with 7
+    rows (307 -> 289). With 16 registers (AVX2, not measured since) tiles stay 2 vectors wide,
+    and stride 1 runs them only while 2 rows of every filter's partial sums fit in L1.
     """
     nv = -(-out.W // vl)
     if out.W / (nv * vl) < 0.75 and cm_fits(out, vl):
         return {"layout": "cm", "pack": tap_pack(out, vl)}
-    vecs = min(CT_VECS, nv)
-    if inp.H > out.H:  # stride 2
-        return {"layout": "ct", "vecs": vecs, "rows": ct_rows(out, vl, vecs, threads=threads)}
-    if nv == 1 and out.C > CT_MAX_FILTERS:  # one-vector rows: tall tiles beat rows anyway
-        return {"layout": "ct", "vecs": 1, "rows": ct_rows(out, vl, 1, threads=threads)}
-    l1_rows = CT_PARTIALS_L1 // (out.C * vecs * vl * 4)
-    if min(ct_rows(out, vl, vecs), l1_rows) >= 2 and out.C <= CT_MAX_FILTERS:
-        return {"layout": "ct", "vecs": vecs, "rows": ct_rows(out, vl, vecs, l1_rows, threads)}
+    stride2 = inp.H > out.H
+    if vector_registers(vl) >= 32:
+        if stride2 or out.C <= CT_MAX_FILTERS or nv == 1:
+            return {"layout": "ct", "vecs": 1, "rows": ct_rows(out, vl, 1, threads=threads)}
+    else:
+        vecs = min(CT_VECS, nv)
+        l1_rows = None if stride2 else CT_PARTIALS_L1 // (out.C * vecs * vl * 4)
+        if stride2 or (min(ct_rows(out, vl, vecs), l1_rows) >= 2 and out.C <= CT_MAX_FILTERS):
+            return {"layout": "ct", "vecs": vecs, "rows": ct_rows(out, vl, vecs, l1_rows, threads)}
     vecs = min(nv, 4)
     rows = max(1, min(out.H, max_acc(vl) // vecs))
     return {"layout": "rows", "rows": rows, "vecs": vecs, "order": "tf", "prefetch": 1}
