@@ -17,6 +17,8 @@ import numpy as np
 
 from patsparse.compiler.build import find_compiler
 from patsparse.compiler.codegen.base import PRELUDE, SLACK
+from patsparse.compiler.codegen.common import host_vl
+from patsparse.compiler.codegen.conv_pool import gen_conv_maxpool
 from patsparse.compiler.codegen.dense_conv import gen_conv2d
 from patsparse.compiler.codegen.depthwise import gen_depthwise
 from patsparse.compiler.codegen.gemm import gen_linear
@@ -71,6 +73,13 @@ CASES = {
     "conv1x1_compact_s2_nohalo": Case(gen_conv2d, dict(cin=5, cout=7, k=1, stride=2,
                                                        schedule={"mr": 4, "nr": 3, "compact": 1}),
                                       L(5, 13, 11, 0), L(7, 7, 6, 0), (7, 5, 1, 1)),
+    "conv_maxpool_stem": Case(gen_conv_maxpool, dict(cin=3, cout=21, k=7, stride=2, padding=3, pool_k=3,
+                                                     pool_stride=2, pool_padding=1, act="relu", vl=host_vl()),
+                              L(3, 29, 35, 0), L(21, 8, 9, 1), (21, 3, 7, 7)),
+    "conv_maxpool_s1_halo": Case(gen_conv_maxpool, dict(cin=2, cout=9, k=3, stride=1, padding=1, pool_k=2,
+                                                        pool_stride=2, pool_padding=0, act="relu6",
+                                                        vl=host_vl(), schedule={"mv": 1, "np": 5}),
+                                 L(2, 11, 19, 1), L(9, 5, 9, 0), (9, 2, 3, 3)),
     "dw_s1": Case(gen_depthwise, dict(channels=5, stride=1), L(5, 11, 35, 1), L(5, 11, 35, 1),
                   (5, 1, 3, 3), residual=True),
     "dw_s2": Case(gen_depthwise, dict(channels=5, stride=2), L(5, 11, 35, 1), L(5, 6, 18, 0),

@@ -15,7 +15,7 @@ from .ir import INPUT, Graph, Node
 KERNEL_OPS = ("conv", "linear", "maxpool", "avgpool", "gap")
 
 
-def _replace_uses(g: Graph, old: str, new: str) -> None:
+def replace_uses(g: Graph, old: str, new: str) -> None:
     for n in g.nodes:
         n.inputs = [new if i == old else i for i in n.inputs]
         if n.residual == old:
@@ -27,7 +27,7 @@ def _replace_uses(g: Graph, old: str, new: str) -> None:
 def _remove(g: Graph, node: Node) -> None:
     """Drop a single-input node, its users read its input instead."""
     g.nodes.remove(node)
-    _replace_uses(g, node.name, node.inputs[0])
+    replace_uses(g, node.name, node.inputs[0])
 
 
 def fold_bn(g: Graph) -> None:
@@ -71,7 +71,7 @@ def fuse_add(g: Graph) -> None:
                     and len(g.users(p)) == 1 and order[o] < order[p] and g.shape_of(o) == prod.shape):
                 prod.residual = o
                 g.nodes.remove(add)
-                _replace_uses(g, add.name, p)
+                replace_uses(g, add.name, p)
                 break
         else:
             raise UnsupportedError(f"add {add.name!r}: neither operand ({a!r}, {b!r}) is a conv or "

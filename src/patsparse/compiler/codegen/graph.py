@@ -30,14 +30,19 @@ import numpy as np
 from ...errors import UnsupportedError
 from ..ir import INPUT, Graph, Node, c_comment, c_ident
 from ..layout import Layout
+from ..passes import replace_uses
 from ..reorder import LayerSparsity, analyse
 from .base import PRELUDE, SLACK, GeneratedKernel
+from .common import vector_registers
+from .conv_pool import ACTS_NONNEG, MAX_MV
 from .pattern_conv import SUPPORT, gen_pattern_conv, host_vl
 
 ALIGN = 16  # floats
 
 # a 3x3 conv goes to the pattern kernel when it computes at most this share of the dense taps
 PATTERN_MAX_DENSITY = 0.6
+# a dense conv + max pool runs fused (conv_pool.py) when one channel group's weights fit in L1
+CONV_POOL_MAX_WEIGHT_BYTES = 40 << 10
 
 
 @dataclass
@@ -81,6 +86,8 @@ def kernel_kind(node: Node) -> tuple[str, LayerSparsity | None]:
     if node.op == "conv":
         w = node.params["weight"]
         F, Cg = w.shape[:2]
+        if "pool" in a:  # fused by fuse_conv_pool
+            return "conv_pool", None
         if a["groups"] == 1:
             if a["k"] == 3 and a["stride"] in (1, 2):
                 sp = analyse(w, node.name)
@@ -95,6 +102,31 @@ def kernel_kind(node: Node) -> tuple[str, LayerSparsity | None]:
     return {"linear": "linear", "maxpool": "maxpool", "avgpool": "avgpool", "gap": "gap"}[node.op], None
 
 
+def fuse_conv_pool(g: Graph, vl: int) -> None:
+    """Fold a max pool into the dense conv before it (conv_pool.py) where that kernel applies:
+    the conv ends in a ReLU/ReLU6, feeds only the pool, has no residual, and one group of its
+    output channels' weights fits in L1 (the ImageNet stem). Measured with 32 vector registers
+    only, so other ISAs keep two kernels. The conv node takes the pool's output shape and an
+    attribute ``pool`` = {k, stride, padding}; the pool node is removed."""
+    if vector_registers(vl) < 32:
+        return
+    for m in [n for n in g.nodes if n.op == "maxpool"]:
+        src = m.inputs[0]
+        prod = None if src == INPUT else g.node(src)
+        if (prod is None or prod.op != "conv" or "pool" in prod.attrs or kernel_kind(prod)[0] != "conv2d"
+                or prod.act not in ACTS_NONNEG or prod.residual is not None or len(g.users(src)) != 1
+                or m.act not in ("none", "relu") or m.residual is not None):
+            continue
+        a, cin, k = m.attrs, prod.params["weight"].shape[1], prod.attrs["k"]
+        if a["stride"] > a["k"] or 2 * a["padding"] > a["k"] or \
+                cin * k * k * MAX_MV * vl * 4 > CONV_POOL_MAX_WEIGHT_BYTES:
+            continue
+        prod.attrs["pool"] = {"k": a["k"], "stride": a["stride"], "padding": a["padding"]}
+        prod.shape = m.shape
+        g.nodes.remove(m)
+        replace_uses(g, m.name, prod.name)
+
+
 def _required_pad(node: Node) -> int:
     return int(node.attrs.get("padding", 0)) if node.op in ("conv", "maxpool", "avgpool") else 0
 
@@ -102,6 +134,7 @@ def _required_pad(node: Node) -> int:
 def plan_graph(g: Graph, *, vl: int | None = None, threads: int | None = None) -> Plan:
     """Kernel choice, layouts and workspace offsets for a fused graph (see module docstring)."""
     vl = vl or host_vl()
+    fuse_conv_pool(g, vl)
     kinds = {n.name: kernel_kind(n) for n in g.nodes}  # all errors before any code exists
     pads: dict[str, int] = {INPUT: 0, **{n.name: 0 for n in g.nodes}}
     for n in g.nodes:
@@ -163,6 +196,12 @@ def _generate(step: Step, schedule: dict | None, vl: int, threads: int | None = 
     if step.kind == "conv2d":
         return gen(step.cname, cin=step.in_layout.C, cout=F, k=a["k"], stride=a["stride"],
                    padding=a["padding"], **common)
+    if step.kind == "conv_pool":
+        pool = a["pool"]
+        return gen(step.cname, cin=step.in_layout.C, cout=F, k=a["k"], stride=a["stride"],
+                   padding=a["padding"], pool_k=pool["k"], pool_stride=pool["stride"],
+                   pool_padding=pool["padding"], in_layout=step.in_layout, out_layout=step.out_layout,
+                   act=n.act, vl=vl, schedule=schedule)
     if step.kind == "depthwise":
         return gen(step.cname, channels=F, stride=a["stride"], padding=a["padding"], **common)
     if step.kind == "linear":
@@ -178,6 +217,7 @@ def _generate(step: Step, schedule: dict | None, vl: int, threads: int | None = 
 # generator family -> (module, function) of the dense kernels (codegen/*.py)
 DENSE_GENERATORS = {
     "conv2d": ("dense_conv", "gen_conv2d"),
+    "conv_pool": ("conv_pool", "gen_conv_maxpool"),
     "depthwise": ("depthwise", "gen_depthwise"),
     "linear": ("gemm", "gen_linear"),
     "maxpool": ("pool", "gen_maxpool"),
