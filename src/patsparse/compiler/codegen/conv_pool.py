@@ -16,8 +16,10 @@ pass of its own.
 
 Threads split the pooled rows; each computes the conv rows its windows need, in order (rows a
 window shares with the previous one stay in the ring, so only a row on the boundary between
-two threads is computed twice). The input is read as phase planes (access.input_access), so
-any stride is unit-stride per output pixel. Weights are packed per group of MV channel
+two threads is computed twice). The input is read in place when its halo covers the padding
+(broadcasts load single floats, so a stride costs nothing), else through phase planes
+(access.input_access): for the stem the plane prep took 180 of 1005 us alone, and the model
+input's layout already has the halo. Weights are packed per group of MV channel
 vectors as [group][ci][tap][MV*VL] (channels past Cout zero).
 """
 
@@ -99,13 +101,15 @@ def gen_conv_maxpool(name: str, *, cin: int, cout: int, k: int, stride: int, pad
     npg = -(-Wo // np_)                   # pixel groups per conv row
     rw = round_up(Wo + 2 * PP, vl)        # ring row: PP zero columns, the conv row, zeros
     ring = nb * PK * rw * vl              # floats of one thread's ring
+    # broadcasts read single floats, so any stride reads the layout in place when its halo covers
+    # the padding (the model input's does: the plan pads it for its consumers); else phase planes
     acc = input_access(name, channels=cin, k=k, stride=stride, padding=padding, in_layout=in_layout,
-                       Ho=Ho, Wo=Wo, allow_strided=False, vl=vl)
+                       Ho=Ho, Wo=Wo, allow_strided=True, vl=vl)
     phase = 0 if acc.direct else round_up(cin * acc.cs, 16)
     O, M, J = out_layout, range(mv), range(np_)
 
     conv = [f"            const float *q = {acc.src} + (size_t)ci * {acc.cs} + {acc.origin}"
-            f" + (size_t)r * {acc.row_stride} + ow0;",
+            f" + (size_t)r * {acc.row_stride} + (size_t)ow0 * {acc.step};",
             f"            const float *wk = wg + (size_t)ci * {kk * mv * vl};"]
     # kernel rows in a loop, columns unrolled, where a tap's offset is a row part plus a column
     # part (phase planes and direct reads both are): the stand-alone test's loop shape
@@ -120,7 +124,7 @@ def gen_conv_maxpool(name: str, *, cin: int, cout: int, k: int, stride: int, pad
     for t, o in taps:
         conv.append("            {")
         conv += [f"                vf w{m} = vloada(wk + {(t * mv + m) * vl}); PS_KEEP(w{m});" for m in M]
-        conv += [f"                {{ const vf x = vbcast({base}[{o + j}]); " + " ".join(f"a{m}_{j} += w{m} * x;" for m in M)
+        conv += [f"                {{ const vf x = vbcast({base}[{o + j * acc.step}]); " + " ".join(f"a{m}_{j} += w{m} * x;" for m in M)
                  + " }" for j in J]
         conv.append("            }")
     if rowloop:
