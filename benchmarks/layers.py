@@ -231,22 +231,22 @@ def compile_times(args) -> list[str]:
 
 NOTES = [
     "### Where targets are missed, and why", "",
-    "- docs/COMPILER.md (On an AVX-512 machine, and its second and third sessions) has the measurements behind "
-    "these points. With 16-float vectors the dense engines run about 2x faster than with AVX2, the "
-    "pattern kernels gained less. The stride-1 row kernel reloads each kernel's input rows from "
-    "L2 (an L1-resident upper bound: 195 -> 108 us on 64->64 @32x32 8x, one thread); channel tiles "
-    "(up to 128 filters) and channel blocking (most kernels kept) avoid part of it, and the "
-    "layers run at 40-75 GFLOP/s of useful work against ~330 of FMA peak.",
+    "- docs/COMPILER.md (On an AVX-512 machine, and its second to fourth sessions) has the measurements "
+    "behind these points. With 16-float vectors the dense engines run about 2x faster than with AVX2, "
+    "the pattern kernels gained less. Channel tiles one vector wide and up to 8 rows tall (most "
+    "stride-1 and all stride-2 layers) run near their FMA bound alone on one thread in a quiet "
+    "moment; in the model the layers run at 55-110 GFLOP/s of useful work against ~330 of FMA peak.",
     "- VGG-16 at pattern-only 2.25x: its channel-major layers stream 4.7 MB of weights each per "
     "image (~29 MB for the model, 58 MB for the dense engines), and both run near the memory "
     "bandwidth two cores get here; the bound is near the byte ratio, and the weights stay fp32 "
     "so the numbers match PyTorch.",
-    "- ResNet-18 ImageNet: the dense 7x7 stem is 118 M of the 347 M MACs left at 8x and runs at "
-    "~200 GFLOP/s on two cores (60% of the FMA peak in docs/bench/ceiling.md; ONNX Runtime's own "
-    "stem ~240), which caps the whole-model gain (Amdahl); the stride-2 pattern convs run at "
-    "~40 GFLOP/s of useful work and the first two 1x1 stride-2 downsamples at 1.2-2x ORT's time. "
-    "About a fifth of the model's time is each layer waiting for data the previous layer left in "
-    "the other core or in L3 (every layer called twice in a row: 7.25 -> 5.82 ms summed).",
+    "- ResNet-18 ImageNet: the dense 7x7 stem is 118 M of the 347 M MACs left at 8x (Amdahl). It now "
+    "runs fused with its max pool, output channels in vectors, faster than ONNX Runtime's stem and "
+    "pool. Against ORT's node profile the pattern convs run 4.0-4.7x faster at stride 1, 2.5-4.3x at "
+    "stride 2, and the 1x1 stride-2 downsamples at about 1x ORT. About a fifth of the model's time "
+    "is each layer waiting for data the previous layer left in the other core or in L3 (every layer "
+    "called twice in a row: 7.25 -> 5.82 ms summed, third session). In quiet runs 3x is missed by a "
+    "few percent, in busy ones by more.",
     "- Channel-major tiny planes (7x7, 8x8) keep every filter's partial plane per thread (128 KB "
     "for 512 filters at 7x7): past L1, so each kernel's partial sums come from L2 (an upper bound "
     "with L1-resident partials: 1.08-1.48x per layer).",
