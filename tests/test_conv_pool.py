@@ -88,3 +88,23 @@ def test_stem_and_pool_fuse_in_the_plan():
     assert plan.steps[0].out_layout.H == 16
     plan8 = plan_graph(capture(m, torch.zeros(1, 3, 64, 64)), vl=8)
     assert [s.kind for s in plan8.steps][:2] == ["conv2d", "maxpool"]
+
+
+def test_fused_model_round_trips(tmp_path):
+    """A compiled model with a fused stem saves and loads (its stored IR carries the fusion) and
+    gives PyTorch's numbers, batch 2."""
+    import patsparse as ps
+
+    torch.manual_seed(0)
+    m = resnet18(num_classes=10, width=0.125, variant="imagenet").eval()
+    x = torch.randn(2, 3, 40, 40)
+    cm = ps.compile(m, x[:1], threads=2)
+    fused = cm.manifest["layers"][0]["kernel"] == "conv_pool"
+    cm.save(tmp_path / "m")
+    back = ps.load(tmp_path / "m")
+    assert back.manifest["layers"][0]["kernel"] == cm.manifest["layers"][0]["kernel"]
+    with torch.no_grad():
+        want = m(x)
+    for model in (cm, back):
+        check_close(model(x).numpy(), want)
+    assert fused or cm.manifest["vl"] < 16

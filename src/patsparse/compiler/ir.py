@@ -5,7 +5,8 @@ activation / residual fusion) work on one representation, and it serialises to J
 so a compiled model can be regenerated on another machine without the original Python model.
 
 Ops (attrs in brackets):
-  conv     [stride, padding, groups, k]  params weight (F, C/g, k, k), bias (F,)
+  conv     [stride, padding, groups, k]  params weight (F, C/g, k, k), bias (F,); the plan may add
+           [pool: {k, stride, padding}]   (a max pool after it, fused: graph.fuse_conv_pool)
   bn       [eps]                         params mean, var, gamma, beta (folded away by passes)
   linear   []                            params weight (out, in), bias (out,)
   maxpool / avgpool [k, stride, padding]

@@ -132,7 +132,10 @@ def _required_pad(node: Node) -> int:
 
 
 def plan_graph(g: Graph, *, vl: int | None = None, threads: int | None = None) -> Plan:
-    """Kernel choice, layouts and workspace offsets for a fused graph (see module docstring)."""
+    """Kernel choice, layouts and workspace offsets for a fused graph (see module docstring).
+
+    It first folds max pools into the convs before them where conv_pool.py applies, in ``g``
+    itself, so the IR a compiled model stores is the one it was generated from."""
     vl = vl or host_vl()
     fuse_conv_pool(g, vl)
     kinds = {n.name: kernel_kind(n) for n in g.nodes}  # all errors before any code exists
