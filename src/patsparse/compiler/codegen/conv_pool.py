@@ -112,7 +112,8 @@ def gen_conv_maxpool(name: str, *, cin: int, cout: int, k: int, stride: int, pad
             f" + (size_t)r * {acc.row_stride} + (size_t)ow0 * {acc.step};",
             f"            const float *wk = wg + (size_t)ci * {kk * mv * vl};"]
     # kernel rows in a loop, columns unrolled, where a tap's offset is a row part plus a column
-    # part (phase planes and direct reads both are): the stand-alone test's loop shape
+    # part (phase planes and direct reads both are): the stand-alone C test's loop shape, and a
+    # 7x smaller body than 49 unrolled taps (alone the two ran within noise: 1306 vs 1245 us)
     off = acc.tap_off
     rowloop = k > 1 and all(off[kh * k + kw] == off[kh * k] + off[kw] - off[0] for kh in range(k) for kw in range(k))
     if rowloop:
