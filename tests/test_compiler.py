@@ -341,3 +341,24 @@ def test_tuner_candidates_include_the_default_dense_schedule():
         default = plan.schedules[s.cname]
         assert any(all(default.get(k) == v for k, v in c.items()) for c in candidates(s, plan.vl)), \
             (s.cname, default)
+
+
+def test_generated_source_is_the_same_in_every_process():
+    """The plan must not depend on Python's per-process string hashing: the source is the build
+    cache key, so a different buffer order in a new process rebuilt a model compiled before."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import hashlib, torch\n"
+            "from patsparse.compiler.api import capture\n"
+            "from patsparse.compiler.codegen.graph import emit_model, generate_kernels, pack_blob, plan_graph\n"
+            "from patsparse.models import get\n"
+            "torch.manual_seed(0)\n"
+            "m = get('resnet18', num_classes=10, width=0.125, variant='imagenet').eval()\n"
+            "plan = plan_graph(capture(m, torch.zeros(1, 3, 32, 32)), threads=2)\n"
+            "generate_kernels(plan); pack_blob(plan)\n"
+            "print(hashlib.sha256(emit_model(plan).encode()).hexdigest())\n")
+    digests = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                              env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2", "3")}
+    assert len(digests) == 1

@@ -113,13 +113,15 @@ def fuse_conv_pool(g: Graph, vl: int) -> None:
     for m in [n for n in g.nodes if n.op == "maxpool"]:
         src = m.inputs[0]
         prod = None if src == INPUT else g.node(src)
-        if (prod is None or prod.op != "conv" or "pool" in prod.attrs or kernel_kind(prod)[0] != "conv2d"
-                or prod.act not in ACTS_NONNEG or prod.residual is not None or len(g.users(src)) != 1
+        if (prod is None or prod.op != "conv" or "pool" in prod.attrs or prod.act not in ACTS_NONNEG
+                or prod.residual is not None or len(g.users(src)) != 1
                 or m.act not in ("none", "relu") or m.residual is not None):
             continue
         a, cin, k = m.attrs, prod.params["weight"].shape[1], prod.attrs["k"]
         if a["stride"] > a["k"] or 2 * a["padding"] > a["k"] or \
                 cin * k * k * MAX_MV * vl * 4 > CONV_POOL_MAX_WEIGHT_BYTES:
+            continue
+        if kernel_kind(prod)[0] != "conv2d":  # last: for a 3x3 conv it reads the sparsity
             continue
         prod.attrs["pool"] = {"k": a["k"], "stride": a["stride"], "padding": a["padding"]}
         prod.shape = m.shape
@@ -181,7 +183,9 @@ def _assign_buffers(g: Graph, layouts: dict[str, Layout]) -> tuple[dict[str, int
     alloc(INPUT)
     for i, n in enumerate(g.nodes):
         alloc(n.name)
-        for t in set(n.inputs + ([n.residual] if n.residual else [])):
+        # dict, not set: string hashes vary between processes, and the order here decides the
+        # offsets, so a set made the source (the build cache key) differ from run to run
+        for t in dict.fromkeys(n.inputs + ([n.residual] if n.residual else [])):
             if last_use.get(t) == i:
                 free.setdefault(layouts[t], []).append(offsets[t])
     return offsets, top
