@@ -39,13 +39,17 @@ MAX_MV = 4    # channel vectors per tile (64 channels with 16-float vectors)
 MAX_ACC = 20  # accumulators per tile: 4 x 6 spilled in the stand-alone test (155 against 262 GF/s)
 
 
+def _fits(mv: int, np_: int, vl: int) -> bool:
+    """MV*NP accumulators, MV weight vectors, a broadcast and a spare in the register file."""
+    return mv * np_ + mv + 2 <= vector_registers(vl)
+
+
 def default_tile(cout: int, Wo: int, vl: int) -> dict:
-    """MV channel vectors x NP pixels: as many channel vectors as Cout fills (up to MAX_MV), then
-    the pixel count within the register budget that leaves the fewest idle pixels per conv row
-    (ties: more pixels)."""
-    regs = vector_registers(vl)
-    mv = max(1, min(MAX_MV, -(-cout // vl), (regs - 4) // 3))
-    fits = [n for n in range(1, 13) if mv * n <= MAX_ACC and mv * n + mv + 2 <= regs]
+    """MV channel vectors x NP pixels: as many channel vectors as Cout fills (up to MAX_MV, and
+    leaving room for 2 pixels), then the pixel count within the register budget that leaves the
+    fewest idle pixels per conv row (ties: more pixels)."""
+    mv = max(m for m in range(1, min(MAX_MV, -(-cout // vl)) + 1) if m == 1 or _fits(m, 2, vl))
+    fits = [n for n in range(1, 13) if mv * n <= MAX_ACC and _fits(mv, n, vl)]
     return {"mv": mv, "np": min(fits, key=lambda n: (-(-Wo // n) * n - Wo, -n))}
 
 
@@ -92,7 +96,7 @@ def gen_conv_maxpool(name: str, *, cin: int, cout: int, k: int, stride: int, pad
     check_layouts(where, in_layout, out_layout, (cin, in_layout.H, in_layout.W), (cout, Hp, Wp))
     tile = {**default_tile(cout, Wo, vl), **{a: int(b) for a, b in (schedule or {}).items() if a in ("mv", "np")}}
     mv, np_ = tile["mv"], tile["np"]
-    if not (1 <= mv and 1 <= np_ and mv * np_ + mv + 2 <= vector_registers(vl)):
+    if not (1 <= mv and 1 <= np_ and _fits(mv, np_, vl)):
         raise InputError(f"{where}: a tile of {mv} channel vectors x {np_} pixels does not fit "
                          f"{vector_registers(vl)} vector registers")
     kk, PK, PS, PP = k * k, pool_k, pool_stride, pool_padding
@@ -130,7 +134,7 @@ def gen_conv_maxpool(name: str, *, cin: int, cout: int, k: int, stride: int, pad
         conv.append("            }")
     if rowloop:
         conv.append("            }")
-    put = [f"        if ({Wo} >= {np_} || ow0 + {j} < {Wo}) {{ " + " ".join(
+    put = [("        " if Wo >= np_ else f"        if (ow0 + {j} < {Wo}) ") + "{ " + " ".join(
         f"vstore(ring + ((size_t)(g * {mv} + {m}) * {PK} + r % {PK}) * {rw * vl} + (size_t)(ow0 + {j} + {PP}) * VL, "
         f"{act_c(act, f'a{m}_{j} + bv[g * {mv} + {m}]')});" for m in M) + " }" for j in J]
     tv = [f"m{i}" for i in range(vl)]

@@ -207,16 +207,12 @@ def gen_igemm(name: str, *, cin: int, cout: int, k: int, stride: int, padding: i
             stores += [f"            {store(j, i, '')}" for i in I]
         stores.append("        }")
     stores = "\n".join(stores)
-    if compact:
-        slots = "\n".join(
-            f"        int s{j} = pt * {nr} + {j}, ok{j} = s{j} < NS; if (!ok{j}) s{j} = pt * {nr};\n"
-            f"        const float *p{j} = scr + (size_t)s{j} * VL;" for j in J)
-    else:
-        slots = "\n".join(
-            f"        int s{j} = pt * {nr} + {j}, ok{j} = s{j} < NS; if (!ok{j}) s{j} = pt * {nr};\n"
-            f"        int oh{j} = s{j} / NVW, w0{j} = s{j} % NVW * VL;\n"
-            f"        const float *p{j} = {src} + {acc.origin} + (size_t)oh{j} * {acc.row_stride} + w0{j};"
-            for j in J)
+    slots = "\n".join(
+        f"        int s{j} = pt * {nr} + {j}, ok{j} = s{j} < NS; if (!ok{j}) s{j} = pt * {nr};\n" +
+        (f"        const float *p{j} = scr + (size_t)s{j} * VL;" if compact else
+         f"        int oh{j} = s{j} / NVW, w0{j} = s{j} % NVW * VL;\n"
+         f"        const float *p{j} = {src} + {acc.origin} + (size_t)oh{j} * {acc.row_stride} + w0{j};")
+        for j in J)
     qs = " ".join(f"const float *q{j} = p{j} + (size_t)ci * {cs};" for j in J)
     ns = f"({Ho * Wo} + VL - 1) / VL" if compact else f"{Ho} * NVW"
     code = HELPERS + f"""

@@ -191,7 +191,7 @@ def default_schedule(inp: Layout, out: Layout, vl: int, threads: int | None = No
     else:
         vecs = min(CT_VECS, nv)
         l1_rows = None if stride2 else CT_PARTIALS_L1 // (out.C * vecs * vl * 4)
-        if stride2 or (min(ct_rows(out, vl, vecs), l1_rows) >= 2 and out.C <= CT_MAX_FILTERS):
+        if stride2 or (ct_rows(out, vl, vecs, l1_rows) >= 2 and out.C <= CT_MAX_FILTERS):
             return {"layout": "ct", "vecs": vecs, "rows": ct_rows(out, vl, vecs, l1_rows, threads)}
     vecs = min(nv, 4)
     rows = max(1, min(out.H, max_acc(vl) // vecs))
