@@ -39,7 +39,7 @@ import torch.nn as nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _clock import CLOCKS, get_clock  # noqa: E402
 
-from patsparse.compiler.codegen import dense_conv, depthwise, gemm, igemm, pool
+from patsparse.compiler.codegen import conv_pool, dense_conv, depthwise, gemm, igemm, pool
 from patsparse.compiler.codegen.common import host_vl
 from patsparse.compiler.codegen.ctest import KernelRunner, from_layout, layout_buffer, to_layout
 from patsparse.compiler.layout import Layout
@@ -51,7 +51,7 @@ LOAD_START = os.getloadavg()[0]
 @dataclass
 class Spec:
     label: str
-    kind: str          # conv | dw | maxpool | gap | linear
+    kind: str          # conv | convpool (+ ReLU + 3x3/2 max pool, fused) | dw | maxpool | gap | linear
     cin: int
     cout: int
     H: int
@@ -97,6 +97,7 @@ def mobilenet_v2_specs() -> list[Spec]:
 def other_specs() -> list[Spec]:
     return [
         Spec("r18 stem 7x7 3->64 s2", "conv", 3, 64, 224, 7, 2, 3, "relu"),
+        Spec("r18 stem + max pool (fused)", "convpool", 3, 64, 224, 7, 2, 3, "relu"),
         Spec("r18 maxpool 3x3 s2 @112", "maxpool", 64, 64, 112, 3, 2, 1),
         Spec("r18 down 1x1 64->128 s2", "conv", 64, 128, 56, 1, 2, 0),
         Spec("r18 down 1x1 128->256 s2", "conv", 128, 256, 28, 1, 2, 0),
@@ -116,7 +117,7 @@ ACT = {"none": nn.Identity, "relu": nn.ReLU, "relu6": nn.ReLU6}
 
 
 def torch_module(s: Spec) -> nn.Module:
-    if s.kind == "conv":
+    if s.kind in ("conv", "convpool"):
         op = nn.Conv2d(s.cin, s.cout, s.k, s.stride, s.padding)
     elif s.kind == "dw":
         op = nn.Conv2d(s.cin, s.cin, s.k, s.stride, s.padding, groups=s.cin)
@@ -129,6 +130,8 @@ def torch_module(s: Spec) -> nn.Module:
     with torch.no_grad():
         for p in op.parameters():
             p.normal_(0, 0.1)
+    if s.kind == "convpool":  # the ImageNet stem's pool (graph.fuse_conv_pool)
+        return nn.Sequential(op, ACT[s.act](), nn.MaxPool2d(3, 2, 1)).eval()
     return nn.Sequential(op, ACT[s.act]()).eval()
 
 
@@ -141,6 +144,10 @@ def generate(s: Spec, lin: Layout, lout: Layout, schedule: dict | None):
     if s.kind == "conv":
         return dense_conv.gen_conv2d("k", cin=s.cin, cout=s.cout, k=s.k, stride=s.stride,
                                      padding=s.padding, **common)
+    if s.kind == "convpool":
+        return conv_pool.gen_conv_maxpool("k", cin=s.cin, cout=s.cout, k=s.k, stride=s.stride,
+                                          padding=s.padding, pool_k=3, pool_stride=2, pool_padding=1,
+                                          vl=host_vl(), **common)
     if s.kind == "dw":
         return depthwise.gen_depthwise("k", channels=s.cin, stride=s.stride, padding=s.padding,
                                        **common)
@@ -172,7 +179,7 @@ class Ours:
 
     def __init__(self, s: Spec, module: nn.Module, x: torch.Tensor, schedule: dict | None):
         y = module(x)
-        pin = s.padding if s.kind in ("conv", "dw", "maxpool") else 0
+        pin = s.padding if s.kind in ("conv", "convpool", "dw", "maxpool") else 0
         if s.kind == "linear":
             lin, lout = Layout(s.cin, 1, 1, 0), Layout(s.cout, 1, 1, 0)
         else:
