@@ -7,7 +7,12 @@ vector width as the generated kernels):
 - FMA peak: independent chains of register-only FMAs, on 1 thread and on every thread;
 - FMA fed from L1: one vector load per FMA, aligned, and offset by one float (half of those
   loads then cross a 64-byte line, which is what a 3x3 tap at column offset 1 or 2 does);
-- read bandwidth: a vector sum over buffers from L1-sized to DRAM-sized, one thread.
+- read bandwidth: a vector sum over buffers from L1-sized to DRAM-sized, one thread;
+- core-to-core latency: two threads handing one cache line back and forth. On a VM this says
+  where the host placed the vCPUs: 25-60 ns when they share a last-level cache, ~200 ns when
+  they sit on different core complexes (seen on the AMD EPYC VM, 2026-12-01), and kernels that pass
+  activations between threads slow down with it (docs/COMPILER.md). ``core_to_core_ns()`` is
+  imported by layers.py, which records it beside every whole-model row.
 
     python benchmarks/ceiling.py [--threads 2]
 
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import os
 import sys
 from pathlib import Path
 
@@ -76,10 +82,54 @@ double read_bw(const float *buf, long floats, int reps) {
     if (s[0] == 42.0f) __asm__ volatile("");
     return t;
 }
+/* one-way latency of a cache line between two threads of a team, in ns: `n` round trips */
+double core_to_core(long n) {
+    static _Alignas(64) atomic_long flag;
+    atomic_store(&flag, 0);
+    double t = 0.0;
+    #pragma omp parallel num_threads(2)
+    if (omp_get_num_threads() == 2) {
+        const long me = omp_get_thread_num();
+        #pragma omp barrier
+        double t0 = omp_get_wtime();
+        for (long i = 0; i < n; i++) {
+            while (atomic_load_explicit(&flag, memory_order_acquire) != 2 * i + me) ps_pause();
+            atomic_store_explicit(&flag, 2 * i + me + 1, memory_order_release);
+        }
+        if (me == 0) t = omp_get_wtime() - t0;
+    }
+    return t / (2.0 * n) * 1e9;
+}
 int vector_floats(void) { return VL; }
 """ % {"chains": CHAINS}
 
 SIZES_KB = (16, 128, 384, 768, 2048, 8192, 65536)
+
+
+def _lib() -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(compile_c(SOURCE, name="ceiling")))
+    for f in ("fma_regs", "fma_l1", "read_bw", "core_to_core"):
+        getattr(lib, f).restype = ctypes.c_double
+    lib.fma_regs.argtypes = [ctypes.c_long, ctypes.c_int]
+    lib.fma_l1.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_int]
+    lib.read_bw.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_int]
+    lib.core_to_core.argtypes = [ctypes.c_long]
+    return lib
+
+
+def core_to_core_ns(round_trips: int = 100_000) -> float:
+    """One-way latency of a cache line handed between two threads (median of 3 runs), in ns.
+
+    Why: on this VM the host moves the two vCPUs between a shared last-level cache (25-60 ns) and
+    separate core complexes (~200 ns) from one minute to the next, and the pattern kernels'
+    two-thread speed follows it while the dense engines' hardly moves; a benchmark row is only
+    interpretable with the placement it ran under. 0.0 where this process may use only one CPU
+    (the two threads would then hand the line over once per scheduler time slice).
+    """
+    if len(os.sched_getaffinity(0)) < 2:
+        return 0.0
+    lib = _lib()
+    return float(np.median([lib.core_to_core(round_trips) for _ in range(3)]))
 
 
 def measure(threads: int, runs: int, n: int = 20_000_000, sizes_kb: tuple[int, ...] = SIZES_KB) -> dict:
@@ -88,12 +138,7 @@ def measure(threads: int, runs: int, n: int = 20_000_000, sizes_kb: tuple[int, .
     GFLOP/s for the FMA loops (``n`` iterations each), GB/s for the read sweep. Rounds are
     interleaved so that every figure sees the same spells of machine noise.
     """
-    lib = ctypes.CDLL(str(compile_c(SOURCE, name="ceiling")))
-    for f in ("fma_regs", "fma_l1", "read_bw"):
-        getattr(lib, f).restype = ctypes.c_double
-    lib.fma_regs.argtypes = [ctypes.c_long, ctypes.c_int]
-    lib.fma_l1.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_int]
-    lib.read_bw.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_int]
+    lib = _lib()
     vl = lib.vector_floats()
     flop = 2 * vl * CHAINS  # per loop iteration
     l1 = aligned_zeros(4096)
@@ -107,6 +152,8 @@ def measure(threads: int, runs: int, n: int = 20_000_000, sizes_kb: tuple[int, .
         lib.read_bw(buf.ctypes.data, floats, 1)  # page faults and first touch out of the way
         figures[f"bw_{kb}"] = lambda buf=buf, floats=floats, reps=reps: \
             floats * 4 * reps / lib.read_bw(buf.ctypes.data, floats, reps) / 1e9
+    if threads > 1 and len(os.sched_getaffinity(0)) > 1:
+        figures["c2c_ns"] = lambda: lib.core_to_core(100_000)
     rates: dict = {name: [] for name in figures}
     for _ in range(runs):
         for name, run in figures.items():
@@ -131,6 +178,10 @@ def report(res: dict, threads: int, argv: list[str]) -> str:
     bw = [row(f"{kb} KB" if kb < 1024 else f"{kb // 1024} MB", f"bw_{kb}", False)
           for kb in sorted(int(k[3:]) for k in rates if k.startswith("bw_"))]
     runs = len(rates["peak_1"])
+    c2c = ([f"Core-to-core latency (one cache line handed between two threads, one way): best "
+            f"{min(rates['c2c_ns']):.0f} ns, worst {max(rates['c2c_ns']):.0f} ns. 25-60 ns means "
+            "the two vCPUs share a last-level cache, about 200 ns that the host placed them on "
+            "different core complexes.", ""] if "c2c_ns" in rates else [])
     return "\n".join([
         "## Machine ceilings (benchmarks/ceiling.py)", "",
         f"- date {utc_now()}, commit {git_commit()}",
@@ -142,7 +193,7 @@ def report(res: dict, threads: int, argv: list[str]) -> str:
         "loop moves on this machine from one second to the next.", "",
         md_table(["loop", "best GFLOP/s", "worst GFLOP/s", "best / 1-thread peak"], rows), "",
         "Read bandwidth, one thread, vector sum over a buffer of this size:", "",
-        md_table(["buffer", "best GB/s", "worst GB/s"], bw), ""])
+        md_table(["buffer", "best GB/s", "worst GB/s"], bw), "", *c2c])
 
 
 def main(argv: list[str] | None = None) -> None:

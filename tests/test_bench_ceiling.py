@@ -1,5 +1,8 @@
 """benchmarks/ceiling.py: the machine-ceiling loops build, run and render (no timing asserted)."""
 
+import os
+
+import pytest
 from benchmark_scripts import load_benchmark
 
 
@@ -7,8 +10,20 @@ def test_ceiling_measures_and_renders(tmp_path):
     ceiling = load_benchmark("ceiling")
     res = ceiling.measure(threads=2, runs=1, n=20_000, sizes_kb=(16, 64))
     assert res["vl"] in (4, 8, 16)
-    assert sorted(res["rates"]) == sorted(["peak_1", "peak_2", "l1_aligned", "l1_offset1", "bw_16", "bw_64"])
+    assert sorted(res["rates"]) == sorted(["peak_1", "peak_2", "l1_aligned", "l1_offset1", "bw_16", "bw_64"]
+                                    + (["c2c_ns"] if len(os.sched_getaffinity(0)) > 1 else []))
     assert all(len(v) == 1 and v[0] > 0 for v in res["rates"].values())
     text = ceiling.report(res, 2, ["--threads", "2"])
     assert "FMA, registers only, 2 threads" in text and "| 64 KB |" in text
     assert "python benchmarks/ceiling.py --threads 2" in text
+    assert ("Core-to-core latency" in text) == ("c2c_ns" in res["rates"])
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+def test_core_to_core_probe_is_a_plausible_latency():
+    """Two threads hand a cache line back and forth: one way takes more than a nanosecond (a
+    result near zero would mean the threads never alternated) and far less than a scheduler
+    time slice (which would mean both ran on one CPU)."""
+    ceiling = load_benchmark("ceiling")
+    ns = ceiling.core_to_core_ns(round_trips=20_000)
+    assert 1.0 < ns < 100_000.0
