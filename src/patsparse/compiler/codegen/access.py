@@ -9,6 +9,12 @@ For output pixel (oh, ow) and tap (kh, kw) a kernel needs X[oh*s + kh - P][ow*s 
   input into per-thread scratch as s*s space-to-depth phases of the zero-padded input,
   phase (py, px) holding Xpad[s*r + py][s*c + px]. Every stride becomes unit-stride loads at
   compile-time offsets, and any input halo (even none, as for the model input) works.
+  The prep's loop runs phase rows outermost, so its static split gives each thread a band of
+  rows across all channels: the rows its own output tiles read next (consumers split output
+  rows the same way), copied from input rows the same thread wrote in the layer before. Split
+  by channel instead, half of every copy and half of every tile's reads crossed between
+  cores, which costs little when the two cores share a last-level cache and a lot when the
+  host puts them on different core complexes (docs/COMPILER.md, fifth session).
 
 ``InputAccess`` gives the C expressions a kernel needs either way.
 """
@@ -92,7 +98,7 @@ def _prep_from_halo(channels: int, s: int, P: int, L: Layout, phases: list, hph:
     static const int PYS[{len(pys)}] = {{{", ".join(map(str, pys))}}};
     #pragma omp for schedule(static) nowait
     for (int q = 0; q < {channels * len(pys) * hph}; q++) {{
-        const int ci = q / {len(pys) * hph}, py = PYS[q / {hph} % {len(pys)}], r = q % {hph};
+        const int r = q / {channels * len(pys)}, ci = q / {len(pys)} % {channels}, py = PYS[q % {len(pys)}];
         float *base = scr + (size_t)ci * {cs} + r * {ldp};
         const int y = {s} * r + py - {P};
         if (y < 0 || y >= {L.H}) {{
@@ -118,7 +124,7 @@ def _prep_general(channels: int, s: int, P: int, L: Layout, phases: list, hph: i
     static const int PYS[{nph}] = {{{pys}}}, PXS[{nph}] = {{{pxs}}};
     #pragma omp for schedule(static) nowait
     for (int q = 0; q < {channels * nph * hph}; q++) {{
-        int ci = q / {nph * hph}, ph = q / {hph} % {nph}, r = q % {hph};
+        int r = q / {channels * nph}, ci = q / {nph} % {channels}, ph = q % {nph};
         float *d = scr + (size_t)ci * {cs} + ph * {phs} + r * {ldp};
         int y = {s} * r + PYS[ph] - {P};
         if (y < 0 || y >= {L.H}) {{ memset(d, 0, {ldp} * sizeof(float)); continue; }}

@@ -109,7 +109,6 @@ def gen_conv_maxpool(name: str, *, cin: int, cout: int, k: int, stride: int, pad
     # the padding (the model input's does: the plan pads it for its consumers); else phase planes
     acc = input_access(name, channels=cin, k=k, stride=stride, padding=padding, in_layout=in_layout,
                        Ho=Ho, Wo=Wo, allow_strided=True, vl=vl)
-    phase = 0 if acc.direct else round_up(cin * acc.cs, 16)
     O, M, J = out_layout, range(mv), range(np_)
 
     conv = [f"            const float *q = {acc.src} + (size_t)ci * {acc.cs} + {acc.origin}"
@@ -158,10 +157,10 @@ static void {name}(const float *restrict in, float *restrict out, const float *r
                    const float *restrict bias, const float *restrict res) {{
     (void)res;
     const int nt = omp_get_num_threads(), t = omp_get_thread_num();
-    PS_SCRATCH(scr, {phase} + (size_t)nt * {ring}, "{name}");
+{acc.scratch}
     {{{acc.prep}
     }}
-    float *restrict ring = scr + {phase} + (size_t)t * {ring};
+    PS_PRIVATE(ring, {ring}, "{name}");
     for (int s = 0; s < {nb * PK}; s++) {{  /* the pool's zero padding columns (the arena is shared) */
         memset(ring + (size_t)s * {rw * vl}, 0, {PP * vl} * sizeof(float));
         memset(ring + (size_t)s * {rw * vl} + {(Wo + PP) * vl}, 0, {(rw - Wo - PP) * vl} * sizeof(float));

@@ -755,9 +755,9 @@ class _ChannelMajorEmitter(_FlatEmitter):
         body = [*_header(self.name, sh, lay, self.vl, f"channel-major, pack {self.g}"),
                 *_fkw_prologue(self.name, lay.offsets),
                 "    const int nt = omp_get_num_threads(), t = omp_get_thread_num();",
-                f"    PS_SCRATCH(scr, (size_t)nt * {F * S + CS}, \"{self.name}\");",
+                f"    PS_SCRATCH(scr, (size_t)nt * {F * S}, \"{self.name}\");  /* partials: summed across threads */",
                 f"    float *restrict part = scr + (size_t)t * {F * S};",
-                f"    float *restrict col = scr + (size_t)nt * {F * S} + (size_t)t * {CS};",
+                f"    PS_PRIVATE(col, {CS}, \"{self.name}\");",
                 f"    memset(part, 0, {F * S} * sizeof(float));",
                 f"    const int i0 = ps_split(cost, {C}, t, nt), i1 = ps_split(cost, {C}, t + 1, nt);",
                 "    for (int i = i0; i < i1; i++) {",
@@ -863,7 +863,6 @@ class _ChannelTileEmitter:
     def emit(self) -> str:
         lay, sh, out, acc, vl = self.lay, self.sh, self.sh.out, self.acc, self.vl
         F, R, V, nv, T = out.C, self.R, self.V, self.nv, self.T
-        phase = 0 if acc.direct else -(-self.sh.inp.C * acc.cs // 16) * 16  # partials start aligned
         rows = sorted({R} | ({out.H % R} if out.H % R else set()), reverse=True)
         cols = sorted({V} | ({nv % V} if nv % V else set()), reverse=True)
         ntile_cols, ntile_rows = -(-nv // V), -(-out.H // R)
@@ -874,9 +873,8 @@ class _ChannelTileEmitter:
         body = [*_header(self.name, sh, lay, vl, f"channel-tile layout, {R} rows x {V} vectors per tile"),
                 *[self._tile(r, w) for r in rows for w in cols],
                 *_fkw_prologue(self.name, lay.offsets),
-                "    const int nt = omp_get_num_threads(), t = omp_get_thread_num();",
-                f"    PS_SCRATCH(scr, {phase} + (size_t)nt * {F * T}, \"{self.name}\");",
-                f"    float *restrict part = scr + {phase} + (size_t)t * {F * T};",
+                *acc.scratch.strip("\n").splitlines(),  # phase planes (shared), if any
+                f"    PS_PRIVATE(part, {F * T}, \"{self.name}\");",
                 "    (void)cost;",
                 "    {",
                 *acc.prep.strip("\n").splitlines(),
