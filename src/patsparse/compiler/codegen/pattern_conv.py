@@ -115,7 +115,8 @@ def ct_rows(out: Layout, vl: int, vecs: int, limit: int | None = None, threads: 
     its rows plus about one row of fixed work). Why: ResNet-18's 128->256 @28/2 has 14 output
     rows; 6-row tiles make 3 tiles (6, 6, 2) and one of two threads got 12 rows (258 against
     97 us in the model); 7-row tiles split 7/7 (alone, 2 threads: 228 us against 263 with 4
-    rows and 309 with 6)."""
+    rows and 309 with 6). Within 5% of the best balance, a row count whose split gives every
+    thread whole rows of tiles wins (56 rows: 7, not 8, whose 28 tiles split inside a row)."""
     regs = vector_registers(vl)
     shared = ((regs - 5 - vecs) // vecs - 2) // 3  # (3R + 2) * vecs + vecs + 5 <= registers
     top = max(1, min(out.H, max((regs * 3 // 4) // (4 * vecs), shared), limit or out.H))
@@ -124,13 +125,21 @@ def ct_rows(out: Layout, vl: int, vecs: int, limit: int | None = None, threads: 
     nv = -(-out.W // vl)
     ncols = -(-nv // vecs)
 
-    def makespan(r: int) -> int:
+    def split(r: int) -> tuple[int, bool]:
+        """(busiest thread's cost, whether a thread's share starts inside a row of tiles)."""
         costs = [min(r, out.H - h) + 1 for h in range(0, out.H, r) for _ in range(ncols)]
         q, rem = divmod(len(costs), threads)
         bounds = [t * q + min(t, rem) for t in range(threads + 1)]
-        return max(sum(costs[bounds[t]:bounds[t + 1]]) for t in range(threads))
+        return (max(sum(costs[bounds[t]:bounds[t + 1]]) for t in range(threads)),
+                any(b % ncols for b in bounds[1:-1]))
 
-    return min(range(top, 0, -1), key=makespan)  # ties: the most rows
+    spans = {r: split(r) for r in range(top, 0, -1)}
+    best = min(span for span, _ in spans.values())
+    # a share that starts inside a row of tiles writes half the cache lines of that row next to
+    # the other thread's (false sharing, and reads across cores in the next layer): within 5%
+    # of the best balance, whole rows of tiles per thread win
+    aligned = [r for r, (span, mid) in spans.items() if not mid and span <= best * 1.05]
+    return aligned[0] if aligned else min(spans, key=lambda r: spans[r][0])  # ties: the most rows
 
 
 def cm_fits(out: Layout, vl: int) -> bool:
