@@ -1,0 +1,94 @@
+"""A/B of two compiled models in one process: whole-model latency and each layer's time,
+blocks alternated, grouped by host placement.
+
+Why: on a shared VM a change to the generated code is only visible against the build it
+replaces, measured in the same minutes. Each round runs a block of calls of A, then of B (each
+block after one unrecorded call), recording latency and the per-layer profile
+(``CompiledModel.run_numpy(x, prof)``: the lead thread's wall time per layer, barrier included),
+then probes the core-to-core latency (ceiling.core_to_core_ns). Rounds are grouped by that
+probe: 'together' (the two vCPUs share a last-level cache) and 'apart' (>= 100 ns), because
+the compiled models' two-thread speed differs between the two (docs/COMPILER.md).
+
+    python benchmarks/ab_models.py OLD.compiled NEW.compiled [--seconds 300] [--calls 40]
+
+A and B are directories written by ``patsparse compile`` / ``CompiledModel.save`` (for the same
+input shape). Prints the table; --out also writes it to a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import command_line, machine, machine_line, md_table, utc_now  # noqa: E402
+from ceiling import core_to_core_ns  # noqa: E402
+
+import patsparse as ps  # noqa: E402
+
+FAR_NS = 100.0
+
+
+def block(model, x: np.ndarray, calls: int) -> tuple[float, np.ndarray]:
+    """(median ms per call, median ms per layer) over ``calls`` calls after one warm-up."""
+    layers = len(model.manifest["layers"])
+    model.run_numpy(x)
+    lat, per = [], np.zeros((calls, layers))
+    for i in range(calls):
+        t0 = time.perf_counter()
+        model.run_numpy(x, per[i])
+        lat.append(time.perf_counter() - t0)
+    return float(np.median(lat)) * 1e3, np.median(per, axis=0) * 1e3
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("a")
+    ap.add_argument("b")
+    ap.add_argument("--seconds", type=float, default=300.0)
+    ap.add_argument("--calls", type=int, default=40, help="calls per block")
+    ap.add_argument("--out", help="also write the table here")
+    args = ap.parse_args(argv)
+    a, b = ps.load(args.a), ps.load(args.b)
+    if a.input_shape != b.input_shape:
+        raise SystemExit(f"input shapes differ: {a.input_shape} against {b.input_shape}")
+    names = [L["name"] for L in a.manifest["layers"]]
+    if names != [L["name"] for L in b.manifest["layers"]]:
+        raise SystemExit("the two models' layers differ: per-layer times cannot be paired")
+    x = np.random.default_rng(0).standard_normal((1, *a.input_shape)).astype(np.float32)
+    if not np.allclose(a.run_numpy(x), b.run_numpy(x), rtol=1e-4, atol=1e-4):
+        raise SystemExit("the two models give different outputs")
+    rounds = []
+    end = time.time() + args.seconds
+    while time.time() < end:
+        (ta, la), (tb, lb) = block(a, x, args.calls), block(b, x, args.calls)
+        rounds.append({"far": core_to_core_ns() >= FAR_NS, "a": ta, "b": tb, "la": la, "lb": lb})
+    lines = [f"## A/B: {args.a} against {args.b} (benchmarks/ab_models.py)", "",
+             f"- date {utc_now()}; machine: {machine_line(machine())}",
+             f"- command: `{command_line(__file__, argv)}`; {len(rounds)} rounds of {args.calls} calls "
+             "each, A then B; medians over rounds", ""]
+    for where, far in (("together", False), ("apart", True)):
+        sel = [r for r in rounds if r["far"] == far]
+        if not sel:
+            lines += [f"No round with the vCPUs {where}.", ""]
+            continue
+        ratio = np.median([r["a"] / r["b"] for r in sel])
+        lines += [f"### vCPUs {where}: {len(sel)} rounds; A {np.median([r['a'] for r in sel]):.3f} ms, "
+                  f"B {np.median([r['b'] for r in sel]):.3f} ms, median per-round A/B {ratio:.3f}", ""]
+        la, lb = np.median([r["la"] for r in sel], 0), np.median([r["lb"] for r in sel], 0)
+        lines += [md_table(["layer", "A us", "B us", "A/B"],
+                           [[n, f"{p * 1e3:.1f}", f"{q * 1e3:.1f}", f"{p / q:.2f}" if q else "-"]
+                            for n, p, q in zip(names, la, lb)]), ""]
+    text = "\n".join(lines)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
