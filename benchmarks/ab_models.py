@@ -18,6 +18,7 @@ input shape). Prints the table; --out also writes it to a file.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seconds", type=float, default=300.0)
     ap.add_argument("--calls", type=int, default=40, help="calls per block")
     ap.add_argument("--out", help="also write the table here")
+    ap.add_argument("--rounds-json", help="also write every round's two latencies and placement here")
     args = ap.parse_args(argv)
     a, b = ps.load(args.a), ps.load(args.b)
     if a.input_shape != b.input_shape:
@@ -84,6 +86,8 @@ def main(argv: list[str] | None = None) -> None:
         lines += [md_table(["layer", "A us", "B us", "A/B"],
                            [[n, f"{p * 1e3:.1f}", f"{q * 1e3:.1f}", f"{p / q:.2f}" if q else "-"]
                             for n, p, q in zip(names, la, lb)]), ""]
+    if args.rounds_json:
+        Path(args.rounds_json).write_text(json.dumps([{k: r[k] for k in ("far", "a", "b")} for r in rounds]))
     text = "\n".join(lines)
     if args.out:
         Path(args.out).write_text(text + "\n")

@@ -139,8 +139,7 @@ def test_pattern_conv_shapes_property(F_, C, H, W, stride, padding, out_pad, row
     if tiny == "ct":
         schedule = {"layout": "ct", "vecs": vecs}
     elif tiny and flat_fits(Layout(C, H, W), Layout(F_, Ho, Wo), host_vl()):
-        # the channel-major layout has no unroll; the draw serves as its weight prefetch distance
-        schedule = {"layout": tiny, **({"prefetch": unroll - 1} if tiny == "cm" else {"unroll": unroll})}
+        schedule = {"layout": tiny, "unroll": unroll}
     else:
         schedule = {"rows": rows, "vecs": vecs, "order": order, "cblk": cblk if order == "tf" else 0}
     got = run_conv(w, x, stride=stride, padding=padding, out_pad=out_pad, in_pad=max(1, padding),

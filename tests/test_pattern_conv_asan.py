@@ -26,7 +26,6 @@ rng = np.random.default_rng(3)
 cases = [({"layout": "rows", "rows": 3, "vecs": 2}, (9, 21), 1), ({"layout": "rows"}, (11, 37), 2),
          ({"layout": "flat", "unroll": 3}, (4, 4), 1), ({"layout": "flat", "pack": 2}, (2, 2), 1),
          ({"layout": "cm"}, (4, 4), 1), ({"layout": "cm", "pack": 2}, (3, 3), 2),
-         ({"layout": "cm", "prefetch": 1}, (5, 5), 1),
          ({"layout": "ct", "vecs": 2}, (11, 37), 2), ({"layout": "ct", "vecs": 3}, (9, 13), 1),
          ({"layout": "ct", "vecs": 1, "rows": 8}, (19, 21), 1)]
 for schedule, hw, stride in cases:

@@ -90,7 +90,6 @@ CT_VECS = 2  # the channel-tile layout's tile width in vectors with 16 registers
 
 
 FLAT_MAX_VECS = 4          # flat layout: the whole output plane in at most this many vectors
-CM_PREFETCH = 2            # channel-major: channels ahead whose weights are prefetched (0: none)
 FLAT_MAX_SCRATCH = 1 << 19  # bytes of per-tap input copies (C * 9 planes) the flat layout may use
 UNROLL_COPY_MAX = 512     # floats per channel up to which the flat layout's copy is straight-line code
 
@@ -193,7 +192,7 @@ def default_schedule(inp: Layout, out: Layout, vl: int, threads: int | None = No
     """
     nv = -(-out.W // vl)
     if out.W / (nv * vl) < 0.75 and cm_fits(out, vl):
-        return {"layout": "cm", "pack": tap_pack(out, vl), "prefetch": CM_PREFETCH}
+        return {"layout": "cm", "pack": tap_pack(out, vl)}
     stride2 = inp.H > out.H
     if vector_registers(vl) >= 32:
         if stride2 or out.C <= CT_MAX_FILTERS or nv == 1:
@@ -250,8 +249,7 @@ def candidate_schedules(inp: Layout, out: Layout, vl: int, threads: int | None =
     cands += [{"layout": "ct", "vecs": v, "rows": r} for v in range(1, min(nv, CT_VECS) + 1)
               for r in sorted({1, ct_rows(out, vl, v), ct_rows(out, vl, v, threads=threads)})]
     if cm_fits(out, vl):
-        cands += [{"layout": "cm", "pack": g, "prefetch": d} for g in sorted({1, tap_pack(out, vl)})
-                  for d in (0, 1, CM_PREFETCH, 4)]
+        cands += [{"layout": "cm", "pack": g} for g in sorted({1, tap_pack(out, vl)})]
     if flat_fits(inp, out, vl):
         cands += [{"layout": "flat", "unroll": u, "prefetch": 0, "pack": 1} for u in (1, 2, 4)]
         cands.append({"layout": "flat", "unroll": 4, "prefetch": 1, "pack": 1})
@@ -309,7 +307,7 @@ def _resolve_schedule(schedule: dict | None, inp: Layout, out: Layout, vl: int, 
     base = default_schedule(inp, out, vl, threads)
     if layout and layout != base["layout"]:  # the other layout's defaults; rows/vecs filled below
         base = {"rows": {"layout": "rows", "order": "tf", "prefetch": 1},
-                "cm": {"layout": "cm", "pack": tap_pack(out, vl), "prefetch": CM_PREFETCH},
+                "cm": {"layout": "cm", "pack": tap_pack(out, vl)},
                 "flat": {"layout": "flat", "unroll": 2, "prefetch": 0, "pack": tap_pack(out, vl)},
                 }.get(layout, {"layout": layout})
     sched = {**base, **given}
@@ -329,10 +327,6 @@ def _resolve_schedule(schedule: dict | None, inp: Layout, out: Layout, vl: int, 
                              f"{FLAT_MAX_SCRATCH} bytes; use the 'cm' layout")
         if sched["layout"] == "flat":
             sched["unroll"] = int(sched.get("unroll") or 1)
-        else:
-            sched["prefetch"] = int(sched.get("prefetch", CM_PREFETCH))
-            if sched["prefetch"] < 0:
-                raise InputError(f"{where}: schedule prefetch must be >= 0 (channels ahead), got {sched['prefetch']}")
         sched["pack"] = int(sched.get("pack") or 1)
         if sched["pack"] not in (1, tap_pack(out, vl)):
             raise InputError(f"{where}: schedule pack {sched['pack']} does not fit a {out.H}x{out.W} "
@@ -713,13 +707,6 @@ class _ChannelMajorEmitter(_FlatEmitter):
     channel, mask), ``cidx`` holding output channels, threads split channels by tap count.
     Tap packing (``pack`` > 1) works as in the flat layout; partials are then one vector per
     filter whose g lane groups are summed at the end.
-
-    ``prefetch`` = d > 0: at the start of each channel, the weights of the channel d ahead are
-    prefetched line by line (one channel's weights are a few KB, contiguous, and a channel's
-    work takes long enough for them to arrive). At pattern-only sparsity these layers stream
-    their weights from memory every image, and the hardware prefetcher alone fell behind:
-    VGG-16 CIFAR 2.25x whole model 1.15x faster with d = 2 (1.12x with the vCPUs apart), its
-    4x4 and 2x2 layers 1.06-1.31x (benchmarks/ab_models.py, docs/COMPILER.md).
     """
 
     TRANSPOSED = True
@@ -788,11 +775,6 @@ class _ChannelMajorEmitter(_FlatEmitter):
                 *["        " + x for x in self._copy()],
                 "        const float *restrict wk = wts + wptr[i];",
                 f"        const int32_t *restrict ri = runs + (ptrdiff_t)i * {lay.P};"]
-        if self.prefetch:  # the weights of the channel `prefetch` ahead, line by line, into L2
-            d = self.prefetch
-            body += [f"        if (i + {d} + 1 < i1)",
-                     f"            for (const char *pf = (const char *)(wts + wptr[i + {d}]), *pe = (const char *)"
-                     f"(wts + wptr[i + {d} + 1]); pf < pe; pf += 64) __builtin_prefetch(pf, 0, 2);"]
         for p in range(lay.P):
             nt = len(mask_taps(self.sp.masks[p]))
             body.append(f"        {{  /* mask {p} */")
