@@ -236,33 +236,27 @@ def compile_times(args) -> list[str]:
 
 NOTES = [
     "### Where targets are missed, and why", "",
-    "- docs/COMPILER.md (On an AVX-512 machine, and its second to fourth sessions) has the measurements "
-    "behind these points. With 16-float vectors the dense engines run about 2x faster than with AVX2, "
-    "the pattern kernels gained less. Channel tiles one vector wide and up to 8 rows tall (most "
-    "stride-1 and all stride-2 layers) run near their FMA bound alone on one thread in a quiet "
-    "moment; in the model the layers run at 55-110 GFLOP/s of useful work against ~330 of FMA peak.",
+    "- docs/COMPILER.md has the measurements behind these points (its fifth session is the AMD EPYC "
+    "VM with AVX-512 these tables come from: FMA peak ~240 GFLOP/s per core, 470 on two, "
+    "docs/bench/ceiling.md). In quiet minutes with the two vCPUs on one core complex every target "
+    "is met here; the misses come from the host.",
+    "- Host placement (the last column): the two vCPUs move between one core complex (25-60 ns "
+    "core to core) and two (~200 ns). Apart, the compiled models' two-thread latency grew 1.3-1.6x "
+    "(ResNet-18 8x 2.2 -> 3.4 ms) while their one-thread latency and ONNX Runtime's stayed put; "
+    "private per-thread scratch and row-split phase preps cut ResNet-18's penalty (apart 3.40 -> "
+    "2.98 ms in one A/B), the rest is not explained. docs/bench/placement.md repeats the harness "
+    "and groups rounds by placement. A probe only sees the placement before and after a row.",
+    "- A second kind of spell, with the vCPUs together: every memory-bound layer of ours runs "
+    "1.4-2x slower for seconds at a time (VGG-16 2.25x: blocks of 1.4 and of 2.3-2.8 ms in one "
+    "process) while ONNX Runtime's blocks move by ~10%. An engine 3-4x faster than the reference "
+    "loses more of its ratio to the same disturbance, so rows minutes apart straddle the targets.",
     "- VGG-16 at pattern-only 2.25x: its channel-major layers stream 4.7 MB of weights each per "
-    "image (~29 MB for the model, 58 MB for the dense engines), and both run near the memory "
-    "bandwidth two cores get here; the bound is near the byte ratio, and the weights stay fp32 "
-    "so the numbers match PyTorch.",
-    "- ResNet-18 ImageNet: the dense 7x7 stem is 118 M of the 347 M MACs left at 8x (Amdahl). It now "
-    "runs fused with its max pool, output channels in vectors, faster than ONNX Runtime's stem and "
-    "pool. Against ORT's node profile the pattern convs run 4.0-4.7x faster at stride 1, 2.5-4.3x at "
-    "stride 2, and the 1x1 stride-2 downsamples at about 1x ORT. About a fifth of the model's time "
-    "is each layer waiting for data the previous layer left in the other core or in L3 (every layer "
-    "called twice in a row: 7.25 -> 5.82 ms summed, third session). In quiet runs 3x is missed by a "
-    "few percent, in busy ones by more.",
-    "- Channel-major tiny planes (7x7, 8x8) keep every filter's partial plane per thread (128 KB "
-    "for 512 filters at 7x7): past L1, so each kernel's partial sums come from L2 (an upper bound "
-    "with L1-resident partials: 1.08-1.48x per layer).",
-    "- Host placement (the last column): the two vCPUs of this VM move between one core complex "
-    "(25-60 ns from core to core) and two (~200 ns). Placed apart, the compiled models' two-thread "
-    "latency grows 1.3-1.6x while their one-thread latency and the dense engines' latency stay put "
-    "(docs/COMPILER.md, fifth session), so a row measured at ~200 ns misses targets that rows at "
-    "25-60 ns meet.",
-    "- Run-to-run spread on this shared VM is larger than the margins: whole-model latencies moved "
-    "by up to 1.5x between runs minutes apart; targets are reported as missed unless every run "
-    "meets them.", ""]
+    "image (~29 MB for the model, 58 MB for the dense engines); the bound is near the byte ratio, "
+    "and the weights stay fp32 so the numbers match PyTorch.",
+    "- ResNet-18 ImageNet: the dense 7x7 stem (fused with its max pool) is 118 M of the 347 M MACs "
+    "left at 8x and runs at ~90% of the FMA peak; layer4's channel-major layers sum per-thread "
+    "partial planes across the two cores, the part that grows most when the vCPUs are apart.",
+    "- Targets are reported as missed unless every run meets them.", ""]
 
 
 def header(args) -> list[str]:
