@@ -161,7 +161,7 @@ static void {name}(const float *restrict in, float *restrict out, const float *r
     {{{acc.prep}
     }}
     PS_PRIVATE(ring, {ring}, "{name}");
-    for (int s = 0; s < {nb * PK}; s++) {{  /* the pool's zero padding columns (the arena is shared) */
+    for (int s = 0; s < {nb * PK}; s++) {{  /* the pool's zero padding columns (other kernels reuse the arena) */
         memset(ring + (size_t)s * {rw * vl}, 0, {PP * vl} * sizeof(float));
         memset(ring + (size_t)s * {rw * vl} + {(Wo + PP) * vl}, 0, {(rw - Wo - PP) * vl} * sizeof(float));
     }}
