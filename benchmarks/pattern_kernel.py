@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 from dataclasses import replace
@@ -76,7 +75,11 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.clock != "wall" and args.threads != 1:
         ap.error(f"--clock {args.clock} needs --threads 1 (it measures one thread's work)")
-    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # before the first kernel loads libgomp
+    # torch (imported above) brings its own libgomp.so.1, which the kernels then share and which
+    # read OMP_NUM_THREADS when torch loaded: setting the variable here changed nothing, and
+    # --threads 1 ran on every core. The team size of this thread's next parallel regions is set
+    # through that runtime instead (torch.set_num_threads calls omp_set_num_threads).
+    torch.set_num_threads(args.threads)
     clock = get_clock(args.clock)
     try:
         schedules = json.loads(args.schedules)
