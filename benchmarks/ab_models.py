@@ -6,7 +6,7 @@ replaces, measured in the same minutes. Each round runs a block of calls of A, t
 block after one unrecorded call), recording latency and the per-layer profile
 (``CompiledModel.run_numpy(x, prof)``: the lead thread's wall time per layer, barrier included),
 then probes the core-to-core latency (ceiling.core_to_core_ns). Rounds are grouped by that
-probe: 'together' (the two vCPUs share a last-level cache) and 'apart' (>= 100 ns), because
+probe: 'together' (the two vCPUs share a last-level cache) and 'apart' (ceiling.vcpus_apart), because
 the compiled models' two-thread speed differs between the two (docs/COMPILER.md).
 
     python benchmarks/ab_models.py OLD.compiled NEW.compiled [--seconds 300] [--calls 40]
@@ -27,11 +27,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import command_line, machine, machine_line, md_table, utc_now  # noqa: E402
-from ceiling import core_to_core_ns  # noqa: E402
+from ceiling import core_to_core_ns, vcpus_apart  # noqa: E402
 
 import patsparse as ps  # noqa: E402
 
-FAR_NS = 100.0
 
 
 def block(model, x: np.ndarray, calls: int) -> tuple[float, np.ndarray]:
@@ -69,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     end = time.time() + args.seconds
     while time.time() < end:
         (ta, la), (tb, lb) = block(a, x, args.calls), block(b, x, args.calls)
-        rounds.append({"far": core_to_core_ns() >= FAR_NS, "a": ta, "b": tb, "la": la, "lb": lb})
+        rounds.append({"far": vcpus_apart(core_to_core_ns()), "a": ta, "b": tb, "la": la, "lb": lb})
     lines = [f"## A/B: {args.a} against {args.b} (benchmarks/ab_models.py)", "",
              f"- date {utc_now()}; machine: {machine_line(machine())}",
              f"- command: `{command_line(__file__, argv)}`; {len(rounds)} rounds of {args.calls} calls "

@@ -117,6 +117,14 @@ def _lib() -> ctypes.CDLL:
     return lib
 
 
+APART_NS = 100.0  # between the two placements seen on the VM (25-60 ns and ~200 ns)
+
+
+def vcpus_apart(ns: float) -> bool:
+    """Whether a core_to_core_ns() reading says the two vCPUs sit on different core complexes."""
+    return ns >= APART_NS
+
+
 def core_to_core_ns(round_trips: int = 100_000) -> float:
     """One-way latency of a cache line handed between two threads (median of 3 runs), in ns.
 

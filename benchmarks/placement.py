@@ -25,12 +25,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import REPO, command_line, git_commit, machine, machine_line, md_table, utc_now  # noqa: E402
-from ceiling import core_to_core_ns  # noqa: E402
+from ceiling import APART_NS, core_to_core_ns, vcpus_apart  # noqa: E402
 
 from patsparse.bench.harness import run_bench  # noqa: E402
 from patsparse.bench.model import BenchModel  # noqa: E402
 
-FAR_NS = 100.0  # between the two placements seen (25-60 ns and ~200 ns)
 ENGINES = ["patsparse", "onnxruntime", "openvino"]
 
 
@@ -51,7 +50,7 @@ def one_round(model: BenchModel, repeats: int) -> dict:
 
 
 def placement(c2c: tuple[float, float]) -> str | None:
-    far = [ns >= FAR_NS for ns in c2c]
+    far = [vcpus_apart(ns) for ns in c2c]
     return None if far[0] != far[1] else "apart" if far[0] else "together"
 
 
@@ -80,7 +79,7 @@ def report(rounds: list[dict], args, argv: list[str]) -> str:
         f"- command: `{command_line(__file__, argv)}`; batch 1, fp32; each round is the "
         f"`patsparse.bench` harness ({args.repeats} timed calls per engine, interleaved, medians)",
         f"- placement: the core-to-core latency before / after the round (ceiling.core_to_core_ns); "
-        f"'apart' when both are >= {FAR_NS:.0f} ns, 'together' when both are below", "",
+        f"'apart' when both are >= {APART_NS:.0f} ns, 'together' when both are below", "",
         md_table(["round", "core-to-core ns", "placement", "patsparse 2 threads ms", "patsparse 1 thread ms",
                   "ONNX Runtime ms", "OpenVINO ms", "speed-up vs best", "2-thread scaling"], rows), "",
         "By placement (medians over the rounds; speed-up range over the rounds):", "",
