@@ -12,8 +12,8 @@ from hypothesis import given, settings, strategies as st
 from patsparse.compiler.build import compile_c
 from patsparse.compiler.codegen.base import PRELUDE, SLACK
 from patsparse.compiler.codegen.ctest import vl_flags
-from patsparse.compiler.codegen.pattern_conv import (SUPPORT, candidate_schedules, cm_fits, ct_rows, default_schedule, flat_fits,
-                                                     gen_pattern_conv, host_vl, tap_pack)
+from patsparse.compiler.codegen.pattern_conv import (CM_WEIGHT_PREFETCH, SUPPORT, candidate_schedules, cm_fits, ct_rows,
+                                                     default_schedule, flat_fits, gen_pattern_conv, host_vl, tap_pack)
 from patsparse.compiler.layout import Layout
 from patsparse.compiler.reorder import FULL_MASK, analyse, reorder
 from patsparse.compiler.storage import pack, unpack
@@ -206,6 +206,26 @@ def test_channel_major_layout_in_a_team(threads, hw, pack):
                    threads=threads)
     assert_close(got, reference(w, x, act="relu", residual=r, bias=b))
 
+
+
+@pytest.mark.parametrize("wpf", [0, 16, CM_WEIGHT_PREFETCH])
+def test_channel_major_weight_prefetch(wpf):
+    """The weight-stream prefetch (any distance, also past the end of the weights) only moves
+    data; the default turns it on, ``wpf`` 0 leaves it out of the generated code."""
+    rng = np.random.default_rng(9)
+    w = pattern_weight(16, 24, keep=0.5, dense_frac=0.05)
+    x = rng.standard_normal((24, 4, 4)).astype(np.float32)
+    L = (Layout(24, 4, 4), Layout(16, 4, 4))
+    gk = gen_pattern_conv("c", w, stride=1, padding=1, in_layout=L[0], out_layout=L[1],
+                          schedule={"layout": "cm", "wpf": wpf}, vl=8)
+    assert ("__builtin_prefetch(wk + " in gk.code) == (wpf > 0)
+    assert gen_pattern_conv("c", w, stride=1, padding=1, in_layout=L[0], out_layout=L[1],
+                            vl=8).schedule["wpf"] == CM_WEIGHT_PREFETCH
+    got = run_conv(w, x, act="relu", schedule={"layout": "cm", "wpf": wpf}, vl=8, threads=2)
+    assert_close(got, reference(w, x, act="relu"))
+    with pytest.raises(InputError, match="wpf"):
+        gen_pattern_conv("c", w, stride=1, padding=1, in_layout=L[0], out_layout=L[1],
+                         schedule={"layout": "cm", "wpf": -4}, vl=8)
 
 # Tap packing (2 or 4 taps of a kernel in one vector) at each vector width (run_conv builds
 # each width on this host: natively, with the wider ISA off, or 16 lanes emulated).

@@ -96,6 +96,9 @@ UNROLL_COPY_MAX = 512     # floats per channel up to which the flat layout's cop
 
 CT_PARTIALS_L1 = 32 << 10  # bytes of a thread's partial tiles that stay in L1 (stride-1 choice)
 CT_MAX_FILTERS = 128       # above it stride-1 rows of several vectors stay on the row layout
+# channel-major layout: prefetch the weight stream this many floats (16 KB / 4 = 4 KB) ahead of the
+# kernel loop; see _ChannelMajorEmitter
+CM_WEIGHT_PREFETCH = 1024
 
 
 def ct_rows(out: Layout, vl: int, vecs: int, limit: int | None = None, threads: int | None = None) -> int:
@@ -192,7 +195,7 @@ def default_schedule(inp: Layout, out: Layout, vl: int, threads: int | None = No
     """
     nv = -(-out.W // vl)
     if out.W / (nv * vl) < 0.75 and cm_fits(out, vl):
-        return {"layout": "cm", "pack": tap_pack(out, vl)}
+        return {"layout": "cm", "pack": tap_pack(out, vl), "wpf": CM_WEIGHT_PREFETCH}
     stride2 = inp.H > out.H
     if vector_registers(vl) >= 32:
         if stride2 or out.C <= CT_MAX_FILTERS or nv == 1:
@@ -249,7 +252,8 @@ def candidate_schedules(inp: Layout, out: Layout, vl: int, threads: int | None =
     cands += [{"layout": "ct", "vecs": v, "rows": r} for v in range(1, min(nv, CT_VECS) + 1)
               for r in sorted({1, ct_rows(out, vl, v), ct_rows(out, vl, v, threads=threads)})]
     if cm_fits(out, vl):
-        cands += [{"layout": "cm", "pack": g} for g in sorted({1, tap_pack(out, vl)})]
+        cands += [{"layout": "cm", "pack": g, "wpf": d} for g in sorted({1, tap_pack(out, vl)})
+                  for d in (0, CM_WEIGHT_PREFETCH)]
     if flat_fits(inp, out, vl):
         cands += [{"layout": "flat", "unroll": u, "prefetch": 0, "pack": 1} for u in (1, 2, 4)]
         cands.append({"layout": "flat", "unroll": 4, "prefetch": 1, "pack": 1})
@@ -307,7 +311,7 @@ def _resolve_schedule(schedule: dict | None, inp: Layout, out: Layout, vl: int, 
     base = default_schedule(inp, out, vl, threads)
     if layout and layout != base["layout"]:  # the other layout's defaults; rows/vecs filled below
         base = {"rows": {"layout": "rows", "order": "tf", "prefetch": 1},
-                "cm": {"layout": "cm", "pack": tap_pack(out, vl)},
+                "cm": {"layout": "cm", "pack": tap_pack(out, vl), "wpf": CM_WEIGHT_PREFETCH},
                 "flat": {"layout": "flat", "unroll": 2, "prefetch": 0, "pack": tap_pack(out, vl)},
                 }.get(layout, {"layout": layout})
     sched = {**base, **given}
@@ -328,6 +332,11 @@ def _resolve_schedule(schedule: dict | None, inp: Layout, out: Layout, vl: int, 
         if sched["layout"] == "flat":
             sched["unroll"] = int(sched.get("unroll") or 1)
         sched["pack"] = int(sched.get("pack") or 1)
+        if sched["layout"] == "cm":
+            sched["wpf"] = int(sched.get("wpf") or 0)
+            if sched["wpf"] < 0:
+                raise InputError(f"{where}: schedule wpf (weight prefetch distance in floats) must be >= 0, "
+                                 f"got {sched['wpf']}")
         if sched["pack"] not in (1, tap_pack(out, vl)):
             raise InputError(f"{where}: schedule pack {sched['pack']} does not fit a {out.H}x{out.W} "
                              f"plane in {vl}-float vectors (possible: 1, {tap_pack(out, vl)})")
@@ -707,9 +716,20 @@ class _ChannelMajorEmitter(_FlatEmitter):
     channel, mask), ``cidx`` holding output channels, threads split channels by tap count.
     Tap packing (``pack`` > 1) works as in the flat layout; partials are then one vector per
     filter whose g lane groups are summed at the end.
+
+    ``wpf`` > 0 prefetches the weight stream that many floats ahead, one prefetch per kernel.
+    These layers stream their weights once per image (a 512->512 layer at pattern-only
+    sparsity: 4.7 MB, from L3 or memory) at ~2.5 cycles per kernel, faster than the hardware
+    prefetcher keeps up with. Measured in the model (VGG-16 CIFAR 2.25x, ``profile``, 12
+    interleaved rounds, AVX-512): 512->512 @2x2 140 -> 108 us, @4x4 162 -> 139 us, the
+    whole model 1.32 -> 1.12 ms; 4 KB to 32 KB ahead gave the same, 1 KB nothing.
     """
 
     TRANSPOSED = True
+
+    def __init__(self, name, sp, lay, shape: ConvShape, act, has_residual, sched, vl):
+        super().__init__(name, sp, lay, shape, act, has_residual, sched, vl)
+        self.wpf = int(sched.get("wpf", 0))
 
     def _part_floats(self) -> int:
         """Partial-sum floats per filter."""
@@ -780,6 +800,8 @@ class _ChannelMajorEmitter(_FlatEmitter):
             body.append(f"        {{  /* mask {p} */")
             body += [f"            const vf {n} = {ld};" for n, ld in self._tap_vectors(p)]
             body.append(f"            for (int k = ri[{p}]; k < ri[{p + 1}]; k++, wk += {nt}) {{")
+            if self.wpf:
+                body.append(f"                __builtin_prefetch(wk + {self.wpf}, 0, 3);")
             body += ["                " + x for x in self._kernel(p)]
             body += ["            }", "        }"]
         body += ["    }", "    ps_barrier();", "    #pragma omp for schedule(static) nowait",
