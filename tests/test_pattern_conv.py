@@ -12,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 from patsparse.compiler.build import compile_c
 from patsparse.compiler.codegen.base import PRELUDE, SLACK
 from patsparse.compiler.codegen.ctest import vl_flags
-from patsparse.compiler.codegen.pattern_conv import (CM_WEIGHT_PREFETCH, SUPPORT, candidate_schedules, cm_fits, ct_rows,
+from patsparse.compiler.codegen.pattern_conv import (SUPPORT, WEIGHT_PREFETCH, candidate_schedules, cm_fits, ct_rows,
                                                      default_schedule, flat_fits, gen_pattern_conv, host_vl, tap_pack)
 from patsparse.compiler.layout import Layout
 from patsparse.compiler.reorder import FULL_MASK, analyse, reorder
@@ -208,7 +208,7 @@ def test_channel_major_layout_in_a_team(threads, hw, pack):
 
 
 
-@pytest.mark.parametrize("wpf", [0, 16, CM_WEIGHT_PREFETCH])
+@pytest.mark.parametrize("wpf", [0, 16, WEIGHT_PREFETCH])
 def test_channel_major_weight_prefetch(wpf):
     """The weight-stream prefetch (any distance, also past the end of the weights) only moves
     data; the default turns it on, ``wpf`` 0 leaves it out of the generated code."""
@@ -220,7 +220,7 @@ def test_channel_major_weight_prefetch(wpf):
                           schedule={"layout": "cm", "wpf": wpf}, vl=8)
     assert ("__builtin_prefetch(wk + " in gk.code) == (wpf > 0)
     assert gen_pattern_conv("c", w, stride=1, padding=1, in_layout=L[0], out_layout=L[1],
-                            vl=8).schedule["wpf"] == CM_WEIGHT_PREFETCH
+                            vl=8).schedule["wpf"] == WEIGHT_PREFETCH
     got = run_conv(w, x, act="relu", schedule={"layout": "cm", "wpf": wpf}, vl=8, threads=2)
     assert_close(got, reference(w, x, act="relu"))
     with pytest.raises(InputError, match="wpf"):

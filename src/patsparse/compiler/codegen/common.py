@@ -17,6 +17,10 @@ from ..layout import Layout
 from .base import ACTIVATIONS
 
 MAX_VL = 16  # widest vector any target uses; Python-side sizes that must fit every VL use it
+# How far ahead (in floats: 4 KB) a kernel that streams its weights once per image prefetches them:
+# the channel-major pattern layout and the implicit GEMM on small planes consume weights faster
+# than the hardware prefetcher follows (docs/COMPILER.md); 4-32 KB measured alike, 1 KB no gain.
+WEIGHT_PREFETCH = 1024
 
 # PS_KEEP: see the C comment.
 # ps_load_s2: lanes 0, 2, 4, ... of p[0 .. 2*VL): one stride-2 vector from two loads + a shuffle.

@@ -29,7 +29,7 @@ from ..reorder import FULL_MASK, LayerSparsity, analyse, mask_taps, reorder
 from ..storage import pack as fkw_pack, plan
 from .base import GeneratedKernel, act_c, act_scalar_c
 from .access import input_access
-from .common import HELPERS, host_vl, vector_registers  # noqa: F401  (host_vl re-exported: graph and tests use it)
+from .common import HELPERS, WEIGHT_PREFETCH, host_vl, vector_registers  # noqa: F401  (host_vl re-exported: graph and tests use it)
 
 DEFAULT_SCHEDULE = {"rows": 0, "vecs": 0, "order": "tf"}  # 0 = choose from the shape
 # accumulators per tile: the register file minus 4 weight broadcasts and a temporary
@@ -96,9 +96,6 @@ UNROLL_COPY_MAX = 512     # floats per channel up to which the flat layout's cop
 
 CT_PARTIALS_L1 = 32 << 10  # bytes of a thread's partial tiles that stay in L1 (stride-1 choice)
 CT_MAX_FILTERS = 128       # above it stride-1 rows of several vectors stay on the row layout
-# channel-major layout: prefetch the weight stream this many floats (16 KB / 4 = 4 KB) ahead of the
-# kernel loop; see _ChannelMajorEmitter
-CM_WEIGHT_PREFETCH = 1024
 
 
 def ct_rows(out: Layout, vl: int, vecs: int, limit: int | None = None, threads: int | None = None) -> int:
@@ -195,7 +192,7 @@ def default_schedule(inp: Layout, out: Layout, vl: int, threads: int | None = No
     """
     nv = -(-out.W // vl)
     if out.W / (nv * vl) < 0.75 and cm_fits(out, vl):
-        return {"layout": "cm", "pack": tap_pack(out, vl), "wpf": CM_WEIGHT_PREFETCH}
+        return {"layout": "cm", "pack": tap_pack(out, vl), "wpf": WEIGHT_PREFETCH}
     stride2 = inp.H > out.H
     if vector_registers(vl) >= 32:
         if stride2 or out.C <= CT_MAX_FILTERS or nv == 1:
@@ -253,7 +250,7 @@ def candidate_schedules(inp: Layout, out: Layout, vl: int, threads: int | None =
               for r in sorted({1, ct_rows(out, vl, v), ct_rows(out, vl, v, threads=threads)})]
     if cm_fits(out, vl):
         cands += [{"layout": "cm", "pack": g, "wpf": d} for g in sorted({1, tap_pack(out, vl)})
-                  for d in (0, CM_WEIGHT_PREFETCH)]
+                  for d in (0, WEIGHT_PREFETCH)]
     if flat_fits(inp, out, vl):
         cands += [{"layout": "flat", "unroll": u, "prefetch": 0, "pack": 1} for u in (1, 2, 4)]
         cands.append({"layout": "flat", "unroll": 4, "prefetch": 1, "pack": 1})
@@ -311,7 +308,7 @@ def _resolve_schedule(schedule: dict | None, inp: Layout, out: Layout, vl: int, 
     base = default_schedule(inp, out, vl, threads)
     if layout and layout != base["layout"]:  # the other layout's defaults; rows/vecs filled below
         base = {"rows": {"layout": "rows", "order": "tf", "prefetch": 1},
-                "cm": {"layout": "cm", "pack": tap_pack(out, vl), "wpf": CM_WEIGHT_PREFETCH},
+                "cm": {"layout": "cm", "pack": tap_pack(out, vl), "wpf": WEIGHT_PREFETCH},
                 "flat": {"layout": "flat", "unroll": 2, "prefetch": 0, "pack": tap_pack(out, vl)},
                 }.get(layout, {"layout": layout})
     sched = {**base, **given}
@@ -722,7 +719,7 @@ class _ChannelMajorEmitter(_FlatEmitter):
     sparsity: 4.7 MB, from L3 or memory) at ~2.5 cycles per kernel, faster than the hardware
     prefetcher keeps up with. Measured in the model (VGG-16 CIFAR 2.25x, ``profile``, 12
     interleaved rounds, AVX-512): 512->512 @2x2 140 -> 108 us, @4x4 162 -> 139 us, the
-    whole model 1.32 -> 1.12 ms; 4 KB to 32 KB ahead gave the same, 1 KB nothing.
+    whole model 1.32 -> 1.12 ms (WEIGHT_PREFETCH: 4 KB; 4 KB to 32 KB ahead gave the same).
     """
 
     TRANSPOSED = True
