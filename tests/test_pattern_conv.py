@@ -208,6 +208,26 @@ def test_channel_major_layout_in_a_team(threads, hw, pack):
 
 
 
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("hoist", [0, 1])
+def test_channel_tile_hoisted_inputs(stride, hoist):
+    """Input vectors loaded once per channel (hoist 1) or per mask run give the same numbers;
+    the default hoists at stride 2 only."""
+    rng = np.random.default_rng(12)
+    w = pattern_weight(12, 10, keep=0.5, dense_frac=0.1)
+    x = rng.standard_normal((10, 13, 21)).astype(np.float32)
+    sched = {"layout": "ct", "vecs": 1, "rows": 3, "hoist": hoist}
+    got = run_conv(w, x, stride=stride, act="relu", schedule=sched, vl=8, threads=2)
+    assert_close(got, reference(w, x, stride=stride, act="relu"))
+    Li, Lo = Layout(10, 13, 21), Layout(12, (13 - 1) // stride + 1, (21 - 1) // stride + 1)
+    dflt = gen_pattern_conv("c", w, stride=stride, padding=1, in_layout=Li, out_layout=Lo,
+                            schedule={"layout": "ct"}, vl=8).schedule
+    assert dflt["hoist"] == int(stride == 2)
+    with pytest.raises(InputError, match="hoist"):
+        gen_pattern_conv("c", w, stride=stride, padding=1, in_layout=Li, out_layout=Lo,
+                         schedule={"layout": "ct", "hoist": 2}, vl=8)
+
 @pytest.mark.parametrize("wpf", [0, 16, WEIGHT_PREFETCH])
 def test_channel_major_weight_prefetch(wpf):
     """The weight-stream prefetch (any distance, also past the end of the weights) only moves
@@ -385,18 +405,18 @@ def test_tuning_space_is_sane():
     assert {c["layout"] for c in tiny} == {"rows", "flat", "cm", "ct"}
     assert default_schedule(Layout(512, 4, 4), Layout(512, 4, 4), vl)["layout"] == "cm"
     # 32 registers: one-vector channel tiles as tall as the registers allow (balanced over a team)
-    assert default_schedule(Layout(64, 56, 56), Layout(128, 28, 28), 16) == {"layout": "ct", "vecs": 1, "rows": 8}
-    assert default_schedule(Layout(64, 56, 56), Layout(128, 28, 28), 16, 2) == {"layout": "ct", "vecs": 1, "rows": 7}
-    assert default_schedule(Layout(64, 32, 32), Layout(64, 32, 32), 16) == {"layout": "ct", "vecs": 1, "rows": 8}
-    assert default_schedule(Layout(128, 28, 28), Layout(128, 28, 28), 16) == {"layout": "ct", "vecs": 1, "rows": 8}
+    assert default_schedule(Layout(64, 56, 56), Layout(128, 28, 28), 16) == {"layout": "ct", "vecs": 1, "rows": 8, "hoist": 1}
+    assert default_schedule(Layout(64, 56, 56), Layout(128, 28, 28), 16, 2) == {"layout": "ct", "vecs": 1, "rows": 7, "hoist": 1}
+    assert default_schedule(Layout(64, 32, 32), Layout(64, 32, 32), 16) == {"layout": "ct", "vecs": 1, "rows": 8, "hoist": 0}
+    assert default_schedule(Layout(128, 28, 28), Layout(128, 28, 28), 16) == {"layout": "ct", "vecs": 1, "rows": 8, "hoist": 0}
     # more filters: one-vector rows still run channel tiles, as tall as the registers allow
-    assert default_schedule(Layout(256, 14, 14), Layout(256, 14, 14), 16) == {"layout": "ct", "vecs": 1, "rows": 8}
+    assert default_schedule(Layout(256, 14, 14), Layout(256, 14, 14), 16) == {"layout": "ct", "vecs": 1, "rows": 8, "hoist": 0}
     assert default_schedule(Layout(256, 28, 28), Layout(256, 28, 28), 16)["layout"] == "rows"
     # register bound: (3 rows + 2) distinct input vectors per column, 32 registers; AVX2 as before
     assert [ct_rows(Layout(8, 64, 14), 16, v) for v in (1, 2)] == [8, 3]
     assert [ct_rows(Layout(8, 64, 14), 8, v) for v in (1, 2)] == [3, 1]
     assert default_schedule(Layout(64, 32, 32), Layout(64, 32, 32), 8)["layout"] == "rows"
-    assert default_schedule(Layout(64, 56, 56), Layout(128, 28, 28), 8) == {"layout": "ct", "vecs": 2, "rows": 1}
+    assert default_schedule(Layout(64, 56, 56), Layout(128, 28, 28), 8) == {"layout": "ct", "vecs": 2, "rows": 1, "hoist": 1}
 
 
 @pytest.mark.parametrize("threads", [2, 3, 4])
@@ -424,6 +444,6 @@ def test_channel_tiles_balance_the_team(threads, size):
         assert all((t * (ntiles // threads) + min(t, ntiles % threads)) % ncols == 0 for t in range(1, threads))
     assert ct_rows(out, vl, 2, limit=2, threads=threads) <= 2
     if size == 14:
-        assert default_schedule(Layout(128, 28, 28), out, vl, threads=2) == {"layout": "ct", "vecs": 1, "rows": 7}
+        assert default_schedule(Layout(128, 28, 28), out, vl, threads=2) == {"layout": "ct", "vecs": 1, "rows": 7, "hoist": 1}
     if size == 56 and threads == 2:  # 8-row tiles (28 of them) would split inside a row of tiles
         assert default_schedule(Layout(64, 56, 56), Layout(64, 56, 56), vl, threads=2)["rows"] == 7

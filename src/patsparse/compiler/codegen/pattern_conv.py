@@ -196,12 +196,14 @@ def default_schedule(inp: Layout, out: Layout, vl: int, threads: int | None = No
     stride2 = inp.H > out.H
     if vector_registers(vl) >= 32:
         if stride2 or out.C <= CT_MAX_FILTERS or nv == 1:
-            return {"layout": "ct", "vecs": 1, "rows": ct_rows(out, vl, 1, threads=threads)}
+            return {"layout": "ct", "vecs": 1, "rows": ct_rows(out, vl, 1, threads=threads),
+                    "hoist": int(stride2)}
     else:
         vecs = min(CT_VECS, nv)
         l1_rows = None if stride2 else CT_PARTIALS_L1 // (out.C * vecs * vl * 4)
         if stride2 or (ct_rows(out, vl, vecs, l1_rows) >= 2 and out.C <= CT_MAX_FILTERS):
-            return {"layout": "ct", "vecs": vecs, "rows": ct_rows(out, vl, vecs, l1_rows, threads)}
+            return {"layout": "ct", "vecs": vecs, "rows": ct_rows(out, vl, vecs, l1_rows, threads),
+                    "hoist": int(stride2)}
     vecs = min(nv, 4)
     rows = max(1, min(out.H, max_acc(vl) // vecs))
     return {"layout": "rows", "rows": rows, "vecs": vecs, "order": "tf", "prefetch": 1}
@@ -246,8 +248,8 @@ def candidate_schedules(inp: Layout, out: Layout, vl: int, threads: int | None =
                     seen.add(key)
                     cands.append({"layout": "rows", "rows": rows, "vecs": vecs, "order": order,
                                   "prefetch": 1})
-    cands += [{"layout": "ct", "vecs": v, "rows": r} for v in range(1, min(nv, CT_VECS) + 1)
-              for r in sorted({1, ct_rows(out, vl, v), ct_rows(out, vl, v, threads=threads)})]
+    cands += [{"layout": "ct", "vecs": v, "rows": r, "hoist": h} for v in range(1, min(nv, CT_VECS) + 1)
+              for r in sorted({1, ct_rows(out, vl, v), ct_rows(out, vl, v, threads=threads)}) for h in (0, 1)]
     if cm_fits(out, vl):
         cands += [{"layout": "cm", "pack": g, "wpf": d} for g in sorted({1, tap_pack(out, vl)})
                   for d in (0, WEIGHT_PREFETCH)]
@@ -318,7 +320,10 @@ def _resolve_schedule(schedule: dict | None, inp: Layout, out: Layout, vl: int, 
         nv = -(-out.W // vl)
         vecs = max(1, min(int(sched.get("vecs") or CT_VECS), nv))
         rows = sched.get("rows") or ct_rows(out, vl, vecs, threads=threads)
-        return {"layout": "ct", "vecs": vecs, "rows": max(1, min(int(rows), out.H))}
+        hoist = sched.get("hoist", int(inp.H > out.H))  # default: stride 2 (_ChannelTileEmitter)
+        if hoist not in (0, 1):
+            raise InputError(f"{where}: schedule hoist must be 0 or 1, got {hoist!r}")
+        return {"layout": "ct", "vecs": vecs, "rows": max(1, min(int(rows), out.H)), "hoist": hoist}
     if sched["layout"] in ("flat", "cm"):
         if not cm_fits(out, vl):
             raise InputError(f"{where}: the {sched['layout']} layout needs an output plane of at most "
@@ -818,6 +823,14 @@ class _ChannelTileEmitter:
     partial tile (F x rows x vecs vectors, L1 or L2). After the last channel the partials get
     bias, residual and activation and go to the output. Threads split tiles, so no reduction.
     Weights are the transposed layer in FKW1, as in the channel-major layout.
+
+    ``hoist`` 1 loads the distinct input vectors of all masks once per channel instead of per
+    mask run (they outnumber the registers, so the compiler keeps some on the stack, reloaded
+    aligned, where the run loads would cross cache lines). At 8x a run holds 2-5 kernels, so its
+    loads are a large share of its work. ResNet-18 ImageNet 8x in the model
+    (benchmarks/ab_models.py, AVX-512): stride-2 layers 1.05 and 1.19x faster, the stride-1 ones
+    0.94-0.99x; alone (pattern_kernel.py, 2 threads) stride 2 1.05x, stride 1 0.93-0.98x. So it is
+    on by default for stride 2 only, and both are in the tuning space.
     """
 
     TRANSPOSED = True
@@ -834,12 +847,26 @@ class _ChannelTileEmitter:
         self.acc = input_access(name, channels=shape.inp.C, k=3, stride=shape.stride, padding=shape.pad,
                                 in_layout=shape.inp, Ho=out.H, Wo=out.W, allow_strided=False,
                                 row_align=4, vl=vl)
+        self.hoist = int(sched["hoist"])
+
+    def _off(self, t: int, r: int, v: int) -> int:
+        """Offset from the tile's input origin of tap ``t``'s vector ``v`` at tile row ``r``."""
+        return self.acc.tap_off[t] + r * self.acc.row_stride + v * self.vl
+
+    def _inputs(self, R: int, V: int) -> list[int]:
+        """The distinct input vectors (offsets) the masks in use read on an R x V tile."""
+        return sorted({self._off(t, r, v) for m in self.sp.masks for t in mask_taps(m)
+                       for r in range(R) for v in range(V)})
+
+    def _load(self, off: int) -> str:
+        """An input vector: loaded where the run needs it, or the channel's hoisted copy."""
+        return f"u{off}" if self.hoist else f"vload(ib + {off})"
 
     def _run(self, p: int, R: int, V: int) -> list[str]:
         """Mask ``p``'s run of the current channel, on a tile of ``R`` rows x ``V`` vectors."""
-        taps, vl, acc = mask_taps(self.sp.masks[p]), self.vl, self.acc
+        taps, vl = mask_taps(self.sp.masks[p]), self.vl
         lines = [f"{{  /* mask {p} */"]
-        lines += [f"    const vf x{j}_{r}_{v} = vload(ib + {acc.tap_off[t] + r * acc.row_stride + v * vl});"
+        lines += [f"    const vf x{j}_{r}_{v} = {self._load(self._off(t, r, v))};"
                   for j, t in enumerate(taps) for r in range(R) for v in range(V)]
         lines.append(f"    for (int k = ri[{p}]; k < ri[{p + 1}]; k++, wk += {len(taps)}) {{")
         lines.append(f"        float *restrict pp = part + (ptrdiff_t)cidx[k] * {self.T};")
@@ -866,6 +893,8 @@ class _ChannelTileEmitter:
                  f" + (ptrdiff_t)oh * {acc.row_stride} + v0 * {vl * acc.step};",
                  "        const float *restrict wk = wts + wptr[i];",
                  f"        const int32_t *restrict ri = runs + (ptrdiff_t)i * {lay.P};"]
+        if self.hoist:
+            lines += [f"        const vf u{o} = vload(ib + {o});" for o in self._inputs(R, V)]
         for p in range(lay.P):
             lines += ["        " + x for x in self._run(p, R, V)]
         lines += ["    }", "    const int lastv = v0 + " + str(V) + f" == {self.nv};",
