@@ -212,14 +212,15 @@ def test_channel_major_layout_in_a_team(threads, hw, pack):
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("hoist", [0, 1])
 def test_channel_tile_hoisted_inputs(stride, hoist):
-    """Input vectors loaded once per channel (hoist 1) or per mask run give the same numbers;
-    the default hoists at stride 2 only."""
+    """Input vectors loaded once per channel (hoist 1) or per mask run, with or without the input
+    prefetch, give the same numbers; the default hoists at stride 2 only."""
     rng = np.random.default_rng(12)
     w = pattern_weight(12, 10, keep=0.5, dense_frac=0.1)
     x = rng.standard_normal((10, 13, 21)).astype(np.float32)
-    sched = {"layout": "ct", "vecs": 1, "rows": 3, "hoist": hoist}
-    got = run_conv(w, x, stride=stride, act="relu", schedule=sched, vl=8, threads=2)
-    assert_close(got, reference(w, x, stride=stride, act="relu"))
+    for ipf in (0, 1, 3):  # input prefetch: none, the next channel, past the last one
+        sched = {"layout": "ct", "vecs": 1, "rows": 3, "hoist": hoist, "ipf": ipf}
+        got = run_conv(w, x, stride=stride, act="relu", schedule=sched, vl=8, threads=2)
+        assert_close(got, reference(w, x, stride=stride, act="relu"))
     Li, Lo = Layout(10, 13, 21), Layout(12, (13 - 1) // stride + 1, (21 - 1) // stride + 1)
     dflt = gen_pattern_conv("c", w, stride=stride, padding=1, in_layout=Li, out_layout=Lo,
                             schedule={"layout": "ct"}, vl=8).schedule
@@ -227,6 +228,9 @@ def test_channel_tile_hoisted_inputs(stride, hoist):
     with pytest.raises(InputError, match="hoist"):
         gen_pattern_conv("c", w, stride=stride, padding=1, in_layout=Li, out_layout=Lo,
                          schedule={"layout": "ct", "hoist": 2}, vl=8)
+    with pytest.raises(InputError, match="ipf"):
+        gen_pattern_conv("c", w, stride=stride, padding=1, in_layout=Li, out_layout=Lo,
+                         schedule={"layout": "ct", "ipf": -1}, vl=8)
 
 @pytest.mark.parametrize("wpf", [0, 16, WEIGHT_PREFETCH])
 def test_channel_major_weight_prefetch(wpf):
