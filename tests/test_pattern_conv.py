@@ -234,8 +234,8 @@ def test_channel_tile_hoisted_inputs(stride, hoist):
 
 @pytest.mark.parametrize("wpf", [0, 16, WEIGHT_PREFETCH])
 def test_channel_major_weight_prefetch(wpf):
-    """The weight-stream prefetch (any distance, also past the end of the weights) only moves
-    data; the default turns it on, ``wpf`` 0 leaves it out of the generated code."""
+    """The weight-stream and input prefetches (any distance, also past the end of the data) only
+    move data; the default turns the weight prefetch on, ``wpf`` 0 leaves it out of the code."""
     rng = np.random.default_rng(9)
     w = pattern_weight(16, 24, keep=0.5, dense_frac=0.05)
     x = rng.standard_normal((24, 4, 4)).astype(np.float32)
@@ -245,11 +245,13 @@ def test_channel_major_weight_prefetch(wpf):
     assert ("__builtin_prefetch(wk + " in gk.code) == (wpf > 0)
     assert gen_pattern_conv("c", w, stride=1, padding=1, in_layout=L[0], out_layout=L[1],
                             vl=8).schedule["wpf"] == WEIGHT_PREFETCH
-    got = run_conv(w, x, act="relu", schedule={"layout": "cm", "wpf": wpf}, vl=8, threads=2)
-    assert_close(got, reference(w, x, act="relu"))
-    with pytest.raises(InputError, match="wpf"):
-        gen_pattern_conv("c", w, stride=1, padding=1, in_layout=L[0], out_layout=L[1],
-                         schedule={"layout": "cm", "wpf": -4}, vl=8)
+    for ipf in (0, 2, 30):  # input prefetch channels ahead: none, default, past the thread's share
+        got = run_conv(w, x, act="relu", schedule={"layout": "cm", "wpf": wpf, "ipf": ipf}, vl=8, threads=2)
+        assert_close(got, reference(w, x, act="relu"))
+    for bad in ({"wpf": -4}, {"ipf": -1}):
+        with pytest.raises(InputError, match=next(iter(bad))):
+            gen_pattern_conv("c", w, stride=1, padding=1, in_layout=L[0], out_layout=L[1],
+                             schedule={"layout": "cm", **bad}, vl=8)
 
 # Tap packing (2 or 4 taps of a kernel in one vector) at each vector width (run_conv builds
 # each width on this host: natively, with the wider ISA off, or 16 lanes emulated).

@@ -96,7 +96,7 @@ UNROLL_COPY_MAX = 512     # floats per channel up to which the flat layout's cop
 
 CT_PARTIALS_L1 = 32 << 10  # bytes of a thread's partial tiles that stay in L1 (stride-1 choice)
 CT_MAX_FILTERS = 128       # above it stride-1 rows of several vectors stay on the row layout
-CT_INPUT_PREFETCH = 2      # channel tiles prefetch the input of the channel this far ahead
+CT_INPUT_PREFETCH = 2      # channel tiles and channel-major layers prefetch the input this many channels ahead
 
 
 def ct_rows(out: Layout, vl: int, vecs: int, limit: int | None = None, threads: int | None = None) -> int:
@@ -342,9 +342,13 @@ def _resolve_schedule(schedule: dict | None, inp: Layout, out: Layout, vl: int, 
         sched["pack"] = int(sched.get("pack") or 1)
         if sched["layout"] == "cm":
             sched["wpf"] = int(sched.get("wpf") or 0)
+            sched["ipf"] = sched.get("ipf", CT_INPUT_PREFETCH)
             if sched["wpf"] < 0:
                 raise InputError(f"{where}: schedule wpf (weight prefetch distance in floats) must be >= 0, "
                                  f"got {sched['wpf']}")
+            if not isinstance(sched["ipf"], int) or sched["ipf"] < 0:
+                raise InputError(f"{where}: schedule ipf (input channels prefetched ahead) must be an int "
+                                 f">= 0, got {sched['ipf']!r}")
         if sched["pack"] not in (1, tap_pack(out, vl)):
             raise InputError(f"{where}: schedule pack {sched['pack']} does not fit a {out.H}x{out.W} "
                              f"plane in {vl}-float vectors (possible: 1, {tap_pack(out, vl)})")
@@ -731,13 +735,16 @@ class _ChannelMajorEmitter(_FlatEmitter):
     prefetcher keeps up with. Measured in the model (VGG-16 CIFAR 2.25x, ``profile``, 12
     interleaved rounds, AVX-512): 512->512 @2x2 140 -> 108 us, @4x4 162 -> 139 us, the
     whole model 1.32 -> 1.12 ms (WEIGHT_PREFETCH: 4 KB; 4 KB to 32 KB ahead gave the same).
+    ``ipf`` prefetches the plane region the copy reads ``ipf`` channels ahead, as in the
+    channel-tile layout: ResNet-18 8x layer4 1.13-1.25x with the vCPUs apart, 1.00 together;
+    VGG-16 CIFAR 2.25x 1.047 together, 1.131 apart (benchmarks/ab_models.py).
     """
 
     TRANSPOSED = True
 
     def __init__(self, name, sp, lay, shape: ConvShape, act, has_residual, sched, vl):
         super().__init__(name, sp, lay, shape, act, has_residual, sched, vl)
-        self.wpf = int(sched.get("wpf", 0))
+        self.wpf, self.ipf = int(sched.get("wpf", 0)), int(sched.get("ipf", 0))
 
     def _part_floats(self) -> int:
         """Partial-sum floats per filter."""
@@ -785,6 +792,17 @@ class _ChannelMajorEmitter(_FlatEmitter):
                   f"    op[oh * {out.ld} + ow] = {act_scalar_c(self.act, val)};"]
         return lines
 
+    def _input_prefetch(self) -> list[str]:
+        """Prefetch the lines of the plane region the copy reads, ``ipf`` channels ahead."""
+        if not self.ipf:
+            return []
+        sh, inp = self.sh, self.sh.inp
+        rows, cols = (sh.out.H - 1) * sh.stride + 3, (sh.out.W - 1) * sh.stride + 3
+        lines = sorted({q for r in range(rows) for q in range(r * inp.ld // 16, (r * inp.ld + cols - 1) // 16 + 1)})
+        return [f"        if (i + {self.ipf} < i1) {{",
+                f"            const float *pf = src + ((ptrdiff_t)perm[i + {self.ipf}] - perm[i]) * {inp.ps};",
+                *[f"            __builtin_prefetch(pf + {16 * q}, 0, 3);" for q in lines], "        }"]
+
     def emit(self) -> str:
         lay, sh, out, inp = self.lay, self.sh, self.sh.out, self.sh.inp
         F, C, S, CS = out.C, inp.C, self._part_floats(), self._cs()
@@ -799,6 +817,7 @@ class _ChannelMajorEmitter(_FlatEmitter):
                 f"    const int i0 = ps_split(cost, {C}, t, nt), i1 = ps_split(cost, {C}, t + 1, nt);",
                 "    for (int i = i0; i < i1; i++) {",
                 f"        const float *restrict src = in + (ptrdiff_t)perm[i] * {inp.ps} + {off0};",
+                *self._input_prefetch(),
                 "        float *restrict dst = col;",
                 *["        " + x for x in self._copy()],
                 "        const float *restrict wk = wts + wptr[i];",
