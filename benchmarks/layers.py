@@ -236,27 +236,28 @@ def compile_times(args) -> list[str]:
 
 NOTES = [
     "### Where targets are missed, and why", "",
-    "- docs/COMPILER.md has the measurements behind these points (its fifth session is the AMD EPYC "
-    "VM with AVX-512 these tables come from: FMA peak ~240 GFLOP/s per core, 470 on two, "
-    "docs/bench/ceiling.md). In quiet minutes with the two vCPUs on one core complex every target "
-    "is met here; the misses come from the host.",
+    "- docs/COMPILER.md has the measurements behind these points (its fifth and sixth sessions are "
+    "the AMD EPYC VM with AVX-512 these tables come from: FMA peak ~240 GFLOP/s per core, 470 on "
+    "two, docs/bench/ceiling.md). Targets are reported as missed unless every run meets them; the "
+    "misses come from the host more than from the code.",
     "- Host placement (the last column): the two vCPUs move between one core complex (25-60 ns "
-    "core to core) and two (~200 ns). Apart, the compiled models' two-thread latency grew 1.3-1.6x "
-    "(ResNet-18 8x 2.2 -> 3.4 ms) while their one-thread latency and ONNX Runtime's stayed put; "
-    "private per-thread scratch and row-split phase preps cut ResNet-18's penalty (apart 3.40 -> "
-    "2.98 ms in one A/B), the rest is not explained. docs/bench/placement.md repeats the harness "
+    "core to core) and two (~200 ns). Apart, the compiled models' two-thread latency grows (ResNet-18 "
+    "8x 2.4 -> 2.7 ms in the sixth session's final A/B, 2.2 -> 3.4 ms in the fifth's) while their "
+    "one-thread latency and ONNX Runtime's stay put. docs/bench/placement.md repeats the harness "
     "and groups rounds by placement. A probe only sees the placement before and after a row.",
-    "- A second kind of spell, with the vCPUs together: every memory-bound layer of ours runs "
-    "1.4-2x slower for seconds at a time (VGG-16 2.25x: blocks of 1.4 and of 2.3-2.8 ms in one "
-    "process) while ONNX Runtime's blocks move by ~10%. An engine 3-4x faster than the reference "
-    "loses more of its ratio to the same disturbance, so rows minutes apart straddle the targets.",
+    "- Slow spells with the vCPUs together: other tenants' use of the shared L3 slows what streams "
+    "through it (a two-thread read of 28 MB: 161 GB/s at one time, 76-93 at another). Software "
+    "prefetch of the weight streams and of the next channels' inputs (sixth session) made the "
+    "compiled models 1.02-1.38x faster with the vCPUs together (mostly in such a spell) and "
+    "1.09-1.25x apart (docs/bench/ab/*-dd697bb-10b01d5.md).",
     "- VGG-16 at pattern-only 2.25x: its channel-major layers stream 4.7 MB of weights each per "
-    "image (~29 MB for the model, 58 MB for the dense engines); the bound is near the byte ratio, "
-    "and the weights stay fp32 so the numbers match PyTorch.",
+    "image (~28 MB for the model, 58 MB for the dense engines), and the weights stay fp32 so the "
+    "numbers match PyTorch.",
     "- ResNet-18 ImageNet: the dense 7x7 stem (fused with its max pool) is 118 M of the 347 M MACs "
-    "left at 8x and runs at ~90% of the FMA peak; layer4's channel-major layers sum per-thread "
-    "partial planes across the two cores, the part that grows most when the vCPUs are apart.",
-    "- Targets are reported as missed unless every run meets them.", ""]
+    "left at 8x and runs at ~90% of the FMA peak.",
+    "- MobileNet-V2 (dense): the closest target. Its 112x112 stage is bound by activation traffic "
+    "(the 16->96 expand writes 4.8 MB that the stride-2 depthwise reads back); fusing the two over "
+    "row bands is the next step and is not done.", ""]
 
 
 def header(args) -> list[str]:
