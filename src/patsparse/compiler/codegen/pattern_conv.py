@@ -96,7 +96,7 @@ UNROLL_COPY_MAX = 512     # floats per channel up to which the flat layout's cop
 
 CT_PARTIALS_L1 = 32 << 10  # bytes of a thread's partial tiles that stay in L1 (stride-1 choice)
 CT_MAX_FILTERS = 128       # above it stride-1 rows of several vectors stay on the row layout
-CT_INPUT_PREFETCH = 2      # channel tiles and channel-major layers prefetch the input this many channels ahead
+INPUT_PREFETCH = 2         # channel tiles and channel-major layers prefetch the input this many channels ahead
 
 
 def ct_rows(out: Layout, vl: int, vecs: int, limit: int | None = None, threads: int | None = None) -> int:
@@ -141,6 +141,11 @@ def ct_rows(out: Layout, vl: int, vecs: int, limit: int | None = None, threads: 
     # of the best balance, whole rows of tiles per thread win
     aligned = [r for r, (span, mid) in spans.items() if not mid and span <= best * 1.05]
     return aligned[0] if aligned else min(spans, key=lambda r: spans[r][0])  # ties: the most rows
+
+
+def ct_hoist(inp: Layout, out: Layout) -> int:
+    """Default ``hoist`` of a channel tile: on at stride 2 only (_ChannelTileEmitter says why)."""
+    return int(inp.H > out.H)
 
 
 def cm_fits(out: Layout, vl: int) -> bool:
@@ -198,13 +203,13 @@ def default_schedule(inp: Layout, out: Layout, vl: int, threads: int | None = No
     if vector_registers(vl) >= 32:
         if stride2 or out.C <= CT_MAX_FILTERS or nv == 1:
             return {"layout": "ct", "vecs": 1, "rows": ct_rows(out, vl, 1, threads=threads),
-                    "hoist": int(stride2)}
+                    "hoist": ct_hoist(inp, out)}
     else:
         vecs = min(CT_VECS, nv)
         l1_rows = None if stride2 else CT_PARTIALS_L1 // (out.C * vecs * vl * 4)
         if stride2 or (ct_rows(out, vl, vecs, l1_rows) >= 2 and out.C <= CT_MAX_FILTERS):
             return {"layout": "ct", "vecs": vecs, "rows": ct_rows(out, vl, vecs, l1_rows, threads),
-                    "hoist": int(stride2)}
+                    "hoist": ct_hoist(inp, out)}
     vecs = min(nv, 4)
     rows = max(1, min(out.H, max_acc(vl) // vecs))
     return {"layout": "rows", "rows": rows, "vecs": vecs, "order": "tf", "prefetch": 1}
@@ -303,6 +308,27 @@ def gen_pattern_conv(name: str, weight: np.ndarray, *, stride: int, padding: int
     return GeneratedKernel(name=name, code=code, pack=pack, flops=flops, schedule=sched)
 
 
+def _input_prefetch_distance(sched: dict, where: str) -> int:
+    """The checked ``ipf`` of a channel-tile or channel-major schedule (default INPUT_PREFETCH)."""
+    ipf = sched.get("ipf", INPUT_PREFETCH)
+    if not isinstance(ipf, int) or ipf < 0:
+        raise InputError(f"{where}: schedule ipf (input channels prefetched ahead) must be an int >= 0, "
+                         f"got {ipf!r}")
+    return ipf
+
+
+def _channel_prefetch(ipf: int, bound: str, base: str, cs: int, offsets, vl: int) -> list[str]:
+    """C lines that prefetch, ``ipf`` channels ahead of channel ``i`` (while below ``bound``),
+    the cache lines of ``offsets`` (vector starts, in floats) from ``base``, the current
+    channel's pointer; channels are ``cs`` floats apart and reached through ``perm``."""
+    if not ipf:
+        return []
+    lines = sorted({q for o in offsets for q in (o // 16, (o + vl - 1) // 16)})  # 16 floats a line
+    return [f"if (i + {ipf} < {bound}) {{",
+            f"    const float *pf = {base} + ((ptrdiff_t)perm[i + {ipf}] - perm[i]) * {cs};",
+            *[f"    __builtin_prefetch(pf + {16 * q}, 0, 3);" for q in lines], "}"]
+
+
 def _resolve_schedule(schedule: dict | None, inp: Layout, out: Layout, vl: int, where: str,
                       sp: LayerSparsity, threads: int | None = None) -> dict:
     """The default schedule for this layer, overridden by ``schedule``; checked."""
@@ -321,15 +347,11 @@ def _resolve_schedule(schedule: dict | None, inp: Layout, out: Layout, vl: int, 
         nv = -(-out.W // vl)
         vecs = max(1, min(int(sched.get("vecs") or CT_VECS), nv))
         rows = sched.get("rows") or ct_rows(out, vl, vecs, threads=threads)
-        hoist = sched.get("hoist", int(inp.H > out.H))  # default: stride 2 (_ChannelTileEmitter)
+        hoist = sched.get("hoist", ct_hoist(inp, out))
         if hoist not in (0, 1):
             raise InputError(f"{where}: schedule hoist must be 0 or 1, got {hoist!r}")
-        ipf = sched.get("ipf", CT_INPUT_PREFETCH)
-        if not isinstance(ipf, int) or ipf < 0:
-            raise InputError(f"{where}: schedule ipf (input channels prefetched ahead) must be an int >= 0, "
-                             f"got {ipf!r}")
         return {"layout": "ct", "vecs": vecs, "rows": max(1, min(int(rows), out.H)), "hoist": hoist,
-                "ipf": ipf}
+                "ipf": _input_prefetch_distance(sched, where)}
     if sched["layout"] in ("flat", "cm"):
         if not cm_fits(out, vl):
             raise InputError(f"{where}: the {sched['layout']} layout needs an output plane of at most "
@@ -342,13 +364,10 @@ def _resolve_schedule(schedule: dict | None, inp: Layout, out: Layout, vl: int, 
         sched["pack"] = int(sched.get("pack") or 1)
         if sched["layout"] == "cm":
             sched["wpf"] = int(sched.get("wpf") or 0)
-            sched["ipf"] = sched.get("ipf", CT_INPUT_PREFETCH)
+            sched["ipf"] = _input_prefetch_distance(sched, where)
             if sched["wpf"] < 0:
                 raise InputError(f"{where}: schedule wpf (weight prefetch distance in floats) must be >= 0, "
                                  f"got {sched['wpf']}")
-            if not isinstance(sched["ipf"], int) or sched["ipf"] < 0:
-                raise InputError(f"{where}: schedule ipf (input channels prefetched ahead) must be an int "
-                                 f">= 0, got {sched['ipf']!r}")
         if sched["pack"] not in (1, tap_pack(out, vl)):
             raise InputError(f"{where}: schedule pack {sched['pack']} does not fit a {out.H}x{out.W} "
                              f"plane in {vl}-float vectors (possible: 1, {tap_pack(out, vl)})")
@@ -744,7 +763,7 @@ class _ChannelMajorEmitter(_FlatEmitter):
 
     def __init__(self, name, sp, lay, shape: ConvShape, act, has_residual, sched, vl):
         super().__init__(name, sp, lay, shape, act, has_residual, sched, vl)
-        self.wpf, self.ipf = int(sched.get("wpf", 0)), int(sched.get("ipf", 0))
+        self.wpf, self.ipf = int(sched["wpf"]), int(sched["ipf"])
 
     def _part_floats(self) -> int:
         """Partial-sum floats per filter."""
@@ -793,15 +812,11 @@ class _ChannelMajorEmitter(_FlatEmitter):
         return lines
 
     def _input_prefetch(self) -> list[str]:
-        """Prefetch the lines of the plane region the copy reads, ``ipf`` channels ahead."""
-        if not self.ipf:
-            return []
-        sh, inp = self.sh, self.sh.inp
+        """Prefetch the plane region the copy reads (its rows, vector by vector), ``ipf`` ahead."""
+        sh, inp, vl = self.sh, self.sh.inp, self.vl
         rows, cols = (sh.out.H - 1) * sh.stride + 3, (sh.out.W - 1) * sh.stride + 3
-        lines = sorted({q for r in range(rows) for q in range(r * inp.ld // 16, (r * inp.ld + cols - 1) // 16 + 1)})
-        return [f"        if (i + {self.ipf} < i1) {{",
-                f"            const float *pf = src + ((ptrdiff_t)perm[i + {self.ipf}] - perm[i]) * {inp.ps};",
-                *[f"            __builtin_prefetch(pf + {16 * q}, 0, 3);" for q in lines], "        }"]
+        starts = [r * inp.ld + c for r in range(rows) for c in range(0, cols, vl)]
+        return ["        " + x for x in _channel_prefetch(self.ipf, "i1", "src", inp.ps, starts, vl)]
 
     def emit(self) -> str:
         lay, sh, out, inp = self.lay, self.sh, self.sh.out, self.sh.inp
@@ -925,13 +940,10 @@ class _ChannelTileEmitter:
                  f" + (ptrdiff_t)oh * {acc.row_stride} + v0 * {vl * acc.step};",
                  "        const float *restrict wk = wts + wptr[i];",
                  f"        const int32_t *restrict ri = runs + (ptrdiff_t)i * {lay.P};"]
-        if self.ipf:  # the tile's input lines of the channel ipf ahead (16 floats a line)
-            ahead = sorted({q for o in self._inputs(R, V) for q in (o // 16, (o + vl - 1) // 16)})
-            lines += [f"        if (i + {self.ipf} < {C}) {{",
-                      f"            const float *pf = ib + ((ptrdiff_t)perm[i + {self.ipf}] - perm[i]) * {acc.cs};",
-                      *[f"            __builtin_prefetch(pf + {16 * q}, 0, 3);" for q in ahead], "        }"]
+        inputs = self._inputs(R, V)
+        lines += ["        " + x for x in _channel_prefetch(self.ipf, str(C), "ib", acc.cs, inputs, vl)]
         if self.hoist:
-            lines += [f"        const vf u{o} = vload(ib + {o});" for o in self._inputs(R, V)]
+            lines += [f"        const vf u{o} = vload(ib + {o});" for o in inputs]
         for p in range(lay.P):
             lines += ["        " + x for x in self._run(p, R, V)]
         lines += ["    }", "    const int lastv = v0 + " + str(V) + f" == {self.nv};",
