@@ -12,7 +12,8 @@ the compiled models' two-thread speed differs between the two (docs/COMPILER.md)
     python benchmarks/ab_models.py OLD.compiled NEW.compiled [--seconds 300] [--calls 40]
 
 A and B are directories written by ``patsparse compile`` / ``CompiledModel.save`` (for the same
-input shape). Prints the table; --out also writes it to a file.
+input shape; their layers pair by name, so a build that fuses two layers shows the other's two
+beside its one). Prints the table; --out also writes it to a file.
 """
 
 from __future__ import annotations
@@ -58,9 +59,11 @@ def main(argv: list[str] | None = None) -> None:
     a, b = ps.load(args.a), ps.load(args.b)
     if a.input_shape != b.input_shape:
         raise SystemExit(f"input shapes differ: {a.input_shape} against {b.input_shape}")
-    names = [L["name"] for L in a.manifest["layers"]]
-    if names != [L["name"] for L in b.manifest["layers"]]:
-        raise SystemExit("the two models' layers differ: per-layer times cannot be paired")
+    kinds_a, kinds_b = ({L["name"]: L["kernel"] for L in m.manifest["layers"]} for m in (a, b))
+    # layers pair by name; a layer one build fused away shows "-" on that side, and one whose
+    # kernel differs (a fused step keeps its last layer's name) shows both kernels
+    names = list(kinds_a) + [n for n in kinds_b if n not in kinds_a]
+    pos_a, pos_b = ({n: i for i, n in enumerate(k)} for k in (kinds_a, kinds_b))
     x = np.random.default_rng(0).standard_normal((1, *a.input_shape)).astype(np.float32)
     if not np.allclose(a.run_numpy(x), b.run_numpy(x), rtol=1e-4, atol=1e-4):
         raise SystemExit("the two models give different outputs")
@@ -82,9 +85,14 @@ def main(argv: list[str] | None = None) -> None:
         lines += [f"### vCPUs {where}: {len(sel)} rounds; A {np.median([r['a'] for r in sel]):.3f} ms, "
                   f"B {np.median([r['b'] for r in sel]):.3f} ms, median per-round A/B {ratio:.3f}", ""]
         la, lb = np.median([r["la"] for r in sel], 0), np.median([r["lb"] for r in sel], 0)
-        lines += [md_table(["layer", "A us", "B us", "A/B"],
-                           [[n, f"{p * 1e3:.1f}", f"{q * 1e3:.1f}", f"{p / q:.2f}" if q else "-"]
-                            for n, p, q in zip(names, la, lb)]), ""]
+        rows = []
+        for n in names:
+            p = la[pos_a[n]] * 1e3 if n in pos_a else None
+            q = lb[pos_b[n]] * 1e3 if n in pos_b else None
+            ka, kb = kinds_a.get(n, "-"), kinds_b.get(n, "-")
+            rows.append([n, ka if ka == kb else f"{ka} / {kb}", "-" if p is None else f"{p:.1f}",
+                         "-" if q is None else f"{q:.1f}", f"{p / q:.2f}" if p and q else "-"])
+        lines += [md_table(["layer", "kernel (A / B)", "A us", "B us", "A/B"], rows), ""]
     if args.rounds_json:
         Path(args.rounds_json).write_text(json.dumps([{k: r[k] for k in ("far", "a", "b")} for r in rounds]))
     text = "\n".join(lines)

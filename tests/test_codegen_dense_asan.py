@@ -23,6 +23,7 @@ from patsparse.compiler.codegen.dense_conv import gen_conv2d
 from patsparse.compiler.codegen.depthwise import gen_depthwise
 from patsparse.compiler.codegen.gemm import gen_linear
 from patsparse.compiler.codegen.pool import gen_avgpool, gen_global_avgpool, gen_maxpool
+from patsparse.compiler.codegen.pw_dw import gen_pw_dw
 from patsparse.compiler.layout import Layout
 
 HARNESS = r"""
@@ -90,6 +91,14 @@ CASES = {
                   (5, 1, 3, 3)),
     "dw_s2_nohalo": Case(gen_depthwise, dict(channels=4, stride=2), L(4, 8, 9, 0), L(4, 4, 5, 1),
                          (4, 1, 3, 3)),
+    "pw_dw_s2": Case(gen_pw_dw, dict(expand_weight=np.ones((7, 5, 1, 1), np.float32),
+                                     expand_bias=np.zeros(7, np.float32), expand_act="relu6", stride=2,
+                                     act="relu6", vl=host_vl(), schedule={"mr": 3, "nr": 2}),
+                     L(5, 13, 37, 0), L(7, 7, 19, 1), (7, 1, 3, 3)),
+    "pw_dw_s1_k5": Case(gen_pw_dw, dict(expand_weight=np.ones((6, 3, 1, 1), np.float32),
+                                        expand_bias=np.zeros(6, np.float32), expand_act="none", k=5,
+                                        padding=2, act="relu6", vl=host_vl()),
+                        L(3, 9, 33, 1), L(6, 9, 33, 0), (6, 1, 5, 5)),
     "maxpool_s2_nohalo": Case(gen_maxpool, dict(k=3, stride=2, padding=1), L(4, 13, 37, 0),
                               L(4, 7, 19, 0), None),
     "avgpool_s3": Case(gen_avgpool, dict(k=3, stride=3, padding=1), L(2, 10, 20, 0),

@@ -43,6 +43,10 @@ ALIGN = 16  # floats
 PATTERN_MAX_DENSITY = 0.6
 # a dense conv + max pool runs fused (conv_pool.py) when one channel group's weights fit in L1
 CONV_POOL_MAX_WEIGHT_BYTES = 40 << 10
+# a 1x1 conv + depthwise conv run fused (pw_dw.py) when the 1x1's output would not stay in a
+# core's L2 and its weights stay in L1 during a row
+PW_DW_MIN_TENSOR_BYTES = 1 << 20
+PW_DW_MAX_WEIGHT_BYTES = 32 << 10
 
 
 @dataclass
@@ -88,6 +92,8 @@ def kernel_kind(node: Node) -> tuple[str, LayerSparsity | None]:
         F, Cg = w.shape[:2]
         if "pool" in a:  # fused by fuse_conv_pool
             return "conv_pool", None
+        if "expand" in a:  # fused by fuse_pw_dw
+            return "pw_dw", None
         if a["groups"] == 1:
             if a["k"] == 3 and a["stride"] in (1, 2):
                 sp = analyse(w, node.name)
@@ -129,17 +135,49 @@ def fuse_conv_pool(g: Graph, vl: int) -> None:
         replace_uses(g, m.name, prod.name)
 
 
+def fuse_pw_dw(g: Graph, vl: int) -> None:
+    """Fold a 1x1 conv into the depthwise conv after it (pw_dw.py) where the 1x1's output is too
+    big to stay in L2 (MobileNet-V2's expand convs at 112x112 and 56x56) and that kernel applies:
+    the 1x1 has stride 1, no padding, no residual and feeds only the depthwise conv, which has
+    no residual. Measured with 32 vector registers only, so other ISAs keep two kernels. The
+    depthwise node takes the 1x1's input, its weight and bias as params ``expand_weight`` and
+    ``expand_bias``, and an attribute ``expand`` = {act}; the 1x1 node is removed."""
+    if vector_registers(vl) < 32:
+        return
+    for d in [n for n in g.nodes if n.op == "conv"]:
+        src = d.inputs[0]
+        e = None if src == INPUT else g.node(src)
+        if (e is None or e.op != "conv" or d.residual is not None or e.residual is not None
+                or "pool" in e.attrs or "expand" in e.attrs or len(g.users(src)) != 1):
+            continue
+        ea, da, w = e.attrs, d.attrs, d.params["weight"]
+        if (ea["k"], ea["stride"], ea["padding"], ea["groups"]) != (1, 1, 0, 1) or \
+                da["groups"] != w.shape[0] or w.shape[1] != 1 or da["stride"] > 2 or da["k"] > vl:
+            continue
+        if 4 * int(np.prod(e.shape)) < PW_DW_MIN_TENSOR_BYTES or \
+                4 * e.params["weight"].size > PW_DW_MAX_WEIGHT_BYTES:
+            continue
+        d.params["expand_weight"] = e.params["weight"]
+        d.params["expand_bias"] = e.params.get("bias", np.zeros(w.shape[0], np.float32))
+        d.attrs["expand"] = {"act": e.act}
+        d.inputs = list(e.inputs)
+        g.nodes.remove(e)
+
+
 def _required_pad(node: Node) -> int:
+    if "expand" in node.attrs:  # the fused 1x1 conv reads its input without padding
+        return 0
     return int(node.attrs.get("padding", 0)) if node.op in ("conv", "maxpool", "avgpool") else 0
 
 
 def plan_graph(g: Graph, *, vl: int | None = None, threads: int | None = None) -> Plan:
     """Kernel choice, layouts and workspace offsets for a fused graph (see module docstring).
 
-    It first folds max pools into the convs before them where conv_pool.py applies, in ``g``
-    itself, so the IR a compiled model stores is the one it was generated from."""
+    It first folds max pools into the convs before them where conv_pool.py applies, and 1x1
+    convs into the depthwise convs after them where pw_dw.py applies, in ``g`` itself, so the IR a compiled model stores is the one it was generated from."""
     vl = vl or host_vl()
     fuse_conv_pool(g, vl)
+    fuse_pw_dw(g, vl)
     kinds = {n.name: kernel_kind(n) for n in g.nodes}  # all errors before any code exists
     pads: dict[str, int] = {INPUT: 0, **{n.name: 0 for n in g.nodes}}
     for n in g.nodes:
@@ -209,6 +247,11 @@ def _generate(step: Step, schedule: dict | None, vl: int, threads: int | None = 
                    padding=a["padding"], pool_k=pool["k"], pool_stride=pool["stride"],
                    pool_padding=pool["padding"], in_layout=step.in_layout, out_layout=step.out_layout,
                    act=n.act, vl=vl, schedule=schedule)
+    if step.kind == "pw_dw":
+        return gen(step.cname, expand_weight=n.params["expand_weight"], expand_bias=n.params["expand_bias"],
+                   expand_act=a["expand"]["act"], k=a["k"], stride=a["stride"], padding=a["padding"],
+                   in_layout=step.in_layout, out_layout=step.out_layout, act=n.act, vl=vl, schedule=schedule,
+                   has_residual=n.residual is not None)
     if step.kind == "depthwise":
         return gen(step.cname, channels=F, stride=a["stride"], padding=a["padding"], **common)
     if step.kind == "linear":
@@ -226,6 +269,7 @@ DENSE_GENERATORS = {
     "conv2d": ("dense_conv", "gen_conv2d"),
     "conv_pool": ("conv_pool", "gen_conv_maxpool"),
     "depthwise": ("depthwise", "gen_depthwise"),
+    "pw_dw": ("pw_dw", "gen_pw_dw"),
     "linear": ("gemm", "gen_linear"),
     "maxpool": ("pool", "gen_maxpool"),
     "avgpool": ("pool", "gen_avgpool"),

@@ -139,6 +139,31 @@ def _check_schedule(schedule: dict, where: str) -> tuple[int, int, int, str | No
     return mr, nr, 0, order
 
 
+def fma_step(tap_off, mr: int, nr: int, indent: str) -> list[str]:
+    """One reduction step of an MR x NR tile (input channel ``ci``; ``q{j}`` point at its NR
+    input vectors, ``wk`` at its packed weights): per tap NR input loads pinned in registers,
+    then MR broadcasts of MR*NR FMAs into accumulators ``a{i}_{j}``."""
+    lines = []
+    for t, off in enumerate(tap_off):
+        lines.append(f"{indent}{{")
+        lines += [f"{indent}    vf b{j} = vload(q{j} + {off}); PS_KEEP(b{j});" for j in range(nr)]
+        for i in range(mr):
+            lines.append(f"{indent}    {{ vf wv = vbcast(wk[{t * mr + i}]);")
+            lines.append(f"{indent}      " + " ".join(f"a{i}_{j} += wv * b{j};" for j in range(nr)) + " }")
+        lines.append(f"{indent}}}")
+    return lines
+
+
+def pack_tiles(weight: np.ndarray, mr: int) -> np.ndarray:
+    """(Cout, Cin, K, K) weights packed per MR-row tile as [tile][ci][tap][MR], rows past Cout
+    zero: the order ``fma_step`` reads them in."""
+    cout, cin, kk = weight.shape[0], weight.shape[1], weight.shape[2] * weight.shape[3]
+    cout_pad = round_up(cout, mr)
+    full = np.zeros((cout_pad, cin, kk), np.float32)
+    full[:cout] = weight.reshape(cout, cin, kk)
+    return np.ascontiguousarray(full.reshape(cout_pad // mr, mr, cin, kk).transpose(0, 2, 3, 1)).ravel()
+
+
 def gen_igemm(name: str, *, cin: int, cout: int, k: int, stride: int, padding: int,
               in_layout: Layout, out_layout: Layout, act: str, has_residual: bool,
               schedule: dict | None, where: str) -> GeneratedKernel:
@@ -173,15 +198,7 @@ def gen_igemm(name: str, *, cin: int, cout: int, k: int, stride: int, padding: i
                            out_floats=out_layout.size)
     J, I = range(nr), range(mr)
     decl = "\n".join(f"        vf a{i}_{j} = (vf){{0}};" for i in I for j in J)
-    body = []
-    for t, off in enumerate(tap_off):
-        body.append("            {")
-        body += [f"                vf b{j} = vload(q{j} + {off}); PS_KEEP(b{j});" for j in J]
-        for i in I:
-            body.append(f"                {{ vf wv = vbcast(wk[{t * mr + i}]);")
-            body.append("                  " + " ".join(f"a{i}_{j} += wv * b{j};" for j in J) + " }")
-        body.append("            }")
-    body = "\n".join(body)
+    body = "\n".join(fma_step(tap_off, mr, nr, " " * 12))
     olay = out_layout
     ochk = "" if cout == cout_pad else f"if (co0 + {{i}} < {cout}) "
 
@@ -251,11 +268,7 @@ static void {name}(const float *restrict in, float *restrict out, const float *r
 """
 
     def pack(weight: np.ndarray) -> np.ndarray:
-        wt = check_weight(weight, (cout, cin, K, K), name).reshape(cout, cin, kk)
-        full = np.zeros((cout_pad, cin, kk), np.float32)
-        full[:cout] = wt
-        # [tile][ci][tap][mr]
-        return np.ascontiguousarray(full.reshape(cout_pad // mr, mr, cin, kk).transpose(0, 2, 3, 1)).ravel()
+        return pack_tiles(check_weight(weight, (cout, cin, K, K), name), mr)
 
     return GeneratedKernel(name=name, code=code, pack=pack,
                            flops=2 * cout * cin * kk * Ho * Wo,
