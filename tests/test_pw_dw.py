@@ -91,6 +91,9 @@ def test_expand_and_depthwise_fuse_in_the_plan():
     assert "features.5.conv.0.0" in names  # 192 x 28 x 28: stays in L2
     assert fused[0].node.inputs == ["features.1.conv.1"] and fused[0].in_layout.pad == 0
     assert 4 * 96 * 112 * 112 >= PW_DW_MIN_TENSOR_BYTES
+    from patsparse.compiler.tune import candidates
+
+    assert candidates(fused[0], 16)[0] == default_tile(96, 112, 16, 16) and len(candidates(fused[0], 16)) > 1
     plan8 = plan_graph(capture(m, torch.zeros(1, 3, 224, 224)), vl=8)
     assert "pw_dw" not in {s.kind for s in plan8.steps}
 

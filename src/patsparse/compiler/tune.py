@@ -43,6 +43,10 @@ def candidates(step: Step, vl: int, threads: int | None = None) -> list[dict]:
         # decide it), so the default is always among the candidates measured
         return list(schedules(cout=step.out_layout.C, out_layout=step.out_layout, cin=step.in_layout.C,
                               k=step.node.attrs["k"], padding=step.node.attrs["padding"]))[:MAX_CANDIDATES]
+    if step.kind == "pw_dw":
+        from .codegen.pw_dw import tiles
+
+        return tiles(step.out_layout.C, step.in_layout.W, step.in_layout.C, vl)[: MAX_CANDIDATES - 2]
     return []
 
 

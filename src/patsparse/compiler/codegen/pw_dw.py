@@ -34,9 +34,13 @@ from .common import (HELPERS, check_act, check_layout_types, check_layouts, chec
 from .igemm import fma_step, pack_tiles, schedules as igemm_schedules
 
 
+def tiles(cout: int, W: int, cin: int, vl: int) -> list[dict]:
+    """The implicit GEMM's row-vector tiles for one expanded row (a 1 x W plane), best first."""
+    return [d for d in igemm_schedules(cout=cout, Ho=1, Wo=W, cin=cin, k=1, vl=vl) if "mr" in d]
+
+
 def default_tile(cout: int, W: int, cin: int, vl: int) -> dict:
-    """The implicit GEMM's best row-vector tile for one expanded row (a 1 x W plane)."""
-    return next(d for d in igemm_schedules(cout=cout, Ho=1, Wo=W, cin=cin, k=1, vl=vl) if "mr" in d)
+    return tiles(cout, W, cin, vl)[0]
 
 
 def gen_pw_dw(name: str, *, expand_weight: np.ndarray, expand_bias: np.ndarray, expand_act: str,
