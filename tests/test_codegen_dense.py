@@ -22,6 +22,7 @@ from patsparse.compiler.codegen.dense_conv import schedules as dense_schedules
 from patsparse.compiler.codegen.depthwise import gen_depthwise
 from patsparse.compiler.codegen.depthwise import schedules as dw_schedules
 from patsparse.compiler.codegen.gemm import gen_conv1x1, gen_linear
+from patsparse.compiler.codegen.igemm import direct_s2_floats
 from patsparse.compiler.codegen.igemm import schedules as conv_schedules
 from patsparse.compiler.layout import Layout
 from patsparse.errors import InputError, UnsupportedError
@@ -93,7 +94,8 @@ def test_conv2d_matches_torch(cin, cout, k, stride, data, H, W, pin, pout, act, 
 @pytest.mark.parametrize("cin,cout,k,stride,padding,H", [
     (3, 64, 7, 2, 3, 40),      # ResNet stem (small image), input layout without halo
     (3, 64, 7, 2, 3, 224),     # ResNet stem at ImageNet size (14 full vectors per output row)
-    (3, 32, 3, 2, 1, 33),      # MobileNet-V2 first conv, odd size
+    (3, 32, 3, 2, 1, 33),      # MobileNet-V2 first conv, odd size (read in place: s2)
+    (3, 32, 3, 2, 1, 224),     # MobileNet-V2 first conv at ImageNet size
     (16, 24, 3, 1, 1, 14),     # dense 3x3 stride 1
     (16, 20, 1, 2, 0, 15),     # ResNet 1x1 stride-2 downsample
     (64, 128, 1, 2, 0, 56),    # ResNet-18's first downsample at ImageNet size
@@ -117,13 +119,16 @@ def test_every_candidate_schedule_is_correct():
        H=st.integers(7, 41), W=st.integers(7, 41), data=st.data())
 def test_few_channel_strided_conv_any_schedule(cin, cout, k, H, W, data):
     """The stem family (KxK stride 2 over a few input channels, read through the phase-plane
-    prep): any candidate the tuner may pick, in either loop order, on odd sizes, with input
-    halos from none (the model input) up to the padding, and padding from 0 to K//2."""
+    prep or, where the halo covers the padding, in place): any candidate the tuner may pick, in
+    either loop order, on odd sizes, with input halos from none (the model input) up to the
+    padding, and padding from 0 to K//2."""
     padding = data.draw(st.integers(0, k // 2), label="padding")
     pin = data.draw(st.integers(0, padding), label="pin")
     Ho, Wo = (H + 2 * padding - k) // 2 + 1, (W + 2 * padding - k) // 2 + 1
-    sched = dict(data.draw(st.sampled_from(conv_schedules(cout=cout, Ho=Ho, Wo=Wo, cin=cin, k=k)),
-                           label="schedule"))
+    s2 = direct_s2_floats(k=k, stride=2, padding=padding, in_layout=Layout(cin, H, W, pin))
+    cands = conv_schedules(cout=cout, Ho=Ho, Wo=Wo, cin=cin, k=k, s2_input=s2)
+    assert any(c.get("s2") for c in cands) == bool(s2)
+    sched = dict(data.draw(st.sampled_from(cands), label="schedule"))
     order = data.draw(st.sampled_from([None, "pix", "co"]), label="order")
     if order:
         sched["order"] = order

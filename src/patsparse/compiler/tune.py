@@ -42,7 +42,8 @@ def candidates(step: Step, vl: int, threads: int | None = None) -> list[dict]:
         # the same ranking the untuned default comes from (input channels and kernel size
         # decide it), so the default is always among the candidates measured
         return list(schedules(cout=step.out_layout.C, out_layout=step.out_layout, cin=step.in_layout.C,
-                              k=step.node.attrs["k"], padding=step.node.attrs["padding"]))[:MAX_CANDIDATES]
+                              k=step.node.attrs["k"], padding=step.node.attrs["padding"],
+                              stride=step.node.attrs["stride"], in_layout=step.in_layout))[:MAX_CANDIDATES]
     if step.kind == "pw_dw":
         from .codegen.pw_dw import tiles
 

@@ -3,8 +3,9 @@
 All sizes share one register-blocked implicit-GEMM engine (igemm.py): the KxK taps are
 unrolled at compile-time offsets inside the reduction over input channels, so a 3x3 stride-1
 conv on a padded layout is loads at constant offsets + FMAs with an MRxNR tile in registers.
-Stride 2 (3x3 s2, the 7x7 s2 stem) and inputs whose halo is narrower than the conv padding go
-through a phase-plane prep pass (see igemm.py). 1x1 convs are delegated to gemm.gen_conv1x1.
+Stride 2 (3x3 s2, the 7x7 s2 stem) reads the input in place with two loads and a shuffle per
+vector, or through a phase-plane prep pass, whichever the cost model ranks first; inputs whose
+halo is narrower than the conv padding always go through the prep (see igemm.py). 1x1 convs are delegated to gemm.gen_conv1x1.
 """
 
 from __future__ import annotations
@@ -15,18 +16,20 @@ from .base import GeneratedKernel
 from .common import (check_act, check_layout_types, check_layouts, check_name, check_positive,
                      conv_out_size)
 from .gemm import gen_conv1x1
-from .igemm import gen_igemm
+from .igemm import direct_s2_floats, gen_igemm
 from .igemm import schedules as _igemm_schedules
 
 MAX_K = 7
 
 
 def schedules(*, cout: int, out_layout: Layout, cin: int | None = None, k: int = 1,
-              padding: int = 0) -> list[dict]:
+              padding: int = 0, stride: int = 1, in_layout: Layout | None = None) -> list[dict]:
     """Candidate schedules for a conv writing ``out_layout``, best-by-heuristic first (see
-    igemm.schedules); ``cin`` and ``k`` sharpen the ranking when given."""
+    igemm.schedules); ``cin`` and ``k`` sharpen the ranking when given, ``stride`` and
+    ``in_layout`` add in-place stride-2 tiles where they apply."""
+    s2 = direct_s2_floats(k=k, stride=stride, padding=padding, in_layout=in_layout) if in_layout else 0
     return _igemm_schedules(cout=cout, Ho=out_layout.H, Wo=out_layout.W, cin=cin, k=k,
-                            compact=k == 1 and padding == 0)
+                            compact=k == 1 and padding == 0, s2_input=s2)
 
 
 def gen_conv2d(name: str, *, cin: int, cout: int, k: int, stride: int = 1, padding: int = 0,

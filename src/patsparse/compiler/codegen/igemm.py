@@ -9,9 +9,10 @@ NR input vectors, broadcasts MR weights and issues MR*NR FMAs, so it is FMA-boun
 whenever MR*NR is large. The reduction runs over input channels with the KxK taps unrolled at
 compile-time offsets.
 
-Stride 1 with enough input padding reads the activation layout directly. Otherwise (stride 2,
-or an input whose halo is narrower than the conv padding, e.g. the model input) a prep pass
-copies the input once into a scratch of *phase planes* (space-to-depth: phase (py, px) holds
+Stride 1 with enough input padding reads the activation layout directly; so may a KxK stride-2
+conv (schedule ``s2``: ps_load_s2, two loads and a shuffle per input vector), where the cost
+model ranks it first. Otherwise (stride 2 without ``s2``, or an input whose halo is narrower
+than the conv padding) a prep pass copies the input once into a scratch of *phase planes* (space-to-depth: phase (py, px) holds
 Xpad[s*r + py][s*c + px]) with full zero padding, which turns any stride into unit-stride loads.
 The prep touches each input element about once, against Cout*K*K/s^2 FMAs per element.
 
@@ -54,8 +55,14 @@ def _slots(Ho: int, Wo: int, vl: int, compact: bool = False) -> int:
     return -(-(Ho * Wo) // vl) if compact else Ho * -(-Wo // vl)
 
 
+def direct_s2_floats(*, k: int, stride: int, padding: int, in_layout: Layout) -> int:
+    """The input's floats when a KxK (K > 1) stride-2 conv can read it in place (its halo covers
+    the padding: schedule ``s2``), else 0: the ``s2_input`` of ``schedules``."""
+    return in_layout.size if k > 1 and stride == 2 and in_layout.pad >= padding else 0
+
+
 def schedules(*, cout: int, Ho: int, Wo: int, cin: int | None = None, k: int = 1,
-              vl: int | None = None, compact: bool = False) -> list[dict]:
+              vl: int | None = None, compact: bool = False, s2_input: int = 0) -> list[dict]:
     """Candidate schedules for the auto-tuner: the heuristic's best first (the untuned default),
     then the best of each other tile family, then the rest by rank.
 
@@ -69,6 +76,12 @@ def schedules(*, cout: int, Ho: int, Wo: int, cin: int | None = None, k: int = 1
     ``compact`` (a 1x1 conv without padding) adds tiles over the flattened plane
     (``{"compact": 1}``, compact_access) where they need at most COMPACT_MAX_SHARE of the row
     vectors; they are charged for the copy and for a store per output row a vector touches.
+    ``s2_input`` (direct_s2_floats) adds row tiles that read a stride-2 input in place
+    (``{"s2": 1}``: two loads and a shuffle per input vector) instead of through phase planes
+    (a copy of the input); both are then charged for re-reading the input (or the planes, as big)
+    from L2 once per channel tile, the channel-major walk a large output gets. MobileNet-V2's
+    stem (3->32 3x3/2 at 224x224, ``profile``, 40 interleaved rounds, AVX-512): phase planes
+    4 x 6 172 us, in place 4 x 6 164, 8 x 3 123, 16 x 1 123.
     """
     vl = vl or host_vl()
     nregs = vector_registers(vl)
@@ -84,22 +97,26 @@ def schedules(*, cout: int, Ho: int, Wo: int, cin: int | None = None, k: int = 1
         # row-segment stores of each vector (a vector spans about VL / Wo + 1 rows)
         copy = (cin or 256) * Ho * Wo if cp else 0
         segs = (vl / Wo + 1) if cp else 1
-        for mr in range(1, 17):
-            for nr in range(1, 9):
-                # one register spare: tiles that fill all 16 AVX2 registers (4x3, 2x5) spill in
-                # GCC's code and measured up to 1.8x slower (VGG conv1: 4x3 41 GF/s, 6x2 73)
-                if mr * nr + nr + 2 > nregs or mr * nr < 4:
-                    continue
-                tiles = -(-cout // mr) * -(-ns // nr)
-                if cp and tiles < 2:  # one work unit: one thread would do the whole layer
-                    continue
-                # a tile whose input stream (red steps x NR vectors) overflows L1 reads it from L2
-                # every step; at ~32 bytes per cycle that bounds wide-NR tiles on long reductions
-                # (MobileNet-V2 160->960 at 7x7, AVX-512: MR=3 x NR=7 62 GF/s, 16 x 1 77)
-                l2_cycles = nr * vl * 4 / L2_BYTES_PER_CYCLE if red * nr * vl * 4 > L1_BYTES else 0.0
-                step = max(mr * nr / 2, (mr + nr) / 2, l2_cycles) + 0.5  # +0.5: loop/pointer overhead
-                sched = {"mr": mr, "nr": nr, **({"compact": 1} if cp else {})}
-                cands.append((tiles * (red * step + mr * nr * segs) + copy, -mr * nr, sched))
+        for s2, mr, nr in ((s2, mr, nr) for s2 in ((False, True) if s2_input and not cp else (False,))
+                           for mr in range(1, 17) for nr in range(1, 9)):
+            # one register spare: tiles that fill all 16 AVX2 registers (4x3, 2x5) spill in
+            # GCC's code and measured up to 1.8x slower (VGG conv1: 4x3 41 GF/s, 6x2 73)
+            if mr * nr + nr + 2 > nregs or mr * nr < 4:
+                continue
+            tiles = -(-cout // mr) * -(-ns // nr)
+            if cp and tiles < 2:  # one work unit: one thread would do the whole layer
+                continue
+            # a tile whose input stream (red steps x NR vectors) overflows L1 reads it from L2
+            # every step; at ~32 bytes per cycle that bounds wide-NR tiles on long reductions
+            # (MobileNet-V2 160->960 at 7x7, AVX-512: MR=3 x NR=7 62 GF/s, 16 x 1 77)
+            l2_cycles = nr * vl * 4 / L2_BYTES_PER_CYCLE if red * nr * vl * 4 > L1_BYTES else 0.0
+            loads = (mr + (2 if s2 else 1) * nr) / 2
+            step = max(mr * nr / 2, loads, l2_cycles) + 0.5  # +0.5: loop/pointer overhead
+            extra = 0.0
+            if s2_input:  # the input re-read per channel tile, and the phase planes' copy
+                extra = -(-cout // mr) * s2_input * 4 / L2_BYTES_PER_CYCLE + (0 if s2 else s2_input)
+            sched = {"mr": mr, "nr": nr, **({"compact": 1} if cp else {}), **({"s2": 1} if s2 else {})}
+            cands.append((tiles * (red * step + mr * nr * segs) + copy + extra, -mr * nr, sched))
     for np_ in cvec.np_choices(vl):
         c = cvec.cost(cout=cout, Ho=Ho, Wo=Wo, np_=np_, vl=vl, red=red, k=k)
         cands.append((c, -np_ * cvec.CB // vl, {"np": np_}))
@@ -139,14 +156,15 @@ def _check_schedule(schedule: dict, where: str) -> tuple[int, int, int, str | No
     return mr, nr, 0, order
 
 
-def fma_step(tap_off, mr: int, nr: int, indent: str) -> list[str]:
+def fma_step(tap_off, mr: int, nr: int, indent: str, load: str = "vload") -> list[str]:
     """One reduction step of an MR x NR tile (input channel ``ci``; ``q{j}`` point at its NR
-    input vectors, ``wk`` at its packed weights): per tap NR input loads pinned in registers,
-    then MR broadcasts of MR*NR FMAs into accumulators ``a{i}_{j}``."""
+    input vectors, ``wk`` at its packed weights): per tap NR input loads (``load``: vload, or
+    ps_load_s2 for a stride-2 read) pinned in registers, then MR broadcasts of MR*NR FMAs into
+    accumulators ``a{i}_{j}``."""
     lines = []
     for t, off in enumerate(tap_off):
         lines.append(f"{indent}{{")
-        lines += [f"{indent}    vf b{j} = vload(q{j} + {off}); PS_KEEP(b{j});" for j in range(nr)]
+        lines += [f"{indent}    vf b{j} = {load}(q{j} + {off}); PS_KEEP(b{j});" for j in range(nr)]
         for i in range(mr):
             lines.append(f"{indent}    {{ vf wv = vbcast(wk[{t * mr + i}]);")
             lines.append(f"{indent}      " + " ".join(f"a{i}_{j} += wv * b{j};" for j in range(nr)) + " }")
@@ -171,7 +189,8 @@ def gen_igemm(name: str, *, cin: int, cout: int, k: int, stride: int, padding: i
     H, W, s, P, K = in_layout.H, in_layout.W, stride, padding, k
     Ho, Wo = out_layout.H, out_layout.W
     if schedule is None:
-        schedule = schedules(cout=cout, Ho=Ho, Wo=Wo, cin=cin, k=K, compact=K == 1 and P == 0)[0]
+        schedule = schedules(cout=cout, Ho=Ho, Wo=Wo, cin=cin, k=K, compact=K == 1 and P == 0,
+                             s2_input=direct_s2_floats(k=K, stride=s, padding=P, in_layout=in_layout))[0]
     mr, nr, np_, order = _check_schedule(schedule, where)
     compact = bool(schedule.get("compact"))  # never with np (_check_schedule)
     if compact and (K != 1 or P != 0):
@@ -179,7 +198,8 @@ def gen_igemm(name: str, *, cin: int, cout: int, k: int, stride: int, padding: i
                          f"(got {K}x{K}, padding {P})")
     kk = K * K
     acc = None if compact else input_access(name, channels=cin, k=K, stride=s, padding=P,
-                                            in_layout=in_layout, Ho=Ho, Wo=Wo, allow_strided=False)
+                                            in_layout=in_layout, Ho=Ho, Wo=Wo,
+                                            allow_strided=bool(schedule.get("s2")) and not np_ and K > 1)
     if np_:
         return cvec.gen_cvec(name, cin=cin, cout=cout, k=K, acc=acc, out_layout=out_layout,
                              act=act, has_residual=has_residual, np_=np_, order=order)
@@ -190,7 +210,7 @@ def gen_igemm(name: str, *, cin: int, cout: int, k: int, stride: int, padding: i
         reads = "compact-plane prep"
     else:
         src, cs, tap_off, scratch, prep = acc.src, acc.cs, acc.tap_off, acc.scratch, acc.prep
-        reads = "direct input" if acc.direct else "phase-plane prep"
+        reads = ("direct stride-2 input" if acc.step == 2 else "direct input") if acc.direct else "phase-plane prep"
 
     if order is None:
         npt = -(-_slots(Ho, Wo, host_vl(), compact) // nr)
@@ -198,7 +218,8 @@ def gen_igemm(name: str, *, cin: int, cout: int, k: int, stride: int, padding: i
                            out_floats=out_layout.size)
     J, I = range(nr), range(mr)
     decl = "\n".join(f"        vf a{i}_{j} = (vf){{0}};" for i in I for j in J)
-    body = "\n".join(fma_step(tap_off, mr, nr, " " * 12))
+    s2 = bool(acc and acc.step == 2)  # direct stride-2 reads: two loads and a shuffle per vector
+    body = "\n".join(fma_step(tap_off, mr, nr, " " * 12, "ps_load_s2" if s2 else "vload"))
     olay = out_layout
     ochk = "" if cout == cout_pad else f"if (co0 + {{i}} < {cout}) "
 
@@ -233,7 +254,7 @@ def gen_igemm(name: str, *, cin: int, cout: int, k: int, stride: int, padding: i
         f"        int s{j} = pt * {nr} + {j}, ok{j} = s{j} < NS; if (!ok{j}) s{j} = pt * {nr};\n" +
         (f"        const float *p{j} = scr + (size_t)s{j} * VL;" if compact else
          f"        int oh{j} = s{j} / NVW, w0{j} = s{j} % NVW * VL;\n"
-         f"        const float *p{j} = {src} + {acc.origin} + (size_t)oh{j} * {acc.row_stride} + w0{j};")
+         f"        const float *p{j} = {src} + {acc.origin} + (size_t)oh{j} * {acc.row_stride} + {'2 * ' if s2 else ''}w0{j};")
         for j in J)
     qs = " ".join(f"const float *q{j} = p{j} + (size_t)ci * {cs};" for j in J)
     ns = f"({Ho * Wo} + VL - 1) / VL" if compact else f"{Ho} * NVW"
@@ -272,4 +293,5 @@ static void {name}(const float *restrict in, float *restrict out, const float *r
 
     return GeneratedKernel(name=name, code=code, pack=pack,
                            flops=2 * cout * cin * kk * Ho * Wo,
-                           schedule={"mr": mr, "nr": nr, "order": order, **({"compact": 1} if compact else {})})
+                           schedule={"mr": mr, "nr": nr, "order": order, **({"compact": 1} if compact else {}),
+                                     **({"s2": 1} if s2 else {})})
