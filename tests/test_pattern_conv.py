@@ -232,6 +232,32 @@ def test_channel_tile_hoisted_inputs(stride, hoist):
         gen_pattern_conv("c", w, stride=stride, padding=1, in_layout=Li, out_layout=Lo,
                          schedule={"layout": "ct", "ipf": -1}, vl=8)
 
+@pytest.mark.parametrize("vl", [8, 16])
+@pytest.mark.parametrize("in_pad", [1, 2])
+def test_channel_tile_stride2_reads_in_place(vl, in_pad):
+    """Stride-2 channel tiles read the input in place (s2 1: ps_load_s2 through the halo) or
+    through phase planes (s2 0), with tiles of one or two vectors, hoisted or not, odd sizes
+    (tails of every vector) and halos of 1 and 2; the default is in place, and stride 1 has no
+    s2 key."""
+    rng = np.random.default_rng(13)
+    w = pattern_weight(11, 6, keep=0.5, dense_frac=0.1)
+    x = rng.standard_normal((6, 19, 45)).astype(np.float32)
+    want = reference(w, x, stride=2, act="relu")
+    for s2 in (0, 1):
+        for vecs, hoist in ((1, 1), (2, 0)):
+            sched = {"layout": "ct", "vecs": vecs, "rows": 3, "hoist": hoist, "s2": s2}
+            assert_close(run_conv(w, x, stride=2, act="relu", in_pad=in_pad, schedule=sched, vl=vl, threads=2),
+                         want)
+    Li, Lo = Layout(6, 19, 45), Layout(11, 10, 23)
+    assert gen_pattern_conv("c", w, stride=2, padding=1, in_layout=Li, out_layout=Lo,
+                            schedule={"layout": "ct"}, vl=vl).schedule["s2"] == 1
+    assert "s2" not in gen_pattern_conv("c", w, stride=1, padding=1, in_layout=Li, out_layout=Layout(11, 19, 45),
+                                        schedule={"layout": "ct"}, vl=vl).schedule
+    with pytest.raises(InputError, match="s2"):
+        gen_pattern_conv("c", w, stride=2, padding=1, in_layout=Li, out_layout=Lo,
+                         schedule={"layout": "ct", "s2": 3}, vl=vl)
+
+
 @pytest.mark.parametrize("wpf", [0, 16, WEIGHT_PREFETCH])
 def test_channel_major_weight_prefetch(wpf):
     """The weight-stream and input prefetches (any distance, also past the end of the data) only

@@ -348,10 +348,11 @@ def _resolve_schedule(schedule: dict | None, inp: Layout, out: Layout, vl: int, 
         vecs = max(1, min(int(sched.get("vecs") or CT_VECS), nv))
         rows = sched.get("rows") or ct_rows(out, vl, vecs, threads=threads)
         hoist = sched.get("hoist", ct_hoist(inp, out))
-        if hoist not in (0, 1):
-            raise InputError(f"{where}: schedule hoist must be 0 or 1, got {hoist!r}")
+        s2 = sched.get("s2", 1) if inp.H > out.H else 0
+        if hoist not in (0, 1) or s2 not in (0, 1):
+            raise InputError(f"{where}: schedule hoist and s2 must be 0 or 1, got hoist={hoist!r}, s2={s2!r}")
         return {"layout": "ct", "vecs": vecs, "rows": max(1, min(int(rows), out.H)), "hoist": hoist,
-                "ipf": _input_prefetch_distance(sched, where)}
+                "ipf": _input_prefetch_distance(sched, where), **({"s2": s2} if inp.H > out.H else {})}
     if sched["layout"] in ("flat", "cm"):
         if not cm_fits(out, vl):
             raise InputError(f"{where}: the {sched['layout']} layout needs an output plane of at most "
@@ -879,6 +880,13 @@ class _ChannelTileEmitter:
     0.94-0.99x; alone (pattern_kernel.py, 2 threads) stride 2 1.05x, stride 1 0.93-0.98x. So it is
     on by default for stride 2 only, and both are in the tuning space.
 
+    ``s2`` 1 (stride 2, the default) reads the input in place through its halo with
+    ``ps_load_s2`` (two loads and a shuffle per vector, loaded once per channel and tile)
+    instead of through phase planes: the planes' copy (the prep, the whole input written
+    again) cost as much as a third of these layers. ResNet-18 ImageNet 8x
+    (benchmarks/ab_models.py, 120 s): layer2.0.conv1 1.36x, layer3.0.conv1 1.18x with the vCPUs
+    together (1.51x, 1.50x apart), the model 1.019 together, 1.014 apart.
+
     ``ipf`` > 0 prefetches, at the start of each channel, the tile's input lines of the channel
     ``ipf`` ahead. ResNet-18's activations (0.8 MB a tensor at 56x56) do not stay in L2, and a
     tile's rows of one channel are a few scattered lines the hardware prefetcher does not
@@ -898,14 +906,15 @@ class _ChannelTileEmitter:
         self.T = self.R * self.V * vl  # floats of one filter's partial tile
         self.tail_lanes = out.W - (self.nv - 1) * vl
         self.acc = input_access(name, channels=shape.inp.C, k=3, stride=shape.stride, padding=shape.pad,
-                                in_layout=shape.inp, Ho=out.H, Wo=out.W, allow_strided=False,
+                                in_layout=shape.inp, Ho=out.H, Wo=out.W, allow_strided=bool(sched.get("s2")),
                                 row_align=4, vl=vl)
+        self.load = "ps_load_s2" if self.acc.step == 2 else "vload"
         self.hoist = int(sched["hoist"])
         self.ipf = int(sched["ipf"])
 
     def _off(self, t: int, r: int, v: int) -> int:
         """Offset from the tile's input origin of tap ``t``'s vector ``v`` at tile row ``r``."""
-        return self.acc.tap_off[t] + r * self.acc.row_stride + v * self.vl
+        return self.acc.tap_off[t] + r * self.acc.row_stride + v * self.vl * self.acc.step
 
     def _inputs(self, R: int, V: int) -> list[int]:
         """The distinct input vectors (offsets) the masks in use read on an R x V tile."""
@@ -914,7 +923,7 @@ class _ChannelTileEmitter:
 
     def _load(self, off: int) -> str:
         """An input vector: loaded where the run needs it, or the channel's hoisted copy."""
-        return f"u{off}" if self.hoist else f"vload(ib + {off})"
+        return f"u{off}" if self.hoist else f"{self.load}(ib + {off})"
 
     def _run(self, p: int, R: int, V: int) -> list[str]:
         """Mask ``p``'s run of the current channel, on a tile of ``R`` rows x ``V`` vectors (each
@@ -949,9 +958,9 @@ class _ChannelTileEmitter:
                  "        const float *restrict wk = wts + wptr[i];",
                  f"        const int32_t *restrict ri = runs + (ptrdiff_t)i * {lay.P};"]
         inputs = self._inputs(R, V)
-        lines += ["        " + x for x in _channel_prefetch(self.ipf, str(C), "ib", acc.cs, inputs, vl)]
+        lines += ["        " + x for x in _channel_prefetch(self.ipf, str(C), "ib", acc.cs, inputs, vl * acc.step)]
         if self.hoist:
-            lines += [f"        const vf u{o} = vload(ib + {o});" for o in inputs]
+            lines += [f"        const vf u{o} = {self.load}(ib + {o});" for o in inputs]
         for p in range(lay.P):
             lines += ["        " + x for x in self._run(p, R, V)]
         lines += ["    }", "    const int lastv = v0 + " + str(V) + f" == {self.nv};",
