@@ -5,7 +5,8 @@ unrolled at compile-time offsets inside the reduction over input channels, so a 
 conv on a padded layout is loads at constant offsets + FMAs with an MRxNR tile in registers.
 Stride 2 (3x3 s2, the 7x7 s2 stem) reads the input in place with two loads and a shuffle per
 vector, or through a phase-plane prep pass, whichever the cost model ranks first; inputs whose
-halo is narrower than the conv padding always go through the prep (see igemm.py). 1x1 convs are delegated to gemm.gen_conv1x1.
+halo is narrower than the conv padding always go through the prep (see igemm.py). 1x1 convs
+are delegated to gemm.gen_conv1x1.
 """
 
 from __future__ import annotations

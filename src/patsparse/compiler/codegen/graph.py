@@ -174,7 +174,8 @@ def plan_graph(g: Graph, *, vl: int | None = None, threads: int | None = None) -
     """Kernel choice, layouts and workspace offsets for a fused graph (see module docstring).
 
     It first folds max pools into the convs before them where conv_pool.py applies, and 1x1
-    convs into the depthwise convs after them where pw_dw.py applies, in ``g`` itself, so the IR a compiled model stores is the one it was generated from."""
+    convs into the depthwise convs after them where pw_dw.py applies, in ``g`` itself, so the
+    IR a compiled model stores is the one it was generated from."""
     vl = vl or host_vl()
     fuse_conv_pool(g, vl)
     fuse_pw_dw(g, vl)

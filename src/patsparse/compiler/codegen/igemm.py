@@ -12,8 +12,9 @@ compile-time offsets.
 Stride 1 with enough input padding reads the activation layout directly; so may a KxK stride-2
 conv (schedule ``s2``: ps_load_s2, two loads and a shuffle per input vector), where the cost
 model ranks it first. Otherwise (stride 2 without ``s2``, or an input whose halo is narrower
-than the conv padding) a prep pass copies the input once into a scratch of *phase planes* (space-to-depth: phase (py, px) holds
-Xpad[s*r + py][s*c + px]) with full zero padding, which turns any stride into unit-stride loads.
+than the conv padding) a prep pass copies the input once into a scratch of *phase planes*
+(space-to-depth: phase (py, px) holds Xpad[s*r + py][s*c + px]) with full zero padding, which
+turns any stride into unit-stride loads.
 The prep touches each input element about once, against Cout*K*K/s^2 FMAs per element.
 
 Weights are packed per MR-row tile as [tile][ci][kh][kw][MR] (rows past Cout are zero), so the
@@ -203,6 +204,7 @@ def gen_igemm(name: str, *, cin: int, cout: int, k: int, stride: int, padding: i
     if np_:
         return cvec.gen_cvec(name, cin=cin, cout=cout, k=K, acc=acc, out_layout=out_layout,
                              act=act, has_residual=has_residual, np_=np_, order=order)
+    s2 = bool(acc and acc.step == 2)  # direct stride-2 reads: two loads and a shuffle per vector
     cout_pad = round_up(cout, mr)
     if compact:
         cacc = compact_access(name, channels=cin, stride=s, in_layout=in_layout, Ho=Ho, Wo=Wo)
@@ -210,7 +212,7 @@ def gen_igemm(name: str, *, cin: int, cout: int, k: int, stride: int, padding: i
         reads = "compact-plane prep"
     else:
         src, cs, tap_off, scratch, prep = acc.src, acc.cs, acc.tap_off, acc.scratch, acc.prep
-        reads = ("direct stride-2 input" if acc.step == 2 else "direct input") if acc.direct else "phase-plane prep"
+        reads = "phase-plane prep" if not acc.direct else "direct stride-2 input" if s2 else "direct input"
 
     if order is None:
         npt = -(-_slots(Ho, Wo, host_vl(), compact) // nr)
@@ -218,7 +220,6 @@ def gen_igemm(name: str, *, cin: int, cout: int, k: int, stride: int, padding: i
                            out_floats=out_layout.size)
     J, I = range(nr), range(mr)
     decl = "\n".join(f"        vf a{i}_{j} = (vf){{0}};" for i in I for j in J)
-    s2 = bool(acc and acc.step == 2)  # direct stride-2 reads: two loads and a shuffle per vector
     body = "\n".join(fma_step(tap_off, mr, nr, " " * 12, "ps_load_s2" if s2 else "vload"))
     olay = out_layout
     ochk = "" if cout == cout_pad else f"if (co0 + {{i}} < {cout}) "
