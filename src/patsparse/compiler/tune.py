@@ -47,7 +47,7 @@ def candidates(step: Step, vl: int, threads: int | None = None) -> list[dict]:
     if step.kind == "pw_dw":
         from .codegen.pw_dw import tiles
 
-        return tiles(step.out_layout.C, step.in_layout.W, step.in_layout.C, vl)[: MAX_CANDIDATES - 2]
+        return tiles(step.out_layout.C, step.in_layout.W, step.in_layout.C, vl)[:MAX_CANDIDATES]
     return []
 
 

@@ -22,6 +22,22 @@ MAX_VL = 16  # widest vector any target uses; Python-side sizes that must fit ev
 # than the hardware prefetcher follows (docs/COMPILER.md); 4-32 KB measured alike, 1 KB no gain.
 WEIGHT_PREFETCH = 1024
 
+# The C load of one input vector whose columns are ``step`` apart (ps_load_s2: see below).
+VECTOR_LOAD = {1: "vload", 2: "ps_load_s2"}
+
+
+def ring_rows_c(out_row: str, stride: int, pad: int, k: int, n: int) -> list[str]:
+    """C opening the loop over the rows a ring kernel must compute before output row
+    ``out_row``: its window [r0, r1) of the ``n`` input rows (clipped at the edges), minus the
+    rows below ``done`` already in the ring. The caller declares ``int done = 0`` before its
+    output-row loop, sets ``done = r1`` after this loop, and writes the loop body (conv_pool.py
+    and pw_dw.py: each row is computed once, rows shared with the previous window stay)."""
+    lo = f"{out_row} * {stride} - {pad}"
+    return [f"const int r0 = {lo} > 0 ? {lo} : 0;",
+            f"const int r1 = {lo} + {k} < {n} ? {lo} + {k} : {n};",
+            "for (int r = r0 > done ? r0 : done; r < r1; r++)"]
+
+
 # PS_KEEP: see the C comment.
 # ps_load_s2: lanes 0, 2, 4, ... of p[0 .. 2*VL): one stride-2 vector from two loads + a shuffle.
 # PS_SCRATCH: scratch that lives as long as the calling thread (kernels are called from several

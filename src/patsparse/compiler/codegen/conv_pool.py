@@ -32,7 +32,7 @@ from ..layout import Layout, round_up
 from .access import input_access
 from .base import GeneratedKernel, act_c
 from .common import (HELPERS, check_act, check_layouts, check_name, check_positive, check_weight,
-                     conv_out_size, vector_registers)
+                     conv_out_size, ring_rows_c, vector_registers)
 
 ACTS_NONNEG = ("relu", "relu6")  # the ring's zero padding is a valid max-pool padding only then
 MAX_MV = 4    # channel vectors per tile (64 channels with 16-float vectors)
@@ -172,9 +172,7 @@ static void {name}(const float *restrict in, float *restrict out, const float *r
     const int p0 = {Hp} * t / nt, p1 = {Hp} * (t + 1) / nt;
     int done = 0;  /* conv rows below it are in the ring already, or not needed */
     for (int ph = p0; ph < p1; ph++) {{
-        const int r0 = ph * {PS} - {PP} > 0 ? ph * {PS} - {PP} : 0;
-        const int r1 = ph * {PS} - {PP} + {PK} < {Ho} ? ph * {PS} - {PP} + {PK} : {Ho};
-        for (int r = r0 > done ? r0 : done; r < r1; r++)
+{nl.join("        " + x for x in ring_rows_c("ph", PS, PP, PK, Ho))}
         for (int u = 0; u < {npg * ng}; u++) {{
           /* the last pixel group ends at the row's end (it may redo a few pixels) */
           const int ow0 = u / {ng} * {np_} < {max(0, Wo - np_)} ? u / {ng} * {np_} : {max(0, Wo - np_)}, g = u % {ng};

@@ -18,7 +18,7 @@ from ..layout import Layout
 from .access import input_access
 from .base import GeneratedKernel, act_c
 from .common import (HELPERS, check_act, check_layout_types, check_layouts, check_name,
-                     check_positive, check_weight, conv_out_size)
+                     check_positive, check_weight, conv_out_size, VECTOR_LOAD)
 
 
 def schedules(*, stride: int, out_layout: Layout) -> list[dict]:
@@ -56,7 +56,7 @@ def gen_depthwise(name: str, *, channels: int, k: int = 3, stride: int = 1, padd
     kk = k * k
     acc = input_access(name, channels=channels, k=k, stride=stride, padding=padding,
                        in_layout=in_layout, Ho=Ho, Wo=Wo, allow_strided=True)
-    load = "vload" if acc.step == 1 else "ps_load_s2"
+    load = VECTOR_LOAD[acc.step]
     O = out_layout
 
     def block(nrows: int, indent: str) -> str:

@@ -36,6 +36,8 @@ cost model; the auto-tuner measures the top ones.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from ...errors import InputError
@@ -43,7 +45,8 @@ from ..layout import Layout, round_up
 from . import cvec
 from .access import compact_access, input_access
 from .base import GeneratedKernel, act_c
-from .common import HELPERS, WEIGHT_PREFETCH, check_weight, host_vl, loop_order, vector_registers
+from .common import (HELPERS, VECTOR_LOAD, WEIGHT_PREFETCH, check_weight, host_vl, loop_order,
+                     vector_registers)
 
 
 L1_BYTES = 32 << 10          # data L1 the model assumes (32-48 KB on current x86 cores)
@@ -98,8 +101,8 @@ def schedules(*, cout: int, Ho: int, Wo: int, cin: int | None = None, k: int = 1
         # row-segment stores of each vector (a vector spans about VL / Wo + 1 rows)
         copy = (cin or 256) * Ho * Wo if cp else 0
         segs = (vl / Wo + 1) if cp else 1
-        for s2, mr, nr in ((s2, mr, nr) for s2 in ((False, True) if s2_input and not cp else (False,))
-                           for mr in range(1, 17) for nr in range(1, 9)):
+        for s2, mr, nr in itertools.product((False, True) if s2_input and not cp else (False,),
+                                            range(1, 17), range(1, 9)):
             # one register spare: tiles that fill all 16 AVX2 registers (4x3, 2x5) spill in
             # GCC's code and measured up to 1.8x slower (VGG conv1: 4x3 41 GF/s, 6x2 73)
             if mr * nr + nr + 2 > nregs or mr * nr < 4:
@@ -220,7 +223,7 @@ def gen_igemm(name: str, *, cin: int, cout: int, k: int, stride: int, padding: i
                            out_floats=out_layout.size)
     J, I = range(nr), range(mr)
     decl = "\n".join(f"        vf a{i}_{j} = (vf){{0}};" for i in I for j in J)
-    body = "\n".join(fma_step(tap_off, mr, nr, " " * 12, "ps_load_s2" if s2 else "vload"))
+    body = "\n".join(fma_step(tap_off, mr, nr, " " * 12, VECTOR_LOAD[2 if s2 else 1]))
     olay = out_layout
     ochk = "" if cout == cout_pad else f"if (co0 + {{i}} < {cout}) "
 

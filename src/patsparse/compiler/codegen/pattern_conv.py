@@ -29,7 +29,7 @@ from ..reorder import FULL_MASK, LayerSparsity, analyse, mask_taps, reorder
 from ..storage import pack as fkw_pack, plan
 from .base import GeneratedKernel, act_c, act_scalar_c
 from .access import input_access
-from .common import HELPERS, WEIGHT_PREFETCH, host_vl, vector_registers  # noqa: F401  (host_vl re-exported: graph and tests use it)
+from .common import HELPERS, VECTOR_LOAD, WEIGHT_PREFETCH, host_vl, vector_registers  # noqa: F401  (host_vl re-exported: graph and tests use it)
 
 DEFAULT_SCHEDULE = {"rows": 0, "vecs": 0, "order": "tf"}  # 0 = choose from the shape
 # accumulators per tile: the register file minus 4 weight broadcasts and a temporary
@@ -348,11 +348,12 @@ def _resolve_schedule(schedule: dict | None, inp: Layout, out: Layout, vl: int, 
         vecs = max(1, min(int(sched.get("vecs") or CT_VECS), nv))
         rows = sched.get("rows") or ct_rows(out, vl, vecs, threads=threads)
         hoist = sched.get("hoist", ct_hoist(inp, out))
-        s2 = sched.get("s2", 1) if inp.H > out.H else 0
-        if hoist not in (0, 1) or s2 not in (0, 1):
-            raise InputError(f"{where}: schedule hoist and s2 must be 0 or 1, got hoist={hoist!r}, s2={s2!r}")
+        s2 = {"s2": sched.get("s2", 1)} if inp.H > out.H else {}  # stride 2 only
+        if hoist not in (0, 1) or s2.get("s2", 0) not in (0, 1):
+            raise InputError(f"{where}: schedule hoist and s2 must be 0 or 1, got hoist={hoist!r}, "
+                             f"s2={s2.get('s2')!r}")
         return {"layout": "ct", "vecs": vecs, "rows": max(1, min(int(rows), out.H)), "hoist": hoist,
-                "ipf": _input_prefetch_distance(sched, where), **({"s2": s2} if inp.H > out.H else {})}
+                "ipf": _input_prefetch_distance(sched, where), **s2}
     if sched["layout"] in ("flat", "cm"):
         if not cm_fits(out, vl):
             raise InputError(f"{where}: the {sched['layout']} layout needs an output plane of at most "
@@ -908,7 +909,7 @@ class _ChannelTileEmitter:
         self.acc = input_access(name, channels=shape.inp.C, k=3, stride=shape.stride, padding=shape.pad,
                                 in_layout=shape.inp, Ho=out.H, Wo=out.W, allow_strided=bool(sched.get("s2")),
                                 row_align=4, vl=vl)
-        self.load = "ps_load_s2" if self.acc.step == 2 else "vload"
+        self.load = VECTOR_LOAD[self.acc.step]
         self.hoist = int(sched["hoist"])
         self.ipf = int(sched["ipf"])
 

@@ -26,7 +26,7 @@ from ...errors import InputError, UnsupportedError
 from ..layout import Layout
 from .base import GeneratedKernel, act_scalar_c, act_c
 from .common import (HELPERS, check_act, check_layout_types, check_layouts, check_name,
-                     check_positive, conv_out_size)
+                     check_positive, conv_out_size, VECTOR_LOAD)
 
 
 def _no_weights(weight: np.ndarray | None) -> np.ndarray:
@@ -59,7 +59,7 @@ def _gen_window_pool(name: str, kind: str, *, k: int, stride: int, padding: int,
     is_max = kind == "max"
     ident = "-INFINITY" if is_max else "0.0f"
     combine = (lambda a, b: f"{a} = vmax({a}, {b});") if is_max else (lambda a, b: f"{a} += {b};")
-    fast_load = {1: "vload", 2: "ps_load_s2"}.get(s)
+    fast_load = VECTOR_LOAD.get(s)
     gather = "\n".join(
         f"                    {{ vf v; for (int l = 0; l < VL; l++) {{ int x = (w0 + l) * {s} - {P} + {kw}; "
         f"v[l] = (x >= 0 && x < {L.W}) ? row[x] : {ident}; }} {combine('acc', 'v')} }}"

@@ -30,7 +30,7 @@ from ...errors import InputError, UnsupportedError
 from ..layout import Layout, round_up
 from .base import GeneratedKernel, act_c
 from .common import (HELPERS, check_act, check_layout_types, check_layouts, check_name,
-                     check_positive, check_weight, conv_out_size)
+                     check_positive, check_weight, conv_out_size, ring_rows_c, VECTOR_LOAD)
 from .igemm import fma_step, pack_tiles, schedules as igemm_schedules
 
 
@@ -86,7 +86,7 @@ def gen_pw_dw(name: str, *, expand_weight: np.ndarray, expand_bias: np.ndarray, 
     e_bias = cpad * cin           # offsets in the packed weights
     dw = e_bias + round_up(C, 16)
     I, J = range(mr), range(nr)
-    load = "vload" if S == 1 else "ps_load_s2"
+    load = VECTOR_LOAD[S]
     ochk = "" if C == cpad else f"if (co0 + {{i}} < {C}) "
     slots = [f"                int v{j} = pt * {nr} + {j}, ok{j} = v{j} < {nvw}; if (!ok{j}) v{j} = pt * {nr};"
              for j in J]
@@ -120,9 +120,7 @@ static void {name}(const float *restrict in, float *restrict out, const float *r
     const int p0 = {Ho} * t / nt, p1 = {Ho} * (t + 1) / nt;
     int done = 0;  /* expanded rows below it are in the ring already, or not needed */
     for (int oh = p0; oh < p1; oh++) {{
-        const int r0 = oh * {S} - {P} > 0 ? oh * {S} - {P} : 0;
-        const int r1 = oh * {S} - {P} + {K} < {H} ? oh * {S} - {P} + {K} : {H};
-        for (int r = r0 > done ? r0 : done; r < r1; r++) {{
+{nl.join("        " + x for x in ring_rows_c("oh", S, P, K, H))} {{
             float *restrict slot = ring + (size_t)(r % {K}) * {C * rl} + VL;
             const float *restrict src = in + {in_layout.origin} + (size_t)r * {in_layout.ld};
             for (int u = 0; u < {-(-nvw // nr) * (cpad // mr)}; u++) {{
@@ -139,7 +137,7 @@ static void {name}(const float *restrict in, float *restrict out, const float *r
 {nl.join(puts)}
             }}
         }}
-        if (r1 > done) done = r1;
+        done = r1;
         const float *rb[{K}];
         size_t rs[{K}];
         for (int kh = 0; kh < {K}; kh++) {{  /* the ring row of each tap row, or the zero row */
