@@ -49,8 +49,8 @@ from patsparse.checkpoint import load_tensors, read_json, save_tensors, write_js
 from patsparse.errors import FormatError, InputError, PatsparseError  # noqa: E402
 from patsparse.patterns.library import candidates  # noqa: E402
 from patsparse.pruning.admm import cosine_lr, make_optimizer  # noqa: E402
-from patsparse.pruning.baselines import measured_rate, prune_baseline, pruned_convs, reshuffle  # noqa: E402
-from patsparse.train.loop import evaluate, train_epoch  # noqa: E402
+from patsparse.pruning.baselines import measured_rate, prune_baseline, pruned_convs  # noqa: E402
+from patsparse.train.loop import evaluate, reshuffle, train_epoch  # noqa: E402
 
 DATASETS = {  # --dataset -> (patsparse.data name, model variant)
     "fashion-mnist": ("fashion-mnist", "cifar"),

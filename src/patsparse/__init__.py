@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .errors import BuildError, FormatError, InputError, PatsparseError, UnsupportedError
+from .errors import BuildError, DivergedError, FormatError, InputError, PatsparseError, UnsupportedError
 
 __version__ = "0.1.0"
 
@@ -32,7 +32,7 @@ _LAZY = {
 }
 
 __all__ = sorted(_LAZY) + ["PatsparseError", "InputError", "FormatError", "UnsupportedError",
-                           "BuildError", "__version__"]
+                           "BuildError", "DivergedError", "__version__"]
 
 
 def __getattr__(name: str) -> Any:

@@ -23,3 +23,8 @@ class UnsupportedError(PatsparseError, NotImplementedError):
 
 class BuildError(PatsparseError, RuntimeError):
     """The native build failed or no compiler exists; the message says where the source is kept."""
+
+
+class DivergedError(InputError):
+    """Training produced a non-finite loss; the message names the phase and batch. An
+    InputError because the usual cause is a setting (learning rate, penalty) the caller chose."""

@@ -97,7 +97,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     a("--admm-iters", type=int, help="ADMM iterations (default 4)")
     a("--epochs", type=int, help="SGD epochs per ADMM iteration (default 1)")
     a("--retrain-epochs", type=int, help="masked retraining epochs (default 3)")
-    a("--rho", type=float, help="initial ADMM penalty (default 0.01, x3 per iteration, cap 1)")
+    a("--rho", type=float, help="explicit initial ADMM penalty (default: derived from --penalty-reach)")
+    a("--penalty-reach", type=float, help="how far ADMM pulls the weights into the sparse sets by its last "
+                                          "iteration, lr*rho*steps/(1-momentum) (default 3)")
+    a("--distill", type=float, help="weight of distillation from the unpruned model (default 0.5, 0 = off)")
+    a("--allocation", choices=("lamp", "uniform"), help="kernels kept per layer: lamp (global ranking, "
+                                                        "default) or uniform (the same fraction everywhere)")
     a("--lr", type=float, help="SGD learning rate (default 0.01)")
     a("--layers", help="comma-separated conv names to prune (default: every 3x3 conv but the first)")
     a("--conv1x1", action="store_true", help="also connectivity-prune 1x1 convs")
@@ -113,6 +118,7 @@ def _recipe(args: argparse.Namespace):
     given: dict[str, Any] = {k: v for k, v in {
         "rate": args.rate, "library": args.library, "admm_iters": args.admm_iters, "epochs": args.epochs,
         "retrain_epochs": args.retrain_epochs, "rho": args.rho, "lr": args.lr,
+        "penalty_reach": args.penalty_reach, "distill": args.distill, "allocation": args.allocation,
         "layers": args.layers.split(",") if args.layers else None,
         "conv1x1": args.conv1x1 or None, "connectivity_balanced": args.balanced or None,
         "oneshot": args.oneshot or None}.items() if v is not None}

@@ -34,6 +34,13 @@ PHASE1_EXTRA = ((0, 1, 2, 4), (0, 3, 4, 6), (2, 4, 5, 8), (4, 6, 7, 8))
 NAMES = ("candidates", "phase1", "phase2", "phase3")
 
 
+def pattern_scores(weight: torch.Tensor, library: torch.Tensor) -> torch.Tensor:
+    """Squared norm each pattern would keep, shape (O*I, K): the quantity the projection maximises."""
+    flat = weight.detach().reshape(-1, 9)
+    lib = library.to(dtype=flat.dtype, device=flat.device).reshape(-1, 9)
+    return (flat * flat) @ lib.T
+
+
 def masks_from_positions(positions: Iterable[Sequence[int]]) -> torch.Tensor:
     """Build a (K, 3, 3) 0/1 library from lists of kept row-major positions."""
     rows = []

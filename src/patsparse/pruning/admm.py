@@ -8,8 +8,13 @@ set) and scaled duals U, V. One ADMM iteration is:
    with the distance, which is what makes the weights drift into the constraint sets);
 2. proximal: Z = project_pattern(W + U), Y = project_connectivity(W + V);
 3. dual: U += W - Z, V += W - Y;
-4. rho grows (``recipe.rho_growth``) up to ``recipe.rho_max``; the scaled duals are rescaled by
-   old/new rho so the unscaled dual is unchanged (standard ADMM with a varying penalty).
+4. rho follows a schedule (:meth:`PruneRecipe.rho_schedule`, derived from the run's own step
+   count so the penalty acts at any budget); the scaled duals are rescaled by old/new rho so the
+   unscaled dual is unchanged (standard ADMM with a varying penalty).
+
+With ``progressive`` connectivity the kept-kernel count of every layer shrinks geometrically
+over the iterations to its target, so the first iterations do not pull towards a set that
+later iterations will leave anyway.
 
 Hard pruning and masked retraining follow (see :mod:`patsparse.pruning.api`).
 """
@@ -23,6 +28,8 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import nn
 
+from ..errors import DivergedError
+from ..train.distill import Distillation
 from .layers import CONNECTIVITY, PATTERN, PATTERN_AND_CONNECTIVITY, LayerPlan
 from .projection import project_connectivity, project_pattern
 
@@ -35,6 +42,7 @@ class _LayerVars:
     y: torch.Tensor | None = None
     v: torch.Tensor | None = None
     pattern_ids: torch.Tensor | None = None
+    keep: int | None = None  # kernels the connectivity set keeps now (== plan.keep at the end)
 
 
 class ADMMState:
@@ -55,6 +63,7 @@ class ADMMState:
                 lv.z, lv.pattern_ids = project_pattern(w, library)
                 lv.u = torch.zeros_like(w)
             if p.mode in (CONNECTIVITY, PATTERN_AND_CONNECTIVITY):
+                lv.keep = p.keep
                 lv.y = project_connectivity(w, p.keep, p.balanced)[0]
                 lv.v = torch.zeros_like(w)
             self.layers.append(lv)
@@ -71,6 +80,19 @@ class ADMMState:
                     if dual is not None:
                         dual.mul_(self.rho / rho)
             self.rho = rho
+
+    @torch.no_grad()
+    def set_progress(self, fraction: float) -> None:
+        """Keep ``(plan.keep / kernels) ** fraction`` of every connectivity layer's kernels:
+        all of them at 0, the planned count at 1; Y is re-projected with the new count."""
+        for lv in self.layers:
+            p = lv.plan
+            if lv.y is None:
+                continue
+            keep = max(p.keep, round(p.kernels * (p.keep / p.kernels) ** fraction))
+            if keep != lv.keep:
+                lv.keep = keep
+                lv.y = project_connectivity(p.module.weight.detach() + lv.v, keep, p.balanced)[0]
 
     def penalty(self, model: nn.Module | None = None) -> torch.Tensor:
         """sum rho/2 ||W - Z + U||^2 + rho/2 ||W - Y + V||^2 (differentiable in W).
@@ -89,23 +111,32 @@ class ADMMState:
         return 0.5 * self.rho * total
 
     @torch.no_grad()
-    def update(self) -> dict[str, float]:
-        """Proximal steps then dual updates; returns the relative primal residuals
-        ||W - Z|| / ||W|| and ||W - Y|| / ||W|| summed over layers (how far from feasible)."""
+    def update(self) -> dict[str, Any]:
+        """Proximal steps then dual updates. Returns the relative primal residuals
+        ||W - Z|| / ||W|| and ||W - Y|| / ||W|| over all layers (how far from feasible), and
+        per layer under ``"layers"``."""
         num_z = num_y = den = 0.0
+        per_layer: dict[str, dict[str, float]] = {}
         for lv in self.layers:
             w = lv.plan.module.weight.detach()
-            den += float(w.pow(2).sum())
+            sq = float(w.pow(2).sum())
+            den += sq
+            rec = per_layer[lv.plan.name] = {}
             if lv.z is not None:
                 lv.z, lv.pattern_ids = project_pattern(w + lv.u, self.library)
                 lv.u += w - lv.z
-                num_z += float((w - lv.z).pow(2).sum())
+                d = float((w - lv.z).pow(2).sum())
+                num_z += d
+                rec["pattern"] = math.sqrt(d / sq) if sq else 0.0
             if lv.y is not None:
-                lv.y = project_connectivity(w + lv.v, lv.plan.keep, lv.plan.balanced)[0]
+                lv.y = project_connectivity(w + lv.v, lv.keep, lv.plan.balanced)[0]
                 lv.v += w - lv.y
-                num_y += float((w - lv.y).pow(2).sum())
+                d = float((w - lv.y).pow(2).sum())
+                num_y += d
+                rec["connectivity"] = math.sqrt(d / sq) if sq else 0.0
         den = math.sqrt(den) or 1.0
-        return {"residual_pattern": math.sqrt(num_z) / den, "residual_connectivity": math.sqrt(num_y) / den}
+        return {"residual_pattern": math.sqrt(num_z) / den, "residual_connectivity": math.sqrt(num_y) / den,
+                "layers": per_layer}
 
     def pattern_counts(self) -> torch.Tensor:
         """How many kernels currently select each library pattern (from Z), over all layers."""
@@ -121,30 +152,78 @@ def make_optimizer(model: nn.Module, lr: float, momentum: float, weight_decay: f
                            nesterov=momentum > 0)
 
 
+def geometric_rhos(rho: float, growth: float, cap: float, iters: int) -> list[float]:
+    """``rho * growth ** it`` capped at ``cap``, for ``iters`` iterations: an explicit schedule."""
+    return [min(rho * growth ** it, cap) for it in range(iters)]
+
+
 def cosine_lr(base: float, epoch: int, epochs: int) -> float:
     """Cosine decay from ``base`` at epoch 0 towards 0 (the last epoch is small but non-zero)."""
     return base * 0.5 * (1 + math.cos(math.pi * epoch / max(1, epochs)))
 
 
-def run_admm(model: nn.Module, loader: Iterable, plans: Sequence[LayerPlan], library: torch.Tensor,
-             *, admm_iters: int, epochs: int, rho: float, rho_growth: float, rho_max: float,
-             lr: float, momentum: float = 0.9, weight_decay: float = 5e-4, device: str = "cpu",
-             progress: bool = True, loss_fn: Callable | None = None,
-             on_iteration: Callable[[int, dict[str, Any]], None] | None = None) -> ADMMState:
-    """Run ``admm_iters`` ADMM iterations of ``epochs`` primal epochs each; returns the state
-    (Z, U, Y, V and pattern choices) for hard pruning or pattern counting."""
-    from ..train.loop import train_epoch
+def warmup_cosine(optimizer: torch.optim.Optimizer, steps: int, warmup: float) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step schedule: linear warm-up over ``warmup`` of the ``steps``, then cosine to zero.
 
-    state = ADMMState(plans, library, rho)
+    Why per step: with a short budget (a few epochs of a small loader) a per-epoch schedule
+    spends a whole epoch at each of a handful of rates; the warm-up lets momentum rebuild after
+    hard pruning has moved the weights, instead of taking the first steps at the full rate.
+    """
+    ramp = max(1, round(warmup * steps))
+
+    def factor(step: int) -> float:
+        if step < ramp:
+            return (step + 1) / ramp
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - ramp) / max(1, steps - ramp))))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _first_nonfinite(plans: Sequence[LayerPlan]) -> str | None:
+    for p in plans:
+        if not bool(torch.isfinite(p.module.weight).all()):
+            return p.name
+    return None
+
+
+def run_admm(model: nn.Module, loader: Iterable, plans: Sequence[LayerPlan], library: torch.Tensor,
+             *, rhos: Sequence[float], epochs: int, lr: float, momentum: float = 0.9,
+             weight_decay: float = 5e-4, device: str = "cpu", progress: bool = True,
+             loss_fn: Callable | None = None, distill: Distillation | None = None,
+             progressive: bool = False,
+             on_iteration: Callable[[int, dict[str, Any]], None] | None = None) -> ADMMState:
+    """Run one ADMM iteration of ``epochs`` primal epochs per entry of ``rhos`` (its penalty
+    weight); returns the state (Z, U, Y, V and pattern choices) for hard pruning or counting.
+
+    A non-finite loss stops the run with :class:`DivergedError` naming the iteration and the
+    first layer whose weights went non-finite; the model is first put back to the weights it
+    had at the start of that iteration, so nothing earlier is lost.
+    """
+    from ..train.loop import reshuffle, train_epoch
+
+    iters = len(rhos)
+    state = ADMMState(plans, library, rhos[0])
     optimizer = make_optimizer(model, lr, momentum, weight_decay)
     kwargs = {} if loss_fn is None else {"loss_fn": loss_fn}
-    for it in range(admm_iters):
-        state.set_rho(min(rho * rho_growth ** it, rho_max))
+    for it, rho in enumerate(rhos):
+        state.set_rho(rho)
+        if progressive:
+            state.set_progress((it + 1) / iters)
+        good = {k: v.detach().clone() for k, v in model.state_dict().items()}
         stats: dict[str, Any] = {}
-        for ep in range(epochs):
-            stats = train_epoch(model, loader, optimizer, device=device, extra_loss=state.penalty,
-                                progress=progress, desc=f"ADMM {it + 1}/{admm_iters} epoch {ep + 1}/{epochs}",
-                                **kwargs)
+        try:
+            for ep in range(epochs):
+                reshuffle(loader, it * epochs + ep)
+                stats = train_epoch(model, loader, optimizer, device=device, extra_loss=state.penalty,
+                                    progress=progress, distill=distill,
+                                    desc=f"ADMM {it + 1}/{iters} epoch {ep + 1}/{epochs}", **kwargs)
+        except DivergedError as e:
+            layer = _first_nonfinite(plans)
+            model.load_state_dict(good)
+            where = f"layer {layer} went non-finite first" if layer else "the pruned weights stayed finite"
+            raise DivergedError(f"ADMM iteration {it + 1}/{iters} (rho {rho:.3g}) diverged: {e}; {where}. "
+                                f"The model holds its weights from the start of that iteration; lower "
+                                f"lr or penalty_reach") from None
         residuals = state.update()
         record = {"iteration": it + 1, "rho": state.rho, **stats, **residuals}
         if on_iteration is not None:

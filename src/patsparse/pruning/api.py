@@ -8,20 +8,22 @@ model is pruned in place and returned with ``model.patsparse_spec`` (the sparsit
 
 from __future__ import annotations
 
+import itertools
 import time
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from ..errors import InputError
 from ..patterns.library import pattern_library
-from .admm import cosine_lr, make_optimizer, run_admm
-from .layers import plan_layers
+from ..train.distill import Distillation
+from .admm import make_optimizer, run_admm, warmup_cosine
+from .layers import LayerPlan, plan_layers
 from .masks import MaskEnforcer
 from .projection import prune_planned
 from .recipe import PruneRecipe
-from .spec import check_weights
+from .spec import check_weights, spec_masks
 
 
 def _log(progress: bool, msg: str) -> None:
@@ -29,22 +31,29 @@ def _log(progress: bool, msg: str) -> None:
         print(f"[patsparse prune] {msg}", flush=True)
 
 
-def masked_retrain(model: nn.Module, loader: Iterable, spec: dict, *, epochs: int, lr: float,
-                   momentum: float, weight_decay: float, device: str = "cpu", progress: bool = True,
-                   eval_loader: Iterable | None = None, history: list | None = None) -> None:
-    """Retrain the kept weights with cosine-decayed SGD while every pruned weight stays zero."""
-    from ..train.loop import evaluate, train_epoch
+def masked_retrain(model: nn.Module, loader: Iterable, masks: Mapping[str, torch.Tensor], *, epochs: int, lr: float,
+                   momentum: float, weight_decay: float, warmup: float = 0.05, device: str = "cpu",
+                   progress: bool = True, eval_loader: Iterable | None = None,
+                   history: list | None = None, distill: Distillation | None = None,
+                   output: Callable[[Any], torch.Tensor] | None = None) -> None:
+    """Retrain the kept weights (per-step cosine after a warm-up, optionally distilling from a
+    teacher) while every weight that ``masks`` (layer name -> 0/1 tensor, e.g.
+    :func:`~patsparse.pruning.spec.spec_masks` of a spec) zeroes stays zero. ``output`` picks the
+    logits from a forward that returns a tuple or dict (``masks`` names layers of ``model``)."""
+    from ..train.loop import evaluate, reshuffle, train_epoch
 
+    net = model if output is None else _Selected(model, output)
     optimizer = make_optimizer(model, lr, momentum, weight_decay)
-    with MaskEnforcer.from_spec(model, spec) as enforcer:
+    scheduler = warmup_cosine(optimizer, epochs * count_batches(loader), warmup)
+    with MaskEnforcer(model, masks) as enforcer:
         for ep in range(epochs):
-            for group in optimizer.param_groups:
-                group["lr"] = cosine_lr(lr, ep, epochs)
-            stats = train_epoch(model, loader, optimizer, device=device, after_step=enforcer.after_step,
-                                progress=progress, desc=f"retrain {ep + 1}/{epochs}")
+            reshuffle(loader, ep)
+            stats = train_epoch(net, loader, optimizer, device=device, after_step=enforcer.after_step,
+                                scheduler=scheduler, progress=progress, distill=distill,
+                                desc=f"retrain {ep + 1}/{epochs}")
             record = {"phase": "retrain", "epoch": ep + 1, **stats}
             if eval_loader is not None:
-                record["eval"] = evaluate(model, eval_loader, device=device)
+                record["eval"] = evaluate(net, eval_loader, device=device)
             _log(progress, f"retrain epoch {ep + 1}/{epochs}: {_fmt(record)}")
             if history is not None:
                 history.append(record)
@@ -82,13 +91,99 @@ def recalibrate_batchnorm(model: nn.Module, loader: Iterable, batches: int, devi
 def _fmt(record: dict) -> str:
     parts = []
     for k, v in record.items():
-        if k in ("phase", "epoch", "iteration"):
+        if k in ("phase", "epoch", "iteration", "layers"):
             continue
         if isinstance(v, dict):
             parts.append(f"{k} acc {v.get('acc', float('nan')):.4f}")
         elif isinstance(v, float):
             parts.append(f"{k} {v:.4g}")
     return ", ".join(parts)
+
+
+def count_batches(loader: Iterable) -> int:
+    """Batches in one pass of ``loader`` (``len`` when it has one, else by iterating once)."""
+    try:
+        return len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        return sum(1 for _ in loader)
+
+
+class _Selected(nn.Module):
+    """A model whose forward returns a tuple or dict, seen through the caller's ``output``
+    selector as one that returns the logits (the parameters are the model's own)."""
+
+    def __init__(self, model: nn.Module, output: Callable[[Any], torch.Tensor]):
+        super().__init__()
+        self.model = model
+        self.output = output
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.output(self.model(x))
+
+
+class _FirstBatches:
+    """The first ``n`` batches of a loader, re-iterable: the data a trial projection is scored
+    on when the caller gave no evaluation loader."""
+
+    def __init__(self, loader: Iterable, n: int):
+        self.loader, self.n = loader, n
+
+    def __iter__(self):
+        return itertools.islice(iter(self.loader), self.n)
+
+
+def _check_loader(model: nn.Module, loader: Iterable, r: PruneRecipe, device: str) -> int:
+    """Batches per pass of ``loader``, after checking it is usable: not empty, enough SGD steps
+    for one ADMM iteration, and batches on which the model returns a tensor of logits."""
+    batches = count_batches(loader)
+    if batches == 0:
+        raise InputError("prune: the training loader is empty (0 batches); pruning needs training data")
+    first = next(iter(loader), None)
+    if not (isinstance(first, (tuple, list)) and len(first) == 2 and isinstance(first[0], torch.Tensor)):
+        raise InputError(f"prune: the training loader must yield (input, target) tensor pairs, got "
+                         f"{type(first).__name__}{f' of {len(first)}' if isinstance(first, (tuple, list)) else ''}")
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        out = model(first[0][:2].to(device))
+    model.train(was_training)
+    if not isinstance(out, torch.Tensor):
+        kind = type(out).__name__
+        hint = "output=lambda out: out[0]" if isinstance(out, (tuple, list)) else "output=lambda out: out['logits']"
+        raise InputError(f"prune: the model's forward returns a {kind}, not a tensor of logits; pass an "
+                         f"output selector that picks the logits, e.g. prune(..., {hint})")
+    steps = batches * r.epochs
+    if not r.oneshot and r.rho is None and steps < r.min_steps():
+        raise InputError(f"prune: the training loader has {batches} batch(es), so an ADMM iteration of "
+                         f"{r.epochs} epoch(s) gets {steps} SGD steps; reaching penalty_reach={r.penalty_reach} "
+                         f"needs at least {r.min_steps()} (each step may pull the weights at most half way); "
+                         f"pass more data, more epochs per iteration (epochs=), or a lower penalty_reach")
+    return batches
+
+
+@torch.no_grad()
+def projection_gap(model: nn.Module, plans: Sequence[LayerPlan], library: torch.Tensor, data: Iterable,
+                   bn_data: Iterable, bn_batches: int, device: str = "cpu") -> dict[str, float]:
+    """Accuracy on ``data`` of the current weights and of their trial hard projection.
+
+    The difference (``gap``) says how much accuracy hard pruning would cost if ADMM stopped
+    now: a large gap at the end means the penalty did not pull the weights into the sparse sets
+    and retraining will have to recover from a one-shot projection. The model is restored.
+    """
+    from ..train.loop import evaluate
+
+    saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    try:
+        # both sides with freshly estimated BatchNorm statistics: the running ones lag weights
+        # that the penalty moved quickly, which would make the projection look like a gain
+        recalibrate_batchnorm(model, bn_data, bn_batches, device)
+        before = evaluate(model, data, device=device)["acc"]
+        prune_planned(plans, library, None)
+        recalibrate_batchnorm(model, bn_data, bn_batches, device)
+        after = evaluate(model, data, device=device)["acc"]
+    finally:
+        model.load_state_dict(saved)
+    return {"acc": before, "projected_acc": after, "gap": before - after}
 
 
 def _recipe_from_args(recipe: PruneRecipe | None, rate: Any, library: Any, **knobs: Any) -> PruneRecipe:
@@ -105,22 +200,54 @@ def _recipe_from_args(recipe: PruneRecipe | None, rate: Any, library: Any, **kno
     return PruneRecipe(**{**base, **chosen}).validate()
 
 
+def _summary(history: list[dict], r: PruneRecipe) -> list[str]:
+    """Lines that say whether ADMM did its job: reach and projection gap per iteration, the
+    layers furthest from their sparse sets, and a warning when the final gap is large."""
+    admm = [h for h in history if h.get("phase") == "admm"]
+    if not admm:
+        return []
+    lines = ["ADMM iteration  rho       reach  ||W-Z||/||W||  ||W-Y||/||W||  acc     projected  gap"]
+    for h in admm:
+        t = h.get("trial", {})
+        lines.append(f"{h['iteration']:>14}  {h['rho']:<8.3g}  {h['reach']:<5.2f}  "
+                     f"{h['residual_pattern']:<13.4f}  {h['residual_connectivity']:<13.4f}  "
+                     f"{t.get('acc', float('nan')):<6.4f}  {t.get('projected_acc', float('nan')):<9.4f}  "
+                     f"{t.get('gap', float('nan')) * 100:+.2f} points")
+    worst = sorted(admm[-1]["layers"].items(), key=lambda kv: -max(kv[1].values(), default=0.0))[:3]
+    lines.append("furthest from their sparse sets: " + ", ".join(
+        f"{n} ({max(v.values(), default=0.0):.3f})" for n, v in worst))
+    gap = admm[-1].get("trial", {}).get("gap")
+    if gap is not None and gap > r.gap_warning:
+        lines.append(f"warning: hard pruning after ADMM costs {gap * 100:.1f} points (gap_warning "
+                     f"{r.gap_warning * 100:.1f}): ADMM did not bring the weights into the sparse sets; "
+                     f"give it more steps (epochs, admm_iters) or a larger penalty_reach")
+    return lines
+
+
 def prune(model: nn.Module, train_loader: Iterable, rate: float = 8, library: str | torch.Tensor = "phase2", *,
           epochs: int | None = None, admm_iters: int | None = None, retrain_epochs: int | None = None,
           rho: float | None = None, lr: float | None = None, layers: Sequence[str] | None = None,
           connectivity_balanced: bool = False, oneshot: bool = False, eval_loader: Iterable | None = None,
           device: str = "cpu", progress: bool = True, recipe: PruneRecipe | None = None,
-          conv1x1: bool = False) -> nn.Module:
+          conv1x1: bool = False, distill: float | None = None, allocation: str | None = None,
+          output: Callable[[Any], torch.Tensor] | None = None) -> nn.Module:
     """Pattern-prune ``model`` in place at a 3x3-conv compression ``rate`` and return it.
 
     ``train_loader`` is any re-iterable of ``(input, target)`` batches (cross-entropy loss).
     ``rate=2.25`` is pattern pruning only; a higher rate adds connectivity pruning that keeps
     ``2.25/rate`` of the kernels. ``epochs`` is the primal SGD epochs per ADMM iteration,
-    ``admm_iters`` the ADMM iterations, ``retrain_epochs`` the masked retraining epochs. Unset
-    knobs come from ``recipe`` (default :class:`PruneRecipe`), whose every field is documented.
-    ``oneshot=True`` skips ADMM (projection only, then retraining if ``retrain_epochs``).
+    ``admm_iters`` the ADMM iterations, ``retrain_epochs`` the masked retraining epochs,
+    ``distill`` the weight of distillation from the unpruned model (0 = off), ``allocation`` how
+    kept kernels are spread over layers ("lamp" or "uniform"). Unset knobs come from ``recipe``
+    (default :class:`PruneRecipe`), whose every field is documented. ``oneshot=True`` skips ADMM
+    (projection only, then retraining if ``retrain_epochs``). ``output`` picks the logits when
+    the model's forward returns a tuple or dict. ``eval_loader`` is used for progress reports
+    and to score the trial projection of every ADMM iteration (a few training batches otherwise).
+
     Raises InputError for an unreachable rate, a model without prunable 3x3 convs, a bad
-    library or knob, before any training.
+    library or knob, an empty or too small loader, or a forward that does not return logits,
+    all before any training; DivergedError (the model holding its last good weights) if the
+    loss becomes non-finite.
     """
     if not isinstance(model, nn.Module):
         raise InputError(f"prune: model must be a torch.nn.Module, got {type(model).__name__}")
@@ -128,39 +255,54 @@ def prune(model: nn.Module, train_loader: Iterable, rate: float = 8, library: st
                           retrain_epochs=retrain_epochs, rho=rho, lr=lr,
                           layers=list(layers) if layers is not None else None,
                           connectivity_balanced=connectivity_balanced or None, oneshot=oneshot or None,
-                          conv1x1=conv1x1 or None)
+                          conv1x1=conv1x1 or None, distill=distill, allocation=allocation)
     lib = pattern_library(library if isinstance(library, torch.Tensor) else r.library)
-    plans = plan_layers(model, r.rate, r.layers, r.conv1x1, r.connectivity_balanced)
+    plans = plan_layers(model, r.rate, r.layers, r.conv1x1, r.connectivity_balanced,
+                        allocation=r.allocation, library=lib, min_layer_keep=r.min_layer_keep)
+    model.to(device)
+    net = model if output is None else _Selected(model, output)
+    batches = _check_loader(net, train_loader, r, device)
     if r.seed is not None:
         torch.manual_seed(r.seed)
-    model.to(device)
+    teacher = Distillation.frozen_copy(net, r.distill, r.distill_temperature) if r.distill > 0 else None
+    trial_data = eval_loader if eval_loader is not None else _FirstBatches(train_loader, 20)
+    bn_trial = min(r.bn_batches, 20)
     history: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     _log(progress, f"pruning {len(plans)} layers at {r.rate}x with {lib.shape[0]} patterns "
                    f"({'one-shot' if r.oneshot else f'{r.admm_iters} ADMM iterations x {r.epochs} epochs'}, "
-                   f"{r.retrain_epochs} retrain epochs)")
+                   f"{r.retrain_epochs} retrain epochs, {r.allocation} allocation, "
+                   f"distillation {'off' if teacher is None else r.distill})")
     if not r.oneshot:
-        def on_iteration(it: int, record: dict) -> None:
-            history.append({"phase": "admm", **record})
-            _log(progress, f"ADMM iteration {it + 1}/{r.admm_iters}: {_fmt(record)}")
+        steps = batches * r.epochs
 
-        run_admm(model, train_loader, plans, lib, admm_iters=r.admm_iters, epochs=r.epochs, rho=r.rho,
-                 rho_growth=r.rho_growth, rho_max=r.rho_max, lr=r.lr, momentum=r.momentum,
-                 weight_decay=r.weight_decay, device=device, progress=progress, on_iteration=on_iteration)
+        def on_iteration(it: int, record: dict) -> None:
+            record["reach"] = r.reach(record["rho"], steps)
+            record["trial"] = projection_gap(net, plans, lib, trial_data, train_loader, bn_trial, device)
+            history.append({"phase": "admm", **record})
+            _log(progress, f"ADMM iteration {it + 1}/{r.admm_iters}: {_fmt(record)}, reach "
+                           f"{record['reach']:.2f}, projection gap {record['trial']['gap'] * 100:+.2f} points")
+
+        run_admm(net, train_loader, plans, lib, rhos=r.rho_schedule(steps), epochs=r.epochs, lr=r.lr,
+                 momentum=r.momentum, weight_decay=r.weight_decay, device=device, progress=progress,
+                 distill=teacher, progressive=r.progressive, on_iteration=on_iteration)
     spec = prune_planned(plans, lib, r.rate)
-    recalibrate_batchnorm(model, train_loader, r.bn_batches, device)
+    recalibrate_batchnorm(net, train_loader, r.bn_batches, device)
     if eval_loader is not None:
         from ..train.loop import evaluate
 
-        history.append({"phase": "hard-pruned", "eval": evaluate(model, eval_loader, device=device)})
+        history.append({"phase": "hard-pruned", "eval": evaluate(net, eval_loader, device=device)})
         _log(progress, f"after hard pruning: {_fmt(history[-1])}")
     if r.retrain_epochs:
-        masked_retrain(model, train_loader, spec, epochs=r.retrain_epochs, lr=r.retrain_lr or r.lr,
-                       momentum=r.momentum, weight_decay=r.weight_decay, device=device,
-                       progress=progress, eval_loader=eval_loader, history=history)
+        masked_retrain(model, train_loader, spec_masks(spec), epochs=r.retrain_epochs, lr=r.retrain_lr or r.lr,
+                       momentum=r.momentum, weight_decay=r.weight_decay, warmup=r.warmup, device=device,
+                       progress=progress, eval_loader=eval_loader, history=history, distill=teacher,
+                       output=output)
     check_weights(model, spec, "pruned model")  # the invariant the whole run promises
     model.patsparse_spec = spec
     model.patsparse_recipe = r
     model.patsparse_history = history
+    for line in _summary(history, r):
+        _log(progress or line.startswith("warning"), line)
     _log(progress, f"done in {time.perf_counter() - t0:.1f}s")
     return model

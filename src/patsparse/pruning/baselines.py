@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from .admm import cosine_lr, make_optimizer
+from ..train.distill import Distillation
 from .layers import is_3x3, select_layers
 from .masks import MaskEnforcer
 
@@ -132,36 +132,24 @@ def measured_rate(model: nn.Module, names: Iterable[str]) -> float:
     return total / kept if kept else math.inf
 
 
-def reshuffle(loader: Iterable, epoch: int) -> None:
-    """Give the loader's sampler its epoch (``set_epoch``) so each epoch sees a new order;
-    a no-op for loaders whose sampler has no epochs."""
-    set_epoch = getattr(getattr(loader, "sampler", None), "set_epoch", None)
-    if set_epoch is not None:
-        set_epoch(epoch)
-
-
 def prune_baseline(model: nn.Module, train_loader: Iterable, method: str, rate: float, *,
                    epochs: int = 1, lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4,
                    layers: Sequence[str] | None = None, device: str = "cpu", progress: bool = True,
-                   on_epoch: Callable[[int, dict], None] | None = None) -> dict[str, torch.Tensor]:
+                   distill: float = 0.0, distill_temperature: float = 4.0) -> dict[str, torch.Tensor]:
     """Prune ``model`` in place by ``method`` at ``rate``, then retrain it for ``epochs`` with the
-    masks held, with the optimizer and per-epoch cosine schedule of the pattern pruner's own
-    retraining (so equal epochs mean an equal budget). Returns the masks; ``on_epoch(epoch,
-    stats)`` is called after each epoch (e.g. to evaluate)."""
-    from ..train.loop import train_epoch
+    masks held, by the pattern pruner's own retraining (:func:`~patsparse.pruning.api.masked_retrain`:
+    optimizer, schedule and optional distillation from the unpruned model), so that equal
+    epochs mean an equal budget. Returns the masks."""
+    from .api import masked_retrain
 
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise InputError(f"epochs must be an int >= 0, got {epochs!r}")
+    teacher = Distillation.frozen_copy(model, distill, distill_temperature) if distill > 0 else None
     masks = baseline_masks(model, method, rate, layers)
     model.to(device)
-    with MaskEnforcer(model, masks) as enforcer:
-        optimizer = make_optimizer(model, lr, momentum, weight_decay)
-        for epoch in range(epochs):
-            for group in optimizer.param_groups:
-                group["lr"] = cosine_lr(lr, epoch, epochs)
-            reshuffle(train_loader, epoch)
-            stats = train_epoch(model, train_loader, optimizer, device=device, after_step=enforcer.after_step,
-                                progress=progress, desc=f"{method} {rate:g}x retrain {epoch + 1}/{epochs}")
-            if on_epoch is not None:
-                on_epoch(epoch, stats)
+    if epochs:
+        masked_retrain(model, train_loader, masks, epochs=epochs, lr=lr, momentum=momentum,
+                       weight_decay=weight_decay, device=device, progress=progress, distill=teacher)
+    else:
+        MaskEnforcer(model, masks).remove()  # applies the masks once
     return masks

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..patterns.library import candidates, pattern_library, positions
-from .admm import run_admm
+from .admm import geometric_rhos, run_admm
 from .layers import PATTERN, LayerPlan, select_layers
 
 DEFAULT_SCHEDULE = (32, 12, 8, 4)
@@ -114,8 +114,8 @@ def extract_library(model: nn.Module, loader: Iterable, schedule: Sequence[int] 
     for size in sizes:
         if progress:
             print(f"[patsparse extract] {lib.shape[0]} -> {size} patterns", flush=True)
-        state = run_admm(model, loader, plans, lib, admm_iters=admm_iters, epochs=epochs, rho=rho,
-                         rho_growth=rho_growth, rho_max=rho_max, lr=lr, device=device, progress=progress)
+        state = run_admm(model, loader, plans, lib, rhos=geometric_rhos(rho, rho_growth, rho_max, admm_iters),
+                         epochs=epochs, lr=lr, device=device, progress=progress)
         counts = state.pattern_counts()
         step = ExtractionStep(lib, counts, size, top_patterns(counts, size))
         result.steps.append(step)

@@ -10,8 +10,12 @@ Rules (paper section 7 and PatDNN):
 ``rate`` is the compression rate of the pruned 3x3 convs: dense weights / kept weights over those
 layers (for a model whose pruned 3x3 convs are all depthwise, e.g. MobileNet-V2, a rate above
 2.25 comes from its 1x1 convs and counts over depthwise + 1x1 convs). Patterns alone keep 4 of 9 weights (2.25x); the remaining factor comes from connectivity
-pruning, whose keep fraction is solved globally so that pattern-only (depthwise) layers are
-accounted for, then distributed over layers by largest remainder so the rate is met closely.
+pruning, whose kernel budget is solved globally so that pattern-only (depthwise) layers are
+accounted for, then spread over layers either uniformly (the paper: the same fraction everywhere)
+or by LAMP scores (Lee et al., ICLR 2021, applied to kernel energies: one global ranking in which
+each kernel's energy is divided by the energy of the kernels at least as strong in its own layer,
+so layers with many redundant kernels give up more), and rounded by largest remainder so the
+rate is met closely.
 """
 
 from __future__ import annotations
@@ -20,9 +24,11 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+import torch
 from torch import nn
 
 from ..errors import InputError
+from ..patterns.library import pattern_scores
 
 PATTERN_RATE = 9 / 4  # what pattern pruning alone gives on a 3x3 kernel
 PATTERN_AND_CONNECTIVITY = "pattern+connectivity"
@@ -120,9 +126,45 @@ def _allocate(targets: list[float], units: list[int], caps: list[int], total: in
     return [n * u for n, u in zip(counts, units)]
 
 
+def lamp_shares(energies: Sequence[torch.Tensor], total: int, floors: Sequence[int]) -> list[int]:
+    """Kernels kept per layer when ``total`` kernels are chosen by one global LAMP ranking.
+
+    ``energies[l]`` holds the squared norm each kernel of layer ``l`` would keep; every layer
+    keeps at least ``floors[l]`` (its strongest kernels). A kernel's LAMP score is its energy over
+    the summed energy of the kernels of its layer that are at least as strong, which makes the
+    scores comparable across layers whatever their scale.
+    """
+    scores, owners, counts = [], [], []
+    for layer, (e, floor) in enumerate(zip(energies, floors)):
+        e = e.detach().flatten().double().sort().values  # ascending
+        tail = e.flip(0).cumsum(0).flip(0).clamp_min(1e-300)
+        s = e / tail
+        counts.append(min(floor, e.numel()))
+        rest = s[: e.numel() - counts[-1]]  # the floor keeps the strongest, i.e. the last ones
+        scores.append(rest)
+        owners.append(torch.full_like(rest, layer, dtype=torch.long))
+    left = total - sum(counts)
+    if left > 0:
+        allowed = torch.cat(scores)
+        top = torch.topk(allowed, min(left, allowed.numel()), sorted=False).indices
+        for layer, n in zip(*torch.cat(owners)[top].unique(return_counts=True)):
+            counts[int(layer)] += int(n)
+    return counts
+
+
 def plan_layers(model: nn.Module, rate: float, layers: Sequence[str] | None = None,
-                conv1x1: bool = False, balanced: bool = False) -> list[LayerPlan]:
-    """Decide each pruned layer's mode and kernel budget for a 3x3-conv compression ``rate``."""
+                conv1x1: bool = False, balanced: bool = False, allocation: str = "uniform",
+                library: torch.Tensor | None = None, min_layer_keep: float = 0.25) -> list[LayerPlan]:
+    """Decide each pruned layer's mode and kernel budget for a 3x3-conv compression ``rate``.
+
+    ``allocation="lamp"`` spreads the connectivity budget by :func:`lamp_shares` over the
+    energy each kernel keeps after pattern projection onto ``library``, with no layer below
+    ``min_layer_keep`` of its uniform share; ``"uniform"`` keeps the same fraction everywhere.
+    """
+    if allocation not in ("uniform", "lamp"):
+        raise InputError(f"allocation must be 'uniform' or 'lamp', got {allocation!r}")
+    if allocation == "lamp" and library is None:
+        raise InputError("allocation='lamp' needs the pattern library (the energies are measured after projection)")
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate):
         raise InputError(f"rate must be a number, got {rate!r}")
     if rate < PATTERN_RATE - 1e-9:
@@ -144,15 +186,25 @@ def plan_layers(model: nn.Module, rate: float, layers: Sequence[str] | None = No
         fraction = min(1.0, target / conn_kernels)
         units = [p.module.weight.shape[0] if balanced else 1 for p in conn]
         caps = [p.kernels // u for p, u in zip(conn, units)]
-        counts = _allocate([fraction * p.kernels for p in conn], units, caps, round(target))
+        shares = [fraction * p.kernels for p in conn]
+        if allocation == "lamp":
+            energies = [pattern_scores(p.module.weight, library).max(dim=1).values for p in conn]
+            floors = [max(u, math.ceil(min_layer_keep * s)) for s, u in zip(shares, units)]
+            shares = [float(n) for n in lamp_shares(energies, round(target), floors)]
+        counts = _allocate(shares, units, caps, round(target))
         kept = sum(counts)
         reached = 9 * (pattern_only + conn_kernels) / (4 * (pattern_only + kept))
         if reached < rate * 0.98:
             minimum = sum(units)
-            best = 9 * (pattern_only + conn_kernels) / (4 * (pattern_only + minimum))
-            raise InputError(f"rate {rate} cannot be reached with these layers: keeping at least one "
-                             f"kernel {'per filter' if balanced else 'per layer'} limits the rate to "
-                             f"about {best:.2f} ({len(conn)} layers, {conn_kernels} kernels)")
+            rate_of = lambda n: 9 * (pattern_only + conn_kernels) / (4 * (pattern_only + n))  # noqa: E731
+            if kept <= minimum:
+                raise InputError(f"rate {rate} cannot be reached with these layers: keeping at least one "
+                                 f"kernel {'per filter' if balanced else 'per layer'} limits the rate to "
+                                 f"about {rate_of(minimum):.2f} ({len(conn)} layers, {conn_kernels} kernels)")
+            fewer = max(minimum, kept - min(units))
+            raise InputError(f"rate {rate} cannot be met within 2%: kernels are kept whole, and keeping "
+                             f"{kept} or {fewer} of {conn_kernels} kernels gives {rate_of(kept):.2f}x or "
+                             f"{rate_of(fewer):.2f}x; ask for a rate near one of those")
         for p, c in zip(conn, counts):
             p.keep = c
     elif rate > PATTERN_RATE * 1.02:

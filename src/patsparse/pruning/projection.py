@@ -32,13 +32,6 @@ def _check_3x3(weight: torch.Tensor, what: str) -> None:
         raise InputError(f"{what}: weight has non-finite values (NaN or inf)")
 
 
-def pattern_scores(weight: torch.Tensor, library: torch.Tensor) -> torch.Tensor:
-    """Squared norm each pattern would keep, shape (O*I, K): the quantity the projection maximises."""
-    flat = weight.detach().reshape(-1, 9)
-    lib = library.to(dtype=flat.dtype, device=flat.device).reshape(-1, 9)
-    return (flat * flat) @ lib.T
-
-
 def project_pattern(weight: torch.Tensor, library: torch.Tensor | str = "phase2",
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Project every 3x3 kernel onto its best library pattern.
@@ -142,15 +135,17 @@ def prune_planned(plans: Sequence[LayerPlan], library: torch.Tensor, rate: float
 
 def project_model(model: nn.Module, rate: float = 8.0, library: torch.Tensor | str = "phase2",
                   layers: Sequence[str] | None = None, *, balanced: bool = False,
-                  conv1x1: bool = False) -> dict:
+                  conv1x1: bool = False, allocation: str = "uniform") -> dict:
     """One-shot pattern (+ connectivity) pruning of a model in place, without training.
 
     Useful to make pattern-sparse models at a given rate quickly (benchmarks, experiments);
-    accuracy needs :func:`patsparse.prune`. Returns the sparsity spec, also attached to the
-    model as ``model.patsparse_spec``.
+    accuracy needs :func:`patsparse.prune`. ``allocation`` spreads the kept kernels over layers
+    as in :func:`~patsparse.pruning.layers.plan_layers` (uniform by default: the same fraction
+    in every layer, so that speed measurements do not depend on the weights' values). Returns
+    the sparsity spec, also attached to the model as ``model.patsparse_spec``.
     """
     lib = pattern_library(library)
-    plans = plan_layers(model, rate, layers, conv1x1, balanced)
+    plans = plan_layers(model, rate, layers, conv1x1, balanced, allocation=allocation, library=lib)
     spec = prune_planned(plans, lib, rate)
     model.patsparse_spec = spec
     return spec

@@ -18,6 +18,11 @@ import yaml
 
 from ..checkpoint import atomic_write_bytes
 from ..errors import FormatError, InputError
+from .admm import geometric_rhos
+
+
+ALLOCATIONS = ("uniform", "lamp")
+MAX_PULL = 0.5  # the largest per-step pull lr * rho / (1 - momentum) a derived schedule uses
 
 
 @dataclass
@@ -28,29 +33,57 @@ class PruneRecipe:
     library: "phase1" | "phase2" | "phase3" | "candidates" | path to a JSON library.
     admm_iters: ADMM iterations; each runs ``epochs`` SGD epochs (the primal step), then the
         proximal projections and the dual update.
-    rho, rho_growth, rho_max: penalty weight, multiplied by rho_growth after every iteration, capped.
-    retrain_epochs: masked retraining epochs after hard pruning (cosine learning-rate decay).
-    lr, momentum, weight_decay: SGD for the ADMM phase; retrain_lr for retraining (None = lr).
+    penalty_reach: how far the ADMM penalty pulls the weights into the sparse sets by the last
+        iteration, as ``lr * rho * steps / (1 - momentum)`` (``steps`` = SGD steps of one
+        iteration): the distance left after one iteration is about exp(-reach). With ``rho``
+        unset, rho is derived from this and the run's own step count, so the penalty acts the
+        same whether the loader holds 6,000 images or 60,000.
+    rho, rho_growth, rho_max: an explicit starting penalty weight (overrides penalty_reach),
+        multiplied by rho_growth after every iteration, capped at rho_max. With rho unset, the
+        derived schedule still grows by rho_growth per iteration towards its final value.
+    allocation: how the kernels kept by connectivity pruning are spread over layers:
+        "uniform" (the paper: the same fraction in every layer) or "lamp" (one global ranking of
+        kernels by layer-normalised energy, LAMP-style, so that redundant layers give up more).
+    min_layer_keep: with "lamp", no layer keeps less than this fraction of the uniform share.
+    progressive: connectivity tightens over the ADMM iterations (the kept fraction shrinks
+        geometrically to its target at the last iteration) instead of at once.
+    distill, distill_temperature: weight of a knowledge-distillation term (KL divergence against
+        the outputs of a frozen copy of the model taken before pruning, at this temperature) in
+        the ADMM and retraining loss; 0 turns it off.
+    retrain_epochs: masked retraining epochs after hard pruning.
+    retrain_lr, warmup: retraining learning rate (None = lr) with a per-step cosine decay after a
+        linear warm-up over this fraction of the steps.
+    lr, momentum, weight_decay: SGD for the ADMM phase.
+    gap_warning: the projection gap (accuracy lost by a trial hard projection) at the end of
+        ADMM above which the summary warns that ADMM did not converge.
     layers: conv names to prune (None = every 3x3 conv but the first); conv1x1: also prune 1x1
         convs (connectivity only); connectivity_balanced: same kernel count per filter.
     oneshot: project once without training (quick experiments; retrain_epochs still applies).
     bn_batches: training batches used to re-estimate BatchNorm running statistics right after
-        hard pruning (0 = off): the pruned convs' outputs shift, and stale statistics made the
-        hard-pruned ResNet-8 score 50% instead of 66% in our Fashion-MNIST check.
+        hard pruning (0 = off): the pruned convs' outputs shift, so the statistics gathered on
+        the unpruned weights are stale.
     """
 
     rate: float = 8.0
     library: str = "phase2"
     admm_iters: int = 4
     epochs: int = 1
+    penalty_reach: float = 3.0
+    rho: float | None = None
+    rho_growth: float = 2.0
+    rho_max: float = 10.0
+    allocation: str = "lamp"
+    min_layer_keep: float = 0.25
+    progressive: bool = False
+    distill: float = 0.5
+    distill_temperature: float = 4.0
     retrain_epochs: int = 3
-    rho: float = 1e-2
-    rho_growth: float = 3.0
-    rho_max: float = 1.0
-    lr: float = 0.01
     retrain_lr: float | None = None
+    warmup: float = 0.05
+    lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    gap_warning: float = 0.02
     layers: list[str] | None = None
     conv1x1: bool = False
     connectivity_balanced: bool = False
@@ -76,9 +109,16 @@ class PruneRecipe:
             need(isinstance(v, int) and not isinstance(v, bool) and v >= 0, f"{k} must be an int >= 0, got {v!r}")
         need(self.oneshot or (self.admm_iters >= 1 and self.epochs >= 1),
              "ADMM needs admm_iters >= 1 and epochs >= 1 (or oneshot=True)")
-        for k in ("rho", "rho_max", "lr"):
+        for k in ("rho_max", "lr", "penalty_reach", "distill_temperature"):
             v = getattr(self, k)
             need(number(v) and v > 0, f"{k} must be a positive number, got {v!r}")
+        need(self.rho is None or (number(self.rho) and self.rho > 0),
+             f"rho must be a positive number or None (derived from penalty_reach), got {self.rho!r}")
+        need(self.allocation in ALLOCATIONS, f"allocation must be one of {ALLOCATIONS}, got {self.allocation!r}")
+        for k in ("min_layer_keep", "distill", "gap_warning"):
+            v = getattr(self, k)
+            need(number(v) and 0 <= v <= 1, f"{k} must be a number in [0, 1], got {v!r}")
+        need(number(self.warmup) and 0 <= self.warmup < 1, f"warmup must be in [0, 1), got {self.warmup!r}")
         need(number(self.rho_growth) and self.rho_growth >= 1, f"rho_growth must be >= 1, got {self.rho_growth!r}")
         need(self.retrain_lr is None or (number(self.retrain_lr) and self.retrain_lr > 0),
              f"retrain_lr must be positive or None, got {self.retrain_lr!r}")
@@ -89,9 +129,29 @@ class PruneRecipe:
              f"layers must be a list of conv names or None, got {self.layers!r}")
         return self
 
-    def rho_at(self, iteration: int) -> float:
-        """Penalty weight for ADMM iteration ``iteration`` (0-based)."""
-        return min(self.rho * self.rho_growth ** iteration, self.rho_max)
+    def rho_schedule(self, steps: int) -> list[float]:
+        """The penalty weight of every ADMM iteration, for iterations of ``steps`` SGD steps.
+
+        With ``rho`` unset the last iteration's rho gives ``penalty_reach`` and earlier ones are
+        smaller by ``rho_growth`` each (the pull starts gently, while Z is still moving). The
+        per-step pull ``lr * rho / (1 - momentum)`` is capped at ``MAX_PULL``: beyond that the
+        penalty's own gradient step overshoots and SGD oscillates around Z instead of settling.
+        """
+        if self.rho is not None:
+            return geometric_rhos(self.rho, self.rho_growth, self.rho_max, self.admm_iters)
+        stable = MAX_PULL * (1 - self.momentum) / self.lr
+        last = min(self.penalty_reach * (1 - self.momentum) / (self.lr * max(1, steps)), stable)
+        return [last / self.rho_growth ** (self.admm_iters - 1 - it) for it in range(self.admm_iters)]
+
+    def min_steps(self) -> int:
+        """The fewest SGD steps per ADMM iteration that can give ``penalty_reach`` under the
+        per-step cap: a loader smaller than this is an error, not a run that silently does
+        nothing."""
+        return math.ceil(self.penalty_reach / MAX_PULL)
+
+    def reach(self, rho: float, steps: int) -> float:
+        """``lr * rho * steps / (1 - momentum)``: how far one iteration pulls W towards Z."""
+        return self.lr * rho * steps / (1 - self.momentum)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..errors import InputError
+from ..errors import DivergedError
 from .dist import all_reduce_sum, is_main, unwrap
+from .distill import Distillation
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -26,14 +27,24 @@ def _stats(sums: torch.Tensor) -> tuple[float, float]:
     return float(sums[0]) / n, float(sums[1]) / n
 
 
+def reshuffle(loader: Iterable, epoch: int) -> None:
+    """Give the loader's sampler its epoch (``set_epoch``) so each epoch sees a new order;
+    a no-op for loaders whose sampler has no epochs."""
+    set_epoch = getattr(getattr(loader, "sampler", None), "set_epoch", None)
+    if set_epoch is not None:
+        set_epoch(epoch)
+
+
 def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, *,
                 device: str | torch.device = "cpu", loss_fn: LossFn = F.cross_entropy,
                 extra_loss: Callable[[nn.Module], torch.Tensor] | None = None,
                 after_step: Callable[[nn.Module], None] | None = None,
-                scheduler=None, progress: bool = True, desc: str = "") -> dict:
+                scheduler=None, progress: bool = True, desc: str = "",
+                distill: Distillation | None = None) -> dict:
     """Train ``model`` for one pass over ``loader``.
 
-    Per batch: forward, ``loss_fn(logits, y)`` (+ ``extra_loss(model)`` when given), backward,
+    Per batch: forward, ``loss_fn(logits, y)`` (mixed with a distillation term when ``distill``
+    is given), + ``extra_loss(model)`` when given, backward,
     ``optimizer.step()``, ``scheduler.step()`` (a per-iteration schedule) when given, then
     ``after_step(model)``. Returns {"loss", "acc", "seconds"} averaged over examples (and over
     ranks under torchrun); "loss" is the data loss, "extra" the mean extra loss if any.
@@ -49,13 +60,13 @@ def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, *,
         optimizer.zero_grad(set_to_none=True)
         logits = model(x)
         loss = loss_fn(logits, y)
-        total = loss
+        total = loss if distill is None else distill.mix(loss, logits, x)
         extra = None
         if extra_loss is not None:
             extra = extra_loss(model)
-            total = loss + extra
+            total = total + extra
         if not torch.isfinite(total.detach()):
-            raise InputError(f"{desc or 'training'}: loss became {float(total.detach()):.4g} at batch {i}; "
+            raise DivergedError(f"{desc or 'training'}: loss became {float(total.detach()):.4g} at batch {i}; "
                              "the run diverged (try a lower learning rate)")
         total.backward()
         optimizer.step()
