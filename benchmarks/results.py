@@ -116,14 +116,14 @@ def summary_step(args, results: Path) -> None:
         if not got:
             rows.append([claim, "not run", "-"])
             continue
-        # one seed decides nothing, even where the claim's verdict reads "supported (one seed ...)"
+        # an interval that spans the bar decides nothing either way
         open_ = [m for m, _, word in got if word == "undecided"]
         yes = [m for m, st, word in got if word != "undecided" and st == "supported"]
         no = [m for m, st, word in got if word != "undecided" and st == "not supported"]
         holds = "undecided" if open_ and not yes and not no else \
             "yes" if yes and not no else "partly" if yes else "no"
         parts = [f"{w} {', '.join(ms)}" for w, ms in (("supported on", yes), ("not on", no),
-                                                       ("undecided (one seed) on", open_)) if ms]
+                                                       ("undecided (interval spans the bar) on", open_)) if ms]
         rows.append([claim, "; ".join(parts), holds])
     checks = theory.check_identities()
     rows.insert(0, ["Phase-2 masks sum to the Gaussian and ELoG reference filters (section 4)",
