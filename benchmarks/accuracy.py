@@ -255,7 +255,9 @@ def run_cell(cell: Cell, rows: Iterable[Row], out: Path, log: Callable[[str], No
         names = [n for n, _ in pruned_convs(model)]
         result = {"config": cell.config(row), "acc": ev["acc"], "loss": ev["loss"],
                   "rate_3x3": measured_rate(model, names), "rate_model": whole_model_rate(model),
-                  "seconds": seconds, "date": _report.utc_now(), "command": cell.command,
+                  "seconds": seconds, "admm": [h for h in getattr(model, "patsparse_history", [])
+                                               if h.get("phase") == "admm"],
+                  "date": _report.utc_now(), "command": cell.command,
                   "machine": _report.machine(), "commit": _report.git_commit()}
         if row.id in KEEP_WEIGHTS:
             save_tensors(d / f"{row.id}.safetensors", model.state_dict())

@@ -47,7 +47,7 @@ def test_grid_runs_resumes_and_writes_results(tmp_path: Path, monkeypatch: pytes
     assert "<!-- section:other -->\nkept" in text  # another script's section survives
     assert "## Accuracy grid: digits, budget `tiny`" in text
     assert "| pattern-phase2 | 2.25x |" in text and "| pc-16x | - | not run |" in text
-    assert "Which claims hold here" in text and "undecided (one seed)" in text
+    assert "Which claims hold here" in text and "| undecided |" in text  # one seed decides nothing
 
     # resume: nothing is retrained, and the section is rewritten identically
     def boom(*a, **k):
@@ -117,13 +117,20 @@ def test_bad_arguments() -> None:
         acc.main(["--models", "alexnet", "--dataset", "digits"])
 
 
-def test_verdict_reads_noise_as_noise() -> None:
-    assert acc.verdict([0.90], [0.80])[0] == "undecided"
-    word, d = acc.verdict([0.901, 0.899, 0.900], [0.800, 0.801, 0.799])
-    assert word == "higher" and d == pytest.approx(10.0)
-    assert acc.verdict([0.80, 0.81, 0.79], [0.90, 0.91, 0.89])[0] == "lower"
-    # a 0.2-point gap with 1-point seed noise is not an effect
-    assert acc.verdict([0.902, 0.89, 0.912], [0.90, 0.89, 0.91])[0] == "same"
+def _rows(accs: list[float]) -> list[dict]:
+    return [{"acc": a, "config": {"seed": s}} for s, a in enumerate(accs)]
+
+
+def test_verdict_needs_the_whole_paired_interval_past_the_bar() -> None:
+    assert acc.verdict(_rows([0.90]), _rows([0.80]), 0.0)[0] == "undecided"  # one seed
+    word, m, h = acc.verdict(_rows([0.901, 0.899, 0.900]), _rows([0.800, 0.801, 0.799]), 1.0)
+    assert word == "holds" and m == pytest.approx(10.0) and h < 1
+    assert acc.verdict(_rows([0.80, 0.81, 0.79]), _rows([0.90, 0.91, 0.89]), -0.3)[0] == "fails"
+    # a mean loss of 0.2 points whose interval reaches -1.5 does not show "loses at most 0.3"
+    assert acc.verdict(_rows([0.89, 0.905, 0.899]), _rows([0.90, 0.90, 0.90]), -0.3)[0] == "undecided"
+    # pairing by seed: a shared seed effect cancels, so a steady 0.1-point loss is decided
+    word, m, _ = acc.verdict(_rows([0.799, 0.899, 0.849]), _rows([0.80, 0.90, 0.85]), -0.3)
+    assert word == "holds" and m == pytest.approx(-0.1)
 
 
 def test_random_control_library_is_valid_and_seeded() -> None:

@@ -200,7 +200,7 @@ def test_cli_prune_and_extract(tmp_path, capsys):
 
     common = ["--dataset", "digits", "--subset", "128", "--batch-size", "64", "--quiet"]
     assert main(["prune", "--model", "convnet", "--width", "0.5", "--dense-epochs", "1", *common, "--rate", "4",
-                 "--admm-iters", "1", "--epochs", "3", "--retrain-epochs", "1", "--out", str(tmp_path / "p")]) == 0
+                 "--admm-iters", "1", "--epochs", "2", "--retrain-epochs", "1", "--out", str(tmp_path / "p")]) == 0
     out = capsys.readouterr().out
     assert "3x3-conv rate (pruned 3x3 layers): 4.0" in out and "test accuracy: dense" in out
     assert ps.describe(ps.load(tmp_path / "p")).conv3x3_rate == pytest.approx(4.0, rel=0.02)

@@ -128,6 +128,7 @@ def _recipe(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint import write_json
     from ..pruning import describe, prune
+    from ..pruning.api import admm_summary
     from ..serialize import save
     from ..train.loop import evaluate
 
@@ -147,6 +148,8 @@ def run(args: argparse.Namespace) -> int:
                                       "prune_seconds": seconds, "dataset": dataset,
                                       "history": model.patsparse_history})
     print(describe(model))
+    if args.quiet:  # otherwise prune printed it already
+        print("\n".join(admm_summary(model.patsparse_history, recipe)))
     print(f"test accuracy: dense {dense['acc']:.2%} -> pruned {pruned['acc']:.2%} "
           f"({(pruned['acc'] - dense['acc']) * 100:+.2f} points) at {recipe.rate}x with {recipe.library}; "
           f"pruning took {seconds / 60:.1f} min; saved to {out}")

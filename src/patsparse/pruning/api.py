@@ -155,9 +155,9 @@ def _check_loader(model: nn.Module, loader: Iterable, r: PruneRecipe, device: st
     steps = batches * r.epochs
     if not r.oneshot and r.rho is None and steps < r.min_steps():
         raise InputError(f"prune: the training loader has {batches} batch(es), so an ADMM iteration of "
-                         f"{r.epochs} epoch(s) gets {steps} SGD steps; reaching penalty_reach={r.penalty_reach} "
-                         f"needs at least {r.min_steps()} (each step may pull the weights at most half way); "
-                         f"pass more data, more epochs per iteration (epochs=), or a lower penalty_reach")
+                         f"{r.epochs} epoch(s) gets {steps} SGD steps; with momentum {r.momentum} the penalty "
+                         f"needs at least {r.min_steps()} steps to pull the weights most of the way into the "
+                         f"sparse sets; pass more data or more epochs per iteration (epochs=)")
     return batches
 
 
@@ -200,7 +200,7 @@ def _recipe_from_args(recipe: PruneRecipe | None, rate: Any, library: Any, **kno
     return PruneRecipe(**{**base, **chosen}).validate()
 
 
-def _summary(history: list[dict], r: PruneRecipe) -> list[str]:
+def admm_summary(history: list[dict], r: PruneRecipe) -> list[str]:
     """Lines that say whether ADMM did its job: reach and projection gap per iteration, the
     layers furthest from their sparse sets, and a warning when the final gap is large."""
     admm = [h for h in history if h.get("phase") == "admm"]
@@ -302,7 +302,7 @@ def prune(model: nn.Module, train_loader: Iterable, rate: float = 8, library: st
     model.patsparse_spec = spec
     model.patsparse_recipe = r
     model.patsparse_history = history
-    for line in _summary(history, r):
+    for line in admm_summary(history, r):
         _log(progress or line.startswith("warning"), line)
     _log(progress, f"done in {time.perf_counter() - t0:.1f}s")
     return model

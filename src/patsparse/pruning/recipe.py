@@ -22,7 +22,21 @@ from .admm import geometric_rhos
 
 
 ALLOCATIONS = ("uniform", "lamp")
-MAX_PULL = 0.5  # the largest per-step pull lr * rho / (1 - momentum) a derived schedule uses
+MIN_REACH = 1.0  # below this an ADMM iteration leaves over a third of the distance to Z: an error
+MAX_PULL = 0.5  # the strongest per-step pull lr * rho a derived schedule uses (Nesterov is stable to ~1.4)
+
+
+def contraction(c: float, momentum: float) -> float:
+    """Per-step factor by which Nesterov SGD with ``momentum`` shrinks a weight's distance to a
+    fixed target under a quadratic pull of curvature ``c = lr * rho`` alone.
+
+    The distance follows e' = (1+m)(1-c) e - m(1-c) e_prev; the factor is the spectral radius of
+    that recurrence. It falls as c grows, slowly past critical damping, c* = ((1-m)/(1+m))^2,
+    where it becomes sqrt(m(1-c)) and the weights oscillate around Z as they close in.
+    """
+    a, b = (1 + momentum) * (1 - c), momentum * (1 - c)
+    disc = a * a - 4 * b
+    return (a + math.sqrt(disc)) / 2 if disc >= 0 else math.sqrt(b)
 
 
 @dataclass
@@ -33,11 +47,13 @@ class PruneRecipe:
     library: "phase1" | "phase2" | "phase3" | "candidates" | path to a JSON library.
     admm_iters: ADMM iterations; each runs ``epochs`` SGD epochs (the primal step), then the
         proximal projections and the dual update.
-    penalty_reach: how far the ADMM penalty pulls the weights into the sparse sets by the last
-        iteration, as ``lr * rho * steps / (1 - momentum)`` (``steps`` = SGD steps of one
-        iteration): the distance left after one iteration is about exp(-reach). With ``rho``
-        unset, rho is derived from this and the run's own step count, so the penalty acts the
-        same whether the loader holds 6,000 images or 60,000.
+    penalty_strength, penalty_reach: the last ADMM iteration's penalty, when ``rho`` is unset.
+        Strength is its per-step pull ``lr * rho``: the data gradient holds W about
+        grad / rho away from Z, so this sets how close W settles. Reach is how far that
+        iteration's SGD steps pull W towards Z: the penalty alone would leave exp(-reach) of the
+        distance (see :func:`contraction`). rho is derived from both and the run's own learning
+        rate and step count, so the penalty acts the same whether the loader holds 6,000 images
+        or 60,000.
     rho, rho_growth, rho_max: an explicit starting penalty weight (overrides penalty_reach),
         multiplied by rho_growth after every iteration, capped at rho_max. With rho unset, the
         derived schedule still grows by rho_growth per iteration towards its final value.
@@ -68,6 +84,7 @@ class PruneRecipe:
     library: str = "phase2"
     admm_iters: int = 4
     epochs: int = 1
+    penalty_strength: float = 0.05
     penalty_reach: float = 3.0
     rho: float | None = None
     rho_growth: float = 2.0
@@ -109,7 +126,7 @@ class PruneRecipe:
             need(isinstance(v, int) and not isinstance(v, bool) and v >= 0, f"{k} must be an int >= 0, got {v!r}")
         need(self.oneshot or (self.admm_iters >= 1 and self.epochs >= 1),
              "ADMM needs admm_iters >= 1 and epochs >= 1 (or oneshot=True)")
-        for k in ("rho_max", "lr", "penalty_reach", "distill_temperature"):
+        for k in ("rho_max", "lr", "penalty_strength", "penalty_reach", "distill_temperature"):
             v = getattr(self, k)
             need(number(v) and v > 0, f"{k} must be a positive number, got {v!r}")
         need(self.rho is None or (number(self.rho) and self.rho > 0),
@@ -132,26 +149,34 @@ class PruneRecipe:
     def rho_schedule(self, steps: int) -> list[float]:
         """The penalty weight of every ADMM iteration, for iterations of ``steps`` SGD steps.
 
-        With ``rho`` unset the last iteration's rho gives ``penalty_reach`` and earlier ones are
-        smaller by ``rho_growth`` each (the pull starts gently, while Z is still moving). The
-        per-step pull ``lr * rho / (1 - momentum)`` is capped at ``MAX_PULL``: beyond that the
-        penalty's own gradient step overshoots and SGD oscillates around Z instead of settling.
+        With ``rho`` unset the last iteration's rho is the larger of two: the one whose pull
+        ``lr * rho`` is ``penalty_strength`` (how close W settles to Z against the data
+        gradient, whatever the budget), and the smallest that gives ``penalty_reach`` in
+        ``steps`` steps (how fast it gets there, which short loaders need), with the pull
+        capped at ``MAX_PULL``. Earlier iterations are smaller by ``rho_growth`` each: the pull
+        starts gently, while Z still moves.
         """
         if self.rho is not None:
             return geometric_rhos(self.rho, self.rho_growth, self.rho_max, self.admm_iters)
-        stable = MAX_PULL * (1 - self.momentum) / self.lr
-        last = min(self.penalty_reach * (1 - self.momentum) / (self.lr * max(1, steps)), stable)
+        rate = self.penalty_reach / max(1, steps)  # -ln(contraction) needed per step
+        lo, hi = 0.0, MAX_PULL
+        if -math.log(contraction(hi, self.momentum)) > rate:
+            for _ in range(60):  # -ln(contraction) grows with the pull on [0, 1): bisect
+                mid = (lo + hi) / 2
+                lo, hi = (mid, hi) if -math.log(contraction(mid, self.momentum)) < rate else (lo, mid)
+        last = max(hi, min(self.penalty_strength, MAX_PULL)) / self.lr
         return [last / self.rho_growth ** (self.admm_iters - 1 - it) for it in range(self.admm_iters)]
 
-    def min_steps(self) -> int:
-        """The fewest SGD steps per ADMM iteration that can give ``penalty_reach`` under the
-        per-step cap: a loader smaller than this is an error, not a run that silently does
-        nothing."""
-        return math.ceil(self.penalty_reach / MAX_PULL)
-
     def reach(self, rho: float, steps: int) -> float:
-        """``lr * rho * steps / (1 - momentum)``: how far one iteration pulls W towards Z."""
-        return self.lr * rho * steps / (1 - self.momentum)
+        """How far ``steps`` SGD steps with penalty ``rho`` pull W towards Z: the penalty alone
+        would leave exp(-reach) of the distance."""
+        return -steps * math.log(max(contraction(self.lr * rho, self.momentum), 1e-300))
+
+    def min_steps(self) -> int:
+        """The fewest SGD steps per ADMM iteration whose best reach is ``MIN_REACH``: a loader
+        smaller than this is an error, not a run that silently does nothing."""
+        best = -math.log(max(contraction(MAX_PULL, self.momentum), 1e-300))
+        return max(1, math.ceil(MIN_REACH / best))
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
