@@ -140,7 +140,7 @@ def test_progressive_connectivity_tightens_to_the_plan():
 
 def test_prune_records_residuals_and_projection_gap_per_iteration(loaders, capsys):
     m = small_net()
-    ps.prune(m, loaders[0], rate=8, admm_iters=2, retrain_epochs=1, eval_loader=loaders[1], progress=True)
+    ps.prune(m, loaders[0], rate=8, admm_iters=2, epochs=1, retrain_epochs=1, eval_loader=loaders[1], progress=True)
     admm = [h for h in m.patsparse_history if h["phase"] == "admm"]
     assert [h["iteration"] for h in admm] == [1, 2]
     for h in admm:
@@ -176,7 +176,7 @@ def test_tuple_output_needs_a_selector_and_works_with_one(loaders):
     with pytest.raises(InputError, match=r"output=lambda out: out\[0\]"):
         ps.prune(TupleNet(), loaders[0], rate=8, progress=False)
     m = TupleNet()
-    ps.prune(m, loaders[0], rate=8, admm_iters=1, retrain_epochs=1, distill=0.5, output=lambda o: o[0],
+    ps.prune(m, loaders[0], rate=8, admm_iters=1, epochs=1, retrain_epochs=1, distill=0.5, output=lambda o: o[0],
              progress=False)
     assert set(m.patsparse_spec["layers"]) and isinstance(m(torch.zeros(1, 1, 28, 28)), tuple)
 
@@ -185,6 +185,6 @@ def test_divergence_stops_with_the_last_good_weights(loaders):
     m = small_net()
     before = copy.deepcopy(m.state_dict())
     with pytest.raises(DivergedError, match=r"ADMM iteration 1/1 .*start of that iteration"):
-        ps.prune(m, loaders[0], rate=8, admm_iters=1, lr=1e6, retrain_epochs=0, distill=0.0, progress=False)
+        ps.prune(m, loaders[0], rate=8, admm_iters=1, epochs=1, lr=1e6, retrain_epochs=0, distill=0.0, progress=False)
     after = m.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)

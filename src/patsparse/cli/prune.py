@@ -95,8 +95,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     a("--rate", type=float, help="3x3-conv compression rate (default 8; 2.25 = patterns only)")
     a("--library", help="phase1, phase2 (default), phase3, candidates or a JSON library file")
     a("--admm-iters", type=int, help="ADMM iterations (default 4)")
-    a("--epochs", type=int, help="SGD epochs per ADMM iteration (default 1)")
-    a("--retrain-epochs", type=int, help="masked retraining epochs (default 3)")
+    a("--epochs", type=int, help="SGD epochs per ADMM iteration (default: from --steps and the loader)")
+    a("--retrain-epochs", type=int, help="masked retraining epochs (default: from --steps and the loader)")
+    a("--steps", type=int, help="SGD steps to aim for when epochs are not given, half ADMM and half "
+                                "retraining (default 1500)")
     a("--rho", type=float, help="explicit initial ADMM penalty (default: derived from --penalty-reach)")
     a("--penalty-reach", type=float, help="how far ADMM pulls the weights into the sparse sets by its last "
                                           "iteration, lr*rho*steps/(1-momentum) (default 3)")
@@ -118,7 +120,7 @@ def _recipe(args: argparse.Namespace):
     given: dict[str, Any] = {k: v for k, v in {
         "rate": args.rate, "library": args.library, "admm_iters": args.admm_iters, "epochs": args.epochs,
         "retrain_epochs": args.retrain_epochs, "rho": args.rho, "lr": args.lr,
-        "penalty_reach": args.penalty_reach, "distill": args.distill, "allocation": args.allocation,
+        "penalty_reach": args.penalty_reach, "steps": args.steps, "distill": args.distill, "allocation": args.allocation,
         "layers": args.layers.split(",") if args.layers else None,
         "conv1x1": args.conv1x1 or None, "connectivity_balanced": args.balanced or None,
         "oneshot": args.oneshot or None}.items() if v is not None}

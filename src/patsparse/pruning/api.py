@@ -132,9 +132,10 @@ class _FirstBatches:
         return itertools.islice(iter(self.loader), self.n)
 
 
-def _check_loader(model: nn.Module, loader: Iterable, r: PruneRecipe, device: str) -> int:
-    """Batches per pass of ``loader``, after checking it is usable: not empty, enough SGD steps
-    for one ADMM iteration, and batches on which the model returns a tensor of logits."""
+def _check_loader(model: nn.Module, loader: Iterable, r: PruneRecipe, device: str) -> PruneRecipe:
+    """The recipe made concrete for ``loader`` (:meth:`PruneRecipe.for_loader`), after checking
+    the loader is usable: not empty, enough SGD steps for one ADMM iteration, and batches on
+    which the model returns a tensor of logits."""
     batches = count_batches(loader)
     if batches == 0:
         raise InputError("prune: the training loader is empty (0 batches); pruning needs training data")
@@ -152,13 +153,14 @@ def _check_loader(model: nn.Module, loader: Iterable, r: PruneRecipe, device: st
         hint = "output=lambda out: out[0]" if isinstance(out, (tuple, list)) else "output=lambda out: out['logits']"
         raise InputError(f"prune: the model's forward returns a {kind}, not a tensor of logits; pass an "
                          f"output selector that picks the logits, e.g. prune(..., {hint})")
+    r = r.for_loader(batches)
     steps = batches * r.epochs
     if not r.oneshot and r.rho is None and steps < r.min_steps():
         raise InputError(f"prune: the training loader has {batches} batch(es), so an ADMM iteration of "
                          f"{r.epochs} epoch(s) gets {steps} SGD steps; with momentum {r.momentum} the penalty "
                          f"needs at least {r.min_steps()} steps to pull the weights most of the way into the "
                          f"sparse sets; pass more data or more epochs per iteration (epochs=)")
-    return batches
+    return r
 
 
 @torch.no_grad()
@@ -261,7 +263,8 @@ def prune(model: nn.Module, train_loader: Iterable, rate: float = 8, library: st
                         allocation=r.allocation, library=lib, min_layer_keep=r.min_layer_keep)
     model.to(device)
     net = model if output is None else _Selected(model, output)
-    batches = _check_loader(net, train_loader, r, device)
+    r = _check_loader(net, train_loader, r, device)
+    batches = count_batches(train_loader)
     if r.seed is not None:
         torch.manual_seed(r.seed)
     teacher = Distillation.frozen_copy(net, r.distill, r.distill_temperature) if r.distill > 0 else None
@@ -280,8 +283,8 @@ def prune(model: nn.Module, train_loader: Iterable, rate: float = 8, library: st
             record["reach"] = r.reach(record["rho"], steps)
             record["trial"] = projection_gap(net, plans, lib, trial_data, train_loader, bn_trial, device)
             history.append({"phase": "admm", **record})
-            _log(progress, f"ADMM iteration {it + 1}/{r.admm_iters}: {_fmt(record)}, reach "
-                           f"{record['reach']:.2f}, projection gap {record['trial']['gap'] * 100:+.2f} points")
+            _log(progress, f"ADMM iteration {it + 1}/{r.admm_iters}: {_fmt(record)}, "
+                           f"projection gap {record['trial']['gap'] * 100:+.2f} points")
 
         run_admm(net, train_loader, plans, lib, rhos=r.rho_schedule(steps), epochs=r.epochs, lr=r.lr,
                  momentum=r.momentum, weight_decay=r.weight_decay, device=device, progress=progress,

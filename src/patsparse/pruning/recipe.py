@@ -47,6 +47,10 @@ class PruneRecipe:
     library: "phase1" | "phase2" | "phase3" | "candidates" | path to a JSON library.
     admm_iters: ADMM iterations; each runs ``epochs`` SGD epochs (the primal step), then the
         proximal projections and the dual update.
+    steps: the SGD steps a run aims for when ``epochs`` or ``retrain_epochs`` is unset (None):
+        half for ADMM, half for retraining, turned into whole epochs of the caller's loader
+        (at least one). A loader of a few thousand images then gets many passes and a large one
+        few, so the default budget is the same amount of optimisation whatever the data size.
     penalty_strength, penalty_reach: the last ADMM iteration's penalty, when ``rho`` is unset.
         Strength is its per-step pull ``lr * rho``: the data gradient holds W about
         grad / rho away from Z, so this sets how close W settles. Reach is how far that
@@ -66,7 +70,7 @@ class PruneRecipe:
     distill, distill_temperature: weight of a knowledge-distillation term (KL divergence against
         the outputs of a frozen copy of the model taken before pruning, at this temperature) in
         the ADMM and retraining loss; 0 turns it off.
-    retrain_epochs: masked retraining epochs after hard pruning.
+    retrain_epochs: masked retraining epochs after hard pruning (None = from ``steps``).
     retrain_lr, warmup: retraining learning rate (None = lr) with a per-step cosine decay after a
         linear warm-up over this fraction of the steps.
     lr, momentum, weight_decay: SGD for the ADMM phase.
@@ -83,7 +87,8 @@ class PruneRecipe:
     rate: float = 8.0
     library: str = "phase2"
     admm_iters: int = 4
-    epochs: int = 1
+    epochs: int | None = None
+    steps: int = 1500
     penalty_strength: float = 0.05
     penalty_reach: float = 3.0
     rho: float | None = None
@@ -94,7 +99,7 @@ class PruneRecipe:
     progressive: bool = False
     distill: float = 0.5
     distill_temperature: float = 4.0
-    retrain_epochs: int = 3
+    retrain_epochs: int | None = None
     retrain_lr: float | None = None
     warmup: float = 0.05
     lr: float = 0.01
@@ -121,10 +126,15 @@ class PruneRecipe:
         need(number(self.rate) and self.rate >= 2.25,
              f"rate must be a number >= 2.25 (patterns alone give 2.25x), got {self.rate!r}")
         need(isinstance(self.library, (str, os.PathLike)), f"library must be a name or a path, got {self.library!r}")
-        for k in ("admm_iters", "epochs", "retrain_epochs", "bn_batches"):
+        def count(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+        for k in ("admm_iters", "bn_batches", "steps"):
+            need(count(getattr(self, k)), f"{k} must be an int >= 0, got {getattr(self, k)!r}")
+        for k in ("epochs", "retrain_epochs"):
             v = getattr(self, k)
-            need(isinstance(v, int) and not isinstance(v, bool) and v >= 0, f"{k} must be an int >= 0, got {v!r}")
-        need(self.oneshot or (self.admm_iters >= 1 and self.epochs >= 1),
+            need(v is None or count(v), f"{k} must be an int >= 0 or None (from steps), got {v!r}")
+        need(self.oneshot or (self.admm_iters >= 1 and self.epochs != 0),
              "ADMM needs admm_iters >= 1 and epochs >= 1 (or oneshot=True)")
         for k in ("rho_max", "lr", "penalty_strength", "penalty_reach", "distill_temperature"):
             v = getattr(self, k)
@@ -145,6 +155,14 @@ class PruneRecipe:
                                      and all(isinstance(x, str) for x in self.layers)),
              f"layers must be a list of conv names or None, got {self.layers!r}")
         return self
+
+    def for_loader(self, batches: int) -> "PruneRecipe":
+        """This recipe with ``epochs`` and ``retrain_epochs`` made concrete for a loader of
+        ``batches`` batches (unset ones from ``steps``); what a run actually uses and saves."""
+        half = self.steps / 2 / max(1, batches)
+        epochs = self.epochs if self.epochs is not None else max(1, round(half / max(1, self.admm_iters)))
+        retrain = self.retrain_epochs if self.retrain_epochs is not None else max(1, round(half))
+        return dataclasses.replace(self, epochs=epochs, retrain_epochs=retrain)
 
     def rho_schedule(self, steps: int) -> list[float]:
         """The penalty weight of every ADMM iteration, for iterations of ``steps`` SGD steps.
