@@ -33,12 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import REPO, command_line, git_commit, machine, machine_line, md_table, utc_now  # noqa: E402
 
 from patsparse.compiler.build import compile_c  # noqa: E402
-from patsparse.compiler.codegen.base import PRELUDE  # noqa: E402
+from patsparse.compiler.codegen.base import prelude_c  # noqa: E402
+from patsparse.compiler.target import detect  # noqa: E402
 from patsparse.compiler.codegen.ctest import aligned_zeros  # noqa: E402
 
 CHAINS = 12  # independent accumulators: enough to hide FMA latency at two FMAs per cycle
 
-SOURCE = PRELUDE + r"""
+SOURCE = prelude_c(detect()) + r"""
 #define CHAINS %(chains)d
 /* register-only FMAs on `threads` threads; returns seconds */
 double fma_regs(long n, int threads) {

@@ -308,8 +308,9 @@ def test_tuning_picks_a_measured_schedule_and_stays_correct():
     layer = next(l for l in cm.manifest["layers"] if l["kernel"] == "pattern_conv")
     from patsparse.compiler.codegen.pattern_conv import candidate_schedules
     from patsparse.compiler.layout import Layout
+    from patsparse.compiler.target import detect
 
-    measured = candidate_schedules(Layout(8, 12, 12), Layout(16, 12, 12), cm.manifest["vl"], 2)
+    measured = candidate_schedules(Layout(8, 12, 12), Layout(16, 12, 12), detect(), 2)
     chosen = {k: v for k, v in layer["schedule"].items() if k != "vl"}
     assert any(all(chosen.get(k) == v for k, v in c.items()) for c in measured), chosen
     x = torch.randn(2, 8, 12, 12)
@@ -344,7 +345,7 @@ def test_tuner_candidates_include_the_default_dense_schedule():
     generate_kernels(plan)
     for s in plan.steps:  # a candidate names the knobs it sets; the generator fills in the rest
         default = plan.schedules[s.cname]
-        assert any(all(default.get(k) == v for k, v in c.items()) for c in candidates(s, plan.vl)), \
+        assert any(all(default.get(k) == v for k, v in c.items()) for c in candidates(s, plan.target)), \
             (s.cname, default)
 
 

@@ -15,8 +15,12 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import BuildError
+
+if TYPE_CHECKING:
+    from .target import Target
 
 OPT_FLAGS = ("-O3", "-fPIC", "-shared", "-fopenmp", "-ffp-contract=fast", "-fno-math-errno",
              "-std=gnu11", "-Wall", "-Wno-unused-function", "-Wno-unused-variable")
@@ -49,36 +53,41 @@ def arch_flags() -> tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=None)
-def _predefined_macros() -> str:
-    """The compiler's predefined macros under ``arch_flags`` (one compiler run per process)."""
-    return subprocess.run([find_compiler(), *arch_flags(), "-dM", "-E", "-x", "c", "-"], input="",
+def predefined_macros(cc: str, flags: tuple[str, ...]) -> str:
+    """``cc``'s predefined macros under ``flags`` (one compiler run per pair and process)."""
+    return subprocess.run([cc, *flags, "-dM", "-E", "-x", "c", "-"], input="",
                           capture_output=True, text=True).stdout
 
 
 @functools.lru_cache(maxsize=None)
-def toolchain_fingerprint() -> str:
-    """Compiler version plus the ISA macros ``arch_flags`` turn on: part of every cache key."""
-    version = subprocess.run([find_compiler(), "--version"], capture_output=True, text=True).stdout
-    isa = sorted(line for line in _predefined_macros().splitlines()
+def toolchain_fingerprint(target: "Target | None" = None) -> str:
+    """Compiler version plus the ISA macros the target's flags turn on (the host's when
+    ``target`` is None): part of every cache key and of a compiled model's manifest."""
+    from .target import detect
+
+    tc = (target or detect()).toolchain
+    cc = tc.compiler()
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
+    isa = sorted(line for line in predefined_macros(cc, tc.cflags).splitlines()
                  if any(k in line for k in ("__AVX", "__FMA", "__SSE", "__ARM_NEON", "__aarch64__")))
     return hashlib.sha256((version + "\n".join(isa)).encode()).hexdigest()[:16]
 
 
-def isa_macros() -> set[str]:
-    """The vector-ISA macros defined for generated code (e.g. {'__AVX2__', '__AVX512F__'})."""
-    return {line.split()[1] for line in _predefined_macros().splitlines() if line.startswith("#define __AVX")}
-
-
-def compile_c(source: str, *, name: str = "model", extra_flags: tuple[str, ...] = (),
-              cache_dir: Path | None = None) -> Path:
-    """Build ``source`` into a shared library and return its path (cached by content hash).
+def compile_c(source: str, *, name: str = "model", target: "Target | None" = None,
+              extra_flags: tuple[str, ...] = (), cache_dir: Path | None = None) -> Path:
+    """Build ``source`` into a shared library for ``target`` (the host when None) and return
+    its path (cached by content hash).
 
     A cache hit costs one hash and one stat. On failure the source and the compiler log stay in
     the cache directory and the BuildError names both.
     """
-    cc = find_compiler()
-    flags = (*OPT_FLAGS, *arch_flags(), *extra_flags)
-    key = hashlib.sha256("\0".join([source, *flags, toolchain_fingerprint()]).encode()).hexdigest()[:24]
+    from .target import detect
+
+    target = target or detect()
+    cc = target.toolchain.compiler()
+    flags = (*OPT_FLAGS, *target.toolchain.cflags, *extra_flags)
+    key = hashlib.sha256("\0".join([source, target.name, *flags, toolchain_fingerprint(target)])
+                         .encode()).hexdigest()[:24]
     root = Path(cache_dir) if cache_dir else cache_root()
     out_dir = root / "build" / f"{name}-{key}"
     lib = out_dir / f"lib{name}.so"

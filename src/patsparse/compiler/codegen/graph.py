@@ -32,10 +32,10 @@ from ..ir import INPUT, Graph, Node, c_comment, c_ident
 from ..layout import Layout
 from ..passes import replace_uses
 from ..reorder import LayerSparsity, analyse
-from .base import PRELUDE, SLACK, GeneratedKernel
-from .common import vector_registers
+from ..target import Target, detect
+from .base import SLACK, GeneratedKernel, prelude_c
 from .conv_pool import ACTS_NONNEG, MAX_MV
-from .pattern_conv import SUPPORT, gen_pattern_conv, host_vl
+from .pattern_conv import gen_pattern_conv, support_c
 
 ALIGN = 16  # floats
 
@@ -73,10 +73,15 @@ class Plan:
     layouts: dict[str, Layout]
     offsets: dict[str, int]     # tensor -> workspace offset (floats)
     ws_floats: int
+    target: Target
     blob_floats: int = 0
-    vl: int = 8
     threads: int | None = None  # the team size the model will run with (balances default schedules)
     schedules: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def vl(self) -> int:
+        """Floats per vector of the code this plan generates."""
+        return self.target.require_cpu("plan").lanes
 
 
 def _spatial(shape: tuple) -> tuple[int, int, int]:
@@ -108,13 +113,14 @@ def kernel_kind(node: Node) -> tuple[str, LayerSparsity | None]:
     return {"linear": "linear", "maxpool": "maxpool", "avgpool": "avgpool", "gap": "gap"}[node.op], None
 
 
-def fuse_conv_pool(g: Graph, vl: int) -> None:
+def fuse_conv_pool(g: Graph, target: Target) -> None:
     """Fold a max pool into the dense conv before it (conv_pool.py) where that kernel applies:
     the conv ends in a ReLU/ReLU6, feeds only the pool, has no residual, and one group of its
     output channels' weights fits in L1 (the ImageNet stem). Measured with 32 vector registers
     only, so other ISAs keep two kernels. The conv node takes the pool's output shape and an
     attribute ``pool`` = {k, stride, padding}; the pool node is removed."""
-    if vector_registers(vl) < 32:
+    cpu = target.require_cpu("conv + max pool fusion")
+    if cpu.vector_registers < 32:
         return
     for m in [n for n in g.nodes if n.op == "maxpool"]:
         src = m.inputs[0]
@@ -125,7 +131,7 @@ def fuse_conv_pool(g: Graph, vl: int) -> None:
             continue
         a, cin, k = m.attrs, prod.params["weight"].shape[1], prod.attrs["k"]
         if a["stride"] > a["k"] or 2 * a["padding"] > a["k"] or \
-                cin * k * k * MAX_MV * vl * 4 > CONV_POOL_MAX_WEIGHT_BYTES:
+                cin * k * k * MAX_MV * cpu.lanes * 4 > CONV_POOL_MAX_WEIGHT_BYTES:
             continue
         if kernel_kind(prod)[0] != "conv2d":  # last: for a 3x3 conv it reads the sparsity
             continue
@@ -135,14 +141,15 @@ def fuse_conv_pool(g: Graph, vl: int) -> None:
         replace_uses(g, m.name, prod.name)
 
 
-def fuse_pw_dw(g: Graph, vl: int) -> None:
+def fuse_pw_dw(g: Graph, target: Target) -> None:
     """Fold a 1x1 conv into the depthwise conv after it (pw_dw.py) where the 1x1's output is too
     big to stay in L2 (MobileNet-V2's expand convs at 112x112 and 56x56) and that kernel applies:
     the 1x1 has stride 1, no padding, no residual and feeds only the depthwise conv, which has
     no residual. Measured with 32 vector registers only, so other ISAs keep two kernels. The
     depthwise node takes the 1x1's input, its weight and bias as params ``expand_weight`` and
     ``expand_bias``, and an attribute ``expand`` = {act}; the 1x1 node is removed."""
-    if vector_registers(vl) < 32:
+    cpu = target.require_cpu("1x1 + depthwise fusion")
+    if cpu.vector_registers < 32:
         return
     for d in [n for n in g.nodes if n.op == "conv"]:
         src = d.inputs[0]
@@ -152,7 +159,7 @@ def fuse_pw_dw(g: Graph, vl: int) -> None:
             continue
         ea, da, w = e.attrs, d.attrs, d.params["weight"]
         if (ea["k"], ea["stride"], ea["padding"], ea["groups"]) != (1, 1, 0, 1) or \
-                da["groups"] != w.shape[0] or w.shape[1] != 1 or da["stride"] > 2 or da["k"] > vl:
+                da["groups"] != w.shape[0] or w.shape[1] != 1 or da["stride"] > 2 or da["k"] > cpu.lanes:
             continue
         if 4 * int(np.prod(e.shape)) < PW_DW_MIN_TENSOR_BYTES or \
                 4 * e.params["weight"].size > PW_DW_MAX_WEIGHT_BYTES:
@@ -170,15 +177,16 @@ def _required_pad(node: Node) -> int:
     return int(node.attrs.get("padding", 0)) if node.op in ("conv", "maxpool", "avgpool") else 0
 
 
-def plan_graph(g: Graph, *, vl: int | None = None, threads: int | None = None) -> Plan:
+def plan_graph(g: Graph, *, target: Target | None = None, threads: int | None = None) -> Plan:
     """Kernel choice, layouts and workspace offsets for a fused graph (see module docstring).
 
     It first folds max pools into the convs before them where conv_pool.py applies, and 1x1
     convs into the depthwise convs after them where pw_dw.py applies, in ``g`` itself, so the
-    IR a compiled model stores is the one it was generated from."""
-    vl = vl or host_vl()
-    fuse_conv_pool(g, vl)
-    fuse_pw_dw(g, vl)
+    IR a compiled model stores is the one it was generated from. ``target``: what the code is
+    for (default: this host, ``target.detect``)."""
+    target = target or detect()
+    fuse_conv_pool(g, target)
+    fuse_pw_dw(g, target)
     kinds = {n.name: kernel_kind(n) for n in g.nodes}  # all errors before any code exists
     pads: dict[str, int] = {INPUT: 0, **{n.name: 0 for n in g.nodes}}
     for n in g.nodes:
@@ -197,7 +205,7 @@ def plan_graph(g: Graph, *, vl: int | None = None, threads: int | None = None) -
                   sparsity=kinds[n.name][1], input_nonneg=acts.get(n.inputs[0]) in ("relu", "relu6"))
              for i, n in enumerate(g.nodes)]
     offsets, ws = _assign_buffers(g, layouts)
-    return Plan(g, steps, layouts, offsets, ws, vl=vl, threads=threads)
+    return Plan(g, steps, layouts, offsets, ws, target=target, threads=threads)
 
 
 def _assign_buffers(g: Graph, layouts: dict[str, Layout]) -> tuple[dict[str, int], int]:
@@ -230,13 +238,13 @@ def _assign_buffers(g: Graph, layouts: dict[str, Layout]) -> tuple[dict[str, int
     return offsets, top
 
 
-def _generate(step: Step, schedule: dict | None, vl: int, threads: int | None = None) -> GeneratedKernel:
+def _generate(step: Step, schedule: dict | None, target: Target, threads: int | None = None) -> GeneratedKernel:
     n, a = step.node, step.node.attrs
     common = dict(in_layout=step.in_layout, out_layout=step.out_layout, act=n.act,
-                  has_residual=n.residual is not None, schedule=schedule)
+                  has_residual=n.residual is not None, schedule=schedule, target=target)
     if step.kind == "pattern_conv":
         return gen_pattern_conv(step.cname, n.params["weight"], stride=a["stride"], padding=a["padding"],
-                                vl=vl, where=n.name, sparsity=step.sparsity, threads=threads, **common)
+                                where=n.name, sparsity=step.sparsity, threads=threads, **common)
     F = n.params["weight"].shape[0] if "weight" in n.params else step.out_layout.C
     gen = _dense_generator(step.kind, n.name)
     if step.kind == "conv2d":
@@ -247,11 +255,11 @@ def _generate(step: Step, schedule: dict | None, vl: int, threads: int | None = 
         return gen(step.cname, cin=step.in_layout.C, cout=F, k=a["k"], stride=a["stride"],
                    padding=a["padding"], pool_k=pool["k"], pool_stride=pool["stride"],
                    pool_padding=pool["padding"], in_layout=step.in_layout, out_layout=step.out_layout,
-                   act=n.act, vl=vl, schedule=schedule)
+                   act=n.act, target=target, schedule=schedule)
     if step.kind == "pw_dw":
         return gen(step.cname, expand_weight=n.params["expand_weight"], expand_bias=n.params["expand_bias"],
                    expand_act=a["expand"]["act"], k=a["k"], stride=a["stride"], padding=a["padding"],
-                   in_layout=step.in_layout, out_layout=step.out_layout, act=n.act, vl=vl, schedule=schedule,
+                   in_layout=step.in_layout, out_layout=step.out_layout, act=n.act, target=target, schedule=schedule,
                    has_residual=n.residual is not None)
     if step.kind == "depthwise":
         return gen(step.cname, channels=F, stride=a["stride"], padding=a["padding"], **common)
@@ -291,7 +299,7 @@ def generate_kernels(plan: Plan, schedules: dict[str, dict] | None = None) -> No
     """Generate every step's kernel (``schedules`` by C name overrides the defaults)."""
     schedules = schedules or {}
     for s in plan.steps:
-        s.kernel = _generate(s, schedules.get(s.cname), plan.vl, plan.threads)
+        s.kernel = _generate(s, schedules.get(s.cname), plan.target, plan.threads)
         plan.schedules[s.cname] = dict(s.kernel.schedule)
 
 
@@ -320,7 +328,7 @@ def emit_model(plan: Plan) -> str:
     not one per layer.
     """
     g, lay_in, lay_out = plan.graph, plan.layouts[INPUT], plan.layouts[plan.graph.output]
-    parts = [PRELUDE, SUPPORT]
+    parts = [prelude_c(plan.target), support_c(plan.target)]
     parts += [s.kernel.code for s in plan.steps]
     body = ["void ps_forward(const float *restrict x, float *restrict y, int batch, float *restrict ws,",
             "                const float *restrict blob, int nthreads, double *restrict prof) {",

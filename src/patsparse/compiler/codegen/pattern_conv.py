@@ -29,15 +29,14 @@ from ..reorder import FULL_MASK, LayerSparsity, analyse, mask_taps, reorder
 from ..storage import pack as fkw_pack, plan
 from .base import GeneratedKernel, act_c, act_scalar_c
 from .access import input_access
-from .common import HELPERS, VECTOR_LOAD, WEIGHT_PREFETCH, host_vl, vector_registers  # noqa: F401  (host_vl re-exported: graph and tests use it)
+from ..target import CpuCaps, Target
+from .common import VECTOR_LOAD, WEIGHT_PREFETCH, helpers_c
 
 DEFAULT_SCHEDULE = {"rows": 0, "vecs": 0, "order": "tf"}  # 0 = choose from the shape
-# accumulators per tile: the register file minus 4 weight broadcasts and a temporary
-# (16 registers with AVX2 and SSE, 32 with AVX-512)
-
-
-def max_acc(vl: int) -> int:
-    return 24 if vl == 16 else 11
+def max_acc(cpu: CpuCaps) -> int:
+    """Accumulators per row tile: the register file minus 4 weight broadcasts and a temporary
+    (and, with 32 registers, room for the input vectors a tile reuses)."""
+    return 24 if cpu.vector_registers >= 32 else 11
 
 
 def _fkw_prologue(name: str, o: dict) -> list[str]:
@@ -51,9 +50,10 @@ def _fkw_prologue(name: str, o: dict) -> list[str]:
             "    (void)res;"]
 
 
-def _header(name: str, sh: "ConvShape", lay, vl: int, what: str) -> list[str]:
+def _header(name: str, sh: "ConvShape", lay, target: Target, what: str) -> list[str]:
     """The head of every layout's source: shared helpers, what the kernel is, the width check."""
-    return [HELPERS,
+    vl = target.require_cpu(name).lanes
+    return [helpers_c(target),
             f"/* ---- {name}: pattern conv 3x3/{sh.stride} pad {sh.pad}, {sh.inp.C}->{sh.out.C} ch, "
             f"{sh.inp.H}x{sh.inp.W} -> {sh.out.H}x{sh.out.W}, {lay.P} masks, {lay.K} kernels, {what} */",
             f'_Static_assert(VL == {vl}, "{name} was generated for {vl}-float vectors; '
@@ -94,12 +94,11 @@ FLAT_MAX_SCRATCH = 1 << 19  # bytes of per-tap input copies (C * 9 planes) the f
 UNROLL_COPY_MAX = 512     # floats per channel up to which the flat layout's copy is straight-line code
 
 
-CT_PARTIALS_L1 = 32 << 10  # bytes of a thread's partial tiles that stay in L1 (stride-1 choice)
 CT_MAX_FILTERS = 128       # above it stride-1 rows of several vectors stay on the row layout
 INPUT_PREFETCH = 2         # channel tiles and channel-major layers prefetch the input this many channels ahead
 
 
-def ct_rows(out: Layout, vl: int, vecs: int, limit: int | None = None, threads: int | None = None) -> int:
+def ct_rows(out: Layout, target: Target, vecs: int, limit: int | None = None, threads: int | None = None) -> int:
     """Output rows per channel tile (at most ``limit``): as many as keep a mask run's input
     vectors in registers. More rows per tile spread each kernel's fixed costs (its index,
     weight broadcasts, loop) over more FMAs: stride-2 64->128 @56x56 and 128->256 @28x28 at 8x
@@ -118,7 +117,8 @@ def ct_rows(out: Layout, vl: int, vecs: int, limit: int | None = None, threads: 
     97 us in the model); 7-row tiles split 7/7 (alone, 2 threads: 228 us against 263 with 4
     rows and 309 with 6). Within 5% of the best balance, a row count whose split gives every
     thread whole rows of tiles wins (56 rows: 7, not 8, whose 28 tiles split inside a row)."""
-    regs = vector_registers(vl)
+    cpu = target.require_cpu("pattern conv schedule")
+    regs, vl = cpu.vector_registers, cpu.lanes
     shared = ((regs - 5 - vecs) // vecs - 2) // 3  # (3R + 2) * vecs + vecs + 5 <= registers
     top = max(1, min(out.H, max((regs * 3 // 4) // (4 * vecs), shared), limit or out.H))
     if not threads or threads < 2:
@@ -148,31 +148,32 @@ def ct_hoist(inp: Layout, out: Layout) -> int:
     return int(inp.H > out.H)
 
 
-def cm_fits(out: Layout, vl: int) -> bool:
+def cm_fits(out: Layout, target: Target) -> bool:
     """Whether the channel-major layout can run this layer: the plane in few vectors (its tap
     vectors stay in registers for a mask run; its copies are per channel, so C does not matter)."""
-    return -(-(out.H * out.W) // vl) <= FLAT_MAX_VECS
+    return -(-(out.H * out.W) // target.require_cpu("pattern conv schedule").lanes) <= FLAT_MAX_VECS
 
 
-def flat_fits(inp: Layout, out: Layout, vl: int) -> bool:
+def flat_fits(inp: Layout, out: Layout, target: Target) -> bool:
     """Whether the flat layout can run this layer: plane in few vectors, copies fit in L2."""
+    vl = target.require_cpu("pattern conv schedule").lanes
     hwp = -(-(out.H * out.W) // vl) * vl
-    return cm_fits(out, vl) and inp.C * 9 * hwp * 4 <= FLAT_MAX_SCRATCH
+    return cm_fits(out, target) and inp.C * 9 * hwp * 4 <= FLAT_MAX_SCRATCH
 
 
-def tap_pack(out: Layout, vl: int) -> int:
+def tap_pack(out: Layout, target: Target) -> int:
     """Taps per vector the packed flat layout puts in one vector for this output plane (1: none).
 
     A plane of ``H*W`` outputs smaller than a vector would leave lanes idle (a 2x2 plane fills a
     quarter of an 8-float vector); when ``H*W`` divides the vector, 2 or 4 taps of a kernel share
     it instead (lane ``l`` holds tap ``l // (H*W)`` of output ``l % (H*W)``).
     """
-    hw = out.H * out.W
+    hw, vl = out.H * out.W, target.require_cpu("pattern conv schedule").lanes
     g = vl // hw if vl % hw == 0 else 1
     return g if g in (2, 4) else 1
 
 
-def default_schedule(inp: Layout, out: Layout, vl: int, threads: int | None = None) -> dict:
+def default_schedule(inp: Layout, out: Layout, target: Target, threads: int | None = None) -> dict:
     """A good untuned schedule (``threads``: the team size, when known, balances channel tiles).
 
     Row layout: all vectors of a row when they fit, then as many rows as fit in registers.
@@ -196,22 +197,24 @@ def default_schedule(inp: Layout, out: Layout, vl: int, threads: int | None = No
     rows (307 -> 289). With 16 registers (AVX2, not measured since) tiles stay 2 vectors wide,
     and stride 1 runs them only while 2 rows of every filter's partial sums fit in L1.
     """
+    cpu = target.require_cpu("pattern conv schedule")
+    vl = cpu.lanes
     nv = -(-out.W // vl)
-    if out.W / (nv * vl) < 0.75 and cm_fits(out, vl):
-        return {"layout": "cm", "pack": tap_pack(out, vl), "wpf": WEIGHT_PREFETCH}
+    if out.W / (nv * vl) < 0.75 and cm_fits(out, target):
+        return {"layout": "cm", "pack": tap_pack(out, target), "wpf": WEIGHT_PREFETCH}
     stride2 = inp.H > out.H
-    if vector_registers(vl) >= 32:
+    if cpu.vector_registers >= 32:
         if stride2 or out.C <= CT_MAX_FILTERS or nv == 1:
-            return {"layout": "ct", "vecs": 1, "rows": ct_rows(out, vl, 1, threads=threads),
+            return {"layout": "ct", "vecs": 1, "rows": ct_rows(out, target, 1, threads=threads),
                     "hoist": ct_hoist(inp, out)}
     else:
         vecs = min(CT_VECS, nv)
-        l1_rows = None if stride2 else CT_PARTIALS_L1 // (out.C * vecs * vl * 4)
-        if stride2 or (ct_rows(out, vl, vecs, l1_rows) >= 2 and out.C <= CT_MAX_FILTERS):
-            return {"layout": "ct", "vecs": vecs, "rows": ct_rows(out, vl, vecs, l1_rows, threads),
+        l1_rows = None if stride2 else cpu.l1_bytes // (out.C * vecs * vl * 4)
+        if stride2 or (ct_rows(out, target, vecs, l1_rows) >= 2 and out.C <= CT_MAX_FILTERS):
+            return {"layout": "ct", "vecs": vecs, "rows": ct_rows(out, target, vecs, l1_rows, threads),
                     "hoist": ct_hoist(inp, out)}
     vecs = min(nv, 4)
-    rows = max(1, min(out.H, max_acc(vl) // vecs))
+    rows = max(1, min(out.H, max_acc(cpu) // vecs))
     return {"layout": "rows", "rows": rows, "vecs": vecs, "order": "tf", "prefetch": 1}
 
 
@@ -236,12 +239,13 @@ def channel_blocking(sp: LayerSparsity, inp: Layout, sched: dict) -> dict:
     return {"cblk": 0}
 
 
-def candidate_schedules(inp: Layout, out: Layout, vl: int, threads: int | None = None) -> list[dict]:
+def candidate_schedules(inp: Layout, out: Layout, target: Target, threads: int | None = None) -> list[dict]:
     """The tuning space: row tiles of 4..max_acc accumulators in both loop orders, channel tiles
     (1 row, the most that fit, the best balanced over ``threads``), and where the plane is tiny
     the channel-major layout and the flat one with a few unroll factors."""
-    nv = -(-out.W // vl)
-    top = max_acc(vl)
+    cpu = target.require_cpu("pattern conv schedule")
+    nv = -(-out.W // cpu.lanes)
+    top = max_acc(cpu)
     seen, cands = set(), []
     for vecs in range(1, min(nv, 6) + 1):
         for rows in range(1, min(out.H, top) + 1):
@@ -255,21 +259,21 @@ def candidate_schedules(inp: Layout, out: Layout, vl: int, threads: int | None =
                     cands.append({"layout": "rows", "rows": rows, "vecs": vecs, "order": order,
                                   "prefetch": 1})
     cands += [{"layout": "ct", "vecs": v, "rows": r, "hoist": h} for v in range(1, min(nv, CT_VECS) + 1)
-              for r in sorted({1, ct_rows(out, vl, v), ct_rows(out, vl, v, threads=threads)}) for h in (0, 1)]
-    if cm_fits(out, vl):
-        cands += [{"layout": "cm", "pack": g, "wpf": d} for g in sorted({1, tap_pack(out, vl)})
+              for r in sorted({1, ct_rows(out, target, v), ct_rows(out, target, v, threads=threads)}) for h in (0, 1)]
+    if cm_fits(out, target):
+        cands += [{"layout": "cm", "pack": g, "wpf": d} for g in sorted({1, tap_pack(out, target)})
                   for d in (0, WEIGHT_PREFETCH)]
-    if flat_fits(inp, out, vl):
+    if flat_fits(inp, out, target):
         cands += [{"layout": "flat", "unroll": u, "prefetch": 0, "pack": 1} for u in (1, 2, 4)]
         cands.append({"layout": "flat", "unroll": 4, "prefetch": 1, "pack": 1})
-        if tap_pack(out, vl) > 1:
-            cands += [{"layout": "flat", "unroll": u, "prefetch": 0, "pack": tap_pack(out, vl)} for u in (2, 4)]
+        if tap_pack(out, target) > 1:
+            cands += [{"layout": "flat", "unroll": u, "prefetch": 0, "pack": tap_pack(out, target)} for u in (2, 4)]
     return cands
 
 
 def gen_pattern_conv(name: str, weight: np.ndarray, *, stride: int, padding: int, in_layout: Layout,
                      out_layout: Layout, act: str = "none", has_residual: bool = False,
-                     schedule: dict | None = None, vl: int | None = None,
+                     schedule: dict | None = None, target: Target,
                      sparsity: LayerSparsity | None = None, where: str | None = None,
                      threads: int | None = None) -> GeneratedKernel:
     """Generate the pattern-specialised kernel ``name`` for a (F, C, 3, 3) ``weight``.
@@ -277,14 +281,15 @@ def gen_pattern_conv(name: str, weight: np.ndarray, *, stride: int, padding: int
     The code depends on which masks the weights use (read from the weights, or ``sparsity``);
     ``pack`` of the result turns a weight with that sparsity into the compact FKW array the
     kernel reads. ``where`` names the layer in errors (defaults to ``name``). ``threads``: the
-    team that will run it, if known (the default schedule balances its work over them).
+    team that will run it, if known (the default schedule balances its work over them). The code
+    is generated for ``target``'s vector width and registers.
     """
     where = where or name
     weight = np.asarray(weight, dtype=np.float32)
     shape = ConvShape.check(weight.shape, stride, padding, in_layout, out_layout, where)
-    vl = vl or host_vl()
+    vl = target.require_cpu(where).lanes
     sp = sparsity or analyse(weight, where)
-    sched = _resolve_schedule(schedule, in_layout, out_layout, vl, where, sp, threads)
+    sched = _resolve_schedule(schedule, in_layout, out_layout, target, where, sp, threads)
     if sched["layout"] == "flat" and sched["pack"] > 1 and \
             _FlatEmitter.scratch_floats(sp, in_layout.C, out_layout, sched["pack"]) * 4 > FLAT_MAX_SCRATCH:
         sched["pack"] = 1  # too many masks: the packed copies would not stay in L2
@@ -296,7 +301,7 @@ def gen_pattern_conv(name: str, weight: np.ndarray, *, stride: int, padding: int
     sp_st = LayerSparsity(sp.masks, np.ascontiguousarray(sp.kernel_mask.T)) if transposed else sp
     ro = reorder(sp_st)
     lay = plan(sp_st, ro)
-    code = emitter(name, sp, lay, shape, act, has_residual, sched, vl).emit()
+    code = emitter(name, sp, lay, shape, act, has_residual, sched, target).emit()
     taps = sp.taps_per_kernel().sum()
     flops = 2 * int(taps) * out_layout.H * out_layout.W
 
@@ -305,7 +310,7 @@ def gen_pattern_conv(name: str, weight: np.ndarray, *, stride: int, padding: int
         return fkw_pack(sp_st, ro, w.transpose(1, 0, 2, 3) if transposed else w, where)
 
     sched["vl"] = vl
-    return GeneratedKernel(name=name, code=code, pack=pack, flops=flops, schedule=sched)
+    return GeneratedKernel(name=name, code=code, target=target, pack=pack, flops=flops, schedule=sched)
 
 
 def _input_prefetch_distance(sched: dict, where: str) -> int:
@@ -317,28 +322,31 @@ def _input_prefetch_distance(sched: dict, where: str) -> int:
     return ipf
 
 
-def _channel_prefetch(ipf: int, bound: str, base: str, cs: int, offsets, vl: int) -> list[str]:
+def _channel_prefetch(ipf: int, bound: str, base: str, cs: int, offsets, span: int, line: int) -> list[str]:
     """C lines that prefetch, ``ipf`` channels ahead of channel ``i`` (while below ``bound``),
-    the cache lines of ``offsets`` (vector starts, in floats) from ``base``, the current
-    channel's pointer; channels are ``cs`` floats apart and reached through ``perm``."""
+    the cache lines (``line`` floats) of the ``span`` floats at each of ``offsets`` (vector
+    starts, in floats) from ``base``, the current channel's pointer; channels are ``cs`` floats
+    apart and reached through ``perm``."""
     if not ipf:
         return []
-    lines = sorted({q for o in offsets for q in (o // 16, (o + vl - 1) // 16)})  # 16 floats a line
+    lines = sorted({q for o in offsets for q in (o // line, (o + span - 1) // line)})
     return [f"if (i + {ipf} < {bound}) {{",
             f"    const float *pf = {base} + ((ptrdiff_t)perm[i + {ipf}] - perm[i]) * {cs};",
-            *[f"    __builtin_prefetch(pf + {16 * q}, 0, 3);" for q in lines], "}"]
+            *[f"    __builtin_prefetch(pf + {line * q}, 0, 3);" for q in lines], "}"]
 
 
-def _resolve_schedule(schedule: dict | None, inp: Layout, out: Layout, vl: int, where: str,
+def _resolve_schedule(schedule: dict | None, inp: Layout, out: Layout, target: Target, where: str,
                       sp: LayerSparsity, threads: int | None = None) -> dict:
     """The default schedule for this layer, overridden by ``schedule``; checked."""
+    cpu = target.require_cpu(where)
+    vl = cpu.lanes
     given = {k: v for k, v in (schedule or {}).items() if v is not None and k != "vl"}
     layout = given.get("layout") or ("rows" if {"rows", "vecs", "order"} & given.keys() else None)
-    base = default_schedule(inp, out, vl, threads)
+    base = default_schedule(inp, out, target, threads)
     if layout and layout != base["layout"]:  # the other layout's defaults; rows/vecs filled below
         base = {"rows": {"layout": "rows", "order": "tf", "prefetch": 1},
-                "cm": {"layout": "cm", "pack": tap_pack(out, vl), "wpf": WEIGHT_PREFETCH},
-                "flat": {"layout": "flat", "unroll": 2, "prefetch": 0, "pack": tap_pack(out, vl)},
+                "cm": {"layout": "cm", "pack": tap_pack(out, target), "wpf": WEIGHT_PREFETCH},
+                "flat": {"layout": "flat", "unroll": 2, "prefetch": 0, "pack": tap_pack(out, target)},
                 }.get(layout, {"layout": layout})
     sched = {**base, **given}
     if sched["layout"] not in ("rows", "flat", "cm", "ct"):
@@ -346,7 +354,7 @@ def _resolve_schedule(schedule: dict | None, inp: Layout, out: Layout, vl: int, 
     if sched["layout"] == "ct":
         nv = -(-out.W // vl)
         vecs = max(1, min(int(sched.get("vecs") or CT_VECS), nv))
-        rows = sched.get("rows") or ct_rows(out, vl, vecs, threads=threads)
+        rows = sched.get("rows") or ct_rows(out, target, vecs, threads=threads)
         hoist = sched.get("hoist", ct_hoist(inp, out))
         s2 = {"s2": sched.get("s2", 1)} if inp.H > out.H else {}  # stride 2 only
         if hoist not in (0, 1) or s2.get("s2", 0) not in (0, 1):
@@ -355,10 +363,10 @@ def _resolve_schedule(schedule: dict | None, inp: Layout, out: Layout, vl: int, 
         return {"layout": "ct", "vecs": vecs, "rows": max(1, min(int(rows), out.H)), "hoist": hoist,
                 "ipf": _input_prefetch_distance(sched, where), **s2}
     if sched["layout"] in ("flat", "cm"):
-        if not cm_fits(out, vl):
+        if not cm_fits(out, target):
             raise InputError(f"{where}: the {sched['layout']} layout needs an output plane of at most "
                              f"{FLAT_MAX_VECS} vectors of {vl} floats, got {out.H}x{out.W}")
-        if sched["layout"] == "flat" and not flat_fits(inp, out, vl):
+        if sched["layout"] == "flat" and not flat_fits(inp, out, target):
             raise InputError(f"{where}: the flat layout's per-tap copies of {inp.C} channels exceed "
                              f"{FLAT_MAX_SCRATCH} bytes; use the 'cm' layout")
         if sched["layout"] == "flat":
@@ -370,15 +378,15 @@ def _resolve_schedule(schedule: dict | None, inp: Layout, out: Layout, vl: int, 
             if sched["wpf"] < 0:
                 raise InputError(f"{where}: schedule wpf (weight prefetch distance in floats) must be >= 0, "
                                  f"got {sched['wpf']}")
-        if sched["pack"] not in (1, tap_pack(out, vl)):
+        if sched["pack"] not in (1, tap_pack(out, target)):
             raise InputError(f"{where}: schedule pack {sched['pack']} does not fit a {out.H}x{out.W} "
-                             f"plane in {vl}-float vectors (possible: 1, {tap_pack(out, vl)})")
+                             f"plane in {vl}-float vectors (possible: 1, {tap_pack(out, target)})")
     else:
         if sched.get("order", "tf") not in ("tf", "ft"):
             raise InputError(f"{where}: schedule order must be 'tf' or 'ft', got {sched['order']!r}")
         nv = -(-out.W // vl)
         vecs = max(1, min(int(sched.get("vecs") or min(nv, 4)), nv))
-        rows = int(sched.get("rows") or max(1, min(out.H, max_acc(vl) // vecs)))
+        rows = int(sched.get("rows") or max(1, min(out.H, max_acc(cpu) // vecs)))
         sched.update(vecs=vecs, rows=max(1, min(rows, out.H)), order=sched.get("order", "tf"))
         if "cblk" not in given:  # its default depends on the sparsity; keys the caller gave stand
             sched.update({k: v for k, v in channel_blocking(sp, inp, sched).items() if k not in given})
@@ -395,9 +403,12 @@ class _Emitter:
 
     TRANSPOSED = False  # weights stored filter-major (True: the transposed layer, channel-major)
 
-    def __init__(self, name, sp, lay, shape: ConvShape, act, has_residual, sched, vl):
+    def __init__(self, name, sp, lay, shape: ConvShape, act, has_residual, sched, target: Target):
         self.name, self.sp, self.lay, self.sh = name, sp, lay, shape
-        self.act, self.res, self.vl = act, has_residual, vl
+        self.act, self.res, self.target = act, has_residual, target
+        cpu = target.require_cpu(name)
+        self.vl = vl = cpu.lanes
+        self.line = cpu.cache_line // 4  # floats per cache line
         self.rows, self.vecs, self.order = int(sched["rows"]), int(sched["vecs"]), sched["order"]
         self.prefetch = int(sched.get("prefetch", 0))
         self.cblk = int(sched.get("cblk", 0))  # input channels per block (0: no blocking)
@@ -431,8 +442,8 @@ class _Emitter:
                     uses.setdefault(acc.tap_off[t] + r * acc.row_stride + v * vl, []).append((j, r, v))
         if self.prefetch:  # the cache lines of a kernel a few iterations ahead, into L1
             lines.append(f"        const float *pf = ib + (ptrdiff_t)cidx[k + {self.prefetch}] * {acc.cs};")
-            for line in sorted({off // 16 for off in uses} | {(off + vl - 1) // 16 for off in uses}):
-                lines.append(f"        __builtin_prefetch(pf + {line * 16}, 0, 3);")
+            for line in sorted({off // self.line for off in uses} | {(off + vl - 1) // self.line for off in uses}):
+                lines.append(f"        __builtin_prefetch(pf + {line * self.line}, 0, 3);")
         for j in range(len(taps)):
             lines.append(f"        const vf w{j} = vbcast(wk[{j}]);")
         for off in sorted(uses):  # PS_KEEP: one load in a register, not one folded into each FMA
@@ -513,7 +524,7 @@ class _Emitter:
         lay, out = self.lay, self.sh.out
         o = lay.offsets
         shapes = sorted({(R, V) for _, R, cols in self._row_loops() for _, V in cols})
-        parts = _header(self.name, self.sh, lay, self.vl, f"tile {self.rows}x{self.vecs} order {self.order}"
+        parts = _header(self.name, self.sh, lay, self.target, f"tile {self.rows}x{self.vecs} order {self.order}"
                         + (f", {self.cblk}-channel blocks" if self.cblk else ""))
         parts += [self._tile(R, V) for R, V in shapes]
         filt = ["const int oc = perm[f];",
@@ -576,9 +587,12 @@ class _FlatEmitter:
 
     TRANSPOSED = False
 
-    def __init__(self, name, sp, lay, shape: ConvShape, act, has_residual, sched, vl):
+    def __init__(self, name, sp, lay, shape: ConvShape, act, has_residual, sched, target: Target):
         self.name, self.sp, self.lay, self.sh = name, sp, lay, shape
-        self.act, self.res, self.vl = act, has_residual, vl
+        self.act, self.res, self.target = act, has_residual, target
+        cpu = target.require_cpu(name)
+        self.vl = vl = cpu.lanes
+        self.line = cpu.cache_line // 4  # floats per cache line
         self.unroll = max(1, int(sched.get("unroll", 1)))  # the flat layout's knobs (cm: unused)
         self.prefetch = int(sched.get("prefetch", 0))
         out = shape.out
@@ -635,10 +649,10 @@ class _FlatEmitter:
         lines = [f"for (; k + {U} <= e; k += {U}, wk += {U * nt}) {{"]
         if self.prefetch:  # this mask's copies of the kernels a few iterations ahead
             if self.g > 1:
-                base, offs = f"{self.cs} + {self.moff[p]}", range(0, self.slots[p] * self.hw, 16)
+                base, offs = f"{self.cs} + {self.moff[p]}", range(0, self.slots[p] * self.hw, self.line)
             else:
                 base = f"{9 * self.hwp}"
-                offs = [t * self.hwp + c0 for t in mask_taps(self.sp.masks[p]) for c0 in range(0, self.hwp, 16)]
+                offs = [t * self.hwp + c0 for t in mask_taps(self.sp.masks[p]) for c0 in range(0, self.hwp, self.line)]
             lines.append(f"    const float *pf = col + (ptrdiff_t)cidx[k + {U * self.prefetch}] * {base};")
             lines += [f"    __builtin_prefetch(pf + {o}, 0, 3);" for o in offs]
         lines += ["    " + x for x in self._kernels(p, list(range(U)))]
@@ -688,7 +702,7 @@ class _FlatEmitter:
         lay, sh, out, inp = self.lay, self.sh, self.sh.out, self.sh.inp
         o, hwp, U = lay.offsets, self.hwp, self.unroll
         off0 = (inp.pad - sh.pad) * inp.ld + (inp.pad - sh.pad)
-        body = [*_header(self.name, sh, lay, self.vl, f"flat layout, unroll {U}"),
+        body = [*_header(self.name, sh, lay, self.target, f"flat layout, unroll {U}"),
                 *_fkw_prologue(self.name, o),
                 f"    PS_SCRATCH(col, {lay.C * self._cs()}, \"{self.name}\");",
                 "    {",
@@ -763,8 +777,8 @@ class _ChannelMajorEmitter(_FlatEmitter):
 
     TRANSPOSED = True
 
-    def __init__(self, name, sp, lay, shape: ConvShape, act, has_residual, sched, vl):
-        super().__init__(name, sp, lay, shape, act, has_residual, sched, vl)
+    def __init__(self, name, sp, lay, shape: ConvShape, act, has_residual, sched, target: Target):
+        super().__init__(name, sp, lay, shape, act, has_residual, sched, target)
         self.wpf, self.ipf = int(sched["wpf"]), int(sched["ipf"])
 
     def _part_floats(self) -> int:
@@ -825,13 +839,13 @@ class _ChannelMajorEmitter(_FlatEmitter):
         sh, inp, vl = self.sh, self.sh.inp, self.vl
         rows, cols = (sh.out.H - 1) * sh.stride + 3, (sh.out.W - 1) * sh.stride + 3
         starts = [r * inp.ld + c for r in range(rows) for c in range(0, cols, vl)]
-        return ["        " + x for x in _channel_prefetch(self.ipf, "i1", "src", inp.ps, starts, vl)]
+        return ["        " + x for x in _channel_prefetch(self.ipf, "i1", "src", inp.ps, starts, vl, self.line)]
 
     def emit(self) -> str:
         lay, sh, out, inp = self.lay, self.sh, self.sh.out, self.sh.inp
         F, C, S, CS = out.C, inp.C, self._part_floats(), self._cs()
         off0 = (inp.pad - sh.pad) * inp.ld + (inp.pad - sh.pad)
-        body = [*_header(self.name, sh, lay, self.vl, f"channel-major, pack {self.g}"),
+        body = [*_header(self.name, sh, lay, self.target, f"channel-major, pack {self.g}"),
                 *_fkw_prologue(self.name, lay.offsets),
                 "    const int nt = omp_get_num_threads(), t = omp_get_thread_num();",
                 f"    PS_SCRATCH(scr, (size_t)nt * {F * S}, \"{self.name}\");  /* partials: summed across threads */",
@@ -897,9 +911,12 @@ class _ChannelTileEmitter:
 
     TRANSPOSED = True
 
-    def __init__(self, name, sp, lay, shape: ConvShape, act, has_residual, sched, vl):
+    def __init__(self, name, sp, lay, shape: ConvShape, act, has_residual, sched, target: Target):
         self.name, self.sp, self.lay, self.sh = name, sp, lay, shape
-        self.act, self.res, self.vl = act, has_residual, vl
+        self.act, self.res, self.target = act, has_residual, target
+        cpu = target.require_cpu(name)
+        self.vl = vl = cpu.lanes
+        self.line = cpu.cache_line // 4  # floats per cache line
         out = shape.out
         self.nv = -(-out.W // vl)
         self.V = int(sched["vecs"])
@@ -959,7 +976,7 @@ class _ChannelTileEmitter:
                  "        const float *restrict wk = wts + wptr[i];",
                  f"        const int32_t *restrict ri = runs + (ptrdiff_t)i * {lay.P};"]
         inputs = self._inputs(R, V)
-        lines += ["        " + x for x in _channel_prefetch(self.ipf, str(C), "ib", acc.cs, inputs, vl * acc.step)]
+        lines += ["        " + x for x in _channel_prefetch(self.ipf, str(C), "ib", acc.cs, inputs, vl * acc.step, self.line)]
         if self.hoist:
             lines += [f"        const vf u{o} = {self.load}(ib + {o});" for o in inputs]
         for p in range(lay.P):
@@ -994,7 +1011,7 @@ class _ChannelTileEmitter:
         def call(r: int, w: int) -> str:
             return f"{self.name}_ct{r}x{w}({acc.src}, out, perm, runs, cidx, wptr, wts, bias, res, part, oh, v0);"
 
-        body = [*_header(self.name, sh, lay, vl, f"channel-tile layout, {R} rows x {V} vectors per tile"),
+        body = [*_header(self.name, sh, lay, self.target, f"channel-tile layout, {R} rows x {V} vectors per tile"),
                 *[self._tile(r, w) for r in rows for w in cols],
                 *_fkw_prologue(self.name, lay.offsets),
                 *acc.scratch.strip("\n").splitlines(),  # phase planes (shared), if any
@@ -1021,6 +1038,7 @@ class _ChannelTileEmitter:
 
 # Shared by every pattern layer (the graph emits it once): first filter of thread t's share,
 # the reordered filters split by cumulative tap count. Kernels run in a team (base.PRELUDE).
+# PC_SPREAD4 is the target dialect's (target/dialect.py).
 SUPPORT = r"""
 #ifndef PS_SPLIT_DEFINED
 #define PS_SPLIT_DEFINED
@@ -1038,14 +1056,11 @@ static inline int ps_split(const int32_t *cost, int F, int t, int nt) {
    the intrinsic forms are one load and one lane permute. */
 typedef float pc_v4u __attribute__((vector_size(16), aligned(4)));
 static inline pc_v4u pc_load4(const float *p) { return *(const pc_v4u *)p; }
-#if VL == 16 && defined(__AVX512F__) && !defined(PS_EMULATED_VL)
-#define PC_SPREAD4(p, ...) ((vf)_mm512_permutexvar_ps((__m512i)(vi){__VA_ARGS__}, \
-                                                       _mm512_castps128_ps512(_mm_loadu_ps(p))))
-#elif VL == 8 && defined(__AVX2__)
-#define PC_SPREAD4(p, ...) ((vf)_mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(p)), \
-                                                          (__m256i)(vi){__VA_ARGS__}))
-#else
-#define PC_SPREAD4(p, ...) __builtin_shufflevector(pc_load4(p), pc_load4(p), __VA_ARGS__)
-#endif
+/*@spread4@*/
 #endif
 """
+
+
+def support_c(target: Target) -> str:
+    """The C every pattern layer relies on (emitted once per source), rendered for ``target``."""
+    return target.render(SUPPORT)
