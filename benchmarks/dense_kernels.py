@@ -130,7 +130,7 @@ def torch_module(s: Spec) -> nn.Module:
     with torch.no_grad():
         for p in op.parameters():
             p.normal_(0, 0.1)
-    if s.kind == "convpool":  # the ImageNet stem's pool (graph.fuse_conv_pool)
+    if s.kind == "convpool":  # the ImageNet stem's pool (lowering.fuse_conv_pool)
         return nn.Sequential(op, ACT[s.act](), nn.MaxPool2d(3, 2, 1)).eval()
     return nn.Sequential(op, ACT[s.act]()).eval()
 

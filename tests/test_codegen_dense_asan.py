@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from patsparse.compiler.build import find_compiler
+from patsparse.compiler.target.host import find_compiler
 from patsparse.compiler.codegen.base import SLACK, prelude_c
 from patsparse.compiler.codegen.conv_pool import gen_conv_maxpool
 from patsparse.compiler.codegen.dense_conv import gen_conv2d

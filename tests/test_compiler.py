@@ -337,8 +337,9 @@ def test_tuner_candidates_include_the_default_dense_schedule():
     """The tuner measures the dense conv's untuned default among its candidates (it used to
     rank them without the input channels and kernel size, and could leave the default out)."""
     from patsparse.compiler.api import capture
-    from patsparse.compiler.codegen.graph import generate_kernels, plan_graph
-    from patsparse.compiler.tune import candidates
+    from patsparse.compiler.codegen.graph import generate_kernels
+    from patsparse.compiler.codegen.kernels import candidates
+    from patsparse.compiler.codegen.plan import plan_graph
 
     m = nn.Sequential(nn.Conv2d(512, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 32, 1)).eval()
     plan = plan_graph(capture(m, torch.zeros(1, 512, 7, 7)))
@@ -358,7 +359,8 @@ def test_generated_source_is_the_same_in_every_process():
 
     code = ("import hashlib, torch\n"
             "from patsparse.compiler.api import capture\n"
-            "from patsparse.compiler.codegen.graph import emit_model, generate_kernels, pack_blob, plan_graph\n"
+            "from patsparse.compiler.codegen.graph import emit_model, generate_kernels, pack_blob\n"
+            "from patsparse.compiler.codegen.plan import plan_graph\n"
             "from patsparse.models import get\n"
             "torch.manual_seed(0)\n"
             "m = get('resnet18', num_classes=10, width=0.125, variant='imagenet').eval()\n"

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from patsparse.compiler.api import capture
 from patsparse.compiler.codegen.conv_pool import default_tile, gen_conv_maxpool
 from patsparse.compiler.codegen.ctest import width_target
-from patsparse.compiler.codegen.graph import plan_graph
+from patsparse.compiler.codegen.plan import plan_graph
 from patsparse.compiler.layout import Layout
 from patsparse.errors import InputError
 from patsparse.models.resnet import resnet18

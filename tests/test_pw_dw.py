@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from patsparse.compiler.api import capture
 from patsparse.compiler.codegen.ctest import width_target
-from patsparse.compiler.codegen.graph import PW_DW_MIN_TENSOR_BYTES, plan_graph
+from patsparse.compiler.codegen.lowering import PW_DW_MIN_TENSOR_BYTES
+from patsparse.compiler.codegen.plan import plan_graph
 from patsparse.compiler.codegen.pw_dw import default_tile, gen_pw_dw
 from patsparse.compiler.layout import Layout
 from patsparse.errors import InputError, UnsupportedError
@@ -91,7 +92,7 @@ def test_expand_and_depthwise_fuse_in_the_plan():
     assert "features.5.conv.0.0" in names  # 192 x 28 x 28: stays in L2
     assert fused[0].node.inputs == ["features.1.conv.1"] and fused[0].in_layout.pad == 0
     assert 4 * 96 * 112 * 112 >= PW_DW_MIN_TENSOR_BYTES
-    from patsparse.compiler.tune import candidates
+    from patsparse.compiler.codegen.kernels import candidates
 
     t16 = width_target(16)
     assert candidates(fused[0], t16)[0] == default_tile(96, 112, 16, t16) and len(candidates(fused[0], t16)) > 1
@@ -100,8 +101,8 @@ def test_expand_and_depthwise_fuse_in_the_plan():
 
 
 def test_fused_model_round_trips(tmp_path):
-    """A compiled MobileNet-V2 with fused expand convs saves and loads (its stored IR carries the
-    fusion) and gives PyTorch's numbers, batch 2; on a 16-register ISA nothing fuses."""
+    """A compiled MobileNet-V2 with fused expand convs saves and loads (its stored IR is the portable
+    one; loading lowers it again) and gives PyTorch's numbers, batch 2; on a 16-register ISA nothing fuses."""
     import patsparse as ps
 
     torch.manual_seed(0)

@@ -17,7 +17,8 @@ import torch
 from ..errors import InputError
 from .build import compile_c, toolchain_fingerprint
 from .capture import capture_onnx, capture_torch
-from .codegen.graph import SYNC_FLOATS, emit_model, generate_kernels, pack_blob, plan_graph
+from .codegen.graph import SYNC_FLOATS, emit_model, generate_kernels, pack_blob
+from .codegen.plan import plan_graph
 from .ir import Graph
 from .passes import run_passes
 from .runtime import FORMAT, FORMAT_VERSION, CompiledModel, sha256
@@ -69,8 +70,8 @@ def build_from_graph(g: Graph, *, threads: int | None = None, schedules: dict | 
     """
     threads = int(threads or default_threads())
     target = runnable_here(target)
+    gj, gt = g.to_json()  # the portable IR, before lowering for the target (plan_graph)
     plan = plan_graph(g, threads=threads, target=target)
-    gj, gt = g.to_json()  # before kernels are generated: the IR as captured and fused
     if tune:
         from .tune import tune_plan
 

@@ -1,8 +1,8 @@
-"""Turn generated C into a shared library: find the compiler, build, cache by content hash.
+"""Turn generated C into a shared library for a target, cached by content hash.
 
-The cache key covers the source, the flags, the compiler's version and the host's vector ISA
-(what ``-march=native`` resolves to), so a library built on an AVX-512 machine is never loaded
-on an AVX2 one (that would die with SIGILL, not a Python error). A failed build raises
+The cache key covers the source, the target, the flags, the compiler's version and the vector
+ISA its flags enable (what ``-march=native`` resolves to on this host), so a library built on an
+AVX-512 machine is never loaded on an AVX2 one (that would die with SIGILL, not a Python error). A failed build raises
 BuildError and keeps the source and the compiler's output for inspection.
 """
 
@@ -11,16 +11,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ..errors import BuildError
-
-if TYPE_CHECKING:
-    from .target import Target
+from .target import Target, detect
+from .target.host import predefined_macros
 
 OPT_FLAGS = ("-O3", "-fPIC", "-shared", "-fopenmp", "-ffp-contract=fast", "-fno-math-errno",
              "-std=gnu11", "-Wall", "-Wno-unused-function", "-Wno-unused-variable")
@@ -33,38 +30,9 @@ def cache_root() -> Path:
 
 
 @functools.lru_cache(maxsize=None)
-def find_compiler() -> str:
-    """The C compiler: $CC if set, else gcc, else cc. BuildError if none is on PATH."""
-    for name in filter(None, (os.environ.get("CC"), "gcc", "cc")):
-        path = shutil.which(name)
-        if path:
-            return path
-    raise BuildError("no C compiler found: set CC or install gcc "
-                     "(Debian: apt-get install gcc); patsparse generates C and needs one to build it")
-
-
-@functools.lru_cache(maxsize=None)
-def arch_flags() -> tuple[str, ...]:
-    """``-march=native`` where the compiler accepts it, else a portable baseline."""
-    cc = find_compiler()
-    probe = subprocess.run([cc, "-march=native", "-x", "c", "-E", "-", "-o", os.devnull],
-                           input="", capture_output=True, text=True)
-    return ("-march=native",) if probe.returncode == 0 else ()
-
-
-@functools.lru_cache(maxsize=None)
-def predefined_macros(cc: str, flags: tuple[str, ...]) -> str:
-    """``cc``'s predefined macros under ``flags`` (one compiler run per pair and process)."""
-    return subprocess.run([cc, *flags, "-dM", "-E", "-x", "c", "-"], input="",
-                          capture_output=True, text=True).stdout
-
-
-@functools.lru_cache(maxsize=None)
-def toolchain_fingerprint(target: "Target | None" = None) -> str:
+def toolchain_fingerprint(target: Target | None = None) -> str:
     """Compiler version plus the ISA macros the target's flags turn on (the host's when
     ``target`` is None): part of every cache key and of a compiled model's manifest."""
-    from .target import detect
-
     tc = (target or detect()).toolchain
     cc = tc.compiler()
     version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
@@ -73,7 +41,7 @@ def toolchain_fingerprint(target: "Target | None" = None) -> str:
     return hashlib.sha256((version + "\n".join(isa)).encode()).hexdigest()[:16]
 
 
-def compile_c(source: str, *, name: str = "model", target: "Target | None" = None,
+def compile_c(source: str, *, name: str = "model", target: Target | None = None,
               extra_flags: tuple[str, ...] = (), cache_dir: Path | None = None) -> Path:
     """Build ``source`` into a shared library for ``target`` (the host when None) and return
     its path (cached by content hash).
@@ -81,8 +49,6 @@ def compile_c(source: str, *, name: str = "model", target: "Target | None" = Non
     A cache hit costs one hash and one stat. On failure the source and the compiler log stay in
     the cache directory and the BuildError names both.
     """
-    from .target import detect
-
     target = target or detect()
     cc = target.toolchain.compiler()
     flags = (*OPT_FLAGS, *target.toolchain.cflags, *extra_flags)

@@ -29,7 +29,8 @@ from ..checkpoint import atomic_write_bytes
 from ..errors import InputError
 from .api import capture
 from .build import OPT_FLAGS
-from .codegen.graph import emit_model, generate_kernels, pack_blob, plan_graph
+from .codegen.graph import emit_model, generate_kernels, pack_blob
+from .codegen.plan import plan_graph
 from .ir import c_comment
 from .target import Target, get_target
 

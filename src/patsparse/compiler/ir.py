@@ -6,9 +6,9 @@ so a compiled model can be regenerated on another machine without the original P
 
 Ops (attrs in brackets):
   conv     [stride, padding, groups, k]  params weight (F, C/g, k, k), bias (F,); the plan may add
-           [pool: {k, stride, padding}]   (a max pool after it, fused: graph.fuse_conv_pool)
+           [pool: {k, stride, padding}]   (a max pool after it, fused: lowering.fuse_conv_pool)
            [expand: {act}]                (a depthwise conv with the 1x1 conv before it fused,
-                                          params expand_weight, expand_bias: graph.fuse_pw_dw)
+                                          params expand_weight, expand_bias: lowering.fuse_pw_dw)
   bn       [eps]                         params mean, var, gamma, beta (folded away by passes)
   linear   []                            params weight (out, in), bias (out,)
   maxpool / avgpool [k, stride, padding]

@@ -18,40 +18,10 @@ import numpy as np
 
 from .build import compile_c
 from .codegen.base import SLACK, prelude_c
-from .codegen.graph import Plan, Step, _generate
-from .codegen.pattern_conv import candidate_schedules, support_c
+from .codegen.kernels import candidates, generate
+from .codegen.pattern_conv import support_c
+from .codegen.step import Plan, Step
 from .runtime import aligned_empty
-from .target import Target
-
-MAX_CANDIDATES = 6
-
-
-def candidates(step: Step, target: Target, threads: int | None = None) -> list[dict]:
-    """Schedules worth measuring for ``step`` on ``target`` (empty: nothing to tune)."""
-    if step.kind == "pattern_conv":
-        cands = candidate_schedules(step.in_layout, step.out_layout, target, threads)
-        rows = [c for c in cands if c["layout"] == "rows"]
-        flat = [c for c in cands if c["layout"] != "rows"]
-        # keep the larger row tiles (register reuse) in both loop orders, and every tiny-plane variant
-        rows.sort(key=lambda c: (-(c["rows"] * c["vecs"]), c["order"]))
-        return flat + rows[: MAX_CANDIDATES - len(flat)]
-    if step.kind == "conv2d":
-        try:
-            from .codegen.dense_conv import schedules
-        except ImportError:
-            return []
-        # the same ranking the untuned default comes from (input channels and kernel size
-        # decide it), so the default is always among the candidates measured
-        return list(schedules(cout=step.out_layout.C, out_layout=step.out_layout, cin=step.in_layout.C,
-                              k=step.node.attrs["k"], padding=step.node.attrs["padding"],
-                              stride=step.node.attrs["stride"], in_layout=step.in_layout,
-                              target=target))[:MAX_CANDIDATES]
-    if step.kind == "pw_dw":
-        from .codegen.pw_dw import tiles
-
-        return tiles(step.out_layout.C, step.in_layout.W, step.in_layout.C, target)[:MAX_CANDIDATES]
-    return []
-
 
 def tune_plan(plan: Plan, *, threads: int, cache_dir: str | Path | None = None,
               budget_s: float = 0.01, rounds: int = 3) -> dict[str, dict]:
@@ -61,7 +31,7 @@ def tune_plan(plan: Plan, *, threads: int, cache_dir: str | Path | None = None,
         cands = candidates(s, plan.target, plan.threads)
         if len(cands) > 1:
             for j, c in enumerate(cands):
-                k = _generate(_renamed(s, f"{s.cname}_c{j}"), c, plan.target, plan.threads)
+                k = generate(_renamed(s, f"{s.cname}_c{j}"), c, plan.target, plan.threads)
                 jobs.append((s, c, k))
     if not jobs:
         return {}

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from ...errors import BuildError, InputError, UnsupportedError
 from . import generic, neon, x86
 from .dialect import CDialect
+from .host import arch_flags, find_compiler, predefined_macros
 
 
 @dataclass(frozen=True)
@@ -149,8 +150,6 @@ def detect() -> Target:
 
     The ISA is read from the compiler's predefined macros under those flags (what the code will
     be built with), not from /proc/cpuinfo."""
-    from ..build import arch_flags, find_compiler, predefined_macros
-
     cc, flags = find_compiler(), arch_flags()
     macros = predefined_macros(cc, flags)
     if "__AVX512F__" in macros:
