@@ -16,24 +16,14 @@ import numpy as np
 from ...errors import InputError
 from ..build import compile_c
 from ..layout import Layout
+from ..runtime import aligned_empty
 from ..target import TARGETS, Target, detect, generic_vectors
 from .base import SLACK, GeneratedKernel, prelude_c
-
-ALIGN = 64  # bytes; planes start on 64-byte boundaries (layout.py), so buffers must too
-
-
-def aligned_zeros(n: int) -> np.ndarray:
-    """``n`` zero float32 values starting on a 64-byte boundary."""
-    raw = np.zeros(n + ALIGN // 4, dtype=np.float32)
-    start = (-raw.ctypes.data % ALIGN) // 4
-    out = raw[start:start + n]
-    assert out.ctypes.data % ALIGN == 0
-    return out
 
 
 def layout_buffer(layout: Layout) -> np.ndarray:
     """A zeroed activation buffer for one image: ``layout.size`` floats plus SLACK."""
-    return aligned_zeros(layout.size + SLACK)
+    return aligned_empty(layout.size + SLACK)
 
 
 def interior_mask(layout: Layout) -> np.ndarray:
@@ -119,7 +109,7 @@ double bench(const float *in, float *out, const float *w, const float *b, const 
 
     def pack(self, weight: np.ndarray) -> np.ndarray:
         packed = np.asarray(self.kernel.pack(np.asarray(weight, dtype=np.float32)), np.float32)
-        out = aligned_zeros(packed.size + SLACK)
+        out = aligned_empty(packed.size + SLACK)
         out[:packed.size] = packed.ravel()
         return out
 
