@@ -29,11 +29,11 @@ import numpy as np
 
 from ...errors import InputError
 from ..layout import Layout, round_up
+from ..target import CpuCaps, Target
 from .access import input_access
 from .base import GeneratedKernel, act_c
-from ..target import CpuCaps, Target
-from .common import (helpers_c, check_act, check_layouts, check_name, check_positive, check_weight,
-                     conv_out_size, ring_rows_c)
+from .common import (check_act, check_layouts, check_name, check_positive, check_weight,
+                     conv_out_size, helpers_c, ring_rows_c)
 
 ACTS_NONNEG = ("relu", "relu6")  # the ring's zero padding is a valid max-pool padding only then
 MAX_MV = 4    # channel vectors per tile (64 channels with 16-float vectors)

@@ -17,9 +17,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..layout import Layout
+from ..target import Target
 from .access import InputAccess
 from .base import GeneratedKernel, act_scalar_c
-from ..target import Target
 from .common import MAX_VL, check_weight, helpers_c, loop_order
 
 CB = MAX_VL  # output channels per tile

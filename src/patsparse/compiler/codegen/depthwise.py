@@ -15,11 +15,11 @@ import numpy as np
 
 from ...errors import InputError, UnsupportedError
 from ..layout import Layout
+from ..target import Target
 from .access import input_access
 from .base import GeneratedKernel, act_c
-from ..target import Target
-from .common import (helpers_c, check_act, check_layout_types, check_layouts, check_name,
-                     check_positive, check_weight, conv_out_size, VECTOR_LOAD)
+from .common import (check_act, check_layout_types, check_layouts, check_name, check_positive,
+                     check_weight, conv_out_size, helpers_c, VECTOR_LOAD)
 
 
 def schedules(*, stride: int, out_layout: Layout) -> list[dict]:

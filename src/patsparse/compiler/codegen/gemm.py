@@ -19,10 +19,10 @@ import numpy as np
 
 from ...errors import InputError
 from ..layout import Layout, round_up
-from .base import GeneratedKernel, act_scalar_c
 from ..target import Target
-from .common import (helpers_c, MAX_VL, check_act, check_layout_types, check_layouts, check_name,
-                     check_positive, check_weight, conv_out_size)
+from .base import GeneratedKernel, act_scalar_c
+from .common import (check_act, check_layout_types, check_layouts, check_name, check_positive,
+                     check_weight, conv_out_size, helpers_c, MAX_VL)
 from .igemm import gen_igemm
 
 

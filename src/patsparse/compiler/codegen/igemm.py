@@ -42,10 +42,10 @@ import numpy as np
 
 from ...errors import InputError
 from ..layout import Layout, round_up
+from ..target import Target
 from . import cvec
 from .access import compact_access, input_access
 from .base import GeneratedKernel, act_c
-from ..target import Target
 from .common import VECTOR_LOAD, WEIGHT_PREFETCH, check_weight, helpers_c, loop_order
 
 

@@ -24,10 +24,10 @@ import numpy as np
 
 from ...errors import InputError, UnsupportedError
 from ..layout import Layout
-from .base import GeneratedKernel, act_scalar_c, act_c
 from ..target import Target
-from .common import (helpers_c, check_act, check_layout_types, check_layouts, check_name,
-                     check_positive, conv_out_size, VECTOR_LOAD)
+from .base import GeneratedKernel, act_scalar_c, act_c
+from .common import (check_act, check_layout_types, check_layouts, check_name, check_positive,
+                     conv_out_size, helpers_c, VECTOR_LOAD)
 
 
 def _no_weights(weight: np.ndarray | None) -> np.ndarray:

@@ -28,10 +28,10 @@ import numpy as np
 
 from ...errors import InputError, UnsupportedError
 from ..layout import Layout, round_up
-from .base import GeneratedKernel, act_c
 from ..target import Target
-from .common import (helpers_c, check_act, check_layout_types, check_layouts, check_name,
-                     check_positive, check_weight, conv_out_size, ring_rows_c, VECTOR_LOAD)
+from .base import GeneratedKernel, act_c
+from .common import (check_act, check_layout_types, check_layouts, check_name, check_positive,
+                     check_weight, conv_out_size, helpers_c, ring_rows_c, VECTOR_LOAD)
 from .igemm import fma_step, pack_tiles, schedules as igemm_schedules
 
 

@@ -64,6 +64,7 @@ class CpuCaps:
     l1_bytes: int            # data L1 per core
     l2_bytes: int            # L2 per core
     vreg_constraint: str     # inline-asm constraint of a vector register ("" when PS_KEEP is a no-op)
+    fma_broadcast_operand: bool  # an FMA can read a broadcast scalar from memory (weights take no register)
     dialect: CDialect = field(repr=False)  # renders the vector helpers the generated C uses
 
 
@@ -102,22 +103,25 @@ def generic_vectors(lanes: int = 4, registers: int = 16) -> Target:
                          f"got {lanes} and {registers}")
     name = "generic" if (lanes, registers) == (4, 16) else f"generic-{lanes}x{registers}"
     return Target(name, "cpu", "", _HOST_GCC,
-                  CpuCaps(lanes, registers, vreg_constraint="", dialect=generic.dialect(lanes), **_X86_CACHES),
+                  CpuCaps(lanes, registers, vreg_constraint="", fma_broadcast_operand=True,
+                          dialect=generic.dialect(lanes), **_X86_CACHES),
                   "portable C with GCC vector extensions, for any CPU")
 
 
 TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("x86-64-avx512", "cpu", "x86_64-linux-gnu", replace(_HOST_GCC, cflags=("-march=x86-64-v4",)),
-           CpuCaps(16, 32, vreg_constraint=x86.VREG_CONSTRAINT, dialect=x86.DIALECT, **_X86_CACHES),
+           CpuCaps(16, 32, vreg_constraint=x86.VREG_CONSTRAINT, fma_broadcast_operand=True, dialect=x86.DIALECT,
+                   **_X86_CACHES),
            "x86-64 with AVX-512 (x86-64-v4)"),
     Target("x86-64-avx2", "cpu", "x86_64-linux-gnu", replace(_HOST_GCC, cflags=("-march=x86-64-v3",)),
-           CpuCaps(8, 16, vreg_constraint=x86.VREG_CONSTRAINT, dialect=x86.DIALECT, **_X86_CACHES),
+           CpuCaps(8, 16, vreg_constraint=x86.VREG_CONSTRAINT, fma_broadcast_operand=True, dialect=x86.DIALECT,
+                   **_X86_CACHES),
            "x86-64 with AVX2 and FMA (x86-64-v3)"),
     Target("aarch64-neon", "cpu", "aarch64-linux-gnu",
            Toolchain("aarch64-linux-gnu-gcc", ("-march=armv8-a", "-mtune=cortex-a76"), "gcc-aarch64-linux-gnu",
                      ("qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"), "qemu-user"),
            CpuCaps(neon.LANES, 32, cache_line=64, l1_bytes=64 << 10, l2_bytes=256 << 10,
-                   vreg_constraint=neon.VREG_CONSTRAINT, dialect=neon.DIALECT),
+                   vreg_constraint=neon.VREG_CONSTRAINT, fma_broadcast_operand=False, dialect=neon.DIALECT),
            "64-bit ARM with NEON (Cortex-A76 class: phones, Raspberry Pi 5), Linux"),
     generic_vectors(),
 )}
