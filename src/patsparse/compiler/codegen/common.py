@@ -21,7 +21,7 @@ MAX_VL = 16  # widest vector any target uses; Python-side sizes that must fit ev
 # than the hardware prefetcher follows (docs/COMPILER.md); 4-32 KB measured alike, 1 KB no gain.
 WEIGHT_PREFETCH = 1024
 
-# The C load of one input vector whose columns are ``step`` apart (ps_load_s2: see below).
+# The C load of one input vector whose columns are ``step`` apart (ps_load_s2: the target's dialect).
 VECTOR_LOAD = {1: "vload", 2: "ps_load_s2"}
 
 

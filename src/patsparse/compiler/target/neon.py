@@ -9,8 +9,8 @@ the kernels' epilogues promise the other operand).
 
 from __future__ import annotations
 
-from . import generic
 from .dialect import CDialect
+from .generic import MASKED_IO, MINMAX, SPREAD4
 
 LANES = 4
 VREG_CONSTRAINT = "w"
@@ -20,6 +20,6 @@ static inline vf ps_load_s2(const float *p) { return (vf)vld2q_f32(p).val[0]; }
 """
 
 DIALECT = CDialect(pause='    __asm__ __volatile__("yield");\n', vector_width=f"#define VL {LANES}\n",
-                   minmax=generic.MINMAX, masked_io=generic.MASKED_IO,
+                   minmax=MINMAX, masked_io=MASKED_IO,
                    keep='#define PS_KEEP(v) __asm__("" : "+%s"(v))\n' % VREG_CONSTRAINT,
-                   load_s2=LOAD_S2, spread4=generic.SPREAD4)
+                   load_s2=LOAD_S2, spread4=SPREAD4)

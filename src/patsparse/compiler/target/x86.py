@@ -10,8 +10,12 @@ it otherwise).
 
 from __future__ import annotations
 
-from . import generic
 from .dialect import CDialect
+from .generic import LOAD_S2 as GENERIC_LOAD_S2
+from .generic import MASKED_IO as GENERIC_MASKED_IO
+from .generic import MINMAX as GENERIC_MINMAX
+from .generic import NO_KEEP, even_c
+from .generic import SPREAD4 as GENERIC_SPREAD4
 
 PAUSE = r"""#if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
@@ -39,7 +43,7 @@ static inline vf vmin(vf a, vf b) { return (vf)_mm512_min_ps((__m512)a, (__m512)
 static inline vf vmax(vf a, vf b) { return (vf)_mm256_max_ps((__m256)a, (__m256)b); }
 static inline vf vmin(vf a, vf b) { return (vf)_mm256_min_ps((__m256)a, (__m256)b); }
 #else
-""" + generic.MINMAX + "#endif\n"
+""" + GENERIC_MINMAX + "#endif\n"
 
 MASKED_IO = r"""#if VL == 16 && defined(__AVX512F__) && !defined(PS_EMULATED_VL)
 static inline vf vload_lanes(const float *p, unsigned m) { return (vf)_mm512_maskz_loadu_ps((__mmask16)m, p); }
@@ -52,7 +56,7 @@ static inline __m256i ps_lanes8(unsigned m) {
 static inline vf vload_lanes(const float *p, unsigned m) { return (vf)_mm256_maskload_ps(p, ps_lanes8(m)); }
 static inline void vstore_lanes(float *p, unsigned m, vf v) { _mm256_maskstore_ps(p, ps_lanes8(m), (__m256)v); }
 #else
-""" + generic.MASKED_IO + "#endif\n"
+""" + GENERIC_MASKED_IO + "#endif\n"
 
 VREG_CONSTRAINT = "v"  # any of the 32 (AVX-512) or 16 vector registers
 
@@ -63,10 +67,10 @@ KEEP = r"""/* Pin a loaded vector in a register: without it GCC folds the load i
 #if (defined(__x86_64__) || defined(__i386__)) && !defined(PS_EMULATED_VL)
 #define PS_KEEP(v) __asm__("" : "+%s"(v))
 #else
-""" % VREG_CONSTRAINT + generic.NO_KEEP + "#endif\n"
+""" % VREG_CONSTRAINT + NO_KEEP + "#endif\n"
 
-LOAD_S2 = ("#if VL == 16\n" + generic.even_c(16) + "#elif VL == 8\n" + generic.even_c(8) + "#else\n"
-           + generic.even_c(4) + "#endif\n" + r"""#if VL == 8 && defined(__AVX2__)
+LOAD_S2 = ("#if VL == 16\n" + even_c(16) + "#elif VL == 8\n" + even_c(8) + "#else\n"
+           + even_c(4) + "#endif\n" + r"""#if VL == 8 && defined(__AVX2__)
 #include <immintrin.h>
 /* AVX2: in-lane vshufps then one cross-lane vpermpd (2 shuffles; the generic form costs 3) */
 static inline vf ps_load_s2(const float *p) {
@@ -74,7 +78,7 @@ static inline vf ps_load_s2(const float *p) {
     return (vf)_mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), 0xD8));
 }
 #else
-""" + generic.LOAD_S2 + "#endif\n")
+""" + GENERIC_LOAD_S2 + "#endif\n")
 
 SPREAD4 = r"""#if VL == 16 && defined(__AVX512F__) && !defined(PS_EMULATED_VL)
 #define PC_SPREAD4(p, ...) ((vf)_mm512_permutexvar_ps((__m512i)(vi){__VA_ARGS__}, \
@@ -83,7 +87,7 @@ SPREAD4 = r"""#if VL == 16 && defined(__AVX512F__) && !defined(PS_EMULATED_VL)
 #define PC_SPREAD4(p, ...) ((vf)_mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(p)), \
                                                           (__m256i)(vi){__VA_ARGS__}))
 #else
-""" + generic.SPREAD4 + "#endif\n"
+""" + GENERIC_SPREAD4 + "#endif\n"
 
 DIALECT = CDialect(pause=PAUSE, vector_width=VECTOR_WIDTH, minmax=MINMAX, masked_io=MASKED_IO,
                    keep=KEEP, load_s2=LOAD_S2, spread4=SPREAD4)
