@@ -8,10 +8,10 @@ from ...target import Target
 from ..access import input_access
 from ..base import act_c
 from ..common import VECTOR_LOAD
-from .shared import ConvShape, channel_prefetch, fkw_prologue, header
+from .shared import ConvShape, LayerEmitter, channel_prefetch, fkw_prologue, header
 
 
-class ChannelTileEmitter:
+class ChannelTileEmitter(LayerEmitter):
     """The channel-tile layout (``ct``): output tiles outer, input channels, then filters.
 
     Why: a stride-2 output reads a 4x larger input footprint than a stride-1 one, spread over
@@ -49,11 +49,8 @@ class ChannelTileEmitter:
     TRANSPOSED = True
 
     def __init__(self, name, sp, lay, shape: ConvShape, act, has_residual, sched, target: Target):
-        self.name, self.sp, self.lay, self.sh = name, sp, lay, shape
-        self.act, self.res, self.target = act, has_residual, target
-        cpu = target.require_cpu(name)
-        self.vl = vl = cpu.lanes
-        self.line = cpu.cache_line // 4  # floats per cache line
+        super().__init__(name, sp, lay, shape, act, has_residual, target)
+        vl = self.vl
         out = shape.out
         self.nv = -(-out.W // vl)
         self.V = int(sched["vecs"])

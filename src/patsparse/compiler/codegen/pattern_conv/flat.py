@@ -8,12 +8,12 @@ import numpy as np
 from ...reorder import mask_taps
 from ...target import Target
 from ..base import act_scalar_c
-from .shared import ConvShape, fkw_prologue, header
+from .shared import ConvShape, LayerEmitter, fkw_prologue, header
 
 UNROLL_COPY_MAX = 512     # floats per channel up to which the copy is straight-line code
 
 
-class FlatEmitter:
+class FlatEmitter(LayerEmitter):
     """The flat layout for tiny output planes (4x4, 2x2...): vectorise over the whole plane.
 
     A row of 4 outputs fills half an 8-float vector; here each input channel is first copied
@@ -31,14 +31,9 @@ class FlatEmitter:
     groups are summed at the store.
     """
 
-    TRANSPOSED = False
-
     def __init__(self, name, sp, lay, shape: ConvShape, act, has_residual, sched, target: Target):
-        self.name, self.sp, self.lay, self.sh = name, sp, lay, shape
-        self.act, self.res, self.target = act, has_residual, target
-        cpu = target.require_cpu(name)
-        self.vl = vl = cpu.lanes
-        self.line = cpu.cache_line // 4  # floats per cache line
+        super().__init__(name, sp, lay, shape, act, has_residual, target)
+        vl = self.vl
         self.unroll = max(1, int(sched.get("unroll", 1)))  # the flat layout's knobs (cm: unused)
         self.prefetch = int(sched.get("prefetch", 0))
         out = shape.out

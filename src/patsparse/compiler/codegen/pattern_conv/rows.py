@@ -7,20 +7,15 @@ from ...reorder import FULL_MASK, mask_taps
 from ...target import Target
 from ..access import input_access
 from ..base import act_c
-from .shared import ConvShape, fkw_prologue, header
+from .shared import ConvShape, LayerEmitter, fkw_prologue, header
 
 
-class RowEmitter:
+class RowEmitter(LayerEmitter):
     """Writes the C for one layer; one method per piece so each stays readable."""
 
-    TRANSPOSED = False  # weights stored filter-major (True: the transposed layer, channel-major)
-
     def __init__(self, name, sp, lay, shape: ConvShape, act, has_residual, sched, target: Target):
-        self.name, self.sp, self.lay, self.sh = name, sp, lay, shape
-        self.act, self.res, self.target = act, has_residual, target
-        cpu = target.require_cpu(name)
-        self.vl = vl = cpu.lanes
-        self.line = cpu.cache_line // 4  # floats per cache line
+        super().__init__(name, sp, lay, shape, act, has_residual, target)
+        vl = self.vl
         self.rows, self.vecs, self.order = int(sched["rows"]), int(sched["vecs"]), sched["order"]
         self.prefetch = int(sched.get("prefetch", 0))
         self.cblk = int(sched.get("cblk", 0))  # input channels per block (0: no blocking)

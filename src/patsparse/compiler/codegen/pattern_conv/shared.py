@@ -59,6 +59,19 @@ class ConvShape:
         return ConvShape(stride, pad, inp, out)
 
 
+class LayerEmitter:
+    """What every layout's emitter knows about the layer it writes (the layouts subclass it)."""
+
+    TRANSPOSED = False  # weights stored filter-major (True: the transposed layer, channel-major)
+
+    def __init__(self, name, sp, lay, shape: ConvShape, act, has_residual, target: Target):
+        self.name, self.sp, self.lay, self.sh = name, sp, lay, shape
+        self.act, self.res, self.target = act, has_residual, target
+        cpu = target.require_cpu(name)
+        self.vl = cpu.lanes
+        self.line = cpu.cache_line // 4  # floats per cache line
+
+
 def channel_prefetch(ipf: int, bound: str, base: str, cs: int, offsets, span: int, line: int) -> list[str]:
     """C lines that prefetch, ``ipf`` channels ahead of channel ``i`` (while below ``bound``),
     the cache lines (``line`` floats) of the ``span`` floats at each of ``offsets`` (vector
