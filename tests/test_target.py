@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -12,9 +13,11 @@ import torch
 import torch.nn as nn
 
 import patsparse as ps
+from patsparse.compiler.api import build_from_graph
 from patsparse.compiler.codegen.base import prelude_c
 from patsparse.compiler.codegen.common import helpers_c
 from patsparse.compiler.codegen.pattern_conv import support_c
+from patsparse.compiler.ir import Graph
 from patsparse.compiler.target import (TARGETS, Target, Toolchain, detect, generic_vectors, get_target,
                                        known_targets)
 from patsparse.compiler.target.dialect import CDialect
@@ -102,6 +105,27 @@ def test_generic_vectors_match_torch(lanes, registers):
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         assert_close(cm(x), m(x))
+
+
+def test_saved_graph_is_portable_and_lowering_is_per_target(tmp_path):
+    """The compiled model stores the graph before the target's fusions: a 7x7 stem + max pool
+    fuse for 32 registers only, and the stored IR keeps the pool either way (and still runs)."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 8, 7, 2, 3), nn.ReLU(), nn.MaxPool2d(3, 2, 1), nn.Conv2d(8, 8, 3, padding=1),
+                      nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
+    x = torch.randn(1, 3, 40, 40)
+    for t in (generic_vectors(16, 32), generic_vectors(4, 16)):
+        cm = ps.compile(m, x, threads=1, target=t)
+        kinds = [L["kernel"] for L in cm.manifest["layers"]]
+        assert ("conv_pool" in kinds) == (t.cpu.vector_registers == 32)
+        graph = json.loads((cm.save(tmp_path / t.name) / "graph.json").read_text())
+        assert [n["op"] for n in graph["nodes"]][:2] == ["conv", "maxpool"]
+        assert all("pool" not in n["attrs"] for n in graph["nodes"])
+        again = build_from_graph(Graph.from_json(*cm._graph), threads=1, target=t)  # what loading regenerates
+        assert [L["kernel"] for L in again.manifest["layers"]] == kinds
+        with torch.no_grad():
+            assert_close(cm(x), m(x))
+            assert_close(again(x), m(x))
 
 
 @pytest.mark.slow
