@@ -4,14 +4,16 @@ is an estimate, labelled as one, not a measurement.
 
 How: the model is planned and generated for the aarch64-neon target exactly as `patsparse
 export` does; each layer's kernel is cross-compiled to assembly (aarch64-linux-gnu-gcc -O3
--mtune=cortex-a76); its hot loop (the self-looping basic block with the most vector
-multiplies) goes through llvm-mca (-mcpu=cortex-a76), which gives the cycles per iteration on
-that core, assuming L1 hits. A layer's compute time is its useful FLOPs at that loop's rate;
-its memory time is the bytes it must stream (packed weights, input, output) at an assumed DRAM
-bandwidth; the estimate is the larger of the two. What it leaves out: everything outside the
-hot loop (prologues, row tails, stride-2 preps, pools' compute), cache misses inside the loop,
-and frequency limits; so it is optimistic, a bound rather than a forecast. On a device,
-`run_model` of an export prints the real figure (docs/COMPILER.md, Export).
+-mtune=cortex-a76) and its hot loop (the self-looping basic block with the most vector
+multiplies) gets two cycle counts per iteration, assuming L1 hits: llvm-mca's
+(-mcpu=cortex-a76; LLVM 14 schedules that CPU with the Cortex-A57 model, whose 128-bit FP
+operations issue at half the A76's rate, so a pessimistic bound) and a port bound from the
+A76's documented per-cycle throughputs (2 ASIMD FP, 2 load/store address, 3 integer, 4
+instructions dispatched; an optimistic bound). A layer's compute time is its useful FLOPs at
+the loop's rate; its memory time is the bytes it must stream (packed weights, input, output) at
+an assumed DRAM bandwidth; the layer takes the larger. Left out: everything outside the hot loop
+(prologues, row tails, stride-2 preps, pools' compute), cache misses inside it, frequency
+limits. On a device, `run_model` of an export prints the real figure (docs/COMPILER.md, Export).
 
     python benchmarks/arm_estimate.py [--rate 8] [--dram-gbps 8]
 
@@ -100,8 +102,25 @@ def mca_cycles(block: list[str], work: Path) -> float:
     return total / iters
 
 
-def layer_rates(plan, work: Path) -> dict[int, tuple[float, int]]:
-    """{step index: (useful FLOP per cycle of its hot loop, 4-lane multiplies per iteration)}."""
+# Cortex-A76 per-cycle issue limits (Arm Cortex-A76 Software Optimization Guide): the two ASIMD/FP
+# pipes (V0, V1), the two load/store address pipes, the three integer pipes, dispatch width
+A76_PORTS = {"asimd": 2, "ldst": 2, "int": 3, "dispatch": 4}
+
+
+def port_cycles(block: list[str]) -> float:
+    """Cycles per iteration of ``block`` if only the A76's issue limits (A76_PORTS) bound it."""
+    ops = [line.split()[0] for line in block]
+    args = [line.split(None, 1)[1] if len(line.split(None, 1)) > 1 else "" for line in block]
+    ldst = sum(1 for o in ops if o.startswith(("ld", "st", "prfm")))
+    asimd = sum(1 for o, a in zip(ops, args) if not o.startswith(("ld", "st", "prfm")) and re.match(r"[vqs]\d", a))
+    branch = sum(1 for o in ops if re.fullmatch(BRANCH, o))
+    integer = len(ops) - ldst - asimd - branch
+    return max(asimd / A76_PORTS["asimd"], ldst / A76_PORTS["ldst"], integer / A76_PORTS["int"],
+               len(ops) / A76_PORTS["dispatch"])
+
+
+def layer_rates(plan, work: Path) -> dict[int, tuple[float, float]]:
+    """{step index: useful FLOP per cycle of its hot loop by (llvm-mca, the A76 port bound)}."""
     rates = {}
     cc = NEON.toolchain.compiler()
     for s in plan.steps:
@@ -116,28 +135,32 @@ def layer_rates(plan, work: Path) -> dict[int, tuple[float, int]]:
                        check=True)
         block = hot_loop(asm.read_text())
         if block:
-            muls = sum(1 for x in block if VECTOR_MUL.match(x))
-            rates[s.index] = (8 * muls / mca_cycles(block, work), muls)
+            flop = 8 * sum(1 for x in block if VECTOR_MUL.match(x))
+            rates[s.index] = (flop / mca_cycles(block, work), flop / port_cycles(block))
     return rates
 
 
 def report(plan, rates: dict, dram_gbps: float, rate: float, argv: list[str]) -> str:
-    rows, totals = [], {name: 0.0 for name in CLOCKS_GHZ}
+    bounds = ("llvm-mca", "A76 ports")
+    rows, totals = [], {(name, k): 0.0 for name in CLOCKS_GHZ for k in range(2)}
+    pi5, sd = list(CLOCKS_GHZ)
     for s in plan.steps:
         flops = s.kernel.flops
         nbytes = 4 * (s.in_layout.size + s.out_layout.size + s.kernel.pack(s.node.params["weight"]).size
                       if "weight" in s.node.params else s.in_layout.size + s.out_layout.size)
         mem_ms = nbytes / (dram_gbps * 1e9) * 1e3
-        fpc, muls = rates.get(s.index, (None, 0))
+        fpc = rates.get(s.index)
         cells = [s.node.name, s.kind, f"{flops / 1e9:.3f}", f"{nbytes / 2**20:.1f}", f"{flops / nbytes:.1f}",
-                 f"{fpc:.1f}" if fpc else "-"]
+                 " / ".join(f"{r:.1f}" for r in fpc) if fpc else "-"]
         for name, ghz in CLOCKS_GHZ.items():
-            comp_ms = flops / (fpc * ghz * 1e9) * 1e3 if fpc else 0.0
-            totals[name] += max(comp_ms, mem_ms)
-            cells.append(f"{max(comp_ms, mem_ms):.2f}" + (" (mem)" if mem_ms > comp_ms else ""))
+            for k in range(2):
+                comp_ms = flops / (fpc[k] * ghz * 1e9) * 1e3 if fpc else 0.0
+                totals[name, k] += max(comp_ms, mem_ms)
+                if name == pi5:
+                    cells.append(f"{max(comp_ms, mem_ms):.2f}" + (" (mem)" if mem_ms > comp_ms else ""))
         rows.append(cells)
     conv_flops = sum(s.kernel.flops for s in plan.steps if s.kind in ("pattern_conv", "conv2d"))
-    pi5, sd = list(CLOCKS_GHZ)
+    estimate = {name: f"{totals[name, 1]:.0f}-{totals[name, 0]:.0f} ms" for name in CLOCKS_GHZ}
     return "\n".join([
         "## ARM estimate: VGG-16 on one Cortex-A76 core (benchmarks/arm_estimate.py) - an ESTIMATE, not a measurement",
         "",
@@ -146,17 +169,20 @@ def report(plan, rates: dict, dram_gbps: float, rate: float, argv: list[str]) ->
         f"{conv_flops / 1e9:.2f} useful GFLOP in the convs (30.9 dense); code generated for `aarch64-neon` "
         "exactly as `patsparse export` does, one thread",
         "- method: each layer's hot loop (the self-looping basic block with the most 4-lane multiplies in "
-        "`aarch64-linux-gnu-gcc -O3 -mtune=cortex-a76` output) through `llvm-mca -mcpu=cortex-a76` "
-        "(cycles per iteration, L1 hits assumed); compute = useful FLOPs at that rate; memory = packed "
-        f"weights + input + output at an assumed {dram_gbps:g} GB/s; a layer takes the larger. Outside the "
-        "hot loop nothing is counted (prologues, row tails, stride-2 preps, pool arithmetic): optimistic.",
+        "`aarch64-linux-gnu-gcc -O3 -mtune=cortex-a76` output), L1 hits assumed, gets two cycle counts: "
+        "`llvm-mca -mcpu=cortex-a76` (LLVM 14 schedules that CPU with the Cortex-A57 model, whose 128-bit FP "
+        "operations issue at half the A76's rate: pessimistic) and a port bound from the A76's documented "
+        f"issue limits ({', '.join(f'{v} {k}' for k, v in A76_PORTS.items())} per cycle: optimistic). Compute = "
+        f"useful FLOPs at that rate; memory = packed weights + input + output at an assumed {dram_gbps:g} GB/s; "
+        "a layer takes the larger. Nothing outside the hot loop is counted (prologues, row tails, stride-2 "
+        "preps, pool arithmetic).",
         "- no ARM hardware was used; `run_model` of an export prints the real latency on a device",
         "",
-        md_table(["layer", "kernel", "GFLOP", "MB moved", "FLOP/byte", "hot loop FLOP/cycle",
-                  f"ms @ {CLOCKS_GHZ[pi5]} GHz", f"ms @ {CLOCKS_GHZ[sd]} GHz"], rows),
+        md_table(["layer", "kernel", "GFLOP", "MB moved", "FLOP/byte", "hot loop FLOP/cycle (llvm-mca / A76 ports)",
+                  *(f"ms @ {CLOCKS_GHZ[pi5]} GHz, {b}" for b in bounds)], rows),
         "",
         md_table(["device", "ncnn VGG-16 fp32 Winograd, 1 thread (published)", "this estimate, 8x pattern"],
-                 [[name, f"{ms:.1f} ms", f"{totals[name]:.1f} ms" if name in totals else "- (Cortex-X3: no llvm-mca model)"]
+                 [[name, f"{ms:.1f} ms", estimate.get(name, "- (Cortex-X3: no model)")]
                   for name, ms in NCNN_VGG16.items()]),
         "",
         verdict(plan, rates, totals),
@@ -165,21 +191,21 @@ def report(plan, rates: dict, dram_gbps: float, rate: float, argv: list[str]) ->
 
 def verdict(plan, rates: dict, totals: dict) -> str:
     """What the numbers say, in words computed from them."""
-    pat = [rates[s.index][0] for s in plan.steps if s.kind == "pattern_conv" and s.index in rates]
+    pat = [rates[s.index] for s in plan.steps if s.kind == "pattern_conv" and s.index in rates]
     pi5 = next(iter(CLOCKS_GHZ))
-    ours, theirs = totals[pi5], NCNN_VGG16[pi5]
-    word = "slower" if ours > theirs else "faster"
-    return (f"What it says: on a Pi 5 core the 8x model would take about {ours:.0f} ms against ncnn's dense "
-            f"Winograd {theirs:.0f} ms, {max(ours, theirs) / min(ours, theirs):.1f}x {word}, even counting only "
-            f"hot loops. The pattern kernels' hot loops run at {min(pat):.1f}-{max(pat):.1f} FLOP/cycle of the "
-            f"A76's {PEAK_FLOP_PER_CYCLE} (two 4-lane FMA pipes): with 4-float vectors a kernel's FMAs need about as "
-            "many loads (shifted input vectors, one broadcast per weight), so the two load pipes, not the FMA "
-            "pipes, bound them, and the channel-tile layout (the first layers) also reads and writes partial "
-            "sums per kernel. An eighth of the dense FLOPs does not make up for a third to a half of the peak plus "
-            "Winograd's 4-5x fewer multiplies in ncnn. What would: a NEON kernel that keeps a kernel's four "
-            "weights in one register (`fmla v.4s, v.4s, v.s[lane]`) and reuses loaded input across column "
-            "taps (`ext`) instead of reloading it. The classifier is memory-bound for both engines (its "
-            "weights are read once per image).")
+    lo, hi, theirs = totals[pi5, 1], totals[pi5, 0], NCNN_VGG16[pi5]
+    where = ("slower than" if lo > theirs else "faster than" if hi < theirs else "on either side of")
+    return (f"What it says: on a Pi 5 core the 8x model would take {lo:.0f}-{hi:.0f} ms by these bounds, "
+            f"{where} ncnn's dense Winograd {theirs:.0f} ms. The pattern kernels' hot loops reach "
+            f"{min(r[1] for r in pat):.1f}-{max(r[1] for r in pat):.1f} FLOP/cycle by the port bound "
+            f"({min(r[0] for r in pat):.1f}-{max(r[0] for r in pat):.1f} by llvm-mca's A57 model) of the A76's "
+            f"{PEAK_FLOP_PER_CYCLE} (two 4-lane FMA pipes): with 4-float vectors a kernel's FMAs need about as "
+            "many loads (shifted input vectors, one broadcast per weight), so the load/store pipes bind as soon "
+            "as the FP pipes do, and the channel-tile layout (the first layers) also reads and writes partial "
+            "sums per kernel. An eighth of the dense FLOPs then buys about what Winograd's 4-5x fewer "
+            "multiplies buy ncnn. To pull ahead the NEON kernel would keep a kernel's four weights in one "
+            "register (`fmla v.4s, v.4s, v.s[lane]`) and reuse loaded input across column taps instead of "
+            "reloading it. The classifier is memory-bound for both engines (its weights are read once per image).")
 
 
 def stitch(text: str, name: str = "arm-estimate.md") -> None:

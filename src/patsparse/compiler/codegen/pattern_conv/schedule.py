@@ -15,9 +15,9 @@ def max_acc(cpu: CpuCaps) -> int:
     """Accumulators per row tile: the register file minus 4 weight broadcasts and a temporary
     (and, with 32 registers, room for the input vectors a tile reuses). Where the weight
     broadcasts need registers of their own (NEON: no FMA memory operand), 32 registers hold 12:
-    the AVX-512 tile of 6 x 4 spilled in GCC's aarch64 code, and llvm-mca (Cortex-A76) gave its
-    hot loop 5.6 FLOP/cycle against 7.3 for 3 x 4 (256->256 @56x56, 8x; benchmarks/arm_estimate.py
-    says how such figures are made: an estimate, not a measurement)."""
+    the AVX-512 tile of 6 x 4 spilled in GCC's aarch64 code, and llvm-mca gave its hot loop 5.6
+    FLOP/cycle against 7.3 for 3 x 4 (256->256 @56x56, 8x; LLVM 14's A57 model of the A76, see
+    benchmarks/arm_estimate.py: static estimates, not measurements)."""
     if cpu.vector_registers < 32:
         return 11
     return 24 if cpu.fma_broadcast_operand else 12
