@@ -91,6 +91,12 @@ def test_missing_compiler_names_the_package():
 def test_compile_refuses_a_target_of_another_machine():
     with pytest.raises(InputError, match="use patsparse.export"):
         ps.compile(sparse_opsnet(), torch.zeros(1, 3, 16, 16), target="aarch64-neon")
+    if "avx512fp16" in Path("/proc/cpuinfo").read_text():
+        pytest.skip("this CPU has AVX512-FP16, the extension the check below asks for")
+    host = detect()
+    fp16 = replace(host, name="x86-fp16", toolchain=replace(host.toolchain, cflags=(*host.toolchain.cflags, "-mavx512fp16")))
+    with pytest.raises(InputError, match="needs __AVX512FP16__.*lacks"):
+        ps.compile(sparse_opsnet(), torch.zeros(1, 3, 16, 16), target=fp16)
 
 
 @pytest.mark.parametrize("lanes,registers", [(4, 16), (16, 32)])

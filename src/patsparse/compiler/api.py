@@ -23,6 +23,7 @@ from .ir import Graph
 from .passes import run_passes
 from .runtime import FORMAT, FORMAT_VERSION, CompiledModel, sha256
 from .target import Target, detect, get_target
+from .target.host import isa_macro_lines
 
 
 def default_threads() -> int:
@@ -51,12 +52,19 @@ def capture(model_or_onnx_path: Any, example_input: Any = None) -> Graph:
 
 def runnable_here(target: str | Target | None) -> Target:
     """``target`` resolved (default: this host); InputError when code built for it cannot be
-    loaded into this process (another architecture: ``export`` it instead)."""
+    loaded into this process: another architecture (``export`` it instead), or ISA extensions
+    this CPU lacks (the library would die with SIGILL, not a Python error)."""
     t = get_target(target)
     host = detect()
     if t.kind != "cpu" or t.triple not in ("", host.triple):
         raise InputError(f"target {t.name!r} ({t.triple or t.kind}) cannot run in this process on "
                          f"{host.name}: use patsparse.export to build a project for it")
+    cc = host.toolchain.cc
+    missing = isa_macro_lines(cc, t.toolchain.cflags) - isa_macro_lines(cc, host.toolchain.cflags)
+    if missing:
+        names = sorted(line.split()[1] for line in missing)
+        raise InputError(f"target {t.name!r} needs {', '.join(names)}, which this CPU ({host.name}) "
+                         f"lacks: use patsparse.export to build a project for a machine that has them")
     return t
 
 

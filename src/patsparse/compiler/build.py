@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..errors import BuildError
 from .target import Target, detect
-from .target.host import predefined_macros
+from .target.host import isa_macro_lines
 
 OPT_FLAGS = ("-O3", "-fPIC", "-shared", "-fopenmp", "-ffp-contract=fast", "-fno-math-errno",
              "-std=gnu11", "-Wall", "-Wno-unused-function", "-Wno-unused-variable")
@@ -36,8 +36,7 @@ def toolchain_fingerprint(target: Target | None = None) -> str:
     tc = (target or detect()).toolchain
     cc = tc.compiler()
     version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
-    isa = sorted(line for line in predefined_macros(cc, tc.cflags).splitlines()
-                 if any(k in line for k in ("__AVX", "__FMA", "__SSE", "__ARM_NEON", "__aarch64__")))
+    isa = sorted(isa_macro_lines(cc, tc.cflags))
     return hashlib.sha256((version + "\n".join(isa)).encode()).hexdigest()[:16]
 
 

@@ -35,3 +35,11 @@ def predefined_macros(cc: str, flags: tuple[str, ...]) -> str:
     """``cc``'s predefined macros under ``flags`` (one compiler run per pair and process)."""
     return subprocess.run([cc, *flags, "-dM", "-E", "-x", "c", "-"], input="",
                           capture_output=True, text=True).stdout
+
+
+ISA_MARKERS = ("__AVX", "__FMA", "__SSE", "__ARM_NEON", "__aarch64__")
+
+
+def isa_macro_lines(cc: str, flags: tuple[str, ...]) -> set[str]:
+    """The ``#define`` lines of the vector-ISA macros ``cc`` predefines under ``flags``."""
+    return {line for line in predefined_macros(cc, flags).splitlines() if any(k in line for k in ISA_MARKERS)}
