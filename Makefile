@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
 
-.PHONY: install demo test test-all bench bench-peers bench-litert data clean
+.PHONY: install demo test test-all bench bench-peers bench-litert data cross clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml Makefile
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
-install: $(STAMP) data
+install: $(STAMP) data cross
 
 # Fashion-MNIST from Debian (real, offline). Skipped quietly where apt is not usable:
 # the data module then says where it looked and falls back to scikit-learn digits for the demo.
@@ -28,6 +28,15 @@ data:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
 	  || echo "note: could not install dataset-fashion-mnist; the demo falls back to digits"; \
 	else echo "note: apt not usable; the demo falls back to scikit-learn digits"; fi
+
+# The aarch64 cross compiler and qemu-user: the export tests build and run ARM64 code with them.
+# Skipped quietly where apt is not usable: those tests then skip, naming the package.
+cross:
+	@if command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 && command -v qemu-aarch64 >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc-aarch64-linux-gnu qemu-user >/dev/null) \
+	  || echo "note: could not install gcc-aarch64-linux-gnu qemu-user; the aarch64 tests skip"; \
+	else echo "note: apt not usable; the aarch64 tests skip (need gcc-aarch64-linux-gnu, qemu-user)"; fi
 
 demo: install
 	$(BIN)/patsparse demo

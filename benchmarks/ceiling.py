@@ -33,12 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import REPO, command_line, git_commit, machine, machine_line, md_table, utc_now  # noqa: E402
 
 from patsparse.compiler.build import compile_c  # noqa: E402
-from patsparse.compiler.codegen.base import PRELUDE  # noqa: E402
-from patsparse.compiler.codegen.ctest import aligned_zeros  # noqa: E402
+from patsparse.compiler.codegen.base import prelude_c  # noqa: E402
+from patsparse.compiler.target import detect  # noqa: E402
+from patsparse.compiler.runtime import aligned_empty  # noqa: E402
 
 CHAINS = 12  # independent accumulators: enough to hide FMA latency at two FMAs per cycle
 
-SOURCE = PRELUDE + r"""
+SOURCE = prelude_c(detect()) + r"""
 #define CHAINS %(chains)d
 /* register-only FMAs on `threads` threads; returns seconds */
 double fma_regs(long n, int threads) {
@@ -149,13 +150,13 @@ def measure(threads: int, runs: int, n: int = 20_000_000, sizes_kb: tuple[int, .
     lib = _lib()
     vl = lib.vector_floats()
     flop = 2 * vl * CHAINS  # per loop iteration
-    l1 = aligned_zeros(4096)
+    l1 = aligned_empty(4096)
     figures = {f"peak_{t}": (lambda t=t: n * flop * t / lib.fma_regs(n, t) / 1e9) for t in sorted({1, threads})}
     for name, off in (("l1_aligned", 0), ("l1_offset1", 1)):
         figures[name] = lambda off=off: n // 4 * flop / lib.fma_l1(l1.ctypes.data, n // 4, off) / 1e9
     for kb in sizes_kb:
         floats = kb * 256 // (8 * vl) * (8 * vl)
-        buf = aligned_zeros(floats) + np.float32(1.0)
+        buf = aligned_empty(floats) + np.float32(1.0)
         reps = max(1, int(2e8 // floats))
         lib.read_bw(buf.ctypes.data, floats, 1)  # page faults and first touch out of the way
         figures[f"bw_{kb}"] = lambda buf=buf, floats=floats, reps=reps: \

@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _clock import CLOCKS, get_clock  # noqa: E402
 
 from patsparse.compiler.codegen import conv_pool, dense_conv, depthwise, gemm, igemm, pool
-from patsparse.compiler.codegen.common import host_vl
+from patsparse.compiler.target import detect
 from patsparse.compiler.codegen.ctest import KernelRunner, from_layout, layout_buffer, to_layout
 from patsparse.compiler.layout import Layout
 
@@ -130,7 +130,7 @@ def torch_module(s: Spec) -> nn.Module:
     with torch.no_grad():
         for p in op.parameters():
             p.normal_(0, 0.1)
-    if s.kind == "convpool":  # the ImageNet stem's pool (graph.fuse_conv_pool)
+    if s.kind == "convpool":  # the ImageNet stem's pool (lowering.fuse_conv_pool)
         return nn.Sequential(op, ACT[s.act](), nn.MaxPool2d(3, 2, 1)).eval()
     return nn.Sequential(op, ACT[s.act]()).eval()
 
@@ -140,14 +140,14 @@ def input_shape(s: Spec) -> tuple[int, ...]:
 
 
 def generate(s: Spec, lin: Layout, lout: Layout, schedule: dict | None):
-    common = dict(in_layout=lin, out_layout=lout, act=s.act, schedule=schedule)
+    common = dict(in_layout=lin, out_layout=lout, act=s.act, schedule=schedule, target=detect())
     if s.kind == "conv":
         return dense_conv.gen_conv2d("k", cin=s.cin, cout=s.cout, k=s.k, stride=s.stride,
                                      padding=s.padding, **common)
     if s.kind == "convpool":
         return conv_pool.gen_conv_maxpool("k", cin=s.cin, cout=s.cout, k=s.k, stride=s.stride,
                                           padding=s.padding, pool_k=3, pool_stride=2, pool_padding=1,
-                                          vl=host_vl(), **common)
+                                          **common)
     if s.kind == "dw":
         return depthwise.gen_depthwise("k", channels=s.cin, stride=s.stride, padding=s.padding,
                                        **common)
@@ -166,7 +166,7 @@ def candidate_schedules(s: Spec, lout: Layout) -> list[dict | None]:
     (ResNet-18's 3x3 512@7: the default is the channel-vector tile np=5, which the
     reduction-blind list ranks below four row tiles)."""
     if s.kind == "conv":
-        return igemm.schedules(cout=s.cout, Ho=lout.H, Wo=lout.W, cin=s.cin, k=s.k)
+        return igemm.schedules(cout=s.cout, Ho=lout.H, Wo=lout.W, cin=s.cin, k=s.k, target=detect())
     if s.kind == "dw":
         return depthwise.schedules(stride=s.stride, out_layout=lout)
     if s.kind == "linear":
@@ -275,7 +275,7 @@ def header(args: argparse.Namespace) -> str:
     return (f"# Dense kernels: GFLOP/s against PyTorch (oneDNN) and ONNX Runtime\n\n"
             f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
             f"commit {commit}\n"
-            f"- machine: {cpu}, {os.cpu_count()} cores, vector width {host_vl()} floats\n"
+            f"- machine: {cpu}, {os.cpu_count()} cores, vector width {detect().require_cpu('host').lanes} floats\n"
             f"- threads: {args.threads} (all engines), batch 1, fp32; medians of {args.rounds} "
             f"interleaved rounds; clock: {args.clock} "
             f"({CLOCKS[args.clock]}); "

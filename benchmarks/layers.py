@@ -264,9 +264,9 @@ def header(args) -> list[str]:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line), "?")
-    from patsparse.compiler.build import isa_macros
+    from patsparse.compiler.target import detect
 
-    isa = "AVX-512" if "__AVX512F__" in isa_macros() else "AVX2" if "__AVX2__" in isa_macros() else "generic"
+    isa = detect().name
     import onnxruntime
     import openvino
 

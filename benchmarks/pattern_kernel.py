@@ -33,7 +33,8 @@ from _clock import CLOCKS, get_clock  # noqa: E402
 from _report import command_line, machine, machine_line, md_table, utc_now  # noqa: E402
 
 from patsparse.compiler.codegen.ctest import KernelRunner, from_layout, layout_buffer, to_layout  # noqa: E402
-from patsparse.compiler.codegen.pattern_conv import SUPPORT, gen_pattern_conv  # noqa: E402
+from patsparse.compiler.codegen.pattern_conv import gen_pattern_conv, support_c  # noqa: E402
+from patsparse.compiler.target import detect  # noqa: E402
 from patsparse.compiler.layout import Layout  # noqa: E402
 from patsparse.pruning.projection import project_connectivity, project_pattern  # noqa: E402
 
@@ -97,8 +98,8 @@ def main(argv: list[str] | None = None) -> None:
     runs = []
     for sched in schedules:
         k = gen_pattern_conv("L", w, stride=args.stride, padding=1, in_layout=inp, out_layout=out,
-                             act="relu", schedule=sched)
-        runner = KernelRunner(replace(k, code=SUPPORT + k.code))
+                             act="relu", schedule=sched, target=detect())
+        runner = KernelRunner(replace(k, code=support_c(k.target) + k.code))
         bufs = (to_layout(x, inp), layout_buffer(out), runner.pack(w), bias)
         runner(*bufs)
         err = np.abs(from_layout(bufs[1], out) - want).max() / max(1.0, np.abs(want).max())

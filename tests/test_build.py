@@ -3,6 +3,7 @@ import ctypes
 import pytest
 
 from patsparse.compiler import build
+from patsparse.compiler.target import host
 from patsparse.errors import BuildError
 
 SRC = "float twice(float x) { return 2.0f * x; }\n"
@@ -26,11 +27,11 @@ def test_failed_build_keeps_source(tmp_path):
 
 
 def test_missing_compiler(monkeypatch, tmp_path):
-    build.find_compiler.cache_clear()
+    host.find_compiler.cache_clear()
     monkeypatch.setenv("CC", "definitely-not-a-compiler")
     monkeypatch.setenv("PATH", str(tmp_path))
     try:
         with pytest.raises(BuildError, match="no C compiler"):
-            build.find_compiler()
+            host.find_compiler()
     finally:
-        build.find_compiler.cache_clear()
+        host.find_compiler.cache_clear()

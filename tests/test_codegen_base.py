@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 
 from patsparse.compiler.build import compile_c
-from patsparse.compiler.codegen.base import PRELUDE, act_c, act_scalar_c
+from patsparse.compiler.codegen.base import act_c, act_scalar_c, prelude_c
+from patsparse.compiler.target import detect
 
-SRC = PRELUDE + r"""
+SRC = prelude_c(detect()) + r"""
 int vl(void) { return VL; }
 void apply(const float *x, float *relu, float *relu6, float *tail, int n) {
     for (int i = 0; i < n; i += VL) {

@@ -15,9 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from patsparse.compiler.build import find_compiler
-from patsparse.compiler.codegen.base import PRELUDE, SLACK
-from patsparse.compiler.codegen.common import host_vl
+from patsparse.compiler.target.host import find_compiler
+from patsparse.compiler.codegen.base import SLACK, prelude_c
 from patsparse.compiler.codegen.conv_pool import gen_conv_maxpool
 from patsparse.compiler.codegen.dense_conv import gen_conv2d
 from patsparse.compiler.codegen.depthwise import gen_depthwise
@@ -25,6 +24,7 @@ from patsparse.compiler.codegen.gemm import gen_linear
 from patsparse.compiler.codegen.pool import gen_avgpool, gen_global_avgpool, gen_maxpool
 from patsparse.compiler.codegen.pw_dw import gen_pw_dw
 from patsparse.compiler.layout import Layout
+from patsparse.compiler.target import detect
 
 HARNESS = r"""
 #include <stdlib.h>
@@ -78,15 +78,14 @@ CASES = {
                                                        schedule={"mr": 4, "nr": 3, "compact": 1}),
                                       L(5, 13, 11, 0), L(7, 7, 6, 0), (7, 5, 1, 1)),
     "conv_maxpool_stem": Case(gen_conv_maxpool, dict(cin=3, cout=21, k=7, stride=2, padding=3, pool_k=3,
-                                                     pool_stride=2, pool_padding=1, act="relu", vl=host_vl()),
+                                                     pool_stride=2, pool_padding=1, act="relu"),
                               L(3, 29, 35, 0), L(21, 8, 9, 1), (21, 3, 7, 7)),
     "conv_maxpool_stem_in_place": Case(gen_conv_maxpool, dict(cin=3, cout=21, k=7, stride=2, padding=3, pool_k=3,
-                                                              pool_stride=2, pool_padding=1, act="relu",
-                                                              vl=host_vl()),
+                                                              pool_stride=2, pool_padding=1, act="relu"),
                                        L(3, 29, 35, 3), L(21, 8, 9, 1), (21, 3, 7, 7)),
     "conv_maxpool_s1_halo": Case(gen_conv_maxpool, dict(cin=2, cout=9, k=3, stride=1, padding=1, pool_k=2,
                                                         pool_stride=2, pool_padding=0, act="relu6",
-                                                        vl=host_vl(), schedule={"mv": 1, "np": 5}),
+                                                        schedule={"mv": 1, "np": 5}),
                                  L(2, 11, 19, 1), L(9, 5, 9, 0), (9, 2, 3, 3)),
     "dw_s1": Case(gen_depthwise, dict(channels=5, stride=1), L(5, 11, 35, 1), L(5, 11, 35, 1),
                   (5, 1, 3, 3), residual=True),
@@ -96,11 +95,11 @@ CASES = {
                          (4, 1, 3, 3)),
     "pw_dw_s2": Case(gen_pw_dw, dict(expand_weight=np.ones((7, 5, 1, 1), np.float32),
                                      expand_bias=np.zeros(7, np.float32), expand_act="relu6", stride=2,
-                                     act="relu6", vl=host_vl(), schedule={"mr": 3, "nr": 2}),
+                                     act="relu6", schedule={"mr": 3, "nr": 2}),
                      L(5, 13, 37, 0), L(7, 7, 19, 1), (7, 1, 3, 3)),
     "pw_dw_s1_k5": Case(gen_pw_dw, dict(expand_weight=np.ones((6, 3, 1, 1), np.float32),
                                         expand_bias=np.zeros(6, np.float32), expand_act="none", k=5,
-                                        padding=2, act="relu6", vl=host_vl()),
+                                        padding=2, act="relu6"),
                         L(3, 9, 33, 1), L(6, 9, 33, 0), (6, 1, 5, 5)),
     "maxpool_s2_nohalo": Case(gen_maxpool, dict(k=3, stride=2, padding=1), L(4, 13, 37, 0),
                               L(4, 7, 19, 0), None),
@@ -114,10 +113,11 @@ CASES = {
 
 def test_kernels_are_memory_safe_under_asan(tmp_path):
     """All cases in one program (one build): ASan names the failing kernel in its report."""
-    parts, calls = [PRELUDE, f"#define SLACK_N {SLACK}u\n", HARNESS], []
+    host = detect()
+    parts, calls = [prelude_c(host), f"#define SLACK_N {SLACK}u\n", HARNESS], []
     for i, (label, case) in enumerate(sorted(CASES.items())):
         kern = case.gen(f"k{i}_{label}", in_layout=case.lin, out_layout=case.lout,
-                        has_residual=case.residual, **case.kwargs)
+                        has_residual=case.residual, target=host, **case.kwargs)
         wsize = kern.pack(np.ones(case.weight, np.float32)).size if case.weight else 0
         parts.append(kern.code)
         calls.append(f"    check({kern.name}, {case.lin.size + SLACK}u, {case.lout.size + SLACK}u, "
@@ -125,7 +125,7 @@ def test_kernels_are_memory_safe_under_asan(tmp_path):
     src = tmp_path / "asan.c"
     src.write_text("\n".join(parts) + "\nint main(void) {\n" + "\n".join(calls) + "\n    return 0;\n}\n")
     exe = tmp_path / "asan"
-    subprocess.run([find_compiler(), "-O1", "-g", "-fopenmp", "-std=gnu11", "-march=native",
+    subprocess.run([find_compiler(), "-O1", "-g", "-fopenmp", "-std=gnu11", *host.toolchain.cflags,
                     "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
                     "-fno-omit-frame-pointer", str(src), "-o", str(exe), "-lm"], check=True)
     env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0", OMP_NUM_THREADS="2")

@@ -8,9 +8,10 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
-from test_codegen_dense import SETTINGS, WIDTHS, _act, check_close, run_kernel, width_flags
+from test_codegen_dense import HOST, SETTINGS, WIDTHS, _act, check_close, run_kernel
 
 from patsparse.compiler.codegen.base import ACTIVATIONS
+from patsparse.compiler.codegen.ctest import width_target
 from patsparse.compiler.codegen.pool import gen_avgpool, gen_global_avgpool, gen_maxpool
 from patsparse.compiler.layout import Layout
 from patsparse.errors import InputError, UnsupportedError
@@ -35,7 +36,7 @@ def test_window_pool_matches_torch(kind, C, k, stride, data, H, W, pin, pout, ac
     Lin, Lout = Layout(C, H, W, pin), Layout(C, *y.shape[1:], pout)
     gen = gen_maxpool if kind == "max" else gen_avgpool
     kern = gen("pool", k=k, stride=stride, padding=padding, in_layout=Lin, out_layout=Lout,
-               act=act, has_residual=residual)
+               act=act, has_residual=residual, target=HOST)
     got = run_kernel(kern, x.numpy(), NO_WEIGHTS, NO_WEIGHTS, Lin, Lout, r.numpy() if residual else None)
     check_close(got, want)
 
@@ -47,7 +48,7 @@ def test_resnet_maxpool_shape(kind):
     fn, gen = (F.max_pool2d, gen_maxpool) if kind == "max" else (F.avg_pool2d, gen_avgpool)
     y = fn(x[None], 3, 2, 1)[0]
     Lin, Lout = Layout(C, H, H, 1), Layout(C, 28, 28, 1)
-    kern = gen("mp", k=3, stride=2, padding=1, in_layout=Lin, out_layout=Lout)
+    kern = gen("mp", k=3, stride=2, padding=1, in_layout=Lin, out_layout=Lout, target=HOST)
     check_close(run_kernel(kern, x.numpy(), NO_WEIGHTS, NO_WEIGHTS, Lin, Lout, None), y)
 
 
@@ -63,9 +64,9 @@ def test_maxpool_of_relu_output_pads_with_the_halo(C, k, stride, data, H, W, ext
     y = F.max_pool2d(x[None], k, stride, padding)[0]
     Lin, Lout = Layout(C, H, W, padding + extra_pad), Layout(C, *y.shape[1:], 1)
     kern = gen_maxpool("pool", k=k, stride=stride, padding=padding, in_layout=Lin, out_layout=Lout,
-                       input_nonneg=True)
+                       input_nonneg=True, target=width_target(vl))
     assert ("the zero halo pads" in kern.code) == (stride in (1, 2))
-    got = run_kernel(kern, x.numpy(), NO_WEIGHTS, NO_WEIGHTS, Lin, Lout, None, width_flags(vl))
+    got = run_kernel(kern, x.numpy(), NO_WEIGHTS, NO_WEIGHTS, Lin, Lout, None)
     check_close(got, y)
 
 
@@ -79,36 +80,35 @@ def test_global_avgpool_matches_torch(C, H, W, pin, pout, act, residual):
     want = _act(y + r if residual else y, act)
     Lin, Lout = Layout(C, H, W, pin), Layout(C, 1, 1, pout)
     kern = gen_global_avgpool("gap", in_layout=Lin, out_layout=Lout, act=act,
-                              has_residual=residual)
+                              has_residual=residual, target=HOST)
     check_close(run_kernel(kern, x.numpy(), NO_WEIGHTS, NO_WEIGHTS, Lin, Lout,
                            r.numpy() if residual else None), want)
 
 
 @pytest.mark.parametrize("vl", WIDTHS)
 def test_pools_at_other_vector_widths(vl):
-    flags = width_flags(vl)
+    tgt = width_target(vl)
     x = torch.randn(3, 13, 37) - 2
     Lin = Layout(3, 13, 37, 0)
     for gen, fn, s in [(gen_maxpool, F.max_pool2d, 2), (gen_avgpool, F.avg_pool2d, 1)]:
         y = fn(x[None], 3, s, 1)[0]
         Lout = Layout(3, *y.shape[1:], 1)
-        kern = gen("p", k=3, stride=s, padding=1, in_layout=Lin, out_layout=Lout)
-        check_close(run_kernel(kern, x.numpy(), NO_WEIGHTS, NO_WEIGHTS, Lin, Lout, None,
-                               flags), y)
+        kern = gen("p", k=3, stride=s, padding=1, in_layout=Lin, out_layout=Lout, target=tgt)
+        check_close(run_kernel(kern, x.numpy(), NO_WEIGHTS, NO_WEIGHTS, Lin, Lout, None), y)
     Lout = Layout(3, 1, 1, 1)
-    kern = gen_global_avgpool("g", in_layout=Layout(3, 13, 37, 1), out_layout=Lout)
+    kern = gen_global_avgpool("g", in_layout=Layout(3, 13, 37, 1), out_layout=Lout, target=tgt)
     check_close(run_kernel(kern, x.numpy(), NO_WEIGHTS, NO_WEIGHTS, Layout(3, 13, 37, 1), Lout,
-                           None, flags), F.adaptive_avg_pool2d(x[None], 1)[0])
+                           None), F.adaptive_avg_pool2d(x[None], 1)[0])
 
 
 def test_unsupported_pool_settings_are_named():
     L = Layout(4, 8, 8, 1)
     with pytest.raises(UnsupportedError, match="ceil_mode"):
-        gen_maxpool("p", k=2, in_layout=L, out_layout=Layout(4, 4, 4, 1), ceil_mode=True)
+        gen_maxpool("p", k=2, in_layout=L, out_layout=Layout(4, 4, 4, 1), ceil_mode=True, target=HOST)
     with pytest.raises(UnsupportedError, match="count_include_pad"):
         gen_avgpool("p", k=3, stride=1, padding=1, in_layout=L, out_layout=L,
-                    count_include_pad=False)
+                    count_include_pad=False, target=HOST)
     with pytest.raises(InputError, match="padding 2"):
-        gen_maxpool("p", k=3, stride=1, padding=2, in_layout=L, out_layout=L)
+        gen_maxpool("p", k=3, stride=1, padding=2, in_layout=L, out_layout=L, target=HOST)
     with pytest.raises(InputError, match="out_layout"):
-        gen_global_avgpool("g", in_layout=L, out_layout=Layout(4, 2, 2, 0))
+        gen_global_avgpool("g", in_layout=L, out_layout=Layout(4, 2, 2, 0), target=HOST)

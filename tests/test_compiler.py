@@ -308,8 +308,9 @@ def test_tuning_picks_a_measured_schedule_and_stays_correct():
     layer = next(l for l in cm.manifest["layers"] if l["kernel"] == "pattern_conv")
     from patsparse.compiler.codegen.pattern_conv import candidate_schedules
     from patsparse.compiler.layout import Layout
+    from patsparse.compiler.target import detect
 
-    measured = candidate_schedules(Layout(8, 12, 12), Layout(16, 12, 12), cm.manifest["vl"], 2)
+    measured = candidate_schedules(Layout(8, 12, 12), Layout(16, 12, 12), detect(), 2)
     chosen = {k: v for k, v in layer["schedule"].items() if k != "vl"}
     assert any(all(chosen.get(k) == v for k, v in c.items()) for c in measured), chosen
     x = torch.randn(2, 8, 12, 12)
@@ -336,15 +337,16 @@ def test_tuner_candidates_include_the_default_dense_schedule():
     """The tuner measures the dense conv's untuned default among its candidates (it used to
     rank them without the input channels and kernel size, and could leave the default out)."""
     from patsparse.compiler.api import capture
-    from patsparse.compiler.codegen.graph import generate_kernels, plan_graph
-    from patsparse.compiler.tune import candidates
+    from patsparse.compiler.codegen.graph import generate_kernels
+    from patsparse.compiler.codegen.kernels import candidates
+    from patsparse.compiler.codegen.plan import plan_graph
 
     m = nn.Sequential(nn.Conv2d(512, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 32, 1)).eval()
     plan = plan_graph(capture(m, torch.zeros(1, 512, 7, 7)))
     generate_kernels(plan)
     for s in plan.steps:  # a candidate names the knobs it sets; the generator fills in the rest
         default = plan.schedules[s.cname]
-        assert any(all(default.get(k) == v for k, v in c.items()) for c in candidates(s, plan.vl)), \
+        assert any(all(default.get(k) == v for k, v in c.items()) for c in candidates(s, plan.target)), \
             (s.cname, default)
 
 
@@ -357,7 +359,8 @@ def test_generated_source_is_the_same_in_every_process():
 
     code = ("import hashlib, torch\n"
             "from patsparse.compiler.api import capture\n"
-            "from patsparse.compiler.codegen.graph import emit_model, generate_kernels, pack_blob, plan_graph\n"
+            "from patsparse.compiler.codegen.graph import emit_model, generate_kernels, pack_blob\n"
+            "from patsparse.compiler.codegen.plan import plan_graph\n"
             "from patsparse.models import get\n"
             "torch.manual_seed(0)\n"
             "m = get('resnet18', num_classes=10, width=0.125, variant='imagenet').eval()\n"

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from patsparse.compiler.api import capture
 from patsparse.compiler.codegen.conv_pool import default_tile, gen_conv_maxpool
-from patsparse.compiler.codegen.ctest import vl_flags
-from patsparse.compiler.codegen.graph import plan_graph
+from patsparse.compiler.codegen.ctest import width_target
+from patsparse.compiler.codegen.plan import plan_graph
 from patsparse.compiler.layout import Layout
 from patsparse.errors import InputError
 from patsparse.models.resnet import resnet18
@@ -31,8 +31,8 @@ def case(*, cin, cout, k, stride, padding, pk, ps, pp, H, W, pin, pout, act="rel
     Lin, Lout = Layout(cin, H, W, pin), Layout(cout, *want.shape[1:], pout)
     kern = gen_conv_maxpool("cp", cin=cin, cout=cout, k=k, stride=stride, padding=padding, pool_k=pk,
                             pool_stride=ps, pool_padding=pp, in_layout=Lin, out_layout=Lout, act=act,
-                            vl=vl, schedule=schedule)
-    got = run_kernel(kern, x.numpy(), w.numpy(), b.numpy(), Lin, Lout, None, flags=vl_flags(vl))
+                            target=width_target(vl), schedule=schedule)
+    got = run_kernel(kern, x.numpy(), w.numpy(), b.numpy(), Lin, Lout, None)
     check_close(got, want)
 
 
@@ -65,9 +65,9 @@ def test_conv_maxpool_matches_torch(cin, cout, k, stride, data, H, W, pin, pout,
 
 
 def test_default_tile_and_bad_arguments():
-    assert default_tile(64, 112, 16) == {"mv": 4, "np": 4}  # 112 pixels in whole groups of 4
-    assert default_tile(20, 45, 16)["mv"] == 2
-    lay = dict(in_layout=Layout(3, 16, 16, 0), out_layout=Layout(8, 4, 4, 1), vl=16)
+    assert default_tile(64, 112, width_target(16)) == {"mv": 4, "np": 4}  # 112 pixels in whole groups of 4
+    assert default_tile(20, 45, width_target(16))["mv"] == 2
+    lay = dict(in_layout=Layout(3, 16, 16, 0), out_layout=Layout(8, 4, 4, 1), target=width_target(16))
     args = dict(cin=3, cout=8, k=3, stride=2, padding=1, pool_k=3, pool_stride=2, pool_padding=1)
     with pytest.raises(InputError, match="needs a ReLU"):
         gen_conv_maxpool("c", **args, act="none", **lay)
@@ -81,12 +81,12 @@ def test_stem_and_pool_fuse_in_the_plan():
     """ResNet's stem and max pool become one step with 32 registers; the pool's consumers read
     the fused step; with 16 registers (AVX2, not measured) they stay two kernels."""
     m = resnet18(num_classes=10, variant="imagenet").eval()
-    plan = plan_graph(capture(m, torch.zeros(1, 3, 64, 64)), vl=16)
+    plan = plan_graph(capture(m, torch.zeros(1, 3, 64, 64)), target=width_target(16))
     kinds = [s.kind for s in plan.steps]
     assert kinds[0] == "conv_pool" and "maxpool" not in kinds
     assert plan.steps[1].node.inputs == [plan.steps[0].node.name]
     assert plan.steps[0].out_layout.H == 16
-    plan8 = plan_graph(capture(m, torch.zeros(1, 3, 64, 64)), vl=8)
+    plan8 = plan_graph(capture(m, torch.zeros(1, 3, 64, 64)), target=width_target(8))
     assert [s.kind for s in plan8.steps][:2] == ["conv2d", "maxpool"]
 
 

@@ -10,10 +10,12 @@ import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
 from patsparse.compiler.build import compile_c
-from patsparse.compiler.codegen.base import PRELUDE, SLACK
-from patsparse.compiler.codegen.ctest import vl_flags
-from patsparse.compiler.codegen.pattern_conv import (SUPPORT, WEIGHT_PREFETCH, candidate_schedules, cm_fits, ct_rows,
-                                                     default_schedule, flat_fits, gen_pattern_conv, host_vl, tap_pack)
+from patsparse.compiler.codegen.base import SLACK, prelude_c
+from patsparse.compiler.codegen.ctest import width_target
+from patsparse.compiler.codegen.pattern_conv import (WEIGHT_PREFETCH, candidate_schedules, cm_fits, ct_rows,
+                                                     default_schedule, flat_fits, gen_pattern_conv, support_c,
+                                                     tap_pack)
+from patsparse.compiler.target import TARGETS, detect
 from patsparse.compiler.layout import Layout
 from patsparse.compiler.reorder import FULL_MASK, analyse, reorder
 from patsparse.compiler.storage import pack, unpack
@@ -21,6 +23,10 @@ from patsparse.errors import InputError, UnsupportedError
 
 PHASE2 = [(0, 1, 3, 4), (1, 2, 4, 5), (3, 4, 6, 7), (4, 5, 7, 8),
           (1, 3, 4, 5), (1, 3, 4, 7), (1, 4, 5, 7), (3, 4, 5, 7)]
+
+HOST = detect()
+# schedule-only checks: the ISAs with 16 lanes and 32 registers, 8 lanes and 16 registers
+T16, T8 = TARGETS["x86-64-avx512"], TARGETS["x86-64-avx2"]
 
 
 def pattern_weight(F_, C, keep=0.3, dense_frac=0.0, small_frac=0.0, seed=0):
@@ -67,8 +73,9 @@ def run_conv(weight, x, *, stride=1, padding=1, act="none", residual=None, in_pa
     Ho, Wo = (H + 2 * padding - 3) // stride + 1, (W + 2 * padding - 3) // stride + 1
     Li, Lo = Layout(C, H, W, in_pad), Layout(F_, Ho, Wo, out_pad)
     gk = gen_pattern_conv("conv", weight, stride=stride, padding=padding, in_layout=Li, out_layout=Lo,
-                          act=act, has_residual=residual is not None, schedule=schedule, vl=vl)
-    src = PRELUDE + SUPPORT + gk.code + r"""
+                          act=act, has_residual=residual is not None, schedule=schedule,
+                          target=HOST if vl is None else width_target(vl))
+    src = prelude_c(gk.target) + support_c(gk.target) + gk.code + r"""
 void run(const float *in, float *out, const float *w, const float *b, const float *res) {
     conv(in, out, w, b, res);
 }
@@ -77,8 +84,7 @@ void run_team(const float *in, float *out, const float *w, const float *b, const
     PS_TEAM_LOOP(1, conv(in, out, w, b, res));
 }
 """
-    flags = (*(vl_flags(vl) if vl else ()), *extra_flags)
-    lib = ctypes.CDLL(str(compile_c(src, name="pconv_test", extra_flags=flags)))
+    lib = ctypes.CDLL(str(compile_c(src, name="pconv_test", target=gk.target, extra_flags=extra_flags)))
     wp = gk.pack(weight)
     bias = np.zeros(F_, np.float32) if bias is None else bias.astype(np.float32)
     xin = to_layout(x, Li)
@@ -138,7 +144,7 @@ def test_pattern_conv_shapes_property(F_, C, H, W, stride, padding, out_pad, row
     Ho, Wo = (H + 2 * padding - 3) // stride + 1, (W + 2 * padding - 3) // stride + 1
     if tiny == "ct":
         schedule = {"layout": "ct", "vecs": vecs}
-    elif tiny and flat_fits(Layout(C, H, W), Layout(F_, Ho, Wo), host_vl()):
+    elif tiny and flat_fits(Layout(C, H, W), Layout(F_, Ho, Wo), HOST):
         schedule = {"layout": tiny, "unroll": unroll}
     else:
         schedule = {"rows": rows, "vecs": vecs, "order": order, "cblk": cblk if order == "tf" else 0}
@@ -223,14 +229,14 @@ def test_channel_tile_hoisted_inputs(stride, hoist):
         assert_close(got, reference(w, x, stride=stride, act="relu"))
     Li, Lo = Layout(10, 13, 21), Layout(12, (13 - 1) // stride + 1, (21 - 1) // stride + 1)
     dflt = gen_pattern_conv("c", w, stride=stride, padding=1, in_layout=Li, out_layout=Lo,
-                            schedule={"layout": "ct"}, vl=8).schedule
+                            schedule={"layout": "ct"}, target=width_target(8)).schedule
     assert dflt["hoist"] == int(stride == 2)
     with pytest.raises(InputError, match="hoist"):
         gen_pattern_conv("c", w, stride=stride, padding=1, in_layout=Li, out_layout=Lo,
-                         schedule={"layout": "ct", "hoist": 2}, vl=8)
+                         schedule={"layout": "ct", "hoist": 2}, target=width_target(8))
     with pytest.raises(InputError, match="ipf"):
         gen_pattern_conv("c", w, stride=stride, padding=1, in_layout=Li, out_layout=Lo,
-                         schedule={"layout": "ct", "ipf": -1}, vl=8)
+                         schedule={"layout": "ct", "ipf": -1}, target=width_target(8))
 
 @pytest.mark.parametrize("vl", [8, 16])
 @pytest.mark.parametrize("in_pad", [1, 2])
@@ -250,12 +256,12 @@ def test_channel_tile_stride2_reads_in_place(vl, in_pad):
                          want)
     Li, Lo = Layout(6, 19, 45), Layout(11, 10, 23)
     assert gen_pattern_conv("c", w, stride=2, padding=1, in_layout=Li, out_layout=Lo,
-                            schedule={"layout": "ct"}, vl=vl).schedule["s2"] == 1
+                            schedule={"layout": "ct"}, target=width_target(vl)).schedule["s2"] == 1
     assert "s2" not in gen_pattern_conv("c", w, stride=1, padding=1, in_layout=Li, out_layout=Layout(11, 19, 45),
-                                        schedule={"layout": "ct"}, vl=vl).schedule
+                                        schedule={"layout": "ct"}, target=width_target(vl)).schedule
     with pytest.raises(InputError, match="s2"):
         gen_pattern_conv("c", w, stride=2, padding=1, in_layout=Li, out_layout=Lo,
-                         schedule={"layout": "ct", "s2": 3}, vl=vl)
+                         schedule={"layout": "ct", "s2": 3}, target=width_target(vl))
 
 
 @pytest.mark.parametrize("wpf", [0, 16, WEIGHT_PREFETCH])
@@ -267,17 +273,17 @@ def test_channel_major_weight_prefetch(wpf):
     x = rng.standard_normal((24, 4, 4)).astype(np.float32)
     L = (Layout(24, 4, 4), Layout(16, 4, 4))
     gk = gen_pattern_conv("c", w, stride=1, padding=1, in_layout=L[0], out_layout=L[1],
-                          schedule={"layout": "cm", "wpf": wpf}, vl=8)
+                          schedule={"layout": "cm", "wpf": wpf}, target=width_target(8))
     assert ("__builtin_prefetch(wk + " in gk.code) == (wpf > 0)
     assert gen_pattern_conv("c", w, stride=1, padding=1, in_layout=L[0], out_layout=L[1],
-                            vl=8).schedule["wpf"] == WEIGHT_PREFETCH
+                            target=width_target(8)).schedule["wpf"] == WEIGHT_PREFETCH
     for ipf in (0, 2, 30):  # input prefetch channels ahead: none, default, past the thread's share
         got = run_conv(w, x, act="relu", schedule={"layout": "cm", "wpf": wpf, "ipf": ipf}, vl=8, threads=2)
         assert_close(got, reference(w, x, act="relu"))
     for bad in ({"wpf": -4}, {"ipf": -1}):
         with pytest.raises(InputError, match=next(iter(bad))):
             gen_pattern_conv("c", w, stride=1, padding=1, in_layout=L[0], out_layout=L[1],
-                             schedule={"layout": "cm", **bad}, vl=8)
+                             schedule={"layout": "cm", **bad}, target=width_target(8))
 
 # Tap packing (2 or 4 taps of a kernel in one vector) at each vector width (run_conv builds
 # each width on this host: natively, with the wider ISA off, or 16 lanes emulated).
@@ -291,7 +297,7 @@ def test_tap_packed_tiny_layouts(layout, vl, in_hw, stride, g):
     x = rng.standard_normal((20, *in_hw)).astype(np.float32)
     b = rng.standard_normal(18).astype(np.float32)
     Ho, Wo = (in_hw[0] - 1) // stride + 1, (in_hw[1] - 1) // stride + 1
-    assert tap_pack(Layout(18, Ho, Wo), vl) == g
+    assert tap_pack(Layout(18, Ho, Wo), width_target(vl)) == g
     r = rng.standard_normal((18, Ho, Wo)).astype(np.float32)
     sched = {"layout": layout, "unroll": 1 + (vl == 8), "pack": g, "prefetch": int(vl == 16)}
     got = run_conv(w, x, stride=stride, act="relu", residual=r, bias=b, schedule=sched, vl=vl)
@@ -303,28 +309,28 @@ def test_channel_major_past_the_flat_copies_limit():
     runs channel-major by default even where the flat layout's copies would leave L2."""
     rng = np.random.default_rng(11)
     C, Li, Lo = 300, Layout(300, 7, 7), Layout(6, 7, 7)
-    assert cm_fits(Lo, 16) and not flat_fits(Li, Lo, 16) and not cm_fits(Lo, 8)
-    assert default_schedule(Li, Lo, 16)["layout"] == "cm"
+    assert cm_fits(Lo, T16) and not flat_fits(Li, Lo, T16) and not cm_fits(Lo, T8)
+    assert default_schedule(Li, Lo, T16)["layout"] == "cm"
     w = pattern_weight(6, C, keep=0.5, dense_frac=0.05)
     x = rng.standard_normal((C, 7, 7)).astype(np.float32)
     assert_close(run_conv(w, x, act="relu", vl=16), reference(w, x, act="relu"))
     with pytest.raises(InputError, match="use the 'cm' layout"):
         gen_pattern_conv("c", w, stride=1, padding=1, in_layout=Li, out_layout=Lo,
-                         schedule={"layout": "flat"}, vl=16)
+                         schedule={"layout": "flat"}, target=width_target(16))
     with pytest.raises(InputError, match="at most 4 vectors"):
         gen_pattern_conv("c", w, stride=1, padding=1, in_layout=Li, out_layout=Lo,
-                         schedule={"layout": "cm"}, vl=8)
+                         schedule={"layout": "cm"}, target=width_target(8))
 
 
 def test_tap_pack_choice_and_errors():
-    assert tap_pack(Layout(8, 4, 4), 8) == 1 and tap_pack(Layout(8, 2, 2), 8) == 2
-    assert tap_pack(Layout(8, 1, 1), 8) == 1  # 8 taps per vector: a kernel has at most 4 (+ dense)
+    assert tap_pack(Layout(8, 4, 4), T8) == 1 and tap_pack(Layout(8, 2, 2), T8) == 2
+    assert tap_pack(Layout(8, 1, 1), T8) == 1  # 8 taps per vector: a kernel has at most 4 (+ dense)
     w = pattern_weight(4, 4, keep=0.8)
     L = Layout(4, 2, 2)
     with pytest.raises(InputError, match="pack 4"):
         gen_pattern_conv("c", w, stride=1, padding=1, in_layout=L, out_layout=L,
-                         schedule={"layout": "flat", "pack": 4}, vl=8)
-    assert gen_pattern_conv("c", w, stride=1, padding=1, in_layout=L, out_layout=L, vl=8).schedule["pack"] == 2
+                         schedule={"layout": "flat", "pack": 4}, target=width_target(8))
+    assert gen_pattern_conv("c", w, stride=1, padding=1, in_layout=L, out_layout=L, target=width_target(8)).schedule["pack"] == 2
     # every 4-mask in use: the packed copies would leave L2, so the layer runs unpacked
     masks = list(itertools.combinations(range(9), 4))
     many = np.zeros((4, 512, 9), np.float32)
@@ -332,7 +338,7 @@ def test_tap_pack_choice_and_errors():
         many[:, c, masks[c % len(masks)]] = 1.0
     big = Layout(512, 2, 2)
     k = gen_pattern_conv("c", many.reshape(4, 512, 3, 3), stride=1, padding=1, in_layout=big,
-                         out_layout=Layout(4, 2, 2), schedule={"layout": "flat", "pack": 2}, vl=8)
+                         out_layout=Layout(4, 2, 2), schedule={"layout": "flat", "pack": 2}, target=width_target(8))
     assert k.schedule["pack"] == 1
 
 
@@ -386,9 +392,9 @@ def test_pack_rejects_weights_outside_compiled_sparsity():
 def test_bad_geometry_is_named():
     w = pattern_weight(4, 4)
     with pytest.raises(UnsupportedError, match="stride 1 or 2, not 3"):
-        gen_pattern_conv("c", w, stride=3, padding=1, in_layout=Layout(4, 8, 8), out_layout=Layout(4, 3, 3))
+        gen_pattern_conv("c", w, stride=3, padding=1, in_layout=Layout(4, 8, 8), out_layout=Layout(4, 3, 3), target=HOST)
     with pytest.raises(InputError, match="output layout"):
-        gen_pattern_conv("c", w, stride=1, padding=1, in_layout=Layout(4, 8, 8), out_layout=Layout(4, 7, 7))
+        gen_pattern_conv("c", w, stride=1, padding=1, in_layout=Layout(4, 8, 8), out_layout=Layout(4, 7, 7), target=HOST)
 
 
 @pytest.mark.parametrize("stride", [1, 2])
@@ -416,39 +422,38 @@ def test_channel_blocking_default_follows_density():
     sparse = pattern_weight(64, 64, keep=0.25)
     rows = {"layout": "rows"}  # (the default layout of this shape is a channel tile)
     assert gen_pattern_conv("c", dense_ish, stride=1, padding=1, in_layout=L, out_layout=L,
-                            vl=16, schedule=rows).schedule["cblk"] == 16
+                            target=width_target(16), schedule=rows).schedule["cblk"] == 16
     assert gen_pattern_conv("c", sparse, stride=1, padding=1, in_layout=L, out_layout=L,
-                            vl=16, schedule=rows).schedule["cblk"] == 0
-    assert gen_pattern_conv("c", dense_ish, stride=1, padding=1, in_layout=L, out_layout=L, vl=16,
+                            target=width_target(16), schedule=rows).schedule["cblk"] == 0
+    assert gen_pattern_conv("c", dense_ish, stride=1, padding=1, in_layout=L, out_layout=L, target=width_target(16),
                             schedule={"layout": "rows", "cblk": 0}).schedule["cblk"] == 0
     # a prefetch the caller chose is kept
-    assert gen_pattern_conv("c", dense_ish, stride=1, padding=1, in_layout=L, out_layout=L, vl=16,
+    assert gen_pattern_conv("c", dense_ish, stride=1, padding=1, in_layout=L, out_layout=L, target=width_target(16),
                             schedule={"layout": "rows", "prefetch": 1}).schedule["prefetch"] == 1
     with pytest.raises(InputError, match="cblk"):
-        gen_pattern_conv("c", dense_ish, stride=1, padding=1, in_layout=L, out_layout=L, vl=16,
+        gen_pattern_conv("c", dense_ish, stride=1, padding=1, in_layout=L, out_layout=L, target=width_target(16),
                          schedule={"layout": "rows", "order": "ft", "cblk": 8})
 
 
 def test_tuning_space_is_sane():
-    vl = host_vl()
-    cands = candidate_schedules(Layout(64, 32, 32), Layout(64, 32, 32), vl)
+    cands = candidate_schedules(Layout(64, 32, 32), Layout(64, 32, 32), HOST)
     assert cands and all(c["rows"] * c["vecs"] <= 24 for c in cands if c["layout"] == "rows")
-    tiny = candidate_schedules(Layout(512, 4, 4), Layout(512, 4, 4), vl)
+    tiny = candidate_schedules(Layout(512, 4, 4), Layout(512, 4, 4), HOST)
     assert {c["layout"] for c in tiny} == {"rows", "flat", "cm", "ct"}
-    assert default_schedule(Layout(512, 4, 4), Layout(512, 4, 4), vl)["layout"] == "cm"
+    assert default_schedule(Layout(512, 4, 4), Layout(512, 4, 4), HOST)["layout"] == "cm"
     # 32 registers: one-vector channel tiles as tall as the registers allow (balanced over a team)
-    assert default_schedule(Layout(64, 56, 56), Layout(128, 28, 28), 16) == {"layout": "ct", "vecs": 1, "rows": 8, "hoist": 1}
-    assert default_schedule(Layout(64, 56, 56), Layout(128, 28, 28), 16, 2) == {"layout": "ct", "vecs": 1, "rows": 7, "hoist": 1}
-    assert default_schedule(Layout(64, 32, 32), Layout(64, 32, 32), 16) == {"layout": "ct", "vecs": 1, "rows": 8, "hoist": 0}
-    assert default_schedule(Layout(128, 28, 28), Layout(128, 28, 28), 16) == {"layout": "ct", "vecs": 1, "rows": 8, "hoist": 0}
+    assert default_schedule(Layout(64, 56, 56), Layout(128, 28, 28), T16) == {"layout": "ct", "vecs": 1, "rows": 8, "hoist": 1}
+    assert default_schedule(Layout(64, 56, 56), Layout(128, 28, 28), T16, 2) == {"layout": "ct", "vecs": 1, "rows": 7, "hoist": 1}
+    assert default_schedule(Layout(64, 32, 32), Layout(64, 32, 32), T16) == {"layout": "ct", "vecs": 1, "rows": 8, "hoist": 0}
+    assert default_schedule(Layout(128, 28, 28), Layout(128, 28, 28), T16) == {"layout": "ct", "vecs": 1, "rows": 8, "hoist": 0}
     # more filters: one-vector rows still run channel tiles, as tall as the registers allow
-    assert default_schedule(Layout(256, 14, 14), Layout(256, 14, 14), 16) == {"layout": "ct", "vecs": 1, "rows": 8, "hoist": 0}
-    assert default_schedule(Layout(256, 28, 28), Layout(256, 28, 28), 16)["layout"] == "rows"
+    assert default_schedule(Layout(256, 14, 14), Layout(256, 14, 14), T16) == {"layout": "ct", "vecs": 1, "rows": 8, "hoist": 0}
+    assert default_schedule(Layout(256, 28, 28), Layout(256, 28, 28), T16)["layout"] == "rows"
     # register bound: (3 rows + 2) distinct input vectors per column, 32 registers; AVX2 as before
-    assert [ct_rows(Layout(8, 64, 14), 16, v) for v in (1, 2)] == [8, 3]
-    assert [ct_rows(Layout(8, 64, 14), 8, v) for v in (1, 2)] == [3, 1]
-    assert default_schedule(Layout(64, 32, 32), Layout(64, 32, 32), 8)["layout"] == "rows"
-    assert default_schedule(Layout(64, 56, 56), Layout(128, 28, 28), 8) == {"layout": "ct", "vecs": 2, "rows": 1, "hoist": 1}
+    assert [ct_rows(Layout(8, 64, 14), T16, v) for v in (1, 2)] == [8, 3]
+    assert [ct_rows(Layout(8, 64, 14), T8, v) for v in (1, 2)] == [3, 1]
+    assert default_schedule(Layout(64, 32, 32), Layout(64, 32, 32), T8)["layout"] == "rows"
+    assert default_schedule(Layout(64, 56, 56), Layout(128, 28, 28), T8) == {"layout": "ct", "vecs": 2, "rows": 1, "hoist": 1}
 
 
 @pytest.mark.parametrize("threads", [2, 3, 4])
@@ -458,7 +463,7 @@ def test_channel_tiles_balance_the_team(threads, size):
     busiest thread within 5% of the best row count's (ResNet-18's 14-row layer: 6-row tiles gave
     one of two threads 12 rows, 7-row tiles give 7), and when not the best itself, every
     thread's share made of whole rows of tiles."""
-    out, vl = Layout(256, size, size), 16
+    out, vl, t16 = Layout(256, size, size), 16, TARGETS["x86-64-avx512"]
     nv = -(-size // vl)
 
     def busiest(rows: int) -> int:  # rows (+1 per tile) of the busiest thread, omp static split
@@ -467,15 +472,15 @@ def test_channel_tiles_balance_the_team(threads, size):
         cut = [t * q + min(t, rem) for t in range(threads + 1)]
         return max(sum(costs[cut[t]:cut[t + 1]]) for t in range(threads))
 
-    plain, balanced = ct_rows(out, vl, 2), ct_rows(out, vl, 2, threads=threads)
+    plain, balanced = ct_rows(out, t16, 2), ct_rows(out, t16, 2, threads=threads)
     ncols = -(-nv // 2)
     best = min(busiest(r) for r in range(1, plain + 1))
     assert 1 <= balanced <= plain and busiest(balanced) <= 1.05 * best
     if busiest(balanced) > best:
         ntiles = -(-size // balanced) * ncols
         assert all((t * (ntiles // threads) + min(t, ntiles % threads)) % ncols == 0 for t in range(1, threads))
-    assert ct_rows(out, vl, 2, limit=2, threads=threads) <= 2
+    assert ct_rows(out, t16, 2, limit=2, threads=threads) <= 2
     if size == 14:
-        assert default_schedule(Layout(128, 28, 28), out, vl, threads=2) == {"layout": "ct", "vecs": 1, "rows": 7, "hoist": 1}
+        assert default_schedule(Layout(128, 28, 28), out, t16, threads=2) == {"layout": "ct", "vecs": 1, "rows": 7, "hoist": 1}
     if size == 56 and threads == 2:  # 8-row tiles (28 of them) would split inside a row of tiles
-        assert default_schedule(Layout(64, 56, 56), Layout(64, 56, 56), vl, threads=2)["rows"] == 7
+        assert default_schedule(Layout(64, 56, 56), Layout(64, 56, 56), t16, threads=2)["rows"] == 7

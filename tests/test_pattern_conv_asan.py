@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from patsparse.compiler.build import find_compiler
+from patsparse.compiler.target.host import find_compiler
 
 CHILD = r"""
 import sys

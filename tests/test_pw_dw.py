@@ -11,8 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from patsparse.compiler.api import capture
-from patsparse.compiler.codegen.ctest import vl_flags
-from patsparse.compiler.codegen.graph import PW_DW_MIN_TENSOR_BYTES, plan_graph
+from patsparse.compiler.codegen.ctest import width_target
+from patsparse.compiler.codegen.lowering import PW_DW_MIN_TENSOR_BYTES
+from patsparse.compiler.codegen.plan import plan_graph
 from patsparse.compiler.codegen.pw_dw import default_tile, gen_pw_dw
 from patsparse.compiler.layout import Layout
 from patsparse.errors import InputError, UnsupportedError
@@ -30,10 +31,10 @@ def case(*, cin, C, k=3, stride, padding=1, H, W, pin, pout, eact="relu6", act="
     want = _act(F.conv2d(e, dw, db, stride=stride, padding=padding, groups=C), act)[0]
     Lin, Lout = Layout(cin, H, W, pin), Layout(C, *want.shape[1:], pout)
     kern = gen_pw_dw("pd", expand_weight=ew.numpy(), expand_bias=eb.numpy(), expand_act=eact, k=k,
-                     stride=stride, padding=padding, in_layout=Lin, out_layout=Lout, act=act, vl=vl,
+                     stride=stride, padding=padding, in_layout=Lin, out_layout=Lout, act=act, target=width_target(vl),
                      schedule=schedule)
     assert kern.flops == 2 * C * cin * H * W + 2 * C * k * k * want.shape[1] * want.shape[2]
-    got = run_kernel(kern, x.numpy(), dw.numpy(), db.numpy(), Lin, Lout, None, flags=vl_flags(vl))
+    got = run_kernel(kern, x.numpy(), dw.numpy(), db.numpy(), Lin, Lout, None)
     check_close(got, want)
 
 
@@ -62,10 +63,10 @@ def test_pw_dw_matches_torch(cin, C, k, stride, data, H, W, pin, pout, eact, act
 
 
 def test_default_tile_and_bad_arguments():
-    assert default_tile(96, 112, 16, 16) == {"mr": 3, "nr": 7}  # 7 row vectors in one tile
+    assert default_tile(96, 112, 16, width_target(16)) == {"mr": 3, "nr": 7}  # 7 row vectors in one tile
     args = dict(expand_weight=np.ones((8, 4, 1, 1), np.float32), expand_bias=np.zeros(8, np.float32),
                 expand_act="relu6", in_layout=Layout(4, 9, 9, 0), out_layout=Layout(8, 9, 9, 1),
-                act="relu6", vl=16)
+                act="relu6", target=width_target(16))
     with pytest.raises(UnsupportedError, match="residual"):
         gen_pw_dw("p", **args, has_residual=True)
     with pytest.raises(UnsupportedError, match="stride 3"):
@@ -83,7 +84,7 @@ def test_expand_and_depthwise_fuse_in_the_plan():
     their depthwise convs, the depthwise step reads the expand's input; smaller planes and
     16-register ISAs (AVX2, not measured) keep two kernels."""
     m = mobilenet_v2(num_classes=10).eval()
-    plan = plan_graph(capture(m, torch.zeros(1, 3, 224, 224)), vl=16)
+    plan = plan_graph(capture(m, torch.zeros(1, 3, 224, 224)), target=width_target(16))
     fused = [s for s in plan.steps if s.kind == "pw_dw"]
     assert [s.node.name for s in fused] == [f"features.{i}.conv.1.0" for i in (2, 3, 4)]
     names = {s.node.name for s in plan.steps}
@@ -91,16 +92,17 @@ def test_expand_and_depthwise_fuse_in_the_plan():
     assert "features.5.conv.0.0" in names  # 192 x 28 x 28: stays in L2
     assert fused[0].node.inputs == ["features.1.conv.1"] and fused[0].in_layout.pad == 0
     assert 4 * 96 * 112 * 112 >= PW_DW_MIN_TENSOR_BYTES
-    from patsparse.compiler.tune import candidates
+    from patsparse.compiler.codegen.kernels import candidates
 
-    assert candidates(fused[0], 16)[0] == default_tile(96, 112, 16, 16) and len(candidates(fused[0], 16)) > 1
-    plan8 = plan_graph(capture(m, torch.zeros(1, 3, 224, 224)), vl=8)
+    t16 = width_target(16)
+    assert candidates(fused[0], t16)[0] == default_tile(96, 112, 16, t16) and len(candidates(fused[0], t16)) > 1
+    plan8 = plan_graph(capture(m, torch.zeros(1, 3, 224, 224)), target=width_target(8))
     assert "pw_dw" not in {s.kind for s in plan8.steps}
 
 
 def test_fused_model_round_trips(tmp_path):
-    """A compiled MobileNet-V2 with fused expand convs saves and loads (its stored IR carries the
-    fusion) and gives PyTorch's numbers, batch 2; on a 16-register ISA nothing fuses."""
+    """A compiled MobileNet-V2 with fused expand convs saves and loads (its stored IR is the portable
+    one; loading lowers it again) and gives PyTorch's numbers, batch 2; on a 16-register ISA nothing fuses."""
     import patsparse as ps
 
     torch.manual_seed(0)

@@ -7,6 +7,7 @@ The flow is prune -> compile -> run::
     fast = ps.compile(sparse, example_input)
     y = fast(x)                       # same numbers as sparse(x)
     ps.save(sparse, "model.pats"); ps.load("model.pats")
+    ps.export(sparse, example_input, "out/", target="aarch64-linux-gnu")  # C project, no Python
 
 Names are imported lazily so that ``import patsparse`` stays cheap and a part that is not
 used (say, the compiler on a machine without a C compiler) never gets in the way.
@@ -27,6 +28,7 @@ _LAZY = {
     "prune": "patsparse.pruning.api:prune",
     "describe": "patsparse.pruning.describe:describe",
     "compile": "patsparse.compiler.api:compile",
+    "export": "patsparse.compiler.export:export",
     "save": "patsparse.serialize:save",
     "load": "patsparse.serialize:load",
 }

@@ -13,7 +13,7 @@ import sys
 
 from ..errors import PatsparseError
 
-COMMANDS: list[str] = ["train", "demo", "bench", "compile", "run", "prune", "extract"]
+COMMANDS: list[str] = ["train", "demo", "bench", "compile", "run", "prune", "extract", "export"]
 
 
 def build_parser() -> argparse.ArgumentParser:

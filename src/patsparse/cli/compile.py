@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
 from ..errors import InputError
 
@@ -38,27 +39,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def load_source(src: Path, input_shape: tuple[int, ...] | None) -> tuple[Any, Any]:
+    """(model or ONNX path, example input or None) for a SRC argument of compile and export."""
     import torch
 
+    if not src.exists():
+        raise InputError(f"{src}: no such file or directory")
+    if src.suffix.lower() == ".onnx":
+        return src, None
+    from ..serialize import load
+
+    model = load(src)
+    if getattr(model, "is_compiled_patsparse", False):
+        raise InputError(f"{src} is already a compiled model; give the model it was compiled from")
+    if input_shape is None:
+        raise InputError("--input-shape C,H,W is needed to trace a PyTorch model")
+    return model, torch.zeros(1, *input_shape)
+
+
+def run(args: argparse.Namespace) -> int:
     from ..compiler.api import compile as ps_compile
 
     src = Path(args.src)
-    if not src.exists():
-        raise InputError(f"{src}: no such file or directory")
     t0 = time.perf_counter()
-    if src.suffix.lower() == ".onnx":
-        cm = ps_compile(src, threads=args.threads, tune=args.tune, cache_dir=args.cache_dir)
-    else:
-        from ..serialize import load
-
-        model = load(src)
-        if getattr(model, "is_compiled_patsparse", False):
-            raise InputError(f"{src} is already a compiled model")
-        if args.input_shape is None:
-            raise InputError("--input-shape C,H,W is needed to trace a PyTorch model")
-        example = torch.zeros(1, *args.input_shape)
-        cm = ps_compile(model, example, threads=args.threads, tune=args.tune, cache_dir=args.cache_dir)
+    model, example = load_source(src, args.input_shape)
+    cm = ps_compile(model, example, threads=args.threads, tune=args.tune, cache_dir=args.cache_dir)
     out = cm.save(args.out)
     kinds: dict[str, int] = {}
     for layer in cm.manifest["layers"]:

@@ -17,10 +17,13 @@ import torch
 from ..errors import InputError
 from .build import compile_c, toolchain_fingerprint
 from .capture import capture_onnx, capture_torch
-from .codegen.graph import SYNC_FLOATS, emit_model, generate_kernels, pack_blob, plan_graph
+from .codegen.graph import SYNC_FLOATS, emit_model, generate_kernels, pack_blob
+from .codegen.plan import plan_graph
 from .ir import Graph
 from .passes import run_passes
 from .runtime import FORMAT, FORMAT_VERSION, CompiledModel, sha256
+from .target import Target, detect, get_target
+from .target.host import isa_macro_lines
 
 
 def default_threads() -> int:
@@ -47,16 +50,36 @@ def capture(model_or_onnx_path: Any, example_input: Any = None) -> Graph:
     return g
 
 
+def runnable_here(target: str | Target | None) -> Target:
+    """``target`` resolved (default: this host); InputError when code built for it cannot be
+    loaded into this process: another architecture (``export`` it instead), or ISA extensions
+    this CPU lacks (the library would die with SIGILL, not a Python error)."""
+    t = get_target(target)
+    host = detect()
+    if t.kind != "cpu" or t.triple not in ("", host.triple):
+        raise InputError(f"target {t.name!r} ({t.triple or t.kind}) cannot run in this process on "
+                         f"{host.name}: use patsparse.export to build a project for it")
+    cc = host.toolchain.cc
+    missing = isa_macro_lines(cc, t.toolchain.cflags) - isa_macro_lines(cc, host.toolchain.cflags)
+    if missing:
+        names = sorted(line.split()[1] for line in missing)
+        raise InputError(f"target {t.name!r} needs {', '.join(names)}, which this CPU ({host.name}) "
+                         f"lacks: use patsparse.export to build a project for a machine that has them")
+    return t
+
+
 def build_from_graph(g: Graph, *, threads: int | None = None, schedules: dict | None = None,
                      tune: bool = False, cache_dir: str | os.PathLike | None = None,
-                     origin: str = "", extra_flags: tuple[str, ...] = ()) -> CompiledModel:
-    """Plan, (tune,) generate, build and wrap a fused graph.
+                     origin: str = "", extra_flags: tuple[str, ...] = (),
+                     target: str | Target | None = None) -> CompiledModel:
+    """Plan, (tune,) generate, build and wrap a fused graph for ``target`` (default: this host).
 
     ``extra_flags`` go to the C compiler (tests build with -fsanitize=address this way).
     """
     threads = int(threads or default_threads())
-    plan = plan_graph(g, threads=threads)
-    gj, gt = g.to_json()  # before kernels are generated: the IR as captured and fused
+    target = runnable_here(target)
+    gj, gt = g.to_json()  # the portable IR, before lowering for the target (plan_graph)
+    plan = plan_graph(g, threads=threads, target=target)
     if tune:
         from .tune import tune_plan
 
@@ -64,7 +87,7 @@ def build_from_graph(g: Graph, *, threads: int | None = None, schedules: dict | 
     generate_kernels(plan, schedules)
     blob = pack_blob(plan)
     source = emit_model(plan)
-    lib = compile_c(source, name="model", cache_dir=Path(cache_dir) if cache_dir else None,
+    lib = compile_c(source, name="model", target=target, cache_dir=Path(cache_dir) if cache_dir else None,
                     extra_flags=tuple(extra_flags))
     layers = []
     for s in plan.steps:
@@ -77,7 +100,8 @@ def build_from_graph(g: Graph, *, threads: int | None = None, schedules: dict | 
     out_shape = g.node(g.output).shape
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "origin": origin,
                 "input_shape": list(g.input_shape), "output_shape": list(out_shape),
-                "threads": threads, "vl": plan.vl, "toolchain": toolchain_fingerprint(),
+                "threads": threads, "vl": plan.vl, "target": target.name,
+                "toolchain": toolchain_fingerprint(target),
                 "source_sha256": sha256(source.encode()),
                 "weights_sha256": sha256(blob.astype("<f4").tobytes()),
                 "workspace_floats": plan.ws_floats + SYNC_FLOATS, "blob_floats": plan.blob_floats,
@@ -86,7 +110,8 @@ def build_from_graph(g: Graph, *, threads: int | None = None, schedules: dict | 
 
 
 def compile(model_or_onnx_path: Any, example_input: Any = None, *, threads: int | None = None,
-            tune: bool = False, cache_dir: str | os.PathLike | None = None) -> CompiledModel:
+            tune: bool = False, cache_dir: str | os.PathLike | None = None,
+            target: str | Target | None = None) -> CompiledModel:
     """Compile a (pattern-sparse or dense) CNN to native code.
 
     ``model_or_onnx_path``: an ``nn.Module`` (traced with torch.fx on ``example_input``, a
@@ -94,8 +119,11 @@ def compile(model_or_onnx_path: Any, example_input: Any = None, *, threads: int 
     the weights. ``threads``: OpenMP threads per call (default: the CPUs this process may use).
     ``tune``: measure candidate schedules per layer on this machine (slower compile, stored in
     the manifest). ``cache_dir``: where built libraries are cached (default $PATSPARSE_CACHE or
-    ~/.cache/patsparse). Returns a CompiledModel: ``y = cm(x)``, ``cm.save(dir)``.
+    ~/.cache/patsparse). ``target``: a target name or Target whose code runs here (default
+    this host; e.g. "generic" for portable vector code; other machines: ``export``). Returns a
+    CompiledModel: ``y = cm(x)``, ``cm.save(dir)``.
     """
+    target = runnable_here(target)  # before the capture: a bad name is the first error
     g = capture(model_or_onnx_path, example_input)
     return build_from_graph(g, threads=threads, tune=tune, cache_dir=cache_dir,
-                            origin=getattr(g, "origin", ""))
+                            origin=getattr(g, "origin", ""), target=target)

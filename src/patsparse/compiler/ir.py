@@ -6,9 +6,9 @@ so a compiled model can be regenerated on another machine without the original P
 
 Ops (attrs in brackets):
   conv     [stride, padding, groups, k]  params weight (F, C/g, k, k), bias (F,); the plan may add
-           [pool: {k, stride, padding}]   (a max pool after it, fused: graph.fuse_conv_pool)
+           [pool: {k, stride, padding}]   (a max pool after it, fused: lowering.fuse_conv_pool)
            [expand: {act}]                (a depthwise conv with the 1x1 conv before it fused,
-                                          params expand_weight, expand_bias: graph.fuse_pw_dw)
+                                          params expand_weight, expand_bias: lowering.fuse_pw_dw)
   bn       [eps]                         params mean, var, gamma, beta (folded away by passes)
   linear   []                            params weight (out, in), bias (out,)
   maxpool / avgpool [k, stride, padding]
@@ -20,6 +20,7 @@ out = act(op(x) + bias + residual).
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass, field
 
@@ -61,11 +62,12 @@ class Graph:
         return self.input_shape if name == INPUT else self.node(name).shape
 
     def to_json(self) -> tuple[dict, dict[str, np.ndarray]]:
-        """(JSON-able structure, tensors keyed ``node_index.param``) for saving."""
+        """(JSON-able structure, tensors keyed ``node_index.param``) for saving: a snapshot, so
+        later changes to the graph (lowering for a target fuses nodes in place) do not reach it."""
         tensors = {f"{i}.{k}": np.ascontiguousarray(v) for i, n in enumerate(self.nodes)
                    for k, v in n.params.items()}
-        nodes = [{"name": n.name, "op": n.op, "inputs": n.inputs, "shape": list(n.shape),
-                  "attrs": n.attrs, "act": n.act, "residual": n.residual,
+        nodes = [{"name": n.name, "op": n.op, "inputs": list(n.inputs), "shape": list(n.shape),
+                  "attrs": copy.deepcopy(n.attrs), "act": n.act, "residual": n.residual,
                   "params": sorted(n.params)} for n in self.nodes]
         return {"input_shape": list(self.input_shape), "output": self.output, "nodes": nodes}, tensors
 

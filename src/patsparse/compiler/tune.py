@@ -17,60 +17,33 @@ from pathlib import Path
 import numpy as np
 
 from .build import compile_c
-from .codegen.base import PRELUDE, SLACK
-from .codegen.graph import Plan, Step, _generate
-from .codegen.pattern_conv import SUPPORT, candidate_schedules
+from .codegen.base import SLACK, prelude_c
+from .codegen.kernels import candidates, generate
+from .codegen.pattern_conv import support_c
+from .codegen.step import Plan, Step
 from .runtime import aligned_empty
-
-MAX_CANDIDATES = 6
-
-
-def candidates(step: Step, vl: int, threads: int | None = None) -> list[dict]:
-    """Schedules worth measuring for ``step`` (empty: nothing to tune)."""
-    if step.kind == "pattern_conv":
-        cands = candidate_schedules(step.in_layout, step.out_layout, vl, threads)
-        rows = [c for c in cands if c["layout"] == "rows"]
-        flat = [c for c in cands if c["layout"] != "rows"]
-        # keep the larger row tiles (register reuse) in both loop orders, and every tiny-plane variant
-        rows.sort(key=lambda c: (-(c["rows"] * c["vecs"]), c["order"]))
-        return flat + rows[: MAX_CANDIDATES - len(flat)]
-    if step.kind == "conv2d":
-        try:
-            from .codegen.dense_conv import schedules
-        except ImportError:
-            return []
-        # the same ranking the untuned default comes from (input channels and kernel size
-        # decide it), so the default is always among the candidates measured
-        return list(schedules(cout=step.out_layout.C, out_layout=step.out_layout, cin=step.in_layout.C,
-                              k=step.node.attrs["k"], padding=step.node.attrs["padding"],
-                              stride=step.node.attrs["stride"], in_layout=step.in_layout))[:MAX_CANDIDATES]
-    if step.kind == "pw_dw":
-        from .codegen.pw_dw import tiles
-
-        return tiles(step.out_layout.C, step.in_layout.W, step.in_layout.C, vl)[:MAX_CANDIDATES]
-    return []
-
 
 def tune_plan(plan: Plan, *, threads: int, cache_dir: str | Path | None = None,
               budget_s: float = 0.01, rounds: int = 3) -> dict[str, dict]:
     """Measure candidates for every tunable step of ``plan``; returns {C name: best schedule}."""
     jobs = []  # (step, schedule, kernel)
     for s in plan.steps:
-        cands = candidates(s, plan.vl, plan.threads)
+        cands = candidates(s, plan.target, plan.threads)
         if len(cands) > 1:
             for j, c in enumerate(cands):
-                k = _generate(_renamed(s, f"{s.cname}_c{j}"), c, plan.vl, plan.threads)
+                k = generate(_renamed(s, f"{s.cname}_c{j}"), c, plan.target, plan.threads)
                 jobs.append((s, c, k))
     if not jobs:
         return {}
-    src = [PRELUDE, SUPPORT] + [k.code for _, _, k in jobs]
+    src = [prelude_c(plan.target), support_c(plan.target)] + [k.code for _, _, k in jobs]
     src.append("void tune_run(int id, const float *in, float *out, const float *w, const float *b,\n"
                "              const float *res, int reps, int nthreads) {\n"
                "    omp_set_num_threads(nthreads);\n    switch (id) {")
     src += [f"    case {i}: PS_TEAM_LOOP(reps, {k.name}(in, out, w, b, res)); break;"
             for i, (_, _, k) in enumerate(jobs)]
     src.append("    }\n}\n")
-    lib = ctypes.CDLL(str(compile_c("\n".join(src), name="tune", cache_dir=Path(cache_dir) if cache_dir else None)))
+    lib = ctypes.CDLL(str(compile_c("\n".join(src), name="tune", target=plan.target,
+                                     cache_dir=Path(cache_dir) if cache_dir else None)))
     lib.tune_run.argtypes = [ctypes.c_int] + [ctypes.c_void_p] * 5 + [ctypes.c_int, ctypes.c_int]
     best: dict[str, tuple[float, dict]] = {}
     rng = np.random.default_rng(0)

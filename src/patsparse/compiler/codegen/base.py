@@ -27,12 +27,15 @@ from typing import Callable
 
 import numpy as np
 
+from ..target import Target
+
 SLACK = 64  # zero floats after every activation buffer, so vector over-reads stay inside it
 
 ACTIVATIONS = ("none", "relu", "relu6")
 
-# Portable vectors via GCC/Clang vector extensions: 16 floats with AVX-512, 8 with AVX/AVX2,
-# 4 otherwise. Kernels are written once against VL and these helpers.
+# Portable vectors via GCC/Clang vector extensions, VL floats wide (the target's dialect defines
+# VL and fills the /*@slot@*/ markers: target/dialect.py). Kernels are written once against VL
+# and these helpers.
 PRELUDE = r"""
 #include <stdint.h>
 #include <stddef.h>
@@ -59,9 +62,7 @@ static inline void ps_team_leave(void) { ps_team_sync = 0; ps_team_nt = 0; }
 #define PS_SPIN 4000
 #endif
 static inline void ps_pause(void) {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#endif
+/*@pause@*/
 }
 static void ps_barrier(void) {
     ps_sync *s = ps_team_sync;
@@ -84,13 +85,7 @@ static void ps_barrier(void) {
         ps_team_leave(); \
     } \
 } while (0)
-#if defined(__AVX512F__)
-#define VL 16
-#elif defined(__AVX__)
-#define VL 8
-#else
-#define VL 4
-#endif
+/*@vector_width@*/
 typedef float vf __attribute__((vector_size(VL * 4)));
 typedef float vfu __attribute__((vector_size(VL * 4), aligned(4)));
 typedef int32_t vi __attribute__((vector_size(VL * 4)));
@@ -100,21 +95,7 @@ static inline void vstore(float *p, vf v) { *(vfu *)p = v; }
 /* x - 0 is exact for every x (-0.0 included), so it folds to a plain broadcast; 0 + x does not */
 static inline vf vbcast(float x) { return x - (vf){0}; }
 static inline vf vselect(vi m, vf a, vf b) { return (vf)((m & (vi)a) | (~m & (vi)b)); }
-/* max/min as single instructions where the ISA has them (the generic select is compare + blend);
-   both forms return b when a is NaN. PS_EMULATED_VL: tests build 16-lane code on a host without
-   AVX-512 through GCC's generic vectors, so no AVX-512 intrinsics then. */
-#if VL == 16 && defined(__AVX512F__) && !defined(PS_EMULATED_VL)
-#include <immintrin.h>
-static inline vf vmax(vf a, vf b) { return (vf)_mm512_max_ps((__m512)a, (__m512)b); }
-static inline vf vmin(vf a, vf b) { return (vf)_mm512_min_ps((__m512)a, (__m512)b); }
-#elif VL == 8 && defined(__AVX__)
-#include <immintrin.h>
-static inline vf vmax(vf a, vf b) { return (vf)_mm256_max_ps((__m256)a, (__m256)b); }
-static inline vf vmin(vf a, vf b) { return (vf)_mm256_min_ps((__m256)a, (__m256)b); }
-#else
-static inline vf vmax(vf a, vf b) { return vselect(a > b, a, b); }
-static inline vf vmin(vf a, vf b) { return vselect(a < b, a, b); }
-#endif
+/*@minmax@*/
 static inline vf vrelu(vf a) { return vmax(a, (vf){0}); }
 static inline vf vrelu6(vf a) { return vmin(vmax(a, (vf){0}), vbcast(6.0f)); }
 /* scalar forms for per-element epilogues: fmaxf is a libm call per element unless NaN rules are
@@ -129,25 +110,13 @@ static inline vi vtailmask(int n) {
 static inline vf vand(vf a, vi m) { return (vf)((vi)a & m); }
 /* load / store only the lanes set in bit mask m (bit l: lane l); the other lanes' addresses
    are never touched, so a vector may straddle the start or end of a row it writes part of */
-#if VL == 16 && defined(__AVX512F__) && !defined(PS_EMULATED_VL)
-static inline vf vload_lanes(const float *p, unsigned m) { return (vf)_mm512_maskz_loadu_ps((__mmask16)m, p); }
-static inline void vstore_lanes(float *p, unsigned m, vf v) { _mm512_mask_storeu_ps(p, (__mmask16)m, (__m512)v); }
-#elif VL == 8 && defined(__AVX__)
-static inline __m256i ps_lanes8(unsigned m) {
-    return (__m256i)(((vi){1, 2, 4, 8, 16, 32, 64, 128} & (vi){(int)m, (int)m, (int)m, (int)m,
-                                                         (int)m, (int)m, (int)m, (int)m}) != 0);
-}
-static inline vf vload_lanes(const float *p, unsigned m) { return (vf)_mm256_maskload_ps(p, ps_lanes8(m)); }
-static inline void vstore_lanes(float *p, unsigned m, vf v) { _mm256_maskstore_ps(p, ps_lanes8(m), (__m256)v); }
-#else
-static inline vf vload_lanes(const float *p, unsigned m) {
-    vf v = {0}; for (int i = 0; i < VL; i++) if (m >> i & 1u) v[i] = p[i]; return v;
-}
-static inline void vstore_lanes(float *p, unsigned m, vf v) {
-    for (int i = 0; i < VL; i++) if (m >> i & 1u) p[i] = v[i];
-}
-#endif
+/*@masked_io@*/
 """
+
+
+def prelude_c(target: Target) -> str:
+    """The C every generated source starts with, rendered for ``target``."""
+    return target.render(PRELUDE)
 
 
 def act_c(act: str, expr: str) -> str:
@@ -173,3 +142,4 @@ class GeneratedKernel:
     pack: Callable[[np.ndarray], np.ndarray]
     flops: int
     schedule: dict = field(default_factory=dict)
+    target: Target | None = None  # what the code was rendered for (KernelRunner builds for it)

@@ -1,4 +1,4 @@
-"""Small pieces every dense generator shares: argument checks, host vector width, C helpers.
+"""Small pieces every dense generator shares: argument checks, C helpers, the loop-order choice.
 
 The C helpers sit behind an include guard because the compiler concatenates many kernels into
 one translation unit; each kernel's code carries the guarded block so it also builds alone.
@@ -6,14 +6,13 @@ one translation unit; each kernel's code carries the guarded block so it also bu
 
 from __future__ import annotations
 
-import functools
 import re
 
 import numpy as np
 
 from ...errors import InputError, UnsupportedError
-from ..build import isa_macros
 from ..layout import Layout
+from ..target import Target
 from .base import ACTIVATIONS
 
 MAX_VL = 16  # widest vector any target uses; Python-side sizes that must fit every VL use it
@@ -22,7 +21,7 @@ MAX_VL = 16  # widest vector any target uses; Python-side sizes that must fit ev
 # than the hardware prefetcher follows (docs/COMPILER.md); 4-32 KB measured alike, 1 KB no gain.
 WEIGHT_PREFETCH = 1024
 
-# The C load of one input vector whose columns are ``step`` apart (ps_load_s2: see below).
+# The C load of one input vector whose columns are ``step`` apart (ps_load_s2: the target's dialect).
 VECTOR_LOAD = {1: "vload", 2: "ps_load_s2"}
 
 
@@ -38,8 +37,8 @@ def ring_rows_c(out_row: str, stride: int, pad: int, k: int, n: int) -> list[str
             "for (int r = r0 > done ? r0 : done; r < r1; r++)"]
 
 
-# PS_KEEP: see the C comment.
-# ps_load_s2: lanes 0, 2, 4, ... of p[0 .. 2*VL): one stride-2 vector from two loads + a shuffle.
+# PS_KEEP (pin a loaded vector in a register) and ps_load_s2 (lanes 0, 2, 4, ... of p[0 .. 2*VL):
+# one stride-2 vector) come from the target's dialect (target/dialect.py).
 # PS_SCRATCH: scratch that lives as long as the calling thread (kernels are called from several
 # threads at once, and malloc/free per call would fault fresh pages in on every call); one arena
 # per calling thread serves all kernels of a library, shared with that call's team.
@@ -53,34 +52,8 @@ HELPERS = r"""
 #include <stdlib.h>
 #include <stdio.h>
 #include <pthread.h>
-/* Pin a loaded vector in a register: without it GCC folds the load into every FMA that uses it,
-   turning one load per input vector into MR loads (load-port bound, 2x slower on 3x3 convs).
-   PS_EMULATED_VL (tests: 16-lane code built on a host without AVX-512, where a 64-byte vector
-   fits no register) turns it off. */
-#if (defined(__x86_64__) || defined(__i386__)) && !defined(PS_EMULATED_VL)
-#define PS_KEEP(v) __asm__("" : "+v"(v))
-#else
-#define PS_KEEP(v) ((void)0)
-#endif
-#if VL == 16
-#define PS_EVEN (vi){0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30}
-#elif VL == 8
-#define PS_EVEN (vi){0, 2, 4, 6, 8, 10, 12, 14}
-#else
-#define PS_EVEN (vi){0, 2, 4, 6}
-#endif
-#if VL == 8 && defined(__AVX2__)
-#include <immintrin.h>
-/* AVX2: in-lane vshufps then one cross-lane vpermpd (2 shuffles; the generic form costs 3) */
-static inline vf ps_load_s2(const float *p) {
-    __m256 e = _mm256_shuffle_ps((__m256)vload(p), (__m256)vload(p + VL), 0x88);
-    return (vf)_mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), 0xD8));
-}
-#else
-static inline vf ps_load_s2(const float *p) {
-    return __builtin_shuffle(vload(p), vload(p + VL), PS_EVEN);
-}
-#endif
+/*@keep@*/
+/*@load_s2@*/
 /* Per-thread scratch arenas shared by every kernel of the library (kernels run one after
    another on the calling thread, so the largest request sizes each). Two per thread: the team
    arena (a calling thread's, shared with its team) and the private one (a thread's own).
@@ -125,6 +98,11 @@ static float *ps_team_scratch(size_t nfloats, const char *who) {
 #define PS_PRIVATE(var, nfloats, who) float *var = ps_arena(&ps_private_key, (nfloats), (who))
 #endif
 """
+
+def helpers_c(target: Target) -> str:
+    """The guarded helper block every dense kernel's code carries, rendered for ``target``."""
+    return target.render(HELPERS)
+
 
 _C_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -172,22 +150,6 @@ def check_positive(where: str, **values: int) -> None:
             raise InputError(f"{where}: {key} must be a positive integer, got {v!r}")
 
 
-def vector_registers(vl: int) -> int:
-    """Vector registers of the ISA that has ``vl``-float vectors (32 with AVX-512, else 16)."""
-    return 32 if vl == 16 else 16
-
-
-@functools.lru_cache(maxsize=None)
-def host_vl() -> int:
-    """Floats per vector on the build host: schedule heuristics use it, code never depends on it."""
-    macros = isa_macros()
-    if "__AVX512F__" in macros:
-        return 16
-    if "__AVX__" in macros:
-        return 8
-    return 4
-
-
 def check_weight(weight: np.ndarray, shape: tuple[int, ...], name: str) -> np.ndarray:
     """The layer's weight as float32 of exactly ``shape`` (what a pack function accepts)."""
     w = np.asarray(weight, dtype=np.float32)
@@ -199,7 +161,7 @@ def check_weight(weight: np.ndarray, shape: tuple[int, ...], name: str) -> np.nd
 
 
 def loop_order(*, cin: int, kk: int, cout_pad: int, mr: int, npt: int, src_floats: int,
-               out_floats: int) -> str:
+               out_floats: int, l2_bytes: int) -> str:
     """Which operand a thread re-streams: 'pix' walks pixel tiles outside (all weights are read
     again for every pixel tile, and each tile's stores hop across all Cout planes), 'co' walks
     channel tiles outside (the input is read again for every channel tile, stores stay in MR
@@ -209,11 +171,10 @@ def loop_order(*, cin: int, kk: int, cout_pad: int, mr: int, npt: int, src_float
     only wins, slightly, for small outputs whose input overflows L2 while the weights fit
     (576->96 at 14x14: 48 against 46). So: 'co' unless the output is small (<= 1 MB) and the
     input re-stream costs more than the weight re-stream, counting a re-stream that stays in
-    L2 as a third of one that spills."""
-    l2 = 512 * 1024
+    L2 (``l2_bytes``, the target's) as a third of one that spills."""
 
     def cost(times: int, nbytes: int) -> float:
-        return times * nbytes * (1 if nbytes <= l2 else 3)
+        return times * nbytes * (1 if nbytes <= l2_bytes else 3)
 
     if out_floats * 4 > 1024 * 1024:
         return "co"

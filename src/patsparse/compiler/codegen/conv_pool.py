@@ -29,27 +29,29 @@ import numpy as np
 
 from ...errors import InputError
 from ..layout import Layout, round_up
+from ..target import CpuCaps, Target
 from .access import input_access
 from .base import GeneratedKernel, act_c
-from .common import (HELPERS, check_act, check_layouts, check_name, check_positive, check_weight,
-                     conv_out_size, ring_rows_c, vector_registers)
+from .common import (check_act, check_layouts, check_name, check_positive, check_weight,
+                     conv_out_size, helpers_c, ring_rows_c)
 
 ACTS_NONNEG = ("relu", "relu6")  # the ring's zero padding is a valid max-pool padding only then
 MAX_MV = 4    # channel vectors per tile (64 channels with 16-float vectors)
 MAX_ACC = 20  # accumulators per tile: 4 x 6 spilled in the stand-alone test (155 against 262 GF/s)
 
 
-def _fits(mv: int, np_: int, vl: int) -> bool:
+def _fits(mv: int, np_: int, cpu: CpuCaps) -> bool:
     """MV*NP accumulators, MV weight vectors, a broadcast and a spare in the register file."""
-    return mv * np_ + mv + 2 <= vector_registers(vl)
+    return mv * np_ + mv + 2 <= cpu.vector_registers
 
 
-def default_tile(cout: int, Wo: int, vl: int) -> dict:
+def default_tile(cout: int, Wo: int, target: Target) -> dict:
     """MV channel vectors x NP pixels: as many channel vectors as Cout fills (up to MAX_MV, and
     leaving room for 2 pixels), then the pixel count within the register budget that leaves the
     fewest idle pixels per conv row (ties: more pixels)."""
-    mv = max(m for m in range(1, min(MAX_MV, -(-cout // vl)) + 1) if m == 1 or _fits(m, 2, vl))
-    fits = [n for n in range(1, 13) if mv * n <= MAX_ACC and _fits(mv, n, vl)]
+    cpu = target.require_cpu("conv + max pool tile")
+    mv = max(m for m in range(1, min(MAX_MV, -(-cout // cpu.lanes)) + 1) if m == 1 or _fits(m, 2, cpu))
+    fits = [n for n in range(1, 13) if mv * n <= MAX_ACC and _fits(mv, n, cpu)]
     return {"mv": mv, "np": min(fits, key=lambda n: (-(-Wo // n) * n - Wo, -n))}
 
 
@@ -72,15 +74,17 @@ def transpose_c(names: list[str]) -> list[str]:
 
 def gen_conv_maxpool(name: str, *, cin: int, cout: int, k: int, stride: int, padding: int,
                      pool_k: int, pool_stride: int, pool_padding: int, in_layout: Layout,
-                     out_layout: Layout, act: str, vl: int, schedule: dict | None = None,
+                     out_layout: Layout, act: str, target: Target, schedule: dict | None = None,
                      has_residual: bool = False) -> GeneratedKernel:
     """maxpool(act(conv2d(x, w) + bias)) on one image; ``out_layout`` is the pooled output's.
 
     ``act`` must be relu or relu6 (the ring pads the pool with zeros); the pool's stride may
     not exceed its kernel, nor its padding half the kernel (PyTorch's own rule). ``schedule``:
-    {"mv", "np"} (default_tile). ``vl``: the vector width the code is generated for (a static
+    {"mv", "np"} (default_tile). The code is generated for the ``target``'s vector width (a static
     assert keeps it from being built for another)."""
     where = f"conv+maxpool kernel {name}"
+    cpu = target.require_cpu(where)
+    vl = cpu.lanes
     check_name(name)
     check_positive(where, cin=cin, cout=cout, k=k, stride=stride, pool_k=pool_k, pool_stride=pool_stride)
     check_act(act, where)
@@ -94,11 +98,11 @@ def gen_conv_maxpool(name: str, *, cin: int, cout: int, k: int, stride: int, pad
     Ho, Wo = (conv_out_size(n, k, stride, padding, where) for n in (in_layout.H, in_layout.W))
     Hp, Wp = (conv_out_size(n, pool_k, pool_stride, pool_padding, where) for n in (Ho, Wo))
     check_layouts(where, in_layout, out_layout, (cin, in_layout.H, in_layout.W), (cout, Hp, Wp))
-    tile = {**default_tile(cout, Wo, vl), **{a: int(b) for a, b in (schedule or {}).items() if a in ("mv", "np")}}
+    tile = {**default_tile(cout, Wo, target), **{a: int(b) for a, b in (schedule or {}).items() if a in ("mv", "np")}}
     mv, np_ = tile["mv"], tile["np"]
-    if not (1 <= mv and 1 <= np_ and _fits(mv, np_, vl)):
+    if not (1 <= mv and 1 <= np_ and _fits(mv, np_, cpu)):
         raise InputError(f"{where}: a tile of {mv} channel vectors x {np_} pixels does not fit "
-                         f"{vector_registers(vl)} vector registers")
+                         f"{cpu.vector_registers} vector registers")
     kk, PK, PS, PP = k * k, pool_k, pool_stride, pool_padding
     ng = -(-cout // (mv * vl))            # channel groups of MV vectors
     nb = ng * mv                          # channel blocks of VL, Cout padded
@@ -148,7 +152,7 @@ def gen_conv_maxpool(name: str, *, cin: int, cout: int, k: int, stride: int, pad
               f" vstore(out + (size_t)(b * VL + {c}) * {O.ps} + {O.origin} + (size_t)ph * {O.ld} + pw0, v); }}"
               for c in range(vl)]
     nl = "\n"
-    code = HELPERS + f"""
+    code = helpers_c(target) + f"""
 /* {name}: conv {cin}->{cout} {k}x{k}/{stride} pad {padding}, {act}, max pool {PK}x{PK}/{PS} pad {PP}:
    {in_layout.H}x{in_layout.W} -> {Ho}x{Wo} -> {Hp}x{Wp}; output channels in vectors, tile {mv} x {vl}
    channels x {np_} pixels; a ring of {PK} channel-blocked conv rows per thread */
@@ -202,5 +206,5 @@ static void {name}(const float *restrict in, float *restrict out, const float *r
         # [group][ci][tap][MV*VL]
         return np.ascontiguousarray(full.reshape(ng, mv * vl, cin, kk).transpose(0, 2, 3, 1)).ravel()
 
-    return GeneratedKernel(name=name, code=code, pack=pack, flops=2 * cout * cin * kk * Ho * Wo,
+    return GeneratedKernel(name=name, code=code, target=target, pack=pack, flops=2 * cout * cin * kk * Ho * Wo,
                            schedule={"mv": mv, "np": np_, "pool": [PK, PS, PP]})

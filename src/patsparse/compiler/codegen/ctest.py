@@ -16,24 +16,14 @@ import numpy as np
 from ...errors import InputError
 from ..build import compile_c
 from ..layout import Layout
-from .base import PRELUDE, SLACK, GeneratedKernel
-from .common import host_vl
-
-ALIGN = 64  # bytes; planes start on 64-byte boundaries (layout.py), so buffers must too
-
-
-def aligned_zeros(n: int) -> np.ndarray:
-    """``n`` zero float32 values starting on a 64-byte boundary."""
-    raw = np.zeros(n + ALIGN // 4, dtype=np.float32)
-    start = (-raw.ctypes.data % ALIGN) // 4
-    out = raw[start:start + n]
-    assert out.ctypes.data % ALIGN == 0
-    return out
+from ..runtime import aligned_empty
+from ..target import TARGETS, Target, detect, generic_vectors
+from .base import SLACK, GeneratedKernel, prelude_c
 
 
 def layout_buffer(layout: Layout) -> np.ndarray:
     """A zeroed activation buffer for one image: ``layout.size`` floats plus SLACK."""
-    return aligned_zeros(layout.size + SLACK)
+    return aligned_empty(layout.size + SLACK)
 
 
 def interior_mask(layout: Layout) -> np.ndarray:
@@ -67,24 +57,22 @@ def from_layout(buf: np.ndarray, layout: Layout) -> np.ndarray:
     return _interior_view(buf, layout).copy()
 
 
-def vl_flags(vl: int) -> tuple[str, ...]:
-    """Compiler flags that build code generated for ``vl``-float vectors on this host.
+def width_target(vl: int) -> Target:
+    """A target whose ``vl``-float code builds and runs on this host.
 
-    Why: tests check every vector width on whatever machine runs them. The host's own width
-    builds natively; a narrower one by switching the wider ISA off; 16 lanes on a host without
-    AVX-512 through GCC's generic vectors (``PS_EMULATED_VL``: a 64-byte vector fits no AVX2
-    register, so no AVX-512 intrinsics then).
+    Why: tests check every vector width on whatever machine runs them. The host's own width is
+    the host target; 8 lanes on an AVX-512 host the AVX2 target; any other width the portable
+    generic-vector target, scheduled for the registers of the ISA that has that width (32 for
+    16 lanes, else 16), so the same schedule paths run as on that ISA.
     """
-    host = host_vl()
-    if vl == host:
-        return ()
-    if vl == 16:
-        return ("-D__AVX512F__", "-DPS_EMULATED_VL")
-    if vl == 8 and host == 16:
-        return ("-mno-avx512f",)
-    if vl == 4:
-        return ("-mno-avx",)
-    raise InputError(f"cannot build {vl}-float vector code on a host with {host}-float vectors")
+    host = detect()
+    if vl == host.require_cpu("host").lanes:
+        return host
+    if vl == 8 and host.name == "x86-64-avx512":
+        return TARGETS["x86-64-avx2"]
+    if vl not in (4, 8, 16):
+        raise InputError(f"no target has {vl}-float vectors (4, 8 or 16)")
+    return generic_vectors(vl, 32 if vl == 16 else 16)
 
 
 def _ptr(a: np.ndarray | None) -> ctypes.c_void_p:
@@ -102,7 +90,9 @@ class KernelRunner:
     def __init__(self, kernel: GeneratedKernel, *, cache_dir: Path | None = None,
                  extra_flags: tuple[str, ...] = ()):
         self.kernel = kernel
-        source = PRELUDE + kernel.code + f"""
+        if kernel.target is None:
+            raise InputError(f"kernel {kernel.name}: no target recorded, so it cannot be built")
+        source = prelude_c(kernel.target) + kernel.code + f"""
 void run(const float *in, float *out, const float *w, const float *b, const float *r) {{
     PS_TEAM_LOOP(1, {kernel.name}(in, out, w, b, r));
 }}
@@ -113,13 +103,13 @@ double bench(const float *in, float *out, const float *w, const float *b, const 
     return omp_get_wtime() - t0;
 }}
 """
-        self.lib = ctypes.CDLL(str(compile_c(source, name=f"k_{kernel.name}", cache_dir=cache_dir,
-                                             extra_flags=extra_flags)))
+        self.lib = ctypes.CDLL(str(compile_c(source, name=f"k_{kernel.name}", target=kernel.target,
+                                             cache_dir=cache_dir, extra_flags=extra_flags)))
         self.lib.bench.restype = ctypes.c_double
 
     def pack(self, weight: np.ndarray) -> np.ndarray:
         packed = np.asarray(self.kernel.pack(np.asarray(weight, dtype=np.float32)), np.float32)
-        out = aligned_zeros(packed.size + SLACK)
+        out = aligned_empty(packed.size + SLACK)
         out[:packed.size] = packed.ravel()
         return out
 

@@ -17,9 +17,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..layout import Layout
+from ..target import Target
 from .access import InputAccess
 from .base import GeneratedKernel, act_scalar_c
-from .common import HELPERS, MAX_VL, check_weight, loop_order, vector_registers
+from .common import MAX_VL, check_weight, helpers_c, loop_order
 
 CB = MAX_VL  # output channels per tile
 # The k == 1 slowdown of a reduction step (see cost), by vector width, as measured (AVX2's
@@ -27,7 +28,7 @@ CB = MAX_VL  # output channels per tile
 K1_FACTOR = {8: 1.3, 16: 2.0}
 
 
-def cost(*, cout: int, Ho: int, Wo: int, np_: int, vl: int, red: int, k: int) -> float:
+def cost(*, cout: int, Ho: int, Wo: int, np_: int, target: Target, red: int, k: int) -> float:
     """Modelled cycles: per reduction step max(FMAs, loads) / 2 ports, plus the epilogue.
 
     At k == 1 every reduction step reads a new input plane and a new weight row, which made it
@@ -36,21 +37,23 @@ def cost(*, cout: int, Ho: int, Wo: int, np_: int, vl: int, red: int, k: int) ->
     at 7x7: 55 against 49). With AVX-512 it is about 2: 1x1 convs at 7x7 (MobileNet-V2
     160->960, 320->1280, 576->160, 960->320) ran 1.1-1.6x slower than a 16-channel x one-vector
     row tile, whose weight broadcasts fold into the FMAs (benchmarks/dense_kernels.py)."""
+    vl = target.require_cpu("channel-vector cost").lanes
     nv = CB // vl
     tiles = -(-cout // CB) * -(-(Ho * Wo) // np_)
     step = (max(nv * np_, nv + np_) / 2 + 0.5) * (K1_FACTOR.get(vl, K1_FACTOR[8]) if k == 1 else 1.0)
     return tiles * (red * step + 1.5 * CB * np_)
 
 
-def np_choices(vl: int) -> list[int]:
+def np_choices(target: Target) -> list[int]:
     """Pixels per tile that fit the registers: (16/VL)*NP accumulators + 16/VL weights + 1."""
-    nregs = vector_registers(vl)
-    nv = CB // vl
+    cpu = target.require_cpu("channel-vector tiles")
+    nregs = cpu.vector_registers
+    nv = CB // cpu.lanes
     return [n for n in range(2, 15) if nv * n + nv + 1 <= nregs and nv * n >= 4]
 
 
 def gen_cvec(name: str, *, cin: int, cout: int, k: int, acc: InputAccess, out_layout: Layout,
-             act: str, has_residual: bool, np_: int, order: str | None) -> GeneratedKernel:
+             act: str, has_residual: bool, np_: int, order: str | None, target: Target) -> GeneratedKernel:
     """The channel-vectorised kernel; ``acc`` says how the input is read (unit stride)."""
     O = out_layout
     kk = k * k
@@ -59,7 +62,8 @@ def gen_cvec(name: str, *, cin: int, cout: int, k: int, acc: InputAccess, out_la
     nct, npt = -(-cout // CB), -(-npix // np_)
     if order is None:
         order = loop_order(cin=cin, kk=kk, cout_pad=nct * CB, mr=CB, npt=npt,
-                           src_floats=cin * acc.cs, out_floats=out_layout.size)
+                           src_floats=cin * acc.cs, out_floats=out_layout.size,
+                           l2_bytes=target.require_cpu(name).l2_bytes)
     J = range(np_)
     pix = "\n".join(
         f"        int s{j} = pt * {np_} + {j}, ok{j} = s{j} < {npix}; if (!ok{j}) s{j} = pt * {np_};\n"
@@ -95,7 +99,7 @@ def gen_cvec(name: str, *, cin: int, cout: int, k: int, acc: InputAccess, out_la
             lines.append("        }")
         return "\n".join(lines)
 
-    code = HELPERS + f"""
+    code = helpers_c(target) + f"""
 /* {name}: conv {cin}->{cout}, {Ho}x{Wo} output, channel-vectorised: tile {CB} channels x
    {np_} pixels, {order}-major */
 static void {name}(const float *restrict in, float *restrict out, const float *restrict w,
@@ -126,5 +130,5 @@ static void {name}(const float *restrict in, float *restrict out, const float *r
         full[:cout] = wt
         return np.ascontiguousarray(full.reshape(nct, CB, cin, kk).transpose(0, 2, 3, 1)).ravel()
 
-    return GeneratedKernel(name=name, code=code, pack=pack, flops=2 * cout * cin * kk * npix,
+    return GeneratedKernel(name=name, code=code, target=target, pack=pack, flops=2 * cout * cin * kk * npix,
                            schedule={"np": np_, "order": order})

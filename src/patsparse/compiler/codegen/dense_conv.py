@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from ...errors import InputError, UnsupportedError
 from ..layout import Layout
+from ..target import Target
 from .base import GeneratedKernel
 from .common import (check_act, check_layout_types, check_layouts, check_name, check_positive,
                      conv_out_size)
@@ -24,18 +25,20 @@ MAX_K = 7
 
 
 def schedules(*, cout: int, out_layout: Layout, cin: int | None = None, k: int = 1,
-              padding: int = 0, stride: int = 1, in_layout: Layout | None = None) -> list[dict]:
+              padding: int = 0, stride: int = 1, in_layout: Layout | None = None,
+              target: Target) -> list[dict]:
     """Candidate schedules for a conv writing ``out_layout``, best-by-heuristic first (see
     igemm.schedules); ``cin`` and ``k`` sharpen the ranking when given, ``stride`` and
     ``in_layout`` add in-place stride-2 tiles where they apply."""
     s2 = direct_s2_floats(k=k, stride=stride, padding=padding, in_layout=in_layout) if in_layout else 0
     return _igemm_schedules(cout=cout, Ho=out_layout.H, Wo=out_layout.W, cin=cin, k=k,
-                            compact=k == 1 and padding == 0, s2_input=s2)
+                            compact=k == 1 and padding == 0, s2_input=s2, target=target)
 
 
 def gen_conv2d(name: str, *, cin: int, cout: int, k: int, stride: int = 1, padding: int = 0,
                in_layout: Layout, out_layout: Layout, act: str = "none",
-               has_residual: bool = False, schedule: dict | None = None) -> GeneratedKernel:
+               has_residual: bool = False, schedule: dict | None = None,
+               target: Target) -> GeneratedKernel:
     """Dense conv2d, groups=1, square kernel ``k`` (1..7), stride 1 or 2, zero padding.
 
     Weight shape (cout, cin, k, k). ``in_layout.pad`` may be smaller than ``padding``.
@@ -54,10 +57,10 @@ def gen_conv2d(name: str, *, cin: int, cout: int, k: int, stride: int = 1, paddi
     if k == 1:
         return gen_conv1x1(name, cin=cin, cout=cout, stride=stride, padding=padding,
                            in_layout=in_layout, out_layout=out_layout, act=act,
-                           has_residual=has_residual, schedule=schedule)
+                           has_residual=has_residual, schedule=schedule, target=target)
     Ho = conv_out_size(in_layout.H, k, stride, padding, where)
     Wo = conv_out_size(in_layout.W, k, stride, padding, where)
     check_layouts(where, in_layout, out_layout, (cin, in_layout.H, in_layout.W), (cout, Ho, Wo))
     return gen_igemm(name, cin=cin, cout=cout, k=k, stride=stride, padding=padding,
                      in_layout=in_layout, out_layout=out_layout, act=act,
-                     has_residual=has_residual, schedule=schedule, where=where)
+                     has_residual=has_residual, schedule=schedule, where=where, target=target)

@@ -15,10 +15,11 @@ import numpy as np
 
 from ...errors import InputError, UnsupportedError
 from ..layout import Layout
+from ..target import Target
 from .access import input_access
 from .base import GeneratedKernel, act_c
-from .common import (HELPERS, check_act, check_layout_types, check_layouts, check_name,
-                     check_positive, check_weight, conv_out_size, VECTOR_LOAD)
+from .common import (check_act, check_layout_types, check_layouts, check_name, check_positive,
+                     check_weight, conv_out_size, helpers_c, VECTOR_LOAD)
 
 
 def schedules(*, stride: int, out_layout: Layout) -> list[dict]:
@@ -32,7 +33,8 @@ def schedules(*, stride: int, out_layout: Layout) -> list[dict]:
 
 def gen_depthwise(name: str, *, channels: int, k: int = 3, stride: int = 1, padding: int = 1,
                   in_layout: Layout, out_layout: Layout, act: str = "none",
-                  has_residual: bool = False, schedule: dict | None = None) -> GeneratedKernel:
+                  has_residual: bool = False, schedule: dict | None = None,
+                  target: Target) -> GeneratedKernel:
     """Depthwise conv (groups == channels, one filter per channel); weight shape (C, 1, k, k)."""
     where = f"depthwise kernel {name}"
     check_name(name)
@@ -84,7 +86,7 @@ def gen_depthwise(name: str, *, channels: int, k: int = 3, stride: int = 1, padd
 
     wdecl = " ".join(f"const vf wt{t} = vbcast(wc[{t}]);" for t in range(kk))
     nrb = -(-Ho // rows)
-    code = HELPERS + f"""
+    code = helpers_c(target) + f"""
 /* {name}: depthwise {k}x{k} conv, {channels} channels, stride {stride}, padding {padding},
    {in_layout.H}x{in_layout.W} -> {Ho}x{Wo}, {rows} output rows per pass,
    {'direct input' if acc.direct else 'phase-plane prep'} */
@@ -126,5 +128,5 @@ static void {name}(const float *restrict in, float *restrict out, const float *r
     def pack(weight: np.ndarray) -> np.ndarray:
         return check_weight(weight, (channels, 1, k, k), name).ravel().copy()
 
-    return GeneratedKernel(name=name, code=code, pack=pack, flops=2 * channels * kk * Ho * Wo,
+    return GeneratedKernel(name=name, code=code, target=target, pack=pack, flops=2 * channels * kk * Ho * Wo,
                            schedule={"rows": rows})

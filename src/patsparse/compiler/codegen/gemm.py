@@ -19,15 +19,17 @@ import numpy as np
 
 from ...errors import InputError
 from ..layout import Layout, round_up
+from ..target import Target
 from .base import GeneratedKernel, act_scalar_c
-from .common import (HELPERS, MAX_VL, check_act, check_layout_types, check_layouts, check_name,
-                     check_positive, check_weight, conv_out_size)
+from .common import (check_act, check_layout_types, check_layouts, check_name, check_positive,
+                     check_weight, conv_out_size, helpers_c, MAX_VL)
 from .igemm import gen_igemm
 
 
 def gen_conv1x1(name: str, *, cin: int, cout: int, stride: int = 1, padding: int = 0,
                 in_layout: Layout, out_layout: Layout, act: str = "none",
-                has_residual: bool = False, schedule: dict | None = None) -> GeneratedKernel:
+                has_residual: bool = False, schedule: dict | None = None,
+                target: Target) -> GeneratedKernel:
     """A 1x1 convolution (groups=1) as a register-blocked GEMM; weight shape (cout, cin, 1, 1)."""
     where = f"conv1x1 kernel {name}"
     check_name(name)
@@ -41,7 +43,7 @@ def gen_conv1x1(name: str, *, cin: int, cout: int, stride: int = 1, padding: int
     check_layouts(where, in_layout, out_layout, (cin, in_layout.H, in_layout.W), (cout, Ho, Wo))
     return gen_igemm(name, cin=cin, cout=cout, k=1, stride=stride, padding=padding,
                      in_layout=in_layout, out_layout=out_layout, act=act,
-                     has_residual=has_residual, schedule=schedule, where=where)
+                     has_residual=has_residual, schedule=schedule, where=where, target=target)
 
 
 def schedules_linear(*, out_features: int) -> list[dict]:
@@ -51,7 +53,7 @@ def schedules_linear(*, out_features: int) -> list[dict]:
 
 def gen_linear(name: str, *, in_features: int, out_features: int, in_layout: Layout,
                out_layout: Layout, act: str = "none", has_residual: bool = False,
-               schedule: dict | None = None) -> GeneratedKernel:
+               schedule: dict | None = None, target: Target) -> GeneratedKernel:
     """y = W x + b for one image; weight shape (out_features, in_features).
 
     ``in_layout`` is the layout of the activation being flattened (C*H*W == in_features, read in
@@ -89,7 +91,7 @@ def gen_linear(name: str, *, in_features: int, out_features: int, in_layout: Lay
                    f"for (int l = 0; l < VL; l++) s{i} += a{i}[l]; "
                    f"out[(size_t)(o + {i}) * {O.ps} + {O.origin}] = {act_scalar_c(act, val)}; }}")
     epi = "\n".join(epi)
-    code = HELPERS + f"""
+    code = helpers_c(target) + f"""
 /* {name}: linear {in_features}->{out_features} (input flattened C-H-W from {L.C}x{L.H}x{L.W}),
    GEMV with {mr} output rows per pass */
 static void {name}(const float *restrict in, float *restrict out, const float *restrict w,
@@ -119,5 +121,5 @@ static void {name}(const float *restrict in, float *restrict out, const float *r
         full[:out_features, :in_features] = wt
         return full.ravel()
 
-    return GeneratedKernel(name=name, code=code, pack=pack, flops=2 * in_features * out_features,
+    return GeneratedKernel(name=name, code=code, target=target, pack=pack, flops=2 * in_features * out_features,
                            schedule={"mr": mr})

@@ -42,14 +42,13 @@ import numpy as np
 
 from ...errors import InputError
 from ..layout import Layout, round_up
+from ..target import Target
 from . import cvec
 from .access import compact_access, input_access
 from .base import GeneratedKernel, act_c
-from .common import (HELPERS, VECTOR_LOAD, WEIGHT_PREFETCH, check_weight, host_vl, loop_order,
-                     vector_registers)
+from .common import VECTOR_LOAD, WEIGHT_PREFETCH, check_weight, helpers_c, loop_order
 
 
-L1_BYTES = 32 << 10          # data L1 the model assumes (32-48 KB on current x86 cores)
 L2_BYTES_PER_CYCLE = 32      # sustained L2 -> L1 bandwidth the model assumes
 COMPACT_MAX_SHARE = 0.75     # compact tiles need at most this share of the row vectors
 
@@ -66,7 +65,7 @@ def direct_s2_floats(*, k: int, stride: int, padding: int, in_layout: Layout) ->
 
 
 def schedules(*, cout: int, Ho: int, Wo: int, cin: int | None = None, k: int = 1,
-              vl: int | None = None, compact: bool = False, s2_input: int = 0) -> list[dict]:
+              target: Target, compact: bool = False, s2_input: int = 0) -> list[dict]:
     """Candidate schedules for the auto-tuner: the heuristic's best first (the untuned default),
     then the best of each other tile family, then the rest by rank.
 
@@ -87,8 +86,8 @@ def schedules(*, cout: int, Ho: int, Wo: int, cin: int | None = None, k: int = 1
     stem (3->32 3x3/2 at 224x224, ``profile``, 40 interleaved rounds, AVX-512): phase planes
     4 x 6 172 us, in place 4 x 6 164, 8 x 3 123, 16 x 1 123.
     """
-    vl = vl or host_vl()
-    nregs = vector_registers(vl)
+    cpu = target.require_cpu("dense conv schedules")
+    vl, nregs = cpu.lanes, cpu.vector_registers
     red = (cin or 256) * k * k
     cands = []
     # compact tiles only where rows leave many lanes idle: with a saving of 1/8 (28x28 planes,
@@ -113,7 +112,7 @@ def schedules(*, cout: int, Ho: int, Wo: int, cin: int | None = None, k: int = 1
             # a tile whose input stream (red steps x NR vectors) overflows L1 reads it from L2
             # every step; at ~32 bytes per cycle that bounds wide-NR tiles on long reductions
             # (MobileNet-V2 160->960 at 7x7, AVX-512: MR=3 x NR=7 62 GF/s, 16 x 1 77)
-            l2_cycles = nr * vl * 4 / L2_BYTES_PER_CYCLE if red * nr * vl * 4 > L1_BYTES else 0.0
+            l2_cycles = nr * vl * 4 / L2_BYTES_PER_CYCLE if red * nr * vl * 4 > cpu.l1_bytes else 0.0
             loads = (mr + (2 if s2 else 1) * nr) / 2
             step = max(mr * nr / 2, loads, l2_cycles) + 0.5  # +0.5: loop/pointer overhead
             extra = 0.0
@@ -121,8 +120,8 @@ def schedules(*, cout: int, Ho: int, Wo: int, cin: int | None = None, k: int = 1
                 extra = -(-cout // mr) * s2_input * 4 / L2_BYTES_PER_CYCLE + (0 if s2 else s2_input)
             sched = {"mr": mr, "nr": nr, **({"compact": 1} if cp else {}), **({"s2": 1} if s2 else {})}
             cands.append((tiles * (red * step + mr * nr * segs) + copy + extra, -mr * nr, sched))
-    for np_ in cvec.np_choices(vl):
-        c = cvec.cost(cout=cout, Ho=Ho, Wo=Wo, np_=np_, vl=vl, red=red, k=k)
+    for np_ in cvec.np_choices(target):
+        c = cvec.cost(cout=cout, Ho=Ho, Wo=Wo, np_=np_, target=target, red=red, k=k)
         cands.append((c, -np_ * cvec.CB // vl, {"np": np_}))
     cands.sort(key=lambda c: c[:2])
     ranked = [c[2] for c in cands]
@@ -188,13 +187,14 @@ def pack_tiles(weight: np.ndarray, mr: int) -> np.ndarray:
 
 def gen_igemm(name: str, *, cin: int, cout: int, k: int, stride: int, padding: int,
               in_layout: Layout, out_layout: Layout, act: str, has_residual: bool,
-              schedule: dict | None, where: str) -> GeneratedKernel:
+              schedule: dict | None, where: str, target: Target) -> GeneratedKernel:
     """Generate the implicit-GEMM conv; callers have already validated shapes and arguments."""
     H, W, s, P, K = in_layout.H, in_layout.W, stride, padding, k
     Ho, Wo = out_layout.H, out_layout.W
     if schedule is None:
         schedule = schedules(cout=cout, Ho=Ho, Wo=Wo, cin=cin, k=K, compact=K == 1 and P == 0,
-                             s2_input=direct_s2_floats(k=K, stride=s, padding=P, in_layout=in_layout))[0]
+                             s2_input=direct_s2_floats(k=K, stride=s, padding=P, in_layout=in_layout),
+                             target=target)[0]
     mr, nr, np_, order = _check_schedule(schedule, where)
     compact = bool(schedule.get("compact"))  # never with np (_check_schedule)
     if compact and (K != 1 or P != 0):
@@ -206,7 +206,7 @@ def gen_igemm(name: str, *, cin: int, cout: int, k: int, stride: int, padding: i
                                             allow_strided=bool(schedule.get("s2")) and not np_ and K > 1)
     if np_:
         return cvec.gen_cvec(name, cin=cin, cout=cout, k=K, acc=acc, out_layout=out_layout,
-                             act=act, has_residual=has_residual, np_=np_, order=order)
+                             act=act, has_residual=has_residual, np_=np_, order=order, target=target)
     s2 = bool(acc and acc.step == 2)  # direct stride-2 reads: two loads and a shuffle per vector
     cout_pad = round_up(cout, mr)
     if compact:
@@ -218,8 +218,9 @@ def gen_igemm(name: str, *, cin: int, cout: int, k: int, stride: int, padding: i
         reads = "phase-plane prep" if not acc.direct else "direct stride-2 input" if s2 else "direct input"
 
     if order is None:
-        npt = -(-_slots(Ho, Wo, host_vl(), compact) // nr)
+        npt = -(-_slots(Ho, Wo, target.require_cpu(where).lanes, compact) // nr)
         order = loop_order(cin=cin, kk=kk, cout_pad=cout_pad, mr=mr, npt=npt, src_floats=cin * cs,
+                           l2_bytes=target.require_cpu(where).l2_bytes,
                            out_floats=out_layout.size)
     J, I = range(nr), range(mr)
     decl = "\n".join(f"        vf a{i}_{j} = (vf){{0}};" for i in I for j in J)
@@ -262,7 +263,7 @@ def gen_igemm(name: str, *, cin: int, cout: int, k: int, stride: int, padding: i
         for j in J)
     qs = " ".join(f"const float *q{j} = p{j} + (size_t)ci * {cs};" for j in J)
     ns = f"({Ho * Wo} + VL - 1) / VL" if compact else f"{Ho} * NVW"
-    code = HELPERS + f"""
+    code = helpers_c(target) + f"""
 /* {name}: dense conv {cin}->{cout}, {K}x{K}, stride {s}, padding {P}, {H}x{W} -> {Ho}x{Wo},
    implicit GEMM, tile {mr} channels x {nr} {'plane' if compact else 'row'} vectors, {order}-major, {reads} */
 static void {name}(const float *restrict in, float *restrict out, const float *restrict w,
@@ -295,7 +296,7 @@ static void {name}(const float *restrict in, float *restrict out, const float *r
     def pack(weight: np.ndarray) -> np.ndarray:
         return pack_tiles(check_weight(weight, (cout, cin, K, K), name), mr)
 
-    return GeneratedKernel(name=name, code=code, pack=pack,
+    return GeneratedKernel(name=name, code=code, target=target, pack=pack,
                            flops=2 * cout * cin * kk * Ho * Wo,
                            schedule={"mr": mr, "nr": nr, "order": order, **({"compact": 1} if compact else {}),
                                      **({"s2": 1} if s2 else {})})

@@ -24,9 +24,10 @@ import numpy as np
 
 from ...errors import InputError, UnsupportedError
 from ..layout import Layout
+from ..target import Target
 from .base import GeneratedKernel, act_scalar_c, act_c
-from .common import (HELPERS, check_act, check_layout_types, check_layouts, check_name,
-                     check_positive, conv_out_size, VECTOR_LOAD)
+from .common import (check_act, check_layout_types, check_layouts, check_name, check_positive,
+                     conv_out_size, helpers_c, VECTOR_LOAD)
 
 
 def _no_weights(weight: np.ndarray | None) -> np.ndarray:
@@ -50,7 +51,7 @@ def _check_pool(where: str, k: int, stride: int, padding: int, ceil_mode: bool,
 
 def _gen_window_pool(name: str, kind: str, *, k: int, stride: int, padding: int,
                      in_layout: Layout, out_layout: Layout, act: str, has_residual: bool,
-                     where: str, input_nonneg: bool = False) -> GeneratedKernel:
+                     where: str, target: Target, input_nonneg: bool = False) -> GeneratedKernel:
     L, O, s, P, K = in_layout, out_layout, stride, padding, k
     check_layout_types(where, L, O)
     Ho = conv_out_size(L.H, K, s, P, where)
@@ -78,7 +79,7 @@ def _gen_window_pool(name: str, kind: str, *, k: int, stride: int, padding: int,
     val = "acc" if is_max else f"acc * vbcast({1.0 / (K * K)!r}f)"
     if has_residual:
         val += " + vload(res + o)"
-    code = HELPERS + f"""
+    code = helpers_c(target) + f"""
 /* {name}: {kind} pool {K}x{K}, stride {s}, padding {P}, {L.C} channels, {L.H}x{L.W} -> {Ho}x{Wo}{", input >= 0: the zero halo pads" if halo_pads and fast_load else ""} */
 static void {name}(const float *restrict in, float *restrict out, const float *restrict w,
                    const float *restrict bias, const float *restrict res) {{
@@ -106,7 +107,7 @@ static void {name}(const float *restrict in, float *restrict out, const float *r
     }}
 }}
 """
-    return GeneratedKernel(name=name, code=code, pack=_no_weights,
+    return GeneratedKernel(name=name, code=code, target=target, pack=_no_weights,
                            flops=L.C * Ho * Wo * K * K, schedule={})
 
 
@@ -117,7 +118,7 @@ def schedules() -> list[dict]:
 
 def gen_maxpool(name: str, *, k: int, stride: int | None = None, padding: int = 0,
                 in_layout: Layout, out_layout: Layout, act: str = "none",
-                has_residual: bool = False, schedule: dict | None = None,
+                has_residual: bool = False, schedule: dict | None = None, target: Target,
                 ceil_mode: bool = False, dilation: int = 1, input_nonneg: bool = False) -> GeneratedKernel:
     """F.max_pool2d(x, k, stride, padding) on one image (stride defaults to k, as in PyTorch).
 
@@ -130,12 +131,12 @@ def gen_maxpool(name: str, *, k: int, stride: int | None = None, padding: int = 
     _check_pool(where, k, stride, padding, ceil_mode, dilation)
     return _gen_window_pool(name, "max", k=k, stride=stride, padding=padding, in_layout=in_layout,
                             out_layout=out_layout, act=act, has_residual=has_residual, where=where,
-                            input_nonneg=input_nonneg)
+                            target=target, input_nonneg=input_nonneg)
 
 
 def gen_avgpool(name: str, *, k: int, stride: int | None = None, padding: int = 0,
                 in_layout: Layout, out_layout: Layout, act: str = "none",
-                has_residual: bool = False, schedule: dict | None = None,
+                has_residual: bool = False, schedule: dict | None = None, target: Target,
                 ceil_mode: bool = False, count_include_pad: bool = True,
                 divisor_override: int | None = None) -> GeneratedKernel:
     """F.avg_pool2d(x, k, stride, padding) on one image, count_include_pad=True semantics."""
@@ -150,11 +151,13 @@ def gen_avgpool(name: str, *, k: int, stride: int | None = None, padding: int = 
     if divisor_override is not None:
         raise UnsupportedError(f"{where}: divisor_override is not supported")
     return _gen_window_pool(name, "avg", k=k, stride=stride, padding=padding, in_layout=in_layout,
-                            out_layout=out_layout, act=act, has_residual=has_residual, where=where)
+                            out_layout=out_layout, act=act, has_residual=has_residual, where=where,
+                            target=target)
 
 
 def gen_global_avgpool(name: str, *, in_layout: Layout, out_layout: Layout, act: str = "none",
-                       has_residual: bool = False, schedule: dict | None = None) -> GeneratedKernel:
+                       has_residual: bool = False, schedule: dict | None = None,
+                       target: Target) -> GeneratedKernel:
     """AdaptiveAvgPool2d(1): the mean of each channel plane; ``out_layout`` is (C, 1, 1, any pad).
 
     Whole row vectors are summed, lanes past the row included: they read the row's zero tail
@@ -169,7 +172,7 @@ def gen_global_avgpool(name: str, *, in_layout: Layout, out_layout: Layout, act:
     val = f"s * {1.0 / (L.H * L.W)!r}f"
     if has_residual:
         val += f" + res[(size_t)c * {O.ps} + {O.origin}]"
-    code = HELPERS + f"""
+    code = helpers_c(target) + f"""
 /* {name}: global average pool, {L.C} channels of {L.H}x{L.W} */
 static void {name}(const float *restrict in, float *restrict out, const float *restrict w,
                    const float *restrict bias, const float *restrict res) {{
@@ -186,5 +189,5 @@ static void {name}(const float *restrict in, float *restrict out, const float *r
     }}
 }}
 """
-    return GeneratedKernel(name=name, code=code, pack=_no_weights, flops=L.C * L.H * L.W,
+    return GeneratedKernel(name=name, code=code, target=target, pack=_no_weights, flops=L.C * L.H * L.W,
                            schedule={})

@@ -28,31 +28,33 @@ import numpy as np
 
 from ...errors import InputError, UnsupportedError
 from ..layout import Layout, round_up
+from ..target import Target
 from .base import GeneratedKernel, act_c
-from .common import (HELPERS, check_act, check_layout_types, check_layouts, check_name,
-                     check_positive, check_weight, conv_out_size, ring_rows_c, VECTOR_LOAD)
+from .common import (check_act, check_layout_types, check_layouts, check_name, check_positive,
+                     check_weight, conv_out_size, helpers_c, ring_rows_c, VECTOR_LOAD)
 from .igemm import fma_step, pack_tiles, schedules as igemm_schedules
 
 
-def tiles(cout: int, W: int, cin: int, vl: int) -> list[dict]:
+def tiles(cout: int, W: int, cin: int, target: Target) -> list[dict]:
     """The implicit GEMM's row-vector tiles for one expanded row (a 1 x W plane), best first."""
-    return [d for d in igemm_schedules(cout=cout, Ho=1, Wo=W, cin=cin, k=1, vl=vl) if "mr" in d]
+    return [d for d in igemm_schedules(cout=cout, Ho=1, Wo=W, cin=cin, k=1, target=target) if "mr" in d]
 
 
-def default_tile(cout: int, W: int, cin: int, vl: int) -> dict:
-    return tiles(cout, W, cin, vl)[0]
+def default_tile(cout: int, W: int, cin: int, target: Target) -> dict:
+    return tiles(cout, W, cin, target)[0]
 
 
 def gen_pw_dw(name: str, *, expand_weight: np.ndarray, expand_bias: np.ndarray, expand_act: str,
               k: int = 3, stride: int = 1, padding: int = 1, in_layout: Layout, out_layout: Layout,
-              act: str, vl: int, schedule: dict | None = None,
+              act: str, target: Target, schedule: dict | None = None,
               has_residual: bool = False) -> GeneratedKernel:
     """act(depthwise(expand_act(conv1x1(x, expand_weight) + expand_bias), w) + bias) on one image.
 
     ``expand_weight`` (C, Cin, 1, 1); the depthwise weight (C, 1, k, k) is what ``pack`` gets.
-    ``schedule``: {"mr", "nr"}, the expand's tile (default_tile). ``vl``: the vector width the
-    code is generated for (a static assert keeps it from being built for another)."""
+    ``schedule``: {"mr", "nr"}, the expand's tile (default_tile). The code is generated for the
+    ``target``'s vector width (a static assert keeps it from being built for another)."""
     where = f"1x1 + depthwise kernel {name}"
+    vl = target.require_cpu(where).lanes
     check_name(name)
     check_positive(where, k=k, stride=stride)
     check_act(act, where)
@@ -71,7 +73,7 @@ def gen_pw_dw(name: str, *, expand_weight: np.ndarray, expand_bias: np.ndarray, 
     H, W = in_layout.H, in_layout.W
     Ho, Wo = (conv_out_size(n, k, stride, padding, where) for n in (H, W))
     check_layouts(where, in_layout, out_layout, (cin, H, W), (C, Ho, Wo))
-    tile = {**default_tile(C, W, cin, vl), **{a: int(b) for a, b in (schedule or {}).items() if a in ("mr", "nr")}}
+    tile = {**default_tile(C, W, cin, target), **{a: int(b) for a, b in (schedule or {}).items() if a in ("mr", "nr")}}
     mr, nr = tile["mr"], tile["nr"]
     if not (1 <= mr <= 32 and 1 <= nr <= 16):
         raise InputError(f"{where}: expand tile mr={mr}, nr={nr} out of range (1..32, 1..16)")
@@ -100,7 +102,7 @@ def gen_pw_dw(name: str, *, expand_weight: np.ndarray, expand_bias: np.ndarray, 
         puts.append("                }")
     taps = " + ".join(f"wt{kh * K + kw} * {load}(r{kh} + {S} * w0 + {kw})" for kh in range(K) for kw in range(K))
     O, nl = out_layout, "\n"
-    code = HELPERS + f"""
+    code = helpers_c(target) + f"""
 /* {name}: 1x1 conv {cin}->{C} ({expand_act}) + depthwise {K}x{K}/{S} pad {P} ({act}), {H}x{W} -> {Ho}x{Wo};
    a ring of {K} expanded rows per thread, expand tile {mr} channels x {nr} row vectors */
 _Static_assert(VL == {vl}, "{name} was generated for {vl}-float vectors; regenerate it on this machine");
@@ -166,6 +168,6 @@ static void {name}(const float *restrict in, float *restrict out, const float *r
         bias[:C] = eb
         return np.concatenate([pack_tiles(ew, mr), bias, wd]).astype(np.float32)
 
-    return GeneratedKernel(name=name, code=code, pack=pack,
+    return GeneratedKernel(name=name, code=code, target=target, pack=pack,
                            flops=2 * C * cin * H * W + 2 * C * kk * Ho * Wo,
                            schedule={"mr": mr, "nr": nr})

@@ -1,0 +1,195 @@
+"""The kernel registry: one entry per op family, the one place that says which generator runs a
+node, what its tuning space is, and how its generator is called.
+
+Each ``KernelFamily`` has ``matches(node)`` (None: not this family; else a dict of what the
+family read from the node, e.g. a pattern conv's sparsity), ``generate(step, schedule, target,
+threads)`` and ``candidates(step, target, threads)`` (the schedules the tuner measures; the
+first is the untuned default where there is one). Families are tried in order, so a fused node
+(attributes ``pool`` or ``expand``, lowering.py) and a sparse 3x3 conv are claimed before the
+dense conv. Adding an op family: its generator module and one entry in ``FAMILIES``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from ...errors import UnsupportedError
+from ..ir import Node
+from ..reorder import analyse
+from ..target import Target
+from . import conv_pool, dense_conv, depthwise, gemm, pool, pw_dw
+from .base import GeneratedKernel
+from .pattern_conv import candidate_schedules, gen_pattern_conv
+from .step import Step
+
+# a 3x3 conv goes to the pattern kernel when it computes at most this share of the dense taps
+PATTERN_MAX_DENSITY = 0.6
+MAX_CANDIDATES = 6  # schedules the tuner measures per layer
+
+
+@dataclass(frozen=True)
+class KernelFamily:
+    """One op family's generator (see the module docstring)."""
+
+    kind: str
+    matches: Callable[[Node], dict | None]
+    generate: Callable[[Step, dict | None, Target, int | None], GeneratedKernel]
+    candidates: Callable[[Step, Target, int | None], list[dict]] = lambda step, target, threads: []
+
+
+def _conv(node: Node, *, fused: str | None = None, groups1: bool = True) -> bool:
+    """A conv node of the plain (``fused`` None) or the given fused form."""
+    a = node.attrs
+    if node.op != "conv" or ("pool" in a) != (fused == "pool") or ("expand" in a) != (fused == "expand"):
+        return False
+    return fused is not None or (a["groups"] == 1) == groups1
+
+
+def _common(step: Step, schedule: dict | None, target: Target) -> dict:
+    n = step.node
+    return dict(in_layout=step.in_layout, out_layout=step.out_layout, act=n.act,
+                has_residual=n.residual is not None, schedule=schedule, target=target)
+
+
+def _out_channels(step: Step) -> int:
+    return step.node.params["weight"].shape[0] if "weight" in step.node.params else step.out_layout.C
+
+
+# ---- pattern conv ---------------------------------------------------------------------------
+def _pattern_matches(node: Node) -> dict | None:
+    a = node.attrs
+    if not _conv(node) or a["k"] != 3 or a["stride"] not in (1, 2):
+        return None
+    w = node.params["weight"]
+    sp = analyse(w, node.name)
+    density = sp.taps_per_kernel().sum() / max(1, 9 * w.shape[0] * w.shape[1])
+    return {"sparsity": sp} if density <= PATTERN_MAX_DENSITY else None
+
+
+def _pattern_generate(step: Step, schedule: dict | None, target: Target, threads: int | None) -> GeneratedKernel:
+    n, a = step.node, step.node.attrs
+    return gen_pattern_conv(step.cname, n.params["weight"], stride=a["stride"], padding=a["padding"],
+                            where=n.name, sparsity=step.sparsity, threads=threads, **_common(step, schedule, target))
+
+
+def _pattern_candidates(step: Step, target: Target, threads: int | None) -> list[dict]:
+    cands = candidate_schedules(step.in_layout, step.out_layout, target, threads)
+    rows = [c for c in cands if c["layout"] == "rows"]
+    flat = [c for c in cands if c["layout"] != "rows"]
+    # keep the larger row tiles (register reuse) in both loop orders, and every tiny-plane variant
+    rows.sort(key=lambda c: (-(c["rows"] * c["vecs"]), c["order"]))
+    return flat + rows[: MAX_CANDIDATES - len(flat)]
+
+
+# ---- dense convs ------------------------------------------------------------------------------
+def _conv2d_generate(step: Step, schedule: dict | None, target: Target, threads: int | None) -> GeneratedKernel:
+    a = step.node.attrs
+    return dense_conv.gen_conv2d(step.cname, cin=step.in_layout.C, cout=_out_channels(step), k=a["k"],
+                                 stride=a["stride"], padding=a["padding"], **_common(step, schedule, target))
+
+
+def _conv2d_candidates(step: Step, target: Target, threads: int | None) -> list[dict]:
+    a = step.node.attrs
+    # the same ranking the untuned default comes from (input channels and kernel size decide it),
+    # so the default is always among the candidates measured
+    return list(dense_conv.schedules(cout=step.out_layout.C, out_layout=step.out_layout, cin=step.in_layout.C,
+                                     k=a["k"], padding=a["padding"], stride=a["stride"],
+                                     in_layout=step.in_layout, target=target))[:MAX_CANDIDATES]
+
+
+def _conv_pool_generate(step: Step, schedule: dict | None, target: Target, threads: int | None) -> GeneratedKernel:
+    n, a = step.node, step.node.attrs
+    p = a["pool"]
+    return conv_pool.gen_conv_maxpool(step.cname, cin=step.in_layout.C, cout=_out_channels(step), k=a["k"],
+                                      stride=a["stride"], padding=a["padding"], pool_k=p["k"],
+                                      pool_stride=p["stride"], pool_padding=p["padding"],
+                                      in_layout=step.in_layout, out_layout=step.out_layout, act=n.act,
+                                      target=target, schedule=schedule)
+
+
+def _pw_dw_generate(step: Step, schedule: dict | None, target: Target, threads: int | None) -> GeneratedKernel:
+    n, a = step.node, step.node.attrs
+    return pw_dw.gen_pw_dw(step.cname, expand_weight=n.params["expand_weight"],
+                           expand_bias=n.params["expand_bias"], expand_act=a["expand"]["act"], k=a["k"],
+                           stride=a["stride"], padding=a["padding"], in_layout=step.in_layout,
+                           out_layout=step.out_layout, act=n.act, target=target, schedule=schedule,
+                           has_residual=n.residual is not None)
+
+
+def _pw_dw_candidates(step: Step, target: Target, threads: int | None) -> list[dict]:
+    return pw_dw.tiles(step.out_layout.C, step.in_layout.W, step.in_layout.C, target)[:MAX_CANDIDATES]
+
+
+def _depthwise_matches(node: Node) -> dict | None:
+    w = node.params.get("weight")
+    ok = _conv(node, groups1=False) and node.attrs["groups"] == w.shape[0] and w.shape[1] == 1 and node.attrs["k"] == 3
+    return {} if ok else None
+
+
+def _depthwise_generate(step: Step, schedule: dict | None, target: Target, threads: int | None) -> GeneratedKernel:
+    a = step.node.attrs
+    return depthwise.gen_depthwise(step.cname, channels=_out_channels(step), stride=a["stride"],
+                                   padding=a["padding"], **_common(step, schedule, target))
+
+
+# ---- the rest ---------------------------------------------------------------------------------
+def _op(name: str) -> Callable[[Node], dict | None]:
+    return lambda node: {} if node.op == name else None
+
+
+def _linear_generate(step: Step, schedule: dict | None, target: Target, threads: int | None) -> GeneratedKernel:
+    w = step.node.params["weight"]
+    return gemm.gen_linear(step.cname, in_features=w.shape[1], out_features=w.shape[0],
+                           **_common(step, schedule, target))
+
+
+def _window_pool(gen: Callable, **extra_of_step: Callable[[Step], object]):
+    def generate(step: Step, schedule: dict | None, target: Target, threads: int | None) -> GeneratedKernel:
+        a = step.node.attrs
+        extra = {k: f(step) for k, f in extra_of_step.items()}
+        return gen(step.cname, k=a["k"], stride=a["stride"], padding=a["padding"], **extra,
+                   **_common(step, schedule, target))
+    return generate
+
+
+def _gap_generate(step: Step, schedule: dict | None, target: Target, threads: int | None) -> GeneratedKernel:
+    return pool.gen_global_avgpool(step.cname, **_common(step, schedule, target))
+
+
+FAMILIES: tuple[KernelFamily, ...] = (
+    KernelFamily("conv_pool", lambda n: {} if _conv(n, fused="pool") else None, _conv_pool_generate),
+    KernelFamily("pw_dw", lambda n: {} if _conv(n, fused="expand") else None, _pw_dw_generate, _pw_dw_candidates),
+    KernelFamily("pattern_conv", _pattern_matches, _pattern_generate, _pattern_candidates),
+    KernelFamily("conv2d", lambda n: {} if _conv(n) else None, _conv2d_generate, _conv2d_candidates),
+    KernelFamily("depthwise", _depthwise_matches, _depthwise_generate),
+    KernelFamily("linear", _op("linear"), _linear_generate),
+    KernelFamily("maxpool", _op("maxpool"), _window_pool(pool.gen_maxpool, input_nonneg=lambda s: s.input_nonneg)),
+    KernelFamily("avgpool", _op("avgpool"), _window_pool(pool.gen_avgpool)),
+    KernelFamily("gap", _op("gap"), _gap_generate),
+)
+_BY_KIND = {f.kind: f for f in FAMILIES}
+
+
+def match(node: Node) -> tuple[str, object]:
+    """(family kind, the sparsity a pattern conv read from its weights or None) for ``node``;
+    an UnsupportedError names the node and the reason when no family runs it."""
+    for fam in FAMILIES:
+        info = fam.matches(node)
+        if info is not None:
+            return fam.kind, info.get("sparsity")
+    a = node.attrs
+    if node.op == "conv":
+        raise UnsupportedError(f"layer {node.name!r}: grouped conv (groups={a['groups']}, "
+                               f"kernel {a['k']}) is not supported; depthwise 3x3 and groups=1 are")
+    raise UnsupportedError(f"layer {node.name!r}: op {node.op!r} has no kernel generator")
+
+
+def generate(step: Step, schedule: dict | None, target: Target, threads: int | None = None) -> GeneratedKernel:
+    """The kernel of ``step`` (``schedule`` None: the family's default) for ``target``."""
+    return _BY_KIND[step.kind].generate(step, schedule, target, threads)
+
+
+def candidates(step: Step, target: Target, threads: int | None = None) -> list[dict]:
+    """Schedules worth measuring for ``step`` on ``target`` (empty: nothing to tune)."""
+    return _BY_KIND[step.kind].candidates(step, target, threads)

@@ -1,0 +1,87 @@
+"""Target-dependent fusions, applied to a graph after its portable form is saved.
+
+The saved IR (a compiled model's graph.json) is the same for every target; lowering for a target
+then folds, where that target's kernels were measured to win, a max pool into the dense conv
+before it (conv_pool.py) and a 1x1 conv into the depthwise conv after it (pw_dw.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir import INPUT, Graph
+from ..passes import replace_uses
+from ..target import Target
+from .conv_pool import ACTS_NONNEG, MAX_MV
+from .kernels import match
+
+# a dense conv + max pool runs fused (conv_pool.py) when one channel group's weights fit in L1
+CONV_POOL_MAX_WEIGHT_BYTES = 40 << 10
+# a 1x1 conv + depthwise conv run fused (pw_dw.py) when the 1x1's output would not stay in a
+# core's L2 and its weights stay in L1 during a row
+PW_DW_MIN_TENSOR_BYTES = 1 << 20
+PW_DW_MAX_WEIGHT_BYTES = 32 << 10
+
+
+def lower(g: Graph, target: Target) -> None:
+    """Apply every fusion ``target`` profits from to ``g``, in place."""
+    fuse_conv_pool(g, target)
+    fuse_pw_dw(g, target)
+
+
+def fuse_conv_pool(g: Graph, target: Target) -> None:
+    """Fold a max pool into the dense conv before it (conv_pool.py) where that kernel applies:
+    the conv ends in a ReLU/ReLU6, feeds only the pool, has no residual, and one group of its
+    output channels' weights fits in L1 (the ImageNet stem). Measured with 32 vector registers
+    only, so other ISAs keep two kernels. The conv node takes the pool's output shape and an
+    attribute ``pool`` = {k, stride, padding}; the pool node is removed."""
+    cpu = target.require_cpu("conv + max pool fusion")
+    if cpu.vector_registers < 32:
+        return
+    for m in [n for n in g.nodes if n.op == "maxpool"]:
+        src = m.inputs[0]
+        prod = None if src == INPUT else g.node(src)
+        if (prod is None or prod.op != "conv" or "pool" in prod.attrs or prod.act not in ACTS_NONNEG
+                or prod.residual is not None or len(g.users(src)) != 1
+                or m.act not in ("none", "relu") or m.residual is not None):
+            continue
+        a, cin, k = m.attrs, prod.params["weight"].shape[1], prod.attrs["k"]
+        if a["stride"] > a["k"] or 2 * a["padding"] > a["k"] or \
+                cin * k * k * MAX_MV * cpu.lanes * 4 > CONV_POOL_MAX_WEIGHT_BYTES:
+            continue
+        if match(prod)[0] != "conv2d":  # last: for a 3x3 conv it reads the sparsity
+            continue
+        prod.attrs["pool"] = {"k": a["k"], "stride": a["stride"], "padding": a["padding"]}
+        prod.shape = m.shape
+        g.nodes.remove(m)
+        replace_uses(g, m.name, prod.name)
+
+
+def fuse_pw_dw(g: Graph, target: Target) -> None:
+    """Fold a 1x1 conv into the depthwise conv after it (pw_dw.py) where the 1x1's output is too
+    big to stay in L2 (MobileNet-V2's expand convs at 112x112 and 56x56) and that kernel applies:
+    the 1x1 has stride 1, no padding, no residual and feeds only the depthwise conv, which has
+    no residual. Measured with 32 vector registers only, so other ISAs keep two kernels. The
+    depthwise node takes the 1x1's input, its weight and bias as params ``expand_weight`` and
+    ``expand_bias``, and an attribute ``expand`` = {act}; the 1x1 node is removed."""
+    cpu = target.require_cpu("1x1 + depthwise fusion")
+    if cpu.vector_registers < 32:
+        return
+    for d in [n for n in g.nodes if n.op == "conv"]:
+        src = d.inputs[0]
+        e = None if src == INPUT else g.node(src)
+        if (e is None or e.op != "conv" or d.residual is not None or e.residual is not None
+                or "pool" in e.attrs or "expand" in e.attrs or len(g.users(src)) != 1):
+            continue
+        ea, da, w = e.attrs, d.attrs, d.params["weight"]
+        if (ea["k"], ea["stride"], ea["padding"], ea["groups"]) != (1, 1, 0, 1) or \
+                da["groups"] != w.shape[0] or w.shape[1] != 1 or da["stride"] > 2 or da["k"] > cpu.lanes:
+            continue
+        if 4 * int(np.prod(e.shape)) < PW_DW_MIN_TENSOR_BYTES or \
+                4 * e.params["weight"].size > PW_DW_MAX_WEIGHT_BYTES:
+            continue
+        d.params["expand_weight"] = e.params["weight"]
+        d.params["expand_bias"] = e.params.get("bias", np.zeros(w.shape[0], np.float32))
+        d.attrs["expand"] = {"act": e.act}
+        d.inputs = list(e.inputs)
+        g.nodes.remove(e)

@@ -1,0 +1,92 @@
+"""The planner: for a fused graph, which kernel runs each node, the activation layout of every
+tensor, and where each tensor lives in one workspace.
+
+Layouts: a tensor's halo is the largest padding any consumer needs, so a producer writes
+straight into its consumers' layout and padding is free. Workspace reuse: a buffer is recycled
+only for a tensor of the *same* layout. Kernels never write halos, so a halo zeroed once stays
+zero for the life of the workspace; reusing a buffer for a different layout would put old
+interior values where a halo should be zero.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir import INPUT, Graph, Node, c_ident
+from ..layout import Layout
+from ..target import Target, detect
+from .base import SLACK
+from .kernels import match
+from .lowering import lower
+from .step import Plan, Step
+
+ALIGN = 16  # floats
+
+
+def _spatial(shape: tuple) -> tuple[int, int, int]:
+    return tuple(shape) if len(shape) == 3 else (int(np.prod(shape)), 1, 1)
+
+
+def _required_pad(node: Node) -> int:
+    if "expand" in node.attrs:  # the fused 1x1 conv reads its input without padding
+        return 0
+    return int(node.attrs.get("padding", 0)) if node.op in ("conv", "maxpool", "avgpool") else 0
+
+
+def plan_graph(g: Graph, *, target: Target | None = None, threads: int | None = None) -> Plan:
+    """Kernel choice, layouts and workspace offsets for a fused graph (see module docstring).
+
+    It first lowers ``g`` for ``target`` (lowering.py: the target's fusions, in ``g`` itself;
+    save the portable graph before). ``target``: what the code is for (default: this host,
+    ``target.detect``)."""
+    target = target or detect()
+    lower(g, target)
+    kinds = {n.name: match(n) for n in g.nodes}  # all errors before any code exists
+    pads: dict[str, int] = {INPUT: 0, **{n.name: 0 for n in g.nodes}}
+    for n in g.nodes:
+        for i in n.inputs:
+            pads[i] = max(pads[i], _required_pad(n))
+    changed = True
+    while changed:  # a residual is read in its consumer's output layout: same halo
+        changed = False
+        for n in g.nodes:
+            if n.residual and pads[n.residual] != pads[n.name]:
+                pads[n.residual] = pads[n.name] = max(pads[n.residual], pads[n.name])
+                changed = True
+    layouts = {t: Layout(*_spatial(g.shape_of(t)), pad=p) for t, p in pads.items()}
+    acts = {n.name: n.act for n in g.nodes}
+    steps = [Step(n, i, kinds[n.name][0], c_ident(n.name, i), layouts[n.inputs[0]], layouts[n.name],
+                  sparsity=kinds[n.name][1], input_nonneg=acts.get(n.inputs[0]) in ("relu", "relu6"))
+             for i, n in enumerate(g.nodes)]
+    offsets, ws = _assign_buffers(g, layouts)
+    return Plan(g, steps, layouts, offsets, ws, target=target, threads=threads)
+
+
+def _assign_buffers(g: Graph, layouts: dict[str, Layout]) -> tuple[dict[str, int], int]:
+    last_use = {INPUT: -1}
+    for i, n in enumerate(g.nodes):
+        for t in n.inputs + ([n.residual] if n.residual else []):
+            last_use[t] = i
+    last_use[g.output] = len(g.nodes)
+    free: dict[Layout, list[int]] = {}
+    offsets: dict[str, int] = {}
+    top = 0
+
+    def alloc(t: str) -> None:
+        nonlocal top
+        lay = layouts[t]
+        if free.get(lay):
+            offsets[t] = free[lay].pop()
+        else:
+            offsets[t] = top
+            top += (lay.size + SLACK + ALIGN - 1) // ALIGN * ALIGN
+
+    alloc(INPUT)
+    for i, n in enumerate(g.nodes):
+        alloc(n.name)
+        # dict, not set: string hashes vary between processes, and the order here decides the
+        # offsets, so a set made the source (the build cache key) differ from run to run
+        for t in dict.fromkeys(n.inputs + ([n.residual] if n.residual else [])):
+            if last_use.get(t) == i:
+                free.setdefault(layouts[t], []).append(offsets[t])
+    return offsets, top

@@ -1,0 +1,49 @@
+"""The portable dialect: GCC/Clang vector extensions only, no intrinsics, no inline asm.
+
+Why it exists: any C11 compiler with vector extensions builds it, on any CPU (GCC lowers the
+vectors to what the target has, or to scalar code), so it is the fallback for an unknown
+machine and the way to build code of any vector width on any host. The other dialects reuse
+its forms where their ISA has nothing better.
+"""
+
+from __future__ import annotations
+
+from .dialect import CDialect
+
+# max/min as compare + select; return b when a is NaN, like the x86 instructions
+MINMAX = r"""static inline vf vmax(vf a, vf b) { return vselect(a > b, a, b); }
+static inline vf vmin(vf a, vf b) { return vselect(a < b, a, b); }
+"""
+
+MASKED_IO = r"""static inline vf vload_lanes(const float *p, unsigned m) {
+    vf v = {0}; for (int i = 0; i < VL; i++) if (m >> i & 1u) v[i] = p[i]; return v;
+}
+static inline void vstore_lanes(float *p, unsigned m, vf v) {
+    for (int i = 0; i < VL; i++) if (m >> i & 1u) p[i] = v[i];
+}
+"""
+
+NO_KEEP = "#define PS_KEEP(v) ((void)0)\n"
+
+LOAD_S2 = r"""static inline vf ps_load_s2(const float *p) {
+    return __builtin_shuffle(vload(p), vload(p + VL), PS_EVEN);
+}
+"""
+
+# lane i of PS_EVEN: 2 * i (ps_load_s2's shuffle), one definition per vector width
+EVEN = {16: "#define PS_EVEN (vi){0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30}\n",
+        8: "#define PS_EVEN (vi){0, 2, 4, 6, 8, 10, 12, 14}\n",
+        4: "#define PS_EVEN (vi){0, 2, 4, 6}\n"}
+
+SPREAD4 = "#define PC_SPREAD4(p, ...) __builtin_shufflevector(pc_load4(p), pc_load4(p), __VA_ARGS__)\n"
+
+
+def even_c(lanes: int) -> str:
+    """PS_EVEN for ``lanes``-float vectors."""
+    return EVEN.get(lanes) or f"#define PS_EVEN (vi){{{', '.join(str(2 * i) for i in range(lanes))}}}\n"
+
+
+def dialect(lanes: int) -> CDialect:
+    """The portable dialect at a fixed width of ``lanes`` floats."""
+    return CDialect(pause="", vector_width=f"#define VL {lanes}\n", minmax=MINMAX, masked_io=MASKED_IO,
+                    keep=NO_KEEP, load_s2=even_c(lanes) + LOAD_S2, spread4=SPREAD4)
