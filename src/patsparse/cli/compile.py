@@ -7,16 +7,7 @@ import time
 from pathlib import Path
 
 from ..errors import InputError
-
-
-def _shape(text: str) -> tuple[int, ...]:
-    try:
-        dims = tuple(int(d) for d in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected C,H,W (e.g. 3,32,32), got {text!r}") from None
-    if len(dims) != 3 or min(dims) < 1:
-        raise argparse.ArgumentTypeError(f"expected three positive sizes C,H,W, got {text!r}")
-    return dims
+from .options import input_shape, shape_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,12 +17,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "file), fold and fuse it, read the sparsity from its weights, generate C per "
                     "layer, build it, and write a compiled model directory that `patsparse run` "
                     "and patsparse.load open.",
-        epilog="Examples: patsparse compile runs/vgg/model.pats --input-shape 3,32,32 -o vgg.compiled | "
+        epilog="Examples: patsparse compile runs/r18_8x -o r18.compiled | "
+               "patsparse compile my_model.pats --input-shape 3,32,32 -o my.compiled | "
                "patsparse compile model.onnx -o model.compiled --tune")
     p.add_argument("src", help="saved patsparse model directory or .onnx file")
     p.add_argument("-o", "--out", required=True, help="output directory for the compiled model")
-    p.add_argument("--input-shape", type=_shape, help="C,H,W of one input image (PyTorch models; "
-                   "ONNX files carry their own)")
+    p.add_argument("--input-shape", type=shape_arg, help="C,H,W of one input image (default: the shape the saved "
+                   "model records; ONNX files carry their own)")
     p.add_argument("--threads", type=int, help="OpenMP threads per call (default: all usable CPUs)")
     p.add_argument("--tune", action="store_true", help="measure schedules per layer on this machine")
     p.add_argument("--cache-dir", help="build cache (default $PATSPARSE_CACHE or ~/.cache/patsparse)")
@@ -55,9 +47,7 @@ def run(args: argparse.Namespace) -> int:
         model = load(src)
         if getattr(model, "is_compiled_patsparse", False):
             raise InputError(f"{src} is already a compiled model")
-        if args.input_shape is None:
-            raise InputError("--input-shape C,H,W is needed to trace a PyTorch model")
-        example = torch.zeros(1, *args.input_shape)
+        example = torch.zeros(1, *input_shape(model, args.input_shape, args.src))
         cm = ps_compile(model, example, threads=args.threads, tune=args.tune, cache_dir=args.cache_dir)
     out = cm.save(args.out)
     kinds: dict[str, int] = {}
