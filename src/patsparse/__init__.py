@@ -29,6 +29,7 @@ _LAZY = {
     "compile": "patsparse.compiler.api:compile",
     "save": "patsparse.serialize:save",
     "load": "patsparse.serialize:load",
+    "to_onnx": "patsparse.onnx_export:to_onnx",
 }
 
 __all__ = sorted(_LAZY) + ["PatsparseError", "InputError", "FormatError", "UnsupportedError",

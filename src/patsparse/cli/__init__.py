@@ -15,7 +15,7 @@ import sys
 from ..errors import PatsparseError
 from .options import stdout_closed
 
-COMMANDS: list[str] = ["train", "demo", "bench", "compile", "run", "prune", "extract"]
+COMMANDS: list[str] = ["train", "demo", "bench", "compile", "run", "prune", "extract", "export_onnx"]
 
 
 def build_parser() -> argparse.ArgumentParser:
