@@ -130,7 +130,8 @@ def test_quick_subset_caps_train_and_test(tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
     assert main(["train", "--model", "convnet", "--dataset", "digits", "--width", "0.25", "--epochs", "1",
                  "--batch-size", "8", "--out", str(run), "--quiet"]) == 0
-    assert json.loads((run / "model.json").read_text())["cli"]["subset"] == 24
+    settings = json.loads((run / "model.json").read_text())["cli"]
+    assert settings["subset"] == 24 and settings["batch_size"] == 3  # 24 // 8: several steps an epoch
     monkeypatch.setenv("PATSPARSE_SUBSET", "lots")
     err = error_of(["train", "--model", "convnet", "--dataset", "digits", "--out", str(tmp_path / "r2")], capsys)
     assert "PATSPARSE_SUBSET must be a positive integer" in err

@@ -59,8 +59,8 @@ def model_dir(text: str, option: str) -> Path:
 
 def quick_subset() -> int | None:
     """``PATSPARSE_SUBSET=N``: the commands that load a dataset use at most N training and N test
-    images, so the whole command-line flow can be tried in a minute (the accuracy then means
-    little). Unset: None."""
+    images (and batches of at most N // 8), so the whole command-line flow can be tried in a
+    minute (the accuracy then means little). Unset: None."""
     text = os.environ.get(SUBSET_ENV, "").strip()
     if not text:
         return None
@@ -71,6 +71,14 @@ def quick_subset() -> int | None:
     if n < 1:
         raise InputError(f"environment variable {SUBSET_ENV} must be a positive integer, got {text!r}")
     return n
+
+
+def quick_batch_size(batch_size: int) -> int:
+    """``batch_size``, capped at N // 8 (at least 1) under ``PATSPARSE_SUBSET=N``: a quick trial
+    on a handful of images still takes several optimiser steps per epoch, which ADMM's penalty
+    schedule needs (a single step per iteration cannot pull the weights to their patterns)."""
+    n = quick_subset()
+    return batch_size if n is None else max(1, min(batch_size, n // 8))
 
 
 def stdout_closed() -> bool:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from .options import looks_like_path, model_dir, quick_subset
+from .options import looks_like_path, model_dir, quick_batch_size, quick_subset
 from .train import calm_openmp
 
 EXAMPLE = textwrap.dedent("""\
@@ -25,7 +25,8 @@ EXAMPLE = textwrap.dedent("""\
     normalisation, read by patsparse.load, patsparse compile and patsparse export-onnx),
     OUT/recipe.yaml (every knob) and OUT/history.json (per-phase loss/accuracy), then prints the
     per-layer sparsity table and dense vs pruned accuracy. PATSPARSE_SUBSET=N in the environment
-    caps the training and test images at N (a quick trial; --subset wins).""")
+    caps the training and test images at N and the batch size at N/8 (a quick trial; --subset
+    wins).""")
 
 
 def add_source_args(p: argparse.ArgumentParser) -> None:
@@ -84,8 +85,8 @@ def load_source(args: argparse.Namespace, out: Path):
     else:
         model, dataset = None, args.dataset or "fashion-mnist"
     quick = quick_subset()
-    train_loader, test_loader = get_loaders(dataset, batch_size=args.batch_size, root=args.data_root,
-                                            subset=args.subset or quick, test_subset=quick)
+    train_loader, test_loader = get_loaders(dataset, batch_size=quick_batch_size(args.batch_size),
+                                            root=args.data_root, subset=args.subset or quick, test_subset=quick)
     info = train_loader.dataset.info
     if model is None:
         arch = {"name": models.canonical(args.model), "num_classes": info.num_classes,

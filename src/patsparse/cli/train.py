@@ -9,7 +9,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from ..errors import InputError
-from .options import quick_subset
+from .options import quick_batch_size, quick_subset
 
 EXAMPLE = textwrap.dedent("""\
     examples:
@@ -21,7 +21,8 @@ EXAMPLE = textwrap.dedent("""\
     epoch and every --checkpoint-minutes), model.safetensors + model.json (the trained model).
     With --resume, options not given are taken from the run's checkpoint; options given must
     match it (an exact continuation needs the same settings). PATSPARSE_SUBSET=N in the
-    environment caps the training and test images at N (a quick trial; --subset wins).""")
+    environment caps the training and test images at N and the batch size at N/8 (a quick
+    trial; --subset wins).""")
 
 # option -> default; None in argparse means "not given" so --resume can fill it from the run
 DEFAULTS = {
@@ -104,6 +105,7 @@ def _settings(args: argparse.Namespace) -> tuple[dict, Path]:
     s = {**DEFAULTS, **saved, **given}
     if s["subset"] is None:
         s["subset"] = quick_subset()
+    s["batch_size"] = quick_batch_size(s["batch_size"])
     if not s["model"]:
         raise InputError("--model is required (e.g. --model resnet18)")
     if run_dir is None:
