@@ -8,6 +8,7 @@ this interpreter and these sources.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
@@ -72,6 +73,11 @@ def check_results(work: Path, outputs: dict[str, str]) -> None:
     ref = sess.run(None, {sess.get_inputs()[0].name: x})[0]
     assert y.shape == ref.shape == (4, 10)
     assert np.abs(y - ref).max() <= 1e-4 * np.abs(ref).max()
+    # the normalisation train recorded reached the ONNX file through prune (README's metadata example)
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(work / "r18.onnx")).metadata_props}
+    assert json.loads(meta["patsparse.normalization"])["mean"] == [0.286]
 
 
 def test_readme_block_is_the_flow():
