@@ -62,6 +62,8 @@ def test_model_that_looks_like_a_path_is_reported_missing(tmp_path, capsys, no_d
     assert "is a file, not a saved model directory" in err
     err = error_of(["extract", "--model", "./nowhere", "--out", str(tmp_path / "o")], capsys)
     assert "does not exist" in err
+    err = error_of(["bench", "runs/r18_8x"], capsys)
+    assert "runs/r18_8x: no such file or directory" in err and "unknown model" not in err
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from ..errors import InputError
-from .options import shape_arg
+from .options import looks_like_path, shape_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -55,6 +56,9 @@ def run(args: argparse.Namespace) -> int:
     from ..bench.harness import run_bench
     from ..bench.model import BenchModel
 
+    if looks_like_path(args.model) and not Path(args.model).expanduser().exists():
+        raise InputError(f"{args.model}: no such file or directory (expected a saved model directory, "
+                         "an .onnx file, or a zoo name)")
     engines = [e.strip() for e in args.engines.split(",") if e.strip()] if args.engines else None
     if args.tvm_budget < 0:
         raise InputError(f"--tvm-budget must be >= 0 seconds, got {args.tvm_budget}")
