@@ -21,7 +21,7 @@ COMMANDS: list[str] = ["train", "demo", "bench", "compile", "run", "prune", "ext
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="patsparse",
-        description="Pattern-based sparsity for CNNs: train, prune, compile, run and benchmark.",
+        description="Pattern-based sparsity for CNNs: train, prune, compile, run, export to ONNX and benchmark.",
         epilog="Example: patsparse train --model resnet18 --dataset fashion-mnist --width 0.25 --epochs 1",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
