@@ -79,6 +79,7 @@ def test_demo_all_stages(tmp_path):
     assert abs(pruned.conv_rate - 8.0) / 8.0 < 0.02
     assert describe(pruned.model).conv3x3_rate == pytest.approx(pruned.conv_rate)
     assert (pruned.path / "model.json").is_file()
+    assert any(line.startswith("[prune] test accuracy: dense ") and " points); " in line for line in lines)
     # the compiled model reproduces PyTorch on the whole test set
     assert any("compiled model test accuracy" in line and f"(PyTorch: {pruned.accuracy:.2%})" in line
                and f"accuracy {pruned.accuracy:.2%}" in line for line in lines)

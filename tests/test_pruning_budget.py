@@ -160,7 +160,7 @@ def test_empty_loader_is_an_error_before_training():
 def test_tiny_loader_is_an_error_naming_the_steps(loaders):
     batch = next(iter(loaders[0]))
     with pytest.raises(InputError, match="needs at least 3 steps"):
-        ps.prune(small_net(), [batch, batch], rate=8, progress=False)
+        ps.prune(small_net(), [batch, batch], rate=8, epochs=1, progress=False)
 
 
 class TupleNet(nn.Module):

@@ -31,6 +31,7 @@ _LAZY = {
     "export": "patsparse.compiler.export:export",
     "save": "patsparse.serialize:save",
     "load": "patsparse.serialize:load",
+    "to_onnx": "patsparse.onnx_export:to_onnx",
 }
 
 __all__ = sorted(_LAZY) + ["PatsparseError", "InputError", "FormatError", "UnsupportedError",

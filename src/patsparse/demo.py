@@ -108,7 +108,7 @@ class PruneResult:
 def prune_stage(ctx: DemoContext, trained: TrainResult) -> PruneResult:
     """Prune a copy of the trained model at ``ctx.rate`` with the Phase-2 library and save it."""
     from . import describe, prune, save
-    from .train.loop import evaluate
+    from .train.loop import accuracy_change, evaluate
 
     start = time.perf_counter()
     model = copy.deepcopy(trained.model)
@@ -125,9 +125,8 @@ def prune_stage(ctx: DemoContext, trained: TrainResult) -> PruneResult:
     info = trained.train_loader.dataset.info
     save(model, path, input_shape=(info.in_channels, *info.image_size))
     seconds = time.perf_counter() - start
-    ctx.log(f"[prune] test accuracy: dense {trained.accuracy:.2%} -> pruned {accuracy:.2%} "
-            f"({accuracy - trained.accuracy:+.2%}); 3x3-conv rate {report.conv3x3_rate:.2f}x, whole model "
-            f"{report.model_rate:.2f}x; saved to {path} ({seconds:.0f} s)")
+    ctx.log(f"[prune] test accuracy: {accuracy_change(trained.accuracy, accuracy)}; 3x3-conv rate "
+            f"{report.conv3x3_rate:.2f}x, whole model {report.model_rate:.2f}x; saved to {path} ({seconds:.0f} s)")
     return PruneResult(model, accuracy, report.conv3x3_rate, report.model_rate, path, seconds)
 
 

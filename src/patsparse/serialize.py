@@ -5,7 +5,8 @@ A saved pruned model is a directory::
     model.pats/
       model.safetensors     # the state dict (never pickled)
       model.json            # {"format": "patsparse-model", "version": 1, "spec": <sparsity spec>,
-                            #  "model": <patsparse.models.get arguments or null>, ...}
+                            #  "model": <patsparse.models.get arguments or null>,
+                            #  "mean"/"std": <input normalisation, when known>, ...}
       recipe.yaml           # the pruning recipe, when the model was pruned by patsparse.prune
 
 This is the layout ``patsparse train`` leaves in a run directory (train.artifacts), so ``load``
@@ -21,6 +22,7 @@ a ``manifest.json`` returns ``patsparse.compiler.runtime.CompiledModel.load(path
 
 from __future__ import annotations
 
+import math
 import numbers
 import os
 from pathlib import Path
@@ -49,6 +51,7 @@ def save(obj: Any, path: str | os.PathLike, arch: dict | None = None,
     model's ``patsparse_arch`` attribute); without it ``load`` needs ``model=``.
     ``input_shape``: one image's (C, H, W), so benchmarks and the compiler can feed the loaded
     model without being told (defaults to the model's ``patsparse_input_shape`` attribute).
+    The model's ``patsparse_normalization`` ({"mean", "std"} per channel), when set, is kept too.
     """
     if getattr(obj, "is_compiled_patsparse", False) is True and callable(getattr(obj, "save", None)):
         obj.save(path)
@@ -70,8 +73,10 @@ def save(obj: Any, path: str | os.PathLike, arch: dict | None = None,
     shape = input_shape if input_shape is not None else getattr(obj, "patsparse_input_shape", None)
     if shape is not None:
         shape = _checked_shape(shape, "save: input_shape")
+    norm = getattr(obj, "patsparse_normalization", None)
+    norm = checked_normalization(norm, "save: patsparse_normalization") if norm is not None else {}
     write_json(path / META, {"format": MODEL_FORMAT, "version": MODEL_VERSION, "patsparse_version": __version__,
-                             "class": type(obj).__name__, "model": arch, "input_shape": shape,
+                             "class": type(obj).__name__, "model": arch, "input_shape": shape, **norm,
                              "spec": None if spec is None else spec_to_json(spec)})
     recipe = getattr(obj, "patsparse_recipe", None)
     if recipe is not None:
@@ -116,6 +121,9 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> Any:
     if meta.get("input_shape") is not None:
         model.patsparse_input_shape = tuple(_checked_shape(meta["input_shape"], f"{path / META}: input_shape",
                                                            FormatError))
+    if "mean" in meta or "std" in meta:
+        model.patsparse_normalization = checked_normalization(
+            {"mean": meta.get("mean"), "std": meta.get("std")}, f"{path / META}: mean/std", FormatError)
     return model.eval()
 
 
@@ -126,3 +134,19 @@ def _checked_shape(shape: Any, where: str, err: type[Exception] = InputError) ->
                                  for d in dims):
         raise err(f"{where} must be one image's (C, H, W) as three positive integers, got {shape!r}")
     return [int(d) for d in dims]
+
+
+def checked_normalization(norm: Any, where: str, err: type[Exception] = InputError) -> dict[str, list[float]]:
+    """{"mean": [...], "std": [...]} per input channel (finite, std > 0), or ``err`` naming ``where``.
+
+    The input normalisation travels with the model (train writes it, prune keeps it) so an export
+    can tell another runtime what to feed the network."""
+    mean = norm.get("mean") if isinstance(norm, dict) else None
+    std = norm.get("std") if isinstance(norm, dict) else None
+    ok = (isinstance(mean, (list, tuple)) and isinstance(std, (list, tuple)) and len(mean) == len(std) >= 1
+          and all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+                  for v in (*mean, *std)) and all(v > 0 for v in std))
+    if not ok:
+        raise err(f"{where} must be equal-length lists of finite per-channel means and positive stds, "
+                  f"got {norm!r}")
+    return {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from ..errors import PatsparseError
+from .options import stdout_closed
 
-COMMANDS: list[str] = ["train", "demo", "bench", "compile", "run", "prune", "extract", "export"]
+COMMANDS: list[str] = ["train", "demo", "bench", "compile", "run", "prune", "extract", "export", "export_onnx"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="patsparse",
-        description="Pattern-based sparsity for CNNs: train, prune, compile, run and benchmark.",
+        description="Pattern-based sparsity for CNNs: train, prune, compile, run, export to ONNX and benchmark.",
         epilog="Example: patsparse train --model resnet18 --dataset fashion-mnist --width 0.25 --epochs 1",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -42,6 +44,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"patsparse {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        if not stdout_closed():
+            raise
+        # The reader left (`... | head`): what it did not read is not wanted. Point stdout at
+        # /dev/null so the interpreter's final flush is silent, and exit as a process killed
+        # by SIGPIPE would.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from ..errors import InputError
-
-
-def _shape(text: str) -> tuple[int, ...]:
-    try:
-        dims = tuple(int(d) for d in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected C,H,W (e.g. 3,32,32), got {text!r}") from None
-    return dims
+from .options import looks_like_path, shape_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--variant", default="cifar", choices=["cifar", "imagenet"],
                    help="zoo models: 32x32 CIFAR or 224x224 ImageNet input (default cifar)")
     p.add_argument("--width", type=float, default=1.0, help="zoo models: channel width multiplier")
-    p.add_argument("--input-shape", type=_shape, help="C,H,W for a saved model that does not record it")
+    p.add_argument("--input-shape", type=shape_arg, help="C,H,W for a saved model that does not record it")
     p.add_argument("--engines", help=f"comma-separated subset of: {', '.join(ENGINES)} (default: all)")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
@@ -62,6 +56,9 @@ def run(args: argparse.Namespace) -> int:
     from ..bench.harness import run_bench
     from ..bench.model import BenchModel
 
+    if looks_like_path(args.model) and not Path(args.model).expanduser().exists():
+        raise InputError(f"{args.model}: no such file or directory (expected a saved model directory, "
+                         "an .onnx file, or a zoo name)")
     engines = [e.strip() for e in args.engines.split(",") if e.strip()] if args.engines else None
     if args.tvm_budget < 0:
         raise InputError(f"--tvm-budget must be >= 0 seconds, got {args.tvm_budget}")

@@ -8,16 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-
-
-def _shape(text: str) -> tuple[int, ...]:
-    try:
-        dims = tuple(int(d) for d in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected C,H,W (e.g. 3,32,32), got {text!r}") from None
-    if len(dims) != 3 or min(dims) < 1:
-        raise argparse.ArgumentTypeError(f"expected three positive sizes C,H,W, got {text!r}")
-    return dims
+from .options import input_shape as input_shape_of
+from .options import shape_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,19 +19,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "file), fold and fuse it, read the sparsity from its weights, generate C per "
                     "layer, build it, and write a compiled model directory that `patsparse run` "
                     "and patsparse.load open.",
-        epilog="Examples: patsparse compile runs/vgg/model.pats --input-shape 3,32,32 -o vgg.compiled | "
+        epilog="Examples: patsparse compile runs/r18_8x -o r18.compiled | "
+               "patsparse compile my_model.pats --input-shape 3,32,32 -o my.compiled | "
                "patsparse compile model.onnx -o model.compiled --tune")
     p.add_argument("src", help="saved patsparse model directory or .onnx file")
     p.add_argument("-o", "--out", required=True, help="output directory for the compiled model")
-    p.add_argument("--input-shape", type=_shape, help="C,H,W of one input image (PyTorch models; "
-                   "ONNX files carry their own)")
+    p.add_argument("--input-shape", type=shape_arg, help="C,H,W of one input image (default: the shape the saved "
+                   "model records; ONNX files carry their own)")
     p.add_argument("--threads", type=int, help="OpenMP threads per call (default: all usable CPUs)")
     p.add_argument("--tune", action="store_true", help="measure schedules per layer on this machine")
     p.add_argument("--cache-dir", help="build cache (default $PATSPARSE_CACHE or ~/.cache/patsparse)")
     p.set_defaults(func=run)
 
 
-def load_source(src: Path, input_shape: tuple[int, ...] | None) -> tuple[Any, Any]:
+def load_source(src: Path, given_shape: tuple[int, ...] | None) -> tuple[Any, Any]:
     """(model or ONNX path, example input or None) for a SRC argument of compile and export."""
     import torch
 
@@ -52,9 +45,7 @@ def load_source(src: Path, input_shape: tuple[int, ...] | None) -> tuple[Any, An
     model = load(src)
     if getattr(model, "is_compiled_patsparse", False):
         raise InputError(f"{src} is already a compiled model; give the model it was compiled from")
-    if input_shape is None:
-        raise InputError("--input-shape C,H,W is needed to trace a PyTorch model")
-    return model, torch.zeros(1, *input_shape)
+    return model, torch.zeros(1, *input_shape_of(model, given_shape, str(src)))
 
 
 def run(args: argparse.Namespace) -> int:

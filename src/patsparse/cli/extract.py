@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from .prune import add_source_args, load_source
+from .train import calm_openmp
 
 EXAMPLE = textwrap.dedent("""\
     examples:
@@ -49,6 +50,7 @@ def _schedule(text: str) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
+    calm_openmp()  # before the first torch import: extraction trains with ADMM
     from ..patterns.library import positions, save_library
     from ..patterns.theory import plot_library
     from ..pruning.extraction import extract_library, plot_extraction

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from .options import looks_like_path, model_dir, quick_batch_size, quick_subset
+from .train import calm_openmp
 
 EXAMPLE = textwrap.dedent("""\
     examples:
@@ -19,17 +21,20 @@ EXAMPLE = textwrap.dedent("""\
       patsparse prune --model convnet --dataset digits --dense-epochs 5 --rate 4 --out runs/cn_4x
       patsparse prune --model runs/r8 --recipe my_recipe.yaml --out runs/r8_custom
 
-    Writes OUT/model.safetensors + OUT/model.json (weights and sparsity spec, read by
-    patsparse.load and patsparse compile), OUT/recipe.yaml (every knob) and OUT/history.json
-    (per-phase loss/accuracy), then prints the per-layer sparsity table and dense vs pruned
-    accuracy.""")
+    Writes OUT/model.safetensors + OUT/model.json (weights, sparsity spec, input shape and
+    normalisation, read by patsparse.load, patsparse compile and patsparse export-onnx),
+    OUT/recipe.yaml (every knob) and OUT/history.json (per-phase loss/accuracy), then prints the
+    per-layer sparsity table and dense vs pruned accuracy. PATSPARSE_SUBSET=N in the environment
+    caps the training and test images at N and the batch size at N/8 (a quick trial; --subset
+    wins).""")
 
 
 def add_source_args(p: argparse.ArgumentParser) -> None:
     """Options naming the model and the data, shared with ``patsparse extract``."""
     a = p.add_argument
     a("--model", required=True,
-      help="run directory of `patsparse train`, a saved patsparse model directory, or a zoo name")
+      help="run directory of `patsparse train`, a saved patsparse model directory, or a zoo name "
+           "(anything that looks like a path is read as a directory)")
     a("--dataset", help="dataset (default: the one the run was trained on, else fashion-mnist)")
     a("--data-root", help="directory holding the dataset")
     a("--batch-size", type=int, default=128, help="batch size (default 128)")
@@ -42,11 +47,26 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
     a("--quiet", action="store_true", help="no progress bars")
 
 
+def check_source(args: argparse.Namespace) -> Path | None:
+    """The model directory ``--model`` names (None for a zoo name), checked before any data is
+    loaded: a path that does not exist is reported as such, not as an unknown model."""
+    from .. import models
+
+    if looks_like_path(args.model):
+        return model_dir(args.model, "--model")
+    models.canonical(args.model)  # an unknown zoo name fails here, listing the known ones
+    if args.dense_epochs < 1:
+        raise InputError(f"--model {args.model} is a zoo name: its dense parent must be trained "
+                         f"first (--dense-epochs >= 1), or pass a `patsparse train` run directory")
+    return None
+
+
 def load_source(args: argparse.Namespace, out: Path):
     """(model, train_loader, test_loader, dataset name): the model to work on and its data.
 
     A directory is loaded as a trained (or saved pruned) model; a zoo name is built and trained
-    dense for ``--dense-epochs`` with ``patsparse.train.fit`` into ``OUT/dense`` first.
+    dense for ``--dense-epochs`` with ``patsparse.train.fit`` into ``OUT/dense`` first. The model
+    records the input shape and normalisation of the data it was given.
     """
     import torch
 
@@ -57,28 +77,28 @@ def load_source(args: argparse.Namespace, out: Path):
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    source = Path(args.model)
-    if source.is_dir():
+    source = check_source(args)
+    if source is not None:
         meta = json.loads((source / "model.json").read_text()) if (source / "model.json").is_file() else {}
         model = load(source)
         dataset = args.dataset or meta.get("dataset") or "fashion-mnist"
     else:
         model, dataset = None, args.dataset or "fashion-mnist"
-    train_loader, test_loader = get_loaders(dataset, batch_size=args.batch_size, root=args.data_root,
-                                            subset=args.subset)
+    quick = quick_subset()
+    train_loader, test_loader = get_loaders(dataset, batch_size=quick_batch_size(args.batch_size),
+                                            root=args.data_root, subset=args.subset or quick, test_subset=quick)
+    info = train_loader.dataset.info
     if model is None:
-        info = train_loader.dataset.info
         arch = {"name": models.canonical(args.model), "num_classes": info.num_classes,
                 "in_channels": info.in_channels, "width": args.width,
                 "variant": "cifar" if info.image_size[0] < 100 else "imagenet"}
-        if args.dense_epochs < 1:
-            raise InputError(f"--model {args.model} is a zoo name: its dense parent must be trained "
-                             f"first (--dense-epochs >= 1), or pass a `patsparse train` run directory")
         seed_everything(0)
         model = models.get(**arch)
         fit(model, train_loader, test_loader, TrainConfig(epochs=args.dense_epochs, lr=0.1, device=args.device,
                                                           progress=not args.quiet),
             out / "dense", resume=True, meta={"model": arch, "dataset": info.name})
+    model.patsparse_input_shape = (info.in_channels, *info.image_size)
+    model.patsparse_normalization = {"mean": list(info.mean), "std": list(info.std)}
     return model, train_loader, test_loader, dataset
 
 
@@ -127,14 +147,23 @@ def _recipe(args: argparse.Namespace):
     return PruneRecipe.from_dict({**recipe.to_dict(), **given}, "command line")
 
 
+def check_library(recipe) -> None:
+    """Resolve the recipe's pattern library now, so a wrong name or file fails before data loads."""
+    from ..patterns.library import pattern_library
+
+    pattern_library(recipe.library)
+
+
 def run(args: argparse.Namespace) -> int:
+    calm_openmp()  # before the first torch import: ADMM and retraining are training
     from ..checkpoint import write_json
     from ..pruning import describe, prune
     from ..pruning.api import admm_summary
     from ..serialize import save
-    from ..train.loop import evaluate
+    from ..train.loop import accuracy_change, evaluate
 
     recipe = _recipe(args)
+    check_library(recipe)
     out = Path(args.out)
     model, train_loader, test_loader, dataset = load_source(args, out)
     dense = evaluate(model, test_loader, device=args.device)
@@ -144,15 +173,13 @@ def run(args: argparse.Namespace) -> int:
           progress=not args.quiet)
     seconds = time.perf_counter() - t0
     pruned = evaluate(model, test_loader, device=args.device)
-    info = train_loader.dataset.info
-    save(model, out, input_shape=(info.in_channels, *info.image_size))
+    save(model, out)
     write_json(out / "history.json", {"dense_acc": dense["acc"], "pruned_acc": pruned["acc"],
                                       "prune_seconds": seconds, "dataset": dataset,
                                       "history": model.patsparse_history})
     print(describe(model))
     if args.quiet:  # otherwise prune printed it already
-        print("\n".join(admm_summary(model.patsparse_history, recipe)))
-    print(f"test accuracy: dense {dense['acc']:.2%} -> pruned {pruned['acc']:.2%} "
-          f"({(pruned['acc'] - dense['acc']) * 100:+.2f} points) at {recipe.rate}x with {recipe.library}; "
-          f"pruning took {seconds / 60:.1f} min; saved to {out}")
+        print("\n".join(admm_summary(model.patsparse_history, model.patsparse_recipe)))
+    print(f"test accuracy: {accuracy_change(dense['acc'], pruned['acc'])} at {recipe.rate}x with "
+          f"{recipe.library}; pruning took {seconds / 60:.1f} min; saved to {out}")
     return 0

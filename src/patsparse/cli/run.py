@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -25,13 +26,39 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=50, help="timing: timed calls (default 50)")
     p.add_argument("--threads", type=int, help="override the compiled thread count")
     p.add_argument("--profile", action="store_true",
-                   help="timing: also print each layer's median time, share and GFLOP/s")
+                   help="timing: also print each layer's median time, its share of the measured "
+                        "latency, and GFLOP/s")
     p.set_defaults(func=run)
+
+
+def check_compiled_dir(text: str) -> None:
+    """Name what ``text`` is when it is not a compiled model directory, before loading it."""
+    from ..serialize import MANIFEST, META
+
+    path = Path(text)
+    if not path.exists():
+        raise InputError(f"{text}: no such compiled model directory")
+    if path.is_dir() and not (path / MANIFEST).is_file() and (path / META).is_file():
+        raise InputError(f"{text} is a pruned (or trained) PyTorch model, not a compiled one: compile it "
+                         f"first, e.g. `patsparse compile {text} -o {path.name}.compiled`, then run that")
+
+
+def print_profile(rows: list[dict], latency_ms: float) -> None:
+    """Each layer's median ms as a share of the whole call's median latency (not of the layer
+    sum), and what the call spends outside the layers (entry, copies, thread hand-offs)."""
+    width = max(len("outside layers"), *(len(r["name"]) for r in rows))
+    print(f"{'layer':<{width}}  {'kernel':<12} {'ms':>8} {'latency':>8} {'GFLOP/s':>8}")
+    for r in rows:
+        print(f"{r['name']:<{width}}  {r['kernel']:<12} {r['ms']:8.3f} {r['ms'] / latency_ms:8.1%} "
+              f"{r['gflops']:8.1f}")
+    rest = latency_ms - sum(r["ms"] for r in rows)
+    print(f"{'outside layers':<{width}}  {'':<12} {rest:8.3f} {rest / latency_ms:8.1%}")
 
 
 def run(args: argparse.Namespace) -> int:
     from ..compiler.runtime import CompiledModel
 
+    check_compiled_dir(args.model)
     cm = CompiledModel.load(args.model, threads=args.threads)
     if args.input:
         try:
@@ -55,13 +82,10 @@ def run(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         cm(x)
         times.append(time.perf_counter() - t0)
+    latency_ms = float(np.median(times) * 1e3)
     print(f"{args.model}: batch {args.batch}, {cm.threads} threads: median "
-          f"{np.median(times) * 1e3:.3f} ms, p90 {np.percentile(times, 90) * 1e3:.3f} ms "
-          f"over {args.repeats} calls")
+          f"{latency_ms:.3f} ms, p90 {np.percentile(times, 90) * 1e3:.3f} ms over {args.repeats} calls",
+          flush=True)
     if args.profile:
-        rows = cm.profile(x, repeats=args.repeats)
-        width = max(len(r["name"]) for r in rows)
-        print(f"{'layer':<{width}}  {'kernel':<12} {'ms':>8} {'share':>6} {'GFLOP/s':>8}")
-        for r in rows:
-            print(f"{r['name']:<{width}}  {r['kernel']:<12} {r['ms']:8.3f} {r['share']:6.1%} {r['gflops']:8.1f}")
+        print_profile(cm.profile(x, repeats=args.repeats), latency_ms)
     return 0

@@ -9,17 +9,20 @@ from dataclasses import fields
 from pathlib import Path
 
 from ..errors import InputError
+from .options import quick_batch_size, quick_subset
 
 EXAMPLE = textwrap.dedent("""\
     examples:
-      patsparse train --model resnet18 --dataset fashion-mnist --width 0.25 --epochs 1
-      patsparse train --run-dir runs/resnet18_fashion-mnist --resume   # continue it exactly
+      patsparse train --model resnet18 --dataset fashion-mnist --width 0.25 --epochs 1 --out runs/r18
+      patsparse train --out runs/r18 --resume   # continue it exactly
       torchrun --standalone --nproc_per_node=2 -m patsparse train --model convnet --dataset mnist
 
-    Writes <run-dir>/metrics.jsonl (one line per epoch), checkpoint.json + checkpoints/ (every
+    Writes <out>/metrics.jsonl (one line per epoch), checkpoint.json + checkpoints/ (every
     epoch and every --checkpoint-minutes), model.safetensors + model.json (the trained model).
     With --resume, options not given are taken from the run's checkpoint; options given must
-    match it (an exact continuation needs the same settings).""")
+    match it (an exact continuation needs the same settings). PATSPARSE_SUBSET=N in the
+    environment caps the training and test images at N and the batch size at N/8 (a quick
+    trial; --subset wins).""")
 
 # option -> default; None in argparse means "not given" so --resume can fill it from the run
 DEFAULTS = {
@@ -39,7 +42,8 @@ def calm_openmp() -> None:
     On a machine whose cores are already busy, spinning threads of PyTorch's OpenMP pool fight
     the other processes: a ConvNet training step was measured 4x slower with 2 spinning threads
     than with 2 passive ones (and slower than 1 thread). It must be set before torch loads its
-    OpenMP runtime, hence first thing in the commands that train, before they import torch.
+    OpenMP runtime, hence first thing in the commands that train (train, prune, extract, demo),
+    before they import torch.
     Only those: timing commands (run, bench) keep OpenMP's default so latency is not hurt.
     """
     if "OMP_WAIT_POLICY" not in os.environ:
@@ -78,7 +82,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
     a("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     a("--checkpoint-minutes", type=float, help="also checkpoint mid-epoch this often (default 10)")
-    a("--run-dir", help="output directory (default runs/<model>_<dataset>)")
+    a("--out", "--run-dir", dest="run_dir", help="output (run) directory (default runs/<model>_<dataset>)")
     a("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
     a("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     p.set_defaults(func=run)
@@ -94,11 +98,14 @@ def _settings(args: argparse.Namespace) -> tuple[dict, Path]:
     if args.resume:
         if run_dir is None:
             if "model" not in given:
-                raise InputError("--resume needs --run-dir (or --model/--dataset to find the default run dir)")
+                raise InputError("--resume needs --out (or --model/--dataset to find the default run dir)")
             run_dir = Path("runs") / f"{given['model']}_{given.get('dataset', DEFAULTS['dataset'])}"
         if (run_dir / "checkpoint.json").exists():
             saved = read_json(run_dir / "checkpoint.json", "training checkpoint").get("meta", {}).get("cli", {})
     s = {**DEFAULTS, **saved, **given}
+    if s["subset"] is None:
+        s["subset"] = quick_subset()
+    s["batch_size"] = quick_batch_size(s["batch_size"])
     if not s["model"]:
         raise InputError("--model is required (e.g. --model resnet18)")
     if run_dir is None:
@@ -120,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     ctx = init_distributed(s["device"])
     train_loader, test_loader = get_loaders(
         s["dataset"], batch_size=s["batch_size"], root=args.data_root, download=args.download,
-        workers=args.workers, subset=s["subset"], seed=s["seed"])
+        workers=args.workers, subset=s["subset"], seed=s["seed"], test_subset=quick_subset())
     info = train_loader.dataset.info
     variant = s["variant"]
     if variant == "auto":

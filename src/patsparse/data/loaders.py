@@ -75,23 +75,32 @@ def _distributed() -> tuple[int, int] | None:
     return None
 
 
+def _subset(ds, n: int | None, seed: int, what: str):
+    """At most ``n`` examples of ``ds``: a fixed random subset chosen by ``seed``."""
+    if n is None:
+        return ds
+    if n < 1:
+        raise InputError(f"{what} must be >= 1, got {n}")
+    if n >= len(ds):
+        return ds
+    g = torch.Generator().manual_seed(seed)
+    part = Subset(ds, torch.randperm(len(ds), generator=g)[:n].tolist())
+    part.info = ds.info
+    return part
+
+
 def get_loaders(name: str, batch_size: int = 128, root: str | os.PathLike | None = None,
                 download: bool = False, workers: int = 0, subset: int | None = None, seed: int = 0,
-                augment: bool = True) -> tuple[DataLoader, DataLoader]:
+                augment: bool = True, test_subset: int | None = None) -> tuple[DataLoader, DataLoader]:
     """(train_loader, test_loader) for dataset ``name``. ``subset`` caps the number of training
-    examples (a fixed random subset chosen by ``seed``); ``batch_size`` is per process."""
+    examples and ``test_subset`` that of test examples (fixed random subsets chosen by ``seed``);
+    ``batch_size`` is per process."""
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
-    train = get_dataset(name, "train", root=root, download=download, augment=augment)
-    test = get_dataset(name, "test", root=root, download=download, augment=False)
-    info = train.info
-    if subset is not None:
-        if subset < 1:
-            raise InputError(f"subset must be >= 1, got {subset}")
-        if subset < len(train):
-            g = torch.Generator().manual_seed(seed)
-            train = Subset(train, torch.randperm(len(train), generator=g)[:subset].tolist())
-            train.info = info
+    train = _subset(get_dataset(name, "train", root=root, download=download, augment=augment),
+                    subset, seed, "subset")
+    test = _subset(get_dataset(name, "test", root=root, download=download, augment=False),
+                   test_subset, seed, "test_subset")
     ddp = _distributed()
     if ddp:
         rank, world = ddp

@@ -88,6 +88,12 @@ def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, *,
     return out
 
 
+def accuracy_change(before: float, after: float) -> str:
+    """"dense 91.20% -> pruned 90.10% (-1.10 points)": accuracies as percentages, their change in
+    percentage points (a relative "%" change would read as a different, smaller number)."""
+    return f"dense {before:.2%} -> pruned {after:.2%} ({(after - before) * 100:+.2f} points)"
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device: str | torch.device = "cpu",
              progress: bool = False) -> dict:
