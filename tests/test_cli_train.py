@@ -66,7 +66,7 @@ def test_demo_all_stages(tmp_path):
     from patsparse.demo import run_demo
 
     lines = []
-    results = run_demo(tmp_path / "demo", epochs=1, subset=256, dataset="digits", admm_iters=1,
+    results = run_demo(tmp_path / "demo", epochs=1, subset=512, dataset="digits", admm_iters=1,
                        retrain_epochs=1, log=lines.append)
     stage = results["train"]
     assert 0.0 <= stage.accuracy <= 1.0 and stage.dataset == "digits"
