@@ -171,21 +171,43 @@ def kernel_energies(plan: LayerPlan, library: torch.Tensor) -> torch.Tensor:
     return pattern_scores(rows, library).max(dim=1).values
 
 
-def _allocate(targets: list[float], units: list[int], caps: list[int], costs: list[float],
-              budget: float) -> list[int]:
-    """Integer kernel counts per layer, multiples of ``units``, >= 1 unit, <= cap units, whose
-    kept weights (count x cost per kernel) come as close to ``budget`` as possible (largest
-    remainder first)."""
+def _step_costs(costs: torch.Tensor, unit: int) -> list[float]:
+    """Kept weights of a layer after 0, 1, 2, ... steps of ``unit`` kernels, its costliest kernels
+    first: connectivity keeps the strongest kernels, and the short last group of a 1x1 conv,
+    with fewer channels, is rarely among them, so this is what the layer keeps, or a bit more."""
+    cum = costs.double().sort(descending=True).values.cumsum(0)[unit - 1::unit]
+    return [0.0, *cum.tolist()]
+
+
+def _allocate(targets: list[float], units: list[int], kept: list[list[float]], budget: float,
+              ceiling: float) -> list[int]:
+    """Integer kernel counts per layer, multiples of ``units``, >= 1 unit, whose kept weights
+    (``kept[l][steps]``, from :func:`_step_costs`) come as close to ``budget`` as possible
+    without passing ``ceiling`` when a step can be avoided: rounded down first, then steps
+    added by largest remainder (or removed, smallest first, when rounding down already spends
+    more than the budget)."""
+    caps = [len(k) - 1 for k in kept]
     counts = [max(1, min(c, math.floor(t / u))) for t, u, c in zip(targets, units, caps)]
-    left = budget - sum(n * u * w for n, u, w in zip(counts, units, costs))
+    left = budget - sum(k[n] for k, n in zip(kept, counts))
     order = sorted(range(len(targets)), key=lambda i: counts[i] - targets[i] / units[i])
-    for i in order:
-        if left <= 0:
-            break
-        step = units[i] * costs[i]
-        if counts[i] < caps[i] and step <= 2 * left:
-            counts[i] += 1
-            left -= step
+    moved = True
+    while moved and left > 0:  # passes over the layers, largest remainder first
+        moved = False
+        for i in order:
+            step = kept[i][counts[i] + 1] - kept[i][counts[i]] if counts[i] < caps[i] else math.inf
+            if 0 < left and step <= 2 * left and budget - left + step <= ceiling:
+                counts[i] += 1
+                left -= step
+                moved = True
+    moved = True
+    while moved and left < 0:
+        moved = False
+        for i in reversed(order):
+            step = kept[i][counts[i]] - kept[i][counts[i] - 1] if counts[i] > 1 else math.inf
+            if left < 0 and step <= -2 * left:
+                counts[i] -= 1
+                left += step
+                moved = True
     return [n * u for n, u in zip(counts, units)]
 
 
@@ -256,34 +278,33 @@ def plan_layers(model: nn.Module, rate: float, layers: Sequence[str] | None = No
                              f"{dense / fixed:.2f}x); prune the 1x1 convs too (conv1x1='grouped')")
         return plans
     costs = [kernel_costs(p, lib) for p in conn]
-    per_kernel = [float(c.mean()) for c in costs]
     units = [p.module.weight.shape[0] if balanced else 1 for p in conn]
-    caps = [p.kernels // u for p, u in zip(conn, units)]
+    steps = [_step_costs(c, u) for c, u in zip(costs, units)]
     rate_of = lambda kept: dense / (fixed + kept)  # noqa: E731  kept: weights of the connectivity layers
-    minimum = sum(u * w for u, w in zip(units, per_kernel))
+    minimum = sum(k[1] for k in steps)
     if budget < minimum * (1 - 1e-9):
         what = "depthwise (pattern-only) layers keep" if fixed > dense / rate else "layers keep"
         raise InputError(f"rate {rate} cannot be reached: the {what} too many weights with at least one kernel "
                          f"{'per filter' if balanced else 'per layer'} kept; the highest reachable rate is "
                          f"about {rate_of(minimum):.2f}")
-    fraction = min(1.0, budget / sum(float(c.sum()) for c in costs))
+    fraction = min(1.0, budget / sum(k[-1] for k in steps))
     shares = [fraction * p.kernels for p in conn]
     if allocation == "lamp":
         energies = [kernel_energies(p, lib) for p in conn]
         floors = [max(u, math.ceil(min_layer_keep * s)) for s, u in zip(shares, units)]
         shares = [float(n) for n in lamp_shares(energies, budget, floors, costs)]
-    counts = _allocate(shares, units, caps, per_kernel, budget)
-    kept = sum(n * w for n, w in zip(counts, per_kernel))
+    counts = _allocate(shares, units, steps, budget, dense / (rate * 0.98) - fixed)
+    kept = sum(k[n // u] for k, n, u in zip(steps, counts, units))
     if rate_of(kept) < rate * 0.98:
         if kept <= minimum * (1 + 1e-9):
             raise InputError(f"rate {rate} cannot be reached with these layers: keeping at least one kernel "
                              f"{'per filter' if balanced else 'per layer'} limits the rate to about "
                              f"{rate_of(minimum):.2f} ({len(conn)} layers, {sum(p.kernels for p in conn)} kernels)")
-        i = min(range(len(conn)), key=lambda j: units[j] * per_kernel[j] if counts[j] > units[j] else math.inf)
-        fewer = kept - units[i] * per_kernel[i]
+        drops = [(k[n // u] - k[n // u - 1], u) for k, n, u in zip(steps, counts, units) if n > u]
+        step, unit = min(drops)
         raise InputError(f"rate {rate} cannot be met within 2%: kernels are kept whole, and keeping "
-                         f"{sum(counts)} or {sum(counts) - units[i]} of {sum(p.kernels for p in conn)} kernels "
-                         f"gives {rate_of(kept):.2f}x or {rate_of(fewer):.2f}x; ask for a rate near one of those")
+                         f"{sum(counts)} or {sum(counts) - unit} of {sum(p.kernels for p in conn)} kernels "
+                         f"gives {rate_of(kept):.2f}x or {rate_of(kept - step):.2f}x; ask for a rate near one of those")
     for p, c in zip(conn, counts):
         p.keep = c
     return plans
