@@ -147,9 +147,9 @@ def test_layer_selection_rules_and_errors():
         select_layers(m, ["5"], conv1x1="dense")
     with pytest.raises(InputError, match="conv1x1 must be one of"):
         select_layers(m, conv1x1=True)
-    with pytest.raises(InputError, match="no prunable conv"):
+    with pytest.raises(InputError, match="no prunable 3x3 conv or groupable 1x1 conv"):
         select_layers(nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 1)))
-    with pytest.raises(InputError, match="no prunable conv"):
+    with pytest.raises(InputError, match="no prunable 3x3 conv or groupable 1x1 conv"):
         plan_layers(nn.Sequential(nn.Linear(3, 3)), 8)
     with pytest.raises(InputError, match="must be >= 2.25"):
         plan_layers(m, 2.0)

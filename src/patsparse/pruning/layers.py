@@ -146,9 +146,9 @@ def select_layers(model: nn.Module, layers: Sequence[str] | None = None,
             chosen.append((name, m))
     modes = [(n, m, _mode(m, conv1x1)) for n, m in chosen]
     if not any(mode != CONNECTIVITY for _, _, mode in modes):
-        raise InputError(f"no prunable conv in {type(model).__name__}: pattern pruning needs 3x3 Conv2d "
-                         f"layers or 1x1 convs with at least 9 input channels (the first conv stays dense "
-                         f"unless named in layers=)")
+        raise InputError(f"no prunable 3x3 conv or groupable 1x1 conv in {type(model).__name__}: pattern pruning "
+                         f"needs 3x3 Conv2d layers or 1x1 convs with at least 9 input channels (the first conv "
+                         f"and a last 1x1 conv stay dense unless named in layers=)")
     return modes
 
 
