@@ -20,6 +20,7 @@ from patsparse.pruning.extraction import extract_library
 from patsparse.pruning.layers import conv_layers
 from patsparse.pruning.projection import project_connectivity, project_model, project_pattern
 from patsparse.pruning.spec import check_weights, spec_from_json, spec_to_json
+from test_pruning_projection import ref_connectivity
 
 
 def groups_of(i):
@@ -45,20 +46,18 @@ def ref_grouped_pattern(w, lib):
 
 
 def ref_grouped_connectivity(w, k, balanced):
+    """Groups copied one by one into zero-padded 3x3 kernels, then the 3x3 reference."""
     o_n, i_n = w.shape[:2]
-    norms = {(o, g): float(w[o, chans].norm()) for o in range(o_n) for g, chans in enumerate(groups_of(i_n))}
-    kept = torch.zeros(o_n, len(groups_of(i_n)), dtype=torch.bool)
-    if balanced:
-        for o in range(o_n):
-            for g in sorted(range(kept.shape[1]), key=lambda g: -norms[o, g])[:k]:
-                kept[o, g] = True
-    else:
-        for o, g in sorted(norms, key=lambda t: -norms[t])[:k]:
-            kept[o, g] = True
+    virtual = torch.zeros(o_n, len(groups_of(i_n)), 3, 3)
+    for o in range(o_n):
+        for g, chans in enumerate(groups_of(i_n)):
+            virtual[o, g].view(-1)[:len(chans)] = w[o, chans, 0, 0]
+    kept = ref_connectivity(virtual, k, balanced)
     out = w.clone()
-    for (o, g), keep in zip(norms, kept.flatten().tolist()):
-        if not keep:
-            out[o, groups_of(i_n)[g]] = 0
+    for o in range(o_n):
+        for g, chans in enumerate(groups_of(i_n)):
+            if not kept[o, g]:
+                out[o, chans] = 0
     return out, kept
 
 
