@@ -1,5 +1,7 @@
 """Projections and layer planning, checked against slow reference loops on random weights."""
 
+from contextlib import nullcontext
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -132,14 +134,22 @@ def test_project_model_meets_rate_and_patterns(rate, balanced):
 
 def test_layer_selection_rules_and_errors():
     m = net()
-    assert [(n, mode) for n, _, mode in select_layers(m, conv1x1=True)] == [
-        ("2", "pattern+connectivity"), ("3", "pattern"), ("4", "pattern+connectivity"), ("5", "connectivity")]
+    # "5" is the model's last conv and 1x1: it feeds only the classifier head, so it stays dense
+    assert [(n, mode) for n, _, mode in select_layers(m)] == [
+        ("2", "pattern+connectivity"), ("3", "pattern"), ("4", "pattern+connectivity")]
+    assert [(n, mode) for n, _, mode in select_layers(m, ["4", "5"], conv1x1="connectivity")] == [
+        ("4", "pattern+connectivity"), ("5", "connectivity")]
+    assert [mode for _, _, mode in select_layers(m, ["5"])] == ["grouped1x1"]
     assert [n for n, _, _ in select_layers(m, ["0", "4"])] == ["0", "4"]
     with pytest.raises(InputError, match="not a Conv2d"):
         select_layers(m, ["nope"])
-    with pytest.raises(InputError, match="no prunable 3x3 conv"):
+    with pytest.raises(InputError, match="conv1x1='dense'"):
+        select_layers(m, ["5"], conv1x1="dense")
+    with pytest.raises(InputError, match="conv1x1 must be one of"):
+        select_layers(m, conv1x1=True)
+    with pytest.raises(InputError, match="no prunable 3x3 conv or groupable 1x1 conv"):
         select_layers(nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 1)))
-    with pytest.raises(InputError, match="no prunable 3x3 conv"):
+    with pytest.raises(InputError, match="no prunable 3x3 conv or groupable 1x1 conv"):
         plan_layers(nn.Sequential(nn.Linear(3, 3)), 8)
     with pytest.raises(InputError, match="must be >= 2.25"):
         plan_layers(m, 2.0)
@@ -147,23 +157,30 @@ def test_layer_selection_rules_and_errors():
         plan_layers(m, 1e6)
     with pytest.raises(InputError, match="depthwise"):
         plan_layers(m, 8, layers=["3"])
-    plans = plan_layers(m, 8, conv1x1=True)
-    assert plans[-1].mode == "connectivity" and plans[-1].keep == round(48 * 24 * 2.25 / 8)
+    # the rate counts every pruned weight: a connectivity-only 1x1 kernel keeps its one weight
+    plans = plan_layers(m, 8, layers=["2", "4", "5"], conv1x1="connectivity")
+    assert plans[-1].mode == "connectivity"
+    dense = sum(p.module.weight.numel() for p in plans)
+    kept = sum(p.keep * (4 if p.mode != "connectivity" else 1) for p in plans)
+    assert abs(dense / kept / 8 - 1) <= 0.02
 
 
 def test_depthwise_only_model_reaches_rate_through_its_1x1_convs():
-    """MobileNet-V2: all pruned 3x3 convs are depthwise, so rate 8 comes from the 1x1 convs and
-    counts over depthwise + 1x1 convs."""
+    """MobileNet-V2: all pruned 3x3 convs are depthwise (2.25x), so rate 8 comes from the 1x1
+    convs, pruned in virtual 3x3 kernels by default, and counts over depthwise + 1x1 convs."""
     from patsparse import models
 
-    m = models.get("mobilenet_v2", num_classes=10, in_channels=3, width=0.25, variant="cifar")
-    spec = project_model(m, 8.0)
-    modes = {e["mode"] for e in spec["layers"].values()}
-    assert modes == {"pattern", "connectivity"}
-    mods = dict(m.named_modules())
-    dense = sum(mods[n].weight.numel() for n in spec["layers"])
-    kept = sum(int((mods[n].weight != 0).sum()) for n in spec["layers"])
-    assert abs(dense / kept - 8.0) / 8.0 < 0.02
-    assert ps.describe(m).conv3x3_rate == pytest.approx(2.25)
+    for conv1x1, mode in (("grouped", "grouped1x1"), ("connectivity", "connectivity")):
+        m = models.get("mobilenet_v2", num_classes=10, in_channels=3, width=0.25, variant="cifar")
+        with pytest.warns(UserWarning, match="fewer than the 9") if conv1x1 == "grouped" else nullcontext():
+            spec = project_model(m, 8.0, conv1x1=conv1x1)
+        assert {e["mode"] for e in spec["layers"].values()} == {"pattern", mode}
+        mods = dict(m.named_modules())
+        dense = sum(mods[n].weight.numel() for n in spec["layers"])
+        kept = sum(int((mods[n].weight != 0).sum()) for n in spec["layers"])
+        assert abs(dense / kept - 8.0) / 8.0 < 0.02
+        assert ps.describe(m).conv3x3_rate == pytest.approx(2.25)
     with pytest.raises(InputError, match="highest reachable rate"):
         project_model(models.get("mobilenet_v2", num_classes=10, width=0.25, variant="cifar"), 1e5)
+    with pytest.raises(InputError, match="depthwise"):
+        project_model(models.get("mobilenet_v2", num_classes=10, width=0.25, variant="cifar"), 8.0, conv1x1="dense")

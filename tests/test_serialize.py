@@ -23,15 +23,15 @@ class UserNet(nn.Module):
         return self.fc(self.body(self.stem(x)).mean((2, 3)))
 
 
-def pruned(conv1x1=False):
+def pruned(**kw):
     torch.manual_seed(0)
     m = UserNet()
-    project_model(m, 6.0, "phase3", conv1x1=conv1x1)
+    project_model(m, 6.0, "phase3", **kw)
     return m
 
 
 def test_round_trip_user_model(tmp_path):
-    m = pruned(conv1x1=True)
+    m = pruned(layers=["body.0", "body.2", "body.3"], conv1x1="connectivity")  # body.3: 1x1, the last conv
     ps.save(m, tmp_path / "m.pats")
     assert {p.name for p in (tmp_path / "m.pats").iterdir()} == {"model.safetensors", "model.json"}
     with pytest.raises(FormatError, match="pass load\\(path, model="):

@@ -104,7 +104,8 @@ def load_source(args: argparse.Namespace, out: Path):
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prune", help="pattern + connectivity pruning with ADMM (rate, library, recipe)",
-                       description="Prune every 3x3 conv but the first with pattern-aware ADMM (patterns "
+                       description="Prune every 3x3 conv but the first (and every 1x1 conv but the first and the "
+                                   "classifier, in virtual 3x3 kernels) with pattern-aware ADMM (patterns "
                                    "from a library, plus connectivity pruning above 2.25x), hard-prune, "
                                    "retrain with masks, and save the pruned model with its sparsity spec.",
                        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -112,7 +113,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a = p.add_argument
     a("--out", required=True, help="output directory for the pruned model")
     a("--recipe", help="YAML recipe with every knob (options given here override it)")
-    a("--rate", type=float, help="3x3-conv compression rate (default 8; 2.25 = patterns only)")
+    a("--rate", type=float, help="compression rate over the pruned convs (default 8; 2.25 = patterns only)")
     a("--library", help="phase1, phase2 (default), phase3, candidates or a JSON library file")
     a("--admm-iters", type=int, help="ADMM iterations (default 4)")
     a("--epochs", type=int, help="SGD epochs per ADMM iteration (default: from --steps and the loader)")
@@ -126,8 +127,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     a("--allocation", choices=("lamp", "uniform"), help="kernels kept per layer: lamp (global ranking, "
                                                         "default) or uniform (the same fraction everywhere)")
     a("--lr", type=float, help="SGD learning rate (default 0.01)")
-    a("--layers", help="comma-separated conv names to prune (default: every 3x3 conv but the first)")
-    a("--conv1x1", action="store_true", help="also connectivity-prune 1x1 convs")
+    a("--layers", help="comma-separated conv names to prune (default: every 3x3 conv but the first, "
+                         "1x1 convs per --conv1x1)")
+    a("--conv1x1", choices=("grouped", "connectivity", "dense"),
+      help="1x1 convs: grouped (default: patterns on virtual 3x3 kernels of 9 input channels), "
+           "connectivity (single weights) or dense")
     a("--balanced", action="store_true", help="filter-balanced connectivity (same kernels per filter)")
     a("--oneshot", action="store_true", help="project once without ADMM (then retrain)")
     p.set_defaults(func=run)
@@ -142,7 +146,7 @@ def _recipe(args: argparse.Namespace):
         "retrain_epochs": args.retrain_epochs, "rho": args.rho, "lr": args.lr,
         "penalty_reach": args.penalty_reach, "steps": args.steps, "distill": args.distill, "allocation": args.allocation,
         "layers": args.layers.split(",") if args.layers else None,
-        "conv1x1": args.conv1x1 or None, "connectivity_balanced": args.balanced or None,
+        "conv1x1": args.conv1x1, "connectivity_balanced": args.balanced or None,
         "oneshot": args.oneshot or None}.items() if v is not None}
     return PruneRecipe.from_dict({**recipe.to_dict(), **given}, "command line")
 

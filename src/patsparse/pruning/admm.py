@@ -6,7 +6,8 @@ set) and scaled duals U, V. One ADMM iteration is:
 1. primal: SGD epochs on  loss(W) + sum_layers rho/2 ||W - Z + U||_F^2 + rho/2 ||W - Y + V||_F^2
    (squared Frobenius norms: the gradient of the penalty is rho (W - Z + U), a pull that grows
    with the distance, which is what makes the weights drift into the constraint sets);
-2. proximal: Z = project_pattern(W + U), Y = project_connectivity(W + V);
+2. proximal: Z = project_pattern(W + U), Y = project_connectivity(W + V) (a 1x1 conv's
+   kernels being its virtual 3x3 kernels, :mod:`patsparse.pruning.grouping`);
 3. dual: U += W - Z, V += W - Y;
 4. rho follows a schedule (:meth:`PruneRecipe.rho_schedule`, derived from the run's own step
    count so the penalty acts at any budget); the scaled duals are rescaled by old/new rho so the
@@ -30,7 +31,7 @@ from torch import nn
 
 from ..errors import DivergedError
 from ..train.distill import Distillation
-from .layers import CONNECTIVITY, PATTERN, PATTERN_AND_CONNECTIVITY, LayerPlan
+from .layers import CONNECTIVITY, PATTERN, LayerPlan
 from .projection import project_connectivity, project_pattern
 
 
@@ -59,12 +60,12 @@ class ADMMState:
         for p in plans:
             w = p.module.weight.detach()
             lv = _LayerVars(p)
-            if p.mode in (PATTERN, PATTERN_AND_CONNECTIVITY):
+            if p.mode != CONNECTIVITY:
                 lv.z, lv.pattern_ids = project_pattern(w, library)
                 lv.u = torch.zeros_like(w)
-            if p.mode in (CONNECTIVITY, PATTERN_AND_CONNECTIVITY):
+            if p.mode != PATTERN:
                 lv.keep = p.keep
-                lv.y = project_connectivity(w, p.keep, p.balanced)[0]
+                lv.y = project_connectivity(w, p.keep, p.balanced, p.grouped)[0]
                 lv.v = torch.zeros_like(w)
             self.layers.append(lv)
 
@@ -92,7 +93,7 @@ class ADMMState:
             keep = max(p.keep, round(p.kernels * (p.keep / p.kernels) ** fraction))
             if keep != lv.keep:
                 lv.keep = keep
-                lv.y = project_connectivity(p.module.weight.detach() + lv.v, keep, p.balanced)[0]
+                lv.y = project_connectivity(p.module.weight.detach() + lv.v, keep, p.balanced, p.grouped)[0]
 
     def penalty(self, model: nn.Module | None = None) -> torch.Tensor:
         """sum rho/2 ||W - Z + U||^2 + rho/2 ||W - Y + V||^2 (differentiable in W).
@@ -129,7 +130,7 @@ class ADMMState:
                 num_z += d
                 rec["pattern"] = math.sqrt(d / sq) if sq else 0.0
             if lv.y is not None:
-                lv.y = project_connectivity(w + lv.v, lv.keep, lv.plan.balanced)[0]
+                lv.y = project_connectivity(w + lv.v, lv.keep, lv.plan.balanced, lv.plan.grouped)[0]
                 lv.v += w - lv.y
                 d = float((w - lv.y).pow(2).sum())
                 num_y += d
@@ -138,11 +139,13 @@ class ADMMState:
         return {"residual_pattern": math.sqrt(num_z) / den, "residual_connectivity": math.sqrt(num_y) / den,
                 "layers": per_layer}
 
-    def pattern_counts(self) -> torch.Tensor:
-        """How many kernels currently select each library pattern (from Z), over all layers."""
+    def pattern_counts(self, grouped: bool | None = None) -> torch.Tensor:
+        """How many kernels currently select each library pattern (from Z), over all layers,
+        or only over the grouped 1x1 convs' virtual kernels (``grouped=True``) or only over 3x3
+        kernels (``grouped=False``)."""
         counts = torch.zeros(self.library.shape[0], dtype=torch.long)
         for lv in self.layers:
-            if lv.pattern_ids is not None:
+            if lv.pattern_ids is not None and grouped in (None, lv.plan.grouped):
                 counts += torch.bincount(lv.pattern_ids.flatten().cpu(), minlength=len(counts))
         return counts
 

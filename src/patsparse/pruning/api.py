@@ -231,13 +231,14 @@ def prune(model: nn.Module, train_loader: Iterable, rate: float = 8, library: st
           rho: float | None = None, lr: float | None = None, layers: Sequence[str] | None = None,
           connectivity_balanced: bool = False, oneshot: bool = False, eval_loader: Iterable | None = None,
           device: str = "cpu", progress: bool = True, recipe: PruneRecipe | None = None,
-          conv1x1: bool = False, distill: float | None = None, allocation: str | None = None,
+          conv1x1: str | None = None, distill: float | None = None, allocation: str | None = None,
           output: Callable[[Any], torch.Tensor] | None = None) -> nn.Module:
-    """Pattern-prune ``model`` in place at a 3x3-conv compression ``rate`` and return it.
+    """Pattern-prune ``model`` in place at a compression ``rate`` over its pruned layers and return it.
 
     ``train_loader`` is any re-iterable of ``(input, target)`` batches (cross-entropy loss).
     ``rate=2.25`` is pattern pruning only; a higher rate adds connectivity pruning that keeps
-    ``2.25/rate`` of the kernels. ``epochs`` is the primal SGD epochs per ADMM iteration,
+    ``2.25/rate`` of the kernels. ``conv1x1`` says how 1x1 convs are pruned: "grouped" (virtual
+    3x3 kernels, the recipe's default), "connectivity" or "dense". ``epochs`` is the primal SGD epochs per ADMM iteration,
     ``admm_iters`` the ADMM iterations, ``retrain_epochs`` the masked retraining epochs,
     ``distill`` the weight of distillation from the unpruned model (0 = off), ``allocation`` how
     kept kernels are spread over layers ("lamp" or "uniform"). Unset knobs come from ``recipe``
@@ -246,7 +247,7 @@ def prune(model: nn.Module, train_loader: Iterable, rate: float = 8, library: st
     the model's forward returns a tuple or dict. ``eval_loader`` is used for progress reports
     and to score the trial projection of every ADMM iteration (a few training batches otherwise).
 
-    Raises InputError for an unreachable rate, a model without prunable 3x3 convs, a bad
+    Raises InputError for an unreachable rate, a model without prunable convs, a bad
     library or knob, an empty or too small loader, or a forward that does not return logits,
     all before any training; DivergedError (the model holding its last good weights) if the
     loss becomes non-finite.
@@ -257,7 +258,7 @@ def prune(model: nn.Module, train_loader: Iterable, rate: float = 8, library: st
                           retrain_epochs=retrain_epochs, rho=rho, lr=lr,
                           layers=list(layers) if layers is not None else None,
                           connectivity_balanced=connectivity_balanced or None, oneshot=oneshot or None,
-                          conv1x1=conv1x1 or None, distill=distill, allocation=allocation)
+                          conv1x1=conv1x1, distill=distill, allocation=allocation)
     lib = pattern_library(library if isinstance(library, torch.Tensor) else r.library)
     plans = plan_layers(model, r.rate, r.layers, r.conv1x1, r.connectivity_balanced,
                         allocation=r.allocation, library=lib, min_layer_keep=r.min_layer_keep)

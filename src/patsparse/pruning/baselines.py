@@ -1,16 +1,16 @@
-"""The two baselines the paper compares pattern pruning against, at the same 3x3-conv rate.
+"""The two baselines the paper compares pattern pruning against, at the same rate.
 
 - Unstructured magnitude pruning (Han et al. 2015): keep the largest |w|, anywhere.
 - Structured L1-norm filter pruning (Li et al. 2017): keep the filters of largest L1 norm,
   the same fraction in every layer.
 
-Both prune the same layers as pattern pruning (every 3x3 conv but the first, see
-:func:`patsparse.pruning.layers.select_layers`) and are retrained with the same masked-retraining
+Both prune the same layers as pattern pruning by default (every 3x3 conv but the first, every
+1x1 conv but the first and the classifier, see :func:`patsparse.pruning.layers.select_layers`) and are retrained with the same masked-retraining
 machinery (:class:`patsparse.pruning.masks.MaskEnforcer`), so a comparison at equal rate and equal
 epochs differs only in *which* weights are kept.
 
 Rate accounting is the one used for every row of the accuracy grid: dense weights / non-zero
-weights over the pruned 3x3 convs (:func:`measured_rate`). For filter pruning this counts only
+weights over the pruned convs (:func:`measured_rate`). For filter pruning this counts only
 the removed filters' own weights; a physically slimmed network would also drop the next layer's
 kernels reading a removed channel. Here those kernels stay (their input is the BatchNorm shift
 of a zeroed channel, a constant), which is the usual masked formulation and does not favour
@@ -27,15 +27,15 @@ from torch import nn
 
 from ..errors import InputError
 from ..train.distill import Distillation
-from .layers import is_3x3, select_layers
+from .layers import select_layers
 from .masks import MaskEnforcer
 
 METHODS = ("magnitude", "filter")
 
 
 def pruned_convs(model: nn.Module, layers: Sequence[str] | None = None) -> list[tuple[str, nn.Conv2d]]:
-    """The 3x3 convs a baseline prunes: the same selection as pattern pruning."""
-    return [(n, m) for n, m, _ in select_layers(model, layers) if is_3x3(m)]
+    """The convs a baseline prunes: the same selection as pattern pruning (3x3 and 1x1 convs)."""
+    return [(n, m) for n, m, _ in select_layers(model, layers)]
 
 
 def _check_rate(rate: float) -> None:

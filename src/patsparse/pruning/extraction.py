@@ -24,20 +24,22 @@ from torch import nn
 from ..errors import InputError
 from ..patterns.library import candidates, pattern_library, positions
 from .admm import geometric_rhos, run_admm
-from .layers import PATTERN, LayerPlan, select_layers
+from .layers import CONNECTIVITY, PATTERN, LayerPlan, select_layers
 
 DEFAULT_SCHEDULE = (32, 12, 8, 4)
 
 
 @dataclass
 class ExtractionStep:
-    """One step: the library the ADMM ran with, how often each of its patterns was selected,
+    """One step: the library the ADMM ran with, how often each of its patterns was selected by
+    3x3 kernels (``counts``) and by the virtual 3x3 kernels of 1x1 convs (``group_counts``),
     and the library kept for the next step (the ``size`` most used, most used first)."""
 
     library: torch.Tensor
     counts: torch.Tensor
     size: int
     kept: torch.Tensor
+    group_counts: torch.Tensor | None = None
 
     @property
     def next_library(self) -> torch.Tensor:
@@ -70,16 +72,21 @@ class ExtractionResult:
     def summary(self) -> str:
         lines = []
         for s in self.steps:
-            pos = positions(s.library)
-            order = torch.argsort(s.counts, descending=True, stable=True)
-            total = int(s.counts.sum()) or 1
-            top = ", ".join(f"{''.join(map(str, pos[i]))}:{100 * int(s.counts[i]) / total:.1f}%"
-                            for i in order[: s.size].tolist())
-            lines.append(f"{s.library.shape[0]:>3} -> {s.size:<3} kept {top}")
+            lines.append(f"{s.library.shape[0]:>3} -> {s.size:<3} kept {_shares(s.library, s.counts, s.size)}")
+            if s.group_counts is not None and int(s.group_counts.sum()):
+                lines.append(f"{'':>10}1x1 groups prefer {_shares(s.library, s.group_counts, s.size)}")
         ov = self.phase2_overlap()
         if ov is not None:
             lines.append(f"{ov} of the extracted 8 patterns coincide with the designed Phase-2 library")
         return "\n".join(lines)
+
+
+def _shares(library: torch.Tensor, counts: torch.Tensor, top: int) -> str:
+    """The ``top`` most used masks with their share of the counts, e.g. ``1345:31.0%``."""
+    pos = positions(library)
+    total = int(counts.sum()) or 1
+    order = torch.argsort(counts, descending=True, stable=True)[:top].tolist()
+    return ", ".join(f"{''.join(map(str, pos[i]))}:{100 * int(counts[i]) / total:.1f}%" for i in order)
 
 
 def overlap(a: torch.Tensor, b: torch.Tensor) -> int:
@@ -96,8 +103,10 @@ def extract_library(model: nn.Module, loader: Iterable, schedule: Sequence[int] 
                     include_centre: bool = False, start: torch.Tensor | str | None = None,
                     admm_iters: int = 2, epochs: int = 1, rho: float = 1e-3, rho_growth: float = 3.0,
                     rho_max: float = 0.1, lr: float = 0.01, layers: Sequence[str] | None = None,
-                    device: str = "cpu", progress: bool = True, inplace: bool = False) -> ExtractionResult:
-    """Run the extraction schedule on (a copy of) ``model`` and return every phase's library."""
+                    conv1x1: str = "grouped", device: str = "cpu", progress: bool = True,
+                    inplace: bool = False) -> ExtractionResult:
+    """Run the extraction schedule on (a copy of) ``model`` and return every phase's library
+    (``layers`` and ``conv1x1`` select the convs as in pruning; connectivity-only ones are left out)."""
     lib = candidates(include_centre) if start is None else pattern_library(start)
     sizes = list(schedule)
     if not sizes or any(not isinstance(s, int) or s < 1 for s in sizes):
@@ -108,16 +117,17 @@ def extract_library(model: nn.Module, loader: Iterable, schedule: Sequence[int] 
     if not inplace:
         model = copy.deepcopy(model)
     model.to(device)
-    # extraction is about patterns only: every selected 3x3 conv in pattern mode
-    plans = [LayerPlan(n, m, PATTERN) for n, m, mode in select_layers(model, layers) if mode != "connectivity"]
+    # extraction is about patterns only: every selected conv with patterns, in pattern mode
+    plans = [LayerPlan(n, m, PATTERN) for n, m, mode in select_layers(model, layers, conv1x1) if mode != CONNECTIVITY]
     result = ExtractionResult(model=model)
     for size in sizes:
         if progress:
             print(f"[patsparse extract] {lib.shape[0]} -> {size} patterns", flush=True)
         state = run_admm(model, loader, plans, lib, rhos=geometric_rhos(rho, rho_growth, rho_max, admm_iters),
                          epochs=epochs, lr=lr, device=device, progress=progress)
-        counts = state.pattern_counts()
-        step = ExtractionStep(lib, counts, size, top_patterns(counts, size))
+        counts, groups = state.pattern_counts(grouped=False), state.pattern_counts(grouped=True)
+        deciding = counts if int(counts.sum()) else groups
+        step = ExtractionStep(lib, counts, size, top_patterns(deciding, size), groups)
         result.steps.append(step)
         lib = step.next_library
     return result

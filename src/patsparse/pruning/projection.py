@@ -5,6 +5,10 @@ over kernels is not an option. Pattern projection keeps, for every kernel, the l
 preserves the largest squared L2 norm (the argmax of ``(w*w) @ masks``, first index on ties).
 Connectivity projection keeps the kernels of largest L2 norm, per layer or the same number per
 filter ("filter-balanced", which gives the compiler equal work per filter).
+
+A 1x1 conv's kernels are its virtual 3x3 kernels (:mod:`patsparse.pruning.grouping`): laid out
+as zero-padded rows of 9, they go through the same code, and the short last group of a layer
+whose input channels are not a multiple of 9 gets the cut mask that keeps the most energy.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from torch import nn
 
 from ..errors import InputError
 from ..patterns.library import pattern_library
-from .layers import CONNECTIVITY, PATTERN_AND_CONNECTIVITY, LayerPlan, plan_layers
+from .grouping import GROUP, from_kernel_rows, kernel_rows
+from .layers import CONNECTIVITY, PATTERN, LayerPlan, plan_layers
 from .spec import PRUNED, layer_entry, make_spec
 
 # Largest (kernels x patterns) score block computed at once: bounds memory for 126 candidates
@@ -24,26 +29,40 @@ from .spec import PRUNED, layer_entry, make_spec
 _SCORE_BLOCK = 1 << 22
 
 
-def _check_3x3(weight: torch.Tensor, what: str) -> None:
-    if not isinstance(weight, torch.Tensor) or weight.dim() != 4 or tuple(weight.shape[2:]) != (3, 3):
-        shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
-        raise InputError(f"{what}: expected a conv weight of shape (O, I, 3, 3), got {shape}")
+def _shape(weight: object) -> object:
+    return tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
+
+
+def _check_pattern_weight(weight: torch.Tensor, what: str) -> bool:
+    """Validate a weight for pattern projection; True when it is a 1x1 conv (grouped)."""
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 4 or tuple(weight.shape[2:]) not in ((3, 3), (1, 1)):
+        raise InputError(f"{what}: expected a conv weight of shape (O, I, 3, 3), or (O, I, 1, 1) for "
+                         f"virtual 3x3 kernels, got {_shape(weight)}")
+    grouped = tuple(weight.shape[2:]) == (1, 1)
+    if grouped and weight.shape[1] < GROUP:
+        raise InputError(f"{what}: a 1x1 conv weight needs at least {GROUP} input channels to form a virtual "
+                         f"3x3 kernel, got {tuple(weight.shape)}")
     if not bool(torch.isfinite(weight).all()):
         raise InputError(f"{what}: weight has non-finite values (NaN or inf)")
+    return grouped
 
 
 def project_pattern(weight: torch.Tensor, library: torch.Tensor | str = "phase2",
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Project every 3x3 kernel onto its best library pattern.
+    """Project every 3x3 kernel (or every virtual 3x3 kernel of a 1x1 conv) onto its best
+    library pattern.
 
     Returns ``(projected, pattern_ids)``: ``projected`` has the shape of ``weight`` with only the
-    4 entries of the chosen mask kept; ``pattern_ids`` is (O, I) long, the chosen mask's index.
+    entries of the chosen mask kept; ``pattern_ids`` is (O, K) long, the chosen mask's index, K
+    being I for 3x3 kernels and ceil(I / 9) for a 1x1 conv. The short last group of a 1x1 conv
+    keeps the cut mask of largest kept energy, which may hold fewer than 4 entries.
     An all-zero kernel gets id 0 (it is the connectivity projection that marks kernels pruned).
     """
-    _check_3x3(weight, "project_pattern")
+    grouped = _check_pattern_weight(weight, "project_pattern")
     lib = pattern_library(library)
     w = weight.detach()
-    flat = w.reshape(-1, 9)
+    rows = kernel_rows(w, grouped)
+    flat = rows.reshape(-1, 9)
     lib_flat = lib.to(dtype=w.dtype, device=w.device).reshape(-1, 9)
     n = flat.shape[0]
     step = max(1, _SCORE_BLOCK // lib_flat.shape[0])
@@ -51,8 +70,8 @@ def project_pattern(weight: torch.Tensor, library: torch.Tensor | str = "phase2"
     for start in range(0, n, step):  # blocks of kernels, not single kernels: bounded memory
         chunk = flat[start:start + step]
         ids[start:start + step] = ((chunk * chunk) @ lib_flat.T).argmax(dim=1)
-    projected = (flat * lib_flat[ids]).view_as(w)
-    return projected, ids.view(w.shape[0], w.shape[1])
+    projected = from_kernel_rows(flat * lib_flat[ids], w.shape, grouped)
+    return projected, ids.view(rows.shape[:2])
 
 
 def kernels_to_keep(keep: int | float, out_channels: int, in_channels: int,
@@ -77,21 +96,25 @@ def kernels_to_keep(keep: int | float, out_channels: int, in_channels: int,
 
 
 def project_connectivity(weight: torch.Tensor, keep: int | float, balanced: bool = False,
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
+                         grouped: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Keep the kernels of largest L2 norm and zero the rest.
 
     ``keep``: a fraction of kernels (float in (0, 1]) or a count (int). ``balanced=True`` keeps
-    the same number in every filter (output channel). Returns ``(projected, kept)`` with
-    ``kept`` an (O, I) bool mask. Ties are broken by position (stable sort), so the result is
-    deterministic.
+    the same number in every filter (output channel). ``grouped=True`` takes a 1x1 conv's
+    virtual 3x3 kernels (whole groups of 9 input channels) as its kernels. Returns
+    ``(projected, kept)`` with ``kept`` an (O, K) bool mask. Ties are broken by position
+    (stable sort), so the result is deterministic.
     """
     if not isinstance(weight, torch.Tensor) or weight.dim() != 4:
-        raise InputError(f"project_connectivity: expected a conv weight (O, I, kh, kw), got "
-                         f"{tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__}")
+        raise InputError(f"project_connectivity: expected a conv weight (O, I, kh, kw), got {_shape(weight)}")
+    if grouped and (tuple(weight.shape[2:]) != (1, 1) or weight.shape[1] < GROUP):
+        raise InputError(f"project_connectivity: grouped=True needs a 1x1 conv weight with at least {GROUP} "
+                         f"input channels, got {tuple(weight.shape)}")
     w = weight.detach()
-    o, i = w.shape[:2]
+    rows = kernel_rows(w, grouped)
+    o, i = rows.shape[:2]
     k = kernels_to_keep(keep, o, i, balanced, "project_connectivity")
-    norms = w.reshape(o, i, -1).norm(dim=2)
+    norms = rows.norm(dim=2)
     if balanced:
         order = torch.sort(norms, dim=1, descending=True, stable=True).indices[:, :k]
         kept = torch.zeros(o, i, dtype=torch.bool, device=w.device)
@@ -101,13 +124,14 @@ def project_connectivity(weight: torch.Tensor, keep: int | float, balanced: bool
         kept = torch.zeros(o * i, dtype=torch.bool, device=w.device)
         kept[order] = True
         kept = kept.view(o, i)
-    return w * kept[:, :, None, None].to(w.dtype), kept
+    return from_kernel_rows(rows * kept[:, :, None].to(w.dtype), w.shape, grouped), kept
 
 
 def prune_layer(weight: torch.Tensor, plan: LayerPlan, library: torch.Tensor,
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Hard-prune one layer's weight per its plan: pattern projection, then keep the ``plan.keep``
-    kernels of largest remaining norm. Returns ``(projected, kernel_ids)`` (-1 = pruned).
+    kernels (virtual kernels for a grouped 1x1 conv) of largest remaining norm. Returns
+    ``(projected, kernel_ids)`` (-1 = pruned).
 
     The one place that turns a plan into final weights, shared by one-shot projection and the
     hard-pruning step that ends ADMM.
@@ -116,8 +140,8 @@ def prune_layer(weight: torch.Tensor, plan: LayerPlan, library: torch.Tensor,
         projected, kept = project_connectivity(weight, plan.keep, plan.balanced)
         return projected, torch.where(kept, 0, PRUNED)
     projected, ids = project_pattern(weight, library)
-    if plan.mode == PATTERN_AND_CONNECTIVITY:
-        projected, kept = project_connectivity(projected, plan.keep, plan.balanced)
+    if plan.mode != PATTERN:
+        projected, kept = project_connectivity(projected, plan.keep, plan.balanced, plan.grouped)
         ids = torch.where(kept, ids, PRUNED)
     return projected, ids
 
@@ -135,11 +159,12 @@ def prune_planned(plans: Sequence[LayerPlan], library: torch.Tensor, rate: float
 
 def project_model(model: nn.Module, rate: float = 8.0, library: torch.Tensor | str = "phase2",
                   layers: Sequence[str] | None = None, *, balanced: bool = False,
-                  conv1x1: bool = False, allocation: str = "uniform") -> dict:
+                  conv1x1: str = "grouped", allocation: str = "uniform") -> dict:
     """One-shot pattern (+ connectivity) pruning of a model in place, without training.
 
     Useful to make pattern-sparse models at a given rate quickly (benchmarks, experiments);
-    accuracy needs :func:`patsparse.prune`. ``allocation`` spreads the kept kernels over layers
+    accuracy needs :func:`patsparse.prune`. ``layers`` and ``conv1x1`` select the layers as in
+    :func:`~patsparse.pruning.layers.select_layers`; ``allocation`` spreads the kept kernels over layers
     as in :func:`~patsparse.pruning.layers.plan_layers` (uniform by default: the same fraction
     in every layer, so that speed measurements do not depend on the weights' values). Returns
     the sparsity spec, also attached to the model as ``model.patsparse_spec``.

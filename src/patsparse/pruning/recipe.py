@@ -19,6 +19,7 @@ import yaml
 from ..checkpoint import atomic_write_bytes
 from ..errors import FormatError, InputError
 from .admm import geometric_rhos
+from .layers import CONV1X1
 
 
 ALLOCATIONS = ("uniform", "lamp")
@@ -43,7 +44,8 @@ def contraction(c: float, momentum: float) -> float:
 class PruneRecipe:
     """Pattern-aware ADMM pruning settings (defaults: the paper's procedure, scaled to be practical).
 
-    rate: 3x3-conv compression rate (2.25 = patterns only; more adds connectivity pruning).
+    rate: compression rate over the pruned layers, dense weights / kept weights over 3x3 and 1x1
+        convs together (2.25 = patterns only; more adds connectivity pruning).
     library: "phase1" | "phase2" | "phase3" | "candidates" | path to a JSON library.
     admm_iters: ADMM iterations; each runs ``epochs`` SGD epochs (the primal step), then the
         proximal projections and the dual update.
@@ -76,8 +78,12 @@ class PruneRecipe:
     lr, momentum, weight_decay: SGD for the ADMM phase.
     gap_warning: the projection gap (accuracy lost by a trial hard projection) at the end of
         ADMM above which the summary warns that ADMM did not converge.
-    layers: conv names to prune (None = every 3x3 conv but the first); conv1x1: also prune 1x1
-        convs (connectivity only); connectivity_balanced: same kernel count per filter.
+    layers: conv names to prune (None = every 3x3 conv but the first, and the 1x1 convs per
+        conv1x1); conv1x1: "grouped" (every 1x1 conv but the first and the classifier, pruned in
+        virtual 3x3 kernels of 9 input channels), "connectivity" (the same convs, single weights
+        removed, no patterns) or "dense" (1x1 convs untouched); see
+        :func:`patsparse.pruning.layers.select_layers`; connectivity_balanced: same kernel count
+        per filter.
     oneshot: project once without training (quick experiments; retrain_epochs still applies).
     bn_batches: training batches used to re-estimate BatchNorm running statistics right after
         hard pruning (0 = off): the pruned convs' outputs shift, so the statistics gathered on
@@ -107,7 +113,7 @@ class PruneRecipe:
     weight_decay: float = 5e-4
     gap_warning: float = 0.02
     layers: list[str] | None = None
-    conv1x1: bool = False
+    conv1x1: str = "grouped"
     connectivity_balanced: bool = False
     oneshot: bool = False
     bn_batches: int = 50
@@ -141,6 +147,9 @@ class PruneRecipe:
             need(number(v) and v > 0, f"{k} must be a positive number, got {v!r}")
         need(self.rho is None or (number(self.rho) and self.rho > 0),
              f"rho must be a positive number or None (derived from penalty_reach), got {self.rho!r}")
+        need(isinstance(self.conv1x1, str) and self.conv1x1 in CONV1X1,
+             f"conv1x1 must be one of {CONV1X1} (the former True is 'connectivity', False 'dense'), "
+             f"got {self.conv1x1!r}")
         need(self.allocation in ALLOCATIONS, f"allocation must be one of {ALLOCATIONS}, got {self.allocation!r}")
         for k in ("min_layer_keep", "distill", "gap_warning"):
             v = getattr(self, k)
