@@ -86,7 +86,8 @@ def build_from_graph(g: Graph, *, threads: int | None = None, schedules: dict | 
 
 
 def compile(model_or_onnx_path: Any, example_input: Any = None, *, threads: int | None = None,
-            tune: bool = False, cache_dir: str | os.PathLike | None = None) -> CompiledModel:
+            tune: bool = False, cache_dir: str | os.PathLike | None = None,
+            target: str | None = None) -> Any:
     """Compile a (pattern-sparse or dense) CNN to native code.
 
     ``model_or_onnx_path``: an ``nn.Module`` (traced with torch.fx on ``example_input``, a
@@ -95,7 +96,15 @@ def compile(model_or_onnx_path: Any, example_input: Any = None, *, threads: int 
     ``tune``: measure candidate schedules per layer on this machine (slower compile, stored in
     the manifest). ``cache_dir``: where built libraries are cached (default $PATSPARSE_CACHE or
     ~/.cache/patsparse). Returns a CompiledModel: ``y = cm(x)``, ``cm.save(dir)``.
+    ``target="opencl"``: OpenCL kernels on the first GPU (else the first OpenCL device;
+    $PATSPARSE_OPENCL_DEVICE picks another), returning an OpenCLModel called the same way.
     """
+    if target not in (None, "cpu", "opencl"):
+        raise InputError(f"compile: unknown target {target!r} (known: 'cpu', 'opencl')")
     g = capture(model_or_onnx_path, example_input)
+    if target == "opencl":
+        from .opencl import build_opencl
+
+        return build_opencl(g, tune=tune, origin=getattr(g, "origin", ""))
     return build_from_graph(g, threads=threads, tune=tune, cache_dir=cache_dir,
                             origin=getattr(g, "origin", ""))

@@ -19,13 +19,13 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def lower(g: Graph, device: Any, schedules: dict[str, dict] | None = None) -> tuple:
+def lower(g: Graph, device: Any, schedules: dict[str, dict] | None = None, check: bool = True) -> tuple:
     """(plan, source, blob) of a fused graph for a pyopencl ``device`` (``schedules`` by kernel
-    name override the defaults). Deterministic: the same graph, schedules and device limits
-    give the same source and blob, which is how a saved model is verified."""
+    name override the defaults; ``check``: they must fit the device). Deterministic: the same
+    graph and schedules give the same source and blob, which is how a saved model is verified."""
     dev = describe_device(device)
     plan = plan_graph(g)
-    generate_all(plan, dev, schedules)
+    generate_all(plan, dev, schedules, check)
     blob = pack_blob(plan)
     return plan, emit_source(plan), blob
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from .plan import COPY_IN, COPY_OUT, CLPlan, layer_at_line
 from .schedule import group_size
 
 BUILD_OPTIONS = ["-cl-std=CL1.2"]
+_LINE = re.compile(r":(\d+):\d+:")
 
 
 def build_program(context: Any, source: str, plan: CLPlan, device: OpenCLDevice) -> Any:
@@ -44,14 +46,10 @@ def build_program(context: Any, source: str, plan: CLPlan, device: OpenCLDevice)
     keep.mkdir(parents=True, exist_ok=True)
     (keep / "model.cl").write_text(source)
     (keep / "build.log").write_text(log)
-    layer = None
-    for token in log.replace("\n", " ").split():  # "<source>:LINE:COL: error:"
-        parts = token.split(":")
-        if len(parts) >= 3 and parts[1].isdigit() and "error" in log:
-            layer = layer_at_line(plan, int(parts[1]))
-            if layer:
-                break
-    first = next((ln.strip() for ln in log.splitlines() if "error" in ln), log.strip()[:200])
+    errors = [ln.strip() for ln in log.splitlines() if "error" in ln]
+    lines = [int(m.group(1)) for ln in errors for m in [_LINE.search(ln)] if m]  # "file:LINE:COL:"
+    layer = next(filter(None, (layer_at_line(plan, n) for n in lines)), None)
+    first = errors[0] if errors else log.strip()[:200]
     where = f"layer {layer!r}" if layer else "the model's kernels"
     raise BuildError(f"OpenCL build of {where} failed on device {device.describe()}: {first}; "
                      f"source and build log kept in {keep}")
@@ -178,5 +176,3 @@ class OpenCLModel:
 
         return save(self, path)
 
-    def device_record(self) -> dict:
-        return asdict(self.device)
