@@ -19,7 +19,9 @@ from .device import OpenCLDevice
 from .pattern import local_bytes
 
 TILE_KINDS = ("conv2d", "depthwise", "maxpool", "avgpool")
-MAX_GROUP = 256  # work-items per group in default schedules: fits the register files of common GPUs
+# work-items per group in default schedules: on a GPU, few enough for the register file of a
+# common GPU to hold them; on a CPU device, enough for PoCL to vectorise a group's loop
+GPU_GROUP, CPU_GROUP = 128, 256
 
 
 def _tile(out: Layout, budget: int) -> tuple[int, int]:
@@ -36,10 +38,10 @@ def _channels_staged(device: OpenCLDevice, tw: int, th: int, stride: int, cin: i
 
 def default_schedule(kind: str, in_lay: Layout, out_lay: Layout, stride: int, device: OpenCLDevice) -> dict:
     """The untuned schedule of a layer on ``device``."""
-    budget = min(device.max_work_group_size, 64 if device.is_gpu else MAX_GROUP)
-    if kind == "pattern_conv":
-        tw, th = _tile(out_lay, budget)
-        fg = max(1, min(out_lay.C, budget // (tw * th), 8))
+    budget = min(device.max_work_group_size, GPU_GROUP if device.is_gpu else CPU_GROUP)
+    if kind == "pattern_conv":  # a quarter of the group for pixels, the rest for filters
+        tw, th = _tile(out_lay, max(1, budget // 4))
+        fg = max(1, min(out_lay.C, budget // (tw * th)))
         return {"tw": tw, "th": th, "fg": fg, "local": int(device.is_gpu),
                 "cc": _channels_staged(device, tw, th, stride, in_lay.C)}
     if kind == "conv2d":

@@ -63,6 +63,8 @@ def tune_graph(g: Graph, cl_device: Any, *, rounds: int = 3) -> dict[str, dict]:
         kern.set_args(ws, weights, np.int64(0),
                       np.int64(b_off), np.int64(plan.offsets[n.inputs[0]]), np.int64(plan.offsets[n.name]),
                       np.int64(plan.offsets[n.residual] if n.residual else 0))
+        if np.prod(k.local) > kern.get_work_group_info(cl.kernel_work_group_info.WORK_GROUP_SIZE, cl_device):
+            continue  # this kernel needs too many registers for a group that large
         cl.enqueue_nd_range_kernel(queue, kern, k.global_size(1), k.local).wait()  # warm-up
         runs.append((s.cname, c, kern, k, weights))
     best: dict[str, tuple[float, dict]] = {}
