@@ -77,7 +77,3 @@ def store(out_lay: Layout, act: str, has_residual: bool, f: str, v: str, oh: str
     idx = f"(long)({f}) * {out_lay.ps} + ({oh} + {out_lay.pad}) * {out_lay.ld} + ({ow} + {out_lay.pad})"
     res = f" + res[{idx}]" if has_residual else ""
     return f"out[{idx}] = ACT_{act}({v} + blob[b_off + ({f})]{res});"
-
-
-def tap_offset(dy: int, dx: int, ld: int) -> int:
-    return dy * ld + dx

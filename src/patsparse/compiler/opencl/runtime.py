@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from ...errors import BuildError, InputError, UnsupportedError
 from ..build import cache_root
+from ..runtime import CompiledModel
 from ..ir import INPUT
 from .device import OpenCLDevice, check_memory, describe_device, import_pyopencl
 from .plan import COPY_IN, COPY_OUT, CLPlan, layer_at_line
@@ -153,15 +153,8 @@ class OpenCLModel:
             cl.enqueue_copy(self._queue, y, b.y, is_blocking=True)
         return y
 
-    def __call__(self, x: Any) -> Any:
-        if isinstance(x, torch.Tensor):
-            y = self.run_numpy(x.detach().to("cpu", torch.float32).numpy())
-            return torch.from_numpy(y).to(x.device)
-        if isinstance(x, np.ndarray):
-            return self.run_numpy(x)
-        raise InputError(f"input must be a torch.Tensor or numpy array, got {type(x).__name__}")
-
-    forward = __call__
+    # tensor or array in, the same type out, through run_numpy: the CPU model's own
+    __call__ = forward = CompiledModel.__call__
 
     def eval(self) -> "OpenCLModel":
         return self
