@@ -82,6 +82,48 @@ def test_schedules_local_tiles_and_odd_shapes():
             assert "__local float tile[" in cm.source and "barrier(CLK_LOCAL_MEM_FENCE)" in cm.source
 
 
+@pytest.mark.parametrize("name", ["opsnet", "vgg16_bn"])
+def test_gpu_default_schedules_run_correctly_here(name):
+    """The schedules a GPU gets by default (local-memory tiles, filter groups) are valid code:
+    generated for a GPU-like description of this device and run on it."""
+    from patsparse.compiler.opencl.plan import generate_all, plan_graph
+    from patsparse.models import get
+
+    if name == "opsnet":
+        m, size = sparse_opsnet(), 16
+    else:
+        torch.manual_seed(0)
+        m, size = pattern_prune(randomize_bn(get(name, num_classes=10, width=0.25, variant="cifar")).eval()), 32
+    x = torch.randn(2, 3, size, size)
+    gpu = dataclasses.replace(describe_device(open_device()), device_type="gpu", local_mem_bytes=32 << 10)
+    plan = plan_graph(capture(m, x[:1]))
+    generate_all(plan, gpu)
+    scheds = {s.cname: s.kernel.schedule for s in plan.steps}
+    assert any(sc.get("local") and sc["fg"] > 1 for sc in scheds.values())
+    cm = build_opencl(capture(m, x[:1]), schedules=scheds)
+    with torch.no_grad():
+        assert_close(cm(x), m(x))
+
+
+def test_threads_share_a_model_safely(opsnet):
+    import threading
+
+    m, cm = opsnet
+    xs = [torch.randn(i + 1, 3, 16, 16, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    got = [None] * 4
+
+    def work(i):
+        for _ in range(3):
+            got[i] = cm(xs[i])
+
+    ts = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    [t.start() for t in ts]
+    [t.join() for t in ts]
+    with torch.no_grad():
+        for g, x in zip(got, xs):
+            assert_close(g, m(x))
+
+
 @pytest.mark.parametrize("name,variant,width,size,rate", [
     ("vgg16_bn", "cifar", 0.125, 32, 8.0),
     ("resnet18", "imagenet", 0.125, 64, 8.0),
