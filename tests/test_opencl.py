@@ -82,6 +82,19 @@ def test_schedules_local_tiles_and_odd_shapes():
             assert "__local float tile[" in cm.source and "barrier(CLK_LOCAL_MEM_FENCE)" in cm.source
 
 
+def test_fully_pruned_layer_and_non_square_plane():
+    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 5, 3, padding=1), nn.ReLU()).eval()
+    with torch.no_grad():
+        m[2].weight.zero_()  # no kernel left: the output is the bias
+        m[0].weight[:, :, 0, :] = 0
+        m[0].weight[:, :, :, 0] = 0  # the same 4 taps in every kernel
+    x = torch.randn(2, 3, 9, 7)
+    cm = ps.compile(m, x[:1], target="opencl")
+    assert [layer["kernel"] for layer in cm.manifest["layers"]] == ["pattern_conv", "pattern_conv"]
+    with torch.no_grad():
+        assert_close(cm(x), m(x))
+
+
 @pytest.mark.parametrize("name", ["opsnet", "vgg16_bn"])
 def test_gpu_default_schedules_run_correctly_here(name):
     """The schedules a GPU gets by default (local-memory tiles, filter groups) are valid code:
@@ -233,6 +246,11 @@ def test_save_load_round_trip_and_tampering(opsnet, tmp_path):
     with pytest.raises(FormatError, match="model.cl does not match"):
         load(d)
     (d / "model.cl").write_text(src)
+    raw = (d / "weights.bin").read_bytes()
+    (d / "weights.bin").write_bytes(raw[:-4] + b"\0\0\x80\x3f")
+    with pytest.raises(FormatError, match="weights.bin does not match"):
+        load(d)
+    (d / "weights.bin").write_bytes(raw)
     from patsparse.checkpoint import load_tensors, save_tensors
 
     t = load_tensors(d / "graph.safetensors")

@@ -23,8 +23,8 @@ import numpy as np
 
 from ...errors import BuildError, InputError, UnsupportedError
 from ..build import cache_root
-from ..runtime import CompiledModel
 from ..ir import INPUT
+from ..runtime import CompiledModel
 from .device import OpenCLDevice, check_memory, describe_device, import_pyopencl
 from .plan import COPY_IN, COPY_OUT, CLPlan, layer_at_line
 from .schedule import group_size
