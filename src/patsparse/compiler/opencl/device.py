@@ -45,6 +45,12 @@ class OpenCLDevice:
     def is_gpu(self) -> bool:
         return self.device_type == "gpu"
 
+    @property
+    def preferred_group_size(self) -> int:
+        """Work-items per group in default schedules: on a GPU few enough for a common GPU's
+        register file to hold them; on a CPU device enough for PoCL to vectorise a group's loop."""
+        return min(self.max_work_group_size, 128 if self.is_gpu else 256)
+
     def describe(self) -> str:
         return f"{self.name!r} ({self.device_type}, platform {self.platform!r})"
 

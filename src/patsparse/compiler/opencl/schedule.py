@@ -19,9 +19,6 @@ from .device import OpenCLDevice
 from .pattern import local_bytes
 
 TILE_KINDS = ("conv2d", "depthwise", "maxpool", "avgpool")
-# work-items per group in default schedules: on a GPU, few enough for the register file of a
-# common GPU to hold them; on a CPU device, enough for PoCL to vectorise a group's loop
-GPU_GROUP, CPU_GROUP = 128, 256
 
 
 def _tile(out: Layout, budget: int) -> tuple[int, int]:
@@ -38,7 +35,7 @@ def _channels_staged(device: OpenCLDevice, tw: int, th: int, stride: int, cin: i
 
 def default_schedule(kind: str, in_lay: Layout, out_lay: Layout, stride: int, device: OpenCLDevice) -> dict:
     """The untuned schedule of a layer on ``device``."""
-    budget = min(device.max_work_group_size, GPU_GROUP if device.is_gpu else CPU_GROUP)
+    budget = device.preferred_group_size
     if kind == "pattern_conv":  # a quarter of the group for pixels, the rest for filters
         tw, th = _tile(out_lay, max(1, budget // 4))
         fg = max(1, min(out_lay.C, budget // (tw * th)))
