@@ -144,6 +144,8 @@ def test_threads_share_a_model_safely(opsnet):
     ("convnet", "cifar", 1.0, 28, 4.0),
     ("mobilenet_v2", "cifar", 0.25, 32, None),
     pytest.param("resnet50", "cifar", 0.125, 32, 2.25, marks=pytest.mark.slow),
+    pytest.param("resnet18", "cifar", 1.0, 32, 8.0, marks=pytest.mark.slow),  # full widths: slow tier
+    pytest.param("mobilenet_v2", "imagenet", 1.0, 224, None, marks=pytest.mark.slow),
 ])
 def test_zoo_model_small(name, variant, width, size, rate):
     from patsparse.models import get
