@@ -119,22 +119,9 @@ def test_gpu_default_schedules_run_correctly_here(name):
 
 
 def test_threads_share_a_model_safely(opsnet):
-    import threading
+    import test_compiler  # the CPU model's test, on the OpenCL model (same (model, compiled) pair)
 
-    m, cm = opsnet
-    xs = [torch.randn(i + 1, 3, 16, 16, generator=torch.Generator().manual_seed(i)) for i in range(4)]
-    got = [None] * 4
-
-    def work(i):
-        for _ in range(3):
-            got[i] = cm(xs[i])
-
-    ts = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-    [t.start() for t in ts]
-    [t.join() for t in ts]
-    with torch.no_grad():
-        for g, x in zip(got, xs):
-            assert_close(g, m(x))
+    test_compiler.test_threads_share_a_model_safely(opsnet)
 
 
 @pytest.mark.parametrize("name,variant,width,size,rate", [
