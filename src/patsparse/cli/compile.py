@@ -28,6 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "model records; ONNX files carry their own)")
     p.add_argument("--threads", type=int, help="OpenMP threads per call (default: all usable CPUs)")
     p.add_argument("--tune", action="store_true", help="measure schedules per layer on this machine")
+    p.add_argument("--target", choices=("cpu", "opencl"), default="cpu",
+                   help="cpu: native C (default); opencl: OpenCL kernels on the first GPU, else the first "
+                        "OpenCL device ($PATSPARSE_OPENCL_DEVICE picks another)")
     p.add_argument("--cache-dir", help="build cache (default $PATSPARSE_CACHE or ~/.cache/patsparse)")
     p.set_defaults(func=run)
 
@@ -54,12 +57,15 @@ def run(args: argparse.Namespace) -> int:
     src = Path(args.src)
     t0 = time.perf_counter()
     model, example = load_source(src, args.input_shape)
-    cm = ps_compile(model, example, threads=args.threads, tune=args.tune, cache_dir=args.cache_dir)
+    cm = ps_compile(model, example, threads=args.threads, tune=args.tune, cache_dir=args.cache_dir,
+                    target=None if args.target == "cpu" else args.target)
     out = cm.save(args.out)
     kinds: dict[str, int] = {}
     for layer in cm.manifest["layers"]:
         kinds[layer["kernel"]] = kinds.get(layer["kernel"], 0) + 1
+    runs_on = (f"OpenCL device {cm.device.name!r}" if args.target == "opencl"
+               else f"{cm.threads} threads, {cm.manifest['vl']}-float vectors")
     print(f"compiled {src} -> {out} in {time.perf_counter() - t0:.1f} s: "
           f"{', '.join(f'{v} {k}' for k, v in sorted(kinds.items()))}; input {cm.input_shape}, "
-          f"output {cm.output_shape}, {cm.threads} threads, {cm.manifest['vl']}-float vectors")
+          f"output {cm.output_shape}, {runs_on}")
     return 0

@@ -111,7 +111,7 @@ def build_from_graph(g: Graph, *, threads: int | None = None, schedules: dict | 
 
 def compile(model_or_onnx_path: Any, example_input: Any = None, *, threads: int | None = None,
             tune: bool = False, cache_dir: str | os.PathLike | None = None,
-            target: str | Target | None = None) -> CompiledModel:
+            target: str | Target | None = None) -> Any:
     """Compile a (pattern-sparse or dense) CNN to native code.
 
     ``model_or_onnx_path``: an ``nn.Module`` (traced with torch.fx on ``example_input``, a
@@ -122,7 +122,14 @@ def compile(model_or_onnx_path: Any, example_input: Any = None, *, threads: int 
     ~/.cache/patsparse). ``target``: a target name or Target whose code runs here (default
     this host; e.g. "generic" for portable vector code; other machines: ``export``). Returns a
     CompiledModel: ``y = cm(x)``, ``cm.save(dir)``.
+    ``target="opencl"``: OpenCL kernels on the first GPU (else the first OpenCL device;
+    $PATSPARSE_OPENCL_DEVICE picks another), returning an OpenCLModel called the same way.
     """
+    if target == "opencl":
+        g = capture(model_or_onnx_path, example_input)
+        from .opencl import build_opencl
+
+        return build_opencl(g, tune=tune, origin=getattr(g, "origin", ""))
     target = runnable_here(target)  # before the capture: a bad name is the first error
     g = capture(model_or_onnx_path, example_input)
     return build_from_graph(g, threads=threads, tune=tune, cache_dir=cache_dir,
