@@ -28,7 +28,7 @@ from _report import add_zoo_args, command_line, machine, machine_line, md_table,
 
 import patsparse as ps  # noqa: E402
 from patsparse.compiler.api import capture  # noqa: E402
-from patsparse.compiler.opencl import build_opencl  # noqa: E402
+from patsparse.compiler.opencl import build_opencl, opencl_target  # noqa: E402
 
 
 def zoo_model(name: str, variant: str, width: float, rate: float) -> tuple[torch.nn.Module, int]:
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     x = np.random.default_rng(0).standard_normal((args.batch, 3, size, size)).astype(np.float32)
     with torch.no_grad():
         want = m(torch.from_numpy(x)).numpy()
-    ocl = build_opencl(capture(m, torch.from_numpy(x[:1])), device=args.device, tune=True)
+    ocl = build_opencl(capture(m, torch.from_numpy(x[:1])), target=opencl_target(args.device), tune=True)
     cpu = ps.compile(m, torch.from_numpy(x[:1]))
     dev = ocl.device
     lines = [f"# OpenCL target: {args.model} ({args.variant}, width {args.width}, rate {args.rate}), "

@@ -18,9 +18,10 @@ from patsparse.errors import BuildError, FormatError, InputError, UnsupportedErr
 cl = pytest.importorskip("pyopencl", reason="pyopencl is not installed (pip install 'patsparse[opencl]')")
 
 from patsparse.compiler.api import capture  # noqa: E402
-from patsparse.compiler.opencl import build_opencl, load  # noqa: E402
+from patsparse.compiler.opencl import OpenCLModel, build_opencl, load, opencl_target  # noqa: E402
 from patsparse.compiler.opencl.device import (check_fp32, check_memory, describe_device,  # noqa: E402
-                                              list_devices, open_device)
+                                              list_devices, open_device, target_device)
+from patsparse.compiler.target import get_target  # noqa: E402
 
 try:
     list_devices()
@@ -226,7 +227,8 @@ def test_save_load_round_trip_and_tampering(opsnet, tmp_path):
     d = tmp_path / "m.ocl"
     ps.save(cm, d)
     assert {"manifest.json", "model.cl", "weights.bin", "graph.json", "graph.safetensors"} <= {p.name for p in d.iterdir()}
-    again = load(d)
+    again = ps.load(d)  # dispatched on the manifest's format
+    assert isinstance(again, OpenCLModel) and again.manifest["target"] == "opencl"
     x = torch.randn(2, 3, 16, 16)
     np.testing.assert_array_equal(again(x).numpy(), cm(x).numpy())
     assert again.source == cm.source
@@ -259,16 +261,68 @@ def test_cli_compile_target_opencl(tmp_path, capsys):
     m = sparse_opsnet()
     onnx_path = tmp_path / "m.onnx"
     torch.onnx.export(m, torch.zeros(1, 3, 16, 16), str(onnx_path), dynamo=False, opset_version=17)
-    assert cli_main(["compile", str(onnx_path), "--target", "opencl", "-o", str(tmp_path / "out")]) == 0
+    out = tmp_path / "out"
+    assert cli_main(["compile", str(onnx_path), "--target", "opencl", "-o", str(out)]) == 0
     assert "OpenCL device" in capsys.readouterr().out
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
-        assert_close(load(tmp_path / "out")(x), m(x))
+        want = m(x)
+    assert_close(load(out)(x), want)
+    # patsparse run opens it for the device at hand, on a file and timed
+    np.save(tmp_path / "x.npy", x.numpy())
+    assert cli_main(["run", str(out), "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "y.npy")]) == 0
+    assert_close(torch.from_numpy(np.load(tmp_path / "y.npy")), want)
+    assert cli_main(["run", str(out), "--batch", "1", "--repeats", "2"]) == 0
+    assert "OpenCL device" in capsys.readouterr().out
+    assert cli_main(["run", str(out), "--profile"]) != 0
+    assert "--threads and --profile are for CPU-compiled ones" in capsys.readouterr().err
 
 
-def test_unknown_target_is_named():
-    with pytest.raises(InputError, match="unknown target 'vulkan'"):
+def test_unknown_target_is_named(tmp_path, capsys):
+    from patsparse.cli import main as cli_main
+
+    with pytest.raises(InputError, match="unknown target 'vulkan'; known targets: .*opencl"):
         ps.compile(nn.Conv2d(3, 4, 3), torch.zeros(1, 3, 8, 8), target="vulkan")
+    assert cli_main(["compile", str(tmp_path / "nothing.onnx"), "--target", "vulkan", "-o", str(tmp_path / "o")]) != 0
+    assert "unknown target 'vulkan'" in capsys.readouterr().err
+
+
+def test_opencl_target_in_the_registry_names_its_device():
+    """"opencl" is a registry Target of kind opencl (no C toolchain, the default device);
+    opencl_target(spec) is the same target with a chosen device's facts, and compiles there."""
+    t = get_target("opencl")
+    assert t.kind == "opencl" and t.cpu is None and t.toolchain is None and t.opencl is None
+    chosen = opencl_target(0)
+    dev = describe_device(list_devices()[0])
+    assert chosen.kind == "opencl" and chosen.opencl == dev
+    m = sparse_opsnet()
+    cm = ps.compile(m, torch.zeros(1, 3, 16, 16), target=chosen)
+    assert isinstance(cm, OpenCLModel) and cm.device == dev and cm.manifest["device"] == dev.name
+    with pytest.raises(UnsupportedError, match="not present here"):
+        target_device(dataclasses.replace(chosen, opencl=dataclasses.replace(dev, name="no such device")))
+    with pytest.raises(UnsupportedError, match="no CPU code generator"):
+        ps.export(m, torch.zeros(1, 3, 16, 16), "unused", target="opencl")
+
+
+def test_builds_on_the_portable_graph():
+    """The CPU lowering's fusions (conv + max pool, 1x1 + depthwise) are not applied: the OpenCL
+    plan has a kernel per portable node, whatever this CPU would fuse."""
+    from patsparse.compiler.codegen.lowering import lower
+    from patsparse.compiler.target import generic_vectors
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 8, 7, 2, 3), nn.ReLU(), nn.MaxPool2d(3, 2, 1), nn.Conv2d(8, 256, 1), nn.ReLU6(),
+                      nn.Conv2d(256, 256, 3, padding=1, groups=256), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                      nn.Linear(256, 4)).eval()
+    x = torch.randn(2, 3, 128, 128)
+    cpu = capture(m, x[:1])
+    lower(cpu, generic_vectors(16, 32))  # a 32-register CPU fuses both pairs
+    assert [sorted(k for k in ("pool", "expand") if k in n.attrs) for n in cpu.nodes][:2] == [["pool"], ["expand"]]
+    cm = ps.compile(m, x[:1], target="opencl")
+    assert [layer["kernel"] for layer in cm.manifest["layers"]] == \
+        ["conv2d", "maxpool", "conv2d", "depthwise", "gap", "linear"]
+    with torch.no_grad():
+        assert_close(cm(x), m(x))
 
 
 def test_no_opencl_platform_is_a_clear_error(tmp_path):

@@ -7,7 +7,8 @@ from typing import Any
 
 from ..codegen.graph import pack_blob
 from ..ir import Graph
-from .device import describe_device, open_device
+from ..target import Target, get_target
+from .device import describe_device, target_device
 from .plan import emit_source, generate_all, plan_graph
 from .runtime import OpenCLModel
 
@@ -30,14 +31,16 @@ def lower(g: Graph, device: Any, schedules: dict[str, dict] | None = None, check
     return plan, emit_source(plan), blob
 
 
-def build_opencl(g: Graph, *, device: str | int | None = None, schedules: dict[str, dict] | None = None,
+def build_opencl(g: Graph, *, target: Target | str = "opencl", schedules: dict[str, dict] | None = None,
                  tune: bool = False, origin: str = "") -> OpenCLModel:
-    """Plan, (tune,) generate and build a fused graph for an OpenCL device.
+    """Plan, (tune,) generate and build a portable fused graph (``compiler.api.capture``: no
+    CPU lowering) for an OpenCL target.
 
-    ``device``: index, name substring, or None (first GPU, else first device; see
-    device.open_device). ``tune``: measure each layer's candidate schedules on that device.
+    ``target``: "opencl" (the default device: first GPU, else first device, see
+    device.open_device) or a Target from ``opencl_target`` (a chosen device). ``tune``:
+    measure each layer's candidate schedules on that device.
     """
-    cl_device = open_device(device)
+    cl_device = target_device(get_target(target))
     gj, gt = g.to_json()  # before planning: the IR as captured and fused
     if tune:
         from .tune import tune_graph
@@ -49,7 +52,7 @@ def build_opencl(g: Graph, *, device: str | int | None = None, schedules: dict[s
               for s in plan.steps]
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "origin": origin,
                 "input_shape": list(g.input_shape), "output_shape": list(g.node(g.output).shape),
-                "device": describe_device(cl_device).name, "tuned": bool(tune),
+                "target": "opencl", "device": describe_device(cl_device).name, "tuned": bool(tune),
                 "source_sha256": sha256(source.encode()), "weights_sha256": sha256(blob.astype("<f4").tobytes()),
                 "layers": layers}
     return OpenCLModel(plan, source, blob, manifest, cl_device, (gj, gt))

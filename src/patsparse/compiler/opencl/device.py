@@ -1,19 +1,21 @@
 """The OpenCL device a model is compiled for, as data: what the kernel generators and the
 tuner need to know about it, and the checks that turn an unusable device into a clear error.
 
-``OpenCLDevice`` is a frozen dataclass (name, kind="opencl", work-group and memory limits), so
-it can sit in a target registry beside the CPU targets; everything that talks to pyopencl
-lives in ``open_device``. pyopencl is an optional dependency (``pip install patsparse[opencl]``):
-it is imported only here and in the runtime, and its absence is an error that says so.
+``OpenCLDevice`` is a frozen dataclass (name, kind="opencl", work-group and memory limits): the
+capability group of the "opencl" Target (compiler/target), filled in by ``opencl_target`` when
+a device is opened; everything that talks to pyopencl lives in ``open_device``. pyopencl is an
+optional dependency (``pip install patsparse[opencl]``): it is imported only here and in the
+runtime, and its absence is an error that says so.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ...errors import InputError, UnsupportedError
+from ..target import Target, get_target
 
 CL_FP_INF_NAN = 1 << 1
 CL_FP_ROUND_TO_NEAREST = 1 << 2
@@ -126,6 +128,26 @@ def open_device(spec: str | int | None = None) -> Any:
         dev = hits[0]
     check_fp32(describe_device(dev))
     return dev
+
+
+def opencl_target(device: str | int | None = None) -> Target:
+    """The "opencl" Target for the device ``device`` names (see ``open_device``), its facts in
+    ``target.opencl``: ``compile(model, x, target=opencl_target("NVIDIA"))`` picks a device."""
+    return replace(get_target("opencl"), opencl=describe_device(open_device(device)))
+
+
+def target_device(target: Target) -> Any:
+    """The pyopencl device an "opencl" Target stands for: the device whose facts it holds, or,
+    for the registry entry (no facts), the default device of ``open_device``."""
+    if target.kind != "opencl":
+        raise InputError(f"target {target.name!r} ({target.kind}) is not an OpenCL target")
+    if target.opencl is None:
+        return open_device()
+    hits = [d for d in list_devices() if describe_device(d) == target.opencl]
+    if not hits:
+        raise UnsupportedError(f"OpenCL device {target.opencl.describe()} of target {target.name!r} "
+                               "is not present here")
+    return hits[0]
 
 
 def check_fp32(device: OpenCLDevice) -> None:

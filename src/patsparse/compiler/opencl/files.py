@@ -52,6 +52,16 @@ def _read(d: Path, name: str) -> bytes:
         raise FormatError(f"{d}: OpenCL compiled model is incomplete ({e})") from None
 
 
+def is_opencl_dir(path: str | os.PathLike) -> bool:
+    """Whether ``path`` holds a model ``save`` wrote (its manifest says format patsparse-opencl):
+    how ``patsparse.load`` and ``patsparse run`` tell it from a CPU-compiled model."""
+    man = Path(path) / MANIFEST
+    if not man.is_file():
+        return False
+    fields = read_json(man, "compiled-model manifest")
+    return isinstance(fields, dict) and fields.get("format") == FORMAT
+
+
 def load(path: str | os.PathLike, device: str | int | None = None) -> OpenCLModel:
     """Reopen a directory written by ``save``, built for ``device`` (see device.open_device)."""
     d = Path(path)
