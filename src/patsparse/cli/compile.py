@@ -28,6 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "model records; ONNX files carry their own)")
     p.add_argument("--threads", type=int, help="OpenMP threads per call (default: all usable CPUs)")
     p.add_argument("--tune", action="store_true", help="measure schedules per layer on this machine")
+    p.add_argument("--target", default="native",
+                   help="native (default: this CPU), generic, x86-64-avx2, ... (a CPU this machine runs), or "
+                        "opencl: OpenCL kernels on the first GPU, else the first OpenCL device "
+                        "($PATSPARSE_OPENCL_DEVICE picks another)")
     p.add_argument("--cache-dir", help="build cache (default $PATSPARSE_CACHE or ~/.cache/patsparse)")
     p.set_defaults(func=run)
 
@@ -51,15 +55,26 @@ def load_source(src: Path, given_shape: tuple[int, ...] | None) -> tuple[Any, An
 def run(args: argparse.Namespace) -> int:
     from ..compiler.api import compile as ps_compile
 
+    from ..compiler.target import get_target
+
+    target = get_target(args.target)  # a bad name is the first error, before the model loads
     src = Path(args.src)
     t0 = time.perf_counter()
     model, example = load_source(src, args.input_shape)
-    cm = ps_compile(model, example, threads=args.threads, tune=args.tune, cache_dir=args.cache_dir)
+    cm = ps_compile(model, example, threads=args.threads, tune=args.tune, cache_dir=args.cache_dir,
+                    target=target)
     out = cm.save(args.out)
     kinds: dict[str, int] = {}
     for layer in cm.manifest["layers"]:
         kinds[layer["kernel"]] = kinds.get(layer["kernel"], 0) + 1
     print(f"compiled {src} -> {out} in {time.perf_counter() - t0:.1f} s: "
           f"{', '.join(f'{v} {k}' for k, v in sorted(kinds.items()))}; input {cm.input_shape}, "
-          f"output {cm.output_shape}, {cm.threads} threads, {cm.manifest['vl']}-float vectors")
+          f"output {cm.output_shape}, {runs_on(cm)}")
     return 0
+
+
+def runs_on(cm: Any) -> str:
+    """What a compiled model runs on, for the summary lines of compile and run."""
+    if "device" in cm.manifest:  # an OpenCL model (compiler/opencl)
+        return f"OpenCL device {cm.manifest['device']!r}"
+    return f"{cm.threads} threads, {cm.manifest['vl']}-float vectors"

@@ -21,8 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--out", required=True, help="directory to write the project to")
     p.add_argument("--target", default="native",
                    help="target name (native, x86-64-avx512, x86-64-avx2, aarch64-linux-gnu, generic, ...)")
-    p.add_argument("--input-shape", type=shape_arg, help="C,H,W of one input image (PyTorch models; "
-                   "ONNX files carry their own)")
+    p.add_argument("--input-shape", type=shape_arg, help="C,H,W of one input image (default: the shape the "
+                   "saved model records; ONNX files carry their own)")
     p.add_argument("--threads", type=int, help="team size the default schedules are balanced for")
     p.add_argument("--overwrite", action="store_true", help="replace the files of a non-empty --out")
     p.set_defaults(func=run)

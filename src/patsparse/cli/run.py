@@ -56,10 +56,18 @@ def print_profile(rows: list[dict], latency_ms: float) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..compiler.opencl import is_opencl_dir
+    from ..compiler.opencl import load as load_opencl
     from ..compiler.runtime import CompiledModel
+    from .compile import runs_on
 
     check_compiled_dir(args.model)
-    cm = CompiledModel.load(args.model, threads=args.threads)
+    if is_opencl_dir(args.model):  # built for the OpenCL device at hand
+        if args.threads or args.profile:
+            raise InputError(f"{args.model} is an OpenCL model: --threads and --profile are for CPU-compiled ones")
+        cm = load_opencl(args.model)
+    else:
+        cm = CompiledModel.load(args.model, threads=args.threads)
     if args.input:
         try:
             x = np.load(args.input, allow_pickle=False)
@@ -83,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         cm(x)
         times.append(time.perf_counter() - t0)
     latency_ms = float(np.median(times) * 1e3)
-    print(f"{args.model}: batch {args.batch}, {cm.threads} threads: median "
+    print(f"{args.model}: batch {args.batch}, {runs_on(cm)}: median "
           f"{latency_ms:.3f} ms, p90 {np.percentile(times, 90) * 1e3:.3f} ms over {args.repeats} calls",
           flush=True)
     if args.profile:

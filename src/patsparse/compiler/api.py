@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,6 +24,9 @@ from .passes import run_passes
 from .runtime import FORMAT, FORMAT_VERSION, CompiledModel, sha256
 from .target import Target, detect, get_target
 from .target.host import isa_macro_lines
+
+if TYPE_CHECKING:
+    from .opencl import OpenCLModel
 
 
 def default_threads() -> int:
@@ -111,19 +114,28 @@ def build_from_graph(g: Graph, *, threads: int | None = None, schedules: dict | 
 
 def compile(model_or_onnx_path: Any, example_input: Any = None, *, threads: int | None = None,
             tune: bool = False, cache_dir: str | os.PathLike | None = None,
-            target: str | Target | None = None) -> CompiledModel:
+            target: str | Target | None = None) -> "CompiledModel | OpenCLModel":
     """Compile a (pattern-sparse or dense) CNN to native code.
 
     ``model_or_onnx_path``: an ``nn.Module`` (traced with torch.fx on ``example_input``, a
     (N, C, H, W) tensor; N does not matter) or the path of an ONNX file. Sparsity is read from
     the weights. ``threads``: OpenMP threads per call (default: the CPUs this process may use).
-    ``tune``: measure candidate schedules per layer on this machine (slower compile, stored in
-    the manifest). ``cache_dir``: where built libraries are cached (default $PATSPARSE_CACHE or
-    ~/.cache/patsparse). ``target``: a target name or Target whose code runs here (default
-    this host; e.g. "generic" for portable vector code; other machines: ``export``). Returns a
-    CompiledModel: ``y = cm(x)``, ``cm.save(dir)``.
+    ``tune``: measure candidate schedules per layer on this machine or device (slower compile,
+    stored in the manifest). ``cache_dir``: where built libraries are cached (default
+    $PATSPARSE_CACHE or ~/.cache/patsparse). ``target``: a target name or Target
+    (``target.known_targets()``) whose code runs here: a CPU target (default this host; e.g.
+    "generic" for portable vector code; other machines: ``export``) gives a CompiledModel,
+    "opencl" (or ``opencl.opencl_target(device)``) an OpenCLModel on an OpenCL device (the
+    first GPU, else the first device; $PATSPARSE_OPENCL_DEVICE picks another; ``threads`` and
+    ``cache_dir`` do not apply). Either is called the same way: ``y = cm(x)``, ``cm.save(dir)``.
     """
-    target = runnable_here(target)  # before the capture: a bad name is the first error
+    t = get_target(target)  # before the capture: a bad name is the first error
+    if t.kind == "opencl":  # the one dispatch on the target's kind
+        from .opencl import build_opencl  # needs pyopencl (optional) only when used
+
+        g = capture(model_or_onnx_path, example_input)
+        return build_opencl(g, target=t, tune=tune, origin=getattr(g, "origin", ""))
+    t = runnable_here(t)
     g = capture(model_or_onnx_path, example_input)
     return build_from_graph(g, threads=threads, tune=tune, cache_dir=cache_dir,
-                            origin=getattr(g, "origin", ""), target=target)
+                            origin=getattr(g, "origin", ""), target=t)

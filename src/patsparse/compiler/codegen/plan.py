@@ -33,6 +33,24 @@ def _required_pad(node: Node) -> int:
     return int(node.attrs.get("padding", 0)) if node.op in ("conv", "maxpool", "avgpool") else 0
 
 
+def tensor_layouts(g: Graph) -> dict[str, Layout]:
+    """The layout of every tensor of ``g`` (portable or lowered): its halo is the largest padding
+    any consumer needs, and a residual is read in its consumer's output layout, so both share
+    the larger halo. The OpenCL target plans its activations with it too."""
+    pads: dict[str, int] = {INPUT: 0, **{n.name: 0 for n in g.nodes}}
+    for n in g.nodes:
+        for i in n.inputs:
+            pads[i] = max(pads[i], _required_pad(n))
+    changed = True
+    while changed:
+        changed = False
+        for n in g.nodes:
+            if n.residual and pads[n.residual] != pads[n.name]:
+                pads[n.residual] = pads[n.name] = max(pads[n.residual], pads[n.name])
+                changed = True
+    return {t: Layout(*_spatial(g.shape_of(t)), pad=p) for t, p in pads.items()}
+
+
 def plan_graph(g: Graph, *, target: Target | None = None, threads: int | None = None) -> Plan:
     """Kernel choice, layouts and workspace offsets for a fused graph (see module docstring).
 
@@ -42,27 +60,18 @@ def plan_graph(g: Graph, *, target: Target | None = None, threads: int | None = 
     target = target or detect()
     lower(g, target)
     kinds = {n.name: match(n) for n in g.nodes}  # all errors before any code exists
-    pads: dict[str, int] = {INPUT: 0, **{n.name: 0 for n in g.nodes}}
-    for n in g.nodes:
-        for i in n.inputs:
-            pads[i] = max(pads[i], _required_pad(n))
-    changed = True
-    while changed:  # a residual is read in its consumer's output layout: same halo
-        changed = False
-        for n in g.nodes:
-            if n.residual and pads[n.residual] != pads[n.name]:
-                pads[n.residual] = pads[n.name] = max(pads[n.residual], pads[n.name])
-                changed = True
-    layouts = {t: Layout(*_spatial(g.shape_of(t)), pad=p) for t, p in pads.items()}
+    layouts = tensor_layouts(g)
     acts = {n.name: n.act for n in g.nodes}
     steps = [Step(n, i, kinds[n.name][0], c_ident(n.name, i), layouts[n.inputs[0]], layouts[n.name],
                   sparsity=kinds[n.name][1], input_nonneg=acts.get(n.inputs[0]) in ("relu", "relu6"))
              for i, n in enumerate(g.nodes)]
-    offsets, ws = _assign_buffers(g, layouts)
+    offsets, ws = assign_buffers(g, layouts)
     return Plan(g, steps, layouts, offsets, ws, target=target, threads=threads)
 
 
-def _assign_buffers(g: Graph, layouts: dict[str, Layout]) -> tuple[dict[str, int], int]:
+def assign_buffers(g: Graph, layouts: dict[str, Layout]) -> tuple[dict[str, int], int]:
+    """(tensor -> workspace offset in floats, workspace size in floats) of one image, a buffer
+    recycled after its tensor's last use for a later tensor of the same layout (module docstring)."""
     last_use = {INPUT: -1}
     for i, n in enumerate(g.nodes):
         for t in n.inputs + ([n.residual] if n.residual else []):

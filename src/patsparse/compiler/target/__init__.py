@@ -1,16 +1,24 @@
 """Targets: everything code generation and the build need to know about the machine that will
 run the code, as data.
 
-A ``Target`` names a machine (``name``, ``triple``), says how to build for it (``toolchain``)
-and, for a CPU (``kind == "cpu"``), what the kernel generators and schedule heuristics may
-assume (``cpu``: vector lanes and registers, cache sizes, and the C dialect that renders the
-kernels' vector helpers). Generators and schedules take a Target and read ``target.cpu``; no
-generator names an instruction set. A GPU target (OpenCL) is another ``kind`` with its own
-capability group next to ``cpu``; ``require_cpu`` turns handing it to a CPU generator into a
-clear error.
+A ``Target`` names a machine (``name``, ``triple``) and has a ``kind``, on which
+``compiler.api.compile`` dispatches once:
+
+- ``"cpu"``: native C. ``toolchain`` says how to build it, ``cpu`` what the kernel generators
+  and schedule heuristics may assume (vector lanes and registers, cache sizes, and the C
+  dialect that renders the kernels' vector helpers). Generators and schedules take a Target and
+  read ``target.cpu``; no generator names an instruction set.
+- ``"opencl"``: OpenCL C kernels (compiler/opencl), built by the device's driver when the model
+  is opened, so there is no ``toolchain``. Its capability group is ``opencl``, the device's
+  facts (``opencl.device.OpenCLDevice``: work-group and memory limits, GPU or not), filled in
+  when a device is opened (``opencl.opencl_target``); the registry entry has none and stands
+  for the default device, chosen at compile time.
+
+``require_cpu`` turns handing a non-CPU target to a CPU generator into a clear error.
 
 Adding a CPU target: a dialect module (see dialect.py: one C text per slot, reuse generic.py's
-forms where the ISA has nothing better), then one ``Target`` in ``TARGETS``.
+forms where the ISA has nothing better), then one ``Target`` in ``TARGETS``. Adding a kind: its
+compiler package, its capability group here, and its branch of ``compiler.api.compile``.
 """
 
 from __future__ import annotations
@@ -18,11 +26,15 @@ from __future__ import annotations
 import functools
 import shutil
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from ...errors import BuildError, InputError, UnsupportedError
 from . import generic, neon, x86
 from .dialect import CDialect
 from .host import arch_flags, find_compiler, predefined_macros
+
+if TYPE_CHECKING:  # the opencl package imports the code generators, which import this module
+    from ..opencl.device import OpenCLDevice
 
 
 @dataclass(frozen=True)
@@ -73,11 +85,12 @@ class Target:
     """A machine to generate code for (see the module docstring)."""
 
     name: str
-    kind: str                # "cpu"
-    triple: str              # GNU triple of the machine
-    toolchain: Toolchain
+    kind: str                # "cpu" or "opencl"
+    triple: str              # GNU triple of the machine ("" when any)
+    toolchain: Toolchain | None  # None: the code is not built by a C compiler here (OpenCL)
     cpu: CpuCaps | None = None
     description: str = ""
+    opencl: OpenCLDevice | None = None  # an OpenCL target's device, once one is opened
 
     def require_cpu(self, where: str) -> CpuCaps:
         """The CPU capabilities; UnsupportedError when this target is not a CPU."""
@@ -124,6 +137,9 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
                    vreg_constraint=neon.VREG_CONSTRAINT, fma_broadcast_operand=False, dialect=neon.DIALECT),
            "64-bit ARM with NEON (Cortex-A76 class: phones, Raspberry Pi 5), Linux"),
     generic_vectors(),
+    Target("opencl", "opencl", "", None,
+           description="OpenCL C kernels on an OpenCL device: the first GPU, else the first device "
+                       "($PATSPARSE_OPENCL_DEVICE picks another), built by its driver"),
 )}
 ALIASES = {"aarch64-linux-gnu": "aarch64-neon", "aarch64": "aarch64-neon", "arm64": "aarch64-neon",
            "x86_64": "x86-64-avx2"}
