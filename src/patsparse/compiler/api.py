@@ -15,12 +15,12 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .build import compile_c, toolchain_fingerprint
+from .build import compile_c, isa_macros, toolchain_fingerprint
 from .capture import capture_onnx, capture_torch
-from .codegen.graph import SYNC_FLOATS, emit_model, generate_kernels, pack_blob, plan_graph
+from .codegen.graph import SYNC_FLOATS, Plan, emit_model, generate_kernels, pack_blob, plan_graph
 from .ir import Graph
 from .passes import run_passes
-from .runtime import FORMAT, FORMAT_VERSION, CompiledModel, sha256
+from .runtime import FORMAT, FORMAT_VERSION, CompiledModel
 
 
 def default_threads() -> int:
@@ -49,19 +49,31 @@ def capture(model_or_onnx_path: Any, example_input: Any = None) -> Graph:
 
 def build_from_graph(g: Graph, *, threads: int | None = None, schedules: dict | None = None,
                      tune: bool = False, cache_dir: str | os.PathLike | None = None,
-                     origin: str = "", extra_flags: tuple[str, ...] = ()) -> CompiledModel:
+                     origin: str = "", extra_flags: tuple[str, ...] = (),
+                     normalization: dict | None = None) -> CompiledModel:
     """Plan, (tune,) generate, build and wrap a fused graph.
 
     ``extra_flags`` go to the C compiler (tests build with -fsanitize=address this way).
     """
     threads = int(threads or default_threads())
     plan = plan_graph(g, threads=threads)
-    gj, gt = g.to_json()  # before kernels are generated: the IR as captured and fused
     if tune:
         from .tune import tune_plan
 
         schedules = {**(schedules or {}), **tune_plan(plan, threads=threads, cache_dir=cache_dir)}
     generate_kernels(plan, schedules)
+    return build_plan(plan, origin=origin, tuned=bool(tune), cache_dir=cache_dir, extra_flags=extra_flags,
+                      normalization=normalization)
+
+
+def build_plan(plan: Plan, *, origin: str, tuned: bool, cache_dir: str | os.PathLike | None = None,
+               extra_flags: tuple[str, ...] = (), normalization: dict | None = None) -> CompiledModel:
+    """Pack, emit, build (or take from the build cache) and wrap a plan whose kernels are generated.
+
+    The one path from a plan to a CompiledModel: a compile and the loading of a saved model
+    both end here, so both produce the same source, manifest and library for the same plan."""
+    g = plan.graph
+    gj, gt = g.to_json()  # the IR as captured, fused and lowered: what a saved model regenerates from
     blob = pack_blob(plan)
     source = emit_model(plan)
     lib = compile_c(source, name="model", cache_dir=Path(cache_dir) if cache_dir else None,
@@ -74,14 +86,12 @@ def build_from_graph(g: Graph, *, threads: int | None = None, schedules: dict | 
         if s.kind == "pattern_conv":
             entry["kernels"] = s.sparsity.counts()
         layers.append(entry)
-    out_shape = g.node(g.output).shape
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "origin": origin,
-                "input_shape": list(g.input_shape), "output_shape": list(out_shape),
-                "threads": threads, "vl": plan.vl, "toolchain": toolchain_fingerprint(),
-                "source_sha256": sha256(source.encode()),
-                "weights_sha256": sha256(blob.astype("<f4").tobytes()),
+                "input_shape": list(g.input_shape), "output_shape": list(g.node(g.output).shape),
+                "threads": int(plan.threads or default_threads()), "vl": plan.vl,
+                "toolchain": toolchain_fingerprint(), "isa": sorted(isa_macros()),
                 "workspace_floats": plan.ws_floats + SYNC_FLOATS, "blob_floats": plan.blob_floats,
-                "tuned": bool(tune), "layers": layers}
+                "tuned": tuned, "layers": layers, "normalization": normalization}
     return CompiledModel(lib, blob, manifest, source, gj, gt)
 
 
@@ -95,7 +105,15 @@ def compile(model_or_onnx_path: Any, example_input: Any = None, *, threads: int 
     ``tune``: measure candidate schedules per layer on this machine (slower compile, stored in
     the manifest). ``cache_dir``: where built libraries are cached (default $PATSPARSE_CACHE or
     ~/.cache/patsparse). Returns a CompiledModel: ``y = cm(x)``, ``cm.save(dir)``.
+    The input normalisation a model carries (``patsparse_normalization``, from ``patsparse.load``
+    of a trained or pruned model) goes into the manifest: the compiled model computes on
+    normalised input, and ``cm.manifest["normalization"]`` says which.
     """
     g = capture(model_or_onnx_path, example_input)
+    norm = getattr(model_or_onnx_path, "patsparse_normalization", None)
+    if norm is not None:
+        from ..serialize import checked_normalization
+
+        norm = checked_normalization(norm, "compile: model.patsparse_normalization", InputError, g.input_shape[0])
     return build_from_graph(g, threads=threads, tune=tune, cache_dir=cache_dir,
-                            origin=getattr(g, "origin", ""))
+                            origin=getattr(g, "origin", ""), normalization=norm)
