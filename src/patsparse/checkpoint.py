@@ -86,6 +86,21 @@ def saved_dir(path: str | os.PathLike) -> Path:
     return path
 
 
+def _remove_dead_writers(path: Path) -> None:
+    """Delete the half-written directories of saves to ``path`` whose process no longer exists
+    (killed mid-write); a save still running in another process keeps its own."""
+    for tmp in path.parent.glob(f".{path.name}.new-*"):
+        pid = tmp.name[len(f".{path.name}.new-"):].partition("-")[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except OSError:
+            pass
+
+
 def replace_dir(path: str | os.PathLike, write: Callable[[Path], None], owned: Iterable[str]) -> Path:
     """Write a directory with ``write(tmp_dir)`` and swap it in at ``path`` atomically.
 
@@ -103,7 +118,8 @@ def replace_dir(path: str | os.PathLike, write: Callable[[Path], None], owned: I
             raise InputError(f"save: {path} holds files patsparse did not write ({', '.join(foreign[:3])}); "
                              "save to a new or empty directory")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.new-"))
+    _remove_dead_writers(path)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.new-{os.getpid()}-"))
     try:
         write(tmp)
         fsync_dir(tmp)
