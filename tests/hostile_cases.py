@@ -1,10 +1,10 @@
 """Hostile and faulty inputs to the public API and CLI: files, models, inputs, environment, arguments.
 
-Each ``case_*`` function is one case. test_hostile.py runs every case in its own Python process
-with a timeout, so a crash (SIGSEGV, SIGBUS, abort) or a hang is a failed case and not the end
-of the test run: ``python hostile_cases.py BASE_DIR CASE TMP_DIR`` exits 0 when the case got
-the clear error (or the right answer) it expects. ``make_base(BASE_DIR)`` writes what the
-cases start from: a compiled model, a pruned model and an ONNX file of one small network.
+Each ``case_*`` function is one case. test_hostile.py runs every case in its own process with
+a timeout (``run``), so a crash (SIGSEGV, SIGBUS, abort) or a hang is a failed case and not the
+end of the test run; a case returns when it got the clear error (or the right answer) it
+expects. ``make_base(BASE_DIR)`` writes what the cases start from: a compiled model, a pruned
+model and an ONNX file of one small network.
 """
 
 from __future__ import annotations
@@ -615,17 +615,16 @@ def case_normalisation_travels_to_the_compiled_model(base, tmp):
         close(np.load(tmp / "y.npy"), p(torch.from_numpy((raw - mean) / std)))
 
 
-def main() -> int:
-    base, name, tmp = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+def run(base: str, name: str, tmp: str, log: str) -> None:
+    """Run case ``name`` (or ``make_base``) with its output in ``log``: the body of a child
+    process, which exits 0 when the case passes, 1 on an exception, and dies on a crash."""
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
     if name == "make_base":
-        make_base(base)
+        make_base(Path(base))
     else:
-        globals()[name](base, tmp)
-    print("case passed")
-    return 0
+        globals()[name](Path(base), Path(tmp))
 
 
 CASES = sorted(k for k in dict(globals()) if k.startswith("case_"))
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -53,12 +53,18 @@ def net(seed):
 
 
 def test_pruned_model_save_survives_kills(tmp_path):
-    a, b = net(1), net(2)
+    """A and B have different sparsity specs, so old metadata with new weights does not load."""
+    from patsparse.pruning.projection import project_model
+
+    a, b = (nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3)).eval() for _ in "ab")
+    project_model(a, 4.0, "phase2", layers=["2"])
+    project_model(b, 8.0, "phase2", layers=["2"])
     path = tmp_path / "m"
     rng = random.Random(0)
     for _ in range(KILLS):
         kill_while_saving(path, lambda: ps.save(a, path), lambda: ps.save(b, path), rng)
-        got = ps.load(path, model=net(3)).state_dict()
+        got = ps.load(path, model=nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),
+                                                nn.Conv2d(16, 16, 3))).state_dict()
         assert any(all(torch.equal(got[k], v) for k, v in m.state_dict().items()) for m in (a, b))
     ps.save(a, path)  # a save after kills cleans up what the killed ones left
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]

@@ -29,8 +29,12 @@ import numpy as np
 
 from ..checkpoint import read_json, saved_dir, sha256
 from ..errors import BuildError, FormatError, InputError
+from ..serialize import checked_normalization
+from .api import build_plan
+from .codegen.graph import _generate, generate_kernels, plan_graph
 from .runtime import (FORMAT, FORMAT_VERSION, GRAPH_JSON, GRAPH_TENSORS, LIBRARY, MANIFEST, SOURCE, WEIGHTS,
                       CompiledModel)
+from .tune import candidates
 from .validate import graph_from_file
 
 MAX_THREADS = 1024
@@ -125,8 +129,6 @@ def _cross_check(man: dict, g: Any, d: Path) -> None:
 
 
 def _normalization(man: dict, g: Any, d: Path) -> dict | None:
-    from ..serialize import checked_normalization
-
     norm = man.get("normalization")
     if norm is None:
         return None
@@ -138,10 +140,6 @@ def _normalization(man: dict, g: Any, d: Path) -> dict | None:
 def _rebuilt(g: Any, man: dict, d: Path, threads: int, norm: dict | None,
              cache_dir: str | os.PathLike | None) -> CompiledModel:
     """Regenerate from the checked graph, keeping saved schedules this compiler would choose itself."""
-    from .api import build_plan
-    from .codegen.graph import _generate, generate_kernels, plan_graph
-    from .tune import candidates
-
     try:
         plan = plan_graph(g, threads=threads)
         generate_kernels(plan)
