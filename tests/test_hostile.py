@@ -38,17 +38,20 @@ def run_case(ctx, base: Path, name: str, tmp: Path) -> None:
 def hostile(tmp_path_factory):
     """The process context (one build cache for all cases: the untampered model is built once)
     and the base files."""
-    saved = os.environ.get("PATSPARSE_CACHE")
+    saved = {k: os.environ.get(k) for k in ("PATSPARSE_CACHE", "PYTHONPATH")}
     os.environ["PATSPARSE_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    # the server imports its preload with the environment's path, not this process's sys.path
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parent), saved["PYTHONPATH"]]))
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["hostile_cases"])
+    ctx.set_forkserver_preload(["hostile_cases", "onnx"])
     base = tmp_path_factory.mktemp("base")
     run_case(ctx, base, "make_base", base)
     yield ctx, base
-    if saved is None:
-        os.environ.pop("PATSPARSE_CACHE")
-    else:
-        os.environ["PATSPARSE_CACHE"] = saved
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k)
+        else:
+            os.environ[k] = v
 
 
 @pytest.mark.parametrize("name", hostile_cases.CASES)
