@@ -127,6 +127,7 @@ def test_random_network_matches_pytorch(seed, one_thread):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(4 * 3600)
 def test_thousand_random_networks(one_thread):
     errors = {seed: fuzz_error(seed) for seed in range(DEFAULT_CASES, DEFAULT_CASES + SLOW_CASES)}
     worst = max(errors, key=errors.get)
