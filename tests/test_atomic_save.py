@@ -103,3 +103,12 @@ def test_save_refuses_to_replace_a_directory_with_other_files(tmp_path, what):
     with pytest.raises(ps.InputError, match="notes.txt"):
         ps.save(obj, d)
     assert (d / "notes.txt").read_text() == "keep"
+
+
+def test_save_keeps_the_dense_parent_run_beside_a_pruned_model(tmp_path):
+    """`patsparse prune` trains a zoo model's dense parent into OUT/dense, then saves into OUT."""
+    (tmp_path / "out" / "dense").mkdir(parents=True)
+    (tmp_path / "out" / "dense" / "model.json").write_text("{}")
+    for seed in (1, 2):
+        ps.save(net(seed), tmp_path / "out")
+        assert (tmp_path / "out" / "dense" / "model.json").read_text() == "{}"

@@ -101,19 +101,22 @@ def _remove_dead_writers(path: Path) -> None:
             pass
 
 
-def replace_dir(path: str | os.PathLike, write: Callable[[Path], None], owned: Iterable[str]) -> Path:
+def replace_dir(path: str | os.PathLike, write: Callable[[Path], None], owned: Iterable[str],
+                keep: Iterable[str] = ()) -> Path:
     """Write a directory with ``write(tmp_dir)`` and swap it in at ``path`` atomically.
 
-    ``owned``: the names this kind of directory may hold. An existing ``path`` is replaced only
-    when everything in it is one of them, so a save never deletes a user's other files.
-    Every file written must be complete (fsynced) when ``write`` returns.
+    ``owned``: the names this kind of directory consists of; ``keep``: names it may also hold
+    that a save carries over (hard-linked into the new directory, so a kill never loses them).
+    An existing ``path`` holding anything else is an InputError: a save never deletes a user's
+    other files. Every file written must be complete (fsynced) when ``write`` returns.
     """
     path = Path(path)
     saved_dir(path)  # undo a half-finished swap first
+    keep = set(keep)
     if path.exists():
         if not path.is_dir():
             raise InputError(f"save: {path} exists and is not a directory")
-        foreign = sorted(p.name for p in path.iterdir() if p.name not in set(owned))
+        foreign = sorted(p.name for p in path.iterdir() if p.name not in set(owned) | keep)
         if foreign:
             raise InputError(f"save: {path} holds files patsparse did not write ({', '.join(foreign[:3])}); "
                              "save to a new or empty directory")
@@ -121,6 +124,12 @@ def replace_dir(path: str | os.PathLike, write: Callable[[Path], None], owned: I
     _remove_dead_writers(path)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.new-{os.getpid()}-"))
     try:
+        for name in sorted(keep):
+            src = path / name
+            if src.is_dir():
+                shutil.copytree(src, tmp / name, copy_function=os.link, symlinks=True)
+            elif src.exists():
+                os.link(src, tmp / name)
         write(tmp)
         fsync_dir(tmp)
         old = _old_name(path)

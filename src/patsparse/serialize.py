@@ -54,6 +54,7 @@ RECIPE = "recipe.yaml"
 HISTORY = "history.json"  # written beside a pruned model by `patsparse prune`
 MANIFEST = "manifest.json"  # written by the compiler's CompiledModel
 OWNED = (WEIGHTS, META, RECIPE, HISTORY)
+KEPT = ("dense",)  # `patsparse prune` trains a zoo model's dense parent there; a save keeps it
 
 
 def save(obj: Any, path: str | os.PathLike, arch: dict | None = None,
@@ -95,7 +96,7 @@ def save(obj: Any, path: str | os.PathLike, arch: dict | None = None,
         if recipe is not None:
             recipe.save(d / RECIPE)
 
-    replace_dir(path, write, OWNED)
+    replace_dir(path, write, OWNED, KEPT)
 
 
 def load(path: str | os.PathLike, model: nn.Module | None = None) -> Any:
