@@ -179,3 +179,19 @@ def test_input_shape_is_recorded_and_checked(tmp_path):
     _tamper(tmp_path / "a", lambda meta: meta.update(input_shape=[1, -28, 28]))
     with pytest.raises(FormatError, match="input_shape"):
         ps.load(tmp_path / "a")
+
+
+def test_input_normalisation_travels_from_a_trained_model(tmp_path):
+    """patsparse train records mean/std; load keeps them, save writes them again."""
+    from patsparse import models
+    from patsparse.train import save_model
+
+    arch = {"name": "convnet", "num_classes": 3, "in_channels": 1, "width": 1.0, "variant": "cifar"}
+    m = models.get(**arch)
+    save_model(tmp_path / "run", m, {"model": arch, "input_shape": [1, 28, 28], "mean": [0.29], "std": [0.35]})
+    back = ps.load(tmp_path / "run")
+    assert back.patsparse_normalization == {"mean": [0.29], "std": [0.35]}
+    ps.save(back, tmp_path / "again")
+    meta = json.loads((tmp_path / "again" / "model.json").read_text())
+    assert (meta["mean"], meta["std"]) == ([0.29], [0.35])
+    assert ps.load(tmp_path / "again").patsparse_normalization == back.patsparse_normalization
