@@ -369,3 +369,13 @@ def test_generated_source_is_the_same_in_every_process():
     digests = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                               env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2", "3")}
     assert len(digests) == 1
+
+
+def test_runtime_never_imports_the_compiler():
+    """The runtime only wraps a built library: loading (which builds) sits above it, so there is
+    no api -> runtime -> api circle and a library can be wrapped where no compiler exists."""
+    code = ("import sys, patsparse.compiler.runtime; "
+            "print(sorted(m for m in sys.modules if m.startswith('patsparse.compiler.') and m != 'patsparse.compiler.runtime'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}).stdout
+    assert out.strip() == "[]"
