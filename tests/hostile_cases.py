@@ -181,6 +181,13 @@ def case_manifest_files_not_a_map(base, tmp):
     expect(FormatError, ps.load, d, match="files")
 
 
+def case_manifest_hash_entry_removed(base, tmp):
+    d = copy(base, tmp)
+    edit_graph(d, lambda g: g["nodes"][0]["attrs"].update(padding=2))
+    edit_json(d / "manifest.json", lambda m: m["files"].pop("graph.json"))
+    expect(FormatError, ps.load, d, match="no hash given")
+
+
 def case_manifest_schedule_injected(base, tmp):
     d = copy(base, tmp)
     edit_json(d / "manifest.json", lambda m: m["layers"][1].update(schedule={"layout": "rows); system(\"id\"); ("}))

@@ -58,13 +58,13 @@ def load_compiled(path: str | os.PathLike, *, threads: int | None = None, trust_
     version = man.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= FORMAT_VERSION:
         raise FormatError(f"{d}: compiled-model format {version!r}, this patsparse reads 1 to {FORMAT_VERSION}")
-    files = man.get("files") if version >= 4 else {}
-    if not isinstance(files, dict):
+    files = man.get("files") if version >= 4 else None  # older formats hashed model.c and weights.bin only
+    if files is not None and not isinstance(files, dict):
         raise FormatError(f"{d}/manifest.json: 'files' must map file names to SHA-256 hashes")
     if threads is not None and (not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS):
         raise InputError(f"threads must be an integer in [1, {MAX_THREADS}], got {threads!r}")
     saved_threads = _field(man, "threads", int, d)
-    if not isinstance(saved_threads, int) or not 1 <= saved_threads <= MAX_THREADS:
+    if not 1 <= saved_threads <= MAX_THREADS:
         raise FormatError(f"{d}/manifest.json: threads {saved_threads!r} is not in [1, {MAX_THREADS}]")
     gj = _json(_read(d, GRAPH_JSON, files), d / GRAPH_JSON)
     gt = _tensors(_read(d, GRAPH_TENSORS, files), d / GRAPH_TENSORS)
@@ -73,22 +73,22 @@ def load_compiled(path: str | os.PathLike, *, threads: int | None = None, trust_
     norm = _normalization(man, g, d)
     threads = threads or saved_threads
     if trust_native_code:
-        if version < FORMAT_VERSION:
+        if files is None:
             raise FormatError(f"{d}: format {version} has no hashes for its library; load it without "
                               "trust_native_code (it is rebuilt from its graph)")
         return _trusted(d, man, files, gj, gt, threads, norm)
     return _rebuilt(g, man, d, threads, norm, cache_dir)
 
 
-def _read(d: Path, name: str, files: dict) -> bytes:
-    """The bytes of ``d/name``, checked against the manifest's hash when it has one."""
+def _read(d: Path, name: str, files: dict | None) -> bytes:
+    """The bytes of ``d/name``, checked against its hash in ``files`` (None: a format without)."""
     try:
         data = (d / name).read_bytes()
     except OSError as e:
         raise FormatError(f"{d}: compiled model is incomplete ({e})") from None
-    want = files.get(name)
-    if name in files and (not isinstance(want, str) or sha256(data) != want):
-        raise FormatError(f"{d / name} does not match the hash in its manifest (corrupt or edited)")
+    if files is not None and (not isinstance(files.get(name), str) or sha256(data) != files[name]):
+        raise FormatError(f"{d / name} does not match the hash in its manifest (corrupt, edited, "
+                          "or no hash given)")
     return data
 
 
@@ -172,9 +172,6 @@ def _plain(schedule: dict) -> Any:
 
 def _trusted(d: Path, man: dict, files: dict, gj: dict, gt: dict, threads: int, norm: dict | None) -> CompiledModel:
     """The directory's own library and weights, after their hashes and the CPU's extensions."""
-    for name in (LIBRARY, WEIGHTS, SOURCE):
-        if name not in files:
-            raise FormatError(f"{d}/manifest.json: no hash for {name}")
     _read(d, LIBRARY, files)
     raw = _read(d, WEIGHTS, files)
     source = _read(d, SOURCE, files).decode("utf-8", errors="replace")
