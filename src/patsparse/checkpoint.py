@@ -4,21 +4,29 @@ Why one module: the training loop, the pruner and the compiler all persist state
 the same guarantees. Nothing is ever unpickled (safetensors holds raw tensors only), and every
 write goes to a temporary file in the same directory followed by ``os.replace``, so an
 interrupted write never leaves a half-written file where a good one was.
+
+A saved model is several files that must agree, so a directory is replaced as a whole
+(:func:`replace_dir`): the new one is written beside it under a hidden name, then swapped in
+with two renames. A kill at any instant leaves the complete old directory or the complete new
+one; :func:`saved_dir` finds the old one again after a kill between the two renames.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from safetensors import SafetensorError
+from safetensors.torch import load as load_bytes
 from safetensors.torch import load_file, save_file
 
-from .errors import FormatError
+from .errors import FormatError, InputError
 
 FORMAT_VERSION = 1
 
@@ -37,6 +45,108 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def sha256(data: bytes) -> str:
+    """Hex SHA-256 of ``data``: the integrity hash every saved file is checked against."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make renames inside ``path`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _old_name(path: Path) -> Path:
+    return path.parent / f".{path.name}.old"
+
+
+def saved_dir(path: str | os.PathLike) -> Path:
+    """Where the directory saved at ``path`` is: ``path`` itself, or, after a kill between the
+    two renames of :func:`replace_dir`, the previous version, which is moved back when the
+    parent is writable and read in place when it is not."""
+    path = Path(path)
+    old = _old_name(path)
+    if path.exists() or not old.is_dir():
+        return path
+    try:
+        os.rename(old, path)
+    except OSError:
+        return old
+    fsync_dir(path.parent)
+    return path
+
+
+def _remove_dead_writers(path: Path) -> None:
+    """Delete the half-written directories of saves to ``path`` whose process no longer exists
+    (killed mid-write); a save still running in another process keeps its own."""
+    for tmp in path.parent.glob(f".{path.name}.new-*"):
+        pid = tmp.name[len(f".{path.name}.new-"):].partition("-")[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except OSError:
+            pass
+
+
+def replace_dir(path: str | os.PathLike, write: Callable[[Path], None], owned: Iterable[str],
+                keep: Iterable[str] = ()) -> Path:
+    """Write a directory with ``write(tmp_dir)`` and swap it in at ``path`` atomically.
+
+    ``owned``: the names this kind of directory consists of; ``keep``: names it may also hold
+    that a save carries over (hard-linked into the new directory, so a kill never loses them).
+    An existing ``path`` holding anything else is an InputError: a save never deletes a user's
+    other files. Every file written must be complete (fsynced) when ``write`` returns.
+    """
+    path = Path(path)
+    saved_dir(path)  # undo a half-finished swap first
+    keep = set(keep)
+    if path.exists():
+        if not path.is_dir():
+            raise InputError(f"save: {path} exists and is not a directory")
+        foreign = sorted(p.name for p in path.iterdir() if p.name not in set(owned) | keep)
+        if foreign:
+            raise InputError(f"save: {path} holds files patsparse did not write ({', '.join(foreign[:3])}); "
+                             "save to a new or empty directory")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_dead_writers(path)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.new-{os.getpid()}-"))
+    try:
+        for name in sorted(keep):
+            src = path / name
+            if src.is_dir():
+                shutil.copytree(src, tmp / name, copy_function=os.link, symlinks=True)
+            elif src.exists():
+                os.link(src, tmp / name)
+        write(tmp)
+        fsync_dir(tmp)
+        old = _old_name(path)
+        if old.exists():
+            shutil.rmtree(old)  # left by an earlier save killed after its swap
+        if path.exists():
+            os.rename(path, old)
+            os.rename(tmp, path)
+            fsync_dir(path.parent)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, path)
+            fsync_dir(path.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -65,20 +175,38 @@ def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor],
     try:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp,
                   metadata=dict(metadata) if metadata else None)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def load_tensors(path: str | os.PathLike, what: str = "checkpoint") -> dict[str, torch.Tensor]:
-    """Load safetensors; a missing, truncated or non-safetensors file is a FormatError."""
+def load_tensors(path: str | os.PathLike, what: str = "checkpoint",
+                 sha: str | None = None) -> dict[str, torch.Tensor]:
+    """Load safetensors; a missing, truncated or non-safetensors file is a FormatError.
+
+    ``sha``: the file's expected SHA-256 (header and data); the file is then read once into
+    memory, hashed, and parsed only if it matches, so a flipped bit is an error, not a weight.
+    """
     path = Path(path)
     if not path.is_file():
         raise FormatError(f"{what} file not found: {path}")
     try:
-        return load_file(str(path))
+        if sha is None:
+            return load_file(str(path))
+        data = path.read_bytes()
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise FormatError(f"{what} file {path} is corrupt or not a safetensors file: {e}") from None
+    if sha256(data) != sha:
+        raise FormatError(f"{what} file {path} does not match the hash stored with it (corrupt or edited)")
+    try:
+        return load_bytes(data)
+    except (SafetensorError, ValueError, RuntimeError) as e:
         raise FormatError(f"{what} file {path} is corrupt or not a safetensors file: {e}") from None
 
 

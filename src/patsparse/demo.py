@@ -123,6 +123,7 @@ def prune_stage(ctx: DemoContext, trained: TrainResult) -> PruneResult:
     ctx.log(str(report))
     path = ctx.out_dir / "prune" / "model.pats"
     info = trained.train_loader.dataset.info
+    model.patsparse_normalization = {"mean": list(info.mean), "std": list(info.std)}  # what the loaders applied
     save(model, path, input_shape=(info.in_channels, *info.image_size))
     seconds = time.perf_counter() - start
     ctx.log(f"[prune] test accuracy: {accuracy_change(trained.accuracy, accuracy)}; 3x3-conv rate "

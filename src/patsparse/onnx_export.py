@@ -99,11 +99,8 @@ def _normalization(model: nn.Module, mean: Sequence[float] | None, std: Sequence
         getattr(model, "patsparse_normalization", None)
     if norm is None:
         return None
-    norm = checked_normalization(norm, "to_onnx: mean/std")
-    if len(norm["mean"]) != channels:
-        raise InputError(f"to_onnx: mean and std need one value per input channel ({channels}), "
-                         f"got {len(norm['mean'])}")
-    return {**norm, "formula": NORMALIZATION_FORMULA}
+    return {**checked_normalization(norm, "to_onnx: mean/std", InputError, channels),
+            "formula": NORMALIZATION_FORMULA}
 
 
 def metadata(model: nn.Module, input_shape: tuple[int, ...],

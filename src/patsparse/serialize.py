@@ -6,6 +6,7 @@ A saved pruned model is a directory::
       model.safetensors     # the state dict (never pickled)
       model.json            # {"format": "patsparse-model", "version": 1, "spec": <sparsity spec>,
                             #  "model": <patsparse.models.get arguments or null>,
+                            #  "weights_sha256": <hash of model.safetensors, header and data>,
                             #  "mean"/"std": <input normalisation, when known>, ...}
       recipe.yaml           # the pruning recipe, when the model was pruned by patsparse.prune
 
@@ -14,10 +15,19 @@ also reads a trained dense model, and the training side reads a pruned one.
 ``load`` rebuilds zoo models from ``model`` (``patsparse.models.get(**model)``); for a user's own
 model pass ``load(path, model=m)`` and the weights are checked against it and filled in. The spec
 is validated against the weights (shapes, pattern ids in range, zero outside every mask), so a
-tampered or mismatched file fails with a FormatError naming the layer and kernel.
+tampered or mismatched file fails with a FormatError naming the layer and kernel, and the
+weights file is checked against its stored hash before it is parsed.
+
+The input normalisation a model was trained with (``mean``/``std`` per channel, written by
+``patsparse train``) is kept as ``model.patsparse_normalization`` and saved again, so it travels
+to pruned and compiled models: the compiled model's manifest states it, ``patsparse run``
+applies it on request.
+
+``save`` writes a new directory and swaps it in (checkpoint.replace_dir): a kill at any instant
+leaves the complete old model or the complete new one.
 
 Compiled models are dispatched: ``save`` calls their own ``save``; ``load`` of a directory with
-a ``manifest.json`` returns ``patsparse.compiler.runtime.CompiledModel.load(path)``, or
+a ``manifest.json`` returns ``patsparse.compiler.package.load_compiled(path)``, or
 ``patsparse.compiler.opencl.load(path)`` when the manifest's format is "patsparse-opencl".
 """
 
@@ -32,7 +42,8 @@ from typing import Any, Sequence
 from torch import nn
 
 from . import __version__
-from .checkpoint import check_state_dict, load_tensors, read_json, save_tensors, write_json
+from .checkpoint import (check_state_dict, load_tensors, read_json, replace_dir, save_tensors, saved_dir,
+                         sha256, write_json)
 from .errors import FormatError, InputError
 from .pruning.spec import check_weights, spec_from_json, spec_to_json
 
@@ -41,7 +52,10 @@ MODEL_VERSION = 1
 WEIGHTS = "model.safetensors"
 META = "model.json"
 RECIPE = "recipe.yaml"
+HISTORY = "history.json"  # written beside a pruned model by `patsparse prune`
 MANIFEST = "manifest.json"  # written by the compiler's CompiledModel
+OWNED = (WEIGHTS, META, RECIPE, HISTORY)
+KEPT = ("dense",)  # `patsparse prune` trains a zoo model's dense parent there; a save keeps it
 
 
 def save(obj: Any, path: str | os.PathLike, arch: dict | None = None,
@@ -65,35 +79,38 @@ def save(obj: Any, path: str | os.PathLike, arch: dict | None = None,
             check_weights(obj, spec, "model to save")
         except FormatError as e:  # the caller's model broke its own spec: their input, not a file
             raise InputError(f"{e} (weights were changed after pruning; re-prune or drop patsparse_spec)") from None
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise InputError(f"save: {path} exists and is not a directory")
-    path.mkdir(parents=True, exist_ok=True)
-    save_tensors(path / WEIGHTS, obj.state_dict())
     arch = arch if arch is not None else getattr(obj, "patsparse_arch", None)
     shape = input_shape if input_shape is not None else getattr(obj, "patsparse_input_shape", None)
     if shape is not None:
         shape = _checked_shape(shape, "save: input_shape")
     norm = getattr(obj, "patsparse_normalization", None)
-    norm = checked_normalization(norm, "save: patsparse_normalization") if norm is not None else {}
-    write_json(path / META, {"format": MODEL_FORMAT, "version": MODEL_VERSION, "patsparse_version": __version__,
-                             "class": type(obj).__name__, "model": arch, "input_shape": shape, **norm,
-                             "spec": None if spec is None else spec_to_json(spec)})
+    if norm is not None:
+        norm = checked_normalization(norm, "save: model.patsparse_normalization", InputError,
+                                     shape[0] if shape else None)
     recipe = getattr(obj, "patsparse_recipe", None)
-    if recipe is not None:
-        recipe.save(path / RECIPE)
+
+    def write(d: Path) -> None:
+        save_tensors(d / WEIGHTS, obj.state_dict())
+        write_json(d / META, {"format": MODEL_FORMAT, "version": MODEL_VERSION, "patsparse_version": __version__,
+                              "class": type(obj).__name__, "model": arch, "input_shape": shape,
+                              "weights_sha256": sha256((d / WEIGHTS).read_bytes()),
+                              "spec": None if spec is None else spec_to_json(spec), **(norm or {})})
+        if recipe is not None:
+            recipe.save(d / RECIPE)
+
+    replace_dir(path, write, OWNED, KEPT)
 
 
 def load(path: str | os.PathLike, model: nn.Module | None = None) -> Any:
     """Load what :func:`save` wrote. Returns the model in eval mode with ``patsparse_spec`` set,
     or a ``CompiledModel`` (``OpenCLModel``) for a CPU- (OpenCL-) compiled-model directory."""
-    path = Path(path)
+    path = saved_dir(path)
     if (path / MANIFEST).is_file():
         from .compiler.opencl import is_opencl_dir
         from .compiler.opencl import load as load_opencl
-        from .compiler.runtime import CompiledModel
+        from .compiler.package import load_compiled
 
-        return load_opencl(path) if is_opencl_dir(path) else CompiledModel.load(path)
+        return load_opencl(path) if is_opencl_dir(path) else load_compiled(path)
     if not path.is_dir():
         raise FormatError(f"load: {path} is not a saved patsparse model directory")
     meta = read_json(path / META, "patsparse model metadata")
@@ -114,7 +131,10 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> Any:
             model = models.get(**arch)
         except TypeError as e:
             raise FormatError(f"{path / META}: model {arch} does not build a zoo model: {e}") from None
-    tensors = load_tensors(path / WEIGHTS, "model weights")
+    sha = meta.get("weights_sha256")
+    if sha is not None and not isinstance(sha, str):
+        raise FormatError(f"{path / META}: weights_sha256 must be a string, got {sha!r}")
+    tensors = load_tensors(path / WEIGHTS, "model weights", sha=sha)
     check_state_dict(model, tensors, str(path / WEIGHTS))
     model.load_state_dict(tensors)
     if meta.get("spec") is not None:
@@ -124,10 +144,28 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> Any:
     if meta.get("input_shape") is not None:
         model.patsparse_input_shape = tuple(_checked_shape(meta["input_shape"], f"{path / META}: input_shape",
                                                            FormatError))
-    if "mean" in meta or "std" in meta:
-        model.patsparse_normalization = checked_normalization(
-            {"mean": meta.get("mean"), "std": meta.get("std")}, f"{path / META}: mean/std", FormatError)
+    norm = checked_normalization(meta, f"{path / META}", FormatError,
+                                 getattr(model, "patsparse_input_shape", (None,))[0])
+    if norm is not None:
+        model.patsparse_normalization = norm
     return model.eval()
+
+
+def checked_normalization(obj: Any, where: str, err: type[Exception] = FormatError,
+                          channels: int | None = None) -> dict | None:
+    """``{"mean": [...], "std": [...]}`` (per-channel floats, std > 0) from ``obj``'s keys
+    ``mean``/``std``, None when it has neither, ``err`` naming ``where`` when they are malformed
+    or (given ``channels``) not one value per input channel."""
+    if not isinstance(obj, dict) or (obj.get("mean") is None and obj.get("std") is None):
+        return None
+    mean, std = obj.get("mean"), obj.get("std")
+    ok = all(isinstance(v, (list, tuple)) and 0 < len(v) <= 4096
+             and all(isinstance(f, numbers.Real) and not isinstance(f, bool) and math.isfinite(f) for f in v)
+             for v in (mean, std))
+    if not ok or len(mean) != len(std) or min(std) <= 0 or (channels is not None and len(mean) != channels):
+        raise err(f"{where}: input normalisation must be lists of finite numbers with std > 0, one per "
+                  f"input channel{f' ({channels})' if channels else ''}, got mean={mean!r} std={std!r}")
+    return {"mean": [float(f) for f in mean], "std": [float(f) for f in std]}
 
 
 def _checked_shape(shape: Any, where: str, err: type[Exception] = InputError) -> list[int]:
@@ -137,19 +175,3 @@ def _checked_shape(shape: Any, where: str, err: type[Exception] = InputError) ->
                                  for d in dims):
         raise err(f"{where} must be one image's (C, H, W) as three positive integers, got {shape!r}")
     return [int(d) for d in dims]
-
-
-def checked_normalization(norm: Any, where: str, err: type[Exception] = InputError) -> dict[str, list[float]]:
-    """{"mean": [...], "std": [...]} per input channel (finite, std > 0), or ``err`` naming ``where``.
-
-    The input normalisation travels with the model (train writes it, prune keeps it) so an export
-    can tell another runtime what to feed the network."""
-    mean = norm.get("mean") if isinstance(norm, dict) else None
-    std = norm.get("std") if isinstance(norm, dict) else None
-    ok = (isinstance(mean, (list, tuple)) and isinstance(std, (list, tuple)) and len(mean) == len(std) >= 1
-          and all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
-                  for v in (*mean, *std)) and all(v > 0 for v in std))
-    if not ok:
-        raise err(f"{where} must be equal-length lists of finite per-channel means and positive stds, "
-                  f"got {norm!r}")
-    return {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}

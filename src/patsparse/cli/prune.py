@@ -177,7 +177,10 @@ def run(args: argparse.Namespace) -> int:
           progress=not args.quiet)
     seconds = time.perf_counter() - t0
     pruned = evaluate(model, test_loader, device=args.device)
-    save(model, out)
+    info = train_loader.dataset.info
+    # the loaders normalise with these, so the pruned weights expect them
+    model.patsparse_normalization = {"mean": list(info.mean), "std": list(info.std)}
+    save(model, out, input_shape=(info.in_channels, *info.image_size))
     write_json(out / "history.json", {"dense_acc": dense["acc"], "pruned_acc": pruned["acc"],
                                       "prune_seconds": seconds, "dataset": dataset,
                                       "history": model.patsparse_history})

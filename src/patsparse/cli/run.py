@@ -14,7 +14,8 @@ from ..errors import FormatError, InputError
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "run", help="run a compiled model (on an .npy file, or timed on random input)",
-        description="Open a compiled model directory (rebuilt if stale or built for another ISA). "
+        description="Open a compiled model directory (its code is regenerated from its graph and built, "
+                    "or taken from the build cache). "
                     "With --input, run it on that (N, C, H, W) float array and write --output; "
                     "without, time it on random input and print the median latency.",
         epilog="Examples: patsparse run vgg.compiled --input x.npy --output y.npy | "
@@ -28,6 +29,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--profile", action="store_true",
                    help="timing: also print each layer's median time, its share of the measured "
                         "latency, and GFLOP/s")
+    p.add_argument("--normalize", action="store_true",
+                   help="apply the model's input normalisation (x - mean) / std, from its manifest, to "
+                        "--input first (for raw images in [0, 1])")
+    p.add_argument("--trust-native-code", action="store_true",
+                   help="use the library inside the directory instead of building it from the graph "
+                        "(for a machine without a C compiler; only for a directory you trust)")
     p.set_defaults(func=run)
 
 
@@ -58,7 +65,7 @@ def print_profile(rows: list[dict], latency_ms: float) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..compiler.opencl import is_opencl_dir
     from ..compiler.opencl import load as load_opencl
-    from ..compiler.runtime import CompiledModel
+    from ..compiler.package import load_compiled
     from .compile import runs_on
 
     check_compiled_dir(args.model)
@@ -67,13 +74,26 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"{args.model} is an OpenCL model: --threads and --profile are for CPU-compiled ones")
         cm = load_opencl(args.model)
     else:
-        cm = CompiledModel.load(args.model, threads=args.threads)
+        cm = load_compiled(args.model, threads=args.threads, trust_native_code=args.trust_native_code)
+    norm = cm.manifest.get("normalization")
+    if args.normalize and norm is None:
+        raise InputError(f"{args.model}: --normalize, but the model states no input normalisation")
     if args.input:
         try:
             x = np.load(args.input, allow_pickle=False)
         except (OSError, ValueError) as e:
             raise FormatError(f"{args.input}: not a readable .npy array ({e})") from e
-        y = cm(np.asarray(x, dtype=np.float32))
+        if x.dtype.kind not in "fiub":
+            raise InputError(f"{args.input}: array of dtype {x.dtype}; a model takes numbers")
+        x = np.asarray(x, dtype=np.float32)
+        if norm is not None and args.normalize:
+            if x.ndim != 4 or x.shape[1] != len(norm["mean"]):
+                raise InputError(f"{args.input}: shape {x.shape} is not (N, {len(norm['mean'])}, H, W)")
+            x = (x - np.float32(norm["mean"])[:, None, None]) / np.float32(norm["std"])[:, None, None]
+        elif norm is not None:
+            print(f"note: this model takes input normalised with mean {norm['mean']} and std {norm['std']}; "
+                  "the input is used as given (pass --normalize for raw images in [0, 1])")
+        y = cm(x)
         if args.output:
             np.save(args.output, y)
             print(f"wrote {args.output}: shape {y.shape}")

@@ -19,9 +19,10 @@ from .build import compile_c, toolchain_fingerprint
 from .capture import capture_onnx, capture_torch
 from .codegen.graph import SYNC_FLOATS, emit_model, generate_kernels, pack_blob
 from .codegen.plan import plan_graph
+from .codegen.step import Plan
 from .ir import Graph
 from .passes import run_passes
-from .runtime import FORMAT, FORMAT_VERSION, CompiledModel, sha256
+from .runtime import FORMAT, FORMAT_VERSION, CompiledModel
 from .target import Target, detect, get_target
 from .target.host import isa_macro_lines
 
@@ -74,20 +75,35 @@ def runnable_here(target: str | Target | None) -> Target:
 def build_from_graph(g: Graph, *, threads: int | None = None, schedules: dict | None = None,
                      tune: bool = False, cache_dir: str | os.PathLike | None = None,
                      origin: str = "", extra_flags: tuple[str, ...] = (),
-                     target: str | Target | None = None) -> CompiledModel:
+                     target: str | Target | None = None, normalization: dict | None = None) -> CompiledModel:
     """Plan, (tune,) generate, build and wrap a fused graph for ``target`` (default: this host).
 
     ``extra_flags`` go to the C compiler (tests build with -fsanitize=address this way).
     """
     threads = int(threads or default_threads())
     target = runnable_here(target)
-    gj, gt = g.to_json()  # the portable IR, before lowering for the target (plan_graph)
+    portable = g.to_json()  # the portable IR, before lowering for the target (plan_graph)
     plan = plan_graph(g, threads=threads, target=target)
     if tune:
         from .tune import tune_plan
 
         schedules = {**(schedules or {}), **tune_plan(plan, threads=threads, cache_dir=cache_dir)}
     generate_kernels(plan, schedules)
+    return build_plan(plan, portable, target=target, origin=origin, tuned=bool(tune), cache_dir=cache_dir,
+                      extra_flags=extra_flags, normalization=normalization)
+
+
+def build_plan(plan: Plan, portable: tuple[dict, dict], *, target: Target, origin: str, tuned: bool,
+               cache_dir: str | os.PathLike | None = None, extra_flags: tuple[str, ...] = (),
+               normalization: dict | None = None) -> CompiledModel:
+    """Pack, emit, build (or take from the build cache) and wrap a plan whose kernels are generated.
+
+    ``portable`` is the graph before lowering for ``target`` (``Graph.to_json``): what a saved
+    model stores and regenerates from. The one path from a plan to a CompiledModel: a compile and
+    the loading of a saved model both end here, so both produce the same source, manifest and
+    library for the same plan."""
+    g = plan.graph
+    gj, gt = portable
     blob = pack_blob(plan)
     source = emit_model(plan)
     lib = compile_c(source, name="model", target=target, cache_dir=Path(cache_dir) if cache_dir else None,
@@ -100,15 +116,14 @@ def build_from_graph(g: Graph, *, threads: int | None = None, schedules: dict | 
         if s.kind == "pattern_conv":
             entry["kernels"] = s.sparsity.counts()
         layers.append(entry)
-    out_shape = g.node(g.output).shape
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "origin": origin,
-                "input_shape": list(g.input_shape), "output_shape": list(out_shape),
-                "threads": threads, "vl": plan.vl, "target": target.name,
+                "input_shape": list(g.input_shape), "output_shape": list(g.node(g.output).shape),
+                "threads": int(plan.threads or default_threads()), "vl": plan.vl, "target": target.name,
                 "toolchain": toolchain_fingerprint(target),
-                "source_sha256": sha256(source.encode()),
-                "weights_sha256": sha256(blob.astype("<f4").tobytes()),
+                "isa": sorted(line.split()[1] for line in isa_macro_lines(target.toolchain.compiler(),
+                                                                          target.toolchain.cflags)),
                 "workspace_floats": plan.ws_floats + SYNC_FLOATS, "blob_floats": plan.blob_floats,
-                "tuned": bool(tune), "layers": layers}
+                "tuned": tuned, "layers": layers, "normalization": normalization}
     return CompiledModel(lib, blob, manifest, source, gj, gt)
 
 
@@ -128,6 +143,9 @@ def compile(model_or_onnx_path: Any, example_input: Any = None, *, threads: int 
     "opencl" (or ``opencl.opencl_target(device)``) an OpenCLModel on an OpenCL device (the
     first GPU, else the first device; $PATSPARSE_OPENCL_DEVICE picks another; ``threads`` and
     ``cache_dir`` do not apply). Either is called the same way: ``y = cm(x)``, ``cm.save(dir)``.
+    The input normalisation a model carries (``patsparse_normalization``, from ``patsparse.load``
+    of a trained or pruned model) goes into the manifest: the compiled model computes on
+    normalised input, and ``cm.manifest["normalization"]`` says which.
     """
     t = get_target(target)  # before the capture: a bad name is the first error
     if t.kind == "opencl":  # the one dispatch on the target's kind
@@ -137,5 +155,10 @@ def compile(model_or_onnx_path: Any, example_input: Any = None, *, threads: int 
         return build_opencl(g, target=t, tune=tune, origin=getattr(g, "origin", ""))
     t = runnable_here(t)
     g = capture(model_or_onnx_path, example_input)
+    norm = getattr(model_or_onnx_path, "patsparse_normalization", None)
+    if norm is not None:
+        from ..serialize import checked_normalization
+
+        norm = checked_normalization(norm, "compile: model.patsparse_normalization", InputError, g.input_shape[0])
     return build_from_graph(g, threads=threads, tune=tune, cache_dir=cache_dir,
-                            origin=getattr(g, "origin", ""), target=t)
+                            origin=getattr(g, "origin", ""), target=t, normalization=norm)

@@ -58,10 +58,14 @@ def compile_c(source: str, *, name: str = "model", target: Target | None = None,
     lib = out_dir / f"lib{name}.so"
     if lib.is_file():
         return lib
-    out_dir.mkdir(parents=True, exist_ok=True)
     src = out_dir / f"{name}.c"
-    src.write_text(source)
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".lib{name}.", suffix=".so")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        src.write_text(source)
+        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".lib{name}.", suffix=".so")
+    except OSError as e:
+        raise BuildError(f"cannot write the build cache {root} ({e}); set PATSPARSE_CACHE or cache_dir "
+                         "to a writable directory") from None
     os.close(fd)
     cmd = [cc, *flags, str(src), "-o", tmp, "-lm"]
     proc = subprocess.run(cmd, capture_output=True, text=True)

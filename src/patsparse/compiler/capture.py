@@ -19,18 +19,34 @@ from ..errors import FormatError, InputError, UnsupportedError
 from .ir import INPUT, Graph, Node
 
 
+def unique_name(base: str, used: set[str]) -> str:
+    """``base``, or ``base#2``, ``base#3``... : the first not in ``used`` (which it joins).
+
+    Why: the IR identifies tensors by node name (buffers, residuals, the output), while a model's
+    names are only labels: ONNX allows two nodes of one name, and a layer may be called like the
+    reserved ``input`` tensor. ``used`` starts with ``input``."""
+    name, k = base, 1
+    while name in used:
+        k += 1
+        name = f"{base}#{k}"
+    used.add(name)
+    return name
+
+
 def _np(t: torch.Tensor | None) -> np.ndarray | None:
     return None if t is None else t.detach().cpu().float().numpy().copy()
 
 
 def _pair(v, what: str, where: str) -> int:
-    """A square size (int or equal pair); anything else is unsupported."""
+    """A square size (int or equal pair); anything else is unsupported. Paddings may be 0,
+    every other size must be positive."""
     if isinstance(v, (tuple, list)):
         if len(set(v)) != 1:
             raise UnsupportedError(f"{where}: non-square {what} {tuple(v)} is not supported")
         v = v[0]
-    if not isinstance(v, int):
-        raise UnsupportedError(f"{where}: {what} {v!r} is not supported (need an int)")
+    lo = 0 if what == "padding" else 1
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= 1 << 15:
+        raise UnsupportedError(f"{where}: {what} {v!r} is not supported (need an int >= {lo})")
     return v
 
 
@@ -107,16 +123,11 @@ def capture_torch(model: nn.Module, example: torch.Tensor) -> Graph:
             raise UnsupportedError(f"{where}: constant operand {a!r} is not supported")
         return names[a.name]
 
-    used: set[str] = set()
+    used: set[str] = {INPUT}
 
     def add(n, op, inputs, attrs=None, params=None):
         # module path for modules (a module called twice gets #2, #3...), fx name otherwise
-        base = str(n.target) if n.op == "call_module" else n.name
-        name, k = base, 1
-        while name in used:
-            k += 1
-            name = f"{base}#{k}"
-        used.add(name)
+        name = unique_name(str(n.target) if n.op == "call_module" else n.name, used)
         ins = [src(a, n.name) for a in inputs]
         out = out_shape(op, attrs or {}, params or {}, [shapes[i] for i in ins], name)
         if op == "gap" and (n.target == "mean" or n.target is torch.mean) and not n.kwargs.get("keepdim", False) \
@@ -316,85 +327,119 @@ def capture_onnx(path: str | Path) -> Graph:
                 return onnx.helper.get_attribute_value(a)
         return default
 
+    used: set[str] = {INPUT}
+
+    ir_shapes: dict[str, tuple] = {INPUT: tuple(in_shape)}
+
     def emit(n, op, inputs, attrs=None, params=None):
-        name = n.name or n.output[0]
-        nodes.append(Node(name, op, [names[i] for i in inputs], shapes.get(n.output[0], ()), attrs or {}, params or {}))
+        name = unique_name(n.name or n.output[0], used)
+        where = f"{path}: node {name!r}"
+        missing = [i for i in inputs if i not in names]
+        if missing or n.output[0] in names:
+            raise FormatError(f"{where} reads {missing[0]!r}, which no earlier node writes" if missing
+                              else f"{where} writes {n.output[0]!r}, which another node writes too")
+        ins = [names[i] for i in inputs]
+        # shapes are computed from the input, never taken from the file's shape annotations
+        out = out_shape(op, attrs or {}, params or {}, [ir_shapes[i] for i in ins], where)
+        declared = shapes.get(n.output[0])
+        if declared and all(declared) and tuple(declared) != out:
+            raise FormatError(f"{where}: the file says its output is {declared}, its input and "
+                              f"weights give {out}")
+        for k, v in (params or {}).items():
+            want = {"weight": 4 if op == "conv" else 2}.get(k, 1)
+            rows = out[0] if k in ("bias", "weight") else ir_shapes[ins[0]][0]
+            if v.ndim != want or v.shape[0] != rows or (op == "conv" and k == "weight" and
+                                                         v.shape[2:] != (attrs["k"], attrs["k"])):
+                raise FormatError(f"{where}: {k} of shape {v.shape} does not fit a {op} with output {out}")
+        nodes.append(Node(name, op, ins, out, attrs or {}, params or {}))
+        ir_shapes[name] = out
         names[n.output[0]] = name
 
     def sym(pads, where):
         if pads and (len(set(pads)) != 1):
             raise UnsupportedError(f"{where}: asymmetric pads {pads}")
-        return pads[0] if pads else 0
+        return _pair(pads[0] if pads else 0, "padding", where)
 
     for n in g.node:
-        where, op = n.name or n.output[0], n.op_type
-        if op == "Constant":
-            continue
-        if op == "Conv":
-            if set(attr(n, "dilations", [1, 1])) != {1}:
-                raise UnsupportedError(f"{where}: dilated Conv")
-            if attr(n, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
-                raise UnsupportedError(f"{where}: Conv auto_pad")
-            w = inits[n.input[1]]
-            params = {"weight": w.copy()}
-            if len(n.input) > 2 and n.input[2]:
-                params["bias"] = inits[n.input[2]].copy()
-            attrs = {"k": _pair(list(attr(n, "kernel_shape", w.shape[2:])), "kernel size", where),
-                     "stride": _pair(list(attr(n, "strides", [1, 1])), "stride", where),
-                     "padding": sym(list(attr(n, "pads", [0, 0, 0, 0])), where),
-                     "groups": int(attr(n, "group", 1))}
-            emit(n, "conv", n.input[:1], attrs, params)
-        elif op == "BatchNormalization":
-            params = {"gamma": inits[n.input[1]].copy(), "beta": inits[n.input[2]].copy(),
-                      "mean": inits[n.input[3]].copy(), "var": inits[n.input[4]].copy()}
-            emit(n, "bn", n.input[:1], {"eps": float(attr(n, "epsilon", 1e-5))}, params)
-        elif op == "Relu":
-            emit(n, "relu", n.input[:1])
-        elif op == "Clip":
-            lo = inits.get(n.input[1], consts.get(n.input[1])) if len(n.input) > 1 and n.input[1] else attr(n, "min")
-            hi = inits.get(n.input[2], consts.get(n.input[2])) if len(n.input) > 2 and n.input[2] else attr(n, "max")
-            if lo is None or hi is None or (float(lo), float(hi)) != (0.0, 6.0):
-                raise UnsupportedError(f"{where}: Clip({lo}, {hi}); only Clip(0, 6) = ReLU6 is supported")
-            emit(n, "relu6", n.input[:1])
-        elif op == "Add":
-            if any(i in inits or i in consts for i in n.input):
-                raise UnsupportedError(f"{where}: Add with a constant operand")
-            emit(n, "add", list(n.input))
-        elif op in ("MaxPool", "AveragePool"):
-            if attr(n, "ceil_mode", 0):
-                raise UnsupportedError(f"{where}: {op} with ceil_mode")
-            k = _pair(list(attr(n, "kernel_shape")), "kernel size", where)
-            attrs = {"k": k, "stride": _pair(list(attr(n, "strides", [k, k])), "stride", where),
-                     "padding": sym(list(attr(n, "pads", [0, 0, 0, 0])), where)}
-            if op == "AveragePool" and attrs["padding"] and not attr(n, "count_include_pad", 0):
-                raise UnsupportedError(f"{where}: AveragePool with padding and count_include_pad=0")
-            emit(n, "maxpool" if op == "MaxPool" else "avgpool", n.input[:1], attrs)
-        elif op == "GlobalAveragePool":
-            emit(n, "gap", n.input[:1])
-        elif op in ("Flatten", "Reshape"):
-            if len(shapes.get(n.output[0], ())) != 1:
-                raise UnsupportedError(f"{where}: {op} to {shapes.get(n.output[0])} (only flattening "
-                                       "each image to a vector is supported)")
-            emit(n, "flatten", n.input[:1])
-        elif op in ("Dropout", "Identity"):
-            if n.input[0] in inits:  # exporters alias shared weights through Identity
-                inits[n.output[0]] = inits[n.input[0]]
-            elif n.input[0] in names:
-                names[n.output[0]] = names[n.input[0]]
-            else:
-                raise UnsupportedError(f"{where}: {op} of {n.input[0]!r}, which is neither a tensor "
-                                       "of the graph nor a weight")
-        elif op == "Gemm":
-            if attr(n, "transA", 0) or not attr(n, "transB", 0) or attr(n, "alpha", 1.0) != 1.0 \
-                    or attr(n, "beta", 1.0) != 1.0:
-                raise UnsupportedError(f"{where}: Gemm must be x @ W^T + b (transB=1, alpha=beta=1)")
-            params = {"weight": inits[n.input[1]].copy()}
-            if len(n.input) > 2 and n.input[2]:
-                params["bias"] = inits[n.input[2]].reshape(-1).copy()
-            emit(n, "linear", n.input[:1], {}, params)
-        else:
-            raise UnsupportedError(f"ONNX op {op} at node {where!r} is not supported by the compiler")
+        try:
+            _lower_onnx_node(n, attr, emit, sym, inits, consts, names, shapes)
+        except KeyError as e:
+            raise FormatError(f"{path}: node {n.name or n.output[0]!r} ({n.op_type}) uses {e}, which is "
+                              "neither a weight nor a tensor written before it") from None
+        except IndexError:
+            raise FormatError(f"{path}: node {n.name!r} ({n.op_type}) has too few inputs or attributes") from None
     out = names.get(g.output[0].name)
     if len(g.output) != 1 or out is None:
         raise UnsupportedError(f"{path}: exactly one graph output is supported")
     return Graph(tuple(in_shape), nodes, out)
+
+
+def _lower_onnx_node(n, attr, emit, sym, inits, consts, names, shapes) -> None:
+    """One ONNX node to IR nodes through ``emit`` (a missing tensor is a KeyError)."""
+    where, op = n.name or n.output[0], n.op_type
+    if op == "Constant":
+        return
+    if op == "Conv":
+        if set(attr(n, "dilations", [1, 1])) != {1}:
+            raise UnsupportedError(f"{where}: dilated Conv")
+        if attr(n, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+            raise UnsupportedError(f"{where}: Conv auto_pad")
+        w = inits[n.input[1]]
+        params = {"weight": w.copy()}
+        if len(n.input) > 2 and n.input[2]:
+            params["bias"] = inits[n.input[2]].copy()
+        attrs = {"k": _pair(list(attr(n, "kernel_shape", w.shape[2:])), "kernel size", where),
+                 "stride": _pair(list(attr(n, "strides", [1, 1])), "stride", where),
+                 "padding": sym(list(attr(n, "pads", [0, 0, 0, 0])), where),
+                 "groups": _pair(int(attr(n, "group", 1)), "groups", where)}
+        emit(n, "conv", n.input[:1], attrs, params)
+    elif op == "BatchNormalization":
+        params = {"gamma": inits[n.input[1]].copy(), "beta": inits[n.input[2]].copy(),
+                  "mean": inits[n.input[3]].copy(), "var": inits[n.input[4]].copy()}
+        emit(n, "bn", n.input[:1], {"eps": float(attr(n, "epsilon", 1e-5))}, params)
+    elif op == "Relu":
+        emit(n, "relu", n.input[:1])
+    elif op == "Clip":
+        lo = inits.get(n.input[1], consts.get(n.input[1])) if len(n.input) > 1 and n.input[1] else attr(n, "min")
+        hi = inits.get(n.input[2], consts.get(n.input[2])) if len(n.input) > 2 and n.input[2] else attr(n, "max")
+        if lo is None or hi is None or (float(lo), float(hi)) != (0.0, 6.0):
+            raise UnsupportedError(f"{where}: Clip({lo}, {hi}); only Clip(0, 6) = ReLU6 is supported")
+        emit(n, "relu6", n.input[:1])
+    elif op == "Add":
+        if any(i in inits or i in consts for i in n.input):
+            raise UnsupportedError(f"{where}: Add with a constant operand")
+        emit(n, "add", list(n.input))
+    elif op in ("MaxPool", "AveragePool"):
+        if attr(n, "ceil_mode", 0):
+            raise UnsupportedError(f"{where}: {op} with ceil_mode")
+        k = _pair(list(attr(n, "kernel_shape")), "kernel size", where)
+        attrs = {"k": k, "stride": _pair(list(attr(n, "strides", [k, k])), "stride", where),
+                 "padding": sym(list(attr(n, "pads", [0, 0, 0, 0])), where)}
+        if op == "AveragePool" and attrs["padding"] and not attr(n, "count_include_pad", 0):
+            raise UnsupportedError(f"{where}: AveragePool with padding and count_include_pad=0")
+        emit(n, "maxpool" if op == "MaxPool" else "avgpool", n.input[:1], attrs)
+    elif op == "GlobalAveragePool":
+        emit(n, "gap", n.input[:1])
+    elif op in ("Flatten", "Reshape"):
+        if len(shapes.get(n.output[0], ())) != 1:
+            raise UnsupportedError(f"{where}: {op} to {shapes.get(n.output[0])} (only flattening "
+                                   "each image to a vector is supported)")
+        emit(n, "flatten", n.input[:1])
+    elif op in ("Dropout", "Identity"):
+        if n.input[0] in inits:  # exporters alias shared weights through Identity
+            inits[n.output[0]] = inits[n.input[0]]
+        elif n.input[0] in names:
+            names[n.output[0]] = names[n.input[0]]
+        else:
+            raise UnsupportedError(f"{where}: {op} of {n.input[0]!r}, which is neither a tensor "
+                                   "of the graph nor a weight")
+    elif op == "Gemm":
+        if attr(n, "transA", 0) or not attr(n, "transB", 0) or attr(n, "alpha", 1.0) != 1.0 \
+                or attr(n, "beta", 1.0) != 1.0:
+            raise UnsupportedError(f"{where}: Gemm must be x @ W^T + b (transB=1, alpha=beta=1)")
+        params = {"weight": inits[n.input[1]].copy()}
+        if len(n.input) > 2 and n.input[2]:
+            params["bias"] = inits[n.input[2]].reshape(-1).copy()
+        emit(n, "linear", n.input[:1], {}, params)
+    else:
+        raise UnsupportedError(f"ONNX op {op} at node {where!r} is not supported by the compiler")

@@ -1,19 +1,22 @@
-"""CompiledModel: the callable a compile returns, and its directory format.
+"""CompiledModel: the callable a compile returns, wrapping one built library, and how it is saved.
 
 A compiled model directory holds::
 
-    manifest.json      format, input/output shape per image, threads, vector width, toolchain
-                       fingerprint, sha256 of source and weights, per-layer kernel + schedule
-    model.c            the generated source (kept for inspection and rebuilds)
-    libmodel.so        the built library
-    weights.bin        the packed weight blob (raw little-endian float32)
-    graph.json, graph.safetensors   the fused IR, so the model can be regenerated on a machine
-                       with another vector ISA or compiler without the original Python model
+    manifest.json      format, input/output shape per image, threads, vector width, the ISA
+                       macros the library was built with, per-layer kernel + schedule, the input
+                       normalisation (when known), and the SHA-256 of every other file ("files")
+    graph.json, graph.safetensors   the fused IR: what loading regenerates everything from
+    model.c            the generated source (for inspection)
+    libmodel.so        the built library (used only when the loader is told to trust it)
+    weights.bin        the packed weight blob (raw little-endian float32, for inspection)
 
-``load`` uses the library when the toolchain fingerprint and source hash match, rebuilds it
-from model.c when only the library is missing, and regenerates everything from the IR when
-the ISA or compiler differs (a library built for AVX-512 would die with SIGILL on AVX2) or the
-directory was written by an older format version.
+``save`` writes a new directory and swaps it in (checkpoint.replace_dir), so a kill leaves the
+complete old model or the complete new one. Loading is not here: it regenerates and builds,
+which is the compiler's job (compiler/package.py); this module never calls the compiler.
+
+The wrapper checks the library against the manifest it is given (workspace and blob sizes,
+vector width, as the library reports them), so a library and a manifest that do not belong
+together are a FormatError before the first call.
 
 Thread safety: the generated code keeps no state between calls except the workspace; each
 Python thread gets its own workspace (zeroed once: kernels never write halos, so they stay
@@ -23,9 +26,7 @@ zero), and ctypes releases the GIL during the call.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
-import shutil
 import threading
 from pathlib import Path
 from typing import Any
@@ -33,14 +34,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..checkpoint import atomic_write_bytes, read_json, write_json
+from ..checkpoint import atomic_write_bytes, replace_dir, save_tensors, sha256, write_json
 from ..errors import FormatError, InputError
-from .build import toolchain_fingerprint
 
 FORMAT = "patsparse-compiled"
-FORMAT_VERSION = 3  # 2: ps_forward takes the per-layer profile array; 3: FKW1 v2 (uint16 cidx).
-# Older versions are regenerated from the stored graph on load.
+FORMAT_VERSION = 4  # 2: ps_forward takes the per-layer profile array; 3: FKW1 v2 (uint16 cidx);
+# 4: every file hashed in "files". Older versions are regenerated from their stored graph.
 ALIGN_BYTES = 64
+MANIFEST = "manifest.json"
+GRAPH_JSON, GRAPH_TENSORS = "graph.json", "graph.safetensors"
+SOURCE, LIBRARY, WEIGHTS = "model.c", "libmodel.so", "weights.bin"
+OWNED = (MANIFEST, GRAPH_JSON, GRAPH_TENSORS, SOURCE, LIBRARY, WEIGHTS)
 
 
 def aligned_empty(n: int, zero: bool = True) -> np.ndarray:
@@ -48,10 +52,6 @@ def aligned_empty(n: int, zero: bool = True) -> np.ndarray:
     raw = np.zeros(n + ALIGN_BYTES // 4, np.float32) if zero else np.empty(n + ALIGN_BYTES // 4, np.float32)
     start = (-raw.ctypes.data % ALIGN_BYTES) // 4
     return raw[start: start + n]
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 class CompiledModel:
@@ -68,8 +68,13 @@ class CompiledModel:
         self.source = source
         self._graph = (graph_json, graph_tensors)
         self.lib_path = Path(lib_path)
-        self._lib = ctypes.CDLL(str(self.lib_path))
-        self._lib.ps_forward.restype = None
+        try:
+            self._lib = ctypes.CDLL(str(self.lib_path))
+            for fn, res in (("ps_forward", None), ("ps_vl", ctypes.c_int), ("ps_workspace_floats", ctypes.c_long),
+                            ("ps_blob_floats", ctypes.c_long)):
+                getattr(self._lib, fn).restype = res
+        except (OSError, AttributeError) as e:
+            raise FormatError(f"{self.lib_path} is not a patsparse model library ({e})") from None
         self._lib.ps_forward.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
                                          ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
         self._blob = aligned_empty(blob.size, zero=False)
@@ -78,6 +83,13 @@ class CompiledModel:
         self.output_shape = tuple(manifest["output_shape"])
         self.threads = int(manifest["threads"])
         self._ws_floats = int(manifest["workspace_floats"])
+        reported = (self._lib.ps_vl(), self._lib.ps_workspace_floats(), self._lib.ps_blob_floats())
+        if reported != (manifest["vl"], self._ws_floats, manifest["blob_floats"]) or \
+                blob.size < manifest["blob_floats"]:
+            raise FormatError(f"{self.lib_path} does not belong to this manifest: the library reports "
+                              f"(vl, workspace, blob floats) = {reported}, the manifest says "
+                              f"{(manifest['vl'], self._ws_floats, manifest['blob_floats'])} and the blob has "
+                              f"{blob.size} floats")
         self._local = threading.local()
 
     # -- calling ---------------------------------------------------------------------------
@@ -92,6 +104,10 @@ class CompiledModel:
 
         ``prof``: a float64 array with one entry per layer, to which each layer adds its seconds.
         """
+        x = np.asarray(x)
+        if x.dtype.kind not in "fiub":  # an object or string array would be converted to NaN
+            raise InputError(f"input of dtype {x.dtype}: a compiled model takes numbers (float32, or "
+                             "ints / bools converted to it)")
         x = np.ascontiguousarray(x, dtype=np.float32)
         if x.ndim != len(self.input_shape) + 1 or tuple(x.shape[1:]) != self.input_shape:
             raise InputError(f"input of shape {tuple(x.shape)}; this model was compiled for "
@@ -117,7 +133,7 @@ class CompiledModel:
         """
         if x is None:
             x = np.random.default_rng(0).standard_normal((1, *self.input_shape)).astype(np.float32)
-        x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, np.float32)
+        x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
         layers = self.manifest["layers"]
         runs = np.zeros((max(1, repeats), len(layers)))
         for i in range(warmup + len(runs)):
@@ -133,6 +149,8 @@ class CompiledModel:
 
     def __call__(self, x: Any) -> Any:
         if isinstance(x, torch.Tensor):
+            if x.is_complex():
+                raise InputError(f"input of dtype {x.dtype}: a compiled model takes real numbers")
             y = self.run_numpy(x.detach().to("cpu", torch.float32).numpy())
             return torch.from_numpy(y).to(x.device)
         if isinstance(x, np.ndarray):
@@ -151,61 +169,20 @@ class CompiledModel:
 
     # -- files -------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the compiled model directory (see the module docstring)."""
-        from ..checkpoint import save_tensors
+        """Write the compiled model directory (see the module docstring) in one atomic swap.
 
-        d = Path(path)
-        d.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(d / "model.c", self.source.encode())
-        atomic_write_bytes(d / "weights.bin", self._blob.astype("<f4").tobytes())
-        lib = d / "libmodel.so"
-        if self.lib_path.resolve() != lib.resolve():
-            tmp = d / ".libmodel.so.tmp"
-            shutil.copyfile(self.lib_path, tmp)
-            os.replace(tmp, lib)
+        An existing ``path`` is replaced only when it holds nothing but a compiled model's files.
+        """
         gj, gt = self._graph
-        write_json(d / "graph.json", gj)
-        save_tensors(d / "graph.safetensors", {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in gt.items()})
-        write_json(d / "manifest.json", self.manifest)
-        return d
 
-    @classmethod
-    def load(cls, path: str | os.PathLike, *, threads: int | None = None) -> "CompiledModel":
-        """Open a compiled model directory, rebuilding or regenerating what is stale."""
-        from ..checkpoint import load_tensors
-        from .build import compile_c
+        def write(d: Path) -> None:
+            write_json(d / GRAPH_JSON, gj)
+            save_tensors(d / GRAPH_TENSORS, {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in gt.items()})
+            atomic_write_bytes(d / SOURCE, self.source.encode())
+            atomic_write_bytes(d / LIBRARY, self.lib_path.read_bytes())
+            atomic_write_bytes(d / WEIGHTS, self._blob.astype("<f4").tobytes())
+            files = {name: sha256((d / name).read_bytes()) for name in OWNED if name != MANIFEST}
+            write_json(d / MANIFEST, {**self.manifest, "format_version": FORMAT_VERSION, "files": files})
 
-        d = Path(path)
-        man = read_json(d / "manifest.json", "compiled-model manifest")
-        if not isinstance(man, dict) or man.get("format") != FORMAT:
-            raise FormatError(f"{d}: manifest.json is not a patsparse compiled model")
-        version = man.get("format_version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
-            raise FormatError(f"{d}: compiled-model format {version}, this patsparse reads "
-                              f"up to {FORMAT_VERSION}")
-        if threads:
-            man["threads"] = int(threads)
-        gj = read_json(d / "graph.json", "compiled-model graph")
-        gt = {k: v.numpy() for k, v in load_tensors(d / "graph.safetensors", "compiled-model graph").items()}
-        if man.get("toolchain") != toolchain_fingerprint() or version < FORMAT_VERSION:
-            from .api import build_from_graph
-            from .ir import Graph
+        return replace_dir(path, write, OWNED)
 
-            fresh = build_from_graph(Graph.from_json(gj, gt), threads=man["threads"],
-                                     schedules=None, origin=man.get("origin", str(d)))
-            fresh.save(d)
-            return fresh
-        try:
-            source = (d / "model.c").read_text()
-            raw = (d / "weights.bin").read_bytes()
-        except OSError as e:
-            raise FormatError(f"{d}: compiled model is incomplete ({e})") from e
-        if sha256(source.encode()) != man.get("source_sha256"):
-            raise FormatError(f"{d}/model.c does not match its manifest (edited or corrupt)")
-        if sha256(raw) != man.get("weights_sha256"):
-            raise FormatError(f"{d}/weights.bin does not match its manifest (corrupt)")
-        blob = np.frombuffer(raw, dtype="<f4")
-        lib = d / "libmodel.so"
-        if not lib.is_file():
-            lib = compile_c(source, name="model")
-        return cls(lib, blob, man, source, gj, gt)

@@ -96,13 +96,15 @@ static inline void vstore(float *p, vf v) { *(vfu *)p = v; }
 static inline vf vbcast(float x) { return x - (vf){0}; }
 static inline vf vselect(vi m, vf a, vf b) { return (vf)((m & (vi)a) | (~m & (vi)b)); }
 /*@minmax@*/
-static inline vf vrelu(vf a) { return vmax(a, (vf){0}); }
-static inline vf vrelu6(vf a) { return vmin(vmax(a, (vf){0}), vbcast(6.0f)); }
+/* ReLU / ReLU6 exactly as PyTorch's: NaN stays NaN and -0.0 stays -0.0, so the input goes
+   second (every dialect's vmax/vmin returns b when either is NaN, and b when both are zeros) */
+static inline vf vrelu(vf a) { return vmax((vf){0}, a); }
+static inline vf vrelu6(vf a) { return vmin(vbcast(6.0f), vmax((vf){0}, a)); }
 /* scalar forms for per-element epilogues: fmaxf is a libm call per element unless NaN rules are
-   relaxed (GCC keeps its NaN semantics), 3x the whole cost of a 1x1 conv's scatter; like vmax
-   these return 0 for a NaN input */
-static inline float srelu(float a) { return a > 0.0f ? a : 0.0f; }
-static inline float srelu6(float a) { return a > 0.0f ? (a < 6.0f ? a : 6.0f) : 0.0f; }
+   relaxed (GCC keeps its NaN semantics), 3x the whole cost of a 1x1 conv's scatter; the same
+   NaN and -0.0 results as the vector forms */
+static inline float srelu(float a) { return a < 0.0f ? 0.0f : a; }
+static inline float srelu6(float a) { return a < 0.0f ? 0.0f : (a > 6.0f ? 6.0f : a); }
 /* lanes [0, n) of all-ones, the rest zero: AND it into a row's last vector */
 static inline vi vtailmask(int n) {
     vi m; for (int i = 0; i < VL; i++) m[i] = i < n ? -1 : 0; return m;

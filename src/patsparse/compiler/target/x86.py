@@ -32,7 +32,7 @@ VECTOR_WIDTH = r"""#if defined(__AVX512F__)
 """
 
 MINMAX = r"""/* max/min as single instructions where the ISA has them (the generic select is compare + blend);
-   both forms return b when a is NaN. PS_EMULATED_VL: tests build 16-lane code on a host without
+   both forms return b when a or b is NaN. PS_EMULATED_VL: tests build 16-lane code on a host without
    AVX-512 through GCC's generic vectors, so no AVX-512 intrinsics then. */
 #if VL == 16 && defined(__AVX512F__) && !defined(PS_EMULATED_VL)
 #include <immintrin.h>
