@@ -151,7 +151,7 @@ def test_normalisation_travels_with_the_saved_model(saved, tmp_path):
     assert ps.load(tmp_path / "again").patsparse_normalization == model.patsparse_normalization
     meta = tmp_path / "again" / "model.json"
     meta.write_text(json.dumps({**json.loads(meta.read_text()), "std": [0]}))
-    with pytest.raises(FormatError, match="mean/std"):
+    with pytest.raises(FormatError, match="input normalisation"):
         ps.load(tmp_path / "again")
     model.patsparse_normalization = {"mean": [0.1], "std": [float("nan")]}
     with pytest.raises(InputError, match="patsparse_normalization"):

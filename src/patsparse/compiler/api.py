@@ -24,7 +24,7 @@ from .ir import Graph
 from .passes import run_passes
 from .runtime import FORMAT, FORMAT_VERSION, CompiledModel
 from .target import Target, detect, get_target
-from .target.host import isa_macro_lines
+from .target.host import isa_macro_lines, required_cpu_features
 
 if TYPE_CHECKING:
     from .opencl import OpenCLModel
@@ -120,8 +120,7 @@ def build_plan(plan: Plan, portable: tuple[dict, dict], *, target: Target, origi
                 "input_shape": list(g.input_shape), "output_shape": list(g.node(g.output).shape),
                 "threads": int(plan.threads or default_threads()), "vl": plan.vl, "target": target.name,
                 "toolchain": toolchain_fingerprint(target),
-                "isa": sorted(line.split()[1] for line in isa_macro_lines(target.toolchain.compiler(),
-                                                                          target.toolchain.cflags)),
+                "isa": required_cpu_features(target.toolchain.compiler(), target.toolchain.cflags),
                 "workspace_floats": plan.ws_floats + SYNC_FLOATS, "blob_floats": plan.blob_floats,
                 "tuned": tuned, "layers": layers, "normalization": normalization}
     return CompiledModel(lib, blob, manifest, source, gj, gt)

@@ -79,7 +79,6 @@ def load_compiled(path: str | os.PathLike, *, threads: int | None = None, trust_
         if files is None:
             raise FormatError(f"{d}: format {version} has no hashes for its library; load it without "
                               "trust_native_code (it is rebuilt from its graph)")
-        _planned(g, man, d, threads, _target(man))
         return _trusted(d, man, files, gj, gt, threads, norm)
     return _rebuilt(g, man, d, threads, norm, cache_dir)
 
@@ -160,8 +159,8 @@ def _normalization(man: dict, g: Any, d: Path) -> dict | None:
 def _rebuilt(g: Any, man: dict, d: Path, threads: int, norm: dict | None,
              cache_dir: str | os.PathLike | None) -> CompiledModel:
     """Regenerate from the checked graph, keeping saved schedules this compiler would choose itself."""
-    target = _target(man)
     try:
+        target = _target(man)
         plan, portable = _planned(g, man, d, threads, target)
         generate_kernels(plan)
         same_target = man.get("target") == target.name and man.get("threads") == threads

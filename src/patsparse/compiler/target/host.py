@@ -43,3 +43,11 @@ ISA_MARKERS = ("__AVX", "__FMA", "__SSE", "__ARM_NEON", "__aarch64__")
 def isa_macro_lines(cc: str, flags: tuple[str, ...]) -> set[str]:
     """The ``#define`` lines of the vector-ISA macros ``cc`` predefines under ``flags``."""
     return {line for line in predefined_macros(cc, flags).splitlines() if any(k in line for k in ISA_MARKERS)}
+
+
+def required_cpu_features(cc: str, flags: tuple[str, ...]) -> list[str]:
+    """The vector extensions code built under ``flags`` needs from the CPU, as the compiler's
+    macros (``__AVX2__``, ``__AVX512F__``): the ones /proc/cpuinfo names the same way, which a
+    compiled model's manifest lists so a trusted library is never loaded on a CPU without them
+    (baseline SSE and NEON are part of their architecture and not listed)."""
+    return sorted(line.split()[1] for line in isa_macro_lines(cc, flags) if line.split()[1].startswith("__AVX"))
