@@ -104,7 +104,7 @@ def test_metadata_records_sparsity_shape_and_normalisation(tmp_path):
 
 def test_bad_arguments_are_named(tmp_path):
     model = random_pruned("convnet", 0.5, 4.0, 0, in_channels=1)
-    with pytest.raises(InputError, match="one value per input channel"):
+    with pytest.raises(InputError, match="one per input channel"):
         ps.to_onnx(model, torch.randn(1, 1, 28, 28), tmp_path / "m.onnx", mean=[0.1, 0.2], std=[1.0, 1.0])
     with pytest.raises(InputError, match="both mean and std"):
         ps.to_onnx(model, torch.randn(1, 1, 28, 28), tmp_path / "m.onnx", mean=[0.1])
