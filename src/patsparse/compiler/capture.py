@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import FormatError, InputError, UnsupportedError
+from .codegen import activations
 from .ir import INPUT, Graph, Node
 
 
@@ -150,6 +151,10 @@ def capture_torch(model: nn.Module, example: torch.Tensor) -> Graph:
                 add(n, _ACT_MODULES[type(m)], n.args[:1])
             elif isinstance(m, nn.Hardtanh) and (m.min_val, m.max_val) == (0.0, 6.0):
                 add(n, "relu6", n.args[:1])
+            elif isinstance(m, nn.PReLU) and m.num_parameters > 1:
+                add(n, "prelu", n.args[:1], {}, {"weight": _np(m.weight)})
+            elif _act_of_module(m, where) is not None:
+                add(n, "act", n.args[:1], {"act": _act_of_module(m, where)})
             elif isinstance(m, _NOOP_MODULES):
                 names[n.name] = src(n.args[0], where)
             elif isinstance(m, nn.MaxPool2d):
@@ -173,8 +178,9 @@ def capture_torch(model: nn.Module, example: torch.Tensor) -> Graph:
                 add(n, "flatten", n.args[:1])
             else:
                 raise UnsupportedError(f"layer {where!r}: module {type(m).__name__} is not supported "
-                                       "(supported: Conv2d, BatchNorm2d, ReLU, ReLU6, MaxPool2d, AvgPool2d, "
-                                       "AdaptiveAvgPool2d, Linear, Flatten, Dropout, Identity)")
+                                       "(supported: Conv2d, BatchNorm2d, MaxPool2d, AvgPool2d, "
+                                       "AdaptiveAvgPool2d, Linear, Flatten, Dropout, Identity and the "
+                                       f"activations {', '.join(t.__name__ for t in _ACT_TYPES)})")
         elif n.op in ("call_function", "call_method"):
             _lower_call(n, add, names, src, shape)
         else:
@@ -193,6 +199,8 @@ def _lower_call(n, add, names, src, shape) -> None:
         add(n, "relu", n.args[:1])
     elif t is F.relu6 or (t is F.hardtanh and tuple(n.args[1:3]) == (0.0, 6.0)):
         add(n, "relu6", n.args[:1])
+    elif _act_of_call(n) is not None:
+        add(n, "act", n.args[:1], {"act": _act_of_call(n)})
     elif t in _ADD_FUNCS or t in ("add", "add_", "__add__", "__iadd__"):
         if kw.get("alpha", 1) != 1 or len(n.args) != 2:
             raise UnsupportedError(f"{where}: add with alpha or more than two operands")
@@ -228,6 +236,73 @@ def _lower_call(n, add, names, src, shape) -> None:
     else:
         name = t if isinstance(t, str) else getattr(t, "__name__", str(t))
         raise UnsupportedError(f"op {name!r} at {where!r} is not supported by the compiler")
+
+
+_ACT_TYPES = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.Sigmoid,
+              nn.Hardsigmoid, nn.Tanh, nn.SiLU, nn.Hardswish, nn.GELU, nn.Softplus)
+
+
+def _gelu(approximate: str, where: str) -> str:
+    if approximate != "none":
+        raise UnsupportedError(f"{where}: GELU(approximate={approximate!r}); only the exact erf form is supported")
+    return "gelu"
+
+
+def _act_of_module(m: nn.Module, where: str) -> str | None:
+    """The activation string (codegen/activations.py) of an activation module, else None."""
+    if isinstance(m, nn.Hardtanh):
+        return activations.spec("clip", m.min_val, m.max_val)
+    if isinstance(m, nn.PReLU):  # one slope for all channels (several: the prelu op)
+        return activations.spec("leaky_relu", float(m.weight.reshape(-1)[0]))
+    if isinstance(m, nn.LeakyReLU):
+        return activations.spec("leaky_relu", m.negative_slope)
+    if isinstance(m, nn.ELU):
+        return activations.spec("elu", m.alpha)
+    if isinstance(m, nn.Hardsigmoid):
+        return activations.spec("hardsigmoid", 1.0 / 6.0, 0.5)
+    if isinstance(m, nn.Softplus):
+        return activations.spec("softplus", m.beta, m.threshold)
+    if isinstance(m, nn.GELU):
+        return _gelu(m.approximate, where)
+    return {nn.SELU: "selu", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh", nn.SiLU: "silu",
+            nn.Hardswish: "hardswish"}.get(type(m))
+
+
+_PLAIN_ACT_FUNCS = {F.selu: "selu", torch.selu: "selu", torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid",
+                    torch.tanh: "tanh", F.tanh: "tanh", F.silu: "silu", F.hardswish: "hardswish",
+                    "sigmoid": "sigmoid", "sigmoid_": "sigmoid", "tanh": "tanh", "tanh_": "tanh"}
+
+
+def _act_of_call(n) -> str | None:
+    """The activation string of an activation function / method call (constant parameters
+    only), else None."""
+    t, where = n.target, n.name
+
+    def arg(i: int, key: str, default):
+        v = n.args[i] if len(n.args) > i else n.kwargs.get(key, default)
+        if isinstance(v, torch.fx.Node):
+            raise UnsupportedError(f"{where}: {key} computed in the graph; only a constant is supported")
+        return default if v is None else v
+
+    if isinstance(t, str) and t not in _PLAIN_ACT_FUNCS and t not in ("clamp", "clamp_", "clip"):
+        return None
+    if t in _PLAIN_ACT_FUNCS:
+        return _PLAIN_ACT_FUNCS[t]
+    if t is F.leaky_relu:
+        return activations.spec("leaky_relu", arg(1, "negative_slope", 0.01))
+    if t is F.elu:
+        return activations.spec("elu", arg(1, "alpha", 1.0))
+    if t is F.hardsigmoid:
+        return activations.spec("hardsigmoid", 1.0 / 6.0, 0.5)
+    if t is F.softplus:
+        return activations.spec("softplus", arg(1, "beta", 1.0), arg(2, "threshold", 20.0))
+    if t is F.gelu:
+        return _gelu(n.kwargs.get("approximate", "none"), where)
+    if t is F.hardtanh:
+        return activations.spec("clip", arg(1, "min_val", -1.0), arg(2, "max_val", 1.0))
+    if t in (torch.clamp, torch.clip, "clamp", "clamp_", "clip"):
+        return activations.spec("clip", arg(1, "min", -np.inf), arg(2, "max", np.inf))
+    return None
 
 
 def _flattens_per_image(t, rest: list, kw: dict, features: int) -> bool:
@@ -269,6 +344,8 @@ def out_shape(op: str, attrs: dict, params: dict, ins: list[tuple], where: str) 
         if params["weight"].shape[1] != feats:
             raise InputError(f"{where}: Linear expects {params['weight'].shape[1]} features, gets {feats}")
         return (params["weight"].shape[0],)
+    if op == "prelu" and params["weight"].size != x[0]:
+        raise InputError(f"{where}: PReLU has {params['weight'].size} slopes for {x[0]} channels")
     if op == "add" and ins[0] != ins[1]:
         raise UnsupportedError(f"{where}: add of shapes {ins[0]} and {ins[1]} (broadcasting is not supported)")
     return x
@@ -277,7 +354,43 @@ def out_shape(op: str, attrs: dict, params: dict, ins: list[tuple], where: str) 
 # ------------------------------------------------------------------------------------------
 # ONNX
 
-_ONNX_ACT = {"Relu": "relu"}
+_ONNX_ACT = ("Relu", "LeakyRelu", "Elu", "Selu", "Sigmoid", "HardSigmoid", "Tanh", "HardSwish", "Gelu",
+             "Softplus")
+
+
+def _onnx_act(op: str, attr, where: str) -> str:
+    """The activation string of a parameterised ONNX activation node (defaults per the ONNX spec)."""
+    if op == "Selu":
+        alpha, gamma = attr("alpha", 1.67326319217681884765625), attr("gamma", 1.05070102214813232421875)
+        if abs(alpha - activations.SELU_ALPHA) > 1e-6 or abs(gamma - activations.SELU_SCALE) > 1e-6:
+            raise UnsupportedError(f"{where}: Selu(alpha={alpha}, gamma={gamma}); only the standard "
+                                   "constants are supported")
+        return "selu"
+    if op == "Gelu" and attr("approximate", b"none") not in (b"none", "none"):
+        raise UnsupportedError(f"{where}: Gelu with approximate={attr('approximate')!r}; only the exact form")
+    return {"Relu": lambda: "relu", "Sigmoid": lambda: "sigmoid", "Tanh": lambda: "tanh",
+            "HardSwish": lambda: "hardswish", "Gelu": lambda: "gelu",
+            "Softplus": lambda: activations.spec("softplus", 1.0, 20.0),  # = log(exp(x) + 1) in float32
+            "LeakyRelu": lambda: activations.spec("leaky_relu", attr("alpha", 0.01)),
+            "Elu": lambda: activations.spec("elu", attr("alpha", 1.0)),
+            "HardSigmoid": lambda: activations.spec("hardsigmoid", attr("alpha", 0.2), attr("beta", 0.5)),
+            }[op]()
+
+
+def _silu_muls(g) -> dict:
+    """Sigmoid output -> the Mul computing x * sigmoid(x) from it, where that Mul is its only
+    reader (the SiLU idiom of ONNX exporters)."""
+    readers: dict[str, list] = {}
+    for n in g.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    out = {}
+    for n in g.node:
+        r = readers.get(n.output[0], [])
+        if n.op_type == "Sigmoid" and len(r) == 1 and r[0].op_type == "Mul" \
+                and sorted(r[0].input) == sorted([n.input[0], n.output[0]]):
+            out[n.output[0]] = r[0]
+    return out
 
 
 def capture_onnx(path: str | Path) -> Graph:
@@ -326,9 +439,11 @@ def capture_onnx(path: str | Path) -> Graph:
             raise UnsupportedError(f"{where}: asymmetric pads {pads}")
         return pads[0] if pads else 0
 
+    silu_mul = _silu_muls(g)
+    skip: set[int] = set()  # nodes already lowered with the one before them
     for n in g.node:
         where, op = n.name or n.output[0], n.op_type
-        if op == "Constant":
+        if op == "Constant" or id(n) in skip:
             continue
         if op == "Conv":
             if set(attr(n, "dilations", [1, 1])) != {1}:
@@ -348,14 +463,33 @@ def capture_onnx(path: str | Path) -> Graph:
             params = {"gamma": inits[n.input[1]].copy(), "beta": inits[n.input[2]].copy(),
                       "mean": inits[n.input[3]].copy(), "var": inits[n.input[4]].copy()}
             emit(n, "bn", n.input[:1], {"eps": float(attr(n, "epsilon", 1e-5))}, params)
-        elif op == "Relu":
-            emit(n, "relu", n.input[:1])
         elif op == "Clip":
             lo = inits.get(n.input[1], consts.get(n.input[1])) if len(n.input) > 1 and n.input[1] else attr(n, "min")
             hi = inits.get(n.input[2], consts.get(n.input[2])) if len(n.input) > 2 and n.input[2] else attr(n, "max")
-            if lo is None or hi is None or (float(lo), float(hi)) != (0.0, 6.0):
-                raise UnsupportedError(f"{where}: Clip({lo}, {hi}); only Clip(0, 6) = ReLU6 is supported")
-            emit(n, "relu6", n.input[:1])
+            if any(n.input[i] and n.input[i] not in inits and n.input[i] not in consts for i in range(1, len(n.input))):
+                raise UnsupportedError(f"{where}: Clip with bounds computed in the graph")
+            lo, hi = (-np.inf if lo is None else float(lo)), (np.inf if hi is None else float(hi))
+            if (lo, hi) == (0.0, 6.0):
+                emit(n, "relu6", n.input[:1])
+            else:
+                emit(n, "act", n.input[:1], {"act": activations.spec("clip", lo, hi)})
+        elif op == "PRelu":
+            slope = inits.get(n.input[1], consts.get(n.input[1]))
+            c = shapes.get(n.input[0], (0,))[0]
+            if slope is None or slope.size not in (1, c) or (slope.size > 1 and slope.reshape(-1).size != c) \
+                    or (slope.ndim >= 3 and slope.shape[-2:] != (1, 1)):
+                raise UnsupportedError(f"{where}: PRelu slope must be a constant of one value or one per channel")
+            if slope.size == 1:
+                emit(n, "act", n.input[:1], {"act": activations.spec("leaky_relu", float(slope.reshape(-1)[0]))})
+            else:
+                emit(n, "prelu", n.input[:1], {}, {"weight": slope.reshape(-1).astype(np.float32)})
+        elif op == "Sigmoid" and silu_mul.get(n.output[0]) is not None:
+            mul = silu_mul[n.output[0]]  # x * sigmoid(x): SiLU as exporters write it
+            emit(n, "act", n.input[:1], {"act": "silu"})
+            names[mul.output[0]] = names[n.output[0]]
+            skip.add(id(mul))
+        elif op in _ONNX_ACT:
+            emit(n, "act", n.input[:1], {"act": _onnx_act(op, attr, where)})
         elif op == "Add":
             if any(i in inits or i in consts for i in n.input):
                 raise UnsupportedError(f"{where}: Add with a constant operand")

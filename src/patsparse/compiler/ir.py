@@ -14,8 +14,14 @@ Ops (attrs in brackets):
   maxpool / avgpool [k, stride, padding]
   gap      []                            global average pool to (C, 1, 1)
   add, relu, relu6, flatten, identity    (fused or dropped by passes)
+  act      [act]                         any activation (codegen/activations.py: a string such as
+                                         "sigmoid" or "leaky_relu:0.01"); fused or kept by passes
+  prelu    []                            params weight (C,): one slope per channel
+  affine   []                            params weight (C,), bias (C,): a BatchNorm with no conv
+                                         before it (passes.fold_bn)
 After passes, ``act`` and ``residual`` hold what was fused into a node's epilogue:
-out = act(op(x) + bias + residual).
+out = act(op(x) + bias + residual); a standalone activation is an ``act`` node whose ``act``
+holds it.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-OPS = ("conv", "bn", "linear", "maxpool", "avgpool", "gap", "add", "relu", "relu6", "flatten", "identity")
+OPS = ("conv", "bn", "linear", "maxpool", "avgpool", "gap", "add", "relu", "relu6", "flatten", "identity",
+       "act", "prelu", "affine")
 INPUT = "input"
 
 

@@ -18,7 +18,7 @@ from ...errors import UnsupportedError
 from ..ir import Node
 from ..reorder import analyse
 from ..target import Target
-from . import conv_pool, dense_conv, depthwise, gemm, pool, pw_dw
+from . import channelwise, conv_pool, dense_conv, depthwise, gemm, pool, pw_dw
 from .base import GeneratedKernel
 from .pattern_conv import candidate_schedules, gen_pattern_conv
 from .step import Step
@@ -157,6 +157,10 @@ def _gap_generate(step: Step, schedule: dict | None, target: Target, threads: in
     return pool.gen_global_avgpool(step.cname, **_common(step, schedule, target))
 
 
+def _channelwise_generate(step: Step, schedule: dict | None, target: Target, threads: int | None) -> GeneratedKernel:
+    return channelwise.gen_channelwise(step.cname, mode=step.node.op, **_common(step, schedule, target))
+
+
 FAMILIES: tuple[KernelFamily, ...] = (
     KernelFamily("conv_pool", lambda n: {} if _conv(n, fused="pool") else None, _conv_pool_generate),
     KernelFamily("pw_dw", lambda n: {} if _conv(n, fused="expand") else None, _pw_dw_generate, _pw_dw_candidates),
@@ -167,6 +171,7 @@ FAMILIES: tuple[KernelFamily, ...] = (
     KernelFamily("maxpool", _op("maxpool"), _window_pool(pool.gen_maxpool, input_nonneg=lambda s: s.input_nonneg)),
     KernelFamily("avgpool", _op("avgpool"), _window_pool(pool.gen_avgpool)),
     KernelFamily("gap", _op("gap"), _gap_generate),
+    KernelFamily("channelwise", lambda n: {} if n.op in channelwise.MODES else None, _channelwise_generate),
 )
 _BY_KIND = {f.kind: f for f in FAMILIES}
 
