@@ -244,7 +244,8 @@ _ACT_TYPES = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.LeakyReLU, nn.PReLU, nn.ELU, nn
 
 def _gelu(approximate: str, where: str) -> str:
     if approximate != "none":
-        raise UnsupportedError(f"{where}: GELU(approximate={approximate!r}); only the exact erf form is supported")
+        raise UnsupportedError(f"layer {where!r}: GELU(approximate={approximate!r}); only the exact erf form "
+                               "is supported")
     return "gelu"
 
 
@@ -253,7 +254,7 @@ def _act_of_module(m: nn.Module, where: str) -> str | None:
     if isinstance(m, nn.Hardtanh):
         return activations.spec("clip", m.min_val, m.max_val)
     if isinstance(m, nn.PReLU):  # one slope for all channels (several: the prelu op)
-        return activations.spec("leaky_relu", float(m.weight.reshape(-1)[0]))
+        return activations.spec("leaky_relu", float(m.weight.detach().reshape(-1)[0]))
     if isinstance(m, nn.LeakyReLU):
         return activations.spec("leaky_relu", m.negative_slope)
     if isinstance(m, nn.ELU):
@@ -359,7 +360,8 @@ _ONNX_ACT = ("Relu", "LeakyRelu", "Elu", "Selu", "Sigmoid", "HardSigmoid", "Tanh
 
 
 def _onnx_act(op: str, attr, where: str) -> str:
-    """The activation string of a parameterised ONNX activation node (defaults per the ONNX spec)."""
+    """The activation string of an ONNX activation node; ``attr(key, default)`` reads its
+    attributes (defaults per the ONNX spec)."""
     if op == "Selu":
         alpha, gamma = attr("alpha", 1.67326319217681884765625), attr("gamma", 1.05070102214813232421875)
         if abs(alpha - activations.SELU_ALPHA) > 1e-6 or abs(gamma - activations.SELU_SCALE) > 1e-6:
@@ -489,7 +491,7 @@ def capture_onnx(path: str | Path) -> Graph:
             names[mul.output[0]] = names[n.output[0]]
             skip.add(id(mul))
         elif op in _ONNX_ACT:
-            emit(n, "act", n.input[:1], {"act": _onnx_act(op, attr, where)})
+            emit(n, "act", n.input[:1], {"act": _onnx_act(op, lambda k, d=None, n=n: attr(n, k, d), where)})
         elif op == "Add":
             if any(i in inits or i in consts for i in n.input):
                 raise UnsupportedError(f"{where}: Add with a constant operand")
