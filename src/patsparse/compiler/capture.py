@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from ..errors import FormatError, InputError, UnsupportedError
 from .codegen import activations
+from .codegen.pool import pool_out_size
 from .ir import INPUT, Graph, Node
 
 
@@ -49,14 +50,19 @@ def _conv(m: nn.Conv2d, where: str) -> tuple[dict, dict]:
     return attrs, params
 
 
-def _pool_attrs(k, s, p, ceil, where: str, dilation=1) -> dict:
-    if ceil:
-        raise UnsupportedError(f"{where}: pooling with ceil_mode=True is not supported")
-    if _pair(dilation, "dilation", where) != 1:
-        raise UnsupportedError(f"{where}: dilated pooling is not supported")
+def _pool_attrs(k, s, p, ceil, where: str, dilation=1, count_include_pad=True) -> dict:
+    """A pool's IR attributes; ceil_mode, dilation (max) and count_include_pad (avg) only when
+    they differ from the default, so a plain pool's attributes stay as they were."""
     k = _pair(k, "kernel size", where)
-    return {"k": k, "stride": _pair(s if s is not None else k, "stride", where),
-            "padding": _pair(p, "padding", where)}
+    attrs = {"k": k, "stride": _pair(s if s is not None else k, "stride", where),
+             "padding": _pair(p, "padding", where)}
+    if ceil:
+        attrs["ceil_mode"] = True
+    if _pair(dilation, "dilation", where) != 1:
+        attrs["dilation"] = _pair(dilation, "dilation", where)
+    if not count_include_pad:
+        attrs["count_include_pad"] = False
+    return attrs
 
 
 def _adaptive(out_size, in_shape: tuple, where: str) -> tuple[str, dict]:
@@ -160,9 +166,10 @@ def capture_torch(model: nn.Module, example: torch.Tensor) -> Graph:
             elif isinstance(m, nn.MaxPool2d):
                 add(n, "maxpool", n.args[:1], _pool_attrs(m.kernel_size, m.stride, m.padding, m.ceil_mode, where, m.dilation))
             elif isinstance(m, nn.AvgPool2d):
-                if m.padding and m.count_include_pad is False:
-                    raise UnsupportedError(f"{where}: AvgPool2d with count_include_pad=False and padding")
-                add(n, "avgpool", n.args[:1], _pool_attrs(m.kernel_size, m.stride, m.padding, m.ceil_mode, where))
+                if m.divisor_override is not None:
+                    raise UnsupportedError(f"layer {where!r}: AvgPool2d with divisor_override")
+                add(n, "avgpool", n.args[:1], _pool_attrs(m.kernel_size, m.stride, m.padding, m.ceil_mode, where,
+                                                          count_include_pad=m.count_include_pad))
             elif isinstance(m, nn.AdaptiveAvgPool2d):
                 op, attrs = _adaptive(m.output_size, shape(n.args[0]), where)
                 if op == "identity":
@@ -227,11 +234,19 @@ def _lower_call(n, add, names, src, shape) -> None:
             raise UnsupportedError(f"{where}: mean over dims {dims} (only spatial mean is supported)")
         add(n, "gap", n.args[:1])
     elif t is F.max_pool2d or t is F.avg_pool2d:
-        a = list(n.args) + [None] * 4
+        # max_pool2d(x, k, stride, padding, dilation, ceil_mode); avg_pool2d(x, k, stride, padding,
+        # ceil_mode, count_include_pad, divisor_override)
+        a = list(n.args) + [None] * 7
         k = kw.get("kernel_size", a[1])
         s = kw.get("stride", a[2])
         p = kw.get("padding", a[3] or 0)
-        attrs = _pool_attrs(k, s, p, kw.get("ceil_mode", False), where)
+        if t is F.max_pool2d:
+            attrs = _pool_attrs(k, s, p, kw.get("ceil_mode", a[5] or False), where, kw.get("dilation", a[4] or 1))
+        else:
+            if kw.get("divisor_override", a[6]) is not None:
+                raise UnsupportedError(f"{where}: avg_pool2d with divisor_override")
+            include = kw.get("count_include_pad", True if a[5] is None else a[5])
+            attrs = _pool_attrs(k, s, p, kw.get("ceil_mode", a[4] or False), where, count_include_pad=include)
         add(n, "maxpool" if t is F.max_pool2d else "avgpool", n.args[:1], attrs)
     else:
         name = t if isinstance(t, str) else getattr(t, "__name__", str(t))
@@ -329,13 +344,16 @@ def out_shape(op: str, attrs: dict, params: dict, ins: list[tuple], where: str) 
         w = params["weight"]
         if w.shape[1] * attrs["groups"] != x[0]:
             raise InputError(f"{where}: conv expects {w.shape[1] * attrs['groups']} input channels, gets {x[0]}")
-    if op in ("conv", "maxpool", "avgpool"):
+    if op in ("maxpool", "avgpool"):
+        opts = {"dilation": attrs.get("dilation", 1), "ceil_mode": attrs.get("ceil_mode", False), "where": where}
+        return (x[0], *(pool_out_size(x[i], attrs["k"], attrs["stride"], attrs["padding"], **opts) for i in (1, 2)))
+    if op == "conv":
         k, s, p = attrs["k"], attrs["stride"], attrs["padding"]
         h, w_ = (x[1] + 2 * p - k) // s + 1, (x[2] + 2 * p - k) // s + 1
         if h < 1 or w_ < 1:
             raise InputError(f"{where}: {op} with kernel {k}, stride {s}, padding {p} on {x[1]}x{x[2]} "
                              "gives an empty output")
-        return (params["weight"].shape[0] if op == "conv" else x[0], h, w_)
+        return (params["weight"].shape[0], h, w_)
     if op == "gap":
         return (x[0], 1, 1)
     if op in ("flatten", "linear"):
@@ -497,13 +515,14 @@ def capture_onnx(path: str | Path) -> Graph:
                 raise UnsupportedError(f"{where}: Add with a constant operand")
             emit(n, "add", list(n.input))
         elif op in ("MaxPool", "AveragePool"):
-            if attr(n, "ceil_mode", 0):
-                raise UnsupportedError(f"{where}: {op} with ceil_mode")
-            k = _pair(list(attr(n, "kernel_shape")), "kernel size", where)
-            attrs = {"k": k, "stride": _pair(list(attr(n, "strides", [k, k])), "stride", where),
-                     "padding": sym(list(attr(n, "pads", [0, 0, 0, 0])), where)}
-            if op == "AveragePool" and attrs["padding"] and not attr(n, "count_include_pad", 0):
-                raise UnsupportedError(f"{where}: AveragePool with padding and count_include_pad=0")
+            if attr(n, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or len(n.output) > 1:
+                raise UnsupportedError(f"{where}: {op} with auto_pad or an indices output")
+            k = list(attr(n, "kernel_shape"))
+            attrs = _pool_attrs(k, list(attr(n, "strides", k)), sym(list(attr(n, "pads", [0, 0, 0, 0])), where),
+                                bool(attr(n, "ceil_mode", 0)), where, list(attr(n, "dilations", [1, 1])),
+                                bool(attr(n, "count_include_pad", 0)) or op == "MaxPool")
+            if op == "AveragePool" and "dilation" in attrs:
+                raise UnsupportedError(f"{where}: dilated AveragePool")
             emit(n, "maxpool" if op == "MaxPool" else "avgpool", n.input[:1], attrs)
         elif op == "GlobalAveragePool":
             emit(n, "gap", n.input[:1])

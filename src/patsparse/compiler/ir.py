@@ -11,7 +11,8 @@ Ops (attrs in brackets):
                                           params expand_weight, expand_bias: lowering.fuse_pw_dw)
   bn       [eps]                         params mean, var, gamma, beta (folded away by passes)
   linear   []                            params weight (out, in), bias (out,)
-  maxpool / avgpool [k, stride, padding]
+  maxpool / avgpool [k, stride, padding] and where not the default [ceil_mode] (True),
+           [dilation] (max), [count_include_pad] (avg, False)
   gap      []                            global average pool to (C, 1, 1)
   add, relu, relu6, flatten, identity    (fused or dropped by passes)
   act      [act]                         any activation (codegen/activations.py: a string such as

@@ -144,10 +144,12 @@ def _linear_generate(step: Step, schedule: dict | None, target: Target, threads:
                            **_common(step, schedule, target))
 
 
-def _window_pool(gen: Callable, **extra_of_step: Callable[[Step], object]):
+def _window_pool(gen: Callable, options: tuple[str, ...], **extra_of_step: Callable[[Step], object]):
+    """``options``: the node attributes (pool settings other than the defaults) passed on."""
     def generate(step: Step, schedule: dict | None, target: Target, threads: int | None) -> GeneratedKernel:
         a = step.node.attrs
         extra = {k: f(step) for k, f in extra_of_step.items()}
+        extra.update({k: a[k] for k in options if k in a})
         return gen(step.cname, k=a["k"], stride=a["stride"], padding=a["padding"], **extra,
                    **_common(step, schedule, target))
     return generate
@@ -168,8 +170,9 @@ FAMILIES: tuple[KernelFamily, ...] = (
     KernelFamily("conv2d", lambda n: {} if _conv(n) else None, _conv2d_generate, _conv2d_candidates),
     KernelFamily("depthwise", _depthwise_matches, _depthwise_generate),
     KernelFamily("linear", _op("linear"), _linear_generate),
-    KernelFamily("maxpool", _op("maxpool"), _window_pool(pool.gen_maxpool, input_nonneg=lambda s: s.input_nonneg)),
-    KernelFamily("avgpool", _op("avgpool"), _window_pool(pool.gen_avgpool)),
+    KernelFamily("maxpool", _op("maxpool"), _window_pool(pool.gen_maxpool, ("ceil_mode", "dilation"),
+                                                         input_nonneg=lambda s: s.input_nonneg)),
+    KernelFamily("avgpool", _op("avgpool"), _window_pool(pool.gen_avgpool, ("ceil_mode", "count_include_pad"))),
     KernelFamily("gap", _op("gap"), _gap_generate),
     KernelFamily("channelwise", lambda n: {} if n.op in channelwise.MODES else None, _channelwise_generate),
 )
