@@ -19,6 +19,7 @@ from ..errors import FormatError, InputError, UnsupportedError
 from .codegen import activations
 from .codegen.pool import pool_out_size
 from .ir import INPUT, Graph, Node
+from .layout import spatial
 
 
 def _np(t: torch.Tensor | None) -> np.ndarray | None:
@@ -83,6 +84,11 @@ def _adaptive(out_size, in_shape: tuple, where: str) -> tuple[str, dict]:
 _ACT_MODULES = {nn.ReLU: "relu", nn.ReLU6: "relu6"}
 _NOOP_MODULES = (nn.Dropout, nn.Dropout2d, nn.Identity)
 _ADD_FUNCS = {operator.add, operator.iadd, torch.add}
+# sub / mul / div of two tensors (a constant operand is refused by ``src``)
+_BINARY_FUNCS = {operator.sub: "sub", operator.isub: "sub", torch.sub: "sub", "sub": "sub", "__sub__": "sub",
+                 operator.mul: "mul", operator.imul: "mul", torch.mul: "mul", "mul": "mul", "__mul__": "mul",
+                 operator.truediv: "div", operator.itruediv: "div", torch.div: "div", "div": "div",
+                 "__truediv__": "div"}
 _RELU_FUNCS = {F.relu, torch.relu, torch.relu_, F.relu_}
 
 
@@ -212,6 +218,13 @@ def _lower_call(n, add, names, src, shape) -> None:
         if kw.get("alpha", 1) != 1 or len(n.args) != 2:
             raise UnsupportedError(f"{where}: add with alpha or more than two operands")
         add(n, "add", n.args)
+    elif _hashable(t) and t in _BINARY_FUNCS:
+        if len(n.args) != 2 or kw.get("alpha", 1) != 1 or kw.get("rounding_mode") is not None:
+            raise UnsupportedError(f"{where}: {_BINARY_FUNCS[t]} with alpha, rounding_mode or other than two operands")
+        add(n, "binary", n.args, {"op": _BINARY_FUNCS[t]})
+    elif t in ("view", "reshape", "unsqueeze", torch.reshape, torch.unsqueeze) and \
+            _same_layout_shape(t, list(n.args[1:]), shape(n.args[0])) is not None:
+        add(n, "reshape", n.args[:1], {"shape": _same_layout_shape(t, list(n.args[1:]), shape(n.args[0]))})
     elif t is torch.flatten or t in ("flatten", "view", "reshape"):
         if not _flattens_per_image(t, list(n.args[1:]), kw, int(np.prod(shape(n.args[0])))):
             raise UnsupportedError(f"{where}: {t if isinstance(t, str) else t.__name__}"
@@ -321,6 +334,36 @@ def _act_of_call(n) -> str | None:
     return None
 
 
+def _hashable(t) -> bool:
+    try:
+        hash(t)
+    except TypeError:
+        return False
+    return True
+
+
+def _same_layout_shape(t, rest: list, in_shape: tuple) -> list[int] | None:
+    """The per-image shape a view / reshape / unsqueeze gives when it is stored exactly as its
+    input is ((C,) <-> (C, 1, 1): a squeeze-excite gate), else None."""
+    if t in ("unsqueeze", torch.unsqueeze):
+        if len(rest) != 1 or not isinstance(rest[0], int) or rest[0] % (len(in_shape) + 2) == 0:
+            return None
+        out = list(in_shape)
+        out.insert(rest[0] % (len(in_shape) + 2) - 1, 1)
+    else:
+        if len(rest) == 1 and isinstance(rest[0], (tuple, list)):
+            rest = list(rest[0])
+        if len(rest) < 2 or not all(isinstance(d, int) for d in rest[1:]):
+            return None
+        out = list(rest[1:])
+        if out.count(-1) == 1:
+            known = int(np.prod([d for d in out if d != -1]))
+            out[out.index(-1)] = int(np.prod(in_shape)) // max(1, known)
+    if len(out) > 3 or int(np.prod(out)) != int(np.prod(in_shape)):
+        return None
+    return out if spatial(tuple(out)) == spatial(in_shape) else None
+
+
 def _flattens_per_image(t, rest: list, kw: dict, features: int) -> bool:
     """Whether flatten/view/reshape arguments turn (N, ...) into (N, features)."""
     if t is torch.flatten or t == "flatten":
@@ -365,8 +408,14 @@ def out_shape(op: str, attrs: dict, params: dict, ins: list[tuple], where: str) 
         return (params["weight"].shape[0],)
     if op == "prelu" and params["weight"].size != x[0]:
         raise InputError(f"{where}: PReLU has {params['weight'].size} slopes for {x[0]} channels")
-    if op == "add" and ins[0] != ins[1]:
-        raise UnsupportedError(f"{where}: add of shapes {ins[0]} and {ins[1]} (broadcasting is not supported)")
+    if op == "reshape":
+        return tuple(attrs["shape"])
+    if op in ("add", "binary") and ins[0] != ins[1]:
+        a, b = ins
+        if len(a) != len(b) or len(a) == 2 or any(p != q and 1 not in (p, q) for p, q in zip(a, b)):
+            raise UnsupportedError(f"node {where!r}: {attrs.get('op', op)} of per-image shapes {a} and {b} "
+                                   "(they do not broadcast against each other)")
+        return tuple(max(p, q) for p, q in zip(a, b))
     return x
 
 
@@ -510,10 +559,16 @@ def capture_onnx(path: str | Path) -> Graph:
             skip.add(id(mul))
         elif op in _ONNX_ACT:
             emit(n, "act", n.input[:1], {"act": _onnx_act(op, lambda k, d=None, n=n: attr(n, k, d), where)})
-        elif op == "Add":
+        elif op in ("Add", "Sub", "Mul", "Div"):
             if any(i in inits or i in consts for i in n.input):
-                raise UnsupportedError(f"{where}: Add with a constant operand")
-            emit(n, "add", list(n.input))
+                raise UnsupportedError(f"{where}: {op} with a constant operand")
+            a, b = (shapes.get(i, ()) for i in n.input)
+            if len(a) != len(b):
+                raise UnsupportedError(f"{where}: {op} of per-image shapes {a} and {b} (ranks differ)")
+            if op == "Add":
+                emit(n, "add", list(n.input))
+            else:
+                emit(n, "binary", list(n.input), {"op": op.lower()})
         elif op in ("MaxPool", "AveragePool"):
             if attr(n, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or len(n.output) > 1:
                 raise UnsupportedError(f"{where}: {op} with auto_pad or an indices output")
@@ -526,6 +581,9 @@ def capture_onnx(path: str | Path) -> Graph:
             emit(n, "maxpool" if op == "MaxPool" else "avgpool", n.input[:1], attrs)
         elif op == "GlobalAveragePool":
             emit(n, "gap", n.input[:1])
+        elif op in ("Reshape", "Unsqueeze", "Squeeze") and len(shapes.get(n.output[0], ())) in (1, 2, 3) \
+                and spatial(shapes.get(n.output[0], ())) == spatial(shapes.get(n.input[0], ())):
+            emit(n, "reshape", n.input[:1], {"shape": list(shapes[n.output[0]])})
         elif op in ("Flatten", "Reshape"):
             if len(shapes.get(n.output[0], ())) != 1:
                 raise UnsupportedError(f"{where}: {op} to {shapes.get(n.output[0])} (only flattening "

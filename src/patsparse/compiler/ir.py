@@ -15,11 +15,14 @@ Ops (attrs in brackets):
            [dilation] (max), [count_include_pad] (avg, False)
   gap      []                            global average pool to (C, 1, 1)
   add, relu, relu6, flatten, identity    (fused or dropped by passes)
+  reshape  [shape]                       a view stored as its input is ((C,) <-> (C, 1, 1)); dropped
   act      [act]                         any activation (codegen/activations.py: a string such as
                                          "sigmoid" or "leaky_relu:0.01"); fused or kept by passes
   prelu    []                            params weight (C,): one slope per channel
   affine   []                            params weight (C,), bias (C,): a BatchNorm with no conv
                                          before it (passes.fold_bn)
+  binary   [op: add|sub|mul|div]         two inputs, PyTorch broadcasting over (C, H, W); an add
+                                         no conv can take as its residual becomes one
 After passes, ``act`` and ``residual`` hold what was fused into a node's epilogue:
 out = act(op(x) + bias + residual); a standalone activation is an ``act`` node whose ``act``
 holds it.
@@ -34,7 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 OPS = ("conv", "bn", "linear", "maxpool", "avgpool", "gap", "add", "relu", "relu6", "flatten", "identity",
-       "act", "prelu", "affine")
+       "act", "prelu", "affine", "binary", "reshape")
 INPUT = "input"
 
 

@@ -13,9 +13,9 @@ import numpy as np
 from ..errors import UnsupportedError
 from .ir import INPUT, Graph, Node
 
-KERNEL_OPS = ("conv", "linear", "maxpool", "avgpool", "gap", "act", "affine", "prelu")
+KERNEL_OPS = ("conv", "linear", "maxpool", "avgpool", "gap", "act", "affine", "prelu", "binary")
 # producers whose epilogue can apply any activation (act(op(x) + bias + residual))
-ACT_PRODUCERS = ("conv", "linear", "maxpool", "avgpool", "gap", "affine", "prelu")
+ACT_PRODUCERS = ("conv", "linear", "maxpool", "avgpool", "gap", "affine", "prelu", "binary")
 ACT_OPS = ("relu", "relu6", "act")
 
 
@@ -55,8 +55,9 @@ def fold_bn(g: Graph) -> None:
 
 
 def drop_noops(g: Graph) -> None:
-    """identity nodes, and flatten feeding linear or the output (the layouts agree already)."""
-    for n in [n for n in g.nodes if n.op in ("identity", "flatten")]:
+    """identity, flatten and reshape nodes: the generated code stores their output exactly as
+    their input (capture admits only those reshapes)."""
+    for n in [n for n in g.nodes if n.op in ("identity", "flatten", "reshape")]:
         _remove(g, n)
 
 
@@ -64,7 +65,8 @@ def fuse_add(g: Graph) -> None:
     """add(a, b) -> the later-computed of a / b takes the other as its residual.
 
     The producer must be a conv or linear with nothing fused yet and no other user, and the
-    other operand must already exist when it runs (it is earlier in topological order).
+    other operand must already exist when it runs (it is earlier in topological order) and have
+    the same shape. Any other add stays a ``binary`` node (channelwise.gen_binary).
     """
     order = {n.name: i for i, n in enumerate(g.nodes)}
     order[INPUT] = -1
@@ -81,8 +83,7 @@ def fuse_add(g: Graph) -> None:
                 replace_uses(g, add.name, p)
                 break
         else:
-            raise UnsupportedError(f"add {add.name!r}: neither operand ({a!r}, {b!r}) is a conv or "
-                                   "linear output it can be fused into")
+            add.op, add.attrs = "binary", {"op": "add"}
 
 
 def fuse_act(g: Graph) -> None:

@@ -1,5 +1,6 @@
-"""Per-element ops with per-channel constants, standalone: an activation anywhere in the graph,
-a BatchNorm with no conv before it (an affine map per channel), and PReLU (a slope per channel).
+"""Per-element ops, standalone: an activation anywhere in the graph, a BatchNorm with no conv
+before it (an affine map per channel), PReLU (a slope per channel), and add / sub / mul / div
+of two tensors with broadcasting (``gen_binary``).
 
 Why a kernel of its own: these are fused into the producing conv or linear wherever that is
 possible (passes.fuse_act, fold_bn); what is left reads an input the producer cannot change
@@ -72,3 +73,53 @@ static void {name}(const float *restrict in, float *restrict out, const float *r
 """
     return GeneratedKernel(name=name, code=code, target=target, pack=_pack(L.C, name),
                            flops=L.C * L.H * L.W * (1 if mode == "act" else 2), schedule={})
+
+
+BINARY = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
+
+
+def _operand_c(ptr: str, lay: Layout, out: Layout) -> str:
+    """C of the vector of operand ``ptr`` (layout ``lay``, broadcast to ``out`` along every
+    dimension of size 1) at output channel c, row h, columns w0 ..."""
+    at = f"{ptr} + {'0' if lay.C == 1 else f'(size_t)c * {lay.ps}'} + {lay.origin}" \
+         f" + {'0' if lay.H == 1 else f'(size_t)h * {lay.ld}'}"
+    return f"vbcast(({at})[0])" if lay.W == 1 and out.W > 1 else f"vload({at} + w0)"
+
+
+def gen_binary(name: str, *, op: str, in_layout: Layout, other_layout: Layout, out_layout: Layout,
+               act: str = "none", target: Target) -> GeneratedKernel:
+    """out = act(a op b) with PyTorch broadcasting over (C, H, W): ``a`` is the kernel's ``in``
+    (``in_layout``), ``b`` its ``res`` argument (``other_layout``); a dimension of size 1 in
+    either is repeated (a squeeze-excite gate (C, 1, 1) times a (C, H, W) tensor)."""
+    where = f"binary kernel {name}"
+    check_name(name)
+    check_act(act, where)
+    if op not in BINARY:
+        raise InputError(f"{where}: op {op!r}, expected one of {tuple(BINARY)}")
+    A, B, O = in_layout, other_layout, out_layout
+    for label, lay in (("in_layout", A), ("other_layout", B)):
+        if any(d not in (1, o) for d, o in zip((lay.C, lay.H, lay.W), (O.C, O.H, O.W))):
+            raise InputError(f"{where}: {label} (C, H, W) = {(lay.C, lay.H, lay.W)} does not broadcast "
+                             f"to {(O.C, O.H, O.W)}")
+    val = f"{_operand_c('in', A, O)} {BINARY[op]} {_operand_c('res', B, O)}"
+    code = helpers_c(target) + f"""
+/* {name}: {op} with broadcasting, {act}, {(A.C, A.H, A.W)} and {(B.C, B.H, B.W)} -> {(O.C, O.H, O.W)} */
+static void {name}(const float *restrict in, float *restrict out, const float *restrict w,
+                   const float *restrict bias, const float *restrict res) {{
+    enum {{ NVW = ({O.W} + VL - 1) / VL, LASTW = (NVW - 1) * VL }};
+    const vi tm = vtailmask({O.W} - LASTW);
+    (void)w; (void)bias;
+    #pragma omp for schedule(static) nowait
+    for (int u = 0; u < {O.C * O.H}; u++) {{
+        const int c = u / {O.H}, h = u % {O.H};
+        (void)c; (void)h;
+        for (int w0 = 0; w0 < {O.W}; w0 += VL) {{
+            vf v = {act_c(act, val)};
+            if (w0 == LASTW) v = vand(v, tm);
+            vstore(out + (size_t)c * {O.ps} + {O.origin} + (size_t)h * {O.ld} + w0, v);
+        }}
+    }}
+}}
+"""
+    return GeneratedKernel(name=name, code=code, target=target, pack=_pack(0, name),
+                           flops=O.C * O.H * O.W, schedule={})

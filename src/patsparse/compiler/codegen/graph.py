@@ -78,7 +78,8 @@ def emit_model(plan: Plan) -> str:
             "        double t0 = prof && lead ? omp_get_wtime() : 0.0;"]
     for s in plan.steps:
         n = s.node
-        res = f"ws + {plan.offsets[n.residual]}" if n.residual else "0"
+        second = n.residual or (n.inputs[1] if len(n.inputs) > 1 else None)  # a binary op's b
+        res = f"ws + {plan.offsets[second]}" if second else "0"
         body.append(f"        /* {c_comment(n.name)}: {s.kind} */")
         body.append(f"        {s.cname}(ws + {plan.offsets[n.inputs[0]]}, ws + {plan.offsets[n.name]}, "
                     f"blob + {s.w_off}, blob + {s.b_off}, {res});")

@@ -163,6 +163,12 @@ def _channelwise_generate(step: Step, schedule: dict | None, target: Target, thr
     return channelwise.gen_channelwise(step.cname, mode=step.node.op, **_common(step, schedule, target))
 
 
+def _binary_generate(step: Step, schedule: dict | None, target: Target, threads: int | None) -> GeneratedKernel:
+    return channelwise.gen_binary(step.cname, op=step.node.attrs["op"], in_layout=step.in_layout,
+                                  other_layout=step.other_layout, out_layout=step.out_layout, act=step.node.act,
+                                  target=target)
+
+
 FAMILIES: tuple[KernelFamily, ...] = (
     KernelFamily("conv_pool", lambda n: {} if _conv(n, fused="pool") else None, _conv_pool_generate),
     KernelFamily("pw_dw", lambda n: {} if _conv(n, fused="expand") else None, _pw_dw_generate, _pw_dw_candidates),
@@ -175,6 +181,7 @@ FAMILIES: tuple[KernelFamily, ...] = (
     KernelFamily("avgpool", _op("avgpool"), _window_pool(pool.gen_avgpool, ("ceil_mode", "count_include_pad"))),
     KernelFamily("gap", _op("gap"), _gap_generate),
     KernelFamily("channelwise", lambda n: {} if n.op in channelwise.MODES else None, _channelwise_generate),
+    KernelFamily("binary", _op("binary"), _binary_generate),
 )
 _BY_KIND = {f.kind: f for f in FAMILIES}
 

@@ -28,7 +28,7 @@ from ..layout import Layout
 from ..target import Target
 from .base import GeneratedKernel, act_scalar_c, act_c
 from .common import (check_act, check_layout_types, check_layouts, check_name, check_positive,
-                     conv_out_size, helpers_c, VECTOR_LOAD)
+                     helpers_c, VECTOR_LOAD)
 
 
 def _no_weights(weight: np.ndarray | None) -> np.ndarray:
