@@ -121,6 +121,7 @@ def capture_torch(model: nn.Module, example: torch.Tensor) -> Graph:
         return names[a.name]
 
     used: set[str] = set()
+    splits: dict[str, tuple] = {}
 
     def add(n, op, inputs, attrs=None, params=None):
         # module path for modules (a module called twice gets #2, #3...), fx name otherwise
@@ -195,7 +196,7 @@ def capture_torch(model: nn.Module, example: torch.Tensor) -> Graph:
                                        "AdaptiveAvgPool2d, Linear, Flatten, Dropout, Identity and the "
                                        f"activations {', '.join(t.__name__ for t in _ACT_TYPES)})")
         elif n.op in ("call_function", "call_method"):
-            _lower_call(n, add, names, src, shape)
+            _lower_call(n, add, names, src, shape, splits)
         else:
             raise UnsupportedError(f"{n.name}: fx op {n.op} ({n.target}) is not supported "
                                    "(parameters used directly in forward?)")
@@ -204,8 +205,9 @@ def capture_torch(model: nn.Module, example: torch.Tensor) -> Graph:
     return Graph(tuple(int(s) for s in example.shape[1:]), nodes, out_name)
 
 
-def _lower_call(n, add, names, src, shape) -> None:
-    """call_function / call_method nodes: activations, add, flatten, pooling functions."""
+def _lower_call(n, add, names, src, shape, splits) -> None:
+    """call_function / call_method nodes: activations, add, flatten, pooling functions.
+    ``splits``: fx name of a split / chunk -> (its input, [(start, channels)] per piece)."""
     t, where = n.target, n.name
     kw = n.kwargs
     if t in _RELU_FUNCS or t in ("relu", "relu_"):
@@ -231,6 +233,27 @@ def _lower_call(n, add, names, src, shape) -> None:
                                    f"{tuple(a if not hasattr(a, 'name') else a.name for a in n.args[1:])} "
                                    "(only flattening each image to a vector is supported)")
         add(n, "flatten", n.args[:1])
+    elif t in (torch.cat, torch.concat, torch.concatenate):
+        parts, dim = (n.args[0], n.args[1] if len(n.args) > 1 else kw.get("dim", 0))
+        if len(shape(parts[0])) != 3 or dim not in (1, -3):
+            raise UnsupportedError(f"{where}: cat along dim {dim}; only the channel dim of (N, C, H, W) is supported")
+        add(n, "concat", list(parts))
+    elif t in (torch.chunk, torch.split, "chunk", "split"):
+        sizes = n.args[1] if len(n.args) > 1 else kw.get("split_size_or_sections", kw.get("chunks"))
+        dim = n.args[2] if len(n.args) > 2 else kw.get("dim", 0)
+        c = shape(n.args[0])[0] if len(shape(n.args[0])) == 3 else 0
+        if not c or dim not in (1, -3) or not isinstance(sizes, (int, list, tuple)):
+            raise UnsupportedError(f"{where}: {t if isinstance(t, str) else t.__name__} along dim {dim}; "
+                                   "only constant splits of the channel dim of (N, C, H, W) are supported")
+        if isinstance(sizes, int):  # chunk: a count; split: a size
+            step = -(-c // sizes) if t in (torch.chunk, "chunk") else sizes
+            sizes = [min(step, c - s) for s in range(0, c, step)]
+        starts = np.cumsum([0, *sizes[:-1]]).tolist()
+        splits[n.name] = (n.args[0], list(zip(starts, sizes)))
+    elif t is operator.getitem and isinstance(n.args[0], torch.fx.Node) and n.args[0].name in splits:
+        source, ranges = splits[n.args[0].name]
+        start, size = ranges[n.args[1]]
+        add(n, "slice", [source], {"start": int(start), "channels": int(size)})
     elif t == "size" or t is getattr:
         names[n.name] = "__shape__"  # only feeds view/reshape arguments, which are ignored
     elif t in (F.dropout, torch.dropout) or t == "contiguous":
@@ -410,6 +433,13 @@ def out_shape(op: str, attrs: dict, params: dict, ins: list[tuple], where: str) 
         raise InputError(f"{where}: PReLU has {params['weight'].size} slopes for {x[0]} channels")
     if op == "reshape":
         return tuple(attrs["shape"])
+    if op in ("concat", "slice") and any(len(s) != 3 or s[1:] != x[1:] for s in ins):
+        raise UnsupportedError(f"node {where!r}: {op} along channels of per-image shapes {ins} "
+                               "(needs (C, H, W) tensors of one H x W)")
+    if op == "concat":
+        return (sum(s[0] for s in ins), *x[1:])
+    if op == "slice":
+        return (attrs["channels"], *x[1:])
     if op in ("add", "binary") and ins[0] != ins[1]:
         a, b = ins
         if len(a) != len(b) or len(a) == 2 or any(p != q and 1 not in (p, q) for p, q in zip(a, b)):
@@ -605,6 +635,21 @@ def capture_onnx(path: str | Path) -> Graph:
             if len(n.input) > 2 and n.input[2]:
                 params["bias"] = inits[n.input[2]].reshape(-1).copy()
             emit(n, "linear", n.input[:1], {}, params)
+        elif op in ("Concat", "Split"):
+            rank = len(shapes.get(n.input[0], ())) + 1
+            if rank != 4 or attr(n, "axis", 0) % 4 != 1:
+                raise UnsupportedError(f"{where}: {op} along axis {attr(n, 'axis', 0)}; only the channel axis "
+                                       "of (N, C, H, W) is supported")
+            if op == "Concat":
+                emit(n, "concat", list(n.input))
+                continue
+            sizes = consts.get(n.input[1], inits.get(n.input[1])) if len(n.input) > 1 and n.input[1] else attr(n, "split")
+            c = shapes[n.input[0]][0]
+            sizes = [c // len(n.output)] * len(n.output) if sizes is None else [int(v) for v in np.ravel(sizes)]
+            for (start, size), out in zip(zip(np.cumsum([0, *sizes[:-1]]).tolist(), sizes), n.output):
+                nodes.append(Node(f"{where}:{out}", "slice", [names[n.input[0]]], shapes.get(out, ()),
+                                  {"start": int(start), "channels": int(size)}))
+                names[out] = nodes[-1].name
         else:
             raise UnsupportedError(f"ONNX op {op} at node {where!r} is not supported by the compiler")
     out = names.get(g.output[0].name)

@@ -16,6 +16,8 @@ Ops (attrs in brackets):
   gap      []                            global average pool to (C, 1, 1)
   add, relu, relu6, flatten, identity    (fused or dropped by passes)
   reshape  [shape]                       a view stored as its input is ((C,) <-> (C, 1, 1)); dropped
+  concat   []                            any number of inputs joined along channels
+  slice    [start, channels]             channels start .. start + channels (split / chunk)
   act      [act]                         any activation (codegen/activations.py: a string such as
                                          "sigmoid" or "leaky_relu:0.01"); fused or kept by passes
   prelu    []                            params weight (C,): one slope per channel
@@ -37,7 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 OPS = ("conv", "bn", "linear", "maxpool", "avgpool", "gap", "add", "relu", "relu6", "flatten", "identity",
-       "act", "prelu", "affine", "binary", "reshape")
+       "act", "prelu", "affine", "binary", "reshape", "concat", "slice")
 INPUT = "input"
 
 

@@ -12,8 +12,9 @@ import numpy as np
 
 from ..errors import UnsupportedError
 from .ir import INPUT, Graph, Node
+from .layout import spatial
 
-KERNEL_OPS = ("conv", "linear", "maxpool", "avgpool", "gap", "act", "affine", "prelu", "binary")
+KERNEL_OPS = ("conv", "linear", "maxpool", "avgpool", "gap", "act", "affine", "prelu", "binary", "concat", "slice")
 # producers whose epilogue can apply any activation (act(op(x) + bias + residual))
 ACT_PRODUCERS = ("conv", "linear", "maxpool", "avgpool", "gap", "affine", "prelu", "binary")
 ACT_OPS = ("relu", "relu6", "act")
@@ -58,6 +59,9 @@ def drop_noops(g: Graph) -> None:
     """identity, flatten and reshape nodes: the generated code stores their output exactly as
     their input (capture admits only those reshapes)."""
     for n in [n for n in g.nodes if n.op in ("identity", "flatten", "reshape")]:
+        prod = None if n.inputs[0] == INPUT else g.node(n.inputs[0])
+        if g.output == n.name and prod is not None and spatial(prod.shape) == spatial(n.shape):
+            prod.shape = n.shape  # the model's output keeps its shape (stored alike: (C,) and (C, 1, 1))
         _remove(g, n)
 
 

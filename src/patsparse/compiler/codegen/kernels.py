@@ -18,7 +18,7 @@ from ...errors import UnsupportedError
 from ..ir import Node
 from ..reorder import analyse
 from ..target import Target
-from . import channelwise, conv_pool, dense_conv, depthwise, gemm, pool, pw_dw
+from . import channels, channelwise, conv_pool, dense_conv, depthwise, gemm, pool, pw_dw
 from .base import GeneratedKernel
 from .pattern_conv import candidate_schedules, gen_pattern_conv
 from .step import Step
@@ -169,6 +169,15 @@ def _binary_generate(step: Step, schedule: dict | None, target: Target, threads:
                                   target=target)
 
 
+def _concat_generate(step: Step, schedule: dict | None, target: Target, threads: int | None) -> GeneratedKernel:
+    return channels.gen_concat(step.cname, operands=step.operands, out_layout=step.out_layout, target=target)
+
+
+def _slice_generate(step: Step, schedule: dict | None, target: Target, threads: int | None) -> GeneratedKernel:
+    return channels.gen_slice(step.cname, start=step.node.attrs["start"], in_layout=step.in_layout,
+                              out_layout=step.out_layout, target=target)
+
+
 FAMILIES: tuple[KernelFamily, ...] = (
     KernelFamily("conv_pool", lambda n: {} if _conv(n, fused="pool") else None, _conv_pool_generate),
     KernelFamily("pw_dw", lambda n: {} if _conv(n, fused="expand") else None, _pw_dw_generate, _pw_dw_candidates),
@@ -182,6 +191,8 @@ FAMILIES: tuple[KernelFamily, ...] = (
     KernelFamily("gap", _op("gap"), _gap_generate),
     KernelFamily("channelwise", lambda n: {} if n.op in channelwise.MODES else None, _channelwise_generate),
     KernelFamily("binary", _op("binary"), _binary_generate),
+    KernelFamily("concat", _op("concat"), _concat_generate),
+    KernelFamily("slice", _op("slice"), _slice_generate),
 )
 _BY_KIND = {f.kind: f for f in FAMILIES}
 

@@ -54,6 +54,9 @@ def plan_graph(g: Graph, *, target: Target | None = None, threads: int | None = 
                   other_layout=layouts[n.inputs[1]] if len(n.inputs) > 1 else None)
              for i, n in enumerate(g.nodes)]
     offsets, ws = _assign_buffers(g, layouts)
+    for s in steps:
+        if s.node.op == "concat":  # its kernel reads every input at its workspace offset
+            s.operands = [(offsets[i], layouts[i]) for i in s.node.inputs]
     return Plan(g, steps, layouts, offsets, ws, target=target, threads=threads)
 
 
