@@ -38,17 +38,52 @@ def _pair(v, what: str, where: str) -> int:
 
 
 def _conv(m: nn.Conv2d, where: str) -> tuple[dict, dict]:
-    if m.padding_mode != "zeros" or isinstance(m.padding, str):
-        raise UnsupportedError(f"{where}: Conv2d padding {m.padding!r} / mode {m.padding_mode!r}; "
-                               "only explicit zero padding is supported")
-    if _pair(m.dilation, "dilation", where) != 1:
-        raise UnsupportedError(f"{where}: dilated Conv2d (dilation {m.dilation}) is not supported")
-    attrs = {"k": _pair(m.kernel_size, "kernel size", where), "stride": _pair(m.stride, "stride", where),
-             "padding": _pair(m.padding, "padding", where), "groups": m.groups}
-    params = {"weight": _np(m.weight)}
-    if m.bias is not None:
-        params["bias"] = _np(m.bias)
-    return attrs, params
+    if m.padding_mode != "zeros":
+        raise UnsupportedError(f"{where}: Conv2d padding mode {m.padding_mode!r}; only zero padding is supported")
+    (kh, kw), (dh, dw) = m.kernel_size, m.dilation
+    if m.padding == "same":  # stride 1 (PyTorch's rule): the extra row / column goes last
+        th, tw = dh * (kh - 1), dw * (kw - 1)
+        pads = (th // 2, tw // 2, th - th // 2, tw - tw // 2)
+    elif m.padding == "valid":
+        pads = (0, 0, 0, 0)
+    else:
+        pads = (*m.padding, *m.padding)
+    return conv_node(_np(m.weight), _np(m.bias), m.stride, pads, m.dilation, m.groups, where)
+
+
+def conv_node(weight: np.ndarray, bias: np.ndarray | None, stride, pads, dilation, groups: int,
+              where: str) -> tuple[dict, dict]:
+    """IR attrs and params of a conv with any groups, dilation, kernel shape and padding
+    (``pads``: top, left, bottom, right), as the equivalent conv the generators take: a square
+    kernel, one padding, and groups 1 or depthwise 3x3. Dilation and the kernel's shape and
+    padding become zero taps of a larger square kernel whose window is placed so every tap
+    reads the same input as before; other groups become one block-diagonal conv (its
+    cross-group kernels are zero: a 3x3 one goes to the pattern kernel, which skips them; a
+    dense generator computes them, groups times the FLOPs). What has no such equivalent (a
+    non-square stride, a kernel over 7 wide afterwards) is an UnsupportedError here."""
+    at = f"layer {where!r}"
+    s = _pair(list(stride), "stride", at)
+    f, cg, kh, kw = weight.shape
+    (dh, dw), (pt, pl, pb, pr) = dilation, pads
+    eh, ew = dh * (kh - 1) + 1, dw * (kw - 1) + 1  # dilated extent
+    if eh - pt - pb != ew - pl - pr:
+        raise UnsupportedError(f"{at}: conv with kernel {kh}x{kw}, dilation {(dh, dw)} and padding "
+                               f"{tuple(pads)} (top, left, bottom, right) has no square equivalent")
+    p = max(pads)
+    k = eh + 2 * p - pt - pb
+    if k > 7 or min(pads) < 0:
+        raise UnsupportedError(f"{at}: conv with kernel {kh}x{kw}, dilation {(dh, dw)} and padding "
+                               f"{tuple(pads)} needs a {k}x{k} equivalent (at most 7x7 is supported)")
+    w = np.zeros((f, cg, k, k), np.float32)
+    w[:, :, p - pt: p - pt + eh: dh, p - pl: p - pl + ew: dw] = weight
+    if groups > 1 and not (k == 3 and groups == f and cg == 1):
+        fg = f // groups
+        dense = np.zeros((f, cg * groups, k, k), np.float32)
+        for g in range(groups):
+            dense[g * fg:(g + 1) * fg, g * cg:(g + 1) * cg] = w[g * fg:(g + 1) * fg]
+        w, groups = dense, 1
+    params = {"weight": w} if bias is None else {"weight": w, "bias": bias}
+    return {"k": k, "stride": s, "padding": p, "groups": groups}, params
 
 
 def _pool_attrs(k, s, p, ceil, where: str, dilation=1, count_include_pad=True) -> dict:
@@ -476,6 +511,19 @@ def _onnx_act(op: str, attr, where: str) -> str:
             }[op]()
 
 
+def _onnx_pads(auto_pad, pads: list, size: tuple, kernel: tuple, strides: list, dils: tuple) -> tuple:
+    """(top, left, bottom, right) of an ONNX Conv: its pads, or what auto_pad makes of them
+    (SAME_UPPER puts an odd extra row / column last, SAME_LOWER first)."""
+    mode = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    if mode == "NOTSET":
+        return tuple(pads)
+    if mode == "VALID":
+        return (0, 0, 0, 0)
+    total = [max((-(-n // s) - 1) * s + d * (k - 1) + 1 - n, 0) for n, k, s, d in zip(size, kernel, strides, dils)]
+    first = [t // 2 if mode == "SAME_UPPER" else t - t // 2 for t in total]
+    return (first[0], first[1], total[0] - first[0], total[1] - first[1])
+
+
 def _silu_muls(g) -> dict:
     """Sigmoid output -> the Mul computing x * sigmoid(x) from it, where that Mul is its only
     reader (the SiLU idiom of ONNX exporters)."""
@@ -545,18 +593,14 @@ def capture_onnx(path: str | Path) -> Graph:
         if op == "Constant" or id(n) in skip:
             continue
         if op == "Conv":
-            if set(attr(n, "dilations", [1, 1])) != {1}:
-                raise UnsupportedError(f"{where}: dilated Conv")
-            if attr(n, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
-                raise UnsupportedError(f"{where}: Conv auto_pad")
             w = inits[n.input[1]]
-            params = {"weight": w.copy()}
-            if len(n.input) > 2 and n.input[2]:
-                params["bias"] = inits[n.input[2]].copy()
-            attrs = {"k": _pair(list(attr(n, "kernel_shape", w.shape[2:])), "kernel size", where),
-                     "stride": _pair(list(attr(n, "strides", [1, 1])), "stride", where),
-                     "padding": sym(list(attr(n, "pads", [0, 0, 0, 0])), where),
-                     "groups": int(attr(n, "group", 1))}
+            if w.ndim != 4:
+                raise UnsupportedError(f"{where}: {w.ndim - 2}-D Conv (only 2-D is supported)")
+            bias = inits[n.input[2]].copy() if len(n.input) > 2 and n.input[2] else None
+            strides, dils = list(attr(n, "strides", [1, 1])), tuple(attr(n, "dilations", [1, 1]))
+            pads = _onnx_pads(attr(n, "auto_pad", b"NOTSET"), list(attr(n, "pads", [0, 0, 0, 0])),
+                              shapes[n.input[0]][1:], w.shape[2:], strides, dils)
+            attrs, params = conv_node(w, bias, strides, pads, dils, int(attr(n, "group", 1)), where)
             emit(n, "conv", n.input[:1], attrs, params)
         elif op == "BatchNormalization":
             params = {"gamma": inits[n.input[1]].copy(), "beta": inits[n.input[2]].copy(),
