@@ -2,11 +2,12 @@
 family's epilogue, standalone (on the model input, on a tensor with two readers, after a
 standalone BatchNorm), captured from a traced module and from an ONNX file, with NaN and Inf."""
 
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from ops_check import check_torch_and_onnx
+from test_compiler import assert_close
 
 import patsparse as ps
 from patsparse.compiler.capture import capture_torch
@@ -31,13 +32,6 @@ ACTS = {
     "relu6": (lambda c: nn.ReLU6(), 17),
     "relu": (lambda c: nn.ReLU(), 17),
 }
-
-
-def assert_close(got, want):
-    got, want = np.asarray(got), np.asarray(want)
-    scale = max(1.0, float(np.abs(want).max()))
-    err = float(np.abs(got - want).max())
-    assert err <= 1e-4 * scale, f"max abs error {err} > 1e-4 * {scale}"
 
 
 def _prune_3x3(conv: nn.Conv2d) -> nn.Conv2d:
@@ -97,15 +91,9 @@ def test_activation_torch_and_onnx(name, tmp_path):
     torch.manual_seed(0)
     m = Net(make).eval()
     x = torch.randn(2, 3, 16, 16) * 2
-    with torch.no_grad():
-        want = m(x)
-    cm = ps.compile(m, x[:1], threads=2)
-    assert_close(cm(x), want)
-    kinds = {layer["kernel"] for layer in cm.manifest["layers"]}
+    check_torch_and_onnx(m, x, tmp_path, opset=opset)
+    kinds = {layer["kernel"] for layer in ps.compile(m, x[:1], threads=2).manifest["layers"]}  # build cached
     assert {"pattern_conv", "conv2d", "depthwise", "linear", "maxpool", "channelwise"} <= kinds
-    path = tmp_path / "m.onnx"
-    torch.onnx.export(m, x[:1], str(path), dynamo=False, opset_version=opset)
-    assert_close(ps.compile(str(path), threads=2)(x), want)
 
 
 SPECIALS = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 25.0, -3.0, 3.0,

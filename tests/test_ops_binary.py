@@ -3,33 +3,14 @@ between a vector and (C, 1, 1), from a traced module and an ONNX file, against P
 the MobileNet-V3 block and EfficientNet MBConv that these and the activation family make
 compile."""
 
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from ops_check import check_torch_and_onnx
 
-import patsparse as ps
 from patsparse.compiler.capture import capture_torch
 from patsparse.errors import UnsupportedError
-
-
-def assert_close(got, want):
-    got, want = np.asarray(got), np.asarray(want)
-    scale = max(1.0, float(np.abs(want).max()))
-    err = float(np.abs(got - want).max())
-    assert err <= 1e-4 * scale, f"max abs error {err} > 1e-4 * {scale}"
-
-
-def _check(m: nn.Module, x: torch.Tensor, tmp_path, onnx: bool = True) -> None:
-    m = m.eval()
-    with torch.no_grad():
-        want = m(x)
-    assert_close(ps.compile(m, x[:1], threads=2)(x), want)
-    if onnx:
-        path = tmp_path / "m.onnx"
-        torch.onnx.export(m, x[:1], str(path), dynamo=False, opset_version=17)
-        assert_close(ps.compile(str(path), threads=2)(x), want)
 
 
 class Broadcasts(nn.Module):
@@ -55,7 +36,7 @@ class Broadcasts(nn.Module):
 @pytest.mark.parametrize("size", [(7, 9), (16, 35)])
 def test_broadcasting_binary_ops(size, tmp_path):
     torch.manual_seed(0)
-    _check(Broadcasts(), torch.randn(2, 3, *size), tmp_path)
+    check_torch_and_onnx(Broadcasts(), torch.randn(2, 3, *size), tmp_path)
 
 
 class LinearGate(nn.Module):
@@ -73,7 +54,7 @@ class LinearGate(nn.Module):
 
 def test_linear_gate_views(tmp_path):
     torch.manual_seed(0)
-    _check(LinearGate(), torch.randn(2, 3, 10, 13), tmp_path, onnx=False)
+    check_torch_and_onnx(LinearGate(), torch.randn(2, 3, 10, 13), tmp_path, onnx=False)
 
 
 def test_bad_broadcasts_and_constants_name_the_node():
@@ -147,5 +128,5 @@ class MBConv(nn.Module):
 def test_families_mobilenet_v3_block_and_mbconv(family, size, tmp_path):
     torch.manual_seed(0)
     stem = nn.Sequential(*_conv_bn(3, 16, 3), nn.Hardswish())
-    _check(nn.Sequential(*stem, family(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)),
+    check_torch_and_onnx(nn.Sequential(*stem, family(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)),
            torch.randn(2, 3, size, size), tmp_path)

@@ -1,33 +1,13 @@
 """Concat along channels and split / chunk, from a traced module and an ONNX file, against
 PyTorch; SqueezeNet's fire modules (with its ceil-mode pools) as the family test."""
 
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from ops_check import check_torch_and_onnx
 
-import patsparse as ps
 from patsparse.compiler.capture import capture_torch
 from patsparse.errors import UnsupportedError
-
-
-def assert_close(got, want):
-    got, want = np.asarray(got), np.asarray(want)
-    scale = max(1.0, float(np.abs(want).max()))
-    err = float(np.abs(got - want).max())
-    assert err <= 1e-4 * scale, f"max abs error {err} > 1e-4 * {scale}"
-
-
-def _check(m: nn.Module, x: torch.Tensor, tmp_path, onnx: bool = True) -> None:
-    m = m.eval()
-    with torch.no_grad():
-        want = m(x)
-    assert_close(ps.compile(m, x[:1], threads=2)(x), want)
-    if not onnx:
-        return
-    path = tmp_path / "m.onnx"
-    torch.onnx.export(m, x[:1], str(path), dynamo=False, opset_version=17)
-    assert_close(ps.compile(str(path), threads=2)(x), want)
 
 
 class SplitJoin(nn.Module):
@@ -51,7 +31,7 @@ class SplitJoin(nn.Module):
 @pytest.mark.parametrize("size,chunk", [((9, 13), True), ((16, 16), False)])
 def test_concat_split_chunk(size, chunk, tmp_path):
     torch.manual_seed(0)
-    _check(SplitJoin(chunk), torch.randn(2, 3, *size), tmp_path, onnx=not chunk)
+    check_torch_and_onnx(SplitJoin(chunk), torch.randn(2, 3, *size), tmp_path, onnx=not chunk)
 
 
 class Fire(nn.Module):
@@ -71,7 +51,7 @@ def test_family_squeezenet(tmp_path):
     m = nn.Sequential(nn.Conv2d(3, 16, 3, stride=2), nn.ReLU(), nn.MaxPool2d(3, 2, ceil_mode=True),
                       Fire(16, 4, 8), Fire(16, 4, 8), nn.MaxPool2d(3, 2, ceil_mode=True), Fire(16, 8, 16),
                       nn.Dropout(), nn.Conv2d(32, 10, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    _check(m, torch.randn(2, 3, 48, 48), tmp_path)
+    check_torch_and_onnx(m, torch.randn(2, 3, 48, 48), tmp_path)
 
 
 def test_bad_concat_and_split_name_the_node():

@@ -2,31 +2,13 @@
 equivalent square conv, capture.conv_node), from a traced module and an ONNX file, against
 PyTorch; a ResNeXt block as the family test."""
 
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from ops_check import check_torch_and_onnx
 
-import patsparse as ps
 from patsparse.compiler.capture import capture_torch
 from patsparse.errors import UnsupportedError
-
-
-def assert_close(got, want):
-    got, want = np.asarray(got), np.asarray(want)
-    scale = max(1.0, float(np.abs(want).max()))
-    err = float(np.abs(got - want).max())
-    assert err <= 1e-4 * scale, f"max abs error {err} > 1e-4 * {scale}"
-
-
-def _check(m: nn.Module, x: torch.Tensor, tmp_path) -> None:
-    m = m.eval()
-    with torch.no_grad():
-        want = m(x)
-    assert_close(ps.compile(m, x[:1], threads=2)(x), want)
-    path = tmp_path / "m.onnx"
-    torch.onnx.export(m, x[:1], str(path), dynamo=False, opset_version=17)
-    assert_close(ps.compile(str(path), threads=2)(x), want)
 
 
 CONVS = {
@@ -47,7 +29,7 @@ CONVS = {
 def test_conv_forms(name, tmp_path):
     torch.manual_seed(0)
     m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), CONVS[name](), nn.SiLU())
-    _check(m, torch.randn(2, 3, 13, 18), tmp_path)
+    check_torch_and_onnx(m, torch.randn(2, 3, 13, 18), tmp_path)
 
 
 class ResNeXtBlock(nn.Module):
@@ -74,7 +56,7 @@ def test_family_resnext_block(tmp_path):
         if isinstance(bn, nn.BatchNorm2d):
             bn.running_mean.uniform_(-0.5, 0.5)
             bn.running_var.uniform_(0.5, 1.5)
-    _check(m, torch.randn(2, 3, 16, 16), tmp_path)
+    check_torch_and_onnx(m, torch.randn(2, 3, 16, 16), tmp_path)
 
 
 def test_conv_without_square_equivalent_names_the_layer():

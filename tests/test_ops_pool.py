@@ -1,21 +1,14 @@
 """Pooling with ceil_mode, count_include_pad=False and dilated max pooling, through the whole
 compiler from a traced module and from an ONNX file, against PyTorch."""
 
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from ops_check import check_torch_and_onnx
 
 import patsparse as ps
 from patsparse.errors import UnsupportedError
-
-
-def assert_close(got, want):
-    got, want = np.asarray(got), np.asarray(want)
-    scale = max(1.0, float(np.abs(want).max()))
-    err = float(np.abs(got - want).max())
-    assert err <= 1e-4 * scale, f"max abs error {err} > 1e-4 * {scale}"
 
 
 class Pools(nn.Module):
@@ -42,14 +35,7 @@ class Pools(nn.Module):
 @pytest.mark.parametrize("size", [(17, 23), (16, 16)])
 def test_pools_torch_and_onnx(size, tmp_path):
     torch.manual_seed(0)
-    m = Pools().eval()
-    x = torch.randn(2, 3, *size)
-    with torch.no_grad():
-        want = m(x)
-    assert_close(ps.compile(m, x[:1], threads=2)(x), want)
-    path = tmp_path / "p.onnx"
-    torch.onnx.export(m, x[:1], str(path), dynamo=False, opset_version=17)
-    assert_close(ps.compile(str(path), threads=2)(x), want)
+    check_torch_and_onnx(Pools(), torch.randn(2, 3, *size), tmp_path)
 
 
 def test_unsupported_pool_forms_name_the_layer():

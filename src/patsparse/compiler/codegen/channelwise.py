@@ -47,35 +47,41 @@ def gen_channelwise(name: str, *, mode: str, in_layout: Layout, out_layout: Layo
         raise InputError(f"{where}: mode {mode!r}, expected one of {MODES}")
     L, O = in_layout, out_layout
     check_layouts(where, L, O, (L.C, L.H, L.W), (L.C, L.H, L.W))
-    val = {"act": "x", "affine": "x * vbcast(w[c]) + vbcast(bias[c])", "prelu": "vleaky(x, vbcast(w[c]))"}[mode]
+    x = _operand_c("in", L, O)
+    val = {"act": x, "affine": f"{x} * vbcast(w[c]) + vbcast(bias[c])", "prelu": f"vleaky({x}, vbcast(w[c]))"}[mode]
     if has_residual:
         val = f"({val}) + vload(res + o)"
-    code = helpers_c(target) + f"""
-/* {name}: {mode}, {act}, {L.C} channels of {L.H}x{L.W} */
+    code = _rows_kernel(name, f"{mode}, {act}, {L.C} channels of {L.H}x{L.W}", O, act_c(act, val), target)
+    return GeneratedKernel(name=name, code=code, target=target, pack=_pack(L.C, name),
+                           flops=L.C * L.H * L.W * (1 if mode == "act" else 2), schedule={})
+
+
+BINARY = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
+
+
+def _rows_kernel(name: str, comment: str, O: Layout, value: str, target: Target) -> str:
+    """The kernel storing the vector expression ``value`` (of channel c, row h, columns w0 ...,
+    output offset o) at every row vector of ``O``, the last one of a row masked."""
+    return helpers_c(target) + f"""
+/* {name}: {comment} */
 static void {name}(const float *restrict in, float *restrict out, const float *restrict w,
                    const float *restrict bias, const float *restrict res) {{
-    enum {{ NVW = ({L.W} + VL - 1) / VL, LASTW = (NVW - 1) * VL }};
-    const vi tm = vtailmask({L.W} - LASTW);
+    enum {{ NVW = ({O.W} + VL - 1) / VL, LASTW = (NVW - 1) * VL }};
+    const vi tm = vtailmask({O.W} - LASTW);
     (void)w; (void)bias; (void)res;
     #pragma omp for schedule(static) nowait
-    for (int u = 0; u < {L.C * L.H}; u++) {{
-        const int c = u / {L.H}, h = u % {L.H};
-        const float *ip = in + (size_t)c * {L.ps} + {L.origin} + (size_t)h * {L.ld};
-        for (int w0 = 0; w0 < {L.W}; w0 += VL) {{
+    for (int u = 0; u < {O.C * O.H}; u++) {{
+        const int c = u / {O.H}, h = u % {O.H};
+        (void)c; (void)h;
+        for (int w0 = 0; w0 < {O.W}; w0 += VL) {{
             const size_t o = (size_t)c * {O.ps} + {O.origin} + (size_t)h * {O.ld} + w0;
-            const vf x = vload(ip + w0);
-            vf v = {act_c(act, val)};
+            vf v = {value};
             if (w0 == LASTW) v = vand(v, tm);
             vstore(out + o, v);
         }}
     }}
 }}
 """
-    return GeneratedKernel(name=name, code=code, target=target, pack=_pack(L.C, name),
-                           flops=L.C * L.H * L.W * (1 if mode == "act" else 2), schedule={})
-
-
-BINARY = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
 
 
 def _operand_c(ptr: str, lay: Layout, out: Layout) -> str:
@@ -102,24 +108,7 @@ def gen_binary(name: str, *, op: str, in_layout: Layout, other_layout: Layout, o
             raise InputError(f"{where}: {label} (C, H, W) = {(lay.C, lay.H, lay.W)} does not broadcast "
                              f"to {(O.C, O.H, O.W)}")
     val = f"{_operand_c('in', A, O)} {BINARY[op]} {_operand_c('res', B, O)}"
-    code = helpers_c(target) + f"""
-/* {name}: {op} with broadcasting, {act}, {(A.C, A.H, A.W)} and {(B.C, B.H, B.W)} -> {(O.C, O.H, O.W)} */
-static void {name}(const float *restrict in, float *restrict out, const float *restrict w,
-                   const float *restrict bias, const float *restrict res) {{
-    enum {{ NVW = ({O.W} + VL - 1) / VL, LASTW = (NVW - 1) * VL }};
-    const vi tm = vtailmask({O.W} - LASTW);
-    (void)w; (void)bias;
-    #pragma omp for schedule(static) nowait
-    for (int u = 0; u < {O.C * O.H}; u++) {{
-        const int c = u / {O.H}, h = u % {O.H};
-        (void)c; (void)h;
-        for (int w0 = 0; w0 < {O.W}; w0 += VL) {{
-            vf v = {act_c(act, val)};
-            if (w0 == LASTW) v = vand(v, tm);
-            vstore(out + (size_t)c * {O.ps} + {O.origin} + (size_t)h * {O.ld} + w0, v);
-        }}
-    }}
-}}
-"""
+    code = _rows_kernel(name, f"{op} with broadcasting, {act}, {(A.C, A.H, A.W)} and {(B.C, B.H, B.W)} -> "
+                        f"{(O.C, O.H, O.W)}", O, act_c(act, val), target)
     return GeneratedKernel(name=name, code=code, target=target, pack=_pack(0, name),
                            flops=O.C * O.H * O.W, schedule={})
