@@ -255,7 +255,7 @@ def _lower_call(n, add, names, src, shape, splits) -> None:
         if kw.get("alpha", 1) != 1 or len(n.args) != 2:
             raise UnsupportedError(f"{where}: add with alpha or more than two operands")
         add(n, "add", n.args)
-    elif _hashable(t) and t in _BINARY_FUNCS:
+    elif t in _BINARY_FUNCS:
         if len(n.args) != 2 or kw.get("alpha", 1) != 1 or kw.get("rounding_mode") is not None:
             raise UnsupportedError(f"{where}: {_BINARY_FUNCS[t]} with alpha, rounding_mode or other than two operands")
         add(n, "binary", n.args, {"op": _BINARY_FUNCS[t]})
@@ -390,14 +390,6 @@ def _act_of_call(n) -> str | None:
     if t in (torch.clamp, torch.clip, "clamp", "clamp_", "clip"):
         return activations.spec("clip", arg(1, "min", -np.inf), arg(2, "max", np.inf))
     return None
-
-
-def _hashable(t) -> bool:
-    try:
-        hash(t)
-    except TypeError:
-        return False
-    return True
 
 
 def _same_layout_shape(t, rest: list, in_shape: tuple) -> list[int] | None:
