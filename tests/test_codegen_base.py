@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from patsparse.compiler.build import compile_c
+from patsparse.errors import UnsupportedError
 from patsparse.compiler.codegen.base import act_c, act_scalar_c, prelude_c
 from patsparse.compiler.target import detect
 
@@ -36,5 +37,7 @@ def test_prelude_vector_helpers_match_numpy():
 
 def test_unknown_activation_is_rejected():
     assert act_c("relu", "v") == "vrelu(v)" and act_scalar_c("none", "s") == "s"
-    with pytest.raises(ValueError, match="gelu"):
-        act_c("gelu", "v")
+    with pytest.raises(UnsupportedError, match="mish"):
+        act_c("mish", "v")
+    with pytest.raises(UnsupportedError, match="leaky_relu"):
+        act_c("leaky_relu", "v")  # its slope is missing

@@ -23,20 +23,26 @@ NO_WEIGHTS = np.zeros(0, np.float32)
 @given(kind=st.sampled_from(["max", "avg"]), C=st.integers(1, 6), k=st.integers(1, 4),
        stride=st.integers(1, 3), data=st.data(), H=st.integers(1, 19), W=st.integers(1, 45),
        pin=st.integers(0, 2), pout=st.integers(0, 2), act=st.sampled_from(ACTIVATIONS),
-       residual=st.booleans())
-def test_window_pool_matches_torch(kind, C, k, stride, data, H, W, pin, pout, act, residual):
+       residual=st.booleans(), ceil=st.booleans(), option=st.sampled_from([1, 2, 3]))
+def test_window_pool_matches_torch(kind, C, k, stride, data, H, W, pin, pout, act, residual, ceil, option):
+    """``option``: max pooling's dilation; average pooling counts the padding when it is odd."""
     padding = data.draw(st.integers(0, k // 2), label="padding")
-    H, W = max(H, k), max(W, k)
+    dil = option if kind == "max" else 1
+    H, W = max(H, (k - 1) * dil + 1), max(W, (k - 1) * dil + 1)
     g = torch.Generator().manual_seed(4)
     x = torch.randn(C, H, W, generator=g) - 3  # mostly negative: -inf padding matters for max
-    fn = F.max_pool2d if kind == "max" else F.avg_pool2d
-    y = fn(x[None], k, stride, padding)[0]
+    if kind == "max":
+        y = F.max_pool2d(x[None], k, stride, padding, dilation=dil, ceil_mode=ceil)[0]
+        extra = {"dilation": dil}
+    else:
+        extra = {"count_include_pad": option % 2 == 1}
+        y = F.avg_pool2d(x[None], k, stride, padding, ceil_mode=ceil, **extra)[0]
     r = torch.randn(y.shape, generator=g)
     want = _act(y + r if residual else y, act)
     Lin, Lout = Layout(C, H, W, pin), Layout(C, *y.shape[1:], pout)
     gen = gen_maxpool if kind == "max" else gen_avgpool
     kern = gen("pool", k=k, stride=stride, padding=padding, in_layout=Lin, out_layout=Lout,
-               act=act, has_residual=residual, target=HOST)
+               act=act, has_residual=residual, target=HOST, ceil_mode=ceil, **extra)
     got = run_kernel(kern, x.numpy(), NO_WEIGHTS, NO_WEIGHTS, Lin, Lout, r.numpy() if residual else None)
     check_close(got, want)
 
@@ -54,18 +60,21 @@ def test_resnet_maxpool_shape(kind):
 
 @SETTINGS
 @given(C=st.integers(1, 5), k=st.integers(1, 4), stride=st.integers(1, 3), data=st.data(),
-       H=st.integers(1, 19), W=st.integers(1, 45), extra_pad=st.integers(0, 1), vl=st.sampled_from(WIDTHS))
-def test_maxpool_of_relu_output_pads_with_the_halo(C, k, stride, data, H, W, extra_pad, vl):
-    """With input >= 0 the zero halo is the padding: same numbers as -inf padding, at every width."""
+       H=st.integers(1, 19), W=st.integers(1, 45), extra_pad=st.integers(0, 1), vl=st.sampled_from(WIDTHS),
+       dil=st.integers(1, 2), ceil=st.booleans())
+def test_maxpool_of_relu_output_pads_with_the_halo(C, k, stride, data, H, W, extra_pad, vl, dil, ceil):
+    """With input >= 0 the zero halo is the padding: same numbers as -inf padding, at every
+    width (not for ceil-mode windows past the padding: they run past the halo too)."""
     padding = data.draw(st.integers(0, k // 2), label="padding")
-    H, W = max(H, k), max(W, k)
+    H, W = max(H, (k - 1) * dil + 1), max(W, (k - 1) * dil + 1)
     x = torch.relu(torch.randn(C, H, W, generator=torch.Generator().manual_seed(5)))
     x[:, :, : W // 3] = 0.0  # whole zero windows at the border too
-    y = F.max_pool2d(x[None], k, stride, padding)[0]
+    y = F.max_pool2d(x[None], k, stride, padding, dilation=dil, ceil_mode=ceil)[0]
+    floor = F.max_pool2d(x[None], k, stride, padding, dilation=dil)[0]
     Lin, Lout = Layout(C, H, W, padding + extra_pad), Layout(C, *y.shape[1:], 1)
     kern = gen_maxpool("pool", k=k, stride=stride, padding=padding, in_layout=Lin, out_layout=Lout,
-                       input_nonneg=True, target=width_target(vl))
-    assert ("the zero halo pads" in kern.code) == (stride in (1, 2))
+                       input_nonneg=True, target=width_target(vl), dilation=dil, ceil_mode=ceil)
+    assert ("the zero halo pads" in kern.code) == (stride in (1, 2) and y.shape == floor.shape)
     got = run_kernel(kern, x.numpy(), NO_WEIGHTS, NO_WEIGHTS, Lin, Lout, None)
     check_close(got, y)
 
@@ -103,11 +112,11 @@ def test_pools_at_other_vector_widths(vl):
 
 def test_unsupported_pool_settings_are_named():
     L = Layout(4, 8, 8, 1)
-    with pytest.raises(UnsupportedError, match="ceil_mode"):
-        gen_maxpool("p", k=2, in_layout=L, out_layout=Layout(4, 4, 4, 1), ceil_mode=True, target=HOST)
-    with pytest.raises(UnsupportedError, match="count_include_pad"):
-        gen_avgpool("p", k=3, stride=1, padding=1, in_layout=L, out_layout=L,
-                    count_include_pad=False, target=HOST)
+    with pytest.raises(UnsupportedError, match="divisor_override"):
+        gen_avgpool("p", k=3, stride=1, padding=1, in_layout=L, out_layout=L, divisor_override=2, target=HOST)
+    with pytest.raises(InputError, match="out_layout"):  # ceil mode: 5x5, not 4x4
+        gen_maxpool("p", k=2, stride=2, in_layout=Layout(4, 9, 9, 1), out_layout=Layout(4, 4, 4, 1),
+                    ceil_mode=True, target=HOST)
     with pytest.raises(InputError, match="padding 2"):
         gen_maxpool("p", k=3, stride=1, padding=2, in_layout=L, out_layout=L, target=HOST)
     with pytest.raises(InputError, match="out_layout"):

@@ -150,12 +150,12 @@ def test_bad_input_is_refused_before_anything_is_written(tmp_path):
         ps.export(m, x, busy)
     assert sorted(p.name for p in busy.iterdir()) == ["notes.txt"]
 
-    class Gelu(nn.Module):
+    class Mish(nn.Module):
         def forward(self, x):
-            return F.gelu(x)
+            return F.mish(x)
 
     with pytest.raises(UnsupportedError):
-        ps.export(nn.Sequential(nn.Conv2d(3, 4, 3), Gelu()), x, tmp_path / "b")
+        ps.export(nn.Sequential(nn.Conv2d(3, 4, 3), Mish()), x, tmp_path / "b")
     gpu_less = TARGETS["aarch64-neon"]
     from dataclasses import replace
 

@@ -16,7 +16,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import FormatError, InputError, UnsupportedError
+from .codegen import activations
+from .codegen.pool import pool_out_size
 from .ir import INPUT, Graph, Node
+from .layout import spatial
 
 
 def unique_name(base: str, used: set[str]) -> str:
@@ -51,27 +54,67 @@ def _pair(v, what: str, where: str) -> int:
 
 
 def _conv(m: nn.Conv2d, where: str) -> tuple[dict, dict]:
-    if m.padding_mode != "zeros" or isinstance(m.padding, str):
-        raise UnsupportedError(f"{where}: Conv2d padding {m.padding!r} / mode {m.padding_mode!r}; "
-                               "only explicit zero padding is supported")
-    if _pair(m.dilation, "dilation", where) != 1:
-        raise UnsupportedError(f"{where}: dilated Conv2d (dilation {m.dilation}) is not supported")
-    attrs = {"k": _pair(m.kernel_size, "kernel size", where), "stride": _pair(m.stride, "stride", where),
-             "padding": _pair(m.padding, "padding", where), "groups": m.groups}
-    params = {"weight": _np(m.weight)}
-    if m.bias is not None:
-        params["bias"] = _np(m.bias)
-    return attrs, params
+    if m.padding_mode != "zeros":
+        raise UnsupportedError(f"{where}: Conv2d padding mode {m.padding_mode!r}; only zero padding is supported")
+    (kh, kw), (dh, dw) = m.kernel_size, m.dilation
+    if m.padding == "same":  # stride 1 (PyTorch's rule): the extra row / column goes last
+        th, tw = dh * (kh - 1), dw * (kw - 1)
+        pads = (th // 2, tw // 2, th - th // 2, tw - tw // 2)
+    elif m.padding == "valid":
+        pads = (0, 0, 0, 0)
+    else:
+        pads = (*m.padding, *m.padding)
+    return conv_node(_np(m.weight), _np(m.bias), m.stride, pads, m.dilation, m.groups, where)
 
 
-def _pool_attrs(k, s, p, ceil, where: str, dilation=1) -> dict:
-    if ceil:
-        raise UnsupportedError(f"{where}: pooling with ceil_mode=True is not supported")
-    if _pair(dilation, "dilation", where) != 1:
-        raise UnsupportedError(f"{where}: dilated pooling is not supported")
+def conv_node(weight: np.ndarray, bias: np.ndarray | None, stride, pads, dilation, groups: int,
+              where: str) -> tuple[dict, dict]:
+    """IR attrs and params of a conv with any groups, dilation, kernel shape and padding
+    (``pads``: top, left, bottom, right), as the equivalent conv the generators take: a square
+    kernel, one padding, and groups 1 or depthwise 3x3. Dilation and the kernel's shape and
+    padding become zero taps of a larger square kernel whose window is placed so every tap
+    reads the same input as before; other groups become one block-diagonal conv (its
+    cross-group kernels are zero: a 3x3 one goes to the pattern kernel, which skips them; a
+    dense generator computes them, groups times the FLOPs). What has no such equivalent (a
+    non-square stride, a kernel over 7 wide afterwards) is an UnsupportedError here."""
+    at = f"layer {where!r}"
+    s = _pair(list(stride), "stride", at)
+    f, cg, kh, kw = weight.shape
+    (dh, dw), (pt, pl, pb, pr) = dilation, pads
+    eh, ew = dh * (kh - 1) + 1, dw * (kw - 1) + 1  # dilated extent
+    if eh - pt - pb != ew - pl - pr:
+        raise UnsupportedError(f"{at}: conv with kernel {kh}x{kw}, dilation {(dh, dw)} and padding "
+                               f"{tuple(pads)} (top, left, bottom, right) has no square equivalent")
+    p = max(pads)
+    k = eh + 2 * p - pt - pb
+    if k > 7 or min(pads) < 0:
+        raise UnsupportedError(f"{at}: conv with kernel {kh}x{kw}, dilation {(dh, dw)} and padding "
+                               f"{tuple(pads)} needs a {k}x{k} equivalent (at most 7x7 is supported)")
+    w = np.zeros((f, cg, k, k), np.float32)
+    w[:, :, p - pt: p - pt + eh: dh, p - pl: p - pl + ew: dw] = weight
+    if groups > 1 and not (k == 3 and groups == f and cg == 1):
+        fg = f // groups
+        dense = np.zeros((f, cg * groups, k, k), np.float32)
+        for g in range(groups):
+            dense[g * fg:(g + 1) * fg, g * cg:(g + 1) * cg] = w[g * fg:(g + 1) * fg]
+        w, groups = dense, 1
+    params = {"weight": w} if bias is None else {"weight": w, "bias": bias}
+    return {"k": k, "stride": s, "padding": p, "groups": groups}, params
+
+
+def _pool_attrs(k, s, p, ceil, where: str, dilation=1, count_include_pad=True) -> dict:
+    """A pool's IR attributes; ceil_mode, dilation (max) and count_include_pad (avg) only when
+    they differ from the default, so a plain pool's attributes stay as they were."""
     k = _pair(k, "kernel size", where)
-    return {"k": k, "stride": _pair(s if s is not None else k, "stride", where),
-            "padding": _pair(p, "padding", where)}
+    attrs = {"k": k, "stride": _pair(s if s is not None else k, "stride", where),
+             "padding": _pair(p, "padding", where)}
+    if ceil:
+        attrs["ceil_mode"] = True
+    if _pair(dilation, "dilation", where) != 1:
+        attrs["dilation"] = _pair(dilation, "dilation", where)
+    if not count_include_pad:
+        attrs["count_include_pad"] = False
+    return attrs
 
 
 def _adaptive(out_size, in_shape: tuple, where: str) -> tuple[str, dict]:
@@ -92,6 +135,11 @@ def _adaptive(out_size, in_shape: tuple, where: str) -> tuple[str, dict]:
 _ACT_MODULES = {nn.ReLU: "relu", nn.ReLU6: "relu6"}
 _NOOP_MODULES = (nn.Dropout, nn.Dropout2d, nn.Identity)
 _ADD_FUNCS = {operator.add, operator.iadd, torch.add}
+# sub / mul / div of two tensors (a constant operand is refused by ``src``)
+_BINARY_FUNCS = {operator.sub: "sub", operator.isub: "sub", torch.sub: "sub", "sub": "sub", "__sub__": "sub",
+                 operator.mul: "mul", operator.imul: "mul", torch.mul: "mul", "mul": "mul", "__mul__": "mul",
+                 operator.truediv: "div", operator.itruediv: "div", torch.div: "div", "div": "div",
+                 "__truediv__": "div"}
 _RELU_FUNCS = {F.relu, torch.relu, torch.relu_, F.relu_}
 
 
@@ -124,6 +172,7 @@ def capture_torch(model: nn.Module, example: torch.Tensor) -> Graph:
         return names[a.name]
 
     used: set[str] = {INPUT}
+    splits: dict[str, tuple] = {}
 
     def add(n, op, inputs, attrs=None, params=None):
         # module path for modules (a module called twice gets #2, #3...), fx name otherwise
@@ -161,14 +210,19 @@ def capture_torch(model: nn.Module, example: torch.Tensor) -> Graph:
                 add(n, _ACT_MODULES[type(m)], n.args[:1])
             elif isinstance(m, nn.Hardtanh) and (m.min_val, m.max_val) == (0.0, 6.0):
                 add(n, "relu6", n.args[:1])
+            elif isinstance(m, nn.PReLU) and m.num_parameters > 1:
+                add(n, "prelu", n.args[:1], {}, {"weight": _np(m.weight)})
+            elif _act_of_module(m, where) is not None:
+                add(n, "act", n.args[:1], {"act": _act_of_module(m, where)})
             elif isinstance(m, _NOOP_MODULES):
                 names[n.name] = src(n.args[0], where)
             elif isinstance(m, nn.MaxPool2d):
                 add(n, "maxpool", n.args[:1], _pool_attrs(m.kernel_size, m.stride, m.padding, m.ceil_mode, where, m.dilation))
             elif isinstance(m, nn.AvgPool2d):
-                if m.padding and m.count_include_pad is False:
-                    raise UnsupportedError(f"{where}: AvgPool2d with count_include_pad=False and padding")
-                add(n, "avgpool", n.args[:1], _pool_attrs(m.kernel_size, m.stride, m.padding, m.ceil_mode, where))
+                if m.divisor_override is not None:
+                    raise UnsupportedError(f"layer {where!r}: AvgPool2d with divisor_override")
+                add(n, "avgpool", n.args[:1], _pool_attrs(m.kernel_size, m.stride, m.padding, m.ceil_mode, where,
+                                                          count_include_pad=m.count_include_pad))
             elif isinstance(m, nn.AdaptiveAvgPool2d):
                 op, attrs = _adaptive(m.output_size, shape(n.args[0]), where)
                 if op == "identity":
@@ -184,10 +238,11 @@ def capture_torch(model: nn.Module, example: torch.Tensor) -> Graph:
                 add(n, "flatten", n.args[:1])
             else:
                 raise UnsupportedError(f"layer {where!r}: module {type(m).__name__} is not supported "
-                                       "(supported: Conv2d, BatchNorm2d, ReLU, ReLU6, MaxPool2d, AvgPool2d, "
-                                       "AdaptiveAvgPool2d, Linear, Flatten, Dropout, Identity)")
+                                       "(supported: Conv2d, BatchNorm2d, MaxPool2d, AvgPool2d, "
+                                       "AdaptiveAvgPool2d, Linear, Flatten, Dropout, Identity and the "
+                                       f"activations {', '.join(t.__name__ for t in _ACT_TYPES)})")
         elif n.op in ("call_function", "call_method"):
-            _lower_call(n, add, names, src, shape)
+            _lower_call(n, add, names, src, shape, splits)
         else:
             raise UnsupportedError(f"{n.name}: fx op {n.op} ({n.target}) is not supported "
                                    "(parameters used directly in forward?)")
@@ -196,24 +251,55 @@ def capture_torch(model: nn.Module, example: torch.Tensor) -> Graph:
     return Graph(tuple(int(s) for s in example.shape[1:]), nodes, out_name)
 
 
-def _lower_call(n, add, names, src, shape) -> None:
-    """call_function / call_method nodes: activations, add, flatten, pooling functions."""
+def _lower_call(n, add, names, src, shape, splits) -> None:
+    """call_function / call_method nodes: activations, add, flatten, pooling functions.
+    ``splits``: fx name of a split / chunk -> (its input, [(start, channels)] per piece)."""
     t, where = n.target, n.name
     kw = n.kwargs
     if t in _RELU_FUNCS or t in ("relu", "relu_"):
         add(n, "relu", n.args[:1])
     elif t is F.relu6 or (t is F.hardtanh and tuple(n.args[1:3]) == (0.0, 6.0)):
         add(n, "relu6", n.args[:1])
+    elif _act_of_call(n) is not None:
+        add(n, "act", n.args[:1], {"act": _act_of_call(n)})
     elif t in _ADD_FUNCS or t in ("add", "add_", "__add__", "__iadd__"):
         if kw.get("alpha", 1) != 1 or len(n.args) != 2:
             raise UnsupportedError(f"{where}: add with alpha or more than two operands")
         add(n, "add", n.args)
+    elif t in _BINARY_FUNCS:
+        if len(n.args) != 2 or kw.get("alpha", 1) != 1 or kw.get("rounding_mode") is not None:
+            raise UnsupportedError(f"{where}: {_BINARY_FUNCS[t]} with alpha, rounding_mode or other than two operands")
+        add(n, "binary", n.args, {"op": _BINARY_FUNCS[t]})
+    elif t in ("view", "reshape", "unsqueeze", torch.reshape, torch.unsqueeze) and \
+            _same_layout_shape(t, list(n.args[1:]), shape(n.args[0])) is not None:
+        add(n, "reshape", n.args[:1], {"shape": _same_layout_shape(t, list(n.args[1:]), shape(n.args[0]))})
     elif t is torch.flatten or t in ("flatten", "view", "reshape"):
         if not _flattens_per_image(t, list(n.args[1:]), kw, int(np.prod(shape(n.args[0])))):
             raise UnsupportedError(f"{where}: {t if isinstance(t, str) else t.__name__}"
                                    f"{tuple(a if not hasattr(a, 'name') else a.name for a in n.args[1:])} "
                                    "(only flattening each image to a vector is supported)")
         add(n, "flatten", n.args[:1])
+    elif t in (torch.cat, torch.concat, torch.concatenate):
+        parts, dim = (n.args[0], n.args[1] if len(n.args) > 1 else kw.get("dim", 0))
+        if len(shape(parts[0])) != 3 or dim not in (1, -3):
+            raise UnsupportedError(f"{where}: cat along dim {dim}; only the channel dim of (N, C, H, W) is supported")
+        add(n, "concat", list(parts))
+    elif t in (torch.chunk, torch.split, "chunk", "split"):
+        sizes = n.args[1] if len(n.args) > 1 else kw.get("split_size_or_sections", kw.get("chunks"))
+        dim = n.args[2] if len(n.args) > 2 else kw.get("dim", 0)
+        c = shape(n.args[0])[0] if len(shape(n.args[0])) == 3 else 0
+        if not c or dim not in (1, -3) or not isinstance(sizes, (int, list, tuple)):
+            raise UnsupportedError(f"{where}: {t if isinstance(t, str) else t.__name__} along dim {dim}; "
+                                   "only constant splits of the channel dim of (N, C, H, W) are supported")
+        if isinstance(sizes, int):  # chunk: a count; split: a size
+            step = -(-c // sizes) if t in (torch.chunk, "chunk") else sizes
+            sizes = [min(step, c - s) for s in range(0, c, step)]
+        starts = np.cumsum([0, *sizes[:-1]]).tolist()
+        splits[n.name] = (n.args[0], list(zip(starts, sizes)))
+    elif t is operator.getitem and isinstance(n.args[0], torch.fx.Node) and n.args[0].name in splits:
+        source, ranges = splits[n.args[0].name]
+        start, size = ranges[n.args[1]]
+        add(n, "slice", [source], {"start": int(start), "channels": int(size)})
     elif t == "size" or t is getattr:
         names[n.name] = "__shape__"  # only feeds view/reshape arguments, which are ignored
     elif t in (F.dropout, torch.dropout) or t == "contiguous":
@@ -230,15 +316,113 @@ def _lower_call(n, add, names, src, shape) -> None:
             raise UnsupportedError(f"{where}: mean over dims {dims} (only spatial mean is supported)")
         add(n, "gap", n.args[:1])
     elif t is F.max_pool2d or t is F.avg_pool2d:
-        a = list(n.args) + [None] * 4
+        # max_pool2d(x, k, stride, padding, dilation, ceil_mode); avg_pool2d(x, k, stride, padding,
+        # ceil_mode, count_include_pad, divisor_override)
+        a = list(n.args) + [None] * 7
         k = kw.get("kernel_size", a[1])
         s = kw.get("stride", a[2])
         p = kw.get("padding", a[3] or 0)
-        attrs = _pool_attrs(k, s, p, kw.get("ceil_mode", False), where)
+        if t is F.max_pool2d:
+            attrs = _pool_attrs(k, s, p, kw.get("ceil_mode", a[5] or False), where, kw.get("dilation", a[4] or 1))
+        else:
+            if kw.get("divisor_override", a[6]) is not None:
+                raise UnsupportedError(f"{where}: avg_pool2d with divisor_override")
+            include = kw.get("count_include_pad", True if a[5] is None else a[5])
+            attrs = _pool_attrs(k, s, p, kw.get("ceil_mode", a[4] or False), where, count_include_pad=include)
         add(n, "maxpool" if t is F.max_pool2d else "avgpool", n.args[:1], attrs)
     else:
         name = t if isinstance(t, str) else getattr(t, "__name__", str(t))
         raise UnsupportedError(f"op {name!r} at {where!r} is not supported by the compiler")
+
+
+_ACT_TYPES = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.Sigmoid,
+              nn.Hardsigmoid, nn.Tanh, nn.SiLU, nn.Hardswish, nn.GELU, nn.Softplus)
+
+
+def _gelu(approximate: str, where: str) -> str:
+    if approximate != "none":
+        raise UnsupportedError(f"layer {where!r}: GELU(approximate={approximate!r}); only the exact erf form "
+                               "is supported")
+    return "gelu"
+
+
+def _act_of_module(m: nn.Module, where: str) -> str | None:
+    """The activation string (codegen/activations.py) of an activation module, else None."""
+    if isinstance(m, nn.Hardtanh):
+        return activations.spec("clip", m.min_val, m.max_val)
+    if isinstance(m, nn.PReLU):  # one slope for all channels (several: the prelu op)
+        return activations.spec("leaky_relu", float(m.weight.detach().reshape(-1)[0]))
+    if isinstance(m, nn.LeakyReLU):
+        return activations.spec("leaky_relu", m.negative_slope)
+    if isinstance(m, nn.ELU):
+        return activations.spec("elu", m.alpha)
+    if isinstance(m, nn.Hardsigmoid):
+        return activations.spec("hardsigmoid", 1.0 / 6.0, 0.5)
+    if isinstance(m, nn.Softplus):
+        return activations.spec("softplus", m.beta, m.threshold)
+    if isinstance(m, nn.GELU):
+        return _gelu(m.approximate, where)
+    return {nn.SELU: "selu", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh", nn.SiLU: "silu",
+            nn.Hardswish: "hardswish"}.get(type(m))
+
+
+_PLAIN_ACT_FUNCS = {F.selu: "selu", torch.selu: "selu", torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid",
+                    torch.tanh: "tanh", F.tanh: "tanh", F.silu: "silu", F.hardswish: "hardswish",
+                    "sigmoid": "sigmoid", "sigmoid_": "sigmoid", "tanh": "tanh", "tanh_": "tanh"}
+
+
+def _act_of_call(n) -> str | None:
+    """The activation string of an activation function / method call (constant parameters
+    only), else None."""
+    t, where = n.target, n.name
+
+    def arg(i: int, key: str, default):
+        v = n.args[i] if len(n.args) > i else n.kwargs.get(key, default)
+        if isinstance(v, torch.fx.Node):
+            raise UnsupportedError(f"{where}: {key} computed in the graph; only a constant is supported")
+        return default if v is None else v
+
+    if isinstance(t, str) and t not in _PLAIN_ACT_FUNCS and t not in ("clamp", "clamp_", "clip"):
+        return None
+    if t in _PLAIN_ACT_FUNCS:
+        return _PLAIN_ACT_FUNCS[t]
+    if t is F.leaky_relu:
+        return activations.spec("leaky_relu", arg(1, "negative_slope", 0.01))
+    if t is F.elu:
+        return activations.spec("elu", arg(1, "alpha", 1.0))
+    if t is F.hardsigmoid:
+        return activations.spec("hardsigmoid", 1.0 / 6.0, 0.5)
+    if t is F.softplus:
+        return activations.spec("softplus", arg(1, "beta", 1.0), arg(2, "threshold", 20.0))
+    if t is F.gelu:
+        return _gelu(n.kwargs.get("approximate", "none"), where)
+    if t is F.hardtanh:
+        return activations.spec("clip", arg(1, "min_val", -1.0), arg(2, "max_val", 1.0))
+    if t in (torch.clamp, torch.clip, "clamp", "clamp_", "clip"):
+        return activations.spec("clip", arg(1, "min", -np.inf), arg(2, "max", np.inf))
+    return None
+
+
+def _same_layout_shape(t, rest: list, in_shape: tuple) -> list[int] | None:
+    """The per-image shape a view / reshape / unsqueeze gives when it is stored exactly as its
+    input is ((C,) <-> (C, 1, 1): a squeeze-excite gate), else None."""
+    if t in ("unsqueeze", torch.unsqueeze):
+        if len(rest) != 1 or not isinstance(rest[0], int) or rest[0] % (len(in_shape) + 2) == 0:
+            return None
+        out = list(in_shape)
+        out.insert(rest[0] % (len(in_shape) + 2) - 1, 1)
+    else:
+        if len(rest) == 1 and isinstance(rest[0], (tuple, list)):
+            rest = list(rest[0])
+        if len(rest) < 2 or not all(isinstance(d, int) for d in rest[1:]):
+            return None
+        out = list(rest[1:])
+        if out.count(-1) == 1:
+            known = int(np.prod([d for d in out if d != -1]))
+            out[out.index(-1)] = int(np.prod(in_shape)) // max(1, known)
+    if len(out) > 3 or int(np.prod(out)) != int(np.prod(in_shape)):
+        return None
+    return out if spatial(tuple(out)) == spatial(in_shape) else None
 
 
 def _flattens_per_image(t, rest: list, kw: dict, features: int) -> bool:
@@ -264,13 +448,16 @@ def out_shape(op: str, attrs: dict, params: dict, ins: list[tuple], where: str) 
         w = params["weight"]
         if w.shape[1] * attrs["groups"] != x[0]:
             raise InputError(f"{where}: conv expects {w.shape[1] * attrs['groups']} input channels, gets {x[0]}")
-    if op in ("conv", "maxpool", "avgpool"):
+    if op in ("maxpool", "avgpool"):
+        opts = {"dilation": attrs.get("dilation", 1), "ceil_mode": attrs.get("ceil_mode", False), "where": where}
+        return (x[0], *(pool_out_size(x[i], attrs["k"], attrs["stride"], attrs["padding"], **opts) for i in (1, 2)))
+    if op == "conv":
         k, s, p = attrs["k"], attrs["stride"], attrs["padding"]
         h, w_ = (x[1] + 2 * p - k) // s + 1, (x[2] + 2 * p - k) // s + 1
         if h < 1 or w_ < 1:
             raise InputError(f"{where}: {op} with kernel {k}, stride {s}, padding {p} on {x[1]}x{x[2]} "
                              "gives an empty output")
-        return (params["weight"].shape[0] if op == "conv" else x[0], h, w_)
+        return (params["weight"].shape[0], h, w_)
     if op == "gap":
         return (x[0], 1, 1)
     if op in ("flatten", "linear"):
@@ -280,15 +467,80 @@ def out_shape(op: str, attrs: dict, params: dict, ins: list[tuple], where: str) 
         if params["weight"].shape[1] != feats:
             raise InputError(f"{where}: Linear expects {params['weight'].shape[1]} features, gets {feats}")
         return (params["weight"].shape[0],)
-    if op == "add" and ins[0] != ins[1]:
-        raise UnsupportedError(f"{where}: add of shapes {ins[0]} and {ins[1]} (broadcasting is not supported)")
+    if op == "prelu" and params["weight"].size != x[0]:
+        raise InputError(f"{where}: PReLU has {params['weight'].size} slopes for {x[0]} channels")
+    if op == "reshape":
+        return tuple(attrs["shape"])
+    if op in ("concat", "slice") and any(len(s) != 3 or s[1:] != x[1:] for s in ins):
+        raise UnsupportedError(f"node {where!r}: {op} along channels of per-image shapes {ins} "
+                               "(needs (C, H, W) tensors of one H x W)")
+    if op == "concat":
+        return (sum(s[0] for s in ins), *x[1:])
+    if op == "slice":
+        return (attrs["channels"], *x[1:])
+    if op in ("add", "binary") and ins[0] != ins[1]:
+        a, b = ins
+        if len(a) != len(b) or len(a) == 2 or any(p != q and 1 not in (p, q) for p, q in zip(a, b)):
+            raise UnsupportedError(f"node {where!r}: {attrs.get('op', op)} of per-image shapes {a} and {b} "
+                                   "(they do not broadcast against each other)")
+        return tuple(max(p, q) for p, q in zip(a, b))
     return x
 
 
 # ------------------------------------------------------------------------------------------
 # ONNX
 
-_ONNX_ACT = {"Relu": "relu"}
+_ONNX_ACT = ("Relu", "LeakyRelu", "Elu", "Selu", "Sigmoid", "HardSigmoid", "Tanh", "HardSwish", "Gelu",
+             "Softplus")
+
+
+def _onnx_act(op: str, attr, where: str) -> str:
+    """The activation string of an ONNX activation node; ``attr(key, default)`` reads its
+    attributes (defaults per the ONNX spec)."""
+    if op == "Selu":
+        alpha, gamma = attr("alpha", 1.67326319217681884765625), attr("gamma", 1.05070102214813232421875)
+        if abs(alpha - activations.SELU_ALPHA) > 1e-6 or abs(gamma - activations.SELU_SCALE) > 1e-6:
+            raise UnsupportedError(f"{where}: Selu(alpha={alpha}, gamma={gamma}); only the standard "
+                                   "constants are supported")
+        return "selu"
+    if op == "Gelu" and attr("approximate", b"none") not in (b"none", "none"):
+        raise UnsupportedError(f"{where}: Gelu with approximate={attr('approximate')!r}; only the exact form")
+    return {"Relu": lambda: "relu", "Sigmoid": lambda: "sigmoid", "Tanh": lambda: "tanh",
+            "HardSwish": lambda: "hardswish", "Gelu": lambda: "gelu",
+            "Softplus": lambda: activations.spec("softplus", 1.0, 20.0),  # = log(exp(x) + 1) in float32
+            "LeakyRelu": lambda: activations.spec("leaky_relu", attr("alpha", 0.01)),
+            "Elu": lambda: activations.spec("elu", attr("alpha", 1.0)),
+            "HardSigmoid": lambda: activations.spec("hardsigmoid", attr("alpha", 0.2), attr("beta", 0.5)),
+            }[op]()
+
+
+def _onnx_pads(auto_pad, pads: list, size: tuple, kernel: tuple, strides: list, dils: tuple) -> tuple:
+    """(top, left, bottom, right) of an ONNX Conv: its pads, or what auto_pad makes of them
+    (SAME_UPPER puts an odd extra row / column last, SAME_LOWER first)."""
+    mode = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    if mode == "NOTSET":
+        return tuple(pads)
+    if mode == "VALID":
+        return (0, 0, 0, 0)
+    total = [max((-(-n // s) - 1) * s + d * (k - 1) + 1 - n, 0) for n, k, s, d in zip(size, kernel, strides, dils)]
+    first = [t // 2 if mode == "SAME_UPPER" else t - t // 2 for t in total]
+    return (first[0], first[1], total[0] - first[0], total[1] - first[1])
+
+
+def _silu_muls(g) -> dict:
+    """Sigmoid output -> the Mul computing x * sigmoid(x) from it, where that Mul is its only
+    reader (the SiLU idiom of ONNX exporters)."""
+    readers: dict[str, list] = {}
+    for n in g.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    out = {}
+    for n in g.node:
+        r = readers.get(n.output[0], [])
+        if n.op_type == "Sigmoid" and len(r) == 1 and r[0].op_type == "Mul" \
+                and sorted(r[0].input) == sorted([n.input[0], n.output[0]]):
+            out[n.output[0]] = r[0]
+    return out
 
 
 def capture_onnx(path: str | Path) -> Graph:
@@ -360,9 +612,117 @@ def capture_onnx(path: str | Path) -> Graph:
             raise UnsupportedError(f"{where}: asymmetric pads {pads}")
         return _pair(pads[0] if pads else 0, "padding", where)
 
+    silu_mul = _silu_muls(g)
+    skip: set[int] = set()  # nodes already lowered with the one before them
     for n in g.node:
         try:
-            _lower_onnx_node(n, attr, emit, sym, inits, consts, names, shapes)
+            where, op = n.name or n.output[0], n.op_type
+            if op == "Constant" or id(n) in skip:
+                continue
+            if op == "Conv":
+                w = inits[n.input[1]]
+                if w.ndim != 4:
+                    raise UnsupportedError(f"{where}: {w.ndim - 2}-D Conv (only 2-D is supported)")
+                bias = inits[n.input[2]].copy() if len(n.input) > 2 and n.input[2] else None
+                strides, dils = list(attr(n, "strides", [1, 1])), tuple(attr(n, "dilations", [1, 1]))
+                pads = _onnx_pads(attr(n, "auto_pad", b"NOTSET"), list(attr(n, "pads", [0, 0, 0, 0])),
+                                  shapes[n.input[0]][1:], w.shape[2:], strides, dils)
+                attrs, params = conv_node(w, bias, strides, pads, dils, int(attr(n, "group", 1)), where)
+                emit(n, "conv", n.input[:1], attrs, params)
+            elif op == "BatchNormalization":
+                params = {"gamma": inits[n.input[1]].copy(), "beta": inits[n.input[2]].copy(),
+                          "mean": inits[n.input[3]].copy(), "var": inits[n.input[4]].copy()}
+                emit(n, "bn", n.input[:1], {"eps": float(attr(n, "epsilon", 1e-5))}, params)
+            elif op == "Clip":
+                lo = inits.get(n.input[1], consts.get(n.input[1])) if len(n.input) > 1 and n.input[1] else attr(n, "min")
+                hi = inits.get(n.input[2], consts.get(n.input[2])) if len(n.input) > 2 and n.input[2] else attr(n, "max")
+                if any(n.input[i] and n.input[i] not in inits and n.input[i] not in consts for i in range(1, len(n.input))):
+                    raise UnsupportedError(f"{where}: Clip with bounds computed in the graph")
+                lo, hi = (-np.inf if lo is None else float(lo)), (np.inf if hi is None else float(hi))
+                if (lo, hi) == (0.0, 6.0):
+                    emit(n, "relu6", n.input[:1])
+                else:
+                    emit(n, "act", n.input[:1], {"act": activations.spec("clip", lo, hi)})
+            elif op == "PRelu":
+                slope = inits.get(n.input[1], consts.get(n.input[1]))
+                c = shapes.get(n.input[0], (0,))[0]
+                if slope is None or slope.size not in (1, c) or (slope.size > 1 and slope.reshape(-1).size != c) \
+                        or (slope.ndim >= 3 and slope.shape[-2:] != (1, 1)):
+                    raise UnsupportedError(f"{where}: PRelu slope must be a constant of one value or one per channel")
+                if slope.size == 1:
+                    emit(n, "act", n.input[:1], {"act": activations.spec("leaky_relu", float(slope.reshape(-1)[0]))})
+                else:
+                    emit(n, "prelu", n.input[:1], {}, {"weight": slope.reshape(-1).astype(np.float32)})
+            elif op == "Sigmoid" and silu_mul.get(n.output[0]) is not None:
+                mul = silu_mul[n.output[0]]  # x * sigmoid(x): SiLU as exporters write it
+                emit(n, "act", n.input[:1], {"act": "silu"})
+                names[mul.output[0]] = names[n.output[0]]
+                skip.add(id(mul))
+            elif op in _ONNX_ACT:
+                emit(n, "act", n.input[:1], {"act": _onnx_act(op, lambda k, d=None, n=n: attr(n, k, d), where)})
+            elif op in ("Add", "Sub", "Mul", "Div"):
+                if any(i in inits or i in consts for i in n.input):
+                    raise UnsupportedError(f"{where}: {op} with a constant operand")
+                a, b = (shapes.get(i, ()) for i in n.input)
+                if len(a) != len(b):
+                    raise UnsupportedError(f"{where}: {op} of per-image shapes {a} and {b} (ranks differ)")
+                if op == "Add":
+                    emit(n, "add", list(n.input))
+                else:
+                    emit(n, "binary", list(n.input), {"op": op.lower()})
+            elif op in ("MaxPool", "AveragePool"):
+                if attr(n, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or len(n.output) > 1:
+                    raise UnsupportedError(f"{where}: {op} with auto_pad or an indices output")
+                k = list(attr(n, "kernel_shape"))
+                attrs = _pool_attrs(k, list(attr(n, "strides", k)), sym(list(attr(n, "pads", [0, 0, 0, 0])), where),
+                                    bool(attr(n, "ceil_mode", 0)), where, list(attr(n, "dilations", [1, 1])),
+                                    bool(attr(n, "count_include_pad", 0)) or op == "MaxPool")
+                if op == "AveragePool" and "dilation" in attrs:
+                    raise UnsupportedError(f"{where}: dilated AveragePool")
+                emit(n, "maxpool" if op == "MaxPool" else "avgpool", n.input[:1], attrs)
+            elif op == "GlobalAveragePool":
+                emit(n, "gap", n.input[:1])
+            elif op in ("Reshape", "Unsqueeze", "Squeeze") and len(shapes.get(n.output[0], ())) in (1, 2, 3) \
+                    and spatial(shapes.get(n.output[0], ())) == spatial(shapes.get(n.input[0], ())):
+                emit(n, "reshape", n.input[:1], {"shape": list(shapes[n.output[0]])})
+            elif op in ("Flatten", "Reshape"):
+                if len(shapes.get(n.output[0], ())) != 1:
+                    raise UnsupportedError(f"{where}: {op} to {shapes.get(n.output[0])} (only flattening "
+                                           "each image to a vector is supported)")
+                emit(n, "flatten", n.input[:1])
+            elif op in ("Dropout", "Identity"):
+                if n.input[0] in inits:  # exporters alias shared weights through Identity
+                    inits[n.output[0]] = inits[n.input[0]]
+                elif n.input[0] in names:
+                    names[n.output[0]] = names[n.input[0]]
+                else:
+                    raise UnsupportedError(f"{where}: {op} of {n.input[0]!r}, which is neither a tensor "
+                                           "of the graph nor a weight")
+            elif op == "Gemm":
+                if attr(n, "transA", 0) or not attr(n, "transB", 0) or attr(n, "alpha", 1.0) != 1.0 \
+                        or attr(n, "beta", 1.0) != 1.0:
+                    raise UnsupportedError(f"{where}: Gemm must be x @ W^T + b (transB=1, alpha=beta=1)")
+                params = {"weight": inits[n.input[1]].copy()}
+                if len(n.input) > 2 and n.input[2]:
+                    params["bias"] = inits[n.input[2]].reshape(-1).copy()
+                emit(n, "linear", n.input[:1], {}, params)
+            elif op in ("Concat", "Split"):
+                rank = len(shapes.get(n.input[0], ())) + 1
+                if rank != 4 or attr(n, "axis", 0) % 4 != 1:
+                    raise UnsupportedError(f"{where}: {op} along axis {attr(n, 'axis', 0)}; only the channel axis "
+                                           "of (N, C, H, W) is supported")
+                if op == "Concat":
+                    emit(n, "concat", list(n.input))
+                    continue
+                sizes = consts.get(n.input[1], inits.get(n.input[1])) if len(n.input) > 1 and n.input[1] else attr(n, "split")
+                c = shapes[n.input[0]][0]
+                sizes = [c // len(n.output)] * len(n.output) if sizes is None else [int(v) for v in np.ravel(sizes)]
+                for (start, size), out in zip(zip(np.cumsum([0, *sizes[:-1]]).tolist(), sizes), n.output):
+                    nodes.append(Node(f"{where}:{out}", "slice", [names[n.input[0]]], shapes.get(out, ()),
+                                      {"start": int(start), "channels": int(size)}))
+                    names[out] = nodes[-1].name
+            else:
+                raise UnsupportedError(f"ONNX op {op} at node {where!r} is not supported by the compiler")
         except KeyError as e:
             raise FormatError(f"{path}: node {n.name or n.output[0]!r} ({n.op_type}) uses {e}, which is "
                               "neither a weight nor a tensor written before it") from None
@@ -373,73 +733,3 @@ def capture_onnx(path: str | Path) -> Graph:
         raise UnsupportedError(f"{path}: exactly one graph output is supported")
     return Graph(tuple(in_shape), nodes, out)
 
-
-def _lower_onnx_node(n, attr, emit, sym, inits, consts, names, shapes) -> None:
-    """One ONNX node to IR nodes through ``emit`` (a missing tensor is a KeyError)."""
-    where, op = n.name or n.output[0], n.op_type
-    if op == "Constant":
-        return
-    if op == "Conv":
-        if set(attr(n, "dilations", [1, 1])) != {1}:
-            raise UnsupportedError(f"{where}: dilated Conv")
-        if attr(n, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
-            raise UnsupportedError(f"{where}: Conv auto_pad")
-        w = inits[n.input[1]]
-        params = {"weight": w.copy()}
-        if len(n.input) > 2 and n.input[2]:
-            params["bias"] = inits[n.input[2]].copy()
-        attrs = {"k": _pair(list(attr(n, "kernel_shape", w.shape[2:])), "kernel size", where),
-                 "stride": _pair(list(attr(n, "strides", [1, 1])), "stride", where),
-                 "padding": sym(list(attr(n, "pads", [0, 0, 0, 0])), where),
-                 "groups": _pair(int(attr(n, "group", 1)), "groups", where)}
-        emit(n, "conv", n.input[:1], attrs, params)
-    elif op == "BatchNormalization":
-        params = {"gamma": inits[n.input[1]].copy(), "beta": inits[n.input[2]].copy(),
-                  "mean": inits[n.input[3]].copy(), "var": inits[n.input[4]].copy()}
-        emit(n, "bn", n.input[:1], {"eps": float(attr(n, "epsilon", 1e-5))}, params)
-    elif op == "Relu":
-        emit(n, "relu", n.input[:1])
-    elif op == "Clip":
-        lo = inits.get(n.input[1], consts.get(n.input[1])) if len(n.input) > 1 and n.input[1] else attr(n, "min")
-        hi = inits.get(n.input[2], consts.get(n.input[2])) if len(n.input) > 2 and n.input[2] else attr(n, "max")
-        if lo is None or hi is None or (float(lo), float(hi)) != (0.0, 6.0):
-            raise UnsupportedError(f"{where}: Clip({lo}, {hi}); only Clip(0, 6) = ReLU6 is supported")
-        emit(n, "relu6", n.input[:1])
-    elif op == "Add":
-        if any(i in inits or i in consts for i in n.input):
-            raise UnsupportedError(f"{where}: Add with a constant operand")
-        emit(n, "add", list(n.input))
-    elif op in ("MaxPool", "AveragePool"):
-        if attr(n, "ceil_mode", 0):
-            raise UnsupportedError(f"{where}: {op} with ceil_mode")
-        k = _pair(list(attr(n, "kernel_shape")), "kernel size", where)
-        attrs = {"k": k, "stride": _pair(list(attr(n, "strides", [k, k])), "stride", where),
-                 "padding": sym(list(attr(n, "pads", [0, 0, 0, 0])), where)}
-        if op == "AveragePool" and attrs["padding"] and not attr(n, "count_include_pad", 0):
-            raise UnsupportedError(f"{where}: AveragePool with padding and count_include_pad=0")
-        emit(n, "maxpool" if op == "MaxPool" else "avgpool", n.input[:1], attrs)
-    elif op == "GlobalAveragePool":
-        emit(n, "gap", n.input[:1])
-    elif op in ("Flatten", "Reshape"):
-        if len(shapes.get(n.output[0], ())) != 1:
-            raise UnsupportedError(f"{where}: {op} to {shapes.get(n.output[0])} (only flattening "
-                                   "each image to a vector is supported)")
-        emit(n, "flatten", n.input[:1])
-    elif op in ("Dropout", "Identity"):
-        if n.input[0] in inits:  # exporters alias shared weights through Identity
-            inits[n.output[0]] = inits[n.input[0]]
-        elif n.input[0] in names:
-            names[n.output[0]] = names[n.input[0]]
-        else:
-            raise UnsupportedError(f"{where}: {op} of {n.input[0]!r}, which is neither a tensor "
-                                   "of the graph nor a weight")
-    elif op == "Gemm":
-        if attr(n, "transA", 0) or not attr(n, "transB", 0) or attr(n, "alpha", 1.0) != 1.0 \
-                or attr(n, "beta", 1.0) != 1.0:
-            raise UnsupportedError(f"{where}: Gemm must be x @ W^T + b (transB=1, alpha=beta=1)")
-        params = {"weight": inits[n.input[1]].copy()}
-        if len(n.input) > 2 and n.input[2]:
-            params["bias"] = inits[n.input[2]].reshape(-1).copy()
-        emit(n, "linear", n.input[:1], {}, params)
-    else:
-        raise UnsupportedError(f"ONNX op {op} at node {where!r} is not supported by the compiler")

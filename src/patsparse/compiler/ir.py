@@ -11,11 +11,23 @@ Ops (attrs in brackets):
                                           params expand_weight, expand_bias: lowering.fuse_pw_dw)
   bn       [eps]                         params mean, var, gamma, beta (folded away by passes)
   linear   []                            params weight (out, in), bias (out,)
-  maxpool / avgpool [k, stride, padding]
+  maxpool / avgpool [k, stride, padding] and where not the default [ceil_mode] (True),
+           [dilation] (max), [count_include_pad] (avg, False)
   gap      []                            global average pool to (C, 1, 1)
   add, relu, relu6, flatten, identity    (fused or dropped by passes)
+  reshape  [shape]                       a view stored as its input is ((C,) <-> (C, 1, 1)); dropped
+  concat   []                            any number of inputs joined along channels
+  slice    [start, channels]             channels start .. start + channels (split / chunk)
+  act      [act]                         any activation (codegen/activations.py: a string such as
+                                         "sigmoid" or "leaky_relu:0.01"); fused or kept by passes
+  prelu    []                            params weight (C,): one slope per channel
+  affine   []                            params weight (C,), bias (C,): a BatchNorm with no conv
+                                         before it (passes.fold_bn)
+  binary   [op: add|sub|mul|div]         two inputs, PyTorch broadcasting over (C, H, W); an add
+                                         no conv can take as its residual becomes one
 After passes, ``act`` and ``residual`` hold what was fused into a node's epilogue:
-out = act(op(x) + bias + residual).
+out = act(op(x) + bias + residual); a standalone activation is an ``act`` node whose ``act``
+holds it.
 """
 
 from __future__ import annotations
@@ -26,7 +38,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-OPS = ("conv", "bn", "linear", "maxpool", "avgpool", "gap", "add", "relu", "relu6", "flatten", "identity")
+OPS = ("conv", "bn", "linear", "maxpool", "avgpool", "gap", "add", "relu", "relu6", "flatten", "identity",
+       "act", "prelu", "affine", "binary", "reshape", "concat", "slice")
 INPUT = "input"
 
 

@@ -15,7 +15,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 VEC = 16  # floats per AVX-512 vector; row and plane strides are multiples of it
+
+
+def spatial(shape: tuple) -> tuple[int, int, int]:
+    """The (C, H, W) a per-image shape is stored as: itself, or a vector of n as (n, 1, 1)."""
+    return tuple(shape) if len(shape) == 3 else (int(np.prod(shape)), 1, 1)
 
 
 def round_up(x: int, m: int) -> int:

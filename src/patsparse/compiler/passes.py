@@ -1,7 +1,8 @@
 """Graph passes: fold BatchNorm, fuse activations and residual adds, drop no-ops.
 
-After ``run_passes`` only kernel ops remain (conv, linear, maxpool, avgpool, gap); each carries
-its fused epilogue (``act``, ``residual``). Why fuse: every unfused op would be a separate pass
+After ``run_passes`` only kernel ops remain (conv, linear, maxpool, avgpool, gap, and the
+channelwise act / affine / prelu where nothing could take them in); each carries its fused
+epilogue (``act``, ``residual``). Why fuse: every unfused op would be a separate pass
 over memory, and between-layer passes are where eager frameworks lose their time.
 """
 
@@ -11,8 +12,12 @@ import numpy as np
 
 from ..errors import UnsupportedError
 from .ir import INPUT, Graph, Node
+from .layout import spatial
 
-KERNEL_OPS = ("conv", "linear", "maxpool", "avgpool", "gap")
+KERNEL_OPS = ("conv", "linear", "maxpool", "avgpool", "gap", "act", "affine", "prelu", "binary", "concat", "slice")
+# producers whose epilogue can apply any activation (act(op(x) + bias + residual))
+ACT_PRODUCERS = ("conv", "linear", "maxpool", "avgpool", "gap", "affine", "prelu", "binary")
+ACT_OPS = ("relu", "relu6", "act")
 
 
 def replace_uses(g: Graph, old: str, new: str) -> None:
@@ -31,15 +36,18 @@ def _remove(g: Graph, node: Node) -> None:
 
 
 def fold_bn(g: Graph) -> None:
-    """conv -> bn  becomes one conv with scaled weights and a bias."""
+    """conv -> bn  becomes one conv with scaled weights and a bias; any other bn becomes an
+    ``affine`` node (per-channel scale in ``weight``, shift in ``bias``: channelwise.py)."""
     for bn in [n for n in g.nodes if n.op == "bn"]:
         src = bn.inputs[0]
         prod = None if src == INPUT else g.node(src)
-        if prod is None or prod.op != "conv" or len(g.users(src)) != 1 or prod.act != "none":
-            raise UnsupportedError(f"layer {bn.name!r}: BatchNorm2d not directly after a Conv2d "
-                                   "(only conv -> bn can be folded)")
         p = bn.params
         scale = p["gamma"] / np.sqrt(p["var"] + bn.attrs["eps"])
+        if prod is None or prod.op != "conv" or len(g.users(src)) != 1 or prod.act != "none" \
+                or prod.residual is not None:
+            bn.op, bn.params = "affine", {"weight": scale.astype(np.float32),
+                                          "bias": (p["beta"] - p["mean"] * scale).astype(np.float32)}
+            continue
         w = prod.params["weight"]
         b = prod.params.get("bias", np.zeros(w.shape[0], np.float32))
         prod.params["weight"] = (w * scale.reshape(-1, 1, 1, 1)).astype(np.float32)
@@ -48,8 +56,12 @@ def fold_bn(g: Graph) -> None:
 
 
 def drop_noops(g: Graph) -> None:
-    """identity nodes, and flatten feeding linear or the output (the layouts agree already)."""
-    for n in [n for n in g.nodes if n.op in ("identity", "flatten")]:
+    """identity, flatten and reshape nodes: the generated code stores their output exactly as
+    their input (capture admits only those reshapes)."""
+    for n in [n for n in g.nodes if n.op in ("identity", "flatten", "reshape")]:
+        prod = None if n.inputs[0] == INPUT else g.node(n.inputs[0])
+        if g.output == n.name and prod is not None and spatial(prod.shape) == spatial(n.shape):
+            prod.shape = n.shape  # the model's output keeps its shape (stored alike: (C,) and (C, 1, 1))
         _remove(g, n)
 
 
@@ -57,7 +69,8 @@ def fuse_add(g: Graph) -> None:
     """add(a, b) -> the later-computed of a / b takes the other as its residual.
 
     The producer must be a conv or linear with nothing fused yet and no other user, and the
-    other operand must already exist when it runs (it is earlier in topological order).
+    other operand must already exist when it runs (it is earlier in topological order) and have
+    the same shape. Any other add stays a ``binary`` node (channelwise.gen_binary).
     """
     order = {n.name: i for i, n in enumerate(g.nodes)}
     order[INPUT] = -1
@@ -74,23 +87,22 @@ def fuse_add(g: Graph) -> None:
                 replace_uses(g, add.name, p)
                 break
         else:
-            raise UnsupportedError(f"add {add.name!r}: neither operand ({a!r}, {b!r}) is a conv or "
-                                   "linear output it can be fused into")
+            add.op, add.attrs = "binary", {"op": "add"}
 
 
 def fuse_act(g: Graph) -> None:
-    """relu / relu6 become the epilogue of their producer (after any fused residual)."""
-    for act in [n for n in g.nodes if n.op in ("relu", "relu6")]:
+    """An activation becomes the epilogue of its producer (after any fused residual) where the
+    producer is a kernel with an epilogue, has none yet and feeds only it; otherwise it stays a
+    standalone ``act`` node carrying the activation string (codegen/activations.py)."""
+    for act in [n for n in g.nodes if n.op in ACT_OPS]:
+        spec = act.attrs.get("act", act.op) if act.op == "act" else act.op
         src = act.inputs[0]
         prod = None if src == INPUT else g.node(src)
-        if prod is not None and prod.op in ("maxpool",) and act.op == "relu" and prod.act == "none" \
-                and len(g.users(src)) == 1:
-            pass  # relu commutes with max pooling: fuse it the same way
-        elif prod is None or prod.op not in ("conv", "linear") or prod.act != "none" or len(g.users(src)) != 1:
-            raise UnsupportedError(f"{act.op} {act.name!r} cannot be fused into its producer "
-                                   f"{src!r} (needs a conv/linear output used only by it)")
-        prod.act = act.op
-        _remove(g, act)
+        if prod is not None and prod.op in ACT_PRODUCERS and prod.act == "none" and len(g.users(src)) == 1:
+            prod.act = spec
+            _remove(g, act)
+        else:
+            act.op, act.act, act.attrs = "act", spec, {}
 
 
 def run_passes(g: Graph) -> Graph:

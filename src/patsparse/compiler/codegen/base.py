@@ -28,9 +28,12 @@ from typing import Callable
 import numpy as np
 
 from ..target import Target
+from . import activations
 
 SLACK = 64  # zero floats after every activation buffer, so vector over-reads stay inside it
 
+# the activations every kernel test samples (each generator renders the whole family through
+# act_c / act_scalar_c; activations.py)
 ACTIVATIONS = ("none", "relu", "relu6")
 
 # Portable vectors via GCC/Clang vector extensions, VL floats wide (the target's dialect defines
@@ -118,21 +121,17 @@ static inline vf vand(vf a, vi m) { return (vf)((vi)a & m); }
 
 def prelude_c(target: Target) -> str:
     """The C every generated source starts with, rendered for ``target``."""
-    return target.render(PRELUDE)
+    return target.render(PRELUDE) + activations.HELPERS
 
 
 def act_c(act: str, expr: str) -> str:
-    """C expression applying ``act`` to vector expression ``expr``."""
-    if act not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {act!r}; expected one of {ACTIVATIONS}")
-    return {"none": expr, "relu": f"vrelu({expr})", "relu6": f"vrelu6({expr})"}[act]
+    """C expression applying ``act`` (activations.py: any of the family) to vector expression ``expr``."""
+    return activations.vector_c(act, expr)
 
 
 def act_scalar_c(act: str, expr: str) -> str:
     """C expression applying ``act`` to scalar expression ``expr``."""
-    if act not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {act!r}; expected one of {ACTIVATIONS}")
-    return {"none": expr, "relu": f"srelu({expr})", "relu6": f"srelu6({expr})"}[act]
+    return activations.scalar_c(act, expr)
 
 
 @dataclass

@@ -13,7 +13,7 @@ import numpy as np
 from ...errors import InputError, UnsupportedError
 from ..layout import Layout
 from ..target import Target
-from .base import ACTIVATIONS
+from . import activations
 
 MAX_VL = 16  # widest vector any target uses; Python-side sizes that must fit every VL use it
 # How far ahead (in floats: 4 KB) a kernel that streams its weights once per image prefetches them:
@@ -114,9 +114,10 @@ def check_name(name: str) -> None:
 
 
 def check_act(act: str, where: str) -> None:
-    if act not in ACTIVATIONS:
-        raise UnsupportedError(f"{where}: activation {act!r} is not supported "
-                               f"(supported: {', '.join(ACTIVATIONS)})")
+    try:
+        activations.parse(act)
+    except UnsupportedError as e:
+        raise UnsupportedError(f"{where}: {e}") from None
 
 
 def conv_out_size(size: int, k: int, stride: int, pad: int, where: str) -> int:

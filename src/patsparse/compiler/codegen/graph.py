@@ -78,9 +78,11 @@ def emit_model(plan: Plan) -> str:
             "        double t0 = prof && lead ? omp_get_wtime() : 0.0;"]
     for s in plan.steps:
         n = s.node
-        res = f"ws + {plan.offsets[n.residual]}" if n.residual else "0"
+        second = n.residual or (n.inputs[1] if len(n.inputs) > 1 else None)  # a binary op's b
+        res = f"ws + {plan.offsets[second]}" if second else "0"
         body.append(f"        /* {c_comment(n.name)}: {s.kind} */")
-        body.append(f"        {s.cname}(ws + {plan.offsets[n.inputs[0]]}, ws + {plan.offsets[n.name]}, "
+        first = "ws" if s.operands is not None else f"ws + {plan.offsets[n.inputs[0]]}"  # concat: the base
+        body.append(f"        {s.cname}({first}, ws + {plan.offsets[n.name]}, "
                     f"blob + {s.w_off}, blob + {s.b_off}, {res});")
         body.append("        ps_barrier();")
         body.append(f"        if (prof && lead) {{ const double t1 = omp_get_wtime(); prof[{s.index}] += t1 - t0; "

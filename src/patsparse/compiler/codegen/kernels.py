@@ -18,7 +18,7 @@ from ...errors import UnsupportedError
 from ..ir import Node
 from ..reorder import analyse
 from ..target import Target
-from . import conv_pool, dense_conv, depthwise, gemm, pool, pw_dw
+from . import channels, channelwise, conv_pool, dense_conv, depthwise, gemm, pool, pw_dw
 from .base import GeneratedKernel
 from .pattern_conv import candidate_schedules, gen_pattern_conv
 from .step import Step
@@ -144,10 +144,12 @@ def _linear_generate(step: Step, schedule: dict | None, target: Target, threads:
                            **_common(step, schedule, target))
 
 
-def _window_pool(gen: Callable, **extra_of_step: Callable[[Step], object]):
+def _window_pool(gen: Callable, options: tuple[str, ...], **extra_of_step: Callable[[Step], object]):
+    """``options``: the node attributes (pool settings other than the defaults) passed on."""
     def generate(step: Step, schedule: dict | None, target: Target, threads: int | None) -> GeneratedKernel:
         a = step.node.attrs
         extra = {k: f(step) for k, f in extra_of_step.items()}
+        extra.update({k: a[k] for k in options if k in a})
         return gen(step.cname, k=a["k"], stride=a["stride"], padding=a["padding"], **extra,
                    **_common(step, schedule, target))
     return generate
@@ -157,6 +159,25 @@ def _gap_generate(step: Step, schedule: dict | None, target: Target, threads: in
     return pool.gen_global_avgpool(step.cname, **_common(step, schedule, target))
 
 
+def _channelwise_generate(step: Step, schedule: dict | None, target: Target, threads: int | None) -> GeneratedKernel:
+    return channelwise.gen_channelwise(step.cname, mode=step.node.op, **_common(step, schedule, target))
+
+
+def _binary_generate(step: Step, schedule: dict | None, target: Target, threads: int | None) -> GeneratedKernel:
+    return channelwise.gen_binary(step.cname, op=step.node.attrs["op"], in_layout=step.in_layout,
+                                  other_layout=step.other_layout, out_layout=step.out_layout, act=step.node.act,
+                                  target=target)
+
+
+def _concat_generate(step: Step, schedule: dict | None, target: Target, threads: int | None) -> GeneratedKernel:
+    return channels.gen_concat(step.cname, operands=step.operands, out_layout=step.out_layout, target=target)
+
+
+def _slice_generate(step: Step, schedule: dict | None, target: Target, threads: int | None) -> GeneratedKernel:
+    return channels.gen_slice(step.cname, start=step.node.attrs["start"], in_layout=step.in_layout,
+                              out_layout=step.out_layout, target=target)
+
+
 FAMILIES: tuple[KernelFamily, ...] = (
     KernelFamily("conv_pool", lambda n: {} if _conv(n, fused="pool") else None, _conv_pool_generate),
     KernelFamily("pw_dw", lambda n: {} if _conv(n, fused="expand") else None, _pw_dw_generate, _pw_dw_candidates),
@@ -164,9 +185,14 @@ FAMILIES: tuple[KernelFamily, ...] = (
     KernelFamily("conv2d", lambda n: {} if _conv(n) else None, _conv2d_generate, _conv2d_candidates),
     KernelFamily("depthwise", _depthwise_matches, _depthwise_generate),
     KernelFamily("linear", _op("linear"), _linear_generate),
-    KernelFamily("maxpool", _op("maxpool"), _window_pool(pool.gen_maxpool, input_nonneg=lambda s: s.input_nonneg)),
-    KernelFamily("avgpool", _op("avgpool"), _window_pool(pool.gen_avgpool)),
+    KernelFamily("maxpool", _op("maxpool"), _window_pool(pool.gen_maxpool, ("ceil_mode", "dilation"),
+                                                         input_nonneg=lambda s: s.input_nonneg)),
+    KernelFamily("avgpool", _op("avgpool"), _window_pool(pool.gen_avgpool, ("ceil_mode", "count_include_pad"))),
     KernelFamily("gap", _op("gap"), _gap_generate),
+    KernelFamily("channelwise", lambda n: {} if n.op in channelwise.MODES else None, _channelwise_generate),
+    KernelFamily("binary", _op("binary"), _binary_generate),
+    KernelFamily("concat", _op("concat"), _concat_generate),
+    KernelFamily("slice", _op("slice"), _slice_generate),
 )
 _BY_KIND = {f.kind: f for f in FAMILIES}
 

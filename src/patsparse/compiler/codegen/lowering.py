@@ -31,8 +31,8 @@ def lower(g: Graph, target: Target) -> None:
 
 def fuse_conv_pool(g: Graph, target: Target) -> None:
     """Fold a max pool into the dense conv before it (conv_pool.py) where that kernel applies:
-    the conv ends in a ReLU/ReLU6, feeds only the pool, has no residual, and one group of its
-    output channels' weights fits in L1 (the ImageNet stem). Measured with 32 vector registers
+    the conv ends in a ReLU/ReLU6, feeds only the pool (a floor-mode, undilated one), has no
+    residual, and one group of its output channels' weights fits in L1 (the ImageNet stem). Measured with 32 vector registers
     only, so other ISAs keep two kernels. The conv node takes the pool's output shape and an
     attribute ``pool`` = {k, stride, padding}; the pool node is removed."""
     cpu = target.require_cpu("conv + max pool fusion")
@@ -43,7 +43,8 @@ def fuse_conv_pool(g: Graph, target: Target) -> None:
         prod = None if src == INPUT else g.node(src)
         if (prod is None or prod.op != "conv" or "pool" in prod.attrs or prod.act not in ACTS_NONNEG
                 or prod.residual is not None or len(g.users(src)) != 1
-                or m.act not in ("none", "relu") or m.residual is not None):
+                or m.act not in ("none", "relu") or m.residual is not None
+                or m.attrs.get("ceil_mode") or m.attrs.get("dilation", 1) != 1):
             continue
         a, cin, k = m.attrs, prod.params["weight"].shape[1], prod.attrs["k"]
         if a["stride"] > a["k"] or 2 * a["padding"] > a["k"] or \

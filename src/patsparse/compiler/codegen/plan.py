@@ -10,10 +10,8 @@ interior values where a halo should be zero.
 
 from __future__ import annotations
 
-import numpy as np
-
 from ..ir import INPUT, Graph, Node, c_ident
-from ..layout import Layout
+from ..layout import Layout, spatial
 from ..target import Target, detect
 from .base import SLACK
 from .kernels import match
@@ -21,10 +19,6 @@ from .lowering import lower
 from .step import Plan, Step
 
 ALIGN = 16  # floats
-
-
-def _spatial(shape: tuple) -> tuple[int, int, int]:
-    return tuple(shape) if len(shape) == 3 else (int(np.prod(shape)), 1, 1)
 
 
 def _required_pad(node: Node) -> int:
@@ -48,7 +42,7 @@ def tensor_layouts(g: Graph) -> dict[str, Layout]:
             if n.residual and pads[n.residual] != pads[n.name]:
                 pads[n.residual] = pads[n.name] = max(pads[n.residual], pads[n.name])
                 changed = True
-    return {t: Layout(*_spatial(g.shape_of(t)), pad=p) for t, p in pads.items()}
+    return {t: Layout(*spatial(g.shape_of(t)), pad=p) for t, p in pads.items()}
 
 
 def plan_graph(g: Graph, *, target: Target | None = None, threads: int | None = None) -> Plan:
@@ -63,9 +57,13 @@ def plan_graph(g: Graph, *, target: Target | None = None, threads: int | None = 
     layouts = tensor_layouts(g)
     acts = {n.name: n.act for n in g.nodes}
     steps = [Step(n, i, kinds[n.name][0], c_ident(n.name, i), layouts[n.inputs[0]], layouts[n.name],
-                  sparsity=kinds[n.name][1], input_nonneg=acts.get(n.inputs[0]) in ("relu", "relu6"))
+                  sparsity=kinds[n.name][1], input_nonneg=acts.get(n.inputs[0]) in ("relu", "relu6"),
+                  other_layout=layouts[n.inputs[1]] if len(n.inputs) > 1 else None)
              for i, n in enumerate(g.nodes)]
     offsets, ws = assign_buffers(g, layouts)
+    for s in steps:
+        if s.node.op == "concat":  # its kernel reads every input at its workspace offset
+            s.operands = [(offsets[i], layouts[i]) for i in s.node.inputs]
     return Plan(g, steps, layouts, offsets, ws, target=target, threads=threads)
 
 

@@ -23,6 +23,8 @@ class Step:
     out_layout: Layout
     sparsity: LayerSparsity | None = None  # pattern convs: read from the weights once
     input_nonneg: bool = False  # its input ends in ReLU/ReLU6 (a max pool may pad with the halo)
+    other_layout: Layout | None = None  # a binary op's second operand (passed as ``res``)
+    operands: list[tuple[int, Layout]] | None = None  # a concat's inputs: workspace offset, layout
     kernel: GeneratedKernel | None = None
     w_off: int = 0
     b_off: int = 0
