@@ -18,6 +18,8 @@ from test_ops_pool import Pools
 from test_ops_targets import _model as all_ops
 
 import patsparse as ps
+from patsparse.compiler.api import capture
+from patsparse.compiler.validate import graph_from_file
 from patsparse.errors import FormatError
 
 
@@ -65,6 +67,19 @@ def test_new_ops_round_trip_through_save_and_load(name, tmp_path):
     nodes = _graph(tmp_path / "c")["nodes"]
     assert must_hold <= {n["op"] for n in nodes} | {n["act"] for n in nodes}
     assert_close(ps.load(tmp_path / "c")(x), want)
+
+
+@pytest.mark.parametrize("name", ["pools", "binary"])
+def test_graphs_captured_from_onnx_validate(name, tmp_path):
+    """The ONNX importer's graphs of the same models pass the checks too (unchanged)."""
+    make, shape, _ = CASES[name]
+    torch.manual_seed(0)
+    m = make().eval()
+    torch.onnx.export(m, torch.randn(1, *shape), str(tmp_path / "m.onnx"), dynamo=False, opset_version=17)
+    g = capture(str(tmp_path / "m.onnx"))
+    back = graph_from_file(*g.to_json(), "m")
+    assert [(n.name, n.op, n.inputs, n.shape, n.attrs, n.act) for n in back.nodes] == \
+        [(n.name, n.op, n.inputs, n.shape, n.attrs, n.act) for n in g.nodes]
 
 
 @pytest.fixture(scope="module")
