@@ -583,29 +583,31 @@ def capture_onnx(path: str | Path) -> Graph:
 
     ir_shapes: dict[str, tuple] = {INPUT: tuple(in_shape)}
 
-    def emit(n, op, inputs, attrs=None, params=None):
-        name = unique_name(n.name or n.output[0], used)
+    def emit(n, op, inputs, attrs=None, params=None, output=None):
+        """One IR node for ONNX node ``n`` writing ``output`` (default its first output)."""
+        output = output or n.output[0]
+        name = unique_name(n.name if n.name and output == n.output[0] else output, used)
         where = f"{path}: node {name!r}"
         missing = [i for i in inputs if i not in names]
-        if missing or n.output[0] in names:
+        if missing or output in names:
             raise FormatError(f"{where} reads {missing[0]!r}, which no earlier node writes" if missing
-                              else f"{where} writes {n.output[0]!r}, which another node writes too")
+                              else f"{where} writes {output!r}, which another node writes too")
         ins = [names[i] for i in inputs]
         # shapes are computed from the input, never taken from the file's shape annotations
         out = out_shape(op, attrs or {}, params or {}, [ir_shapes[i] for i in ins], where)
-        declared = shapes.get(n.output[0])
+        declared = shapes.get(output)
         if declared and all(declared) and tuple(declared) != out:
             raise FormatError(f"{where}: the file says its output is {declared}, its input and "
                               f"weights give {out}")
         for k, v in (params or {}).items():
-            want = {"weight": 4 if op == "conv" else 2}.get(k, 1)
+            want = {"conv": 4, "linear": 2}.get(op, 1) if k == "weight" else 1
             rows = out[0] if k in ("bias", "weight") else ir_shapes[ins[0]][0]
             if v.ndim != want or v.shape[0] != rows or (op == "conv" and k == "weight" and
                                                          v.shape[2:] != (attrs["k"], attrs["k"])):
                 raise FormatError(f"{where}: {k} of shape {v.shape} does not fit a {op} with output {out}")
         nodes.append(Node(name, op, ins, out, attrs or {}, params or {}))
         ir_shapes[name] = out
-        names[n.output[0]] = name
+        names[output] = name
 
     def sym(pads, where):
         if pads and (len(set(pads)) != 1):
@@ -718,9 +720,7 @@ def capture_onnx(path: str | Path) -> Graph:
                 c = shapes[n.input[0]][0]
                 sizes = [c // len(n.output)] * len(n.output) if sizes is None else [int(v) for v in np.ravel(sizes)]
                 for (start, size), out in zip(zip(np.cumsum([0, *sizes[:-1]]).tolist(), sizes), n.output):
-                    nodes.append(Node(f"{where}:{out}", "slice", [names[n.input[0]]], shapes.get(out, ()),
-                                      {"start": int(start), "channels": int(size)}))
-                    names[out] = nodes[-1].name
+                    emit(n, "slice", n.input[:1], {"start": int(start), "channels": int(size)}, output=out)
             else:
                 raise UnsupportedError(f"ONNX op {op} at node {where!r} is not supported by the compiler")
         except KeyError as e:
