@@ -511,6 +511,21 @@ def case_nan_inf_and_negative_zero_as_torch(base, tmp):
         np.testing.assert_array_equal(got, want)  # NaN where NaN, equal values elsewhere
 
 
+def case_nan_through_max_pools_as_torch(base, tmp):
+    """A NaN inside a max-pool window gives NaN, standalone and fused after a conv (the stem)."""
+    inp = x()
+    inp[0, 1, 2, 3] = float("nan")
+    inp[0, 0, 5, 5] = float("inf")
+    for m in (nn.Sequential(nn.Conv2d(3, 4, 1), nn.MaxPool2d(3, 2, 1)),
+              nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2, 1)),
+              nn.Sequential(nn.MaxPool2d(2), nn.Conv2d(3, 4, 1))):
+        m = m.eval()
+        with torch.no_grad():
+            got, want = ps.compile(m, torch.zeros(1, *SHAPE), threads=1)(inp).numpy(), m(inp).numpy()
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        np.testing.assert_allclose(np.nan_to_num(got), np.nan_to_num(want), rtol=1e-4, atol=1e-5)
+
+
 def case_nan_input_reaches_the_output(base, tmp):
     inp = x()
     inp[1, 2, 3, 4] = float("nan")

@@ -103,6 +103,8 @@ static inline vf vselect(vi m, vf a, vf b) { return (vf)((m & (vi)a) | (~m & (vi
    second (every dialect's vmax/vmin returns b when either is NaN, and b when both are zeros) */
 static inline vf vrelu(vf a) { return vmax((vf){0}, a); }
 static inline vf vrelu6(vf a) { return vmin(vbcast(6.0f), vmax((vf){0}, a)); }
+/* max that keeps a NaN from either operand, as PyTorch's max pooling does (vmax keeps b's only) */
+static inline vf vmax_nan(vf a, vf b) { return vselect(a != a, a, vmax(a, b)); }
 /* scalar forms for per-element epilogues: fmaxf is a libm call per element unless NaN rules are
    relaxed (GCC keeps its NaN semantics), 3x the whole cost of a 1x1 conv's scatter; the same
    NaN and -0.0 results as the vector forms */

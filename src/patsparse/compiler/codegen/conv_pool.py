@@ -146,7 +146,7 @@ def gen_conv_maxpool(name: str, *, cin: int, cout: int, k: int, stride: int, pad
         pool += [f"            {{ const int pw = pw0 + {i} < {Wp} ? pw0 + {i} : {Wp - 1};",
                  f"              for (int r = r0; r < r1; r++) {{ const float *rr = ring + ((size_t)b * {PK} + r % {PK})"
                  f" * {rw * vl} + (size_t)pw * {PS} * VL;",
-                 "                " + " ".join(f"{tv[i]} = vmax({tv[i]}, vloada(rr + {kw * vl}));" for kw in range(PK))
+                 "                " + " ".join(f"{tv[i]} = vmax_nan({tv[i]}, vloada(rr + {kw * vl}));" for kw in range(PK))
                  + " } }"]
     stores = [f"            if (b * VL + {c} < {cout}) {{ vf v = {tv[c]}; if (pw0 + VL > {Wp}) v = vand(v, tm);"
               f" vstore(out + (size_t)(b * VL + {c}) * {O.ps} + {O.origin} + (size_t)ph * {O.ld} + pw0, v); }}"

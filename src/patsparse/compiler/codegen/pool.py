@@ -73,7 +73,7 @@ def _gen_window_pool(name: str, kind: str, *, k: int, stride: int, padding: int,
                               pool_out_size(L.W, K, s, P, dilation=D, where=where))
     is_max = kind == "max"
     ident = "-INFINITY" if is_max else "0.0f"
-    combine = (lambda a, b: f"{a} = vmax({a}, {b});") if is_max else (lambda a, b: f"{a} += {b};")
+    combine = (lambda a, b: f"{a} = vmax_nan({a}, {b});") if is_max else (lambda a, b: f"{a} += {b};")
     fast_load = VECTOR_LOAD.get(s)
     gather = "\n".join(
         f"                    {{ vf v; for (int l = 0; l < VL; l++) {{ int x = (w0 + l) * {s} - {P} + {kw * D}; "
