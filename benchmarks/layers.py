@@ -236,18 +236,18 @@ def compile_times(args) -> list[str]:
 
 NOTES = [
     "### Where targets are missed, and why", "",
-    "- docs/COMPILER.md has the measurements behind these points (its fifth and sixth sessions are "
-    "the AMD EPYC VM with AVX-512 these tables come from: FMA peak ~240 GFLOP/s per core, 470 on "
-    "two, docs/bench/ceiling.md). Targets are reported as missed unless every run meets them; the "
-    "misses come from the host more than from the code.",
+    "- docs/COMPILER.md (\"Known limits\") explains these points. These tables come from a 2-vCPU "
+    "AMD EPYC VM with AVX-512 (FMA peak ~240 GFLOP/s per core, 470 on two, docs/bench/ceiling.md). "
+    "Targets are reported as missed unless every run meets them; the misses come from the host more "
+    "than from the code.",
     "- Host placement (the last column): the two vCPUs move between one core complex (25-60 ns "
     "core to core) and two (~200 ns). Apart, the compiled models' two-thread latency grows (ResNet-18 "
-    "8x 2.4 -> 2.7 ms in the sixth session's final A/B, 2.2 -> 3.4 ms in the fifth's) while their "
+    "8x: 2.4 -> 2.7 ms in one `benchmarks/ab_models.py` run, 2.2 -> 3.4 ms in another) while their "
     "one-thread latency and ONNX Runtime's stay put. docs/bench/placement.md repeats the harness "
     "and groups rounds by placement. A probe only sees the placement before and after a row.",
     "- Slow spells with the vCPUs together: other tenants' use of the shared L3 slows what streams "
     "through it (a two-thread read of 28 MB: 161 GB/s at one time, 76-93 at another). Software "
-    "prefetch of the weight streams and of the next channels' inputs (sixth session) made the "
+    "prefetch of the weight streams and of the next channels' inputs (`wpf`, `ipf`) makes the "
     "compiled models 1.02-1.38x faster with the vCPUs together (mostly in such a spell) and "
     "1.09-1.25x apart (docs/bench/ab/*-dd697bb-10b01d5.md).",
     "- VGG-16 at pattern-only 2.25x: its channel-major layers stream 4.7 MB of weights each per "

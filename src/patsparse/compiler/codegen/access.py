@@ -14,7 +14,7 @@ For output pixel (oh, ow) and tap (kh, kw) a kernel needs X[oh*s + kh - P][ow*s 
   rows the same way), copied from input rows the same thread wrote in the layer before. Split
   by channel instead, half of every copy and half of every tile's reads crossed between
   cores, which costs little when the two cores share a last-level cache and a lot when the
-  host puts them on different core complexes (docs/COMPILER.md, fifth session).
+  host puts them on different core complexes (docs/COMPILER.md, "Known limits").
 
 ``InputAccess`` gives the C expressions a kernel needs either way.
 """
