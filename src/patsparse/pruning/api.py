@@ -238,9 +238,10 @@ def prune(model: nn.Module, train_loader: Iterable, rate: float = 8, library: st
     ``train_loader`` is any re-iterable of ``(input, target)`` batches (cross-entropy loss).
     ``rate=2.25`` is pattern pruning only; a higher rate adds connectivity pruning that keeps
     ``2.25/rate`` of the kernels. ``conv1x1`` says how 1x1 convs are pruned: "grouped" (virtual
-    3x3 kernels, the recipe's default), "connectivity" or "dense". ``epochs`` is the primal SGD epochs per ADMM iteration,
-    ``admm_iters`` the ADMM iterations, ``retrain_epochs`` the masked retraining epochs,
-    ``distill`` the weight of distillation from the unpruned model (0 = off), ``allocation`` how
+    3x3 kernels, the recipe's default), "connectivity" or "dense". ``epochs`` is the primal SGD
+    epochs per ADMM iteration, ``admm_iters`` the ADMM iterations, ``retrain_epochs`` the masked
+    retraining epochs; left unset, the epochs come from the recipe's ``steps`` budget and the
+    loader's length (a small loader gets more passes). ``distill`` the weight of distillation from the unpruned model (0 = off), ``allocation`` how
     kept kernels are spread over layers ("lamp" or "uniform"). Unset knobs come from ``recipe``
     (default :class:`PruneRecipe`), whose every field is documented. ``oneshot=True`` skips ADMM
     (projection only, then retraining if ``retrain_epochs``). ``output`` picks the logits when
