@@ -98,7 +98,12 @@ def test_every_op_matches_torch_batch_and_types(opsnet_compiled):
     # one thread team per forward pass: no kernel opens a parallel region of its own
     assert cm.source.count("#pragma omp parallel") == 1 and "omp single" not in cm.source
     assert cm.source.count("ps_barrier();") >= len(kinds)
-    x = torch.randn(3, 3, 16, 16)
+    assert_same_as_torch(cm, m, torch.randn(3, 3, 16, 16))
+    assert cm.is_compiled_patsparse
+
+
+def assert_same_as_torch(cm, m, x):
+    """``cm(x)`` is a tensor with PyTorch's numbers, and ``cm(x.numpy())`` the same as an array."""
     with torch.no_grad():
         want = m(x)
     got = cm(x)
@@ -107,7 +112,6 @@ def test_every_op_matches_torch_batch_and_types(opsnet_compiled):
     got_np = cm(x.numpy())
     assert isinstance(got_np, np.ndarray)
     np.testing.assert_array_equal(got_np, got.numpy())
-    assert cm.is_compiled_patsparse
 
 
 def test_threads_share_a_model_safely(opsnet_compiled):

@@ -29,7 +29,8 @@ except UnsupportedError as e:
     pytest.skip(f"no OpenCL platform on this machine: {e}", allow_module_level=True)
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_compiler import assert_close, pattern_prune, randomize_bn, sparse_opsnet  # noqa: E402
+from test_compiler import (assert_close, assert_same_as_torch, pattern_prune, randomize_bn,  # noqa: E402
+                           sparse_opsnet)
 
 
 @pytest.fixture(scope="module")
@@ -45,15 +46,7 @@ def test_every_op_matches_torch_any_batch_and_type(opsnet):
     # activations and residual adds are fused into the producing kernels, as on the CPU path
     assert len(kinds) == 8 and "ACT_relu6(" in cm.source and "res[" in cm.source
     for n in (3, 1, 5, 3):  # batch sizes change and come back
-        x = torch.randn(n, 3, 16, 16)
-        with torch.no_grad():
-            want = m(x)
-        got = cm(x)
-        assert isinstance(got, torch.Tensor) and got.shape == want.shape
-        assert_close(got, want)
-    got_np = cm(x.numpy())
-    assert isinstance(got_np, np.ndarray)
-    np.testing.assert_array_equal(got_np, got.numpy())
+        assert_same_as_torch(cm, m, torch.randn(n, 3, 16, 16))
     assert cm(np.zeros((0, 3, 16, 16), np.float32)).shape == (0, 7)
 
 
