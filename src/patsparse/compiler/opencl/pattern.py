@@ -30,6 +30,12 @@ from ..storage import plan as fkw_plan
 from .common import SIGNATURE, CLKernel, prologue, round_up, store
 
 
+def _tap_products(weights: str, taps, src: str, row: int) -> str:
+    """One mask run's products: weight i times the input tap at its compile-time offset in a
+    plane of ``row`` floats per row (the global input or the local tile)."""
+    return " + ".join(f"{weights}[{i}] * {src}[{(t // 3) * row + t % 3}]" for i, t in enumerate(taps))
+
+
 def tile_shape(schedule: dict, stride: int) -> tuple[int, int]:
     """(rows, cols) of the input tile behind a ``th`` x ``tw`` output tile."""
     return (schedule["th"] - 1) * stride + 3, (schedule["tw"] - 1) * stride + 3
@@ -69,7 +75,7 @@ def gen_pattern_conv(name: str, *, sparsity: LayerSparsity, stride: int, padding
                   f"gx * {stride} + {L.pad - padding};",
                   "    int k = runs[0];"]
         for p, taps in enumerate(masks):
-            terms = " + ".join(f"wp[{i}] * xc[{(t // 3) * ld + t % 3}]" for i, t in enumerate(taps))
+            terms = _tap_products("wp", taps, "xc", ld)
             lines.append(f"    for (const int e = runs[{p + 1}]; k < e; k++, wp += {len(taps)}) {{ "
                          f"__global const float *xc = x + (long)cidx[k] * {L.ps}; acc += {terms}; }}"
                          f"  /* mask {sp.masks[p]:#05x} */")
@@ -97,7 +103,7 @@ def gen_pattern_conv(name: str, *, sparsity: LayerSparsity, stride: int, padding
                   "        }",
                   "        barrier(CLK_LOCAL_MEM_FENCE);"]
         for p, taps in enumerate(masks):
-            terms = " + ".join(f"w{p}[{i}] * t[{(t_ // 3) * tc + t_ % 3}]" for i, t_ in enumerate(taps))
+            terms = _tap_products(f"w{p}", taps, "t", tc)
             lines.append(f"        for (; k{p} < e{p}; k{p}++, w{p} += {len(taps)}) {{ const int c = cidx[k{p}] - c0; "
                          f"if (c >= {cc}) break; __local const float *t = tile + c * {plane} + at; acc += {terms}; }}"
                          f"  /* mask {sp.masks[p]:#05x} */")
