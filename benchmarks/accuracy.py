@@ -157,11 +157,21 @@ class Cell:
                "seed": self.seed, "row": asdict(row), "subset": b.subset, "batch_size": b.batch_size,
                "dense_epochs": b.dense_epochs, "admm_iters": b.admm_iters, "admm_epochs": b.admm_epochs,
                "retrain_epochs": b.retrain_epochs, "lr": b.lr, "prune_lr": b.prune_lr}
-        if row.kind in ("pattern", "baseline"):
+        if row.kind == "pattern":
             # the pruner's own defaults are part of a row's configuration: a row run under other
             # defaults (penalty, distillation, allocation) must not be mixed with this one
             out["recipe"] = {k: v for k, v in self.recipe(row).to_dict().items() if k != "notes"}
+        elif row.kind == "baseline":
+            r = self.recipe(row)  # a baseline shares only the retraining knobs
+            out["retrain"] = {"lr": self.retrain_lr(row), "distill": r.distill,
+                              "distill_temperature": r.distill_temperature}
         return out
+
+    def retrain_lr(self, row: Row) -> float:
+        """The masked-retraining rate of a pruned row: the pattern rows' (recipe) for the
+        baselines too, so both retrain alike."""
+        r = self.recipe(row)
+        return r.retrain_lr or r.lr
 
     def recipe(self, row: Row) -> PruneRecipe:
         """What ``ps.prune`` runs for a pattern row (baselines share its retraining knobs)."""
@@ -212,8 +222,10 @@ def run_row(cell: Cell, row: Row, dense_state: dict[str, torch.Tensor] | None, l
         ps.prune(model, train_loader, rate=row.rate, library=lib, recipe=cell.recipe(row), device=cell.device,
                  progress=cell.progress)
     else:
-        prune_baseline(model, train_loader, row.method, row.rate, epochs=b.prune_epochs, lr=b.prune_lr,
-                       device=cell.device, progress=cell.progress, distill=cell.recipe(row).distill)
+        r = cell.recipe(row)
+        prune_baseline(model, train_loader, row.method, row.rate, epochs=b.prune_epochs, lr=cell.retrain_lr(row),
+                       device=cell.device, progress=cell.progress, distill=r.distill,
+                       distill_temperature=r.distill_temperature)
     return model
 
 
