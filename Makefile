@@ -77,7 +77,7 @@ bench-litert:
 	$(LITERT_VENV)/bin/pip install -q litert-torch
 
 bench: bench-peers
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python -m benchmarks.run_all
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -5,16 +5,15 @@ extraction...) replaces only its own part and a re-run never clobbers another sc
 
 from __future__ import annotations
 
-import datetime as _dt
 import os
 import platform
 import re
 import shlex
-import subprocess
 from pathlib import Path
 
 import torch
 
+from patsparse.bench import provenance as prov
 from patsparse.checkpoint import atomic_write_bytes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,18 +28,14 @@ the paper's; the paper's are quoted as such.
 """
 
 
-def utc_now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+utc_now = prov.utc_now
 
 
 def command_line(script: str | Path, argv: list[str]) -> str:
-    """The command as a user would retype it from the repository root."""
-    script = Path(script).resolve()
-    try:
-        script = script.relative_to(REPO)
-    except ValueError:
-        pass
-    return " ".join(shlex.quote(a) for a in ["python", str(script), *argv])
+    """The command as a user would retype it from the repository root: ``python -m benchmarks.X``
+    for the script file ``script`` (its ``__file__``)."""
+    module = Path(script).resolve().relative_to(REPO).with_suffix("")
+    return " ".join(shlex.quote(a) for a in ["python", "-m", ".".join(module.parts), *argv])
 
 
 def add_zoo_args(ap, *, rate: float) -> None:
@@ -52,16 +47,8 @@ def add_zoo_args(ap, *, rate: float) -> None:
 
 def machine() -> dict[str, str | int]:
     """What a reader needs to judge a timing or a budget: CPU model, cores, torch, threads."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    return {"cpu": cpu, "cores": os.cpu_count() or 0, "torch_threads": torch.get_num_threads(),
+    return {"cpu": prov.cpu()[0], "cores": os.cpu_count() or 0, "torch_threads": torch.get_num_threads(),
             "gpu": gpu, "python": platform.python_version(), "torch": torch.__version__,
             "os": f"{platform.system()} {platform.release()}"}
 
@@ -72,14 +59,14 @@ def machine_line(m: dict) -> str:
 
 
 def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+    return prov.git_commit(REPO)
+
+
+def provenance(script: str | Path, argv: list[str]) -> list[str]:
+    """The header every benchmark page starts with: date and commit, machine, the command that
+    wrote it (``script`` is the writing script's ``__file__``), as markdown bullets."""
+    return [f"- date {utc_now()}, commit {git_commit()}", f"- machine: {machine_line(machine())}",
+            f"- command: `{command_line(script, argv)}`"]
 
 
 def update_section(name: str, body: str, path: Path = RESULTS, *, first: bool = False) -> None:

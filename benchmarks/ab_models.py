@@ -3,13 +3,13 @@ blocks alternated, grouped by host placement.
 
 Why: on a shared VM a change to the generated code is only visible against the build it
 replaces, measured in the same minutes. Each round runs a block of calls of A, then of B (each
-block after one unrecorded call), recording latency and the per-layer profile
+block settled, after one unrecorded call: ``patsparse.bench.timing``), recording latency and the per-layer profile
 (``CompiledModel.run_numpy(x, prof)``: the lead thread's wall time per layer, barrier included),
 then probes the core-to-core latency (ceiling.core_to_core_ns). Rounds are grouped by that
 probe: 'together' (the two vCPUs share a last-level cache) and 'apart' (ceiling.vcpus_apart), because
 the compiled models' two-thread speed differs between the two (docs/COMPILER.md).
 
-    python benchmarks/ab_models.py OLD.compiled NEW.compiled [--seconds 300] [--calls 40]
+    python -m benchmarks.ab_models OLD.compiled NEW.compiled [--seconds 300] [--calls 40]
 
 A and B are directories written by ``patsparse compile`` / ``CompiledModel.save`` (for the same
 input shape; their layers pair by name, so a build that fuses two layers shows the other's two
@@ -26,24 +26,20 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import command_line, machine, machine_line, md_table, utc_now  # noqa: E402
-from ceiling import core_to_core_ns, vcpus_apart  # noqa: E402
+from benchmarks._report import md_table, provenance
+from benchmarks.ceiling import core_to_core_ns, vcpus_apart
 
-import patsparse as ps  # noqa: E402
+import patsparse as ps
+from patsparse.bench.timing import time_calls
 
 
 
 def block(model, x: np.ndarray, calls: int) -> tuple[float, np.ndarray]:
-    """(median ms per call, median ms per layer) over ``calls`` calls after one warm-up."""
-    layers = len(model.manifest["layers"])
-    model.run_numpy(x)
-    lat, per = [], np.zeros((calls, layers))
-    for i in range(calls):
-        t0 = time.perf_counter()
-        model.run_numpy(x, per[i])
-        lat.append(time.perf_counter() - t0)
-    return float(np.median(lat)) * 1e3, np.median(per, axis=0) * 1e3
+    """(median ms per call, median ms per layer) over ``calls`` settled calls after one warm-up."""
+    per = np.zeros((calls + 1, len(model.manifest["layers"])))  # row 0: the warm-up call's
+    rows = iter(per)
+    lat = time_calls(lambda: model.run_numpy(x, next(rows)), calls, warmup=1)
+    return float(np.median(lat)) * 1e3, np.median(per[1:], axis=0) * 1e3
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -73,9 +69,8 @@ def main(argv: list[str] | None = None) -> None:
         (ta, la), (tb, lb) = block(a, x, args.calls), block(b, x, args.calls)
         rounds.append({"far": vcpus_apart(core_to_core_ns()), "a": ta, "b": tb, "la": la, "lb": lb})
     lines = [f"## A/B: {args.a} against {args.b} (benchmarks/ab_models.py)", "",
-             f"- date {utc_now()}; machine: {machine_line(machine())}",
-             f"- command: `{command_line(__file__, argv)}`; {len(rounds)} rounds of {args.calls} calls "
-             "each, A then B; medians over rounds", ""]
+             *provenance(__file__, argv),
+             f"- {len(rounds)} rounds of {args.calls} calls each, A then B; medians over rounds", ""]
     for where, far in (("together", False), ("apart", True)):
         sel = [r for r in rounds if r["far"] == far]
         if not sel:

@@ -39,19 +39,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _report  # noqa: E402
+from benchmarks import _report
 
-import patsparse as ps  # noqa: E402
-from patsparse import data as psdata  # noqa: E402
-from patsparse import models as psmodels  # noqa: E402
-from patsparse.checkpoint import load_tensors, read_json, save_tensors, write_json  # noqa: E402
-from patsparse.errors import FormatError, InputError, PatsparseError  # noqa: E402
-from patsparse.patterns.library import candidates  # noqa: E402
-from patsparse.pruning.admm import cosine_lr, make_optimizer  # noqa: E402
-from patsparse.pruning import PruneRecipe  # noqa: E402
-from patsparse.pruning.baselines import measured_rate, prune_baseline, pruned_convs  # noqa: E402
-from patsparse.train.loop import evaluate, reshuffle, train_epoch  # noqa: E402
+import patsparse as ps
+from patsparse import data as psdata
+from patsparse import models as psmodels
+from patsparse.checkpoint import load_tensors, read_json, save_tensors, write_json
+from patsparse.errors import FormatError, InputError, PatsparseError
+from patsparse.patterns.library import candidates
+from patsparse.pruning.admm import cosine_lr, make_optimizer
+from patsparse.pruning import PruneRecipe
+from patsparse.pruning.baselines import measured_rate, prune_baseline, pruned_convs
+from patsparse.train.loop import evaluate, reshuffle, train_epoch
 
 DATASETS = {  # --dataset -> (patsparse.data name, model variant)
     "fashion-mnist": ("fashion-mnist", "cifar"),

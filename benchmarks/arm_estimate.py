@@ -15,7 +15,7 @@ an assumed DRAM bandwidth; the layer takes the larger. Left out: everything outs
 (prologues, row tails, stride-2 preps, pools' compute), cache misses inside it, frequency
 limits. On a device, `run_model` of an export prints the real figure (docs/COMPILER.md, Export).
 
-    python benchmarks/arm_estimate.py [--rate 8] [--dram-gbps 8]
+    python -m benchmarks.arm_estimate [--rate 8] [--dram-gbps 8]
 
 Writes docs/bench/arm-estimate.md and its section of docs/BENCHMARKS.md.
 """
@@ -32,18 +32,17 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import BENCH, REPO, command_line, git_commit, md_table, utc_now  # noqa: E402
+from benchmarks._report import BENCH, REPO, command_line, git_commit, md_table, utc_now
 
-from patsparse.compiler.api import capture  # noqa: E402
-from patsparse.compiler.codegen.base import prelude_c  # noqa: E402
-from patsparse.compiler.codegen.graph import generate_kernels  # noqa: E402
-from patsparse.compiler.codegen.pattern_conv import support_c  # noqa: E402
-from patsparse.compiler.codegen.plan import plan_graph  # noqa: E402
-from patsparse.compiler.export import EXPORT_CFLAGS  # noqa: E402
-from patsparse.compiler.target import TARGETS  # noqa: E402
-from patsparse.models import get  # noqa: E402
-from patsparse.pruning.projection import project_model  # noqa: E402
+from patsparse.compiler.api import capture
+from patsparse.compiler.codegen.base import prelude_c
+from patsparse.compiler.codegen.graph import generate_kernels
+from patsparse.compiler.codegen.pattern_conv import support_c
+from patsparse.compiler.codegen.plan import plan_graph
+from patsparse.compiler.export import EXPORT_CFLAGS
+from patsparse.compiler.target import TARGETS
+from patsparse.models import get
+from patsparse.pruning.projection import project_model
 
 NEON = TARGETS["aarch64-neon"]
 # ncnn benchmark/README.md, VGG-16 fp32 (Winograd on), 1 thread, ms

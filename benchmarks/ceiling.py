@@ -12,9 +12,9 @@ vector width as the generated kernels):
   where the host placed the vCPUs: 25-60 ns when they share a last-level cache, ~200 ns when
   they sit on different core complexes (seen on the AMD EPYC VM, 2026-12-01), and kernels that pass
   activations between threads slow down with it (docs/COMPILER.md). ``core_to_core_ns()`` is
-  imported by layers.py, which records it beside every whole-model row.
+  imported by ab_models.py, which groups its rounds by it.
 
-    python benchmarks/ceiling.py [--threads 2]
+    python -m benchmarks.ceiling [--threads 2]
 
 Writes docs/bench/ceiling.md: the best and the worst of several interleaved rounds per figure.
 """
@@ -29,13 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import REPO, command_line, git_commit, machine, machine_line, md_table, utc_now  # noqa: E402
+from benchmarks._report import REPO, md_table, provenance
 
-from patsparse.compiler.build import compile_c  # noqa: E402
-from patsparse.compiler.codegen.base import prelude_c  # noqa: E402
-from patsparse.compiler.target import detect  # noqa: E402
-from patsparse.compiler.runtime import aligned_empty  # noqa: E402
+from patsparse.compiler.build import compile_c
+from patsparse.compiler.codegen.base import prelude_c
+from patsparse.compiler.target import detect
+from patsparse.compiler.runtime import aligned_empty
 
 CHAINS = 12  # independent accumulators: enough to hide FMA latency at two FMAs per cycle
 
@@ -193,9 +192,8 @@ def report(res: dict, threads: int, argv: list[str]) -> str:
             "different core complexes.", ""] if "c2c_ns" in rates else [])
     return "\n".join([
         "## Machine ceilings (benchmarks/ceiling.py)", "",
-        f"- date {utc_now()}, commit {git_commit()}",
-        f"- machine: {machine_line(machine())}; {res['vl']}-float vectors (what generated kernels use)",
-        f"- command: `{command_line(__file__, argv)}`; {runs} interleaved rounds", "",
+        *provenance(__file__, argv),
+        f"- {res['vl']}-float vectors (what generated kernels use); {runs} interleaved rounds", "",
         "A layer's useful GFLOP/s in the other tables is bounded by these: a pattern kernel does "
         "close to one input load per FMA, so the L1-fed rows are its best case, and about half "
         "of its loads are offset like the last one. The worst round shows how far the same "

@@ -9,7 +9,7 @@ before it is timed. ORT times include its per-run overhead (a few microseconds, 
 smallest layers); ORT is run with spinning threads off so it does not steal cores from the
 others between its blocks.
 
-Usage:  python benchmarks/dense_kernels.py [--threads 2] [--rounds 7] [--tune] [--quick]
+Usage:  python -m benchmarks.dense_kernels [--threads 2] [--rounds 7] [--tune] [--quick]
         [--clock wall|cpu|cycles] [--spin] [--only SUBSTRING] [--out docs/bench/dense.md]
 """
 
@@ -25,10 +25,7 @@ SPIN = "--spin" in sys.argv
 os.environ.setdefault("OMP_WAIT_POLICY", "active" if SPIN else "passive")
 
 import argparse
-import datetime
-import io
-import platform
-import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,15 +33,17 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _clock import CLOCKS, get_clock  # noqa: E402
+from benchmarks._clock import CLOCKS, get_clock
+from benchmarks._report import BENCH, provenance
 
+from patsparse.bench.engines import prepare_here
+from patsparse.bench.model import BenchModel
+from patsparse.bench.timing import interleave
 from patsparse.compiler.codegen import conv_pool, dense_conv, depthwise, gemm, igemm, pool
 from patsparse.compiler.target import detect
 from patsparse.compiler.codegen.ctest import KernelRunner, from_layout, layout_buffer, to_layout
 from patsparse.compiler.layout import Layout
 
-ROOT = Path(__file__).resolve().parents[1]
 LOAD_START = os.getloadavg()[0]
 
 
@@ -202,38 +201,25 @@ class Ours:
         if not err <= 1e-4:
             raise SystemExit(f"{s.label}: our kernel is wrong (relative error {err:.2e})")
 
-    def seconds(self, iters: int, clock) -> float:
-        t0 = clock()
-        self.runner.time(*self.args, iters=iters)
-        return (clock() - t0) / iters
+    def calls(self, iters: int):
+        """``iters`` calls inside one thread team (what one timed sample runs)."""
+        return lambda: self.runner.time(*self.args, iters=iters)
 
 
-def ort_session(module: nn.Module, x: torch.Tensor, threads: int):
-    import onnxruntime as ort
-
-    buf = io.BytesIO()
-    torch.onnx.export(module, (x,), buf, dynamo=False, opset_version=17,
-                      input_names=["x"], output_names=["y"])
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if SPIN else "0")
-    sess = ort.InferenceSession(buf.getvalue(), so, providers=["CPUExecutionProvider"])
-    feed = {"x": x.numpy()}
+def peers(module: nn.Module, x: torch.Tensor, threads: int, workdir: Path) -> dict:
+    """PyTorch and ONNX Runtime through patsparse.bench's engines, each checked against PyTorch;
+    ONNX Runtime's threads block between calls like every other engine's unless --spin."""
+    xn = x.numpy()
+    runners = prepare_here(["torch", "onnxruntime"], BenchModel.from_module(module, tuple(xn.shape[1:])), xn,
+                           workdir, threads, {"ort_spinning": SPIN})
     want = module(x).detach().numpy()
-    got = sess.run(None, feed)[0]
-    assert np.abs(got - want).max() <= 1e-3 * max(1.0, np.abs(want).max()), "ORT output differs"
-    return lambda: sess.run(None, feed)
+    for name, run in runners.items():
+        got = np.asarray(run(xn)).reshape(want.shape)
+        assert np.abs(got - want).max() <= 1e-3 * max(1.0, np.abs(want).max()), f"{name} output differs"
+    return {"torch": runners["torch"], "ort": runners["onnxruntime"], "x": xn}
 
 
-def loop_seconds(fn, iters: int, clock) -> float:
-    t0 = clock()
-    for _ in range(iters):
-        fn()
-    return (clock() - t0) / iters
-
-
-def measure(s: Spec, *, threads: int, rounds: int, tune: bool, clock) -> dict:
+def measure(s: Spec, *, threads: int, rounds: int, tune: bool, clock, workdir: Path) -> dict:
     torch.manual_seed(0)
     module = torch_module(s)
     x = torch.randn(*input_shape(s))
@@ -241,41 +227,28 @@ def measure(s: Spec, *, threads: int, rounds: int, tune: bool, clock) -> dict:
         ours = Ours(s, module, x, None)
         flops = ours.kernel.flops
         iters = int(np.clip(3e8 / max(flops, 1), 3, 2000))
-        engines = {"ours": lambda n: ours.seconds(n, clock)}
+        engines = {"ours": ours.calls(iters)}
         if tune:
             for sched in candidate_schedules(s, ours.lout)[1:5]:
                 if sched:
-                    cand = Ours(s, module, x, sched)
-                    engines[f"ours {sched}"] = lambda n, c=cand: c.seconds(n, clock)
-        engines["torch"] = lambda n: loop_seconds(lambda: module(x), n, clock)
-        ort_run = ort_session(module, x, threads)
-        engines["ort"] = lambda n: loop_seconds(ort_run, n, clock)
-        times: dict[str, list[float]] = {k: [] for k in engines}
-        names = list(engines)
-        for r in range(rounds):
-            for name in names[r % len(names):] + names[:r % len(names)]:
-                times[name].append(engines[name](iters))
-    med = {k: float(np.median(v)) for k, v in times.items()}
+                    engines[f"ours {sched}"] = Ours(s, module, x, sched).calls(iters)
+        other = peers(module, x, threads, workdir)
+        for name in ("torch", "ort"):
+            engines[name] = lambda run=other[name], xn=other["x"]: [run(xn) for _ in range(iters)]
+        # one sample = a block of ``iters`` calls; settled, in rotated order (patsparse.bench.timing)
+        times = interleave(engines, rounds, warmup=0, clock=clock)
+    med = {k: float(np.median(v)) / iters for k, v in times.items()}
     tuned = min((v, k) for k, v in med.items() if k.startswith("ours"))
     return {"spec": s, "flops": flops, "ours": med["ours"], "best": tuned[0], "best_name": tuned[1],
             "torch": med["torch"], "ort": med["ort"], "schedule": ours.kernel.schedule}
 
 
 def header(args: argparse.Namespace) -> str:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                                capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = "?"
     import onnxruntime as ort
 
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                if line.startswith("model name")), platform.processor())
-    cmd = "python benchmarks/dense_kernels.py " + " ".join(sys.argv[1:])
     return (f"# Dense kernels: GFLOP/s against PyTorch (oneDNN) and ONNX Runtime\n\n"
-            f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
-            f"commit {commit}\n"
-            f"- machine: {cpu}, {os.cpu_count()} cores, vector width {detect().require_cpu('host').lanes} floats\n"
+            + "\n".join(provenance(__file__, sys.argv[1:])) + "\n"
+            f"- vector width {detect().require_cpu('host').lanes} floats\n"
             f"- threads: {args.threads} (all engines), batch 1, fp32; medians of {args.rounds} "
             f"interleaved rounds; clock: {args.clock} "
             f"({CLOCKS[args.clock]}); "
@@ -284,8 +257,7 @@ def header(args: argparse.Namespace) -> str:
             f"- machine load (1-min load average, start / end of run): {LOAD_START:.1f} / "
             f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; above ~{os.cpu_count()} the "
             f"absolute figures are a fraction of the machine, ratios from interleaved rounds less so\n"
-            f"- torch {torch.__version__}, onnxruntime {ort.__version__}\n"
-            f"- command: `{cmd}`\n")
+            f"- onnxruntime {ort.__version__}\n")
 
 
 def main() -> None:
@@ -302,7 +274,7 @@ def main() -> None:
     ap.add_argument("--spin", action="store_true",
                     help="let all engines' threads spin between parallel sections "
                          "(OMP_WAIT_POLICY=active, ORT allow_spinning=1); default: all block")
-    ap.add_argument("--out", default=str(ROOT / "docs" / "bench" / "dense.md"))
+    ap.add_argument("--out", default=str(BENCH / "dense.md"))
     args = ap.parse_args()
     if args.clock != "wall" and args.threads != 1:
         ap.error(f"--clock {args.clock} needs --threads 1 (it measures one thread's work)")
@@ -315,14 +287,16 @@ def main() -> None:
     if args.only:
         specs = [s for s in specs if args.only in s.label]
     rows = []
-    for s in specs:
-        r = measure(s, threads=args.threads, rounds=args.rounds, tune=args.tune, clock=clock)
-        rows.append(r)
-        gf = lambda t: r["flops"] / t / 1e9  # noqa: E731
-        print(f"{s.label:28s} ours {gf(r['ours']):6.1f}  best {gf(r['best']):6.1f}  "
-              f"torch {gf(r['torch']):6.1f}  ort {gf(r['ort']):6.1f} "
-              f"{'FLOP/cycle' if args.clock == 'cycles' else 'GF/s'}  "
-              f"ours/ort time {r['best'] / r['ort']:.2f}", flush=True)
+    with tempfile.TemporaryDirectory() as work:
+        for i, s in enumerate(specs):
+            r = measure(s, threads=args.threads, rounds=args.rounds, tune=args.tune, clock=clock,
+                        workdir=Path(work) / str(i))
+            rows.append(r)
+            gf = lambda t: r["flops"] / t / 1e9  # noqa: E731
+            print(f"{s.label:28s} ours {gf(r['ours']):6.1f}  best {gf(r['best']):6.1f}  "
+                  f"torch {gf(r['torch']):6.1f}  ort {gf(r['ort']):6.1f} "
+                  f"{'FLOP/cycle' if args.clock == 'cycles' else 'GF/s'}  "
+                  f"ours/ort time {r['best'] / r['ort']:.2f}", flush=True)
     write_report(rows, args)
 
 

@@ -15,8 +15,8 @@ Two settings:
 Writes docs/enhancement_<setting>.png, docs/bench/enhancement/<setting>.json and the ``enhancement``
 section of docs/RESULTS.md.
 
-    python benchmarks/enhancement.py                       # both settings, budget small
-    python benchmarks/enhancement.py --settings fashion --budget tiny --images 4
+    python -m benchmarks.enhancement                       # both settings, budget small
+    python -m benchmarks.enhancement --settings fashion --budget tiny --images 4
 """
 
 from __future__ import annotations
@@ -33,19 +33,17 @@ import numpy as np
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _report  # noqa: E402
-import accuracy  # noqa: E402
+from benchmarks import _report, accuracy
 
-from patsparse import data as psdata  # noqa: E402
-from patsparse import models as psmodels  # noqa: E402
-from patsparse.checkpoint import read_json, write_json  # noqa: E402
-from patsparse.errors import InputError, PatsparseError  # noqa: E402
-from patsparse.pruning.layers import conv_layers  # noqa: E402
-from patsparse.pruning.projection import project_model  # noqa: E402
-from patsparse.viz import metrics as M  # noqa: E402
-from patsparse.viz.figures import Panel, saliency_grid  # noqa: E402
-from patsparse.viz.saliency import guided_backprop, integrated_gradients, invert_representation  # noqa: E402
+from patsparse import data as psdata
+from patsparse import models as psmodels
+from patsparse.checkpoint import read_json, write_json
+from patsparse.errors import InputError, PatsparseError
+from patsparse.pruning.layers import conv_layers
+from patsparse.pruning.projection import project_model
+from patsparse.viz import metrics as M
+from patsparse.viz.figures import Panel, saliency_grid
+from patsparse.viz.saliency import guided_backprop, integrated_gradients, invert_representation
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -8,7 +8,7 @@ test set of the dataset the parent was trained on, then the pruned model is time
 (settled, interleaved, medians) by the same harness as ``patsparse bench``. Writes the
 ``headline`` section of docs/RESULTS.md and prints the README row.
 
-    python benchmarks/headline.py --pruned runs/r18_8x --parent runs/r18 --threads 2
+    python -m benchmarks.headline --pruned runs/r18_8x --parent runs/r18 --threads 2
 """
 
 from __future__ import annotations
@@ -18,15 +18,14 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _report  # noqa: E402
+from benchmarks import _report
 
-import patsparse as ps  # noqa: E402
-from patsparse.bench.harness import run_bench  # noqa: E402
-from patsparse.bench.model import BenchModel  # noqa: E402
-from patsparse.checkpoint import read_json  # noqa: E402
-from patsparse.data import get_loaders  # noqa: E402
-from patsparse.train.loop import evaluate  # noqa: E402
+import patsparse as ps
+from patsparse.bench.harness import run_bench
+from patsparse.bench.model import BenchModel
+from patsparse.checkpoint import read_json
+from patsparse.data import get_loaders
+from patsparse.train.loop import evaluate
 
 ENGINES = ("patsparse", "onnxruntime", "openvino")
 

@@ -1,13 +1,14 @@
 """The OpenCL target against the CPU path and ONNX Runtime: correctness everywhere, speed only
 on a real GPU.
 
-    python benchmarks/opencl.py [--model vgg16_bn --variant cifar --rate 8 --width 1 --batch 1]
+    python -m benchmarks.opencl [--model vgg16_bn --variant cifar --rate 8 --width 1 --batch 1]
                                 [--device NAME] [--seconds 20] [--out FILE]
 
 Compiles one zoo model (pattern-pruned at --rate; 1 = dense) for the OpenCL device (the first
 GPU, else the first device; --device picks one) and for the CPU, checks both against PyTorch,
 and, when the OpenCL device is a GPU, times OpenCL, the CPU path and ONNX Runtime (CPU)
-interleaved: blocks of calls, each after a pause and one unrecorded call, median per call.
+interleaved (``patsparse.bench.timing.interleave``): blocks of calls, each after a settle pause and
+one unrecorded call, median per call.
 On a CPU OpenCL device (PoCL) it prints the agreement only: PoCL runs the kernels on the same
 cores as the CPU path, so its times say nothing about a GPU and are not reported.
 """
@@ -15,20 +16,22 @@ cores as the CPU path, so its times say nothing about a GPU and are not reported
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import add_zoo_args, command_line, machine, machine_line, md_table, utc_now  # noqa: E402
+from benchmarks._report import add_zoo_args, md_table, provenance
 
-import patsparse as ps  # noqa: E402
-from patsparse.compiler.api import capture  # noqa: E402
-from patsparse.compiler.opencl import build_opencl, opencl_target  # noqa: E402
+import patsparse as ps
+from patsparse.bench.engines import prepare_here
+from patsparse.bench.model import BenchModel
+from patsparse.bench.timing import interleave
+from patsparse.compiler.api import capture
+from patsparse.compiler.opencl import build_opencl, opencl_target
 
 
 def zoo_model(name: str, variant: str, width: float, rate: float) -> tuple[torch.nn.Module, int]:
@@ -51,31 +54,6 @@ def rel_error(got: np.ndarray, want: np.ndarray) -> float:
     return float(np.abs(got - want).max() / max(1.0, np.abs(want).max()))
 
 
-def ort_runner(m: torch.nn.Module, x: np.ndarray, workdir: Path):
-    import onnxruntime as ort
-
-    path = workdir / "model.onnx"
-    torch.onnx.export(m, torch.from_numpy(x), str(path), dynamo=False, opset_version=17)
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    return lambda a: sess.run(None, {name: a})[0]
-
-
-def interleaved(runners: dict, x: np.ndarray, seconds: float) -> dict[str, float]:
-    """Median ms per call of each runner, blocks alternated until ``seconds`` have passed."""
-    times: dict[str, list[float]] = {k: [] for k in runners}
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        for name, fn in runners.items():
-            time.sleep(0.05)  # let the previous engine's worker threads go idle
-            fn(x)
-            for _ in range(5):
-                t0 = time.perf_counter()
-                fn(x)
-                times[name].append((time.perf_counter() - t0) * 1e3)
-    return {k: float(np.median(v)) for k, v in times.items()}
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_zoo_args(ap, rate=8.0)
@@ -95,8 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     dev = ocl.device
     lines = [f"# OpenCL target: {args.model} ({args.variant}, width {args.width}, rate {args.rate}), "
              f"batch {args.batch}", "",
-             f"{utc_now()}; `{command_line(__file__, sys.argv[1:] if argv is None else argv)}`", "",
-             f"Host: {machine_line(machine())}", "",
+             *provenance(__file__, sys.argv[1:] if argv is None else argv), "",
              f"OpenCL device: {dev.name} ({dev.device_type}, platform {dev.platform}, {dev.compute_units} "
              f"compute units, {dev.local_mem_bytes >> 10} KiB local memory)", "",
              md_table(["path", "max abs error / max abs PyTorch output"],
@@ -104,8 +81,12 @@ def main(argv: list[str] | None = None) -> int:
              ""]
     if dev.is_gpu:
         with tempfile.TemporaryDirectory() as tmp:
-            ms = interleaved({"OpenCL": ocl.run_numpy, "CPU (native C)": cpu.run_numpy,
-                              "ONNX Runtime (CPU)": ort_runner(m, x, Path(tmp))}, x, args.seconds)
+            ort = prepare_here(["onnxruntime"], BenchModel.from_module(m, x.shape[1:]), x, tmp, os.cpu_count() or 1)
+            runners = {"OpenCL": ocl.run_numpy, "CPU (native C)": cpu.run_numpy,
+                       "ONNX Runtime (CPU)": ort["onnxruntime"]}
+            samples = interleave({k: lambda fn=fn: fn(x) for k, fn in runners.items()}, seconds=args.seconds,
+                                 block=5)
+        ms = {k: float(np.median(v)) * 1e3 for k, v in samples.items()}
         lines += [md_table(["path", "median ms per call", "vs OpenCL"],
                            [[k, f"{v:.3f}", f"{v / ms['OpenCL']:.2f}x"] for k, v in ms.items()]), ""]
     else:

@@ -3,16 +3,17 @@
 The weight is random, pattern-projected (Phase-2 library) and connectivity-pruned to --rate of
 the dense 3x3 MACs, as ``BenchModel.from_zoo`` prunes whole models: latency depends only on
 which weights are zero. Every schedule is generated, checked against PyTorch, then timed in
-interleaved rounds (each a block of --iters calls inside one thread team).
+interleaved rounds (``patsparse.bench.timing.interleave``; each sample a block of --iters calls
+inside one thread team).
 
 The table gives, per schedule, the median and best round, useful GFLOP/s (FLOP per cycle with
 ``--clock cycles``) and the cost per *kernel-vector*: one pattern kernel applied to one output
 vector (VL outputs), the unit of work of the inner loop. With ``--clock cycles --threads 1`` the
 figures are user cycles of the one thread doing the work, the steadiest measure on a shared VM.
 
-    python benchmarks/pattern_kernel.py --cin 64 --cout 64 --size 32 --rate 8
-    python benchmarks/pattern_kernel.py --cin 64 --cout 128 --size 56 --stride 2 --clock cycles --threads 1
-    python benchmarks/pattern_kernel.py --cin 512 --cout 512 --size 4 --schedules '[{}, {"unroll": 2}]'
+    python -m benchmarks.pattern_kernel --cin 64 --cout 64 --size 32 --rate 8
+    python -m benchmarks.pattern_kernel --cin 64 --cout 128 --size 56 --stride 2 --clock cycles --threads 1
+    python -m benchmarks.pattern_kernel --cin 512 --cout 512 --size 4 --schedules '[{}, {"unroll": 2}]'
 """
 
 from __future__ import annotations
@@ -22,21 +23,20 @@ import json
 import statistics
 import sys
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _clock import CLOCKS, get_clock  # noqa: E402
-from _report import command_line, machine, machine_line, md_table, utc_now  # noqa: E402
+from benchmarks._clock import CLOCKS, get_clock
+from benchmarks._report import md_table, provenance
 
-from patsparse.compiler.codegen.ctest import KernelRunner, from_layout, layout_buffer, to_layout  # noqa: E402
-from patsparse.compiler.codegen.pattern_conv import gen_pattern_conv, support_c  # noqa: E402
-from patsparse.compiler.target import detect  # noqa: E402
-from patsparse.compiler.layout import Layout  # noqa: E402
-from patsparse.pruning.projection import project_connectivity, project_pattern  # noqa: E402
+from patsparse.bench.timing import interleave
+from patsparse.compiler.codegen.ctest import KernelRunner, from_layout, layout_buffer, to_layout
+from patsparse.compiler.codegen.pattern_conv import gen_pattern_conv, support_c
+from patsparse.compiler.target import detect
+from patsparse.compiler.layout import Layout
+from patsparse.pruning.projection import project_connectivity, project_pattern
 
 PATTERN_RATE = 9 / 4  # what pattern pruning alone gives a 3x3 conv
 
@@ -105,17 +105,16 @@ def main(argv: list[str] | None = None) -> None:
         err = np.abs(from_layout(bufs[1], out) - want).max() / max(1.0, np.abs(want).max())
         if not err <= 1e-4:
             raise SystemExit(f"schedule {k.schedule}: wrong result (relative error {err:.1e})")
-        runs.append((k, runner, bufs, []))
-    for _ in range(args.rounds):
-        for k, runner, bufs, times in runs:
-            t0 = clock()
-            runner.time(*bufs, iters=args.iters)
-            times.append((clock() - t0) / args.iters)
+        runs.append((k, runner, bufs))
+    # one sample = one round's block of --iters calls inside one thread team, per call
+    samples = interleave({i: lambda r=r: r[1].time(*r[2], iters=args.iters) for i, r in enumerate(runs)},
+                         args.rounds, warmup=0, clock=clock)
 
     unit = "cycles" if args.clock == "cycles" else "us"
     scale = 1e9 if args.clock == "cycles" else 1e6  # the cycle clock counts in units of 1e9
     rows = []
-    for k, _, _, times in runs:
+    for i, (k, _, _) in enumerate(runs):
+        times = [t / args.iters for t in samples[i]]
         med, best = statistics.median(times), min(times)
         kv = kernel_vectors(w, out, k.schedule)
         per_kv = f"{med * 1e9 / kv:.1f} cycles" if args.clock == "cycles" else f"{med * 1e9 / kv:.2f} ns"
@@ -125,8 +124,8 @@ def main(argv: list[str] | None = None) -> None:
                      str(kv), per_kv])
     flop_unit = "FLOP/cycle" if args.clock == "cycles" else "GF/s"
     print(f"## Pattern kernel {args.cin}->{args.cout} @{args.size}x{args.size}/{args.stride}, "
-          f"rate {args.rate:g}x\n\n- {utc_now()}; {machine_line(machine())}\n"
-          f"- `{command_line(__file__, argv)}`; {args.threads} thread(s), clock {args.clock} "
+          f"rate {args.rate:g}x\n\n" + "\n".join(provenance(__file__, argv)) + "\n"
+          f"- {args.threads} thread(s), clock {args.clock} "
           f"({CLOCKS[args.clock]}), {args.rounds} rounds of {args.iters} calls\n")
     print(md_table(["schedule", f"median {unit}", f"best {unit}", f"useful {flop_unit}",
                     "kernel-vectors", "per kernel-vector"], rows))

@@ -8,14 +8,13 @@ several seeds, and reports the accuracy change against the dense parent on the f
 paired by seed, with a 95% confidence interval. Every run is a JSON file under ``--out``; a
 re-run skips finished runs, so the sweep resumes and can be run in pieces (``--configs``).
 
-    python benchmarks/prune_defaults.py --model-dir runs/resnet8 --subset 6000 --rates 8 16
-    python benchmarks/prune_defaults.py --model-dir runs/resnet8 --report-only
+    python -m benchmarks.prune_defaults --model-dir runs/resnet8 --subset 6000 --rates 8 16
+    python -m benchmarks.prune_defaults --model-dir runs/resnet8 --report-only
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import math
 import statistics
 import sys
@@ -25,14 +24,13 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _report  # noqa: E402
+from benchmarks import _report
 
-import patsparse as ps  # noqa: E402
-from patsparse.checkpoint import read_json, write_json  # noqa: E402
-from patsparse.data import get_loaders  # noqa: E402
-from patsparse.pruning import PruneRecipe  # noqa: E402
-from patsparse.train.loop import evaluate  # noqa: E402
+import patsparse as ps
+from patsparse.checkpoint import read_json, write_json
+from patsparse.data import get_loaders
+from patsparse.pruning import PruneRecipe
+from patsparse.train.loop import evaluate
 
 # name -> recipe knobs that differ from PruneRecipe's defaults
 CONFIGS: dict[str, dict[str, Any]] = {

@@ -12,7 +12,7 @@
 Each step writes its own section of docs/RESULTS.md, so steps can be run alone (``--steps``)
 and a finished grid is never recomputed.
 
-    python benchmarks/results.py --dataset fashion-mnist --budget small
+    python -m benchmarks.results --dataset fashion-mnist --budget small
 """
 
 from __future__ import annotations
@@ -24,20 +24,17 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _report  # noqa: E402
-import accuracy  # noqa: E402
-import enhancement  # noqa: E402
+from benchmarks import _report, accuracy, enhancement
 
-from patsparse.checkpoint import read_json, write_json  # noqa: E402
-from patsparse.errors import InputError, PatsparseError  # noqa: E402
-from patsparse.patterns import theory  # noqa: E402
-from patsparse.patterns.library import positions  # noqa: E402
-from patsparse.pruning.extraction import extract_library, plot_extraction  # noqa: E402
+from patsparse.checkpoint import read_json, write_json
+from patsparse.errors import InputError, PatsparseError
+from patsparse.patterns import theory
+from patsparse.patterns.library import positions
+from patsparse.pruning.extraction import extract_library, plot_extraction
 
 STEPS = ("theory", "accuracy", "extraction", "enhancement", "summary")
 UNSTABLE_SD = 5.0  # accuracy points
-GPU_COMMAND = "python benchmarks/accuracy.py --dataset cifar10 --data-root ~/data/cifar10 --budget paper --device cuda"
+GPU_COMMAND = "python -m benchmarks.accuracy --dataset cifar10 --data-root ~/data/cifar10 --budget paper --device cuda"
 
 
 def theory_step(docs: Path, results: Path) -> None:

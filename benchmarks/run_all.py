@@ -10,12 +10,12 @@ saved as JSON under docs/bench/results/ so the page can be re-stitched without r
 (``--stitch-only``) and an interrupted grid continues where it stopped (``--resume``; without
 it old results are deleted first, so the page never mixes two runs by accident). The page keeps
 the tables of the grid that ran, then appends every other docs/bench/*.md section other scripts
-wrote (layers.md: the compiler's per-layer figures, dense.md: dense kernels).
+wrote (dense.md: dense kernels, ceiling.md: the machine's ceilings).
 
-    python benchmarks/run_all.py                # the standard grid
-    python benchmarks/run_all.py --resume       # continue it after an interruption
-    python benchmarks/run_all.py --quick        # VGG-16 CIFAR, dense and 8x, batch 1
-    python benchmarks/run_all.py --models vgg16_bn resnet18 --variants cifar --batches 1
+    python -m benchmarks.run_all                # the standard grid
+    python -m benchmarks.run_all --resume       # continue it after an interruption
+    python -m benchmarks.run_all --quick        # VGG-16 CIFAR, dense and 8x, batch 1
+    python -m benchmarks.run_all --models vgg16_bn resnet18 --variants cifar --batches 1
 """
 
 from __future__ import annotations
@@ -24,17 +24,13 @@ import argparse
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
-sys.path.insert(0, str(REPO / "benchmarks"))
+from benchmarks._report import REPO, command_line
 
-from _report import command_line  # noqa: E402
-
-from patsparse.bench import report  # noqa: E402
-from patsparse.bench.engines import ENGINES  # noqa: E402
-from patsparse.bench.harness import BenchResult, run_bench  # noqa: E402
-from patsparse.bench.model import BenchModel  # noqa: E402
-from patsparse.checkpoint import atomic_write_bytes  # noqa: E402
+from patsparse.bench import report
+from patsparse.bench.engines import ENGINES
+from patsparse.bench.harness import BenchResult, run_bench
+from patsparse.bench.model import BenchModel
+from patsparse.checkpoint import atomic_write_bytes
 
 MODELS = ["vgg16_bn", "resnet18", "resnet50", "mobilenet_v2"]
 VARIANTS = ["cifar", "imagenet"]

@@ -10,14 +10,9 @@ import pytest
 
 from patsparse.errors import FormatError, InputError
 
-from benchmark_scripts import load_benchmark
-
-
-
-
-
-acc = load_benchmark("accuracy")
-report = load_benchmark("_report")
+from benchmarks import _report as report
+from benchmarks import accuracy as acc
+from benchmarks import results
 
 ROWS = "dense,pattern-phase2,magnitude-8x"
 
@@ -37,7 +32,7 @@ def test_grid_runs_resumes_and_writes_results(tmp_path: Path, monkeypatch: pytes
     assert not (cell_dir / "magnitude-8x.safetensors").exists()
     for row in stored.values():
         assert 0.0 <= row["acc"] <= 1.0
-        assert row["date"].endswith("UTC") and row["command"].startswith("python benchmarks/accuracy.py")
+        assert row["date"].endswith("UTC") and row["command"].startswith("python -m benchmarks.accuracy")
         assert row["machine"]["cores"] >= 1 and row["config"]["seed"] == 0
     assert stored["dense"]["rate_3x3"] == pytest.approx(1.0)
     assert stored["pattern-phase2"]["rate_3x3"] == pytest.approx(2.25, rel=0.02)
@@ -91,7 +86,6 @@ def test_a_run_of_one_model_keeps_the_other_models_tables(tmp_path: Path) -> Non
 
 
 def test_results_summary_states_each_claim_first(tmp_path: Path) -> None:
-    results = load_benchmark("results")
     res = tmp_path / "RESULTS.md"
     res.write_text("# Results\n\n<!-- section:theory -->\nt\n<!-- /section:theory -->\n")
     assert acc.main(_argv(tmp_path, "dense,pattern-phase2,pattern-random")) == 0
@@ -154,26 +148,24 @@ def test_update_section_replaces_only_its_own(tmp_path: Path) -> None:
 
 
 def test_results_theory_step(tmp_path: Path) -> None:
-    res = load_benchmark("results")
-    assert res.main(["--steps", "theory", "--docs", str(tmp_path / "docs"),
+    assert results.main(["--steps", "theory", "--docs", str(tmp_path / "docs"),
                      "--results", str(tmp_path / "docs" / "RESULTS.md")]) == 0
     text = (tmp_path / "docs" / "RESULTS.md").read_text()
     assert "- gaussian: holds" in text and "- elog: holds" in text
     assert "](theory_identities.png)" in text and (tmp_path / "docs" / "theory_identities.png").exists()
     with pytest.raises(InputError, match="--steps"):
-        res.main(["--steps", "everything"])
+        results.main(["--steps", "everything"])
 
 
 @pytest.mark.slow
 def test_results_extraction_step_on_tiny_budget(tmp_path: Path) -> None:
-    res = load_benchmark("results")
     argv = ["--dataset", "digits", "--budget", "tiny", "--steps", "extraction", "--extraction-model", "convnet",
             "--out", str(tmp_path / "runs" / "accuracy"), "--docs", str(tmp_path / "docs"),
             "--results", str(tmp_path / "docs" / "RESULTS.md"), "--quiet"]
-    assert res.main(argv) == 0
+    assert results.main(argv) == 0
     text = (tmp_path / "docs" / "RESULTS.md").read_text()
     assert "| 126 -> 32 |" in text and "| 8 -> 4 |" in text
     assert "of the extracted 8 patterns coincide with the designed Phase-2 library" in text
     assert (tmp_path / "docs" / "extraction_digits.png").exists()
-    assert res.main(argv) == 0  # stored: the second run only rewrites the section
+    assert results.main(argv) == 0  # stored: the second run only rewrites the section
     assert (tmp_path / "docs" / "RESULTS.md").read_text() == text

@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 import torch
-from benchmark_scripts import load_benchmark
+from benchmarks import arm_estimate as est
 
 ASM = """
 f:
@@ -27,7 +27,6 @@ f:
 
 
 def test_hot_loop_is_the_self_loop_with_most_multiplies():
-    est = load_benchmark("arm_estimate")
     block = est.hot_loop(ASM)
     assert [line.split()[0] for line in block] == ["ldr", "fmla", "fmla", "fmul", "subs", "bne"]
     assert est.hot_loop("f:\n\tfmla\tv0.4s, v1.4s, v2.4s\n\tret\n") is None
@@ -44,7 +43,6 @@ def test_estimate_of_a_small_model(tmp_path):
     from patsparse.models import get
     from patsparse.pruning.projection import project_model
 
-    est = load_benchmark("arm_estimate")
     cycles = est.mca_cycles(est.hot_loop(ASM), tmp_path)
     assert 1.0 <= cycles < 20.0  # 3 multiplies and a load: a couple of cycles on an A76
     torch.manual_seed(0)

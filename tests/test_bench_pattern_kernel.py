@@ -2,11 +2,10 @@
 
 import numpy as np
 import pytest
-from benchmark_scripts import load_benchmark
+from benchmarks import pattern_kernel as pk
 
 
 def test_pruned_weight_reaches_the_rate():
-    pk = load_benchmark("pattern_kernel")
     w = pk.pruned_weight(32, 16, rate=8.0)
     kernels = np.abs(w).sum(axis=(2, 3)) != 0
     assert (np.count_nonzero(w.reshape(16, 32, 9), axis=2)[kernels] == 4).all()  # Phase-2: 4 taps
@@ -16,7 +15,6 @@ def test_pruned_weight_reaches_the_rate():
 
 
 def test_two_schedules_one_table(capsys):
-    pk = load_benchmark("pattern_kernel")
     pk.main(["--cin", "8", "--cout", "8", "--size", "6", "--stride", "2", "--rounds", "1", "--iters", "1",
              "--threads", "1", "--schedules", '[{}, {"order": "ft"}]'])
     out = capsys.readouterr().out
@@ -26,6 +24,5 @@ def test_two_schedules_one_table(capsys):
 
 
 def test_bad_schedules_are_an_error():
-    pk = load_benchmark("pattern_kernel")
     with pytest.raises(SystemExit):
         pk.main(["--schedules", "{}"])

@@ -1,14 +1,13 @@
 """benchmarks/run_all.py: the page is stitched from saved results plus other scripts' sections."""
 
 
-from benchmark_scripts import load_benchmark
+from benchmarks import run_all
 from test_bench_report import result
 
 from patsparse.bench import report
 
 
 def test_stitch_page(tmp_path):
-    run_all = load_benchmark("run_all")
     docs = tmp_path / "docs"
     results = docs / "bench" / "results"
     slow = result(8.0)
@@ -30,7 +29,6 @@ def test_stitch_page(tmp_path):
 
 
 def test_standard_grid_and_resume(tmp_path, capsys):
-    run_all = load_benchmark("run_all")
     std = run_all.grid(run_all.parse_args([]))
     assert len(std) == len(set(std)) == 28
     assert std[0] == ("vgg16_bn", "cifar", 1.0, 1) and std[-1] == ("resnet18", "imagenet", 8.0, 8)
@@ -50,4 +48,4 @@ def test_standard_grid_and_resume(tmp_path, capsys):
     run_all.run_grid(args, results, ["--resume"])
     assert "done in an earlier part of this run" in capsys.readouterr().out
     assert sorted(p.name for p in results.glob("*.json")) == ["vgg16_bn-cifar-r8-b1.json"]
-    assert (results / "command.txt").read_text() == "python benchmarks/run_all.py --resume\n"
+    assert (results / "command.txt").read_text() == "python -m benchmarks.run_all --resume\n"

@@ -5,7 +5,7 @@ import pytest
 
 pytest.importorskip("pyopencl", reason="pyopencl is not installed (pip install 'patsparse[opencl]')")
 
-from benchmark_scripts import load_benchmark  # noqa: E402
+from benchmarks import opencl as bench  # noqa: E402
 from patsparse.compiler.opencl.device import describe_device, list_devices  # noqa: E402
 from patsparse.errors import UnsupportedError  # noqa: E402
 
@@ -17,7 +17,6 @@ except UnsupportedError as e:
 
 @pytest.mark.slow  # compiles for both targets and tunes: ~30 s on 2 cores
 def test_benchmark_reports_agreement_and_times_only_on_a_gpu(tmp_path, capsys):
-    bench = load_benchmark("opencl")
     out = tmp_path / "report.md"
     assert bench.main(["--model", "resnet8", "--width", "0.25", "--rate", "4", "--seconds", "1",
                        "--out", str(out)]) == 0

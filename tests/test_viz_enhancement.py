@@ -9,13 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from benchmark_scripts import load_benchmark
-
-
-
-
-
-enh = load_benchmark("enhancement")
+from benchmarks import enhancement as enh
 
 
 def _net(seed: int) -> nn.Module:
@@ -52,11 +46,11 @@ def test_analyse_paired_and_render(tmp_path: Path) -> None:
               "records": records, "figure": str(fig), "paired": table, "date": "2026-11-22 00:00 UTC",
               "commit": "abc", "machine": {"cpu": "cpu", "cores": 2, "torch_threads": 1, "gpu": "none",
                                            "python": "3", "torch": "2", "os": "linux"},
-              "command": "python benchmarks/enhancement.py"}
+              "command": "python -m benchmarks.enhancement"}
     text = enh.render([result], tmp_path / "docs" / "RESULTS.md")
     assert "![Fashion-MNIST saliency](f.png)" in text and "dense 90.00%" in text
     assert "claim-bearing measures support the paper" in text
-    assert "command `python benchmarks/enhancement.py`" in text
+    assert "command `python -m benchmarks.enhancement`" in text
 
 
 def test_verdicts_follow_the_claimed_direction() -> None:

@@ -22,7 +22,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -31,15 +30,11 @@ import numpy as np
 
 from ..cli.train import CALMED
 from ..errors import InputError
-from . import protocol
+from . import protocol, provenance
 from .engines import ENGINES, engine_spec, load_engine
+from .timing import SETTLE_S, rotated
 
 SRC_ROOT = str(Path(__file__).resolve().parents[2])
-# Pause before each timed block. Why: an engine's idle thread pool keeps spinning for a while after
-# its block (ONNX Runtime's spinning workers, OpenMP's spin-wait before sleeping), and those
-# spinning threads steal the cores from the next engine's block; measured on 2 cores, VGG-16
-# CIFAR 2.25x: patsparse 3.8 ms alone, 6.4-7.9 ms right after ONNX Runtime's blocks.
-SETTLE_S = 0.05
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TVM_NUM_THREADS",
               "NM_NUM_THREADS")
 
@@ -208,28 +203,14 @@ class Worker:
 
 def machine_info(threads: int) -> dict[str, Any]:
     """Where and when: CPU, cores, vector ISA, OS, date, patsparse commit."""
-    cpu, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and cpu in ("", platform.machine(), platform.processor()):
-                cpu = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    commit = subprocess.run(["git", "-C", SRC_ROOT, "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True)
-    # uncommitted source changes make the commit a lie: say so
-    dirty = subprocess.run(["git", "-C", SRC_ROOT, "status", "--porcelain", "--", "."],
-                           capture_output=True, text=True)
+    cpu, flags = provenance.cpu()
     return {
         "cpu": cpu, "cores": os.cpu_count(), "threads": threads,
         "isa": [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "asimd") if f in flags],
         "os": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "date": provenance.utc_now(),
         "load_average": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None,
-        "commit": (commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else ""))
-        if commit.returncode == 0 else "",
+        "commit": provenance.git_commit(SRC_ROOT),
     }
 
 
@@ -355,12 +336,11 @@ class _Run:
             n_calls = min(block, repeats - r * block)
             live = [n for n in names if n in self.workers
                     and sum(self.results[n].samples_ms) < time_limit * 1e3]
-            for name in live[r % len(live):] + live[: r % len(live)] if live else []:
-                time.sleep(SETTLE_S)
+            for name in rotated(live, r):
                 try:
-                    reply, _ = self.workers[name].call({"op": "time", "n": n_calls, "warmup": 1},
-                                                       timeout=self.timeout)
-                    self.results[name].samples_ms.extend(t / 1e6 for t in reply["ns"])
+                    reply, _ = self.workers[name].call({"op": "time", "n": n_calls, "warmup": 1,
+                                                        "settle": SETTLE_S}, timeout=self.timeout)
+                    self.results[name].samples_ms.extend(t * 1e3 for t in reply["seconds"])
                 except EngineFailure as f:
                     self.results[name].status = f.status
                     self.results[name].reason = f"while timing: {f.reason}"

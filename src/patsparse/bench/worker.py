@@ -6,8 +6,9 @@ stderr, because converters and runtimes (pnnx, MNN, TVM) print freely to stdout 
 otherwise corrupt the message stream.
 
 Operations: ``prepare`` (load the engine, convert/build the model), ``run`` (one output, for
-the accuracy check), ``time`` (n timed calls after optional warm-up calls), ``stats`` (peak
-resident memory), ``exit``. Errors inside an operation are reported back, not raised.
+the accuracy check), ``time`` (n timed calls after an optional settle pause and warm-up calls,
+``timing.time_calls``), ``stats`` (peak resident memory), ``exit``. Errors inside an operation
+are reported back, not raised.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from . import protocol
+from .timing import time_calls
 
 
 @dataclass
@@ -108,14 +110,8 @@ def _serve(rfd: int, wfd: int) -> None:
             elif op == "run":
                 out["y"] = np.asarray(runner(x), dtype=np.float32)
             elif op == "time":
-                for _ in range(int(msg.get("warmup", 0))):
-                    runner(x)
-                ns = []
-                for _ in range(int(msg["n"])):
-                    t0 = time.perf_counter_ns()
-                    runner(x)
-                    ns.append(time.perf_counter_ns() - t0)
-                reply["ns"] = ns
+                reply["seconds"] = time_calls(lambda: runner(x), int(msg["n"]), warmup=int(msg.get("warmup", 0)),
+                                              settle=float(msg.get("settle", 0.0)))
             elif op == "stats":
                 reply["peak_rss_kb"] = _peak_rss_kb()
             elif op == "exit":

@@ -7,9 +7,16 @@ engine object (how a user adds their own, and how the tests add a deliberately b
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
 
-from ...errors import InputError
+from ...errors import InputError, UnsupportedError
 from .base import Engine, Runner
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ..model import BenchModel
 
 ENGINES: dict[str, str] = {
     "patsparse": "patsparse_engine",
@@ -47,4 +54,29 @@ def load_engine(name_or_spec: str) -> Engine:
     return engine
 
 
-__all__ = ["ENGINES", "Engine", "Runner", "engine_spec", "load_engine"]
+def prepare_here(names: Sequence[str], model: "BenchModel", x: "np.ndarray", workdir: str | Path, threads: int,
+                 options: dict[str, Any] | None = None) -> dict[str, Runner]:
+    """The engines ``names`` prepared in this very process on ``model`` with example input ``x``.
+
+    For the kernel and layer benchmarks that time small pieces side by side in one process,
+    where a worker's pipe round trip would dwarf the call; whole models go through
+    ``harness.run_bench`` instead (a worker per engine, isolated from each other's crashes).
+    ``options`` go to every engine, as ``run_bench``'s do.
+    """
+    from ..worker import ModelFiles
+
+    engines = {name: load_engine(name) for name in names}
+    for name, engine in engines.items():
+        ok, why = engine.available()
+        if not ok:
+            raise UnsupportedError(f"engine {name!r} cannot run here: {why}")
+    workdir = Path(workdir)
+    files = ModelFiles(**model.materialise(workdir / "model", x), _module=model.module)
+    runners = {}
+    for name, engine in engines.items():
+        engine.options = dict(options or {})
+        runners[name] = engine.prepare(files, x, workdir / name, threads)
+    return runners
+
+
+__all__ = ["ENGINES", "Engine", "Runner", "engine_spec", "load_engine", "prepare_here"]
