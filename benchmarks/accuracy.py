@@ -17,9 +17,9 @@ resumes: a re-run skips finished rows (and refuses to mix rows run with another 
 The 3x3-conv rate of every row is measured from its weights. ``--report-only`` rewrites the
 RESULTS.md section from the stored rows.
 
-    python benchmarks/accuracy.py --dataset fashion-mnist --budget small      # this machine
-    python benchmarks/accuracy.py --dataset fashion-mnist --budget small --estimate
-    python benchmarks/accuracy.py --dataset cifar10 --data-root ~/data/cifar10 --budget paper  # GPU
+    python -m benchmarks.accuracy --dataset fashion-mnist --budget small      # this machine
+    python -m benchmarks.accuracy --dataset fashion-mnist --budget small --estimate
+    python -m benchmarks.accuracy --dataset cifar10 --data-root ~/data/cifar10 --budget paper  # GPU
 """
 
 from __future__ import annotations
@@ -421,7 +421,7 @@ def render(results: list[dict], dataset: str, budget: Budget, models: list[str])
     if len(results) < expected:
         lines += [f"**Incomplete grid: {len(results)} of {expected} runs stored** ({len(models)} models x "
                   f"{len(ROWS)} rows x {budget.seeds} seeds); rows marked `not run` are missing. "
-                  f"`python benchmarks/accuracy.py --dataset {dataset} --budget {budget.name}` resumes it.", ""]
+                  f"`python -m benchmarks.accuracy --dataset {dataset} --budget {budget.name}` resumes it.", ""]
     lines += ["### Which claims hold here", "",
               "Each claim is a bar on the difference between two rows, paired by seed (same parent, data "
               "and order). `supported`: the whole 95% t-interval of the paired difference clears the bar; "
@@ -444,7 +444,7 @@ def render(results: list[dict], dataset: str, budget: Budget, models: list[str])
     lines += [f"- {k}: `{v}`" for v, k in commands.items()]
     if not budget.gpu:
         lines += ["", "Paper-scale rows (full width, full data, ~400 epochs) need a GPU: "
-                  f"`python benchmarks/accuracy.py --dataset {dataset} --budget paper --device cuda`"
+                  f"`python -m benchmarks.accuracy --dataset {dataset} --budget paper --device cuda`"
                   + (" --data-root DIR" if dataset in ("cifar10", "imagenet") else "") + "."]
     return "\n".join(lines)
 
