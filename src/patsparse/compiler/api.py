@@ -113,7 +113,7 @@ def build_plan(plan: Plan, portable: tuple[dict, dict], *, target: Target, origi
         entry = {"name": s.node.name, "kernel": s.kind, "c_name": s.cname, "flops": s.kernel.flops,
                  "schedule": plan.schedules[s.cname], "act": s.node.act,
                  "residual": s.node.residual is not None}
-        if s.kind == "pattern_conv":
+        if s.sparsity is not None:  # pattern convs, grouped 1x1 convs (virtual kernels), pruned expands
             entry["kernels"] = s.sparsity.counts()
         layers.append(entry)
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "origin": origin,
