@@ -82,13 +82,14 @@ def test_mobilenet_project_shape(vl, stride):
 @given(I=st.integers(9, 40), O=st.integers(1, 20), H=st.integers(1, 12), W=st.integers(1, 40),
        stride=st.integers(1, 2), pin=st.integers(0, 2), pout=st.integers(0, 2),
        act=st.sampled_from(["none", "relu", "relu6"]), residual=st.booleans(), vl=st.sampled_from([4, 8, 16]),
-       nv=st.integers(1, 6), compact=st.booleans(), keep=st.sampled_from([0.1, 0.5, 1.0]),
+       nv=st.integers(1, 6), compact=st.booleans(), gb=st.integers(1, 3), keep=st.sampled_from([0.1, 0.5, 1.0]),
        dense=st.sampled_from([0.0, 0.3]))
-def test_grouped_matches_torch(I, O, H, W, stride, pin, pout, act, residual, vl, nv, compact, keep, dense):
+def test_grouped_matches_torch(I, O, H, W, stride, pin, pout, act, residual, vl, nv, compact, gb, keep, dense):
     """Any channel counts (short last groups included), plane, stride, halo, epilogue, tile,
-    vector width and mix of pattern, dense, thin and pruned kernels; the halo stays zero."""
+    channel blocks, vector width and mix of pattern, dense, thin and pruned kernels; the halo
+    stays zero."""
     grouped_case(I=I, O=O, H=H, W=W, stride=stride, pin=pin, pout=pout, act=act, residual=residual, vl=vl,
-                 schedule={"nv": nv, "compact": int(compact or stride == 2)}, keep=keep, dense=dense,
+                 schedule={"nv": nv, "compact": int(compact or stride == 2), "gb": gb}, keep=keep, dense=dense,
                  seed=I * 131 + O * 7 + H)
 
 

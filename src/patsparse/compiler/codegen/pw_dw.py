@@ -97,7 +97,8 @@ def gen_pw_dw(name: str, *, expand_weight: np.ndarray, expand_bias: np.ndarray, 
         sp = expand_sparsity
         packed_expand = pack_grouped(sp, ew, f"{name} (expand)")
         e_bias = packed_expand.size   # offsets in the packed weights
-        decls, row = expand_c(sp, nv=nv, W=W, cs=in_layout.ps, ring_ld=rl, bias_at=e_bias, act=expand_act, vl=vl)
+        decls, row, extra = expand_c(name, sp, nv=nv, W=W, cin=cin, cs=in_layout.ps, ring_ld=rl, bias_at=e_bias,
+                                     act=expand_act, target=target, scratch_at=f"ring + {ring}")
         sched, what = {"nv": nv}, f"grouped sparse expand ({len(sp.masks)} masks), tile {nv} row vectors"
         expand_flops = 2 * int(sp.taps_per_kernel().sum()) * H * W
     else:
@@ -106,7 +107,7 @@ def gen_pw_dw(name: str, *, expand_weight: np.ndarray, expand_bias: np.ndarray, 
             raise InputError(f"{where}: expand tile mr={mr}, nr={nr} out of range (1..32, 1..16)")
         packed_expand = pack_tiles(ew, mr)
         e_bias = packed_expand.size
-        decls, row = [], _dense_expand_c(mr=mr, nr=nr, C=C, cin=cin, nvw=nvw, cs=in_layout.ps, ring_ld=rl,
+        decls, extra, row = [], 0, _dense_expand_c(mr=mr, nr=nr, C=C, cin=cin, nvw=nvw, cs=in_layout.ps, ring_ld=rl,
                                          bias_at=e_bias, act=expand_act)
         sched, what = {"mr": mr, "nr": nr}, f"expand tile {mr} channels x {nr} row vectors"
         expand_flops = 2 * C * cin * H * W
@@ -120,11 +121,11 @@ _Static_assert(VL == {vl}, "{name} was generated for {vl}-float vectors; regener
 static void {name}(const float *restrict in, float *restrict out, const float *restrict w,
                    const float *restrict bias, const float *restrict res) {{
     (void)res;
-{nl.join(decls)}
     const float *restrict wd = w + {dw};
     const vi te = vtailmask({W - (nvw - 1) * vl}), to = vtailmask({Wo - lasto});
     const int nt = omp_get_num_threads(), t = omp_get_thread_num();
-    PS_PRIVATE(ring, {ring}, "{name}");
+    PS_PRIVATE(ring, {ring + extra}, "{name}");
+{nl.join(decls)}
     float *restrict zrow = ring + {K * C * rl};
     for (int s = 0; s < {K * C}; s++) {{  /* left margin and right zeros (other kernels reuse the arena) */
         memset(ring + (size_t)s * {rl}, 0, VL * sizeof(float));
