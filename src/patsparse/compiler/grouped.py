@@ -22,8 +22,13 @@ from ..pruning.grouping import GROUP, group_count, grouped_rows
 from .reorder import LayerSparsity, analyse
 
 # a 1x1 conv goes to the grouped kernel when it computes at most this share of its dense
-# products (the 3x3 pattern kernel's bound, kernels.PATTERN_MAX_DENSITY, for the same reason)
-GROUPED_MAX_DENSITY = 0.6
+# products. Why this low: the grouped kernel loads one input vector per FMA (a kernel's four
+# channels are used by that kernel alone), where the dense GEMM reuses each load across a tile
+# of output channels, so per FLOP it runs at about 45% of the dense kernel's rate (AVX-512, one
+# thread, MobileNet-V2's 1x1 shapes: 87-107 against 200-218 GFLOP/s). Pattern pruning alone
+# (4 of 9, density 0.44) then measured 0.89-1.05x of the dense kernel, and adding connectivity
+# pruning (8x, density 0.13) 1.5-3x: the break-even is near 0.4.
+GROUPED_MAX_DENSITY = 0.4
 
 
 def virtual_weight(weight: np.ndarray, where: str = "conv") -> np.ndarray:
