@@ -273,7 +273,7 @@ def test_grouped_on_aarch64_under_qemu(tmp_path):
 
 
 def test_pruned_blocks_on_opencl():
-    """OpenCL has no grouped kernel yet: its dense conv computes these layers, still correctly."""
+    """The OpenCL pattern kernel on virtual 3x3 kernels (groups as channels, no local tile)."""
     pytest.importorskip("pyopencl", reason="pyopencl is not installed (pip install 'patsparse[opencl]')")
     from patsparse.compiler.opencl.device import list_devices
     try:
@@ -282,4 +282,6 @@ def test_pruned_blocks_on_opencl():
         pytest.skip(f"no OpenCL platform on this machine: {e}")
     m = _pruned_blocks()
     x = torch.randn(2, 3, 20, 20)
-    check(np.asarray(ps.compile(m, x[:1], target="opencl")(x)), m, x.numpy())
+    cl = ps.compile(m, x[:1], target="opencl")
+    assert {L["name"]: L["kernel"] for L in cl.manifest["layers"]}["project"] == "grouped1x1"
+    check(np.asarray(cl(x)), m, x.numpy())

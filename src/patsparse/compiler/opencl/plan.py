@@ -60,16 +60,10 @@ class CLPlan:
     line_owner: list[tuple[int, int, str]] = field(default_factory=list)  # (first, last line, layer)
 
 
-def _cl_kind(kind: str, sparsity):
-    """The CPU family's kind and sparsity as this target runs it: a 1x1 conv pruned in virtual
-    3x3 kernels has no OpenCL kernel of its own yet, so the dense conv computes it (zeros too)."""
-    return ("conv2d", None) if kind == "grouped1x1" else (kind, sparsity)
-
-
 def plan_graph(g: Graph) -> CLPlan:
     """Kernel family, layouts and workspace offsets of every layer; every unsupported layer is
     an error here, before any source exists."""
-    kinds = {n.name: _cl_kind(*match(n)) for n in g.nodes}
+    kinds = {n.name: match(n) for n in g.nodes}
     layouts = tensor_layouts(g)
     steps = [CLStep(n, i, kinds[n.name][0], c_ident(n.name, i), layouts[n.inputs[0]], layouts[n.name],
                     sparsity=kinds[n.name][1]) for i, n in enumerate(g.nodes)]
@@ -82,9 +76,9 @@ def generate(step: CLStep, schedule: dict) -> CLKernel:
     n, a = step.node, step.node.attrs
     common = dict(in_layout=step.in_layout, out_layout=step.out_layout, act=n.act,
                   has_residual=n.residual is not None, schedule=schedule)
-    if step.kind == "pattern_conv":
+    if step.kind in ("pattern_conv", "grouped1x1"):
         return gen_pattern_conv(step.cname, sparsity=step.sparsity, stride=a["stride"], padding=a["padding"],
-                                where=n.name, **common)
+                                where=n.name, grouped=step.kind == "grouped1x1", **common)
     if step.kind == "conv2d":
         w = n.params["weight"]
         return gen_conv(step.cname, cin=w.shape[1], cout=w.shape[0], k=a["k"], stride=a["stride"],
