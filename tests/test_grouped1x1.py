@@ -223,6 +223,16 @@ def test_pruned_blocks_compile_to_grouped_kernels():
     check(np.asarray(cm(x)), m, x.numpy())
 
 
+def test_spec_the_weights_do_not_follow_is_said_and_compiled_as_the_weights_are():
+    m = _pruned_blocks()
+    with torch.no_grad():
+        m.project.weight[0, :, 0, 0] = 0.5  # every channel of filter 0: outside its groups' masks
+    x = torch.randn(1, 3, 20, 20)
+    with pytest.warns(UserWarning, match="layer 'project' .* non-zero weights outside its mask"):
+        cm = ps.compile(m, x, threads=1)
+    check(np.asarray(cm(x)), m, x.numpy())
+
+
 @pytest.mark.parametrize("lanes,registers", [(4, 16), (16, 32)])
 def test_pruned_blocks_on_generic_vectors(lanes, registers):
     m = _pruned_blocks()
