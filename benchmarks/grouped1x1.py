@@ -13,6 +13,11 @@ weights and runs the grouped kernel where it is faster than the dense GEMM (dens
 ``benchmarks/accuracy.py --budget mini --results docs/bench/grouped1x1.md``.
 
     python benchmarks/grouped1x1.py --threads 2 --repeats 100
+    python benchmarks/grouped1x1.py --ab 120 --models mobilenet_v2 --rates 8 --threads 1
+
+``--ab SECONDS`` instead compiles each model and rate twice, with every 1x1 conv on the dense
+GEMM (A) and as the compiler picks (B), and alternates the two in one process for that long
+(``ab_models.ab_table``: whole model and each layer), a section per model and rate.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import _report  # noqa: E402
 import patsparse as ps  # noqa: E402
 from patsparse.bench.harness import run_bench  # noqa: E402
 from patsparse.bench.model import BenchModel  # noqa: E402
+from patsparse.compiler import grouped  # noqa: E402
 
 ENGINES = ("patsparse", "onnxruntime", "openvino")
 OUT = _report.BENCH / "grouped1x1.md"
@@ -52,6 +58,33 @@ def one_x_one_kernels(module, input_shape: tuple[int, ...]) -> str:
     return f"{grouped} of {total}"
 
 
+def ab(args: argparse.Namespace, command: str) -> int:
+    """The A/B per model and rate: 1x1 convs on the dense GEMM (the grouped kernel's threshold
+    set below every density for that build only) against the compiler's own pick."""
+    import torch
+    from ab_models import ab_table
+
+    for name in args.models.split(","):
+        for rate in (float(r) for r in args.rates.split(",")):
+            bm = BenchModel.from_zoo(name, rate=None if rate == 1 else rate, variant="imagenet")
+            x = torch.zeros(1, *bm.input_shape)
+            saved = grouped.GROUPED_MAX_DENSITY
+            try:
+                grouped.GROUPED_MAX_DENSITY = -1.0
+                dense = ps.compile(bm.module, x, threads=args.threads)
+            finally:
+                grouped.GROUPED_MAX_DENSITY = saved
+            text, _ = ab_table(dense, ps.compile(bm.module, x, threads=args.threads),
+                               f"{name} {rate:g}x, A: 1x1 convs on the dense GEMM, B: grouped where the compiler "
+                               f"picks it, {args.threads} thread(s)", command, seconds=args.ab, calls=20)
+            if not args.out.exists():
+                args.out.write_text(HEADER)
+            _report.update_section(f"grouped1x1-ab-{name}-{rate:g}x-t{args.threads}", text,
+                                   args.out)
+            print(text)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="mobilenet_v2,resnet50")
@@ -59,8 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=100)
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--ab", type=float, help="seconds of A/B per model and rate instead (see above)")
     args = ap.parse_args(argv)
     command = _report.command_line(__file__, sys.argv[1:] if argv is None else argv)
+    if args.ab:
+        return ab(args, command)
     log = lambda s: print(f"[bench] {s}", file=sys.stderr, flush=True)  # noqa: E731
     rows = []
     for name in args.models.split(","):

@@ -76,9 +76,12 @@ def schedules(*, stride: int, Ho: int, Wo: int, target: Target) -> list[dict]:
 
 def default_gb(nv: int, target: Target) -> int:
     """Groups per channel block: the block's panel (9 channels a group, NV vectors a channel)
-    fills at most half of L1, so every filter's loads of it hit L1."""
+    fills at most half of L2. Why not L1: each block costs every filter a partial sum and a
+    pass over its mask runs, and at 8x a filter keeps about one kernel per L1-sized block; one
+    block measured 1.2-1.7x faster there (AVX-512, one thread, MobileNet-V2's 1x1 shapes) and
+    alike at 2.25x, where one shape (960 -> 320 at 7x7) ran 30x slower in L1-sized blocks."""
     cpu = target.require_cpu("grouped 1x1")
-    return max(1, cpu.l1_bytes // 2 // (9 * nv * cpu.lanes * 4))
+    return max(1, cpu.l2_bytes // 2 // (9 * nv * cpu.lanes * 4))
 
 
 class GroupedEmitter:
@@ -87,9 +90,9 @@ class GroupedEmitter:
     Why a panel: the tile's input vectors sit one channel plane apart in the layout, and a
     plane stride is often a multiple of 2 KB, so the few L1 sets those addresses map to are
     thrashed and every tap is read from L2. The tile copies its vectors of a block of GB groups
-    into a contiguous per-thread panel of at most half L1; every filter then reads its taps of
-    that block from L1. With more than one block, each filter's per-mask cursors and partial
-    sums carry from block to block (kernels ascend by group inside a run)."""
+    into a contiguous per-thread panel (default_gb); every filter then reads its taps of that
+    block from there. With more than one block, each filter's per-mask cursors and partial sums
+    carry from block to block (kernels ascend by group inside a run)."""
 
     def __init__(self, name: str, sp: LayerSparsity, lay: FKWLayout, *, nv: int, gb: int, channels: int, vl: int):
         self.name, self.sp, self.lay, self.nv, self.channels, self.vl = name, sp, lay, nv, channels, vl
