@@ -223,6 +223,18 @@ def test_pruned_blocks_compile_to_grouped_kernels():
     check(np.asarray(cm(x)), m, x.numpy())
 
 
+@pytest.mark.parametrize("tune", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_saved_and_loaded(tmp_path, tune):
+    """A compiled model with grouped layers (default or tuned schedules) survives save and load."""
+    m = _pruned_blocks()
+    x = torch.randn(1, 3, 20, 20)
+    cm = ps.compile(m, x, threads=1, tune=tune)
+    cm.save(tmp_path / "m.compiled")
+    back = ps.load(tmp_path / "m.compiled")
+    assert back.manifest["layers"] == cm.manifest["layers"]
+    np.testing.assert_array_equal(np.asarray(back(x)), np.asarray(cm(x)))
+
+
 def test_spec_the_weights_do_not_follow_is_said_and_compiled_as_the_weights_are():
     m = _pruned_blocks()
     with torch.no_grad():
