@@ -15,9 +15,11 @@ one per tap of a mask (a dense kernel's nine cycle over them): the chain of FMAs
 register is then 4 x NV apart, enough to hide the FMA latency without unrolling over kernels
 (runs have any length), and the four are summed at the store.
 
-Work split: tiles of pixels outer, filters inner (a tile's input columns stay in cache while
-every filter reads them). Threads take whole pixel tiles when there are enough to share evenly,
-else the reordered filters by tap count (ps_split, as the pattern kernel does).
+Work split: tiles of pixels outer, filters inner: a tile's input vectors are copied once into a
+contiguous panel (GroupedEmitter) that every filter reads. Threads take whole pixel tiles when
+there are enough to share evenly, else the reordered filters by tap count (ps_split, as the
+pattern kernel does). One load per FMA bounds the kernel at about half the dense GEMM's FLOP
+rate, which is why the compiler runs it only on sparse enough layers (compiler/grouped.py).
 
 ``expand_c`` renders the same reduction for one row of the fused 1x1 + depthwise kernel
 (pw_dw.py), where a pruned expand conv writes its row into the ring.
