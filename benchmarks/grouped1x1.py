@@ -10,10 +10,10 @@ rounds, each engine settled before its block, outputs checked against PyTorch fi
 also says which kernel ran each model's 1x1 convs: the compiler reads the grouping from the
 weights and runs the grouped kernel where it is faster than the dense GEMM (density at most
 ``compiler.grouped.GROUPED_MAX_DENSITY``). The accuracy section of the same file comes from
-``benchmarks/accuracy.py --budget mini --results docs/bench/grouped1x1.md``.
+``python -m benchmarks.accuracy --budget mini --results docs/bench/grouped1x1.md``.
 
-    python benchmarks/grouped1x1.py --threads 2 --repeats 100
-    python benchmarks/grouped1x1.py --ab 120 --models mobilenet_v2 --rates 8 --threads 1
+    python -m benchmarks.grouped1x1 --threads 2 --repeats 100
+    python -m benchmarks.grouped1x1 --ab 120 --models mobilenet_v2 --rates 8 --threads 1
 
 ``--ab SECONDS`` instead compiles each model and rate twice, with every 1x1 conv on the dense
 GEMM (A) and as the compiler picks (B), and alternates the two in one process for that long
@@ -27,13 +27,12 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _report  # noqa: E402
+from benchmarks import _report
 
-import patsparse as ps  # noqa: E402
-from patsparse.bench.harness import run_bench  # noqa: E402
-from patsparse.bench.model import BenchModel  # noqa: E402
-from patsparse.compiler import grouped  # noqa: E402
+import patsparse as ps
+from patsparse.bench.harness import run_bench
+from patsparse.bench.model import BenchModel
+from patsparse.compiler import grouped
 
 ENGINES = ("patsparse", "onnxruntime", "openvino")
 OUT = _report.BENCH / "grouped1x1.md"
@@ -62,7 +61,8 @@ def ab(args: argparse.Namespace, command: str) -> int:
     """The A/B per model and rate: 1x1 convs on the dense GEMM (the grouped kernel's threshold
     set below every density for that build only) against the compiler's own pick."""
     import torch
-    from ab_models import ab_table
+
+    from benchmarks.ab_models import ab_table
 
     for name in args.models.split(","):
         for rate in (float(r) for r in args.rates.split(",")):
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     body = "\n".join([
         "## Speed against ONNX Runtime and OpenVINO", "",
-        f"Written by `benchmarks/grouped1x1.py`. ImageNet form (3x224x224), batch 1, {args.threads} threads, "
+        f"Written by `python -m benchmarks.grouped1x1`. ImageNet form (3x224x224), batch 1, {args.threads} threads, "
         f"{args.repeats} timed calls per engine, median ms; the same model (weights pruned in place) for "
         "every engine. `1x1 grouped` says how many of the model's 1x1 convs ran the grouped sparse kernel "
         "(the others ran the dense GEMM). The last column is the faster peer's time over patsparse's.", "",
