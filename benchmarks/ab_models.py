@@ -33,7 +33,6 @@ import patsparse as ps
 from patsparse.bench.timing import time_calls
 
 
-
 def block(model, x: np.ndarray, calls: int) -> tuple[float, np.ndarray]:
     """(median ms per call, median ms per layer) over ``calls`` settled calls after one warm-up."""
     per = np.zeros((calls + 1, len(model.manifest["layers"])))  # row 0: the warm-up call's
@@ -52,7 +51,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", help="also write the table here")
     ap.add_argument("--rounds-json", help="also write every round's two latencies and placement here")
     args = ap.parse_args(argv)
-    a, b = ps.load(args.a), ps.load(args.b)
+    text, rounds = ab_table(ps.load(args.a), ps.load(args.b), f"{args.a} against {args.b}",
+                            provenance(__file__, argv), seconds=args.seconds, calls=args.calls)
+    if args.rounds_json:
+        Path(args.rounds_json).write_text(json.dumps([{k: r[k] for k in ("far", "a", "b")} for r in rounds]))
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    print(text)
+
+
+def ab_table(a, b, title: str, header: list[str], *, seconds: float, calls: int) -> tuple[str, list[dict]]:
+    """The A/B table of two compiled models (see the module docstring) and its rounds, under
+    ``header`` (the writing script's provenance lines)."""
     if a.input_shape != b.input_shape:
         raise SystemExit(f"input shapes differ: {a.input_shape} against {b.input_shape}")
     kinds_a, kinds_b = ({L["name"]: L["kernel"] for L in m.manifest["layers"]} for m in (a, b))
@@ -64,13 +74,12 @@ def main(argv: list[str] | None = None) -> None:
     if not np.allclose(a.run_numpy(x), b.run_numpy(x), rtol=1e-4, atol=1e-4):
         raise SystemExit("the two models give different outputs")
     rounds = []
-    end = time.time() + args.seconds
+    end = time.time() + seconds
     while time.time() < end:
-        (ta, la), (tb, lb) = block(a, x, args.calls), block(b, x, args.calls)
+        (ta, la), (tb, lb) = block(a, x, calls), block(b, x, calls)
         rounds.append({"far": vcpus_apart(core_to_core_ns()), "a": ta, "b": tb, "la": la, "lb": lb})
-    lines = [f"## A/B: {args.a} against {args.b} (benchmarks/ab_models.py)", "",
-             *provenance(__file__, argv),
-             f"- {len(rounds)} rounds of {args.calls} calls each, A then B; medians over rounds", ""]
+    lines = [f"## A/B: {title} (benchmarks/ab_models.py)", "", *header,
+             f"- {len(rounds)} rounds of {calls} calls each, A then B; medians over rounds", ""]
     for where, far in (("together", False), ("apart", True)):
         sel = [r for r in rounds if r["far"] == far]
         if not sel:
@@ -88,12 +97,7 @@ def main(argv: list[str] | None = None) -> None:
             rows.append([n, ka if ka == kb else f"{ka} / {kb}", "-" if p is None else f"{p:.1f}",
                          "-" if q is None else f"{q:.1f}", f"{p / q:.2f}" if p and q else "-"])
         lines += [md_table(["layer", "kernel (A / B)", "A us", "B us", "A/B"], rows), ""]
-    if args.rounds_json:
-        Path(args.rounds_json).write_text(json.dumps([{k: r[k] for k in ("far", "a", "b")} for r in rounds]))
-    text = "\n".join(lines)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    print(text)
+    return "\n".join(lines), rounds
 
 
 if __name__ == "__main__":

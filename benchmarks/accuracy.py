@@ -88,6 +88,8 @@ _W = {"resnet18": 0.25, "vgg16_bn": 0.25, "mobilenet_v2": 0.25, "convnet": 0.5, 
 BUDGETS = {
     "tiny": Budget("tiny", 512, 64, {k: 0.125 for k in _W}, 1, 1, 1, 1, 1, 0.05, 0.01),
     "small": Budget("small", 8000, 128, _W, 4, 2, 1, 2, 3, 0.05, 0.01),
+    # MobileNet-V2 (width 0.25) and ResNet-50 (0.125) within an hour on 2 shared cores
+    "mini": Budget("mini", 2000, 64, {"mobilenet_v2": 0.25, "resnet50": 0.125}, 3, 1, 1, 1, 1, 0.05, 0.01),
     # the full training set, parents trained until dense-ft shows further epochs add little,
     # widths with room to prune (at half width ResNet-8 keeps too few weights at 8x to say
     # anything about the method); seeds run in order, so early seeds give early intervals

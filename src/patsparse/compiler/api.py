@@ -8,13 +8,14 @@ CompiledModel. Every unsupported op is reported before any code is generated.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from ..errors import InputError
+from ..errors import FormatError, InputError
 from .build import compile_c, toolchain_fingerprint
 from .capture import capture_onnx, capture_torch
 from .codegen.graph import SYNC_FLOATS, emit_model, generate_kernels, pack_blob
@@ -113,7 +114,7 @@ def build_plan(plan: Plan, portable: tuple[dict, dict], *, target: Target, origi
         entry = {"name": s.node.name, "kernel": s.kind, "c_name": s.cname, "flops": s.kernel.flops,
                  "schedule": plan.schedules[s.cname], "act": s.node.act,
                  "residual": s.node.residual is not None}
-        if s.kind == "pattern_conv":
+        if s.sparsity is not None:  # pattern convs, grouped 1x1 convs (virtual kernels), pruned expands
             entry["kernels"] = s.sparsity.counts()
         layers.append(entry)
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "origin": origin,
@@ -124,6 +125,22 @@ def build_plan(plan: Plan, portable: tuple[dict, dict], *, target: Target, origi
                 "workspace_floats": plan.ws_floats + SYNC_FLOATS, "blob_floats": plan.blob_floats,
                 "tuned": tuned, "layers": layers, "normalization": normalization}
     return CompiledModel(lib, blob, manifest, source, gj, gt)
+
+
+def _warn_spec_mismatch(model: Any) -> None:
+    """Say so when a model's attached sparsity spec (``patsparse_spec``) claims masks, grouped
+    1x1 ones included, that its weights do not follow. Not an error: the compiler reads the
+    sparsity from the weights, so such a layer is compiled as its weights are (its kernels with
+    stray non-zeros take the dense code path) and the numbers stay PyTorch's."""
+    spec = getattr(model, "patsparse_spec", None)
+    if spec is None or not isinstance(model, torch.nn.Module):
+        return
+    from ..pruning.spec import check_weights
+
+    try:
+        check_weights(model, spec, "compile")
+    except FormatError as e:
+        warnings.warn(f"{e}; compiling the sparsity the weights have, not the spec's", stacklevel=3)
 
 
 def compile(model_or_onnx_path: Any, example_input: Any = None, *, threads: int | None = None,
@@ -147,6 +164,7 @@ def compile(model_or_onnx_path: Any, example_input: Any = None, *, threads: int 
     normalised input, and ``cm.manifest["normalization"]`` says which.
     """
     t = get_target(target)  # before the capture: a bad name is the first error
+    _warn_spec_mismatch(model_or_onnx_path)
     if t.kind == "opencl":  # the one dispatch on the target's kind
         from .opencl import build_opencl  # needs pyopencl (optional) only when used
 

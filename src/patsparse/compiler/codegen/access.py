@@ -177,3 +177,17 @@ def compact_access(name: str, *, channels: int, stride: int, in_layout: Layout, 
     ps_barrier();
     }}"""
     return CompactAccess(cs=cs, scratch=scratch, prep=prep)
+
+
+def compact_rows_c(slot: str, Ho: int, Wo: int, origin: int, ld: int) -> list[str]:
+    """C opening the loop over the output rows that compact vector ``slot`` (pixels slot * VL ..
+    slot * VL + VL - 1 of the flattened Ho x Wo plane) touches. Inside, ``m`` has the bits of
+    the lanes in that row and ``o`` is the offset, in a plane of row stride ``ld`` whose pixel
+    (0, 0) is at ``origin``, where lane 0 would go: ``vstore_lanes(plane + o, m, v)`` stores
+    the row's part. The caller closes the loop's brace."""
+    return [f"const int p0 = {slot} * VL;",
+            f"for (int h = p0 / {Wo}; h < {Ho} && h * {Wo} < p0 + VL; h++) {{",
+            f"  const int lo = h * {Wo} > p0 ? h * {Wo} - p0 : 0,"
+            f" hi = (h + 1) * {Wo} < p0 + VL ? (h + 1) * {Wo} - p0 : VL;",
+            "  const unsigned m = (unsigned)((1ull << hi) - (1ull << lo));",
+            f"  const size_t o = {origin} + (size_t)h * {ld - Wo} + p0;"]

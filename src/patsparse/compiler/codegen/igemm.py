@@ -44,7 +44,7 @@ from ...errors import InputError
 from ..layout import Layout, round_up
 from ..target import Target
 from . import cvec
-from .access import compact_access, input_access
+from .access import compact_access, compact_rows_c, input_access
 from .base import GeneratedKernel, act_c
 from .common import VECTOR_LOAD, WEIGHT_PREFETCH, check_weight, helpers_c, loop_order
 
@@ -242,12 +242,7 @@ def gen_igemm(name: str, *, cin: int, cout: int, k: int, stride: int, padding: i
     for j in J:
         stores.append(f"        if (ok{j}) {{")
         if compact:  # a vector over the flattened plane: one lane-masked store per output row it touches
-            stores += [f"          const int p0 = s{j} * VL;",
-                       f"          for (int h = p0 / {Wo}; h < {Ho} && h * {Wo} < p0 + VL; h++) {{",
-                       f"            const int lo = h * {Wo} > p0 ? h * {Wo} - p0 : 0,"
-                       f" hi = (h + 1) * {Wo} < p0 + VL ? (h + 1) * {Wo} - p0 : VL;",
-                       "            const unsigned m = (unsigned)((1ull << hi) - (1ull << lo));",
-                       f"            const size_t o = {olay.origin} + (size_t)h * {olay.ld - Wo} + p0;"]
+            stores += ["          " + x for x in compact_rows_c(f"s{j}", Ho, Wo, olay.origin, olay.ld)]
             stores += [f"            {store(j, i, 'm')}" for i in I]
             stores.append("          }")
         else:

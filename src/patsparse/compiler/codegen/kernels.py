@@ -5,8 +5,8 @@ Each ``KernelFamily`` has ``matches(node)`` (None: not this family; else a dict 
 family read from the node, e.g. a pattern conv's sparsity), ``generate(step, schedule, target,
 threads)`` and ``candidates(step, target, threads)`` (the schedules the tuner measures; the
 first is the untuned default where there is one). Families are tried in order, so a fused node
-(attributes ``pool`` or ``expand``, lowering.py) and a sparse 3x3 conv are claimed before the
-dense conv. Adding an op family: its generator module and one entry in ``FAMILIES``.
+(attributes ``pool`` or ``expand``, lowering.py), a sparse 3x3 conv and a 1x1 conv pruned in
+virtual 3x3 kernels are claimed before the dense conv. Adding an op family: its generator module and one entry in ``FAMILIES``.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from typing import Callable
 
 from ...errors import UnsupportedError
 from ..ir import Node
+from ..grouped import grouped_sparsity
 from ..reorder import analyse
 from ..target import Target
-from . import channels, channelwise, conv_pool, dense_conv, depthwise, gemm, pool, pw_dw
+from . import channels, channelwise, conv_pool, dense_conv, depthwise, gemm, grouped1x1, pool, pw_dw
 from .base import GeneratedKernel
 from .pattern_conv import candidate_schedules, gen_pattern_conv
 from .step import Step
@@ -82,6 +83,26 @@ def _pattern_candidates(step: Step, target: Target, threads: int | None) -> list
     return flat + rows[: MAX_CANDIDATES - len(flat)]
 
 
+# ---- grouped 1x1 conv (virtual 3x3 kernels: compiler/grouped.py) -----------------------------
+def _grouped_matches(node: Node) -> dict | None:
+    a = node.attrs
+    if not _conv(node) or a["k"] != 1 or a["padding"] != 0 or a["stride"] not in (1, 2):
+        return None
+    sp = grouped_sparsity(node.params["weight"], node.name)
+    return None if sp is None else {"sparsity": sp}
+
+
+def _grouped_generate(step: Step, schedule: dict | None, target: Target, threads: int | None) -> GeneratedKernel:
+    n, a = step.node, step.node.attrs
+    return grouped1x1.gen_grouped1x1(step.cname, n.params["weight"], stride=a["stride"], where=n.name,
+                                     sparsity=step.sparsity, **_common(step, schedule, target))
+
+
+def _grouped_candidates(step: Step, target: Target, threads: int | None) -> list[dict]:
+    o = step.out_layout
+    return grouped1x1.schedules(stride=step.node.attrs["stride"], Ho=o.H, Wo=o.W, target=target)[:MAX_CANDIDATES]
+
+
 # ---- dense convs ------------------------------------------------------------------------------
 def _conv2d_generate(step: Step, schedule: dict | None, target: Target, threads: int | None) -> GeneratedKernel:
     a = step.node.attrs
@@ -108,9 +129,16 @@ def _conv_pool_generate(step: Step, schedule: dict | None, target: Target, threa
                                       target=target, schedule=schedule)
 
 
+def _pw_dw_matches(node: Node) -> dict | None:
+    """A fused 1x1 + depthwise node; its expand's grouped sparsity when it is pruned so."""
+    if not _conv(node, fused="expand"):
+        return None
+    return {"sparsity": grouped_sparsity(node.params["expand_weight"], node.name)}
+
+
 def _pw_dw_generate(step: Step, schedule: dict | None, target: Target, threads: int | None) -> GeneratedKernel:
     n, a = step.node, step.node.attrs
-    return pw_dw.gen_pw_dw(step.cname, expand_weight=n.params["expand_weight"],
+    return pw_dw.gen_pw_dw(step.cname, expand_weight=n.params["expand_weight"], expand_sparsity=step.sparsity,
                            expand_bias=n.params["expand_bias"], expand_act=a["expand"]["act"], k=a["k"],
                            stride=a["stride"], padding=a["padding"], in_layout=step.in_layout,
                            out_layout=step.out_layout, act=n.act, target=target, schedule=schedule,
@@ -118,7 +146,8 @@ def _pw_dw_generate(step: Step, schedule: dict | None, target: Target, threads: 
 
 
 def _pw_dw_candidates(step: Step, target: Target, threads: int | None) -> list[dict]:
-    return pw_dw.tiles(step.out_layout.C, step.in_layout.W, step.in_layout.C, target)[:MAX_CANDIDATES]
+    return pw_dw.tiles(step.out_layout.C, step.in_layout.W, step.in_layout.C, target,
+                       grouped=step.sparsity is not None)[:MAX_CANDIDATES]
 
 
 def _depthwise_matches(node: Node) -> dict | None:
@@ -180,8 +209,9 @@ def _slice_generate(step: Step, schedule: dict | None, target: Target, threads: 
 
 FAMILIES: tuple[KernelFamily, ...] = (
     KernelFamily("conv_pool", lambda n: {} if _conv(n, fused="pool") else None, _conv_pool_generate),
-    KernelFamily("pw_dw", lambda n: {} if _conv(n, fused="expand") else None, _pw_dw_generate, _pw_dw_candidates),
+    KernelFamily("pw_dw", _pw_dw_matches, _pw_dw_generate, _pw_dw_candidates),
     KernelFamily("pattern_conv", _pattern_matches, _pattern_generate, _pattern_candidates),
+    KernelFamily("grouped1x1", _grouped_matches, _grouped_generate, _grouped_candidates),
     KernelFamily("conv2d", lambda n: {} if _conv(n) else None, _conv2d_generate, _conv2d_candidates),
     KernelFamily("depthwise", _depthwise_matches, _depthwise_generate),
     KernelFamily("linear", _op("linear"), _linear_generate),

@@ -32,27 +32,35 @@ from ..target import Target
 from .base import GeneratedKernel, act_c
 from .common import (check_act, check_layout_types, check_layouts, check_name, check_positive,
                      check_weight, conv_out_size, helpers_c, ring_rows_c, VECTOR_LOAD)
+from .grouped1x1 import expand_c, expand_nv, max_nv, pack_grouped
 from .igemm import fma_step, pack_tiles, schedules as igemm_schedules
+from ..reorder import LayerSparsity
 
 
-def tiles(cout: int, W: int, cin: int, target: Target) -> list[dict]:
-    """The implicit GEMM's row-vector tiles for one expanded row (a 1 x W plane), best first."""
+def tiles(cout: int, W: int, cin: int, target: Target, grouped: bool = False) -> list[dict]:
+    """The implicit GEMM's row-vector tiles for one expanded row (a 1 x W plane), best first;
+    for a pruned expand (``grouped``), the grouped kernel's tile widths."""
+    if grouped:
+        nv = expand_nv(W, target)
+        return [{"nv": n} for n in dict.fromkeys((nv, min(max_nv(target), -(-W // target.require_cpu("pw_dw").lanes))))]
     return [d for d in igemm_schedules(cout=cout, Ho=1, Wo=W, cin=cin, k=1, target=target) if "mr" in d]
 
 
-def default_tile(cout: int, W: int, cin: int, target: Target) -> dict:
-    return tiles(cout, W, cin, target)[0]
+def default_tile(cout: int, W: int, cin: int, target: Target, grouped: bool = False) -> dict:
+    return tiles(cout, W, cin, target, grouped)[0]
 
 
 def gen_pw_dw(name: str, *, expand_weight: np.ndarray, expand_bias: np.ndarray, expand_act: str,
               k: int = 3, stride: int = 1, padding: int = 1, in_layout: Layout, out_layout: Layout,
               act: str, target: Target, schedule: dict | None = None,
-              has_residual: bool = False) -> GeneratedKernel:
+              has_residual: bool = False, expand_sparsity: LayerSparsity | None = None) -> GeneratedKernel:
     """act(depthwise(expand_act(conv1x1(x, expand_weight) + expand_bias), w) + bias) on one image.
 
     ``expand_weight`` (C, Cin, 1, 1); the depthwise weight (C, 1, k, k) is what ``pack`` gets.
-    ``schedule``: {"mr", "nr"}, the expand's tile (default_tile). The code is generated for the
-    ``target``'s vector width (a static assert keeps it from being built for another)."""
+    ``schedule``: {"mr", "nr"}, the expand's tile (default_tile). With ``expand_sparsity`` (the
+    expand pruned in virtual 3x3 kernels: compiler.grouped) the expand runs the grouped sparse
+    kernel's reduction instead (grouped1x1.expand_c), schedule {"nv"}. The code is generated for
+    the ``target``'s vector width (a static assert keeps it from being built for another)."""
     where = f"1x1 + depthwise kernel {name}"
     vl = target.require_cpu(where).lanes
     check_name(name)
@@ -73,10 +81,6 @@ def gen_pw_dw(name: str, *, expand_weight: np.ndarray, expand_bias: np.ndarray, 
     H, W = in_layout.H, in_layout.W
     Ho, Wo = (conv_out_size(n, k, stride, padding, where) for n in (H, W))
     check_layouts(where, in_layout, out_layout, (cin, H, W), (C, Ho, Wo))
-    tile = {**default_tile(C, W, cin, target), **{a: int(b) for a, b in (schedule or {}).items() if a in ("mr", "nr")}}
-    mr, nr = tile["mr"], tile["nr"]
-    if not (1 <= mr <= 32 and 1 <= nr <= 16):
-        raise InputError(f"{where}: expand tile mr={mr}, nr={nr} out of range (1..32, 1..16)")
     K, S, P, kk = k, stride, padding, k * k
     nvw, nvo = -(-W // vl), -(-Wo // vl)
     lasto = (nvo - 1) * vl
@@ -84,35 +88,44 @@ def gen_pw_dw(name: str, *, expand_weight: np.ndarray, expand_bias: np.ndarray, 
     # depthwise loads read past it (ps_load_s2 reads 2 vectors)
     rl = round_up(max(vl + nvw * vl, vl - P + S * lasto + K - 1 + S * vl), vl)
     ring = K * C * rl + rl  # K slots of C rows, then one zero row
-    cpad = round_up(C, mr)
-    e_bias = cpad * cin           # offsets in the packed weights
-    dw = e_bias + round_up(C, 16)
-    I, J = range(mr), range(nr)
     load = VECTOR_LOAD[S]
-    ochk = "" if C == cpad else f"if (co0 + {{i}} < {C}) "
-    slots = [f"                int v{j} = pt * {nr} + {j}, ok{j} = v{j} < {nvw}; if (!ok{j}) v{j} = pt * {nr};"
-             for j in J]
-    qs = " ".join(f"const float *q{j} = src + (size_t)ci * {in_layout.ps} + v{j} * VL;" for j in J)
-    puts = []
-    for j in J:
-        puts.append(f"                if (ok{j}) {{")
-        puts += [f"                    {ochk.format(i=i)}{{ vf v = {act_c(expand_act, f'a{i}_{j} + vbcast(we[{e_bias} + co0 + {i}])')};"
-                 f" if (v{j} == {nvw - 1}) v = vand(v, te); vstore(slot + (size_t)(co0 + {i}) * {rl} + v{j} * VL, v); }}"
-                 for i in I]
-        puts.append("                }")
+    sched = {**default_tile(C, W, cin, target, expand_sparsity is not None), **(schedule or {})}
+    if expand_sparsity is not None:
+        nv = int(sched.get("nv", 0))
+        if not 1 <= nv <= 16:
+            raise InputError(f"{where}: expand tile nv={nv} out of range (1..16)")
+        sp = expand_sparsity
+        packed_expand = pack_grouped(sp, ew, f"{name} (expand)")
+        e_bias = packed_expand.size   # offsets in the packed weights
+        decls, row, extra = expand_c(name, sp, nv=nv, W=W, cin=cin, cs=in_layout.ps, ring_ld=rl, bias_at=e_bias,
+                                     act=expand_act, target=target, scratch_at=f"ring + {ring}")
+        sched, what = {"nv": nv}, f"grouped sparse expand ({len(sp.masks)} masks), tile {nv} row vectors"
+        expand_flops = 2 * int(sp.taps_per_kernel().sum()) * H * W
+    else:
+        mr, nr = int(sched.get("mr", 0)), int(sched.get("nr", 0))
+        if not (1 <= mr <= 32 and 1 <= nr <= 16):
+            raise InputError(f"{where}: expand tile mr={mr}, nr={nr} out of range (1..32, 1..16)")
+        packed_expand = pack_tiles(ew, mr)
+        e_bias = packed_expand.size
+        decls, extra, row = [], 0, _dense_expand_c(mr=mr, nr=nr, C=C, cin=cin, nvw=nvw, cs=in_layout.ps, ring_ld=rl,
+                                         bias_at=e_bias, act=expand_act)
+        sched, what = {"mr": mr, "nr": nr}, f"expand tile {mr} channels x {nr} row vectors"
+        expand_flops = 2 * C * cin * H * W
+    dw = e_bias + round_up(C, 16)
     taps = " + ".join(f"wt{kh * K + kw} * {load}(r{kh} + {S} * w0 + {kw})" for kh in range(K) for kw in range(K))
     O, nl = out_layout, "\n"
     code = helpers_c(target) + f"""
 /* {name}: 1x1 conv {cin}->{C} ({expand_act}) + depthwise {K}x{K}/{S} pad {P} ({act}), {H}x{W} -> {Ho}x{Wo};
-   a ring of {K} expanded rows per thread, expand tile {mr} channels x {nr} row vectors */
+   a ring of {K} expanded rows per thread, {what} */
 _Static_assert(VL == {vl}, "{name} was generated for {vl}-float vectors; regenerate it on this machine");
 static void {name}(const float *restrict in, float *restrict out, const float *restrict w,
                    const float *restrict bias, const float *restrict res) {{
     (void)res;
-    const float *restrict we = w, *restrict wd = w + {dw};
+    const float *restrict wd = w + {dw};
     const vi te = vtailmask({W - (nvw - 1) * vl}), to = vtailmask({Wo - lasto});
     const int nt = omp_get_num_threads(), t = omp_get_thread_num();
-    PS_PRIVATE(ring, {ring}, "{name}");
+    PS_PRIVATE(ring, {ring + extra}, "{name}");
+{nl.join(decls)}
     float *restrict zrow = ring + {K * C * rl};
     for (int s = 0; s < {K * C}; s++) {{  /* left margin and right zeros (other kernels reuse the arena) */
         memset(ring + (size_t)s * {rl}, 0, VL * sizeof(float));
@@ -125,19 +138,7 @@ static void {name}(const float *restrict in, float *restrict out, const float *r
 {nl.join("        " + x for x in ring_rows_c("oh", S, P, K, H))} {{
             float *restrict slot = ring + (size_t)(r % {K}) * {C * rl} + VL;
             const float *restrict src = in + {in_layout.origin} + (size_t)r * {in_layout.ld};
-            for (int u = 0; u < {-(-nvw // nr) * (cpad // mr)}; u++) {{
-                const int pt = u / {cpad // mr}, co0 = u % {cpad // mr} * {mr};
-{nl.join(slots)}
-                const float *wp = we + (size_t)co0 * {cin};
-                vf {", ".join(f"a{i}_{j} = (vf){{0}}" for i in I for j in J)};
-                #pragma GCC unroll 4
-                for (int ci = 0; ci < {cin}; ci++) {{
-                    {qs}
-                    const float *wk = wp + (size_t)ci * {mr};
-{nl.join(fma_step((0,), mr, nr, " " * 20))}
-                }}
-{nl.join(puts)}
-            }}
+{nl.join(" " * 12 + x for x in row)}
         }}
         done = r1;
         const float *rb[{K}];
@@ -166,8 +167,36 @@ static void {name}(const float *restrict in, float *restrict out, const float *r
         wd = check_weight(weight, (C, 1, K, K), name).ravel()
         bias = np.zeros(round_up(C, 16), np.float32)
         bias[:C] = eb
-        return np.concatenate([pack_tiles(ew, mr), bias, wd]).astype(np.float32)
+        return np.concatenate([packed_expand, bias, wd]).astype(np.float32)
 
     return GeneratedKernel(name=name, code=code, target=target, pack=pack,
-                           flops=2 * C * cin * H * W + 2 * C * kk * Ho * Wo,
-                           schedule={"mr": mr, "nr": nr})
+                           flops=expand_flops + 2 * C * kk * Ho * Wo, schedule=sched)
+
+
+def _dense_expand_c(*, mr: int, nr: int, C: int, cin: int, nvw: int, cs: int, ring_ld: int, bias_at: int,
+                    act: str) -> list[str]:
+    """C computing one expanded row with the dense expand (``src``: the row of input channel 0,
+    channels ``cs`` apart; ``w``: the weights packed by igemm.pack_tiles, the bias at
+    ``bias_at``) into the ring ``slot``, in the implicit GEMM's MR x NR register tiles."""
+    cpad = round_up(C, mr)
+    I, J = range(mr), range(nr)
+    ochk = "" if C == cpad else f"if (co0 + {{i}} < {C}) "
+    lines = [f"for (int u = 0; u < {-(-nvw // nr) * (cpad // mr)}; u++) {{",
+             f"    const int pt = u / {cpad // mr}, co0 = u % {cpad // mr} * {mr};"]
+    lines += [f"    int v{j} = pt * {nr} + {j}, ok{j} = v{j} < {nvw}; if (!ok{j}) v{j} = pt * {nr};" for j in J]
+    lines += [f"    const float *wp = w + (size_t)co0 * {cin};",
+              "    vf " + ", ".join(f"a{i}_{j} = (vf){{0}}" for i in I for j in J) + ";",
+              "    #pragma GCC unroll 4",
+              f"    for (int ci = 0; ci < {cin}; ci++) {{",
+              "        " + " ".join(f"const float *q{j} = src + (size_t)ci * {cs} + v{j} * VL;" for j in J),
+              f"        const float *wk = wp + (size_t)ci * {mr};",
+              *fma_step((0,), mr, nr, " " * 8),
+              "    }"]
+    for j in J:
+        lines.append(f"    if (ok{j}) {{")
+        lines += [f"        {ochk.format(i=i)}{{ vf v = {act_c(act, f'a{i}_{j} + vbcast(w[{bias_at} + co0 + {i}])')};"
+                  f" if (v{j} == {nvw - 1}) v = vand(v, te); vstore(slot + (size_t)(co0 + {i}) * {ring_ld} + v{j} * VL, v); }}"
+                  for i in I]
+        lines.append("    }")
+    lines.append("}")
+    return lines

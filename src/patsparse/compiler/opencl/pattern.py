@@ -24,16 +24,19 @@ tuner measures.
 from __future__ import annotations
 
 from ..layout import Layout
+from ..grouped import virtual_weight
 from ..reorder import LayerSparsity, mask_taps, reorder
 from ..storage import pack as fkw_pack
 from ..storage import plan as fkw_plan
 from .common import SIGNATURE, CLKernel, prologue, round_up, store
 
 
-def _tap_products(weights: str, taps, src: str, row: int) -> str:
+def _tap_products(weights: str, taps, src: str, row: int, plane: int = 0) -> str:
     """One mask run's products: weight i times the input tap at its compile-time offset in a
-    plane of ``row`` floats per row (the global input or the local tile)."""
-    return " + ".join(f"{weights}[{i}] * {src}[{(t // 3) * row + t % 3}]" for i, t in enumerate(taps))
+    plane of ``row`` floats per row (the global input or the local tile); with ``plane``, the
+    taps of a virtual 3x3 kernel of a 1x1 conv, channel t at ``t * plane``."""
+    return " + ".join(f"{weights}[{i}] * {src}[{t * plane if plane else (t // 3) * row + t % 3}]"
+                      for i, t in enumerate(taps))
 
 
 def tile_shape(schedule: dict, stride: int) -> tuple[int, int]:
@@ -50,12 +53,14 @@ def local_bytes(schedule: dict, stride: int) -> int:
 
 def gen_pattern_conv(name: str, *, sparsity: LayerSparsity, stride: int, padding: int, in_layout: Layout,
                      out_layout: Layout, act: str, has_residual: bool, schedule: dict,
-                     where: str = "conv") -> CLKernel:
-    """The kernel for one pattern-sparse 3x3 layer (see the module docstring)."""
+                     where: str = "conv", grouped: bool = False) -> CLKernel:
+    """The kernel for one pattern-sparse 3x3 layer (see the module docstring), or with
+    ``grouped`` for a 1x1 conv pruned in virtual 3x3 kernels (compiler/grouped.py: ``cidx`` is
+    the group, a kernel's taps are channels 9g + t; read from global memory, no local tile)."""
     sp, ro = sparsity, reorder(sparsity)
     lay = fkw_plan(sp, ro)
     F, C, P = lay.F, lay.C, lay.P
-    tw, th, fg, use_local = schedule["tw"], schedule["th"], schedule["fg"], bool(schedule["local"])
+    tw, th, fg, use_local = schedule["tw"], schedule["th"], schedule["fg"], bool(schedule.get("local")) and not grouped
     gz = round_up(F, fg)
     o = lay.offsets
     L = in_layout
@@ -75,9 +80,10 @@ def gen_pattern_conv(name: str, *, sparsity: LayerSparsity, stride: int, padding
                   f"gx * {stride} + {L.pad - padding};",
                   "    int k = runs[0];"]
         for p, taps in enumerate(masks):
-            terms = _tap_products("wp", taps, "xc", ld)
+            terms = _tap_products("wp", taps, "xc", ld, L.ps if grouped else 0)
             lines.append(f"    for (const int e = runs[{p + 1}]; k < e; k++, wp += {len(taps)}) {{ "
-                         f"__global const float *xc = x + (long)cidx[k] * {L.ps}; acc += {terms}; }}"
+                         f"__global const float *xc = x + (long)cidx[k] * {9 * L.ps if grouped else L.ps}; "
+                         f"acc += {terms}; }}"
                          f"  /* mask {sp.masks[p]:#05x} */")
     else:
         cc = schedule["cc"]
@@ -111,5 +117,6 @@ def gen_pattern_conv(name: str, *, sparsity: LayerSparsity, stride: int, padding
     lines += [f"    {store(out_layout, act, has_residual, 'f', 'acc', 'gy', 'gx')}", "}"]
     flops = 2 * int(sp.taps_per_kernel().sum()) * out_layout.H * out_layout.W
     return CLKernel(name, "\n".join(lines), (round_up(out_layout.W, tw), round_up(out_layout.H, th), gz),
-                    (tw, th, fg), flops, dict(schedule), lambda w: fkw_pack(sp, ro, w, where),
-                    local_bytes(schedule, stride))
+                    (tw, th, fg), flops, dict(schedule),
+                    lambda w: fkw_pack(sp, ro, virtual_weight(w, where) if grouped else w, where),
+                    0 if grouped else local_bytes(schedule, stride))

@@ -76,9 +76,9 @@ def generate(step: CLStep, schedule: dict) -> CLKernel:
     n, a = step.node, step.node.attrs
     common = dict(in_layout=step.in_layout, out_layout=step.out_layout, act=n.act,
                   has_residual=n.residual is not None, schedule=schedule)
-    if step.kind == "pattern_conv":
+    if step.kind in ("pattern_conv", "grouped1x1"):
         return gen_pattern_conv(step.cname, sparsity=step.sparsity, stride=a["stride"], padding=a["padding"],
-                                where=n.name, **common)
+                                where=n.name, grouped=step.kind == "grouped1x1", **common)
     if step.kind == "conv2d":
         w = n.params["weight"]
         return gen_conv(step.cname, cin=w.shape[1], cout=w.shape[0], k=a["k"], stride=a["stride"],

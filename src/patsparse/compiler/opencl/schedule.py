@@ -4,6 +4,7 @@ measures, and the check that a schedule fits the device.
 Knobs per kernel family:
   pattern_conv  tw, th (output tile = work-group x, y), fg (filters per work-group),
                 local (stage the input tile in local memory), cc (channels staged per step)
+  grouped1x1    tw, th, fg (the pattern kernel on virtual 3x3 kernels; no local tile)
   conv2d        lx, ly (work-group tile), tf (filters per work-item)
   depthwise, maxpool, avgpool   lx, ly
   linear        lx
@@ -19,6 +20,7 @@ from .device import OpenCLDevice
 from .pattern import local_bytes
 
 TILE_KINDS = ("conv2d", "depthwise", "maxpool", "avgpool")
+PATTERN_KINDS = ("pattern_conv", "grouped1x1")  # the FKW1 pattern kernel (opencl/pattern.py)
 
 
 def _tile(out: Layout, budget: int) -> tuple[int, int]:
@@ -36,9 +38,11 @@ def _channels_staged(device: OpenCLDevice, tw: int, th: int, stride: int, cin: i
 def default_schedule(kind: str, in_lay: Layout, out_lay: Layout, stride: int, device: OpenCLDevice) -> dict:
     """The untuned schedule of a layer on ``device``."""
     budget = device.preferred_group_size
-    if kind == "pattern_conv":  # a quarter of the group for pixels, the rest for filters
+    if kind in PATTERN_KINDS:  # a quarter of the group for pixels, the rest for filters
         tw, th = _tile(out_lay, max(1, budget // 4))
         fg = max(1, min(out_lay.C, budget // (tw * th)))
+        if kind == "grouped1x1":
+            return {"tw": tw, "th": th, "fg": fg}
         return {"tw": tw, "th": th, "fg": fg, "local": int(device.is_gpu),
                 "cc": _channels_staged(device, tw, th, stride, in_lay.C)}
     if kind == "conv2d":
@@ -63,6 +67,9 @@ def candidates(kind: str, in_lay: Layout, out_lay: Layout, stride: int, device: 
                 for local in (0, 1):
                     out.append({"tw": tw, "th": th, "fg": fg, "local": local,
                                 "cc": _channels_staged(device, tw, th, stride, in_lay.C)})
+    elif kind == "grouped1x1":
+        out += [{"tw": tw, "th": th, "fg": fg} for tw, th in ((base["tw"], base["th"]), (8, 8), (16, 4), (4, 4))
+                for fg in (1, 4, 8)]
     elif kind == "conv2d":
         for lx, ly in ((base["lx"], base["ly"]), (8, 8), (16, 4)):
             for tf in (1, 2, 4, 8):
@@ -81,7 +88,7 @@ def candidates(kind: str, in_lay: Layout, out_lay: Layout, stride: int, device: 
 
 
 def group_size(kind: str, schedule: dict) -> tuple[int, int, int]:
-    if kind == "pattern_conv":
+    if kind in PATTERN_KINDS:
         return schedule["tw"], schedule["th"], schedule["fg"]
     if kind in TILE_KINDS:
         return schedule["lx"], schedule["ly"], 1

@@ -12,14 +12,19 @@ from ...target import Target
 from ..common import helpers_c
 
 
+def fkw_sections(o: dict) -> list[str]:
+    """C pointers to the FKW1 sections of a layer packed at ``w`` (offsets ``o`` in floats)."""
+    return ["    const int32_t *restrict wi = (const int32_t *)w;",
+            *(f"    const int32_t *restrict {k} = wi + {o[k]};" for k in ("perm", "runs", "cost", "wptr")),
+            f"    const uint16_t *restrict cidx = (const uint16_t *)(wi + {o['cidx']});",
+            f"    const float *restrict wts = w + {o['weights']};"]
+
+
 def fkw_prologue(name: str, o: dict) -> list[str]:
     """The kernel's signature and the pointers to its FKW1 sections (offsets ``o`` in floats)."""
     return [f"static void {name}(const float *restrict in, float *restrict out,",
             "    const float *restrict w, const float *restrict bias, const float *restrict res) {",
-            "    const int32_t *restrict wi = (const int32_t *)w;",
-            *(f"    const int32_t *restrict {k} = wi + {o[k]};" for k in ("perm", "runs", "cost", "wptr")),
-            f"    const uint16_t *restrict cidx = (const uint16_t *)(wi + {o['cidx']});",
-            f"    const float *restrict wts = w + {o['weights']};",
+            *fkw_sections(o),
             "    (void)res;"]
 
 

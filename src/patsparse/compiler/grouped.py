@@ -1,0 +1,74 @@
+"""Read a 1x1 conv's sparsity as virtual 3x3 kernels (the grouping of pruning/grouping.py).
+
+Input channels [9g, 9g + 9) of a filter form virtual kernel g, channel 9g + p at mask position
+p. Seen that way, a (O, I, 1, 1) weight is a (O, G, 3, 3) one, and everything the 3x3 pattern
+path has applies unchanged: kernels are pruned, pattern (4 channels of one mask) or dense,
+filter-kernel reorder sorts them into (filter, mask) runs, and FKW1 stores them with the group
+index in ``cidx``. Like the 3x3 path, the compiler reads this from the weights alone, so a model
+pruned by any tool with this grouping compiles to the sparse kernel and a dense one does not.
+
+The last group of a layer whose I is not a multiple of 9 has r < 9 channels. A kernel there
+keeps only the positions below r of its mask (a cut mask, fewer taps): the kernel never reads
+a channel past the layer's last.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..pruning.grouping import GROUP, group_count, grouped_rows
+from .reorder import LayerSparsity, analyse
+
+# a 1x1 conv goes to the grouped kernel when it computes at most this share of its dense
+# products. Why this low: the grouped kernel loads one input vector per FMA (a kernel's four
+# channels are used by that kernel alone), where the dense GEMM reuses each load across a tile
+# of output channels, so per FLOP it runs at about 45% of the dense kernel's rate (AVX-512, one
+# thread, MobileNet-V2's 1x1 shapes: 87-107 against 200-218 GFLOP/s). Pattern pruning alone
+# (4 of 9, density 0.44) then measured 0.89-1.05x of the dense kernel, and adding connectivity
+# pruning (8x, density 0.13) 1.5-3x: the break-even is near 0.4.
+GROUPED_MAX_DENSITY = 0.4
+
+
+def virtual_weight(weight: np.ndarray, where: str = "conv") -> np.ndarray:
+    """A (O, I, 1, 1) weight as (O, G, 3, 3) virtual kernels, the short last group zero-padded."""
+    w = np.asarray(weight, dtype=np.float32)
+    if w.ndim != 4 or w.shape[2:] != (1, 1):
+        raise InputError(f"{where}: expected a (out, in, 1, 1) weight, got shape {tuple(w.shape)}")
+    if w.shape[1] < GROUP:
+        raise InputError(f"{where}: {w.shape[1]} input channels, fewer than the {GROUP} of one "
+                         f"virtual 3x3 kernel")
+    return grouped_rows(torch.from_numpy(w)).numpy().reshape(w.shape[0], -1, 3, 3)
+
+
+def analyse_grouped(weight: np.ndarray, where: str = "conv") -> LayerSparsity:
+    """Classify every virtual kernel of a (O, I, 1, 1) weight (see the module docstring);
+    ``kernel_mask`` is (O, G) and the masks of the last group's kernels are cut to its length."""
+    w = np.asarray(weight, dtype=np.float32)
+    sp = analyse(virtual_weight(w, where), where)
+    r = w.shape[1] - (group_count(w.shape[1]) - 1) * GROUP
+    if r == GROUP:
+        return sp
+    cut = (1 << r) - 1
+    final = np.array(list(sp.masks) + [-1], dtype=np.int64)[sp.kernel_mask]  # -1: pruned
+    last = final[:, -1]
+    final[:, -1] = np.where(last >= 0, last & cut, -1)
+    masks = tuple(sorted(int(m) for m in np.unique(final[final >= 0])))
+    km = np.where(final >= 0, np.searchsorted(np.array(masks, dtype=np.int64), final), -1)
+    return LayerSparsity(masks, km.astype(np.int32))
+
+
+def grouped_density(sp: LayerSparsity, in_channels: int) -> float:
+    """Share of a layer's dense products the grouped kernel computes."""
+    return float(sp.taps_per_kernel().sum()) / max(1, sp.kernel_mask.shape[0] * in_channels)
+
+
+def grouped_sparsity(weight: np.ndarray, where: str = "conv") -> LayerSparsity | None:
+    """The virtual-kernel sparsity of a 1x1 weight when the grouped kernel should run it (at
+    least 9 input channels, density at most GROUPED_MAX_DENSITY), else None (dense path)."""
+    w = np.asarray(weight)
+    if w.ndim != 4 or w.shape[2:] != (1, 1) or w.shape[1] < GROUP:
+        return None
+    sp = analyse_grouped(w, where)
+    return sp if grouped_density(sp, w.shape[1]) <= GROUPED_MAX_DENSITY else None
