@@ -143,18 +143,29 @@ _BINARY_FUNCS = {operator.sub: "sub", operator.isub: "sub", torch.sub: "sub", "s
 _RELU_FUNCS = {F.relu, torch.relu, torch.relu_, F.relu_}
 
 
-def capture_torch(model: nn.Module, example: torch.Tensor) -> Graph:
-    """Trace ``model`` with torch.fx and lower it to the IR (shapes from ``example``)."""
+def trace(model: nn.Module) -> "torch.fx.GraphModule":
+    """``model`` (in eval mode) traced with torch.fx; an untraceable model is an UnsupportedError."""
+    import torch.fx
+
+    try:
+        return torch.fx.symbolic_trace(model.eval())
+    except Exception as e:  # fx raises plain exceptions for data-dependent control flow
+        raise UnsupportedError(f"torch.fx cannot trace {type(model).__name__}: {e}") from e
+
+
+def capture_torch(model: nn.Module, example: torch.Tensor, *, on_unsupported=None) -> Graph:
+    """Trace ``model`` with torch.fx and lower it to the IR (shapes from ``example``).
+
+    ``on_unsupported(fx_node, error)``, when given, is told of each node the IR cannot express
+    instead of the first one raising, and lowering goes on past it: how the fallback
+    (compiler/fallback.py) learns which nodes to run in PyTorch. The nodes need shapes then
+    (``model`` a GraphModule that ShapeProp has run on); the graph returned lacks those nodes."""
     import torch.fx
 
     if not isinstance(example, torch.Tensor) or example.dim() != 4:
         raise InputError(f"example input must be a 4-D (N, C, H, W) tensor, got "
                          f"{getattr(example, 'shape', type(example).__name__)}")
-    model = model.eval()
-    try:
-        gm = torch.fx.symbolic_trace(model)
-    except Exception as e:  # fx raises plain exceptions for data-dependent control flow
-        raise UnsupportedError(f"torch.fx cannot trace {type(model).__name__}: {e}") from e
+    gm = model if on_unsupported is not None else trace(model)
     mods = dict(gm.named_modules())
     names: dict[str, str] = {}  # fx node -> IR name (or an alias for dropped no-ops)
     nodes: list[Node] = []
@@ -188,67 +199,76 @@ def capture_torch(model: nn.Module, example: torch.Tensor) -> Graph:
         names[n.name] = node.name
 
     for n in gm.graph.nodes:
-        where = str(n.target) if n.op == "call_module" else n.name
-        if n.op == "placeholder":
-            if INPUT in names.values():
-                raise UnsupportedError(f"{n.name}: models with more than one input are not supported")
-            names[n.name] = INPUT
-        elif n.op == "output":
-            out_name = src(n.args[0], "output")
-        elif n.op == "call_module":
-            m = mods[n.target]
-            if isinstance(m, nn.Conv2d):
-                add(n, "conv", n.args[:1], *_conv(m, where))
-            elif isinstance(m, nn.BatchNorm2d):
-                if m.running_mean is None:
-                    raise UnsupportedError(f"{where}: BatchNorm2d without running statistics")
-                params = {"mean": _np(m.running_mean), "var": _np(m.running_var),
-                          "gamma": _np(m.weight) if m.affine else np.ones(m.num_features, np.float32),
-                          "beta": _np(m.bias) if m.affine else np.zeros(m.num_features, np.float32)}
-                add(n, "bn", n.args[:1], {"eps": float(m.eps)}, params)
-            elif type(m) in _ACT_MODULES:
-                add(n, _ACT_MODULES[type(m)], n.args[:1])
-            elif isinstance(m, nn.Hardtanh) and (m.min_val, m.max_val) == (0.0, 6.0):
-                add(n, "relu6", n.args[:1])
-            elif isinstance(m, nn.PReLU) and m.num_parameters > 1:
-                add(n, "prelu", n.args[:1], {}, {"weight": _np(m.weight)})
-            elif _act_of_module(m, where) is not None:
-                add(n, "act", n.args[:1], {"act": _act_of_module(m, where)})
-            elif isinstance(m, _NOOP_MODULES):
-                names[n.name] = src(n.args[0], where)
-            elif isinstance(m, nn.MaxPool2d):
-                add(n, "maxpool", n.args[:1], _pool_attrs(m.kernel_size, m.stride, m.padding, m.ceil_mode, where, m.dilation))
-            elif isinstance(m, nn.AvgPool2d):
-                if m.divisor_override is not None:
-                    raise UnsupportedError(f"layer {where!r}: AvgPool2d with divisor_override")
-                add(n, "avgpool", n.args[:1], _pool_attrs(m.kernel_size, m.stride, m.padding, m.ceil_mode, where,
-                                                          count_include_pad=m.count_include_pad))
-            elif isinstance(m, nn.AdaptiveAvgPool2d):
-                op, attrs = _adaptive(m.output_size, shape(n.args[0]), where)
-                if op == "identity":
+        try:
+            where = str(n.target) if n.op == "call_module" else n.name
+            if n.op == "placeholder":
+                if INPUT in names.values():
+                    raise UnsupportedError(f"{n.name}: models with more than one input are not supported")
+                names[n.name] = INPUT
+            elif n.op == "output":
+                out_name = src(n.args[0], "output")
+            elif n.op == "call_module":
+                m = mods[n.target]
+                if isinstance(m, nn.Conv2d):
+                    add(n, "conv", n.args[:1], *_conv(m, where))
+                elif isinstance(m, nn.BatchNorm2d):
+                    if m.running_mean is None:
+                        raise UnsupportedError(f"{where}: BatchNorm2d without running statistics")
+                    params = {"mean": _np(m.running_mean), "var": _np(m.running_var),
+                              "gamma": _np(m.weight) if m.affine else np.ones(m.num_features, np.float32),
+                              "beta": _np(m.bias) if m.affine else np.zeros(m.num_features, np.float32)}
+                    add(n, "bn", n.args[:1], {"eps": float(m.eps)}, params)
+                elif type(m) in _ACT_MODULES:
+                    add(n, _ACT_MODULES[type(m)], n.args[:1])
+                elif isinstance(m, nn.Hardtanh) and (m.min_val, m.max_val) == (0.0, 6.0):
+                    add(n, "relu6", n.args[:1])
+                elif isinstance(m, nn.PReLU) and m.num_parameters > 1:
+                    add(n, "prelu", n.args[:1], {}, {"weight": _np(m.weight)})
+                elif _act_of_module(m, where) is not None:
+                    add(n, "act", n.args[:1], {"act": _act_of_module(m, where)})
+                elif isinstance(m, _NOOP_MODULES):
                     names[n.name] = src(n.args[0], where)
+                elif isinstance(m, nn.MaxPool2d):
+                    add(n, "maxpool", n.args[:1], _pool_attrs(m.kernel_size, m.stride, m.padding, m.ceil_mode, where, m.dilation))
+                elif isinstance(m, nn.AvgPool2d):
+                    if m.divisor_override is not None:
+                        raise UnsupportedError(f"layer {where!r}: AvgPool2d with divisor_override")
+                    add(n, "avgpool", n.args[:1], _pool_attrs(m.kernel_size, m.stride, m.padding, m.ceil_mode, where,
+                                                              count_include_pad=m.count_include_pad))
+                elif isinstance(m, nn.AdaptiveAvgPool2d):
+                    op, attrs = _adaptive(m.output_size, shape(n.args[0]), where)
+                    if op == "identity":
+                        names[n.name] = src(n.args[0], where)
+                    else:
+                        add(n, op, n.args[:1], attrs)
+                elif isinstance(m, nn.Linear):
+                    params = {"weight": _np(m.weight)}
+                    if m.bias is not None:
+                        params["bias"] = _np(m.bias)
+                    add(n, "linear", n.args[:1], {}, params)
+                elif isinstance(m, nn.Flatten):
+                    add(n, "flatten", n.args[:1])
                 else:
-                    add(n, op, n.args[:1], attrs)
-            elif isinstance(m, nn.Linear):
-                params = {"weight": _np(m.weight)}
-                if m.bias is not None:
-                    params["bias"] = _np(m.bias)
-                add(n, "linear", n.args[:1], {}, params)
-            elif isinstance(m, nn.Flatten):
-                add(n, "flatten", n.args[:1])
+                    raise UnsupportedError(f"layer {where!r}: module {type(m).__name__} is not supported "
+                                           "(supported: Conv2d, BatchNorm2d, MaxPool2d, AvgPool2d, "
+                                           "AdaptiveAvgPool2d, Linear, Flatten, Dropout, Identity and the "
+                                           f"activations {', '.join(t.__name__ for t in _ACT_TYPES)})")
+            elif n.op in ("call_function", "call_method"):
+                _lower_call(n, add, names, src, shape, splits)
             else:
-                raise UnsupportedError(f"layer {where!r}: module {type(m).__name__} is not supported "
-                                       "(supported: Conv2d, BatchNorm2d, MaxPool2d, AvgPool2d, "
-                                       "AdaptiveAvgPool2d, Linear, Flatten, Dropout, Identity and the "
-                                       f"activations {', '.join(t.__name__ for t in _ACT_TYPES)})")
-        elif n.op in ("call_function", "call_method"):
-            _lower_call(n, add, names, src, shape, splits)
-        else:
-            raise UnsupportedError(f"{n.name}: fx op {n.op} ({n.target}) is not supported "
-                                   "(parameters used directly in forward?)")
-    if out_name is None or out_name == INPUT:
+                raise UnsupportedError(f"{n.name}: fx op {n.op} ({n.target}) is not supported "
+                                       "(parameters used directly in forward?)")
+        except UnsupportedError as e:
+            if on_unsupported is None or n.op == "placeholder":
+                raise
+            if n.op != "output":  # several outputs: the fallback's runner returns them all
+                on_unsupported(n, e)
+                meta = n.meta.get("tensor_meta")
+                names[n.name] = unique_name(n.name, used)
+                shapes[names[n.name]] = tuple(meta.shape[1:]) if hasattr(meta, "shape") else ()
+    if on_unsupported is None and (out_name is None or out_name == INPUT):
         raise UnsupportedError("model output is its input (nothing to compile)")
-    return Graph(tuple(int(s) for s in example.shape[1:]), nodes, out_name)
+    return Graph(tuple(int(s) for s in example.shape[1:]), nodes, out_name or INPUT)
 
 
 def _lower_call(n, add, names, src, shape, splits) -> None:
@@ -543,8 +563,11 @@ def _silu_muls(g) -> dict:
     return out
 
 
-def capture_onnx(path: str | Path) -> Graph:
-    """Lower an ONNX file (opset >= 11 conv nets as torch.onnx exports them) to the IR."""
+def capture_onnx(path: str | Path, *, on_unsupported=None) -> Graph:
+    """Lower an ONNX file (opset >= 11 conv nets as torch.onnx exports them) to the IR.
+
+    ``on_unsupported(onnx_node, error)``: as for ``capture_torch`` (the outputs of a node the
+    IR cannot express take the file's inferred shapes, and lowering goes on past it)."""
     import onnx
     from onnx import numpy_helper, shape_inference
 
@@ -723,12 +746,21 @@ def capture_onnx(path: str | Path) -> Graph:
                     emit(n, "slice", n.input[:1], {"start": int(start), "channels": int(size)}, output=out)
             else:
                 raise UnsupportedError(f"ONNX op {op} at node {where!r} is not supported by the compiler")
+        except UnsupportedError as e:
+            if on_unsupported is None:
+                raise
+            on_unsupported(n, e)
+            for out in n.output:
+                names[out] = unique_name(out, used)
+                ir_shapes[names[out]] = shapes.get(out, ())
         except KeyError as e:
             raise FormatError(f"{path}: node {n.name or n.output[0]!r} ({n.op_type}) uses {e}, which is "
                               "neither a weight nor a tensor written before it") from None
         except IndexError:
             raise FormatError(f"{path}: node {n.name!r} ({n.op_type}) has too few inputs or attributes") from None
     out = names.get(g.output[0].name)
+    if on_unsupported is not None:
+        return Graph(tuple(in_shape), nodes, out or INPUT)
     if len(g.output) != 1 or out is None:
         raise UnsupportedError(f"{path}: exactly one graph output is supported")
     return Graph(tuple(in_shape), nodes, out)
