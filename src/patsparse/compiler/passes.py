@@ -14,7 +14,8 @@ from ..errors import UnsupportedError
 from .ir import INPUT, Graph, Node
 from .layout import spatial
 
-KERNEL_OPS = ("conv", "linear", "maxpool", "avgpool", "gap", "act", "affine", "prelu", "binary", "concat", "slice")
+KERNEL_OPS = ("conv", "linear", "maxpool", "avgpool", "gap", "act", "affine", "prelu", "binary", "concat", "slice",
+              "pad", "resize", "pixel_shuffle", "shuffle", "softmax")
 # producers whose epilogue can apply any activation (act(op(x) + bias + residual))
 ACT_PRODUCERS = ("conv", "linear", "maxpool", "avgpool", "gap", "affine", "prelu", "binary")
 ACT_OPS = ("relu", "relu6", "act")

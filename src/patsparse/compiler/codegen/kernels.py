@@ -18,7 +18,7 @@ from ...errors import UnsupportedError
 from ..ir import Node
 from ..reorder import analyse
 from ..target import Target
-from . import channels, channelwise, conv_pool, dense_conv, depthwise, gemm, pool, pw_dw
+from . import channels, channelwise, conv_pool, dense_conv, depthwise, gemm, movement, pool, pw_dw, softmax
 from .base import GeneratedKernel
 from .pattern_conv import candidate_schedules, gen_pattern_conv
 from .step import Step
@@ -178,6 +178,30 @@ def _slice_generate(step: Step, schedule: dict | None, target: Target, threads: 
                               out_layout=step.out_layout, target=target)
 
 
+def _pad_generate(step: Step, schedule: dict | None, target: Target, threads: int | None) -> GeneratedKernel:
+    a, L = step.node.attrs, step.in_layout
+    t, left, b, r = a["pads"]
+    return movement.gen_remap(step.cname, rows=movement.pad_taps(L.H, t, b, a["mode"]),
+                              cols=movement.pad_taps(L.W, left, r, a["mode"]), value=a["value"],
+                              in_layout=L, out_layout=step.out_layout, target=target)
+
+
+def _resize_generate(step: Step, schedule: dict | None, target: Target, threads: int | None) -> GeneratedKernel:
+    a, L, O = step.node.attrs, step.in_layout, step.out_layout
+    scales = a.get("scales", (None, None))
+    rows, cols = (movement.resize_taps(n, m, a["mode"], a["align_corners"], s)
+                  for n, m, s in ((L.H, O.H, scales[0]), (L.W, O.W, scales[1])))
+    return movement.gen_remap(step.cname, rows=rows, cols=cols, in_layout=L, out_layout=O, target=target)
+
+
+def _movement(gen: Callable, attr: str):
+    """The generator of a one-attribute data movement op (pixel shuffle, channel shuffle, softmax)."""
+    def generate(step: Step, schedule: dict | None, target: Target, threads: int | None) -> GeneratedKernel:
+        return gen(step.cname, **{attr: step.node.attrs[attr]}, in_layout=step.in_layout,
+                   out_layout=step.out_layout, target=target)
+    return generate
+
+
 FAMILIES: tuple[KernelFamily, ...] = (
     KernelFamily("conv_pool", lambda n: {} if _conv(n, fused="pool") else None, _conv_pool_generate),
     KernelFamily("pw_dw", lambda n: {} if _conv(n, fused="expand") else None, _pw_dw_generate, _pw_dw_candidates),
@@ -193,6 +217,11 @@ FAMILIES: tuple[KernelFamily, ...] = (
     KernelFamily("binary", _op("binary"), _binary_generate),
     KernelFamily("concat", _op("concat"), _concat_generate),
     KernelFamily("slice", _op("slice"), _slice_generate),
+    KernelFamily("pad", _op("pad"), _pad_generate),
+    KernelFamily("resize", _op("resize"), _resize_generate),
+    KernelFamily("pixel_shuffle", _op("pixel_shuffle"), _movement(movement.gen_pixel_shuffle, "r")),
+    KernelFamily("shuffle", _op("shuffle"), _movement(channels.gen_shuffle, "groups")),
+    KernelFamily("softmax", _op("softmax"), _movement(softmax.gen_softmax, "log")),
 )
 _BY_KIND = {f.kind: f for f in FAMILIES}
 
