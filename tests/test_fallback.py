@@ -14,13 +14,13 @@ from patsparse.errors import UnsupportedError
 
 
 class Mixed(nn.Module):
-    """conv -> ConvTranspose2d (no kernel) -> conv, a residual add across the fallback op, and a
-    Mish (no kernel) before the classifier."""
+    """conv -> bicubic upsampling (no kernel) -> conv, a residual add across the fallback op, and
+    a Mish (no kernel) before the classifier."""
 
     def __init__(self):
         super().__init__()
         self.c = nn.Conv2d(3, 4, 3, padding=1)
-        self.t = nn.ConvTranspose2d(4, 4, 2, stride=2)
+        self.t = nn.Upsample(scale_factor=2, mode="bicubic")
         self.d = nn.Conv2d(4, 4, 3, stride=2, padding=1)
         self.fc = nn.Linear(4 * 8 * 8, 5)
 
@@ -37,7 +37,7 @@ def _kinds(cm) -> list[str]:
 def test_torch_model_with_unsupported_ops_runs_them_in_pytorch():
     m = Mixed().eval()
     x = torch.randn(3, 3, 8, 8)
-    with pytest.warns(UserWarning, match=r"run in PyTorch.*ConvTranspose2d"):
+    with pytest.warns(UserWarning, match=r"run in PyTorch.*Upsample"):
         cm = ps.compile(m, x[:1], threads=2)
     with torch.no_grad():
         want = m(x)
@@ -46,16 +46,16 @@ def test_torch_model_with_unsupported_ops_runs_them_in_pytorch():
     assert isinstance(got, np.ndarray)
     assert_close(got, want)
     fell = dict(cm.fallback_ops)
-    assert set(fell) == {"t (ConvTranspose2d)", "add (add)", "mish (mish)"}
+    assert set(fell) == {"t (Upsample)", "add (add)", "mish (mish)"}
     assert "reads two tensors" in fell["add (add)"]
     assert _kinds(cm) == ["native", "fallback", "native", "fallback", "native"]
     report = cm.report()
-    assert "3 of 8 ops run in PyTorch" in report and "ConvTranspose2d is not supported" in report
+    assert "3 of 8 ops run in PyTorch" in report and "resize mode 'bicubic'" in report
     assert abs(sum(float(line.split()[1].rstrip("%")) for line in report.splitlines()[1:]
                    if line.startswith("  ") and not line.startswith("      ")) - 100) < 0.5
     with pytest.raises(UnsupportedError, match="cannot save.*3 ops of this model run in PyTorch"):
         cm.save("unused")
-    with pytest.raises(UnsupportedError, match="ConvTranspose2d"):
+    with pytest.raises(UnsupportedError, match="bicubic"):
         ps.compile(m, x[:1], strict=True)
 
 
@@ -64,13 +64,13 @@ def test_onnx_file_with_unsupported_ops_runs_them_in_onnx_runtime(tmp_path):
     x = torch.randn(2, 3, 8, 8)
     path = tmp_path / "m.onnx"
     torch.onnx.export(m, x[:1], str(path), dynamo=False, opset_version=17)  # a fixed batch of 1
-    with pytest.warns(UserWarning, match=r"run in ONNX Runtime.*ConvTranspose"):
+    with pytest.warns(UserWarning, match=r"run in ONNX Runtime.*Resize"):
         cm = ps.compile(str(path), threads=2)
     with torch.no_grad():
         assert_close(cm(x), m(x))  # batch 2: the fallback segments run image by image
-    assert any("ConvTranspose" in op for op, _ in cm.fallback_ops)
+    assert any("Resize" in op for op, _ in cm.fallback_ops)
     assert _kinds(cm)[:3] == ["native", "fallback", "native"]
-    with pytest.raises(UnsupportedError, match="ConvTranspose"):
+    with pytest.raises(UnsupportedError, match="Resize mode cubic"):
         ps.compile(str(path), strict=True)
 
 

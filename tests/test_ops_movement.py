@@ -160,3 +160,14 @@ def test_movement_graph_saves_loads_and_rejects_tampered_attributes(tmp_path):
                                     for d in gj["nodes"]]}
         with pytest.raises(FormatError):
             graph_from_file(tampered, gt, "m")
+
+
+@pytest.mark.parametrize("kw", [dict(kernel_size=2, stride=2), dict(kernel_size=3, stride=2, padding=1, output_padding=1),
+                                dict(kernel_size=3, padding=1, groups=2, out_channels=8),
+                                dict(kernel_size=4, stride=2, padding=1, dilation=2, bias=False)])
+def test_conv_transpose_is_a_spread_and_a_conv(kw, tmp_path):
+    torch.manual_seed(0)
+    kw = {"in_channels": 4, "out_channels": 6, **kw}
+    m = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ConvTranspose2d(**kw), nn.ReLU())
+    check_torch_and_onnx(m, torch.randn(2, 3, 7, 6), tmp_path)
+    assert [n.op for n in capture_torch(m, torch.zeros(1, 3, 7, 6)).nodes][1:3] == ["pad", "conv"]

@@ -110,6 +110,27 @@ def conv_node(weight: np.ndarray, bias: np.ndarray | None, stride, pads, dilatio
     return {"k": k, "stride": s, "padding": p, "groups": groups}, params
 
 
+def conv_transpose_nodes(weight: np.ndarray, bias: np.ndarray | None, stride, pads, output_padding, dilation,
+                         groups: int, where: str) -> tuple[dict, dict, dict]:
+    """A transposed conv as PyTorch defines it (``pads``: top, left, bottom, right) lowered to
+    (pad attrs, conv attrs, conv params): its input spread by the stride with zeros and padded
+    by dilation * (k - 1) - padding (+ output_padding after; negative crops), then a stride-1
+    conv with the weight flipped and its in / out channels swapped per group."""
+    cin, cog, kh, kw = weight.shape
+    g = groups
+    if cin % g:
+        raise UnsupportedError(f"layer {where!r}: ConvTranspose with {cin} input channels in {g} groups")
+    w = weight.reshape(g, cin // g, cog, kh, kw).transpose(0, 2, 1, 3, 4).reshape(g * cog, cin // g, kh, kw)
+    (dh, dw), (oh, ow) = dilation, output_padding
+    ext_h, ext_w = dh * (kh - 1), dw * (kw - 1)
+    pad = pad_attrs((ext_h - pads[0], ext_w - pads[1], ext_h - pads[2] + oh, ext_w - pads[3] + ow),
+                    "constant", 0.0, where)
+    pad["dilation"] = [_pair(stride[0], "stride", where), _pair(stride[1], "stride", where)]
+    attrs, params = conv_node(np.ascontiguousarray(w[:, :, ::-1, ::-1]), bias, (1, 1), (0, 0, 0, 0), dilation, g,
+                              where)
+    return pad, attrs, params
+
+
 def _pool_attrs(k, s, p, ceil, where: str, dilation=1, count_include_pad=True) -> dict:
     """A pool's IR attributes; ceil_mode, dilation (max) and count_include_pad (avg) only when
     they differ from the default, so a plain pool's attributes stay as they were."""
@@ -226,6 +247,14 @@ def capture_torch(model: nn.Module, example: torch.Tensor, *, on_unsupported=Non
                     if padded is not None:
                         add(n, "pad", n.args[:1], padded, suffix=".pad")
                     add(n, "conv", [n] if padded else n.args[:1], attrs, params)
+                elif isinstance(m, nn.ConvTranspose2d):
+                    if m.padding_mode != "zeros" or not isinstance(m.padding, tuple):
+                        raise UnsupportedError(f"layer {where!r}: ConvTranspose2d padding {m.padding!r} "
+                                               f"({m.padding_mode})")
+                    pad, attrs, params = conv_transpose_nodes(_np(m.weight), _np(m.bias), m.stride, (*m.padding, *m.padding),
+                                                              m.output_padding, m.dilation, m.groups, where)
+                    add(n, "pad", n.args[:1], pad, suffix=".spread")
+                    add(n, "conv", [n], attrs, params)
                 elif isinstance(m, nn.BatchNorm2d):
                     if m.running_mean is None:
                         raise UnsupportedError(f"{where}: BatchNorm2d without running statistics")
@@ -696,9 +725,11 @@ def out_shape(op: str, attrs: dict, params: dict, ins: list[tuple], where: str) 
         raise UnsupportedError(f"{where}: {op} on a tensor of shape {x} (needs C, H, W)")
     if op == "pad":
         t, left, b, r = attrs["pads"]
-        if x[1] + t + b < 1 or x[2] + left + r < 1:
+        dh, dw = attrs.get("dilation", (1, 1))
+        h, w = (x[1] - 1) * dh + 1 + t + b, (x[2] - 1) * dw + 1 + left + r
+        if h < 1 or w < 1:
             raise InputError(f"{where}: padding {attrs['pads']} leaves nothing of {x[1]}x{x[2]}")
-        return (x[0], x[1] + t + b, x[2] + left + r)
+        return (x[0], h, w)
     if op == "resize":
         return (x[0], *attrs["size"])
     if op == "pixel_shuffle":
@@ -1017,6 +1048,19 @@ def capture_onnx(path: str | Path, *, on_unsupported=None) -> Graph:
                                   shapes[n.input[0]][1:], w.shape[2:], strides, dils)
                 attrs, params = conv_node(w, bias, strides, pads, dils, int(attr(n, "group", 1)), where)
                 emit(n, "conv", n.input[:1], attrs, params)
+            elif op == "ConvTranspose":
+                w = inits[n.input[1]]
+                if w.ndim != 4 or attr(n, "output_shape") is not None or \
+                        _text(attr(n, "auto_pad", "NOTSET")) != "NOTSET":
+                    raise UnsupportedError(f"{where}: ConvTranspose other than 2-D with explicit pads")
+                bias = inits[n.input[2]].copy() if len(n.input) > 2 and n.input[2] else None
+                p = list(attr(n, "pads", [0, 0, 0, 0]))
+                pad, attrs, params = conv_transpose_nodes(
+                    w, bias, list(attr(n, "strides", [1, 1])), (p[0], p[1], p[2], p[3]),
+                    list(attr(n, "output_padding", [0, 0])), list(attr(n, "dilations", [1, 1])),
+                    int(attr(n, "group", 1)), where)
+                emit(n, "pad", n.input[:1], pad, output=n.output[0] + "#spread")
+                emit(n, "conv", [n.output[0] + "#spread"], attrs, params)
             elif op == "BatchNormalization":
                 params = {"gamma": inits[n.input[1]].copy(), "beta": inits[n.input[2]].copy(),
                           "mean": inits[n.input[3]].copy(), "var": inits[n.input[4]].copy()}

@@ -148,16 +148,18 @@ def _attrs(op: str, attrs: Any, x: tuple, where: str) -> dict:
         start = _int(attrs["start"], 0, x[0] - 1, f"{where}: start")
         return {"start": start, "channels": _int(attrs["channels"], 1, x[0] - start, f"{where}: channels")}
     if op == "pad":
-        attrs = _keys(attrs, {"pads", "mode", "value"}, set(), where)
-        pads = attrs["pads"]
-        if not isinstance(pads, list) or len(pads) != 4:
-            raise FormatError(f"{where}: pads {pads!r} is not (top, left, bottom, right)")
+        attrs = _keys(attrs, {"pads", "mode", "value"}, {"dilation"}, where)
+        pads, dil = attrs["pads"], attrs.get("dilation", [1, 1])
+        if not isinstance(pads, list) or len(pads) != 4 or not isinstance(dil, list) or len(dil) != 2:
+            raise FormatError(f"{where}: pads {pads!r} / dilation {dil!r} are not (top, left, bottom, right) / (h, w)")
         a = {"pads": [_int(p, -MAX_DIM, MAX_DIM, f"{where}: pads") for p in pads],
              "mode": _choice(attrs["mode"], movement.PAD_MODES, f"{where}: mode"),
              "value": _float(attrs["value"], f"{where}: value")}
+        if "dilation" in attrs:
+            a["dilation"] = [_int(d, 1, MAX_WINDOW, f"{where}: dilation") for d in dil]
         try:  # reflect needs pads below the size: the generator's own check
-            for n, lo, hi in ((x[1], pads[0], pads[2]), (x[2], pads[1], pads[3])):
-                movement.pad_taps(n, lo, hi, a["mode"])
+            for n, lo, hi, d in ((x[1], pads[0], pads[2], dil[0]), (x[2], pads[1], pads[3], dil[1])):
+                movement.pad_taps(n, lo, hi, a["mode"], d)
         except UnsupportedError as e:
             raise FormatError(f"{where}: {e}") from None
         return a

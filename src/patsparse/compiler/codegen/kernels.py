@@ -181,8 +181,9 @@ def _slice_generate(step: Step, schedule: dict | None, target: Target, threads: 
 def _pad_generate(step: Step, schedule: dict | None, target: Target, threads: int | None) -> GeneratedKernel:
     a, L = step.node.attrs, step.in_layout
     t, left, b, r = a["pads"]
-    return movement.gen_remap(step.cname, rows=movement.pad_taps(L.H, t, b, a["mode"]),
-                              cols=movement.pad_taps(L.W, left, r, a["mode"]), value=a["value"],
+    dh, dw = a.get("dilation", (1, 1))
+    return movement.gen_remap(step.cname, rows=movement.pad_taps(L.H, t, b, a["mode"], dh),
+                              cols=movement.pad_taps(L.W, left, r, a["mode"], dw), value=a["value"],
                               in_layout=L, out_layout=step.out_layout, target=target)
 
 

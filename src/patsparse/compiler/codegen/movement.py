@@ -1,5 +1,5 @@
-"""Spatial data movement: padding (constant / reflect / replicate), nearest and bilinear resize,
-and pixel shuffle.
+"""Spatial data movement: padding (constant / reflect / replicate, and the zeros a transposed
+conv spreads its input with), nearest and bilinear resize, and pixel shuffle.
 
 Padding and resizing are one kernel, a *remap*: output row h reads input rows ``ry0[h]`` and
 ``ry1[h]`` with weights ``1 - ly[h]`` and ``ly[h]``, output column w reads columns ``rx0[w]``
@@ -64,12 +64,17 @@ def resize_taps(n_in: int, n_out: int, mode: str, align_corners: bool = False,
     return i0, i1, lam
 
 
-def pad_taps(n_in: int, before: int, after: int, mode: str) -> Taps:
+def pad_taps(n_in: int, before: int, after: int, mode: str, dilation: int = 1) -> Taps:
     """Source index of each output along one axis padded by ``before`` / ``after`` (negative:
-    cropped) in ``mode``; -1 where constant padding puts its value."""
-    src = np.arange(n_in + before + after) - before
+    cropped) in ``mode``; -1 where constant padding puts its value. ``dilation`` d (constant
+    mode): d - 1 values between input elements too, the input of a transposed conv's
+    equivalent conv."""
+    n = (n_in - 1) * dilation + 1
+    src = np.arange(n + before + after) - before
+    if dilation != 1 and mode != "constant":
+        raise UnsupportedError(f"{mode} padding of a dilated axis")
     if mode == "constant":
-        i = np.where((src >= 0) & (src < n_in), src, -1)
+        i = np.where((src >= 0) & (src < n) & (src % dilation == 0), src // dilation, -1)
     elif mode == "reflect":
         if max(before, after) >= n_in:
             raise UnsupportedError(f"reflect padding of {max(before, after)} on a size of {n_in} (must be smaller)")
