@@ -191,8 +191,8 @@ def capture_torch(model: nn.Module, example: torch.Tensor, *, on_unsupported=Non
     (``model`` a GraphModule that ShapeProp has run on); the graph returned lacks those nodes."""
     import torch.fx
 
-    if not isinstance(example, torch.Tensor) or example.dim() != 4:
-        raise InputError(f"example input must be a 4-D (N, C, H, W) tensor, got "
+    if not isinstance(example, torch.Tensor) or example.dim() not in (2, 4):
+        raise InputError(f"example input must be a 4-D (N, C, H, W) or a 2-D (N, features) tensor, got "
                          f"{getattr(example, 'shape', type(example).__name__)}")
     gm = model if on_unsupported is not None else trace(model)
     mods = dict(gm.named_modules())
@@ -957,8 +957,11 @@ def capture_onnx(path: str | Path, *, on_unsupported=None) -> Graph:
         dims = [d.dim_value for d in vi.type.tensor_type.shape.dim]
         shapes[vi.name], full[vi.name] = tuple(dims[1:]), tuple(dims)
     in_shape = shapes[real_inputs[0].name]
-    if len(in_shape) != 3 or not all(in_shape):
-        raise UnsupportedError(f"{path}: input shape {in_shape} must be a static (N, C, H, W)")
+    if real_inputs[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+        raise UnsupportedError(f"{path}: input of type {onnx.TensorProto.DataType.Name(real_inputs[0].type.tensor_type.elem_type)}; "
+                               "only float32 inputs are supported")
+    if len(in_shape) not in (1, 3) or not all(in_shape):
+        raise UnsupportedError(f"{path}: input shape {in_shape} must be a static (N, C, H, W) or (N, features)")
     names = {real_inputs[0].name: INPUT}
     nodes: list[Node] = []
     batch = full[real_inputs[0].name][0] or 1
@@ -1139,6 +1142,27 @@ def capture_onnx(path: str | Path, *, on_unsupported=None) -> Graph:
                 else:
                     raise UnsupportedError(f"{where}: {op} of {n.input[0]!r}, which is neither a tensor "
                                            "of the graph nor a weight")
+            elif op == "Slice":  # a channel range (chunk / split as exporters write them)
+                x = ir_shapes[names[n.input[0]]]
+                arg = [consts.get(i) if i else None for i in list(n.input[1:]) + [""] * (5 - len(n.input))]
+                if any(i and i not in consts for i in n.input[1:]):
+                    raise UnsupportedError(f"{where}: Slice with bounds computed from the model's data")
+                starts, ends, axes, steps = (arg[:4] if opset >= 10 else
+                                             (attr(n, "starts"), attr(n, "ends"), attr(n, "axes"), None))
+                if len(x) not in (1, 3) or axes is None or [int(a) % (len(x) + 1) for a in np.ravel(axes)] != [1] \
+                        or (steps is not None and np.ravel(steps).tolist() != [1]):
+                    raise UnsupportedError(f"{where}: Slice other than a channel range with step 1")
+                lo, hi, _ = slice(int(np.ravel(starts)[0]), int(np.ravel(ends)[0])).indices(x[0])
+                if hi <= lo:
+                    raise UnsupportedError(f"{where}: an empty Slice")
+                emit(n, "slice", n.input[:1], {"start": lo, "channels": hi - lo})
+            elif op == "Neg":
+                c = ir_shapes[names[n.input[0]]][0]
+                emit(n, "affine", n.input[:1], {}, {"weight": np.full(c, -1.0, np.float32),
+                                                     "bias": np.zeros(c, np.float32)})
+            elif op == "MatMul" and n.input[1] in inits and inits[n.input[1]].ndim == 2 \
+                    and len(ir_shapes[names[n.input[0]]]) == 1:  # x @ W: a Linear without bias
+                emit(n, "linear", n.input[:1], {}, {"weight": np.ascontiguousarray(inits[n.input[1]].T)})
             elif op == "Gemm":
                 if attr(n, "transA", 0) or not attr(n, "transB", 0) or attr(n, "alpha", 1.0) != 1.0 \
                         or attr(n, "beta", 1.0) != 1.0:

@@ -8,8 +8,8 @@ module (its torch.fx nodes, through ``split_module``), ONNX Runtime for an ONNX 
 of its nodes). A warning and ``PartitionedModel.report()`` say which ops fell back, why, and their
 share of the latency measured on the example input.
 
-A compiled segment takes one (N, C, H, W) tensor and gives one tensor, as every compiled model
-does; so a supported node that would give a segment a second input or output starts a new
+A compiled segment takes one (N, C, H, W) or (N, features) tensor and gives one tensor, as every
+compiled model does; so a supported node that would give a segment a second input or output starts a new
 segment, and one that cannot be given a segment of its own (it reads two tensors from outside,
 say a residual add across a fallback op) falls back too, and the report says so.
 """
@@ -95,7 +95,7 @@ def _fix(items: list[Item], s: Segment, takes: Callable[[str], bool]) -> tuple[i
     """(item, "") to cut before it, (item, reason) to demote it, or None when ``s`` is fine."""
     first = s.items[0]
     if not s.inputs or not takes(s.inputs[0]):
-        return first, "its input is not one (N, C, H, W) tensor a compiled segment can take"
+        return first, "its input is not one (N, C, H, W) or (N, features) tensor a compiled segment can take"
     for pos, i in enumerate(s.items):
         if any(r in s.inputs[1:] for r in items[i].reads):
             return (i, "") if pos else (i, "reads two tensors computed outside a compiled segment")
@@ -247,7 +247,7 @@ def compile_torch(model: torch.nn.Module, example: torch.Tensor, lower: Lower, b
 
     def takes(v: str) -> bool:
         meta = next(n for n in gm.graph.nodes if n.name == v).meta.get("tensor_meta")
-        return hasattr(meta, "shape") and len(meta.shape) == 4 and meta.dtype == torch.float32
+        return hasattr(meta, "shape") and len(meta.shape) in (2, 4) and meta.dtype == torch.float32
 
     while True:
         segs = plan(items, sinks, takes)
@@ -325,7 +325,8 @@ def compile_onnx(path: str | os.PathLike, lower: Lower, build: Build) -> Partiti
     sinks = {o.name for o in g.output}
 
     def takes(v: str) -> bool:
-        return len(dims(v)) == 4 and all(dims(v)[1:]) and infos[v].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+        return len(dims(v)) in (2, 4) and all(dims(v)[1:]) and \
+            infos[v].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
 
     def sub_model(s: Segment) -> onnx.ModelProto:
         body = [nodes[i] for i in s.items]
@@ -358,9 +359,9 @@ def compile_onnx(path: str | os.PathLike, lower: Lower, build: Build) -> Partiti
             try:
                 sess = ort.InferenceSession(sub_model(s).SerializeToString(), providers=["CPUExecutionProvider"])
             except Exception as e:  # ORT raises its own exception types for a malformed node
-                raise FormatError(f"{path}: ONNX Runtime refuses the nodes "
-                                  f"{', '.join(items[i].label for i in s.items)}, which the compiler cannot "
-                                  f"generate either: {e}") from None
+                raise UnsupportedError(f"{path}: ONNX Runtime cannot run the nodes "
+                                       f"{', '.join(items[i].label for i in s.items)}, which the compiler cannot "
+                                       f"generate either: {e}") from None
             fn = _session(sess, s, batch)
         timers.append(_Timed(fn, s))
     _warn(items, "ONNX Runtime")
@@ -380,15 +381,23 @@ def _native_onnx(cm) -> Callable:
 
 
 def _session(sess, s: Segment, batch: int) -> Callable:
-    """Run a fallback sub-model; a file exported for a fixed batch runs image by image."""
+    """Run a fallback sub-model; a file exported for a fixed batch B runs B images at a time (the
+    last chunk filled up with zeros, their results dropped)."""
     names = [i.name for i in sess.get_inputs()]
 
     def call(*xs):
         n = len(xs[0]) if xs else 0
-        if batch and n != batch:
-            per = [lambda j, v=v: v[j:j + 1] if v.ndim and len(v) == n else v for v in xs]
-            parts = [sess.run(s.outputs, {k: f(j) for k, f in zip(names, per)}) for j in range(n)]
-            return [np.concatenate(p) for p in zip(*parts)]
-        return sess.run(s.outputs, dict(zip(names, xs)))
+        if not batch or n == batch:
+            return sess.run(s.outputs, dict(zip(names, xs)))
+        parts = []
+        for j in range(0, n, batch):
+            feed = {}
+            for k, v in zip(names, xs):
+                if v.ndim and len(v) == n:  # a batched value (a shape computed in the graph is not)
+                    v = v[j:j + batch]
+                    v = np.concatenate([v, np.zeros((batch - len(v), *v.shape[1:]), v.dtype)]) if len(v) < batch else v
+                feed[k] = v
+            parts.append([o[:min(batch, n - j)] for o in sess.run(s.outputs, feed)])
+        return [np.concatenate(p) for p in zip(*parts)]
 
     return call
