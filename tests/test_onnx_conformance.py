@@ -19,10 +19,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from onnx import numpy_helper
-from test_ops_movement import Movement, channel_shuffle
+from test_ops_movement import Movement
 
 import patsparse as ps
 from patsparse.errors import UnsupportedError
+from patsparse.models.families import ShuffleUnit
 
 BACKEND = Path(os.path.dirname(onnx.__file__)) / "backend" / "test" / "data" / "pytorch-converted"
 CASES = sorted(p.name for p in BACKEND.iterdir()) if BACKEND.is_dir() else []
@@ -89,21 +90,6 @@ def test_every_backend_model_matches_or_is_refused_and_coverage_does_not_drop():
     assert all(fallback[c] == "match" for c in CASES if native[c] == "match")
 
 
-class ShuffleUnit(nn.Module):
-    """A ShuffleNet-V2 unit (stride 1): split, 1x1 -> depthwise 3x3 -> 1x1, concat, shuffle."""
-
-    def __init__(self, c=16):
-        super().__init__()
-        h = c // 2
-        self.branch = nn.Sequential(nn.Conv2d(h, h, 1), nn.BatchNorm2d(h), nn.ReLU(),
-                                    nn.Conv2d(h, h, 3, padding=1, groups=h), nn.BatchNorm2d(h),
-                                    nn.Conv2d(h, h, 1), nn.ReLU())
-
-    def forward(self, x):
-        a, b = x.chunk(2, 1)
-        return channel_shuffle(torch.cat([a, self.branch(b)], 1), 2)
-
-
 class Decoder(nn.Module):
     """A U-Net decoder step: transposed-conv upsampling, a skip concat, bilinear resize, a
     reflect-padded conv, and a per-pixel class softmax."""
@@ -120,7 +106,7 @@ class Decoder(nn.Module):
         return F.log_softmax(y, 1)
 
 
-@pytest.mark.parametrize("make,shape", [(ShuffleUnit, (16, 10, 12)), (Decoder, (3, 12, 10)), (Movement, (3, 9, 7))],
+@pytest.mark.parametrize("make,shape", [(lambda: ShuffleUnit(16), (16, 10, 12)), (Decoder, (3, 12, 10)), (Movement, (3, 9, 7))],
                          ids=["shufflenet_unit", "unet_decoder", "movement"])
 def test_exported_nets_match_onnx_runtime(make, shape, tmp_path):
     import onnxruntime as ort

@@ -342,7 +342,7 @@ def _lower_value(n, values: dict, shape, add, names: dict) -> bool:
             return False
         dims = (BATCH, *shape(x))
         values[n.name] = dims[a[1]] if t == "size" and len(a) > 1 else dims
-    elif t is operator.getitem and isinstance(val(x), tuple) and isinstance(a[1], int) and x.name in values \
+    elif t is operator.getitem and isinstance(val(x), tuple) and isinstance(a[1], (int, slice)) and x.name in values \
             and val(x)[0] != "grouped":
         values[n.name] = val(x)[a[1]]
     elif t in _INT_OPS and len(a) == 2 and all(isinstance(val(v), (int, str)) and not isinstance(val(v), bool)
@@ -464,7 +464,8 @@ def _lower_call(n, add, names, src, shape, splits, values) -> None:
         if dims is None or sorted(d % 4 for d in (dims if isinstance(dims, (list, tuple)) else [dims])) != [2, 3]:
             raise UnsupportedError(f"{where}: mean over dims {dims} (only spatial mean is supported)")
         add(n, "gap", n.args[:1])
-    elif (moved := _movement_call(n, _first_shape(n, shape), where)) is not None:
+    elif (moved := _movement_call(n, _first_shape(n, shape), where,
+                                  lambda v: values.get(v.name, v) if isinstance(v, torch.fx.Node) else v)) is not None:
         add(n, moved[0], n.args[:1], moved[1])
     elif t is F.max_pool2d or t is F.avg_pool2d:
         # max_pool2d(x, k, stride, padding, dilation, ceil_mode); avg_pool2d(x, k, stride, padding,
@@ -506,6 +507,8 @@ def resize_attrs(in_shape: tuple, size, scales, mode: str, align_corners, where:
         raise UnsupportedError(f"{where}: resize mode {mode!r}; only {movement.RESIZE_MODES} are supported")
     attrs = {"mode": mode, "align_corners": bool(align_corners) if mode == "bilinear" else False}
     if size is not None:
+        if not isinstance(size, (int, list, tuple)):
+            raise UnsupportedError(f"{where}: resize to a size computed in the graph ({size})")
         size = [size, size] if isinstance(size, int) else list(size)
     else:
         scales = [float(scales)] * 2 if isinstance(scales, (int, float)) else [float(v) for v in scales]
@@ -553,11 +556,12 @@ def _first_shape(n, shape) -> tuple:
         return ()
 
 
-def _movement_call(n, in_shape: tuple, where: str) -> tuple[str, dict] | None:
+def _movement_call(n, in_shape: tuple, where: str, val=lambda v: v) -> tuple[str, dict] | None:
     """(op, attrs) of F.pad, F.interpolate, pixel / channel shuffle and (log_)softmax calls
-    (functions and methods), else None."""
-    t, a = n.target, list(n.args) + [None] * 6
-    kw = n.kwargs
+    (functions and methods), else None; ``val`` resolves an argument computed from sizes
+    (``size=x.shape[2:]``)."""
+    t, a = n.target, [val(v) for v in n.args] + [None] * 6
+    kw = {k: val(v) for k, v in n.kwargs.items()}
     if t is F.pad:
         pad, mode, value = kw.get("pad", a[1]), kw.get("mode", a[2] or "constant"), kw.get("value", a[3])
         if not isinstance(pad, (list, tuple)) or len(pad) not in (2, 4) or len(in_shape) != 3:
