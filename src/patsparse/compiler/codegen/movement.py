@@ -87,6 +87,18 @@ def pad_taps(n_in: int, before: int, after: int, mode: str, dilation: int = 1) -
     return i, i, np.zeros(i.size, np.float32)
 
 
+def _copy_run(idx: np.ndarray) -> tuple[int, int]:
+    """The longest run [a, b) of outputs reading consecutive inputs (idx[x] = idx[a] + x - a,
+    no constant), copied with one memcpy; (0, 0) when it is shorter than 8."""
+    best, start = (0, 0), 0
+    for x in range(1, len(idx) + 1):
+        if x == len(idx) or idx[x] != idx[x - 1] + 1 or idx[x] < 0 or idx[start] < 0:
+            if x - start > best[1] - best[0] and idx[start] >= 0:
+                best = (start, x)
+            start = x
+    return best if best[1] - best[0] >= 8 else (0, 0)
+
+
 def _table(name: str, ctype: str, values) -> str:
     body = ", ".join(_lit(float(v)) if ctype == "float" else str(int(v)) for v in values)
     return f"static const {ctype} {name}[{len(values)}] = {{{body}}};\n"
@@ -109,34 +121,46 @@ def gen_remap(name: str, *, rows: Taps, cols: Taps, value: float = 0.0, in_layou
     single = not (ly.any() or lx.any())
     v = _lit(float(np.float32(value)))
     if single:
-        pixel = f"o[x] = ix < 0 ? {v} : r0[ix];"
+        pixel = f"o[x] = ix0[x] < 0 ? {v} : r0[ix0[x]];"
     else:
         pixel = ("const float l1 = lx[x], l0 = 1.0f - l1;\n"
-                 "            o[x] = ix < 0 ? " + v + " : h0 * (l0 * r0[ix] + l1 * r0[ix1[x]])"
-                 " + h1 * (l0 * r1[ix] + l1 * r1[ix1[x]]);")
+                 f"            o[x] = ix0[x] < 0 ? {v} : h0 * (l0 * r0[ix0[x]] + l1 * r0[ix1[x]])"
+                 " + h1 * (l0 * r1[ix0[x]] + l1 * r1[ix1[x]]);")
+    a, b = _copy_run(x0) if single else (0, 0)  # columns a .. b copy one input run
+    # a row whose taps equal the row above's is a copy of it (nearest upscaling, replicate edges)
+    dup = np.r_[0, (y0[1:] == y0[:-1]) & (y1[1:] == y1[:-1]) & (ly[1:] == ly[:-1])].astype(int)
     tables = "".join(_table(f"{t}", ct, vals) for t, ct, vals in
-                     (("iy0", "int", y0), ("iy1", "int", y1), ("ly", "float", ly),
+                     (("iy0", "int", y0), ("iy1", "int", y1), ("ly", "float", ly), ("dup", "int", dup),
                       ("ix0", "int", x0), ("ix1", "int", x1), ("lx", "float", lx)))
+    columns = f"""for (int x = 0; x < {a}; x++) {{
+                {pixel}
+            }}
+            {f"memcpy(o + {a}, r0 + {int(x0[a]) if b > a else 0}, {b - a} * sizeof(float));" if b > a else ""}
+            for (int x = {b}; x < {O.W}; x++) {{
+                {pixel}
+            }}"""
     code = helpers_c(target) + f"""
 /* {name}: remap {(L.C, L.H, L.W)} -> {(O.C, O.H, O.W)}, {"one tap" if single else "bilinear"} */
 static void {name}(const float *restrict in, float *restrict out, const float *restrict w,
                    const float *restrict bias, const float *restrict res) {{
 {tables}    (void)w; (void)bias; (void)res; (void)iy1; (void)ly; (void)ix1; (void)lx;
     #pragma omp for schedule(static) nowait
-    for (int u = 0; u < {O.C * O.H}; u++) {{
-        const int c = u / {O.H}, h = u % {O.H};
-        float *o = out + (size_t)c * {O.ps} + {O.origin} + (size_t)h * {O.ld};
+    for (int c = 0; c < {O.C}; c++) {{
         const float *plane = in + (size_t)c * {L.ps} + {L.origin};
-        if (iy0[h] < 0) {{
-            for (int x = 0; x < {O.W}; x++) o[x] = {v};
-            continue;
-        }}
-        const float *r0 = plane + (size_t)iy0[h] * {L.ld}, *r1 = plane + (size_t)iy1[h] * {L.ld};
-        const float h1 = ly[h], h0 = 1.0f - h1;
-        (void)r1; (void)h0; (void)h1;
-        for (int x = 0; x < {O.W}; x++) {{
-            const int ix = ix0[x];
-            {pixel}
+        for (int h = 0; h < {O.H}; h++) {{
+            float *o = out + (size_t)c * {O.ps} + {O.origin} + (size_t)h * {O.ld};
+            if (dup[h]) {{
+                memcpy(o, o - {O.ld}, {O.W} * sizeof(float));
+                continue;
+            }}
+            if (iy0[h] < 0) {{
+                for (int x = 0; x < {O.W}; x++) o[x] = {v};
+                continue;
+            }}
+            const float *r0 = plane + (size_t)iy0[h] * {L.ld}, *r1 = plane + (size_t)iy1[h] * {L.ld};
+            const float h1 = ly[h], h0 = 1.0f - h1;
+            (void)r1; (void)h0; (void)h1;
+            {columns}
         }}
     }}
 }}
