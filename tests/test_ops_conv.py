@@ -63,6 +63,6 @@ def test_conv_without_square_equivalent_names_the_layer():
     with pytest.raises(UnsupportedError, match=r"'0'.*kernel 1x7.*no square equivalent"):
         capture_torch(nn.Sequential(nn.Conv2d(3, 4, (1, 7))), torch.zeros(1, 3, 8, 8))
     with pytest.raises(UnsupportedError, match=r"'0'.*9x9 equivalent"):
-        capture_torch(nn.Sequential(nn.Conv2d(3, 4, 3, padding=4, dilation=4)), torch.zeros(1, 3, 16, 16))
+        capture_torch(nn.Sequential(nn.Conv2d(3, 4, 3, padding=3, dilation=4)), torch.zeros(1, 3, 16, 16))
     with pytest.raises(UnsupportedError, match=r"'0'.*non-square stride"):
         capture_torch(nn.Sequential(nn.Conv2d(3, 4, 3, stride=(1, 2))), torch.zeros(1, 3, 8, 8))

@@ -182,3 +182,27 @@ def test_architecture_families_compile_natively_at_8x(name, tmp_path):
             mod.running_var.uniform_(0.5, 1.5)
     project_model(m, 8.0)
     check_torch_and_onnx(m, torch.randn(2, 3, 32, 32), tmp_path)
+
+
+@pytest.mark.parametrize("d,groups,hw", [(2, 1, (16, 16)), (3, 1, (15, 17)), (12, 1, (8, 8)), (2, 8, (10, 11)),
+                                         (4, 32, (16, 16))])
+def test_dilated_3x3_runs_undilated_over_the_phase_mosaic(d, groups, hw, tmp_path):
+    """A "same" dilated 3x3 conv is an undilated 3x3 (pattern or depthwise kernel, the ReLU after
+    it fused) between two phase gathers, for any dilation (12 here: a 25x25 square equivalent)."""
+    from patsparse.compiler.api import capture
+    from patsparse.pruning.projection import project_model
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1),
+                      nn.Conv2d(32, 32, 3, padding="same" if d == 3 else d, dilation=d, groups=groups), nn.ReLU())
+    project_model(m, 4.0 if groups == 1 else 2.25)
+    x = torch.randn(2, 3, *hw)
+    check_torch_and_onnx(m, x, tmp_path)
+    ops = [(n.op, n.act) for n in capture(m.eval(), x[:1]).nodes]
+    assert ops[1:] == [("phases", "none"), ("conv", "relu"), ("phases", "none")]
+    cm = ps.compile(m, x[:1], threads=2, strict=True)
+    kinds = [L["kernel"] for L in cm.manifest["layers"]]
+    assert kinds[1:] == ["phases", "pattern_conv" if groups < 32 else "depthwise", "phases"]
+    if d == 12:  # the graph saves and loads (validate.py checks the phases' attributes)
+        with torch.no_grad():
+            assert_close(ps.load(cm.save(tmp_path / "m"))(x), m(x))

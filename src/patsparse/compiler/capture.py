@@ -55,20 +55,23 @@ def _pair(v, what: str, where: str) -> int:
     return v
 
 
+def _conv_pads(m: nn.Conv2d) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right) padding of a Conv2d; "same" (stride 1) puts an odd extra row /
+    column last, as PyTorch does."""
+    (kh, kw), (dh, dw) = m.kernel_size, m.dilation
+    if m.padding == "same":
+        th, tw = dh * (kh - 1), dw * (kw - 1)
+        return (th // 2, tw // 2, th - th // 2, tw - tw // 2)
+    return (0, 0, 0, 0) if m.padding == "valid" else (*m.padding, *m.padding)
+
+
 def _conv(m: nn.Conv2d, where: str) -> tuple[dict, dict, dict | None]:
     """(conv attrs, conv params, the attrs of a pad node before it or None): a padding mode
     other than zeros is a reflect / replicate pad node and an unpadded conv, as PyTorch runs it."""
     if m.padding_mode not in ("zeros", "reflect", "replicate"):
         raise UnsupportedError(f"{where}: Conv2d padding mode {m.padding_mode!r}; zeros, reflect and "
                                "replicate are supported")
-    (kh, kw), (dh, dw) = m.kernel_size, m.dilation
-    if m.padding == "same":  # stride 1 (PyTorch's rule): the extra row / column goes last
-        th, tw = dh * (kh - 1), dw * (kw - 1)
-        pads = (th // 2, tw // 2, th - th // 2, tw - tw // 2)
-    elif m.padding == "valid":
-        pads = (0, 0, 0, 0)
-    else:
-        pads = (*m.padding, *m.padding)
+    pads = _conv_pads(m)
     if m.padding_mode == "zeros":
         return (*conv_node(_np(m.weight), _np(m.bias), m.stride, pads, m.dilation, m.groups, where), None)
     return (*conv_node(_np(m.weight), _np(m.bias), m.stride, (0, 0, 0, 0), m.dilation, m.groups, where),
@@ -108,6 +111,22 @@ def conv_node(weight: np.ndarray, bias: np.ndarray | None, stride, pads, dilatio
         w, groups = dense, 1
     params = {"weight": w} if bias is None else {"weight": w, "bias": bias}
     return {"k": k, "stride": s, "padding": p, "groups": groups}, params
+
+
+def dilated_as_phases(weight: np.ndarray, bias: np.ndarray | None, stride, pads, dilation, groups: int,
+                      in_shape: tuple, where: str) -> tuple[dict, dict, dict, dict] | None:
+    """A 3x3 conv with dilation d > 1, stride 1 and padding d (the "same" dilated conv of DeepLab
+    and dilated ResNets) as (phase mosaic attrs, conv attrs, conv params, inverse attrs): the
+    conv becomes an undilated 3x3 without padding over the mosaic of the input's d x d phases
+    (codegen/movement.phase_taps), so it is 9 taps, pattern-prunable and any d works, instead
+    of a (2d + 1)-wide square kernel of zeros. None for any other conv."""
+    d = tuple(dilation)
+    if weight.shape[2:] != (3, 3) or d[0] != d[1] or d[0] < 2 or tuple(stride) != (1, 1) \
+            or tuple(pads) != (d[0],) * 4 or len(in_shape) != 3:
+        return None
+    size = [int(in_shape[1]), int(in_shape[2])]
+    attrs, params = conv_node(weight, bias, (1, 1), (0, 0, 0, 0), (1, 1), groups, where)
+    return ({"d": d[0], "inverse": False, "size": size}, attrs, params, {"d": d[0], "inverse": True, "size": size})
 
 
 def conv_transpose_nodes(weight: np.ndarray, bias: np.ndarray | None, stride, pads, output_padding, dilation,
@@ -243,6 +262,14 @@ def capture_torch(model: nn.Module, example: torch.Tensor, *, on_unsupported=Non
             elif n.op == "call_module":
                 m = mods[n.target]
                 if isinstance(m, nn.Conv2d):
+                    phased = m.padding_mode == "zeros" and dilated_as_phases(
+                        _np(m.weight), _np(m.bias), m.stride, _conv_pads(m), m.dilation, m.groups,
+                        shape(n.args[0]), where)
+                    if phased:
+                        add(n, "phases", n.args[:1], phased[0], suffix=".phases")
+                        add(n, "conv", [n], phased[1], phased[2], suffix=".mosaic")
+                        add(n, "phases", [n], phased[3])
+                        continue
                     attrs, params, padded = _conv(m, where)
                     if padded is not None:
                         add(n, "pad", n.args[:1], padded, suffix=".pad")
@@ -725,7 +752,7 @@ def out_shape(op: str, attrs: dict, params: dict, ins: list[tuple], where: str) 
     if op in ("concat", "slice") and any(len(s) != 3 or s[1:] != x[1:] for s in ins):
         raise UnsupportedError(f"node {where!r}: {op} along channels of per-image shapes {ins} "
                                "(needs (C, H, W) tensors of one H x W)")
-    if op in ("pad", "resize", "pixel_shuffle", "shuffle") and len(x) != 3:
+    if op in ("pad", "resize", "pixel_shuffle", "shuffle", "phases") and len(x) != 3:
         raise UnsupportedError(f"{where}: {op} on a tensor of shape {x} (needs C, H, W)")
     if op == "pad":
         t, left, b, r = attrs["pads"]
@@ -736,6 +763,12 @@ def out_shape(op: str, attrs: dict, params: dict, ins: list[tuple], where: str) 
         return (x[0], h, w)
     if op == "resize":
         return (x[0], *attrs["size"])
+    if op == "phases":
+        d, (h, w) = attrs["d"], attrs["size"]
+        mosaic = tuple(d * (-(-n // d) + 1) + 1 for n in (h, w))
+        if tuple(x[1:]) != ((mosaic[0] - 2, mosaic[1] - 2) if attrs["inverse"] else (h, w)):
+            raise InputError(f"{where}: phase mosaic of {h}x{w} with d={d} does not fit an input of {x[1]}x{x[2]}")
+        return (x[0], h, w) if attrs["inverse"] else (x[0], *mosaic)
     if op == "pixel_shuffle":
         r = attrs["r"]
         if x[0] % (r * r):
@@ -1053,6 +1086,13 @@ def capture_onnx(path: str | Path, *, on_unsupported=None) -> Graph:
                 strides, dils = list(attr(n, "strides", [1, 1])), tuple(attr(n, "dilations", [1, 1]))
                 pads = _onnx_pads(attr(n, "auto_pad", b"NOTSET"), list(attr(n, "pads", [0, 0, 0, 0])),
                                   shapes[n.input[0]][1:], w.shape[2:], strides, dils)
+                phased = dilated_as_phases(w, bias, strides, pads, dils, int(attr(n, "group", 1)),
+                                           ir_shapes[names[n.input[0]]], where)
+                if phased:
+                    emit(n, "phases", n.input[:1], phased[0], output=n.output[0] + "#phases")
+                    emit(n, "conv", [n.output[0] + "#phases"], phased[1], phased[2], output=n.output[0] + "#mosaic")
+                    emit(n, "phases", [n.output[0] + "#mosaic"], phased[3])
+                    continue
                 attrs, params = conv_node(w, bias, strides, pads, dils, int(attr(n, "group", 1)), where)
                 emit(n, "conv", n.input[:1], attrs, params)
             elif op == "ConvTranspose":

@@ -108,15 +108,14 @@ class EfficientNetMBConv(nn.Module):
 
 
 class DeepLabHead(nn.Module):
-    """ASPP: a 1x1, dilated 3x3 convs (rates 2 and 3) and image pooling, concatenated, then
-    per-pixel scores resized bilinearly to the input. (DeepLab's rates 6-18 would have square
-    equivalents beyond the generators' 7x7: those convs run in the fallback.)"""
+    """ASPP: a 1x1, dilated 3x3 convs (rates 6 and 12) and image pooling, concatenated, then
+    per-pixel scores resized bilinearly to the input."""
 
     def __init__(self, c: int = 64, classes: int = 10):
         super().__init__()
         self.backbone = nn.Sequential(nn.Conv2d(3, c, 3, stride=2, padding=1), nn.ReLU())
         self.b0 = nn.Conv2d(c, 32, 1)
-        self.b1, self.b2 = (nn.Conv2d(c, 32, 3, padding=r, dilation=r) for r in (2, 3))
+        self.b1, self.b2 = (nn.Conv2d(c, 32, 3, padding=r, dilation=r) for r in (6, 12))
         self.pool = nn.Conv2d(c, 32, 1)
         self.fuse = nn.Conv2d(128, classes, 1)
 

@@ -195,6 +195,14 @@ def _resize_generate(step: Step, schedule: dict | None, target: Target, threads:
     return movement.gen_remap(step.cname, rows=rows, cols=cols, in_layout=L, out_layout=O, target=target)
 
 
+def _phases_generate(step: Step, schedule: dict | None, target: Target, threads: int | None) -> GeneratedKernel:
+    a, L, O = step.node.attrs, step.in_layout, step.out_layout
+    n_h, n_w = (O.H, O.W) if a["inverse"] else (L.H, L.W)
+    return movement.gen_remap(step.cname, rows=movement.phase_taps(n_h, a["d"], a["inverse"]),
+                              cols=movement.phase_taps(n_w, a["d"], a["inverse"]), in_layout=L, out_layout=O,
+                              target=target)
+
+
 def _movement(gen: Callable, attr: str):
     """The generator of a one-attribute data movement op (pixel shuffle, channel shuffle, softmax)."""
     def generate(step: Step, schedule: dict | None, target: Target, threads: int | None) -> GeneratedKernel:
@@ -223,6 +231,7 @@ FAMILIES: tuple[KernelFamily, ...] = (
     KernelFamily("pixel_shuffle", _op("pixel_shuffle"), _movement(movement.gen_pixel_shuffle, "r")),
     KernelFamily("shuffle", _op("shuffle"), _movement(channels.gen_shuffle, "groups")),
     KernelFamily("softmax", _op("softmax"), _movement(softmax.gen_softmax, "log")),
+    KernelFamily("phases", _op("phases"), _phases_generate),
 )
 _BY_KIND = {f.kind: f for f in FAMILIES}
 

@@ -1,5 +1,6 @@
 """Spatial data movement: padding (constant / reflect / replicate, and the zeros a transposed
-conv spreads its input with), nearest and bilinear resize, and pixel shuffle.
+conv spreads its input with), nearest and bilinear resize, pixel shuffle, and the phase mosaic
+that turns a dilated 3x3 conv into an undilated one (``phase_taps``).
 
 Padding and resizing are one kernel, a *remap*: output row h reads input rows ``ry0[h]`` and
 ``ry1[h]`` with weights ``1 - ly[h]`` and ``ly[h]``, output column w reads columns ``rx0[w]``
@@ -84,6 +85,24 @@ def pad_taps(n_in: int, before: int, after: int, mode: str, dilation: int = 1) -
         i = np.clip(src, 0, n_in - 1)
     else:
         raise UnsupportedError(f"padding mode {mode!r}; only {PAD_MODES} are supported")
+    return i, i, np.zeros(i.size, np.float32)
+
+
+def phase_taps(n: int, d: int, inverse: bool = False) -> Taps:
+    """The phase mosaic of a dilated conv along one axis of ``n``: the d phases (every d-th
+    element) laid out one after the other, each in a tile of ceil(n / d) with a zero between
+    tiles and at both ends, so a dilation-d 3x3 conv with padding d is an undilated 3x3 conv
+    without padding over the mosaic (its zero taps are the separators and the fill of shorter
+    phases). ``inverse``: from that conv's output (the mosaic less its two ends) back to the
+    n positions in order."""
+    t = -(-n // d)
+    pos = np.arange(n)
+    at = (pos % d) * (t + 1) + 1 + pos // d  # mosaic index of element pos
+    if inverse:
+        i = at - 1
+    else:
+        i = np.full(d * (t + 1) + 1, -1)
+        i[at] = pos
     return i, i, np.zeros(i.size, np.float32)
 
 
