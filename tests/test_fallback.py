@@ -101,3 +101,15 @@ def test_plan_cuts_and_demotes_so_each_compiled_segment_has_one_input_and_one_ou
     segs = plan(items, {"c"}, lambda v: v != "a")
     assert [(s.native, [items[i].label for i in s.items]) for s in segs] == [(False, ["a", "b"]), (True, ["c"])]
     assert "not one (N, C, H, W) or (N, features) tensor" in items[1].reason
+
+
+def test_cli_compile_prints_what_fell_back_and_refuses_to_save(tmp_path, capsys):
+    from patsparse.cli import main as cli_main
+
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(Mixed().eval(), torch.zeros(1, 3, 8, 8), str(path), dynamo=False, opset_version=17)
+    with pytest.warns(UserWarning, match="ONNX Runtime"):
+        assert cli_main(["compile", str(path), "-o", str(tmp_path / "out")]) != 0
+    out, err = capsys.readouterr()
+    assert "run in ONNX Runtime (fallback)" in out and "Resize mode cubic" in out
+    assert "cannot save" in err and not (tmp_path / "out").exists()
