@@ -47,11 +47,12 @@ def family(name: str) -> nn.Module:
 
 
 def single_ops(c: int) -> dict[str, nn.Module]:
-    """Each data-movement op alone on a (c, H, W) input (torch.nn modules: the workers unpickle them)."""
-    return {"reflect pad 1": nn.ReflectionPad2d(1), "nearest x2": nn.Upsample(scale_factor=2),
+    """Each data-movement op alone on a (c, H, W) input (torch.nn modules, so the workers unpickle
+    them; in a Sequential, so torch.fx traces the module as one call)."""
+    return {k: nn.Sequential(v) for k, v in {"reflect pad 1": nn.ReflectionPad2d(1), "nearest x2": nn.Upsample(scale_factor=2),
             "bilinear x2": nn.Upsample(scale_factor=2, mode="bilinear"), "pixel shuffle 2": nn.PixelShuffle(2),
             "channel shuffle 4": ChannelShuffle(4), "softmax (channels)": nn.Softmax(1),
-            f"ConvTranspose2d {c}->{c // 2} k2 s2": nn.ConvTranspose2d(c, c // 2, 2, stride=2)}
+            f"ConvTranspose2d {c}->{c // 2} k2 s2": nn.ConvTranspose2d(c, c // 2, 2, stride=2)}.items()}
 
 
 def where_time_goes(m: nn.Module, shape: tuple[int, ...], threads: int) -> str:

@@ -100,7 +100,7 @@ def test_plan_cuts_and_demotes_so_each_compiled_segment_has_one_input_and_one_ou
     items = _items("!a<-x b<-a c<-b")
     segs = plan(items, {"c"}, lambda v: v != "a")
     assert [(s.native, [items[i].label for i in s.items]) for s in segs] == [(False, ["a", "b"]), (True, ["c"])]
-    assert "not one (N, C, H, W) or (N, features) tensor" in items[1].reason
+    assert "not one (N, C, H, W), (N, C, L) or (N, features) tensor" in items[1].reason
 
 
 def test_cli_compile_prints_what_fell_back_and_refuses_to_save(tmp_path, capsys):

@@ -66,3 +66,25 @@ def test_conv_without_square_equivalent_names_the_layer():
         capture_torch(nn.Sequential(nn.Conv2d(3, 4, 3, padding=3, dilation=4)), torch.zeros(1, 3, 16, 16))
     with pytest.raises(UnsupportedError, match=r"'0'.*non-square stride"):
         capture_torch(nn.Sequential(nn.Conv2d(3, 4, 3, stride=(1, 2))), torch.zeros(1, 3, 8, 8))
+
+
+@pytest.mark.parametrize("kw", [dict(kernel_size=3), dict(kernel_size=3, padding=1), dict(kernel_size=3, padding=2, dilation=2),
+                                dict(kernel_size=5, stride=2, padding=3), dict(kernel_size=3, dilation=3),
+                                dict(kernel_size=3, padding=1, groups=4), dict(kernel_size=1)])
+def test_conv1d_runs_as_a_one_row_conv(kw, tmp_path):
+    """(N, C, L) inputs: Conv1d (and ONNX 1-D Conv) as a square conv over (C, 1, L) whose taps sit
+    in its middle row, with a pad node where it needs more padding and a crop where less;
+    BatchNorm1d, PReLU and activations on the way; the output keeps its (N, C, L) shape."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv1d(4, 8, **kw), nn.BatchNorm1d(8), nn.PReLU(8), nn.Conv1d(8, 4, 3, padding=1))
+    m[1].running_mean.uniform_(-0.5, 0.5)
+    check_torch_and_onnx(m, torch.randn(2, 4, 13), tmp_path)
+
+
+def test_conv1d_forms_without_an_equivalent_name_the_layer():
+    with pytest.raises(UnsupportedError, match=r"'0': 1-D conv with kernel 4"):
+        capture_torch(nn.Sequential(nn.Conv1d(3, 4, 4)), torch.zeros(1, 3, 9))
+    with pytest.raises(UnsupportedError, match=r"'0': 1-D conv with kernel 3, dilation 1, stride 2 and padding \(0, 0\)"):
+        capture_torch(nn.Sequential(nn.Conv1d(3, 4, 3, stride=2)), torch.zeros(1, 3, 9))
+    with pytest.raises(UnsupportedError, match=r"'1': module MaxPool1d is not supported"):
+        capture_torch(nn.Sequential(nn.Conv1d(3, 4, 3), nn.MaxPool1d(2)), torch.zeros(1, 3, 9))

@@ -113,6 +113,30 @@ def conv_node(weight: np.ndarray, bias: np.ndarray | None, stride, pads, dilatio
     return {"k": k, "stride": s, "padding": p, "groups": groups}, params
 
 
+def conv1d_nodes(weight: np.ndarray, bias: np.ndarray | None, stride: int, pads: tuple[int, int], dilation: int,
+                 groups: int, where: str) -> tuple[dict | None, dict, dict, dict | None]:
+    """A 1-D conv on (C, L), stored as (C, 1, L), as (attrs of a pad node before it or None, conv
+    attrs, conv params, attrs of a cropping pad node after it or None): a square conv of the
+    kernel's dilated extent e (odd) with the taps in its middle row and padding P = (e - 1) / 2,
+    which keeps the height 1. More padding along L is a pad node before; less (stride 1) crops
+    that conv's output, since cropping its input would put zeros where the data was."""
+    f, cg, k = weight.shape
+    e = dilation * (k - 1) + 1
+    p = (e - 1) // 2
+    less = any(q < p for q in pads)
+    if e % 2 == 0 or (less and stride != 1):
+        raise UnsupportedError(f"layer {where!r}: 1-D conv with kernel {k}, dilation {dilation}, stride {stride} "
+                               f"and padding {tuple(pads)} (an odd extent, and a stride of 1 when padded less "
+                               "than half of it, are supported)")
+    w = np.zeros((f, cg, e, e), np.float32)
+    w[:, :, p, ::dilation] = weight
+    more = [max(0, q - p) for q in pads]
+    pre = pad_attrs((0, more[0], 0, more[1]), "constant", 0.0, where) if any(more) else None
+    post = pad_attrs((0, min(0, pads[0] - p), 0, min(0, pads[1] - p)), "constant", 0.0, where) if less else None
+    attrs, params = conv_node(w, bias, (stride, stride), (p, p, p, p), (1, 1), groups, where)
+    return pre, attrs, params, post
+
+
 def dilated_as_phases(weight: np.ndarray, bias: np.ndarray | None, stride, pads, dilation, groups: int,
                       in_shape: tuple, where: str) -> tuple[dict, dict, dict, dict] | None:
     """A 3x3 conv with dilation d > 1, stride 1 and padding d (the "same" dilated conv of DeepLab
@@ -210,8 +234,8 @@ def capture_torch(model: nn.Module, example: torch.Tensor, *, on_unsupported=Non
     (``model`` a GraphModule that ShapeProp has run on); the graph returned lacks those nodes."""
     import torch.fx
 
-    if not isinstance(example, torch.Tensor) or example.dim() not in (2, 4):
-        raise InputError(f"example input must be a 4-D (N, C, H, W) or a 2-D (N, features) tensor, got "
+    if not isinstance(example, torch.Tensor) or example.dim() not in (2, 3, 4):
+        raise InputError(f"example input must be a (N, C, H, W), (N, C, L) or (N, features) tensor, got "
                          f"{getattr(example, 'shape', type(example).__name__)}")
     gm = model if on_unsupported is not None else trace(model)
     mods = dict(gm.named_modules())
@@ -282,7 +306,17 @@ def capture_torch(model: nn.Module, example: torch.Tensor, *, on_unsupported=Non
                                                               m.output_padding, m.dilation, m.groups, where)
                     add(n, "pad", n.args[:1], pad, suffix=".spread")
                     add(n, "conv", [n], attrs, params)
-                elif isinstance(m, nn.BatchNorm2d):
+                elif isinstance(m, nn.Conv1d):
+                    if m.padding_mode != "zeros" or isinstance(m.padding, str):
+                        raise UnsupportedError(f"layer {where!r}: Conv1d padding {m.padding!r} ({m.padding_mode})")
+                    pre, attrs, params, post = conv1d_nodes(_np(m.weight), _np(m.bias), m.stride[0],
+                                                            (*m.padding, *m.padding), m.dilation[0], m.groups, where)
+                    if pre is not None:
+                        add(n, "pad", n.args[:1], pre, suffix=".pad")
+                    add(n, "conv", [n] if pre else n.args[:1], attrs, params, suffix=".same" if post else "")
+                    if post is not None:
+                        add(n, "pad", [n], post)
+                elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
                     if m.running_mean is None:
                         raise UnsupportedError(f"{where}: BatchNorm2d without running statistics")
                     params = {"mean": _np(m.running_mean), "var": _np(m.running_var),
@@ -323,8 +357,10 @@ def capture_torch(model: nn.Module, example: torch.Tensor, *, on_unsupported=Non
                     add(n, "flatten", n.args[:1])
                 else:
                     raise UnsupportedError(f"layer {where!r}: module {type(m).__name__} is not supported "
-                                           "(supported: Conv2d, BatchNorm2d, MaxPool2d, AvgPool2d, "
-                                           "AdaptiveAvgPool2d, Linear, Flatten, Dropout, Identity and the "
+                                           "(supported: Conv2d, Conv1d, ConvTranspose2d, BatchNorm2d / 1d, "
+                                           "MaxPool2d, AvgPool2d, "
+                                           "AdaptiveAvgPool2d, Linear, Flatten, Dropout, Identity, the padding, "
+                                           "upsampling, shuffle and softmax modules and the "
                                            f"activations {', '.join(t.__name__ for t in _ACT_TYPES)})")
             elif n.op in ("call_function", "call_method"):
                 if not _lower_value(n, values, shape, add, names):
@@ -718,7 +754,17 @@ def _flattens_per_image(t, rest: list, kw: dict, features: int) -> bool:
 
 
 def out_shape(op: str, attrs: dict, params: dict, ins: list[tuple], where: str) -> tuple:
-    """Per-image output shape of an IR op from its inputs' shapes (errors name the layer)."""
+    """Per-image output shape of an IR op from its inputs' shapes (errors name the layer). A 1-D
+    signal (C, L) is computed on as (C, 1, L) (layout.spatial) and stays (C', L')."""
+    if any(len(s) == 2 for s in ins):
+        if op in ("maxpool", "avgpool", "resize", "pixel_shuffle", "phases"):
+            raise UnsupportedError(f"{where}: {op} of a 1-D signal {ins[0]} (only of (C, H, W))")
+        y = _out_shape(op, attrs, params, [spatial(s) for s in ins], where)
+        return (y[0], y[2]) if len(y) == 3 and y[1] == 1 else y
+    return _out_shape(op, attrs, params, ins, where)
+
+
+def _out_shape(op: str, attrs: dict, params: dict, ins: list[tuple], where: str) -> tuple:
     x = ins[0]
     if op in ("conv", "maxpool", "avgpool", "bn", "gap") and len(x) != 3:
         raise UnsupportedError(f"{where}: {op} on a tensor of shape {x} (needs C, H, W)")
@@ -997,8 +1043,9 @@ def capture_onnx(path: str | Path, *, on_unsupported=None) -> Graph:
     if real_inputs[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
         raise UnsupportedError(f"{path}: input of type {onnx.TensorProto.DataType.Name(real_inputs[0].type.tensor_type.elem_type)}; "
                                "only float32 inputs are supported")
-    if len(in_shape) not in (1, 3) or not all(in_shape):
-        raise UnsupportedError(f"{path}: input shape {in_shape} must be a static (N, C, H, W) or (N, features)")
+    if len(in_shape) not in (1, 2, 3) or not all(in_shape):
+        raise UnsupportedError(f"{path}: input shape {in_shape} must be a static (N, C, H, W), (N, C, L) or "
+                               "(N, features)")
     names = {real_inputs[0].name: INPUT}
     nodes: list[Node] = []
     batch = full[real_inputs[0].name][0] or 1
@@ -1080,9 +1127,21 @@ def capture_onnx(path: str | Path, *, on_unsupported=None) -> Graph:
                                        "idiom Reshape -> Transpose(0, 2, 1, 3, 4) -> Reshape is supported)")
             if op == "Conv":
                 w = inits[n.input[1]]
-                if w.ndim != 4:
-                    raise UnsupportedError(f"{where}: {w.ndim - 2}-D Conv (only 2-D is supported)")
                 bias = inits[n.input[2]].copy() if len(n.input) > 2 and n.input[2] else None
+                if w.ndim == 3 and _text(attr(n, "auto_pad", "NOTSET")) == "NOTSET":
+                    p = list(attr(n, "pads", [0, 0]))
+                    pre, attrs, params, post = conv1d_nodes(w, bias, int(attr(n, "strides", [1])[0]), (p[0], p[1]),
+                                                            int(attr(n, "dilations", [1])[0]),
+                                                            int(attr(n, "group", 1)), where)
+                    if pre is not None:
+                        emit(n, "pad", n.input[:1], pre, output=n.output[0] + "#pad")
+                    emit(n, "conv", [n.output[0] + "#pad"] if pre else n.input[:1], attrs, params,
+                         output=n.output[0] + "#same" if post else None)
+                    if post is not None:
+                        emit(n, "pad", [n.output[0] + "#same"], post)
+                    continue
+                if w.ndim != 4:
+                    raise UnsupportedError(f"{where}: {w.ndim - 2}-D Conv (only 1-D and 2-D are supported)")
                 strides, dils = list(attr(n, "strides", [1, 1])), tuple(attr(n, "dilations", [1, 1]))
                 pads = _onnx_pads(attr(n, "auto_pad", b"NOTSET"), list(attr(n, "pads", [0, 0, 0, 0])),
                                   shapes[n.input[0]][1:], w.shape[2:], strides, dils)

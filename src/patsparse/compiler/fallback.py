@@ -8,8 +8,8 @@ module (its torch.fx nodes, through ``split_module``), ONNX Runtime for an ONNX 
 of its nodes). A warning and ``PartitionedModel.report()`` say which ops fell back, why, and their
 share of the latency measured on the example input.
 
-A compiled segment takes one (N, C, H, W) or (N, features) tensor and gives one tensor, as every
-compiled model does; so a supported node that would give a segment a second input or output starts a new
+A compiled segment takes one (N, C, H, W), (N, C, L) or (N, features) tensor and gives one
+tensor, as every compiled model does; so a supported node that would give a segment a second input or output starts a new
 segment, and one that cannot be given a segment of its own (it reads two tensors from outside,
 say a residual add across a fallback op) falls back too, and the report says so.
 """
@@ -95,7 +95,7 @@ def _fix(items: list[Item], s: Segment, takes: Callable[[str], bool]) -> tuple[i
     """(item, "") to cut before it, (item, reason) to demote it, or None when ``s`` is fine."""
     first = s.items[0]
     if not s.inputs or not takes(s.inputs[0]):
-        return first, "its input is not one (N, C, H, W) or (N, features) tensor a compiled segment can take"
+        return first, "its input is not one (N, C, H, W), (N, C, L) or (N, features) tensor a compiled segment can take"
     for pos, i in enumerate(s.items):
         if any(r in s.inputs[1:] for r in items[i].reads):
             return (i, "") if pos else (i, "reads two tensors computed outside a compiled segment")
@@ -247,7 +247,7 @@ def compile_torch(model: torch.nn.Module, example: torch.Tensor, lower: Lower, b
 
     def takes(v: str) -> bool:
         meta = next(n for n in gm.graph.nodes if n.name == v).meta.get("tensor_meta")
-        return hasattr(meta, "shape") and len(meta.shape) in (2, 4) and meta.dtype == torch.float32
+        return hasattr(meta, "shape") and len(meta.shape) in (2, 3, 4) and meta.dtype == torch.float32
 
     while True:
         segs = plan(items, sinks, takes)
@@ -325,7 +325,7 @@ def compile_onnx(path: str | os.PathLike, lower: Lower, build: Build) -> Partiti
     sinks = {o.name for o in g.output}
 
     def takes(v: str) -> bool:
-        return len(dims(v)) in (2, 4) and all(dims(v)[1:]) and \
+        return len(dims(v)) in (2, 3, 4) and all(dims(v)[1:]) and \
             infos[v].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
 
     def sub_model(s: Segment) -> onnx.ModelProto:

@@ -293,8 +293,8 @@ def graph_from_file(obj: Any, tensors: dict[str, np.ndarray], where: str) -> Gra
                 not 0 < len(obj["nodes"]) <= MAX_NODES:
             raise FormatError("no list of nodes")
         dims = obj.get("input_shape")
-        if not isinstance(dims, list) or len(dims) not in (1, 3):
-            raise FormatError(f"input_shape {dims!r} is not (C, H, W) or (features,)")
+        if not isinstance(dims, list) or len(dims) not in (1, 2, 3):
+            raise FormatError(f"input_shape {dims!r} is not (C, H, W), (C, L) or (features,)")
         in_shape = tuple(_int(v, 1, MAX_DIM, "input_shape") for v in dims)
         if int(np.prod(in_shape)) > MAX_TENSOR:
             raise FormatError(f"input_shape {list(in_shape)} is too large")
