@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 from ops_check import check_torch_and_onnx
 
+import patsparse as ps
 from patsparse.compiler.capture import capture_torch
 from patsparse.errors import UnsupportedError
 
@@ -16,6 +17,7 @@ CONVS = {
     "grouped3x3_s2": lambda: nn.Conv2d(8, 16, 3, stride=2, padding=1, groups=2),
     "depthwise_multiplier": lambda: nn.Conv2d(8, 16, 3, padding=1, groups=8),
     "depthwise5x5": lambda: nn.Conv2d(8, 8, 5, padding=2, groups=8),
+    "depthwise7x7_s2": lambda: nn.Conv2d(8, 8, 7, stride=2, padding=3, groups=8),
     "grouped1x1": lambda: nn.Conv2d(8, 12, 1, groups=4),
     "dilated2": lambda: nn.Conv2d(8, 6, 3, padding=2, dilation=2),
     "dilated3_same": lambda: nn.Conv2d(8, 6, 3, padding="same", dilation=3),
@@ -88,3 +90,12 @@ def test_conv1d_forms_without_an_equivalent_name_the_layer():
         capture_torch(nn.Sequential(nn.Conv1d(3, 4, 3, stride=2)), torch.zeros(1, 3, 9))
     with pytest.raises(UnsupportedError, match=r"'1': module MaxPool1d is not supported"):
         capture_torch(nn.Sequential(nn.Conv1d(3, 4, 3), nn.MaxPool1d(2)), torch.zeros(1, 3, 9))
+
+
+@pytest.mark.parametrize("k,stride", [(5, 1), (7, 2)])
+def test_wide_depthwise_runs_the_depthwise_kernel(k, stride):
+    """A depthwise 5x5 / 7x7 is the depthwise generator's, not a block-diagonal dense conv that
+    computes channels times its work."""
+    m = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, k, stride=stride, padding=k // 2, groups=8))
+    cm = ps.compile(m, torch.zeros(1, 3, 16, 16), threads=2, strict=True)
+    assert [L["kernel"] for L in cm.manifest["layers"]] == ["conv2d", "depthwise"]

@@ -84,9 +84,10 @@ def conv_node(weight: np.ndarray, bias: np.ndarray | None, stride, pads, dilatio
     (``pads``: top, left, bottom, right), as the equivalent conv the generators take: a square
     kernel, one padding, and groups 1 or depthwise 3x3. Dilation and the kernel's shape and
     padding become zero taps of a larger square kernel whose window is placed so every tap
-    reads the same input as before; other groups become one block-diagonal conv (its
-    cross-group kernels are zero: a 3x3 one goes to the pattern kernel, which skips them; a
-    dense generator computes them, groups times the FLOPs). What has no such equivalent (a
+    reads the same input as before; a depthwise conv (any odd kernel, stride 1 or 2) stays one,
+    other groups become one block-diagonal conv (its cross-group kernels are zero: a 3x3 one
+    goes to the pattern kernel, which skips them; a dense generator computes them, groups times
+    the FLOPs). What has no such equivalent (a
     non-square stride, a kernel over 7 wide afterwards) is an UnsupportedError here."""
     at = f"layer {where!r}"
     s = _pair(list(stride), "stride", at)
@@ -103,14 +104,20 @@ def conv_node(weight: np.ndarray, bias: np.ndarray | None, stride, pads, dilatio
                                f"{tuple(pads)} needs a {k}x{k} equivalent (at most 7x7 is supported)")
     w = np.zeros((f, cg, k, k), np.float32)
     w[:, :, p - pt: p - pt + eh: dh, p - pl: p - pl + ew: dw] = weight
-    if groups > 1 and not (k == 3 and groups == f and cg == 1):
-        fg = f // groups
-        dense = np.zeros((f, cg * groups, k, k), np.float32)
-        for g in range(groups):
-            dense[g * fg:(g + 1) * fg, g * cg:(g + 1) * cg] = w[g * fg:(g + 1) * fg]
-        w, groups = dense, 1
+    if groups > 1 and not (k % 2 == 1 and s <= 2 and groups == f and cg == 1):  # depthwise: its own kernel
+        w, groups = block_diagonal(w, groups), 1
     params = {"weight": w} if bias is None else {"weight": w, "bias": bias}
     return {"k": k, "stride": s, "padding": p, "groups": groups}, params
+
+
+def block_diagonal(w: np.ndarray, groups: int) -> np.ndarray:
+    """The groups=1 weight of a grouped conv's weight (F, C / groups, k, k): zero across groups."""
+    f, cg = w.shape[:2]
+    fg = f // groups
+    dense = np.zeros((f, cg * groups, *w.shape[2:]), np.float32)
+    for g in range(groups):
+        dense[g * fg:(g + 1) * fg, g * cg:(g + 1) * cg] = w[g * fg:(g + 1) * fg]
+    return dense
 
 
 def conv1d_nodes(weight: np.ndarray, bias: np.ndarray | None, stride: int, pads: tuple[int, int], dilation: int,

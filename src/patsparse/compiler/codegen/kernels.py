@@ -123,13 +123,14 @@ def _pw_dw_candidates(step: Step, target: Target, threads: int | None) -> list[d
 
 def _depthwise_matches(node: Node) -> dict | None:
     w = node.params.get("weight")
-    ok = _conv(node, groups1=False) and node.attrs["groups"] == w.shape[0] and w.shape[1] == 1 and node.attrs["k"] == 3
+    ok = _conv(node, groups1=False) and node.attrs["groups"] == w.shape[0] and w.shape[1] == 1 and \
+        node.attrs["k"] % 2 == 1 and node.attrs["stride"] <= 2
     return {} if ok else None
 
 
 def _depthwise_generate(step: Step, schedule: dict | None, target: Target, threads: int | None) -> GeneratedKernel:
     a = step.node.attrs
-    return depthwise.gen_depthwise(step.cname, channels=_out_channels(step), stride=a["stride"],
+    return depthwise.gen_depthwise(step.cname, channels=_out_channels(step), k=a["k"], stride=a["stride"],
                                    padding=a["padding"], **_common(step, schedule, target))
 
 
@@ -246,7 +247,7 @@ def match(node: Node) -> tuple[str, object]:
     a = node.attrs
     if node.op == "conv":
         raise UnsupportedError(f"layer {node.name!r}: grouped conv (groups={a['groups']}, "
-                               f"kernel {a['k']}) is not supported; depthwise 3x3 and groups=1 are")
+                               f"kernel {a['k']}) is not supported; depthwise and groups=1 are")
     raise UnsupportedError(f"layer {node.name!r}: op {node.op!r} has no kernel generator")
 
 

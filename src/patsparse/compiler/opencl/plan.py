@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ...errors import UnsupportedError
+from ..capture import block_diagonal
 from ..codegen.kernels import match
 from ..codegen.plan import assign_buffers, tensor_layouts
 from ..ir import INPUT, Graph, Node, c_comment, c_ident
@@ -80,6 +81,10 @@ def _check_opencl(node, kind: str) -> None:
 def plan_graph(g: Graph) -> CLPlan:
     """Kernel family, layouts and workspace offsets of every layer; every unsupported layer is
     an error here, before any source exists."""
+    for n in g.nodes:  # the OpenCL depthwise kernel is 3x3: a wider one runs as a dense conv
+        if n.op == "conv" and n.attrs["groups"] > 1 and n.attrs["k"] != 3:
+            n.params["weight"] = block_diagonal(n.params["weight"], n.attrs["groups"])
+            n.attrs["groups"] = 1
     kinds = {n.name: match(n) for n in g.nodes}
     for n in g.nodes:
         _check_opencl(n, kinds[n.name][0])
