@@ -23,27 +23,13 @@ import torch.nn as nn
 import patsparse as ps
 from patsparse.bench.harness import run_bench
 from patsparse.bench.model import BenchModel
-from patsparse.models.families import FAMILIES, ChannelShuffle
-from patsparse.pruning.projection import project_model
+from patsparse.models.families import FAMILIES, ChannelShuffle, build
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import BENCH, command_line, git_commit, machine, machine_line, md_table, utc_now  # noqa: E402
 
 ENGINES = ["patsparse", "onnxruntime", "openvino"]
 RATE = 8.0
-
-
-def family(name: str) -> nn.Module:
-    """A family's net with random weights, BatchNorm statistics randomised, 3x3 convs (and the
-    projection's default 1x1 choice) pattern-projected at 8x."""
-    torch.manual_seed(0)
-    m = FAMILIES[name]().eval()
-    for mod in m.modules():
-        if isinstance(mod, nn.BatchNorm2d):
-            mod.running_mean.uniform_(-0.5, 0.5)
-            mod.running_var.uniform_(0.5, 1.5)
-    project_model(m, RATE)
-    return m
 
 
 def single_ops(c: int) -> dict[str, nn.Module]:
@@ -92,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     shape = (3, args.size, args.size)
     fam_rows = []
     for name in names:
-        m = family(name)
+        m = build(name, rate=RATE)
         fam_rows.append(bench(name, m, shape, args, log) + [where_time_goes(m, shape, args.threads)])
     c = 32
     op_shape = (c, args.size, args.size)

@@ -171,17 +171,9 @@ def test_conv_transpose_is_a_spread_and_a_conv(kw, tmp_path):
 def test_architecture_families_compile_natively_at_8x(name, tmp_path):
     """One block of each of the issue's seven families, pattern-projected at 8x, traced and
     exported: all of it generated code (strict)."""
-    from patsparse.models.families import FAMILIES
-    from patsparse.pruning.projection import project_model
+    from patsparse.models.families import build
 
-    torch.manual_seed(0)
-    m = FAMILIES[name]().eval()
-    for mod in m.modules():
-        if isinstance(mod, nn.BatchNorm2d):
-            mod.running_mean.uniform_(-0.5, 0.5)
-            mod.running_var.uniform_(0.5, 1.5)
-    project_model(m, 8.0)
-    check_torch_and_onnx(m, torch.randn(2, 3, 32, 32), tmp_path)
+    check_torch_and_onnx(build(name, rate=8.0), torch.randn(2, 3, 32, 32), tmp_path)
 
 
 @pytest.mark.parametrize("d,groups,hw", [(2, 1, (16, 16)), (3, 1, (15, 17)), (12, 1, (8, 8)), (2, 8, (10, 11)),

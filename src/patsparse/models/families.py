@@ -11,6 +11,9 @@ can unpickle them.
 
 from __future__ import annotations
 
+import functools
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -85,23 +88,15 @@ class InvertedResidual(nn.Module):
         return x + self.body(x)
 
 
-class MobileNetV3Block(nn.Module):
-    def __init__(self):
+class InvertedResidualNet(nn.Module):
+    """A stride-2 stem and one inverted residual: MobileNet-V3's (5x5, Hardswish, Hardsigmoid
+    gate) or EfficientNet's MBConv (3x3, SiLU, Sigmoid gate)."""
+
+    def __init__(self, c: int, k: int, act: type[nn.Module], gate: type[nn.Module]):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 24, 3, stride=2, padding=1), nn.BatchNorm2d(24), nn.Hardswish())
-        self.block = InvertedResidual(24, 4, 5, nn.Hardswish, nn.Hardsigmoid)
-        self.head = _head(24)
-
-    def forward(self, x):
-        return self.head(self.block(self.stem(x)))
-
-
-class EfficientNetMBConv(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.SiLU())
-        self.block = InvertedResidual(32, 4, 3, nn.SiLU, nn.Sigmoid)
-        self.head = _head(32)
+        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, stride=2, padding=1), nn.BatchNorm2d(c), act())
+        self.block = InvertedResidual(c, 4, k, act, gate)
+        self.head = _head(c)
 
     def forward(self, x):
         return self.head(self.block(self.stem(x)))
@@ -187,8 +182,26 @@ class ShuffleNetV2Unit(nn.Module):
         return self.head(self.units(self.stem(x)))
 
 
-FAMILIES: dict[str, type[nn.Module]] = {
-    "squeezenet": SqueezeNetFire, "resnext": ResNeXtBlock, "mobilenet_v3": MobileNetV3Block,
-    "efficientnet": EfficientNetMBConv, "deeplab": DeepLabHead, "unet": UNetDecoder,
-    "shufflenet_v2": ShuffleNetV2Unit,
+FAMILIES: dict[str, Callable[[], nn.Module]] = {
+    "squeezenet": SqueezeNetFire, "resnext": ResNeXtBlock,
+    "mobilenet_v3": functools.partial(InvertedResidualNet, 24, 5, nn.Hardswish, nn.Hardsigmoid),
+    "efficientnet": functools.partial(InvertedResidualNet, 32, 3, nn.SiLU, nn.Sigmoid),
+    "deeplab": DeepLabHead, "unet": UNetDecoder, "shufflenet_v2": ShuffleNetV2Unit,
 }
+
+
+def build(name: str, rate: float | None = None, seed: int = 0) -> nn.Module:
+    """Family ``name`` in eval mode with seeded random weights and BatchNorm statistics (so a
+    folded BatchNorm is not the identity), pattern-projected at ``rate`` when given
+    (``project_model`` defaults)."""
+    from ..pruning.projection import project_model
+
+    torch.manual_seed(seed)
+    m = FAMILIES[name]().eval()
+    for mod in m.modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.5, 0.5)
+            mod.running_var.uniform_(0.5, 1.5)
+    if rate is not None:
+        project_model(m, rate)
+    return m
