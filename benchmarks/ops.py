@@ -14,19 +14,22 @@ Usage: python benchmarks/ops.py [--threads 2] [--repeats 40] [--size 64] [--quic
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-import torch
-import torch.nn as nn
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
-import patsparse as ps
-from patsparse.bench.harness import run_bench
-from patsparse.bench.model import BenchModel
-from patsparse.models.families import FAMILIES, ChannelShuffle, build
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
 from _report import BENCH, command_line, git_commit, machine, machine_line, md_table, utc_now  # noqa: E402
+
+import patsparse as ps  # noqa: E402
+from patsparse.bench.harness import run_bench  # noqa: E402
+from patsparse.bench.model import BenchModel  # noqa: E402
+from patsparse.models.families import FAMILIES, ChannelShuffle, build  # noqa: E402
 
 ENGINES = ["patsparse", "onnxruntime", "openvino"]
 RATE = 8.0
@@ -70,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.repeats = min(args.repeats, 10)
 
+    load = " / ".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "unknown"
+
     def log(msg: str) -> None:
         print(msg, flush=True)
 
@@ -94,8 +99,10 @@ calls per engine in interleaved rounds (patsparse.bench.run_bench), every output
 PyTorch first.
 
 **Contended numbers**: this machine is shared (2 cores, other jobs and a training run held a core
-while this ran); only the ratios measured side by side here mean anything, and they move from
-run to run. Re-run on a quiet machine for figures to quote.
+while this ran; load average {load} at the start); only the ratios measured side by side here
+mean anything, and they move from run to run. On a loaded machine run it with `--threads 1`:
+with 2 threads every layer's barrier waits for a descheduled partner thread. Re-run on a quiet
+machine for figures to quote.
 
 ## Seven families, 3x3 convs pattern-projected at {RATE:g}x
 
