@@ -113,3 +113,23 @@ def test_cli_compile_prints_what_fell_back_and_refuses_to_save(tmp_path, capsys)
     out, err = capsys.readouterr()
     assert "run in ONNX Runtime (fallback)" in out and "Resize mode cubic" in out
     assert "cannot save" in err and not (tmp_path / "out").exists()
+
+
+def test_a_module_with_two_outputs_runs_with_the_fallback():
+    class TwoHeads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x):
+            y = self.c(x)
+            return F.relu(y), F.mish(y)
+
+    m = TwoHeads().eval()
+    x = torch.randn(2, 3, 6, 6)
+    with pytest.warns(UserWarning, match="mish"):
+        cm = ps.compile(m, x[:1], threads=1)
+    got, want = cm(x.numpy()), m(x)
+    assert isinstance(got, tuple) and len(got) == 2
+    for g, w in zip(got, want):
+        assert_close(g, w.detach())

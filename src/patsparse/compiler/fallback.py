@@ -123,8 +123,8 @@ def _lower_native(items: list[Item], segs: list[Segment], lower: Callable[[int],
 
 class PartitionedModel:
     """Compiled segments and fallback segments run in turn: ``y = m(x)`` like a CompiledModel
-    (tensor in -> tensor out, array in -> array out), but not saveable: its fallback segments
-    are the original model's code."""
+    (tensor in -> tensor out, array in -> array out; a module returning a tuple gives a tuple),
+    but not saveable: its fallback segments are the original model's code."""
 
     is_compiled_patsparse = True
 
@@ -159,8 +159,10 @@ class PartitionedModel:
             raise InputError(f"input of shape {tuple(x.shape)}; this model was compiled for "
                              f"(N, {', '.join(map(str, self.input_shape))})")
         if isinstance(x, np.ndarray):
-            return self._run(torch.from_numpy(np.ascontiguousarray(x, np.float32))).numpy()
-        return self._run(x.detach().to("cpu", torch.float32)).to(x.device)
+            y = self._run(torch.from_numpy(np.ascontiguousarray(x, np.float32)))
+            return tuple(t.numpy() for t in y) if isinstance(y, (tuple, list)) else y.numpy()
+        y = self._run(x.detach().to("cpu", torch.float32))
+        return tuple(t.to(x.device) for t in y) if isinstance(y, (tuple, list)) else y.to(x.device)
 
     forward = __call__
 
@@ -320,6 +322,8 @@ def compile_onnx(path: str | os.PathLike, lower: Lower, build: Build) -> Partiti
         vi = infos.get(v)
         return [] if vi is None else [d.dim_value for d in vi.type.tensor_type.shape.dim]
 
+    if len(g.output) != 1:
+        raise UnsupportedError(f"{path}: {len(g.output)} graph outputs; exactly one is supported")
     graph_input = next(i.name for i in g.input if i.name not in weights)
     batch = dims(graph_input)[0] if dims(graph_input) else 0
     sinks = {o.name for o in g.output}
