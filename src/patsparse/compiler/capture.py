@@ -293,6 +293,10 @@ def capture_torch(model: nn.Module, example: torch.Tensor, *, on_unsupported=Non
             elif n.op == "call_module":
                 m = mods[n.target]
                 if isinstance(m, nn.Conv2d):
+                    if len(shape(n.args[0])) != 3:
+                        raise InputError(f"layer {where!r}: Conv2d on a per-image shape {shape(n.args[0])}; it needs "
+                                         "a 4-D (N, C, H, W) input (was the batch dimension left out of the "
+                                         "example?)")
                     phased = m.padding_mode == "zeros" and dilated_as_phases(
                         _np(m.weight), _np(m.bias), m.stride, _conv_pads(m), m.dilation, m.groups,
                         shape(n.args[0]), where)
