@@ -14,8 +14,8 @@ def check_torch_and_onnx(m: nn.Module, x: torch.Tensor, tmp_path, *, onnx: bool 
     m = m.eval()
     with torch.no_grad():
         want = m(x)
-    assert_close(ps.compile(m, x[:1], threads=2)(x), want)
+    assert_close(ps.compile(m, x[:1], threads=2, strict=True)(x), want)
     if onnx:
         path = tmp_path / "m.onnx"
         torch.onnx.export(m, x[:1], str(path), dynamo=False, opset_version=opset)
-        assert_close(ps.compile(str(path), threads=2)(x), want)
+        assert_close(ps.compile(str(path), threads=2, strict=True)(x), want)

@@ -354,3 +354,14 @@ def test_kernel_build_failure_names_the_layer_and_keeps_source_and_log(monkeypat
         build_program(cl.Context([d]), emit_source(plan), plan, describe_device(d))
     kept = Path(str(e.value).split("kept in ")[1])
     assert "undeclared_name" in (kept / "model.cl").read_text() and "undeclared_name" in (kept / "build.log").read_text()
+
+
+@pytest.mark.parametrize("tail,why", [((nn.ReLU(), nn.Sigmoid()), "'2': channelwise has no OpenCL kernel"),
+                                      ((nn.ReflectionPad2d(1),), "'1': pad has no OpenCL kernel"),
+                                      ((nn.MaxPool2d(3, 2, ceil_mode=True),), "'1': pooling with ceil_mode"),
+                                      ((nn.Hardswish(),), "'0': activation 'hardswish' is not in the OpenCL")])
+def test_ops_without_an_opencl_kernel_are_refused_naming_the_layer(tail, why):
+    """Not a kernel of another op: each CPU-only op kind is an UnsupportedError before any source."""
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), *tail).eval()
+    with pytest.raises(UnsupportedError, match=f"layer {why}"):
+        ps.compile(m, torch.zeros(1, 3, 9, 9), target="opencl")

@@ -69,11 +69,15 @@ def test_bad_broadcasts_and_constants_name_the_node():
     with pytest.raises(UnsupportedError, match=r"'mul'.*\(4, 6, 6\) and \(4, 8, 8\)"):
         capture_torch(Bad(), torch.zeros(1, 3, 8, 8))
 
-    class Const(nn.Module):
-        def forward(self, x):
-            return x * 0.5
+    class Const(nn.Module):  # a constant with a spatial extent is no per-channel affine map
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("c", torch.ones(3, 8, 8))
 
-    with pytest.raises(UnsupportedError, match=r"mul.*constant operand 0.5"):
+        def forward(self, x):
+            return x * self.c
+
+    with pytest.raises(UnsupportedError, match=r"mul.*constant of shape \(3, 8, 8\)"):
         capture_torch(Const(), torch.zeros(1, 3, 8, 8))
 
 

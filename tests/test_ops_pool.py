@@ -41,4 +41,4 @@ def test_pools_torch_and_onnx(size, tmp_path):
 def test_unsupported_pool_forms_name_the_layer():
     m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AvgPool2d(2, divisor_override=3))
     with pytest.raises(UnsupportedError, match="'1'.*divisor_override"):
-        ps.compile(m, torch.zeros(1, 3, 8, 8))
+        ps.compile(m, torch.zeros(1, 3, 8, 8), strict=True)

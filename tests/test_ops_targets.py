@@ -1,5 +1,6 @@
 """The new op kinds (activation family fused and standalone, standalone BatchNorm, ceil-mode /
-dilated / pad-excluding pools, broadcasting binary ops, concat and split) rendered for other
+dilated / pad-excluding pools, broadcasting binary ops, concat and split; padding, resize,
+pixel / channel shuffle, softmax, constant operands) rendered for other
 targets: the portable dialect at 4 and 16 lanes on this host, and aarch64 NEON cross-compiled
 and run under qemu (skipped, naming the package, where the tools are missing)."""
 
@@ -9,6 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from test_export import build_and_run, check, need_aarch64
+from test_ops_movement import Movement
 
 import patsparse as ps
 from patsparse.compiler.target import generic_vectors
@@ -42,17 +44,30 @@ def _model() -> nn.Module:
     return m
 
 
+def _movement() -> nn.Module:
+    torch.manual_seed(0)
+    return Movement().eval()
+
+
+# (model, one input's shape): the op kinds of test_ops_*.py
+MODELS = {"all_ops": (_model, (3, 19, 23)), "movement": (_movement, (3, 9, 7))}
+
+
+@pytest.mark.parametrize("which", sorted(MODELS))
 @pytest.mark.parametrize("lanes,registers", [(4, 16), (16, 32)])
-def test_new_ops_on_generic_vectors(lanes, registers):
-    m = _model()
-    x = torch.randn(2, 3, 19, 23)
-    cm = ps.compile(m, x[:1], threads=2, target=generic_vectors(lanes, registers))
+def test_new_ops_on_generic_vectors(lanes, registers, which):
+    make, shape = MODELS[which]
+    m = make()
+    x = torch.randn(2, *shape)
+    cm = ps.compile(m, x[:1], threads=2, strict=True, target=generic_vectors(lanes, registers))
     check(np.asarray(cm(x)).reshape(2, -1), m, x.numpy())
 
 
-def test_new_ops_on_aarch64_under_qemu(tmp_path):
+@pytest.mark.parametrize("which", sorted(MODELS))
+def test_new_ops_on_aarch64_under_qemu(tmp_path, which):
     prefix = need_aarch64()
-    m = _model()
-    x = np.random.default_rng(0).standard_normal((2, 3, 19, 23)).astype(np.float32)
+    make, shape = MODELS[which]
+    m = make()
+    x = np.random.default_rng(0).standard_normal((2, *shape)).astype(np.float32)
     out = ps.export(m, torch.from_numpy(x[:1]), tmp_path / "proj", target="aarch64-linux-gnu")
     check(build_and_run(out, x, prefix), m, x)

@@ -63,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
     model, example = load_source(src, args.input_shape)
     cm = ps_compile(model, example, threads=args.threads, tune=args.tune, cache_dir=args.cache_dir,
                     target=target)
+    if hasattr(cm, "report"):  # ops fell back to PyTorch / ONNX Runtime: saving it refuses, says why
+        print(cm.report())
     out = cm.save(args.out)
     kinds: dict[str, int] = {}
     for layer in cm.manifest["layers"]:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ..errors import FormatError, InputError
+from ..errors import FormatError, InputError, UnsupportedError
 from .build import compile_c, toolchain_fingerprint
 from .capture import capture_onnx, capture_torch
 from .codegen.graph import SYNC_FLOATS, emit_model, generate_kernels, pack_blob
@@ -28,6 +28,7 @@ from .target import Target, detect, get_target
 from .target.host import isa_macro_lines, required_cpu_features
 
 if TYPE_CHECKING:
+    from .fallback import PartitionedModel
     from .opencl import OpenCLModel
 
 
@@ -143,9 +144,20 @@ def _warn_spec_mismatch(model: Any) -> None:
         warnings.warn(f"{e}; compiling the sparsity the weights have, not the spec's", stacklevel=3)
 
 
+def _partitioned(model_or_onnx_path: Any, example_input: Any, build) -> "PartitionedModel":
+    """The fallback (compiler/fallback.py) for a model ``capture`` refused."""
+    from .fallback import compile_onnx, compile_torch
+
+    if isinstance(model_or_onnx_path, torch.nn.Module):
+        x = torch.as_tensor(example_input) if isinstance(example_input, np.ndarray) else example_input
+        return compile_torch(model_or_onnx_path, x, capture, build)
+    return compile_onnx(model_or_onnx_path, capture, build)
+
+
 def compile(model_or_onnx_path: Any, example_input: Any = None, *, threads: int | None = None,
             tune: bool = False, cache_dir: str | os.PathLike | None = None,
-            target: str | Target | None = None) -> "CompiledModel | OpenCLModel":
+            target: str | Target | None = None,
+            strict: bool = False) -> "CompiledModel | OpenCLModel | PartitionedModel":
     """Compile a (pattern-sparse or dense) CNN to native code.
 
     ``model_or_onnx_path``: an ``nn.Module`` (traced with torch.fx on ``example_input``, a
@@ -162,6 +174,10 @@ def compile(model_or_onnx_path: Any, example_input: Any = None, *, threads: int 
     The input normalisation a model carries (``patsparse_normalization``, from ``patsparse.load``
     of a trained or pruned model) goes into the manifest: the compiled model computes on
     normalised input, and ``cm.manifest["normalization"]`` says which.
+    ``strict``: an op the compiler cannot generate is an UnsupportedError naming it; otherwise
+    (CPU targets) it runs in PyTorch, or ONNX Runtime for an ONNX file, between compiled
+    segments, with a warning: a ``fallback.PartitionedModel`` whose ``report()`` says what fell
+    back and its share of the latency.
     """
     t = get_target(target)  # before the capture: a bad name is the first error
     _warn_spec_mismatch(model_or_onnx_path)
@@ -171,7 +187,13 @@ def compile(model_or_onnx_path: Any, example_input: Any = None, *, threads: int 
         g = capture(model_or_onnx_path, example_input)
         return build_opencl(g, target=t, tune=tune, origin=getattr(g, "origin", ""))
     t = runnable_here(t)
-    g = capture(model_or_onnx_path, example_input)
+    try:
+        g = capture(model_or_onnx_path, example_input)
+    except UnsupportedError:
+        if strict:
+            raise
+        return _partitioned(model_or_onnx_path, example_input, lambda g: build_from_graph(
+            g, threads=threads, tune=tune, cache_dir=cache_dir, origin=getattr(g, "origin", ""), target=t))
     norm = getattr(model_or_onnx_path, "patsparse_normalization", None)
     if norm is not None:
         from ..serialize import checked_normalization

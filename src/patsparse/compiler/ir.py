@@ -25,6 +25,15 @@ Ops (attrs in brackets):
                                          before it (passes.fold_bn)
   binary   [op: add|sub|mul|div]         two inputs, PyTorch broadcasting over (C, H, W); an add
                                          no conv can take as its residual becomes one
+  pad      [pads, mode, value]           pads (top, left, bottom, right; negative crops), mode
+                                         constant | reflect | replicate (codegen/movement.py)
+  resize   [size, mode, align_corners]   to size (H, W), mode nearest | bilinear; [scales] (sh, sw)
+                                         where the model gave scale factors (PyTorch rounds by them)
+  pixel_shuffle [r]                      (C * r * r, H, W) -> (C, H * r, W * r)
+  shuffle  [groups]                      channel shuffle (ShuffleNet)
+  softmax  [log]                         (log-)softmax over channels (or a vector's features)
+  phases   [d, inverse, size]            the phase mosaic of a dilated 3x3 conv (codegen/movement.py
+                                         phase_taps) or, inverse, back to size (H, W)
 After passes, ``act`` and ``residual`` hold what was fused into a node's epilogue:
 out = act(op(x) + bias + residual); a standalone activation is an ``act`` node whose ``act``
 holds it.
@@ -39,7 +48,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 OPS = ("conv", "bn", "linear", "maxpool", "avgpool", "gap", "add", "relu", "relu6", "flatten", "identity",
-       "act", "prelu", "affine", "binary", "reshape", "concat", "slice")
+       "act", "prelu", "affine", "binary", "reshape", "concat", "slice", "pad", "resize", "pixel_shuffle",
+       "shuffle", "softmax", "phases")
 INPUT = "input"
 
 

@@ -21,7 +21,10 @@ VEC = 16  # floats per AVX-512 vector; row and plane strides are multiples of it
 
 
 def spatial(shape: tuple) -> tuple[int, int, int]:
-    """The (C, H, W) a per-image shape is stored as: itself, or a vector of n as (n, 1, 1)."""
+    """The (C, H, W) a per-image shape is stored as: itself, a 1-D signal (C, L) as (C, 1, L), a
+    vector of n as (n, 1, 1)."""
+    if len(shape) == 2:
+        return (int(shape[0]), 1, int(shape[1]))
     return tuple(shape) if len(shape) == 3 else (int(np.prod(shape)), 1, 1)
 
 

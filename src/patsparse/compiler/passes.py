@@ -14,7 +14,8 @@ from ..errors import UnsupportedError
 from .ir import INPUT, Graph, Node
 from .layout import spatial
 
-KERNEL_OPS = ("conv", "linear", "maxpool", "avgpool", "gap", "act", "affine", "prelu", "binary", "concat", "slice")
+KERNEL_OPS = ("conv", "linear", "maxpool", "avgpool", "gap", "act", "affine", "prelu", "binary", "concat", "slice",
+              "pad", "resize", "pixel_shuffle", "shuffle", "softmax", "phases")
 # producers whose epilogue can apply any activation (act(op(x) + bias + residual))
 ACT_PRODUCERS = ("conv", "linear", "maxpool", "avgpool", "gap", "affine", "prelu", "binary")
 ACT_OPS = ("relu", "relu6", "act")
@@ -98,6 +99,11 @@ def fuse_act(g: Graph) -> None:
         spec = act.attrs.get("act", act.op) if act.op == "act" else act.op
         src = act.inputs[0]
         prod = None if src == INPUT else g.node(src)
+        if prod is not None and prod.op == "phases" and prod.attrs["inverse"] and len(g.users(src)) == 1:
+            # a dilated conv's inverse mosaic only gathers: the activation goes into the conv
+            # before it (the positions it applies to in vain are never read)
+            prod = g.node(prod.inputs[0])
+            src = prod.name
         if prod is not None and prod.op in ACT_PRODUCERS and prod.act == "none" and len(g.users(src)) == 1:
             prod.act = spec
             _remove(g, act)

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import FormatError, InputError, UnsupportedError
 from .capture import out_shape
-from .codegen import activations
+from .codegen import activations, movement
 from .codegen.channelwise import BINARY
 from .ir import INPUT, Graph, Node
 from .layout import spatial
@@ -53,6 +53,19 @@ def _int(v: Any, lo: int, hi: int, what: str) -> int:
 def _bool(v: Any, what: str) -> bool:
     if not isinstance(v, bool):
         raise FormatError(f"{what} must be true or false, got {v!r}")
+    return v
+
+
+def _choice(v: Any, options: tuple[str, ...], what: str) -> str:
+    if not isinstance(v, str) or v not in options:
+        raise FormatError(f"{what} must be one of {options}, got {v!r}")
+    return v
+
+
+def _float(v: Any, what: str) -> float:
+    """A finite float that float32 holds exactly (it reaches the source as a float32 literal)."""
+    if not isinstance(v, float) or not math.isfinite(v) or float(np.float32(v)) != v:
+        raise FormatError(f"{what} must be a finite float32 value, got {v!r}")
     return v
 
 
@@ -134,6 +147,50 @@ def _attrs(op: str, attrs: Any, x: tuple, where: str) -> dict:
         attrs = _keys(attrs, {"start", "channels"}, set(), where)
         start = _int(attrs["start"], 0, x[0] - 1, f"{where}: start")
         return {"start": start, "channels": _int(attrs["channels"], 1, x[0] - start, f"{where}: channels")}
+    if op == "pad":
+        attrs = _keys(attrs, {"pads", "mode", "value"}, {"dilation"}, where)
+        pads, dil = attrs["pads"], attrs.get("dilation", [1, 1])
+        if not isinstance(pads, list) or len(pads) != 4 or not isinstance(dil, list) or len(dil) != 2:
+            raise FormatError(f"{where}: pads {pads!r} / dilation {dil!r} are not (top, left, bottom, right) / (h, w)")
+        a = {"pads": [_int(p, -MAX_DIM, MAX_DIM, f"{where}: pads") for p in pads],
+             "mode": _choice(attrs["mode"], movement.PAD_MODES, f"{where}: mode"),
+             "value": _float(attrs["value"], f"{where}: value")}
+        if "dilation" in attrs:
+            a["dilation"] = [_int(d, 1, MAX_WINDOW, f"{where}: dilation") for d in dil]
+        try:  # reflect needs pads below the size: the generator's own check
+            for n, lo, hi, d in ((x[1], pads[0], pads[2], dil[0]), (x[2], pads[1], pads[3], dil[1])):
+                movement.pad_taps(n, lo, hi, a["mode"], d)
+        except UnsupportedError as e:
+            raise FormatError(f"{where}: {e}") from None
+        return a
+    if op == "resize":
+        attrs = _keys(attrs, {"size", "mode", "align_corners"}, {"scales"}, where)
+        size = attrs["size"]
+        if not isinstance(size, list) or len(size) != 2:
+            raise FormatError(f"{where}: size {size!r} is not (H, W)")
+        a = {"size": [_int(v, 1, MAX_DIM, f"{where}: size") for v in size],
+             "mode": _choice(attrs["mode"], movement.RESIZE_MODES, f"{where}: mode"),
+             "align_corners": _bool(attrs["align_corners"], f"{where}: align_corners")}
+        if "scales" in attrs:
+            sc = attrs["scales"]
+            if not isinstance(sc, list) or len(sc) != 2:
+                raise FormatError(f"{where}: scales {sc!r} is not (sh, sw)")
+            if not all(isinstance(v, float) and 0 < v < math.inf for v in sc):
+                raise FormatError(f"{where}: scales {sc!r} must be positive finite floats")
+            a["scales"] = list(sc)
+        return a
+    if op == "phases":
+        attrs = _keys(attrs, {"d", "inverse", "size"}, set(), where)
+        size = attrs["size"]
+        if not isinstance(size, list) or len(size) != 2:
+            raise FormatError(f"{where}: size {size!r} is not (H, W)")
+        return {"d": _int(attrs["d"], 2, MAX_DIM, f"{where}: d"), "inverse": _bool(attrs["inverse"], f"{where}: inverse"),
+                "size": [_int(v, 1, MAX_DIM, f"{where}: size") for v in size]}
+    if op in ("pixel_shuffle", "shuffle"):
+        key = "r" if op == "pixel_shuffle" else "groups"
+        return {key: _int(_keys(attrs, {key}, set(), where)[key], 1, MAX_DIM, f"{where}: {key}")}
+    if op == "softmax":
+        return {"log": _bool(_keys(attrs, {"log"}, set(), where)["log"], f"{where}: log")}
     if op == "affine":  # a folded BatchNorm keeps its eps (passes.fold_bn), which no kernel reads
         eps = _keys(attrs, set(), {"eps"}, where).get("eps", 0.0)
         if not isinstance(eps, float) or not 0.0 <= eps < math.inf:
@@ -236,8 +293,8 @@ def graph_from_file(obj: Any, tensors: dict[str, np.ndarray], where: str) -> Gra
                 not 0 < len(obj["nodes"]) <= MAX_NODES:
             raise FormatError("no list of nodes")
         dims = obj.get("input_shape")
-        if not isinstance(dims, list) or len(dims) != 3:
-            raise FormatError(f"input_shape {dims!r} is not (C, H, W)")
+        if not isinstance(dims, list) or len(dims) not in (1, 2, 3):
+            raise FormatError(f"input_shape {dims!r} is not (C, H, W), (C, L) or (features,)")
         in_shape = tuple(_int(v, 1, MAX_DIM, "input_shape") for v in dims)
         if int(np.prod(in_shape)) > MAX_TENSOR:
             raise FormatError(f"input_shape {list(in_shape)} is too large")

@@ -37,8 +37,10 @@ class Patsparse(Engine):
 
         import patsparse
 
+        # strict: what is timed is generated code (a model with ops that would fall back to
+        # PyTorch is reported as failed, naming them)
         compiled = patsparse.compile(model.torch_module(), torch.from_numpy(as_float32(example)),
-                                     threads=threads)
+                                     threads=threads, strict=True)
         # What it needs at run time: the built library and the packed weights.
         size = file_bytes(compiled.lib_path) + 4 * int(compiled.manifest.get("blob_floats", 0))
         passive = os.environ.get("OMP_WAIT_POLICY", "").lower() == "passive"

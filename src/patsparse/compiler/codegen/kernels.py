@@ -19,7 +19,8 @@ from ..ir import Node
 from ..grouped import grouped_sparsity
 from ..reorder import analyse
 from ..target import Target
-from . import channels, channelwise, conv_pool, dense_conv, depthwise, gemm, grouped1x1, pool, pw_dw
+from . import (channels, channelwise, conv_pool, dense_conv, depthwise, gemm, grouped1x1, movement, pool, pw_dw,
+               softmax)
 from .base import GeneratedKernel
 from .pattern_conv import candidate_schedules, gen_pattern_conv
 from .step import Step
@@ -152,13 +153,14 @@ def _pw_dw_candidates(step: Step, target: Target, threads: int | None) -> list[d
 
 def _depthwise_matches(node: Node) -> dict | None:
     w = node.params.get("weight")
-    ok = _conv(node, groups1=False) and node.attrs["groups"] == w.shape[0] and w.shape[1] == 1 and node.attrs["k"] == 3
+    ok = _conv(node, groups1=False) and node.attrs["groups"] == w.shape[0] and w.shape[1] == 1 and \
+        node.attrs["k"] % 2 == 1 and node.attrs["stride"] <= 2
     return {} if ok else None
 
 
 def _depthwise_generate(step: Step, schedule: dict | None, target: Target, threads: int | None) -> GeneratedKernel:
     a = step.node.attrs
-    return depthwise.gen_depthwise(step.cname, channels=_out_channels(step), stride=a["stride"],
+    return depthwise.gen_depthwise(step.cname, channels=_out_channels(step), k=a["k"], stride=a["stride"],
                                    padding=a["padding"], **_common(step, schedule, target))
 
 
@@ -207,6 +209,39 @@ def _slice_generate(step: Step, schedule: dict | None, target: Target, threads: 
                               out_layout=step.out_layout, target=target)
 
 
+def _pad_generate(step: Step, schedule: dict | None, target: Target, threads: int | None) -> GeneratedKernel:
+    a, L = step.node.attrs, step.in_layout
+    t, left, b, r = a["pads"]
+    dh, dw = a.get("dilation", (1, 1))
+    return movement.gen_remap(step.cname, rows=movement.pad_taps(L.H, t, b, a["mode"], dh),
+                              cols=movement.pad_taps(L.W, left, r, a["mode"], dw), value=a["value"],
+                              in_layout=L, out_layout=step.out_layout, target=target)
+
+
+def _resize_generate(step: Step, schedule: dict | None, target: Target, threads: int | None) -> GeneratedKernel:
+    a, L, O = step.node.attrs, step.in_layout, step.out_layout
+    scales = a.get("scales", (None, None))
+    rows, cols = (movement.resize_taps(n, m, a["mode"], a["align_corners"], s)
+                  for n, m, s in ((L.H, O.H, scales[0]), (L.W, O.W, scales[1])))
+    return movement.gen_remap(step.cname, rows=rows, cols=cols, in_layout=L, out_layout=O, target=target)
+
+
+def _phases_generate(step: Step, schedule: dict | None, target: Target, threads: int | None) -> GeneratedKernel:
+    a, L, O = step.node.attrs, step.in_layout, step.out_layout
+    n_h, n_w = (O.H, O.W) if a["inverse"] else (L.H, L.W)
+    return movement.gen_remap(step.cname, rows=movement.phase_taps(n_h, a["d"], a["inverse"]),
+                              cols=movement.phase_taps(n_w, a["d"], a["inverse"]), in_layout=L, out_layout=O,
+                              target=target)
+
+
+def _movement(gen: Callable, attr: str):
+    """The generator of a one-attribute data movement op (pixel shuffle, channel shuffle, softmax)."""
+    def generate(step: Step, schedule: dict | None, target: Target, threads: int | None) -> GeneratedKernel:
+        return gen(step.cname, **{attr: step.node.attrs[attr]}, in_layout=step.in_layout,
+                   out_layout=step.out_layout, target=target)
+    return generate
+
+
 FAMILIES: tuple[KernelFamily, ...] = (
     KernelFamily("conv_pool", lambda n: {} if _conv(n, fused="pool") else None, _conv_pool_generate),
     KernelFamily("pw_dw", _pw_dw_matches, _pw_dw_generate, _pw_dw_candidates),
@@ -223,6 +258,12 @@ FAMILIES: tuple[KernelFamily, ...] = (
     KernelFamily("binary", _op("binary"), _binary_generate),
     KernelFamily("concat", _op("concat"), _concat_generate),
     KernelFamily("slice", _op("slice"), _slice_generate),
+    KernelFamily("pad", _op("pad"), _pad_generate),
+    KernelFamily("resize", _op("resize"), _resize_generate),
+    KernelFamily("pixel_shuffle", _op("pixel_shuffle"), _movement(movement.gen_pixel_shuffle, "r")),
+    KernelFamily("shuffle", _op("shuffle"), _movement(channels.gen_shuffle, "groups")),
+    KernelFamily("softmax", _op("softmax"), _movement(softmax.gen_softmax, "log")),
+    KernelFamily("phases", _op("phases"), _phases_generate),
 )
 _BY_KIND = {f.kind: f for f in FAMILIES}
 
@@ -237,7 +278,7 @@ def match(node: Node) -> tuple[str, object]:
     a = node.attrs
     if node.op == "conv":
         raise UnsupportedError(f"layer {node.name!r}: grouped conv (groups={a['groups']}, "
-                               f"kernel {a['k']}) is not supported; depthwise 3x3 and groups=1 are")
+                               f"kernel {a['k']}) is not supported; depthwise and groups=1 are")
     raise UnsupportedError(f"layer {node.name!r}: op {node.op!r} has no kernel generator")
 
 

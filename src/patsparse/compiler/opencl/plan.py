@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ...errors import UnsupportedError
+from ..capture import block_diagonal
 from ..codegen.kernels import match
 from ..codegen.plan import assign_buffers, tensor_layouts
 from ..ir import INPUT, Graph, Node, c_comment, c_ident
@@ -60,10 +62,32 @@ class CLPlan:
     line_owner: list[tuple[int, int, str]] = field(default_factory=list)  # (first, last line, layer)
 
 
+# the CPU kernel families this target has OpenCL kernels for, and what their epilogue applies
+CL_KINDS = ("pattern_conv", "grouped1x1", "conv2d", "depthwise", "maxpool", "avgpool", "linear", "gap")
+CL_ACTS = ("none", "relu", "relu6")
+
+
+def _check_opencl(node, kind: str) -> None:
+    """UnsupportedError for a layer the OpenCL kernels cannot run as the CPU ones do (an op
+    family, activation or pooling option they lack), rather than code that computes another op."""
+    why = (f"{kind} has no OpenCL kernel" if kind not in CL_KINDS else
+           f"activation {node.act!r} is not in the OpenCL epilogue ({', '.join(CL_ACTS)})" if node.act not in CL_ACTS
+           else "pooling with ceil_mode, dilation or count_include_pad=False" if
+           {"ceil_mode", "dilation", "count_include_pad"} & set(node.attrs) else "")
+    if why:
+        raise UnsupportedError(f"layer {node.name!r}: {why} (target 'opencl'; the CPU targets run it)")
+
+
 def plan_graph(g: Graph) -> CLPlan:
     """Kernel family, layouts and workspace offsets of every layer; every unsupported layer is
     an error here, before any source exists."""
+    for n in g.nodes:  # the OpenCL depthwise kernel is 3x3: a wider one runs as a dense conv
+        if n.op == "conv" and n.attrs["groups"] > 1 and n.attrs["k"] != 3:
+            n.params["weight"] = block_diagonal(n.params["weight"], n.attrs["groups"])
+            n.attrs["groups"] = 1
     kinds = {n.name: match(n) for n in g.nodes}
+    for n in g.nodes:
+        _check_opencl(n, kinds[n.name][0])
     layouts = tensor_layouts(g)
     steps = [CLStep(n, i, kinds[n.name][0], c_ident(n.name, i), layouts[n.inputs[0]], layouts[n.name],
                     sparsity=kinds[n.name][1]) for i, n in enumerate(g.nodes)]
