@@ -162,6 +162,7 @@ class Cell:
             # the pruner's own defaults are part of a row's configuration: a row run under other
             # defaults (penalty, distillation, allocation) must not be mixed with this one
             out["recipe"] = {k: v for k, v in self.recipe(row).to_dict().items() if k != "notes"}
+            out["recipe"]["retrain_lr"] = self.retrain_lr(row)  # resolved: its default is a rule
         elif row.kind == "baseline":
             r = self.recipe(row)  # a baseline shares only the retraining knobs
             out["retrain"] = {"lr": self.retrain_lr(row), "distill": r.distill,
@@ -171,8 +172,7 @@ class Cell:
     def retrain_lr(self, row: Row) -> float:
         """The masked-retraining rate of a pruned row: the pattern rows' (recipe) for the
         baselines too, so both retrain alike."""
-        r = self.recipe(row)
-        return r.retrain_lr or r.lr
+        return self.recipe(row).retrain_rate
 
     def recipe(self, row: Row) -> PruneRecipe:
         """What ``ps.prune`` runs for a pattern row (baselines share its retraining knobs)."""

@@ -188,3 +188,18 @@ def test_divergence_stops_with_the_last_good_weights(loaders):
         ps.prune(m, loaders[0], rate=8, admm_iters=1, epochs=1, lr=1e6, retrain_epochs=0, distill=0.0, progress=False)
     after = m.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_unset_retraining_rate_is_a_multiple_of_lr_and_is_saved_resolved():
+    from patsparse.pruning.recipe import RETRAIN_LR_FACTOR
+
+    r = PruneRecipe(lr=0.02)
+    assert r.retrain_rate == pytest.approx(RETRAIN_LR_FACTOR * 0.02)
+    assert r.for_loader(10).retrain_lr == pytest.approx(RETRAIN_LR_FACTOR * 0.02)
+    assert PruneRecipe(lr=0.02, retrain_lr=0.005).for_loader(10).retrain_lr == 0.005
+
+
+def test_prune_retrains_at_the_resolved_rate(loaders):
+    m = small_net()
+    ps.prune(m, loaders[0], rate=8, admm_iters=1, epochs=1, retrain_epochs=1, lr=0.004, progress=False)
+    assert m.patsparse_recipe.retrain_lr == pytest.approx(3 * 0.004)

@@ -299,7 +299,7 @@ def prune(model: nn.Module, train_loader: Iterable, rate: float = 8, library: st
         history.append({"phase": "hard-pruned", "eval": evaluate(net, eval_loader, device=device)})
         _log(progress, f"after hard pruning: {_fmt(history[-1])}")
     if r.retrain_epochs:
-        masked_retrain(model, train_loader, spec_masks(spec), epochs=r.retrain_epochs, lr=r.retrain_lr or r.lr,
+        masked_retrain(model, train_loader, spec_masks(spec), epochs=r.retrain_epochs, lr=r.retrain_rate,
                        momentum=r.momentum, weight_decay=r.weight_decay, warmup=r.warmup, device=device,
                        progress=progress, eval_loader=eval_loader, history=history, distill=teacher,
                        output=output)

@@ -25,6 +25,7 @@ from .layers import CONV1X1
 ALLOCATIONS = ("uniform", "lamp")
 MIN_REACH = 1.0  # below this an ADMM iteration leaves over a third of the distance to Z: an error
 MAX_PULL = 0.5  # the strongest per-step pull lr * rho a derived schedule uses (Nesterov is stable to ~1.4)
+RETRAIN_LR_FACTOR = 3.0  # retraining restarts at this multiple of lr unless retrain_lr is set (prune_defaults sweep)
 
 
 def contraction(c: float, momentum: float) -> float:
@@ -73,8 +74,10 @@ class PruneRecipe:
         the outputs of a frozen copy of the model taken before pruning, at this temperature) in
         the ADMM and retraining loss; 0 turns it off.
     retrain_epochs: masked retraining epochs after hard pruning (None = from ``steps``).
-    retrain_lr, warmup: retraining learning rate (None = lr) with a per-step cosine decay after a
-        linear warm-up over this fraction of the steps.
+    retrain_lr, warmup: retraining learning rate (None = ``RETRAIN_LR_FACTOR`` x lr) with a
+        per-step cosine decay after a linear warm-up over this fraction of the steps. Hard
+        pruning moves the weights far from where ADMM's small rate settled them, so retraining
+        restarts higher, as learning-rate rewinding does (Renda et al. 2020).
     lr, momentum, weight_decay: SGD for the ADMM phase.
     gap_warning: the projection gap (accuracy lost by a trial hard projection) at the end of
         ADMM above which the summary warns that ADMM did not converge.
@@ -165,13 +168,19 @@ class PruneRecipe:
              f"layers must be a list of conv names or None, got {self.layers!r}")
         return self
 
+    @property
+    def retrain_rate(self) -> float:
+        """The masked-retraining learning rate: ``retrain_lr``, else ``RETRAIN_LR_FACTOR`` x lr."""
+        return self.retrain_lr if self.retrain_lr is not None else RETRAIN_LR_FACTOR * self.lr
+
     def for_loader(self, batches: int) -> "PruneRecipe":
-        """This recipe with ``epochs`` and ``retrain_epochs`` made concrete for a loader of
-        ``batches`` batches (unset ones from ``steps``); what a run actually uses and saves."""
+        """This recipe with ``epochs``, ``retrain_epochs`` (unset ones from ``steps``) and
+        ``retrain_lr`` made concrete for a loader of ``batches`` batches: what a run actually
+        uses and saves."""
         half = self.steps / 2 / max(1, batches)
         epochs = self.epochs if self.epochs is not None else max(1, round(half / max(1, self.admm_iters)))
         retrain = self.retrain_epochs if self.retrain_epochs is not None else max(1, round(half))
-        return dataclasses.replace(self, epochs=epochs, retrain_epochs=retrain)
+        return dataclasses.replace(self, epochs=epochs, retrain_epochs=retrain, retrain_lr=self.retrain_rate)
 
     def rho_schedule(self, steps: int) -> list[float]:
         """The penalty weight of every ADMM iteration, for iterations of ``steps`` SGD steps.
