@@ -6,7 +6,8 @@ stderr, because converters and runtimes (pnnx, MNN, TVM) print freely to stdout 
 otherwise corrupt the message stream.
 
 Operations: ``prepare`` (load the engine, convert/build the model), ``run`` (one output, for
-the accuracy check), ``time`` (n timed calls after optional warm-up calls), ``stats`` (peak
+the accuracy check), ``time`` (n timed calls after optional warm-up calls, optionally paced:
+``gap_s`` seconds of sleep after each call), ``stats`` (peak
 resident memory), ``exit``. Errors inside an operation are reported back, not raised.
 """
 
@@ -110,11 +111,13 @@ def _serve(rfd: int, wfd: int) -> None:
             elif op == "time":
                 for _ in range(int(msg.get("warmup", 0))):
                     runner(x)
-                ns = []
+                ns, gap = [], float(msg.get("gap_s", 0.0))
                 for _ in range(int(msg["n"])):
                     t0 = time.perf_counter_ns()
                     runner(x)
                     ns.append(time.perf_counter_ns() - t0)
+                    if gap:
+                        time.sleep(gap)
                 reply["ns"] = ns
             elif op == "stats":
                 reply["peak_rss_kb"] = _peak_rss_kb()
