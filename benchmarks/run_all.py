@@ -60,7 +60,8 @@ STANDARD = [
 ]
 # The grid leaves out two engines for time, both slower than PyTorch eager at batch 1 here:
 # torch.compile (16-84 s to compile per configuration) and TVM without MetaSchedule tuning
-# (15-40x slower than every other engine; tuning segfaults in apache-tvm 0.27). `patsparse bench`
+# (15-40x slower than every other engine; tuning segfaults in apache-tvm 0.27, see
+# benchmarks/tvm_tuning_crash.py). `patsparse bench`
 # runs them on request (--engines).
 COMMAND_FILE = "command.txt"  # beside the results: the command line that measured them
 GRID_ENGINES = [e for e in ENGINES if e not in ("torch-compile", "tvm")]
