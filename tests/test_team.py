@@ -88,6 +88,15 @@ def test_solo_fallback_backs_off_and_recovers(team_lib):
     # call 0 stalls: 64 calls alone; call 65 probes the team and stalls: 128 alone; then the team
     assert team[0] == 2 and (team[1:65] == 1).all() and team[65] == 2
     assert (team[66:194] == 1).all() and (team[194:] == 2).all()
+    # a stall soon after: the fallback doubles again (a clean probe alone does not forget)
+    stalled[200] = 0.9
+    team_lib.solo_policy(2, n, stalled.ctypes.data_as(ctypes.c_void_p), team.ctypes.data_as(ctypes.c_void_p))
+    assert (team[194:201] == 2).all() and (team[201:400] == 1).all()
+    # 64 clean team calls halve it: the next stall falls back for 128 calls, not 256
+    stalled[:] = 0
+    stalled[[0, 65, 194 + 64]] = 0.9
+    team_lib.solo_policy(2, n, stalled.ctypes.data_as(ctypes.c_void_p), team.ctypes.data_as(ctypes.c_void_p))
+    assert (team[194:259] == 2).all() and (team[259:387] == 1).all() and team[387] == 2
     # a stall under a quarter of the call's time is ordinary imbalance: the team stays
     stalled[:] = 0.2
     team_lib.solo_policy(2, n, stalled.ctypes.data_as(ctypes.c_void_p), team.ctypes.data_as(ctypes.c_void_p))

@@ -65,8 +65,9 @@ PRELUDE = r"""
    (Per-library pthread keys ran out after ~500 libraries in one process: 2 of 1024 per library.)
    Solo fallback: when the threads of a call spent over a quarter of its time asleep at barriers
    waiting for a partner (another process holds a core), the next calls run on one thread, as
-   many as `backoff` says (doubling while probes with the whole team keep stalling): one thread
-   on the free core beats a team that waits for a time slice at every barrier. */
+   many as `backoff` says (doubling while the team keeps stalling, halved only after PS_SOLO_MIN
+   team calls in a row without a stall): one thread on the free core beats a team that waits
+   for a time slice at every barrier, and every stalled team call is a latency outlier. */
 typedef struct { float *p; size_t n; } ps_arena_t;
 typedef struct {
     atomic_uint count, gen, sleepers;  /* barrier: arrivals, generation, waiters asleep on gen */
@@ -74,7 +75,8 @@ typedef struct {
     float *scr;                        /* the team's shared scratch, handed out by thread 0 */
     ps_arena_t *arena;                 /* [0] team scratch, [1 + t] thread t's own */
     int narena;
-    unsigned solo, backoff;            /* calls left on one thread; the next fallback's length */
+    unsigned solo, backoff, clean;     /* calls left on one thread; the last fallback's length;
+                                          team calls since the last stall */
 } ps_sync;
 _Static_assert(sizeof(ps_sync) <= 64, "ps_sync must fit the 64 bytes the workspace reserves");
 static __thread ps_sync *ps_team_sync;
@@ -151,8 +153,10 @@ static void ps_team_adapt(ps_sync *s, int nt, double seconds) {
     if (atomic_load_explicit(&s->slept_us, memory_order_relaxed) * 1e-6 > 0.25 * seconds * nt) {
         s->backoff = s->backoff ? (2 * s->backoff < PS_SOLO_MAX ? 2 * s->backoff : PS_SOLO_MAX) : PS_SOLO_MIN;
         s->solo = s->backoff;
-    } else {
+        s->clean = 0;
+    } else if (++s->clean >= PS_SOLO_MIN) {
         s->backoff /= 2;
+        s->clean = 0;
     }
 }
 static void ps_team_release(ps_sync *s) {
