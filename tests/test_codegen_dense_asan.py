@@ -41,7 +41,7 @@ static void check(void (*k)(const float *, float *, const float *, const float *
     float *in = buf(in_n, 0.0f), *out = buf(out_n, 0.0f), *res = buf(out_n, 0.0f);
     float *w = buf(w_n, 0.5f), *b = buf(b_n, 0.25f);
     for (size_t i = 0; i + SLACK_N < in_n; i++) in[i] = (float)(i % 7) - 3.0f;
-    PS_TEAM_LOOP(2, k(in, out, w, b, residual ? res : NULL));  /* kernels run in a team */
+    for (int r = 0; r < 2; r++) k(in, out, w, b, residual ? res : NULL);
     free(in); free(out); free(res); free(w); free(b);
 }
 """

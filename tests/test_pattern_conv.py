@@ -77,8 +77,7 @@ def run_conv(weight, x, *, stride=1, padding=1, act="none", residual=None, in_pa
                           target=HOST if vl is None else width_target(vl))
     src = prelude_c(gk.target) + support_c(gk.target) + gk.code + r"""
 void run(const float *in, float *out, const float *w, const float *b, const float *res) {
-    omp_set_num_threads(1);
-    PS_TEAM_LOOP(1, conv(in, out, w, b, res));
+    conv(in, out, w, b, res);
 }
 void run_team(const float *in, float *out, const float *w, const float *b, const float *res, int n) {
     omp_set_num_threads(n);

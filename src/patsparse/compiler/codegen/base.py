@@ -176,17 +176,27 @@ static float *ps_arena(ps_arena_t *a, size_t nfloats, const char *who) {
     }
     return a->p;
 }
+/* a kernel called outside any team (a test calling it directly) takes its calling thread's own
+   state; its arenas last as long as the process */
+static __thread ps_sync ps_lone_sync;
+static ps_sync *ps_lone(void) {
+    if (ps_lone_sync.narena < 2) ps_team_prepare(&ps_lone_sync, 1);
+    return &ps_lone_sync;
+}
 /* inside a team: thread 0 sizes the team arena, every thread gets the same pointer */
 static float *ps_team_scratch(size_t nfloats, const char *who) {
     ps_sync *s = ps_team_sync;
+    if (!s) return ps_arena(&ps_lone()->arena[0], nfloats, who);
     if (ps_team_nt <= 1) return ps_arena(&s->arena[0], nfloats, who);
     if (omp_get_thread_num() == 0) s->scr = ps_arena(&s->arena[0], nfloats, who);
     ps_barrier();
     return s->scr;
 }
 #define PS_SCRATCH(var, nfloats, who) float *var = ps_team_scratch((nfloats), (who))
-#define PS_PRIVATE(var, nfloats, who) \
-    float *var = ps_arena(&ps_team_sync->arena[1 + omp_get_thread_num()], (nfloats), (who))
+static inline ps_arena_t *ps_private_arena(void) {
+    return ps_team_sync ? &ps_team_sync->arena[1 + omp_get_thread_num()] : &ps_lone()->arena[1];
+}
+#define PS_PRIVATE(var, nfloats, who) float *var = ps_arena(ps_private_arena(), (nfloats), (who))
 /* Run `call` `reps` times in a team of its own, a barrier after each (single-kernel tests, tuner) */
 #define PS_TEAM_LOOP(reps, call) do { \
     ps_sync ps_sync_ = {0}; \
