@@ -7,7 +7,7 @@ For each family the table also says where our time goes: the compiled model's pe
 (``CompiledModel.profile``), its two most expensive layers with their kernels, so where we are
 slower the op that costs it is named.
 
-Usage: python benchmarks/ops.py [--threads 2] [--repeats 40] [--size 64] [--quick]
+Usage: python -m benchmarks.ops [--threads 2] [--repeats 40] [--size 64] [--quick]
        [--out docs/bench/ops.md]
 """
 
@@ -18,18 +18,14 @@ import os
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
-sys.path.insert(0, str(REPO / "benchmarks"))
+import torch
+import torch.nn as nn
+from benchmarks._report import BENCH, md_table, provenance
 
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-from _report import BENCH, command_line, git_commit, machine, machine_line, md_table, utc_now  # noqa: E402
-
-import patsparse as ps  # noqa: E402
-from patsparse.bench.harness import run_bench  # noqa: E402
-from patsparse.bench.model import BenchModel  # noqa: E402
-from patsparse.models.families import FAMILIES, ChannelShuffle, build  # noqa: E402
+import patsparse as ps
+from patsparse.bench.harness import run_bench
+from patsparse.bench.model import BenchModel
+from patsparse.models.families import FAMILIES, ChannelShuffle, build
 
 ENGINES = ["patsparse", "onnxruntime", "openvino"]
 RATE = 8.0
@@ -92,9 +88,9 @@ def main(argv: list[str] | None = None) -> int:
 
     text = f"""# Speed of the ops beyond the zoo
 
-Written by `{command_line(__file__, argv if argv is not None else sys.argv[1:])}` on {utc_now()},
-commit {git_commit()}.
-Machine: {machine_line(machine())}; {args.threads} threads, batch 1, fp32, median of {args.repeats}
+{chr(10).join(provenance(__file__, argv if argv is not None else sys.argv[1:]))}
+
+{args.threads} threads, batch 1, fp32, median of {args.repeats}
 calls per engine in interleaved rounds (patsparse.bench.run_bench), every output checked against
 PyTorch first.
 

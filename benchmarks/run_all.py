@@ -2,8 +2,9 @@
 
 Grid (issue 5): VGG-16-BN, ResNet-18, ResNet-50, MobileNet-V2; CIFAR (32x32) and ImageNet
 (224x224) inputs; dense / pattern-only (2.25x) / 8x / 12x / 16x; batch 1 and 8. The default is
-the *standard* grid (STANDARD below): every rate on the models pattern pruning is for, batch 8
-on two of them, sized to run in about an hour and a half on a 2-core machine; ``--full`` runs the
+the *standard* grid (STANDARD below): every rate on the models pattern pruning is for at batch
+1, dense and 8x at batch 8 for every model (the throughput table puts images per second at
+both batches side by side), sized to run in about two hours on a 2-core machine; ``--full`` runs the
 whole product (many hours), and any of --models/--variants/--rates/--batches picks a product
 sub-grid. Each configuration is one ``run_bench`` call (its own interleaved side-by-side run),
 saved as JSON under docs/bench/results/ so the page can be re-stitched without re-running
@@ -44,16 +45,19 @@ STANDARD = [
     ("vgg16_bn", "cifar", RATES, [1]),
     ("vgg16_bn", "cifar", [1.0, 8.0], [8]),
     ("resnet18", "cifar", RATES, [1]),
-    ("resnet50", "cifar", [1.0, 8.0], [1]),
-    ("mobilenet_v2", "cifar", [1.0], [1]),
+    ("resnet18", "cifar", [1.0, 8.0], [8]),
+    ("resnet50", "cifar", [1.0, 8.0], [1, 8]),
+    ("mobilenet_v2", "cifar", [1.0], [1, 8]),
     ("mobilenet_v2", "imagenet", [1.0], [1, 8]),
     ("resnet50", "imagenet", [1.0, 2.25, 8.0, 16.0], [1]),
+    ("resnet50", "imagenet", [1.0, 8.0], [8]),
     ("resnet18", "imagenet", RATES, [1]),
     ("resnet18", "imagenet", [1.0, 8.0], [8]),
 ]
 # The grid leaves out two engines for time, both slower than PyTorch eager at batch 1 here:
 # torch.compile (16-84 s to compile per configuration) and TVM without MetaSchedule tuning
-# (15-40x slower than every other engine; tuning segfaults in apache-tvm 0.27). `patsparse bench`
+# (15-40x slower than every other engine; tuning segfaults in apache-tvm 0.27, see
+# benchmarks/tvm_tuning_crash.py). `patsparse bench`
 # runs them on request (--engines).
 COMMAND_FILE = "command.txt"  # beside the results: the command line that measured them
 GRID_ENGINES = [e for e in ENGINES if e not in ("torch-compile", "tvm")]
@@ -154,6 +158,29 @@ def summary_table(results: list[BenchResult]) -> str:
     return "\n".join(lines)
 
 
+def throughput_table(results: list[BenchResult]) -> str:
+    """Images per second at batch 1 and at batch 8 side by side, per configuration that ran at
+    both, for patsparse and the fastest peer (per batch): what batching buys each engine."""
+    by = {}
+    for r in results:
+        by.setdefault(r.model, {})[r.batch] = r
+    lines = ["| configuration | patsparse b1 | patsparse b8 | fastest peer b1 | fastest peer b8 |",
+             "|---|---|---|---|---|"]
+
+    def cells(r: BenchResult) -> tuple[str, str]:
+        ours = next((e for e in r.ok() if e.name == report.OURS), None)
+        peers = sorted((e for e in r.ok() if e.name != report.OURS), key=lambda e: e.median_ms)
+        rate = lambda e: f"{r.batch * 1e3 / e.median_ms:.0f}"  # noqa: E731
+        return (rate(ours) if ours else "-",
+                f"{rate(peers[0])} ({peers[0].name})" if peers else "-")
+
+    for model, batches in by.items():
+        if 1 in batches and 8 in batches:
+            (o1, p1), (o8, p8) = cells(batches[1]), cells(batches[8])
+            lines.append(f"| {model} | {o1} | {o8} | {p1} | {p8} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def shortfalls(results: list[BenchResult]) -> list[str]:
     """Where patsparse is not the fastest (or did not run), and by how much."""
     out = []
@@ -200,7 +227,7 @@ def stitch(args, results_dir: Path, plots_dir: Path, argv: list[str]) -> str:
         "- Weights: random initialisation, pattern + connectivity projected one-shot "
         "(`project_model`, phase-2 library); latency depends on which weights are zero, not their values.",
         "- Each engine runs in its own worker process; its output is checked against PyTorch eager "
-        "before timing (wrong engines are not timed); latencies are per batch, median and p90 of "
+        "before timing (wrong engines are not timed); latencies are per batch, median, p90 and p99 of "
         "timed calls in interleaved rounds; each call goes through the engine's Python API "
         "(numpy in, numpy out).",
         "- Noise: the machine may be shared; each table gives the load average at the start and end "
@@ -216,6 +243,11 @@ def stitch(args, results_dir: Path, plots_dir: Path, argv: list[str]) -> str:
     lines += ["## Where patsparse is not yet the fastest", ""]
     lines += short or ["- Nowhere in this grid: patsparse was the fastest engine in every configuration."]
     lines.append("")
+    tput = throughput_table(results)
+    if tput:
+        lines += ["## Throughput: batch 1 and batch 8", "",
+                  "Images per second (batch / median latency) of the same configuration at both batch sizes, "
+                  "each from its own interleaved run.", "", tput, ""]
     for (model, batch), group in _group(results).items():
         lines += [f"## {model}, batch {batch}", "", summary_table(group), ""]
         if len(group) > 1:

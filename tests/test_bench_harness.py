@@ -89,14 +89,14 @@ wrongengine, crashwhiletiming, hanginprepare, raiseinprepare = (
 def test_summarize_known_values():
     s = summarize([5.0, 1.0, 3.0, 2.0, 4.0])
     assert (s.median, s.min, s.mean, s.n) == (3.0, 1.0, 3.0, 5)
-    assert s.p90 == pytest.approx(4.6)
+    assert s.p90 == pytest.approx(4.6) and s.p99 == pytest.approx(4.96)
 
 
 @settings(max_examples=50, deadline=None)
 @given(st.lists(st.floats(0.001, 1e4), min_size=1, max_size=200))
 def test_summarize_orders(samples):
     s = summarize(samples)
-    assert s.min <= s.median <= s.p90 <= max(samples) + 1e-9
+    assert s.min <= s.median <= s.p90 <= s.p99 <= max(samples) + 1e-9
     assert s.n == len(samples)
 
 
@@ -150,6 +150,16 @@ def test_real_engines_beside_broken_ones(tmp_path):
     assert crash.status == "crashed" and "SIGSEGV" in crash.reason and "while timing" in crash.reason
     assert by["raiseinprepare"].status == "failed" and "converter rejected op Foo" in by["raiseinprepare"].reason
     assert res.input_shape == [2, 3, 16, 16] and res.macs_dense == res.macs_sparse > 0
+
+
+def test_paced_calls(tmp_path):
+    res = run_bench(tiny_model(), ["torch"], repeats=4, block=2, warmup=0, timeout=120, gap_ms=20,
+                    workdir=tmp_path)
+    e = res.engines[0]
+    assert e.status == "ok" and len(e.samples_ms) == 4 and e.median_ms <= e.p90_ms <= e.p99_ms
+    assert res.gap_ms == 20.0
+    with pytest.raises(InputError, match="gap_ms"):
+        run_bench(tiny_model(), ["torch"], gap_ms=-1)
 
 
 def test_hanging_engine_is_killed(tmp_path):

@@ -15,6 +15,10 @@ def test_stitch_page(tmp_path):
     for r in (result(1.0), slow):
         r.model = f"vgg16_bn-cifar {run_all.rate_name(r.rate)}"
         report.write_result_json(r, results / f"{run_all.config_id('vgg16_bn', 'cifar', r.rate, 1)}.json")
+    b8 = result(8.0)
+    b8.model, b8.batch = f"vgg16_bn-cifar {run_all.rate_name(8.0)}", 8
+    b8.engines[0].median_ms = 4.0  # patsparse: 8 images in 4 ms
+    report.write_result_json(b8, results / f"{run_all.config_id('vgg16_bn', 'cifar', 8.0, 8)}.json")
     (docs / "bench" / "layers.md").write_text("## Per-layer kernels\n\nfrom the compiler helper\n")
     args = run_all.parse_args(["--stitch-only", "--out", str(docs / "BENCHMARKS.md")])
     assert run_all.main(["--stitch-only", "--out", str(docs / "BENCHMARKS.md")]) == 0
@@ -22,6 +26,8 @@ def test_stitch_page(tmp_path):
     assert "## vgg16_bn-cifar, batch 1" in page and "| patsparse | 1.00 | 3.00 |" in page
     assert "ONNX Runtime 2.00 ms vs patsparse 3.00 ms (patsparse 1.50x slower)" in page
     assert "**patsparse speed-up over fastest peer** | 2.00x | 0.67x |" in page
+    assert "## Throughput: batch 1 and batch 8" in page
+    assert "| vgg16_bn-cifar 8x | 333 | 2000 | 500 (onnxruntime) | 4000 (onnxruntime) |" in page
     assert "## Per-layer kernels" in page and "commit abc1234" in page
     assert (docs / "bench" / "plots" / "vgg16_bn-cifar-b1.png").stat().st_size > 0
     assert args.stitch_only and run_all.grid(run_all.parse_args(["--quick"])) == [
@@ -30,7 +36,7 @@ def test_stitch_page(tmp_path):
 
 def test_standard_grid_and_resume(tmp_path, capsys):
     std = run_all.grid(run_all.parse_args([]))
-    assert len(std) == len(set(std)) == 28
+    assert len(std) == len(set(std)) == 35
     assert std[0] == ("vgg16_bn", "cifar", 1.0, 1) and std[-1] == ("resnet18", "imagenet", 8.0, 8)
     assert {c[0] for c in std} == set(run_all.MODELS) and {c[3] for c in std} == {1, 8}
     assert {c[2] for c in std if c[0] == "mobilenet_v2"} == {1.0}

@@ -45,17 +45,19 @@ class Stats:
 
     median: float
     p90: float
+    p99: float
     mean: float
     min: float
     n: int
 
 
 def summarize(samples_ms: Sequence[float]) -> Stats:
-    """Median, 90th percentile (linear interpolation), mean and min of latency samples."""
+    """Median, 90th and 99th percentiles (linear interpolation), mean and min of latency samples."""
     a = np.asarray(samples_ms, dtype=np.float64)
     if a.size == 0 or not np.all(np.isfinite(a)):
         raise InputError(f"latency samples must be a non-empty list of finite numbers, got {a.size}")
-    return Stats(median=float(np.median(a)), p90=float(np.percentile(a, 90)), mean=float(a.mean()),
+    return Stats(median=float(np.median(a)), p90=float(np.percentile(a, 90)), p99=float(np.percentile(a, 99)),
+                 mean=float(a.mean()),
                  min=float(a.min()), n=int(a.size))
 
 
@@ -85,6 +87,7 @@ class EngineResult:
     rel_err: float | None = None
     median_ms: float | None = None
     p90_ms: float | None = None
+    p99_ms: float | None = None
     samples_ms: list[float] = field(default_factory=list)
     peak_rss_mb: float | None = None
     model_bytes: int | None = None
@@ -107,6 +110,7 @@ class BenchResult:
     rate: float | None = None
     macs_dense: int | None = None
     macs_sparse: int | None = None
+    gap_ms: float = 0.0
 
     def ok(self) -> list[EngineResult]:
         return [e for e in self.engines if e.status == "ok"]
@@ -218,7 +222,7 @@ def run_bench(model, engines: Sequence[str] | None = None, *, batch: int = 1, th
               repeats: int = 50, warmup: int = 5, block: int = 5, timeout: float = 600.0,
               tolerance: float = 1e-3, workdir: str | os.PathLike | None = None,
               time_limit: float = 120.0, options: dict[str, Any] | None = None, seed: int = 0,
-              log: Callable[[str], None] = lambda s: None) -> BenchResult:
+              gap_ms: float = 0.0, log: Callable[[str], None] = lambda s: None) -> BenchResult:
     """Benchmark ``model`` (a ``patsparse.bench.model.BenchModel``) on ``engines``.
 
     ``repeats`` timed calls per engine, in rounds of ``block`` calls (one unrecorded call
@@ -228,7 +232,10 @@ def run_bench(model, engines: Sequence[str] | None = None, *, batch: int = 1, th
     add up to ``time_limit`` seconds gets no further rounds (a very slow engine, e.g. untuned
     TVM on a large model, then has fewer samples; their number is in the JSON). ``options``
     go to every engine (e.g. ``{"tvm_budget": 600}``). Without ``workdir`` a temporary one is
-    used and removed afterwards unless an engine failed (its log is kept there).
+    used and removed afterwards unless an engine failed (its log is kept there). ``gap_ms``
+    paces the timed calls (a sleep after each, as a video loop waits for its next frame): an
+    engine's threads then go idle between calls, and its p99 shows what waking them costs
+    when another process has taken a core.
     """
     for what, v, lo in (("batch", batch, 1), ("threads", threads, 1), ("repeats", repeats, 1),
                         ("block", block, 1), ("warmup", warmup, 0)):
@@ -236,6 +243,8 @@ def run_bench(model, engines: Sequence[str] | None = None, *, batch: int = 1, th
             raise InputError(f"{what} must be an integer >= {lo}, got {v!r}")
     if not (timeout > 0 and tolerance > 0):
         raise InputError(f"timeout and tolerance must be positive, got {timeout}, {tolerance}")
+    if not (isinstance(gap_ms, (int, float)) and 0 <= gap_ms <= 10_000):
+        raise InputError(f"gap_ms must be a number of milliseconds in [0, 10000], got {gap_ms!r}")
     names = list(engines) if engines else list(ENGINES)
     for n in names:
         engine_spec(n)  # unknown names fail before any work
@@ -247,7 +256,7 @@ def run_bench(model, engines: Sequence[str] | None = None, *, batch: int = 1, th
     x = model.example(batch, seed)
     files = model.materialise(root / "model", x)
     ref, ref_name = model.reference(x, files)
-    run = _Run(root=root, threads=threads, timeout=timeout, log=log)
+    run = _Run(root=root, threads=threads, timeout=timeout, log=log, gap_s=gap_ms / 1e3)
     try:
         for name in names:
             run.prepare(name, model, x, ref, ref_name, files, warmup, tolerance, options or {})
@@ -266,7 +275,7 @@ def run_bench(model, engines: Sequence[str] | None = None, *, batch: int = 1, th
                        repeats=repeats, reference=ref_name, tolerance=tolerance,
                        engines=[results[n] for n in names], machine=machine,
                        rate=model.rate, macs_dense=macs[0] if macs else None,
-                       macs_sparse=macs[1] if macs else None)
+                       macs_sparse=macs[1] if macs else None, gap_ms=float(gap_ms))
 
 
 @dataclass
@@ -277,6 +286,7 @@ class _Run:
     threads: int
     timeout: float
     log: Callable[[str], None]
+    gap_s: float = 0.0
     results: dict[str, EngineResult] = field(default_factory=dict)
     workers: dict[str, Worker] = field(default_factory=dict)  # prepared, checked, warm
     started: list[Worker] = field(default_factory=list)
@@ -339,7 +349,8 @@ class _Run:
             for name in rotated(live, r):
                 try:
                     reply, _ = self.workers[name].call({"op": "time", "n": n_calls, "warmup": 1,
-                                                        "settle": SETTLE_S}, timeout=self.timeout)
+                                                        "settle": SETTLE_S, "gap_s": self.gap_s},
+                                                       timeout=self.timeout)
                     self.results[name].samples_ms.extend(t * 1e3 for t in reply["seconds"])
                 except EngineFailure as f:
                     self.results[name].status = f.status
@@ -355,7 +366,7 @@ class _Run:
                 self.log(f"{name}: could not read memory use: {f.reason}")
             w.close()
             s = summarize(res.samples_ms)
-            res.median_ms, res.p90_ms = s.median, s.p90
+            res.median_ms, res.p90_ms, res.p99_ms = s.median, s.p90, s.p99
 
 
 def _slug(name: str) -> str:

@@ -28,14 +28,14 @@ def table(result: BenchResult) -> str:
     """The main table: one row per engine that ran, then one line per engine that did not."""
     ok = sorted(result.ok(), key=lambda e: e.median_ms)
     ours = next((e for e in ok if e.name == OURS), None)
-    head = ["engine", "median ms", "p90 ms", "vs fastest"]
+    head = ["engine", "median ms", "p90 ms", "p99 ms", "vs fastest"]
     if ours:
         head.append("patsparse speed-up")
     head += ["max abs err (rel)", "peak RSS MB", "model MB", "version", "notes"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     best = ok[0].median_ms if ok else None
     for e in ok:
-        row = [e.label, _num(e.median_ms), _num(e.p90_ms), f"{e.median_ms / best:.2f}x"]
+        row = [e.label, _num(e.median_ms), _num(e.p90_ms), _num(e.p99_ms), f"{e.median_ms / best:.2f}x"]
         if ours:
             row.append(f"{e.median_ms / ours.median_ms:.2f}x")
         row += [f"{_num(e.max_abs_err, '{:.1e}')} ({_num(e.rel_err, '{:.0e}')})", _num(e.peak_rss_mb, "{:.0f}"),
@@ -68,7 +68,8 @@ def header(result: BenchResult) -> str:
                     f"{result.macs_sparse / 1e6:.1f} M non-zero ({result.macs_dense / result.macs_sparse:.2f}x fewer)")
     load = m.get("load_average"), m.get("load_average_end")
     return (f"**{result.model}**, input {result.input_shape}, batch {result.batch}, "
-            f"{result.threads} threads, {result.repeats} timed calls per engine (interleaved), "
+            f"{result.threads} threads, {result.repeats} timed calls per engine (interleaved"
+            f"{f', {result.gap_ms:g} ms apart' if result.gap_ms else ''}), "
             f"checked against {result.reference} (tolerance {result.tolerance:g} of max |ref|){sparsity}.  \n"
             f"{m.get('cpu')} ({m.get('cores')} cores, {', '.join(m.get('isa', []))}), {m.get('os')}, "
             f"{m.get('date')}, commit {m.get('commit') or '?'}, load average {load[0]} -> {load[1]}.")

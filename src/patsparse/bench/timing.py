@@ -24,12 +24,13 @@ K = TypeVar("K", bound=Hashable)
 
 
 def time_calls(fn: Callable[[], object], repeats: int, *, warmup: int = 0, settle: float = SETTLE_S,
-               clock: Callable[[], float] = time.perf_counter) -> list[float]:
+               clock: Callable[[], float] = time.perf_counter, gap: float = 0.0) -> list[float]:
     """``repeats`` samples of ``fn()``, in ``clock`` units (seconds for the default clock).
 
     Sleeps ``settle`` seconds first, then makes ``warmup`` unrecorded calls. A kernel benchmark
     whose ``fn`` runs many calls inside native code passes its own ``clock`` (CPU time, cycles)
-    and divides by its call count.
+    and divides by its call count. ``gap`` seconds of sleep after each timed call (outside the
+    sample) pace the calls like a video loop, where a thread team sleeps between frames.
     """
     if settle > 0:
         time.sleep(settle)
@@ -40,6 +41,8 @@ def time_calls(fn: Callable[[], object], repeats: int, *, warmup: int = 0, settl
         t0 = clock()
         fn()
         samples.append(clock() - t0)
+        if gap > 0:
+            time.sleep(gap)
     return samples
 
 

@@ -7,8 +7,8 @@ otherwise corrupt the message stream.
 
 Operations: ``prepare`` (load the engine, convert/build the model), ``run`` (one output, for
 the accuracy check), ``time`` (n timed calls after an optional settle pause and warm-up calls,
-``timing.time_calls``), ``stats`` (peak resident memory), ``exit``. Errors inside an operation
-are reported back, not raised.
+optionally paced by ``gap_s`` seconds of sleep after each: ``timing.time_calls``), ``stats``
+(peak resident memory), ``exit``. Errors inside an operation are reported back, not raised.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def _serve(rfd: int, wfd: int) -> None:
                 out["y"] = np.asarray(runner(x), dtype=np.float32)
             elif op == "time":
                 reply["seconds"] = time_calls(lambda: runner(x), int(msg["n"]), warmup=int(msg.get("warmup", 0)),
-                                              settle=float(msg.get("settle", 0.0)))
+                                              settle=float(msg.get("settle", 0.0)), gap=float(msg.get("gap_s", 0.0)))
             elif op == "stats":
                 reply["peak_rss_kb"] = _peak_rss_kb()
             elif op == "exit":

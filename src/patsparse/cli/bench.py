@@ -16,8 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench", help="time a model in patsparse and peer engines side by side",
         description="Run MODEL in every available engine in one run, interleaved after warm-up; "
-                    "check each engine's output against PyTorch before timing; print median and "
-                    "p90 latency, speed-ups, max abs error, peak memory and model size.",
+                    "check each engine's output against PyTorch before timing; print median, "
+                    "p90 and p99 latency, speed-ups, max abs error, peak memory and model size.",
         epilog="Examples: patsparse bench vgg16_bn --rate 8 --batch 1 --threads 2 | "
                "patsparse bench model.pats --input-shape 3,32,32 | patsparse bench model.onnx "
                "--engines onnxruntime,openvino")
@@ -32,6 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=50, help="timed calls per engine (default 50)")
+    p.add_argument("--gap-ms", type=float, default=0.0,
+                   help="sleep this long after each timed call, as a video loop waits for its next "
+                        "frame (threads go idle between calls; p99 shows the cost of waking them)")
     p.add_argument("--warmup", type=int, default=5, help="untimed calls per engine first (default 5)")
     p.add_argument("--time-limit", type=float, default=120.0,
                    help="timed seconds per engine; a slower engine stops early with fewer samples")
@@ -66,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
                                  input_shape=args.input_shape)
     log = (lambda s: None) if args.quiet else (lambda s: print(f"[bench] {s}", file=sys.stderr, flush=True))
     result = run_bench(model, engines, batch=args.batch, threads=args.threads, repeats=args.repeats,
-                       warmup=args.warmup, timeout=args.timeout + args.tvm_budget,
+                       warmup=args.warmup, timeout=args.timeout + args.tvm_budget, gap_ms=args.gap_ms,
                        tolerance=args.tolerance, workdir=args.workdir, time_limit=args.time_limit,
                        options={"tvm_budget": args.tvm_budget, "patsparse_waits": args.patsparse_waits},
                        log=log)

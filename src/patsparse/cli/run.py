@@ -112,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
         times.append(time.perf_counter() - t0)
     latency_ms = float(np.median(times) * 1e3)
     print(f"{args.model}: batch {args.batch}, {runs_on(cm)}: median "
-          f"{latency_ms:.3f} ms, p90 {np.percentile(times, 90) * 1e3:.3f} ms over {args.repeats} calls",
+          f"{latency_ms:.3f} ms, p90 {np.percentile(times, 90) * 1e3:.3f} ms, "
+          f"p99 {np.percentile(times, 99) * 1e3:.3f} ms over {args.repeats} calls",
           flush=True)
     if args.profile:
         print_profile(cm.profile(x, repeats=args.repeats), latency_ms)

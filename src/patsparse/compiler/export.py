@@ -113,6 +113,7 @@ void ps_model_run(ps_model *m, const float *x, float *y, int batch, int nthreads
 void ps_model_close(ps_model *m) {
     if (!m) return;
     free(m->blob);
+    if (m->ws) ps_release(m->ws);
     free(m->ws);
     free(m);
 }
@@ -191,6 +192,7 @@ NOOMP_H = r"""/* Single-threaded stand-ins for the OpenMP calls of the generated
 #include <time.h>
 static inline int omp_get_thread_num(void) { return 0; }
 static inline int omp_get_num_threads(void) { return 1; }
+static inline int omp_get_max_threads(void) { return 1; }
 static inline void omp_set_num_threads(int n) { (void)n; }
 static inline double omp_get_wtime(void) {
     struct timespec t;

@@ -20,7 +20,9 @@ together are a FormatError before the first call.
 
 Thread safety: the generated code keeps no state between calls except the workspace; each
 Python thread gets its own workspace (zeroed once: kernels never write halos, so they stay
-zero), and ctypes releases the GIL during the call.
+zero), and ctypes releases the GIL during the call. The workspace's tail holds the thread team's
+state, which owns the kernels' scratch arenas: the library's ``ps_release`` frees them when the
+workspace is collected (with its Python thread, or with the model).
 """
 
 from __future__ import annotations
@@ -45,6 +47,18 @@ MANIFEST = "manifest.json"
 GRAPH_JSON, GRAPH_TENSORS = "graph.json", "graph.safetensors"
 SOURCE, LIBRARY, WEIGHTS = "model.c", "libmodel.so", "weights.bin"
 OWNED = (MANIFEST, GRAPH_JSON, GRAPH_TENSORS, SOURCE, LIBRARY, WEIGHTS)
+
+
+class _Workspace:
+    """One calling thread's workspace: the float array and the release of its team's arenas."""
+
+    def __init__(self, floats: int, release: Any):
+        self.array = aligned_empty(floats)
+        self._release, self._address = release, self.array.ctypes.data
+
+    def __del__(self) -> None:
+        if self._release is not None:
+            self._release(self._address)
 
 
 def aligned_empty(n: int, zero: bool = True) -> np.ndarray:
@@ -75,6 +89,11 @@ class CompiledModel:
                 getattr(self._lib, fn).restype = res
         except (OSError, AttributeError) as e:
             raise FormatError(f"{self.lib_path} is not a patsparse model library ({e})") from None
+        try:  # a trusted library built before arenas lived in the workspace has none
+            self._release = self._lib.ps_release
+            self._release.argtypes, self._release.restype = [ctypes.c_void_p], None
+        except AttributeError:
+            self._release = None
         self._lib.ps_forward.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
                                          ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
         self._blob = aligned_empty(blob.size, zero=False)
@@ -96,8 +115,8 @@ class CompiledModel:
     def _workspace(self) -> np.ndarray:
         ws = getattr(self._local, "ws", None)
         if ws is None:
-            ws = self._local.ws = aligned_empty(max(self._ws_floats, 16))
-        return ws
+            ws = self._local.ws = _Workspace(max(self._ws_floats, 16), self._release)
+        return ws.array
 
     def run_numpy(self, x: np.ndarray, prof: np.ndarray | None = None) -> np.ndarray:
         """Forward pass on a float array (N, *input_shape) -> (N, *output_shape).

@@ -4,6 +4,12 @@ Untuned TVM schedules are typically one to two orders of magnitude slower than a
 so an untuned figure is labelled "untuned" in every table. ``options["tvm_budget"]`` (seconds,
 ``--tvm-budget``) turns tuning on; MetaSchedule counts trials, not seconds, so the budget is
 turned into trials at the rate measured on a first round of trials (it can overrun a little).
+
+Tuning kills the worker in apache-tvm 0.27.0.post1 (the only release on PyPI here): serialising
+any TIR node to JSON segfaults (``tvm::ffi::ToJSONGraph``), and MetaSchedule serialises the
+module it tunes (the MutateComputeLocation and MutateParallel mutators, the task scheduler).
+``benchmarks/tvm_tuning_crash.py`` reproduces it step by step; the harness then reports TVM as
+crashed and the other engines go on.
 """
 
 from __future__ import annotations

@@ -41,6 +41,8 @@ ACTIVATIONS = ("none", "relu", "relu6")
 # and these helpers.
 PRELUDE = r"""
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <stddef.h>
 #include <string.h>
 #include <math.h>
@@ -54,9 +56,29 @@ PRELUDE = r"""
    OpenMP spins ~300K iterations before sleeping, so while another process holds a core a
    waiting thread burns whole time slices its descheduled partner needs (VGG-16 CIFAR: p90 276 ms
    against 13 ms), and with passive waits every region is a thread wake-up. This barrier spins
-   briefly, then yields the core. The ps_sync lives in the caller's workspace (one per calling
-   thread), so concurrent forward passes never share one. */
-typedef struct { atomic_uint count, gen; float *scr; char pad[48]; } ps_sync;
+   briefly, then sleeps on a futex: a sleeping waiter leaves its core idle, so the scheduler can
+   move the partner it waits for onto it (a yielding waiter keeps the core and the partner waits
+   for the busy core's time slice to end).
+   The ps_sync lives in the caller's workspace (one per calling thread), so concurrent forward
+   passes never share one. It also owns the scratch arenas the team's kernels use: arena[0] the
+   team's shared scratch, arena[1 + t] thread t's own; ps_release frees them with the workspace.
+   (Per-library pthread keys ran out after ~500 libraries in one process: 2 of 1024 per library.)
+   Solo fallback: when the threads of a call spent over a quarter of its time asleep at barriers
+   waiting for a partner (another process holds a core), the next calls run on one thread, as
+   many as `backoff` says (doubling while the team keeps stalling, halved only after PS_SOLO_MIN
+   team calls in a row without a stall): one thread on the free core beats a team that waits
+   for a time slice at every barrier, and every stalled team call is a latency outlier. */
+typedef struct { float *p; size_t n; } ps_arena_t;
+typedef struct {
+    atomic_uint count, gen, sleepers;  /* barrier: arrivals, generation, waiters asleep on gen */
+    atomic_uint slept_us;              /* this call's microseconds asleep at barriers, all threads */
+    float *scr;                        /* the team's shared scratch, handed out by thread 0 */
+    ps_arena_t *arena;                 /* [0] team scratch, [1 + t] thread t's own */
+    int narena;
+    unsigned solo, backoff, clean;     /* calls left on one thread; the last fallback's length;
+                                          team calls since the last stall */
+} ps_sync;
+_Static_assert(sizeof(ps_sync) <= 64, "ps_sync must fit the 64 bytes the workspace reserves");
 static __thread ps_sync *ps_team_sync;
 static __thread int ps_team_nt;
 static inline void ps_team_enter(ps_sync *s) { ps_team_sync = s; ps_team_nt = omp_get_num_threads(); }
@@ -64,29 +86,127 @@ static inline void ps_team_leave(void) { ps_team_sync = 0; ps_team_nt = 0; }
 #ifndef PS_SPIN
 #define PS_SPIN 4000
 #endif
+#ifndef PS_SOLO_MIN
+#define PS_SOLO_MIN 64
+#endif
+#ifndef PS_SOLO_MAX
+#define PS_SOLO_MAX 1024
+#endif
 static inline void ps_pause(void) {
 /*@pause@*/
 }
+#if defined(__linux__)
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+static inline void ps_sleep_while(atomic_uint *a, unsigned v) {
+    while (atomic_load_explicit(a, memory_order_seq_cst) == v)
+        syscall(SYS_futex, (unsigned *)a, FUTEX_WAIT_PRIVATE, v, NULL, NULL, 0);
+}
+static inline void ps_wake_all(atomic_uint *a) { syscall(SYS_futex, (unsigned *)a, FUTEX_WAKE_PRIVATE, 0x7fffffff, NULL, NULL, 0); }
+#else
+static inline void ps_sleep_while(atomic_uint *a, unsigned v) {
+    while (atomic_load_explicit(a, memory_order_seq_cst) == v) sched_yield();
+}
+static inline void ps_wake_all(atomic_uint *a) { (void)a; }
+#endif
 static void ps_barrier(void) {
     ps_sync *s = ps_team_sync;
     if (!s || ps_team_nt <= 1) return;
     const unsigned g = atomic_load_explicit(&s->gen, memory_order_relaxed);
     if (atomic_fetch_add_explicit(&s->count, 1, memory_order_acq_rel) == (unsigned)ps_team_nt - 1) {
         atomic_store_explicit(&s->count, 0, memory_order_relaxed);
-        atomic_store_explicit(&s->gen, g + 1, memory_order_release);
+        atomic_store_explicit(&s->gen, g + 1, memory_order_seq_cst);
+        if (atomic_load_explicit(&s->sleepers, memory_order_seq_cst)) ps_wake_all(&s->gen);
         return;
     }
-    for (unsigned i = 0; atomic_load_explicit(&s->gen, memory_order_acquire) == g; i++)
-        if (i < PS_SPIN) ps_pause(); else sched_yield();
+    for (unsigned i = 0; i < PS_SPIN; i++) {
+        if (atomic_load_explicit(&s->gen, memory_order_acquire) != g) return;
+        ps_pause();
+    }
+    const double t0 = omp_get_wtime();
+    atomic_fetch_add_explicit(&s->sleepers, 1, memory_order_seq_cst);
+    ps_sleep_while(&s->gen, g);
+    atomic_fetch_sub_explicit(&s->sleepers, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&s->slept_us, (unsigned)((omp_get_wtime() - t0) * 1e6), memory_order_relaxed);
 }
+static void ps_oom(const char *who, size_t bytes) {
+    fprintf(stderr, "patsparse: kernel %s could not allocate %zu bytes of scratch\n", who, bytes);
+    abort();
+}
+/* arena[0 .. nt] exist (call before the team starts); returns the team size to use */
+static int ps_team_prepare(ps_sync *s, int nt) {
+    if (nt > 1 && s->solo) { s->solo--; nt = 1; }
+    if (s->narena < nt + 1) {
+        ps_arena_t *a = realloc(s->arena, (size_t)(nt + 1) * sizeof *a);
+        if (!a) ps_oom("team", (size_t)(nt + 1) * sizeof *a);
+        memset(a + s->narena, 0, (size_t)(nt + 1 - s->narena) * sizeof *a);
+        s->arena = a;
+        s->narena = nt + 1;
+    }
+    atomic_store_explicit(&s->slept_us, 0, memory_order_relaxed);
+    return nt;
+}
+/* after a call of `seconds` on `nt` threads: fall back to one thread if the team kept stalling */
+static void ps_team_adapt(ps_sync *s, int nt, double seconds) {
+    if (nt <= 1) return;
+    if (atomic_load_explicit(&s->slept_us, memory_order_relaxed) * 1e-6 > 0.25 * seconds * nt) {
+        s->backoff = s->backoff ? (2 * s->backoff < PS_SOLO_MAX ? 2 * s->backoff : PS_SOLO_MAX) : PS_SOLO_MIN;
+        s->solo = s->backoff;
+        s->clean = 0;
+    } else if (++s->clean >= PS_SOLO_MIN) {
+        s->backoff /= 2;
+        s->clean = 0;
+    }
+}
+static void ps_team_release(ps_sync *s) {
+    for (int i = 0; i < s->narena; i++) free(s->arena[i].p);
+    free(s->arena);
+    s->arena = 0;
+    s->narena = 0;
+}
+/* at least nfloats of 64-byte-aligned scratch from arena a (grown, contents dropped, if short) */
+static float *ps_arena(ps_arena_t *a, size_t nfloats, const char *who) {
+    if (a->n < nfloats) {
+        size_t bytes = (nfloats * sizeof(float) + 63) / 64 * 64;
+        free(a->p);
+        a->n = 0;
+        if (!(a->p = aligned_alloc(64, bytes))) ps_oom(who, bytes);
+        a->n = bytes / sizeof(float);
+    }
+    return a->p;
+}
+/* a kernel called outside any team (a test calling it directly) takes its calling thread's own
+   state; its arenas last as long as the process */
+static __thread ps_sync ps_lone_sync;
+static ps_sync *ps_lone(void) {
+    if (ps_lone_sync.narena < 2) ps_team_prepare(&ps_lone_sync, 1);
+    return &ps_lone_sync;
+}
+/* inside a team: thread 0 sizes the team arena, every thread gets the same pointer */
+static float *ps_team_scratch(size_t nfloats, const char *who) {
+    ps_sync *s = ps_team_sync;
+    if (!s) return ps_arena(&ps_lone()->arena[0], nfloats, who);
+    if (ps_team_nt <= 1) return ps_arena(&s->arena[0], nfloats, who);
+    if (omp_get_thread_num() == 0) s->scr = ps_arena(&s->arena[0], nfloats, who);
+    ps_barrier();
+    return s->scr;
+}
+#define PS_SCRATCH(var, nfloats, who) float *var = ps_team_scratch((nfloats), (who))
+static inline ps_arena_t *ps_private_arena(void) {
+    return ps_team_sync ? &ps_team_sync->arena[1 + omp_get_thread_num()] : &ps_lone()->arena[1];
+}
+#define PS_PRIVATE(var, nfloats, who) float *var = ps_arena(ps_private_arena(), (nfloats), (who))
 /* Run `call` `reps` times in a team of its own, a barrier after each (single-kernel tests, tuner) */
 #define PS_TEAM_LOOP(reps, call) do { \
     ps_sync ps_sync_ = {0}; \
+    ps_team_prepare(&ps_sync_, omp_get_max_threads()); \
     _Pragma("omp parallel") { \
         ps_team_enter(&ps_sync_); \
         for (int ps_r_ = 0; ps_r_ < (reps); ps_r_++) { call; ps_barrier(); } \
         ps_team_leave(); \
     } \
+    ps_team_release(&ps_sync_); \
 } while (0)
 /*@vector_width@*/
 typedef float vf __attribute__((vector_size(VL * 4)));

@@ -39,63 +39,20 @@ def ring_rows_c(out_row: str, stride: int, pad: int, k: int, n: int) -> list[str
 
 # PS_KEEP (pin a loaded vector in a register) and ps_load_s2 (lanes 0, 2, 4, ... of p[0 .. 2*VL):
 # one stride-2 vector) come from the target's dialect (target/dialect.py).
-# PS_SCRATCH: scratch that lives as long as the calling thread (kernels are called from several
-# threads at once, and malloc/free per call would fault fresh pages in on every call); one arena
-# per calling thread serves all kernels of a library, shared with that call's team.
-# PS_PRIVATE: a team thread's own scratch (partial tiles, conv rings), from an arena of its own
-# that the thread allocated and touched itself, at the same address in every kernel. Carved out
-# of the shared arena instead, thread 1's part of one layer was thread 0's part of another, so
-# every layer moved those lines from one core's cache to the other's.
+# PS_SCRATCH and PS_PRIVATE (base.PRELUDE): scratch from arenas the calling workspace's ps_sync
+# owns (malloc/free per call would fault fresh pages in on every call), so they live as long as
+# the workspace and every kernel of a library reuses them. PS_SCRATCH is shared with the call's
+# team. PS_PRIVATE is a team thread's own (partial tiles, conv rings), allocated and touched by
+# that thread, at the same address in every kernel. Carved out of the shared arena instead,
+# thread 1's part of one layer was thread 0's part of another, so every layer moved those lines
+# from one core's cache to the other's.
 HELPERS = r"""
 #ifndef PATSPARSE_DENSE_HELPERS
 #define PATSPARSE_DENSE_HELPERS
 #include <stdlib.h>
 #include <stdio.h>
-#include <pthread.h>
 /*@keep@*/
 /*@load_s2@*/
-/* Per-thread scratch arenas shared by every kernel of the library (kernels run one after
-   another on the calling thread, so the largest request sizes each). Two per thread: the team
-   arena (a calling thread's, shared with its team) and the private one (a thread's own).
-   Freed when the thread exits. */
-typedef struct { float *p; size_t n; } ps_arena_t;
-static pthread_key_t ps_arena_key, ps_private_key;
-static pthread_once_t ps_arena_once = PTHREAD_ONCE_INIT;
-static void ps_arena_free(void *a) { if (a) { free(((ps_arena_t *)a)->p); free(a); } }
-static void ps_arena_init(void) {
-    pthread_key_create(&ps_arena_key, ps_arena_free);
-    pthread_key_create(&ps_private_key, ps_arena_free);
-}
-static void ps_oom(const char *who, size_t bytes) {
-    fprintf(stderr, "patsparse: kernel %s could not allocate %zu bytes of scratch\n", who, bytes);
-    abort();
-}
-static float *ps_arena(const pthread_key_t *key, size_t nfloats, const char *who) {
-    pthread_once(&ps_arena_once, ps_arena_init);
-    ps_arena_t *a = pthread_getspecific(*key);
-    if (!a) {
-        if (!(a = calloc(1, sizeof *a))) ps_oom(who, sizeof *a);
-        pthread_setspecific(*key, a);
-    }
-    if (a->n < nfloats) {
-        size_t bytes = (nfloats * sizeof(float) + 63) / 64 * 64;
-        free(a->p);
-        a->n = 0;
-        if (!(a->p = aligned_alloc(64, bytes))) ps_oom(who, bytes);
-        a->n = bytes / sizeof(float);
-    }
-    return a->p;
-}
-/* inside a team: the calling thread's (thread 0's) arena, shared with the team */
-static float *ps_team_scratch(size_t nfloats, const char *who) {
-    ps_sync *s = ps_team_sync;
-    if (!s || ps_team_nt <= 1) return ps_arena(&ps_arena_key, nfloats, who);
-    if (omp_get_thread_num() == 0) s->scr = ps_arena(&ps_arena_key, nfloats, who);
-    ps_barrier();
-    return s->scr;
-}
-#define PS_SCRATCH(var, nfloats, who) float *var = ps_team_scratch((nfloats), (who))
-#define PS_PRIVATE(var, nfloats, who) float *var = ps_arena(&ps_private_key, (nfloats), (who))
 #endif
 """
 

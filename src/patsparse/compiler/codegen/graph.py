@@ -9,7 +9,8 @@ Entry point (per call, ``batch`` images, NCHW float input and output)::
                     double *prof)
 
 ``ws`` must be zeroed once before its first use and used by one call at a time (the runtime
-keeps one per Python thread); its last 64 bytes hold the call's thread-team barrier. ``prof`` is NULL, or one double per step to which each step adds
+keeps one per Python thread); its last 64 bytes hold the team's state (barrier, scratch arenas,
+solo fallback: base.PRELUDE), and ``ps_release(ws)`` frees its arenas when the workspace goes. ``prof`` is NULL, or one double per step to which each step adds
 its wall-clock seconds (the per-layer profile: one branch per layer when off).
 """
 
@@ -63,9 +64,10 @@ def emit_model(plan: Plan) -> str:
     parts += [s.kernel.code for s in plan.steps]
     body = ["void ps_forward(const float *restrict x, float *restrict y, int batch, float *restrict ws,",
             "                const float *restrict blob, int nthreads, double *restrict prof) {",
-            "    if (nthreads > 0) omp_set_num_threads(nthreads);",
             f"    ps_sync *sync = (ps_sync *)(ws + {plan.ws_floats});",
-            "    #pragma omp parallel",
+            "    const int team = ps_team_prepare(sync, nthreads > 0 ? nthreads : omp_get_max_threads());",
+            "    const double start = omp_get_wtime();",
+            "    #pragma omp parallel num_threads(team)",
             "    {",
             "    ps_team_enter(sync);",
             "    const int lead = omp_get_thread_num() == 0;",
@@ -92,7 +94,9 @@ def emit_model(plan: Plan) -> str:
              "    }",
              "    ps_team_leave();",
              "    }",
+             "    ps_team_adapt(sync, team, omp_get_wtime() - start);",
              "}",
+             f"void ps_release(float *ws) {{ ps_team_release((ps_sync *)(ws + {plan.ws_floats})); }}",
              "int ps_vl(void) { return VL; }",
              f"long ps_workspace_floats(void) {{ return {plan.ws_floats + SYNC_FLOATS}L; }}",
              f"long ps_blob_floats(void) {{ return {plan.blob_floats}L; }}"]

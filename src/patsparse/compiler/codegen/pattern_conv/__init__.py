@@ -74,7 +74,8 @@ def gen_pattern_conv(name: str, weight: np.ndarray, *, stride: int, padding: int
     sp_st = LayerSparsity(sp.masks, np.ascontiguousarray(sp.kernel_mask.T)) if transposed else sp
     ro = reorder(sp_st)
     lay = plan(sp_st, ro)
-    code = emitter(name, sp, lay, shape, act, has_residual, sched, target).emit()
+    extra = {"parts": threads or 2} if emitter is ChannelMajorEmitter else {}
+    code = emitter(name, sp, lay, shape, act, has_residual, sched, target, **extra).emit()
     taps = sp.taps_per_kernel().sum()
     flops = 2 * int(taps) * out_layout.H * out_layout.W
 

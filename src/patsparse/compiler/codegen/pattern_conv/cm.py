@@ -19,8 +19,13 @@ class ChannelMajorEmitter(FlatEmitter):
     builds the tap copies once (in L1), keeps a mask's tap vectors in registers for the whole
     mask run, and adds each kernel into its filter's partial sums (a whole output plane per
     filter: F x 16 floats for 4x4, in L1/L2), so the only per-kernel traffic is the filter's
-    partials and the weights. After a barrier the threads' partials are summed per filter,
-    with bias, residual and activation, into the output layout.
+    partials and the weights. After a barrier the partials are summed per filter, with bias,
+    residual and activation, into the output layout.
+
+    The channels are split into ``parts`` shares (the team size the model is compiled for),
+    each with its partial planes, and thread t takes shares t, t + nt, ...: the sum's order
+    is then the same whatever team runs the call, so a call that falls back to one thread
+    (base.PRELUDE) returns the same bits as one that ran on the whole team.
 
     The weights are the transposed layer in FKW1 (``gen_pattern_conv``): runs per (input
     channel, mask), ``cidx`` holding output channels, threads split channels by tap count.
@@ -40,9 +45,10 @@ class ChannelMajorEmitter(FlatEmitter):
 
     TRANSPOSED = True
 
-    def __init__(self, name, sp, lay, shape: ConvShape, act, has_residual, sched, target: Target):
+    def __init__(self, name, sp, lay, shape: ConvShape, act, has_residual, sched, target: Target,
+                 parts: int = 2):
         super().__init__(name, sp, lay, shape, act, has_residual, sched, target)
-        self.wpf, self.ipf = int(sched["wpf"]), int(sched["ipf"])
+        self.wpf, self.ipf, self.parts = int(sched["wpf"]), int(sched["ipf"]), max(1, int(parts))
 
     def _part_floats(self) -> int:
         """Partial-sum floats per filter."""
@@ -77,13 +83,13 @@ class ChannelMajorEmitter(FlatEmitter):
         return lines
 
     def _epilogue(self) -> list[str]:
-        """Sum the threads' partials of filter f (+ bias, residual, activation) into the output."""
+        """Sum the shares' partials of filter f (+ bias, residual, activation) into the output."""
         out, S, vl = self.sh.out, self._part_floats(), self.vl
         F = self.sh.out.C
         lines = [f"float tmp[{S}] __attribute__((aligned(64)));"]
         for v in range(S // vl):
             lines += [f"{{ vf a = vloada(scr + (ptrdiff_t)f * {S} + {v * vl});",
-                      f"  for (int q = 1; q < nt; q++) a += vloada(scr + ((ptrdiff_t)q * {F} + f) * {S} + {v * vl});",
+                      f"  for (int q = 1; q < {self.parts}; q++) a += vloada(scr + ((ptrdiff_t)q * {F} + f) * {S} + {v * vl});",
                       f"  vstore(tmp + {v * vl}, a); }}"]
         val = f"tmp[oh * {out.W} + ow]"
         if self.g > 1:
@@ -111,11 +117,12 @@ class ChannelMajorEmitter(FlatEmitter):
         body = [*header(self.name, sh, lay, self.target, f"channel-major, pack {self.g}"),
                 *fkw_prologue(self.name, lay.offsets),
                 "    const int nt = omp_get_num_threads(), t = omp_get_thread_num();",
-                f"    PS_SCRATCH(scr, (size_t)nt * {F * S}, \"{self.name}\");  /* partials: summed across threads */",
-                f"    float *restrict part = scr + (size_t)t * {F * S};",
+                f"    PS_SCRATCH(scr, (size_t){self.parts} * {F * S}, \"{self.name}\");  /* partials, per share */",
                 f"    PS_PRIVATE(col, {CS}, \"{self.name}\");",
+                f"    for (int q = t; q < {self.parts}; q += nt) {{",
+                f"    float *restrict part = scr + (size_t)q * {F * S};",
                 f"    memset(part, 0, {F * S} * sizeof(float));",
-                f"    const int i0 = ps_split(cost, {C}, t, nt), i1 = ps_split(cost, {C}, t + 1, nt);",
+                f"    const int i0 = ps_split(cost, {C}, q, {self.parts}), i1 = ps_split(cost, {C}, q + 1, {self.parts});",
                 "    for (int i = i0; i < i1; i++) {",
                 f"        const float *restrict src = in + (ptrdiff_t)perm[i] * {inp.ps} + {off0};",
                 *self._input_prefetch(),
@@ -132,6 +139,6 @@ class ChannelMajorEmitter(FlatEmitter):
                 body.append(f"                __builtin_prefetch(wk + {self.wpf}, 0, 3);")
             body += ["                " + x for x in self._kernel(p)]
             body += ["            }", "        }"]
-        body += ["    }", "    ps_barrier();", "    #pragma omp for schedule(static) nowait",
+        body += ["    }", "    }", "    ps_barrier();", "    #pragma omp for schedule(static) nowait",
                  f"    for (int f = 0; f < {F}; f++) {{", *["        " + x for x in self._epilogue()], "    }", "}"]
         return "\n".join(body) + "\n"
