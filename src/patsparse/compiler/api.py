@@ -146,6 +146,11 @@ def compile(model_or_onnx_path: Any, example_input: Any = None, *, threads: int 
     of a trained or pruned model) goes into the manifest: the compiled model computes on
     normalised input, and ``cm.manifest["normalization"]`` says which.
     """
+    if getattr(model_or_onnx_path, "is_quantized_patsparse", False) is True:  # ps.quantize's result
+        from .int8.build import compile_quantized
+
+        return compile_quantized(model_or_onnx_path, example_input, threads=threads, cache_dir=cache_dir,
+                                 target=target)
     t = get_target(target)  # before the capture: a bad name is the first error
     if t.kind == "opencl":  # the one dispatch on the target's kind
         from .opencl import build_opencl  # needs pyopencl (optional) only when used
