@@ -23,7 +23,8 @@ static inline vf ps_load_s2(const float *p) { return (vf)vld2q_f32(p).val[0]; }
 # int8 4-way dot product: ``sdot`` (ARMv8.2 dot product) multiplies signed bytes only, so the
 # uint8 codes are laid out XOR 0x80 (code - 128 as int8) and the kernels add 128 * sum(w) back
 # (PS_XMASK says so); without the extension, the portable form.
-DOT4 = r"""#if defined(__ARM_FEATURE_DOTPROD)
+DOT4 = r"""#include <arm_neon.h>
+#if defined(__ARM_FEATURE_DOTPROD)
 #define PS_XMASK 0x80808080
 typedef int8x16_t ps_w4;
 static inline ps_w4 ps_w4_bcast(int32_t w) { return vreinterpretq_s8_s32(vdupq_n_s32(w)); }
