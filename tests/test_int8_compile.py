@@ -245,7 +245,7 @@ int main(int argc, char **argv) {
 def test_random_networks_on_aarch64_under_qemu(seed, tmp_path):
     prefix = _need_aarch64()
     q, x = _quantized(seed)
-    prog = generate(q, NEON)
+    prog = generate(q, NEON, 2)
     assert "ps_dot4" in prog.source
     _neon_program(prog.source + RUN_MAIN, tmp_path / "model")
     (tmp_path / "blob.bin").write_bytes(prog.blob)

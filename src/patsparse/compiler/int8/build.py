@@ -42,16 +42,18 @@ class Int8Program:
     vl: int
 
 
-def _kernel(n, name: str, layouts: dict, qp: dict, target: Target) -> Int8Kernel:
+def _kernel(n, name: str, layouts: dict, qp: dict, target: Target, threads: int) -> Int8Kernel:
     lin, lout = layouts[n.inputs[0]], layouts[n.name]
     if n.op == "conv":
-        tile = 8 if target.require_cpu("int8 conv").vector_registers >= 32 else 4
-        return gen_conv(n, name, lin, lout, qp, conv_quads(n.params["w_q"]), tile)
+        cpu = target.require_cpu("int8 conv")
+        return gen_conv(n, name, lin, lout, qp, conv_quads(n.params["w_q"]), vl=cpu.lanes,
+                        tile=8 if cpu.vector_registers >= 32 else 4, band_bytes=cpu.l2_bytes // 4, threads=threads)
     return {"linear": gen_linear, "gap": gen_gap, "maxpool": gen_maxpool}[n.op](n, name, lin, lout, qp)
 
 
-def generate(q: Any, target: Target) -> Int8Program:
-    """The C source and weight blob of a QuantizedModel for ``target``."""
+def generate(q: Any, target: Target, threads: int) -> Int8Program:
+    """The C source and weight blob of a QuantizedModel for ``target``, run by up to ``threads``
+    threads (each needs its own quads scratch)."""
     if q.fallback:
         raise UnsupportedError(f"compile: layers {', '.join(map(repr, q.fallback))} have no int8 kernel "
                                "(they run in float32 in the quantised model); compile the float model, or "
@@ -64,7 +66,7 @@ def generate(q: Any, target: Target) -> Int8Program:
         top += round_up(lay.size + 256, 64)  # 256: room for whole-vector reads past the last plane
     steps, blob, blob_at, scratch = [], [], [], 0
     for i, n in enumerate(g.nodes):
-        k = _kernel(n, c_ident(n.name, i), layouts, qp, target)
+        k = _kernel(n, c_ident(n.name, i), layouts, qp, target, threads)
         steps.append((n, k))
         blob_at.append(sum(len(b) for b in blob))
         blob.append(k.blob + bytes(round_up(len(k.blob), 64) - len(k.blob)))
@@ -138,7 +140,7 @@ def compile_quantized(q: Any, example_input: Any = None, *, threads: int | None 
                              f"{tuple(q.graph.input_shape)}")
     t = runnable_here(target)
     threads = int(threads or default_threads())
-    prog = generate(q, t)
+    prog = generate(q, t, threads)
     lib = compile_c(prog.source, name="model_int8", target=t, cache_dir=cache_dir, extra_flags=BUILD_FLAGS)
     blob = np.frombuffer(prog.blob, dtype="<f4").copy()
     g = q.graph

@@ -22,7 +22,6 @@ import numpy as np
 
 from ..layout import round_up
 
-QUAD_BLOCK = 4  # vectors of quads the layout pass writes per step (the unit NQ is rounded to)
 
 
 @dataclass(frozen=True)
@@ -66,21 +65,14 @@ def c_float(v: float) -> str:
     return float(np.float32(v)).hex() + "f"
 
 
-def _interleave(vl: int, width: int, half: int) -> str:
-    """The shuffle mask interleaving two vectors of ``4 * vl * 8 / width`` elements of ``width``
-    bits (half 0: their low halves, 1: their high halves)."""
-    n = 4 * vl * 8 // width
-    idx = [j for i in range(n // 2) for j in (half * n // 2 + i, n + half * n // 2 + i)]
-    return "{" + ", ".join(map(str, idx)) + "}"
-
-
 def _shuffles() -> str:
+    """PS_ILB: interleave two VL-byte vectors bytewise (2 VL bytes); PS_ILH: two vectors of VL
+    16-bit pairs pairwise (VL quads), for each vector width."""
     out = []
     for vl in (4, 8, 16):
         out.append(f"#{'if' if vl == 4 else 'elif'} VL == {vl}")
-        for w, t in ((8, "vq8"), (16, "vq16")):
-            for h in (0, 1):
-                out.append(f"#define PS_IL{w}_{h} ({t}){_interleave(vl, w, h)}")
+        il = ", ".join(f"{i}, {vl + i}" for i in range(vl))
+        out += [f"#define PS_ILB {il}", f"#define PS_ILH {il}"]
     out.append("#endif")
     return "\n".join(out) + "\n"
 
@@ -90,9 +82,7 @@ PRELUDE = r"""
 typedef uint8_t vb __attribute__((vector_size(VL)));
 typedef uint8_t vbu __attribute__((vector_size(VL), aligned(1)));
 typedef int32_t viu __attribute__((vector_size(VL * 4), aligned(1)));
-typedef uint8_t vq8 __attribute__((vector_size(VL * 4)));
-typedef uint8_t vq8u __attribute__((vector_size(VL * 4), aligned(1)));
-typedef uint16_t vq16 __attribute__((vector_size(VL * 4)));
+typedef uint16_t vh __attribute__((vector_size(VL * 2)));
 /*@dot4@*/
 #define PS_XOFF (PS_XMASK ? 128 : 0)
 """ + _shuffles() + r"""#define PS_RND 12582912.0f
@@ -119,19 +109,14 @@ static void ps_halo(uint8_t *p, int H, int W, int P, int ld, int zp) {
     for (int h = P; h < H + P; h++) { memset(p + h * ld, zp, P); memset(p + h * ld + P + W, zp, P); }
     memset(p + (size_t)(H + P) * ld, zp, (size_t)P * ld);
 }
-/* Quads of four byte rows: dst[4q + i] = s_i[q] for q < nq (a multiple of 4 VL), XOR PS_XMASK */
+/* Quads of four byte rows: dst[4q + i] = s_i[q] for q < nq (a multiple of VL), XOR PS_XMASK */
 static inline void ps_quads_flat(uint8_t *restrict dst, const uint8_t *s0, const uint8_t *s1,
                                  const uint8_t *s2, const uint8_t *s3, int nq) {
-    for (int q = 0; q < nq; q += 4 * VL) {
-        const vq8 a = *(const vq8u *)(s0 + q), b = *(const vq8u *)(s1 + q);
-        const vq8 c = *(const vq8u *)(s2 + q), d = *(const vq8u *)(s3 + q);
-        const vq16 ab0 = (vq16)__builtin_shuffle(a, b, PS_IL8_0), ab1 = (vq16)__builtin_shuffle(a, b, PS_IL8_1);
-        const vq16 cd0 = (vq16)__builtin_shuffle(c, d, PS_IL8_0), cd1 = (vq16)__builtin_shuffle(c, d, PS_IL8_1);
-        vi *o = (vi *)(dst + 4 * (size_t)q);
-        o[0] = (vi)__builtin_shuffle(ab0, cd0, PS_IL16_0) ^ (int32_t)PS_XMASK;
-        o[1] = (vi)__builtin_shuffle(ab0, cd0, PS_IL16_1) ^ (int32_t)PS_XMASK;
-        o[2] = (vi)__builtin_shuffle(ab1, cd1, PS_IL16_0) ^ (int32_t)PS_XMASK;
-        o[3] = (vi)__builtin_shuffle(ab1, cd1, PS_IL16_1) ^ (int32_t)PS_XMASK;
+    for (int q = 0; q < nq; q += VL) {
+        const vb a = *(const vbu *)(s0 + q), b = *(const vbu *)(s1 + q);
+        const vb c = *(const vbu *)(s2 + q), d = *(const vbu *)(s3 + q);
+        const vh ab = (vh)__builtin_shufflevector(a, b, PS_ILB), cd = (vh)__builtin_shufflevector(c, d, PS_ILB);
+        *(vi *)(dst + 4 * (size_t)q) = (vi)__builtin_shufflevector(ab, cd, PS_ILH) ^ (int32_t)PS_XMASK;
     }
 }
 /* the first filter of thread t of nt: filters split by kernel count (+1 each for its epilogue) */
@@ -186,61 +171,71 @@ def _conv_store(n, qp: dict) -> str:
     return store
 
 
-def gen_conv(n, name: str, lin: ByteLayout, lout: ByteLayout, qp: dict, quads, tile: int) -> Int8Kernel:
-    """A conv (groups 1) on quads (quads.py): lay out every quad in use for the whole output
-    plane (split over the team), then each thread runs its filters, ``tile`` vectors of output
-    positions at a time, one dot product per kept quad and vector."""
+def gen_conv(n, name: str, lin: ByteLayout, lout: ByteLayout, qp: dict, quads, *, vl: int, tile: int,
+             band_bytes: int, threads: int) -> Int8Kernel:
+    """A conv (groups 1) on quads (quads.py), in bands of output positions (q = ho * ld + wo)
+    small enough that a band's quads stay in cache: lay out every quad in use for the band, then
+    run every filter over it, ``tile`` vectors at a time, one dot product per kept quad and
+    vector. With at least two bands per thread each thread takes whole bands (its own quads, no
+    barrier); otherwise the team lays out each band together and splits the filters."""
     a = n.attrs
     k, s, p = a["k"], a["stride"], a["padding"]
     w_q = n.params["w_q"]
-    F = w_q.shape[0]
-    nq = round_up(lout.H * lout.ld, QUAD_BLOCK * 16)  # output positions q = ho * ld + wo (16: the widest VL)
+    F, G = w_q.shape[0], len(quads.entries)
+    nq = round_up(lout.H * lout.ld, vl)
+    tile = min(tile, nq // vl)  # a plane smaller than a tile is one tile: every dot loop unrolled
+    fit = band_bytes // (4 * G * vl)  # vectors of positions whose quads fit the cache budget
+    band = min(nq, max(1, fit // tile) * tile * vl)
+    nb = (nq + band - 1) // band
     zp_in = qp[n.inputs[0]]["zero_point"]
     blob = Blob()
     o_ent = blob.add(quads.entries.reshape(-1))
-    o_kptr, o_kg, o_kw = blob.add(quads.kptr), blob.add(quads.group), blob.add(quads.word)
+    # per kernel (byte offset of its quads in a band, weight word): one stream for the dot loop
+    kern = np.stack([quads.group.astype(np.int64) * 4 * band, quads.word], axis=1).astype(np.int32)
+    o_kptr, o_kern = blob.add(quads.kptr), blob.add(kern.reshape(-1))
     o_bias = blob.add(n.params["bias_q"].astype(np.int32))
     o_sumw = blob.add(w_q.reshape(F, -1).astype(np.int64).sum(axis=1).astype(np.int32))
     o_m = blob.add(n.params["m"].astype(np.float32))
     flat = s == 1 and k == 2 * p + 1 and p <= lin.P and lin.ld == lout.ld
-    if flat:  # the same flat position q reads input q + constant: four row loads per 4 VL quads
+    if flat:  # flat position q reads input q + a constant: four row loads per VL quads
         src = ", ".join(f"in + e[{3 * i}] * {lin.ps} + (e[{3 * i + 1}] + {lin.P - p}) * {lin.ld} + e[{3 * i + 2}] + "
-                        f"{lin.P - p}" for i in range(4))
-        prep = f"ps_quads_flat(dst, {src}, {nq});"
+                        f"{lin.P - p} + q0" for i in range(4))
+        prep = f"ps_quads_flat(dst, {src}, nqb);"
     else:
-        prep = f"""for (int q = 0; q < {nq}; q++) {{
-            const int ho = q / {lout.ld}, wo = q % {lout.ld};
-            uint32_t word = 0;
-            if (ho < {lout.H} && wo < {lout.W})
-                for (int i = 0; i < 4; i++) {{
-                    const int y = ho * {s} + e[3 * i + 1] - {p}, x = wo * {s} + e[3 * i + 2] - {p};
-                    const uint32_t v = (y >= 0 && y < {lin.H} && x >= 0 && x < {lin.W})
-                        ? in[e[3 * i] * {lin.ps} + (y + {lin.P}) * {lin.ld} + x + {lin.P}] : {zp_in}u;
-                    word |= v << (8 * i);
-                }}
-            else word = {zp_in}u * 0x01010101u;
-            ((uint32_t *)dst)[q] = word ^ (uint32_t)PS_XMASK;
-        }}"""
+        prep = f"""for (int q = q0; q < q0 + nqb; q++) {{
+                const int ho = q / {lout.ld}, wo = q % {lout.ld};
+                uint32_t word = {zp_in}u * 0x01010101u;
+                if (ho < {lout.H} && wo < {lout.W})
+                    for (int i = 0; i < 4; i++) {{
+                        const int y = ho * {s} + e[3 * i + 1] - {p}, x = wo * {s} + e[3 * i + 2] - {p};
+                        const uint32_t v = (y >= 0 && y < {lin.H} && x >= 0 && x < {lin.W})
+                            ? in[e[3 * i] * {lin.ps} + (y + {lin.P}) * {lin.ld} + x + {lin.P}] : {zp_in}u;
+                        word = (word & ~(255u << (8 * i))) | v << (8 * i);
+                    }}
+                ((uint32_t *)dst)[q - q0] = word ^ (uint32_t)PS_XMASK;
+            }}"""
     store = _conv_store(n, qp)
     zp_out = qp[n.name]["zero_point"]
+    qbytes = 4 * band * G
     code = f"""
-static void {name}(const uint8_t *restrict in, uint8_t *restrict out, const uint8_t *restrict w,
-                   const uint8_t *restrict res, uint8_t *restrict scr) {{
-    const int32_t *ent = (const int32_t *)(w + {o_ent}), *kptr = (const int32_t *)(w + {o_kptr});
-    const int32_t *kg = (const int32_t *)(w + {o_kg}), *kw = (const int32_t *)(w + {o_kw});
-    const int32_t *bias = (const int32_t *)(w + {o_bias}), *sumw = (const int32_t *)(w + {o_sumw});
-    const float *m = (const float *)(w + {o_m});
-    #pragma omp for schedule(static) nowait
-    for (int g = 0; g < {len(quads.entries)}; g++) {{
+/* lay out quads g0, g0 + gs, ... < {G} for positions q0 .. q0 + nqb into qb (4 * {band} bytes per quad) */
+static inline void {name}_prep(const uint8_t *restrict in, const int32_t *ent, uint8_t *restrict qb,
+                               int q0, int nqb, int g0, int gs) {{
+    for (int g = g0; g < {G}; g += gs) {{
         const int32_t *e = ent + 12 * g;
-        uint8_t *restrict dst = scr + (size_t)g * {4 * nq};
+        uint8_t *restrict dst = qb + (size_t)g * {4 * band};
         {prep}
     }}
-    ps_barrier();
-    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-    const int f0 = ps_split(kptr, {F}, t, nt), f1 = ps_split(kptr, {F}, t + 1, nt);
-    for (int q0 = 0; q0 < {nq}; q0 += {tile} * VL) {{
-        const int nv = ({nq} - q0) / VL < {tile} ? ({nq} - q0) / VL : {tile};
+}}
+/* filters f0 .. f1 over positions q0 .. q0 + nqb from the band's quads qb */
+static inline void {name}_run(const uint8_t *restrict qb, uint8_t *restrict out, const uint8_t *restrict w,
+                              const uint8_t *restrict res, int q0, int nqb, int f0, int f1) {{
+    const int32_t *kptr = (const int32_t *)(w + {o_kptr}), *kern = (const int32_t *)(w + {o_kern});
+    const int32_t *bias = (const int32_t *)(w + {o_bias}), *sumw = (const int32_t *)(w + {o_sumw});
+    const float *m = (const float *)(w + {o_m});
+    for (int t0 = 0; t0 < nqb; t0 += {tile} * VL) {{
+        const int nv = (nqb - t0) / VL < {tile} ? (nqb - t0) / VL : {tile};
+        const uint8_t *qt = qb + 4 * t0;
         for (int f = f0; f < f1; f++) {{
             const int32_t init = bias[f] + (PS_XOFF - {zp_in}) * sumw[f];
             const float mf = m[f];
@@ -248,28 +243,53 @@ static void {name}(const uint8_t *restrict in, uint8_t *restrict out, const uint
             for (int i = 0; i < {tile}; i++) acc[i] = (vi){{0}} + init;
             if (nv == {tile}) {{
                 for (int kk = kptr[f]; kk < kptr[f + 1]; kk++) {{
-                    const ps_w4 wv = ps_w4_bcast(kw[kk]);
-                    const uint8_t *qp = scr + (size_t)kg[kk] * {4 * nq} + 4 * (size_t)q0;
+                    const ps_w4 wv = ps_w4_bcast(kern[2 * kk + 1]);
+                    const uint8_t *qp = qt + kern[2 * kk];
                     for (int i = 0; i < {tile}; i++) acc[i] = ps_dot4(acc[i], *(const viu *)(qp + 4 * VL * i), wv);
                 }}
             }} else {{
                 for (int kk = kptr[f]; kk < kptr[f + 1]; kk++) {{
-                    const ps_w4 wv = ps_w4_bcast(kw[kk]);
-                    const uint8_t *qp = scr + (size_t)kg[kk] * {4 * nq} + 4 * (size_t)q0;
+                    const ps_w4 wv = ps_w4_bcast(kern[2 * kk + 1]);
+                    const uint8_t *qp = qt + kern[2 * kk];
                     for (int i = 0; i < nv; i++) acc[i] = ps_dot4(acc[i], *(const viu *)(qp + 4 * VL * i), wv);
                 }}
             }}
             for (int i = 0; i < nv; i++) {{
-                const size_t o = (size_t)f * {lout.ps} + {lout.origin} + q0 + i * VL;
+                const size_t o = (size_t)f * {lout.ps} + {lout.origin} + q0 + t0 + i * VL;
                 {store}
             }}
         }}
     }}
-    for (int f = f0; f < f1; f++) ps_halo(out + (size_t)f * {lout.ps}, {lout.H}, {lout.W}, {lout.P}, {lout.ld}, {zp_out});
+}}
+static void {name}(const uint8_t *restrict in, uint8_t *restrict out, const uint8_t *restrict w,
+                   const uint8_t *restrict res, uint8_t *restrict scr) {{
+    const int32_t *ent = (const int32_t *)(w + {o_ent}), *kptr = (const int32_t *)(w + {o_kptr});
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    if ({nb} >= 2 * nt && nt <= {threads}) {{  /* whole bands per thread, each on its own quads */
+        uint8_t *restrict qb = scr + (size_t)t * {qbytes};
+        for (int b = t; b < {nb}; b += nt) {{
+            const int q0 = b * {band}, nqb = {nq} - q0 < {band} ? {nq} - q0 : {band};
+            {name}_prep(in, ent, qb, q0, nqb, 0, 1);
+            {name}_run(qb, out, w, res, q0, nqb, 0, {F});
+        }}
+        ps_barrier();  /* every plane is complete before its halo is set */
+        #pragma omp for schedule(static) nowait
+        for (int f = 0; f < {F}; f++) ps_halo(out + (size_t)f * {lout.ps}, {lout.H}, {lout.W}, {lout.P}, {lout.ld}, {zp_out});
+    }} else {{  /* the team lays out each band, then splits the filters */
+        const int f0 = ps_split(kptr, {F}, t, nt), f1 = ps_split(kptr, {F}, t + 1, nt);
+        for (int b = 0; b < {nb}; b++) {{
+            const int q0 = b * {band}, nqb = {nq} - q0 < {band} ? {nq} - q0 : {band};
+            {name}_prep(in, ent, scr, q0, nqb, t, nt);
+            ps_barrier();
+            {name}_run(scr, out, w, res, q0, nqb, f0, f1);
+            if (b + 1 < {nb}) ps_barrier();
+        }}
+        for (int f = f0; f < f1; f++) ps_halo(out + (size_t)f * {lout.ps}, {lout.H}, {lout.W}, {lout.P}, {lout.ld}, {zp_out});
+    }}
 }}
 """
     flops = 2 * int(np.count_nonzero(w_q)) * lout.H * lout.W
-    return Int8Kernel(name, code, blob.bytes(), flops, len(quads.entries) * 4 * nq)
+    return Int8Kernel(name, code, blob.bytes(), flops, qbytes * max(1, threads))
 
 
 def gen_linear(n, name: str, lin: ByteLayout, lout: ByteLayout, qp: dict) -> Int8Kernel:
