@@ -132,6 +132,8 @@ def test_compile_refuses_fallback_layers_and_wrong_inputs(tmp_path, one_thread):
     q2, x2 = _quantized(1)
     with pytest.raises(InputError, match="per-image shape"):
         ps.compile(q2, torch.zeros(1, 3, 5, 5), cache_dir=tmp_path)
+    with pytest.raises(UnsupportedError, match="save the quantised model"):
+        ps.save(ps.compile(q2, x2[:1], cache_dir=tmp_path), tmp_path / "cm")
 
 
 # ---- the 4-way dot product of every dialect at its edges --------------------------------------

@@ -107,12 +107,22 @@ def test_empty_calibration_loader_is_a_clear_error():
 
 def test_save_load_round_trip_and_corruption(tmp_path, one_thread):
     q = ps.quantize(_net(nn.Sigmoid()), _loader())
-    q.save(tmp_path / "q")
-    q2 = load_quantized(tmp_path / "q")
+    ps.save(q, tmp_path / "q")
+    q2 = ps.load(tmp_path / "q")
     x = torch.randn(3, 3, 12, 12)
     assert torch.equal(q(x), q2(x)) and q2.fallback == q.fallback
-    meta = json.loads((tmp_path / "q" / "quantized.json").read_text())
-    meta["qparams"]["input"]["scale"] = -1.0
-    (tmp_path / "q" / "quantized.json").write_text(json.dumps(meta))
-    with pytest.raises(FormatError, match="scale"):
-        load_quantized(tmp_path / "q")
+    good = json.loads((tmp_path / "q" / "quantized.json").read_text())
+
+    def broken(edit) -> None:
+        meta = json.loads(json.dumps(good))
+        edit(meta)
+        (tmp_path / "q" / "quantized.json").write_text(json.dumps(meta))
+
+    conv = next(i for i, d in enumerate(good["graph"]["nodes"]) if d["op"] == "conv")
+    for edit, match in ((lambda m: m["qparams"]["input"].update(scale=-1.0), "scale"),
+                        (lambda m: m["graph"]["nodes"][conv]["attrs"].update(stride="1; evil()"), "stride"),
+                        (lambda m: m["graph"]["nodes"][conv]["attrs"]["q"].update(hi=300), "output range"),
+                        (lambda m: m.update(format="pickle"), "not a patsparse quantized model")):
+        broken(edit)
+        with pytest.raises(FormatError, match=match):
+            load_quantized(tmp_path / "q")

@@ -11,6 +11,7 @@ those layers are in ``QuantizedModel.fallback``.
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Any, Iterable
@@ -32,6 +33,7 @@ FORMAT_VERSION = 1
 META, TENSORS = "quantized.json", "quantized.safetensors"
 INT8_OPS = ("conv", "linear", "gap", "maxpool")
 INT8_ACTS = ("none", "relu", "relu6")
+INT8_PARAMS = ("w_q", "bias_q", "m")
 OBSERVERS = {"histogram": HistogramObserver, "minmax": MinMaxObserver}
 
 
@@ -122,39 +124,58 @@ class QuantizedModel(nn.Module):
 
 
 def load_quantized(path: str | os.PathLike) -> QuantizedModel:
-    """A QuantizedModel saved by ``QuantizedModel.save`` (JSON + safetensors; nothing unpickled)."""
+    """A QuantizedModel saved by ``QuantizedModel.save`` (JSON + safetensors; nothing unpickled).
+
+    The float graph is checked field by field by the compiler's own loader (compiler/validate.py:
+    what reaches generated code must be numbers in range), then every int8 parameter (dtype,
+    shape, code ranges) and every tensor's scale and zero point."""
+    from ..compiler.validate import graph_from_file
+
     path = Path(path)
     meta = read_json(path / META, "quantized model")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
         raise FormatError(f"{path / META} is not a patsparse quantized model of version {FORMAT_VERSION}")
     tensors = {k: v.numpy() for k, v in load_tensors(path / TENSORS, "quantized model tensors").items()}
     try:
-        g = Graph.from_json(meta["graph"], tensors)
+        gj = copy.deepcopy(meta["graph"])
+        extra = [({k: tensors[f"{i}.{k}"] for k in d["params"] if k in INT8_PARAMS}, d["attrs"].pop("q", None))
+                 for i, d in enumerate(gj["nodes"])]
+        for d in gj["nodes"]:
+            d["params"] = [k for k in d["params"] if k not in INT8_PARAMS]
         qparams = {str(k): {"scale": float(v["scale"]), "zero_point": int(v["zero_point"])}
                    for k, v in meta["qparams"].items()}
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise FormatError(f"{path}: malformed quantized model ({type(e).__name__}: {e})") from None
+    g = graph_from_file(gj, tensors, str(path / META))
+    for n, (params, q) in zip(g.nodes, extra):
+        n.params.update(params)
+        if q is not None:
+            n.attrs["q"] = q
     for name in [INPUT] + [n.name for n in g.nodes]:
         p = qparams.get(name)
         if p is None or not (p["scale"] > 0 and np.isfinite(p["scale"]) and 0 <= p["zero_point"] <= 255):
             raise FormatError(f"{path}: tensor {name!r} has no valid scale / zero point")
     for n in g.nodes:
-        if has_int8_kernel(n) and n.op != "maxpool":
+        if has_int8_kernel(n):
             _check_int8_params(n, path)
     return QuantizedModel(g, qparams, meta.get("normalization"))
 
 
 def _check_int8_params(n: Node, path: Path) -> None:
-    want = {"m": (np.float32, (n.shape[0],))}
+    want = {} if n.op == "maxpool" else {"m": (np.float32, (n.shape[0],))}
     if n.op in ("conv", "linear"):
-        w = n.params.get("weight")
-        want.update(w_q=(np.int8, None if w is None else w.shape), bias_q=(np.int32, (n.shape[0],)))
+        want.update(w_q=(np.int8, n.params["weight"].shape), bias_q=(np.int32, (n.shape[0],)))
     for k, (dt, shape) in want.items():
         v = n.params.get(k)
-        if v is None or v.dtype != dt or (shape is not None and v.shape != tuple(shape)):
-            raise FormatError(f"{path}: node {n.name!r}: parameter {k} must be {np.dtype(dt).name} of shape {shape}")
-    if not isinstance(n.attrs.get("q"), dict) or not {"lo", "hi"} <= set(n.attrs["q"]):
-        raise FormatError(f"{path}: node {n.name!r} has no int8 output range")
+        if v is None or v.dtype != dt or v.shape != tuple(shape) or (dt == np.float32 and not np.isfinite(v).all()):
+            raise FormatError(f"{path}: node {n.name!r}: parameter {k} must be finite {np.dtype(dt).name} of shape {shape}")
+    q = n.attrs.get("q")
+    ok = isinstance(q, dict) and all(isinstance(q.get(k), int) and not isinstance(q.get(k), bool)
+                                     and arith.QMIN <= q[k] <= arith.QMAX for k in ("lo", "hi"))
+    res_m = q.get("res_m") if isinstance(q, dict) else None
+    if not ok or q["lo"] > q["hi"] or (n.residual is not None) != isinstance(res_m, float) or \
+            (res_m is not None and not (np.isfinite(res_m) and res_m > 0)) or set(q) - {"lo", "hi", "res_m"}:
+        raise FormatError(f"{path}: node {n.name!r}: its int8 output range is malformed ({q!r})")
 
 
 def _batches(loader: Iterable, max_batches: int | None) -> Iterable[torch.Tensor]:

@@ -31,6 +31,16 @@ BUILD_FLAGS = ("-ffp-contract=off",)  # float32 requantisation exactly as the Py
 SYNC_BYTES = 64
 
 
+class Int8CompiledModel(CompiledModel):
+    """A CompiledModel running int8 kernels. Not saved as a compiled-model directory (loading
+    regenerates from the stored graph, which is the float compiler's job): save the
+    QuantizedModel and compile it again where it runs."""
+
+    def save(self, path: str | os.PathLike) -> Any:
+        raise UnsupportedError("saving a compiled int8 model is not supported: save the quantised model "
+                               "(patsparse.save(q, dir)) and compile it again where it runs")
+
+
 @dataclass
 class Int8Program:
     """Everything generated for one quantised model on one target."""
@@ -129,7 +139,8 @@ long ps_blob_floats(void) {{ return {len(blob_bytes) // 4}L; }}
 
 
 def compile_quantized(q: Any, example_input: Any = None, *, threads: int | None = None,
-                      cache_dir: str | os.PathLike | None = None, target: str | Target | None = None) -> CompiledModel:
+                      cache_dir: str | os.PathLike | None = None,
+                      target: str | Target | None = None) -> Int8CompiledModel:
     """A QuantizedModel compiled to int8 kernels (see ``patsparse.compile``)."""
     from ..api import default_threads, runnable_here
 
@@ -154,4 +165,4 @@ def compile_quantized(q: Any, example_input: Any = None, *, threads: int | None 
                 "layers": layers, "normalization": getattr(q, "patsparse_normalization", None),
                 "qparams": q.qparams}
     gj, gt = g.to_json()
-    return CompiledModel(lib, blob, manifest, prog.source, gj, gt)
+    return Int8CompiledModel(lib, blob, manifest, prog.source, gj, gt)
