@@ -13,7 +13,7 @@ per-channel) and OpenVINO int8 (the same QDQ model). Every int8 engine is calibr
 images; the harness's output check is loose for this run (int8 differs from the float reference
 by design; the accuracy section is where int8 correctness is measured).
 
-    python benchmarks/int8.py --grid docs/bench/accuracy --threads 2
+    python benchmarks/int8.py --grid docs/bench/accuracy --threads 2,1
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ import patsparse as ps  # noqa: E402
 from patsparse.bench.harness import run_bench  # noqa: E402
 from patsparse.bench.model import BenchModel  # noqa: E402
 from patsparse.data import get_loaders  # noqa: E402
-from patsparse.train.loop import evaluate  # noqa: E402
 
 OUT = _report.BENCH / "int8.md"
 ENG = "patsparse.bench.engines"
@@ -111,36 +110,38 @@ def main(argv: list[str] | None = None) -> int:
                     help="the accuracy grid's --out (holding fashion-mnist/medium/resnet8/seed0)")
     ap.add_argument("--models", default="vgg16,resnet18", help="zoo models timed at --rate")
     ap.add_argument("--rate", type=float, default=8.0)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", default="2,1", help="thread counts timed, comma-separated (one table each)")
     ap.add_argument("--repeats", type=int, default=100)
     ap.add_argument("--calibration", type=int, default=512, help="calibration images")
     ap.add_argument("--skip-accuracy", action="store_true")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)
     command = _report.command_line(__file__, sys.argv[1:] if argv is None else argv)
-    torch.set_num_threads(args.threads)
+    threads = [int(t) for t in args.threads.split(",") if t.strip()]
+    torch.set_num_threads(threads[0])
 
     parts = ["# int8 inference", "", f"Written by `{command}` on {_report.utc_now()}, commit "
              f"{_report.git_commit()}.", f"Machine: {_report.machine_line(_report.machine())}.", ""]
     if not args.skip_accuracy:
-        acc = accuracy_rows(args.grid, args.calibration, args.threads)
+        acc = accuracy_rows(args.grid, args.calibration, threads[0])
         parts += ["## Accuracy (Fashion-MNIST test set, 10,000 images)", "",
                   f"Calibration: the first {args.calibration} training images (HistogramObserver). "
                   "Top-1 accuracy in percent; `drop` is float minus compiled int8, in points.", "",
                   _report.md_table(["model", "float", "int8 simulated", "int8 compiled", "drop", "top-1 agreement "
                                     "compiled vs simulated", "outputs bit-equal", "float fallback"], acc), ""]
-    speed, machines = speed_rows([m.strip() for m in args.models.split(",") if m.strip()], args.rate,
-                                 args.threads, args.repeats, args.calibration)
-    loads = ", ".join(str(m.get("load_average")) for m in machines)
-    parts += [f"## Speed at {args.rate:g}x (batch 1, {args.threads} threads, median ms)", "",
-              "One worker process per engine, engines interleaved in blocks, each block after a short "
-              "settle and one untimed call (patsparse.bench.harness). Random weights projected to "
-              f"{args.rate:g}x; int8 engines calibrated on {args.calibration} random images. Ratios: "
-              "the other engine's median over patsparse int8's (above 1: int8 kernels faster). "
-              f"Load average at the start of each run: {loads}: a shared machine, so these are "
-              "contended timings; compare the ratios, not the milliseconds.", "",
-              _report.md_table(["model", *ENGINES, "vs our fp32 (bar 1.5x)", "vs ORT int8 (bar 2.5x)",
-                                "vs OpenVINO int8"], speed), ""]
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    for nt in threads:
+        speed, machines = speed_rows(models, args.rate, nt, args.repeats, args.calibration)
+        loads = ", ".join(str(m.get("load_average")) for m in machines)
+        parts += [f"## Speed at {args.rate:g}x (batch 1, {nt} thread{'s' if nt > 1 else ''}, median ms)", "",
+                  "One worker process per engine, engines interleaved in blocks, each block after a short "
+                  "settle and one untimed call (patsparse.bench.harness). Random weights projected to "
+                  f"{args.rate:g}x; int8 engines calibrated on {args.calibration} random images. Ratios: "
+                  "the other engine's median over patsparse int8's (above 1: int8 kernels faster). "
+                  f"Load average at the start of each run: {loads}: a shared machine, so these are "
+                  "contended timings; compare the ratios, not the milliseconds.", "",
+                  _report.md_table(["model", *ENGINES, "vs our fp32 (bar 1.5x)", "vs ORT int8 (bar 2.5x)",
+                                    "vs OpenVINO int8"], speed), ""]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(parts) + "\n")
     print("\n".join(parts))

@@ -5,7 +5,6 @@ dialect at the saturation edges (codes 0 and 255, weights -127 and 127)."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -17,11 +16,12 @@ from hypothesis import strategies as st
 from torch import nn
 
 import patsparse as ps
+from test_export import need_aarch64
 from patsparse.compiler.build import compile_c
 from patsparse.compiler.codegen.base import prelude_c
 from patsparse.compiler.int8.build import BUILD_FLAGS, generate
 from patsparse.compiler.int8.kernels import PRELUDE
-from patsparse.compiler.target import TARGETS, detect, generic_vectors
+from patsparse.compiler.target import TARGETS, detect
 from patsparse.errors import InputError, UnsupportedError
 
 NEON = TARGETS["aarch64-neon"]
@@ -193,13 +193,6 @@ def test_dot4_at_saturation_edges_x86(target_name, tmp_path):
     np.testing.assert_array_equal(out, _expected(codes, weights, vl, 0))
 
 
-def _need_aarch64() -> tuple[str, ...]:
-    for tool, package in ((NEON.toolchain.cc, NEON.toolchain.package), ("qemu-aarch64", NEON.toolchain.runner_package)):
-        if not shutil.which(tool):
-            pytest.skip(f"{tool} not installed (Debian: apt-get install {package})")
-    return NEON.toolchain.run_prefix()
-
-
 def _neon_program(src: str, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     (out.with_suffix(".c")).write_text(src)
@@ -209,7 +202,7 @@ def _neon_program(src: str, out: Path) -> None:
 
 def test_dot4_at_saturation_edges_neon_sdot(tmp_path):
     """sdot takes signed bytes: codes XOR 0x80 are code - 128, and PS_XOFF = 128 puts it back."""
-    prefix = _need_aarch64()
+    prefix = need_aarch64()
     n = 256
     _neon_program(prelude_c(NEON) + NEON.render(PRELUDE) + DOT_TEST + f"#define N {n}\n" + MAIN, tmp_path / "dot")
     asm = subprocess.run([NEON.toolchain.compiler(), "-O2", "-S", "-o", "-", "-fopenmp", *NEON.toolchain.cflags,
@@ -245,7 +238,7 @@ int main(int argc, char **argv) {
 
 @pytest.mark.parametrize("seed", [5, 8, 13])
 def test_random_networks_on_aarch64_under_qemu(seed, tmp_path):
-    prefix = _need_aarch64()
+    prefix = need_aarch64()
     q, x = _quantized(seed)
     prog = generate(q, NEON, 2)
     assert "ps_dot4" in prog.source

@@ -144,7 +144,9 @@ def compile(model_or_onnx_path: Any, example_input: Any = None, *, threads: int 
     ``cache_dir`` do not apply). Either is called the same way: ``y = cm(x)``, ``cm.save(dir)``.
     The input normalisation a model carries (``patsparse_normalization``, from ``patsparse.load``
     of a trained or pruned model) goes into the manifest: the compiled model computes on
-    normalised input, and ``cm.manifest["normalization"]`` says which.
+    normalised input, and ``cm.manifest["normalization"]`` says which. A ``QuantizedModel``
+    (``patsparse.quantize``) compiles to int8 kernels that compute exactly what it computes
+    (``tune`` does not apply; docs/COMPILER.md, "int8 inference").
     """
     if getattr(model_or_onnx_path, "is_quantized_patsparse", False) is True:  # ps.quantize's result
         from .int8.build import compile_quantized

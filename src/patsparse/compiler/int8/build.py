@@ -23,7 +23,7 @@ from ..layout import round_up
 from ..runtime import FORMAT_VERSION, CompiledModel
 from ..target import Target
 from ..target.host import required_cpu_features
-from .kernels import PRELUDE, ByteLayout, Int8Kernel, byte_layout, c_float, gen_conv, gen_gap, gen_linear, gen_maxpool
+from .kernels import PRELUDE, Int8Kernel, byte_layout, c_float, gen_conv, gen_gap, gen_linear, gen_maxpool
 from .quads import conv_quads
 
 FORMAT = "patsparse-compiled-int8"

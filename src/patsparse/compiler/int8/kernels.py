@@ -23,7 +23,6 @@ import numpy as np
 from ..layout import round_up
 
 
-
 @dataclass(frozen=True)
 class ByteLayout:
     """One uint8 tensor per image: C planes of (H + 2P) rows of ``ld`` bytes, the halo (P wide)
@@ -140,17 +139,20 @@ class Blob:
         """Append ``arr`` (little-endian), return its byte offset."""
         data = np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<")).tobytes()
         at = self.size
-        padded = data + bytes(round_up(len(data), 64) - len(data) or 64)
+        padded = data + bytes(round_up(max(len(data), 1), 64) - len(data))  # an empty array still gets a section
         self.parts.append(padded)
         self.size += len(padded)
         return at
 
-    def bytes(self) -> bytes:
+    def data(self) -> bytes:
         return b"".join(self.parts)
 
 
 @dataclass
 class Int8Kernel:
+    """One generated int8 layer: its C (kernel function and helpers), its constants, its useful
+    FLOPs and the team scratch it needs."""
+
     name: str
     code: str
     blob: bytes
@@ -289,7 +291,7 @@ static void {name}(const uint8_t *restrict in, uint8_t *restrict out, const uint
 }}
 """
     flops = 2 * int(np.count_nonzero(w_q)) * lout.H * lout.W
-    return Int8Kernel(name, code, blob.bytes(), flops, qbytes * max(1, threads))
+    return Int8Kernel(name, code, blob.data(), flops, qbytes * max(1, threads))
 
 
 def gen_linear(n, name: str, lin: ByteLayout, lout: ByteLayout, qp: dict) -> Int8Kernel:
@@ -332,7 +334,7 @@ static void {name}(const uint8_t *restrict in, uint8_t *restrict out, const uint
     }}
 }}
 """
-    return Int8Kernel(name, code, blob.bytes(), 2 * F * IN, inp)
+    return Int8Kernel(name, code, blob.data(), 2 * F * IN, inp)
 
 
 def gen_gap(n, name: str, lin: ByteLayout, lout: ByteLayout, qp: dict) -> Int8Kernel:
@@ -354,7 +356,7 @@ static void {name}(const uint8_t *restrict in, uint8_t *restrict out, const uint
     }}
 }}
 """
-    return Int8Kernel(name, code, blob.bytes(), lin.C * lin.H * lin.W, 0)
+    return Int8Kernel(name, code, blob.data(), lin.C * lin.H * lin.W, 0)
 
 
 def gen_maxpool(n, name: str, lin: ByteLayout, lout: ByteLayout, qp: dict) -> Int8Kernel:
