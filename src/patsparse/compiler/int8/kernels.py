@@ -199,11 +199,28 @@ def gen_conv(n, name: str, lin: ByteLayout, lout: ByteLayout, qp: dict, quads, *
     o_sumw = blob.add(w_q.reshape(F, -1).astype(np.int64).sum(axis=1).astype(np.int32))
     o_m = blob.add(n.params["m"].astype(np.float32))
     flat = s == 1 and k == 2 * p + 1 and p <= lin.P and lin.ld == lout.ld
+    inside = p <= lin.P and all(s * (o - 1) + k - 1 - p <= i - 1 + lin.P
+                                for o, i in ((lout.H, lin.H), (lout.W, lin.W)))
+    if not flat and inside:  # every window inside the padded plane: per position, its window's corner
+        ho, wo = np.divmod(np.arange(nq), lout.ld)
+        ok = (ho < lout.H) & (wo < lout.W)
+        corner = np.where(ok, (s * ho - p + lin.P) * lin.ld + s * wo - p + lin.P, 0)
+        o_corner = blob.add(corner.astype(np.int32))
     if flat:  # flat position q reads input q + a constant: four row loads per VL quads
         src = ", ".join(f"in + e[{3 * i}] * {lin.ps} + (e[{3 * i + 1}] + {lin.P - p}) * {lin.ld} + e[{3 * i + 2}] + "
                         f"{lin.P - p} + q0" for i in range(4))
         prep = f"ps_quads_flat(dst, {src}, nqb);"
-    else:
+    elif inside:  # gather each position's four codes at its window corner + the entry's offset
+        src = "".join(f"const uint8_t *s{i} = in + e[{3 * i}] * {lin.ps} + e[{3 * i + 1}] * {lin.ld} + e[{3 * i + 2}]; "
+                      for i in range(4))
+        prep = f"""{src}
+            const int32_t *corner = (const int32_t *)(w + {o_corner}) + q0;
+            for (int j = 0; j < nqb; j++) {{
+                const int32_t o = corner[j];
+                ((uint32_t *)dst)[j] = ((uint32_t)s0[o] | (uint32_t)s1[o] << 8 | (uint32_t)s2[o] << 16
+                                        | (uint32_t)s3[o] << 24) ^ (uint32_t)PS_XMASK;
+            }}"""
+    else:  # a window may leave the padded plane (a 7x7 stem with padding 3): bounds-checked
         prep = f"""for (int q = q0; q < q0 + nqb; q++) {{
                 const int ho = q / {lout.ld}, wo = q % {lout.ld};
                 uint32_t word = {zp_in}u * 0x01010101u;
@@ -221,8 +238,8 @@ def gen_conv(n, name: str, lin: ByteLayout, lout: ByteLayout, qp: dict, quads, *
     qbytes = 4 * band * G
     code = f"""
 /* lay out quads g0, g0 + gs, ... < {G} for positions q0 .. q0 + nqb into qb (4 * {band} bytes per quad) */
-static inline void {name}_prep(const uint8_t *restrict in, const int32_t *ent, uint8_t *restrict qb,
-                               int q0, int nqb, int g0, int gs) {{
+static inline void {name}_prep(const uint8_t *restrict in, const uint8_t *restrict w, const int32_t *ent,
+                               uint8_t *restrict qb, int q0, int nqb, int g0, int gs) {{
     for (int g = g0; g < {G}; g += gs) {{
         const int32_t *e = ent + 12 * g;
         uint8_t *restrict dst = qb + (size_t)g * {4 * band};
@@ -271,7 +288,7 @@ static void {name}(const uint8_t *restrict in, uint8_t *restrict out, const uint
         uint8_t *restrict qb = scr + (size_t)t * {qbytes};
         for (int b = t; b < {nb}; b += nt) {{
             const int q0 = b * {band}, nqb = {nq} - q0 < {band} ? {nq} - q0 : {band};
-            {name}_prep(in, ent, qb, q0, nqb, 0, 1);
+            {name}_prep(in, w, ent, qb, q0, nqb, 0, 1);
             {name}_run(qb, out, w, res, q0, nqb, 0, {F});
         }}
         ps_barrier();  /* every plane is complete before its halo is set */
@@ -281,7 +298,7 @@ static void {name}(const uint8_t *restrict in, uint8_t *restrict out, const uint
         const int f0 = ps_split(kptr, {F}, t, nt), f1 = ps_split(kptr, {F}, t + 1, nt);
         for (int b = 0; b < {nb}; b++) {{
             const int q0 = b * {band}, nqb = {nq} - q0 < {band} ? {nq} - q0 : {band};
-            {name}_prep(in, ent, scr, q0, nqb, t, nt);
+            {name}_prep(in, w, ent, scr, q0, nqb, t, nt);
             ps_barrier();
             {name}_run(scr, out, w, res, q0, nqb, f0, f1);
             if (b + 1 < {nb}) ps_barrier();
