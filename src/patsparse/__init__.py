@@ -32,6 +32,7 @@ _LAZY = {
     "save": "patsparse.serialize:save",
     "load": "patsparse.serialize:load",
     "to_onnx": "patsparse.onnx_export:to_onnx",
+    "quantize": "patsparse.quant.model:quantize",
 }
 
 __all__ = sorted(_LAZY) + ["PatsparseError", "InputError", "FormatError", "UnsupportedError",

@@ -54,13 +54,15 @@ META = "model.json"
 RECIPE = "recipe.yaml"
 HISTORY = "history.json"  # written beside a pruned model by `patsparse prune`
 MANIFEST = "manifest.json"  # written by the compiler's CompiledModel
+QUANTIZED = "quantized.json"  # written by patsparse.quant.QuantizedModel.save
 OWNED = (WEIGHTS, META, RECIPE, HISTORY)
 KEPT = ("dense",)  # `patsparse prune` trains a zoo model's dense parent there; a save keeps it
 
 
 def save(obj: Any, path: str | os.PathLike, arch: dict | None = None,
          input_shape: Sequence[int] | None = None) -> None:
-    """Save a (pruned) model to the directory ``path``, or a compiled model via its own ``save``.
+    """Save a (pruned) model to the directory ``path``, or a compiled or quantised model via its own
+    ``save``.
 
     ``arch``: the ``patsparse.models.get`` arguments that rebuild the model (defaults to the
     model's ``patsparse_arch`` attribute); without it ``load`` needs ``model=``.
@@ -68,7 +70,8 @@ def save(obj: Any, path: str | os.PathLike, arch: dict | None = None,
     model without being told (defaults to the model's ``patsparse_input_shape`` attribute).
     The model's ``patsparse_normalization`` ({"mean", "std"} per channel), when set, is kept too.
     """
-    if getattr(obj, "is_compiled_patsparse", False) is True and callable(getattr(obj, "save", None)):
+    if (getattr(obj, "is_compiled_patsparse", False) is True or getattr(obj, "is_quantized_patsparse", False)
+            is True) and callable(getattr(obj, "save", None)):
         obj.save(path)
         return
     if not isinstance(obj, nn.Module):
@@ -103,7 +106,8 @@ def save(obj: Any, path: str | os.PathLike, arch: dict | None = None,
 
 def load(path: str | os.PathLike, model: nn.Module | None = None) -> Any:
     """Load what :func:`save` wrote. Returns the model in eval mode with ``patsparse_spec`` set,
-    or a ``CompiledModel`` (``OpenCLModel``) for a CPU- (OpenCL-) compiled-model directory."""
+    or a ``CompiledModel`` (``OpenCLModel``) for a CPU- (OpenCL-) compiled-model directory, or a
+    ``QuantizedModel`` for a directory ``ps.save`` wrote from ``ps.quantize``'s result."""
     path = saved_dir(path)
     if (path / MANIFEST).is_file():
         from .compiler.opencl import is_opencl_dir
@@ -111,6 +115,10 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> Any:
         from .compiler.package import load_compiled
 
         return load_opencl(path) if is_opencl_dir(path) else load_compiled(path)
+    if (path / QUANTIZED).is_file():
+        from .quant import load_quantized
+
+        return load_quantized(path)
     if not path.is_dir():
         raise FormatError(f"load: {path} is not a saved patsparse model directory")
     meta = read_json(path / META, "patsparse model metadata")

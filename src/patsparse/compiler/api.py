@@ -173,12 +173,19 @@ def compile(model_or_onnx_path: Any, example_input: Any = None, *, threads: int 
     ``cache_dir`` do not apply). Either is called the same way: ``y = cm(x)``, ``cm.save(dir)``.
     The input normalisation a model carries (``patsparse_normalization``, from ``patsparse.load``
     of a trained or pruned model) goes into the manifest: the compiled model computes on
-    normalised input, and ``cm.manifest["normalization"]`` says which.
+    normalised input, and ``cm.manifest["normalization"]`` says which. A ``QuantizedModel``
+    (``patsparse.quantize``) compiles to int8 kernels that compute exactly what it computes
+    (``tune`` does not apply; docs/COMPILER.md, "int8 inference").
     ``strict``: an op the compiler cannot generate is an UnsupportedError naming it; otherwise
     (CPU targets) it runs in PyTorch, or ONNX Runtime for an ONNX file, between compiled
     segments, with a warning: a ``fallback.PartitionedModel`` whose ``report()`` says what fell
     back and its share of the latency.
     """
+    if getattr(model_or_onnx_path, "is_quantized_patsparse", False) is True:  # ps.quantize's result
+        from .int8.build import compile_quantized
+
+        return compile_quantized(model_or_onnx_path, example_input, threads=threads, cache_dir=cache_dir,
+                                 target=target)
     t = get_target(target)  # before the capture: a bad name is the first error
     _warn_spec_mismatch(model_or_onnx_path)
     if t.kind == "opencl":  # the one dispatch on the target's kind

@@ -131,7 +131,7 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
                    **_X86_CACHES),
            "x86-64 with AVX2 and FMA (x86-64-v3)"),
     Target("aarch64-neon", "cpu", "aarch64-linux-gnu",
-           Toolchain("aarch64-linux-gnu-gcc", ("-march=armv8-a", "-mtune=cortex-a76"), "gcc-aarch64-linux-gnu",
+           Toolchain("aarch64-linux-gnu-gcc", ("-march=armv8.2-a+dotprod", "-mtune=cortex-a76"), "gcc-aarch64-linux-gnu",
                      ("qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"), "qemu-user"),
            CpuCaps(neon.LANES, 32, cache_line=64, l1_bytes=64 << 10, l2_bytes=256 << 10,
                    vreg_constraint=neon.VREG_CONSTRAINT, fma_broadcast_operand=False, dialect=neon.DIALECT),

@@ -15,6 +15,7 @@ from .generic import LOAD_S2 as GENERIC_LOAD_S2
 from .generic import MASKED_IO as GENERIC_MASKED_IO
 from .generic import MINMAX as GENERIC_MINMAX
 from .generic import NO_KEEP, even_c
+from .generic import DOT4 as GENERIC_DOT4
 from .generic import SPREAD4 as GENERIC_SPREAD4
 
 PAUSE = r"""#if defined(__x86_64__) || defined(__i386__)
@@ -89,5 +90,51 @@ SPREAD4 = r"""#if VL == 16 && defined(__AVX512F__) && !defined(PS_EMULATED_VL)
 #else
 """ + GENERIC_SPREAD4 + "#endif\n"
 
+# int8 4-way dot product: VNNI's vpdpbusd (uint8 x int8, four products per int32 lane) is the
+# whole operation. Without VNNI, vpmaddwd on the even and the odd bytes widened to 16 bits: exact.
+# vpmaddubsw (uint8 x int8 pairs into int16) is not used, because two products of 255 * 127
+# overflow int16 and it saturates.
+DOT4 = r"""#include <immintrin.h>
+#if VL == 16 && defined(__AVX512VNNI__) && !defined(PS_EMULATED_VL)
+#define PS_XMASK 0
+typedef vi ps_w4;
+static inline ps_w4 ps_w4_bcast(int32_t w) { return (vi){0} + w; }
+static inline vi ps_dot4(vi acc, vi x, ps_w4 w) {
+    return (vi)_mm512_dpbusd_epi32((__m512i)acc, (__m512i)x, (__m512i)w);
+}
+#elif VL == 8 && (defined(__AVXVNNI__) || (defined(__AVX512VNNI__) && defined(__AVX512VL__)))
+#define PS_XMASK 0
+typedef vi ps_w4;
+static inline ps_w4 ps_w4_bcast(int32_t w) { return (vi){0} + w; }
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+static inline vi ps_dot4(vi acc, vi x, ps_w4 w) { return (vi)_mm256_dpbusd_epi32((__m256i)acc, (__m256i)x, (__m256i)w); }
+#else
+static inline vi ps_dot4(vi acc, vi x, ps_w4 w) { return (vi)_mm256_dpbusd_avx_epi32((__m256i)acc, (__m256i)x, (__m256i)w); }
+#endif
+#elif (VL == 16 && defined(__AVX512BW__) && !defined(PS_EMULATED_VL)) || (VL == 8 && defined(__AVX2__))
+#define PS_XMASK 0
+typedef struct { vi even, odd; } ps_w4;  /* the weights of bytes 0, 2 and 1, 3, sign-extended to 16 bits */
+#if VL == 16
+#define PS_MADD(a, b) ((vi)_mm512_madd_epi16((__m512i)(a), (__m512i)(b)))
+#define PS_SLLI16(a, n) ((vi)_mm512_slli_epi16((__m512i)(a), n))
+#define PS_SRAI16(a, n) ((vi)_mm512_srai_epi16((__m512i)(a), n))
+#define PS_SRLI16(a, n) ((vi)_mm512_srli_epi16((__m512i)(a), n))
+#else
+#define PS_MADD(a, b) ((vi)_mm256_madd_epi16((__m256i)(a), (__m256i)(b)))
+#define PS_SLLI16(a, n) ((vi)_mm256_slli_epi16((__m256i)(a), n))
+#define PS_SRAI16(a, n) ((vi)_mm256_srai_epi16((__m256i)(a), n))
+#define PS_SRLI16(a, n) ((vi)_mm256_srli_epi16((__m256i)(a), n))
+#endif
+static inline ps_w4 ps_w4_bcast(int32_t w) {
+    vi v = (vi){0} + w;
+    ps_w4 r = {PS_SRAI16(PS_SLLI16(v, 8), 8), PS_SRAI16(v, 8)};
+    return r;
+}
+static inline vi ps_dot4(vi acc, vi x, ps_w4 w) {
+    return acc + PS_MADD(x & 0x00FF00FF, w.even) + PS_MADD(PS_SRLI16(x, 8), w.odd);
+}
+#else
+""" + GENERIC_DOT4 + "#endif\n"
+
 DIALECT = CDialect(pause=PAUSE, vector_width=VECTOR_WIDTH, minmax=MINMAX, masked_io=MASKED_IO,
-                   keep=KEEP, load_s2=LOAD_S2, spread4=SPREAD4)
+                   keep=KEEP, load_s2=LOAD_S2, spread4=SPREAD4, dot4=DOT4)

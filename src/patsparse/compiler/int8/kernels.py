@@ -1,0 +1,407 @@
+"""C for int8 layers: the shared int8 prelude and one generator per op (conv, linear, global
+average pool, max pool).
+
+Every kernel has the signature ``static void NAME(const uint8_t *in, uint8_t *out, const
+uint8_t *w, const uint8_t *res, uint8_t *scr)`` (w: the layer's section of the weight blob;
+res: a fused residual in the output's layout, or NULL; scr: scratch shared by the team) and is
+called by every thread of the team, like the float kernels (codegen/base.py). Activations are
+uint8 codes in ``ByteLayout`` planes whose halo holds the tensor's zero point, so a padded tap
+reads the code of 0.0 and adds nothing.
+
+The arithmetic is quant/arith.py's, operation for operation, so the library must be built
+without FMA contraction (``-ffp-contract=off``, build.py): requantisation is float32 multiply,
+(add,) clamp, round half to even by the 1.5 * 2^23 trick (exact below 2^22, and clamped values
+are at most 255), convert, add the zero point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..layout import round_up
+
+
+@dataclass(frozen=True)
+class ByteLayout:
+    """One uint8 tensor per image: C planes of (H + 2P) rows of ``ld`` bytes, the halo (P wide)
+    holding the zero point; ``ps`` leaves room for a kernel's last vector running past the
+    plane's rows (kernels write whole vectors)."""
+
+    C: int
+    H: int
+    W: int
+    P: int
+
+    @property
+    def ld(self) -> int:
+        return self.W + 2 * self.P
+
+    @property
+    def ps(self) -> int:
+        return round_up((self.H + 2 * self.P) * self.ld + 64, 64)
+
+    @property
+    def size(self) -> int:
+        return self.C * self.ps
+
+    @property
+    def origin(self) -> int:
+        """Offset of element (0, 0) in a plane."""
+        return self.P * self.ld + self.P
+
+
+def byte_layout(shape: tuple) -> ByteLayout:
+    """The layout of a per-image shape: (C, H, W) with a one-wide halo (every 3x3 conv reads its
+    padding as plain loads), a vector (n,) as n planes of one code."""
+    c, h, w = tuple(shape) if len(shape) == 3 else (int(np.prod(shape)), 1, 1)
+    return ByteLayout(c, h, w, 1 if h * w > 1 else 0)
+
+
+def c_float(v: float) -> str:
+    """An exact C literal of a float32 value."""
+    return float(np.float32(v)).hex() + "f"
+
+
+def _shuffles() -> str:
+    """PS_ILB: interleave two VL-byte vectors bytewise (2 VL bytes); PS_ILH: two vectors of VL
+    16-bit pairs pairwise (VL quads), for each vector width."""
+    out = []
+    for vl in (4, 8, 16):
+        out.append(f"#{'if' if vl == 4 else 'elif'} VL == {vl}")
+        il = ", ".join(f"{i}, {vl + i}" for i in range(vl))
+        out += [f"#define PS_ILB {il}", f"#define PS_ILH {il}"]
+    out.append("#endif")
+    return "\n".join(out) + "\n"
+
+
+PRELUDE = r"""
+/* ---- int8 (compiler/int8) ---- */
+typedef uint8_t vb __attribute__((vector_size(VL)));
+typedef uint8_t vbu __attribute__((vector_size(VL), aligned(1)));
+typedef int32_t viu __attribute__((vector_size(VL * 4), aligned(1)));
+typedef uint16_t vh __attribute__((vector_size(VL * 2)));
+/*@dot4@*/
+#define PS_XOFF (PS_XMASK ? 128 : 0)
+""" + _shuffles() + r"""#define PS_RND 12582912.0f
+/* clamp to [lo, hi] (codes minus the zero point), round half to even, add the zero point */
+static inline vi ps_codes(vf v, float lo, float hi, int zp) {
+    v = vmin(vmax(v, vbcast(lo)), vbcast(hi));
+    v = (v + vbcast(PS_RND)) - vbcast(PS_RND);
+    return __builtin_convertvector(v, vi) + zp;
+}
+static inline uint8_t ps_code(float v, float lo, float hi, int zp) {
+    v = v > lo ? v : lo;  /* a NaN becomes lo */
+    v = v < hi ? v : hi;
+    v = (v + PS_RND) - PS_RND;
+    return (uint8_t)((int32_t)v + zp);
+}
+static inline void ps_store_codes(uint8_t *o, vi c) { *(vbu *)o = __builtin_convertvector(c, vb); }
+static inline vf ps_res(const uint8_t *r, int zp, float m) {
+    return __builtin_convertvector(__builtin_convertvector(*(const vbu *)r, vi) - zp, vf) * vbcast(m);
+}
+/* the halo of one plane (H x W interior, P wide, rows of ld) set to the zero point */
+static void ps_halo(uint8_t *p, int H, int W, int P, int ld, int zp) {
+    if (!P) return;
+    memset(p, zp, (size_t)P * ld);
+    for (int h = P; h < H + P; h++) { memset(p + h * ld, zp, P); memset(p + h * ld + P + W, zp, P); }
+    memset(p + (size_t)(H + P) * ld, zp, (size_t)P * ld);
+}
+/* Quads of four byte rows: dst[4q + i] = s_i[q] for q < nq (a multiple of VL), XOR PS_XMASK */
+static inline void ps_quads_flat(uint8_t *restrict dst, const uint8_t *s0, const uint8_t *s1,
+                                 const uint8_t *s2, const uint8_t *s3, int nq) {
+    for (int q = 0; q < nq; q += VL) {
+        const vb a = *(const vbu *)(s0 + q), b = *(const vbu *)(s1 + q);
+        const vb c = *(const vbu *)(s2 + q), d = *(const vbu *)(s3 + q);
+        const vh ab = (vh)__builtin_shufflevector(a, b, PS_ILB), cd = (vh)__builtin_shufflevector(c, d, PS_ILB);
+        *(vi *)(dst + 4 * (size_t)q) = (vi)__builtin_shufflevector(ab, cd, PS_ILH) ^ (int32_t)PS_XMASK;
+    }
+}
+/* the first filter of thread t of nt: filters split by kernel count (+1 each for its epilogue) */
+static inline int ps_split(const int32_t *kptr, int F, int t, int nt) {
+    const long want = (long)(kptr[F] + F) * t / nt;
+    int f = 0;
+    while (f < F && kptr[f] + f < want) f++;
+    return f;
+}
+"""
+
+
+class Blob:
+    """A layer's constants, packed into 64-byte-aligned sections of one byte string."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def add(self, arr: np.ndarray) -> int:
+        """Append ``arr`` (little-endian), return its byte offset."""
+        data = np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<")).tobytes()
+        at = self.size
+        padded = data + bytes(round_up(max(len(data), 1), 64) - len(data))  # an empty array still gets a section
+        self.parts.append(padded)
+        self.size += len(padded)
+        return at
+
+    def data(self) -> bytes:
+        return b"".join(self.parts)
+
+
+@dataclass
+class Int8Kernel:
+    """One generated int8 layer: its C (kernel function and helpers), its constants, its useful
+    FLOPs and the team scratch it needs."""
+
+    name: str
+    code: str
+    blob: bytes
+    flops: int
+    scratch: int  # bytes of team scratch it needs
+
+
+def _conv_store(n, qp: dict) -> str:
+    """The C that requantises accumulator vector ``acc[i]`` and stores it at ``out + o``."""
+    q = n.attrs["q"]
+    zp = qp[n.name]["zero_point"]
+    lo, hi = c_float(q["lo"] - zp), c_float(q["hi"] - zp)
+    res = ""
+    if n.residual is not None:
+        res = f" + ps_res(res + o, {qp[n.residual]['zero_point']}, {c_float(q['res_m'])})"
+    store = (f"ps_store_codes(out + o, ps_codes(__builtin_convertvector(acc[i], vf) * vbcast(mf){res}, "
+             f"{lo}, {hi}, {zp}));")
+    return store
+
+
+def gen_conv(n, name: str, lin: ByteLayout, lout: ByteLayout, qp: dict, quads, *, vl: int, tile: int,
+             band_bytes: int, threads: int) -> Int8Kernel:
+    """A conv (groups 1) on quads (quads.py), in bands of output positions (q = ho * ld + wo)
+    small enough that a band's quads stay in cache: lay out every quad in use for the band, then
+    run every filter over it, ``tile`` vectors at a time, one dot product per kept quad and
+    vector. With at least two bands per thread each thread takes whole bands (its own quads, no
+    barrier); otherwise the team lays out each band together and splits the filters."""
+    a = n.attrs
+    k, s, p = a["k"], a["stride"], a["padding"]
+    w_q = n.params["w_q"]
+    F, G = w_q.shape[0], len(quads.entries)
+    nq = round_up(lout.H * lout.ld, vl)
+    tile = min(tile, nq // vl)  # a plane smaller than a tile is one tile: every dot loop unrolled
+    fit = band_bytes // (4 * G * vl)  # vectors of positions whose quads fit the cache budget
+    band = min(nq, max(1, fit // tile) * tile * vl)
+    nb = (nq + band - 1) // band
+    zp_in = qp[n.inputs[0]]["zero_point"]
+    blob = Blob()
+    o_ent = blob.add(quads.entries.reshape(-1))
+    # per kernel (byte offset of its quads in a band, weight word): one stream for the dot loop
+    kern = np.stack([quads.group.astype(np.int64) * 4 * band, quads.word], axis=1).astype(np.int32)
+    o_kptr, o_kern = blob.add(quads.kptr), blob.add(kern.reshape(-1))
+    o_bias = blob.add(n.params["bias_q"].astype(np.int32))
+    o_sumw = blob.add(w_q.reshape(F, -1).astype(np.int64).sum(axis=1).astype(np.int32))
+    o_m = blob.add(n.params["m"].astype(np.float32))
+    flat = s == 1 and k == 2 * p + 1 and p <= lin.P and lin.ld == lout.ld
+    inside = p <= lin.P and all(s * (o - 1) + k - 1 - p <= i - 1 + lin.P
+                                for o, i in ((lout.H, lin.H), (lout.W, lin.W)))
+    if not flat and inside:  # every window inside the padded plane: per position, its window's corner
+        ho, wo = np.divmod(np.arange(nq), lout.ld)
+        ok = (ho < lout.H) & (wo < lout.W)
+        corner = np.where(ok, (s * ho - p + lin.P) * lin.ld + s * wo - p + lin.P, 0)
+        o_corner = blob.add(corner.astype(np.int32))
+    if flat:  # flat position q reads input q + a constant: four row loads per VL quads
+        src = ", ".join(f"in + e[{3 * i}] * {lin.ps} + (e[{3 * i + 1}] + {lin.P - p}) * {lin.ld} + e[{3 * i + 2}] + "
+                        f"{lin.P - p} + q0" for i in range(4))
+        prep = f"ps_quads_flat(dst, {src}, nqb);"
+    elif inside:  # gather each position's four codes at its window corner + the entry's offset
+        src = "".join(f"const uint8_t *s{i} = in + e[{3 * i}] * {lin.ps} + e[{3 * i + 1}] * {lin.ld} + e[{3 * i + 2}]; "
+                      for i in range(4))
+        prep = f"""{src}
+            const int32_t *corner = (const int32_t *)(w + {o_corner}) + q0;
+            for (int j = 0; j < nqb; j++) {{
+                const int32_t o = corner[j];
+                ((uint32_t *)dst)[j] = ((uint32_t)s0[o] | (uint32_t)s1[o] << 8 | (uint32_t)s2[o] << 16
+                                        | (uint32_t)s3[o] << 24) ^ (uint32_t)PS_XMASK;
+            }}"""
+    else:  # a window may leave the padded plane (a 7x7 stem with padding 3): bounds-checked
+        prep = f"""for (int q = q0; q < q0 + nqb; q++) {{
+                const int ho = q / {lout.ld}, wo = q % {lout.ld};
+                uint32_t word = {zp_in}u * 0x01010101u;
+                if (ho < {lout.H} && wo < {lout.W})
+                    for (int i = 0; i < 4; i++) {{
+                        const int y = ho * {s} + e[3 * i + 1] - {p}, x = wo * {s} + e[3 * i + 2] - {p};
+                        const uint32_t v = (y >= 0 && y < {lin.H} && x >= 0 && x < {lin.W})
+                            ? in[e[3 * i] * {lin.ps} + (y + {lin.P}) * {lin.ld} + x + {lin.P}] : {zp_in}u;
+                        word = (word & ~(255u << (8 * i))) | v << (8 * i);
+                    }}
+                ((uint32_t *)dst)[q - q0] = word ^ (uint32_t)PS_XMASK;
+            }}"""
+    store = _conv_store(n, qp)
+    zp_out = qp[n.name]["zero_point"]
+    qbytes = 4 * band * G
+    code = f"""
+/* lay out quads g0, g0 + gs, ... < {G} for positions q0 .. q0 + nqb into qb (4 * {band} bytes per quad) */
+static inline void {name}_prep(const uint8_t *restrict in, const uint8_t *restrict w, const int32_t *ent,
+                               uint8_t *restrict qb, int q0, int nqb, int g0, int gs) {{
+    for (int g = g0; g < {G}; g += gs) {{
+        const int32_t *e = ent + 12 * g;
+        uint8_t *restrict dst = qb + (size_t)g * {4 * band};
+        {prep}
+    }}
+}}
+/* filters f0 .. f1 over positions q0 .. q0 + nqb from the band's quads qb */
+static inline void {name}_run(const uint8_t *restrict qb, uint8_t *restrict out, const uint8_t *restrict w,
+                              const uint8_t *restrict res, int q0, int nqb, int f0, int f1) {{
+    const int32_t *kptr = (const int32_t *)(w + {o_kptr}), *kern = (const int32_t *)(w + {o_kern});
+    const int32_t *bias = (const int32_t *)(w + {o_bias}), *sumw = (const int32_t *)(w + {o_sumw});
+    const float *m = (const float *)(w + {o_m});
+    for (int t0 = 0; t0 < nqb; t0 += {tile} * VL) {{
+        const int nv = (nqb - t0) / VL < {tile} ? (nqb - t0) / VL : {tile};
+        const uint8_t *qt = qb + 4 * t0;
+        for (int f = f0; f < f1; f++) {{
+            const int32_t init = bias[f] + (PS_XOFF - {zp_in}) * sumw[f];
+            const float mf = m[f];
+            vi acc[{tile}];
+            for (int i = 0; i < {tile}; i++) acc[i] = (vi){{0}} + init;
+            if (nv == {tile}) {{
+                for (int kk = kptr[f]; kk < kptr[f + 1]; kk++) {{
+                    const ps_w4 wv = ps_w4_bcast(kern[2 * kk + 1]);
+                    const uint8_t *qp = qt + kern[2 * kk];
+                    for (int i = 0; i < {tile}; i++) acc[i] = ps_dot4(acc[i], *(const viu *)(qp + 4 * VL * i), wv);
+                }}
+            }} else {{
+                for (int kk = kptr[f]; kk < kptr[f + 1]; kk++) {{
+                    const ps_w4 wv = ps_w4_bcast(kern[2 * kk + 1]);
+                    const uint8_t *qp = qt + kern[2 * kk];
+                    for (int i = 0; i < nv; i++) acc[i] = ps_dot4(acc[i], *(const viu *)(qp + 4 * VL * i), wv);
+                }}
+            }}
+            for (int i = 0; i < nv; i++) {{
+                const size_t o = (size_t)f * {lout.ps} + {lout.origin} + q0 + t0 + i * VL;
+                {store}
+            }}
+        }}
+    }}
+}}
+static void {name}(const uint8_t *restrict in, uint8_t *restrict out, const uint8_t *restrict w,
+                   const uint8_t *restrict res, uint8_t *restrict scr) {{
+    const int32_t *ent = (const int32_t *)(w + {o_ent}), *kptr = (const int32_t *)(w + {o_kptr});
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    if ({nb} >= 2 * nt && nt <= {threads}) {{  /* whole bands per thread, each on its own quads */
+        uint8_t *restrict qb = scr + (size_t)t * {qbytes};
+        for (int b = t; b < {nb}; b += nt) {{
+            const int q0 = b * {band}, nqb = {nq} - q0 < {band} ? {nq} - q0 : {band};
+            {name}_prep(in, w, ent, qb, q0, nqb, 0, 1);
+            {name}_run(qb, out, w, res, q0, nqb, 0, {F});
+        }}
+        ps_barrier();  /* every plane is complete before its halo is set */
+        #pragma omp for schedule(static) nowait
+        for (int f = 0; f < {F}; f++) ps_halo(out + (size_t)f * {lout.ps}, {lout.H}, {lout.W}, {lout.P}, {lout.ld}, {zp_out});
+    }} else {{  /* the team lays out each band, then splits the filters */
+        const int f0 = ps_split(kptr, {F}, t, nt), f1 = ps_split(kptr, {F}, t + 1, nt);
+        for (int b = 0; b < {nb}; b++) {{
+            const int q0 = b * {band}, nqb = {nq} - q0 < {band} ? {nq} - q0 : {band};
+            {name}_prep(in, w, ent, scr, q0, nqb, t, nt);
+            ps_barrier();
+            {name}_run(scr, out, w, res, q0, nqb, f0, f1);
+            if (b + 1 < {nb}) ps_barrier();
+        }}
+        for (int f = f0; f < f1; f++) ps_halo(out + (size_t)f * {lout.ps}, {lout.H}, {lout.W}, {lout.P}, {lout.ld}, {zp_out});
+    }}
+}}
+"""
+    flops = 2 * int(np.count_nonzero(w_q)) * lout.H * lout.W
+    return Int8Kernel(name, code, blob.data(), flops, qbytes * max(1, threads))
+
+
+def gen_linear(n, name: str, lin: ByteLayout, lout: ByteLayout, qp: dict) -> Int8Kernel:
+    """A linear layer: the input codes gathered into scratch, then one int32 dot per output."""
+    w_q = n.params["w_q"]
+    F, IN = w_q.shape
+    inp = round_up(IN, 64)
+    wpad = np.zeros((F, inp), np.int8)
+    wpad[:, :IN] = w_q
+    blob = Blob()
+    o_w = blob.add(wpad.reshape(-1))
+    o_bias = blob.add((n.params["bias_q"].astype(np.int64)
+                       - qp[n.inputs[0]]["zero_point"] * w_q.astype(np.int64).sum(axis=1)).astype(np.int32))
+    o_m = blob.add(n.params["m"].astype(np.float32))
+    q, zp = n.attrs["q"], qp[n.name]["zero_point"]
+    hw = lin.H * lin.W
+    res = ""
+    if n.residual is not None:
+        res = (f"v = v + (float)((int32_t)res[(size_t)f * {lout.ps}] - {qp[n.residual]['zero_point']}) * "
+               f"{c_float(q['res_m'])};")
+    code = f"""
+static void {name}(const uint8_t *restrict in, uint8_t *restrict out, const uint8_t *restrict w,
+                   const uint8_t *restrict res, uint8_t *restrict scr) {{
+    const int8_t *wq = (const int8_t *)(w + {o_w});
+    const int32_t *bias = (const int32_t *)(w + {o_bias});
+    const float *m = (const float *)(w + {o_m});
+    #pragma omp for schedule(static) nowait
+    for (int i = 0; i < {IN}; i++) {{
+        const int c = i / {hw}, h = i % {hw} / {lin.W}, x = i % {lin.W};
+        scr[i] = in[(size_t)c * {lin.ps} + (h + {lin.P}) * {lin.ld} + x + {lin.P}];
+    }}
+    ps_barrier();
+    #pragma omp for schedule(static) nowait
+    for (int f = 0; f < {F}; f++) {{
+        int32_t acc = 0;
+        for (int i = 0; i < {inp}; i++) acc += (int32_t)wq[(size_t)f * {inp} + i] * (int32_t)scr[i];
+        float v = (float)(acc + bias[f]) * m[f];
+        {res}
+        out[(size_t)f * {lout.ps}] = ps_code(v, {c_float(q['lo'] - zp)}, {c_float(q['hi'] - zp)}, {zp});
+    }}
+}}
+"""
+    return Int8Kernel(name, code, blob.data(), 2 * F * IN, inp)
+
+
+def gen_gap(n, name: str, lin: ByteLayout, lout: ByteLayout, qp: dict) -> Int8Kernel:
+    """Global average pool: the int32 sum of a plane's codes minus H*W zero points, requantised."""
+    blob = Blob()
+    o_m = blob.add(n.params["m"].astype(np.float32))
+    q, zp, zp_in = n.attrs["q"], qp[n.name]["zero_point"], qp[n.inputs[0]]["zero_point"]
+    code = f"""
+static void {name}(const uint8_t *restrict in, uint8_t *restrict out, const uint8_t *restrict w,
+                   const uint8_t *restrict res, uint8_t *restrict scr) {{
+    const float *m = (const float *)(w + {o_m});
+    #pragma omp for schedule(static) nowait
+    for (int c = 0; c < {lin.C}; c++) {{
+        const uint8_t *p = in + (size_t)c * {lin.ps} + {lin.origin};
+        int32_t s = 0;
+        for (int h = 0; h < {lin.H}; h++) for (int x = 0; x < {lin.W}; x++) s += p[h * {lin.ld} + x];
+        out[(size_t)c * {lout.ps} + {lout.origin}] = ps_code((float)(s - {lin.H * lin.W * zp_in}) * m[c],
+                                                           {c_float(q['lo'] - zp)}, {c_float(q['hi'] - zp)}, {zp});
+    }}
+}}
+"""
+    return Int8Kernel(name, code, blob.data(), lin.C * lin.H * lin.W, 0)
+
+
+def gen_maxpool(n, name: str, lin: ByteLayout, lout: ByteLayout, qp: dict) -> Int8Kernel:
+    """Max pool on codes (same scale and zero point in and out); the window is clipped to the
+    input, as PyTorch's -inf padding does; a fused ReLU clamps at the zero point."""
+    a, q, zp = n.attrs, n.attrs["q"], qp[n.name]["zero_point"]
+    k, s, p, d = a["k"], a["stride"], a["padding"], a.get("dilation", 1)
+    code = f"""
+static void {name}(const uint8_t *restrict in, uint8_t *restrict out, const uint8_t *restrict w,
+                   const uint8_t *restrict res, uint8_t *restrict scr) {{
+    #pragma omp for schedule(static) nowait
+    for (int c = 0; c < {lin.C}; c++) {{
+        const uint8_t *ip = in + (size_t)c * {lin.ps} + {lin.origin};
+        uint8_t *op = out + (size_t)c * {lout.ps};
+        for (int ho = 0; ho < {lout.H}; ho++) for (int wo = 0; wo < {lout.W}; wo++) {{
+            int mx = {q['lo']};
+            for (int ky = 0; ky < {k}; ky++) {{
+                const int y = ho * {s} + ky * {d} - {p};
+                if (y < 0 || y >= {lin.H}) continue;
+                for (int kx = 0; kx < {k}; kx++) {{
+                    const int x = wo * {s} + kx * {d} - {p};
+                    if (x >= 0 && x < {lin.W} && ip[y * {lin.ld} + x] > mx) mx = ip[y * {lin.ld} + x];
+                }}
+            }}
+            op[{lout.origin} + ho * {lout.ld} + wo] = (uint8_t)(mx < {q['hi']} ? mx : {q['hi']});
+        }}
+        ps_halo(op, {lout.H}, {lout.W}, {lout.P}, {lout.ld}, {zp});
+    }}
+}}
+"""
+    return Int8Kernel(name, code, b"", lin.C * lout.H * lout.W * k * k, 0)
