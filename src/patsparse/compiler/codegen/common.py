@@ -18,7 +18,7 @@ from . import activations
 MAX_VL = 16  # widest vector any target uses; Python-side sizes that must fit every VL use it
 # How far ahead (in floats: 4 KB) a kernel that streams its weights once per image prefetches them:
 # the channel-major pattern layout and the implicit GEMM on small planes consume weights faster
-# than the hardware prefetcher follows (docs/COMPILER.md); 4-32 KB measured alike, 1 KB no gain.
+# than the hardware prefetcher follows; a distance of a few KB covers the prefetcher's lag.
 WEIGHT_PREFETCH = 1024
 
 # The C load of one input vector whose columns are ``step`` apart (ps_load_s2: the target's dialect).

@@ -115,8 +115,7 @@ def default_schedule(inp: Layout, out: Layout, target: Target, threads: int | No
     Row layout: all vectors of a row when they fit, then as many rows as fit in registers.
     Small planes whose rows fill under 3/4 of a vector (4x4 and 2x2 with 8-float vectors; 7x7
     and 8x8 too with 16) vectorise over the whole plane instead, channel-major (``cm``):
-    1.3-1.9x faster than the filter-major flat layout on VGG-CIFAR's 4x4 and 2x2 layers, and
-    1.5x faster than 7-of-16-lane rows on 512->512 @7x7 (docs/COMPILER.md).
+    every lane holds a real output where rows would leave most of a vector to padding.
 
     Stride 2 runs channel tiles (``ct``), and so does stride 1 up to 128 filters: the row
     layout reloads each kernel's input rows from L2, a channel tile loads a mask run's input
