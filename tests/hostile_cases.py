@@ -9,12 +9,14 @@ model and an ONNX file of one small network.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import pickle
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -591,6 +593,51 @@ def case_cache_holds_a_different_library(base, tmp):
                            capture_output=True, text=True, check=True).stdout.strip()
     shutil.copy(base / "other" / "libmodel.so", built)  # not loaded in this process: no SIGBUS
     expect(FormatError, ps.load, base / "compiled", match="does not belong")
+
+
+def case_no_pthread_keys_left(base, tmp):
+    """A process that has loaded about a thousand models has no pthread keys left (ctypes never
+    unloads a library, and the key limit is per process): a model loaded then still computes,
+    in a team and from threads that start and exit. A library that used the key variable a
+    failed creation left behind (0, the interpreter's own) wrote into Python's thread state."""
+    libc = ctypes.CDLL(None)
+    key = ctypes.c_uint()
+    while libc.pthread_key_create(ctypes.byref(key), None) == 0:
+        pass
+    m = load_compiled(base / "compiled", threads=2)
+    want = reference(x())
+    close(m(x()), want)
+    got = []
+    workers = [threading.Thread(target=lambda: got.append(m(x()))) for _ in range(4)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    assert len(got) == 4
+    for y in got:
+        close(y, want)
+
+
+def case_library_unloaded_while_a_thread_that_used_it_lives(base, tmp):
+    """A C program that dlcloses a model library while a thread that called it still runs:
+    that thread's exit must not call the library's scratch destructor, which is unmapped."""
+    m = load_compiled(base / "compiled")
+    called, release = threading.Event(), threading.Event()
+
+    def worker():
+        close(m(x()), reference(x()))
+        called.set()
+        release.wait()
+
+    t = threading.Thread(target=worker)
+    t.start()
+    called.wait()
+    libc = ctypes.CDLL(None)
+    libc.dlclose.argtypes = [ctypes.c_void_p]
+    assert libc.dlclose(m._lib._handle) == 0
+    assert str(m.lib_path) not in Path("/proc/self/maps").read_text()
+    release.set()
+    t.join()
 
 
 # -- arguments ---------------------------------------------------------------------------------------------

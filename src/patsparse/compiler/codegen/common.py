@@ -57,26 +57,39 @@ HELPERS = r"""
 /* Per-thread scratch arenas shared by every kernel of the library (kernels run one after
    another on the calling thread, so the largest request sizes each). Two per thread: the team
    arena (a calling thread's, shared with its team) and the private one (a thread's own).
-   Freed when the thread exits. */
+   They hang off a thread-local pointer; one pthread key per library only frees them when the
+   thread exits. Keys are few per process (PTHREAD_KEYS_MAX, 1024 with glibc) and a library
+   loaded by ctypes is never unloaded, so a process that loads about a thousand models has none
+   left: the arenas then still work, and a thread's are reclaimed when the process ends. (A failed
+   key creation leaves the key variable 0, which another library owns: it is never used then.)
+   Unloading the library deletes its key, so no destructor runs in unmapped code. */
 typedef struct { float *p; size_t n; } ps_arena_t;
-static pthread_key_t ps_arena_key, ps_private_key;
+typedef struct { ps_arena_t team, priv; } ps_arenas_t;
+static __thread ps_arenas_t *ps_arenas;
+static pthread_key_t ps_arena_key;
+static int ps_arena_keyed;
 static pthread_once_t ps_arena_once = PTHREAD_ONCE_INIT;
-static void ps_arena_free(void *a) { if (a) { free(((ps_arena_t *)a)->p); free(a); } }
-static void ps_arena_init(void) {
-    pthread_key_create(&ps_arena_key, ps_arena_free);
-    pthread_key_create(&ps_private_key, ps_arena_free);
+static void ps_arenas_free(void *v) {
+    ps_arenas_t *t = v;
+    if (t) { free(t->team.p); free(t->priv.p); free(t); }
+}
+static void ps_arena_init(void) { ps_arena_keyed = pthread_key_create(&ps_arena_key, ps_arenas_free) == 0; }
+__attribute__((destructor)) static void ps_arena_fini(void) {
+    if (ps_arena_keyed) pthread_key_delete(ps_arena_key);
 }
 static void ps_oom(const char *who, size_t bytes) {
     fprintf(stderr, "patsparse: kernel %s could not allocate %zu bytes of scratch\n", who, bytes);
     abort();
 }
-static float *ps_arena(const pthread_key_t *key, size_t nfloats, const char *who) {
-    pthread_once(&ps_arena_once, ps_arena_init);
-    ps_arena_t *a = pthread_getspecific(*key);
-    if (!a) {
-        if (!(a = calloc(1, sizeof *a))) ps_oom(who, sizeof *a);
-        pthread_setspecific(*key, a);
+static ps_arenas_t *ps_thread_arenas(const char *who) {
+    if (!ps_arenas) {
+        pthread_once(&ps_arena_once, ps_arena_init);
+        if (!(ps_arenas = calloc(1, sizeof *ps_arenas))) ps_oom(who, sizeof *ps_arenas);
+        if (ps_arena_keyed) pthread_setspecific(ps_arena_key, ps_arenas);
     }
+    return ps_arenas;
+}
+static float *ps_arena(ps_arena_t *a, size_t nfloats, const char *who) {
     if (a->n < nfloats) {
         size_t bytes = (nfloats * sizeof(float) + 63) / 64 * 64;
         free(a->p);
@@ -89,13 +102,13 @@ static float *ps_arena(const pthread_key_t *key, size_t nfloats, const char *who
 /* inside a team: the calling thread's (thread 0's) arena, shared with the team */
 static float *ps_team_scratch(size_t nfloats, const char *who) {
     ps_sync *s = ps_team_sync;
-    if (!s || ps_team_nt <= 1) return ps_arena(&ps_arena_key, nfloats, who);
-    if (omp_get_thread_num() == 0) s->scr = ps_arena(&ps_arena_key, nfloats, who);
+    if (!s || ps_team_nt <= 1) return ps_arena(&ps_thread_arenas(who)->team, nfloats, who);
+    if (omp_get_thread_num() == 0) s->scr = ps_arena(&ps_thread_arenas(who)->team, nfloats, who);
     ps_barrier();
     return s->scr;
 }
 #define PS_SCRATCH(var, nfloats, who) float *var = ps_team_scratch((nfloats), (who))
-#define PS_PRIVATE(var, nfloats, who) float *var = ps_arena(&ps_private_key, (nfloats), (who))
+#define PS_PRIVATE(var, nfloats, who) float *var = ps_arena(&ps_thread_arenas(who)->priv, (nfloats), (who))
 #endif
 """
 
