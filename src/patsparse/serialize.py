@@ -148,6 +148,17 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> Any:
     return model.eval()
 
 
+def stored_normalization(norm: Any, where: str, channels: int) -> dict | None:
+    """A ``normalization`` field a file stores (a compiled model's manifest, an ONNX file's
+    metadata): None when absent, else an object :func:`checked_normalization` accepts; anything
+    else is a FormatError naming ``where``."""
+    if norm is None:
+        return None
+    if not isinstance(norm, dict):
+        raise FormatError(f"{where} must be an object with mean and std, got {norm!r}")
+    return checked_normalization(norm, where, FormatError, channels)
+
+
 def checked_normalization(obj: Any, where: str, err: type[Exception] = FormatError,
                           channels: int | None = None) -> dict | None:
     """``{"mean": [...], "std": [...]}`` (per-channel floats, std > 0) from ``obj``'s keys
