@@ -28,6 +28,7 @@ import patsparse as ps
 from patsparse.checkpoint import sha256
 from patsparse.cli import main as cli_main
 from patsparse.compiler.package import load_compiled
+from patsparse.compiler.runtime import aligned_empty
 from patsparse.errors import BuildError, FormatError, InputError, UnsupportedError
 
 SHAPE = (3, 8, 8)
@@ -619,23 +620,32 @@ def case_no_pthread_keys_left(base, tmp):
 
 
 def case_library_unloaded_while_a_thread_that_used_it_lives(base, tmp):
-    """A C program that dlcloses a model library while a thread that called it still runs:
-    that thread's exit must not call the library's scratch destructor, which is unmapped."""
+    """A C program dlcloses a model library while a thread that called it still runs: that
+    thread's exit must not run code of the unloaded library (a thread-exit destructor would)."""
     m = load_compiled(base / "compiled")
+    shutil.copy(m.lib_path, tmp / "libmodel.so")  # an instance of its own, which dlclose unloads
+    lib = ctypes.CDLL(str(tmp / "libmodel.so"))
+    lib.ps_forward.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
+                               ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
+    inp = x().numpy()
+    out = np.empty((len(inp), *m.output_shape), np.float32)
+    ws = aligned_empty(m.manifest["workspace_floats"])
     called, release = threading.Event(), threading.Event()
 
     def worker():
-        close(m(x()), reference(x()))
+        lib.ps_forward(inp.ctypes.data, out.ctypes.data, len(inp), ws.ctypes.data, m._blob.ctypes.data,
+                       m.threads, None)
         called.set()
         release.wait()
 
     t = threading.Thread(target=worker)
     t.start()
     called.wait()
+    close(out, reference(x()))
     libc = ctypes.CDLL(None)
     libc.dlclose.argtypes = [ctypes.c_void_p]
-    assert libc.dlclose(m._lib._handle) == 0
-    assert str(m.lib_path) not in Path("/proc/self/maps").read_text()
+    assert libc.dlclose(lib._handle) == 0
+    assert str(tmp / "libmodel.so") not in Path("/proc/self/maps").read_text()
     release.set()
     t.join()
 
