@@ -9,12 +9,14 @@ model and an ONNX file of one small network.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import pickle
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +28,7 @@ import patsparse as ps
 from patsparse.checkpoint import sha256
 from patsparse.cli import main as cli_main
 from patsparse.compiler.package import load_compiled
+from patsparse.compiler.runtime import aligned_empty
 from patsparse.errors import BuildError, FormatError, InputError, UnsupportedError
 
 SHAPE = (3, 8, 8)
@@ -591,6 +594,60 @@ def case_cache_holds_a_different_library(base, tmp):
                            capture_output=True, text=True, check=True).stdout.strip()
     shutil.copy(base / "other" / "libmodel.so", built)  # not loaded in this process: no SIGBUS
     expect(FormatError, ps.load, base / "compiled", match="does not belong")
+
+
+def case_no_pthread_keys_left(base, tmp):
+    """A process that has loaded about a thousand models has no pthread keys left (ctypes never
+    unloads a library, and the key limit is per process): a model loaded then still computes,
+    in a team and from threads that start and exit. A library that used the key variable a
+    failed creation left behind (0, the interpreter's own) wrote into Python's thread state."""
+    libc = ctypes.CDLL(None)
+    key = ctypes.c_uint()
+    while libc.pthread_key_create(ctypes.byref(key), None) == 0:
+        pass
+    m = load_compiled(base / "compiled", threads=2)
+    want = reference(x())
+    close(m(x()), want)
+    got = []
+    workers = [threading.Thread(target=lambda: got.append(m(x()))) for _ in range(4)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    assert len(got) == 4
+    for y in got:
+        close(y, want)
+
+
+def case_library_unloaded_while_a_thread_that_used_it_lives(base, tmp):
+    """A C program dlcloses a model library while a thread that called it still runs: that
+    thread's exit must not run code of the unloaded library (a thread-exit destructor would)."""
+    m = load_compiled(base / "compiled")
+    shutil.copy(m.lib_path, tmp / "libmodel.so")  # an instance of its own, which dlclose unloads
+    lib = ctypes.CDLL(str(tmp / "libmodel.so"))
+    lib.ps_forward.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
+                               ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
+    inp = x().numpy()
+    out = np.empty((len(inp), *m.output_shape), np.float32)
+    ws = aligned_empty(m.manifest["workspace_floats"])
+    called, release = threading.Event(), threading.Event()
+
+    def worker():
+        lib.ps_forward(inp.ctypes.data, out.ctypes.data, len(inp), ws.ctypes.data, m._blob.ctypes.data,
+                       m.threads, None)
+        called.set()
+        release.wait()
+
+    t = threading.Thread(target=worker)
+    t.start()
+    called.wait()
+    close(out, reference(x()))
+    libc = ctypes.CDLL(None)
+    libc.dlclose.argtypes = [ctypes.c_void_p]
+    assert libc.dlclose(lib._handle) == 0
+    assert str(tmp / "libmodel.so") not in Path("/proc/self/maps").read_text()
+    release.set()
+    t.join()
 
 
 # -- arguments ---------------------------------------------------------------------------------------------

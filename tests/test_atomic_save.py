@@ -70,9 +70,19 @@ def test_pruned_model_save_survives_kills(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
 
 
-def test_compiled_model_save_survives_kills(tmp_path):
+@pytest.mark.parametrize("target", ["cpu", "opencl"])
+def test_compiled_model_save_survives_kills(tmp_path, target):
+    if target == "opencl":
+        pytest.importorskip("pyopencl", reason="pyopencl is not installed")
+        from patsparse.compiler.opencl.device import list_devices
+
+        try:
+            list_devices()
+        except ps.UnsupportedError as e:
+            pytest.skip(f"no OpenCL platform on this machine: {e}")
     x = torch.randn(2, 3, 6, 6)
-    a, b = (ps.compile(net(s), torch.zeros(1, 3, 6, 6), threads=1) for s in (1, 2))
+    a, b = (ps.compile(net(s), torch.zeros(1, 3, 6, 6), threads=1, target=None if target == "cpu" else target)
+            for s in (1, 2))
     want = [m(x).numpy() for m in (a, b)]
     path = tmp_path / "c"
     rng = random.Random(1)

@@ -139,6 +139,22 @@ def test_native_export_runs_here_with_and_without_openmp(tmp_path):
     check(build_and_run(out, x, make_args=("OPENMP=-Inoomp -Wno-unknown-pragmas",)), m, x)
 
 
+def test_header_states_the_input_normalisation(tmp_path):
+    """A model trained on normalised input says so in model.h, as C a program can use; one
+    that states none says that instead of leaving the reader to guess."""
+    m, x = sparse_opsnet(), torch.zeros(1, 3, 16, 16)
+    m.patsparse_normalization = {"mean": [0.5, 0.25, 1e-05], "std": [0.2, 0.3, 2.0]}
+    header = (ps.export(m, x, tmp_path / "a") / "model.h").read_text()
+    assert "#define PS_MODEL_INPUT_MEAN {0.5f, 0.25f, 1e-05f}" in header
+    assert "#define PS_MODEL_INPUT_STD {0.2f, 0.3f, 2.0f}" in header
+    (tmp_path / "use.c").write_text('#include "model.h"\nconst float mean[] = PS_MODEL_INPUT_MEAN, '
+                                    'std[] = PS_MODEL_INPUT_STD;\n_Static_assert(sizeof mean == 3 * sizeof(float), "");\n')
+    subprocess.run(["gcc", "-fsyntax-only", "-Werror", "-I", str(tmp_path / "a"), str(tmp_path / "use.c")], check=True)
+    del m.patsparse_normalization
+    header = (ps.export(m, x, tmp_path / "b") / "model.h").read_text()
+    assert "states no input normalisation" in header and "PS_MODEL_INPUT_MEAN" not in header
+
+
 def test_bad_input_is_refused_before_anything_is_written(tmp_path):
     m, x = sparse_opsnet(), torch.zeros(1, 3, 16, 16)
     with pytest.raises(InputError, match="unknown target 'mips'.*aarch64-linux-gnu"):

@@ -16,7 +16,7 @@ from torch import nn
 import patsparse as ps
 from patsparse import models
 from patsparse.cli import main
-from patsparse.errors import InputError, UnsupportedError
+from patsparse.errors import FormatError, InputError, UnsupportedError
 from patsparse.pruning.projection import project_model
 from test_compiler import randomize_bn
 
@@ -100,6 +100,20 @@ def test_metadata_records_sparsity_shape_and_normalisation(tmp_path):
     del model.patsparse_normalization
     path = ps.to_onnx(model, torch.randn(1, 1, 28, 28), tmp_path / "m3.onnx")
     assert "patsparse.normalization" not in metadata(path)
+
+
+def test_compiling_the_onnx_file_keeps_its_normalisation(tmp_path):
+    """The normalisation to_onnx records travels on when the file is compiled or exported."""
+    model = random_pruned("convnet", 0.5, 4.0, 0, in_channels=1)
+    model.patsparse_normalization = {"mean": [0.286], "std": [0.353]}
+    path = ps.to_onnx(model, torch.randn(1, 1, 28, 28), tmp_path / "m.onnx")
+    assert ps.compile(path, threads=1).manifest["normalization"] == model.patsparse_normalization
+    assert "#define PS_MODEL_INPUT_STD {0.353f}" in (ps.export(path, out_dir=tmp_path / "c") / "model.h").read_text()
+    proto = onnx.load(str(path))
+    onnx.helper.set_model_props(proto, {"patsparse.normalization": '{"mean": [0.2], "std": [-1]}'})
+    onnx.save(proto, str(tmp_path / "bad.onnx"))
+    with pytest.raises(FormatError, match="bad.onnx: metadata patsparse.normalization"):
+        ps.compile(tmp_path / "bad.onnx", threads=1)
 
 
 def test_bad_arguments_are_named(tmp_path):

@@ -2,6 +2,7 @@
 the zoo models, random networks, schedules, tuning, save/load, and the errors of bad input."""
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -245,6 +246,19 @@ def test_save_load_round_trip_and_tampering(opsnet, tmp_path):
         load(d)
     (d / "manifest.json").write_text('{"format": "something-else"}')
     with pytest.raises(FormatError, match="not an OpenCL-compiled"):
+        load(d)
+
+
+def test_the_input_normalisation_travels_through_save_and_load(tmp_path):
+    m = sparse_opsnet()
+    m.patsparse_normalization = {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.25]}
+    cm = ps.compile(m, torch.zeros(1, 3, 16, 16), target="opencl")
+    assert cm.manifest["normalization"] == m.patsparse_normalization
+    d = cm.save(tmp_path / "m.ocl")
+    assert ps.load(d).manifest["normalization"] == m.patsparse_normalization
+    man = json.loads((d / "manifest.json").read_text())
+    (d / "manifest.json").write_text(json.dumps({**man, "normalization": {"mean": [0.5], "std": [1.0]}}))
+    with pytest.raises(FormatError, match="normalization.*one per input channel"):
         load(d)
 
 

@@ -100,8 +100,7 @@ SPECIALS = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 2
                          -100.0, 100.0, 1e-3, -1e-3, 88.0, -88.0, 6.0, -6.0, 0.5])
 
 
-# relu and relu6 keep the shared prelude's forms, which return 0 for NaN (fixed elsewhere)
-@pytest.mark.parametrize("name", sorted(set(ACTS) - {"relu", "relu6"}))
+@pytest.mark.parametrize("name", sorted(ACTS))
 def test_activation_nan_inf_like_pytorch(name):
     """Standalone on the input (every special value in every lane position) and fused into a
     conv whose bias is a special value: NaN stays NaN and Inf maps as PyTorch maps it."""
@@ -125,6 +124,39 @@ def test_activation_nan_inf_like_pytorch(name):
         want = torch.where(conv(x) == float("inf"), conv(x), want)
     torch.testing.assert_close(torch.as_tensor(ps.compile(m, x, threads=2)(x)), want, equal_nan=True,
                                atol=1e-6, rtol=1e-5)
+
+
+def _special_bias(layer: nn.Module) -> nn.Module:
+    layer.bias.data.copy_(SPECIALS)
+    return layer
+
+
+N = SPECIALS.numel()
+# one network per kernel family whose epilogue (bias, activation) sees every special value
+# (the fused 1x1 + depthwise kernel only runs on tensors of a MB: test_pw_dw.py)
+EPILOGUES = {
+    "conv2d": (3, lambda: [_special_bias(nn.Conv2d(3, N, 3, padding=1)), nn.ReLU6()]),
+    "pattern_conv": (3, lambda: [nn.Conv2d(3, 8, 1), _special_bias(_prune_3x3(nn.Conv2d(8, N, 3, padding=1))),
+                                 nn.ReLU6()]),
+    "depthwise": (N, lambda: [_special_bias(nn.Conv2d(N, N, 3, padding=1, groups=N)), nn.ReLU6()]),
+    "conv_pool": (3, lambda: [_special_bias(nn.Conv2d(3, N, 3, padding=1)), nn.ReLU6(), nn.MaxPool2d(2)]),
+    "linear": (3, lambda: [nn.Flatten(), _special_bias(nn.Linear(3 * 64, N)), nn.ReLU6()]),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(EPILOGUES))
+def test_every_kernel_epilogue_keeps_nan_and_inf_as_pytorch(kind):
+    """A special bias (NaN, +-Inf, -0.0, values around 6) through each kernel family's fused
+    epilogue: NaN stays NaN, Inf maps as PyTorch maps it."""
+    channels, layers = EPILOGUES[kind]
+    torch.manual_seed(0)
+    m = nn.Sequential(*layers()).eval()
+    x = torch.randn(2, channels, 8, 8)
+    with torch.no_grad():
+        want = m(x)
+    cm = ps.compile(m, x[:1], threads=2)
+    assert kind in {layer["kernel"] for layer in cm.manifest["layers"]}
+    torch.testing.assert_close(torch.as_tensor(cm(x)), want, equal_nan=True, atol=1e-5, rtol=1e-5)
 
 
 class Functional(nn.Module):

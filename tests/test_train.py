@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -144,6 +146,87 @@ def test_saved_model_reloads(loaders, tmp_path):
     (tmp_path / "model.json").write_text(json.dumps({**meta, "model": {**spec, "name": "resnet8"}}))
     with pytest.raises(FormatError, match="does not match the model architecture"):
         load_trained(tmp_path)
+
+
+def _flip_last_byte(path):
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01  # the low bit of the last weight: a value that still looks plausible
+    path.write_bytes(bytes(data))
+
+
+def test_saved_weights_and_checkpoints_are_hashed(loaders, tmp_path):
+    """A flipped bit in the run's model or checkpoint is an error naming the file, not a weight."""
+    import patsparse as ps
+
+    train, test = loaders
+    meta = {"model": {"name": "convnet", "num_classes": 10, "in_channels": 1, "width": 0.5, "variant": "cifar"}}
+    config = TrainConfig(epochs=1, lr=0.05, progress=False)
+    fit(_model(), train, test, config, tmp_path, meta=meta)
+    _flip_last_byte(tmp_path / "model.safetensors")
+    for load in (load_trained, ps.load):
+        with pytest.raises(FormatError, match=r"model.safetensors does not match the hash"):
+            load(tmp_path)
+    state = json.loads((tmp_path / "checkpoint.json").read_text())
+    _flip_last_byte(tmp_path / state["tensors"])
+    with pytest.raises(FormatError, match=Path(state["tensors"]).name + " does not match the hash"):
+        fit(_model(), train, test, config, tmp_path, resume=True, meta=meta)
+    (tmp_path / "checkpoint.json").write_text(json.dumps({**state, "tensors_sha256": 7}))
+    with pytest.raises(FormatError, match="checkpoint.json: tensors_sha256 must be a hex SHA-256"):
+        fit(_model(), train, test, config, tmp_path, resume=True, meta=meta)
+
+
+def _train_until_replace(k, killed_log, *args, **kw):
+    """In a forked child: train, and die (SIGKILL: no cleanup) just before the ``k``-th file the
+    run renames into place, after logging that file's name; exit 0 if training ends first."""
+    real = os.replace
+
+    def replace(src, dst, count=[0]):
+        count[0] += 1
+        if count[0] == k:
+            with open(killed_log, "a") as f:
+                f.write(Path(dst).name + "\n")
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(src, dst)
+
+    os.replace = replace
+    try:
+        fit(*args, **kw)
+    finally:
+        os._exit(0)
+
+
+def test_a_run_killed_before_any_write_resumes_exactly(tmp_path):
+    """For every file a run replaces (each checkpoint's tensors and pointer, the metrics, the
+    model's weights and description), a run is killed just before that write and resumed: it
+    ends equal to an uninterrupted run, its model loads with its hash checked, and no temporary
+    file is left behind."""
+    train, test = get_loaders("digits", batch_size=32, subset=64, seed=0)  # 2 batches per epoch
+    meta = {"model": {"name": "convnet", "num_classes": 10, "in_channels": 1, "width": 0.5, "variant": "cifar"}}
+    config = TrainConfig(epochs=2, lr=0.003, optimizer="adam", checkpoint_minutes=0.0, progress=False)
+    reference = _model()
+    fit(reference, train, test, config, tmp_path / "reference", meta=meta)
+    want = _weights(reference)
+    log = tmp_path / "killed.txt"
+    for k in range(1, 100):
+        run = tmp_path / f"killed-{k}"
+        pid = os.fork()
+        if pid == 0:
+            _train_until_replace(k, log, _model(), train, test, config, run, meta=meta)
+        _, status = os.waitpid(pid, 0)
+        if not os.WIFSIGNALED(status):
+            break
+        resumed = _model()
+        fit(resumed, train, test, config, run, resume=True, meta=meta)
+        loaded, saved = load_trained(run)
+        assert saved["epoch"] == 2, f"killed before write {k}: model.json describes epoch {saved['epoch']}"
+        for got in (_weights(resumed), _weights(loaded)):
+            assert all(torch.equal(want[n], got[n]) for n in want), f"killed before write {k}"
+        lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        assert [x["epoch"] for x in lines] == [1, 2], f"killed before write {k}"
+        assert not list(run.rglob("*.tmp")), f"killed before write {k}"
+    killed = log.read_text().split()
+    assert {"model.json", "model.safetensors", "checkpoint.json", "metrics.jsonl"} <= set(killed), killed
+    assert any(name.startswith("ckpt-") for name in killed), killed
 
 
 def test_optimizer_state_round_trip_without_pickle():

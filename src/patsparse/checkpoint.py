@@ -24,7 +24,8 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_bytes
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_bytes
 
 from .errors import FormatError, InputError
 
@@ -32,10 +33,14 @@ FORMAT_VERSION = 1
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see either the old file or the whole new one."""
+    """Write ``data`` to ``path`` so readers see either the old file or the whole new one.
+
+    The temporary file beside it is named after the writing process, so the leftovers of a
+    writer that was killed can be told from a live one's (:func:`remove_dead_temporaries`).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -86,19 +91,34 @@ def saved_dir(path: str | os.PathLike) -> Path:
     return path
 
 
+def _dead(pid: str) -> bool:
+    """Whether ``pid`` (a writer's process id, from a temporary name) no longer runs."""
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        pass
+    return False
+
+
+def remove_dead_temporaries(directory: str | os.PathLike) -> None:
+    """Delete the temporary files in ``directory`` of :func:`atomic_write_bytes` calls whose process
+    was killed mid-write (a live writer's are kept): a run killed many times must not fill the disk."""
+    for tmp in Path(directory).glob(".*.tmp"):
+        pid = tmp.name[:-len(".tmp")].rpartition("-")[0].rpartition(".")[2]
+        if _dead(pid):
+            tmp.unlink(missing_ok=True)
+
+
 def _remove_dead_writers(path: Path) -> None:
     """Delete the half-written directories of saves to ``path`` whose process no longer exists
     (killed mid-write); a save still running in another process keeps its own."""
     for tmp in path.parent.glob(f".{path.name}.new-*"):
-        pid = tmp.name[len(f".{path.name}.new-"):].partition("-")[0]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
+        if _dead(tmp.name[len(f".{path.name}.new-"):].partition("-")[0]):
             shutil.rmtree(tmp, ignore_errors=True)
-        except OSError:
-            pass
 
 
 def replace_dir(path: str | os.PathLike, write: Callable[[Path], None], owned: Iterable[str],
@@ -166,24 +186,25 @@ def read_json(path: str | os.PathLike, what: str = "metadata") -> Any:
 
 
 def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor],
-                 metadata: Mapping[str, str] | None = None) -> None:
-    """Atomically save a flat name->tensor mapping as safetensors (contiguous CPU copies)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp,
-                  metadata=dict(metadata) if metadata else None)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+                 metadata: Mapping[str, str] | None = None) -> str:
+    """Atomically save a flat name->tensor mapping as safetensors (contiguous CPU copies).
+
+    Returns the SHA-256 of the file written (header and data): what its metadata stores, so
+    that :func:`load_tensors` refuses the file after a flipped bit or a partial copy.
+    """
+    data = save_bytes({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+                      metadata=dict(metadata) if metadata else None)
+    atomic_write_bytes(path, data)
+    return sha256(data)
+
+
+def stored_sha256(meta: Any, key: str, where: str) -> str | None:
+    """The hash ``meta[key]`` holds for a tensor file, None when absent (files written before
+    hashes were stored); anything but a hex SHA-256 is a FormatError naming ``where``."""
+    sha = meta.get(key) if isinstance(meta, dict) else None
+    if sha is not None and not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
+        raise FormatError(f"{where}: {key} must be a hex SHA-256 string, got {sha!r}")
+    return sha
 
 
 def load_tensors(path: str | os.PathLike, what: str = "checkpoint",

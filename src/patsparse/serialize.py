@@ -43,7 +43,7 @@ from torch import nn
 
 from . import __version__
 from .checkpoint import (check_state_dict, load_tensors, read_json, replace_dir, save_tensors, saved_dir,
-                         sha256, write_json)
+                         stored_sha256, write_json)
 from .errors import FormatError, InputError
 from .pruning.spec import check_weights, spec_from_json, spec_to_json
 
@@ -93,10 +93,10 @@ def save(obj: Any, path: str | os.PathLike, arch: dict | None = None,
     recipe = getattr(obj, "patsparse_recipe", None)
 
     def write(d: Path) -> None:
-        save_tensors(d / WEIGHTS, obj.state_dict())
+        sha = save_tensors(d / WEIGHTS, obj.state_dict())
         write_json(d / META, {"format": MODEL_FORMAT, "version": MODEL_VERSION, "patsparse_version": __version__,
                               "class": type(obj).__name__, "model": arch, "input_shape": shape,
-                              "weights_sha256": sha256((d / WEIGHTS).read_bytes()),
+                              "weights_sha256": sha,
                               "spec": None if spec is None else spec_to_json(spec), **(norm or {})})
         if recipe is not None:
             recipe.save(d / RECIPE)
@@ -139,10 +139,7 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> Any:
             model = models.get(**arch)
         except TypeError as e:
             raise FormatError(f"{path / META}: model {arch} does not build a zoo model: {e}") from None
-    sha = meta.get("weights_sha256")
-    if sha is not None and not isinstance(sha, str):
-        raise FormatError(f"{path / META}: weights_sha256 must be a string, got {sha!r}")
-    tensors = load_tensors(path / WEIGHTS, "model weights", sha=sha)
+    tensors = load_tensors(path / WEIGHTS, "model weights", sha=stored_sha256(meta, "weights_sha256", str(path / META)))
     check_state_dict(model, tensors, str(path / WEIGHTS))
     model.load_state_dict(tensors)
     if meta.get("spec") is not None:
@@ -157,6 +154,17 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> Any:
     if norm is not None:
         model.patsparse_normalization = norm
     return model.eval()
+
+
+def stored_normalization(norm: Any, where: str, channels: int) -> dict | None:
+    """A ``normalization`` field a file stores (a compiled model's manifest, an ONNX file's
+    metadata): None when absent, else an object :func:`checked_normalization` accepts; anything
+    else is a FormatError naming ``where``."""
+    if norm is None:
+        return None
+    if not isinstance(norm, dict):
+        raise FormatError(f"{where} must be an object with mean and std, got {norm!r}")
+    return checked_normalization(norm, where, FormatError, channels)
 
 
 def checked_normalization(obj: Any, where: str, err: type[Exception] = FormatError,

@@ -7,6 +7,7 @@ CompiledModel. Every unsupported op is reported before any code is generated.
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from pathlib import Path
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import FormatError, InputError, UnsupportedError
+from ..serialize import checked_normalization, stored_normalization
 from .build import compile_c, toolchain_fingerprint
 from .capture import capture_onnx, capture_torch
 from .codegen.graph import SYNC_FLOATS, emit_model, generate_kernels, pack_blob
@@ -54,6 +56,26 @@ def capture(model_or_onnx_path: Any, example_input: Any = None) -> Graph:
     g = run_passes(g)
     g.origin = origin  # type: ignore[attr-defined]
     return g
+
+
+def input_normalization(model_or_onnx_path: Any, channels: int) -> dict | None:
+    """The input normalisation a model states, checked: an nn.Module's ``patsparse_normalization``
+    (``patsparse.load`` of a trained or pruned model) or an ONNX file's
+    ``patsparse.normalization`` metadata (``patsparse.to_onnx``); None when it states none.
+    Why: a compiled or exported model must say what its input is expected to be."""
+    if isinstance(model_or_onnx_path, (str, os.PathLike)):
+        import onnx
+
+        where = f"{model_or_onnx_path}: metadata patsparse.normalization"
+        model = onnx.load(str(model_or_onnx_path), load_external_data=False)
+        text = {p.key: p.value for p in model.metadata_props}.get("patsparse.normalization")
+        try:
+            return None if text is None else stored_normalization(json.loads(text), where, channels)
+        except ValueError:
+            raise FormatError(f"{where} is not JSON") from None
+    norm = getattr(model_or_onnx_path, "patsparse_normalization", None)
+    return None if norm is None else checked_normalization(norm, "model.patsparse_normalization", InputError,
+                                                           channels)
 
 
 def runnable_here(target: str | Target | None) -> Target:
@@ -171,11 +193,10 @@ def compile(model_or_onnx_path: Any, example_input: Any = None, *, threads: int 
     "opencl" (or ``opencl.opencl_target(device)``) an OpenCLModel on an OpenCL device (the
     first GPU, else the first device; $PATSPARSE_OPENCL_DEVICE picks another; ``threads`` and
     ``cache_dir`` do not apply). Either is called the same way: ``y = cm(x)``, ``cm.save(dir)``.
-    The input normalisation a model carries (``patsparse_normalization``, from ``patsparse.load``
-    of a trained or pruned model) goes into the manifest: the compiled model computes on
-    normalised input, and ``cm.manifest["normalization"]`` says which. A ``QuantizedModel``
-    (``patsparse.quantize``) compiles to int8 kernels that compute exactly what it computes
-    (``tune`` does not apply; docs/COMPILER.md, "int8 inference").
+    The input normalisation a model states (``input_normalization``) goes into the manifest:
+    the compiled model computes on normalised input, and ``cm.manifest["normalization"]`` says
+    which. A ``QuantizedModel`` (``patsparse.quantize``) compiles to int8 kernels that compute
+    exactly what it computes (``tune`` does not apply; docs/COMPILER.md, "int8 inference").
     ``strict``: an op the compiler cannot generate is an UnsupportedError naming it; otherwise
     (CPU targets) it runs in PyTorch, or ONNX Runtime for an ONNX file, between compiled
     segments, with a warning: a ``fallback.PartitionedModel`` whose ``report()`` says what fell
@@ -192,7 +213,8 @@ def compile(model_or_onnx_path: Any, example_input: Any = None, *, threads: int 
         from .opencl import build_opencl  # needs pyopencl (optional) only when used
 
         g = capture(model_or_onnx_path, example_input)
-        return build_opencl(g, target=t, tune=tune, origin=getattr(g, "origin", ""))
+        return build_opencl(g, target=t, tune=tune, origin=getattr(g, "origin", ""),
+                            normalization=input_normalization(model_or_onnx_path, g.input_shape[0]))
     t = runnable_here(t)
     try:
         g = capture(model_or_onnx_path, example_input)
@@ -201,10 +223,6 @@ def compile(model_or_onnx_path: Any, example_input: Any = None, *, threads: int 
             raise
         return _partitioned(model_or_onnx_path, example_input, lambda g: build_from_graph(
             g, threads=threads, tune=tune, cache_dir=cache_dir, origin=getattr(g, "origin", ""), target=t))
-    norm = getattr(model_or_onnx_path, "patsparse_normalization", None)
-    if norm is not None:
-        from ..serialize import checked_normalization
-
-        norm = checked_normalization(norm, "compile: model.patsparse_normalization", InputError, g.input_shape[0])
+    norm = input_normalization(model_or_onnx_path, g.input_shape[0])
     return build_from_graph(g, threads=threads, tune=tune, cache_dir=cache_dir,
                             origin=getattr(g, "origin", ""), target=t, normalization=norm)

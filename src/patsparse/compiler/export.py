@@ -2,7 +2,8 @@
 
 The project (``out_dir``)::
 
-    model.h       the one entry point, ps_model_run, and the input/output sizes
+    model.h       the one entry point, ps_model_run, the input/output sizes and the input
+                  normalisation the model states (PS_MODEL_INPUT_MEAN / _STD), if any
     model.c       the generated code (one translation unit) and the entry point's glue
     weights.bin   the packed weights (pattern layers in FKW order): the magic "PSWEIGHT", a
                   little-endian uint64 count, then that many little-endian float32
@@ -27,7 +28,7 @@ import numpy as np
 
 from ..checkpoint import atomic_write_bytes
 from ..errors import InputError
-from .api import capture
+from .api import capture, input_normalization
 from .build import OPT_FLAGS
 from .codegen.graph import emit_model, generate_kernels, pack_blob
 from .codegen.plan import plan_graph
@@ -47,6 +48,7 @@ MODEL_H = """/* {what}
 #define PS_MODEL_OUTPUT_SHAPE {out_shape}
 #define PS_MODEL_INPUT_FLOATS {in_floats}L   /* floats per image */
 #define PS_MODEL_OUTPUT_FLOATS {out_floats}L
+{normalization}
 
 typedef struct ps_model ps_model;
 
@@ -231,6 +233,15 @@ clean:
 """
 
 
+def _normalization_c(norm: dict | None) -> str:
+    """model.h's statement of the input normalisation (compiler.api.input_normalization)."""
+    if norm is None:
+        return "/* The model states no input normalisation: feed it what it was trained on. */"
+    mean, std = (", ".join(f"{float(v)!r}f" for v in norm[k]) for k in ("mean", "std"))
+    return ("/* The network was trained on normalised input: feed it (x - mean) / std, per channel. */\n"
+            f"#define PS_MODEL_INPUT_MEAN {{{mean}}}\n#define PS_MODEL_INPUT_STD {{{std}}}")
+
+
 def _check_out_dir(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise InputError(f"export directory {out} exists and is not a directory")
@@ -254,6 +265,7 @@ def export(model_or_onnx_path: Any, example_input: Any = None, out_dir: str | os
     out = Path(out_dir)
     _check_out_dir(out, overwrite)
     g = capture(model_or_onnx_path, example_input)
+    norm = input_normalization(model_or_onnx_path, g.input_shape[0])
     plan = plan_graph(g, target=t, threads=threads)  # every unsupported op raises here
     generate_kernels(plan)
     blob = pack_blob(plan)
@@ -264,7 +276,8 @@ def export(model_or_onnx_path: Any, example_input: Any = None, out_dir: str | os
     files = {
         "model.h": MODEL_H.format(what=what, in_shape=", ".join(map(str, in_shape)),
                                   out_shape=", ".join(map(str, out_shape)),
-                                  in_floats=int(np.prod(in_shape)), out_floats=int(np.prod(out_shape))),
+                                  in_floats=int(np.prod(in_shape)), out_floats=int(np.prod(out_shape)),
+                                  normalization=_normalization_c(norm)),
         "model.c": f"/* {what} */\n#include \"model.h\"\n" + source + GLUE_C,
         "run_model.c": RUN_MODEL_C,
         "noomp/omp.h": NOOMP_H,

@@ -29,7 +29,7 @@ import numpy as np
 
 from ..checkpoint import read_json, saved_dir, sha256
 from ..errors import BuildError, FormatError, InputError
-from ..serialize import checked_normalization
+from ..serialize import stored_normalization
 from .api import build_plan, runnable_here
 from .codegen.graph import generate_kernels
 from .codegen.kernels import candidates, generate
@@ -73,7 +73,7 @@ def load_compiled(path: str | os.PathLike, *, threads: int | None = None, trust_
     gt = _tensors(_read(d, GRAPH_TENSORS, files), d / GRAPH_TENSORS)
     g = graph_from_file(gj, gt, str(d / GRAPH_JSON))
     _cross_check(man, g, d)
-    norm = _normalization(man, g, d)
+    norm = stored_normalization(man.get("normalization"), f"{d}/manifest.json: normalization", g.input_shape[0])
     threads = threads or saved_threads
     if trust_native_code:
         if files is None:
@@ -145,15 +145,6 @@ def _planned(g: Any, man: dict, d: Path, threads: int, target: Target) -> tuple[
         raise FormatError(f"{d}/manifest.json: its layer list does not match the graph's "
                           f"{len(plan.steps)} layers on {target.name}")
     return plan, portable
-
-
-def _normalization(man: dict, g: Any, d: Path) -> dict | None:
-    norm = man.get("normalization")
-    if norm is None:
-        return None
-    if not isinstance(norm, dict):
-        raise FormatError(f"{d}/manifest.json: normalization must be an object, got {norm!r}")
-    return checked_normalization(norm, f"{d}/manifest.json: normalization", FormatError, g.input_shape[0])
 
 
 def _rebuilt(g: Any, man: dict, d: Path, threads: int, norm: dict | None,

@@ -9,7 +9,10 @@ A run directory holds::
     model.safetensors, model.json   the latest end-of-epoch model, for later stages
 
 Every file is written atomically and checkpoint.json is replaced only after the tensors it
-points at are complete, so an interruption at any moment leaves the previous checkpoint intact.
+points at are complete (it stores their SHA-256, checked before they are parsed), so an
+interruption at any moment leaves the previous checkpoint intact; resuming writes
+metrics.jsonl and the model files again from it, so a kill between two of them is repaired,
+and deletes the temporary files of writes a kill cut short.
 
 Exactness: each epoch starts from a seed derived from (seed, epoch, rank) and the data order is
 a function of (seed, epoch), so resuming from an end-of-epoch checkpoint reproduces the
@@ -34,7 +37,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import FORMAT_VERSION, atomic_write_bytes, check_state_dict, load_tensors, read_json, \
-    save_tensors, write_json
+    remove_dead_temporaries, save_tensors, stored_sha256, write_json
 from ..data.loaders import ShuffleSampler
 from ..errors import FormatError, InputError
 from .artifacts import save_model
@@ -145,10 +148,11 @@ class _Run:
         if step:
             tensors.update(rng_to_tensors())
         rel = f"checkpoints/ckpt-e{epoch:04d}-s{step:06d}.safetensors"
-        save_tensors(self.dir / rel, tensors)
+        sha = save_tensors(self.dir / rel, tensors)
         write_json(self.pointer, {
             "format": CHECKPOINT_FORMAT, "version": FORMAT_VERSION, "epoch": epoch, "step": step,
-            "steps_per_epoch": self.steps_per_epoch, "tensors": rel, "config": asdict(self.config),
+            "steps_per_epoch": self.steps_per_epoch, "tensors": rel, "tensors_sha256": sha,
+            "config": asdict(self.config),
             "optimizer": opt_meta,
             "scheduler": json.loads(json.dumps(self.scheduler.state_dict())) if self.scheduler else None,
             "history": self.history, "meta": self.meta, "torch": torch.__version__})
@@ -159,7 +163,7 @@ class _Run:
     def restore(self) -> tuple[int, int]:
         state = read_json(self.pointer, "training checkpoint")
         src = str(self.pointer)
-        if state.get("format") != CHECKPOINT_FORMAT:
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise FormatError(f"{src} is not a patsparse training checkpoint")
         saved = state.get("config", {})
         now = asdict(self.config)
@@ -174,7 +178,8 @@ class _Run:
         if diff:
             raise InputError(f"cannot resume {self.dir}: the run differs from the checkpoint "
                              "(an exact continuation needs the same settings):\n  " + "\n  ".join(diff))
-        tensors = load_tensors(self.dir / state["tensors"], "training checkpoint")
+        tensors = load_tensors(self.dir / state["tensors"], "training checkpoint",
+                               sha=stored_sha256(state, "tensors_sha256", src))
         model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
         check_state_dict(unwrap(self.net), model_state, str(self.dir / state["tensors"]))
         unwrap(self.net).load_state_dict(model_state)
@@ -189,6 +194,10 @@ class _Run:
             else:
                 seed_everything(self.config.seed, epoch, step, self.ctx.rank)
         return epoch, step
+
+    def write_model(self, epoch: int) -> None:
+        """The run's model files as of the end of ``epoch`` (the last entry of the history)."""
+        save_model(self.dir, unwrap(self.net), {**self.meta, "epoch": epoch, "metrics": self.history[-1]})
 
     def write_metrics(self) -> None:
         lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.history)
@@ -241,7 +250,11 @@ def fit(model: nn.Module, train_loader, test_loader, config: TrainConfig, run_di
         say(f"no checkpoint in {run_dir}; starting from scratch", flush=True)
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        for d in (run_dir, run_dir / "checkpoints"):
+            remove_dead_temporaries(d)
         run.write_metrics()
+        if step == 0 and run.history:  # a kill between the model's two files left them apart
+            run.write_model(epoch)
     barrier()
 
     last_save = time.monotonic()
@@ -285,7 +298,7 @@ def fit(model: nn.Module, train_loader, test_loader, config: TrainConfig, run_di
         epoch, step = epoch + 1, 0
         if ctx.is_main:
             run.save(epoch, 0)
-            save_model(run_dir, unwrap(net), {**meta, "epoch": epoch, "metrics": record})
+            run.write_model(epoch)
             run.write_metrics()
             last_save = time.monotonic()
         barrier()

@@ -32,13 +32,14 @@ def lower(g: Graph, device: Any, schedules: dict[str, dict] | None = None, check
 
 
 def build_opencl(g: Graph, *, target: Target | str = "opencl", schedules: dict[str, dict] | None = None,
-                 tune: bool = False, origin: str = "") -> OpenCLModel:
+                 tune: bool = False, origin: str = "", normalization: dict | None = None) -> OpenCLModel:
     """Plan, (tune,) generate and build a portable fused graph (``compiler.api.capture``: no
     CPU lowering) for an OpenCL target.
 
     ``target``: "opencl" (the default device: first GPU, else first device, see
     device.open_device) or a Target from ``opencl_target`` (a chosen device). ``tune``:
-    measure each layer's candidate schedules on that device.
+    measure each layer's candidate schedules on that device. ``normalization``: the input
+    normalisation the model states, recorded in the manifest (``compiler.api.input_normalization``).
     """
     cl_device = target_device(get_target(target))
     gj, gt = g.to_json()  # before planning: the IR as captured and fused
@@ -54,5 +55,5 @@ def build_opencl(g: Graph, *, target: Target | str = "opencl", schedules: dict[s
                 "input_shape": list(g.input_shape), "output_shape": list(g.node(g.output).shape),
                 "target": "opencl", "device": describe_device(cl_device).name, "tuned": bool(tune),
                 "source_sha256": sha256(source.encode()), "weights_sha256": sha256(blob.astype("<f4").tobytes()),
-                "layers": layers}
+                "layers": layers, "normalization": normalization}
     return OpenCLModel(plan, source, blob, manifest, cl_device, (gj, gt))

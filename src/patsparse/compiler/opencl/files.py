@@ -1,7 +1,8 @@
 """Save and load an OpenCL-compiled model: a directory of JSON and raw tensors, never a pickle.
 
     manifest.json        format "patsparse-opencl", shapes, per-layer kernel and schedule,
-                         the device it was compiled on, sha256 of model.cl and weights.bin
+                         the device it was compiled on, the input normalisation (when
+                         known), sha256 of model.cl and weights.bin
     model.cl             the generated OpenCL C (for inspection: it is never built as read)
     weights.bin          the packed weights blob (raw little-endian float32)
     graph.json, graph.safetensors   the fused IR the model was generated from
@@ -10,7 +11,8 @@
 both against the manifest, and the files against it too: an edited kernel file, weight file or
 IR is a FormatError, never code that runs. Kernels are then built for the device at hand; a
 stored schedule that does not fit that device (work-group or local memory too large) is
-replaced by the device's default for that layer.
+replaced by the device's default for that layer. ``save`` writes a new directory and swaps it
+in, so a kill leaves the complete old model or the complete new one.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ...checkpoint import atomic_write_bytes, load_tensors, read_json, save_tensors, write_json
+from ...checkpoint import atomic_write_bytes, load_tensors, read_json, replace_dir, save_tensors, saved_dir, write_json
 from ...errors import FormatError
+from ...serialize import stored_normalization
 from ..ir import Graph
 from .api import FORMAT, FORMAT_VERSION, lower, sha256
 from .device import describe_device, open_device
@@ -30,19 +33,22 @@ from .runtime import OpenCLModel
 from .schedule import fits
 
 MANIFEST = "manifest.json"
+OWNED = (MANIFEST, "model.cl", "weights.bin", "graph.json", "graph.safetensors")
 
 
 def save(model: OpenCLModel, path: str | os.PathLike) -> Path:
-    """Write ``model``'s directory (see the module docstring)."""
-    d = Path(path)
-    d.mkdir(parents=True, exist_ok=True)
+    """Write ``model``'s directory (see the module docstring) in one atomic swap
+    (checkpoint.replace_dir): a kill leaves the complete old model or the complete new one."""
     gj, gt = model._graph
-    atomic_write_bytes(d / "model.cl", model.source.encode())
-    atomic_write_bytes(d / "weights.bin", model._blob_host.astype("<f4").tobytes())
-    write_json(d / "graph.json", gj)
-    save_tensors(d / "graph.safetensors", {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in gt.items()})
-    write_json(d / MANIFEST, model.manifest)
-    return d
+
+    def write(d: Path) -> None:
+        atomic_write_bytes(d / "model.cl", model.source.encode())
+        atomic_write_bytes(d / "weights.bin", model._blob_host.astype("<f4").tobytes())
+        write_json(d / "graph.json", gj)
+        save_tensors(d / "graph.safetensors", {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in gt.items()})
+        write_json(d / MANIFEST, model.manifest)
+
+    return replace_dir(path, write, OWNED)
 
 
 def _read(d: Path, name: str) -> bytes:
@@ -55,7 +61,7 @@ def _read(d: Path, name: str) -> bytes:
 def is_opencl_dir(path: str | os.PathLike) -> bool:
     """Whether ``path`` holds a model ``save`` wrote (its manifest says format patsparse-opencl):
     how ``patsparse.load`` and ``patsparse run`` tell it from a CPU-compiled model."""
-    man = Path(path) / MANIFEST
+    man = saved_dir(path) / MANIFEST
     if not man.is_file():
         return False
     fields = read_json(man, "compiled-model manifest")
@@ -64,7 +70,7 @@ def is_opencl_dir(path: str | os.PathLike) -> bool:
 
 def load(path: str | os.PathLike, device: str | int | None = None) -> OpenCLModel:
     """Reopen a directory written by ``save``, built for ``device`` (see device.open_device)."""
-    d = Path(path)
+    d = saved_dir(path)
     man = read_json(d / MANIFEST, "OpenCL compiled-model manifest")
     if not isinstance(man, dict) or man.get("format") != FORMAT:
         raise FormatError(f"{d}: {MANIFEST} is not an OpenCL-compiled patsparse model")
@@ -93,4 +99,6 @@ def load(path: str | os.PathLike, device: str | int | None = None) -> OpenCLMode
         man = {**man, "source_sha256": sha256(source.encode()), "weights_sha256": sha256(blob.astype("<f4").tobytes()),
                "layers": [{**layer, "schedule": s.kernel.schedule} for layer, s in zip(man["layers"], plan.steps)]}
     man["device"] = dev.name
+    man["normalization"] = stored_normalization(man.get("normalization"), f"{d / MANIFEST}: normalization",
+                                                g.input_shape[0])
     return OpenCLModel(plan, source, blob, man, cl_device, (gj, gt))
