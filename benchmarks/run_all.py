@@ -25,7 +25,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from benchmarks._report import REPO, command_line
+from benchmarks._report import REPO, command_line, md_table
 
 from patsparse.bench import report
 from patsparse.bench.engines import ENGINES
@@ -137,127 +137,184 @@ def _group(results: list[BenchResult]) -> dict[tuple[str, int], list[BenchResult
     return {k: sorted(v, key=lambda r: r.rate or 1.0) for k, v in groups.items()}
 
 
-def summary_table(results: list[BenchResult]) -> str:
-    """Engines x rates, median ms; then patsparse's speed-up over the fastest peer per rate."""
+def rate_table(results: list[BenchResult]) -> str:
+    """Engines x rates of one model and batch, median ms; then patsparse's speed-up per rate."""
     engines = list(dict.fromkeys(e.name for r in results for e in r.engines))
     labels = {e.name: e.label for r in results for e in r.engines}
-    head = ["engine"] + [rate_name(r.rate or 1.0) for r in results]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for name in engines:
         cells = []
         for r in results:
             e = next((x for x in r.engines if x.name == name), None)
             cells.append("-" if e is None else f"{e.median_ms:.2f}" if e.status == "ok" else e.status)
-        lines.append(f"| {labels[name]} | " + " | ".join(cells) + " |")
-    cells = []
+        rows.append([labels[name], *cells])
+    rows.append(["**patsparse speed-up over fastest peer**",
+                 *(f"{x:.2f}x" if (x := report.speedup(r)) else "-" for r in results)])
+    return md_table(["engine"] + [rate_name(r.rate or 1.0) for r in results], rows)
+
+
+def summary_table(results: list[BenchResult]) -> str:
+    """One line per configuration: patsparse, the two peers users pick first, the fastest peer."""
+    rows = []
     for r in results:
-        ours = next((e for e in r.ok() if e.name == report.OURS), None)
-        peers = [e for e in r.ok() if e.name != report.OURS]
-        cells.append(f"{min(p.median_ms for p in peers) / ours.median_ms:.2f}x" if ours and peers else "-")
-    lines.append("| **patsparse speed-up over fastest peer** | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        ours, peers = report.ours_and_peers(r)
+        ms = {e.name: f"{e.median_ms:.3f}" for e in r.ok()}
+        x = report.speedup(r)
+        rows.append([r.model, str(r.batch), ms.get(report.OURS, "did not run"), ms.get("onnxruntime", "-"),
+                     ms.get("openvino", "-"), f"{peers[0].label} {peers[0].median_ms:.3f}" if peers else "-",
+                     f"**{x:.2f}x**" if x else "-"])
+    return md_table(["configuration", "batch", "patsparse ms", "ONNX Runtime ms", "OpenVINO ms",
+                     "fastest peer ms", "speed-up"], rows)
+
+
+def memory_table(results: list[BenchResult]) -> str:
+    """Peak RSS and model size of patsparse and the fastest peer, and the worst output error of
+    any engine that ran (each was checked against PyTorch before it was timed)."""
+    mb = lambda e: "-" if e is None or e.model_bytes is None else f"{e.model_bytes / 2**20:.1f}"  # noqa: E731
+    rss = lambda e: "-" if e is None or e.peak_rss_mb is None else f"{e.peak_rss_mb:.0f}"  # noqa: E731
+    rows = []
+    for r in results:
+        ours, peers = report.ours_and_peers(r)
+        peer = peers[0] if peers else None
+        worst = max((e.rel_err for e in r.ok() if e.rel_err is not None), default=None)
+        rows.append([r.model, str(r.batch), rss(ours), mb(ours), f"{peer.label if peer else '-'}", rss(peer),
+                     mb(peer), "-" if worst is None else f"{worst:.0e}"])
+    return md_table(["configuration", "batch", "patsparse peak RSS MB", "patsparse model MB", "fastest peer",
+                     "its peak RSS MB", "its model MB", "worst relative error"], rows)
 
 
 def throughput_table(results: list[BenchResult]) -> str:
     """Images per second at batch 1 and at batch 8 side by side, per configuration that ran at
     both, for patsparse and the fastest peer (per batch): what batching buys each engine."""
-    by = {}
+    by: dict[str, dict[int, BenchResult]] = {}
     for r in results:
         by.setdefault(r.model, {})[r.batch] = r
-    lines = ["| configuration | patsparse b1 | patsparse b8 | fastest peer b1 | fastest peer b8 |",
-             "|---|---|---|---|---|"]
 
     def cells(r: BenchResult) -> tuple[str, str]:
-        ours = next((e for e in r.ok() if e.name == report.OURS), None)
-        peers = sorted((e for e in r.ok() if e.name != report.OURS), key=lambda e: e.median_ms)
+        ours, peers = report.ours_and_peers(r)
         rate = lambda e: f"{r.batch * 1e3 / e.median_ms:.0f}"  # noqa: E731
-        return (rate(ours) if ours else "-",
-                f"{rate(peers[0])} ({peers[0].name})" if peers else "-")
+        return (rate(ours) if ours else "-", f"{rate(peers[0])} ({peers[0].name})" if peers else "-")
 
+    rows = []
     for model, batches in by.items():
         if 1 in batches and 8 in batches:
             (o1, p1), (o8, p8) = cells(batches[1]), cells(batches[8])
-            lines.append(f"| {model} | {o1} | {o8} | {p1} | {p8} |")
-    return "\n".join(lines) if len(lines) > 2 else ""
+            rows.append([model, o1, o8, p1, p8])
+    return md_table(["configuration", "patsparse b1", "patsparse b8", "fastest peer b1", "fastest peer b8"],
+                    rows) if rows else ""
 
 
 def shortfalls(results: list[BenchResult]) -> list[str]:
     """Where patsparse is not the fastest (or did not run), and by how much."""
     out = []
     for r in results:
-        ours = next((e for e in r.engines if e.name == report.OURS), None)
-        peers = sorted((e for e in r.ok() if e.name != report.OURS), key=lambda e: e.median_ms)
+        ours, peers = report.ours_and_peers(r)
+        mine = next((e for e in r.engines if e.name == report.OURS), None)
         where = f"{r.model}, batch {r.batch}"
-        if ours is None:
-            continue
-        if ours.status != "ok":
-            out.append(f"- {where}: patsparse did not run ({ours.status}: {ours.reason})")
-        elif peers and peers[0].median_ms < ours.median_ms:
+        if mine is not None and mine.status != "ok":
+            out.append(f"- {where}: patsparse did not run ({mine.status}: {mine.reason})")
+        elif ours and peers and peers[0].median_ms < ours.median_ms:
             b = peers[0]
             out.append(f"- {where}: {b.label} {b.median_ms:.2f} ms vs patsparse {ours.median_ms:.2f} ms "
                        f"(patsparse {ours.median_ms / b.median_ms:.2f}x slower)")
     return out
 
 
+def not_timed(results: list[BenchResult]) -> list[str]:
+    """Engines that did not produce a timing, once per engine and reason, with where."""
+    where: dict[tuple[str, str, str], list[str]] = {}
+    for r in results:
+        for e in r.engines:
+            if e.status != "ok" and e.name != report.OURS:
+                where.setdefault((e.label, e.status, e.reason), []).append(f"{r.model} b{r.batch}")
+    return [f"- **{label}** ({status}: {reason}): {len(w)} configuration{'s' * (len(w) > 1)}"
+            + (f" ({', '.join(w)})" if len(w) <= 3 else "") for (label, status, reason), w in where.items()]
+
+
+def other_pages(bench_dir: Path, out: Path) -> list[str]:
+    """One link per page other benchmark scripts wrote (each names its own command, machine and
+    date); they are linked, not inlined, so this page stays one run of one grid."""
+    links = []
+    for page in sorted(bench_dir.glob("*.md")):
+        title = next((ln.lstrip("# ").strip() for ln in page.read_text().splitlines() if ln.startswith("#")),
+                     page.stem)
+        links.append(f"- [{title}]({page.relative_to(out.parent).as_posix()})")
+    return links
+
+
 def stitch(args, results_dir: Path, plots_dir: Path, argv: list[str]) -> str:
     results = [report.read_result_json(p) for p in sorted(results_dir.glob("*.json"))]
     if not results:
         raise SystemExit(f"no results in {results_dir}: run without --stitch-only first")
+    groups = _group(results)
+    ordered = [r for group in groups.values() for r in group]
     m = results[0].machine
-    grid_line = (f"- Grid that ran: {', '.join(sorted({r.model.rsplit(' ', 1)[0] for r in results}))}; rates "
-                 f"{', '.join(rate_name(x) for x in sorted({r.rate or 1.0 for r in results}))}; batch "
-                 f"{', '.join(str(b) for b in sorted({r.batch for r in results}))}; "
-                 f"threads per engine: {', '.join(str(t) for t in sorted({r.threads for r in results}))}")
+    loads = [x for r in results for x in (r.machine.get("load_average") or [None])[:1] if x is not None]
     ran = (results_dir / COMMAND_FILE).read_text().strip() if (results_dir / COMMAND_FILE).exists() else "?"
+    ratios = [(f"{r.model}, b{r.batch}", x) for r in ordered if (x := report.speedup(r))]
     lines = [
         "# Benchmarks: patsparse against the engines users would pick instead", "",
-        f"Measured by `{ran}`, written by `{command_line(__file__, argv)}`, from one run of the grid below "
-        f"({len(results)} configurations, each its own interleaved side-by-side run of every engine; "
-        f"per-configuration JSON in `docs/bench/results/`).", "",
+        f"Measured by `{ran}` and written by `{command_line(__file__, argv)}`: one run of the grid "
+        f"below, {len(results)} configurations, each its own interleaved side-by-side run of every "
+        f"engine (per-configuration JSON in `docs/bench/results/`).", "",
         f"- Machine: {m.get('cpu')}, {m.get('cores')} cores ({', '.join(m.get('isa', []))}), {m.get('os')}, "
-        f"Python {m.get('python')}",
+        f"Python {m.get('python')}; threads per engine: "
+        f"{', '.join(str(t) for t in sorted({r.threads for r in results}))}",
         f"- Dates: {min(r.machine.get('date', '') for r in results)} to "
-        f"{max(r.machine.get('date', '') for r in results)}; commits "
-        f"{', '.join(sorted({r.machine.get('commit') or '?' for r in results}))} (each table names its own)",
-        grid_line,
-        "- torch.compile and TVM are not in the grid, for time: both were slower than PyTorch eager "
-        "at batch 1 on this machine (torch.compile also spends 16-84 s compiling each configuration; "
-        "TVM runs untuned because MetaSchedule tuning segfaults in apache-tvm 0.27). "
-        "`patsparse bench MODEL --engines ...` runs them.",
-        "- Weights: random initialisation, pattern + connectivity projected one-shot "
-        "(`project_model`, phase-2 library); latency depends on which weights are zero, not their values.",
-        "- Each engine runs in its own worker process; its output is checked against PyTorch eager "
-        "before timing (wrong engines are not timed); latencies are per batch, median, p90 and p99 of "
-        "timed calls in interleaved rounds; each call goes through the engine's Python API "
-        "(numpy in, numpy out).",
-        "- Noise: the machine may be shared; each table gives the load average at the start and end "
-        "of its run. Compare ratios within a table rather than absolute times across tables.",
-        "",
+        f"{max(r.machine.get('date', '') for r in results)}; commit"
+        f"{'s' * (len({r.machine.get('commit') for r in results}) > 1)} "
+        f"{', '.join(sorted({r.machine.get('commit') or '?' for r in results}))}"
+        + (f"; 1-minute load average at the start of each configuration {min(loads):.2f}-{max(loads):.2f}"
+           if loads else ""), "",
+        "## Summary", "",
+        "Median latency per batch; the speed-up is the fastest other engine's median over patsparse's, "
+        "both from the same interleaved run.", "",
+        summary_table(ordered), "",
     ]
-    if any("passive waits" in e.notes for r in results for e in r.engines if e.name == report.OURS):
-        lines += ["- patsparse ran with passive OpenMP waits (`--patsparse-waits passive`, the notes "
-                  "column): robust while other jobs load the machine, but slower than its default "
-                  "waits on a quiet one (VGG-16 CIFAR 2.25x: 7.6 vs 6.4 ms, 2026-11-22), so these "
-                  "ratios understate patsparse when the machine is quiet.", ""]
-    short = [s for group in _group(results).values() for s in shortfalls(group)]
+    if ratios:
+        png = report.speedup_plot(ratios, plots_dir / "speedup.png", f"{len(ratios)} configurations, "
+                                  f"{results[0].threads} threads")
+        lines += [f"![speed-up over the fastest peer]({png.relative_to(args.out.parent).as_posix()})", ""]
     lines += ["## Where patsparse is not yet the fastest", ""]
-    lines += short or ["- Nowhere in this grid: patsparse was the fastest engine in every configuration."]
-    lines.append("")
-    tput = throughput_table(results)
+    lines += shortfalls(ordered) or ["- Nowhere in this grid: patsparse was the fastest engine in every "
+                                     "configuration."]
+    lines += ["", "## How it was measured", "",
+              "- Weights: random initialisation, pattern + connectivity projected one-shot "
+              "(`project_model`, Phase-2 library); latency depends on which weights are zero, not "
+              "on their values (docs/RESULTS.md has a trained model's accuracy and speed together).",
+              "- Each engine runs in its own worker process; its output is checked against PyTorch "
+              "eager before timing (a wrong engine is not timed); timed calls alternate between engines "
+              "in rounds, after warm-up, and each engine's worker threads are let go idle before its "
+              "block; latency is per batch, median of the timed calls, through the engine's Python API "
+              "(numpy in, numpy out).",
+              "- torch.compile and TVM are not in the grid, for time: both were slower than PyTorch "
+              "eager at batch 1 here (torch.compile also spends 16-84 s compiling each configuration; "
+              "TVM runs untuned because MetaSchedule tuning segfaults in apache-tvm 0.27, "
+              "`python -m benchmarks.tvm_tuning_crash`). `patsparse bench MODEL --engines ...` runs them.", ""]
+    if any("passive waits" in e.notes for r in results for e in r.engines if e.name == report.OURS):
+        lines += ["- patsparse ran with passive OpenMP waits (`--patsparse-waits passive`): robust while "
+                  "other jobs load the machine, slower than its default waits on a quiet one.", ""]
+    missing = not_timed(ordered)
+    if missing:
+        lines += ["Engines that produced no timing:", "", *missing, ""]
+    tput = throughput_table(ordered)
     if tput:
         lines += ["## Throughput: batch 1 and batch 8", "",
-                  "Images per second (batch / median latency) of the same configuration at both batch sizes, "
-                  "each from its own interleaved run.", "", tput, ""]
-    for (model, batch), group in _group(results).items():
-        lines += [f"## {model}, batch {batch}", "", summary_table(group), ""]
+                  "Images per second (batch / median latency) of the same configuration at both batch "
+                  "sizes, each from its own run.", "", tput, ""]
+    lines += ["## Every engine, per model", "", "Median latency per batch, ms.", ""]
+    for (model, batch), group in groups.items():
+        lines += [f"### {model}, batch {batch}", "", rate_table(group), ""]
         if len(group) > 1:
             png = report.rate_plot(group, plots_dir / f"{model.replace(' ', '_')}-b{batch}.png",
                                    f"{model}, batch {batch}, {group[0].threads} threads")
-            lines += [f"![latency vs compression rate]({png.relative_to(args.out.parent)})", ""]
-        for r in group:
-            lines += [f"### {r.model}, batch {r.batch}", "", report.header(r), "", report.table(r), ""]
-    for extra in sorted((args.out.parent / "bench").glob("*.md")):
-        lines += [f"<!-- section from bench/{extra.name} -->", extra.read_text().rstrip(), ""]
+            lines += [f"![latency vs compression rate]({png.relative_to(args.out.parent).as_posix()})", ""]
+    lines += ["## Memory and correctness", "", memory_table(ordered), ""]
+    others = other_pages(args.out.parent / "bench", args.out)
+    if others:
+        lines += ["## Other measurements", "",
+                  "Pages written by the other scripts in `benchmarks/`, each from its own run (its command, "
+                  "machine and date at its top):", "", *others, ""]
     return "\n".join(lines)
 
 

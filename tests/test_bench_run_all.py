@@ -1,4 +1,4 @@
-"""benchmarks/run_all.py: the page is stitched from saved results plus other scripts' sections."""
+"""benchmarks/run_all.py: the page is stitched from saved results, with links to other scripts' pages."""
 
 
 from benchmarks import run_all
@@ -23,12 +23,22 @@ def test_stitch_page(tmp_path):
     args = run_all.parse_args(["--stitch-only", "--out", str(docs / "BENCHMARKS.md")])
     assert run_all.main(["--stitch-only", "--out", str(docs / "BENCHMARKS.md")]) == 0
     page = (docs / "BENCHMARKS.md").read_text()
-    assert "## vgg16_bn-cifar, batch 1" in page and "| patsparse | 1.00 | 3.00 |" in page
+    # summary first: one line per configuration, with the plot of every speed-up
+    assert page.index("## Summary") < page.index("## Every engine, per model")
+    assert "| vgg16_bn-cifar 8x | 1 | 3.000 | 2.000 | - | ONNX Runtime 2.000 | **0.67x** |" in page
+    assert "![speed-up over the fastest peer](bench/plots/speedup.png)" in page
+    assert (docs / "bench" / "plots" / "speedup.png").stat().st_size > 0
+    assert "### vgg16_bn-cifar, batch 1" in page and "| patsparse | 1.00 | 3.00 |" in page
     assert "ONNX Runtime 2.00 ms vs patsparse 3.00 ms (patsparse 1.50x slower)" in page
-    assert "**patsparse speed-up over fastest peer** | 2.00x | 0.67x |" in page
+    assert "| **patsparse speed-up over fastest peer** | 2.00x | 0.67x |" in page
     assert "## Throughput: batch 1 and batch 8" in page
     assert "| vgg16_bn-cifar 8x | 333 | 2000 | 500 (onnxruntime) | 4000 (onnxruntime) |" in page
-    assert "## Per-layer kernels" in page and "commit abc1234" in page
+    # engines that did not run are listed once, not per configuration
+    assert page.count("**MNN** (crashed: while preparing: worker killed by SIGSEGV): 3 configurations") == 1
+    assert "| vgg16_bn-cifar 8x | 1 | 80 | 1.0 | ONNX Runtime | 120 | 3.0 | 3e-07 |" in page
+    # other scripts' pages are linked, not inlined: this page is one run
+    assert "- [Per-layer kernels](bench/layers.md)" in page and "from the compiler helper" not in page
+    assert "commit abc1234" in page
     assert (docs / "bench" / "plots" / "vgg16_bn-cifar-b1.png").stat().st_size > 0
     assert args.stitch_only and run_all.grid(run_all.parse_args(["--quick"])) == [
         ("vgg16_bn", "cifar", 1.0, 1), ("vgg16_bn", "cifar", 8.0, 1)]

@@ -22,6 +22,17 @@ def _num(v: float | None, fmt: str = "{:.3f}") -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
 
 
+def ours_and_peers(result: BenchResult) -> tuple[EngineResult | None, list[EngineResult]]:
+    """patsparse's result (None if it did not run) and the peers that ran, fastest first."""
+    ok = result.ok()
+    ours = next((e for e in ok if e.name == OURS), None)
+    return ours, sorted((e for e in ok if e.name != OURS), key=lambda e: e.median_ms)
+
+
+def speedup(result: BenchResult) -> float | None:
+    """The fastest peer's median over patsparse's: the number every claim here is about."""
+    ours, peers = ours_and_peers(result)
+    return peers[0].median_ms / ours.median_ms if ours and peers else None
 
 
 def table(result: BenchResult) -> str:
@@ -148,4 +159,20 @@ def rate_plot(results: Sequence[BenchResult], path: str | Path, title: str = "")
     ax.set_ylabel("median latency, ms")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _save(fig, path)
+
+
+def speedup_plot(rows: Sequence[tuple[str, float]], path: str | Path, title: str = "") -> Path:
+    """Horizontal bars of patsparse's speed-up over the fastest peer, one per configuration, with
+    the break-even line at 1: the whole grid in one picture."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 0.28 * max(len(rows), 2) + 1.2))
+    labels, values = [r[0] for r in rows][::-1], [r[1] for r in rows][::-1]
+    ax.barh(labels, values, color=["tab:red" if v >= 1 else "tab:gray" for v in values])
+    ax.axvline(1.0, color="k", linewidth=1)
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}x"))
+    ax.set_xlabel("speed-up over the fastest other engine (> 1: patsparse faster)")
+    ax.tick_params(axis="y", labelsize=7)
+    ax.set_title(title, fontsize=10)
     return _save(fig, path)
