@@ -19,9 +19,9 @@ class Patsparse(Engine):
 
     def worker_env(self, options: dict) -> dict[str, str]:
         """``options["patsparse_waits"] = "passive"``: OpenMP threads sleep at once instead of
-        spinning. Default waits are faster on a quiet machine (VGG-16 CIFAR 2.25x: 6.4 vs 7.6 ms);
-        on a machine where other processes keep a core busy, spinning barriers wait whole
-        scheduler slices for a descheduled partner (p90 276 ms against 13 ms passive)."""
+        spinning. Default waits are faster on a quiet machine; on a machine where other processes
+        keep a core busy, spinning barriers wait whole scheduler slices for a descheduled partner,
+        and the tail latency grows by an order of magnitude."""
         waits = options.get("patsparse_waits", "default")
         if waits not in ("default", "passive"):
             raise ValueError(f"patsparse_waits must be 'default' or 'passive', got {waits!r}")

@@ -32,15 +32,11 @@ class ChannelMajorEmitter(FlatEmitter):
     Tap packing (``pack`` > 1) works as in the flat layout; partials are then one vector per
     filter whose g lane groups are summed at the end.
 
-    ``wpf`` > 0 prefetches the weight stream that many floats ahead, one prefetch per kernel.
-    These layers stream their weights once per image (a 512->512 layer at pattern-only
-    sparsity: 4.7 MB, from L3 or memory) at ~2.5 cycles per kernel, faster than the hardware
-    prefetcher keeps up with. Measured in the model (VGG-16 CIFAR 2.25x, ``profile``, 12
-    interleaved rounds, AVX-512): 512->512 @2x2 140 -> 108 us, @4x4 162 -> 139 us, the
-    whole model 1.32 -> 1.12 ms (WEIGHT_PREFETCH: 4 KB; 4 KB to 32 KB ahead gave the same).
+    ``wpf`` > 0 prefetches the weight stream that many floats ahead, one prefetch per kernel:
+    these layers stream their weights once per image (megabytes at pattern-only sparsity, from
+    L3 or memory) at a few cycles per kernel, faster than the hardware prefetcher keeps up with.
     ``ipf`` prefetches the plane region the copy reads ``ipf`` channels ahead, as in the
-    channel-tile layout: ResNet-18 8x layer4 1.13-1.25x with the vCPUs apart, 1.00 together;
-    VGG-16 CIFAR 2.25x 1.047 together, 1.131 apart (benchmarks/ab_models.py).
+    channel-tile layout; it pays most when the host places the two vCPUs apart.
     """
 
     TRANSPOSED = True
@@ -67,9 +63,8 @@ class ChannelMajorEmitter(FlatEmitter):
 
         The partial is added last (``w0*x0 + ... + partial``), so the FMA chain does not start
         from its load: C evaluates left to right and GCC keeps that order (no -ffast-math), so
-        the partial-first form put an L1/L2 load plus four dependent FMAs on every output
-        vector's path. ResNet-18 ImageNet 8x (benchmarks/ab_models.py, 120 s): every channel-major
-        and channel-tile layer 1.03-1.08x, the model 1.016 with the vCPUs together, 1.014 apart.
+        the partial-first form would put an L1/L2 load plus four dependent FMAs on every output
+        vector's path.
         """
         nt, vl, S = len(mask_taps(self.sp.masks[p])), self.vl, self._part_floats()
         lines = [f"float *restrict pp = part + (ptrdiff_t)cidx[k] * {S};"]

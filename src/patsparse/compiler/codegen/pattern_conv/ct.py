@@ -27,23 +27,18 @@ class ChannelTileEmitter(LayerEmitter):
     ``hoist`` 1 loads the distinct input vectors of all masks once per channel instead of per
     mask run (they outnumber the registers, so the compiler keeps some on the stack, reloaded
     aligned, where the run loads would cross cache lines). At 8x a run holds 2-5 kernels, so its
-    loads are a large share of its work. ResNet-18 ImageNet 8x in the model
-    (benchmarks/ab_models.py, AVX-512): stride-2 layers 1.05 and 1.19x faster, the stride-1 ones
-    0.94-0.99x; alone (pattern_kernel.py, 2 threads) stride 2 1.05x, stride 1 0.93-0.98x. So it is
-    on by default for stride 2 only, and both are in the tuning space.
+    loads are a large share of its work. It pays at stride 2 and costs a little at stride 1 (in
+    the model and alone), so it is on by default for stride 2 only; both are in the tuning space.
 
     ``s2`` 1 (stride 2, the default) reads the input in place through its halo with
     ``ps_load_s2`` (two loads and a shuffle per vector, loaded once per channel and tile)
     instead of through phase planes: the planes' copy (the prep, the whole input written
-    again) cost as much as a third of these layers. ResNet-18 ImageNet 8x
-    (benchmarks/ab_models.py, 120 s): layer2.0.conv1 1.36x, layer3.0.conv1 1.18x with the vCPUs
-    together (1.51x, 1.50x apart), the model 1.019 together, 1.014 apart.
+    again) cost as much as a third of these layers.
 
     ``ipf`` > 0 prefetches, at the start of each channel, the tile's input lines of the channel
     ``ipf`` ahead. ResNet-18's activations (0.8 MB a tensor at 56x56) do not stay in L2, and a
     tile's rows of one channel are a few scattered lines the hardware prefetcher does not
-    predict. ResNet-18 ImageNet 8x (benchmarks/ab_models.py, 2 channels ahead): 1.037 with the
-    vCPUs together, 1.133 apart; layer1 1.05-1.22x together, up to 1.59x apart.
+    predict; two channels ahead is the default, and it pays most when the vCPUs sit apart.
     """
 
     TRANSPOSED = True
