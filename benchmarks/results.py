@@ -139,7 +139,7 @@ def summary_step(args, results: Path) -> None:
         rows.append([f"Pattern pruning gives sharper, less noisy saliency (Figure 5), {r['setting']}",
                      enhancement.conclusions([r])[0],
                      "undecided" if not judged else "yes" if sup == len(judged) else "partly" if sup else "no"])
-    unstable = []  # a seed that collapsed makes "same" mean little: say so next to the verdicts
+    unstable = []  # a seed that collapsed widens every interval it enters: say so next to the verdicts
     for (model, row), rs in sorted(by.items()):
         accs = [r["acc"] * 100 for r in rs]
         if len(accs) > 1 and statistics.stdev(accs) > UNSTABLE_SD:
@@ -147,11 +147,12 @@ def summary_step(args, results: Path) -> None:
     body = ["## Summary: the paper's claims against our runs", "",
             f"Written by `benchmarks/results.py` from the stored results of the sections below "
             f"(dataset {args.dataset}, budget `{budget.name}`; {len(stored)} grid runs, {len(models)} models). "
-            "An accuracy claim holds on a model when its verdict in the grid's claim table does "
-            "(differences inside the seed noise count as `same`).", "",
+            "An accuracy claim is supported on a model when the whole 95% interval of its paired "
+            "difference (by seed) clears the claim's bar, not supported when the whole interval misses "
+            "it, and undecided otherwise (see the grid section's claim table).", "",
             _report.md_table(["claim", "our evidence", "holds here?"], rows), "",
-            *([f"Unstable rows (seed spread over {UNSTABLE_SD:.0f} points; a verdict of `same` against "
-               f"them says little): {'; '.join(unstable)}.", ""] if unstable else []),
+            *([f"Unstable rows (seed spread over {UNSTABLE_SD:.0f} points, so their intervals are wide): "
+               f"{'; '.join(unstable)}.", ""] if unstable else []),
             f"What limits this budget: {budget.subset or 'all'} training images, {budget.dense_epochs} dense "
             f"epochs and {budget.prune_epochs} for each pruned row, narrow networks, {args.dataset}; the paper "
             "trains 300-400 epochs at full width on CIFAR-10 and ImageNet. Those rows need a GPU "
