@@ -5,10 +5,13 @@ Speed elsewhere in the docs is measured on randomly projected weights and accura
 networks; this ties the two together on one trained model. The pruned model is a ``patsparse
 prune --out`` directory, the parent the model it was pruned from; both are scored on the full
 test set of the dataset the parent was trained on, then the pruned model is timed side by side
-(settled, interleaved, medians) by the same harness as ``patsparse bench``. Writes the
-``headline`` section of docs/RESULTS.md and prints the README row.
+(settled, interleaved, medians) by the same harness as ``patsparse bench``. ``--grid`` takes a
+row of the accuracy grid instead (its checkpoint and the same seed's dense parent; rows whose
+weights the grid keeps: ``benchmarks.accuracy.KEEP_WEIGHTS``). Writes the ``headline`` section of
+docs/RESULTS.md and prints the README row.
 
     python -m benchmarks.headline --pruned runs/r18_8x --parent runs/r18 --threads 2
+    python -m benchmarks.headline --grid vgg16_bn/seed1/pc-8x --budget medium
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from pathlib import Path
 
-from benchmarks import _report
+from benchmarks import _report, accuracy
 
 import patsparse as ps
 from patsparse.bench.harness import run_bench
@@ -32,18 +36,45 @@ ENGINES = ("patsparse", "onnxruntime", "openvino")
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--pruned", type=Path, required=True, help="a `patsparse prune --out` directory")
-    ap.add_argument("--parent", type=Path, required=True, help="the dense model it was pruned from")
+    ap.add_argument("--pruned", type=Path, help="a `patsparse prune --out` directory")
+    ap.add_argument("--parent", type=Path, help="the dense model it was pruned from")
+    ap.add_argument("--grid", help="an accuracy-grid row instead: MODEL/seedN/ROW, e.g. vgg16_bn/seed1/pc-8x")
+    ap.add_argument("--budget", default="medium", choices=sorted(accuracy.BUDGETS), help="the --grid row's budget")
+    ap.add_argument("--dataset", default="fashion-mnist", help="the --grid row's dataset")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=200)
     ap.add_argument("--results", type=Path, default=_report.RESULTS)
     args = ap.parse_args(argv)
     command = _report.command_line(__file__, sys.argv[1:] if argv is None else argv)
+    if (args.grid is None) == (args.pruned is None or args.parent is None):
+        ap.error("give either --pruned and --parent, or --grid")
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.grid:
+            parent, pruned, args.pruned, dataset = _grid_models(args, Path(tmp))
+        else:
+            dataset = read_json(args.parent / "model.json", "parent model").get("dataset", "fashion-mnist")
+            parent, pruned = ps.load(args.parent), ps.load(args.pruned)
+        return _headline(args, parent, pruned, dataset, command)
 
-    dataset = read_json(args.parent / "model.json", "parent model").get("dataset", "fashion-mnist")
+
+def _grid_models(args, tmp: Path):
+    """(parent, pruned, saved pruned directory, dataset) of a grid row: the harness times a saved
+    model, so the row is saved once into ``tmp``."""
+    try:
+        model, seed, row = args.grid.split("/")
+        seed_n = int(seed.removeprefix("seed"))
+    except ValueError:
+        raise SystemExit(f"headline: --grid must look like MODEL/seedN/ROW, got {args.grid!r}") from None
+    load = lambda r: accuracy.load_model(accuracy.GRID_OUT, args.dataset, args.budget, model, seed_n, r)  # noqa: E731
+    parent, pruned = load("dense"), load(row)
+    saved = tmp / row
+    ps.save(pruned, saved)
+    return parent, pruned, saved, args.dataset
+
+
+def _headline(args, parent, pruned, dataset: str, command: str) -> int:
     _, test = get_loaders(dataset, batch_size=256)
-    dense_acc = evaluate(ps.load(args.parent), test)["acc"]
-    pruned = ps.load(args.pruned)
+    dense_acc = evaluate(parent, test)["acc"]
     pruned_acc = evaluate(pruned, test)["acc"]
     report = ps.describe(pruned)
     result = run_bench(BenchModel.from_spec(str(args.pruned)), ENGINES, threads=args.threads,
