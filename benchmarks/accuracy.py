@@ -44,7 +44,7 @@ from benchmarks import _report
 import patsparse as ps
 from patsparse import data as psdata
 from patsparse import models as psmodels
-from patsparse.checkpoint import load_tensors, read_json, save_tensors, write_json
+from patsparse.checkpoint import atomic_write_bytes, load_tensors, read_json, save_tensors, write_json
 from patsparse.errors import FormatError, InputError, PatsparseError
 from patsparse.patterns.library import candidates
 from patsparse.pruning.admm import cosine_lr, make_optimizer
@@ -124,6 +124,7 @@ KEEP_WEIGHTS = ("dense", "pattern-phase2", "pc-8x")  # the enhancement figure an
 # Rows live in the repository so that RESULTS.md can be re-rendered (and checked) from them on any
 # clone; the checkpoints beside them are ignored by git (megabytes each, re-made by a re-run).
 GRID_OUT = _report.BENCH / "accuracy"
+RUNS_PAGE = "runs.md"  # every run of a dataset and budget, beside its row files
 
 
 def random_library(size: int, seed: int) -> torch.Tensor:
@@ -380,57 +381,87 @@ def claim_verdicts(by: dict[tuple[str, str], list[dict]], model: str) -> list[tu
             continue
         word, m, h = verdict(ra, rb, bar)
         status = {"holds": "supported", "fails": "not supported"}.get(word, "undecided")
-        out.append((claim, model, f"{a} - {b}: {m:+.2f} ± {h:.2f} points (paired, 95%)", status, word))
+        spread = "one seed" if math.isnan(h) else f"± {h:.2f}, {min(len(ra), len(rb))} seeds"
+        out.append((claim, model, f"{a} - {b}: {m:+.2f} points ({spread}, paired, 95%)", status, word))
     return out
 
 
-def render(results: list[dict], dataset: str, budget: Budget, models: list[str]) -> str:
+def render(results: list[dict], dataset: str, budget: Budget, models: list[str], runs_link: str) -> str:
+    """The RESULTS.md section of one dataset and budget: a table per model, the claim verdicts,
+    and a link to the page of every run (``runs_page``)."""
     by = by_model_row(results)
+    sample = Cell(dataset, budget, models[0] if models else "resnet8", 0, None, "cpu", False)
+    retrain_lr = sample.retrain_lr(Row("pc-8x", "pattern", 8.0, "phase2"))
     lines = [f"## Accuracy grid: {dataset}, budget `{budget.name}`", "",
              "Written by `benchmarks/accuracy.py`. Accuracy is top-1 on the full test set, mean ± "
-             "sample standard deviation over seeds (n = seeds). The rate is measured from the weights: "
-             "dense / non-zero weights over the pruned 3x3 convs (every 3x3 conv but the first).", "",
+             "sample standard deviation over seeds (n = seeds). The change against dense is paired by "
+             "seed (each seed's row minus the same seed's dense parent), mean ± 95% interval half-width. "
+             "The rate is measured from the weights: dense / non-zero weights over the pruned 3x3 convs "
+             "(every 3x3 conv but the first).", "",
              f"Budget `{budget.name}`: {budget.subset or 'all'} training images, batch {budget.batch_size}, "
              f"dense {budget.dense_epochs} epochs (lr {budget.lr}); every other row then gets "
              f"{budget.prune_epochs} epochs (pattern rows: {budget.admm_iters} ADMM iterations x "
-             f"{budget.admm_epochs} epochs + {budget.retrain_epochs} masked retraining; baselines and "
-             f"dense-ft: {budget.prune_epochs} epochs of (masked) retraining), lr {budget.prune_lr}. "
-             f"Each seed draws its own training subset, initialisation and data order. "
-             f"The paper trains ~300-400 epochs on the full data at full width.", ""]
+             f"{budget.admm_epochs} epochs at lr {budget.prune_lr} + {budget.retrain_epochs} masked "
+             f"retraining at lr {retrain_lr:g}; baselines: {budget.prune_epochs} epochs of masked retraining "
+             f"at lr {retrain_lr:g}; dense-ft: {budget.prune_epochs} epochs at lr {budget.prune_lr}). "
+             + ("Each seed draws its own training subset, initialisation and data order. " if budget.subset
+                else "Each seed has its own initialisation and data order. ")
+             + "The paper trains ~300-400 epochs on the full data at full width.", ""]
     if budget.gpu:
         lines += ["**This budget needs a GPU** (paper scale).", ""]
-    claim_rows = []
+    claim_rows, unclaimed = [], []
     for model in models:
         got = {row: by.get((model, row.id), []) for row in ROWS}
         if not any(got.values()):
             continue
         width = next(v for v in got.values() if v)[0]["config"]["width"]
-        dense = [r["acc"] for r in got[ROWS[0]]]
+        dense = got[ROWS[0]]
         lines += [f"### {model} (width {width})", ""]
         table = []
         for row, rs in got.items():
             if not rs:
-                table.append([row.id, "-", "not run", "-", "-", "-"])
                 continue
             accs = [r["acc"] for r in rs]
             rate = statistics.fmean(r["rate_3x3"] for r in rs)
-            delta = f"{(statistics.fmean(accs) - statistics.fmean(dense)) * 100:+.2f}" if dense else "-"
+            m, h, n = paired_interval(rs, dense) if dense and row.id != "dense" else (0.0, float("nan"), 0)
+            delta = "-" if math.isnan(m) else f"{m:+.2f}" + (f" ± {h:.2f}" if n > 1 else " (one seed)" if n else "")
             table.append([row.id, f"{rate:.2f}x", _fmt_acc(accs), delta, str(len(rs)),
                           ", ".join(str(r["config"]["seed"]) for r in sorted(rs, key=lambda r: r["config"]["seed"]))])
-        lines += [_report.md_table(["row", "3x3 rate", "accuracy %", "Δ vs dense (points)", "n", "seeds"], table), ""]
-        claim_rows += [list(c[:4]) for c in claim_verdicts(by, model)]
+        lines += [_report.md_table(["row", "3x3 rate", "accuracy %", "Δ vs dense, paired (points)", "n", "seeds"],
+                                   table), ""]
+        missing = [row.id for row, rs in got.items() if not rs]
+        if missing:
+            lines += [f"Not run for {model} at this budget: {', '.join(missing)}.", ""]
+        for c in claim_verdicts(by, model):
+            (claim_rows if c[4] != "-" else unclaimed).append(list(c[:4]))
     expected = len(ROWS) * budget.seeds * len(models)
     if len(results) < expected:
-        lines += [f"**Incomplete grid: {len(results)} of {expected} runs stored** ({len(models)} models x "
-                  f"{len(ROWS)} rows x {budget.seeds} seeds); rows marked `not run` are missing. "
-                  f"`python -m benchmarks.accuracy --dataset {dataset} --budget {budget.name}` resumes it.", ""]
+        lines += [f"{len(results)} of the budget's {expected} runs are stored ({len(models)} models x "
+                  f"{len(ROWS)} rows x {budget.seeds} seeds); `python -m benchmarks.accuracy --dataset {dataset} "
+                  f"--budget {budget.name}` resumes the rest.", ""]
     lines += ["### Which claims hold here", "",
               "Each claim is a bar on the difference between two rows, paired by seed (same parent, data "
               "and order). `supported`: the whole 95% t-interval of the paired difference clears the bar; "
               "`not supported`: the whole interval misses it; `undecided`: the interval spans the bar "
               "(more seeds would decide) or fewer than two seeds are paired.", "",
               _report.md_table(["claim", "model", "measured", "verdict"], claim_rows), ""]
-    lines += ["### Every run", ""]
+    if unclaimed:
+        lines += [f"Claims with a row not run at this budget: {len(unclaimed)} (model, claim) pairs.", ""]
+    lines += [f"Every run (seed, accuracy, rate, time, commit, machine, command): "
+              f"[{RUNS_PAGE}]({runs_link}).", ""]
+    if not budget.gpu:
+        lines += ["Paper-scale rows (full width, full data, ~400 epochs) need a GPU: "
+                  f"`python -m benchmarks.accuracy --dataset {dataset} --budget paper --device cuda`"
+                  + (" --data-root DIR" if dataset in ("cifar10", "imagenet") else "") + "."]
+    return "\n".join(lines)
+
+
+def runs_page(results: list[dict], dataset: str, budget: Budget) -> str:
+    """Every stored run of one dataset and budget, with its provenance: the evidence behind the
+    means in RESULTS.md, kept beside the row files so the summary page stays short."""
+    lines = [f"# Accuracy grid runs: {dataset}, budget `{budget.name}`", "",
+             "Written by `benchmarks/accuracy.py` from the row files in this directory "
+             "(docs/RESULTS.md has the tables and verdicts).", ""]
     machines: dict[str, str] = {}
     commands: dict[str, str] = {}
     runs = []
@@ -444,11 +475,7 @@ def render(results: list[dict], dataset: str, budget: Budget, models: list[str])
                                 "date", "commit", "machine", "command"], runs), ""]
     lines += [f"- {k}: {v}" for v, k in machines.items()]
     lines += [f"- {k}: `{v}`" for v, k in commands.items()]
-    if not budget.gpu:
-        lines += ["", "Paper-scale rows (full width, full data, ~400 epochs) need a GPU: "
-                  f"`python -m benchmarks.accuracy --dataset {dataset} --budget paper --device cuda`"
-                  + (" --data-root DIR" if dataset in ("cifar10", "imagenet") else "") + "."]
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------------------- CLI
@@ -541,7 +568,10 @@ def main(argv: list[str] | None = None) -> int:
     stored = {r["config"]["model"] for r in results}
     shown = [m for m in (*DEFAULT_MODELS, *models) if m in stored or m in models]
     shown += sorted(stored - set(shown))
-    body = render(results, args.dataset, budget, list(dict.fromkeys(shown)))
+    page = out / args.dataset / budget.name / RUNS_PAGE
+    atomic_write_bytes(page, runs_page(results, args.dataset, budget).encode())
+    link = os.path.relpath(page.resolve(), Path(args.results).resolve().parent)
+    body = render(results, args.dataset, budget, list(dict.fromkeys(shown)), Path(link).as_posix())
     _report.update_section(f"accuracy-{args.dataset}-{budget.name}", body, Path(args.results))
     print(f"wrote {args.results} ({len(results)} rows)")
     return 0

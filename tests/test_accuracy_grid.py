@@ -41,8 +41,13 @@ def test_grid_runs_resumes_and_writes_results(tmp_path: Path, monkeypatch: pytes
     text = (tmp_path / "RESULTS.md").read_text()
     assert "<!-- section:other -->\nkept" in text  # another script's section survives
     assert "## Accuracy grid: digits, budget `tiny`" in text
-    assert "| pattern-phase2 | 2.25x |" in text and "| pc-16x | - | not run |" in text
+    assert "| pattern-phase2 | 2.25x |" in text and "| pc-16x |" not in text
+    assert "Not run for convnet at this budget: dense-ft, pattern-phase1" in text
     assert "Which claims hold here" in text and "| undecided |" in text  # one seed decides nothing
+    # every run with its provenance lives beside the rows, linked from the section
+    runs = (tmp_path / "runs" / "digits" / "tiny" / "runs.md").read_text()
+    assert "[runs.md](runs/digits/tiny/runs.md)" in text and "| convnet | magnitude-8x | 0 |" in runs
+    assert "- C1: `python -m benchmarks.accuracy" in runs
 
     # resume: nothing is retrained, and the section is rewritten identically
     def boom(*a, **k):
