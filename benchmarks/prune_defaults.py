@@ -58,7 +58,7 @@ def ci95(diffs: list[float]) -> tuple[float, float]:
 
 
 def run_one(model_dir: Path, config: str, rate: float, seed: int, subset: int, batch_size: int,
-            dense_acc: float, test_loader, dataset: str) -> dict[str, Any]:
+            dense_acc: float, test_loader, dataset: str, command: str) -> dict[str, Any]:
     model = ps.load(model_dir)
     train_loader, _ = get_loaders(dataset, batch_size=batch_size, subset=subset, seed=seed)
     recipe = PruneRecipe(**{**CONFIGS[config], "rate": rate, "seed": seed})
@@ -67,18 +67,22 @@ def run_one(model_dir: Path, config: str, rate: float, seed: int, subset: int, b
     seconds = time.perf_counter() - t0
     acc = evaluate(model, test_loader)["acc"]
     admm = [h for h in model.patsparse_history if h.get("phase") == "admm"]
+    arch = getattr(model, "patsparse_arch", None) or {}
     return {"config": config, "knobs": CONFIGS[config], "rate": rate, "seed": seed, "subset": subset,
+            "model": f"{arch.get('name', model_dir.name)} (width {arch.get('width', '?')})",
             "dense_acc": dense_acc, "acc": acc, "diff_points": (acc - dense_acc) * 100,
             "final_gap_points": admm[-1]["trial"]["gap"] * 100 if admm else None,
             "final_reach": admm[-1]["reach"] if admm else None, "seconds": seconds,
-            "date": _report.utc_now(), "commit": _report.git_commit(), "machine": _report.machine()}
+            "date": _report.utc_now(), "commit": _report.git_commit(), "machine": _report.machine(),
+            "command": command}
 
 
 def _order(config: str) -> int:
     return list(CONFIGS).index(config) if config in CONFIGS else len(CONFIGS)
 
 
-def render(rows: list[dict], model_dir: Path, subset: int, command: str) -> str:
+def model_table(rows: list[dict]) -> str:
+    """One trained model's sweep: a line per (rate, config), mean change over seeds with its interval."""
     by: dict[tuple[str, float], list[dict]] = {}
     for r in rows:
         by.setdefault((r["config"], r["rate"]), []).append(r)
@@ -87,31 +91,43 @@ def render(rows: list[dict], model_dir: Path, subset: int, command: str) -> str:
         m, h = ci95([r["diff_points"] for r in rs])
         gaps = [r["final_gap_points"] for r in rs if r["final_gap_points"] is not None]
         knobs = ", ".join(f"{k}={v}" for k, v in rs[0]["knobs"].items()) or "(the defaults)"
-        table.append([f"{rate:g}x", config, knobs, str(len(rs)), f"{m:+.2f} ± {h:.2f}",
+        table.append([f"{rate:g}x", config, knobs, str(len(rs)),
+                      f"{m:+.2f}" + ("" if math.isnan(h) else f" ± {h:.2f}"),
                       f"{statistics.fmean(gaps):.1f}" if gaps else "-",
-                      f"{statistics.fmean(r['seconds'] for r in rs):.0f}"])
-    dense = rows[0]["dense_acc"] * 100 if rows else float("nan")
-    last = max((r["date"] for r in rows), default="-")
-    return "\n".join([
+                      f"{statistics.fmean(r['seconds'] for r in rs):.0f}", max(r["date"] for r in rs)])
+    return _report.md_table(["rate", "config", "knobs", "seeds", "change (points)", "final gap (points)",
+                             "seconds", "last run"], table)
+
+
+def render(runs: dict[str, list[dict]], subset: int) -> str:
+    """The page: what was swept, then a table per trained model (``runs``: rows per model directory)."""
+    lines = [
         "## Pruning defaults: which knob matters at a user's budget", "",
-        f"Written by `benchmarks/prune_defaults.py`. A trained `{model_dir.name}` (dense test accuracy "
-        f"{dense:.2f}%) pruned by `ps.prune` with a loader of {subset} training images and the default "
-        "budget (1500 SGD steps, half ADMM, half retraining), one knob changed per row (`legacy`: the "
-        "penalty, allocation and no distillation of earlier releases, at the same budget; `old-budget`: "
-        "today's method with the earlier 4 x 1 ADMM and 3 retraining epochs); the rows below "
+        f"Written by `benchmarks/prune_defaults.py`. A trained model pruned by `ps.prune` with a loader of "
+        f"{subset} training images and the default budget (1500 SGD steps, half ADMM, half retraining), one "
+        "knob changed per row (`legacy`: the penalty, allocation and no distillation of earlier releases, "
+        "at the same budget; `old-budget`: today's method with the earlier 4 x 1 ADMM and 3 retraining "
+        "epochs; `retrain-lr-0.03` sets today's default retraining rate explicitly); the rows below "
         "`retrain-lr-0.01` were swept when retraining ran at the ADMM rate (0.01), which their knobs say. "
-        "Accuracy change in points against the dense parent on the full test set, mean over seeds with "
-        "a 95% t-interval; the projection gap is what a hard projection of the final ADMM weights "
-        "cost before retraining.", "",
-        _report.md_table(["rate", "config", "knobs", "seeds", "change (points)", "final gap (points)",
-                          "seconds"], table), "",
-        f"Last run {last}; machine: {_report.machine_line(rows[-1]['machine']) if rows else '-'}; "
-        f"command `{command}`."])
+        "Accuracy change in points against the dense parent on the full test set, mean over seeds (with "
+        "a 95% t-interval from two seeds on); the projection gap is what a hard projection of the final "
+        "ADMM weights cost before retraining. Runs of one configuration and seed can differ by a few "
+        "tenths of a point: float sums in another order (thread count, kernel choice) train to other "
+        "weights.", ""]
+    for name, rows in runs.items():
+        model = next((r["model"] for r in rows if "model" in r), name)
+        lines += [f"### {model}, dense test accuracy {rows[0]['dense_acc'] * 100:.2f}% (`{name}`)", "",
+                  model_table(rows), ""]
+        machines = sorted({_report.machine_line(r["machine"]) for r in rows})
+        commands = sorted({f"`{r['command']}`" for r in rows if "command" in r})
+        lines += [f"Machine: {'; '.join(machines)}." + (f" Commands: {', '.join(commands)}." if commands else ""), ""]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model-dir", type=Path, required=True, help="a `patsparse train` run directory")
+    ap.add_argument("--model-dir", type=Path, required=True,
+                    help="a `patsparse train` run directory or a saved dense model (ps.save)")
     ap.add_argument("--subset", type=int, default=6000)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--rates", type=float, nargs="+", default=[8.0])
@@ -138,13 +154,14 @@ def main(argv: list[str] | None = None) -> int:
                     if path.exists():
                         continue
                     r = run_one(args.model_dir, config, rate, seed, args.subset, args.batch_size, dense_acc,
-                                test_loader, dataset)
+                                test_loader, dataset, command)
                     write_json(path, r)
                     print(f"{config:>16} {rate:g}x seed {seed}: {r['diff_points']:+.2f} points "
                           f"(gap {r['final_gap_points']}, {r['seconds']:.0f}s)", flush=True)
-    rows = [read_json(p, "sweep row") for p in sorted(out.glob("*.json"))]
+    runs = {d.parent.name: [read_json(p, "sweep row") for p in sorted(d.glob("*.json"))]
+            for d in sorted(args.out.glob(f"*/subset{args.subset}"))}
     args.docs.parent.mkdir(parents=True, exist_ok=True)
-    args.docs.write_text(render(rows, args.model_dir, args.subset, command) + "\n")
+    args.docs.write_text(render({k: v for k, v in runs.items() if v}, args.subset) + "\n")
     print(f"wrote {args.docs}")
     return 0
 
