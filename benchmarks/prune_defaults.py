@@ -111,9 +111,7 @@ def render(runs: dict[str, list[dict]], subset: int) -> str:
         "`retrain-lr-0.01` were swept when retraining ran at the ADMM rate (0.01), which their knobs say. "
         "Accuracy change in points against the dense parent on the full test set, mean over seeds (with "
         "a 95% t-interval from two seeds on); the projection gap is what a hard projection of the final "
-        "ADMM weights cost before retraining. Runs of one configuration and seed can differ by a few "
-        "tenths of a point: float sums in another order (thread count, kernel choice) train to other "
-        "weights.", ""]
+        "ADMM weights cost before retraining.", ""]
     for name, rows in runs.items():
         model = next((r["model"] for r in rows if "model" in r), name)
         lines += [f"### {model}, dense test accuracy {rows[0]['dense_acc'] * 100:.2f}% (`{name}`)", "",
