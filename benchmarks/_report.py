@@ -5,11 +5,14 @@ extraction...) replaces only its own part and a re-run never clobbers another sc
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import re
 import shlex
+import statistics
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -90,3 +93,14 @@ def md_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and half-width of the two-sided 95% Student-t interval of the mean (half-width nan
+    for a single value): every verdict over seeds in the benchmarks is read from this."""
+    from scipy import stats
+
+    m = statistics.fmean(values)
+    if len(values) < 2:
+        return m, float("nan")
+    return m, float(stats.t.ppf(0.975, len(values) - 1)) * statistics.stdev(values) / math.sqrt(len(values))

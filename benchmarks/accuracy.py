@@ -311,9 +311,6 @@ def _stats(v: list[float]) -> tuple[float, float, int]:
     return statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 else float("nan")), len(v)
 
 
-T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
-
-
 def paired_interval(a: list[dict], b: list[dict]) -> tuple[float, float, int]:
     """Mean and 95% t-interval half-width, in points, of ``acc(a) - acc(b)`` paired by seed
     (rows of one seed share a dense parent, data subset and order, so the pairing removes
@@ -322,10 +319,7 @@ def paired_interval(a: list[dict], b: list[dict]) -> tuple[float, float, int]:
     diffs = [(r["acc"] - acc_b[r["config"]["seed"]]) * 100 for r in a if r["config"]["seed"] in acc_b]
     if not diffs:
         return float("nan"), float("nan"), 0
-    m = statistics.fmean(diffs)
-    if len(diffs) < 2:
-        return m, float("nan"), 1
-    return m, T95.get(len(diffs) - 1, 1.96) * statistics.stdev(diffs) / math.sqrt(len(diffs)), len(diffs)
+    return (*_report.mean_ci95(diffs), len(diffs))
 
 
 def verdict(a: list[dict], b: list[dict], bar: float) -> tuple[str, float, float]:

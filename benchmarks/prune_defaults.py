@@ -46,17 +46,6 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "strength-0.01": {"penalty_strength": 0.01, "retrain_lr": 0.01},
 }
 OUT = _report.BENCH / "prune_defaults"
-T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
-
-
-def ci95(diffs: list[float]) -> tuple[float, float]:
-    """Mean and half-width of a t-based 95% interval (half-width nan for one value)."""
-    m = statistics.fmean(diffs)
-    if len(diffs) < 2:
-        return m, float("nan")
-    return m, T95.get(len(diffs) - 1, 1.96) * statistics.stdev(diffs) / math.sqrt(len(diffs))
-
-
 def run_one(model_dir: Path, config: str, rate: float, seed: int, subset: int, batch_size: int,
             dense_acc: float, test_loader, dataset: str, command: str) -> dict[str, Any]:
     model = ps.load(model_dir)
@@ -88,7 +77,7 @@ def model_table(rows: list[dict]) -> str:
         by.setdefault((r["config"], r["rate"]), []).append(r)
     table = []
     for (config, rate), rs in sorted(by.items(), key=lambda kv: (kv[0][1], _order(kv[0][0]))):
-        m, h = ci95([r["diff_points"] for r in rs])
+        m, h = _report.mean_ci95([r["diff_points"] for r in rs])
         gaps = [r["final_gap_points"] for r in rs if r["final_gap_points"] is not None]
         knobs = ", ".join(f"{k}={v}" for k, v in rs[0]["knobs"].items()) or "(the defaults)"
         table.append([f"{rate:g}x", config, knobs, str(len(rs)),
