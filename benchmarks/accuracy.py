@@ -300,6 +300,26 @@ def load_model(out: Path, dataset: str, budget: str, model: str, seed: int, row:
     return m.eval()
 
 
+def parse_row_spec(spec: str, row: str | None = None) -> tuple[str, int, str]:
+    """``MODEL/seedN/ROW`` (or ``MODEL/seedN`` when ``row`` is given) -> (model, seed, row id):
+    how other scripts name a stored grid model."""
+    parts = spec.split("/")
+    if len(parts) == 2 and row is not None:
+        parts.append(row)
+    try:
+        model, seed, rid = parts
+        return model, int(seed.removeprefix("seed")), rid
+    except ValueError:
+        raise InputError(f"a grid row is MODEL/seedN/ROW (e.g. vgg16_bn/seed1/pc-8x), got {spec!r}") from None
+
+
+def save_grid_model(model: str, seed: int, row: str, dataset: str, budget: str, dest: Path) -> Path:
+    """Save a stored grid model as a ``ps.save`` directory (what the timing harness and
+    ``ps.load`` read); returns ``dest``."""
+    ps.save(load_model(GRID_OUT, dataset, budget, model, seed, row), dest)
+    return dest
+
+
 # ------------------------------------------------------------------------------------ report
 
 def collect(out: Path, dataset: str, budget: str) -> list[dict]:

@@ -28,6 +28,7 @@ import patsparse as ps
 from patsparse.bench.harness import run_bench
 from patsparse.bench.model import BenchModel
 from patsparse.checkpoint import read_json
+from patsparse.errors import InputError
 from patsparse.data import get_loaders
 from patsparse.train.loop import evaluate
 
@@ -61,15 +62,12 @@ def _grid_models(args, tmp: Path):
     """(parent, pruned, saved pruned directory, dataset) of a grid row: the harness times a saved
     model, so the row is saved once into ``tmp``."""
     try:
-        model, seed, row = args.grid.split("/")
-        seed_n = int(seed.removeprefix("seed"))
-    except ValueError:
-        raise SystemExit(f"headline: --grid must look like MODEL/seedN/ROW, got {args.grid!r}") from None
-    load = lambda r: accuracy.load_model(accuracy.GRID_OUT, args.dataset, args.budget, model, seed_n, r)  # noqa: E731
-    parent, pruned = load("dense"), load(row)
-    saved = tmp / row
-    ps.save(pruned, saved)
-    return parent, pruned, saved, args.dataset
+        model, seed, row = accuracy.parse_row_spec(args.grid)
+    except InputError as e:
+        raise SystemExit(f"headline: {e}") from None
+    saved = accuracy.save_grid_model(model, seed, row, args.dataset, args.budget, tmp / row)
+    parent = accuracy.load_model(accuracy.GRID_OUT, args.dataset, args.budget, model, seed, "dense")
+    return parent, ps.load(saved), saved, args.dataset
 
 
 def _headline(args, parent, pruned, dataset: str, command: str) -> int:

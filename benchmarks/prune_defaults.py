@@ -9,6 +9,7 @@ paired by seed, with a 95% confidence interval. Every run is a JSON file under `
 re-run skips finished runs, so the sweep resumes and can be run in pieces (``--configs``).
 
     python -m benchmarks.prune_defaults --model-dir runs/resnet8 --subset 6000 --rates 8 16
+    python -m benchmarks.prune_defaults --grid vgg16_bn/seed0 --budget medium --rates 8 16 --configs default
     python -m benchmarks.prune_defaults --model-dir runs/resnet8 --report-only
 """
 
@@ -24,7 +25,7 @@ from typing import Any
 
 import torch
 
-from benchmarks import _report
+from benchmarks import _report, accuracy
 
 import patsparse as ps
 from patsparse.checkpoint import read_json, write_json
@@ -36,6 +37,7 @@ from patsparse.train.loop import evaluate
 CONFIGS: dict[str, dict[str, Any]] = {
     "default": {},
     "retrain-lr-0.01": {"retrain_lr": 0.01},
+    "distill-0.9": {"distill": 0.9},
     # the knobs below were each swept against the earlier default retraining rate (= lr, 0.01)
     "legacy": {"rho": 0.01, "rho_growth": 3.0, "rho_max": 1.0, "allocation": "uniform", "distill": 0.0,
                "retrain_lr": 0.01},
@@ -113,8 +115,11 @@ def render(runs: dict[str, list[dict]], subset: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model-dir", type=Path, required=True,
-                    help="a `patsparse train` run directory or a saved dense model (ps.save)")
+    ap.add_argument("--model-dir", type=Path, help="a `patsparse train` run directory or a saved dense model")
+    ap.add_argument("--grid", help="an accuracy-grid parent instead: MODEL/seedN (its dense row), saved "
+                    "into runs/grid/ once")
+    ap.add_argument("--budget", default="medium", choices=sorted(accuracy.BUDGETS), help="the --grid parent's budget")
+    ap.add_argument("--dataset", default="fashion-mnist", help="the --grid parent's dataset")
     ap.add_argument("--subset", type=int, default=6000)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--rates", type=float, nargs="+", default=[8.0])
@@ -125,12 +130,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--docs", type=Path, default=_report.BENCH / "prune_defaults.md")
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args(argv)
+    if (args.model_dir is None) == (args.grid is None):
+        ap.error("give --model-dir or --grid")
+    if args.grid:
+        model, seed, _ = accuracy.parse_row_spec(args.grid, "dense")
+        args.model_dir = _report.REPO / "runs" / "grid" / f"{model}-{args.budget}-seed{seed}"
+        if not (args.model_dir / "model.json").exists():
+            accuracy.save_grid_model(model, seed, "dense", args.dataset, args.budget, args.model_dir)
     if args.threads:
         torch.set_num_threads(args.threads)
     command = _report.command_line(__file__, sys.argv[1:] if argv is None else argv)
     out = args.out / args.model_dir.name / f"subset{args.subset}"
     meta = read_json(args.model_dir / "model.json", "trained model")
-    dataset = meta.get("dataset", "fashion-mnist")
+    dataset = args.dataset if args.grid else meta.get("dataset", "fashion-mnist")
     if not args.report_only:
         _, test_loader = get_loaders(dataset, batch_size=256)
         dense_acc = evaluate(ps.load(args.model_dir), test_loader)["acc"]
