@@ -10,14 +10,17 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import patsparse as ps
 from patsparse.compiler.api import capture
 from patsparse.compiler.codegen.conv_pool import default_tile, gen_conv_maxpool
 from patsparse.compiler.codegen.ctest import width_target
 from patsparse.compiler.codegen.plan import plan_graph
 from patsparse.compiler.layout import Layout
+from patsparse.compiler.target import TARGETS
 from patsparse.errors import InputError
 from patsparse.models.resnet import resnet18
 from test_codegen_dense import check_close, run_kernel
+from test_export import build_and_run, check, need_aarch64
 
 
 def case(*, cin, cout, k, stride, padding, pk, ps, pp, H, W, pin, pout, act="relu", vl=16,
@@ -94,8 +97,6 @@ def test_stem_and_pool_fuse_in_the_plan():
 def test_fused_model_round_trips(tmp_path):
     """A compiled model with a fused stem saves and loads (its stored IR carries the fusion) and
     gives PyTorch's numbers, batch 2."""
-    import patsparse as ps
-
     torch.manual_seed(0)
     m = resnet18(num_classes=10, width=0.125, variant="imagenet").eval()
     x = torch.randn(2, 3, 40, 40)
@@ -109,3 +110,22 @@ def test_fused_model_round_trips(tmp_path):
     for model in (cm, back):
         check_close(model(x).numpy(), want)
     assert fused
+
+
+@pytest.mark.parametrize("cin,cout,k,H,W", [(3, 64, 7, 37, 30), (4, 20, 5, 21, 26), (1, 72, 7, 24, 24)])
+def test_stem_on_aarch64_under_qemu(tmp_path, cin, cout, k, H, W):
+    """NEON (4-float vectors, 32 registers) fuses a stem with its BatchNorm, ReLU and max pool
+    and gives PyTorch's numbers under qemu: several channel groups, a partial last group, odd
+    sizes, one to four input channels."""
+    prefix = need_aarch64()
+    torch.manual_seed(0)
+    bn = torch.nn.BatchNorm2d(cout)
+    bn.running_mean.uniform_(-0.5, 0.5)
+    bn.running_var.uniform_(0.5, 1.5)
+    m = torch.nn.Sequential(torch.nn.Conv2d(cin, cout, k, 2, k // 2, bias=False), bn, torch.nn.ReLU(),
+                            torch.nn.MaxPool2d(3, 2, 1), torch.nn.Conv2d(cout, 4, 1)).eval()
+    x = np.random.default_rng(0).standard_normal((2, cin, H, W)).astype(np.float32)
+    kinds = [s.kind for s in plan_graph(capture(m, torch.from_numpy(x[:1])), target=TARGETS["aarch64-neon"]).steps]
+    assert kinds[0] == "conv_pool" and "maxpool" not in kinds
+    out = ps.export(m, torch.from_numpy(x[:1]), tmp_path / "stem", target="aarch64-neon")
+    check(build_and_run(out, x, prefix), m, x)
