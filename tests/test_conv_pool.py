@@ -68,7 +68,7 @@ def test_conv_maxpool_matches_torch(cin, cout, k, stride, data, H, W, pin, pout,
 
 
 def test_default_tile_and_bad_arguments():
-    assert default_tile(64, 112, width_target(16)) == {"mv": 4, "np": 5}  # 20 accumulators
+    assert default_tile(64, 112, width_target(16)) == {"mv": 4, "np": 4}  # 16 accumulators
     assert default_tile(64, 112, width_target(8)) == {"mv": 2, "np": 6}   # 12 of 16 registers
     assert default_tile(20, 45, width_target(16))["mv"] == 2
     assert default_tile(64, 3, width_target(16))["np"] == 3  # never more pixels than a row has
