@@ -10,6 +10,7 @@ probe: 'together' (the two vCPUs share a last-level cache) and 'apart' (ceiling.
 the compiled models' two-thread speed differs between the two (docs/COMPILER.md).
 
     python -m benchmarks.ab_models OLD.compiled NEW.compiled [--seconds 300] [--calls 40]
+                                   [--trust-native-code] [--threads N]
 
 A and B are directories written by ``patsparse compile`` / ``CompiledModel.save`` (for the same
 input shape; their layers pair by name, so a build that fuses two layers shows the other's two
@@ -29,8 +30,8 @@ import numpy as np
 from benchmarks._report import md_table, provenance
 from benchmarks.ceiling import core_to_core_ns, vcpus_apart
 
-import patsparse as ps
 from patsparse.bench.timing import time_calls
+from patsparse.compiler.package import load_compiled
 
 
 def block(model, x: np.ndarray, calls: int) -> tuple[float, np.ndarray]:
@@ -50,8 +51,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--calls", type=int, default=40, help="calls per block")
     ap.add_argument("--out", help="also write the table here")
     ap.add_argument("--rounds-json", help="also write every round's two latencies and placement here")
+    ap.add_argument("--trust-native-code", action="store_true",
+                    help="run each directory's own library (A and B built by different versions of the "
+                         "compiler; loading otherwise regenerates both with this one)")
+    ap.add_argument("--threads", type=int, help="run both with this many threads (default: as saved)")
     args = ap.parse_args(argv)
-    text, rounds = ab_table(ps.load(args.a), ps.load(args.b), f"{args.a} against {args.b}",
+    a, b = (load_compiled(d, threads=args.threads, trust_native_code=args.trust_native_code)
+            for d in (args.a, args.b))
+    text, rounds = ab_table(a, b, f"{args.a} against {args.b}",
                             provenance(__file__, argv), seconds=args.seconds, calls=args.calls)
     if args.rounds_json:
         Path(args.rounds_json).write_text(json.dumps([{k: r[k] for k in ("far", "a", "b")} for r in rounds]))

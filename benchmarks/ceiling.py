@@ -33,12 +33,12 @@ from benchmarks._report import REPO, md_table, provenance
 
 from patsparse.compiler.build import compile_c
 from patsparse.compiler.codegen.base import prelude_c
-from patsparse.compiler.target import detect
+from patsparse.compiler.target import Target, detect
 from patsparse.compiler.runtime import aligned_empty
 
 CHAINS = 12  # independent accumulators: enough to hide FMA latency at two FMAs per cycle
 
-SOURCE = prelude_c(detect()) + r"""
+SOURCE = r"""
 #define CHAINS %(chains)d
 /* register-only FMAs on `threads` threads; returns seconds */
 double fma_regs(long n, int threads) {
@@ -106,8 +106,10 @@ int vector_floats(void) { return VL; }
 SIZES_KB = (16, 128, 384, 768, 2048, 8192, 65536)
 
 
-def _lib() -> ctypes.CDLL:
-    lib = ctypes.CDLL(str(compile_c(SOURCE, name="ceiling")))
+def _lib(target: Target | None = None) -> ctypes.CDLL:
+    """The loops built for ``target`` (default: this host's), which must run here."""
+    target = target or detect()
+    lib = ctypes.CDLL(str(compile_c(prelude_c(target) + SOURCE, name="ceiling", target=target)))
     for f in ("fma_regs", "fma_l1", "read_bw", "core_to_core"):
         getattr(lib, f).restype = ctypes.c_double
     lib.fma_regs.argtypes = [ctypes.c_long, ctypes.c_int]

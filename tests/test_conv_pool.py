@@ -10,14 +10,17 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import patsparse as ps
 from patsparse.compiler.api import capture
 from patsparse.compiler.codegen.conv_pool import default_tile, gen_conv_maxpool
 from patsparse.compiler.codegen.ctest import width_target
 from patsparse.compiler.codegen.plan import plan_graph
 from patsparse.compiler.layout import Layout
+from patsparse.compiler.target import TARGETS
 from patsparse.errors import InputError
 from patsparse.models.resnet import resnet18
 from test_codegen_dense import check_close, run_kernel
+from test_export import build_and_run, check, need_aarch64
 
 
 def case(*, cin, cout, k, stride, padding, pk, ps, pp, H, W, pin, pout, act="relu", vl=16,
@@ -65,8 +68,10 @@ def test_conv_maxpool_matches_torch(cin, cout, k, stride, data, H, W, pin, pout,
 
 
 def test_default_tile_and_bad_arguments():
-    assert default_tile(64, 112, width_target(16)) == {"mv": 4, "np": 4}  # 112 pixels in whole groups of 4
+    assert default_tile(64, 112, width_target(16)) == {"mv": 4, "np": 4}  # 16 accumulators
+    assert default_tile(64, 112, width_target(8)) == {"mv": 2, "np": 6}   # 12 of 16 registers
     assert default_tile(20, 45, width_target(16))["mv"] == 2
+    assert default_tile(64, 3, width_target(16))["np"] == 3  # never more pixels than a row has
     lay = dict(in_layout=Layout(3, 16, 16, 0), out_layout=Layout(8, 4, 4, 1), target=width_target(16))
     args = dict(cin=3, cout=8, k=3, stride=2, padding=1, pool_k=3, pool_stride=2, pool_padding=1)
     with pytest.raises(InputError, match="needs a ReLU"):
@@ -78,23 +83,20 @@ def test_default_tile_and_bad_arguments():
 
 
 def test_stem_and_pool_fuse_in_the_plan():
-    """ResNet's stem and max pool become one step with 32 registers; the pool's consumers read
-    the fused step; with 16 registers (AVX2, not measured) they stay two kernels."""
+    """ResNet's stem and max pool become one step with 32 registers and with 16 (AVX2, the
+    generic target); the pool's consumers read the fused step."""
     m = resnet18(num_classes=10, variant="imagenet").eval()
-    plan = plan_graph(capture(m, torch.zeros(1, 3, 64, 64)), target=width_target(16))
-    kinds = [s.kind for s in plan.steps]
-    assert kinds[0] == "conv_pool" and "maxpool" not in kinds
-    assert plan.steps[1].node.inputs == [plan.steps[0].node.name]
-    assert plan.steps[0].out_layout.H == 16
-    plan8 = plan_graph(capture(m, torch.zeros(1, 3, 64, 64)), target=width_target(8))
-    assert [s.kind for s in plan8.steps][:2] == ["conv2d", "maxpool"]
+    for vl in (16, 8, 4):
+        plan = plan_graph(capture(m, torch.zeros(1, 3, 64, 64)), target=width_target(vl))
+        kinds = [s.kind for s in plan.steps]
+        assert kinds[0] == "conv_pool" and "maxpool" not in kinds
+        assert plan.steps[1].node.inputs == [plan.steps[0].node.name]
+        assert plan.steps[0].out_layout.H == 16
 
 
 def test_fused_model_round_trips(tmp_path):
     """A compiled model with a fused stem saves and loads (its stored IR carries the fusion) and
     gives PyTorch's numbers, batch 2."""
-    import patsparse as ps
-
     torch.manual_seed(0)
     m = resnet18(num_classes=10, width=0.125, variant="imagenet").eval()
     x = torch.randn(2, 3, 40, 40)
@@ -107,4 +109,23 @@ def test_fused_model_round_trips(tmp_path):
         want = m(x)
     for model in (cm, back):
         check_close(model(x).numpy(), want)
-    assert fused or cm.manifest["vl"] < 16
+    assert fused
+
+
+@pytest.mark.parametrize("cin,cout,k,H,W", [(3, 64, 7, 37, 30), (4, 20, 5, 21, 26), (1, 72, 7, 24, 24)])
+def test_stem_on_aarch64_under_qemu(tmp_path, cin, cout, k, H, W):
+    """NEON (4-float vectors, 32 registers) fuses a stem with its BatchNorm, ReLU and max pool
+    and gives PyTorch's numbers under qemu: several channel groups, a partial last group, odd
+    sizes, one to four input channels."""
+    prefix = need_aarch64()
+    torch.manual_seed(0)
+    bn = torch.nn.BatchNorm2d(cout)
+    bn.running_mean.uniform_(-0.5, 0.5)
+    bn.running_var.uniform_(0.5, 1.5)
+    m = torch.nn.Sequential(torch.nn.Conv2d(cin, cout, k, 2, k // 2, bias=False), bn, torch.nn.ReLU(),
+                            torch.nn.MaxPool2d(3, 2, 1), torch.nn.Conv2d(cout, 4, 1)).eval()
+    x = np.random.default_rng(0).standard_normal((2, cin, H, W)).astype(np.float32)
+    kinds = [s.kind for s in plan_graph(capture(m, torch.from_numpy(x[:1])), target=TARGETS["aarch64-neon"]).steps]
+    assert kinds[0] == "conv_pool" and "maxpool" not in kinds
+    out = ps.export(m, torch.from_numpy(x[:1]), tmp_path / "stem", target="aarch64-neon")
+    check(build_and_run(out, x, prefix), m, x)

@@ -114,7 +114,8 @@ def test_generic_vectors_match_torch(lanes, registers):
 
 def test_saved_graph_is_portable_and_lowering_is_per_target(tmp_path):
     """The compiled model stores the graph before the target's fusions: a 7x7 stem + max pool
-    fuse for 32 registers only, and the stored IR keeps the pool either way (and still runs)."""
+    fuse when lowered for a CPU target (32 or 16 registers), and the stored IR keeps the pool (and
+    still runs)."""
     torch.manual_seed(0)
     m = nn.Sequential(nn.Conv2d(3, 8, 7, 2, 3), nn.ReLU(), nn.MaxPool2d(3, 2, 1), nn.Conv2d(8, 8, 3, padding=1),
                       nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
@@ -122,7 +123,7 @@ def test_saved_graph_is_portable_and_lowering_is_per_target(tmp_path):
     for t in (generic_vectors(16, 32), generic_vectors(4, 16)):
         cm = ps.compile(m, x, threads=1, target=t)
         kinds = [L["kernel"] for L in cm.manifest["layers"]]
-        assert ("conv_pool" in kinds) == (t.cpu.vector_registers == 32)
+        assert "conv_pool" in kinds and "maxpool" not in kinds
         graph = json.loads((cm.save(tmp_path / t.name) / "graph.json").read_text())
         assert [n["op"] for n in graph["nodes"]][:2] == ["conv", "maxpool"]
         assert all("pool" not in n["attrs"] for n in graph["nodes"])

@@ -37,7 +37,10 @@ from .common import (check_act, check_layouts, check_name, check_positive, check
 
 ACTS_NONNEG = ("relu", "relu6")  # the ring's zero padding is a valid max-pool padding only then
 MAX_MV = 4    # channel vectors per tile (64 channels with 16-float vectors)
-MAX_ACC = 20  # accumulators per tile: 4 x 6 spilled in the stand-alone test (155 against 262 GF/s)
+# accumulators per tile: 4 x 6 spilled in the stand-alone test (155 against 262 GF/s); in the model
+# 4 x 5 ran the stem 1.5x slower than 4 x 4 while inlined into the forward function, and still a
+# little slower (1.02 against 1.00 ms, one thread, AVX-512) when kept out of line
+MAX_ACC = 16
 
 
 def _fits(mv: int, np_: int, cpu: CpuCaps) -> bool:
@@ -46,13 +49,18 @@ def _fits(mv: int, np_: int, cpu: CpuCaps) -> bool:
 
 
 def default_tile(cout: int, Wo: int, target: Target) -> dict:
-    """MV channel vectors x NP pixels: as many channel vectors as Cout fills (up to MAX_MV, and
-    leaving room for 2 pixels), then the pixel count within the register budget that leaves the
-    fewest idle pixels per conv row (ties: more pixels)."""
+    """MV channel vectors x NP pixels: the tile with the most accumulators (up to MAX_ACC) that
+    fits the register file, then the fewest idle pixels per conv row, then more channel vectors.
+    Why most accumulators: an FMA's latency times the FMA pipes (8 on AVX2 and AVX-512 cores)
+    must be covered by independent accumulators with slack; with 16 registers (AVX2) 2 x 4 left
+    exactly 8 and ran the stem at 96 GF/s on one core where 2 x 6 ran at 115 (the FMA peak: 130),
+    and 4 x 2, the widest channel tile, at 103; in the model (one thread) the stem and pool took
+    2.03 ms at 2 x 6, 2.18 at 4 x 2, 2.20 at 2 x 4, 2.40 at 3 x 3."""
     cpu = target.require_cpu("conv + max pool tile")
-    mv = max(m for m in range(1, min(MAX_MV, -(-cout // cpu.lanes)) + 1) if m == 1 or _fits(m, 2, cpu))
-    fits = [n for n in range(1, 13) if mv * n <= MAX_ACC and _fits(mv, n, cpu)]
-    return {"mv": mv, "np": min(fits, key=lambda n: (-(-Wo // n) * n - Wo, -n))}
+    mvs = range(1, min(MAX_MV, -(-cout // cpu.lanes)) + 1)
+    tiles = [(m, n) for m in mvs for n in range(1, min(12, Wo) + 1) if m * n <= MAX_ACC and _fits(m, n, cpu)]
+    mv, np_ = min(tiles, key=lambda t: (-t[0] * t[1], -(-Wo // t[1]) * t[1] - Wo, -t[0]))
+    return {"mv": mv, "np": np_}
 
 
 def transpose_c(names: list[str]) -> list[str]:
@@ -157,6 +165,8 @@ def gen_conv_maxpool(name: str, *, cin: int, cout: int, k: int, stride: int, pad
    {in_layout.H}x{in_layout.W} -> {Ho}x{Wo} -> {Hp}x{Wp}; output channels in vectors, tile {mv} x {vl}
    channels x {np_} pixels; a ring of {PK} channel-blocked conv rows per thread */
 _Static_assert(VL == {vl}, "{name} was generated for {vl}-float vectors; regenerate it on this machine");
+/* out of line: inlined into ps_forward (its only caller), the tile competes for registers there */
+__attribute__((noinline))
 static void {name}(const float *restrict in, float *restrict out, const float *restrict w,
                    const float *restrict bias, const float *restrict res) {{
     (void)res;

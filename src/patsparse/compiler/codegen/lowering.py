@@ -32,12 +32,11 @@ def lower(g: Graph, target: Target) -> None:
 def fuse_conv_pool(g: Graph, target: Target) -> None:
     """Fold a max pool into the dense conv before it (conv_pool.py) where that kernel applies:
     the conv ends in a ReLU/ReLU6, feeds only the pool (a floor-mode, undilated one), has no
-    residual, and one group of its output channels' weights fits in L1 (the ImageNet stem).
-    Measured with 32 vector registers only, so other ISAs keep two kernels. The conv node takes the pool's output shape and an
+    residual, and one group of its output channels' weights fits in L1 (the ImageNet stem). With
+    16 registers too (AVX2, ResNet-18 at 224x224, one thread: the fused stem and pool took 2.03 ms
+    in the model against 2.45 for the implicit GEMM and the pool kernel). The conv node takes the pool's output shape and an
     attribute ``pool`` = {k, stride, padding}; the pool node is removed."""
     cpu = target.require_cpu("conv + max pool fusion")
-    if cpu.vector_registers < 32:
-        return
     for m in [n for n in g.nodes if n.op == "maxpool"]:
         src = m.inputs[0]
         prod = None if src == INPUT else g.node(src)
