@@ -82,14 +82,15 @@ def test_mobilenet_project_shape(vl, stride):
 @given(I=st.integers(9, 40), O=st.integers(1, 20), H=st.integers(1, 12), W=st.integers(1, 40),
        stride=st.integers(1, 2), pin=st.integers(0, 2), pout=st.integers(0, 2),
        act=st.sampled_from(["none", "relu", "relu6"]), residual=st.booleans(), vl=st.sampled_from([4, 8, 16]),
-       nv=st.integers(1, 6), compact=st.booleans(), gb=st.integers(1, 3), keep=st.sampled_from([0.1, 0.5, 1.0]),
-       dense=st.sampled_from([0.0, 0.3]))
-def test_grouped_matches_torch(I, O, H, W, stride, pin, pout, act, residual, vl, nv, compact, gb, keep, dense):
+       nv=st.integers(1, 6), compact=st.booleans(), gb=st.integers(1, 3), fb=st.integers(1, 4),
+       keep=st.sampled_from([0.1, 0.5, 1.0]), dense=st.sampled_from([0.0, 0.3]))
+def test_grouped_matches_torch(I, O, H, W, stride, pin, pout, act, residual, vl, nv, compact, gb, fb, keep, dense):
     """Any channel counts (short last groups included), plane, stride, halo, epilogue, tile,
-    channel blocks, vector width and mix of pattern, dense, thin and pruned kernels; the halo
-    stays zero."""
+    channel blocks, filter blocks (padded when they do not divide the filters), vector width and
+    mix of pattern, dense, thin and pruned kernels; the halo stays zero."""
     grouped_case(I=I, O=O, H=H, W=W, stride=stride, pin=pin, pout=pout, act=act, residual=residual, vl=vl,
-                 schedule={"nv": nv, "compact": int(compact or stride == 2), "gb": gb}, keep=keep, dense=dense,
+                 schedule={"nv": nv, "compact": int(compact or stride == 2), "gb": gb, "fb": fb}, keep=keep,
+                 dense=dense,
                  seed=I * 131 + O * 7 + H)
 
 
@@ -307,3 +308,37 @@ def test_pruned_blocks_on_opencl():
     cl = ps.compile(m, x[:1], target="opencl")
     assert {L["name"]: L["kernel"] for L in cl.manifest["layers"]}["project"] == "grouped1x1"
     check(np.asarray(cl(x)), m, x.numpy())
+
+
+@pytest.mark.parametrize("fb,gb", [(1, 1), (2, 2), (3, 1), (4, 9)])
+def test_gather_lists_hold_every_weight_once(fb, gb):
+    """Read back from the packed arrays (gather.py), every (filter, channel) weight of the layer
+    is there exactly once, padding adds zeros only, and blocks run in the documented order."""
+    from patsparse.compiler.gather import gather_plan
+
+    w = grouped_weight(torch.Generator().manual_seed(fb * 10 + gb), 13, 40, keep=0.4, dense=0.2).numpy()
+    sp = analyse_grouped(w)
+    gp = gather_plan(sp, fb=fb, gb=gb)
+    ld = 3
+    packed = gp.pack(w, sp, ld, "layer")
+    ints, o = packed.view(np.int32), gp.offsets
+    perm, seg = ints[o["perm"]:o["perm"] + gp.F], ints[o["seg"]:o["seg"] + gp.seg.size]
+    got = np.zeros((13, 40), np.float32)
+    for k in range(gp.blocks):
+        for b in range(gp.nb):
+            for s in range(seg[k * gp.nb + b], seg[k * gp.nb + b + 1]):
+                for i in range(fb):
+                    e = s * fb + i
+                    off, wt = ints[o["offs"] + e], packed[o["wts"] + e]
+                    assert off % ld == 0 and 0 <= off // ld < 9 * gp.gb
+                    if perm[k * fb + i] < 0:
+                        assert wt == 0
+                    else:
+                        got[perm[k * fb + i], 9 * gp.gb * b + off // ld] += wt
+    assert sorted(p for p in perm if p >= 0) == list(range(13))
+    np.testing.assert_array_equal(got, w.reshape(13, 40))
+    bad = w.copy()
+    bad[0, (sp.kernel_mask[0] < 0).argmax() * 9, 0, 0] = 1.0  # a weight in a pruned kernel
+    if (sp.kernel_mask[0] < 0).any():
+        with pytest.raises(InputError, match="layer"):
+            gp.pack(bad, sp, ld, "layer")

@@ -101,7 +101,8 @@ def _grouped_generate(step: Step, schedule: dict | None, target: Target, threads
 
 def _grouped_candidates(step: Step, target: Target, threads: int | None) -> list[dict]:
     o = step.out_layout
-    return grouped1x1.schedules(stride=step.node.attrs["stride"], Ho=o.H, Wo=o.W, target=target)[:MAX_CANDIDATES]
+    return grouped1x1.schedules(stride=step.node.attrs["stride"], Ho=o.H, Wo=o.W, target=target,
+                                channels=step.in_layout.C)[:MAX_CANDIDATES]
 
 
 # ---- dense convs ------------------------------------------------------------------------------

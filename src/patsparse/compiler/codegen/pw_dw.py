@@ -32,7 +32,7 @@ from ..target import Target
 from .base import GeneratedKernel, act_c
 from .common import (check_act, check_layout_types, check_layouts, check_name, check_positive,
                      check_weight, conv_out_size, helpers_c, ring_rows_c, VECTOR_LOAD)
-from .grouped1x1 import expand_c, expand_nv, max_nv, pack_grouped
+from .grouped1x1 import expand_c, expand_nv, layer_plan, max_nv, pack_grouped
 from .igemm import fma_step, pack_tiles, schedules as igemm_schedules
 from ..reorder import LayerSparsity
 
@@ -95,9 +95,10 @@ def gen_pw_dw(name: str, *, expand_weight: np.ndarray, expand_bias: np.ndarray, 
         if not 1 <= nv <= 16:
             raise InputError(f"{where}: expand tile nv={nv} out of range (1..16)")
         sp = expand_sparsity
-        packed_expand = pack_grouped(sp, ew, f"{name} (expand)")
+        gp = layer_plan(sp, {"nv": nv}, target, f"{name} (expand)")
+        packed_expand = pack_grouped(gp, sp, ew, nv * vl, f"{name} (expand)")
         e_bias = packed_expand.size   # offsets in the packed weights
-        decls, row, extra = expand_c(name, sp, nv=nv, W=W, cin=cin, cs=in_layout.ps, ring_ld=rl, bias_at=e_bias,
+        decls, row, extra = expand_c(name, gp, nv=nv, W=W, cin=cin, cs=in_layout.ps, ring_ld=rl, bias_at=e_bias,
                                      act=expand_act, target=target, scratch_at=f"ring + {ring}")
         sched, what = {"nv": nv}, f"grouped sparse expand ({len(sp.masks)} masks), tile {nv} row vectors"
         expand_flops = 2 * int(sp.taps_per_kernel().sum()) * H * W
