@@ -64,29 +64,38 @@ def use_compact(stride: int, Ho: int, Wo: int, vl: int) -> bool:
 
 def schedules(*, stride: int, Ho: int, Wo: int, target: Target, channels: int = 0) -> list[dict]:
     """Candidate schedules, the default first: {"nv": tile vectors, "compact": 0 or 1, "fb":
-    filters per step, and "gb" where it differs from default_gb}: both filter blocks, the
-    panel in L1-sized channel blocks when the layer's ``channels`` overflow one, a narrower
-    tile, the other vector form."""
+    filters per step, "panel": 0 or 1, and "gb" where it differs from default_gb}.
+
+    Default: row vectors are read in place (no panel) and compact ones through a panel; the
+    tile as wide as the registers and its input footprint allow (panel_nv). Then the other filter
+    block, the other side of the panel choice, L1-sized channel blocks when the layer's
+    ``channels`` overflow one, a narrower tile, the other vector form."""
     vl = target.require_cpu("grouped 1x1").lanes
     cp = use_compact(stride, Ho, Wo, vl)
     ns = _slots(Ho, Wo, vl, cp)
-    nv2, nv4 = (balanced_nv(ns, panel_nv(channels, target, fb)) for fb in (FB, 2 * FB))
-    cands = [{"nv": nv2, "compact": int(cp), "fb": FB}, {"nv": nv4, "compact": int(cp), "fb": 2 * FB}]
-    for c in list(cands):
+
+    def cand(fb: int, panel: bool, compact: bool = cp) -> dict:
+        nv = balanced_nv(_slots(Ho, Wo, vl, compact), panel_nv(channels, target, fb))
+        return {"nv": nv, "compact": int(compact), "fb": fb, "panel": int(panel)}
+
+    first = cand(FB, cp)
+    cands = [first, cand(2 * FB, cp), cand(FB, not cp)]
+    for c in cands[:2]:
         gb = l1_gb(c["nv"], target)
-        if 9 * gb < channels:
+        if c["panel"] and 9 * gb < channels:
             cands.append({**c, "gb": gb})
-    cands.append({"nv": max(1, nv2 // 2), "compact": int(cp), "fb": FB})
+    cands.append({**first, "nv": max(1, min(first["nv"], ns) // 2)})
     if stride == 1:
-        cands.append({"nv": balanced_nv(_slots(Ho, Wo, vl, not cp), max_nv(target)), "compact": int(not cp), "fb": FB})
+        cands.append(cand(FB, not cp, not cp))
     return [dict(t) for t in dict.fromkeys(tuple(sorted(c.items())) for c in cands)]
 
 
 def panel_nv(channels: int, target: Target, fb: int = FB) -> int:
-    """The widest tile (max_nv) whose panel of all ``channels`` fills at most a quarter of L2.
-    Why: a step loads its channel's tile vectors from anywhere in the panel; a project conv's
-    panel (576-960 channels) ran 1.3-1.5x faster at 2-3 vectors (AVX-512, one thread, tuned)
-    than at the register file's 7-8, an expand conv's (16-160 channels) alike at any width."""
+    """The widest tile (max_nv) whose input, all ``channels`` of its vectors (in a panel or in
+    place), fills at most a quarter of L2. Why: a step loads its channel's tile vectors from
+    anywhere in that input; a project conv (576-960 channels) ran 1.2-1.5x faster at 2-3
+    vectors (AVX-512, one thread) than at the register file's 7-8, an expand conv (16-160
+    channels) alike at any width."""
     cpu = target.require_cpu("grouped 1x1")
     return max(1, min(max_nv(target, fb), cpu.l2_bytes // 4 // (max(1, channels) * cpu.lanes * 4)))
 
@@ -124,21 +133,29 @@ class GroupedEmitter:
     loads and FMAs into as many accumulators. With more than one block, partial sums carry
     from block to block."""
 
-    def __init__(self, name: str, plan: GatherPlan, *, nv: int, channels: int, vl: int):
+    def __init__(self, name: str, plan: GatherPlan, *, nv: int, channels: int, vl: int, panel: bool = True):
         self.name, self.plan, self.nv, self.channels, self.vl = name, plan, nv, channels, vl
-        self.gb, self.nb, self.fb = plan.gb, plan.nb, plan.fb
+        self.gb, self.nb, self.fb, self.panel = plan.gb, plan.nb, plan.fb, panel
+        if not panel and plan.nb > 1:
+            raise InputError(f"{name}: channel blocks need the panel")
         self.w = nv * vl  # floats per channel in the panel
+
+    def ld(self, src_cs: int) -> int:
+        """Floats between two input channels where the steps read them: ``panel_ld`` to pack with."""
+        return self.w if self.panel else src_cs
 
     @property
     def private_floats(self) -> int:
         """Floats of the thread's own scratch: the panel, and partial sums with several blocks."""
-        return self.gb * 9 * self.w + (self.plan.F * self.w if self.nb > 1 else 0)
+        return (self.gb * 9 * self.w if self.panel else 0) + (self.plan.F * self.w if self.nb > 1 else 0)
 
     def decls(self, indent: str, at: str | None = None) -> list[str]:
         """C declaring the thread's panel and, with several blocks, its partial sums (every
         thread of the team runs it, at the top of the kernel). The scratch is the thread's
         private arena, or ``private_floats`` at ``at`` in a kernel that carves it from its own
         (a second PS_PRIVATE would return, and may move, the same arena)."""
+        if not self.panel:
+            return []
         lines = [f"float *restrict panel = {at};" if at else
                  f'PS_PRIVATE(panel, {self.private_floats}, "{self.name}");']
         if self.nb > 1:
@@ -152,18 +169,23 @@ class GroupedEmitter:
         V, I, w, nb, fb, cb = range(self.nv), range(self.fb), self.w, self.nb, self.fb, 9 * self.gb
         part = lambda i, v: f"part + (size_t)((k - {k0}) * {fb} + {i}) * {w} + {v} * VL"  # noqa: E731
         first = (lambda i, v: f"b ? vload({part(i, v)}) : (vf){{0}}") if nb > 1 else (lambda i, v: "(vf){0}")
-        lines = [f"for (int b = 0; b < {nb}; b++) {{" if nb > 1 else "{ const int b = 0;",
-                 f"    const int c1 = b * {cb} + {cb} < {self.channels} ? b * {cb} + {cb} : {self.channels};",
-                 f"    for (int c = b * {cb}; c < c1; c++) {{",
-                 f"        float *restrict d = panel + (size_t)(c - b * {cb}) * {w};",
-                 "        " + " ".join(f"vstore(d + {v} * VL, vload({src[v]} + (size_t)c * {src_cs}));" for v in V),
-                 "    }",
-                 f"    for (int k = {k0}; k < {k1}; k++) {{",
-                 "        vf " + ", ".join(f"a{i}_{v} = {first(i, v)}" for i in I for v in V) + ";",
-                 f"        for (int s = seg[k * {nb} + b], s1 = seg[k * {nb} + b + 1]; s < s1; s++) {{",
-                 "            " + " ".join(f"const vf w{i} = vbcast(wts[s * {fb} + {i}]);"
-                                           f" const float *restrict x{i} = panel + offs[s * {fb} + {i}];" for i in I)]
-        lines += ["            " + " ".join(f"a{i}_{v} += w{i} * vload(x{i} + {v * self.vl});" for v in V) for i in I]
+        lines = [f"for (int b = 0; b < {nb}; b++) {{" if nb > 1 else "{ const int b = 0; (void)b;"]
+        if self.panel:
+            lines += [f"    const int c1 = b * {cb} + {cb} < {self.channels} ? b * {cb} + {cb} : {self.channels};",
+                      f"    for (int c = b * {cb}; c < c1; c++) {{",
+                      f"        float *restrict d = panel + (size_t)(c - b * {cb}) * {w};",
+                      "        " + " ".join(f"vstore(d + {v} * VL, vload({src[v]} + (size_t)c * {src_cs}));" for v in V),
+                      "    }"]
+            at = lambda i, v: f"x{i} + {v * self.vl}"  # noqa: E731
+        else:  # the steps read the tile's vectors where they are, offsets in input channels
+            at = lambda i, v: f"{src[v]} + o{i}"  # noqa: E731
+        lines += [f"    for (int k = {k0}; k < {k1}; k++) {{",
+                  "        vf " + ", ".join(f"a{i}_{v} = {first(i, v)}" for i in I for v in V) + ";",
+                  f"        for (int s = seg[k * {nb} + b], s1 = seg[k * {nb} + b + 1]; s < s1; s++) {{",
+                  "            " + " ".join(f"const vf w{i} = vbcast(wts[s * {fb} + {i}]);" + (
+                      f" const float *restrict x{i} = panel + offs[s * {fb} + {i}];" if self.panel else
+                      f" const ptrdiff_t o{i} = offs[s * {fb} + {i}];") for i in I)]
+        lines += ["            " + " ".join(f"a{i}_{v} += w{i} * vload({at(i, v)});" for v in V) for i in I]
         lines.append("        }")
         if nb > 1:
             lines += [f"        if (b < {nb - 1}) {{",
@@ -178,11 +200,11 @@ class GroupedEmitter:
 
 
 def layer_plan(sp: LayerSparsity, sched: dict, target: Target, where: str) -> GatherPlan:
-    """The gather lists of a layer with sparsity ``sp`` for a schedule {"nv", "fb", "gb"} (fb
-    and gb optional: FB and default_gb)."""
+    """The gather lists of a layer with sparsity ``sp`` for a schedule {"nv", "fb", "gb",
+    "panel"} (all but nv optional: FB, default_gb, 1; without the panel, one channel block)."""
     try:
         nv, fb = int(sched["nv"]), int(sched.get("fb", FB))
-        gb = int(sched.get("gb", default_gb(nv, target)))
+        gb = int(sched.get("gb", default_gb(nv, target))) if int(sched.get("panel", 1)) else sp.kernel_mask.shape[1]
     except (KeyError, TypeError, ValueError):
         raise InputError(f"{where}: schedule must have integer 'nv' (and 'fb', 'gb'), got {sched!r}") from None
     if not (1 <= nv <= 16 and 1 <= fb <= 8 and gb >= 1):
@@ -222,9 +244,10 @@ def gen_grouped1x1(name: str, weight: np.ndarray, *, stride: int = 1, padding: i
     sched = {**schedules(stride=stride, Ho=Ho, Wo=Wo, target=target, channels=I)[0], **(schedule or {})}
     gp = layer_plan(sp, sched, target, where)
     try:
-        nv, compact = int(sched["nv"]), bool(int(sched["compact"]))
+        nv, compact, panel = int(sched["nv"]), bool(int(sched["compact"])), bool(int(sched.get("panel", 1)))
     except (KeyError, TypeError, ValueError):
-        raise InputError(f"{where}: schedule must have integer 'nv' and 'compact', got {schedule!r}") from None
+        raise InputError(f"{where}: schedule must have integer 'nv' and 'compact' (and 'panel'), "
+                         f"got {schedule!r}") from None
     if stride != 1 and not compact:
         raise InputError(f"{where}: row vectors at stride {stride} (the schedule must be compact)")
     L, O_ = in_layout, out_layout
@@ -233,7 +256,7 @@ def gen_grouped1x1(name: str, weight: np.ndarray, *, stride: int = 1, padding: i
         cs, scratch, prep = cacc.cs, cacc.scratch, cacc.prep
     else:
         cs, scratch, prep = L.ps, "", ""
-    em = GroupedEmitter(name, gp, nv=nv, channels=I, vl=vl)
+    em = GroupedEmitter(name, gp, nv=nv, channels=I, vl=vl, panel=panel)
     ns = _slots(Ho, Wo, vl, compact)
     V = range(nv)
     slots = []
@@ -285,11 +308,12 @@ def gen_grouped1x1(name: str, weight: np.ndarray, *, stride: int = 1, padding: i
         "}", ""])
 
     def pack(wt: np.ndarray) -> np.ndarray:
-        return pack_grouped(gp, sp, wt, em.w, where)
+        return pack_grouped(gp, sp, wt, em.ld(cs), where)
 
     flops = 2 * int(sp.taps_per_kernel().sum()) * Ho * Wo
     return GeneratedKernel(name=name, code=code, target=target, pack=pack, flops=flops,
-                           schedule={"nv": nv, "compact": int(compact), "fb": gp.fb, "gb": em.gb, "vl": vl})
+                           schedule={"nv": nv, "compact": int(compact), "fb": gp.fb, "gb": em.gb,
+                                                     "panel": int(panel), "vl": vl})
 
 
 def expand_nv(W: int, target: Target) -> int:
