@@ -342,3 +342,31 @@ def test_gather_lists_hold_every_weight_once(fb, gb):
     if (sp.kernel_mask[0] < 0).any():
         with pytest.raises(InputError, match="layer"):
             gp.pack(bad, sp, ld, "layer")
+
+
+@settings(max_examples=15, deadline=None, derandomize=True)
+@given(C=st.integers(1, 11), stride=st.integers(1, 2), padding=st.integers(0, 1), H=st.integers(3, 21),
+       W=st.integers(3, 40), pin=st.integers(0, 2), pout=st.integers(0, 2), act=st.sampled_from(["none", "relu6"]),
+       residual=st.booleans(), rows=st.integers(1, 4), seed=st.integers(0, 3))
+def test_pattern_depthwise_matches_torch(C, stride, padding, H, W, pin, pout, act, residual, rows, seed):
+    """A depthwise conv whose channels keep library patterns (one channel thinner or empty)
+    computes each channel's kept taps only (depthwise.kept_taps), as PyTorch does."""
+    from patsparse.compiler.codegen.depthwise import gen_depthwise, kept_taps
+
+    g = torch.Generator().manual_seed(seed)
+    x, b = torch.randn(C, H, W, generator=g), torch.randn(C, generator=g)
+    w, _ = project_pattern(torch.randn(C, 1, 3, 3, generator=g), "phase2")
+    w[0, 0, seed % 3] = 0.0  # a row of the first channel's pattern gone: fewer taps, or none
+    y = F.conv2d(x[None], w, b, stride=stride, padding=padding, groups=C)[0]
+    r = torch.randn(y.shape, generator=g)
+    want = _act(y + r if residual else y, act)
+    Lin, Lout = Layout(C, H, W, pin), Layout(C, *y.shape[1:], pout)
+    taps = kept_taps(w.numpy())
+    assert taps == (4 if C > 1 else max(1, int((w[0] != 0).sum())))
+    kern = gen_depthwise("dw", channels=C, stride=stride, padding=padding, in_layout=Lin, out_layout=Lout,
+                         act=act, has_residual=residual, schedule={"rows": rows}, target=width_target(16),
+                         taps=taps)
+    check_close(run_kernel(kern, x.numpy(), w.numpy(), b.numpy(), Lin, Lout, r.numpy() if residual else None), want)
+    with pytest.raises(InputError, match="more than the"):
+        kern.pack(torch.ones(C, 1, 3, 3).numpy())
+    assert kept_taps(torch.randn(4, 1, 3, 3).numpy()) is None  # dense: the plain pass

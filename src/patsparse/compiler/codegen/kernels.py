@@ -162,7 +162,8 @@ def _depthwise_matches(node: Node) -> dict | None:
 def _depthwise_generate(step: Step, schedule: dict | None, target: Target, threads: int | None) -> GeneratedKernel:
     a = step.node.attrs
     return depthwise.gen_depthwise(step.cname, channels=_out_channels(step), k=a["k"], stride=a["stride"],
-                                   padding=a["padding"], **_common(step, schedule, target))
+                                   padding=a["padding"], taps=depthwise.kept_taps(step.node.params["weight"]),
+                                   **_common(step, schedule, target))
 
 
 # ---- the rest ---------------------------------------------------------------------------------
