@@ -97,22 +97,30 @@ def test_grouped_matches_torch(I, O, H, W, stride, pin, pout, act, residual, vl,
 @settings(max_examples=10, deadline=None, derandomize=True)
 @given(cin=st.integers(9, 30), C=st.integers(1, 24), stride=st.integers(1, 2), H=st.integers(1, 12),
        W=st.integers(1, 40), vl=st.sampled_from([4, 8, 16]), nv=st.integers(1, 4),
-       keep=st.sampled_from([0.2, 0.6]))
-def test_fused_pruned_expand_matches_torch(cin, C, stride, H, W, vl, nv, keep):
-    """The 1x1 + depthwise kernel with an expand pruned in virtual kernels."""
+       keep=st.sampled_from([0.2, 0.6]), patterns=st.booleans())
+def test_fused_pruned_expand_matches_torch(cin, C, stride, H, W, vl, nv, keep, patterns):
+    """The 1x1 + depthwise kernel with an expand pruned in virtual kernels, and a depthwise conv
+    dense or in patterns (its kept taps only: depthwise.kept_taps)."""
+    from patsparse.compiler.codegen.depthwise import kept_taps
+
     g = torch.Generator().manual_seed(cin * 17 + C)
     x = torch.randn(cin, H, W, generator=g)
     ew, eb = grouped_weight(g, C, cin, keep), torch.randn(C, generator=g)
     dw, db = torch.randn(C, 1, 3, 3, generator=g) / 3, torch.randn(C, generator=g)
+    if patterns:
+        dw, _ = project_pattern(dw, "phase2")
+        dw[0, 0, 1] = 0.0  # one channel thinner
     e = _act(F.conv2d(x[None], ew, eb), "relu6")
     want = _act(F.conv2d(e, dw, db, stride=stride, padding=1, groups=C), "relu6")[0]
     Lin, Lout = Layout(cin, H, W, 0), Layout(C, *want.shape[1:], 1)
     sp = analyse_grouped(ew.numpy())
     kern = gen_pw_dw("pd", expand_weight=ew.numpy(), expand_bias=eb.numpy(), expand_act="relu6", stride=stride,
                      in_layout=Lin, out_layout=Lout, act="relu6", target=width_target(vl), schedule={"nv": nv},
-                     expand_sparsity=sp)
+                     expand_sparsity=sp, taps=kept_taps(dw.numpy()))
     assert kern.schedule == {"nv": nv}
-    assert kern.flops == 2 * int(sp.taps_per_kernel().sum()) * H * W + 2 * C * 9 * want.shape[1] * want.shape[2]
+    assert (kept_taps(dw.numpy()) is None) != patterns
+    assert kern.flops == 2 * int(sp.taps_per_kernel().sum()) * H * W + \
+        2 * C * (kept_taps(dw.numpy()) or 9) * want.shape[1] * want.shape[2]
     check_close(run_kernel(kern, x.numpy(), dw.numpy(), db.numpy(), Lin, Lout, None), want)
 
 

@@ -48,6 +48,20 @@ def kept_taps(weight: np.ndarray) -> int | None:
     return None if most >= kk else max(1, most)
 
 
+def pack_taps(weight: np.ndarray, taps: int, where: str) -> np.ndarray:
+    """A (C, 1, k, k) depthwise weight as ``taps`` weights per channel (its non-zero taps in
+    ascending order, zeros after), then each channel's ``taps`` tap indices (int32 bits)."""
+    wt = np.asarray(weight, np.float32).reshape(weight.shape[0], -1)
+    nz = wt != 0
+    over = np.flatnonzero(nz.sum(axis=1) > taps)
+    if over.size:
+        raise InputError(f"{where}: channel {over[0]} has more than the {taps} non-zero taps it was "
+                         f"compiled for; recompile with these weights")
+    idx = np.argsort(~nz, axis=1, kind="stable")[:, :taps]  # the non-zero taps first, ascending
+    vals = np.take_along_axis(wt, idx, axis=1)
+    return np.concatenate([vals.ravel(), idx.astype(np.int32).ravel().view(np.float32)])
+
+
 def gen_depthwise(name: str, *, channels: int, k: int = 3, stride: int = 1, padding: int = 1,
                   in_layout: Layout, out_layout: Layout, act: str = "none",
                   has_residual: bool = False, schedule: dict | None = None,
@@ -152,17 +166,8 @@ static void {name}(const float *restrict in, float *restrict out, const float *r
 """
 
     def pack(weight: np.ndarray) -> np.ndarray:
-        wt = check_weight(weight, (channels, 1, k, k), name).reshape(channels, kk)
-        if taps is None:
-            return wt.ravel().copy()
-        nz = wt != 0
-        over = np.flatnonzero(nz.sum(axis=1) > taps)
-        if over.size:
-            raise InputError(f"{where}: channel {over[0]} has more than the {taps} non-zero taps it was "
-                             f"compiled for; recompile with these weights")
-        idx = np.argsort(~nz, axis=1, kind="stable")[:, :taps]  # the non-zero taps first, ascending
-        vals = np.take_along_axis(wt, idx, axis=1)
-        return np.concatenate([vals.ravel(), idx.astype(np.int32).ravel().view(np.float32)])
+        wt = check_weight(weight, (channels, 1, k, k), name)
+        return wt.ravel().copy() if taps is None else pack_taps(wt, taps, where)
 
     return GeneratedKernel(name=name, code=code, target=target, pack=pack, flops=2 * channels * nw * Ho * Wo,
                            schedule={"rows": rows})

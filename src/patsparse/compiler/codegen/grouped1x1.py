@@ -331,7 +331,7 @@ def expand_c(name: str, gp: GatherPlan, *, nv: int, W: int, cin: int, cs: int, r
     the layer is packed at ``w`` (``pack_grouped`` with ``gp``, panel rows of ``nv`` vectors),
     its bias at ``w + bias_at``."""
     vl = target.require_cpu(name).lanes
-    em = GroupedEmitter(name, gp, nv=nv, channels=cin, vl=vl)
+    em = GroupedEmitter(name, gp, nv=nv, channels=cin, vl=vl, panel=False)
     nvw = -(-W // vl)
     V = range(nv)
     loop = [f"for (int vt = 0; vt < {-(-nvw // nv)}; vt++) {{"]

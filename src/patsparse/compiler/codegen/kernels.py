@@ -144,7 +144,7 @@ def _pw_dw_generate(step: Step, schedule: dict | None, target: Target, threads: 
                            expand_bias=n.params["expand_bias"], expand_act=a["expand"]["act"], k=a["k"],
                            stride=a["stride"], padding=a["padding"], in_layout=step.in_layout,
                            out_layout=step.out_layout, act=n.act, target=target, schedule=schedule,
-                           has_residual=n.residual is not None)
+                           has_residual=n.residual is not None, taps=depthwise.kept_taps(n.params["weight"]))
 
 
 def _pw_dw_candidates(step: Step, target: Target, threads: int | None) -> list[dict]:
