@@ -151,10 +151,12 @@ def test_sparsity_read_from_weights(I):
 
 
 def test_dense_and_thin_layers_stay_dense():
-    """A dense 1x1 conv, one with fewer than 9 input channels, or one pruned by patterns alone
-    (4 of 9: the dense GEMM is faster there, GROUPED_MAX_DENSITY) is not a grouped layer."""
+    """A dense 1x1 conv, one with fewer than 9 input channels, or a project conv pruned by
+    patterns alone (4 of 9: the dense GEMM is faster there, max_density) is not a grouped
+    layer; an expand conv pruned so is."""
     g = torch.Generator().manual_seed(0)
     assert grouped_sparsity(grouped_weight(g, 8, 27, keep=1.0, thin=0.0).numpy()) is None
+    assert grouped_sparsity(grouped_weight(g, 54, 27, keep=1.0, thin=0.0).numpy()) is not None
     assert grouped_sparsity(torch.randn(8, 27, 1, 1, generator=g).numpy()) is None
     assert grouped_sparsity(np.zeros((8, 8, 1, 1), np.float32)) is None
     assert grouped_sparsity(grouped_weight(g, 8, 27).numpy()) is not None
