@@ -26,17 +26,20 @@ from .reorder import LayerSparsity, analyse
 # kernel's four channels serve that kernel alone) where the dense GEMM reuses each load across
 # a register tile of output channels, so it costs more per product than the dense GEMM, and
 # more so the larger the input it gathers from. Measured per layer against the dense GEMM
-# (AVX-512, one thread, MobileNet-V2 at 2.25x, density 0.44-0.48): an expand conv (16-160
-# input channels, at least twice as many outputs) costs 1.6-2.0x the dense GEMM per product,
-# so it wins up to a density of 0.5; a project or square conv (96-960 inputs) costs 2.5-3.4x,
-# so it wins below 0.33 (at 8x, density 0.1-0.12, both run 1.5-4x faster than dense).
+# (AVX-512, one thread, MobileNet-V2 and ResNet-50 at 2.25x, density 0.44-0.48): an expand conv
+# from few channels (32-160 inputs, at least twice as many outputs) costs 1.6-2.0x the dense
+# GEMM per product, so it wins up to a density of 0.5; every other shape (ResNet-50's expands
+# from 256-512 channels included) costs 2.2-3.8x, so it wins below 0.33. At 8x (density
+# 0.1-0.12) every 1x1 conv of both networks runs 1.5-4x faster grouped.
 GROUPED_MAX_DENSITY = 0.33
 EXPAND_MAX_DENSITY = 0.5
+EXPAND_MAX_INPUTS = 160
 
 
 def max_density(out_channels: int, in_channels: int) -> float:
     """The density up to which a (out, in, 1, 1) conv runs the grouped kernel (see above)."""
-    return EXPAND_MAX_DENSITY if out_channels >= 2 * in_channels else GROUPED_MAX_DENSITY
+    expand = out_channels >= 2 * in_channels and in_channels <= EXPAND_MAX_INPUTS
+    return EXPAND_MAX_DENSITY if expand else GROUPED_MAX_DENSITY
 
 
 def virtual_weight(weight: np.ndarray, where: str = "conv") -> np.ndarray:
