@@ -12,7 +12,7 @@ weights and runs the grouped kernel where it is faster than the dense GEMM (dens
 ``compiler.grouped.max_density`` of the layer's shape). The accuracy section of the same file comes from
 ``python -m benchmarks.accuracy --budget mini --results docs/bench/grouped1x1.md``.
 
-    python -m benchmarks.grouped1x1 --threads 2 --repeats 100
+    python -m benchmarks.grouped1x1 --threads 2 --repeats 100     (a section per thread count)
     python -m benchmarks.grouped1x1 --ab 120 --models mobilenet_v2 --rates 8 --threads 1
 
 ``--ab SECONDS`` instead compiles each model and rate twice, with every 1x1 conv on the dense
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             print(" | ".join(rows[-1]), flush=True)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     body = "\n".join([
-        "## Speed against ONNX Runtime and OpenVINO", "",
+        f"## Speed against ONNX Runtime and OpenVINO, {args.threads} thread(s)", "",
         f"Written by `python -m benchmarks.grouped1x1`. ImageNet form (3x224x224), batch 1, {args.threads} threads, "
         f"{args.repeats} timed calls per engine, median ms; the same model (weights pruned in place) for "
         "every engine. `1x1 grouped` says how many of the model's 1x1 convs ran the grouped sparse kernel "
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         f"command `{command}`."])
     if not args.out.exists():
         args.out.write_text(HEADER)
-    _report.update_section("grouped1x1-speed", body, args.out)
+    _report.update_section(f"grouped1x1-speed-t{args.threads}", body, args.out)
     print(body)
     return 0
 
