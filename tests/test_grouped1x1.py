@@ -231,6 +231,8 @@ def test_pruned_blocks_compile_to_grouped_kernels():
     assert kinds["thin"] == "grouped1x1" and kinds["last"] == "conv2d"  # 8 input channels: dense
     assert kinds["grouped"] == "grouped1x1"  # groups=4 as a block-diagonal conv: 1 dense group of 4 kept
     assert all("kernels" in L for L in cm.manifest["layers"] if L["kernel"] == "grouped1x1")
+    dw = next(L for L in cm.manifest["layers"] if L["name"] == "dw")
+    assert dw["kernel"] == "depthwise" and dw["flops"] == 2 * 96 * 4 * 20 * 20  # patterns: 4 taps computed
     check(np.asarray(cm(x)), m, x.numpy())
 
 
@@ -292,8 +294,8 @@ class Expand(nn.Module):
 
 
 def test_grouped_on_aarch64_under_qemu(tmp_path):
-    """The grouped kernel and the fused pruned expand rendered for NEON, built with the export's
-    Makefile and run under qemu."""
+    """The grouped kernel and the fused pruned expand (its depthwise pass on the kept taps)
+    rendered for NEON, built with the export's Makefile and run under qemu."""
     prefix = need_aarch64()
     torch.manual_seed(0)
     m = Expand().eval()
@@ -301,7 +303,7 @@ def test_grouped_on_aarch64_under_qemu(tmp_path):
     x = np.random.default_rng(0).standard_normal((1, 3, 56, 56)).astype(np.float32)
     out = ps.export(m, torch.from_numpy(x), tmp_path / "proj", target="aarch64-linux-gnu")
     src = (out / "model.c").read_text()
-    assert "grouped 1x1 conv" in src and "grouped sparse expand" in src
+    assert "grouped 1x1 conv" in src and "grouped sparse expand" in src and "4 depthwise taps per channel" in src
     check(build_and_run(out, x, prefix), m, x)
 
 
