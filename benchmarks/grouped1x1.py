@@ -9,10 +9,10 @@ project's harness (``patsparse.bench.run_bench``: one worker process per engine,
 rounds, each engine settled before its block, outputs checked against PyTorch first). The table
 also says which kernel ran each model's 1x1 convs: the compiler reads the grouping from the
 weights and runs the grouped kernel where it is faster than the dense GEMM (density at most
-``compiler.grouped.GROUPED_MAX_DENSITY``). The accuracy section of the same file comes from
+``compiler.grouped.max_density`` of the layer's shape). The accuracy section of the same file comes from
 ``python -m benchmarks.accuracy --budget mini --results docs/bench/grouped1x1.md``.
 
-    python -m benchmarks.grouped1x1 --threads 2 --repeats 100
+    python -m benchmarks.grouped1x1 --threads 2 --repeats 100     (a section per thread count)
     python -m benchmarks.grouped1x1 --ab 120 --models mobilenet_v2 --rates 8 --threads 1
 
 ``--ab SECONDS`` instead compiles each model and rate twice, with every 1x1 conv on the dense
@@ -58,7 +58,7 @@ def one_x_one_kernels(module, input_shape: tuple[int, ...]) -> str:
 
 
 def ab(args: argparse.Namespace, header: list[str]) -> int:
-    """The A/B per model and rate: 1x1 convs on the dense GEMM (the grouped kernel's threshold
+    """The A/B per model and rate: 1x1 convs on the dense GEMM (the grouped kernel's thresholds
     set below every density for that build only) against the compiler's own pick."""
     import torch
 
@@ -68,12 +68,12 @@ def ab(args: argparse.Namespace, header: list[str]) -> int:
         for rate in (float(r) for r in args.rates.split(",")):
             bm = BenchModel.from_zoo(name, rate=None if rate == 1 else rate, variant="imagenet")
             x = torch.zeros(1, *bm.input_shape)
-            saved = grouped.GROUPED_MAX_DENSITY
+            saved = grouped.GROUPED_MAX_DENSITY, grouped.EXPAND_MAX_DENSITY
             try:
-                grouped.GROUPED_MAX_DENSITY = -1.0
+                grouped.GROUPED_MAX_DENSITY = grouped.EXPAND_MAX_DENSITY = -1.0
                 dense = ps.compile(bm.module, x, threads=args.threads)
             finally:
-                grouped.GROUPED_MAX_DENSITY = saved
+                grouped.GROUPED_MAX_DENSITY, grouped.EXPAND_MAX_DENSITY = saved
             text, _ = ab_table(dense, ps.compile(bm.module, x, threads=args.threads),
                                f"{name} {rate:g}x, A: 1x1 convs on the dense GEMM, B: grouped where the compiler "
                                f"picks it, {args.threads} thread(s)", header, seconds=args.ab, calls=20)
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             print(" | ".join(rows[-1]), flush=True)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     body = "\n".join([
-        "## Speed against ONNX Runtime and OpenVINO", "",
+        f"## Speed against ONNX Runtime and OpenVINO, {args.threads} thread(s)", "",
         f"Written by `python -m benchmarks.grouped1x1`. ImageNet form (3x224x224), batch 1, {args.threads} threads, "
         f"{args.repeats} timed calls per engine, median ms; the same model (weights pruned in place) for "
         "every engine. `1x1 grouped` says how many of the model's 1x1 convs ran the grouped sparse kernel "
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         f"command `{command}`."])
     if not args.out.exists():
         args.out.write_text(HEADER)
-    _report.update_section("grouped1x1-speed", body, args.out)
+    _report.update_section(f"grouped1x1-speed-t{args.threads}", body, args.out)
     print(body)
     return 0
 

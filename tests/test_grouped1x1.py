@@ -82,36 +82,45 @@ def test_mobilenet_project_shape(vl, stride):
 @given(I=st.integers(9, 40), O=st.integers(1, 20), H=st.integers(1, 12), W=st.integers(1, 40),
        stride=st.integers(1, 2), pin=st.integers(0, 2), pout=st.integers(0, 2),
        act=st.sampled_from(["none", "relu", "relu6"]), residual=st.booleans(), vl=st.sampled_from([4, 8, 16]),
-       nv=st.integers(1, 6), compact=st.booleans(), gb=st.integers(1, 3), keep=st.sampled_from([0.1, 0.5, 1.0]),
-       dense=st.sampled_from([0.0, 0.3]))
-def test_grouped_matches_torch(I, O, H, W, stride, pin, pout, act, residual, vl, nv, compact, gb, keep, dense):
+       nv=st.integers(1, 6), compact=st.booleans(), gb=st.integers(1, 3), fb=st.integers(1, 4),
+       keep=st.sampled_from([0.1, 0.5, 1.0]), dense=st.sampled_from([0.0, 0.3]))
+def test_grouped_matches_torch(I, O, H, W, stride, pin, pout, act, residual, vl, nv, compact, gb, fb, keep, dense):
     """Any channel counts (short last groups included), plane, stride, halo, epilogue, tile,
-    channel blocks, vector width and mix of pattern, dense, thin and pruned kernels; the halo
-    stays zero."""
+    channel blocks, filter blocks (padded when they do not divide the filters), vector width and
+    mix of pattern, dense, thin and pruned kernels; the halo stays zero."""
     grouped_case(I=I, O=O, H=H, W=W, stride=stride, pin=pin, pout=pout, act=act, residual=residual, vl=vl,
-                 schedule={"nv": nv, "compact": int(compact or stride == 2), "gb": gb}, keep=keep, dense=dense,
+                 schedule={"nv": nv, "compact": int(compact or stride == 2), "gb": gb, "fb": fb}, keep=keep,
+                 dense=dense,
                  seed=I * 131 + O * 7 + H)
 
 
 @settings(max_examples=10, deadline=None, derandomize=True)
 @given(cin=st.integers(9, 30), C=st.integers(1, 24), stride=st.integers(1, 2), H=st.integers(1, 12),
        W=st.integers(1, 40), vl=st.sampled_from([4, 8, 16]), nv=st.integers(1, 4),
-       keep=st.sampled_from([0.2, 0.6]))
-def test_fused_pruned_expand_matches_torch(cin, C, stride, H, W, vl, nv, keep):
-    """The 1x1 + depthwise kernel with an expand pruned in virtual kernels."""
+       keep=st.sampled_from([0.2, 0.6]), patterns=st.booleans())
+def test_fused_pruned_expand_matches_torch(cin, C, stride, H, W, vl, nv, keep, patterns):
+    """The 1x1 + depthwise kernel with an expand pruned in virtual kernels, and a depthwise conv
+    dense or in patterns (its kept taps only: depthwise.kept_taps)."""
+    from patsparse.compiler.codegen.depthwise import kept_taps
+
     g = torch.Generator().manual_seed(cin * 17 + C)
     x = torch.randn(cin, H, W, generator=g)
     ew, eb = grouped_weight(g, C, cin, keep), torch.randn(C, generator=g)
     dw, db = torch.randn(C, 1, 3, 3, generator=g) / 3, torch.randn(C, generator=g)
+    if patterns:
+        dw, _ = project_pattern(dw, "phase2")
+        dw[0, 0, 1] = 0.0  # one channel thinner
     e = _act(F.conv2d(x[None], ew, eb), "relu6")
     want = _act(F.conv2d(e, dw, db, stride=stride, padding=1, groups=C), "relu6")[0]
     Lin, Lout = Layout(cin, H, W, 0), Layout(C, *want.shape[1:], 1)
     sp = analyse_grouped(ew.numpy())
     kern = gen_pw_dw("pd", expand_weight=ew.numpy(), expand_bias=eb.numpy(), expand_act="relu6", stride=stride,
                      in_layout=Lin, out_layout=Lout, act="relu6", target=width_target(vl), schedule={"nv": nv},
-                     expand_sparsity=sp)
+                     expand_sparsity=sp, taps=kept_taps(dw.numpy()))
     assert kern.schedule == {"nv": nv}
-    assert kern.flops == 2 * int(sp.taps_per_kernel().sum()) * H * W + 2 * C * 9 * want.shape[1] * want.shape[2]
+    assert (kept_taps(dw.numpy()) is None) != patterns
+    assert kern.flops == 2 * int(sp.taps_per_kernel().sum()) * H * W + \
+        2 * C * (kept_taps(dw.numpy()) or 9) * want.shape[1] * want.shape[2]
     check_close(run_kernel(kern, x.numpy(), dw.numpy(), db.numpy(), Lin, Lout, None), want)
 
 
@@ -142,10 +151,12 @@ def test_sparsity_read_from_weights(I):
 
 
 def test_dense_and_thin_layers_stay_dense():
-    """A dense 1x1 conv, one with fewer than 9 input channels, or one pruned by patterns alone
-    (4 of 9: the dense GEMM is faster there, GROUPED_MAX_DENSITY) is not a grouped layer."""
+    """A dense 1x1 conv, one with fewer than 9 input channels, or a project conv pruned by
+    patterns alone (4 of 9: the dense GEMM is faster there, max_density) is not a grouped
+    layer; an expand conv pruned so is."""
     g = torch.Generator().manual_seed(0)
     assert grouped_sparsity(grouped_weight(g, 8, 27, keep=1.0, thin=0.0).numpy()) is None
+    assert grouped_sparsity(grouped_weight(g, 54, 27, keep=1.0, thin=0.0).numpy()) is not None
     assert grouped_sparsity(torch.randn(8, 27, 1, 1, generator=g).numpy()) is None
     assert grouped_sparsity(np.zeros((8, 8, 1, 1), np.float32)) is None
     assert grouped_sparsity(grouped_weight(g, 8, 27).numpy()) is not None
@@ -220,6 +231,8 @@ def test_pruned_blocks_compile_to_grouped_kernels():
     assert kinds["thin"] == "grouped1x1" and kinds["last"] == "conv2d"  # 8 input channels: dense
     assert kinds["grouped"] == "grouped1x1"  # groups=4 as a block-diagonal conv: 1 dense group of 4 kept
     assert all("kernels" in L for L in cm.manifest["layers"] if L["kernel"] == "grouped1x1")
+    dw = next(L for L in cm.manifest["layers"] if L["name"] == "dw")
+    assert dw["kernel"] == "depthwise" and dw["flops"] == 2 * 96 * 4 * 20 * 20  # patterns: 4 taps computed
     check(np.asarray(cm(x)), m, x.numpy())
 
 
@@ -281,8 +294,8 @@ class Expand(nn.Module):
 
 
 def test_grouped_on_aarch64_under_qemu(tmp_path):
-    """The grouped kernel and the fused pruned expand rendered for NEON, built with the export's
-    Makefile and run under qemu."""
+    """The grouped kernel and the fused pruned expand (its depthwise pass on the kept taps)
+    rendered for NEON, built with the export's Makefile and run under qemu."""
     prefix = need_aarch64()
     torch.manual_seed(0)
     m = Expand().eval()
@@ -290,7 +303,7 @@ def test_grouped_on_aarch64_under_qemu(tmp_path):
     x = np.random.default_rng(0).standard_normal((1, 3, 56, 56)).astype(np.float32)
     out = ps.export(m, torch.from_numpy(x), tmp_path / "proj", target="aarch64-linux-gnu")
     src = (out / "model.c").read_text()
-    assert "grouped 1x1 conv" in src and "grouped sparse expand" in src
+    assert "grouped 1x1 conv" in src and "grouped sparse expand" in src and "4 depthwise taps per channel" in src
     check(build_and_run(out, x, prefix), m, x)
 
 
@@ -307,3 +320,65 @@ def test_pruned_blocks_on_opencl():
     cl = ps.compile(m, x[:1], target="opencl")
     assert {L["name"]: L["kernel"] for L in cl.manifest["layers"]}["project"] == "grouped1x1"
     check(np.asarray(cl(x)), m, x.numpy())
+
+
+@pytest.mark.parametrize("fb,gb", [(1, 1), (2, 2), (3, 1), (4, 9)])
+def test_gather_lists_hold_every_weight_once(fb, gb):
+    """Read back from the packed arrays (gather.py), every (filter, channel) weight of the layer
+    is there exactly once, padding adds zeros only, and blocks run in the documented order."""
+    from patsparse.compiler.gather import gather_plan
+
+    w = grouped_weight(torch.Generator().manual_seed(fb * 10 + gb), 13, 40, keep=0.4, dense=0.2).numpy()
+    sp = analyse_grouped(w)
+    gp = gather_plan(sp, fb=fb, gb=gb)
+    ld = 3
+    packed = gp.pack(w, sp, ld, "layer")
+    ints, o = packed.view(np.int32), gp.offsets
+    perm, seg = ints[o["perm"]:o["perm"] + gp.F], ints[o["seg"]:o["seg"] + gp.seg.size]
+    got = np.zeros((13, 40), np.float32)
+    for k in range(gp.blocks):
+        for b in range(gp.nb):
+            for s in range(seg[k * gp.nb + b], seg[k * gp.nb + b + 1]):
+                for i in range(fb):
+                    e = s * fb + i
+                    off, wt = ints[o["offs"] + e], packed[o["wts"] + e]
+                    assert off % ld == 0 and 0 <= off // ld < 9 * gp.gb
+                    if perm[k * fb + i] < 0:
+                        assert wt == 0
+                    else:
+                        got[perm[k * fb + i], 9 * gp.gb * b + off // ld] += wt
+    assert sorted(p for p in perm if p >= 0) == list(range(13))
+    np.testing.assert_array_equal(got, w.reshape(13, 40))
+    bad = w.copy()
+    bad[0, (sp.kernel_mask[0] < 0).argmax() * 9, 0, 0] = 1.0  # a weight in a pruned kernel
+    if (sp.kernel_mask[0] < 0).any():
+        with pytest.raises(InputError, match="layer"):
+            gp.pack(bad, sp, ld, "layer")
+
+
+@settings(max_examples=15, deadline=None, derandomize=True)
+@given(C=st.integers(1, 11), stride=st.integers(1, 2), padding=st.integers(0, 1), H=st.integers(3, 21),
+       W=st.integers(3, 40), pin=st.integers(0, 2), pout=st.integers(0, 2), act=st.sampled_from(["none", "relu6"]),
+       residual=st.booleans(), rows=st.integers(1, 4), seed=st.integers(0, 3))
+def test_pattern_depthwise_matches_torch(C, stride, padding, H, W, pin, pout, act, residual, rows, seed):
+    """A depthwise conv whose channels keep library patterns (one channel thinner or empty)
+    computes each channel's kept taps only (depthwise.kept_taps), as PyTorch does."""
+    from patsparse.compiler.codegen.depthwise import gen_depthwise, kept_taps
+
+    g = torch.Generator().manual_seed(seed)
+    x, b = torch.randn(C, H, W, generator=g), torch.randn(C, generator=g)
+    w, _ = project_pattern(torch.randn(C, 1, 3, 3, generator=g), "phase2")
+    w[0, 0, seed % 3] = 0.0  # a row of the first channel's pattern gone: fewer taps, or none
+    y = F.conv2d(x[None], w, b, stride=stride, padding=padding, groups=C)[0]
+    r = torch.randn(y.shape, generator=g)
+    want = _act(y + r if residual else y, act)
+    Lin, Lout = Layout(C, H, W, pin), Layout(C, *y.shape[1:], pout)
+    taps = kept_taps(w.numpy())
+    assert taps == (4 if C > 1 else max(1, int((w[0] != 0).sum())))
+    kern = gen_depthwise("dw", channels=C, stride=stride, padding=padding, in_layout=Lin, out_layout=Lout,
+                         act=act, has_residual=residual, schedule={"rows": rows}, target=width_target(16),
+                         taps=taps)
+    check_close(run_kernel(kern, x.numpy(), w.numpy(), b.numpy(), Lin, Lout, r.numpy() if residual else None), want)
+    with pytest.raises(InputError, match="more than the"):
+        kern.pack(torch.ones(C, 1, 3, 3).numpy())
+    assert kept_taps(torch.randn(4, 1, 3, 3).numpy()) is None  # dense: the plain pass

@@ -22,13 +22,24 @@ from ..pruning.grouping import GROUP, group_count, grouped_rows
 from .reorder import LayerSparsity, analyse
 
 # a 1x1 conv goes to the grouped kernel when it computes at most this share of its dense
-# products. Why this low: the grouped kernel loads one input vector per FMA (a kernel's four
-# channels are used by that kernel alone), where the dense GEMM reuses each load across a tile
-# of output channels, so per FLOP it runs at about 45% of the dense kernel's rate (AVX-512, one
-# thread, MobileNet-V2's 1x1 shapes: 87-107 against 200-218 GFLOP/s). Pattern pruning alone
-# (4 of 9, density 0.44) then measured 0.89-1.05x of the dense kernel, and adding connectivity
-# pruning (8x, density 0.13) 1.5-3x: the break-even is near 0.4.
-GROUPED_MAX_DENSITY = 0.4
+# products. Why a share, and two: per product the grouped kernel loads an input vector (a
+# kernel's four channels serve that kernel alone) where the dense GEMM reuses each load across
+# a register tile of output channels, so it costs more per product than the dense GEMM, and
+# more so the larger the input it gathers from. Measured per layer against the dense GEMM
+# (AVX-512, one thread, MobileNet-V2 and ResNet-50 at 2.25x, density 0.44-0.48): an expand conv
+# from few channels (32-160 inputs, at least twice as many outputs) costs 1.6-2.0x the dense
+# GEMM per product, so it wins up to a density of 0.5; every other shape (ResNet-50's expands
+# from 256-512 channels included) costs 2.2-3.8x, so it wins below 0.33. At 8x (density
+# 0.1-0.12) every 1x1 conv of both networks runs 1.5-4x faster grouped.
+GROUPED_MAX_DENSITY = 0.33
+EXPAND_MAX_DENSITY = 0.5
+EXPAND_MAX_INPUTS = 160
+
+
+def max_density(out_channels: int, in_channels: int) -> float:
+    """The density up to which a (out, in, 1, 1) conv runs the grouped kernel (see above)."""
+    expand = out_channels >= 2 * in_channels and in_channels <= EXPAND_MAX_INPUTS
+    return EXPAND_MAX_DENSITY if expand else GROUPED_MAX_DENSITY
 
 
 def virtual_weight(weight: np.ndarray, where: str = "conv") -> np.ndarray:
@@ -66,9 +77,9 @@ def grouped_density(sp: LayerSparsity, in_channels: int) -> float:
 
 def grouped_sparsity(weight: np.ndarray, where: str = "conv") -> LayerSparsity | None:
     """The virtual-kernel sparsity of a 1x1 weight when the grouped kernel should run it (at
-    least 9 input channels, density at most GROUPED_MAX_DENSITY), else None (dense path)."""
+    least 9 input channels, density at most ``max_density``), else None (dense path)."""
     w = np.asarray(weight)
     if w.ndim != 4 or w.shape[2:] != (1, 1) or w.shape[1] < GROUP:
         return None
     sp = analyse_grouped(w, where)
-    return sp if grouped_density(sp, w.shape[1]) <= GROUPED_MAX_DENSITY else None
+    return sp if grouped_density(sp, w.shape[1]) <= max_density(*w.shape[:2]) else None

@@ -70,6 +70,17 @@ def plan(sp: LayerSparsity, ro: Reordered) -> FKWLayout:
     return FKWLayout(F, C, P, K, n_weights, offsets)
 
 
+def check_masks(sp: LayerSparsity, w: np.ndarray, where: str) -> None:
+    """InputError naming the layer, filter and input channel of the first kernel of ``w``
+    (F, C, 9) with a non-zero outside the mask ``sp`` gives it (the code would drop it)."""
+    allowed = np.array(list(sp.masks) + [0], dtype=np.int64)[sp.kernel_mask]  # -1 (pruned) -> 0
+    stray = (nonzero_bits(w) & ~allowed) != 0
+    if stray.any():
+        f, c = np.argwhere(stray)[0]
+        raise InputError(f"{where}: kernel (filter {f}, input channel {c}) has non-zeros outside "
+                         f"the mask it was compiled for; recompile with these weights")
+
+
 def pack(sp: LayerSparsity, ro: Reordered, weight: np.ndarray, where: str = "conv") -> np.ndarray:
     """Pack ``weight`` (F, C, 3, 3) in the compact format.
 
@@ -90,12 +101,7 @@ def pack(sp: LayerSparsity, ro: Reordered, weight: np.ndarray, where: str = "con
     ints[o["runs"]: o["runs"] + ro.runs.size] = ro.runs
     out.view(np.uint16)[2 * o["cidx"]: 2 * o["cidx"] + lay.K] = ro.cidx
     ints[o["cost"]: o["cost"] + lay.F + 1] = ro.cost
-    allowed = np.array(list(sp.masks) + [0], dtype=np.int64)[sp.kernel_mask]  # -1 (pruned) -> 0
-    stray = (nonzero_bits(w) & ~allowed) != 0
-    if stray.any():
-        f, c = np.argwhere(stray)[0]
-        raise InputError(f"{where}: kernel (filter {f}, input channel {c}) has non-zeros outside "
-                         f"the mask it was compiled for; recompile with these weights")
+    check_masks(sp, w, where)
     f_idx, c_idx, p_idx = ro.kernels(lay.P)
     ntaps = np.array([len(mask_taps(m)) for m in sp.masks], dtype=np.int64)[p_idx]
     woff = np.concatenate([[0], np.cumsum(ntaps)])

@@ -7,6 +7,14 @@ loads by their compile-time offset), and the channel's K*K weights stay broadcas
 for the whole plane. Stride 2 with an adequate halo reads the layout directly with ``ps_load_s2``
 (two loads and a shuffle); a thin halo (e.g. the model input) goes through the phase-plane prep.
 Work is split over (channel, row block) pairs, so 2 threads stay balanced even on 7x7 planes.
+
+Pattern-pruned depthwise convs (each channel keeps the taps of one pattern, PatDNN) compute only
+their taps: the compiler reads the most taps any channel keeps from the weights (``kept_taps``),
+and each channel stores that many (tap, weight) pairs, short ones padded with zero weights. The
+pass reads the channel's taps at run time (a tap's offset from a compile-time table), so one
+branch-free pass serves every mask: 4 loads and FMAs per output vector instead of 9 with the
+paper's patterns. (A pass per mask, switched on per unit of work, was slower on 7x7 planes: the
+switch mispredicted on most units.)
 """
 
 from __future__ import annotations
@@ -31,11 +39,36 @@ def schedules(*, stride: int, out_layout: Layout) -> list[dict]:
     return [{"rows": r} for r in order if r <= out_layout.H] or [{"rows": 1}]
 
 
+def kept_taps(weight: np.ndarray) -> int | None:
+    """The most non-zero taps any channel of a (C, 1, k, k) depthwise weight keeps, or None when
+    that is every tap (the dense pass)."""
+    w = np.asarray(weight)
+    kk = int(np.prod(w.shape[1:]))
+    most = int((w.reshape(w.shape[0], kk) != 0).sum(axis=1).max(initial=0))
+    return None if most >= kk else max(1, most)
+
+
+def pack_taps(weight: np.ndarray, taps: int, where: str) -> np.ndarray:
+    """A (C, 1, k, k) depthwise weight as ``taps`` weights per channel (its non-zero taps in
+    ascending order, zeros after), then each channel's ``taps`` tap indices (int32 bits)."""
+    wt = np.asarray(weight, np.float32).reshape(weight.shape[0], -1)
+    nz = wt != 0
+    over = np.flatnonzero(nz.sum(axis=1) > taps)
+    if over.size:
+        raise InputError(f"{where}: channel {over[0]} has more than the {taps} non-zero taps it was "
+                         f"compiled for; recompile with these weights")
+    idx = np.argsort(~nz, axis=1, kind="stable")[:, :taps]  # the non-zero taps first, ascending
+    vals = np.take_along_axis(wt, idx, axis=1)
+    return np.concatenate([vals.ravel(), idx.astype(np.int32).ravel().view(np.float32)])
+
+
 def gen_depthwise(name: str, *, channels: int, k: int = 3, stride: int = 1, padding: int = 1,
                   in_layout: Layout, out_layout: Layout, act: str = "none",
                   has_residual: bool = False, schedule: dict | None = None,
-                  target: Target) -> GeneratedKernel:
-    """Depthwise conv (groups == channels, one filter per channel); weight shape (C, 1, k, k)."""
+                  target: Target, taps: int | None = None) -> GeneratedKernel:
+    """Depthwise conv (groups == channels, one filter per channel); weight shape (C, 1, k, k).
+    ``taps`` (``kept_taps`` of the weights): compute that many taps per channel, the channel's
+    non-zero ones; ``pack`` then refuses a weight with more non-zeros in a channel."""
     where = f"depthwise kernel {name}"
     check_name(name)
     check_positive(where, channels=channels, k=k, stride=stride)
@@ -61,17 +94,19 @@ def gen_depthwise(name: str, *, channels: int, k: int = 3, stride: int = 1, padd
     load = VECTOR_LOAD[acc.step]
     O = out_layout
 
+    if taps is not None and not 1 <= taps < kk:
+        raise InputError(f"{where}: {taps} taps per channel; expected 1..{kk - 1} (or None: all {kk})")
+    offs = [str(o) for o in acc.tap_off] if taps is None else [f"o{j}" for j in range(taps)]
+
     def block(nrows: int, indent: str) -> str:
         """C for ``nrows`` output rows starting at oh, vector column at w0."""
-        names: dict[int, str] = {}
+        names: dict[str, str] = {}
         for r in range(nrows):
-            for off in acc.tap_off:
-                o = r * acc.row_stride + off
-                names.setdefault(o, f"x{len(names)}")
+            for off in offs:
+                names.setdefault(f"{r * acc.row_stride} + {off}", f"x{len(names)}")
         lines = [f"{indent}vf {v} = {load}(ip + {o});" for o, v in names.items()]
         for r in range(nrows):
-            terms = " + ".join(f"wt{t} * {names[r * acc.row_stride + off]}"
-                               for t, off in enumerate(acc.tap_off))
+            terms = " + ".join(f"wt{t} * {names[f'{r * acc.row_stride} + {off}']}" for t, off in enumerate(offs))
             expr = f"bv + {terms}"
             if has_residual:
                 expr += f" + vload(rp + {r * O.ld})"
@@ -84,12 +119,17 @@ def gen_depthwise(name: str, *, channels: int, k: int = 3, stride: int = 1, padd
             return ""
         return f"{indent}const float *rp = res + ob + (size_t){row} * {O.ld} + w0;"
 
-    wdecl = " ".join(f"const vf wt{t} = vbcast(wc[{t}]);" for t in range(kk))
+    nw = kk if taps is None else taps  # weights per channel
+    wdecl = " ".join(f"const vf wt{t} = vbcast(wc[{t}]);" for t in range(nw))
+    if taps is not None:  # the channel's taps: indices after the weights, offsets from a table
+        wdecl += (f"\n        static const int32_t tap_off[{kk}] = {{{', '.join(str(o) for o in acc.tap_off)}}};"
+                  f"\n        const int32_t *tq = (const int32_t *)w + {channels * taps} + (size_t)c * {taps};\n        "
+                  + " ".join(f"const ptrdiff_t o{j} = tap_off[tq[{j}]];" for j in range(taps)))
     nrb = -(-Ho // rows)
     code = helpers_c(target) + f"""
 /* {name}: depthwise {k}x{k} conv, {channels} channels, stride {stride}, padding {padding},
    {in_layout.H}x{in_layout.W} -> {Ho}x{Wo}, {rows} output rows per pass,
-   {'direct input' if acc.direct else 'phase-plane prep'} */
+   {'direct input' if acc.direct else 'phase-plane prep'}{'' if taps is None else f', {taps} taps per channel'} */
 static void {name}(const float *restrict in, float *restrict out, const float *restrict w,
                    const float *restrict bias, const float *restrict res) {{
     enum {{ NVW = ({Wo} + VL - 1) / VL, LASTW = (NVW - 1) * VL }};
@@ -99,7 +139,7 @@ static void {name}(const float *restrict in, float *restrict out, const float *r
     #pragma omp for schedule(static) nowait
     for (int u = 0; u < {channels * nrb}; u++) {{
         int c = u / {nrb}, oh0 = u % {nrb} * {rows};
-        const float *wc = w + (size_t)c * {kk};
+        const float *wc = w + (size_t)c * {nw};
         {wdecl}
         const vf bv = vbcast(bias[c]);
         const float *ib = {acc.src} + (size_t)c * {acc.cs} + {acc.origin};
@@ -126,7 +166,8 @@ static void {name}(const float *restrict in, float *restrict out, const float *r
 """
 
     def pack(weight: np.ndarray) -> np.ndarray:
-        return check_weight(weight, (channels, 1, k, k), name).ravel().copy()
+        wt = check_weight(weight, (channels, 1, k, k), name)
+        return wt.ravel().copy() if taps is None else pack_taps(wt, taps, where)
 
-    return GeneratedKernel(name=name, code=code, target=target, pack=pack, flops=2 * channels * kk * Ho * Wo,
+    return GeneratedKernel(name=name, code=code, target=target, pack=pack, flops=2 * channels * nw * Ho * Wo,
                            schedule={"rows": rows})

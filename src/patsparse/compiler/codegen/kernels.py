@@ -101,7 +101,8 @@ def _grouped_generate(step: Step, schedule: dict | None, target: Target, threads
 
 def _grouped_candidates(step: Step, target: Target, threads: int | None) -> list[dict]:
     o = step.out_layout
-    return grouped1x1.schedules(stride=step.node.attrs["stride"], Ho=o.H, Wo=o.W, target=target)[:MAX_CANDIDATES]
+    return grouped1x1.schedules(stride=step.node.attrs["stride"], Ho=o.H, Wo=o.W, target=target,
+                                channels=step.in_layout.C)[:MAX_CANDIDATES]
 
 
 # ---- dense convs ------------------------------------------------------------------------------
@@ -143,7 +144,7 @@ def _pw_dw_generate(step: Step, schedule: dict | None, target: Target, threads: 
                            expand_bias=n.params["expand_bias"], expand_act=a["expand"]["act"], k=a["k"],
                            stride=a["stride"], padding=a["padding"], in_layout=step.in_layout,
                            out_layout=step.out_layout, act=n.act, target=target, schedule=schedule,
-                           has_residual=n.residual is not None)
+                           has_residual=n.residual is not None, taps=depthwise.kept_taps(n.params["weight"]))
 
 
 def _pw_dw_candidates(step: Step, target: Target, threads: int | None) -> list[dict]:
@@ -161,7 +162,8 @@ def _depthwise_matches(node: Node) -> dict | None:
 def _depthwise_generate(step: Step, schedule: dict | None, target: Target, threads: int | None) -> GeneratedKernel:
     a = step.node.attrs
     return depthwise.gen_depthwise(step.cname, channels=_out_channels(step), k=a["k"], stride=a["stride"],
-                                   padding=a["padding"], **_common(step, schedule, target))
+                                   padding=a["padding"], taps=depthwise.kept_taps(step.node.params["weight"]),
+                                   **_common(step, schedule, target))
 
 
 # ---- the rest ---------------------------------------------------------------------------------

@@ -32,7 +32,8 @@ from ..target import Target
 from .base import GeneratedKernel, act_c
 from .common import (check_act, check_layout_types, check_layouts, check_name, check_positive,
                      check_weight, conv_out_size, helpers_c, ring_rows_c, VECTOR_LOAD)
-from .grouped1x1 import expand_c, expand_nv, max_nv, pack_grouped
+from .depthwise import pack_taps
+from .grouped1x1 import expand_c, expand_nv, layer_plan, max_nv, pack_grouped
 from .igemm import fma_step, pack_tiles, schedules as igemm_schedules
 from ..reorder import LayerSparsity
 
@@ -53,14 +54,17 @@ def default_tile(cout: int, W: int, cin: int, target: Target, grouped: bool = Fa
 def gen_pw_dw(name: str, *, expand_weight: np.ndarray, expand_bias: np.ndarray, expand_act: str,
               k: int = 3, stride: int = 1, padding: int = 1, in_layout: Layout, out_layout: Layout,
               act: str, target: Target, schedule: dict | None = None,
-              has_residual: bool = False, expand_sparsity: LayerSparsity | None = None) -> GeneratedKernel:
+              has_residual: bool = False, expand_sparsity: LayerSparsity | None = None,
+              taps: int | None = None) -> GeneratedKernel:
     """act(depthwise(expand_act(conv1x1(x, expand_weight) + expand_bias), w) + bias) on one image.
 
     ``expand_weight`` (C, Cin, 1, 1); the depthwise weight (C, 1, k, k) is what ``pack`` gets.
     ``schedule``: {"mr", "nr"}, the expand's tile (default_tile). With ``expand_sparsity`` (the
     expand pruned in virtual 3x3 kernels: compiler.grouped) the expand runs the grouped sparse
-    kernel's reduction instead (grouped1x1.expand_c), schedule {"nv"}. The code is generated for
-    the ``target``'s vector width (a static assert keeps it from being built for another)."""
+    kernel's reduction instead (grouped1x1.expand_c), schedule {"nv"}. With ``taps``
+    (depthwise.kept_taps) the depthwise pass computes each channel's non-zero taps only, as the
+    depthwise kernel does. The code is generated for the ``target``'s vector width (a static
+    assert keeps it from being built for another)."""
     where = f"1x1 + depthwise kernel {name}"
     vl = target.require_cpu(where).lanes
     check_name(name)
@@ -95,9 +99,10 @@ def gen_pw_dw(name: str, *, expand_weight: np.ndarray, expand_bias: np.ndarray, 
         if not 1 <= nv <= 16:
             raise InputError(f"{where}: expand tile nv={nv} out of range (1..16)")
         sp = expand_sparsity
-        packed_expand = pack_grouped(sp, ew, f"{name} (expand)")
+        gp = layer_plan(sp, {"nv": nv, "panel": 0}, target, f"{name} (expand)")
+        packed_expand = pack_grouped(gp, sp, ew, in_layout.ps, f"{name} (expand)")
         e_bias = packed_expand.size   # offsets in the packed weights
-        decls, row, extra = expand_c(name, sp, nv=nv, W=W, cin=cin, cs=in_layout.ps, ring_ld=rl, bias_at=e_bias,
+        decls, row, extra = expand_c(name, gp, nv=nv, W=W, cin=cin, cs=in_layout.ps, ring_ld=rl, bias_at=e_bias,
                                      act=expand_act, target=target, scratch_at=f"ring + {ring}")
         sched, what = {"nv": nv}, f"grouped sparse expand ({len(sp.masks)} masks), tile {nv} row vectors"
         expand_flops = 2 * int(sp.taps_per_kernel().sum()) * H * W
@@ -112,11 +117,21 @@ def gen_pw_dw(name: str, *, expand_weight: np.ndarray, expand_bias: np.ndarray, 
         sched, what = {"mr": mr, "nr": nr}, f"expand tile {mr} channels x {nr} row vectors"
         expand_flops = 2 * C * cin * H * W
     dw = e_bias + round_up(C, 16)
-    taps = " + ".join(f"wt{kh * K + kw} * {load}(r{kh} + {S} * w0 + {kw})" for kh in range(K) for kw in range(K))
+    if taps is not None and not 1 <= taps < kk:
+        raise InputError(f"{where}: {taps} depthwise taps per channel; expected 1..{kk - 1} (or None: all {kk})")
+    if taps is None:
+        nw, tap_ptrs = kk, ""
+        terms = " + ".join(f"wt{kh * K + kw} * {load}(r{kh} + {S} * w0 + {kw})" for kh in range(K) for kw in range(K))
+    else:  # the channel's taps: indices after its weights, each a row pointer and a column
+        nw = taps
+        tap_ptrs = (f"const float *rr[{K}] = {{{', '.join(f'r{kh}' for kh in range(K))}}}; "
+                    f"const int32_t *tq = (const int32_t *)wd + {C * taps} + (size_t)c * {taps}; "
+                    + " ".join(f"const float *p{j} = rr[tq[{j}] / {K}] + tq[{j}] % {K};" for j in range(taps)))
+        terms = " + ".join(f"wt{j} * {load}(p{j} + {S} * w0)" for j in range(taps))
     O, nl = out_layout, "\n"
     code = helpers_c(target) + f"""
 /* {name}: 1x1 conv {cin}->{C} ({expand_act}) + depthwise {K}x{K}/{S} pad {P} ({act}), {H}x{W} -> {Ho}x{Wo};
-   a ring of {K} expanded rows per thread, {what} */
+   a ring of {K} expanded rows per thread, {what}{'' if taps is None else f', {taps} depthwise taps per channel'} */
 _Static_assert(VL == {vl}, "{name} was generated for {vl}-float vectors; regenerate it on this machine");
 static void {name}(const float *restrict in, float *restrict out, const float *restrict w,
                    const float *restrict bias, const float *restrict res) {{
@@ -149,12 +164,13 @@ static void {name}(const float *restrict in, float *restrict out, const float *r
             rs[kh] = in_img ? {rl} : 0;
         }}
         for (int c = 0; c < {C}; c++) {{
-            {" ".join(f"const vf wt{i} = vbcast(wd[c * {kk} + {i}]);" for i in range(kk))}
+            {" ".join(f"const vf wt{i} = vbcast(wd[c * {nw} + {i}]);" for i in range(nw))}
             const vf bv = vbcast(bias[c]);
             {" ".join(f"const float *r{kh} = rb[{kh}] + c * rs[{kh}];" for kh in range(K))}
+            {tap_ptrs}
             float *op = out + (size_t)c * {O.ps} + {O.origin} + (size_t)oh * {O.ld};
             for (int w0 = 0; w0 < {Wo}; w0 += VL) {{
-                vf v = {act_c(act, f"bv + {taps}")};
+                vf v = {act_c(act, f"bv + {terms}")};
                 if (w0 == {lasto}) v = vand(v, to);
                 vstore(op + w0, v);
             }}
@@ -164,13 +180,14 @@ static void {name}(const float *restrict in, float *restrict out, const float *r
 """
 
     def pack(weight: np.ndarray) -> np.ndarray:
-        wd = check_weight(weight, (C, 1, K, K), name).ravel()
+        wd = check_weight(weight, (C, 1, K, K), name)
+        wd = wd.ravel() if taps is None else pack_taps(wd, taps, where)
         bias = np.zeros(round_up(C, 16), np.float32)
         bias[:C] = eb
         return np.concatenate([packed_expand, bias, wd]).astype(np.float32)
 
     return GeneratedKernel(name=name, code=code, target=target, pack=pack,
-                           flops=expand_flops + 2 * C * kk * Ho * Wo, schedule=sched)
+                           flops=expand_flops + 2 * C * nw * Ho * Wo, schedule=sched)
 
 
 def _dense_expand_c(*, mr: int, nr: int, C: int, cin: int, nvw: int, cs: int, ring_ld: int, bias_at: int,
