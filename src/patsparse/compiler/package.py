@@ -167,7 +167,8 @@ def _rebuilt(g: Any, man: dict, d: Path, threads: int, norm: dict | None,
             else:
                 if same_target:
                     raise FormatError(f"{d}/manifest.json: layer {s.node.name!r} has schedule {want!r}, "
-                                      "which is not one this compiler generates for it")
+                                      "which is not one this compiler generates for it (saved by another "
+                                      "version of patsparse? compile the model again)")
         return build_plan(plan, portable, target=target, origin=str(man.get("origin", ""))[:500],
                           tuned=man.get("tuned") is True, cache_dir=cache_dir, normalization=norm)
     except BuildError as e:
