@@ -95,23 +95,21 @@ def extraction_step(args, docs: Path, results: Path) -> None:
     _report.update_section(f"extraction-{args.dataset}", "\n".join(body), results)
 
 
-def summary_step(args, results: Path) -> None:
-    """Each claim against what is stored: grid rows, extraction and enhancement results."""
-    budget = accuracy.BUDGETS[args.budget]
-    stored = accuracy.collect(Path(args.out), args.dataset, budget.name)
+def grid_claims(out: Path, dataset: str, budget: str) -> tuple[dict[str, tuple[str, str]], int, int]:
+    """Each accuracy claim's evidence and overall word (yes/partly/no/undecided/-) on one budget's
+    stored grid, with the number of runs and models behind it."""
+    stored = accuracy.collect(out, dataset, budget)
     by = accuracy.by_model_row(stored)
     models = sorted({r["config"]["model"] for r in stored})
-    verdicts: dict[str, list[tuple[str, str]]] = {}
-    for claim, *_ in accuracy.CLAIMS:
-        verdicts[claim] = []
+    verdicts: dict[str, list[tuple[str, str, str]]] = {claim: [] for claim, *_ in accuracy.CLAIMS}
     for model in models:
         for claim, _, _, status, word in accuracy.claim_verdicts(by, model):
             if word != "-":
                 verdicts[claim].append((model, status, word))
-    rows = []
+    claims = {}
     for claim, got in verdicts.items():
         if not got:
-            rows.append([claim, "not run", "-"])
+            claims[claim] = ("not run", "-")
             continue
         # an interval that spans the bar decides nothing either way
         open_ = [m for m, _, word in got if word == "undecided"]
@@ -121,16 +119,32 @@ def summary_step(args, results: Path) -> None:
             "yes" if yes and not no else "partly" if yes else "no"
         parts = [f"{w} {', '.join(ms)}" for w, ms in (("supported on", yes), ("not on", no),
                                                        ("undecided (interval spans the bar) on", open_)) if ms]
-        rows.append([claim, "; ".join(parts), holds])
+        claims[claim] = ("; ".join(parts), holds)
+    return claims, len(stored), len(models)
+
+
+def summary_step(args, results: Path) -> None:
+    """Each claim against what is stored: grid rows (the chosen budget first, with its evidence;
+    every other budget with stored rows beside it), extraction and enhancement results."""
+    budget = accuracy.BUDGETS[args.budget]
+    out = Path(args.out)
+    lead, n_runs, n_models = grid_claims(out, args.dataset, budget.name)
+    others = {b: grid_claims(out, args.dataset, b)[0] for b in accuracy.BUDGETS
+              if b != budget.name and accuracy.collect(out, args.dataset, b)}
+    by = accuracy.by_model_row(accuracy.collect(out, args.dataset, budget.name))
+    rows = [[claim, evidence, holds, *(others[b][claim][1] for b in others)]
+            for claim, (evidence, holds) in lead.items()]
+    blank = ["-"] * len(others)
     checks = theory.check_identities()
     rows.insert(0, ["Phase-2 masks sum to the Gaussian and ELoG reference filters (section 4)",
                     ", ".join(f"{k}: {'holds' if ok else 'fails'}" for k, ok in checks.items()),
-                    "yes" if all(checks.values()) else "no"])
+                    "yes" if all(checks.values()) else "no", *blank])
     ext = _extraction_store(args)
     if ext.exists():
         k = read_json(ext, "extraction result")["phase2_overlap"]
         rows.append(["Extraction (126 -> 8) converges to the designed Phase-2 library (Figure 4)",
-                     f"{k} of the extracted 8 are Phase-2 masks ({args.extraction_model})", "yes" if k == 8 else "no"])
+                     f"{k} of the extracted 8 are Phase-2 masks ({args.extraction_model})", "yes" if k == 8 else "no",
+                     *blank])
     enh_dir = _enhancement_dir(args)
     enh = [read_json(f, "enhancement result") for f in sorted(enh_dir.glob("*.json"))] if enh_dir.exists() else []
     for r in enh:
@@ -138,7 +152,8 @@ def summary_step(args, results: Path) -> None:
         sup = sum(q["verdict"] == "supports" for q in judged)
         rows.append([f"Pattern pruning gives sharper, less noisy saliency (Figure 5), {r['setting']}",
                      enhancement.conclusions([r])[0],
-                     "undecided" if not judged else "yes" if sup == len(judged) else "partly" if sup else "no"])
+                     "undecided" if not judged else "yes" if sup == len(judged) else "partly" if sup else "no",
+                     *blank])
     unstable = []  # a seed that collapsed widens every interval it enters: say so next to the verdicts
     for (model, row), rs in sorted(by.items()):
         accs = [r["acc"] * 100 for r in rs]
@@ -146,11 +161,14 @@ def summary_step(args, results: Path) -> None:
             unstable.append(f"{model} {row} ({', '.join(f'{a:.1f}' for a in accs)} % over seeds)")
     body = ["## Summary: the paper's claims against our runs", "",
             f"Written by `benchmarks/results.py` from the stored results of the sections below "
-            f"(dataset {args.dataset}, budget `{budget.name}`; {len(stored)} grid runs, {len(models)} models). "
+            f"(dataset {args.dataset}, budget `{budget.name}`: {n_runs} grid runs, {n_models} models"
+            + (f"; the last column{'s' * (len(others) > 1)} give{'s' * (len(others) == 1)} the verdict at "
+               f"budget {', '.join(f'`{b}`' for b in others)}" if others else "") + "). "
             "An accuracy claim is supported on a model when the whole 95% interval of its paired "
             "difference (by seed) clears the claim's bar, not supported when the whole interval misses "
             "it, and undecided otherwise (see the grid section's claim table).", "",
-            _report.md_table(["claim", "our evidence", "holds here?"], rows), "",
+            _report.md_table(["claim", f"our evidence (`{budget.name}`)", f"holds at `{budget.name}`?",
+                              *(f"at `{b}`?" for b in others)], rows), "",
             *([f"Unstable rows (seed spread over {UNSTABLE_SD:.0f} points, so their intervals are wide): "
                f"{'; '.join(unstable)}.", ""] if unstable else []),
             f"What limits this budget: {budget.subset or 'all'} training images, {budget.dense_epochs} dense "
