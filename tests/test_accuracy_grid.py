@@ -105,6 +105,17 @@ def test_results_summary_states_each_claim_first(tmp_path: Path) -> None:
     claims = summary.split("(section 4) |", 1)[1].split("\n", 1)[1]  # the rows after the theory row
     assert "| undecided |" in claims and "| yes |" not in claims  # one seed decides nothing
     assert "| not run | - |" in summary  # claims whose rows were not run stay in the table
+    assert "| claim | our evidence (`tiny`) | holds at `tiny`? |" in summary
+    # another budget's stored rows add its verdict beside the lead budget's
+    small = tmp_path / "runs" / "digits" / "small"
+    small.mkdir(parents=True)
+    for row in (tmp_path / "runs" / "digits" / "tiny").rglob("*.json"):
+        dest = small / row.relative_to(tmp_path / "runs" / "digits" / "tiny")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(row.read_text())
+    assert results.main(["--dataset", "digits", "--budget", "tiny", "--steps", "summary",
+                         "--out", str(tmp_path / "runs"), "--results", str(res)]) == 0
+    assert "| claim | our evidence (`tiny`) | holds at `tiny`? | at `small`? |" in res.read_text()
 
 
 def test_bad_arguments() -> None:
