@@ -1,6 +1,6 @@
 """Spatial data movement: padding (constant / reflect / replicate, and the zeros a transposed
 conv spreads its input with), nearest and bilinear resize, pixel shuffle, and the phase mosaic
-that turns a dilated 3x3 conv into an undilated one (``phase_taps``).
+that turns a dilated k x k conv into an undilated one (``phase_taps``).
 
 Padding and resizing are one kernel, a *remap*: output row h reads input rows ``ry0[h]`` and
 ``ry1[h]`` with weights ``1 - ly[h]`` and ``ly[h]``, output column w reads columns ``rx0[w]``
@@ -88,22 +88,27 @@ def pad_taps(n_in: int, before: int, after: int, mode: str, dilation: int = 1) -
     return i, i, np.zeros(i.size, np.float32)
 
 
-def phase_taps(n: int, d: int, inverse: bool = False) -> Taps:
+def phase_taps(n: int, d: int, inverse: bool = False, half: int = 1) -> Taps:
     """The phase mosaic of a dilated conv along one axis of ``n``: the d phases (every d-th
-    element) laid out one after the other, each in a tile of ceil(n / d) with a zero between
-    tiles and at both ends, so a dilation-d 3x3 conv with padding d is an undilated 3x3 conv
-    without padding over the mosaic (its zero taps are the separators and the fill of shorter
-    phases). ``inverse``: from that conv's output (the mosaic less its two ends) back to the
-    n positions in order."""
+    element) laid out one after the other, each in a tile of ceil(n / d) with ``half`` zeros
+    between tiles and at both ends, so a dilation-d k x k conv (k = 2 half + 1) with padding
+    d half is an undilated k x k conv without padding over the mosaic (its zero taps are the
+    separators and the fill of shorter phases). ``inverse``: from that conv's output (the
+    mosaic less ``half`` at each end) back to the n positions in order."""
     t = -(-n // d)
     pos = np.arange(n)
-    at = (pos % d) * (t + 1) + 1 + pos // d  # mosaic index of element pos
+    at = (pos % d) * (t + half) + half + pos // d  # mosaic index of element pos
     if inverse:
-        i = at - 1
+        i = at - half
     else:
-        i = np.full(d * (t + 1) + 1, -1)
+        i = np.full(mosaic_size(n, d, half), -1)
         i[at] = pos
     return i, i, np.zeros(i.size, np.float32)
+
+
+def mosaic_size(n: int, d: int, half: int = 1) -> int:
+    """Length of the phase mosaic of ``n`` elements (``phase_taps``)."""
+    return d * (-(-n // d) + half) + half
 
 
 def _copy_run(idx: np.ndarray) -> tuple[int, int]:
