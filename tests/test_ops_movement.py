@@ -200,6 +200,29 @@ def test_dilated_3x3_runs_undilated_over_the_phase_mosaic(d, groups, hw, tmp_pat
             assert_close(ps.load(cm.save(tmp_path / "m"))(x), m(x))
 
 
+def test_phase_mosaic_neighbours_are_the_dilated_taps_in_both_layouts():
+    """In the mosaic, the j-th neighbour of element p is element p + j d where that exists and a
+    zero otherwise (|j| <= half): what makes the undilated conv over it the dilated one. The
+    packed layout is never longer than the equal-tile one graphs were saved with before it."""
+    from patsparse.compiler.codegen.movement import mosaic_size, phase_taps
+
+    for n in range(1, 24):
+        for d in range(2, 26):
+            for half in (1, 2, 3):
+                sizes = []
+                for packed in (False, True):
+                    fwd, inv = (phase_taps(n, d, inverse, half, packed)[0] for inverse in (False, True))
+                    assert fwd.size == mosaic_size(n, d, half, packed)
+                    assert (fwd[inv + half] == np.arange(n)).all()
+                    for a in np.flatnonzero(fwd >= 0):
+                        for j in range(-half, half + 1):
+                            q = fwd[a] + j * d
+                            assert fwd[a + j] == (q if 0 <= q < n else -1)
+                    sizes.append(fwd.size)
+                assert sizes[1] <= sizes[0]
+    assert (mosaic_size(14, 12, 1, False), mosaic_size(14, 12, 1, True)) == (37, 27)
+
+
 @pytest.mark.parametrize("k,d,groups,hw", [(5, 2, 32, (9, 10)), (5, 3, 32, (7, 8)), (5, 2, 1, (6, 6)), (7, 2, 32, (8, 8))])
 def test_dilated_kxk_runs_undilated_over_a_wider_phase_mosaic(k, d, groups, hw, tmp_path):
     """MobileNet-V3's dilated 5x5 depthwise convs (DeepLab's backbone) and any odd square kernel:

@@ -164,8 +164,8 @@ def dilated_as_phases(weight: np.ndarray, bias: np.ndarray | None, stride, pads,
         centre = np.ascontiguousarray(weight[:, :, half:half + 1, half:half + 1])
         return (None, *conv_node(centre, bias, (1, 1), (0, 0, 0, 0), (1, 1), groups, where), None)
     attrs, params = conv_node(weight, bias, (1, 1), (0, 0, 0, 0), (1, 1), groups, where)
-    return ({"d": d[0], "half": half, "inverse": False, "size": size}, attrs, params,
-            {"d": d[0], "half": half, "inverse": True, "size": size})
+    return ({"d": d[0], "half": half, "packed": True, "inverse": False, "size": size}, attrs, params,
+            {"d": d[0], "half": half, "packed": True, "inverse": True, "size": size})
 
 
 def conv_transpose_nodes(weight: np.ndarray, bias: np.ndarray | None, stride, pads, output_padding, dilation,
@@ -833,7 +833,7 @@ def _out_shape(op: str, attrs: dict, params: dict, ins: list[tuple], where: str)
         return (x[0], *attrs["size"])
     if op == "phases":
         d, s, (h, w) = attrs["d"], attrs["half"], attrs["size"]
-        mosaic = tuple(movement.mosaic_size(n, d, s) for n in (h, w))
+        mosaic = tuple(movement.mosaic_size(n, d, s, attrs["packed"]) for n in (h, w))
         if tuple(x[1:]) != ((mosaic[0] - 2 * s, mosaic[1] - 2 * s) if attrs["inverse"] else (h, w)):
             raise InputError(f"{where}: phase mosaic of {h}x{w} with d={d} does not fit an input of {x[1]}x{x[2]}")
         return (x[0], h, w) if attrs["inverse"] else (x[0], *mosaic)
