@@ -2,9 +2,11 @@
 Runtime on the same model: so that where we are slower, the op that costs it is named.
 
 Ours: ``CompiledModel.profile`` (per layer), each layer put in a category by its IR node (a
-conv by kernel size and groups). ONNX Runtime: its own profiler (``enable_profiling``), each
+conv by kernel size and groups); a fused 1x1 + depthwise kernel (pw_dw) is split between the two
+by their dense multiply-adds. ONNX Runtime: its own profiler (``enable_profiling``), each
 executed node by op type and, for a Conv, by its weight's shape, after ONNX Runtime's fusions
-(a conv carries its BatchNorm and activation in both engines). Layout reorders (ONNX Runtime's
+(a conv carries its BatchNorm in both engines, and its activation in ours; ONNX Runtime runs
+some standalone, e.g. SiLU as QuickGelu, which then counts as elementwise). Layout reorders (ONNX Runtime's
 NCHWc) and data movement are categories of their own. Both are medians over ``repeats`` calls
 of one image on ``threads`` threads, taken one engine after the other in this process.
 """
@@ -28,7 +30,8 @@ MOVEMENT = {"concat", "slice", "shuffle", "pad", "resize", "phases", "pixel_shuf
 POOLS = {"maxpool", "avgpool", "gap", "MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean"}
 LINEAR = {"linear", "Gemm", "MatMul"}
 ELEMENTWISE = {"binary", "act", "channelwise", "affine", "softmax", "Mul", "Add", "Sub", "Div", "HardSigmoid",
-               "Sigmoid", "Relu", "HardSwish", "Clip", "Softmax", "BatchNormalization"}
+               "Sigmoid", "Relu", "HardSwish", "Clip", "Softmax", "BatchNormalization", "QuickGelu", "Gelu",
+               "Tanh", "LeakyRelu", "Elu", "Softplus"}
 
 
 def _conv_category(k: int, depthwise: bool) -> str:
@@ -45,11 +48,18 @@ def _category(op: str) -> str:
 
 def ours(cm, model: torch.nn.Module, example: torch.Tensor, repeats: int) -> dict[str, float]:
     """ms per category of one call of the CompiledModel ``cm`` of ``model``."""
-    nodes = {n.name: n for n in capture(model, example).nodes}
+    g = capture(model, example)
+    nodes = {n.name: n for n in g.nodes}
     out: dict[str, float] = defaultdict(float)
     for row in cm.profile(example.numpy(), repeats=repeats):
         n = nodes.get(row["name"])
-        if n is not None and n.op == "conv":
+        if row["kernel"] == "pw_dw" and n is not None and n.inputs[0] in nodes:
+            e = nodes[n.inputs[0]]  # the 1x1 conv fused into it
+            pw = float(np.prod(e.shape)) * float(e.params["weight"].shape[1])
+            dw = float(np.prod(n.shape)) * n.attrs["k"] ** 2
+            out["conv 1x1"] += row["ms"] * pw / (pw + dw)
+            out["depthwise"] += row["ms"] * dw / (pw + dw)
+        elif n is not None and n.op == "conv":
             cat = _conv_category(n.attrs["k"], n.attrs["groups"] > 1)
         else:
             cat = _category(n.op if n is not None else row["kernel"])

@@ -114,6 +114,14 @@ def test_cli_compile_prints_what_fell_back_and_saves(tmp_path, capsys):
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         assert_close(ps.load(tmp_path / "out")(x), m(x))
+    np.save(tmp_path / "x.npy", x.numpy())
+    assert cli_main(["run", str(tmp_path / "out"), "--input", str(tmp_path / "x.npy"), "--output",
+                     str(tmp_path / "y.npy")]) == 0
+    assert "run in ONNX Runtime (fallback)" in capsys.readouterr().out
+    with torch.no_grad():
+        assert_close(np.load(tmp_path / "y.npy"), m(x))
+    assert cli_main(["run", str(tmp_path / "out"), "--repeats", "3"]) == 0
+    assert "ops in ONNX Runtime: median" in capsys.readouterr().out
 
 
 def test_a_module_with_two_outputs_runs_with_the_fallback():

@@ -80,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
 
 def runs_on(cm: Any) -> str:
     """What a compiled model runs on, for the summary lines of compile and run."""
+    if not hasattr(cm, "manifest"):  # a PartitionedModel (compiler/fallback.py)
+        return f"{len(cm.segments)} segments, {len(cm.fallback_ops)} ops in {cm.engine}"
     if "device" in cm.manifest:  # an OpenCL model (compiler/opencl)
         return f"OpenCL device {cm.manifest['device']!r}"
     return f"{cm.threads} threads, {cm.manifest['vl']}-float vectors"
