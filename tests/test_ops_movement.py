@@ -241,7 +241,8 @@ def test_dilated_kxk_runs_undilated_over_a_wider_phase_mosaic(k, d, groups, hw, 
         assert_close(ps.load(cm.save(tmp_path / "m"))(x), m(x))
 
 
-@pytest.mark.parametrize("k,d,groups,hw", [(3, 8, 1, (8, 5)), (3, 36, 4, (14, 14)), (5, 6, 1, (6, 6))])
+@pytest.mark.parametrize("k,d,groups,hw", [(3, 8, 1, (8, 5)), (3, 36, 4, (14, 14)), (5, 6, 1, (6, 6)),
+                                           (5, 20, 32, (8, 8))])
 def test_dilation_past_the_input_is_the_centre_1x1(k, d, groups, hw, tmp_path):
     """DeepLab's ASPP rates 24 and 36 on a 14x14 map: every off-centre tap reads padding, so the
     conv is the 1x1 conv of its centre taps (no mosaic)."""
@@ -249,7 +250,8 @@ def test_dilation_past_the_input_is_the_centre_1x1(k, d, groups, hw, tmp_path):
 
     torch.manual_seed(0)
     m = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1),
-                      nn.Conv2d(32, 16, k, padding=d * (k - 1) // 2, dilation=d, groups=groups), nn.ReLU())
+                      nn.Conv2d(32, 32 if groups == 32 else 16, k, padding=d * (k - 1) // 2, dilation=d, groups=groups),
+                      nn.ReLU())
     x = torch.randn(2, 3, *hw)
     check_torch_and_onnx(m, x, tmp_path)
     convs = [n.attrs["k"] for n in capture(m.eval(), x[:1]).nodes if n.op == "conv"]

@@ -119,6 +119,9 @@ def mosaic_size(n: int, d: int, half: int = 1, packed: bool = False) -> int:
     return int(_phase_lengths(n, d, packed).sum()) + (d + 1) * half
 
 
+MAX_CACHED_ROW = 4096  # widest output row whose two x-interpolated source rows go on the stack
+
+
 def _copy_run(idx: np.ndarray) -> tuple[int, int]:
     """The longest run [a, b) of outputs reading consecutive inputs (idx[x] = idx[a] + x - a,
     no constant), copied with one memcpy; (0, 0) when it is shorter than 8."""
@@ -152,12 +155,26 @@ def gen_remap(name: str, *, rows: Taps, cols: Taps, value: float = 0.0, in_layou
                              f"outside the input's {n}")
     single = not (ly.any() or lx.any())
     v = _lit(float(np.float32(value)))
+    # bilinear: the two source rows interpolated along x once, kept while the output rows below
+    # read the same two (an upscale by s reuses them s times), then blended a row at a time
+    cached = not single and O.W <= MAX_CACHED_ROW
     if single:
         pixel = f"o[x] = ix0[x] < 0 ? {v} : r0[ix0[x]];"
+    elif cached:
+        pixel = f"o[x] = ix0[x] < 0 ? {v} : h0 * hr0[x] + h1 * hr1[x];"
     else:
         pixel = ("const float l1 = lx[x], l0 = 1.0f - l1;\n"
                  f"            o[x] = ix0[x] < 0 ? {v} : h0 * (l0 * r0[ix0[x]] + l1 * r0[ix1[x]])"
                  " + h1 * (l0 * r1[ix0[x]] + l1 * r1[ix1[x]]);")
+    along_x = f"""if (iy0[h] != cy0 || iy1[h] != cy1) {{
+                for (int x = 0; x < {O.W}; x++) {{
+                    const int i0 = ix0[x] < 0 ? 0 : ix0[x], i1 = ix0[x] < 0 ? 0 : ix1[x];
+                    const float l1 = lx[x], l0 = 1.0f - l1;
+                    hr0[x] = l0 * r0[i0] + l1 * r0[i1];
+                    hr1[x] = l0 * r1[i0] + l1 * r1[i1];
+                }}
+                cy0 = iy0[h], cy1 = iy1[h];
+            }}""" if cached else ""
     a, b = _copy_run(x0) if single else (0, 0)  # columns a .. b copy one input run
     # a row whose taps equal the row above's is a copy of it (nearest upscaling, replicate edges)
     dup = np.r_[0, (y0[1:] == y0[:-1]) & (y1[1:] == y1[:-1]) & (ly[1:] == ly[:-1])].astype(int)
@@ -179,6 +196,7 @@ static void {name}(const float *restrict in, float *restrict out, const float *r
     #pragma omp for schedule(static) nowait
     for (int c = 0; c < {O.C}; c++) {{
         const float *plane = in + (size_t)c * {L.ps} + {L.origin};
+        {f"float hr0[{O.W}], hr1[{O.W}]; int cy0 = -1, cy1 = -1;" if cached else ""}
         for (int h = 0; h < {O.H}; h++) {{
             float *o = out + (size_t)c * {O.ps} + {O.origin} + (size_t)h * {O.ld};
             if (dup[h]) {{
@@ -192,6 +210,7 @@ static void {name}(const float *restrict in, float *restrict out, const float *r
             const float *r0 = plane + (size_t)iy0[h] * {L.ld}, *r1 = plane + (size_t)iy1[h] * {L.ld};
             const float h1 = ly[h], h0 = 1.0f - h1;
             (void)r1; (void)h0; (void)h1;
+            {along_x}
             {columns}
         }}
     }}
