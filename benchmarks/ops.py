@@ -152,7 +152,8 @@ compiled model and their share of its latency (`CompiledModel.profile`).
 
 {md_table(header, op_rows) if op_rows else "(not run)"}
 
-Reading: the padding, resize and shuffle kernels are scalar gathers over compile-time tables and
+Reading: the padding, resize and shuffle kernels are scalar gathers over compile-time tables (a
+bilinear resize interpolates each pair of source rows along x once, then blends output rows) and
 softmax is one pass per row vector; a ConvTranspose2d runs as a zero-spreading pad and a dense
 stride-1 conv that also multiplies the spread zeros (stride^2 the work of a direct kernel), a
 "same" dilated conv as an undilated one over a phase mosaic (the 1x1 of its centre taps when the
