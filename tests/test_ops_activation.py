@@ -126,6 +126,17 @@ def test_activation_nan_inf_like_pytorch(name):
                                atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("make", [nn.Sigmoid, nn.SiLU])
+def test_sigmoid_and_silu_vector_exp_over_the_float_range(make):
+    """Sigmoid and SiLU take their exp from a vector polynomial (ps_vexp), not libm: every range
+    it treats apart (overflow, underflow, the clamps, the polynomial) against PyTorch."""
+    x = torch.cat([torch.linspace(-120, 120, 6000), torch.linspace(-1, 1, 2001), torch.linspace(-90, -86, 500),
+                   torch.linspace(86, 90, 500), torch.linspace(-106, -100, 500)])
+    x = x[: x.numel() // 30 * 30].reshape(1, 3, -1, 10)
+    m = nn.Sequential(make()).eval()
+    torch.testing.assert_close(torch.as_tensor(ps.compile(m, x, threads=1)(x)), m(x), atol=1e-30, rtol=3e-7)
+
+
 def _special_bias(layer: nn.Module) -> nn.Module:
     layer.bias.data.copy_(SPECIALS)
     return layer

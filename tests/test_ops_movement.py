@@ -176,7 +176,7 @@ def test_architecture_families_compile_natively_at_8x(name, tmp_path):
     check_torch_and_onnx(build(name, rate=8.0), torch.randn(2, 3, 32, 32), tmp_path)
 
 
-@pytest.mark.parametrize("d,groups,hw", [(2, 1, (16, 16)), (3, 1, (15, 17)), (12, 1, (8, 8)), (2, 8, (10, 11)),
+@pytest.mark.parametrize("d,groups,hw", [(2, 1, (16, 16)), (3, 1, (15, 17)), (12, 1, (13, 14)), (2, 8, (10, 11)),
                                          (4, 32, (16, 16))])
 def test_dilated_3x3_runs_undilated_over_the_phase_mosaic(d, groups, hw, tmp_path):
     """A "same" dilated 3x3 conv is an undilated 3x3 (pattern or depthwise kernel, the ReLU after
@@ -198,3 +198,61 @@ def test_dilated_3x3_runs_undilated_over_the_phase_mosaic(d, groups, hw, tmp_pat
     if d == 12:  # the graph saves and loads (validate.py checks the phases' attributes)
         with torch.no_grad():
             assert_close(ps.load(cm.save(tmp_path / "m"))(x), m(x))
+
+
+def test_phase_mosaic_neighbours_are_the_dilated_taps_in_both_layouts():
+    """In the mosaic, the j-th neighbour of element p is element p + j d where that exists and a
+    zero otherwise (|j| <= half): what makes the undilated conv over it the dilated one. The
+    packed layout is never longer than the equal-tile one graphs were saved with before it."""
+    from patsparse.compiler.codegen.movement import mosaic_size, phase_taps
+
+    for n in range(1, 24):
+        for d in range(2, 26):
+            for half in (1, 2, 3):
+                sizes = []
+                for packed in (False, True):
+                    fwd, inv = (phase_taps(n, d, inverse, half, packed)[0] for inverse in (False, True))
+                    assert fwd.size == mosaic_size(n, d, half, packed)
+                    assert (fwd[inv + half] == np.arange(n)).all()
+                    for a in np.flatnonzero(fwd >= 0):
+                        for j in range(-half, half + 1):
+                            q = fwd[a] + j * d
+                            assert fwd[a + j] == (q if 0 <= q < n else -1)
+                    sizes.append(fwd.size)
+                assert sizes[1] <= sizes[0]
+    assert (mosaic_size(14, 12, 1, False), mosaic_size(14, 12, 1, True)) == (37, 27)
+
+
+@pytest.mark.parametrize("k,d,groups,hw", [(5, 2, 32, (9, 10)), (5, 3, 32, (7, 8)), (5, 2, 1, (6, 6)), (7, 2, 32, (8, 8))])
+def test_dilated_kxk_runs_undilated_over_a_wider_phase_mosaic(k, d, groups, hw, tmp_path):
+    """MobileNet-V3's dilated 5x5 depthwise convs (DeepLab's backbone) and any odd square kernel:
+    the mosaic separates the phases by (k - 1) / 2 zeros."""
+    from patsparse.compiler.api import capture
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1),
+                      nn.Conv2d(32, 32, k, padding=d * (k - 1) // 2, dilation=d, groups=groups), nn.Hardswish())
+    x = torch.randn(2, 3, *hw)
+    check_torch_and_onnx(m, x, tmp_path)
+    ops = [(n.op, n.attrs.get("half"), n.act) for n in capture(m.eval(), x[:1]).nodes]
+    assert ops[1:] == [("phases", k // 2, "none"), ("conv", None, "hardswish"), ("phases", k // 2, "none")]
+    cm = ps.compile(m, x[:1], threads=2, strict=True)
+    with torch.no_grad():
+        assert_close(ps.load(cm.save(tmp_path / "m"))(x), m(x))
+
+
+@pytest.mark.parametrize("k,d,groups,hw", [(3, 8, 1, (8, 5)), (3, 36, 4, (14, 14)), (5, 6, 1, (6, 6)),
+                                           (5, 20, 32, (8, 8))])
+def test_dilation_past_the_input_is_the_centre_1x1(k, d, groups, hw, tmp_path):
+    """DeepLab's ASPP rates 24 and 36 on a 14x14 map: every off-centre tap reads padding, so the
+    conv is the 1x1 conv of its centre taps (no mosaic)."""
+    from patsparse.compiler.api import capture
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1),
+                      nn.Conv2d(32, 32 if groups == 32 else 16, k, padding=d * (k - 1) // 2, dilation=d, groups=groups),
+                      nn.ReLU())
+    x = torch.randn(2, 3, *hw)
+    check_torch_and_onnx(m, x, tmp_path)
+    convs = [n.attrs["k"] for n in capture(m.eval(), x[:1]).nodes if n.op == "conv"]
+    assert convs == [3, 1]

@@ -106,9 +106,14 @@ def save(obj: Any, path: str | os.PathLike, arch: dict | None = None,
 
 def load(path: str | os.PathLike, model: nn.Module | None = None) -> Any:
     """Load what :func:`save` wrote. Returns the model in eval mode with ``patsparse_spec`` set,
-    or a ``CompiledModel`` (``OpenCLModel``) for a CPU- (OpenCL-) compiled-model directory, or a
+    or a ``CompiledModel`` (``OpenCLModel``) for a CPU- (OpenCL-) compiled-model directory, a
+    ``PartitionedModel`` for one compiled with a fallback (compiler/fallback_io.py), or a
     ``QuantizedModel`` for a directory ``ps.save`` wrote from ``ps.quantize``'s result."""
     path = saved_dir(path)
+    from .compiler.fallback_io import is_partitioned_dir, load_partitioned
+
+    if is_partitioned_dir(path):
+        return load_partitioned(path)
     if (path / MANIFEST).is_file():
         from .compiler.opencl import is_opencl_dir
         from .compiler.opencl import load as load_opencl

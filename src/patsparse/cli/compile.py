@@ -63,9 +63,12 @@ def run(args: argparse.Namespace) -> int:
     model, example = load_source(src, args.input_shape)
     cm = ps_compile(model, example, threads=args.threads, tune=args.tune, cache_dir=args.cache_dir,
                     target=target)
-    if hasattr(cm, "report"):  # ops fell back to PyTorch / ONNX Runtime: saving it refuses, says why
-        print(cm.report())
     out = cm.save(args.out)
+    if hasattr(cm, "report"):  # ops fell back to PyTorch / ONNX Runtime (saved as ONNX, run by ONNX Runtime)
+        print(cm.report())
+        print(f"compiled {src} -> {out} in {time.perf_counter() - t0:.1f} s with a fallback; input "
+              f"{cm.input_shape}")
+        return 0
     kinds: dict[str, int] = {}
     for layer in cm.manifest["layers"]:
         kinds[layer["kernel"]] = kinds.get(layer["kernel"], 0) + 1
@@ -77,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
 
 def runs_on(cm: Any) -> str:
     """What a compiled model runs on, for the summary lines of compile and run."""
+    if not hasattr(cm, "manifest"):  # a PartitionedModel (compiler/fallback.py)
+        return f"{len(cm.segments)} segments, {len(cm.fallback_ops)} ops in {cm.engine}"
     if "device" in cm.manifest:  # an OpenCL model (compiler/opencl)
         return f"OpenCL device {cm.manifest['device']!r}"
     return f"{cm.threads} threads, {cm.manifest['vl']}-float vectors"

@@ -63,6 +63,7 @@ def print_profile(rows: list[dict], latency_ms: float) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..compiler.fallback_io import is_partitioned_dir, load_partitioned
     from ..compiler.opencl import is_opencl_dir
     from ..compiler.opencl import load as load_opencl
     from ..compiler.package import load_compiled
@@ -73,9 +74,15 @@ def run(args: argparse.Namespace) -> int:
         if args.threads or args.profile:
             raise InputError(f"{args.model} is an OpenCL model: --threads and --profile are for CPU-compiled ones")
         cm = load_opencl(args.model)
+    elif is_partitioned_dir(args.model):  # compiled with a fallback: its report stands for the profile
+        if args.profile or args.trust_native_code:
+            raise InputError(f"{args.model} has ops in ONNX Runtime (compiled with a fallback): --profile and "
+                             "--trust-native-code are for models compiled whole")
+        cm = load_partitioned(args.model, threads=args.threads)
+        print(cm.report())
     else:
         cm = load_compiled(args.model, threads=args.threads, trust_native_code=args.trust_native_code)
-    norm = cm.manifest.get("normalization")
+    norm = getattr(cm, "manifest", {}).get("normalization")
     if args.normalize and norm is None:
         raise InputError(f"{args.model}: --normalize, but the model states no input normalisation")
     if args.input:

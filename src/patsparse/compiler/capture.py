@@ -145,19 +145,27 @@ def conv1d_nodes(weight: np.ndarray, bias: np.ndarray | None, stride: int, pads:
 
 
 def dilated_as_phases(weight: np.ndarray, bias: np.ndarray | None, stride, pads, dilation, groups: int,
-                      in_shape: tuple, where: str) -> tuple[dict, dict, dict, dict] | None:
-    """A 3x3 conv with dilation d > 1, stride 1 and padding d (the "same" dilated conv of DeepLab
-    and dilated ResNets) as (phase mosaic attrs, conv attrs, conv params, inverse attrs): the
-    conv becomes an undilated 3x3 without padding over the mosaic of the input's d x d phases
-    (codegen/movement.phase_taps), so it is 9 taps, pattern-prunable and any d works, instead
-    of a (2d + 1)-wide square kernel of zeros. None for any other conv."""
-    d = tuple(dilation)
-    if weight.shape[2:] != (3, 3) or d[0] != d[1] or d[0] < 2 or tuple(stride) != (1, 1) \
-            or tuple(pads) != (d[0],) * 4 or len(in_shape) != 3:
+                      in_shape: tuple, where: str) -> tuple[dict | None, dict, dict, dict | None] | None:
+    """A square k x k conv (k odd) with dilation d > 1, stride 1 and padding d (k - 1) / 2 (the
+    "same" dilated conv of DeepLab's ASPP, dilated ResNets and MobileNet-V3 backbones) as (phase
+    mosaic attrs, conv attrs, conv params, inverse attrs): the conv becomes an undilated k x k
+    without padding over the mosaic of the input's d x d phases (codegen/movement.phase_taps),
+    so a 3x3 stays 9 taps, pattern-prunable, and any d works, instead of a (d (k - 1) + 1)-wide
+    square kernel of zeros. When d is at least the input's height and width, every off-centre
+    tap reads padding: the conv is the 1x1 conv of its centre taps, and both mosaic attrs are
+    None (DeepLab's ASPP rates 24 and 36 on a 14x14 map). None for any other conv."""
+    d, k = tuple(dilation), weight.shape[2]
+    half = (k - 1) // 2
+    if weight.shape[3] != k or k % 2 == 0 or d[0] != d[1] or d[0] < 2 or tuple(stride) != (1, 1) \
+            or tuple(pads) != (d[0] * half,) * 4 or len(in_shape) != 3:
         return None
     size = [int(in_shape[1]), int(in_shape[2])]
+    if d[0] >= max(size):
+        centre = np.ascontiguousarray(weight[:, :, half:half + 1, half:half + 1])
+        return (None, *conv_node(centre, bias, (1, 1), (0, 0, 0, 0), (1, 1), groups, where), None)
     attrs, params = conv_node(weight, bias, (1, 1), (0, 0, 0, 0), (1, 1), groups, where)
-    return ({"d": d[0], "inverse": False, "size": size}, attrs, params, {"d": d[0], "inverse": True, "size": size})
+    return ({"d": d[0], "half": half, "packed": True, "inverse": False, "size": size}, attrs, params,
+            {"d": d[0], "half": half, "packed": True, "inverse": True, "size": size})
 
 
 def conv_transpose_nodes(weight: np.ndarray, bias: np.ndarray | None, stride, pads, output_padding, dilation,
@@ -300,6 +308,9 @@ def capture_torch(model: nn.Module, example: torch.Tensor, *, on_unsupported=Non
                     phased = m.padding_mode == "zeros" and dilated_as_phases(
                         _np(m.weight), _np(m.bias), m.stride, _conv_pads(m), m.dilation, m.groups,
                         shape(n.args[0]), where)
+                    if phased and phased[0] is None:
+                        add(n, "conv", n.args[:1], phased[1], phased[2])
+                        continue
                     if phased:
                         add(n, "phases", n.args[:1], phased[0], suffix=".phases")
                         add(n, "conv", [n], phased[1], phased[2], suffix=".mosaic")
@@ -821,9 +832,9 @@ def _out_shape(op: str, attrs: dict, params: dict, ins: list[tuple], where: str)
     if op == "resize":
         return (x[0], *attrs["size"])
     if op == "phases":
-        d, (h, w) = attrs["d"], attrs["size"]
-        mosaic = tuple(d * (-(-n // d) + 1) + 1 for n in (h, w))
-        if tuple(x[1:]) != ((mosaic[0] - 2, mosaic[1] - 2) if attrs["inverse"] else (h, w)):
+        d, s, (h, w) = attrs["d"], attrs["half"], attrs["size"]
+        mosaic = tuple(movement.mosaic_size(n, d, s, attrs["packed"]) for n in (h, w))
+        if tuple(x[1:]) != ((mosaic[0] - 2 * s, mosaic[1] - 2 * s) if attrs["inverse"] else (h, w)):
             raise InputError(f"{where}: phase mosaic of {h}x{w} with d={d} does not fit an input of {x[1]}x{x[2]}")
         return (x[0], h, w) if attrs["inverse"] else (x[0], *mosaic)
     if op == "pixel_shuffle":
@@ -1158,6 +1169,9 @@ def capture_onnx(path: str | Path, *, on_unsupported=None) -> Graph:
                                   shapes[n.input[0]][1:], w.shape[2:], strides, dils)
                 phased = dilated_as_phases(w, bias, strides, pads, dils, int(attr(n, "group", 1)),
                                            ir_shapes[names[n.input[0]]], where)
+                if phased and phased[0] is None:
+                    emit(n, "conv", n.input[:1], phased[1], phased[2])
+                    continue
                 if phased:
                     emit(n, "phases", n.input[:1], phased[0], output=n.output[0] + "#phases")
                     emit(n, "conv", [n.output[0] + "#phases"], phased[1], phased[2], output=n.output[0] + "#mosaic")

@@ -8,6 +8,11 @@ module (its torch.fx nodes, through ``split_module``), ONNX Runtime for an ONNX 
 of its nodes). A warning and ``PartitionedModel.report()`` say which ops fell back, why, and their
 share of the latency measured on the example input.
 
+``ps.save`` writes a PartitionedModel as a directory (compiler/fallback_io.py): compiled
+segments as compiled-model directories, fallback segments as ONNX (a traced PyTorch segment is
+exported, and checked against PyTorch, at save time), never a pickle; ``ps.load`` runs them in
+ONNX Runtime.
+
 A compiled segment takes one (N, C, H, W), (N, C, L) or (N, features) tensor and gives one
 tensor, as every compiled model does; so a supported node that would give a segment a second input or output starts a new
 segment, and one that cannot be given a segment of its own (it reads two tensors from outside,
@@ -16,6 +21,7 @@ say a residual add across a fallback op) falls back too, and the report says so.
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 import time
@@ -107,6 +113,42 @@ def _fix(items: list[Item], s: Segment, takes: Callable[[str], bool]) -> tuple[i
     return None
 
 
+@dataclass
+class Part:
+    """How one segment is called and saved: the value names it takes (``call_inputs``) and gives
+    (``outputs``) in call order; ``compiled``: its CompiledModel (native segments); ``to_onnx``:
+    the ONNX bytes of a fallback segment, made on demand (a save)."""
+    segment: Segment
+    call_inputs: list[str]
+    outputs: list[str]
+    compiled: Any = None
+    to_onnx: Callable[[], bytes] | None = None
+
+
+@dataclass
+class Wiring:
+    """A partitioned model's values outside its segments: the input's name, the outputs' names,
+    whether the model returns a tuple, and the fixed batch of an ONNX file's fallback sub-models
+    (0: any batch). ``outputs`` is None when the model returns a structure other than a tensor or
+    a flat tuple of tensors (it runs, but cannot be saved)."""
+    graph_input: str
+    outputs: list[str] | None
+    as_tuple: bool
+    batch: int = 0
+
+
+def env_runner(wiring: Wiring, steps: list[tuple[Callable, list[str], list[str]]]) -> Callable:
+    """A model's forward pass over numpy values by name: each step (fn, its input names, its
+    output names) in turn; fn takes arrays and returns a list of arrays."""
+    def run(x: torch.Tensor) -> Any:
+        env = {wiring.graph_input: x.numpy()}
+        for fn, ins, outs in steps:
+            env.update(zip(outs, fn(*[env[v] for v in ins])))
+        ys = [torch.from_numpy(np.ascontiguousarray(env[o])) for o in wiring.outputs]
+        return tuple(ys) if wiring.as_tuple else ys[0]
+    return run
+
+
 def _lower_native(items: list[Item], segs: list[Segment], lower: Callable[[int], Graph]) -> dict[int, Graph] | None:
     """The IR of each native segment (by index), or None after demoting the nodes of each segment
     the compiler refused in isolation (a node whose lowering needs a node of another segment)."""
@@ -123,15 +165,18 @@ def _lower_native(items: list[Item], segs: list[Segment], lower: Callable[[int],
 
 class PartitionedModel:
     """Compiled segments and fallback segments run in turn: ``y = m(x)`` like a CompiledModel
-    (tensor in -> tensor out, array in -> array out; a module returning a tuple gives a tuple),
-    but not saveable: its fallback segments are the original model's code."""
+    (tensor in -> tensor out, array in -> array out; a module returning a tuple gives a tuple).
+    ``save(path)`` (or ``ps.save``) writes it as a directory that ``ps.load`` opens, its fallback
+    segments as ONNX run by ONNX Runtime (compiler/fallback_io.py)."""
 
     is_compiled_patsparse = True
 
     def __init__(self, run: Callable[[Any], Any], items: list[Item], segments: list[Segment],
-                 input_shape: tuple[int, ...], engine: str, timed: Callable[[], None]):
+                 input_shape: tuple[int, ...], engine: str, timed: Callable[[], None], parts: list[Part],
+                 wiring: Wiring):
         self._run, self.items, self.segments = run, items, segments
         self.input_shape, self.engine = tuple(input_shape), engine
+        self.parts, self.wiring = parts, wiring
         timed()
 
     @property
@@ -170,8 +215,11 @@ class PartitionedModel:
         return self
 
     def save(self, path: str | os.PathLike) -> Path:
-        raise UnsupportedError(f"cannot save to {path}: {len(self.fallback_ops)} ops of this model run in "
-                               f"{self.engine}, not in generated code (compile with strict=True to see them)")
+        """Write the model as a directory (compiler/fallback_io.py); UnsupportedError naming the
+        ops of a fallback segment that cannot be stored as ONNX."""
+        from .fallback_io import save_partitioned
+
+        return save_partitioned(self, path)
 
     def __repr__(self) -> str:
         return (f"PartitionedModel(input={self.input_shape}, {len(self.segments)} segments, "
@@ -256,29 +304,88 @@ def compile_torch(model: torch.nn.Module, example: torch.Tensor, lower: Lower, b
         part = {n.name: k for k, s in enumerate(segs) for n in (nodes[i] for i in s.items)}
         split = split_module(gm, gm, lambda n: part[n.name])
         subs = [getattr(split, f"submod_{k}") for k in range(len(segs))]
-        ins: dict[int, torch.Tensor] = {}
-        hooks = [m.register_forward_pre_hook(lambda _, a, k=k: ins.setdefault(k, a[0]))
-                 for k, m in enumerate(subs) if segs[k].native]
+        ins: dict[int, tuple] = {}
+        hooks = [m.register_forward_pre_hook(lambda _, a, k=k: ins.setdefault(k, a)) for k, m in enumerate(subs)]
         with torch.no_grad():
-            split(example)
+            split(example[:1])
         for h in hooks:
             h.remove()
-        graphs = _lower_native(items, segs, lambda k: lower(subs[k], ins[k][:1]))
+        graphs = _lower_native(items, segs, lambda k: lower(subs[k], ins[k][0]))
         if graphs is not None:
             break
-    timers = []
+    timers, parts = [], []
     for k, s in enumerate(segs):
-        fn = _native_torch(build(graphs[k])) if s.native else subs[k]
+        labels = ", ".join(items[i].label for i in s.items)
+        call_inputs = [n.name for n in subs[k].graph.nodes if n.op == "placeholder"]
+        outputs = _names(next(n for n in subs[k].graph.nodes if n.op == "output").args[0])
+        if s.native:
+            cm = build(graphs[k])
+            fn: Callable = _native_torch(cm)
+            parts.append(Part(s, call_inputs, outputs, compiled=cm))
+        else:
+            fn = subs[k]
+            parts.append(Part(s, call_inputs, outputs, to_onnx=functools.partial(
+                torch_segment_onnx, subs[k], ins[k], call_inputs, outputs, labels)))
         timers.append(_Timed(fn, s))
         setattr(split, f"submod_{k}", _Module(timers[-1]))
     _warn(items, "PyTorch")
+    out = next(n for n in gm.graph.nodes if n.op == "output").args[0]
 
     def run(x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return split(x)
 
+    wiring = Wiring(next(n.name for n in gm.graph.nodes if n.op == "placeholder"), _names(out),
+                    isinstance(out, (tuple, list)))
     return PartitionedModel(run, items, segs, tuple(example.shape[1:]), "PyTorch",
-                            lambda: _measure(run, example[:1], timers))
+                            lambda: _measure(run, example[:1], timers), parts, wiring)
+
+
+def _names(out: Any) -> list[str] | None:
+    """The value names of an fx output argument (a node or a flat tuple of nodes), else None."""
+    if isinstance(out, torch.fx.Node):
+        return [out.name]
+    if isinstance(out, (tuple, list)) and all(isinstance(a, torch.fx.Node) for a in out):
+        return [a.name for a in out]
+    return None
+
+
+def torch_segment_onnx(module: torch.nn.Module, example: tuple, call_inputs: list[str], outputs: list[str] | None,
+                       labels: str) -> bytes:
+    """A traced PyTorch segment as ONNX (opset 17, any batch), checked against PyTorch on its
+    example inputs (the one image the model was compiled with, and it twice as a batch of 2)
+    through ONNX Runtime; UnsupportedError naming the segment's ops when it cannot be."""
+    import io
+
+    import onnxruntime as ort
+
+    what = f"the fallback ops {labels}"
+    with torch.no_grad():
+        y = module(*example)
+    values = [*example, *(y if isinstance(y, (tuple, list)) else [y])]
+    if outputs is None or not all(isinstance(a, torch.Tensor) and a.dtype == torch.float32 for a in values):
+        raise UnsupportedError(f"cannot save {what}: they take or give values other than float32 tensors "
+                               "(sizes, integers, nested structures), which ONNX Runtime cannot be handed")
+    buf = io.BytesIO()
+    try:
+        torch.onnx.export(module, tuple(example), buf, dynamo=False, opset_version=17, input_names=call_inputs,
+                          output_names=outputs, dynamic_axes={v: {0: "batch"} for v in [*call_inputs, *outputs]})
+        sess = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
+    except Exception as e:  # the exporter and ONNX Runtime raise many types for an op they lack
+        raise UnsupportedError(f"cannot save {what}: they do not export to ONNX that ONNX Runtime runs "
+                               f"({type(e).__name__}: {str(e)[:300]})") from None
+    for batch in (1, 2):
+        xs = [torch.cat([a] * batch) for a in example]
+        with torch.no_grad():
+            want = module(*xs)
+        want = list(want) if isinstance(want, (tuple, list)) else [want]
+        got = sess.run(outputs, {v: a.numpy() for v, a in zip(call_inputs, xs)})
+        for name, g, w in zip(outputs, got, want):
+            w = w.numpy()
+            if g.shape != w.shape or not np.allclose(g, w, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(w).max()))):
+                raise UnsupportedError(f"cannot save {what}: their ONNX export does not compute what PyTorch "
+                                       f"does on a batch of {batch} (value {name})")
+    return buf.getvalue()
 
 
 def _native_torch(cm) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -355,10 +462,12 @@ def compile_onnx(path: str | os.PathLike, lower: Lower, build: Build) -> Partiti
             graphs = _lower_native(items, segs, lower_file)
             if graphs is not None:
                 break
-    timers = []
+    timers, parts = [], []
     for k, s in enumerate(segs):
         if s.native:
-            fn = _native_onnx(build(graphs[k]))
+            cm = build(graphs[k])
+            fn = _native_onnx(cm)
+            parts.append(Part(s, s.inputs, s.outputs, compiled=cm))
         else:
             try:
                 sess = ort.InferenceSession(sub_model(s).SerializeToString(), providers=["CPUExecutionProvider"])
@@ -366,33 +475,31 @@ def compile_onnx(path: str | os.PathLike, lower: Lower, build: Build) -> Partiti
                 raise UnsupportedError(f"{path}: ONNX Runtime cannot run the nodes "
                                        f"{', '.join(items[i].label for i in s.items)}, which the compiler cannot "
                                        f"generate either: {e}") from None
-            fn = _session(sess, s, batch)
+            fn = _session(sess, s.outputs, batch)
+            parts.append(Part(s, s.inputs, s.outputs, to_onnx=functools.partial(
+                lambda s: sub_model(s).SerializeToString(), s)))
         timers.append(_Timed(fn, s))
     _warn(items, "ONNX Runtime")
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        env = {graph_input: x.numpy()}
-        for t in timers:
-            env.update(zip(t.segment.outputs, t(*[env[v] for v in t.segment.inputs])))
-        return torch.from_numpy(np.asarray(env[g.output[0].name]))
-
+    wiring = Wiring(graph_input, [g.output[0].name], False, batch)
+    run = env_runner(wiring, [(t, t.segment.inputs, t.segment.outputs) for t in timers])
     return PartitionedModel(run, items, segs, tuple(dims(graph_input)[1:]), "ONNX Runtime",
-                            lambda: _measure(run, torch.zeros(1, *dims(graph_input)[1:]), timers))
+                            lambda: _measure(run, torch.zeros(1, *dims(graph_input)[1:]), timers), parts, wiring)
 
 
 def _native_onnx(cm) -> Callable:
     return lambda x: [cm(x)]
 
 
-def _session(sess, s: Segment, batch: int) -> Callable:
-    """Run a fallback sub-model; a file exported for a fixed batch B runs B images at a time (the
-    last chunk filled up with zeros, their results dropped)."""
+def _session(sess, outputs: list[str], batch: int) -> Callable:
+    """Run a fallback sub-model (its inputs in the order of its graph's); a file exported for a
+    fixed batch B runs B images at a time (the last chunk filled up with zeros, their results
+    dropped)."""
     names = [i.name for i in sess.get_inputs()]
 
     def call(*xs):
         n = len(xs[0]) if xs else 0
         if not batch or n == batch:
-            return sess.run(s.outputs, dict(zip(names, xs)))
+            return sess.run(outputs, dict(zip(names, xs)))
         parts = []
         for j in range(0, n, batch):
             feed = {}
@@ -401,7 +508,7 @@ def _session(sess, s: Segment, batch: int) -> Callable:
                     v = v[j:j + batch]
                     v = np.concatenate([v, np.zeros((batch - len(v), *v.shape[1:]), v.dtype)]) if len(v) < batch else v
                 feed[k] = v
-            parts.append([o[:min(batch, n - j)] for o in sess.run(s.outputs, feed)])
+            parts.append([o[:min(batch, n - j)] for o in sess.run(outputs, feed)])
         return [np.concatenate(p) for p in zip(*parts)]
 
     return call

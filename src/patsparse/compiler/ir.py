@@ -32,8 +32,8 @@ Ops (attrs in brackets):
   pixel_shuffle [r]                      (C * r * r, H, W) -> (C, H * r, W * r)
   shuffle  [groups]                      channel shuffle (ShuffleNet)
   softmax  [log]                         (log-)softmax over channels (or a vector's features)
-  phases   [d, inverse, size]            the phase mosaic of a dilated 3x3 conv (codegen/movement.py
-                                         phase_taps) or, inverse, back to size (H, W)
+  phases   [d, half, packed, inverse, size]  the mosaic of a dilated (2 half + 1)-square conv
+                                         (codegen/movement.py phase_taps) or, inverse, back to (H, W)
 After passes, ``act`` and ``residual`` hold what was fused into a node's epilogue:
 out = act(op(x) + bias + residual); a standalone activation is an ``act`` node whose ``act``
 holds it.

@@ -179,12 +179,14 @@ def _attrs(op: str, attrs: Any, x: tuple, where: str) -> dict:
                 raise FormatError(f"{where}: scales {sc!r} must be positive finite floats")
             a["scales"] = list(sc)
         return a
-    if op == "phases":
-        attrs = _keys(attrs, {"d", "inverse", "size"}, set(), where)
+    if op == "phases":  # "half" / "packed" absent: a 3x3 conv's mosaic of equal tiles, as saved before
+        attrs = _keys(attrs, {"d", "inverse", "size"}, {"half", "packed"}, where)
         size = attrs["size"]
         if not isinstance(size, list) or len(size) != 2:
             raise FormatError(f"{where}: size {size!r} is not (H, W)")
         return {"d": _int(attrs["d"], 2, MAX_DIM, f"{where}: d"), "inverse": _bool(attrs["inverse"], f"{where}: inverse"),
+                "half": _int(attrs.get("half", 1), 1, MAX_DIM, f"{where}: half"),
+                "packed": _bool(attrs.get("packed", False), f"{where}: packed"),
                 "size": [_int(v, 1, MAX_DIM, f"{where}: size") for v in size]}
     if op in ("pixel_shuffle", "shuffle"):
         key = "r" if op == "pixel_shuffle" else "groups"

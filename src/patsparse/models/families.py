@@ -190,14 +190,14 @@ FAMILIES: dict[str, Callable[[], nn.Module]] = {
 }
 
 
-def build(name: str, rate: float | None = None, seed: int = 0) -> nn.Module:
-    """Family ``name`` in eval mode with seeded random weights and BatchNorm statistics (so a
-    folded BatchNorm is not the identity), pattern-projected at ``rate`` when given
-    (``project_model`` defaults)."""
+def prepared(make: Callable[[], nn.Module], rate: float | None = None, seed: int = 0) -> nn.Module:
+    """``make()`` in eval mode with seeded random weights and BatchNorm statistics (so a folded
+    BatchNorm is not the identity), pattern-projected at ``rate`` when given (``project_model``
+    defaults)."""
     from ..pruning.projection import project_model
 
     torch.manual_seed(seed)
-    m = FAMILIES[name]().eval()
+    m = make().eval()
     for mod in m.modules():
         if isinstance(mod, nn.BatchNorm2d):
             mod.running_mean.uniform_(-0.5, 0.5)
@@ -205,3 +205,8 @@ def build(name: str, rate: float | None = None, seed: int = 0) -> nn.Module:
     if rate is not None:
         project_model(m, rate)
     return m
+
+
+def build(name: str, rate: float | None = None, seed: int = 0) -> nn.Module:
+    """Family ``name``'s one-block net, ``prepared``."""
+    return prepared(FAMILIES[name], rate, seed)

@@ -1,5 +1,6 @@
-"""ResNet-18/50 (He et al.; v1.5: the stride sits on the 3x3 conv of a bottleneck) and the small
-ResNet-8 used for fast tests and demos.
+"""ResNet-18/50 (He et al.; v1.5: the stride sits on the 3x3 conv of a bottleneck), ResNeXt-50
+32x4d (Xie et al.: the bottleneck's 3x3 conv grouped, torchvision's ``groups`` /
+``width_per_group``) and the small ResNet-8 used for fast tests and demos.
 
 ImageNet form: torchvision's keys (``conv1``, ``bn1``, ``layerK.I.convJ``, ``downsample.0/1``,
 ``fc``). CIFAR form: a 3x3 stride-1 stem and no max-pool, for 32x32 or 28x28 inputs.
@@ -44,14 +45,15 @@ class BasicBlock(nn.Module):
 class Bottleneck(nn.Module):
     expansion = 4
 
-    def __init__(self, cin: int, planes: int, stride: int = 1):
+    def __init__(self, cin: int, planes: int, stride: int = 1, groups: int = 1, width_per_group: int = 64):
         super().__init__()
         out = planes * self.expansion
-        self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, out, 1, bias=False)
+        inner = int(planes * width_per_group / 64) * groups
+        self.conv1 = nn.Conv2d(cin, inner, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(inner)
+        self.conv2 = nn.Conv2d(inner, inner, 3, stride=stride, padding=1, groups=groups, bias=False)
+        self.bn2 = nn.BatchNorm2d(inner)
+        self.conv3 = nn.Conv2d(inner, out, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out)
         self.relu = nn.ReLU()
         self.downsample = _downsample(cin, out, stride)
@@ -67,7 +69,8 @@ class Bottleneck(nn.Module):
 class ResNet(nn.Module):
     def __init__(self, block: type[BasicBlock] | type[Bottleneck], layers: Sequence[int],
                  widths: Sequence[int] = (64, 128, 256, 512), num_classes: int = 1000,
-                 in_channels: int = 3, width: float = 1.0, variant: str = "imagenet"):
+                 in_channels: int = 3, width: float = 1.0, variant: str = "imagenet", groups: int = 1,
+                 width_per_group: int = 64):
         super().__init__()
         check_args("resnet", num_classes, in_channels, width, variant)
         widths = [scaled(w, width) for w in widths]
@@ -84,7 +87,8 @@ class ResNet(nn.Module):
             stride = 1 if i == 0 else 2
             blocks = []
             for j in range(n):
-                blocks.append(block(c, planes, stride if j == 0 else 1))
+                grouping = {"groups": groups, "width_per_group": width_per_group} if block is Bottleneck else {}
+                blocks.append(block(c, planes, stride if j == 0 else 1, **grouping))
                 c = planes * block.expansion
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
         self.num_stages = len(layers)
@@ -107,6 +111,12 @@ def resnet18(**kw) -> ResNet:
 
 def resnet50(**kw) -> ResNet:
     return ResNet(Bottleneck, (3, 4, 6, 3), **kw)
+
+
+def resnext50_32x4d(**kw) -> ResNet:
+    """torchvision's ResNeXt-50 32x4d: ResNet-50 whose bottleneck 3x3 convs have 32 groups of 4
+    channels (times ``width``), twice as wide inside."""
+    return ResNet(Bottleneck, (3, 4, 6, 3), groups=32, width_per_group=4, **kw)
 
 
 def resnet8(**kw) -> ResNet:

@@ -53,8 +53,10 @@ def parse(act: str) -> tuple[str, tuple[float, ...]]:
 
 
 # activations whose vector form maps their scalar C function over the lanes
-_MAPPED = {"elu": "ps_elu", "selu": "ps_selu", "sigmoid": "ps_sigmoid", "tanh": "tanhf", "silu": "ps_silu",
-           "gelu": "ps_gelu", "softplus": "ps_softplus"}
+_MAPPED = {"elu": "ps_elu", "selu": "ps_selu", "tanh": "tanhf", "gelu": "ps_gelu", "softplus": "ps_softplus"}
+# activations with a vector form of their own (ps_vexp: EfficientNet's SiLU epilogues on every
+# expand and depthwise conv made those convs several times slower lane by lane through libm)
+_VECTOR = {"sigmoid": "ps_vsigmoid", "silu": "ps_vsilu"}
 
 
 def _lit(v: float) -> str:
@@ -65,7 +67,10 @@ def _lit(v: float) -> str:
 
 
 # Scalar forms of the transcendental activations; the vector forms map them over the lanes
-# (libm has no vector exp/erf the portable dialect may rely on). ps_clip keeps a NaN.
+# (libm has no vector exp/erf the portable dialect may rely on), but for sigmoid and SiLU, whose
+# exp is ps_vexp: Cephes' expf in vector operations (x = n ln 2 + r, a degree-7 polynomial for
+# e^r, 2^n built in the exponent bits; within 2 ulp of expf), which keeps PyTorch's results for
+# NaN and +-inf. ps_clip keeps a NaN.
 HELPERS = r"""
 #ifndef PATSPARSE_ACTIVATIONS
 #define PATSPARSE_ACTIVATIONS
@@ -85,6 +90,26 @@ static inline float ps_gelu(float x) { return 0.5f * x * (1.0f + erff(x * 0.7071
 static inline float ps_softplus(float x, float b, float t) { return x * b > t ? x : log1pf(expf(x * b)) / b; }
 static inline float ps_hardswish(float x) { return x * ps_clip(x + 3.0f, 0.0f, 6.0f) / 6.0f; }
 static inline vf vhardswish(vf x) { return x * vclip(x + vbcast(3.0f), 0.0f, 6.0f) / vbcast(6.0f); }
+static inline vf ps_vexp(vf x) {
+    const vf hi = vbcast(88.3762626647949f), lo = vbcast(-87.3365478515625f);
+    vf c = vselect(x > hi, hi, vselect(x < lo, lo, x));  /* a NaN goes on as it is */
+    vf f = c * vbcast(1.44269504088896341f) + vbcast(0.5f);
+    vf n = __builtin_convertvector(__builtin_convertvector(f, vi), vf);
+    n = vselect(n > f, n - vbcast(1.0f), n);  /* floor */
+    vf r = c - n * vbcast(0.693359375f) + n * vbcast(2.12194440e-4f);
+    vf p = vbcast(1.9875691500e-4f);
+    p = p * r + vbcast(1.3981999507e-3f);
+    p = p * r + vbcast(8.3334519073e-3f);
+    p = p * r + vbcast(4.1665795894e-2f);
+    p = p * r + vbcast(1.6666665459e-1f);
+    p = p * r + vbcast(5.0000001201e-1f);
+    p = p * r * r + r + vbcast(1.0f);
+    vf y = p * (vf)((__builtin_convertvector(n, vi) + 127) << 23);
+    y = vselect(x > vbcast(88.72283935546875f), vbcast(INFINITY), y);
+    return vselect(x < lo, (vf){0}, y);  /* e^x is below the smallest normal float there */
+}
+static inline vf ps_vsigmoid(vf x) { return vbcast(1.0f) / (vbcast(1.0f) + ps_vexp(-x)); }
+static inline vf ps_vsilu(vf x) { return x / (vbcast(1.0f) + ps_vexp(-x)); }
 /* f applied to every lane of v (f's further arguments after it) */
 #define PS_VMAP(v, f, ...) ({ vf ps_m_ = (v); for (int ps_l_ = 0; ps_l_ < VL; ps_l_++) \
                               ps_m_[ps_l_] = f(ps_m_[ps_l_], ##__VA_ARGS__); ps_m_; })
@@ -97,6 +122,8 @@ def vector_c(act: str, expr: str) -> str:
     """C applying ``act`` to the vector expression ``expr``."""
     name, p = parse(act)
     lit = [_lit(v) for v in p]
+    if name in _VECTOR:
+        return f"{_VECTOR[name]}({expr})"
     if name in _MAPPED:
         return f"PS_VMAP({expr}, {', '.join([_MAPPED[name]] + lit)})"
     if name == "leaky_relu":
@@ -113,8 +140,10 @@ def scalar_c(act: str, expr: str) -> str:
     """C applying ``act`` to the scalar expression ``expr``."""
     name, p = parse(act)
     lit = [_lit(v) for v in p]
-    if name in _MAPPED or name in ("leaky_relu", "clip", "hardswish"):
-        fn = _MAPPED.get(name) or {"leaky_relu": "ps_leaky", "clip": "ps_clip", "hardswish": "ps_hardswish"}[name]
+    scalar = {**_MAPPED, "sigmoid": "ps_sigmoid", "silu": "ps_silu", "leaky_relu": "ps_leaky", "clip": "ps_clip",
+              "hardswish": "ps_hardswish"}
+    if name in scalar:
+        fn = scalar[name]
         return f"{fn}({', '.join([expr] + lit)})"
     if name == "hardsigmoid":
         return f"ps_clip(({expr}) * {lit[0]} + {lit[1]}, 0.0f, 1.0f)"

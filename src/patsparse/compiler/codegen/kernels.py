@@ -231,9 +231,8 @@ def _resize_generate(step: Step, schedule: dict | None, target: Target, threads:
 def _phases_generate(step: Step, schedule: dict | None, target: Target, threads: int | None) -> GeneratedKernel:
     a, L, O = step.node.attrs, step.in_layout, step.out_layout
     n_h, n_w = (O.H, O.W) if a["inverse"] else (L.H, L.W)
-    return movement.gen_remap(step.cname, rows=movement.phase_taps(n_h, a["d"], a["inverse"]),
-                              cols=movement.phase_taps(n_w, a["d"], a["inverse"]), in_layout=L, out_layout=O,
-                              target=target)
+    taps = [movement.phase_taps(n, a["d"], a["inverse"], a["half"], a["packed"]) for n in (n_h, n_w)]
+    return movement.gen_remap(step.cname, rows=taps[0], cols=taps[1], in_layout=L, out_layout=O, target=target)
 
 
 def _movement(gen: Callable, attr: str):

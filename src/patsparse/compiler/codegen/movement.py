@@ -1,6 +1,6 @@
 """Spatial data movement: padding (constant / reflect / replicate, and the zeros a transposed
 conv spreads its input with), nearest and bilinear resize, pixel shuffle, and the phase mosaic
-that turns a dilated 3x3 conv into an undilated one (``phase_taps``).
+that turns a dilated k x k conv into an undilated one (``phase_taps``).
 
 Padding and resizing are one kernel, a *remap*: output row h reads input rows ``ry0[h]`` and
 ``ry1[h]`` with weights ``1 - ly[h]`` and ``ly[h]``, output column w reads columns ``rx0[w]``
@@ -88,22 +88,38 @@ def pad_taps(n_in: int, before: int, after: int, mode: str, dilation: int = 1) -
     return i, i, np.zeros(i.size, np.float32)
 
 
-def phase_taps(n: int, d: int, inverse: bool = False) -> Taps:
+def phase_taps(n: int, d: int, inverse: bool = False, half: int = 1, packed: bool = False) -> Taps:
     """The phase mosaic of a dilated conv along one axis of ``n``: the d phases (every d-th
-    element) laid out one after the other, each in a tile of ceil(n / d) with a zero between
-    tiles and at both ends, so a dilation-d 3x3 conv with padding d is an undilated 3x3 conv
-    without padding over the mosaic (its zero taps are the separators and the fill of shorter
-    phases). ``inverse``: from that conv's output (the mosaic less its two ends) back to the
-    n positions in order."""
-    t = -(-n // d)
+    element) laid out one after the other with ``half`` zeros between them and at both ends, so
+    a dilation-d k x k conv (k = 2 half + 1) with padding d half is an undilated k x k conv
+    without padding over the mosaic (its zero taps are the separators). ``packed``: each phase
+    as long as it is (ceil or floor of n / d); else each in a tile of ceil(n / d), the shorter
+    ones filled with zeros (the layout of graphs saved before ``packed``), which costs up to 3x
+    the positions when d is close to n (DeepLab's ASPP rate 12 on a 14x14 map: 37 against 27).
+    ``inverse``: from that conv's output (the mosaic less ``half`` at each end) back to the n
+    positions in order."""
     pos = np.arange(n)
-    at = (pos % d) * (t + 1) + 1 + pos // d  # mosaic index of element pos
+    lengths = _phase_lengths(n, d, packed)
+    start = half + np.concatenate([[0], np.cumsum(lengths + half)[:-1]])
+    at = start[pos % d] + pos // d  # mosaic index of element pos
     if inverse:
-        i = at - 1
+        i = at - half
     else:
-        i = np.full(d * (t + 1) + 1, -1)
+        i = np.full(mosaic_size(n, d, half, packed), -1)
         i[at] = pos
     return i, i, np.zeros(i.size, np.float32)
+
+
+def _phase_lengths(n: int, d: int, packed: bool) -> np.ndarray:
+    return (n - np.arange(d) + d - 1) // d if packed else np.full(d, -(-n // d))
+
+
+def mosaic_size(n: int, d: int, half: int = 1, packed: bool = False) -> int:
+    """Length of the phase mosaic of ``n`` elements (``phase_taps``)."""
+    return int(_phase_lengths(n, d, packed).sum()) + (d + 1) * half
+
+
+MAX_CACHED_ROW = 4096  # widest output row whose two x-interpolated source rows go on the stack
 
 
 def _copy_run(idx: np.ndarray) -> tuple[int, int]:
@@ -139,12 +155,26 @@ def gen_remap(name: str, *, rows: Taps, cols: Taps, value: float = 0.0, in_layou
                              f"outside the input's {n}")
     single = not (ly.any() or lx.any())
     v = _lit(float(np.float32(value)))
+    # bilinear: the two source rows interpolated along x once, kept while the output rows below
+    # read the same two (an upscale by s reuses them s times), then blended a row at a time
+    cached = not single and O.W <= MAX_CACHED_ROW
     if single:
         pixel = f"o[x] = ix0[x] < 0 ? {v} : r0[ix0[x]];"
+    elif cached:
+        pixel = f"o[x] = ix0[x] < 0 ? {v} : h0 * hr0[x] + h1 * hr1[x];"
     else:
         pixel = ("const float l1 = lx[x], l0 = 1.0f - l1;\n"
                  f"            o[x] = ix0[x] < 0 ? {v} : h0 * (l0 * r0[ix0[x]] + l1 * r0[ix1[x]])"
                  " + h1 * (l0 * r1[ix0[x]] + l1 * r1[ix1[x]]);")
+    along_x = f"""if (iy0[h] != cy0 || iy1[h] != cy1) {{
+                for (int x = 0; x < {O.W}; x++) {{
+                    const int i0 = ix0[x] < 0 ? 0 : ix0[x], i1 = ix0[x] < 0 ? 0 : ix1[x];
+                    const float l1 = lx[x], l0 = 1.0f - l1;
+                    hr0[x] = l0 * r0[i0] + l1 * r0[i1];
+                    hr1[x] = l0 * r1[i0] + l1 * r1[i1];
+                }}
+                cy0 = iy0[h], cy1 = iy1[h];
+            }}""" if cached else ""
     a, b = _copy_run(x0) if single else (0, 0)  # columns a .. b copy one input run
     # a row whose taps equal the row above's is a copy of it (nearest upscaling, replicate edges)
     dup = np.r_[0, (y0[1:] == y0[:-1]) & (y1[1:] == y1[:-1]) & (ly[1:] == ly[:-1])].astype(int)
@@ -166,6 +196,7 @@ static void {name}(const float *restrict in, float *restrict out, const float *r
     #pragma omp for schedule(static) nowait
     for (int c = 0; c < {O.C}; c++) {{
         const float *plane = in + (size_t)c * {L.ps} + {L.origin};
+        {f"float hr0[{O.W}], hr1[{O.W}]; int cy0 = -1, cy1 = -1;" if cached else ""}
         for (int h = 0; h < {O.H}; h++) {{
             float *o = out + (size_t)c * {O.ps} + {O.origin} + (size_t)h * {O.ld};
             if (dup[h]) {{
@@ -179,6 +210,7 @@ static void {name}(const float *restrict in, float *restrict out, const float *r
             const float *r0 = plane + (size_t)iy0[h] * {L.ld}, *r1 = plane + (size_t)iy1[h] * {L.ld};
             const float h1 = ly[h], h0 = 1.0f - h1;
             (void)r1; (void)h0; (void)h1;
+            {along_x}
             {columns}
         }}
     }}
