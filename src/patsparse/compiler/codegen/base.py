@@ -64,7 +64,8 @@ PRELUDE = r"""
    team's shared scratch, arena[1 + t] thread t's own; ps_release frees them with the workspace.
    (Per-library pthread keys ran out after ~500 libraries in one process: 2 of 1024 per library.)
    Solo fallback: when the threads of a call spent over a quarter of its time asleep at barriers
-   waiting for a partner (another process holds a core), the next calls run on one thread, as
+   waiting for a partner (another process holds a core; the call's first barrier, the team's
+   wake-up, does not count), the next calls run on one thread, as
    many as `backoff` says (doubling while the team keeps stalling, halved only after PS_SOLO_MIN
    team calls in a row without a stall): one thread on the free core beats a team that waits
    for a time slice at every barrier, and every stalled team call is a latency outlier. */
@@ -110,7 +111,10 @@ static inline void ps_sleep_while(atomic_uint *a, unsigned v) {
 }
 static inline void ps_wake_all(atomic_uint *a) { (void)a; }
 #endif
-static void ps_barrier(void) {
+/* `record`: add the time asleep to slept_us. The first barrier of a call does not: waiting there
+   is the team's wake-up after an idle spell (the OS parks idle threads; a VM may halt their vCPU),
+   a cost of calling after a pause that one thread would not avoid, not contention. */
+static void ps_barrier_ex(int record) {
     ps_sync *s = ps_team_sync;
     if (!s || ps_team_nt <= 1) return;
     const unsigned g = atomic_load_explicit(&s->gen, memory_order_relaxed);
@@ -128,8 +132,10 @@ static void ps_barrier(void) {
     atomic_fetch_add_explicit(&s->sleepers, 1, memory_order_seq_cst);
     ps_sleep_while(&s->gen, g);
     atomic_fetch_sub_explicit(&s->sleepers, 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&s->slept_us, (unsigned)((omp_get_wtime() - t0) * 1e6), memory_order_relaxed);
+    if (record)
+        atomic_fetch_add_explicit(&s->slept_us, (unsigned)((omp_get_wtime() - t0) * 1e6), memory_order_relaxed);
 }
+static inline void ps_barrier(void) { ps_barrier_ex(1); }
 static void ps_oom(const char *who, size_t bytes) {
     fprintf(stderr, "patsparse: kernel %s could not allocate %zu bytes of scratch\n", who, bytes);
     abort();

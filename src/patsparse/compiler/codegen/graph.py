@@ -76,7 +76,7 @@ def emit_model(plan: Plan) -> str:
             f"        float *restrict yn = y + (ptrdiff_t)n * {lay_out.C * lay_out.H * lay_out.W};",
             f"        {{ float *restrict buf = ws + {plan.offsets[INPUT]};",
             _copy_in(lay_in), "        }",
-            "        ps_barrier();",
+            "        ps_barrier_ex(n > 0);  /* the first: the team's wake-up, not contention */",
             "        double t0 = prof && lead ? omp_get_wtime() : 0.0;"]
     for s in plan.steps:
         n = s.node
