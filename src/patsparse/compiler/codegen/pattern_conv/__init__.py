@@ -1,6 +1,6 @@
 """Pattern-specialised 3x3 convolution (PatDNN / PCONV), stride 1 or 2, groups = 1.
 
-Why it is fast (see /work/shared/notes/kernel-lessons.md): the sparsity is compiled in.
+Why it is fast: the sparsity is compiled in.
   * Filter-kernel reorder (reorder.py) makes every (filter, mask) a contiguous run of kernels;
     the kernel loops over a run with that mask's taps at compile-time offsets: no branch, no
     per-weight index, 4 FMAs per input channel of a pattern kernel.
