@@ -79,28 +79,45 @@ def test_barrier_with_sleeping_waiters_loses_no_wakeup(team_lib):
     assert out["bad"] == 0
 
 
+STALLS = 8  # base.PRELUDE's PS_STALLS: stalled calls in a row before a fresh team falls back
+
+
 def test_solo_fallback_backs_off_and_recovers(team_lib):
-    n = 400
-    stalled = np.zeros(n)
-    stalled[[0, 65]] = 0.9  # the first call stalls, and so does the probe after the first fallback
+    n, k = 420, STALLS
+    assert f"#define PS_STALLS {k}" in prelude_c(detect())
     team = np.zeros(n, np.int32)
-    team_lib.solo_policy(2, n, stalled.ctypes.data_as(ctypes.c_void_p), team.ctypes.data_as(ctypes.c_void_p))
-    # call 0 stalls: 64 calls alone; call 65 probes the team and stalls: 128 alone; then the team
-    assert team[0] == 2 and (team[1:65] == 1).all() and team[65] == 2
-    assert (team[66:194] == 1).all() and (team[194:] == 2).all()
-    # a stall soon after: the fallback doubles again (a clean probe alone does not forget)
-    stalled[200] = 0.9
-    team_lib.solo_policy(2, n, stalled.ctypes.data_as(ctypes.c_void_p), team.ctypes.data_as(ctypes.c_void_p))
-    assert (team[194:201] == 2).all() and (team[201:400] == 1).all()
+
+    def policy(stalled: np.ndarray) -> np.ndarray:
+        team_lib.solo_policy(2, n, stalled.ctypes.data_as(ctypes.c_void_p), team.ctypes.data_as(ctypes.c_void_p))
+        return team
+
+    stalled = np.zeros(n)
+    stalled[:k] = 0.9
+    stalled[k + 64] = 0.9  # k calls in a row stall, and so does the probe after the fallback
+    policy(stalled)
+    # 64 calls alone after the k-th; the probe stalls: 128 alone; then the team
+    assert (team[:k] == 2).all() and (team[k:k + 64] == 1).all() and team[k + 64] == 2
+    back = k + 193  # the first team call after the second fallback
+    assert (team[k + 65:back] == 1).all() and (team[back:] == 2).all()
+    # one stall soon after: the fallback doubles again (a clean probe alone does not forget)
+    stalled[back + 6] = 0.9
+    policy(stalled)
+    assert (team[back:back + 7] == 2).all() and (team[back + 7:] == 1).all()
     # 64 clean team calls halve it: the next stall falls back for 128 calls, not 256
     stalled[:] = 0
-    stalled[[0, 65, 194 + 64]] = 0.9
-    team_lib.solo_policy(2, n, stalled.ctypes.data_as(ctypes.c_void_p), team.ctypes.data_as(ctypes.c_void_p))
-    assert (team[194:259] == 2).all() and (team[259:387] == 1).all() and team[387] == 2
+    stalled[:k] = 0.9
+    stalled[[k + 64, back + 64]] = 0.9
+    policy(stalled)
+    assert (team[back:back + 65] == 2).all() and (team[back + 65:back + 193] == 1).all()
+    assert team[back + 193] == 2
     # a stall under a quarter of the call's time is ordinary imbalance: the team stays
     stalled[:] = 0.2
-    team_lib.solo_policy(2, n, stalled.ctypes.data_as(ctypes.c_void_p), team.ctypes.data_as(ctypes.c_void_p))
-    assert (team == 2).all()
+    assert (policy(stalled) == 2).all()
+    # fewer than k stalled calls in a row (hiccups, wake-ups after pauses) never send a fresh
+    # team to one thread
+    stalled[:] = 0.9
+    stalled[k - 1::k] = 0.0
+    assert (policy(stalled) == 2).all()
 
 
 def _small_pattern_net() -> tuple[nn.Module, torch.Tensor]:

@@ -63,9 +63,9 @@ PRELUDE = r"""
    passes never share one. It also owns the scratch arenas the team's kernels use: arena[0] the
    team's shared scratch, arena[1 + t] thread t's own; ps_release frees them with the workspace.
    (Per-library pthread keys ran out after ~500 libraries in one process: 2 of 1024 per library.)
-   Solo fallback: when the threads of a call spent over a quarter of its time asleep at barriers
-   waiting for a partner (another process holds a core; the call's first barrier, the team's
-   wake-up, does not count), the next calls run on one thread, as
+   Solo fallback: when the threads of PS_STALLS calls in a row spent over a quarter of their time
+   asleep at barriers waiting for a partner (another process holds a core; the call's first
+   barrier, the team's wake-up, does not count), the next calls run on one thread, as
    many as `backoff` says (doubling while the team keeps stalling, halved only after PS_SOLO_MIN
    team calls in a row without a stall): one thread on the free core beats a team that waits
    for a time slice at every barrier, and every stalled team call is a latency outlier. */
@@ -78,6 +78,7 @@ typedef struct {
     int narena;
     unsigned solo, backoff, clean;     /* calls left on one thread; the last fallback's length;
                                           team calls since the last stall */
+    unsigned stalls;                   /* team calls in a row that stalled */
 } ps_sync;
 _Static_assert(sizeof(ps_sync) <= 64, "ps_sync must fit the 64 bytes the workspace reserves");
 static __thread ps_sync *ps_team_sync;
@@ -92,6 +93,9 @@ static inline void ps_team_leave(void) { ps_team_sync = 0; ps_team_nt = 0; }
 #endif
 #ifndef PS_SOLO_MAX
 #define PS_SOLO_MAX 1024
+#endif
+#ifndef PS_STALLS
+#define PS_STALLS 8
 #endif
 static inline void ps_pause(void) {
 /*@pause@*/
@@ -157,12 +161,19 @@ static int ps_team_prepare(ps_sync *s, int nt) {
 static void ps_team_adapt(ps_sync *s, int nt, double seconds) {
     if (nt <= 1) return;
     if (atomic_load_explicit(&s->slept_us, memory_order_relaxed) * 1e-6 > 0.25 * seconds * nt) {
+        /* a first fallback needs PS_STALLS stalled calls in a row (one stall is a hiccup, not a
+           busy core); once the team has fallen back, one stalled probe is enough */
+        if (++s->stalls < PS_STALLS && !s->backoff) return;
         s->backoff = s->backoff ? (2 * s->backoff < PS_SOLO_MAX ? 2 * s->backoff : PS_SOLO_MAX) : PS_SOLO_MIN;
         s->solo = s->backoff;
         s->clean = 0;
-    } else if (++s->clean >= PS_SOLO_MIN) {
-        s->backoff /= 2;
-        s->clean = 0;
+        s->stalls = 0;
+    } else {
+        s->stalls = 0;
+        if (++s->clean >= PS_SOLO_MIN) {
+            s->backoff /= 2;
+            s->clean = 0;
+        }
     }
 }
 static void ps_team_release(ps_sync *s) {
