@@ -79,7 +79,7 @@ def test_barrier_with_sleeping_waiters_loses_no_wakeup(team_lib):
     assert out["bad"] == 0
 
 
-STALLS = 8  # base.PRELUDE's PS_STALLS: stalled calls in a row before a fresh team falls back
+STALLS = 3  # base.PRELUDE's PS_STALLS: stalled calls in a row before a fresh team falls back
 
 
 def test_solo_fallback_backs_off_and_recovers(team_lib):

@@ -95,7 +95,7 @@ static inline void ps_team_leave(void) { ps_team_sync = 0; ps_team_nt = 0; }
 #define PS_SOLO_MAX 1024
 #endif
 #ifndef PS_STALLS
-#define PS_STALLS 8
+#define PS_STALLS 3
 #endif
 static inline void ps_pause(void) {
 /*@pause@*/
