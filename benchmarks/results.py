@@ -95,10 +95,9 @@ def extraction_step(args, docs: Path, results: Path) -> None:
     _report.update_section(f"extraction-{args.dataset}", "\n".join(body), results)
 
 
-def grid_claims(out: Path, dataset: str, budget: str) -> tuple[dict[str, tuple[str, str]], int, int]:
+def grid_claims(stored: list[dict]) -> dict[str, tuple[str, str]]:
     """Each accuracy claim's evidence and overall word (yes/partly/no/undecided/-) on one budget's
-    stored grid, with the number of runs and models behind it."""
-    stored = accuracy.collect(out, dataset, budget)
+    stored grid rows."""
     by = accuracy.by_model_row(stored)
     models = sorted({r["config"]["model"] for r in stored})
     verdicts: dict[str, list[tuple[str, str, str]]] = {claim: [] for claim, *_ in accuracy.CLAIMS}
@@ -120,18 +119,18 @@ def grid_claims(out: Path, dataset: str, budget: str) -> tuple[dict[str, tuple[s
         parts = [f"{w} {', '.join(ms)}" for w, ms in (("supported on", yes), ("not on", no),
                                                        ("undecided (interval spans the bar) on", open_)) if ms]
         claims[claim] = ("; ".join(parts), holds)
-    return claims, len(stored), len(models)
+    return claims
 
 
 def summary_step(args, results: Path) -> None:
     """Each claim against what is stored: grid rows (the chosen budget first, with its evidence;
     every other budget with stored rows beside it), extraction and enhancement results."""
     budget = accuracy.BUDGETS[args.budget]
-    out = Path(args.out)
-    lead, n_runs, n_models = grid_claims(out, args.dataset, budget.name)
-    others = {b: grid_claims(out, args.dataset, b)[0] for b in accuracy.BUDGETS
-              if b != budget.name and accuracy.collect(out, args.dataset, b)}
-    by = accuracy.by_model_row(accuracy.collect(out, args.dataset, budget.name))
+    stores = {b: accuracy.collect(Path(args.out), args.dataset, b) for b in accuracy.BUDGETS}
+    lead = grid_claims(stores[budget.name])
+    others = {b: grid_claims(rows) for b, rows in stores.items() if rows and b != budget.name}
+    by = accuracy.by_model_row(stores[budget.name])
+    n_runs, n_models = len(stores[budget.name]), len({model for model, _ in by})
     rows = [[claim, evidence, holds, *(others[b][claim][1] for b in others)]
             for claim, (evidence, holds) in lead.items()]
     blank = ["-"] * len(others)
