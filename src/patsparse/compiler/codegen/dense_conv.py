@@ -20,6 +20,7 @@ from .common import (check_act, check_layout_types, check_layouts, check_name, c
 from .gemm import gen_conv1x1
 from .igemm import direct_s2_floats, gen_igemm
 from .igemm import schedules as _igemm_schedules
+from . import winograd
 
 MAX_K = 7
 
@@ -31,8 +32,12 @@ def schedules(*, cout: int, out_layout: Layout, cin: int | None = None, k: int =
     igemm.schedules); ``cin`` and ``k`` sharpen the ranking when given, ``stride`` and
     ``in_layout`` add in-place stride-2 tiles where they apply."""
     s2 = direct_s2_floats(k=k, stride=stride, padding=padding, in_layout=in_layout) if in_layout else 0
+    wino = in_layout is not None and winograd.applies(k=k, stride=stride, padding=padding, in_layout=in_layout)
+    others = winograd.candidates(cin=cin or 256, cout=cout, Ho=out_layout.H, Wo=out_layout.W,
+                                target=target) if wino else []
     return _igemm_schedules(cout=cout, Ho=out_layout.H, Wo=out_layout.W, cin=cin, k=k,
-                            compact=k == 1 and padding == 0, s2_input=s2, target=target)
+                            compact=k == 1 and padding == 0, s2_input=s2, others=tuple(others),
+                            target=target)
 
 
 def gen_conv2d(name: str, *, cin: int, cout: int, k: int, stride: int = 1, padding: int = 0,
@@ -61,6 +66,17 @@ def gen_conv2d(name: str, *, cin: int, cout: int, k: int, stride: int = 1, paddi
     Ho = conv_out_size(in_layout.H, k, stride, padding, where)
     Wo = conv_out_size(in_layout.W, k, stride, padding, where)
     check_layouts(where, in_layout, out_layout, (cin, in_layout.H, in_layout.W), (cout, Ho, Wo))
+    if schedule is None:
+        schedule = schedules(cout=cout, out_layout=out_layout, cin=cin, k=k, padding=padding,
+                             stride=stride, in_layout=in_layout, target=target)[0]
+    if isinstance(schedule, dict) and "wino" in schedule:
+        if not winograd.applies(k=k, stride=stride, padding=padding, in_layout=in_layout):
+            raise InputError(f"{where}: a Winograd schedule needs a 3x3 stride-1 conv with padding 0 or 1 "
+                             f"inside the input halo (got {k}x{k}, stride {stride}, padding {padding}, "
+                             f"halo {in_layout.pad})")
+        return winograd.gen_winograd(name, cin=cin, cout=cout, padding=padding, in_layout=in_layout,
+                                     out_layout=out_layout, act=act, has_residual=has_residual,
+                                     schedule=schedule, where=where, target=target)
     return gen_igemm(name, cin=cin, cout=cout, k=k, stride=stride, padding=padding,
                      in_layout=in_layout, out_layout=out_layout, act=act,
                      has_residual=has_residual, schedule=schedule, where=where, target=target)
