@@ -156,7 +156,7 @@ def cost(*, cin: int, cout: int, Ho: int, Wo: int, m: int, mr: int, nr: int, tar
     vout = groups * a * (a + nnz_a + m * int(math.log2(m)) + m) + m * nov * (a + a + 5)
     transforms = OP_CYCLES * (cin * nth * vin + cout * nth * vout)
     scratch = a * a * (cin + cout) * Tp * 4
-    traffic = 2 * scratch / (L2_BYTES_PER_CYCLE if scratch <= cpu.l2_bytes else L2_BYTES_PER_CYCLE / 4)
+    traffic = 2 * scratch / (L2_BYTES_PER_CYCLE if scratch <= cpu.l2_bytes else L2_BYTES_PER_CYCLE / 2)
     return gemm + transforms + traffic
 
 
