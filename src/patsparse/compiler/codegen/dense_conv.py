@@ -7,6 +7,12 @@ Stride 2 (3x3 s2, the 7x7 s2 stem) reads the input in place with two loads and a
 vector, or through a phase-plane prep pass, whichever the cost model ranks first; inputs whose
 halo is narrower than the conv padding always go through the prep (see igemm.py). 1x1 convs
 are delegated to gemm.gen_conv1x1.
+
+A 3x3 stride-1 conv whose input halo covers its padding may also run as Winograd F(2x2, 3x3) or
+F(4x4, 3x3) (winograd.py, schedule ``{"wino": m, "mr", "nr"}``): 2.25-4x fewer multiplies for
+two transform passes. It is one more family in the same ranking (``schedules``), so the cost
+model picks it as the untuned default where it ranks first and the tuner measures it beside the
+implicit-GEMM tiles.
 """
 
 from __future__ import annotations
@@ -46,7 +52,8 @@ def gen_conv2d(name: str, *, cin: int, cout: int, k: int, stride: int = 1, paddi
                target: Target) -> GeneratedKernel:
     """Dense conv2d, groups=1, square kernel ``k`` (1..7), stride 1 or 2, zero padding.
 
-    Weight shape (cout, cin, k, k). ``in_layout.pad`` may be smaller than ``padding``.
+    Weight shape (cout, cin, k, k). ``in_layout.pad`` may be smaller than ``padding`` (then no
+    Winograd schedule). ``schedule`` None: the first of ``schedules``.
     """
     where = f"conv2d kernel {name}"
     check_name(name)
