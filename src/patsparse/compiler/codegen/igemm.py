@@ -131,11 +131,12 @@ def schedules(*, cout: int, Ho: int, Wo: int, cin: int | None = None, k: int = 1
     ranked = [c[2] for c in cands]
 
     def family(d: dict) -> str:
-        return ("wino" if "wino" in d else "np" if "np" in d else "compact" if d.get("compact")
+        return (f"wino{d['wino']}" if "wino" in d else "np" if "np" in d else "compact" if d.get("compact")
                 else "rows")
 
     # the default first, then the best of every other family (so a tuner measuring the first few
-    # always compares row, compact and channel-vector tiles), then the rest by rank
+    # always compares row, compact and channel-vector tiles, and each Winograd tile size), then
+    # the rest by rank
     leaders: list[dict] = []
     for d in ranked:
         if family(d) not in {family(e) for e in leaders}:
