@@ -5,22 +5,27 @@ window: each tile costs (m+2)^2 multiplies per (input, output) channel pair inst
 (F(4x4, 3x3): 36 against 144, 4x fewer; F(2x2, 3x3): 16 against 36). Three phases, the team
 split over each, a barrier between them (the team and scratch scheme of base.PRELUDE):
 
-1. input transform, per (input channel, tile row): the vertical 1-D transform B^T along full row
+1. input transform, per (input channel, R tile rows): the vertical 1-D transform B^T along full row
    vectors (unit-stride loads straight from the padded layout; rows past the image and columns
    past it read as zero), then the horizontal one over VL tiles at a time (stride-m loads from
    that row scratch), into V[p][ci][tile] (p: one of the (m+2)^2 transformed positions);
 2. (m+2)^2 independent GEMMs M[p] = U[p] V[p], on igemm's register-blocked micro-kernel
    (igemm.fma_step with one tap: MR output channels x NR vectors of VL tiles), weights U = G g
    G^T transformed at compile time in float64 and packed per p as igemm packs a 1x1 conv;
-3. output transform, per (output channel, tile row): A along the tiles (loads of M[p]), the m
+3. output transform, per (output channel, R tile rows): A along the tiles (loads of M[p]), the m
    results interleaved back into pixel order, then A^T down the rows, with igemm's epilogue
    (bias, residual, activation, tail mask) on full row vectors of the output layout.
+
+Tiles sit in the lanes in row-major order, so where a tile row fills at most half a vector (a
+32x32 plane has 8 F(4,3) tiles per row) a transform unit takes R = VL / (tiles per row) tile
+rows at once and its lanes stay busy: 1.4-2x faster layers at 32x32, 16x16 and 14x14 with 16
+lanes (one thread, CPU time), against one tile row per unit.
 
 The transforms are written once from the matrices (any m in TRANSFORMS), unrolled with zero
 coefficients dropped. F(2,3) uses Lavin and Gray's matrices (points 0, 1, -1); F(4,3) uses
 ncnn's (src/layer/x86/convolution_3x3_winograd.h, Tencent/ncnn: points 0, +-sqrt2, +-sqrt2/2),
-whose smaller coefficients keep the fp32 error about 3x lower than the points 0, +-1, +-2 of
-Lavin and Gray's F(4,3). ncnn also blocks tiles so that V and M stay in cache and packs
+whose smaller coefficients keep the fp32 error 2-4x lower than the points 0, +-1, +-2 of
+Lavin and Gray's F(4,3) (a float32 evaluation of both in numpy, 64-512 input channels). ncnn also blocks tiles so that V and M stay in cache and packs
 channels in vectors; here the layout is planar, so tiles sit in the vector lanes instead.
 
 Requires the input halo to cover the conv padding (the layout's zero halo is the padding);
@@ -129,11 +134,14 @@ def transform_weights(weight: np.ndarray, m: int) -> np.ndarray:
     return u.reshape(a * a, weight.shape[1], weight.shape[0]).transpose(0, 2, 1)
 
 
-def _dims(Ho: int, Wo: int, m: int, vl: int, nr: int) -> tuple[int, int, int, int]:
-    """(tile rows, tiles per row, tiles, tiles padded to whole NR x VL blocks)."""
+def _dims(Ho: int, Wo: int, m: int, vl: int, nr: int) -> tuple[int, int, int, int, int]:
+    """(tile rows, tiles per row, tiles, tiles padded to whole NR x VL blocks, tile rows per
+    transform unit). A unit transforms R = VL // (tiles per row) tile rows at once where a row
+    fills at most half a vector, so narrow planes do not leave most lanes of the transforms idle."""
     nth, ntw = -(-Ho // m), -(-Wo // m)
     T = nth * ntw
-    return nth, ntw, T, round_up(T, nr * vl)
+    R = min(nth, vl // ntw) if 2 * ntw <= vl else 1
+    return nth, ntw, T, round_up(T, nr * vl), R
 
 
 def cost(*, cin: int, cout: int, Ho: int, Wo: int, m: int, mr: int, nr: int, target: Target) -> float:
@@ -143,18 +151,19 @@ def cost(*, cin: int, cout: int, Ho: int, Wo: int, m: int, mr: int, nr: int, tar
     overflow L2)."""
     cpu = target.require_cpu("winograd cost")
     vl, a = cpu.lanes, m + 2
-    nth, ntw, T, Tp = _dims(Ho, Wo, m, vl, nr)
+    nth, ntw, T, Tp, R = _dims(Ho, Wo, m, vl, nr)
+    nb = -(-nth // R)
     BT, _, AT = TRANSFORMS[m]
     step = max(mr * nr / 2, (mr + nr) / 2) + 0.5
     gemm = a * a * -(-cout // mr) * (Tp // (nr * vl)) * (cin * step + mr * nr)
-    groups = -(-ntw // vl)
+    groups = -(-(R * ntw) // vl)
     nxv = -(-(ntw * m + 2) // vl)
     nnz_b, nnz_a = int(np.count_nonzero(BT)), int(np.count_nonzero(AT))
     sm = {2: 3, 4: 7}[m]  # loads + shuffles of one stride-m load
-    vin = nxv * (a + nnz_b + a) + groups * a * (a * sm + nnz_b + a)
+    vin = R * nxv * (a + nnz_b + a) + groups * a * (a * sm + nnz_b + a)
     nov = -(-Wo // vl)
-    vout = groups * a * (a + nnz_a + m * int(math.log2(m)) + m) + m * nov * (a + a + 5)
-    transforms = OP_CYCLES * (cin * nth * vin + cout * nth * vout)
+    vout = groups * a * (a + nnz_a + m * int(math.log2(m)) + m) + R * m * nov * (a + a + 5)
+    transforms = OP_CYCLES * (cin * nb * vin + cout * nb * vout)
     scratch = a * a * (cin + cout) * Tp * 4
     traffic = 2 * scratch / (L2_BYTES_PER_CYCLE if scratch <= cpu.l2_bytes else L2_BYTES_PER_CYCLE / 2)
     return gemm + transforms + traffic
@@ -208,10 +217,18 @@ def gen_winograd(name: str, *, cin: int, cout: int, padding: int, in_layout: Lay
     L, O = in_layout, out_layout
     H, W, Ho, Wo = L.H, L.W, O.H, O.W
     BT, _, AT = TRANSFORMS[m]
-    nth, ntw, T, Tp = _dims(Ho, Wo, m, vl, nr)
-    groups = -(-ntw // vl)
+    nth, ntw, T, Tp, R = _dims(Ho, Wo, m, vl, nr)
+    nb = -(-nth // R)                           # units of R tile rows
+    groups = -(-(R * ntw) // vl)                # tile vectors of a unit
     nxv = -(-(ntw * m + 2) // vl)               # row vectors of one input tile row
-    rw = round_up(groups * vl * m + a, vl)      # floats per row of the input row scratch
+    # floats per transformed row of the row scratch: a unit's R tile rows at ntw * m apart, the
+    # last one's vectors and the reach of the strided loads past it
+    rw = round_up(max(groups * vl * m, (R - 1) * ntw * m + nxv * vl) + 2 * vl, vl)
+    rw2 = groups * vl * m                       # the same for the output transform
+    # tap columns ntw * m and ntw * m + 1 of a unit's tile row r < R - 1 (the last tile's taps 4, 5
+    # for m = 4): row r + 1 overwrites them in the scratch, so they are kept aside and blended in
+    tails = [(r, i, q) for r in range(R - 1) for i in range(a) for q in range(a - m)]
+    tail_lanes = [r * ntw + ntw - 1 for r in range(R - 1)]
     xb, xbn = divmod(W + P, vl)                 # the row vector holding input column W, its lanes left
     nct = -(-cout // mr)
     A2 = a * a
@@ -225,6 +242,12 @@ def gen_winograd(name: str, *, cin: int, cout: int, padding: int, in_layout: Lay
     for i in range(a):
         horiz.append("            {")
         horiz += [f"              vf e{l} = {load}(t + {i * rw} + g * {vl * m} + {l});" for l in range(a)]
+        if tails:  # R > 1: one group, lanes r * ntw + tx
+            mask = ", ".join("-1" if ln in tail_lanes else "0" for ln in range(vl))
+            for q in range(a - m):
+                horiz.append(f"              {{ vf tv = (vf){{0}}; "
+                             + " ".join(f"tv[{ln}] = tl[{(r * a + i) * (a - m) + q}];" for r, ln in enumerate(tail_lanes))
+                             + f" e{m + q} = vselect((vi){{{mask}}}, tv, e{m + q}); }}")
         for k in range(a):
             horiz.append(f"              WG_PUT({i * a + k}, {_combo(BT[k], [f'e{l}' for l in range(a)])});")
         horiz.append("            }")
@@ -239,12 +262,12 @@ def gen_winograd(name: str, *, cin: int, cout: int, padding: int, in_layout: Lay
                 for k in range(a)]
         zs = [f"z{c}" for c in range(m)]
         otr += [f"              vf z{c} = {_combo(AT[c], [f'f{k}' for k in range(a)])};" for c in range(m)]
-        otr += [f"              vstore(r + {i * groups * vl * m} + g * {vl * m} + {c} * VL, {e});"
+        otr += [f"              vstore(r + {i * rw2} + g * {vl * m} + {c} * VL, {e});"
                 for c, e in enumerate(_interleave(zs))]
         otr.append("            }")
     epi = []
     for rr in range(m):
-        y = _combo(AT[rr], [f"vload(r + {i * groups * vl * m} + xv * VL)" for i in range(a)])
+        y = _combo(AT[rr], [f"vload(r + {i * rw2} + rt * {ntw * m} + xv * VL)" for i in range(a)])
         val = f"({y}) + bv" + (" + vload(res + o)" if has_residual else "")
         epi.append(f"""            if (ty * {m} + {rr} < {Ho})
             for (int xv = 0; xv < NOV; xv++) {{
@@ -271,26 +294,36 @@ static void {name}(const float *restrict in, float *restrict out, const float *r
     (void)res; (void)bm;
     PS_SCRATCH(vb, (size_t){A2} * {cin} * {Tp} + (size_t){A2} * {cout} * {Tp} + VL, "{name}");
     float *mb = vb + (size_t){A2} * {cin} * {Tp};
-    PS_PRIVATE(t, {max(a * rw, a * groups * vl * m)}, "{name}");
+    PS_PRIVATE(t, {max(a * rw, a * rw2 + vl)}, "{name}");
     #pragma omp for schedule(static) nowait
-    for (int u = 0; u < {cin * nth}; u++) {{
-        const int ci = u / {nth}, ty = u % {nth};
+    for (int u = 0; u < {cin * nb}; u++) {{
+        const int ci = u / {nb}, tb = u % {nb};
         const float *p0 = in + (size_t)ci * {L.ps} + {L.origin} - {P};
-        for (int xv = 0; xv < {nxv}; xv++) {{
+        float tl[{max(1, len(tails))}];
+        (void)tl;
+        for (int rt = 0; rt < {R} && tb * {R} + rt < {nth}; rt++) {{
+            const int ty = tb * {R} + rt;
+            float *tr = t + rt * {ntw * m};
+            for (int xv = 0; xv < {nxv}; xv++) {{
 #define LD(j) ({{ const float *p = p0 + (ptrdiff_t)(ty * {m} + (j) - {P}) * {L.ld}; {col_load}; }})
-{chr(10).join(rows)}
+{chr(10).join("    " + x for x in rows)}
 #undef LD
-{chr(10).join(vert)}
+{chr(10).join("    " + x.replace("vstore(t + ", "vstore(tr + ") for x in vert)}
+            }}
+            if (rt < {R - 1})
+                for (int i = 0; i < {a}; i++)
+                    for (int q = 0; q < {a - m}; q++) tl[(rt * {a} + i) * {a - m} + q] = tr[i * {rw} + {ntw * m} + q];
         }}
-        float *vp = vb + (size_t)ci * {Tp} + ty * {ntw};
+        float *vp = vb + (size_t)ci * {Tp} + tb * {R * ntw};
+        const int rows_here = {nth} - tb * {R} < {R} ? {nth} - tb * {R} : {R};
         for (int g = 0; g < {groups}; g++) {{
-            const int left = {ntw} - g * VL;
+            const int left = rows_here * {ntw} - g * VL;
 #define WG_PUT(pp, e) do {{ float *d_ = vp + (size_t)(pp) * {cin * Tp} + g * VL; vf v_ = (e); \\
             if (left >= VL) vstore(d_, v_); else vstore_lanes(d_, (1u << left) - 1u, v_); }} while (0)
 {chr(10).join(horiz)}
 #undef WG_PUT
         }}
-        if (ty == {nth - 1})
+        if (tb == {nb - 1})
             for (int pp = 0; pp < {A2}; pp++)
                 for (int q = {T}; q < {Tp}; q++) vb[((size_t)pp * {cin} + ci) * {Tp} + q] = 0.0f;
     }}
@@ -311,15 +344,18 @@ static void {name}(const float *restrict in, float *restrict out, const float *r
     }}
     ps_barrier();
     #pragma omp for schedule(static) nowait
-    for (int u = 0; u < {cout * nth}; u++) {{
-        const int co = u / {nth}, ty = u % {nth};
-        const float *mp = mb + (size_t)co * {Tp} + ty * {ntw};
+    for (int u = 0; u < {cout * nb}; u++) {{
+        const int co = u / {nb}, tb = u % {nb};
+        const float *mp = mb + (size_t)co * {Tp} + tb * {R * ntw};
         float *r = t;
         const vf bv = vbcast(bias[co]);
         for (int g = 0; g < {groups}; g++) {{
 {chr(10).join(otr)}
         }}
+        for (int rt = 0; rt < {R} && tb * {R} + rt < {nth}; rt++) {{
+            const int ty = tb * {R} + rt;
 {chr(10).join(epi)}
+        }}
     }}
 }}
 """
