@@ -147,8 +147,8 @@ def _dims(Ho: int, Wo: int, m: int, vl: int, nr: int) -> tuple[int, int, int, in
 def cost(*, cin: int, cout: int, Ho: int, Wo: int, m: int, mr: int, nr: int, target: Target) -> float:
     """Modelled cycles of one call, in igemm.schedules' units: the (m+2)^2 GEMMs charged like an
     igemm tile (idle lanes of partial tile vectors included), the two transforms per vector op,
-    and the V and M scratch written and read back through L2 (a quarter of the rate when they
-    overflow L2)."""
+    and the V and M scratch written and read back through L2 (at half the rate when they
+    overflow L2: each phase streams them in order, so prefetching hides most of the latency)."""
     cpu = target.require_cpu("winograd cost")
     vl, a = cpu.lanes, m + 2
     nth, ntw, T, Tp, R = _dims(Ho, Wo, m, vl, nr)
@@ -159,7 +159,7 @@ def cost(*, cin: int, cout: int, Ho: int, Wo: int, m: int, mr: int, nr: int, tar
     groups = -(-(R * ntw) // vl)
     nxv = -(-(ntw * m + 2) // vl)
     nnz_b, nnz_a = int(np.count_nonzero(BT)), int(np.count_nonzero(AT))
-    sm = {2: 3, 4: 7}[m]  # loads + shuffles of one stride-m load
+    sm = 2 * m - 1  # loads and shuffles of one stride-m load (_LOAD_SM)
     vin = R * nxv * (a + nnz_b + a) + groups * a * (a * sm + nnz_b + a)
     nov = -(-Wo // vl)
     vout = groups * a * (a + nnz_a + m * int(math.log2(m)) + m) + R * m * nov * (a + a + 5)
