@@ -1,9 +1,11 @@
 """Per-kernel speed of the dense generators against PyTorch (oneDNN) and ONNX Runtime.
 
 Layer shapes: every distinct MobileNet-V2 (224x224) layer, ResNet-18's stem, max pool, 1x1
-stride-2 downsamples and dense 3x3 layers, VGG's first conv (ImageNet and CIFAR sizes), and the
-classifiers. Batch 1, fp32, the same thread count for all engines. Rounds are interleaved
-(each round times a block of calls per engine, in rotated order) and the table reports medians,
+stride-2 downsamples and dense 3x3 layers, VGG's first conv (ImageNet and CIFAR sizes), VGG-16-
+CIFAR's 3x3 layers, and the classifiers. With --tune, a 3x3 stride-1 layer's candidates include
+both Winograd tile sizes and the best implicit-GEMM tiles (the default is the cost model's pick).
+Batch 1, fp32, the same thread count for all engines. Rounds are interleaved (each round times a
+block of calls per engine, in rotated order) and the table reports medians,
 so machine-load drift hits every engine alike. Each of our kernels is checked against PyTorch
 before it is timed. ORT times include its per-run overhead (a few microseconds, visible on the
 smallest layers); ORT is run with spinning threads off so it does not steal cores from the
@@ -39,7 +41,7 @@ from benchmarks._report import BENCH, provenance
 from patsparse.bench.engines import prepare_here
 from patsparse.bench.model import BenchModel
 from patsparse.bench.timing import interleave
-from patsparse.compiler.codegen import conv_pool, dense_conv, depthwise, gemm, igemm, pool
+from patsparse.compiler.codegen import conv_pool, dense_conv, depthwise, gemm, pool
 from patsparse.compiler.target import detect
 from patsparse.compiler.codegen.ctest import KernelRunner, from_layout, layout_buffer, to_layout
 from patsparse.compiler.layout import Layout
@@ -109,6 +111,12 @@ def other_specs() -> list[Spec]:
         Spec("r18 fc 512->1000", "linear", 512, 1000, 1),
         Spec("vgg conv1 3->64 @224", "conv", 3, 64, 224, 3, 1, 1, "relu"),
         Spec("vgg-cifar conv1 3->64 @32", "conv", 3, 64, 32, 3, 1, 1, "relu"),
+        Spec("vgg-cifar 3x3 64 @32", "conv", 64, 64, 32, 3, 1, 1, "relu"),
+        Spec("vgg-cifar 3x3 64->128 @16", "conv", 64, 128, 16, 3, 1, 1, "relu"),
+        Spec("vgg-cifar 3x3 128 @16", "conv", 128, 128, 16, 3, 1, 1, "relu"),
+        Spec("vgg-cifar 3x3 256 @8", "conv", 256, 256, 8, 3, 1, 1, "relu", count=2),
+        Spec("vgg-cifar 3x3 512 @4", "conv", 512, 512, 4, 3, 1, 1, "relu", count=2),
+        Spec("vgg-cifar 3x3 512 @2", "conv", 512, 512, 2, 3, 1, 1, "relu", count=3),
     ]
 
 
@@ -157,15 +165,16 @@ def generate(s: Spec, lin: Layout, lout: Layout, schedule: dict | None):
     return gemm.gen_linear("k", in_features=s.cin, out_features=s.cout, **common)
 
 
-def candidate_schedules(s: Spec, lout: Layout) -> list[dict | None]:
+def candidate_schedules(s: Spec, lin: Layout, lout: Layout) -> list[dict | None]:
     """The layer's candidate schedules ranked as its default is chosen (the first is the default).
 
     Why cin and k: the ranking depends on the reduction length; without them the list is the
     one for a long 1x1 reduction, and "tuned" timed tiles ranked for another layer
     (ResNet-18's 3x3 512@7: the default is the channel-vector tile np=5, which the
     reduction-blind list ranks below four row tiles)."""
-    if s.kind == "conv":
-        return igemm.schedules(cout=s.cout, Ho=lout.H, Wo=lout.W, cin=s.cin, k=s.k, target=detect())
+    if s.kind == "conv":  # implicit-GEMM tiles and, for 3x3 stride-1 convs, Winograd
+        return dense_conv.schedules(cout=s.cout, out_layout=lout, cin=s.cin, k=s.k, padding=s.padding,
+                                    stride=s.stride, in_layout=lin, target=detect())
     if s.kind == "dw":
         return depthwise.schedules(stride=s.stride, out_layout=lout)
     if s.kind == "linear":
@@ -184,7 +193,7 @@ class Ours:
         else:
             lin = Layout(s.cin, s.H, s.H, pin)
             lout = Layout(y.shape[1], y.shape[2], y.shape[3], 1)
-        self.lout = lout
+        self.lin, self.lout = lin, lout
         self.kernel = generate(s, lin, lout, schedule)
         self.runner = KernelRunner(self.kernel)
         op = module[0][1] if s.kind == "linear" else module[0]
@@ -229,7 +238,7 @@ def measure(s: Spec, *, threads: int, rounds: int, tune: bool, clock, workdir: P
         iters = int(np.clip(3e8 / max(flops, 1), 3, 2000))
         engines = {"ours": ours.calls(iters)}
         if tune:
-            for sched in candidate_schedules(s, ours.lout)[1:5]:
+            for sched in candidate_schedules(s, ours.lin, ours.lout)[1:5]:
                 if sched:
                     engines[f"ours {sched}"] = Ours(s, module, x, sched).calls(iters)
         other = peers(module, x, threads, workdir)

@@ -7,6 +7,12 @@ Stride 2 (3x3 s2, the 7x7 s2 stem) reads the input in place with two loads and a
 vector, or through a phase-plane prep pass, whichever the cost model ranks first; inputs whose
 halo is narrower than the conv padding always go through the prep (see igemm.py). 1x1 convs
 are delegated to gemm.gen_conv1x1.
+
+A 3x3 stride-1 conv whose input halo covers its padding may also run as Winograd F(2x2, 3x3) or
+F(4x4, 3x3) (winograd.py, schedule ``{"wino": m, "mr", "nr"}``): 2.25-4x fewer multiplies for
+two transform passes. It is one more family in the same ranking (``schedules``), so the cost
+model picks it as the untuned default where it ranks first and the tuner measures it beside the
+implicit-GEMM tiles.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from .common import (check_act, check_layout_types, check_layouts, check_name, c
 from .gemm import gen_conv1x1
 from .igemm import direct_s2_floats, gen_igemm
 from .igemm import schedules as _igemm_schedules
+from . import winograd
 
 MAX_K = 7
 
@@ -31,8 +38,12 @@ def schedules(*, cout: int, out_layout: Layout, cin: int | None = None, k: int =
     igemm.schedules); ``cin`` and ``k`` sharpen the ranking when given, ``stride`` and
     ``in_layout`` add in-place stride-2 tiles where they apply."""
     s2 = direct_s2_floats(k=k, stride=stride, padding=padding, in_layout=in_layout) if in_layout else 0
+    wino = in_layout is not None and winograd.applies(k=k, stride=stride, padding=padding, in_layout=in_layout)
+    others = winograd.candidates(cin=cin or 256, cout=cout, Ho=out_layout.H, Wo=out_layout.W,
+                                target=target) if wino else []
     return _igemm_schedules(cout=cout, Ho=out_layout.H, Wo=out_layout.W, cin=cin, k=k,
-                            compact=k == 1 and padding == 0, s2_input=s2, target=target)
+                            compact=k == 1 and padding == 0, s2_input=s2, others=tuple(others),
+                            target=target)
 
 
 def gen_conv2d(name: str, *, cin: int, cout: int, k: int, stride: int = 1, padding: int = 0,
@@ -41,7 +52,8 @@ def gen_conv2d(name: str, *, cin: int, cout: int, k: int, stride: int = 1, paddi
                target: Target) -> GeneratedKernel:
     """Dense conv2d, groups=1, square kernel ``k`` (1..7), stride 1 or 2, zero padding.
 
-    Weight shape (cout, cin, k, k). ``in_layout.pad`` may be smaller than ``padding``.
+    Weight shape (cout, cin, k, k). ``in_layout.pad`` may be smaller than ``padding`` (then no
+    Winograd schedule). ``schedule`` None: the first of ``schedules``.
     """
     where = f"conv2d kernel {name}"
     check_name(name)
@@ -61,6 +73,17 @@ def gen_conv2d(name: str, *, cin: int, cout: int, k: int, stride: int = 1, paddi
     Ho = conv_out_size(in_layout.H, k, stride, padding, where)
     Wo = conv_out_size(in_layout.W, k, stride, padding, where)
     check_layouts(where, in_layout, out_layout, (cin, in_layout.H, in_layout.W), (cout, Ho, Wo))
+    if schedule is None:
+        schedule = schedules(cout=cout, out_layout=out_layout, cin=cin, k=k, padding=padding,
+                             stride=stride, in_layout=in_layout, target=target)[0]
+    if isinstance(schedule, dict) and "wino" in schedule:
+        if not winograd.applies(k=k, stride=stride, padding=padding, in_layout=in_layout):
+            raise InputError(f"{where}: a Winograd schedule needs a 3x3 stride-1 conv with padding 0 or 1 "
+                             f"inside the input halo (got {k}x{k}, stride {stride}, padding {padding}, "
+                             f"halo {in_layout.pad})")
+        return winograd.gen_winograd(name, cin=cin, cout=cout, padding=padding, in_layout=in_layout,
+                                     out_layout=out_layout, act=act, has_residual=has_residual,
+                                     schedule=schedule, where=where, target=target)
     return gen_igemm(name, cin=cin, cout=cout, k=k, stride=stride, padding=padding,
                      in_layout=in_layout, out_layout=out_layout, act=act,
                      has_residual=has_residual, schedule=schedule, where=where, target=target)

@@ -65,7 +65,8 @@ def direct_s2_floats(*, k: int, stride: int, padding: int, in_layout: Layout) ->
 
 
 def schedules(*, cout: int, Ho: int, Wo: int, cin: int | None = None, k: int = 1,
-              target: Target, compact: bool = False, s2_input: int = 0) -> list[dict]:
+              target: Target, compact: bool = False, s2_input: int = 0,
+              others: tuple[tuple[float, float, dict], ...] = ()) -> list[dict]:
     """Candidate schedules for the auto-tuner: the heuristic's best first (the untuned default),
     then the best of each other tile family, then the rest by rank.
 
@@ -85,6 +86,8 @@ def schedules(*, cout: int, Ho: int, Wo: int, cin: int | None = None, k: int = 1
     from L2 once per channel tile, the channel-major walk a large output gets. MobileNet-V2's
     stem (3->32 3x3/2 at 224x224, ``profile``, 40 interleaved rounds, AVX-512): phase planes
     4 x 6 172 us, in place 4 x 6 164, 8 x 3 123, 16 x 1 123.
+    ``others``: (modelled cycles, tie-break, schedule) of another kernel's candidates for the same
+    conv, ranked with these (winograd.candidates: the ``{"wino"}`` family).
     """
     cpu = target.require_cpu("dense conv schedules")
     vl, nregs = cpu.lanes, cpu.vector_registers
@@ -123,19 +126,23 @@ def schedules(*, cout: int, Ho: int, Wo: int, cin: int | None = None, k: int = 1
     for np_ in cvec.np_choices(target):
         c = cvec.cost(cout=cout, Ho=Ho, Wo=Wo, np_=np_, target=target, red=red, k=k)
         cands.append((c, -np_ * cvec.CB // vl, {"np": np_}))
+    cands += others
     cands.sort(key=lambda c: c[:2])
     ranked = [c[2] for c in cands]
 
     def family(d: dict) -> str:
-        return "np" if "np" in d else "compact" if d.get("compact") else "rows"
+        return (f"wino{d['wino']}" if "wino" in d else "np" if "np" in d else "compact" if d.get("compact")
+                else "rows")
 
     # the default first, then the best of every other family (so a tuner measuring the first few
-    # always compares row, compact and channel-vector tiles), then the rest by rank
+    # always compares row, compact and channel-vector tiles, and each Winograd tile size), then
+    # the rest by rank
     leaders: list[dict] = []
     for d in ranked:
         if family(d) not in {family(e) for e in leaders}:
             leaders.append(d)
-    best = [d for d in ranked if "mr" in d][:6] + [d for d in ranked if "np" in d][:2]
+    best = ([d for d in ranked if "mr" in d and "wino" not in d][:6] + [d for d in ranked if "np" in d][:2]
+            + [d for d in ranked if "wino" in d][:2])
     return leaders + [d for d in best if d not in leaders]
 
 
