@@ -2,8 +2,11 @@
 
 A generator returns a ``GeneratedKernel``: C source defining one ``static void`` function with
 the fixed signature below, a function that packs the layer's PyTorch weights into the order the
-kernel reads, and its useful FLOP count (for GFLOP/s tables). Kernels process ONE image; the
-entry point loops over the batch. Threads: every thread of the caller's team calls the kernel
+kernel reads, and its useful FLOP count (for GFLOP/s tables). A kernel processes ONE image; the
+entry point calls it once per image of a block. A *batched* kernel (``batched``) also defines
+``NAME_nb(in, out, w, bias, res, int nb, ptrdiff_t is)``, which runs images 0..nb-1 in one
+call, image b's tensors at ``b * is`` floats past the pointers given: its work pool spans the
+images, so one weight panel serves them all (``NAME`` is ``NAME_nb`` with one image). Threads: every thread of the caller's team calls the kernel
 (one OpenMP region per forward pass); a kernel splits its work and never opens a region.
 
 Signature of every kernel function::
@@ -283,3 +286,4 @@ class GeneratedKernel:
     flops: int
     schedule: dict = field(default_factory=dict)
     target: Target | None = None  # what the code was rendered for (KernelRunner builds for it)
+    batched: bool = False  # the code also defines NAME_nb (module docstring)

@@ -187,8 +187,14 @@ def pack_tiles(weight: np.ndarray, mr: int) -> np.ndarray:
 
 def gen_igemm(name: str, *, cin: int, cout: int, k: int, stride: int, padding: int,
               in_layout: Layout, out_layout: Layout, act: str, has_residual: bool,
-              schedule: dict | None, where: str, target: Target) -> GeneratedKernel:
-    """Generate the implicit-GEMM conv; callers have already validated shapes and arguments."""
+              schedule: dict | None, where: str, target: Target, images: int = 1) -> GeneratedKernel:
+    """Generate the implicit-GEMM conv; callers have already validated shapes and arguments.
+
+    Row tiles reading the input in place are batched (base.GeneratedKernel): a block's images
+    are an outer dimension of the slots, so a tile's NR slots may come from several images and
+    a channel tile's weight panel serves every image (``images``, the block the model runs,
+    picks the loop order for more than one image); tiles with a prep (phase or compact planes,
+    one image's scratch) and channel-vector tiles run one image per call."""
     H, W, s, P, K = in_layout.H, in_layout.W, stride, padding, k
     Ho, Wo = out_layout.H, out_layout.W
     if schedule is None:
@@ -217,11 +223,15 @@ def gen_igemm(name: str, *, cin: int, cout: int, k: int, stride: int, padding: i
         src, cs, tap_off, scratch, prep = acc.src, acc.cs, acc.tap_off, acc.scratch, acc.prep
         reads = "phase-plane prep" if not acc.direct else "direct stride-2 input" if s2 else "direct input"
 
-    if order is None:
-        npt = -(-_slots(Ho, Wo, target.require_cpu(where).lanes, compact) // nr)
-        order = loop_order(cin=cin, kk=kk, cout_pad=cout_pad, mr=mr, npt=npt, src_floats=cin * cs,
-                           l2_bytes=target.require_cpu(where).l2_bytes,
-                           out_floats=out_layout.size)
+    def order_for(n: int) -> str:
+        """The loop order for ``n`` images in the pool."""
+        npt = -(-n * _slots(Ho, Wo, target.require_cpu(where).lanes, compact) // nr)
+        return loop_order(cin=cin, kk=kk, cout_pad=cout_pad, mr=mr, npt=npt, src_floats=n * cin * cs,
+                          l2_bytes=target.require_cpu(where).l2_bytes, out_floats=n * out_layout.size)
+
+    order = order or order_for(1)
+    batched = not compact and acc.direct
+    border = order_for(images) if batched and images > 1 else order  # for nb > 1 images
     J, I = range(nr), range(mr)
     decl = "\n".join(f"        vf a{i}_{j} = (vf){{0}};" for i in I for j in J)
     body = "\n".join(fma_step(tap_off, mr, nr, " " * 12, VECTOR_LOAD[2 if s2 else 1]))
@@ -246,31 +256,47 @@ def gen_igemm(name: str, *, cin: int, cout: int, k: int, stride: int, padding: i
             stores += [f"            {store(j, i, 'm')}" for i in I]
             stores.append("          }")
         else:
-            stores.append(f"            size_t o = {olay.origin} + (size_t)oh{j} * {olay.ld} + w0{j};")
+            stores.append(f"            size_t o = {'(size_t)i' + str(j) + ' * is + ' if batched else ''}"
+                          f"{olay.origin} + (size_t)oh{j} * {olay.ld} + w0{j};")
             stores += [f"            {store(j, i, '')}" for i in I]
         stores.append("        }")
     stores = "\n".join(stores)
+    # batched: slot s of the pool is slot s % NS of image i = s / NS
     slots = "\n".join(
-        f"        int s{j} = pt * {nr} + {j}, ok{j} = s{j} < NS; if (!ok{j}) s{j} = pt * {nr};\n" +
+        f"        int s{j} = pt * {nr} + {j}, ok{j} = s{j} < NST; if (!ok{j}) s{j} = pt * {nr};\n" +
         (f"        const float *p{j} = scr + (size_t)s{j} * VL;" if compact else
+         (f"        const int i{j} = s{j} / NS; s{j} -= i{j} * NS;\n" if batched else "") +
          f"        int oh{j} = s{j} / NVW, w0{j} = s{j} % NVW * VL;\n"
-         f"        const float *p{j} = {src} + {acc.origin} + (size_t)oh{j} * {acc.row_stride} + {'2 * ' if s2 else ''}w0{j};")
+         f"        const float *p{j} = {src} + {'(size_t)i' + str(j) + ' * is + ' if batched else ''}{acc.origin} + "
+         f"(size_t)oh{j} * {acc.row_stride} + {'2 * ' if s2 else ''}w0{j};")
         for j in J)
     qs = " ".join(f"const float *q{j} = p{j} + (size_t)ci * {cs};" for j in J)
     ns = f"({Ho * Wo} + VL - 1) / VL" if compact else f"{Ho} * NVW"
+    if batched:  # the pool spans nb images; the loop order is the one for the pool's size
+        fn, sig_extra, pool = f"{name}_nb", ", int nb, ptrdiff_t is", "nb * NS"
+    else:
+        fn, sig_extra, pool = name, "", "NS"
+    pix = ("1" if order == "pix" else "0") if order == border else "nb == 1" if order == "pix" else "nb > 1"
+    wrapper = f"""
+static __attribute__((unused)) void {name}(const float *restrict in, float *restrict out, const float *restrict w,
+                   const float *restrict bias, const float *restrict res) {{
+    {name}_nb(in, out, w, bias, res, 1, 0);
+}}
+""" if batched else ""
+    orders = f"{order}-major" if order == border else f"{order}-major for one image, {border}-major for more"
     code = helpers_c(target) + f"""
 /* {name}: dense conv {cin}->{cout}, {K}x{K}, stride {s}, padding {P}, {H}x{W} -> {Ho}x{Wo},
-   implicit GEMM, tile {mr} channels x {nr} {'plane' if compact else 'row'} vectors, {order}-major, {reads} */
-static void {name}(const float *restrict in, float *restrict out, const float *restrict w,
-                   const float *restrict bias, const float *restrict res) {{
-    enum {{ NVW = ({Wo} + VL - 1) / VL, NS = {ns}, NPT = (NS + {nr - 1}) / {nr},
-           NCT = {cout_pad // mr}, LASTW = (NVW - 1) * VL }};
+   implicit GEMM, tile {mr} channels x {nr} {'plane' if compact else 'row'} vectors, {orders}, {reads}{', batched' if batched else ''} */
+static void {fn}(const float *restrict in, float *restrict out, const float *restrict w,
+                   const float *restrict bias, const float *restrict res{sig_extra}) {{
+    enum {{ NVW = ({Wo} + VL - 1) / VL, NS = {ns}, NCT = {cout_pad // mr}, LASTW = (NVW - 1) * VL }};
+    const int NST = {pool}, NPT = (NST + {nr - 1}) / {nr}, pix = {pix};
     const vi tm = vtailmask({Wo} - LASTW);
     (void)res; (void)tm;{scratch}
     {{{prep}
     #pragma omp for schedule(static) nowait
     for (int u = 0; u < NPT * NCT; u++) {{
-        int pt = {"u / NCT" if order == "pix" else "u % NPT"}, ct = {"u % NCT" if order == "pix" else "u / NPT"};
+        int pt = pix ? u / NCT : u % NPT, ct = pix ? u % NCT : u / NPT;
         int co0 = ct * {mr};
 {slots}
         const float *wp = w + (size_t)ct * {cin * kk * mr};
@@ -286,12 +312,12 @@ static void {name}(const float *restrict in, float *restrict out, const float *r
     }}
     }}
 }}
-"""
+{wrapper}"""
 
     def pack(weight: np.ndarray) -> np.ndarray:
         return pack_tiles(check_weight(weight, (cout, cin, K, K), name), mr)
 
-    return GeneratedKernel(name=name, code=code, target=target, pack=pack,
+    return GeneratedKernel(name=name, code=code, target=target, pack=pack, batched=batched,
                            flops=2 * cout * cin * kk * Ho * Wo,
                            schedule={"mr": mr, "nr": nr, "order": order, **({"compact": 1} if compact else {}),
                                      **({"s2": 1} if s2 else {})})
