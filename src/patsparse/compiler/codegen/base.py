@@ -261,6 +261,16 @@ static inline vf vand(vf a, vi m) { return (vf)((vi)a & m); }
 """
 
 
+BATCHED_PARAMS = ", int nb, ptrdiff_t is"  # what NAME_nb takes after the fixed five
+
+
+def single_image_c(name: str) -> str:
+    """The C of a batched kernel's one-image form ``name`` (tests and the tuner call it)."""
+    return (f"static __attribute__((unused)) void {name}(const float *restrict in, float *restrict out,\n"
+            f"    const float *restrict w, const float *restrict bias, const float *restrict res) {{\n"
+            f"    {name}_nb(in, out, w, bias, res, 1, 0);\n}}\n")
+
+
 def prelude_c(target: Target) -> str:
     """The C every generated source starts with, rendered for ``target``."""
     return target.render(PRELUDE) + activations.HELPERS

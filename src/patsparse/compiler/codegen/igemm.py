@@ -45,7 +45,7 @@ from ..layout import Layout, round_up
 from ..target import Target
 from . import cvec
 from .access import compact_access, compact_rows_c, input_access
-from .base import GeneratedKernel, act_c
+from .base import BATCHED_PARAMS, GeneratedKernel, act_c, single_image_c
 from .common import VECTOR_LOAD, WEIGHT_PREFETCH, check_weight, helpers_c, loop_order
 
 
@@ -273,16 +273,10 @@ def gen_igemm(name: str, *, cin: int, cout: int, k: int, stride: int, padding: i
     qs = " ".join(f"const float *q{j} = p{j} + (size_t)ci * {cs};" for j in J)
     ns = f"({Ho * Wo} + VL - 1) / VL" if compact else f"{Ho} * NVW"
     if batched:  # the pool spans nb images; the loop order is the one for the pool's size
-        fn, sig_extra, pool = f"{name}_nb", ", int nb, ptrdiff_t is", "nb * NS"
+        fn, sig_extra, pool = f"{name}_nb", BATCHED_PARAMS, "nb * NS"
     else:
         fn, sig_extra, pool = name, "", "NS"
     pix = ("1" if order == "pix" else "0") if order == border else "nb == 1" if order == "pix" else "nb > 1"
-    wrapper = f"""
-static __attribute__((unused)) void {name}(const float *restrict in, float *restrict out, const float *restrict w,
-                   const float *restrict bias, const float *restrict res) {{
-    {name}_nb(in, out, w, bias, res, 1, 0);
-}}
-""" if batched else ""
     orders = f"{order}-major" if order == border else f"{order}-major for one image, {border}-major for more"
     code = helpers_c(target) + f"""
 /* {name}: dense conv {cin}->{cout}, {K}x{K}, stride {s}, padding {P}, {H}x{W} -> {Ho}x{Wo},
@@ -312,7 +306,7 @@ static void {fn}(const float *restrict in, float *restrict out, const float *res
     }}
     }}
 }}
-{wrapper}"""
+{single_image_c(name) if batched else ""}"""
 
     def pack(weight: np.ndarray) -> np.ndarray:
         return pack_tiles(check_weight(weight, (cout, cin, K, K), name), mr)
