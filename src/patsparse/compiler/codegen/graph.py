@@ -54,20 +54,66 @@ def _copy_image(lay: Layout, *, into_ws: bool) -> str:
 SYNC_FLOATS = 16  # the team's ps_sync (64 bytes) after the activations in the workspace
 
 
-def _step_call(s: Step, plan: Plan) -> list[str]:
-    """C lines running step ``s`` on the block's ``nb`` images, a barrier after each call: one
-    call of a batched kernel (its pool spans the images), else one call per image."""
+LAYER_MAJOR_RATIO = 2  # weights / one image's activations from which a layer runs layer-major
+
+
+def layer_major(s: Step) -> bool | None:
+    """Whether step ``s`` runs layer-major in a block (None: no weights, it follows the step
+    before): where its packed weights are over LAYER_MAJOR_RATIO times one image's input and
+    output.
+
+    Why not every layer: layer-major reads each layer's weights once per block, but a layer's
+    input then comes from the block's activations, which leave L2 where planes are large (VGG's
+    32x32 layers hold 0.4 MB an image). VGG-16 CIFAR dense at batch 8 (in one process against
+    the image-by-image build): its 32x32 layers ran about 3x slower layer-major, 128->128 at
+    16x16 (weights as big as its activations) 1.3x slower, 128->256 at 8x8 (weights 5x) 1.2x
+    faster, the 4x4 and 2x2 layers (weights 30-300x) 1.5-1.9x faster."""
+    weights = s.b_off - s.w_off  # packed weights, padded (pack_blob)
+    if weights <= ALIGN:
+        return None
+    return weights > LAYER_MAJOR_RATIO * (s.in_layout.size + s.out_layout.size)
+
+
+def segments(plan: Plan) -> list[tuple[bool, list[Step]]]:
+    """The steps in runs of (layer-major, steps): image-major runs take one image through all
+    their steps before the next image, layer-major runs one step over the block (layer_major)."""
+    runs: list[tuple[bool, list[Step]]] = []
+    for s in plan.steps:
+        major = layer_major(s)
+        if major is None:
+            major = runs[-1][0] if runs else False
+        if runs and runs[-1][0] == major:
+            runs[-1][1].append(s)
+        else:
+            runs.append((major, [s]))
+    return runs
+
+
+def _call(s: Step, plan: Plan, at: str, batched: bool) -> str:
+    """C calling step ``s`` on the image slot at ``at`` (batched: on the block's nb images)."""
     n = s.node
     second = n.residual or (n.inputs[1] if len(n.inputs) > 1 else None)  # a binary op's b
     first = 0 if s.operands is not None else plan.offsets[n.inputs[0]]  # concat: the slot's base
-    res = f"{{at}} + {plan.offsets[second]}" if second else "0"
-    args = (f"{{at}} + {first}, {{at}} + {plan.offsets[n.name]}, blob + {s.w_off}, blob + {s.b_off}, {res}")
+    res = f"{at} + {plan.offsets[second]}" if second else "0"
+    args = f"{at} + {first}, {at} + {plan.offsets[n.name]}, blob + {s.w_off}, blob + {s.b_off}, {res}"
+    return f"{s.cname}_nb({args}, nb, IMAGE);" if batched else f"{s.cname}({args});"
+
+
+def _step_lines(s: Step, plan: Plan, major: bool) -> list[str]:
+    """C lines running step ``s``, a barrier after each call and its time added to ``prof``:
+    layer-major, one call of a batched kernel or one call per image; image-major, on image b."""
+    head = [f"        /* {c_comment(s.node.name)}: {s.kind} */"]
+    prof = (f"if (prof && lead) {{ const double t1 = omp_get_wtime(); prof[{s.index}] += t1 - t0; "
+            "t0 = t1; }")
+    if not major:
+        return head + [f"        {_call(s, plan, 'ws + b * IMAGE', False)}", "        ps_barrier();",
+                       f"        {prof}"]
     if s.kernel.batched:
-        return [f"        {s.cname}_nb({args.format(at='ws')}, nb, IMAGE);", "        ps_barrier();"]
-    return ["        for (int b = 0; b < nb; b++) {",
-            f"            {s.cname}({args.format(at='ws + b * IMAGE')});",
-            "            ps_barrier();",
-            "        }"]
+        return head + [f"        {_call(s, plan, 'ws', True)}", "        ps_barrier();", f"        {prof}"]
+    return head + ["        for (int b = 0; b < nb; b++) {",
+                   f"            {_call(s, plan, 'ws + b * IMAGE', False)}",
+                   "            ps_barrier();",
+                   "        }", f"        {prof}"]
 
 
 def emit_model(plan: Plan) -> str:
@@ -75,10 +121,12 @@ def emit_model(plan: Plan) -> str:
 
     One OpenMP parallel region per call; inside it every thread runs every layer in turn and a
     ps_barrier (base.PRELUDE) separates the layers, so a forward pass costs one thread wake-up,
-    not one per layer. The batch runs in blocks of ``plan.images`` images, layer by layer: each
-    layer runs on every image of the block (one call of a batched kernel, else one call per
-    image) before the next layer, so its weights are fetched from memory once per block, not
-    once per image; image b of a block lives in workspace slot b (``plan.image_floats`` apart).
+    not one per layer. The batch runs in blocks of ``plan.images`` images, image b of a block
+    in workspace slot b (``plan.image_floats`` apart). Runs of layers whose weights outweigh
+    their activations go layer by layer (each runs on every image of the block before the next:
+    one call of a batched kernel, else one call per image), so their weights are fetched once
+    per block, not once per image; the other runs take one image at a time through all their
+    layers, as a batch of one does (``segments``).
     """
     g, lay_in, lay_out = plan.graph, plan.layouts[INPUT], plan.layouts[plan.graph.output]
     parts = [prelude_c(plan.target), support_c(plan.target)]
@@ -100,11 +148,9 @@ def emit_model(plan: Plan) -> str:
             _copy_image(lay_in, into_ws=True), "        }",
             "        ps_barrier_ex(n0 > 0);  /* the first: the team's wake-up, not contention */",
             "        double t0 = prof && lead ? omp_get_wtime() : 0.0;"]
-    for s in plan.steps:
-        body.append(f"        /* {c_comment(s.node.name)}: {s.kind} */")
-        body += _step_call(s, plan)
-        body.append(f"        if (prof && lead) {{ const double t1 = omp_get_wtime(); prof[{s.index}] += t1 - t0; "
-                    "t0 = t1; }")
+    for major, steps in segments(plan):
+        lines = [x for s in steps for x in _step_lines(s, plan, major)]
+        body += lines if major else ["        for (int b = 0; b < nb; b++) {", *("    " + x for x in lines), "        }"]
     body += [f"        {{ const float *restrict buf = ws + {plan.offsets[g.output]};",
              _copy_image(lay_out, into_ws=False), "        }",
              "        ps_barrier();  /* the next block reuses the workspace */",

@@ -46,6 +46,7 @@ from ..target import Target
 from . import cvec
 from .access import compact_access, compact_rows_c, input_access
 from .base import BATCHED_PARAMS, GeneratedKernel, act_c, single_image_c
+from .batch import batch_walk, slot_c, units_c
 from .common import VECTOR_LOAD, WEIGHT_PREFETCH, check_weight, helpers_c, loop_order
 
 
@@ -190,11 +191,10 @@ def gen_igemm(name: str, *, cin: int, cout: int, k: int, stride: int, padding: i
               schedule: dict | None, where: str, target: Target, images: int = 1) -> GeneratedKernel:
     """Generate the implicit-GEMM conv; callers have already validated shapes and arguments.
 
-    Row tiles reading the input in place are batched (base.GeneratedKernel): a block's images
-    are an outer dimension of the slots, so a tile's NR slots may come from several images and
-    a channel tile's weight panel serves every image (``images``, the block the model runs,
-    picks the loop order for more than one image); tiles with a prep (phase or compact planes,
-    one image's scratch) and channel-vector tiles run one image per call."""
+    Tiles reading the input in place (row and channel-vector tiles) are batched
+    (base.GeneratedKernel): the images of a block are walked as batch.py says, for ``images``
+    (the block the model runs); tiles with a prep (phase or compact planes: one image's
+    scratch) run one image per call."""
     H, W, s, P, K = in_layout.H, in_layout.W, stride, padding, k
     Ho, Wo = out_layout.H, out_layout.W
     if schedule is None:
@@ -212,7 +212,8 @@ def gen_igemm(name: str, *, cin: int, cout: int, k: int, stride: int, padding: i
                                             allow_strided=bool(schedule.get("s2")) and not np_ and K > 1)
     if np_:
         return cvec.gen_cvec(name, cin=cin, cout=cout, k=K, acc=acc, out_layout=out_layout,
-                             act=act, has_residual=has_residual, np_=np_, order=order, target=target)
+                             act=act, has_residual=has_residual, np_=np_, order=order, target=target,
+                             images=images)
     s2 = bool(acc and acc.step == 2)  # direct stride-2 reads: two loads and a shuffle per vector
     cout_pad = round_up(cout, mr)
     if compact:
@@ -223,15 +224,13 @@ def gen_igemm(name: str, *, cin: int, cout: int, k: int, stride: int, padding: i
         src, cs, tap_off, scratch, prep = acc.src, acc.cs, acc.tap_off, acc.scratch, acc.prep
         reads = "phase-plane prep" if not acc.direct else "direct stride-2 input" if s2 else "direct input"
 
-    def order_for(n: int) -> str:
-        """The loop order for ``n`` images in the pool."""
-        npt = -(-n * _slots(Ho, Wo, target.require_cpu(where).lanes, compact) // nr)
-        return loop_order(cin=cin, kk=kk, cout_pad=cout_pad, mr=mr, npt=npt, src_floats=n * cin * cs,
-                          l2_bytes=target.require_cpu(where).l2_bytes, out_floats=n * out_layout.size)
-
-    order = order or order_for(1)
+    cpu = target.require_cpu(where)
+    ns1 = _slots(Ho, Wo, cpu.lanes, compact)
+    order = order or loop_order(cin=cin, kk=kk, cout_pad=cout_pad, mr=mr, npt=-(-ns1 // nr), src_floats=cin * cs,
+                                l2_bytes=cpu.l2_bytes, out_floats=out_layout.size)
     batched = not compact and acc.direct
-    border = order_for(images) if batched and images > 1 else order  # for nb > 1 images
+    walk = batch_walk(images=images, order=order, ns=ns1, per_tile=nr, nct=cout_pad // mr, src_floats=cin * cs,
+                      weight_floats=cout_pad * cin * kk, out_floats=out_layout.size, l2_bytes=cpu.l2_bytes)
     J, I = range(nr), range(mr)
     decl = "\n".join(f"        vf a{i}_{j} = (vf){{0}};" for i in I for j in J)
     body = "\n".join(fma_step(tap_off, mr, nr, " " * 12, VECTOR_LOAD[2 if s2 else 1]))
@@ -261,36 +260,29 @@ def gen_igemm(name: str, *, cin: int, cout: int, k: int, stride: int, padding: i
             stores += [f"            {store(j, i, '')}" for i in I]
         stores.append("        }")
     stores = "\n".join(stores)
-    # batched: slot s of the pool is slot s % NS of image i = s / NS
     slots = "\n".join(
-        f"        int s{j} = pt * {nr} + {j}, ok{j} = s{j} < NST; if (!ok{j}) s{j} = pt * {nr};\n" +
+        slot_c(j, nr, "NS", batched) + "\n" +
         (f"        const float *p{j} = scr + (size_t)s{j} * VL;" if compact else
-         (f"        const int i{j} = s{j} / NS; s{j} -= i{j} * NS;\n" if batched else "") +
          f"        int oh{j} = s{j} / NVW, w0{j} = s{j} % NVW * VL;\n"
          f"        const float *p{j} = {src} + {'(size_t)i' + str(j) + ' * is + ' if batched else ''}{acc.origin} + "
          f"(size_t)oh{j} * {acc.row_stride} + {'2 * ' if s2 else ''}w0{j};")
         for j in J)
     qs = " ".join(f"const float *q{j} = p{j} + (size_t)ci * {cs};" for j in J)
     ns = f"({Ho * Wo} + VL - 1) / VL" if compact else f"{Ho} * NVW"
-    if batched:  # the pool spans nb images; the loop order is the one for the pool's size
-        fn, sig_extra, pool = f"{name}_nb", BATCHED_PARAMS, "nb * NS"
-    else:
-        fn, sig_extra, pool = name, "", "NS"
-    pix = ("1" if order == "pix" else "0") if order == border else "nb == 1" if order == "pix" else "nb > 1"
-    orders = f"{order}-major" if order == border else f"{order}-major for one image, {border}-major for more"
+    fn, sig_extra = (f"{name}_nb", BATCHED_PARAMS) if batched else (name, "")
+    orders = f"{order}-major" + (f"; more images: {'each' if walk[0] else 'pooled'}, {walk[1]}-major"
+                                 if batched else "")
+    units, close = units_c(ns="NS", per_tile=nr, nct=cout_pad // mr, order=order, batched=batched, walk=walk)
     code = helpers_c(target) + f"""
 /* {name}: dense conv {cin}->{cout}, {K}x{K}, stride {s}, padding {P}, {H}x{W} -> {Ho}x{Wo},
    implicit GEMM, tile {mr} channels x {nr} {'plane' if compact else 'row'} vectors, {orders}, {reads}{', batched' if batched else ''} */
 static void {fn}(const float *restrict in, float *restrict out, const float *restrict w,
                    const float *restrict bias, const float *restrict res{sig_extra}) {{
-    enum {{ NVW = ({Wo} + VL - 1) / VL, NS = {ns}, NCT = {cout_pad // mr}, LASTW = (NVW - 1) * VL }};
-    const int NST = {pool}, NPT = (NST + {nr - 1}) / {nr}, pix = {pix};
+    enum {{ NVW = ({Wo} + VL - 1) / VL, NS = {ns}, LASTW = (NVW - 1) * VL }};
     const vi tm = vtailmask({Wo} - LASTW);
     (void)res; (void)tm;{scratch}
     {{{prep}
-    #pragma omp for schedule(static) nowait
-    for (int u = 0; u < NPT * NCT; u++) {{
-        int pt = pix ? u / NCT : u % NPT, ct = pix ? u % NCT : u / NPT;
+{units}
         int co0 = ct * {mr};
 {slots}
         const float *wp = w + (size_t)ct * {cin * kk * mr};
@@ -303,7 +295,7 @@ static void {fn}(const float *restrict in, float *restrict out, const float *res
 {body}
         }}
 {stores}
-    }}
+{close}
     }}
 }}
 {single_image_c(name) if batched else ""}"""
