@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import patsparse as ps
-from patsparse.compiler.codegen import plan as plan_module
+from patsparse.compiler.codegen import graph as graph_module, plan as plan_module
 from patsparse.models import get
 from patsparse.pruning.projection import project_model
 from test_compiler import assert_close, randomize_bn, sparse_opsnet
@@ -50,11 +50,7 @@ def test_batches_match_torch(compiled):
     name, m, cm = compiled
     assert cm.manifest["images"] == plan_module.MAX_IMAGES  # these nets' slots fit the budget
     batched = [layer for layer in cm.manifest["layers"] if layer["batched"]]
-    if "8x" in name:  # both batched pattern layouts run here: channel tiles and channel-major
-        assert {"ct", "cm"} <= {layer["schedule"]["layout"] for layer in batched
-                                if layer["kernel"] == "pattern_conv"}
-    else:
-        assert "conv2d" in {layer["kernel"] for layer in batched}
+    assert ("pattern_conv" if "8x" in name else "conv2d") in {layer["kernel"] for layer in batched}
     for batch in BATCHES:
         _check(cm, m, batch)
 
@@ -72,16 +68,35 @@ def test_any_batch_matches_torch(resnet_8x, batch, seed):
     _check(cm, m, batch, seed)
 
 
-def test_blocks_smaller_than_the_batch(monkeypatch):
-    """A block of 3 images: batch 8 is blocks of 3, 3 and 2, through every op OpsNet has."""
+@pytest.mark.parametrize("ratio", [graph_module.LAYER_MAJOR_RATIO, 0])
+def test_blocks_smaller_than_the_batch(monkeypatch, ratio):
+    """A block of 3 images: batch 8 is blocks of 3, 3 and 2, through every op OpsNet has; with
+    ratio 0 every layer with weights runs layer-major (batched kernels take the block)."""
     monkeypatch.setattr(plan_module, "MAX_IMAGES", 3)
+    monkeypatch.setattr(graph_module, "LAYER_MAJOR_RATIO", ratio)
     m = sparse_opsnet()
     cm = ps.compile(m, torch.zeros(1, 3, 16, 16), threads=2)
     assert cm.manifest["images"] == 3
+    if ratio == 0:
+        batched = [L["c_name"] for L in cm.manifest["layers"] if L["batched"]]
+        assert len(batched) >= 3 and all(f"{c}_nb(ws + " in cm.source for c in batched)
     for batch in (1, 3, 7, 8):
         x = torch.randn(batch, 3, 16, 16)
         with torch.no_grad():
             assert_close(cm(x), m(x))
+
+
+def test_every_batched_pattern_layout_in_a_model(monkeypatch):
+    """The 8x VGG with every layer layer-major: its channel-tile and channel-major layers run
+    batched in the model (at this width the default runs them image by image)."""
+    monkeypatch.setattr(graph_module, "LAYER_MAJOR_RATIO", 0)
+    m = _net("vgg16", 8.0)
+    cm = ps.compile(m, torch.zeros(1, 3, 32, 32), threads=2)
+    layouts = {L["schedule"]["layout"] for L in cm.manifest["layers"]
+               if L["kernel"] == "pattern_conv" and f"{L['c_name']}_nb(ws + " in cm.source}
+    assert {"ct", "cm"} <= layouts
+    for batch in (2, 11):
+        _check(cm, m, batch)
 
 
 def test_block_is_bounded_by_the_workspace_budget():
