@@ -3,8 +3,8 @@
 ``generate_kernels`` runs every step's generator (kernels.py) on a plan (plan.py), ``emit_model``
 writes the source, ``pack_blob`` packs every layer's weights into one float blob.
 
-Entry point (per call, ``batch`` images, NCHW float input and output; run in blocks of
-``plan.images``, layer by layer: emit_model)::
+Entry point (per call, ``batch`` images, NCHW float input and output, run in blocks of
+``plan.images`` images: emit_model)::
 
     void ps_forward(const float *x, float *y, int batch, float *ws, const float *blob, int nthreads,
                     double *prof)
