@@ -10,7 +10,7 @@ probe: 'together' (the two vCPUs share a last-level cache) and 'apart' (ceiling.
 the compiled models' two-thread speed differs between the two (docs/COMPILER.md).
 
     python -m benchmarks.ab_models OLD.compiled NEW.compiled [--seconds 300] [--calls 40]
-                                   [--trust-native-code] [--threads N]
+                                   [--trust-native-code] [--threads N] [--batch N]
 
 A and B are directories written by ``patsparse compile`` / ``CompiledModel.save`` (for the same
 input shape; their layers pair by name, so a build that fuses two layers shows the other's two
@@ -55,11 +55,13 @@ def main(argv: list[str] | None = None) -> None:
                     help="run each directory's own library (A and B built by different versions of the "
                          "compiler; loading otherwise regenerates both with this one)")
     ap.add_argument("--threads", type=int, help="run both with this many threads (default: as saved)")
+    ap.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
     args = ap.parse_args(argv)
     a, b = (load_compiled(d, threads=args.threads, trust_native_code=args.trust_native_code)
             for d in (args.a, args.b))
     text, rounds = ab_table(a, b, f"{args.a} against {args.b}",
-                            provenance(__file__, argv), seconds=args.seconds, calls=args.calls)
+                            provenance(__file__, argv), seconds=args.seconds, calls=args.calls,
+                            batch=args.batch)
     if args.rounds_json:
         Path(args.rounds_json).write_text(json.dumps([{k: r[k] for k in ("far", "a", "b")} for r in rounds]))
     if args.out:
@@ -67,9 +69,10 @@ def main(argv: list[str] | None = None) -> None:
     print(text)
 
 
-def ab_table(a, b, title: str, header: list[str], *, seconds: float, calls: int) -> tuple[str, list[dict]]:
+def ab_table(a, b, title: str, header: list[str], *, seconds: float, calls: int,
+             batch: int = 1) -> tuple[str, list[dict]]:
     """The A/B table of two compiled models (see the module docstring) and its rounds, under
-    ``header`` (the writing script's provenance lines)."""
+    ``header`` (the writing script's provenance lines), ``batch`` images per call."""
     if a.input_shape != b.input_shape:
         raise SystemExit(f"input shapes differ: {a.input_shape} against {b.input_shape}")
     kinds_a, kinds_b = ({L["name"]: L["kernel"] for L in m.manifest["layers"]} for m in (a, b))
@@ -77,7 +80,7 @@ def ab_table(a, b, title: str, header: list[str], *, seconds: float, calls: int)
     # kernel differs (a fused step keeps its last layer's name) shows both kernels
     names = list(kinds_a) + [n for n in kinds_b if n not in kinds_a]
     pos_a, pos_b = ({n: i for i, n in enumerate(k)} for k in (kinds_a, kinds_b))
-    x = np.random.default_rng(0).standard_normal((1, *a.input_shape)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((batch, *a.input_shape)).astype(np.float32)
     if not np.allclose(a.run_numpy(x), b.run_numpy(x), rtol=1e-4, atol=1e-4):
         raise SystemExit("the two models give different outputs")
     rounds = []
@@ -86,7 +89,7 @@ def ab_table(a, b, title: str, header: list[str], *, seconds: float, calls: int)
         (ta, la), (tb, lb) = block(a, x, calls), block(b, x, calls)
         rounds.append({"far": vcpus_apart(core_to_core_ns()), "a": ta, "b": tb, "la": la, "lb": lb})
     lines = [f"## A/B: {title} (benchmarks/ab_models.py)", "", *header,
-             f"- {len(rounds)} rounds of {calls} calls each, A then B; medians over rounds", ""]
+             f"- {len(rounds)} rounds of {calls} calls of batch {batch} each, A then B; medians over rounds", ""]
     for where, far in (("together", False), ("apart", True)):
         sel = [r for r in rounds if r["far"] == far]
         if not sel:

@@ -136,7 +136,7 @@ def build_plan(plan: Plan, portable: tuple[dict, dict], *, target: Target, origi
     for s in plan.steps:
         entry = {"name": s.node.name, "kernel": s.kind, "c_name": s.cname, "flops": s.kernel.flops,
                  "schedule": plan.schedules[s.cname], "act": s.node.act,
-                 "residual": s.node.residual is not None}
+                 "residual": s.node.residual is not None, "batched": s.kernel.batched}
         if s.sparsity is not None:  # pattern convs, grouped 1x1 convs (virtual kernels), pruned expands
             entry["kernels"] = s.sparsity.counts()
         layers.append(entry)
@@ -146,6 +146,7 @@ def build_plan(plan: Plan, portable: tuple[dict, dict], *, target: Target, origi
                 "toolchain": toolchain_fingerprint(target),
                 "isa": required_cpu_features(target.toolchain.compiler(), target.toolchain.cflags),
                 "workspace_floats": plan.ws_floats + SYNC_FLOATS, "blob_floats": plan.blob_floats,
+                "images": plan.images,
                 "tuned": tuned, "layers": layers, "normalization": normalization}
     return CompiledModel(lib, blob, manifest, source, gj, gt)
 

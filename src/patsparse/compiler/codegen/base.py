@@ -2,8 +2,11 @@
 
 A generator returns a ``GeneratedKernel``: C source defining one ``static void`` function with
 the fixed signature below, a function that packs the layer's PyTorch weights into the order the
-kernel reads, and its useful FLOP count (for GFLOP/s tables). Kernels process ONE image; the
-entry point loops over the batch. Threads: every thread of the caller's team calls the kernel
+kernel reads, and its useful FLOP count (for GFLOP/s tables). A kernel processes ONE image; the
+entry point calls it once per image of a block. A *batched* kernel (``batched``) also defines
+``NAME_nb(in, out, w, bias, res, int nb, ptrdiff_t is)``, which runs images 0..nb-1 in one
+call, image b's tensors at ``b * is`` floats past the pointers given: its work pool spans the
+images, so one weight panel serves them all (``NAME`` is ``NAME_nb`` with one image). Threads: every thread of the caller's team calls the kernel
 (one OpenMP region per forward pass); a kernel splits its work and never opens a region.
 
 Signature of every kernel function::
@@ -258,6 +261,16 @@ static inline vf vand(vf a, vi m) { return (vf)((vi)a & m); }
 """
 
 
+BATCHED_PARAMS = ", int nb, ptrdiff_t is"  # what NAME_nb takes after the fixed five
+
+
+def single_image_c(name: str) -> str:
+    """The C of a batched kernel's one-image form ``name`` (tests and the tuner call it)."""
+    return (f"static __attribute__((unused)) void {name}(const float *restrict in, float *restrict out,\n"
+            f"    const float *restrict w, const float *restrict bias, const float *restrict res) {{\n"
+            f"    {name}_nb(in, out, w, bias, res, 1, 0);\n}}\n")
+
+
 def prelude_c(target: Target) -> str:
     """The C every generated source starts with, rendered for ``target``."""
     return target.render(PRELUDE) + activations.HELPERS
@@ -283,3 +296,4 @@ class GeneratedKernel:
     flops: int
     schedule: dict = field(default_factory=dict)
     target: Target | None = None  # what the code was rendered for (KernelRunner builds for it)
+    batched: bool = False  # the code also defines NAME_nb (module docstring)

@@ -19,6 +19,7 @@ from ..layout import Layout
 from ..runtime import aligned_empty
 from ..target import TARGETS, Target, detect, generic_vectors
 from .base import SLACK, GeneratedKernel, prelude_c
+from .pattern_conv.shared import support_c
 
 
 def layout_buffer(layout: Layout) -> np.ndarray:
@@ -83,8 +84,8 @@ class KernelRunner:
     """One generated kernel built alone into a shared library, callable on numpy buffers.
 
     The library exports ``run`` (the kernel itself, called by a thread team as in a compiled
-    model) and ``bench(iters)`` (a tight loop around it in one team, so timings carry no ctypes
-    or thread start-up overhead).
+    model), ``bench(iters)`` (a tight loop around it in one team, so timings carry no ctypes
+    or thread start-up overhead) and, for a batched kernel, ``run_nb`` (``run_images``).
     """
 
     def __init__(self, kernel: GeneratedKernel, *, cache_dir: Path | None = None,
@@ -92,7 +93,7 @@ class KernelRunner:
         self.kernel = kernel
         if kernel.target is None:
             raise InputError(f"kernel {kernel.name}: no target recorded, so it cannot be built")
-        source = prelude_c(kernel.target) + kernel.code + f"""
+        source = prelude_c(kernel.target) + support_c(kernel.target) + kernel.code + f"""
 void run(const float *in, float *out, const float *w, const float *b, const float *r) {{
     PS_TEAM_LOOP(1, {kernel.name}(in, out, w, b, r));
 }}
@@ -102,7 +103,11 @@ double bench(const float *in, float *out, const float *w, const float *b, const 
     PS_TEAM_LOOP(iters, {kernel.name}(in, out, w, b, r));
     return omp_get_wtime() - t0;
 }}
-"""
+""" + (f"""
+void run_nb(const float *in, float *out, const float *w, const float *b, const float *r, int nb, long is) {{
+    PS_TEAM_LOOP(1, {kernel.name}_nb(in, out, w, b, r, nb, (ptrdiff_t)is));
+}}
+""" if kernel.batched else "")
         self.lib = ctypes.CDLL(str(compile_c(source, name=f"k_{kernel.name}", target=kernel.target,
                                              cache_dir=cache_dir, extra_flags=extra_flags)))
         self.lib.bench.restype = ctypes.c_double
@@ -116,6 +121,15 @@ double bench(const float *in, float *out, const float *w, const float *b, const 
     def __call__(self, inp: np.ndarray, out: np.ndarray, packed_w: np.ndarray,
                  bias: np.ndarray, res: np.ndarray | None = None) -> None:
         self.lib.run(_ptr(inp), _ptr(out), _ptr(packed_w), _ptr(bias), _ptr(res))
+
+    def run_images(self, inp: np.ndarray, out: np.ndarray, packed_w: np.ndarray, bias: np.ndarray,
+                   res: np.ndarray | None, images: int, stride: int) -> None:
+        """A batched kernel on ``images`` images, image b's buffers ``b * stride`` floats into
+        ``inp``, ``out`` and ``res`` (as image slots in a model's workspace)."""
+        if not self.kernel.batched:
+            raise InputError(f"kernel {self.kernel.name} is not batched")
+        self.lib.run_nb(_ptr(inp), _ptr(out), _ptr(packed_w), _ptr(bias), _ptr(res), ctypes.c_int(images),
+                        ctypes.c_long(stride))
 
     def time(self, inp: np.ndarray, out: np.ndarray, packed_w: np.ndarray, bias: np.ndarray,
              res: np.ndarray | None = None, *, iters: int = 10) -> float:

@@ -19,7 +19,8 @@ import numpy as np
 from ..layout import Layout
 from ..target import Target
 from .access import InputAccess
-from .base import GeneratedKernel, act_scalar_c
+from .base import BATCHED_PARAMS, GeneratedKernel, act_scalar_c, single_image_c
+from .batch import batch_walk, slot_c, units_c
 from .common import MAX_VL, check_weight, helpers_c, loop_order
 
 CB = MAX_VL  # output channels per tile
@@ -53,22 +54,29 @@ def np_choices(target: Target) -> list[int]:
 
 
 def gen_cvec(name: str, *, cin: int, cout: int, k: int, acc: InputAccess, out_layout: Layout,
-             act: str, has_residual: bool, np_: int, order: str | None, target: Target) -> GeneratedKernel:
-    """The channel-vectorised kernel; ``acc`` says how the input is read (unit stride)."""
+             act: str, has_residual: bool, np_: int, order: str | None, target: Target,
+             images: int = 1) -> GeneratedKernel:
+    """The channel-vectorised kernel; ``acc`` says how the input is read (unit stride). Batched
+    (base.GeneratedKernel) where it reads the input in place, the images of a block walked as
+    batch.py says for ``images``."""
     O = out_layout
     kk = k * k
     Ho, Wo = O.H, O.W
     npix = Ho * Wo
     nct, npt = -(-cout // CB), -(-npix // np_)
+    l2 = target.require_cpu(name).l2_bytes
     if order is None:
         order = loop_order(cin=cin, kk=kk, cout_pad=nct * CB, mr=CB, npt=npt,
-                           src_floats=cin * acc.cs, out_floats=out_layout.size,
-                           l2_bytes=target.require_cpu(name).l2_bytes)
+                           src_floats=cin * acc.cs, out_floats=out_layout.size, l2_bytes=l2)
+    batched = acc.direct
+    walk = batch_walk(images=images, order=order, ns=npix, per_tile=np_, nct=nct, src_floats=cin * acc.cs,
+                      weight_floats=nct * CB * cin * kk, out_floats=out_layout.size, l2_bytes=l2)
     J = range(np_)
+    at = lambda j: f"(size_t)i{j} * is + " if batched else ""  # noqa: E731  image j's offset
     pix = "\n".join(
-        f"        int s{j} = pt * {np_} + {j}, ok{j} = s{j} < {npix}; if (!ok{j}) s{j} = pt * {np_};\n"
+        slot_c(j, np_, str(npix), batched) + "\n" +
         f"        int oh{j} = s{j} / {Wo}, ow{j} = s{j} % {Wo};\n"
-        f"        const float *p{j} = {acc.src} + {acc.origin} + (size_t)oh{j} * {acc.row_stride} + ow{j};"
+        f"        const float *p{j} = {acc.src} + {at(j)}{acc.origin} + (size_t)oh{j} * {acc.row_stride} + ow{j};"
         for j in J)
 
     def variant(nv: int) -> str:
@@ -88,7 +96,7 @@ def gen_cvec(name: str, *, cin: int, cout: int, k: int, acc: InputAccess, out_la
             lines.append("            }")
         lines.append("        }")
         for j in J:
-            lines.append(f"        if (ok{j}) {{ size_t o = {O.origin} + (size_t)oh{j} * {O.ld} + ow{j};")
+            lines.append(f"        if (ok{j}) {{ size_t o = {at(j)}{O.origin} + (size_t)oh{j} * {O.ld} + ow{j};")
             for v in V:
                 lines.append(f"            for (int l = 0; l < VL; l++) {{ int co = co0 + {v} * VL + l;")
                 val = f"a{v}_{j}[l] + bias[co]"
@@ -99,17 +107,17 @@ def gen_cvec(name: str, *, cin: int, cout: int, k: int, acc: InputAccess, out_la
             lines.append("        }")
         return "\n".join(lines)
 
+    walks = f"; more images: {'each' if walk[0] else 'pooled'}, {walk[1]}-major" if batched else ""
+    units, close = units_c(ns=str(npix), per_tile=np_, nct=nct, order=order, batched=batched, walk=walk)
     code = helpers_c(target) + f"""
 /* {name}: conv {cin}->{cout}, {Ho}x{Wo} output, channel-vectorised: tile {CB} channels x
-   {np_} pixels, {order}-major */
-static void {name}(const float *restrict in, float *restrict out, const float *restrict w,
-                   const float *restrict bias, const float *restrict res) {{
+   {np_} pixels, {order}-major{walks} */
+static void {name}{"_nb" if batched else ""}(const float *restrict in, float *restrict out, const float *restrict w,
+                   const float *restrict bias, const float *restrict res{BATCHED_PARAMS if batched else ""}) {{
     (void)res;{acc.scratch}
     {{{acc.prep}
-    #pragma omp for schedule(static) nowait
-    for (int u = 0; u < {nct * npt}; u++) {{
-        int pt = {"u / " + str(nct) if order == "pix" else "u % " + str(npt)};
-        int ct = {"u % " + str(nct) if order == "pix" else "u / " + str(npt)}, co0 = ct * {CB};
+{units}
+        const int co0 = ct * {CB};
         const float *wp = w + (size_t)ct * {cin * kk * CB};
 {pix}
 #if VL == 16
@@ -119,10 +127,10 @@ static void {name}(const float *restrict in, float *restrict out, const float *r
 #else
 {variant(4)}
 #endif
-    }}
+{close}
     }}
 }}
-"""
+{single_image_c(name) if batched else ""}"""
 
     def pack(weight: np.ndarray) -> np.ndarray:
         wt = check_weight(weight, (cout, cin, k, k), name).reshape(cout, cin, kk)
@@ -130,5 +138,6 @@ static void {name}(const float *restrict in, float *restrict out, const float *r
         full[:cout] = wt
         return np.ascontiguousarray(full.reshape(nct, CB, cin, kk).transpose(0, 2, 3, 1)).ravel()
 
-    return GeneratedKernel(name=name, code=code, target=target, pack=pack, flops=2 * cout * cin * kk * npix,
+    return GeneratedKernel(name=name, code=code, target=target, pack=pack, batched=batched,
+                           flops=2 * cout * cin * kk * npix,
                            schedule={"np": np_, "order": order})

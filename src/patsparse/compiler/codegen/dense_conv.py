@@ -49,11 +49,12 @@ def schedules(*, cout: int, out_layout: Layout, cin: int | None = None, k: int =
 def gen_conv2d(name: str, *, cin: int, cout: int, k: int, stride: int = 1, padding: int = 0,
                in_layout: Layout, out_layout: Layout, act: str = "none",
                has_residual: bool = False, schedule: dict | None = None,
-               target: Target) -> GeneratedKernel:
+               target: Target, images: int = 1) -> GeneratedKernel:
     """Dense conv2d, groups=1, square kernel ``k`` (1..7), stride 1 or 2, zero padding.
 
     Weight shape (cout, cin, k, k). ``in_layout.pad`` may be smaller than ``padding`` (then no
-    Winograd schedule). ``schedule`` None: the first of ``schedules``.
+    Winograd schedule). ``schedule`` None: the first of ``schedules``. ``images``: the image
+    block the model runs (igemm.gen_igemm batches over it; a Winograd kernel runs per image).
     """
     where = f"conv2d kernel {name}"
     check_name(name)
@@ -69,7 +70,7 @@ def gen_conv2d(name: str, *, cin: int, cout: int, k: int, stride: int = 1, paddi
     if k == 1:
         return gen_conv1x1(name, cin=cin, cout=cout, stride=stride, padding=padding,
                            in_layout=in_layout, out_layout=out_layout, act=act,
-                           has_residual=has_residual, schedule=schedule, target=target)
+                           has_residual=has_residual, schedule=schedule, target=target, images=images)
     Ho = conv_out_size(in_layout.H, k, stride, padding, where)
     Wo = conv_out_size(in_layout.W, k, stride, padding, where)
     check_layouts(where, in_layout, out_layout, (cin, in_layout.H, in_layout.W), (cout, Ho, Wo))
@@ -86,4 +87,5 @@ def gen_conv2d(name: str, *, cin: int, cout: int, k: int, stride: int = 1, paddi
                                      schedule=schedule, where=where, target=target)
     return gen_igemm(name, cin=cin, cout=cout, k=k, stride=stride, padding=padding,
                      in_layout=in_layout, out_layout=out_layout, act=act,
-                     has_residual=has_residual, schedule=schedule, where=where, target=target)
+                     has_residual=has_residual, schedule=schedule, where=where, target=target,
+                     images=images)

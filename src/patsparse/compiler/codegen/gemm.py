@@ -29,8 +29,9 @@ from .igemm import gen_igemm
 def gen_conv1x1(name: str, *, cin: int, cout: int, stride: int = 1, padding: int = 0,
                 in_layout: Layout, out_layout: Layout, act: str = "none",
                 has_residual: bool = False, schedule: dict | None = None,
-                target: Target) -> GeneratedKernel:
-    """A 1x1 convolution (groups=1) as a register-blocked GEMM; weight shape (cout, cin, 1, 1)."""
+                target: Target, images: int = 1) -> GeneratedKernel:
+    """A 1x1 convolution (groups=1) as a register-blocked GEMM; weight shape (cout, cin, 1, 1).
+    ``images``: the block the model runs (igemm.gen_igemm)."""
     where = f"conv1x1 kernel {name}"
     check_name(name)
     check_positive(where, cin=cin, cout=cout, stride=stride)
@@ -43,7 +44,8 @@ def gen_conv1x1(name: str, *, cin: int, cout: int, stride: int = 1, padding: int
     check_layouts(where, in_layout, out_layout, (cin, in_layout.H, in_layout.W), (cout, Ho, Wo))
     return gen_igemm(name, cin=cin, cout=cout, k=1, stride=stride, padding=padding,
                      in_layout=in_layout, out_layout=out_layout, act=act,
-                     has_residual=has_residual, schedule=schedule, where=where, target=target)
+                     has_residual=has_residual, schedule=schedule, where=where, target=target,
+                     images=images)
 
 
 def schedules_linear(*, out_features: int) -> list[dict]:

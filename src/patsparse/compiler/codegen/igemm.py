@@ -45,7 +45,8 @@ from ..layout import Layout, round_up
 from ..target import Target
 from . import cvec
 from .access import compact_access, compact_rows_c, input_access
-from .base import GeneratedKernel, act_c
+from .base import BATCHED_PARAMS, GeneratedKernel, act_c, single_image_c
+from .batch import batch_walk, slot_c, units_c
 from .common import VECTOR_LOAD, WEIGHT_PREFETCH, check_weight, helpers_c, loop_order
 
 
@@ -194,8 +195,13 @@ def pack_tiles(weight: np.ndarray, mr: int) -> np.ndarray:
 
 def gen_igemm(name: str, *, cin: int, cout: int, k: int, stride: int, padding: int,
               in_layout: Layout, out_layout: Layout, act: str, has_residual: bool,
-              schedule: dict | None, where: str, target: Target) -> GeneratedKernel:
-    """Generate the implicit-GEMM conv; callers have already validated shapes and arguments."""
+              schedule: dict | None, where: str, target: Target, images: int = 1) -> GeneratedKernel:
+    """Generate the implicit-GEMM conv; callers have already validated shapes and arguments.
+
+    Tiles reading the input in place (row and channel-vector tiles) are batched
+    (base.GeneratedKernel): the images of a block are walked as batch.py says, for ``images``
+    (the block the model runs); tiles with a prep (phase or compact planes: one image's
+    scratch) run one image per call."""
     H, W, s, P, K = in_layout.H, in_layout.W, stride, padding, k
     Ho, Wo = out_layout.H, out_layout.W
     if schedule is None:
@@ -213,7 +219,8 @@ def gen_igemm(name: str, *, cin: int, cout: int, k: int, stride: int, padding: i
                                             allow_strided=bool(schedule.get("s2")) and not np_ and K > 1)
     if np_:
         return cvec.gen_cvec(name, cin=cin, cout=cout, k=K, acc=acc, out_layout=out_layout,
-                             act=act, has_residual=has_residual, np_=np_, order=order, target=target)
+                             act=act, has_residual=has_residual, np_=np_, order=order, target=target,
+                             images=images)
     s2 = bool(acc and acc.step == 2)  # direct stride-2 reads: two loads and a shuffle per vector
     cout_pad = round_up(cout, mr)
     if compact:
@@ -224,11 +231,13 @@ def gen_igemm(name: str, *, cin: int, cout: int, k: int, stride: int, padding: i
         src, cs, tap_off, scratch, prep = acc.src, acc.cs, acc.tap_off, acc.scratch, acc.prep
         reads = "phase-plane prep" if not acc.direct else "direct stride-2 input" if s2 else "direct input"
 
-    if order is None:
-        npt = -(-_slots(Ho, Wo, target.require_cpu(where).lanes, compact) // nr)
-        order = loop_order(cin=cin, kk=kk, cout_pad=cout_pad, mr=mr, npt=npt, src_floats=cin * cs,
-                           l2_bytes=target.require_cpu(where).l2_bytes,
-                           out_floats=out_layout.size)
+    cpu = target.require_cpu(where)
+    ns1 = _slots(Ho, Wo, cpu.lanes, compact)
+    order = order or loop_order(cin=cin, kk=kk, cout_pad=cout_pad, mr=mr, npt=-(-ns1 // nr), src_floats=cin * cs,
+                                l2_bytes=cpu.l2_bytes, out_floats=out_layout.size)
+    batched = not compact and acc.direct
+    walk = batch_walk(images=images, order=order, ns=ns1, per_tile=nr, nct=cout_pad // mr, src_floats=cin * cs,
+                      weight_floats=cout_pad * cin * kk, out_floats=out_layout.size, l2_bytes=cpu.l2_bytes)
     J, I = range(nr), range(mr)
     decl = "\n".join(f"        vf a{i}_{j} = (vf){{0}};" for i in I for j in J)
     body = "\n".join(fma_step(tap_off, mr, nr, " " * 12, VECTOR_LOAD[2 if s2 else 1]))
@@ -253,31 +262,34 @@ def gen_igemm(name: str, *, cin: int, cout: int, k: int, stride: int, padding: i
             stores += [f"            {store(j, i, 'm')}" for i in I]
             stores.append("          }")
         else:
-            stores.append(f"            size_t o = {olay.origin} + (size_t)oh{j} * {olay.ld} + w0{j};")
+            stores.append(f"            size_t o = {'(size_t)i' + str(j) + ' * is + ' if batched else ''}"
+                          f"{olay.origin} + (size_t)oh{j} * {olay.ld} + w0{j};")
             stores += [f"            {store(j, i, '')}" for i in I]
         stores.append("        }")
     stores = "\n".join(stores)
     slots = "\n".join(
-        f"        int s{j} = pt * {nr} + {j}, ok{j} = s{j} < NS; if (!ok{j}) s{j} = pt * {nr};\n" +
+        slot_c(j, nr, "NS", batched) + "\n" +
         (f"        const float *p{j} = scr + (size_t)s{j} * VL;" if compact else
          f"        int oh{j} = s{j} / NVW, w0{j} = s{j} % NVW * VL;\n"
-         f"        const float *p{j} = {src} + {acc.origin} + (size_t)oh{j} * {acc.row_stride} + {'2 * ' if s2 else ''}w0{j};")
+         f"        const float *p{j} = {src} + {'(size_t)i' + str(j) + ' * is + ' if batched else ''}{acc.origin} + "
+         f"(size_t)oh{j} * {acc.row_stride} + {'2 * ' if s2 else ''}w0{j};")
         for j in J)
     qs = " ".join(f"const float *q{j} = p{j} + (size_t)ci * {cs};" for j in J)
     ns = f"({Ho * Wo} + VL - 1) / VL" if compact else f"{Ho} * NVW"
+    fn, sig_extra = (f"{name}_nb", BATCHED_PARAMS) if batched else (name, "")
+    orders = f"{order}-major" + (f"; more images: {'each' if walk[0] else 'pooled'}, {walk[1]}-major"
+                                 if batched else "")
+    units, close = units_c(ns="NS", per_tile=nr, nct=cout_pad // mr, order=order, batched=batched, walk=walk)
     code = helpers_c(target) + f"""
 /* {name}: dense conv {cin}->{cout}, {K}x{K}, stride {s}, padding {P}, {H}x{W} -> {Ho}x{Wo},
-   implicit GEMM, tile {mr} channels x {nr} {'plane' if compact else 'row'} vectors, {order}-major, {reads} */
-static void {name}(const float *restrict in, float *restrict out, const float *restrict w,
-                   const float *restrict bias, const float *restrict res) {{
-    enum {{ NVW = ({Wo} + VL - 1) / VL, NS = {ns}, NPT = (NS + {nr - 1}) / {nr},
-           NCT = {cout_pad // mr}, LASTW = (NVW - 1) * VL }};
+   implicit GEMM, tile {mr} channels x {nr} {'plane' if compact else 'row'} vectors, {orders}, {reads}{', batched' if batched else ''} */
+static void {fn}(const float *restrict in, float *restrict out, const float *restrict w,
+                   const float *restrict bias, const float *restrict res{sig_extra}) {{
+    enum {{ NVW = ({Wo} + VL - 1) / VL, NS = {ns}, LASTW = (NVW - 1) * VL }};
     const vi tm = vtailmask({Wo} - LASTW);
     (void)res; (void)tm;{scratch}
     {{{prep}
-    #pragma omp for schedule(static) nowait
-    for (int u = 0; u < NPT * NCT; u++) {{
-        int pt = {"u / NCT" if order == "pix" else "u % NPT"}, ct = {"u % NCT" if order == "pix" else "u / NPT"};
+{units}
         int co0 = ct * {mr};
 {slots}
         const float *wp = w + (size_t)ct * {cin * kk * mr};
@@ -290,15 +302,15 @@ static void {name}(const float *restrict in, float *restrict out, const float *r
 {body}
         }}
 {stores}
-    }}
+{close}
     }}
 }}
-"""
+{single_image_c(name) if batched else ""}"""
 
     def pack(weight: np.ndarray) -> np.ndarray:
         return pack_tiles(check_weight(weight, (cout, cin, K, K), name), mr)
 
-    return GeneratedKernel(name=name, code=code, target=target, pack=pack,
+    return GeneratedKernel(name=name, code=code, target=target, pack=pack, batched=batched,
                            flops=2 * cout * cin * kk * Ho * Wo,
                            schedule={"mr": mr, "nr": nr, "order": order, **({"compact": 1} if compact else {}),
                                      **({"s2": 1} if s2 else {})})

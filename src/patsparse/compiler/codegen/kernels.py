@@ -109,7 +109,8 @@ def _grouped_candidates(step: Step, target: Target, threads: int | None) -> list
 def _conv2d_generate(step: Step, schedule: dict | None, target: Target, threads: int | None) -> GeneratedKernel:
     a = step.node.attrs
     return dense_conv.gen_conv2d(step.cname, cin=step.in_layout.C, cout=_out_channels(step), k=a["k"],
-                                 stride=a["stride"], padding=a["padding"], **_common(step, schedule, target))
+                                 stride=a["stride"], padding=a["padding"], images=step.images,
+                                 **_common(step, schedule, target))
 
 
 def _conv2d_candidates(step: Step, target: Target, threads: int | None) -> list[dict]:

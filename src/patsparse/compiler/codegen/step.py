@@ -25,6 +25,7 @@ class Step:
     input_nonneg: bool = False  # its input ends in ReLU/ReLU6 (a max pool may pad with the halo)
     other_layout: Layout | None = None  # a binary op's second operand (passed as ``res``)
     operands: list[tuple[int, Layout]] | None = None  # a concat's inputs: workspace offset, layout
+    images: int = 1  # images per block of the forward pass (plan.image_block): batched kernels' pool
     kernel: GeneratedKernel | None = None
     w_off: int = 0
     b_off: int = 0
@@ -35,12 +36,14 @@ class Plan:
     graph: Graph
     steps: list[Step]
     layouts: dict[str, Layout]
-    offsets: dict[str, int]     # tensor -> workspace offset (floats)
-    ws_floats: int
+    offsets: dict[str, int]     # tensor -> workspace offset within an image's slot (floats)
+    ws_floats: int              # the activations of all image slots (images * image_floats)
     target: Target
     blob_floats: int = 0
     threads: int | None = None  # the team size the model will run with (balances default schedules)
     schedules: dict[str, dict] = field(default_factory=dict)
+    image_floats: int = 0       # one image's slot: image b's tensors live at b * image_floats + offset
+    images: int = 1             # image slots: the block a batched forward pass runs layer by layer
 
     @property
     def vl(self) -> int:

@@ -75,7 +75,8 @@ def gen_pattern_conv(name: str, weight: np.ndarray, *, stride: int, padding: int
     ro = reorder(sp_st)
     lay = plan(sp_st, ro)
     extra = {"parts": threads or 2} if emitter is ChannelMajorEmitter else {}
-    code = emitter(name, sp, lay, shape, act, has_residual, sched, target, **extra).emit()
+    em = emitter(name, sp, lay, shape, act, has_residual, sched, target, **extra)
+    code = em.emit()
     taps = sp.taps_per_kernel().sum()
     flops = 2 * int(taps) * out_layout.H * out_layout.W
 
@@ -84,4 +85,5 @@ def gen_pattern_conv(name: str, weight: np.ndarray, *, stride: int, padding: int
         return fkw_pack(sp_st, ro, w.transpose(1, 0, 2, 3) if transposed else w, where)
 
     sched["vl"] = vl
-    return GeneratedKernel(name=name, code=code, target=target, pack=pack, flops=flops, schedule=sched)
+    return GeneratedKernel(name=name, code=code, target=target, pack=pack, flops=flops, schedule=sched,
+                           batched=em.batched)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ...reorder import mask_taps
 from ...target import Target
-from ..base import act_scalar_c
+from ..base import act_scalar_c, single_image_c
 from .flat import FlatEmitter
 from .shared import ConvShape, channel_prefetch, fkw_prologue, header
 
@@ -32,6 +32,10 @@ class ChannelMajorEmitter(FlatEmitter):
     Tap packing (``pack`` > 1) works as in the flat layout; partials are then one vector per
     filter whose g lane groups are summed at the end.
 
+    Batched (base.GeneratedKernel): each input channel's weights serve every image of the block
+    in turn (image inner, from L1), each image with its own partials, so the weight stream these
+    layers are bound by is read once per block.
+
     ``wpf`` > 0 prefetches the weight stream that many floats ahead, one prefetch per kernel:
     these layers stream their weights once per image (megabytes at pattern-only sparsity, from
     L3 or memory) at a few cycles per kernel, faster than the hardware prefetcher keeps up with.
@@ -40,6 +44,7 @@ class ChannelMajorEmitter(FlatEmitter):
     """
 
     TRANSPOSED = True
+    batched = True
 
     def __init__(self, name, sp, lay, shape: ConvShape, act, has_residual, sched, target: Target,
                  parts: int = 2):
@@ -78,21 +83,22 @@ class ChannelMajorEmitter(FlatEmitter):
         return lines
 
     def _epilogue(self) -> list[str]:
-        """Sum the shares' partials of filter f (+ bias, residual, activation) into the output."""
+        """Sum the shares' partials ``sc`` of filter f (+ bias, residual ``rb``, activation) into
+        the output ``ob``: one image's."""
         out, S, vl = self.sh.out, self._part_floats(), self.vl
         F = self.sh.out.C
         lines = [f"float tmp[{S}] __attribute__((aligned(64)));"]
         for v in range(S // vl):
-            lines += [f"{{ vf a = vloada(scr + (ptrdiff_t)f * {S} + {v * vl});",
-                      f"  for (int q = 1; q < {self.parts}; q++) a += vloada(scr + ((ptrdiff_t)q * {F} + f) * {S} + {v * vl});",
+            lines += [f"{{ vf a = vloada(sc + (ptrdiff_t)f * {S} + {v * vl});",
+                      f"  for (int q = 1; q < {self.parts}; q++) a += vloada(sc + ((ptrdiff_t)q * {F} + f) * {S} + {v * vl});",
                       f"  vstore(tmp + {v * vl}, a); }}"]
         val = f"tmp[oh * {out.W} + ow]"
         if self.g > 1:
             val = "(" + " + ".join(f"tmp[{i * self.hw} + oh * {out.W} + ow]" for i in range(self.g)) + ")"
         val += " + bias[f]"
-        lines.append(f"float *restrict op = out + (ptrdiff_t)f * {out.ps} + {out.origin};")
+        lines.append(f"float *restrict op = ob + (ptrdiff_t)f * {out.ps} + {out.origin};")
         if self.res:
-            lines.append(f"const float *restrict rp = res + (ptrdiff_t)f * {out.ps} + {out.origin};")
+            lines.append(f"const float *restrict rp = rb + (ptrdiff_t)f * {out.ps} + {out.origin};")
             val += f" + rp[oh * {out.ld} + ow]"
         lines += [f"for (int oh = 0; oh < {out.H}; oh++) for (int ow = 0; ow < {out.W}; ow++)",
                   f"    op[oh * {out.ld} + ow] = {act_scalar_c(self.act, val)};"]
@@ -109,17 +115,19 @@ class ChannelMajorEmitter(FlatEmitter):
         lay, sh, out, inp = self.lay, self.sh, self.sh.out, self.sh.inp
         F, C, S, CS = out.C, inp.C, self._part_floats(), self._cs()
         off0 = (inp.pad - sh.pad) * inp.ld + (inp.pad - sh.pad)
+        PF = self.parts * F * S  # one image's partials, every share
         body = [*header(self.name, sh, lay, self.target, f"channel-major, pack {self.g}"),
-                *fkw_prologue(self.name, lay.offsets),
+                *fkw_prologue(self.name, lay.offsets, batched=True),
                 "    const int nt = omp_get_num_threads(), t = omp_get_thread_num();",
-                f"    PS_SCRATCH(scr, (size_t){self.parts} * {F * S}, \"{self.name}\");  /* partials, per share */",
+                f"    PS_SCRATCH(scr, (size_t)nb * {PF}, \"{self.name}\");  /* partials, per image and share */",
                 f"    PS_PRIVATE(col, {CS}, \"{self.name}\");",
                 f"    for (int q = t; q < {self.parts}; q += nt) {{",
-                f"    float *restrict part = scr + (size_t)q * {F * S};",
-                f"    memset(part, 0, {F * S} * sizeof(float));",
+                f"    for (int b = 0; b < nb; b++) memset(scr + (size_t)b * {PF} + (size_t)q * {F * S}, 0, "
+                f"{F * S} * sizeof(float));",
                 f"    const int i0 = ps_split(cost, {C}, q, {self.parts}), i1 = ps_split(cost, {C}, q + 1, {self.parts});",
-                "    for (int i = i0; i < i1; i++) {",
-                f"        const float *restrict src = in + (ptrdiff_t)perm[i] * {inp.ps} + {off0};",
+                "    for (int i = i0; i < i1; i++) for (int b = 0; b < nb; b++) {",
+                f"        float *restrict part = scr + (size_t)b * {PF} + (size_t)q * {F * S};",
+                f"        const float *restrict src = in + b * is + (ptrdiff_t)perm[i] * {inp.ps} + {off0};",
                 *self._input_prefetch(),
                 "        float *restrict dst = col;",
                 *["        " + x for x in self._copy()],
@@ -135,5 +143,11 @@ class ChannelMajorEmitter(FlatEmitter):
             body += ["                " + x for x in self._kernel(p)]
             body += ["            }", "        }"]
         body += ["    }", "    }", "    ps_barrier();", "    #pragma omp for schedule(static) nowait",
-                 f"    for (int f = 0; f < {F}; f++) {{", *["        " + x for x in self._epilogue()], "    }", "}"]
+                 f"    for (int bf = 0; bf < nb * {F}; bf++) {{",
+                 f"        const int b = bf / {F}, f = bf % {F};",
+                 f"        const float *restrict sc = scr + (size_t)b * {PF};",
+                 "        float *restrict ob = out + b * is;",
+                 "        const float *restrict rb = res ? res + b * is : 0; (void)rb;",
+                 *["        " + x for x in self._epilogue()], "    }", "}",
+                 single_image_c(self.name)]
         return "\n".join(body) + "\n"

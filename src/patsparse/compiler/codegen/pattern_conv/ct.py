@@ -6,7 +6,7 @@ from __future__ import annotations
 from ...reorder import mask_taps
 from ...target import Target
 from ..access import input_access
-from ..base import act_c
+from ..base import act_c, single_image_c
 from ..common import VECTOR_LOAD
 from .shared import ConvShape, LayerEmitter, channel_prefetch, fkw_prologue, header
 
@@ -34,6 +34,10 @@ class ChannelTileEmitter(LayerEmitter):
     ``ps_load_s2`` (two loads and a shuffle per vector, loaded once per channel and tile)
     instead of through phase planes: the planes' copy (the prep, the whole input written
     again) cost as much as a third of these layers.
+
+    Batched (base.GeneratedKernel) where it reads the input in place: the block's images are an
+    outer dimension of the tiles, so the team splits the tiles of all images (a 4x4 plane's few
+    tiles kept one of two threads idle) and the layer's weights stay in cache between images.
 
     ``ipf`` > 0 prefetches, at the start of each channel, the tile's input lines of the channel
     ``ipf`` ahead. ResNet-18's activations (0.8 MB a tensor at 56x56) do not stay in L2, and a
@@ -94,9 +98,9 @@ class ChannelTileEmitter(LayerEmitter):
         lay, out, vl, acc = self.lay, self.sh.out, self.vl, self.acc
         F, C, T = out.C, self.sh.inp.C, self.T
         lines = [f"static inline __attribute__((always_inline)) void {self.name}_ct{R}x{V}(",
-                 "    const float *restrict src, float *restrict out, const int32_t *restrict perm,",
-                 "    const int32_t *restrict runs, const uint16_t *restrict cidx, const int32_t *restrict wptr,",
-                 "    const float *restrict wts, const float *restrict bias, const float *restrict res,",
+                 "    const float *restrict src, float *restrict out, const float *restrict res,",
+                 "    const int32_t *restrict perm, const int32_t *restrict runs, const uint16_t *restrict cidx,",
+                 "    const int32_t *restrict wptr, const float *restrict wts, const float *restrict bias,",
                  "    float *restrict part, int oh, int v0) {",
                  f"    memset(part, 0, {F * T} * sizeof(float));",
                  f"    for (int i = 0; i < {C}; i++) {{",
@@ -130,19 +134,26 @@ class ChannelTileEmitter(LayerEmitter):
         lines += ["    }", "}"]
         return "\n".join(lines)
 
+    @property
+    def batched(self) -> bool:
+        """Whether the code defines NAME_nb: where the input is read in place (no prep)."""
+        return self.acc.direct
+
     def emit(self) -> str:
         lay, sh, out, acc, vl = self.lay, self.sh, self.sh.out, self.acc, self.vl
         F, R, V, nv, T = out.C, self.R, self.V, self.nv, self.T
+        nb = self.batched
         rows = sorted({R} | ({out.H % R} if out.H % R else set()), reverse=True)
         cols = sorted({V} | ({nv % V} if nv % V else set()), reverse=True)
         ntile_cols, ntile_rows = -(-nv // V), -(-out.H // R)
 
         def call(r: int, w: int) -> str:
-            return f"{self.name}_ct{r}x{w}({acc.src}, out, perm, runs, cidx, wptr, wts, bias, res, part, oh, v0);"
+            args = "ib, ob, rb" if nb else f"{acc.src}, out, res"
+            return f"{self.name}_ct{r}x{w}({args}, perm, runs, cidx, wptr, wts, bias, part, oh, v0);"
 
         body = [*header(self.name, sh, lay, self.target, f"channel-tile layout, {R} rows x {V} vectors per tile"),
                 *[self._tile(r, w) for r in rows for w in cols],
-                *fkw_prologue(self.name, lay.offsets),
+                *fkw_prologue(self.name, lay.offsets, nb),
                 *acc.scratch.strip("\n").splitlines(),  # phase planes (shared), if any
                 f"    PS_PRIVATE(part, {F * T}, \"{self.name}\");",
                 "    (void)cost;",
@@ -150,8 +161,13 @@ class ChannelTileEmitter(LayerEmitter):
                 *acc.prep.strip("\n").splitlines(),
                 "    }",
                 "    #pragma omp for schedule(static) nowait",
-                f"    for (int q = 0; q < {ntile_rows * ntile_cols}; q++) {{",
-                f"        const int oh = q / {ntile_cols} * {R}, v0 = q % {ntile_cols} * {V};"]
+                f"    for (int q = 0; q < {'nb * ' if nb else ''}{ntile_rows * ntile_cols}; q++) {{"]
+        if nb:  # tile q of the pool: tile q % tiles of image q / tiles
+            body += [f"        const int b = q / {ntile_rows * ntile_cols}, qt = q % {ntile_rows * ntile_cols};",
+                     "        const float *restrict ib = in + b * is, *restrict rb = res ? res + b * is : 0;",
+                     "        float *restrict ob = out + b * is;"]
+        body.append(f"        const int oh = {'qt' if nb else 'q'} / {ntile_cols} * {R}, "
+                    f"v0 = {'qt' if nb else 'q'} % {ntile_cols} * {V};")
         def by_cols(r: int) -> str:  # full-width tiles, or the right-hand remainder
             if len(cols) == 1:
                 return call(r, cols[0])
@@ -162,4 +178,6 @@ class ChannelTileEmitter(LayerEmitter):
         else:  # full-height tiles, or the bottom remainder
             body += [f"        if (oh + {R} <= {out.H}) {by_cols(R)}", f"        else {by_cols(rows[1])}"]
         body += ["    }", "}"]
+        if nb:
+            body.append(single_image_c(self.name))
         return "\n".join(body) + "\n"

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from ....errors import InputError, UnsupportedError
 from ...layout import Layout
 from ...target import Target
+from ..base import BATCHED_PARAMS
 from ..common import helpers_c
 
 
@@ -20,10 +21,12 @@ def fkw_sections(o: dict) -> list[str]:
             f"    const float *restrict wts = w + {o['weights']};"]
 
 
-def fkw_prologue(name: str, o: dict) -> list[str]:
-    """The kernel's signature and the pointers to its FKW1 sections (offsets ``o`` in floats)."""
-    return [f"static void {name}(const float *restrict in, float *restrict out,",
-            "    const float *restrict w, const float *restrict bias, const float *restrict res) {",
+def fkw_prologue(name: str, o: dict, batched: bool = False) -> list[str]:
+    """The kernel's signature and the pointers to its FKW1 sections (offsets ``o`` in floats);
+    ``batched``: the signature of ``name``'s batched form (base.GeneratedKernel)."""
+    return [f"static void {name}{'_nb' if batched else ''}(const float *restrict in, float *restrict out,",
+            "    const float *restrict w, const float *restrict bias, const float *restrict res"
+            f"{BATCHED_PARAMS if batched else ''}) {{",
             *fkw_sections(o),
             "    (void)res;"]
 
@@ -68,6 +71,7 @@ class LayerEmitter:
     """What every layout's emitter knows about the layer it writes (the layouts subclass it)."""
 
     TRANSPOSED = False  # weights stored filter-major (True: the transposed layer, channel-major)
+    batched = False     # the code also defines NAME_nb (base.GeneratedKernel)
 
     def __init__(self, name, sp, lay, shape: ConvShape, act, has_residual, target: Target):
         self.name, self.sp, self.lay, self.sh = name, sp, lay, shape

@@ -1,0 +1,113 @@
+"""Batches against PyTorch: the forward pass runs blocks of images layer by layer (graph.py), with
+batched kernels (dense implicit GEMM, pattern convs' channel-tile and channel-major layouts)
+taking a whole block per call and every other kernel called once per image of it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import patsparse as ps
+from patsparse.compiler.codegen import graph as graph_module, plan as plan_module
+from patsparse.models import get
+from patsparse.pruning.projection import project_model
+from test_compiler import assert_close, randomize_bn, sparse_opsnet
+
+BATCHES = (1, 2, 3, 8, 11)  # 11: one full block of 8 and a partial one
+
+
+def _net(name: str, rate: float | None = None) -> torch.nn.Module:
+    torch.manual_seed(0)
+    m = randomize_bn(get(name, num_classes=10, width=0.125 if name == "vgg16" else 0.25, variant="cifar")).eval()
+    if rate:
+        project_model(m, rate=rate)
+    return m
+
+
+NETS = {"vgg16 dense": ("vgg16", None), "vgg16 8x": ("vgg16", 8.0),
+        "resnet18 dense": ("resnet18", None), "mobilenet_v2 dense": ("mobilenet_v2", None)}
+
+
+@pytest.fixture(scope="module", params=list(NETS))
+def compiled(request):
+    m = _net(*NETS[request.param])
+    cm = ps.compile(m, torch.zeros(1, 3, 32, 32), threads=2)
+    return request.param, m, cm
+
+
+def _check(cm, m, batch: int, seed: int = 0) -> None:
+    x = torch.from_numpy(np.random.default_rng(seed).standard_normal((batch, 3, 32, 32)).astype(np.float32))
+    with torch.no_grad():
+        want = m(x).numpy()
+    got = np.asarray(cm(x))
+    assert got.shape == want.shape
+    assert_close(got, want)
+
+
+def test_batches_match_torch(compiled):
+    name, m, cm = compiled
+    assert cm.manifest["images"] == plan_module.MAX_IMAGES  # these nets' slots fit the budget
+    batched = [layer for layer in cm.manifest["layers"] if layer["batched"]]
+    assert ("pattern_conv" if "8x" in name else "conv2d") in {layer["kernel"] for layer in batched}
+    for batch in BATCHES:
+        _check(cm, m, batch)
+
+
+@pytest.fixture(scope="module")
+def resnet_8x():
+    m = _net("resnet18", 8.0)
+    return m, ps.compile(m, torch.zeros(1, 3, 32, 32), threads=2)
+
+
+@settings(max_examples=8, deadline=None)
+@given(batch=st.integers(1, 20), seed=st.integers(0, 2**16))
+def test_any_batch_matches_torch(resnet_8x, batch, seed):
+    m, cm = resnet_8x
+    _check(cm, m, batch, seed)
+
+
+@pytest.mark.parametrize("ratio", [graph_module.LAYER_MAJOR_RATIO, 0])
+def test_blocks_smaller_than_the_batch(monkeypatch, ratio):
+    """A block of 3 images: batch 8 is blocks of 3, 3 and 2, through every op OpsNet has; with
+    ratio 0 every layer with weights runs layer-major (batched kernels take the block)."""
+    monkeypatch.setattr(plan_module, "MAX_IMAGES", 3)
+    monkeypatch.setattr(graph_module, "LAYER_MAJOR_RATIO", ratio)
+    m = sparse_opsnet()
+    cm = ps.compile(m, torch.zeros(1, 3, 16, 16), threads=2)
+    assert cm.manifest["images"] == 3
+    if ratio == 0:
+        batched = [L["c_name"] for L in cm.manifest["layers"] if L["batched"]]
+        assert len(batched) >= 3 and all(f"{c}_nb(ws + " in cm.source for c in batched)
+    for batch in (1, 3, 7, 8):
+        x = torch.randn(batch, 3, 16, 16)
+        with torch.no_grad():
+            assert_close(cm(x), m(x))
+
+
+def test_every_batched_pattern_layout_in_a_model(monkeypatch):
+    """The 8x VGG with every layer layer-major: its channel-tile and channel-major layers run
+    batched in the model (at this width the default runs them image by image)."""
+    monkeypatch.setattr(graph_module, "LAYER_MAJOR_RATIO", 0)
+    m = _net("vgg16", 8.0)
+    cm = ps.compile(m, torch.zeros(1, 3, 32, 32), threads=2)
+    layouts = {L["schedule"]["layout"] for L in cm.manifest["layers"]
+               if L["kernel"] == "pattern_conv" and f"{L['c_name']}_nb(ws + " in cm.source}
+    assert {"ct", "cm"} <= layouts
+    for batch in (2, 11):
+        _check(cm, m, batch)
+
+
+def test_block_is_bounded_by_the_workspace_budget():
+    per_image = plan_module.IMAGE_BLOCK_BYTES // 4 // 3 + 1  # 3 slots would overflow the budget
+    assert plan_module.image_block(per_image) == 2
+    assert plan_module.image_block(plan_module.IMAGE_BLOCK_BYTES) == 1  # one slot always
+    assert plan_module.image_block(16) == plan_module.MAX_IMAGES
+
+
+def test_generic_vectors_batch_matches_torch():
+    m = _net("mobilenet_v2", 8.0)
+    cm = ps.compile(m, torch.zeros(1, 3, 32, 32), threads=2, target="generic")
+    for batch in (1, 9):
+        _check(cm, m, batch)
