@@ -173,6 +173,39 @@ def _conv_store(n, qp: dict) -> str:
     return store
 
 
+CHAINS = 8  # independent accumulators a dot loop keeps: a 4-way dot product's latency over its issue interval
+
+
+def _dots(name: str, nv: int) -> str:
+    """C of ``NAME_dotsNV``: ``acc[0 .. nv)`` = ``init`` + one filter's kernels ``k0 .. k1`` on
+    ``nv`` vectors of quads, the kernels split over ``ceil(CHAINS / nv)`` accumulator sets summed
+    at the end, so a plane of one or two vectors is not one chain of dependent dot products."""
+    u = -(-CHAINS // nv)
+    return f"""
+static inline void {name}_dots{nv}(vi *restrict acc, const uint8_t *restrict qt, const int32_t *restrict kern,
+                                   int k0, int k1, int32_t init) {{
+    vi a[{u}][{nv}];
+    for (int u = 0; u < {u}; u++) for (int i = 0; i < {nv}; i++) a[u][i] = (vi){{0}} + (u ? 0 : init);
+    int kk = k0;
+    for (; kk + {u} <= k1; kk += {u})
+        for (int u = 0; u < {u}; u++) {{
+            const ps_w4 wv = ps_w4_bcast(kern[2 * (kk + u) + 1]);
+            const uint8_t *qp = qt + kern[2 * (kk + u)];
+            for (int i = 0; i < {nv}; i++) a[u][i] = ps_dot4(a[u][i], *(const viu *)(qp + 4 * VL * i), wv);
+        }}
+    for (; kk < k1; kk++) {{
+        const ps_w4 wv = ps_w4_bcast(kern[2 * kk + 1]);
+        const uint8_t *qp = qt + kern[2 * kk];
+        for (int i = 0; i < {nv}; i++) a[0][i] = ps_dot4(a[0][i], *(const viu *)(qp + 4 * VL * i), wv);
+    }}
+    for (int i = 0; i < {nv}; i++) {{
+        vi sum = a[0][i];
+        for (int u = 1; u < {u}; u++) sum += a[u][i];
+        acc[i] = sum;
+    }}
+}}"""
+
+
 def gen_conv(n, name: str, lin: ByteLayout, lout: ByteLayout, qp: dict, quads, *, vl: int, tile: int,
              band_bytes: int, threads: int) -> Int8Kernel:
     """A conv (groups 1) on quads (quads.py), in bands of output positions (q = ho * ld + wo)
@@ -190,6 +223,9 @@ def gen_conv(n, name: str, lin: ByteLayout, lout: ByteLayout, qp: dict, quads, *
     band = min(nq, max(1, fit // tile) * tile * vl)
     nb = (nq + band - 1) // band
     zp_in = qp[n.inputs[0]]["zero_point"]
+    counts = sorted({tile, (nq - (nb - 1) * band) // vl % tile} - {0}, reverse=True)  # vectors per tile
+    dots_call = " else ".join(f"if (nv == {c}) {name}_dots{c}(acc, qt, kern, kptr[f], kptr[f + 1], init);"
+                              for c in counts)
     blob = Blob()
     o_ent = blob.add(quads.entries.reshape(-1))
     # per kernel (byte offset of its quads in a band, weight word): one stream for the dot loop
@@ -236,7 +272,7 @@ def gen_conv(n, name: str, lin: ByteLayout, lout: ByteLayout, qp: dict, quads, *
     store = _conv_store(n, qp)
     zp_out = qp[n.name]["zero_point"]
     qbytes = 4 * band * G
-    code = f"""
+    code = "".join(_dots(name, c) for c in counts) + f"""
 /* lay out quads g0, g0 + gs, ... < {G} for positions q0 .. q0 + nqb into qb (4 * {band} bytes per quad) */
 static inline void {name}_prep(const uint8_t *restrict in, const uint8_t *restrict w, const int32_t *ent,
                                uint8_t *restrict qb, int q0, int nqb, int g0, int gs) {{
@@ -259,20 +295,7 @@ static inline void {name}_run(const uint8_t *restrict qb, uint8_t *restrict out,
             const int32_t init = bias[f] + (PS_XOFF - {zp_in}) * sumw[f];
             const float mf = m[f];
             vi acc[{tile}];
-            for (int i = 0; i < {tile}; i++) acc[i] = (vi){{0}} + init;
-            if (nv == {tile}) {{
-                for (int kk = kptr[f]; kk < kptr[f + 1]; kk++) {{
-                    const ps_w4 wv = ps_w4_bcast(kern[2 * kk + 1]);
-                    const uint8_t *qp = qt + kern[2 * kk];
-                    for (int i = 0; i < {tile}; i++) acc[i] = ps_dot4(acc[i], *(const viu *)(qp + 4 * VL * i), wv);
-                }}
-            }} else {{
-                for (int kk = kptr[f]; kk < kptr[f + 1]; kk++) {{
-                    const ps_w4 wv = ps_w4_bcast(kern[2 * kk + 1]);
-                    const uint8_t *qp = qt + kern[2 * kk];
-                    for (int i = 0; i < nv; i++) acc[i] = ps_dot4(acc[i], *(const viu *)(qp + 4 * VL * i), wv);
-                }}
-            }}
+            {dots_call}
             for (int i = 0; i < nv; i++) {{
                 const size_t o = (size_t)f * {lout.ps} + {lout.origin} + q0 + t0 + i * VL;
                 {store}
