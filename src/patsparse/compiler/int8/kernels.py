@@ -237,12 +237,22 @@ def gen_conv(n, name: str, lin: ByteLayout, lout: ByteLayout, qp: dict, quads, *
     flat = s == 1 and k == 2 * p + 1 and p <= lin.P and lin.ld == lout.ld
     inside = p <= lin.P and all(s * (o - 1) + k - 1 - p <= i - 1 + lin.P
                                 for o, i in ((lout.H, lin.H), (lout.W, lin.W)))
-    if not flat and inside:  # every window inside the padded plane: per position, its window's corner
+    reach = (k - 1 + lin.P - p) // s  # how far past a position's row and column a phase-plane tap reads
+    phases = not flat and inside and lout.W - 1 + reach < lout.ld
+    qbytes = 4 * band * G
+    ph_at, pps = qbytes * max(1, threads), round_up(nq + reach * (lout.ld + 1) + 1, 64)
+    if not flat and not phases and inside:  # every window inside the padded plane: per position, its window's corner
         ho, wo = np.divmod(np.arange(nq), lout.ld)
         ok = (ho < lout.H) & (wo < lout.W)
         corner = np.where(ok, (s * ho - p + lin.P) * lin.ld + s * wo - p + lin.P, 0)
         o_corner = blob.add(corner.astype(np.int32))
-    if flat:  # flat position q reads input q + a constant: four row loads per VL quads
+    if phases:  # the input split into s * s phase planes of the output's pitch: then flat, as at stride 1
+        def src_of(i: int) -> str:
+            d, e = f"(e[{3 * i + 1}] + {lin.P - p})", f"(e[{3 * i + 2}] + {lin.P - p})"
+            return (f"in + ((e[{3 * i}] * {s} + {d} % {s}) * {s} + {e} % {s}) * {pps} + {d} / {s} * {lout.ld} + "
+                    f"{e} / {s} + q0")
+        prep = f"ps_quads_flat(dst, {', '.join(src_of(i) for i in range(4))}, nqb);"
+    elif flat:  # flat position q reads input q + a constant: four row loads per VL quads
         src = ", ".join(f"in + e[{3 * i}] * {lin.ps} + (e[{3 * i + 1}] + {lin.P - p}) * {lin.ld} + e[{3 * i + 2}] + "
                         f"{lin.P - p} + q0" for i in range(4))
         prep = f"ps_quads_flat(dst, {src}, nqb);"
@@ -271,7 +281,23 @@ def gen_conv(n, name: str, lin: ByteLayout, lout: ByteLayout, qp: dict, quads, *
             }}"""
     store = _conv_store(n, qp)
     zp_out = qp[n.name]["zero_point"]
-    qbytes = 4 * band * G
+    phase_pass = ""
+    if phases:  # each phase plane's rows: every s-th code of every s-th padded input row, the zero point past it
+        phase_pass = f"""
+    #pragma omp for schedule(static) nowait
+    for (int cp = 0; cp < {lin.C * s * s}; cp++) {{
+        const int a = cp / {s} % {s}, b = cp % {s}, jn = ({lin.ld} - b + {s - 1}) / {s} < {lout.ld} ? ({lin.ld} - b + {s - 1}) / {s} : {lout.ld};
+        uint8_t *restrict d = scr + {ph_at} + (size_t)cp * {pps};
+        for (int i = 0; i < {lout.H + reach}; i++, d += {lout.ld}) {{
+            const int y = {s} * i + a;
+            const uint8_t *r = in + (size_t)(cp / {s * s}) * {lin.ps} + y * {lin.ld} + b;
+            int j = 0;
+            if (y < {lin.H + 2 * lin.P}) for (; j < jn; j++) d[j] = r[{s} * j];
+            for (; j < {lout.ld}; j++) d[j] = {zp_in};
+        }}
+    }}
+    ps_barrier();
+    in = scr + {ph_at};"""
     code = "".join(_dots(name, c) for c in counts) + f"""
 /* lay out quads g0, g0 + gs, ... < {G} for positions q0 .. q0 + nqb into qb (4 * {band} bytes per quad) */
 static inline void {name}_prep(const uint8_t *restrict in, const uint8_t *restrict w, const int32_t *ent,
@@ -303,10 +329,10 @@ static inline void {name}_run(const uint8_t *restrict qb, uint8_t *restrict out,
         }}
     }}
 }}
-static void {name}(const uint8_t *restrict in, uint8_t *restrict out, const uint8_t *restrict w,
+static void {name}(const uint8_t *in, uint8_t *restrict out, const uint8_t *restrict w,
                    const uint8_t *restrict res, uint8_t *restrict scr) {{
     const int32_t *ent = (const int32_t *)(w + {o_ent}), *kptr = (const int32_t *)(w + {o_kptr});
-    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();{phase_pass}
     if ({nb} >= 2 * nt && nt <= {threads}) {{  /* whole bands per thread, each on its own quads */
         uint8_t *restrict qb = scr + (size_t)t * {qbytes};
         for (int b = t; b < {nb}; b += nt) {{
@@ -331,7 +357,7 @@ static void {name}(const uint8_t *restrict in, uint8_t *restrict out, const uint
 }}
 """
     flops = 2 * int(np.count_nonzero(w_q)) * lout.H * lout.W
-    return Int8Kernel(name, code, blob.data(), flops, qbytes * max(1, threads))
+    return Int8Kernel(name, code, blob.data(), flops, ph_at + (lin.C * s * s * pps if phases else 0))
 
 
 def gen_linear(n, name: str, lin: ByteLayout, lout: ByteLayout, qp: dict) -> Int8Kernel:
