@@ -108,15 +108,16 @@ static void ps_halo(uint8_t *p, int H, int W, int P, int ld, int zp) {
     for (int h = P; h < H + P; h++) { memset(p + h * ld, zp, P); memset(p + h * ld + P + W, zp, P); }
     memset(p + (size_t)(H + P) * ld, zp, (size_t)P * ld);
 }
+/* VL quads of four byte rows: byte i of lane q is s_i[q], XOR PS_XMASK */
+static inline vi ps_quad_vec(const uint8_t *s0, const uint8_t *s1, const uint8_t *s2, const uint8_t *s3) {
+    const vb a = *(const vbu *)s0, b = *(const vbu *)s1, c = *(const vbu *)s2, d = *(const vbu *)s3;
+    const vh ab = (vh)__builtin_shufflevector(a, b, PS_ILB), cd = (vh)__builtin_shufflevector(c, d, PS_ILB);
+    return (vi)__builtin_shufflevector(ab, cd, PS_ILH) ^ (int32_t)PS_XMASK;
+}
 /* Quads of four byte rows: dst[4q + i] = s_i[q] for q < nq (a multiple of VL), XOR PS_XMASK */
 static inline void ps_quads_flat(uint8_t *restrict dst, const uint8_t *s0, const uint8_t *s1,
                                  const uint8_t *s2, const uint8_t *s3, int nq) {
-    for (int q = 0; q < nq; q += VL) {
-        const vb a = *(const vbu *)(s0 + q), b = *(const vbu *)(s1 + q);
-        const vb c = *(const vbu *)(s2 + q), d = *(const vbu *)(s3 + q);
-        const vh ab = (vh)__builtin_shufflevector(a, b, PS_ILB), cd = (vh)__builtin_shufflevector(c, d, PS_ILB);
-        *(vi *)(dst + 4 * (size_t)q) = (vi)__builtin_shufflevector(ab, cd, PS_ILH) ^ (int32_t)PS_XMASK;
-    }
+    for (int q = 0; q < nq; q += VL) *(vi *)(dst + 4 * (size_t)q) = ps_quad_vec(s0 + q, s1 + q, s2 + q, s3 + q);
 }
 /* the first filter of thread t of nt: filters split by kernel count (+1 each for its epilogue) */
 static inline int ps_split(const int32_t *kptr, int F, int t, int nt) {
@@ -160,17 +161,26 @@ class Int8Kernel:
     scratch: int  # bytes of team scratch it needs
 
 
-def _conv_store(n, qp: dict) -> str:
-    """The C that requantises accumulator vector ``acc[i]`` and stores it at ``out + o``."""
+def _conv_store(n, qp: dict, lout: ByteLayout, compact: bool) -> str:
+    """The C that requantises accumulator vector ``acc[i]`` and stores it at ``out + o``: VL
+    positions of the output's pitch, or (``compact``) VL / W whole rows of W positions, row r at
+    ``out + o + r * ld`` (rows past the plane skipped), a fused residual read the same way."""
     q = n.attrs["q"]
     zp = qp[n.name]["zero_point"]
     lo, hi = c_float(q["lo"] - zp), c_float(q["hi"] - zp)
+    at, rows, fill, spill = "out + o", "", "", ""
+    if compact:
+        rows = f"const int nr = {lout.H} - row0 < VL / {lout.W} ? {lout.H} - row0 : VL / {lout.W};"
+        at = "cb"
+        spill = f"for (int r = 0; r < nr; r++) memcpy(out + o + r * {lout.ld}, cb + r * {lout.W}, {lout.W});"
     res = ""
     if n.residual is not None:
-        res = f" + ps_res(res + o, {qp[n.residual]['zero_point']}, {c_float(q['res_m'])})"
-    store = (f"ps_store_codes(out + o, ps_codes(__builtin_convertvector(acc[i], vf) * vbcast(mf){res}, "
+        res = f" + ps_res({'rb' if compact else 'res + o'}, {qp[n.residual]['zero_point']}, {c_float(q['res_m'])})"
+        if compact:
+            fill = f"for (int r = 0; r < nr; r++) memcpy(rb + r * {lout.W}, res + o + r * {lout.ld}, {lout.W});"
+    store = (f"ps_store_codes({at}, ps_codes(__builtin_convertvector(acc[i], vf) * vbcast(mf){res}, "
              f"{lo}, {hi}, {zp}));")
-    return store
+    return "\n                ".join(x for x in (rows, fill, store, spill) if x)
 
 
 CHAINS = 8  # independent accumulators a dot loop keeps: a 4-way dot product's latency over its issue interval
@@ -206,6 +216,24 @@ static inline void {name}_dots{nv}(vi *restrict acc, const uint8_t *restrict qt,
 }}"""
 
 
+def _compaction(lout: ByteLayout, vl: int) -> list[tuple[int, list[int]]] | None:
+    """How a small plane's quads are compacted: per vector of VL positions without the halo
+    columns (whole rows, as VL % W == 0), the first of the two consecutive vectors of the
+    output's pitch it is selected from and the lanes of those two; None where a vector would
+    need more than two."""
+    if vl % lout.W:
+        return None
+    plan = []
+    for j in range(-(-lout.H * lout.W // vl)):
+        pos = [min(q, lout.H * lout.W - 1) for q in range(j * vl, (j + 1) * vl)]  # past the plane: repeats
+        flat = [q // lout.W * lout.ld + q % lout.W for q in pos]
+        first = flat[0] // vl
+        if flat[-1] // vl > first + 1:
+            return None
+        plan.append((first, [f - first * vl for f in flat]))
+    return plan
+
+
 def gen_conv(n, name: str, lin: ByteLayout, lout: ByteLayout, qp: dict, quads, *, vl: int, tile: int,
              band_bytes: int, threads: int) -> Int8Kernel:
     """A conv (groups 1) on quads (quads.py), in bands of output positions (q = ho * ld + wo)
@@ -217,11 +245,26 @@ def gen_conv(n, name: str, lin: ByteLayout, lout: ByteLayout, qp: dict, quads, *
     k, s, p = a["k"], a["stride"], a["padding"]
     w_q = n.params["w_q"]
     F, G = w_q.shape[0], len(quads.entries)
-    nq = round_up(lout.H * lout.ld, vl)
-    tile = min(tile, nq // vl)  # a plane smaller than a tile is one tile: every dot loop unrolled
+    flat = s == 1 and k == 2 * p + 1 and p <= lin.P and lin.ld == lout.ld
+    inside = p <= lin.P and all(s * (o - 1) + k - 1 - p <= i - 1 + lin.P
+                                for o, i in ((lout.H, lin.H), (lout.W, lin.W)))
+    reach = (k - 1 + lin.P - p) // s  # how far past a position's row and column a phase-plane tap reads
+    phases = not flat and inside and lout.W - 1 + reach < lout.ld
+    nqf = round_up(lout.H * lout.ld, vl)  # positions of the output's pitch, whole vectors
+    nqc = round_up(lout.H * lout.W, vl)  # the plane's positions without its halo columns
     fit = band_bytes // (4 * G * vl)  # vectors of positions whose quads fit the cache budget
-    band = min(nq, max(1, fit // tile) * tile * vl)
-    nb = (nq + band - 1) // band
+
+    def bands(nq: int) -> tuple[int, int, int]:
+        t = min(tile, nq // vl)  # a plane smaller than a tile is one tile: every dot loop unrolled
+        band = min(nq, max(1, fit // t) * t * vl)
+        return t, band, (nq + band - 1) // band
+
+    # a plane of one band whose halo columns cost a vector of dot products: its quads compacted,
+    # whole rows per vector
+    plan = _compaction(lout, vl) if (flat or phases) and nqc < nqf and bands(nqc)[2] == 1 else None
+    compact = plan is not None
+    nq = nqc if compact else nqf
+    tile, band, nb = bands(nq)
     zp_in = qp[n.inputs[0]]["zero_point"]
     counts = sorted({tile, (nq - (nb - 1) * band) // vl % tile} - {0}, reverse=True)  # vectors per tile
     dots_call = " else ".join(f"if (nv == {c}) {name}_dots{c}(acc, qt, kern, kptr[f], kptr[f + 1], init);"
@@ -234,29 +277,32 @@ def gen_conv(n, name: str, lin: ByteLayout, lout: ByteLayout, qp: dict, quads, *
     o_bias = blob.add(n.params["bias_q"].astype(np.int32))
     o_sumw = blob.add(w_q.reshape(F, -1).astype(np.int64).sum(axis=1).astype(np.int32))
     o_m = blob.add(n.params["m"].astype(np.float32))
-    flat = s == 1 and k == 2 * p + 1 and p <= lin.P and lin.ld == lout.ld
-    inside = p <= lin.P and all(s * (o - 1) + k - 1 - p <= i - 1 + lin.P
-                                for o, i in ((lout.H, lin.H), (lout.W, lin.W)))
-    reach = (k - 1 + lin.P - p) // s  # how far past a position's row and column a phase-plane tap reads
-    phases = not flat and inside and lout.W - 1 + reach < lout.ld
     qbytes = 4 * band * G
-    ph_at, pps = qbytes * max(1, threads), round_up(nq + reach * (lout.ld + 1) + 1, 64)
-    if not flat and not phases and inside:  # every window inside the padded plane: per position, its window's corner
-        ho, wo = np.divmod(np.arange(nq), lout.ld)
-        ok = (ho < lout.H) & (wo < lout.W)
-        corner = np.where(ok, (s * ho - p + lin.P) * lin.ld + s * wo - p + lin.P, 0)
-        o_corner = blob.add(corner.astype(np.int32))
+    ph_at, pps = qbytes * max(1, threads), round_up(nqf + reach * (lout.ld + 1) + 1, 64)
     if phases:  # the input split into s * s phase planes of the output's pitch: then flat, as at stride 1
         def src_of(i: int) -> str:
             d, e = f"(e[{3 * i + 1}] + {lin.P - p})", f"(e[{3 * i + 2}] + {lin.P - p})"
             return (f"in + ((e[{3 * i}] * {s} + {d} % {s}) * {s} + {e} % {s}) * {pps} + {d} / {s} * {lout.ld} + "
                     f"{e} / {s} + q0")
-        prep = f"ps_quads_flat(dst, {', '.join(src_of(i) for i in range(4))}, nqb);"
+        src = ", ".join(src_of(i) for i in range(4))
     elif flat:  # flat position q reads input q + a constant: four row loads per VL quads
         src = ", ".join(f"in + e[{3 * i}] * {lin.ps} + (e[{3 * i + 1}] + {lin.P - p}) * {lin.ld} + e[{3 * i + 2}] + "
                         f"{lin.P - p} + q0" for i in range(4))
+    if compact:  # the quads of the output's pitch in registers, each compact vector one shuffle of two
+        used = sorted({f + d for f, _ in plan for d in (0, 1)})
+        vecs = "".join(f"\n        const vi f{v} = ps_quad_vec(s[0] + {v * vl}, s[1] + {v * vl}, s[2] + {v * vl}, "
+                       f"s[3] + {v * vl});" for v in used)
+        sel = "".join(f"\n        *(vi *)(dst + {4 * vl * j}) = __builtin_shufflevector(f{f}, f{f + 1}, "
+                      f"{', '.join(map(str, lanes))});" for j, (f, lanes) in enumerate(plan))
+        prep = f"const uint8_t *s[4] = {{{src}}};{vecs}{sel}"
+    elif flat or phases:
         prep = f"ps_quads_flat(dst, {src}, nqb);"
-    elif inside:  # gather each position's four codes at its window corner + the entry's offset
+    elif inside:  # every window inside the padded plane: each position's four codes gathered at its
+        # window's corner + the entry's offset
+        ho, wo = np.divmod(np.arange(nq), lout.ld)
+        ok = (ho < lout.H) & (wo < lout.W)
+        corner = np.where(ok, (s * ho - p + lin.P) * lin.ld + s * wo - p + lin.P, 0)
+        o_corner = blob.add(corner.astype(np.int32))
         src = "".join(f"const uint8_t *s{i} = in + e[{3 * i}] * {lin.ps} + e[{3 * i + 1}] * {lin.ld} + e[{3 * i + 2}]; "
                       for i in range(4))
         prep = f"""{src}
@@ -279,7 +325,11 @@ def gen_conv(n, name: str, lin: ByteLayout, lout: ByteLayout, qp: dict, quads, *
                     }}
                 ((uint32_t *)dst)[q - q0] = word ^ (uint32_t)PS_XMASK;
             }}"""
-    store = _conv_store(n, qp)
+    store = _conv_store(n, qp, lout, compact)
+    at = f"const size_t o = (size_t)f * {lout.ps} + {lout.origin} + q0 + t0 + i * VL;"
+    if compact:
+        at = (f"const int row0 = (q0 + t0 + i * VL) / {lout.W};\n                uint8_t cb[VL]{', rb[VL]' if n.residual is not None else ''};\n"
+              f"                const size_t o = (size_t)f * {lout.ps} + {lout.origin} + (size_t)row0 * {lout.ld};")
     zp_out = qp[n.name]["zero_point"]
     phase_pass = ""
     if phases:  # each phase plane's rows: every s-th code of every s-th padded input row, the zero point past it
@@ -323,7 +373,7 @@ static inline void {name}_run(const uint8_t *restrict qb, uint8_t *restrict out,
             vi acc[{tile}];
             {dots_call}
             for (int i = 0; i < nv; i++) {{
-                const size_t o = (size_t)f * {lout.ps} + {lout.origin} + q0 + t0 + i * VL;
+                {at}
                 {store}
             }}
         }}
