@@ -98,8 +98,10 @@ static inline uint8_t ps_code(float v, float lo, float hi, int zp) {
     return (uint8_t)((int32_t)v + zp);
 }
 static inline void ps_store_codes(uint8_t *o, vi c) { *(vbu *)o = __builtin_convertvector(c, vb); }
+/* (codes widened in two steps: GCC turns a one-step uint8 -> int32 conversion into byte loads) */
 static inline vf ps_res(const uint8_t *r, int zp, float m) {
-    return __builtin_convertvector(__builtin_convertvector(*(const vbu *)r, vi) - zp, vf) * vbcast(m);
+    const vi c = __builtin_convertvector(__builtin_convertvector(*(const vbu *)r, vh), vi);
+    return __builtin_convertvector(c - zp, vf) * vbcast(m);
 }
 /* the halo of one plane (H x W interior, P wide, rows of ld) set to the zero point */
 static void ps_halo(uint8_t *p, int H, int W, int P, int ld, int zp) {
