@@ -84,6 +84,7 @@ typedef int32_t viu __attribute__((vector_size(VL * 4), aligned(1)));
 typedef uint16_t vh __attribute__((vector_size(VL * 2)));
 /*@dot4@*/
 #define PS_XOFF (PS_XMASK ? 128 : 0)
+static inline ps_w4 ps_w4_bcast(int32_t w) { return ps_w4_vec((vi){0} + w); }
 """ + _shuffles() + r"""#define PS_RND 12582912.0f
 /* clamp to [lo, hi] (codes minus the zero point), round half to even, add the zero point */
 static inline vi ps_codes(vf v, float lo, float hi, int zp) {
@@ -218,16 +219,50 @@ static inline void {name}_dots{nv}(vi *restrict acc, const uint8_t *restrict qt,
 }}"""
 
 
-def _compaction(lout: ByteLayout, vl: int) -> list[tuple[int, list[int]]] | None:
-    """How a small plane's quads are compacted: per vector of VL positions without the halo
-    columns (whole rows, as VL % W == 0), the first of the two consecutive vectors of the
-    output's pitch it is selected from and the lanes of those two; None where a vector would
-    need more than two."""
+PACK = 4  # at most this many kernels share a vector on a plane of a few positions
+
+
+def _packed(name: str, lanes: int, pack: int, vl: int) -> str:
+    """C of ``NAME_pdot``: one dot product for ``pack`` kernels of a filter on a plane of at most
+    ``lanes`` positions, kernel j in lanes ``j * lanes ..``: its quads (``lanes`` words at
+    ``qb + r[j]``) and its weight word ``r[pack + j]`` spread over them."""
+    chunks = [f"c{j}" for j in range(pack)]
+    lines, width, level = [], lanes, 0
+    while len(chunks) > 1:
+        nxt = []
+        for j in range(0, len(chunks), 2):
+            nxt.append(f"d{level}_{j // 2}")
+            lines.append(f"    const {name}_v{2 * width} {nxt[-1]} = __builtin_shufflevector({chunks[j]}, "
+                         f"{chunks[j + 1]}, {', '.join(map(str, range(2 * width)))});")
+        chunks, width, level = nxt, 2 * width, level + 1
+    spread = ", ".join(str(i % width) for i in range(vl))
+    weights = ", ".join(str(i // lanes if i < width else 0) for i in range(vl))
+    widths = [pack << i for i in range((vl // pack).bit_length())]  # the weight words doubled up to VL
+    grow = "".join(f"\n    const {name}_v{2 * w} w{2 * w} = __builtin_shufflevector(w{w}, w{w}, "
+                   f"{', '.join(map(str, range(2 * w)))});" for w in widths[:-1])
+    types = "".join(f"typedef int32_t {name}_v{w} __attribute__((vector_size({4 * w}), aligned(4)));\n"
+                    for w in sorted({lanes * 2 ** i for i in range(pack.bit_length())} | set(widths)))
+    loads = ", ".join(f"c{j} = *(const {name}_v{lanes} *)(qb + r[{j}])" for j in range(pack))
+    return f"""
+{types}static inline vi {name}_pdot(vi acc, const uint8_t *restrict qb, const int32_t *restrict r) {{
+    const {name}_v{lanes} {loads};
+{chr(10).join(lines)}
+    const vi x = __builtin_shufflevector({chunks[0]}, {chunks[0]}, {spread});
+    const {name}_v{pack} w{pack} = *(const {name}_v{pack} *)(r + {pack});{grow}
+    return ps_dot4(acc, x, ps_w4_vec(__builtin_shufflevector(w{vl}, w{vl}, {weights})));
+}}"""
+
+
+def _compaction(lout: ByteLayout, vl: int, lanes: int) -> list[tuple[int, list[int]]] | None:
+    """How a small plane's quads are compacted: per slot of ``lanes`` positions without the halo
+    columns (VL % W == 0: a vector stores whole rows), the first of the two consecutive vectors
+    of the output's pitch it is selected from and the lanes of those two; None where a slot
+    would need more than two."""
     if vl % lout.W:
         return None
     plan = []
-    for j in range(-(-lout.H * lout.W // vl)):
-        pos = [min(q, lout.H * lout.W - 1) for q in range(j * vl, (j + 1) * vl)]  # past the plane: repeats
+    for j in range(-(-lout.H * lout.W // lanes)):
+        pos = [min(q, lout.H * lout.W - 1) for q in range(j * lanes, (j + 1) * lanes)]  # past the plane: repeats
         flat = [q // lout.W * lout.ld + q % lout.W for q in pos]
         first = flat[0] // vl
         if flat[-1] // vl > first + 1:
@@ -261,21 +296,37 @@ def gen_conv(n, name: str, lin: ByteLayout, lout: ByteLayout, qp: dict, quads, *
         band = min(nq, max(1, fit // t) * t * vl)
         return t, band, (nq + band - 1) // band
 
-    # a plane of one band whose halo columns cost a vector of dot products: its quads compacted,
-    # whole rows per vector
-    plan = _compaction(lout, vl) if (flat or phases) and nqc < nqf and bands(nqc)[2] == 1 else None
+    # a plane of a few positions (at most VL / 2): each kernel's quads in a slot of a power of two
+    # lanes, ``pack`` kernels of a filter in one vector, folded onto the first slot at the end
+    lanes = 1 << (lout.H * lout.W - 1).bit_length()
+    pack = min(vl // lanes, PACK)
+    plan = _compaction(lout, vl, lanes) if (flat or phases) and pack >= 2 else None
+    packed = plan is not None
+    if not packed:  # a plane of one band whose halo columns cost a vector of dot products: its
+        # quads compacted, whole rows per vector
+        lanes = vl
+        plan = _compaction(lout, vl, vl) if (flat or phases) and nqc < nqf and bands(nqc)[2] == 1 else None
     compact = plan is not None
-    nq = nqc if compact else nqf
-    tile, band, nb = bands(nq)
+    nq = lanes if packed else nqc if compact else nqf
+    tile, band, nb = (1, lanes, 1) if packed else bands(nq)
     zp_in = qp[n.inputs[0]]["zero_point"]
     counts = sorted({tile, (nq - (nb - 1) * band) // vl % tile} - {0}, reverse=True)  # vectors per tile
     dots_call = " else ".join(f"if (nv == {c}) {name}_dots{c}(acc, qt, kern, kptr[f], kptr[f + 1], init);"
                               for c in counts)
     blob = Blob()
     o_ent = blob.add(quads.entries.reshape(-1))
-    # per kernel (byte offset of its quads in a band, weight word): one stream for the dot loop
-    kern = np.stack([quads.group.astype(np.int64) * 4 * band, quads.word], axis=1).astype(np.int32)
-    o_kptr, o_kern = blob.add(quads.kptr), blob.add(kern.reshape(-1))
+    # per kernel (byte offset of its quads in a band, weight word): one stream for the dot loop;
+    # packed, per ``pack`` kernels of a filter (their offsets, their words; missing ones weigh 0)
+    kptr, kern = quads.kptr, np.stack([quads.group.astype(np.int64) * 4 * band, quads.word], axis=1)
+    if packed:
+        nk = np.diff(quads.kptr)
+        kptr = np.concatenate([[0], np.cumsum(-(-nk // pack))]).astype(np.int32)
+        f_of = np.repeat(np.arange(F), nk)
+        j = np.arange(len(f_of)) - quads.kptr[f_of]
+        rec = np.zeros((kptr[-1], 2, pack), np.int64)
+        rec[kptr[f_of] + j // pack, :, j % pack] = kern
+        kern = rec
+    o_kptr, o_kern = blob.add(kptr.astype(np.int32)), blob.add(kern.astype(np.int32).reshape(-1))
     o_bias = blob.add(n.params["bias_q"].astype(np.int32))
     o_sumw = blob.add(w_q.reshape(F, -1).astype(np.int64).sum(axis=1).astype(np.int32))
     o_m = blob.add(n.params["m"].astype(np.float32))
@@ -294,8 +345,9 @@ def gen_conv(n, name: str, lin: ByteLayout, lout: ByteLayout, qp: dict, quads, *
         used = sorted({f + d for f, _ in plan for d in (0, 1)})
         vecs = "".join(f"\n        const vi f{v} = ps_quad_vec(s[0] + {v * vl}, s[1] + {v * vl}, s[2] + {v * vl}, "
                        f"s[3] + {v * vl});" for v in used)
-        sel = "".join(f"\n        *(vi *)(dst + {4 * vl * j}) = __builtin_shufflevector(f{f}, f{f + 1}, "
-                      f"{', '.join(map(str, lanes))});" for j, (f, lanes) in enumerate(plan))
+        vt = f"{name}_v{lanes}" if packed else "vi"
+        sel = "".join(f"\n        *({vt} *)(dst + {4 * lanes * j}) = __builtin_shufflevector(f{f}, f{f + 1}, "
+                      f"{', '.join(map(str, idx))});" for j, (f, idx) in enumerate(plan))
         prep = f"const uint8_t *s[4] = {{{src}}};{vecs}{sel}"
     elif flat or phases:
         prep = f"ps_quads_flat(dst, {src}, nqb);"
@@ -350,7 +402,22 @@ def gen_conv(n, name: str, lin: ByteLayout, lout: ByteLayout, qp: dict, quads, *
     }}
     ps_barrier();
     in = scr + {ph_at};"""
-    code = "".join(_dots(name, c) for c in counts) + f"""
+    dots = dots_call
+    if packed:  # pack kernels a vector, in CHAINS accumulators; their slots folded onto the first
+        folds = "".join(f"\n            sum += __builtin_shufflevector(sum, sum, "
+                        f"{', '.join(str((i + h) % vl) for i in range(vl))});"
+                        for h in [lanes * pack >> b for b in range(1, pack.bit_length())])
+        dots = f"""vi a[{CHAINS}];
+            for (int u = 0; u < {CHAINS}; u++) a[u] = (vi){{0}};
+            int kk = kptr[f];
+            for (; kk + {CHAINS} <= kptr[f + 1]; kk += {CHAINS})
+                for (int u = 0; u < {CHAINS}; u++) a[u] = {name}_pdot(a[u], qt, kern + {2 * pack} * (kk + u));
+            for (; kk < kptr[f + 1]; kk++) a[0] = {name}_pdot(a[0], qt, kern + {2 * pack} * kk);
+            vi sum = a[0];
+            for (int u = 1; u < {CHAINS}; u++) sum += a[u];{folds}
+            acc[0] = sum + init;"""
+    helpers = _packed(name, lanes, pack, vl) if packed else "".join(_dots(name, c) for c in counts)
+    code = helpers + f"""
 /* lay out quads g0, g0 + gs, ... < {G} for positions q0 .. q0 + nqb into qb (4 * {band} bytes per quad) */
 static inline void {name}_prep(const uint8_t *restrict in, const uint8_t *restrict w, const int32_t *ent,
                                uint8_t *restrict qb, int q0, int nqb, int g0, int gs) {{
@@ -367,13 +434,13 @@ static inline void {name}_run(const uint8_t *restrict qb, uint8_t *restrict out,
     const int32_t *bias = (const int32_t *)(w + {o_bias}), *sumw = (const int32_t *)(w + {o_sumw});
     const float *m = (const float *)(w + {o_m});
     for (int t0 = 0; t0 < nqb; t0 += {tile} * VL) {{
-        const int nv = (nqb - t0) / VL < {tile} ? (nqb - t0) / VL : {tile};
+        const int nv = (nqb - t0 + VL - 1) / VL < {tile} ? (nqb - t0 + VL - 1) / VL : {tile};
         const uint8_t *qt = qb + 4 * t0;
         for (int f = f0; f < f1; f++) {{
             const int32_t init = bias[f] + (PS_XOFF - {zp_in}) * sumw[f];
             const float mf = m[f];
             vi acc[{tile}];
-            {dots_call}
+            {dots}
             for (int i = 0; i < nv; i++) {{
                 {at}
                 {store}
