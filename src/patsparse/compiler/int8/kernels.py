@@ -277,7 +277,11 @@ def gen_conv(n, name: str, lin: ByteLayout, lout: ByteLayout, qp: dict, quads, *
     small enough that a band's quads stay in cache: lay out every quad in use for the band, then
     run every filter over it, ``tile`` vectors at a time, one dot product per kept quad and
     vector. With at least two bands per thread each thread takes whole bands (its own quads, no
-    barrier); otherwise the team lays out each band together and splits the filters."""
+    barrier); otherwise the team lays out each band together and splits the filters.
+
+    Strided windows read phase planes of the output's pitch; a small plane's quads are compacted
+    to whole rows without the halo, or, at most VL / 2 positions, packed several kernels to a
+    vector (docs/COMPILER.md, int8 inference)."""
     a = n.attrs
     k, s, p = a["k"], a["stride"], a["padding"]
     w_q = n.params["w_q"]
