@@ -236,10 +236,9 @@ int main(int argc, char **argv) {
 """
 
 
-@pytest.mark.parametrize("seed", [5, 8, 13])
-def test_random_networks_on_aarch64_under_qemu(seed, tmp_path):
+def _check_exact_on_aarch64(q, x, tmp_path: Path) -> str:
+    """The NEON (sdot) build of ``q`` under qemu against the simulation, bit for bit; its source."""
     prefix = need_aarch64()
-    q, x = _quantized(seed)
     prog = generate(q, NEON, 2)
     assert "ps_dot4" in prog.source
     _neon_program(prog.source + RUN_MAIN, tmp_path / "model")
@@ -252,3 +251,56 @@ def test_random_networks_on_aarch64_under_qemu(seed, tmp_path):
                     str(tmp_path / "out.bin"), str(len(xs)), str(want.shape[1])], check=True, capture_output=True)
     got = np.fromfile(tmp_path / "out.bin", "<f4").reshape(want.shape)
     np.testing.assert_array_equal(got, want)
+    return prog.source
+
+
+@pytest.mark.parametrize("seed", [5, 8, 13])
+def test_random_networks_on_aarch64_under_qemu(seed, tmp_path):
+    q, x = _quantized(seed)
+    _check_exact_on_aarch64(q, x, tmp_path)
+
+
+class Pyramid(nn.Module):
+    """16x16 down to 1x1 by stride-2 convs (phase planes; the last, onto a plane without halo,
+    gathered), 8x8 and 4x4 planes with a residual (compacted quads at 4, 8 and 16 lanes), a 2x2
+    and a 1x1 plane (several kernels packed in a vector at 8 and 16 lanes), and convs of 24 and
+    32 channels (channel quads: more kernels per filter than the accumulator chains, with a
+    remainder)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(4)
+        conv = lambda ci, co, s=1: nn.Conv2d(ci, co, 3, stride=s, padding=1)  # noqa: E731
+        self.stem, self.down8, self.mid8 = conv(3, 16), conv(16, 24, 2), conv(24, 24)
+        self.down4, self.mid4, self.down2, self.down1 = conv(24, 32, 2), conv(32, 32), conv(32, 32, 2), conv(32, 16, 2)
+        self.head, self.fc = nn.Conv2d(16, 16, 1), nn.Linear(16, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.down8(torch.relu(self.stem(x))))
+        x = torch.relu(self.mid8(x) + x)
+        x = torch.relu(self.down4(x))
+        x = nn.functional.relu6(self.mid4(x) + x)
+        return self.fc(self.head(torch.relu(self.down1(torch.relu(self.down2(x))))).flatten(1))
+
+
+def _pyramid():
+    x = torch.randn(16, 3, 16, 16)
+    return ps.quantize(Pyramid().eval(), [x]), x
+
+
+@pytest.mark.parametrize("target_name", X86_TARGETS)
+def test_strided_compacted_and_gathered_layers_match_the_simulation(target_name, tmp_path, one_thread):
+    t = _runnable(target_name)
+    q, x = _pyramid()
+    src = generate(q, t, 2).source
+    assert "in = scr +" in src and "corner[j]" in src  # phase planes, and the gather onto the 1x1 plane
+    assert "ps_quad_vec(s[0]" in src and "rb + r *" in src  # compacted quads, a residual read by rows
+    # kernels packed on the 1x1 plane, and on the 2x2 one above 4 lanes (at 4 it is compacted)
+    assert src.count("_pdot(vi acc") == (1 if t.require_cpu("int8 test").lanes == 4 else 2)
+    _check_exact(q, x, target_name, tmp_path)
+
+
+def test_strided_compacted_and_gathered_layers_on_aarch64_under_qemu(tmp_path):
+    q, x = _pyramid()
+    src = _check_exact_on_aarch64(q, x, tmp_path)
+    assert "in = scr +" in src and "corner[j]" in src and "ps_quad_vec(s[0]" in src and "_pdot(vi acc" in src

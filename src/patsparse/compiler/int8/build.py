@@ -100,9 +100,10 @@ void ps_forward(const float *restrict x, float *restrict y, int batch, float *re
                 const float *restrict blobf, int nthreads, double *restrict prof) {{
     uint8_t *ws = (uint8_t *)wsf;
     const uint8_t *blob = (const uint8_t *)blobf;
-    if (nthreads > 0) omp_set_num_threads(nthreads);
     ps_sync *sync = (ps_sync *)(ws + {ws_bytes});
-    #pragma omp parallel
+    const int team = ps_team_prepare(sync, nthreads > 0 ? nthreads : omp_get_max_threads());
+    const double start = omp_get_wtime();
+    #pragma omp parallel num_threads(team)
     {{
     ps_team_enter(sync);
     const int lead = omp_get_thread_num() == 0;
@@ -117,7 +118,7 @@ void ps_forward(const float *restrict x, float *restrict y, int batch, float *re
                                                              {c_float(-zp_in)}, {c_float(255 - zp_in)}, {zp_in});
             ps_halo(p, {lin.H}, {lin.W}, {lin.P}, {lin.ld}, {zp_in});
         }}
-        ps_barrier();
+        ps_barrier_ex(n > 0);  /* the first: the team's wake-up, not contention */
         double t0 = prof && lead ? omp_get_wtime() : 0.0;
 {chr(10).join(calls)}
         #pragma omp for schedule(static) nowait
@@ -130,7 +131,9 @@ void ps_forward(const float *restrict x, float *restrict y, int batch, float *re
     }}
     ps_team_leave();
     }}
+    ps_team_adapt(sync, team, omp_get_wtime() - start);  /* one thread while a busy core stalls the team */
 }}
+void ps_release(float *wsf) {{ ps_team_release((ps_sync *)((uint8_t *)wsf + {ws_bytes})); }}
 int ps_vl(void) {{ return VL; }}
 long ps_workspace_floats(void) {{ return {(ws_bytes + SYNC_BYTES) // 4}L; }}
 long ps_blob_floats(void) {{ return {len(blob_bytes) // 4}L; }}

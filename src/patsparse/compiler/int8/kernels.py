@@ -84,6 +84,7 @@ typedef int32_t viu __attribute__((vector_size(VL * 4), aligned(1)));
 typedef uint16_t vh __attribute__((vector_size(VL * 2)));
 /*@dot4@*/
 #define PS_XOFF (PS_XMASK ? 128 : 0)
+static inline ps_w4 ps_w4_bcast(int32_t w) { return ps_w4_vec((vi){0} + w); }
 """ + _shuffles() + r"""#define PS_RND 12582912.0f
 /* clamp to [lo, hi] (codes minus the zero point), round half to even, add the zero point */
 static inline vi ps_codes(vf v, float lo, float hi, int zp) {
@@ -98,8 +99,10 @@ static inline uint8_t ps_code(float v, float lo, float hi, int zp) {
     return (uint8_t)((int32_t)v + zp);
 }
 static inline void ps_store_codes(uint8_t *o, vi c) { *(vbu *)o = __builtin_convertvector(c, vb); }
+/* (codes widened in two steps: GCC turns a one-step uint8 -> int32 conversion into byte loads) */
 static inline vf ps_res(const uint8_t *r, int zp, float m) {
-    return __builtin_convertvector(__builtin_convertvector(*(const vbu *)r, vi) - zp, vf) * vbcast(m);
+    const vi c = __builtin_convertvector(__builtin_convertvector(*(const vbu *)r, vh), vi);
+    return __builtin_convertvector(c - zp, vf) * vbcast(m);
 }
 /* the halo of one plane (H x W interior, P wide, rows of ld) set to the zero point */
 static void ps_halo(uint8_t *p, int H, int W, int P, int ld, int zp) {
@@ -108,15 +111,16 @@ static void ps_halo(uint8_t *p, int H, int W, int P, int ld, int zp) {
     for (int h = P; h < H + P; h++) { memset(p + h * ld, zp, P); memset(p + h * ld + P + W, zp, P); }
     memset(p + (size_t)(H + P) * ld, zp, (size_t)P * ld);
 }
+/* VL quads of four byte rows: byte i of lane q is s_i[q], XOR PS_XMASK */
+static inline vi ps_quad_vec(const uint8_t *s0, const uint8_t *s1, const uint8_t *s2, const uint8_t *s3) {
+    const vb a = *(const vbu *)s0, b = *(const vbu *)s1, c = *(const vbu *)s2, d = *(const vbu *)s3;
+    const vh ab = (vh)__builtin_shufflevector(a, b, PS_ILB), cd = (vh)__builtin_shufflevector(c, d, PS_ILB);
+    return (vi)__builtin_shufflevector(ab, cd, PS_ILH) ^ (int32_t)PS_XMASK;
+}
 /* Quads of four byte rows: dst[4q + i] = s_i[q] for q < nq (a multiple of VL), XOR PS_XMASK */
 static inline void ps_quads_flat(uint8_t *restrict dst, const uint8_t *s0, const uint8_t *s1,
                                  const uint8_t *s2, const uint8_t *s3, int nq) {
-    for (int q = 0; q < nq; q += VL) {
-        const vb a = *(const vbu *)(s0 + q), b = *(const vbu *)(s1 + q);
-        const vb c = *(const vbu *)(s2 + q), d = *(const vbu *)(s3 + q);
-        const vh ab = (vh)__builtin_shufflevector(a, b, PS_ILB), cd = (vh)__builtin_shufflevector(c, d, PS_ILB);
-        *(vi *)(dst + 4 * (size_t)q) = (vi)__builtin_shufflevector(ab, cd, PS_ILH) ^ (int32_t)PS_XMASK;
-    }
+    for (int q = 0; q < nq; q += VL) *(vi *)(dst + 4 * (size_t)q) = ps_quad_vec(s0 + q, s1 + q, s2 + q, s3 + q);
 }
 /* the first filter of thread t of nt: filters split by kernel count (+1 each for its epilogue) */
 static inline int ps_split(const int32_t *kptr, int F, int t, int nt) {
@@ -160,17 +164,111 @@ class Int8Kernel:
     scratch: int  # bytes of team scratch it needs
 
 
-def _conv_store(n, qp: dict) -> str:
-    """The C that requantises accumulator vector ``acc[i]`` and stores it at ``out + o``."""
+def _conv_store(n, qp: dict, lout: ByteLayout, compact: bool) -> str:
+    """The C that requantises accumulator vector ``acc[i]`` and stores it at ``out + o``: VL
+    positions of the output's pitch, or (``compact``) VL / W whole rows of W positions, row r at
+    ``out + o + r * ld`` (rows past the plane skipped), a fused residual read the same way."""
     q = n.attrs["q"]
     zp = qp[n.name]["zero_point"]
     lo, hi = c_float(q["lo"] - zp), c_float(q["hi"] - zp)
+    at, rows, fill, spill = "out + o", "", "", ""
+    if compact:
+        rows = f"const int nr = {lout.H} - row0 < VL / {lout.W} ? {lout.H} - row0 : VL / {lout.W};"
+        at = "cb"
+        spill = f"for (int r = 0; r < nr; r++) memcpy(out + o + r * {lout.ld}, cb + r * {lout.W}, {lout.W});"
     res = ""
     if n.residual is not None:
-        res = f" + ps_res(res + o, {qp[n.residual]['zero_point']}, {c_float(q['res_m'])})"
-    store = (f"ps_store_codes(out + o, ps_codes(__builtin_convertvector(acc[i], vf) * vbcast(mf){res}, "
+        res = f" + ps_res({'rb' if compact else 'res + o'}, {qp[n.residual]['zero_point']}, {c_float(q['res_m'])})"
+        if compact:
+            fill = f"for (int r = 0; r < nr; r++) memcpy(rb + r * {lout.W}, res + o + r * {lout.ld}, {lout.W});"
+    store = (f"ps_store_codes({at}, ps_codes(__builtin_convertvector(acc[i], vf) * vbcast(mf){res}, "
              f"{lo}, {hi}, {zp}));")
-    return store
+    return "\n                ".join(x for x in (rows, fill, store, spill) if x)
+
+
+CHAINS = 8  # independent accumulators a dot loop keeps: a 4-way dot product's latency over its issue interval
+
+
+def _dots(name: str, nv: int) -> str:
+    """C of ``NAME_dotsNV``: ``acc[0 .. nv)`` = ``init`` + one filter's kernels ``k0 .. k1`` on
+    ``nv`` vectors of quads, the kernels split over ``ceil(CHAINS / nv)`` accumulator sets summed
+    at the end, so a plane of one or two vectors is not one chain of dependent dot products."""
+    u = -(-CHAINS // nv)
+    return f"""
+static inline void {name}_dots{nv}(vi *restrict acc, const uint8_t *restrict qt, const int32_t *restrict kern,
+                                   int k0, int k1, int32_t init) {{
+    vi a[{u}][{nv}];
+    for (int u = 0; u < {u}; u++) for (int i = 0; i < {nv}; i++) a[u][i] = (vi){{0}} + (u ? 0 : init);
+    int kk = k0;
+    for (; kk + {u} <= k1; kk += {u})
+        for (int u = 0; u < {u}; u++) {{
+            const ps_w4 wv = ps_w4_bcast(kern[2 * (kk + u) + 1]);
+            const uint8_t *qp = qt + kern[2 * (kk + u)];
+            for (int i = 0; i < {nv}; i++) a[u][i] = ps_dot4(a[u][i], *(const viu *)(qp + 4 * VL * i), wv);
+        }}
+    for (; kk < k1; kk++) {{
+        const ps_w4 wv = ps_w4_bcast(kern[2 * kk + 1]);
+        const uint8_t *qp = qt + kern[2 * kk];
+        for (int i = 0; i < {nv}; i++) a[0][i] = ps_dot4(a[0][i], *(const viu *)(qp + 4 * VL * i), wv);
+    }}
+    for (int i = 0; i < {nv}; i++) {{
+        vi sum = a[0][i];
+        for (int u = 1; u < {u}; u++) sum += a[u][i];
+        acc[i] = sum;
+    }}
+}}"""
+
+
+PACK = 4  # at most this many kernels share a vector on a plane of a few positions
+
+
+def _packed(name: str, lanes: int, pack: int, vl: int) -> str:
+    """C of ``NAME_pdot``: one dot product for ``pack`` kernels of a filter on a plane of at most
+    ``lanes`` positions, kernel j in lanes ``j * lanes ..``: its quads (``lanes`` words at
+    ``qb + r[j]``) and its weight word ``r[pack + j]`` spread over them."""
+    chunks = [f"c{j}" for j in range(pack)]
+    lines, width, level = [], lanes, 0
+    while len(chunks) > 1:
+        nxt = []
+        for j in range(0, len(chunks), 2):
+            nxt.append(f"d{level}_{j // 2}")
+            lines.append(f"    const {name}_v{2 * width} {nxt[-1]} = __builtin_shufflevector({chunks[j]}, "
+                         f"{chunks[j + 1]}, {', '.join(map(str, range(2 * width)))});")
+        chunks, width, level = nxt, 2 * width, level + 1
+    spread = ", ".join(str(i % width) for i in range(vl))
+    weights = ", ".join(str(i // lanes if i < width else 0) for i in range(vl))
+    widths = [pack << i for i in range((vl // pack).bit_length())]  # the weight words doubled up to VL
+    grow = "".join(f"\n    const {name}_v{2 * w} w{2 * w} = __builtin_shufflevector(w{w}, w{w}, "
+                   f"{', '.join(map(str, range(2 * w)))});" for w in widths[:-1])
+    types = "".join(f"typedef int32_t {name}_v{w} __attribute__((vector_size({4 * w}), aligned(4)));\n"
+                    for w in sorted({lanes * 2 ** i for i in range(pack.bit_length())} | set(widths)))
+    loads = ", ".join(f"c{j} = *(const {name}_v{lanes} *)(qb + r[{j}])" for j in range(pack))
+    return f"""
+{types}static inline vi {name}_pdot(vi acc, const uint8_t *restrict qb, const int32_t *restrict r) {{
+    const {name}_v{lanes} {loads};
+{chr(10).join(lines)}
+    const vi x = __builtin_shufflevector({chunks[0]}, {chunks[0]}, {spread});
+    const {name}_v{pack} w{pack} = *(const {name}_v{pack} *)(r + {pack});{grow}
+    return ps_dot4(acc, x, ps_w4_vec(__builtin_shufflevector(w{vl}, w{vl}, {weights})));
+}}"""
+
+
+def _compaction(lout: ByteLayout, vl: int, lanes: int) -> list[tuple[int, list[int]]] | None:
+    """How a small plane's quads are compacted: per slot of ``lanes`` positions without the halo
+    columns (VL % W == 0: a vector stores whole rows), the first of the two consecutive vectors
+    of the output's pitch it is selected from and the lanes of those two; None where a slot
+    would need more than two."""
+    if vl % lout.W:
+        return None
+    plan = []
+    for j in range(-(-lout.H * lout.W // lanes)):
+        pos = [min(q, lout.H * lout.W - 1) for q in range(j * lanes, (j + 1) * lanes)]  # past the plane: repeats
+        flat = [q // lout.W * lout.ld + q % lout.W for q in pos]
+        first = flat[0] // vl
+        if flat[-1] // vl > first + 1:
+            return None
+        plan.append((first, [f - first * vl for f in flat]))
+    return plan
 
 
 def gen_conv(n, name: str, lin: ByteLayout, lout: ByteLayout, qp: dict, quads, *, vl: int, tile: int,
@@ -179,38 +277,90 @@ def gen_conv(n, name: str, lin: ByteLayout, lout: ByteLayout, qp: dict, quads, *
     small enough that a band's quads stay in cache: lay out every quad in use for the band, then
     run every filter over it, ``tile`` vectors at a time, one dot product per kept quad and
     vector. With at least two bands per thread each thread takes whole bands (its own quads, no
-    barrier); otherwise the team lays out each band together and splits the filters."""
+    barrier); otherwise the team lays out each band together and splits the filters.
+
+    Strided windows read phase planes of the output's pitch; a small plane's quads are compacted
+    to whole rows without the halo, or, at most VL / 2 positions, packed several kernels to a
+    vector (docs/COMPILER.md, int8 inference)."""
     a = n.attrs
     k, s, p = a["k"], a["stride"], a["padding"]
     w_q = n.params["w_q"]
     F, G = w_q.shape[0], len(quads.entries)
-    nq = round_up(lout.H * lout.ld, vl)
-    tile = min(tile, nq // vl)  # a plane smaller than a tile is one tile: every dot loop unrolled
-    fit = band_bytes // (4 * G * vl)  # vectors of positions whose quads fit the cache budget
-    band = min(nq, max(1, fit // tile) * tile * vl)
-    nb = (nq + band - 1) // band
-    zp_in = qp[n.inputs[0]]["zero_point"]
-    blob = Blob()
-    o_ent = blob.add(quads.entries.reshape(-1))
-    # per kernel (byte offset of its quads in a band, weight word): one stream for the dot loop
-    kern = np.stack([quads.group.astype(np.int64) * 4 * band, quads.word], axis=1).astype(np.int32)
-    o_kptr, o_kern = blob.add(quads.kptr), blob.add(kern.reshape(-1))
-    o_bias = blob.add(n.params["bias_q"].astype(np.int32))
-    o_sumw = blob.add(w_q.reshape(F, -1).astype(np.int64).sum(axis=1).astype(np.int32))
-    o_m = blob.add(n.params["m"].astype(np.float32))
     flat = s == 1 and k == 2 * p + 1 and p <= lin.P and lin.ld == lout.ld
     inside = p <= lin.P and all(s * (o - 1) + k - 1 - p <= i - 1 + lin.P
                                 for o, i in ((lout.H, lin.H), (lout.W, lin.W)))
-    if not flat and inside:  # every window inside the padded plane: per position, its window's corner
+    reach = (k - 1 + lin.P - p) // s  # how far past a position's row and column a phase-plane tap reads
+    phases = not flat and inside and lout.W - 1 + reach < lout.ld
+    nqf = round_up(lout.H * lout.ld, vl)  # positions of the output's pitch, whole vectors
+    nqc = round_up(lout.H * lout.W, vl)  # the plane's positions without its halo columns
+    fit = band_bytes // (4 * G * vl)  # vectors of positions whose quads fit the cache budget
+
+    def bands(nq: int) -> tuple[int, int, int]:
+        t = min(tile, nq // vl)  # a plane smaller than a tile is one tile: every dot loop unrolled
+        band = min(nq, max(1, fit // t) * t * vl)
+        return t, band, (nq + band - 1) // band
+
+    # a plane of a few positions (at most VL / 2): each kernel's quads in a slot of a power of two
+    # lanes, ``pack`` kernels of a filter in one vector, folded onto the first slot at the end
+    lanes = 1 << (lout.H * lout.W - 1).bit_length()
+    pack = min(vl // lanes, PACK)
+    plan = _compaction(lout, vl, lanes) if (flat or phases) and pack >= 2 else None
+    packed = plan is not None
+    if not packed:  # a plane of one band whose halo columns cost a vector of dot products: its
+        # quads compacted, whole rows per vector
+        lanes = vl
+        plan = _compaction(lout, vl, vl) if (flat or phases) and nqc < nqf and bands(nqc)[2] == 1 else None
+    compact = plan is not None
+    nq = lanes if packed else nqc if compact else nqf
+    tile, band, nb = (1, lanes, 1) if packed else bands(nq)
+    zp_in = qp[n.inputs[0]]["zero_point"]
+    counts = sorted({tile, (nq - (nb - 1) * band) // vl % tile} - {0}, reverse=True)  # vectors per tile
+    dots_call = " else ".join(f"if (nv == {c}) {name}_dots{c}(acc, qt, kern, kptr[f], kptr[f + 1], init);"
+                              for c in counts)
+    blob = Blob()
+    o_ent = blob.add(quads.entries.reshape(-1))
+    # per kernel (byte offset of its quads in a band, weight word): one stream for the dot loop;
+    # packed, per ``pack`` kernels of a filter (their offsets, their words; missing ones weigh 0)
+    kptr, kern = quads.kptr, np.stack([quads.group.astype(np.int64) * 4 * band, quads.word], axis=1)
+    if packed:
+        nk = np.diff(quads.kptr)
+        kptr = np.concatenate([[0], np.cumsum(-(-nk // pack))]).astype(np.int32)
+        f_of = np.repeat(np.arange(F), nk)
+        j = np.arange(len(f_of)) - quads.kptr[f_of]
+        rec = np.zeros((kptr[-1], 2, pack), np.int64)
+        rec[kptr[f_of] + j // pack, :, j % pack] = kern
+        kern = rec
+    o_kptr, o_kern = blob.add(kptr.astype(np.int32)), blob.add(kern.astype(np.int32).reshape(-1))
+    o_bias = blob.add(n.params["bias_q"].astype(np.int32))
+    o_sumw = blob.add(w_q.reshape(F, -1).astype(np.int64).sum(axis=1).astype(np.int32))
+    o_m = blob.add(n.params["m"].astype(np.float32))
+    qbytes = 4 * band * G
+    ph_at, pps = qbytes * max(1, threads), round_up(nqf + reach * (lout.ld + 1) + 1, 64)
+    if phases:  # the input split into s * s phase planes of the output's pitch: then flat, as at stride 1
+        def src_of(i: int) -> str:
+            d, e = f"(e[{3 * i + 1}] + {lin.P - p})", f"(e[{3 * i + 2}] + {lin.P - p})"
+            return (f"in + ((e[{3 * i}] * {s} + {d} % {s}) * {s} + {e} % {s}) * {pps} + {d} / {s} * {lout.ld} + "
+                    f"{e} / {s} + q0")
+        src = ", ".join(src_of(i) for i in range(4))
+    elif flat:  # flat position q reads input q + a constant: four row loads per VL quads
+        src = ", ".join(f"in + e[{3 * i}] * {lin.ps} + (e[{3 * i + 1}] + {lin.P - p}) * {lin.ld} + e[{3 * i + 2}] + "
+                        f"{lin.P - p} + q0" for i in range(4))
+    if compact:  # the quads of the output's pitch in registers, each compact vector one shuffle of two
+        used = sorted({f + d for f, _ in plan for d in (0, 1)})
+        vecs = "".join(f"\n        const vi f{v} = ps_quad_vec(s[0] + {v * vl}, s[1] + {v * vl}, s[2] + {v * vl}, "
+                       f"s[3] + {v * vl});" for v in used)
+        vt = f"{name}_v{lanes}" if packed else "vi"
+        sel = "".join(f"\n        *({vt} *)(dst + {4 * lanes * j}) = __builtin_shufflevector(f{f}, f{f + 1}, "
+                      f"{', '.join(map(str, idx))});" for j, (f, idx) in enumerate(plan))
+        prep = f"const uint8_t *s[4] = {{{src}}};{vecs}{sel}"
+    elif flat or phases:
+        prep = f"ps_quads_flat(dst, {src}, nqb);"
+    elif inside:  # every window inside the padded plane: each position's four codes gathered at its
+        # window's corner + the entry's offset
         ho, wo = np.divmod(np.arange(nq), lout.ld)
         ok = (ho < lout.H) & (wo < lout.W)
         corner = np.where(ok, (s * ho - p + lin.P) * lin.ld + s * wo - p + lin.P, 0)
         o_corner = blob.add(corner.astype(np.int32))
-    if flat:  # flat position q reads input q + a constant: four row loads per VL quads
-        src = ", ".join(f"in + e[{3 * i}] * {lin.ps} + (e[{3 * i + 1}] + {lin.P - p}) * {lin.ld} + e[{3 * i + 2}] + "
-                        f"{lin.P - p} + q0" for i in range(4))
-        prep = f"ps_quads_flat(dst, {src}, nqb);"
-    elif inside:  # gather each position's four codes at its window corner + the entry's offset
         src = "".join(f"const uint8_t *s{i} = in + e[{3 * i}] * {lin.ps} + e[{3 * i + 1}] * {lin.ld} + e[{3 * i + 2}]; "
                       for i in range(4))
         prep = f"""{src}
@@ -233,10 +383,45 @@ def gen_conv(n, name: str, lin: ByteLayout, lout: ByteLayout, qp: dict, quads, *
                     }}
                 ((uint32_t *)dst)[q - q0] = word ^ (uint32_t)PS_XMASK;
             }}"""
-    store = _conv_store(n, qp)
+    store = _conv_store(n, qp, lout, compact)
+    at = f"const size_t o = (size_t)f * {lout.ps} + {lout.origin} + q0 + t0 + i * VL;"
+    if compact:
+        at = (f"const int row0 = (q0 + t0 + i * VL) / {lout.W};\n                uint8_t cb[VL]{', rb[VL]' if n.residual is not None else ''};\n"
+              f"                const size_t o = (size_t)f * {lout.ps} + {lout.origin} + (size_t)row0 * {lout.ld};")
     zp_out = qp[n.name]["zero_point"]
-    qbytes = 4 * band * G
-    code = f"""
+    phase_pass = ""
+    if phases:  # each phase plane's rows: every s-th code of every s-th padded input row, the zero point past it
+        phase_pass = f"""
+    #pragma omp for schedule(static) nowait
+    for (int cp = 0; cp < {lin.C * s * s}; cp++) {{
+        const int a = cp / {s} % {s}, b = cp % {s}, jn = ({lin.ld} - b + {s - 1}) / {s} < {lout.ld} ? ({lin.ld} - b + {s - 1}) / {s} : {lout.ld};
+        uint8_t *restrict d = scr + {ph_at} + (size_t)cp * {pps};
+        for (int i = 0; i < {lout.H + reach}; i++, d += {lout.ld}) {{
+            const int y = {s} * i + a;
+            const uint8_t *r = in + (size_t)(cp / {s * s}) * {lin.ps} + y * {lin.ld} + b;
+            int j = 0;
+            if (y < {lin.H + 2 * lin.P}) for (; j < jn; j++) d[j] = r[{s} * j];
+            for (; j < {lout.ld}; j++) d[j] = {zp_in};
+        }}
+    }}
+    ps_barrier();
+    in = scr + {ph_at};"""
+    dots = dots_call
+    if packed:  # pack kernels a vector, in CHAINS accumulators; their slots folded onto the first
+        folds = "".join(f"\n            sum += __builtin_shufflevector(sum, sum, "
+                        f"{', '.join(str((i + h) % vl) for i in range(vl))});"
+                        for h in [lanes * pack >> b for b in range(1, pack.bit_length())])
+        dots = f"""vi a[{CHAINS}];
+            for (int u = 0; u < {CHAINS}; u++) a[u] = (vi){{0}};
+            int kk = kptr[f];
+            for (; kk + {CHAINS} <= kptr[f + 1]; kk += {CHAINS})
+                for (int u = 0; u < {CHAINS}; u++) a[u] = {name}_pdot(a[u], qt, kern + {2 * pack} * (kk + u));
+            for (; kk < kptr[f + 1]; kk++) a[0] = {name}_pdot(a[0], qt, kern + {2 * pack} * kk);
+            vi sum = a[0];
+            for (int u = 1; u < {CHAINS}; u++) sum += a[u];{folds}
+            acc[0] = sum + init;"""
+    helpers = _packed(name, lanes, pack, vl) if packed else "".join(_dots(name, c) for c in counts)
+    code = helpers + f"""
 /* lay out quads g0, g0 + gs, ... < {G} for positions q0 .. q0 + nqb into qb (4 * {band} bytes per quad) */
 static inline void {name}_prep(const uint8_t *restrict in, const uint8_t *restrict w, const int32_t *ent,
                                uint8_t *restrict qb, int q0, int nqb, int g0, int gs) {{
@@ -253,37 +438,24 @@ static inline void {name}_run(const uint8_t *restrict qb, uint8_t *restrict out,
     const int32_t *bias = (const int32_t *)(w + {o_bias}), *sumw = (const int32_t *)(w + {o_sumw});
     const float *m = (const float *)(w + {o_m});
     for (int t0 = 0; t0 < nqb; t0 += {tile} * VL) {{
-        const int nv = (nqb - t0) / VL < {tile} ? (nqb - t0) / VL : {tile};
+        const int nv = (nqb - t0 + VL - 1) / VL < {tile} ? (nqb - t0 + VL - 1) / VL : {tile};
         const uint8_t *qt = qb + 4 * t0;
         for (int f = f0; f < f1; f++) {{
             const int32_t init = bias[f] + (PS_XOFF - {zp_in}) * sumw[f];
             const float mf = m[f];
             vi acc[{tile}];
-            for (int i = 0; i < {tile}; i++) acc[i] = (vi){{0}} + init;
-            if (nv == {tile}) {{
-                for (int kk = kptr[f]; kk < kptr[f + 1]; kk++) {{
-                    const ps_w4 wv = ps_w4_bcast(kern[2 * kk + 1]);
-                    const uint8_t *qp = qt + kern[2 * kk];
-                    for (int i = 0; i < {tile}; i++) acc[i] = ps_dot4(acc[i], *(const viu *)(qp + 4 * VL * i), wv);
-                }}
-            }} else {{
-                for (int kk = kptr[f]; kk < kptr[f + 1]; kk++) {{
-                    const ps_w4 wv = ps_w4_bcast(kern[2 * kk + 1]);
-                    const uint8_t *qp = qt + kern[2 * kk];
-                    for (int i = 0; i < nv; i++) acc[i] = ps_dot4(acc[i], *(const viu *)(qp + 4 * VL * i), wv);
-                }}
-            }}
+            {dots}
             for (int i = 0; i < nv; i++) {{
-                const size_t o = (size_t)f * {lout.ps} + {lout.origin} + q0 + t0 + i * VL;
+                {at}
                 {store}
             }}
         }}
     }}
 }}
-static void {name}(const uint8_t *restrict in, uint8_t *restrict out, const uint8_t *restrict w,
+static void {name}(const uint8_t *in, uint8_t *restrict out, const uint8_t *restrict w,
                    const uint8_t *restrict res, uint8_t *restrict scr) {{
     const int32_t *ent = (const int32_t *)(w + {o_ent}), *kptr = (const int32_t *)(w + {o_kptr});
-    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();{phase_pass}
     if ({nb} >= 2 * nt && nt <= {threads}) {{  /* whole bands per thread, each on its own quads */
         uint8_t *restrict qb = scr + (size_t)t * {qbytes};
         for (int b = t; b < {nb}; b += nt) {{
@@ -308,7 +480,7 @@ static void {name}(const uint8_t *restrict in, uint8_t *restrict out, const uint
 }}
 """
     flops = 2 * int(np.count_nonzero(w_q)) * lout.H * lout.W
-    return Int8Kernel(name, code, blob.data(), flops, qbytes * max(1, threads))
+    return Int8Kernel(name, code, blob.data(), flops, ph_at + (lin.C * s * s * pps if phases else 0))
 
 
 def gen_linear(n, name: str, lin: ByteLayout, lout: ByteLayout, qp: dict) -> Int8Kernel:

@@ -27,7 +27,7 @@ class CDialect:
     keep: str           # PS_KEEP(v): pin a vector in a register
     load_s2: str        # ps_load_s2(p): lanes 0, 2, 4, ... of p[0 .. 2*VL)
     spread4: str        # PC_SPREAD4(p, lanes...): a vector of four floats at p, spread over lanes
-    dot4: str           # int8: ps_w4, ps_w4_bcast(w), ps_dot4(acc, x, w), PS_XMASK (compiler/int8)
+    dot4: str           # int8: ps_w4, ps_w4_vec(words), ps_dot4(acc, x, w), PS_XMASK (compiler/int8)
 
     def render(self, template: str) -> str:
         """``template`` with every ``/*@slot@*/`` marker (and its newline) replaced."""

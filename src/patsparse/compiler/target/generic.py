@@ -49,12 +49,13 @@ def dialect(lanes: int) -> CDialect:
                     keep=NO_KEEP, load_s2=even_c(lanes) + LOAD_S2, spread4=SPREAD4, dot4=DOT4)
 
 # int8 4-way dot product (compiler/int8): each int32 lane of x holds four uint8 codes, w four
-# int8 weights; ps_dot4 adds their four products to the lane, exactly. PS_XMASK is XORed into
+# int8 weights; ps_dot4 adds their four products to the lane, exactly. ps_w4_vec takes one weight
+# word per lane (a broadcast, or several kernels packed in a vector). PS_XMASK is XORed into
 # the codes when they are laid out (0 here: the codes stay unsigned).
 DOT4 = r"""#define PS_XMASK 0
 typedef struct { vi w0, w1, w2, w3; } ps_w4;
-static inline ps_w4 ps_w4_bcast(int32_t w) {
-    ps_w4 r = {(vi){0} + (int8_t)w, (vi){0} + (int8_t)(w >> 8), (vi){0} + (int8_t)(w >> 16), (vi){0} + (int8_t)(w >> 24)};
+static inline ps_w4 ps_w4_vec(vi w) {
+    ps_w4 r = {((w & 255) ^ 128) - 128, ((w >> 8 & 255) ^ 128) - 128, ((w >> 16 & 255) ^ 128) - 128, w >> 24};
     return r;
 }
 static inline vi ps_dot4(vi acc, vi x, ps_w4 w) {

@@ -27,7 +27,7 @@ DOT4 = r"""#include <arm_neon.h>
 #if defined(__ARM_FEATURE_DOTPROD)
 #define PS_XMASK 0x80808080
 typedef int8x16_t ps_w4;
-static inline ps_w4 ps_w4_bcast(int32_t w) { return vreinterpretq_s8_s32(vdupq_n_s32(w)); }
+static inline ps_w4 ps_w4_vec(vi w) { return vreinterpretq_s8_s32((int32x4_t)w); }
 static inline vi ps_dot4(vi acc, vi x, ps_w4 w) {
     return (vi)vdotq_s32((int32x4_t)acc, vreinterpretq_s8_s32((int32x4_t)x), w);
 }

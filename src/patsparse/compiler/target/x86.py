@@ -98,14 +98,14 @@ DOT4 = r"""#include <immintrin.h>
 #if VL == 16 && defined(__AVX512VNNI__) && !defined(PS_EMULATED_VL)
 #define PS_XMASK 0
 typedef vi ps_w4;
-static inline ps_w4 ps_w4_bcast(int32_t w) { return (vi){0} + w; }
+static inline ps_w4 ps_w4_vec(vi w) { return w; }
 static inline vi ps_dot4(vi acc, vi x, ps_w4 w) {
     return (vi)_mm512_dpbusd_epi32((__m512i)acc, (__m512i)x, (__m512i)w);
 }
 #elif VL == 8 && (defined(__AVXVNNI__) || (defined(__AVX512VNNI__) && defined(__AVX512VL__)))
 #define PS_XMASK 0
 typedef vi ps_w4;
-static inline ps_w4 ps_w4_bcast(int32_t w) { return (vi){0} + w; }
+static inline ps_w4 ps_w4_vec(vi w) { return w; }
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
 static inline vi ps_dot4(vi acc, vi x, ps_w4 w) { return (vi)_mm256_dpbusd_epi32((__m256i)acc, (__m256i)x, (__m256i)w); }
 #else
@@ -125,8 +125,7 @@ typedef struct { vi even, odd; } ps_w4;  /* the weights of bytes 0, 2 and 1, 3, 
 #define PS_SRAI16(a, n) ((vi)_mm256_srai_epi16((__m256i)(a), n))
 #define PS_SRLI16(a, n) ((vi)_mm256_srli_epi16((__m256i)(a), n))
 #endif
-static inline ps_w4 ps_w4_bcast(int32_t w) {
-    vi v = (vi){0} + w;
+static inline ps_w4 ps_w4_vec(vi v) {
     ps_w4 r = {PS_SRAI16(PS_SLLI16(v, 8), 8), PS_SRAI16(v, 8)};
     return r;
 }
