@@ -296,15 +296,21 @@ class Expand(nn.Module):
 def test_grouped_on_aarch64_under_qemu(tmp_path):
     """The grouped kernel and the fused pruned expand (its depthwise pass on the kept taps)
     rendered for NEON, built with the export's Makefile and run under qemu."""
+    src = _pruned_on_aarch64(Expand, 4, 56, tmp_path)
+    assert "grouped 1x1 conv" in src and "grouped sparse expand" in src and "4 depthwise taps per channel" in src
+
+
+def _pruned_on_aarch64(cls: type[nn.Module], rate: float, size: int, tmp_path) -> str:
+    """``cls()`` projected at ``rate``, exported for NEON, built and run under qemu on a
+    ``size`` x ``size`` image and checked against PyTorch; returns the generated C."""
     prefix = need_aarch64()
     torch.manual_seed(0)
-    m = Expand().eval()
-    project_model(m, rate=4)
-    x = np.random.default_rng(0).standard_normal((1, 3, 56, 56)).astype(np.float32)
+    m = cls().eval()
+    project_model(m, rate=rate)
+    x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
     out = ps.export(m, torch.from_numpy(x), tmp_path / "proj", target="aarch64-linux-gnu")
-    src = (out / "model.c").read_text()
-    assert "grouped 1x1 conv" in src and "grouped sparse expand" in src and "4 depthwise taps per channel" in src
     check(build_and_run(out, x, prefix), m, x)
+    return (out / "model.c").read_text()
 
 
 class SmallPlanes(nn.Module):
@@ -325,16 +331,9 @@ class SmallPlanes(nn.Module):
 def test_pattern_depthwise_rows_on_aarch64_under_qemu(tmp_path):
     """The pattern depthwise pass with several output rows per pass (4 on NEON's 4-float vectors
     over a 7x7 plane, stride 1 and 2) rendered for NEON and run under qemu."""
-    prefix = need_aarch64()
-    torch.manual_seed(0)
-    m = SmallPlanes().eval()
-    project_model(m, rate=2.25)
-    x = np.random.default_rng(0).standard_normal((1, 3, 7, 7)).astype(np.float32)
-    out = ps.export(m, torch.from_numpy(x), tmp_path / "proj", target="aarch64-linux-gnu")
-    src = (out / "model.c").read_text()
+    src = _pruned_on_aarch64(SmallPlanes, 2.25, 7, tmp_path)
     assert "7x7 -> 7x7, 4 output rows per pass" in src and "7x7 -> 4x4, 4 output rows per pass" in src
     assert src.count("direct input, 4 taps per channel") == 2
-    check(build_and_run(out, x, prefix), m, x)
 
 
 def test_pruned_blocks_on_opencl():
