@@ -300,13 +300,14 @@ def test_grouped_on_aarch64_under_qemu(tmp_path):
     assert "grouped 1x1 conv" in src and "grouped sparse expand" in src and "4 depthwise taps per channel" in src
 
 
-def _pruned_on_aarch64(cls: type[nn.Module], rate: float, size: int, tmp_path) -> str:
-    """``cls()`` projected at ``rate``, exported for NEON, built and run under qemu on a
-    ``size`` x ``size`` image and checked against PyTorch; returns the generated C."""
+def _pruned_on_aarch64(cls: type[nn.Module], rate: float | None, size: int, tmp_path) -> str:
+    """``cls()`` projected at ``rate`` (None: dense), exported for NEON, built and run under
+    qemu on a ``size`` x ``size`` image and checked against PyTorch; returns the generated C."""
     prefix = need_aarch64()
     torch.manual_seed(0)
     m = cls().eval()
-    project_model(m, rate=rate)
+    if rate is not None:
+        project_model(m, rate=rate)
     x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
     out = ps.export(m, torch.from_numpy(x), tmp_path / "proj", target="aarch64-linux-gnu")
     check(build_and_run(out, x, prefix), m, x)
@@ -330,10 +331,13 @@ class SmallPlanes(nn.Module):
 
 def test_pattern_depthwise_rows_on_aarch64_under_qemu(tmp_path):
     """The pattern depthwise pass with several output rows per pass (4 on NEON's 4-float vectors
-    over a 7x7 plane, stride 1 and 2) rendered for NEON and run under qemu."""
+    over a 7x7 plane, stride 1 and 2), and the dense pass's 3, rendered for NEON and run under
+    qemu."""
     src = _pruned_on_aarch64(SmallPlanes, 2.25, 7, tmp_path)
     assert "7x7 -> 7x7, 4 output rows per pass" in src and "7x7 -> 4x4, 4 output rows per pass" in src
     assert src.count("direct input, 4 taps per channel") == 2
+    dense = _pruned_on_aarch64(SmallPlanes, None, 7, tmp_path / "dense")  # 32 registers: 3 rows
+    assert "7x7 -> 7x7, 3 output rows per pass" in dense and "taps per channel" not in dense
 
 
 def test_pruned_blocks_on_opencl():
@@ -416,7 +420,8 @@ def test_pattern_depthwise_matches_torch(C, stride, padding, H, W, pin, pout, ac
 def test_pattern_depthwise_default_rows():
     """The pattern pass takes up to 8 output vectors per pass, the same rows in every pass: a
     whole 7x7 plane, half a 14x14 one, 4 rows of a 28-wide plane, one row of a 112-wide one;
-    at stride 2 at most 4 rows. The dense pass keeps its order."""
+    at stride 2 at most 4 rows. The dense pass takes 3 rows at stride 1 on planes of one or two
+    vectors a row when the target has 32 vector registers."""
     from patsparse.compiler.codegen.depthwise import schedules
 
     def rows(stride, H, W, vl=16, taps=4):
@@ -425,6 +430,8 @@ def test_pattern_depthwise_default_rows():
     assert [rows(1, n, n) for n in (7, 14, 28, 56, 112)] == [7, 7, 4, 2, 1]
     assert [rows(2, n, n) for n in (7, 14, 56)] == [4, 4, 2]
     assert rows(1, 7, 7, vl=4) == 4 and rows(1, 3, 3) == 3
-    assert rows(1, 14, 14, taps=None) == 1
+    assert rows(1, 14, 14, taps=None) == 1  # the dense pass: one row with 16 registers,
+    assert [schedules(stride=s, out_layout=Layout(8, n, n), registers=32)[0]["rows"]  # three with 32
+            for s, n in ((1, 7), (1, 28), (1, 56), (2, 14))] == [3, 3, 1, 2]
     cands = [d["rows"] for d in schedules(stride=1, out_layout=Layout(8, 14, 14), taps=4)]
     assert cands[0] == 7 and sorted(cands) == [1, 2, 3, 4, 7]  # the tuner's candidates, no repeat

@@ -167,9 +167,9 @@ def _depthwise_generate(step: Step, schedule: dict | None, target: Target, threa
 
 
 def _depthwise_candidates(step: Step, target: Target, threads: int | None) -> list[dict]:
-    return depthwise.schedules(stride=step.node.attrs["stride"], out_layout=step.out_layout,
-                               vl=target.require_cpu("depthwise").lanes,
-                               taps=depthwise.kept_taps(step.node.params["weight"]))
+    cpu = target.require_cpu("depthwise")
+    return depthwise.schedules(stride=step.node.attrs["stride"], out_layout=step.out_layout, vl=cpu.lanes,
+                               registers=cpu.vector_registers, taps=depthwise.kept_taps(step.node.params["weight"]))
 
 
 # ---- the rest ---------------------------------------------------------------------------------
