@@ -15,6 +15,12 @@ weights and runs the grouped kernel where it is faster than the dense GEMM (dens
     python -m benchmarks.grouped1x1 --threads 2 --repeats 100     (a section per thread count)
     python -m benchmarks.grouped1x1 --ab 120 --models mobilenet_v2 --rates 8 --threads 1
 
+``--profile`` instead writes where each model's time goes against its ideal (kept MACs at the
+FMA peak), per kernel family and per layer, ImageNet and CIFAR forms (layer_budget.py), a
+section per thread count:
+
+    python -m benchmarks.grouped1x1 --profile --models mobilenet_v2 --rates 2.25,8 --threads 1
+
 ``--ab SECONDS`` instead compiles each model and rate twice, with every 1x1 conv on the dense
 GEMM (A) and as the compiler picks (B), and alternates the two in one process for that long
 (``ab_models.ab_table``: whole model and each layer), a section per model and rate.
@@ -42,6 +48,15 @@ HEADER = """# Grouped 1x1 convs (virtual 3x3 kernels): speed and accuracy
 compiled by patsparse (docs/COMPILER.md, "Grouped 1x1 convs"). Sections below are written by
 the scripts they name.
 """
+
+
+def write(out: Path, section: str, body: str) -> int:
+    """``body`` as ``section`` of ``out`` (created with the header if missing), echoed."""
+    if not out.exists():
+        out.write_text(HEADER)
+    _report.update_section(section, body, out)
+    print(body)
+    return 0
 
 
 def one_x_one_kernels(module, input_shape: tuple[int, ...]) -> str:
@@ -77,12 +92,21 @@ def ab(args: argparse.Namespace, header: list[str]) -> int:
             text, _ = ab_table(dense, ps.compile(bm.module, x, threads=args.threads),
                                f"{name} {rate:g}x, A: 1x1 convs on the dense GEMM, B: grouped where the compiler "
                                f"picks it, {args.threads} thread(s)", header, seconds=args.ab, calls=20)
-            if not args.out.exists():
-                args.out.write_text(HEADER)
-            _report.update_section(f"grouped1x1-ab-{name}-{rate:g}x-t{args.threads}", text,
-                                   args.out)
-            print(text)
+            write(args.out, f"grouped1x1-ab-{name}-{rate:g}x-t{args.threads}", text)
     return 0
+
+
+def profile(args: argparse.Namespace, command: str) -> int:
+    """The layer budget section (benchmarks.layer_budget) for ``--threads``."""
+    from benchmarks.layer_budget import report
+
+    body = report(args.models.split(","), [float(r) for r in args.rates.split(",")], args.threads, args.repeats)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    body = "\n".join([f"## Where the time goes, {args.threads} thread(s) (benchmarks/layer_budget.py)", "", body,
+                      f"Run {_report.utc_now()}, commit {_report.git_commit()}, "
+                      f"{_report.machine_line(_report.machine())}, 1-min load average {load:.1f} at the end; "
+                      f"command `{command}`."])
+    return write(args.out, f"grouped1x1-profile-t{args.threads}", body)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,8 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=100)
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--ab", type=float, help="seconds of A/B per model and rate instead (see above)")
+    ap.add_argument("--profile", action="store_true", help="time against the ideal per layer instead (see above)")
     args = ap.parse_args(argv)
     command = _report.command_line(__file__, sys.argv[1:] if argv is None else argv)
+    if args.profile:
+        return profile(args, command)
     if args.ab:
         return ab(args, _report.provenance(__file__, sys.argv[1:] if argv is None else argv))
     log = lambda s: print(f"[bench] {s}", file=sys.stderr, flush=True)  # noqa: E731
@@ -124,11 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         "representative.", "",
         f"Run {_report.utc_now()}, commit {_report.git_commit()}, {_report.machine_line(_report.machine())}; "
         f"command `{command}`."])
-    if not args.out.exists():
-        args.out.write_text(HEADER)
-    _report.update_section(f"grouped1x1-speed-t{args.threads}", body, args.out)
-    print(body)
-    return 0
+    return write(args.out, f"grouped1x1-speed-t{args.threads}", body)
 
 
 if __name__ == "__main__":

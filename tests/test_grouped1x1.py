@@ -296,15 +296,48 @@ class Expand(nn.Module):
 def test_grouped_on_aarch64_under_qemu(tmp_path):
     """The grouped kernel and the fused pruned expand (its depthwise pass on the kept taps)
     rendered for NEON, built with the export's Makefile and run under qemu."""
+    src = _pruned_on_aarch64(Expand, 4, 56, tmp_path)
+    assert "grouped 1x1 conv" in src and "grouped sparse expand" in src and "4 depthwise taps per channel" in src
+
+
+def _pruned_on_aarch64(cls: type[nn.Module], rate: float | None, size: int, tmp_path) -> str:
+    """``cls()`` projected at ``rate`` (None: dense), exported for NEON, built and run under
+    qemu on a ``size`` x ``size`` image and checked against PyTorch; returns the generated C."""
     prefix = need_aarch64()
     torch.manual_seed(0)
-    m = Expand().eval()
-    project_model(m, rate=4)
-    x = np.random.default_rng(0).standard_normal((1, 3, 56, 56)).astype(np.float32)
+    m = cls().eval()
+    if rate is not None:
+        project_model(m, rate=rate)
+    x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
     out = ps.export(m, torch.from_numpy(x), tmp_path / "proj", target="aarch64-linux-gnu")
-    src = (out / "model.c").read_text()
-    assert "grouped 1x1 conv" in src and "grouped sparse expand" in src and "4 depthwise taps per channel" in src
     check(build_and_run(out, x, prefix), m, x)
+    return (out / "model.c").read_text()
+
+
+class SmallPlanes(nn.Module):
+    """Depthwise convs on a 7x7 plane, stride 1 and 2: the pattern pass's multi-row default."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.dw1 = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.dw2 = nn.Conv2d(16, 16, 3, stride=2, padding=1, groups=16)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x):
+        x = F.relu6(self.dw2(F.relu6(self.dw1(F.relu(self.stem(x))))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def test_pattern_depthwise_rows_on_aarch64_under_qemu(tmp_path):
+    """The pattern depthwise pass with several output rows per pass (4 on NEON's 4-float vectors
+    over a 7x7 plane, stride 1 and 2), and the dense pass's 3, rendered for NEON and run under
+    qemu."""
+    src = _pruned_on_aarch64(SmallPlanes, 2.25, 7, tmp_path)
+    assert "7x7 -> 7x7, 4 output rows per pass" in src and "7x7 -> 4x4, 4 output rows per pass" in src
+    assert src.count("direct input, 4 taps per channel") == 2
+    dense = _pruned_on_aarch64(SmallPlanes, None, 7, tmp_path / "dense")  # 32 registers: 3 rows
+    assert "7x7 -> 7x7, 3 output rows per pass" in dense and "taps per channel" not in dense
 
 
 def test_pruned_blocks_on_opencl():
@@ -359,7 +392,7 @@ def test_gather_lists_hold_every_weight_once(fb, gb):
 @settings(max_examples=15, deadline=None, derandomize=True)
 @given(C=st.integers(1, 11), stride=st.integers(1, 2), padding=st.integers(0, 1), H=st.integers(3, 21),
        W=st.integers(3, 40), pin=st.integers(0, 2), pout=st.integers(0, 2), act=st.sampled_from(["none", "relu6"]),
-       residual=st.booleans(), rows=st.integers(1, 4), seed=st.integers(0, 3))
+       residual=st.booleans(), rows=st.one_of(st.none(), st.integers(1, 8)), seed=st.integers(0, 3))
 def test_pattern_depthwise_matches_torch(C, stride, padding, H, W, pin, pout, act, residual, rows, seed):
     """A depthwise conv whose channels keep library patterns (one channel thinner or empty)
     computes each channel's kept taps only (depthwise.kept_taps), as PyTorch does."""
@@ -376,9 +409,29 @@ def test_pattern_depthwise_matches_torch(C, stride, padding, H, W, pin, pout, ac
     taps = kept_taps(w.numpy())
     assert taps == (4 if C > 1 else max(1, int((w[0] != 0).sum())))
     kern = gen_depthwise("dw", channels=C, stride=stride, padding=padding, in_layout=Lin, out_layout=Lout,
-                         act=act, has_residual=residual, schedule={"rows": rows}, target=width_target(16),
-                         taps=taps)
+                         act=act, has_residual=residual, schedule=rows and {"rows": rows},
+                         target=width_target(16), taps=taps)
     check_close(run_kernel(kern, x.numpy(), w.numpy(), b.numpy(), Lin, Lout, r.numpy() if residual else None), want)
     with pytest.raises(InputError, match="more than the"):
         kern.pack(torch.ones(C, 1, 3, 3).numpy())
     assert kept_taps(torch.randn(4, 1, 3, 3).numpy()) is None  # dense: the plain pass
+
+
+def test_pattern_depthwise_default_rows():
+    """The pattern pass takes up to 8 output vectors per pass, the same rows in every pass: a
+    whole 7x7 plane, half a 14x14 one, 4 rows of a 28-wide plane, one row of a 112-wide one;
+    at stride 2 at most 4 rows. The dense pass takes 3 rows at stride 1 on planes of one or two
+    vectors a row when the target has 32 vector registers."""
+    from patsparse.compiler.codegen.depthwise import schedules
+
+    def rows(stride, H, W, vl=16, taps=4):
+        return schedules(stride=stride, out_layout=Layout(8, H, W), vl=vl, taps=taps)[0]["rows"]
+
+    assert [rows(1, n, n) for n in (7, 14, 28, 56, 112)] == [7, 7, 4, 2, 1]
+    assert [rows(2, n, n) for n in (7, 14, 56)] == [4, 4, 2]
+    assert rows(1, 7, 7, vl=4) == 4 and rows(1, 3, 3) == 3
+    assert rows(1, 14, 14, taps=None) == 1  # the dense pass: one row with 16 registers,
+    assert [schedules(stride=s, out_layout=Layout(8, n, n), registers=32)[0]["rows"]  # three with 32
+            for s, n in ((1, 7), (1, 28), (1, 56), (2, 14))] == [3, 3, 1, 2]
+    cands = [d["rows"] for d in schedules(stride=1, out_layout=Layout(8, 14, 14), taps=4)]
+    assert cands[0] == 7 and sorted(cands) == [1, 2, 3, 4, 7]  # the tuner's candidates, no repeat

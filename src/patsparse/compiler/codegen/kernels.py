@@ -167,6 +167,12 @@ def _depthwise_generate(step: Step, schedule: dict | None, target: Target, threa
                                    **_common(step, schedule, target))
 
 
+def _depthwise_candidates(step: Step, target: Target, threads: int | None) -> list[dict]:
+    cpu = target.require_cpu("depthwise")
+    return depthwise.schedules(stride=step.node.attrs["stride"], out_layout=step.out_layout, vl=cpu.lanes,
+                               registers=cpu.vector_registers, taps=depthwise.kept_taps(step.node.params["weight"]))
+
+
 # ---- the rest ---------------------------------------------------------------------------------
 def _op(name: str) -> Callable[[Node], dict | None]:
     return lambda node: {} if node.op == name else None
@@ -250,7 +256,7 @@ FAMILIES: tuple[KernelFamily, ...] = (
     KernelFamily("pattern_conv", _pattern_matches, _pattern_generate, _pattern_candidates),
     KernelFamily("grouped1x1", _grouped_matches, _grouped_generate, _grouped_candidates),
     KernelFamily("conv2d", lambda n: {} if _conv(n) else None, _conv2d_generate, _conv2d_candidates),
-    KernelFamily("depthwise", _depthwise_matches, _depthwise_generate),
+    KernelFamily("depthwise", _depthwise_matches, _depthwise_generate, _depthwise_candidates),
     KernelFamily("linear", _op("linear"), _linear_generate),
     KernelFamily("maxpool", _op("maxpool"), _window_pool(pool.gen_maxpool, ("ceil_mode", "dilation"),
                                                          input_nonneg=lambda s: s.input_nonneg)),
