@@ -203,3 +203,11 @@ def test_prune_retrains_at_the_resolved_rate(loaders):
     m = small_net()
     ps.prune(m, loaders[0], rate=8, admm_iters=1, epochs=1, retrain_epochs=1, lr=0.004, progress=False)
     assert m.patsparse_recipe.retrain_lr == pytest.approx(3 * 0.004)
+
+
+def test_steps_split_between_admm_and_retraining_and_all_retrain_when_oneshot():
+    r = PruneRecipe(steps=1500, admm_iters=4).for_loader(47)  # 6,000 images in batches of 128
+    assert (r.epochs, r.retrain_epochs) == (4, 16)
+    one = PruneRecipe(steps=1500, oneshot=True).for_loader(47)
+    assert one.retrain_epochs == 32  # the steps ADMM would have taken retrain instead
+    assert PruneRecipe(steps=1500, oneshot=True, retrain_epochs=3).for_loader(47).retrain_epochs == 3

@@ -51,8 +51,8 @@ class PruneRecipe:
     admm_iters: ADMM iterations; each runs ``epochs`` SGD epochs (the primal step), then the
         proximal projections and the dual update.
     steps: the SGD steps a run aims for when ``epochs`` or ``retrain_epochs`` is unset (None):
-        half for ADMM, half for retraining, turned into whole epochs of the caller's loader
-        (at least one). A loader of a few thousand images then gets many passes and a large one
+        half for ADMM, half for retraining (all for retraining when ``oneshot``), turned into
+        whole epochs of the caller's loader (at least one). A loader of a few thousand images then gets many passes and a large one
         few, so the default budget is the same amount of optimisation whatever the data size.
     penalty_strength, penalty_reach: the last ADMM iteration's penalty, when ``rho`` is unset.
         Strength is its per-step pull ``lr * rho``: the data gradient holds W about
@@ -177,9 +177,10 @@ class PruneRecipe:
         """This recipe with ``epochs``, ``retrain_epochs`` (unset ones from ``steps``) and
         ``retrain_lr`` made concrete for a loader of ``batches`` batches: what a run actually
         uses and saves."""
-        half = self.steps / 2 / max(1, batches)
-        epochs = self.epochs if self.epochs is not None else max(1, round(half / max(1, self.admm_iters)))
-        retrain = self.retrain_epochs if self.retrain_epochs is not None else max(1, round(half))
+        budget = self.steps / max(1, batches)  # in epochs of this loader
+        admm = 0.0 if self.oneshot else budget / 2
+        epochs = self.epochs if self.epochs is not None else max(1, round(admm / max(1, self.admm_iters)))
+        retrain = self.retrain_epochs if self.retrain_epochs is not None else max(1, round(budget - admm))
         return dataclasses.replace(self, epochs=epochs, retrain_epochs=retrain, retrain_lr=self.retrain_rate)
 
     def rho_schedule(self, steps: int) -> list[float]:
