@@ -119,7 +119,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a("--epochs", type=int, help="SGD epochs per ADMM iteration (default: from --steps and the loader)")
     a("--retrain-epochs", type=int, help="masked retraining epochs (default: from --steps and the loader)")
     a("--steps", type=int, help="SGD steps to aim for when epochs are not given, half ADMM and half "
-                                "retraining (default 1500)")
+                                "retraining, all retraining with --oneshot (default 1500)")
     a("--rho", type=float, help="explicit initial ADMM penalty (default: derived from --penalty-reach)")
     a("--penalty-reach", type=float, help="how far ADMM pulls the weights into the sparse sets by its last "
                                           "iteration, lr*rho*steps/(1-momentum) (default 3)")
