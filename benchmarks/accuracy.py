@@ -111,6 +111,7 @@ class Row:
     rate: float = 1.0           # nominal 3x3-conv rate
     library: str | None = None  # phase1/2/3 or random
     method: str | None = None   # magnitude | filter
+    oneshot: bool = False       # pattern rows: project once, retrain for all the pruned epochs
 
 
 ROWS: tuple[Row, ...] = (
@@ -118,6 +119,8 @@ ROWS: tuple[Row, ...] = (
     Row("dense-ft", "dense-ft"),
     *(Row(f"pattern-{lib}", "pattern", 2.25, lib) for lib in ("phase1", "phase2", "phase3", "random")),
     *(Row(f"pc-{r}x", "pattern", float(r), "phase2") for r in RATES),
+    # the baselines' procedure (one projection, then retraining) with pattern + connectivity sets
+    *(Row(f"pc-{r}x-oneshot", "pattern", float(r), "phase2", oneshot=True) for r in RATES),
     *(Row(f"{m}-{r}x", "baseline", float(r), method=m) for m in ("magnitude", "filter") for r in RATES),
 )
 KEEP_WEIGHTS = ("dense", "pattern-phase2", "pc-8x")  # the enhancement figure and the headline reuse these
@@ -178,6 +181,9 @@ class Cell:
     def recipe(self, row: Row) -> PruneRecipe:
         """What ``ps.prune`` runs for a pattern row (baselines share its retraining knobs)."""
         b = self.budget
+        if row.oneshot:
+            return PruneRecipe(rate=row.rate, library=row.library or "phase2", oneshot=True,
+                               retrain_epochs=b.prune_epochs, lr=b.prune_lr)
         return PruneRecipe(rate=row.rate, library=row.library or "phase2", epochs=b.admm_epochs,
                            admm_iters=b.admm_iters, retrain_epochs=b.retrain_epochs, lr=b.prune_lr)
 

@@ -185,3 +185,12 @@ def test_results_extraction_step_on_tiny_budget(tmp_path: Path) -> None:
     assert (tmp_path / "docs" / "extraction_digits.png").exists()
     assert results.main(argv) == 0  # stored: the second run only rewrites the section
     assert (tmp_path / "docs" / "RESULTS.md").read_text() == text
+
+
+def test_oneshot_pattern_rows_retrain_as_long_as_the_baselines() -> None:
+    cell = acc.Cell("fashion-mnist", acc.BUDGETS["medium"], "vgg16_bn", 0, None, "cpu", False, "")
+    rows = {r.id: r for r in acc.ROWS}
+    one, admm = cell.recipe(rows["pc-8x-oneshot"]), cell.recipe(rows["pc-8x"])
+    assert one.oneshot and not admm.oneshot
+    assert one.retrain_epochs == cell.budget.prune_epochs == admm.admm_iters * admm.epochs + admm.retrain_epochs
+    assert cell.config(rows["magnitude-8x"])["retrain"]["lr"] == one.retrain_rate  # same retraining rate too
