@@ -542,6 +542,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--models", default=",".join(DEFAULT_MODELS),
                    help=f"comma-separated zoo names (known: {', '.join(psmodels.names())})")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the budget's)")
+    p.add_argument("--first-seed", type=int, default=0, help="run seeds first-seed .. first-seed + seeds - 1 "
+                   "(parallel processes each take their own seeds)")
     p.add_argument("--rows", default="*", help="comma-separated row ids or globs, e.g. 'dense*,pc-*'")
     p.add_argument("--out", default=str(GRID_OUT),
                    help="row JSONs (committed: the evidence) and the kept checkpoints (git-ignored)")
@@ -573,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     command = _report.command_line(__file__, sys.argv[1:] if argv is None else argv)
     cells = [Cell(args.dataset, budget, m, s, args.data_root, args.device, not args.quiet, command)
-             for m in models for s in range(budget.seeds)]
+             for m in models for s in range(args.first_seed, args.first_seed + budget.seeds)]
     if args.estimate:
         estimate(cells, rows)
         return 0
