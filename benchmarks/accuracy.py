@@ -8,6 +8,8 @@ Rows, per model and seed, all starting from the same trained dense network:
 - ``pattern-phase1/2/3``: pattern pruning only (2.25x) with the Phase-1 (12), Phase-2 (8) and
   Phase-3 (4) libraries; ``pattern-random``: the control, a library of 8 random 4-entry masks;
 - ``pc-8x/12x/16x``: pattern (Phase-2) + connectivity pruning at those 3x3-conv rates;
+  ``pc-Rx-oneshot``: the same sparsity reached as the baselines reach theirs (one projection,
+  then masked retraining for all the epochs), so it differs from them only in the structure;
 - ``magnitude-Rx`` / ``filter-Rx``: unstructured magnitude and L1-norm filter pruning at the
   same rates, retrained with masks for as many epochs as the pattern rows spend in ADMM plus
   retraining (same budget).
@@ -424,8 +426,8 @@ def render(results: list[dict], dataset: str, budget: Budget, models: list[str],
              f"dense {budget.dense_epochs} epochs (lr {budget.lr}); every other row then gets "
              f"{budget.prune_epochs} epochs (pattern rows: {budget.admm_iters} ADMM iterations x "
              f"{budget.admm_epochs} epochs at lr {budget.prune_lr} + {budget.retrain_epochs} masked "
-             f"retraining at lr {retrain_lr:g}; baselines: {budget.prune_epochs} epochs of masked retraining "
-             f"at lr {retrain_lr:g}; dense-ft: {budget.prune_epochs} epochs at lr {budget.prune_lr}). "
+             f"retraining at lr {retrain_lr:g}; `-oneshot` pattern rows and baselines: one projection, then "
+             f"{budget.prune_epochs} epochs of masked retraining at lr {retrain_lr:g}; dense-ft: {budget.prune_epochs} epochs at lr {budget.prune_lr}). "
              + ("Each seed draws its own training subset, initialisation and data order. " if budget.subset
                 else "Each seed has its own initialisation and data order. ")
              + "The paper trains ~300-400 epochs on the full data at full width.", ""]
