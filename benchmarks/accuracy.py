@@ -183,11 +183,9 @@ class Cell:
     def recipe(self, row: Row) -> PruneRecipe:
         """What ``ps.prune`` runs for a pattern row (baselines share its retraining knobs)."""
         b = self.budget
-        if row.oneshot:
-            return PruneRecipe(rate=row.rate, library=row.library or "phase2", oneshot=True,
-                               retrain_epochs=b.prune_epochs, lr=b.prune_lr)
-        return PruneRecipe(rate=row.rate, library=row.library or "phase2", epochs=b.admm_epochs,
-                           admm_iters=b.admm_iters, retrain_epochs=b.retrain_epochs, lr=b.prune_lr)
+        schedule = ({"oneshot": True, "retrain_epochs": b.prune_epochs} if row.oneshot else
+                    {"epochs": b.admm_epochs, "admm_iters": b.admm_iters, "retrain_epochs": b.retrain_epochs})
+        return PruneRecipe(rate=row.rate, library=row.library or "phase2", lr=b.prune_lr, **schedule)
 
     def loaders(self):
         name, _ = DATASETS[self.dataset]
@@ -427,7 +425,8 @@ def render(results: list[dict], dataset: str, budget: Budget, models: list[str],
              f"{budget.prune_epochs} epochs (pattern rows: {budget.admm_iters} ADMM iterations x "
              f"{budget.admm_epochs} epochs at lr {budget.prune_lr} + {budget.retrain_epochs} masked "
              f"retraining at lr {retrain_lr:g}; `-oneshot` pattern rows and baselines: one projection, then "
-             f"{budget.prune_epochs} epochs of masked retraining at lr {retrain_lr:g}; dense-ft: {budget.prune_epochs} epochs at lr {budget.prune_lr}). "
+             f"{budget.prune_epochs} epochs of masked retraining at lr {retrain_lr:g}; "
+             f"dense-ft: {budget.prune_epochs} epochs at lr {budget.prune_lr}). "
              + ("Each seed draws its own training subset, initialisation and data order. " if budget.subset
                 else "Each seed has its own initialisation and data order. ")
              + "The paper trains ~300-400 epochs on the full data at full width.", ""]
@@ -567,6 +566,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.seeds < 1:
             raise InputError(f"--seeds must be >= 1, got {args.seeds}")
         budget = replace(budget, seeds=args.seeds)
+    if args.first_seed < 0:
+        raise InputError(f"--first-seed must be >= 0, got {args.first_seed}")
     if args.dataset == "imagenet" and not args.data_root:
         raise InputError("--dataset imagenet needs --data-root (an ImageNet-style folder with train/ and val/)")
     models = [psmodels.canonical(m) for m in args.models.split(",") if m.strip()]
