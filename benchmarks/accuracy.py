@@ -184,7 +184,8 @@ class Cell:
         """What ``ps.prune`` runs for a pattern row (baselines share its retraining knobs)."""
         b = self.budget
         schedule = ({"oneshot": True, "retrain_epochs": b.prune_epochs} if row.oneshot else
-                    {"epochs": b.admm_epochs, "admm_iters": b.admm_iters, "retrain_epochs": b.retrain_epochs})
+                    {"oneshot": False, "epochs": b.admm_epochs, "admm_iters": b.admm_iters,
+                     "retrain_epochs": b.retrain_epochs})
         return PruneRecipe(rate=row.rate, library=row.library or "phase2", lr=b.prune_lr, **schedule)
 
     def loaders(self):

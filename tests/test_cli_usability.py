@@ -93,6 +93,22 @@ def test_compile_takes_the_saved_input_shape(saved, tmp_path, capsys):
     assert "does not record its input shape" in err and "--input-shape" in err
 
 
+@pytest.mark.parametrize("flags, oneshot", [([], True), (["--admm"], False), (["--admm-iters", "2"], False),
+                                           (["--penalty-reach", "2"], False), (["--oneshot"], True)])
+def test_prune_method_one_shot_unless_admm_is_asked_for(flags, oneshot):
+    from patsparse.cli import build_parser
+    from patsparse.cli.prune import _recipe
+
+    args = build_parser().parse_args(["prune", "--model", "convnet", "--out", "o", *flags])
+    assert _recipe(args).oneshot is oneshot
+
+
+def test_prune_one_shot_with_an_admm_knob_is_an_error(tmp_path, capsys, no_datasets):
+    err = error_of(["prune", "--model", "convnet", "--dataset", "cifar10", "--out", str(tmp_path / "o"),
+                    "--oneshot", "--rho", "0.1"], capsys)
+    assert "rho configure ADMM, which a one-shot run skips" in err and "not found. Looked in" not in err
+
+
 def test_run_on_a_pruned_model_says_compile_first(saved, capsys):
     err = error_of(["run", str(saved / "pruned")], capsys)
     assert "not a compiled one" in err and f"patsparse compile {saved / 'pruned'}" in err

@@ -206,8 +206,30 @@ def test_prune_retrains_at_the_resolved_rate(loaders):
 
 
 def test_steps_split_between_admm_and_retraining_and_all_retrain_when_oneshot():
-    r = PruneRecipe(steps=1500, admm_iters=4).for_loader(47)  # 6,000 images in batches of 128
+    r = PruneRecipe(steps=1500, oneshot=False, admm_iters=4).for_loader(47)  # 6,000 images in batches of 128
     assert (r.epochs, r.retrain_epochs) == (4, 16)
     one = PruneRecipe(steps=1500, oneshot=True).for_loader(47)
     assert one.retrain_epochs == 32  # the steps ADMM would have taken retrain instead
     assert PruneRecipe(steps=1500, oneshot=True, retrain_epochs=3).for_loader(47).retrain_epochs == 3
+
+
+def test_default_is_one_shot_and_an_admm_knob_selects_admm(loaders):
+    one = small_net()
+    ps.prune(one, loaders[0], rate=8, retrain_epochs=1, progress=False)
+    assert one.patsparse_recipe.oneshot and one.patsparse_recipe.epochs is None
+    assert not [h for h in one.patsparse_history if h["phase"] == "admm"]
+    # the recipe a one-shot run saves loads back as it ran
+    assert PruneRecipe.from_dict(one.patsparse_recipe.to_dict()) == one.patsparse_recipe
+    admm = small_net()
+    ps.prune(admm, loaders[0], rate=8, admm_iters=1, retrain_epochs=1, progress=False)
+    assert not admm.patsparse_recipe.oneshot
+    assert [h["iteration"] for h in admm.patsparse_history if h["phase"] == "admm"] == [1]
+
+
+@pytest.mark.parametrize("knobs,named", [({"admm_iters": 2}, "admm_iters"), ({"rho": 0.1}, "rho"),
+                                          ({"epochs": 1, "rho": 0.1}, "epochs, rho")])
+def test_one_shot_with_admm_knobs_is_an_error_naming_them(loaders, knobs, named):
+    with pytest.raises(InputError, match=f"{named} configure ADMM, which a one-shot run skips"):
+        ps.prune(small_net(), loaders[0], rate=8, oneshot=True, progress=False, **knobs)
+    with pytest.raises(InputError, match=f"{named} configure ADMM"):
+        PruneRecipe(oneshot=True, **knobs).validate()

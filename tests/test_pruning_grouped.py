@@ -390,7 +390,7 @@ def _assert_grouped_invariant(model):
 def _prune_tiny(m, loader):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ps.prune(m, loader, progress=False, recipe=PruneRecipe(rate=8, admm_iters=1, epochs=1, retrain_epochs=1,
+        ps.prune(m, loader, progress=False, recipe=PruneRecipe(rate=8, oneshot=False, admm_iters=1, epochs=1, retrain_epochs=1,
                                                                distill=0.0, bn_batches=2))
     _assert_grouped_invariant(m)
     assert abs(_measured_rate(m, m.patsparse_spec) / 8 - 1) <= 0.02

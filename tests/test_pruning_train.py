@@ -182,7 +182,7 @@ def test_bad_inputs_fail_before_training(dense, loaders):
 
 
 def test_recipe_yaml_round_trip_and_validation(tmp_path):
-    r = PruneRecipe(rate=12, library="phase3", layers=["a", "b"], rho=0.02)
+    r = PruneRecipe(rate=12, library="phase3", layers=["a", "b"], rho=0.02, oneshot=False)
     r.save(tmp_path / "r.yaml")
     assert PruneRecipe.load(tmp_path / "r.yaml") == r
     assert yaml.safe_load((tmp_path / "r.yaml").read_text())["rate"] == 12

@@ -115,7 +115,7 @@ def prune_stage(ctx: DemoContext, trained: TrainResult) -> PruneResult:
     ctx.log(f"[prune] pattern + connectivity pruning at {ctx.rate:g}x (Phase-2 library): "
             f"{ctx.admm_iters} ADMM iterations x 1 epoch, then {ctx.retrain_epochs} epochs of masked "
             "retraining")
-    prune(model, trained.train_loader, rate=ctx.rate, library="phase2", epochs=1,
+    prune(model, trained.train_loader, rate=ctx.rate, library="phase2", oneshot=False, epochs=1,
           admm_iters=ctx.admm_iters, retrain_epochs=ctx.retrain_epochs, device=ctx.device)
     model.eval()
     accuracy = evaluate(model, trained.test_loader, device=ctx.device)["acc"]

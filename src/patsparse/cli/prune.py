@@ -19,6 +19,7 @@ EXAMPLE = textwrap.dedent("""\
       patsparse train --model resnet8 --dataset fashion-mnist --epochs 10 --run-dir runs/r8
       patsparse prune --model runs/r8 --rate 8 --library phase2 --out runs/r8_8x
       patsparse prune --model convnet --dataset digits --dense-epochs 5 --rate 4 --out runs/cn_4x
+      patsparse prune --model runs/r8 --rate 8 --admm --out runs/r8_8x_admm
       patsparse prune --model runs/r8 --recipe my_recipe.yaml --out runs/r8_custom
 
     Writes OUT/model.safetensors + OUT/model.json (weights, sparsity spec, input shape and
@@ -103,11 +104,12 @@ def load_source(args: argparse.Namespace, out: Path):
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("prune", help="pattern + connectivity pruning with ADMM (rate, library, recipe)",
+    p = sub.add_parser("prune", help="pattern + connectivity pruning (rate, library, one-shot or ADMM, recipe)",
                        description="Prune every 3x3 conv but the first (and every 1x1 conv but the first and the "
-                                   "classifier, in virtual 3x3 kernels) with pattern-aware ADMM (patterns "
-                                   "from a library, plus connectivity pruning above 2.25x), hard-prune, "
-                                   "retrain with masks, and save the pruned model with its sparsity spec.",
+                                   "classifier, in virtual 3x3 kernels) to patterns from a library, plus "
+                                   "connectivity pruning above 2.25x: project the weights once (or run "
+                                   "pattern-aware ADMM first with --admm), retrain with masks, and save the "
+                                   "pruned model with its sparsity spec.",
                        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_source_args(p)
     a = p.add_argument
@@ -118,8 +120,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     a("--admm-iters", type=int, help="ADMM iterations (default 4)")
     a("--epochs", type=int, help="SGD epochs per ADMM iteration (default: from --steps and the loader)")
     a("--retrain-epochs", type=int, help="masked retraining epochs (default: from --steps and the loader)")
-    a("--steps", type=int, help="SGD steps to aim for when epochs are not given, half ADMM and half "
-                                "retraining, all retraining with --oneshot (default 1500)")
+    a("--steps", type=int, help="SGD steps to aim for when epochs are not given: all retraining, or half "
+                                "ADMM and half retraining with --admm (default 3000)")
     a("--rho", type=float, help="explicit initial ADMM penalty (default: derived from --penalty-reach)")
     a("--penalty-reach", type=float, help="how far ADMM pulls the weights into the sparse sets by its last "
                                           "iteration, lr*rho*steps/(1-momentum) (default 3)")
@@ -133,21 +135,26 @@ def register(sub: argparse._SubParsersAction) -> None:
       help="1x1 convs: grouped (default: patterns on virtual 3x3 kernels of 9 input channels), "
            "connectivity (single weights) or dense")
     a("--balanced", action="store_true", help="filter-balanced connectivity (same kernels per filter)")
-    a("--oneshot", action="store_true", help="project once without ADMM (then retrain)")
+    method = p.add_mutually_exclusive_group()
+    method.add_argument("--oneshot", action="store_true", help="project once, then retrain (the default; "
+                                                                "overrides a --recipe that asks for ADMM)")
+    method.add_argument("--admm", action="store_true", help="run the paper's ADMM before retraining (implied "
+                                                             "by --admm-iters, --epochs, --rho, --penalty-reach)")
     p.set_defaults(func=run)
 
 
 def _recipe(args: argparse.Namespace):
-    from ..pruning.recipe import PruneRecipe
+    from ..pruning.recipe import PruneRecipe, method_for
 
     recipe = PruneRecipe.load(args.recipe) if args.recipe else PruneRecipe()
-    given: dict[str, Any] = {k: v for k, v in {
+    knobs: dict[str, Any] = {
         "rate": args.rate, "library": args.library, "admm_iters": args.admm_iters, "epochs": args.epochs,
         "retrain_epochs": args.retrain_epochs, "rho": args.rho, "lr": args.lr,
         "penalty_reach": args.penalty_reach, "steps": args.steps, "distill": args.distill, "allocation": args.allocation,
         "layers": args.layers.split(",") if args.layers else None,
-        "conv1x1": args.conv1x1, "connectivity_balanced": args.balanced or None,
-        "oneshot": args.oneshot or None}.items() if v is not None}
+        "conv1x1": args.conv1x1, "connectivity_balanced": args.balanced or None}
+    knobs["oneshot"] = method_for(True if args.oneshot else False if args.admm else None, knobs)
+    given = {k: v for k, v in knobs.items() if v is not None}
     return PruneRecipe.from_dict({**recipe.to_dict(), **given}, "command line")
 
 

@@ -22,7 +22,7 @@ from .admm import make_optimizer, run_admm, warmup_cosine
 from .layers import LayerPlan, plan_layers
 from .masks import MaskEnforcer
 from .projection import prune_planned
-from .recipe import PruneRecipe
+from .recipe import PruneRecipe, method_for
 from .spec import check_weights, spec_masks
 
 
@@ -154,8 +154,7 @@ def _check_loader(model: nn.Module, loader: Iterable, r: PruneRecipe, device: st
         raise InputError(f"prune: the model's forward returns a {kind}, not a tensor of logits; pass an "
                          f"output selector that picks the logits, e.g. prune(..., {hint})")
     r = r.for_loader(batches)
-    steps = batches * r.epochs
-    if not r.oneshot and r.rho is None and steps < r.min_steps():
+    if not r.oneshot and r.rho is None and (steps := batches * r.epochs) < r.min_steps():
         raise InputError(f"prune: the training loader has {batches} batch(es), so an ADMM iteration of "
                          f"{r.epochs} epoch(s) gets {steps} SGD steps; with momentum {r.momentum} the penalty "
                          f"needs at least {r.min_steps()} steps to pull the weights most of the way into the "
@@ -229,7 +228,7 @@ def admm_summary(history: list[dict], r: PruneRecipe) -> list[str]:
 def prune(model: nn.Module, train_loader: Iterable, rate: float = 8, library: str | torch.Tensor = "phase2", *,
           epochs: int | None = None, admm_iters: int | None = None, retrain_epochs: int | None = None,
           rho: float | None = None, lr: float | None = None, layers: Sequence[str] | None = None,
-          connectivity_balanced: bool = False, oneshot: bool = False, eval_loader: Iterable | None = None,
+          connectivity_balanced: bool = False, oneshot: bool | None = None, eval_loader: Iterable | None = None,
           device: str = "cpu", progress: bool = True, recipe: PruneRecipe | None = None,
           conv1x1: str | None = None, distill: float | None = None, allocation: str | None = None,
           output: Callable[[Any], torch.Tensor] | None = None) -> nn.Module:
@@ -238,13 +237,15 @@ def prune(model: nn.Module, train_loader: Iterable, rate: float = 8, library: st
     ``train_loader`` is any re-iterable of ``(input, target)`` batches (cross-entropy loss).
     ``rate=2.25`` is pattern pruning only; a higher rate adds connectivity pruning that keeps
     ``2.25/rate`` of the kernels. ``conv1x1`` says how 1x1 convs are pruned: "grouped" (virtual
-    3x3 kernels, the recipe's default), "connectivity" or "dense". ``epochs`` is the primal SGD
-    epochs per ADMM iteration, ``admm_iters`` the ADMM iterations, ``retrain_epochs`` the masked
-    retraining epochs; left unset, the epochs come from the recipe's ``steps`` budget and the
-    loader's length (a small loader gets more passes). ``distill`` the weight of distillation from the unpruned model (0 = off), ``allocation`` how
-    kept kernels are spread over layers ("lamp" or "uniform"). Unset knobs come from ``recipe``
-    (default :class:`PruneRecipe`), whose every field is documented. ``oneshot=True`` skips ADMM
-    (projection only, then retraining if ``retrain_epochs``). ``output`` picks the logits when
+    3x3 kernels, the recipe's default), "connectivity" or "dense". By default the weights are
+    projected once onto the pattern and connectivity sets and then retrained with masks for
+    ``retrain_epochs`` (from the recipe's ``steps`` budget and the loader's length when unset: a
+    small loader gets more passes). ``oneshot=False`` runs the paper's ADMM first: ``admm_iters``
+    iterations of ``epochs`` primal SGD epochs each, with penalty ``rho``; setting any of those
+    three selects ADMM by itself. ``distill`` the weight of distillation from the unpruned model
+    (0 = off), ``allocation`` how kept kernels are spread over layers ("lamp" or "uniform").
+    Unset knobs come from ``recipe`` (default :class:`PruneRecipe`), whose every field is
+    documented. ``output`` picks the logits when
     the model's forward returns a tuple or dict. ``eval_loader`` is used for progress reports
     and to score the trial projection of every ADMM iteration (a few training batches otherwise).
 
@@ -258,7 +259,8 @@ def prune(model: nn.Module, train_loader: Iterable, rate: float = 8, library: st
     r = _recipe_from_args(recipe, rate, library, epochs=epochs, admm_iters=admm_iters,
                           retrain_epochs=retrain_epochs, rho=rho, lr=lr,
                           layers=list(layers) if layers is not None else None,
-                          connectivity_balanced=connectivity_balanced or None, oneshot=oneshot or None,
+                          connectivity_balanced=connectivity_balanced or None,
+                          oneshot=method_for(oneshot, {"epochs": epochs, "admm_iters": admm_iters, "rho": rho}),
                           conv1x1=conv1x1, distill=distill, allocation=allocation)
     lib = pattern_library(library if isinstance(library, torch.Tensor) else r.library)
     plans = plan_layers(model, r.rate, r.layers, r.conv1x1, r.connectivity_balanced,

@@ -23,6 +23,7 @@ from .layers import CONV1X1
 
 
 ALLOCATIONS = ("uniform", "lamp")
+ADMM_KNOBS = ("admm_iters", "epochs", "rho", "penalty_reach", "penalty_strength")  # knobs only ADMM reads
 MIN_REACH = 1.0  # below this an ADMM iteration leaves over a third of the distance to Z: an error
 MAX_PULL = 0.5  # the strongest per-step pull lr * rho a derived schedule uses (Nesterov is stable to ~1.4)
 RETRAIN_LR_FACTOR = 3.0  # retraining restarts at this multiple of lr unless retrain_lr is set (prune_defaults sweep)
@@ -41,9 +42,17 @@ def contraction(c: float, momentum: float) -> float:
     return (a + math.sqrt(disc)) / 2 if disc >= 0 else math.sqrt(b)
 
 
+def method_for(oneshot: bool | None, given: dict[str, Any]) -> bool | None:
+    """``oneshot`` as a caller's explicit knobs imply it: setting an ADMM knob (``given`` holds
+    the knobs the caller set, None for unset) asks for ADMM, so an unset ``oneshot`` becomes
+    False; an explicit one is kept (a one-shot recipe with ADMM knobs fails validation)."""
+    return False if oneshot is None and any(given.get(k) is not None for k in ADMM_KNOBS) else oneshot
+
+
 @dataclass
 class PruneRecipe:
-    """Pattern-aware ADMM pruning settings (defaults: the paper's procedure, scaled to be practical).
+    """Pattern-aware pruning settings: one-shot projection + masked retraining (the default), or
+    the paper's ADMM before retraining (``oneshot=False``).
 
     rate: compression rate over the pruned layers, dense weights / kept weights over 3x3 and 1x1
         convs together (2.25 = patterns only; more adds connectivity pruning).
@@ -51,9 +60,10 @@ class PruneRecipe:
     admm_iters: ADMM iterations; each runs ``epochs`` SGD epochs (the primal step), then the
         proximal projections and the dual update.
     steps: the SGD steps a run aims for when ``epochs`` or ``retrain_epochs`` is unset (None):
-        half for ADMM, half for retraining (all for retraining when ``oneshot``), turned into
-        whole epochs of the caller's loader (at least one). A loader of a few thousand images then gets many passes and a large one
-        few, so the default budget is the same amount of optimisation whatever the data size.
+        all for retraining when ``oneshot``, else half for ADMM and half for retraining, turned
+        into whole epochs of the caller's loader (at least one). A loader of a few thousand images
+        then gets many passes and a large one few, so the default budget is the same amount of
+        optimisation whatever the data size.
     penalty_strength, penalty_reach: the last ADMM iteration's penalty, when ``rho`` is unset.
         Strength is its per-step pull ``lr * rho``: the data gradient holds W about
         grad / rho away from Z, so this sets how close W settles. Reach is how far that
@@ -87,7 +97,11 @@ class PruneRecipe:
         removed, no patterns) or "dense" (1x1 convs untouched); see
         :func:`patsparse.pruning.layers.select_layers`; connectivity_balanced: same kernel count
         per filter.
-    oneshot: project once without training (quick experiments; retrain_epochs still applies).
+    oneshot: prune by one projection of the trained weights, then retrain for all of ``steps``
+        (the default); False runs ADMM first. At a user's budget (a few thousand images,
+        ``steps`` SGD steps) one-shot keeps more accuracy than ADMM with the same steps, because
+        retraining, not the penalty, recovers most of what hard pruning costs (PRUNING.md has the
+        sweep); ADMM pays off when its iterations get full passes over a large training set.
     bn_batches: training batches used to re-estimate BatchNorm running statistics right after
         hard pruning (0 = off): the pruned convs' outputs shift, so the statistics gathered on
         the unpruned weights are stale.
@@ -97,7 +111,7 @@ class PruneRecipe:
     library: str = "phase2"
     admm_iters: int = 4
     epochs: int | None = None
-    steps: int = 1500
+    steps: int = 3000
     penalty_strength: float = 0.05
     penalty_reach: float = 3.0
     rho: float | None = None
@@ -118,7 +132,7 @@ class PruneRecipe:
     layers: list[str] | None = None
     conv1x1: str = "grouped"
     connectivity_balanced: bool = False
-    oneshot: bool = False
+    oneshot: bool = True
     bn_batches: int = 50
     seed: int | None = 0
     notes: dict[str, Any] = field(default_factory=dict)
@@ -143,6 +157,12 @@ class PruneRecipe:
         for k in ("epochs", "retrain_epochs"):
             v = getattr(self, k)
             need(v is None or count(v), f"{k} must be an int >= 0 or None (from steps), got {v!r}")
+        need(isinstance(self.oneshot, bool), f"oneshot must be True or False, got {self.oneshot!r}")
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        admm = [k for k in ADMM_KNOBS if getattr(self, k) != defaults[k]]
+        need(not (self.oneshot and admm),
+             f"{', '.join(admm)} configure ADMM, which a one-shot run skips; drop "
+             f"{'it' if len(admm) == 1 else 'them'} or ask for ADMM (oneshot=False, CLI --admm)")
         need(self.oneshot or (self.admm_iters >= 1 and self.epochs != 0),
              "ADMM needs admm_iters >= 1 and epochs >= 1 (or oneshot=True)")
         for k in ("rho_max", "lr", "penalty_strength", "penalty_reach", "distill_temperature"):
@@ -174,12 +194,13 @@ class PruneRecipe:
         return self.retrain_lr if self.retrain_lr is not None else RETRAIN_LR_FACTOR * self.lr
 
     def for_loader(self, batches: int) -> "PruneRecipe":
-        """This recipe with ``epochs``, ``retrain_epochs`` (unset ones from ``steps``) and
+        """This recipe with ``epochs`` (ADMM only), ``retrain_epochs`` (unset ones from ``steps``) and
         ``retrain_lr`` made concrete for a loader of ``batches`` batches: what a run actually
         uses and saves."""
         budget = self.steps / max(1, batches)  # in epochs of this loader
         admm = 0.0 if self.oneshot else budget / 2
-        epochs = self.epochs if self.epochs is not None else max(1, round(admm / max(1, self.admm_iters)))
+        epochs = None if self.oneshot else (
+            self.epochs if self.epochs is not None else max(1, round(admm / max(1, self.admm_iters))))
         retrain = self.retrain_epochs if self.retrain_epochs is not None else max(1, round(budget - admm))
         return dataclasses.replace(self, epochs=epochs, retrain_epochs=retrain, retrain_lr=self.retrain_rate)
 
