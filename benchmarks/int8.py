@@ -92,8 +92,8 @@ def _calibration_images(shape: tuple, n: int) -> np.ndarray:
 
 
 def profile_rows(name: str, rate: float, threads: int, calib: int, rounds: int = 5) -> list[list[str]]:
-    """Per layer of zoo model ``name`` at ``rate``: float and int8 median ms, their ratio, and the
-    int8 conv's plane, channels, quad kind, quads and kernels per quad."""
+    """Per layer of zoo model ``name`` at ``rate``: float and int8 medians, their ratio, and the
+    int8 conv's plane, channels, quad kind, quads and kernels per quad (times in microseconds)."""
     bm = BenchModel.from_zoo(name, rate=rate, variant="cifar")
     cal = torch.from_numpy(_calibration_images(bm.input_shape, calib))
     q = ps.quantize(bm.module, list(cal.split(64)), max_batches=None)
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=100)
     ap.add_argument("--calibration", type=int, default=512, help="calibration images")
     ap.add_argument("--skip-accuracy", action="store_true")
-    ap.add_argument("--profile", action="store_true", help="add the per-layer float vs int8 tables")
+    ap.add_argument("--profile", action="store_true", help="add per-layer float vs int8 tables (at the last --threads)")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)
     threads = [int(t) for t in args.threads.split(",") if t.strip()]
