@@ -6,6 +6,11 @@ a pattern-pruned (Phase 2, 2.25x) ResNet-8, benchmarks/accuracy.py): the float m
 simulation (``ps.quantize``, calibrated on training images) and the compiled int8 model, with
 the compiled model's agreement with the simulation (top-1, and outputs equal bit for bit).
 
+Per layer (``--profile``): our float and int8 kernels of the same models, each layer's median
+time (``CompiledModel.profile``, the two models alternated in rounds, one process) beside what
+drives an int8 conv's cost: its plane, its quads (quads.py) and how many kernels share a quad
+(each quad is laid out once per position, then read by every kernel on it).
+
 Speed: pattern-projected zoo models at 8x (random weights: latency depends only on which
 weights are zero) in the bench harness (one worker process per engine, settled, interleaved
 blocks, medians): our float kernels, our int8 kernels, ONNX Runtime float and int8 (static QDQ,
@@ -13,7 +18,7 @@ per-channel) and OpenVINO int8 (the same QDQ model). Every int8 engine is calibr
 images; the harness's output check is loose for this run (int8 differs from the float reference
 by design; the accuracy section is where int8 correctness is measured).
 
-    python -m benchmarks.int8 --grid docs/bench/accuracy --threads 2,1
+    python -m benchmarks.int8 --grid docs/bench/accuracy --threads 2,1 --profile
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from benchmarks.accuracy import load_model
 import patsparse as ps
 from patsparse.bench.harness import run_bench
 from patsparse.bench.model import BenchModel
+from patsparse.compiler.int8.quads import conv_quads
 from patsparse.data import get_loaders
 
 OUT = _report.BENCH / "int8.md"
@@ -80,13 +86,50 @@ def accuracy_rows(grid: Path, calib: int, threads: int) -> list[list[str]]:
     return rows
 
 
+def _calibration_images(shape: tuple, n: int) -> np.ndarray:
+    """The int8 engines' calibration images (random: latency does not depend on them)."""
+    return np.random.default_rng(1).standard_normal((n, *shape)).astype(np.float32)
+
+
+def profile_rows(name: str, rate: float, threads: int, calib: int, rounds: int = 5) -> list[list[str]]:
+    """Per layer of zoo model ``name`` at ``rate``: float and int8 medians, their ratio, and the
+    int8 conv's plane, channels, quad kind, quads and kernels per quad (times in microseconds)."""
+    bm = BenchModel.from_zoo(name, rate=rate, variant="cifar")
+    cal = torch.from_numpy(_calibration_images(bm.input_shape, calib))
+    q = ps.quantize(bm.module, list(cal.split(64)), max_batches=None)
+    x = bm.example(1)
+    fast = {"fp32": ps.compile(bm.module, torch.from_numpy(x), threads=threads),
+            "int8": ps.compile(q, torch.from_numpy(x), threads=threads)}
+    runs: dict[str, list] = {k: [] for k in fast}
+    for _ in range(rounds):  # alternated, so drift on a shared machine hits both alike
+        for k, cm in fast.items():
+            runs[k].append({r["name"]: r["ms"] for r in cm.profile(x, repeats=40)})
+    ms = {k: {n: float(np.median([r[n] for r in rs])) for n in rs[0]} for k, rs in runs.items()}
+    rows = []
+    for n in q.graph.nodes:
+        shape = f"{n.shape[1]}x{n.shape[2]}" if len(n.shape) == 3 else "-"
+        chans, kind, per = "-", "-", "-"
+        if n.op == "conv":
+            w = n.params["w_q"]
+            qd = conv_quads(w)
+            chans, kind = f"{w.shape[1]}->{w.shape[0]}", f"{qd.kind} {len(qd.entries)}"
+            per = f"{len(qd.group) / max(1, len(qd.entries)):.1f}"
+        f32, i8 = ms["fp32"].get(n.name), ms["int8"][n.name]
+        rows.append([n.name, n.op, shape, chans, kind, per, "-" if f32 is None else f"{f32 * 1e3:.0f}",
+                     f"{i8 * 1e3:.0f}", "-" if not f32 or not i8 else f"{f32 / i8:.2f}x"])
+    tot = {k: sum(v.values()) for k, v in ms.items()}
+    rows.append(["total", "", "", "", "", "", f"{tot['fp32'] * 1e3:.0f}", f"{tot['int8'] * 1e3:.0f}",
+                 f"{tot['fp32'] / tot['int8']:.2f}x"])
+    return rows
+
+
 def speed_rows(models: list[str], rate: float, threads: int, repeats: int, calib: int) -> tuple[list, list]:
     rows, raw = [], []
     for name in models:
         bm = BenchModel.from_zoo(name, rate=rate, variant="cifar")
         with tempfile.TemporaryDirectory() as d:
             cal = Path(d) / "calibration.npy"
-            np.save(cal, np.random.default_rng(1).standard_normal((calib, *bm.input_shape)).astype(np.float32))
+            np.save(cal, _calibration_images(bm.input_shape, calib))
             res = run_bench(bm, list(ENGINES.values()), threads=threads, repeats=repeats, tolerance=10.0,
                             options={"int8_calibration": str(cal)},
                             log=lambda s: print(f"[bench] {s}", file=sys.stderr, flush=True))
@@ -113,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=100)
     ap.add_argument("--calibration", type=int, default=512, help="calibration images")
     ap.add_argument("--skip-accuracy", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="add per-layer float vs int8 tables (at the last --threads)")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)
     threads = [int(t) for t in args.threads.split(",") if t.strip()]
@@ -139,6 +183,16 @@ def main(argv: list[str] | None = None) -> int:
                   "contended timings; compare the ratios, not the milliseconds.", "",
                   _report.md_table(["model", *ENGINES, "vs our fp32 (bar 1.5x)", "vs ORT int8 (bar 2.5x)",
                                     "vs OpenVINO int8"], speed), ""]
+    for name in models if args.profile else ():
+        parts += [f"## Per layer: {name} at {args.rate:g}x, {threads[-1]} thread{'s' if threads[-1] > 1 else ''} "
+                  "(median microseconds)", "",
+                  "Float and int8 kernels of the same model, alternated in rounds in one process "
+                  "(`CompiledModel.profile`). `quads`: how an int8 conv forms its 4-way dot products and how "
+                  "many quads it lays out per output position; `kernels/quad`: how many kernels read each "
+                  "laid-out quad (the fewer, the more the layout pass weighs against the dot products).", "",
+                  _report.md_table(["layer", "op", "plane", "channels", "quads", "kernels/quad", "fp32 us",
+                                    "int8 us", "fp32 / int8"],
+                                   profile_rows(name, args.rate, threads[-1], args.calibration)), ""]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(parts) + "\n")
     print("\n".join(parts))
