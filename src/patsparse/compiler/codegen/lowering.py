@@ -2,7 +2,8 @@
 
 The saved IR (a compiled model's graph.json) is the same for every target; lowering for a target
 then folds, where that target's kernels were measured to win, a max pool into the dense conv
-before it (conv_pool.py) and a 1x1 conv into the depthwise conv after it (pw_dw.py).
+before it (conv_pool.py), a 1x1 conv into the depthwise conv after it and the 1x1 conv after
+that into the same kernel (pw_dw.py: a whole inverted-residual block).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ def lower(g: Graph, target: Target) -> None:
     """Apply every fusion ``target`` profits from to ``g``, in place."""
     fuse_conv_pool(g, target)
     fuse_pw_dw(g, target)
+    fuse_project(g)
 
 
 def fuse_conv_pool(g: Graph, target: Target) -> None:
@@ -85,3 +87,30 @@ def fuse_pw_dw(g: Graph, target: Target) -> None:
         d.attrs["expand"] = {"act": e.act}
         d.inputs = list(e.inputs)
         g.nodes.remove(e)
+
+
+def fuse_project(g: Graph) -> None:
+    """Fold the 1x1 conv after a fused 1x1 + depthwise node into it (an inverted-residual block's
+    project conv and its residual add, pw_dw.py), so the depthwise output never leaves the thread
+    (a row of it is projected as soon as it exists). The 1x1 conv has stride 1, no padding, feeds
+    on that node alone, and its weights stay in L1 during a row; a residual it carries must be
+    computed before the fused node. The node takes the 1x1's weight and bias as params
+    ``project_weight`` and ``project_bias``, an attribute ``project`` = {act}, its residual and
+    output shape; the 1x1 node is removed."""
+    order = {n.name: i for i, n in enumerate(g.nodes)}
+    order[INPUT] = -1
+    for d in [n for n in g.nodes if "expand" in n.attrs and "project" not in n.attrs]:
+        users = g.users(d.name)
+        p = users[0] if len(users) == 1 else None
+        if (p is None or g.output == d.name or p.op != "conv" or p.inputs != [d.name] or d.residual is not None or "pool" in p.attrs
+                or "expand" in p.attrs or (p.attrs["k"], p.attrs["stride"], p.attrs["padding"],
+                                           p.attrs["groups"]) != (1, 1, 0, 1)
+                or 4 * p.params["weight"].size > PW_DW_MAX_WEIGHT_BYTES
+                or (p.residual is not None and order[p.residual] >= order[d.name])):
+            continue
+        d.params["project_weight"] = p.params["weight"]
+        d.params["project_bias"] = p.params.get("bias", np.zeros(p.params["weight"].shape[0], np.float32))
+        d.attrs["project"] = {"act": p.act}
+        d.residual, d.shape = p.residual, p.shape
+        g.nodes.remove(p)
+        replace_uses(g, p.name, d.name)
