@@ -152,15 +152,14 @@ def test_default_tile_and_bad_arguments():
 def test_expand_and_depthwise_fuse_in_the_plan():
     """MobileNet-V2 at 224x224: the expand convs whose output exceeds L2 (features.2-4) fuse into
     their depthwise convs and the project convs after them, the step reads the expand's input
-    and writes the project's output; smaller planes and
-    16-register ISAs (AVX2, not measured) keep two kernels."""
+    and writes the project's output; smaller planes and 16-register ISAs (AVX2, not measured)
+    keep separate kernels (dense: see test_pruned_blocks_fuse_on_28x28_planes)."""
     m = mobilenet_v2(num_classes=10).eval()
     plan = plan_graph(capture(m, torch.zeros(1, 3, 224, 224)), target=width_target(16))
     fused = [s for s in plan.steps if s.kind == "pw_dw"]
     assert [s.node.name for s in fused] == [f"features.{i}.conv.1.0" for i in (2, 3, 4)]
     names = {s.node.name for s in plan.steps}
     assert not {f"features.{i}.conv.{j}" for i in (2, 3, 4) for j in ("0.0", "2")} & names
-    # the project convs fused too (lowering.fuse_project): features.3's with its residual add
     assert [s.out_layout.C for s in fused] == [24, 24, 32] and [s.node.residual for s in fused] == \
         [None, "features.2.conv.1.0", None]
     assert "features.5.conv.0.0" in names  # 192 x 28 x 28: stays in L2
@@ -172,6 +171,21 @@ def test_expand_and_depthwise_fuse_in_the_plan():
     assert candidates(fused[0], t16)[0] == default_tile(96, 112, 16, t16) and len(candidates(fused[0], t16)) > 1
     plan8 = plan_graph(capture(m, torch.zeros(1, 3, 224, 224)), target=width_target(8))
     assert "pw_dw" not in {s.kind for s in plan8.steps}
+
+
+def test_pruned_blocks_fuse_on_28x28_planes():
+    """Pruned 8x, MobileNet-V2's 28x28 blocks (features.5-6: a grouped project, output rows of two
+    vectors at 16 lanes) fuse whole; features.7 (its depthwise output 14 wide) does not."""
+    from patsparse.pruning.projection import project_model
+
+    torch.manual_seed(0)
+    m = mobilenet_v2(num_classes=10, width=0.5).eval()
+    project_model(m, rate=8)
+    plan = plan_graph(capture(m, torch.zeros(1, 3, 224, 224)), target=width_target(16))
+    fused = {s.node.name: s for s in plan.steps if s.kind == "pw_dw"}
+    assert {f"features.{i}.conv.1.0" for i in (5, 6)} <= set(fused) and "features.7.conv.1.0" not in fused
+    assert fused["features.6.conv.1.0"].node.residual == "features.5.conv.1.0"
+    assert all(s.sparsity is not None for s in fused.values() if s.in_layout.H == 28)
 
 
 def test_fused_model_round_trips(tmp_path):
