@@ -174,8 +174,8 @@ def test_expand_and_depthwise_fuse_in_the_plan():
 
 
 def test_pruned_blocks_fuse_on_28x28_planes():
-    """Pruned 8x, MobileNet-V2's 28x28 blocks (features.5-6: a grouped project, output rows of two
-    vectors at 16 lanes) fuse whole; features.7 (its depthwise output 14 wide) does not."""
+    """Pruned 8x, MobileNet-V2's blocks on 28x28 planes (features.5-7: a grouped project,
+    expanded rows of two vectors at 16 lanes) fuse whole; the 14x14 ones (features.8) do not."""
     from patsparse.pruning.projection import project_model
 
     torch.manual_seed(0)
@@ -183,7 +183,7 @@ def test_pruned_blocks_fuse_on_28x28_planes():
     project_model(m, rate=8)
     plan = plan_graph(capture(m, torch.zeros(1, 3, 224, 224)), target=width_target(16))
     fused = {s.node.name: s for s in plan.steps if s.kind == "pw_dw"}
-    assert {f"features.{i}.conv.1.0" for i in (5, 6)} <= set(fused) and "features.7.conv.1.0" not in fused
+    assert {f"features.{i}.conv.1.0" for i in (5, 6, 7)} <= set(fused) and "features.8.conv.1.0" not in fused
     assert fused["features.6.conv.1.0"].node.residual == "features.5.conv.1.0"
     assert all(s.sparsity is not None for s in fused.values() if s.in_layout.H == 28)
 

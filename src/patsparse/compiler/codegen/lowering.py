@@ -25,7 +25,7 @@ PW_DW_MIN_TENSOR_BYTES = 1 << 20
 PW_DW_MAX_WEIGHT_BYTES = 32 << 10
 # and the 1x1 conv after it joins them (fuse_project) when its weights stay in L1 during a row;
 # a whole block (expand, depthwise, project) fuses on smaller expanded tensors too where its
-# project is pruned (grouped) and its output rows span at least two vectors (a one-vector row
+# project is pruned (grouped) and its expanded rows span at least two vectors (a one-vector row
 # leaves too few independent FMAs)
 PROJECT_MAX_WEIGHT_BYTES = 32 << 10
 BLOCK_MIN_TENSOR_BYTES = 256 << 10
@@ -71,8 +71,8 @@ def fuse_pw_dw(g: Graph, target: Target) -> None:
     """Fold a 1x1 conv into the depthwise conv after it (pw_dw.py) where the 1x1's output is too
     big to stay in L2 (MobileNet-V2's expand convs at 112x112 and 56x56), or the whole block
     fuses (project_of) with a pruned project on the smaller tensors and rows of BLOCK_MIN_*
-    (MobileNet-V2 8x, one thread: features.5 ran 1.5x faster fused at 28x28 and 16 lanes, the
-    14x14 blocks up to 1.8x slower; at 2.25x, its project dense, features.6 1.16x slower), and
+    (MobileNet-V2 8x, one thread, 16 lanes: features.5-7 on 28x28 planes 196 -> 174 us fused,
+    the 14x14 blocks up to 1.8x slower; at 2.25x, projects dense, features.6 1.16x slower), and
     that kernel applies:
     the 1x1 has stride 1, no padding, no residual and feeds only the depthwise conv, which has
     no residual. Measured with 32 vector registers only, so other ISAs keep two kernels. The
@@ -94,7 +94,7 @@ def fuse_pw_dw(g: Graph, target: Target) -> None:
         size = 4 * int(np.prod(e.shape))
         p = project_of(g, d)
         block = p is not None and grouped_sparsity(p.params["weight"]) is not None and \
-            -(-d.shape[2] // cpu.lanes) >= BLOCK_MIN_ROW_VECTORS
+            -(-e.shape[2] // cpu.lanes) >= BLOCK_MIN_ROW_VECTORS
         if weight_bytes(e.params["weight"]) > PW_DW_MAX_WEIGHT_BYTES or \
                 size < (min(PW_DW_MIN_TENSOR_BYTES, BLOCK_MIN_TENSOR_BYTES) if block else PW_DW_MIN_TENSOR_BYTES):
             continue
