@@ -1,4 +1,5 @@
-"""A 1x1 conv and the depthwise conv after it in one kernel: MobileNet-V2's expand + depthwise.
+"""A 1x1 conv and the depthwise conv after it in one kernel: MobileNet-V2's expand + depthwise,
+and the project 1x1 conv after them: a whole inverted-residual block.
 
 MobileNet-V2's first inverted-residual stages expand a thin tensor 6x with a 1x1 conv and feed
 it straight to a 3x3 depthwise conv: at 112x112 the expanded tensor is 96 x 112 x 112 floats
@@ -18,8 +19,14 @@ compile-time column offsets, stride 2 with ps_load_s2. Ring rows have a vector o
 (zero: the left padding, and aligned stores for the expand) and zero columns past the row for
 the right padding and the stride-2 over-read.
 
-Weights: the expand's packed tiles, then its bias, then the depthwise weights (C x k*k); the
-kernel's own bias is the depthwise's.
+With the block's project conv fused too (``Project``: lowering.fuse_project), the depthwise
+pass writes its output row into a per-thread band (C rows of the output's vectors, in L1) and
+the project turns the band into the block's output row at once, in the same two row forms as
+the expand (dense tiles or the grouped reduction), its residual added at the store: the
+depthwise output, as big as the expanded tensor at stride 1, never leaves the thread either.
+
+Weights: the expand's packed tiles, then its bias, then the project's and its bias, then the
+depthwise weights (C x k*k); the kernel's own bias is the depthwise's.
 """
 
 from __future__ import annotations
@@ -185,7 +192,8 @@ def gen_pw_dw(name: str, *, expand_weight: np.ndarray, expand_bias: np.ndarray, 
                     f"const int32_t *tq = (const int32_t *)wd + {C * taps} + (size_t)c * {taps}; "
                     + " ".join(f"const float *p{j} = rr[tq[{j}] / {K}] + tq[{j}] % {K};" for j in range(taps)))
         terms = " + ".join(f"wt{j} * {load}(p{j} + {S} * w0)" for j in range(taps))
-    dst = f"band + (size_t)c * {nvo * vl}" if project else f"out + (size_t)c * {O.ps} + {O.origin} + (size_t)oh * {O.ld}"
+    dst = (f"band + (size_t)c * {nvo * vl}" if project else
+           f"out + (size_t)c * {O.ps} + {O.origin} + (size_t)oh * {O.ld}")
     code = helpers_c(target) + f"""
 /* {name}: 1x1 conv {cin}->{C} ({expand_act}) + depthwise {K}x{K}/{S} pad {P} ({act}), {H}x{W} -> {Ho}x{Wo};
    a ring of {K} expanded rows per thread, {what}{'' if taps is None else f', {taps} depthwise taps per channel'} */
