@@ -23,7 +23,11 @@ section per thread count:
 
 ``--ab SECONDS`` instead compiles each model and rate twice, with every 1x1 conv on the dense
 GEMM (A) and as the compiler picks (B), and alternates the two in one process for that long
-(``ab_models.ab_table``: whole model and each layer), a section per model and rate.
+(``ab_models.ab_table``: whole model and each layer), a section per model and rate. With
+``--ab-against unfused-block`` A keeps each inverted-residual block's project conv a kernel of
+its own (lowering.fuse_project off) instead:
+
+    python -m benchmarks.grouped1x1 --ab 120 --ab-against unfused-block --models mobilenet_v2 --rates 8 --threads 1
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import patsparse as ps
 from patsparse.bench.harness import run_bench
 from patsparse.bench.model import BenchModel
 from patsparse.compiler import grouped
+from patsparse.compiler.codegen import lowering
 
 ENGINES = ("patsparse", "onnxruntime", "openvino")
 OUT = _report.BENCH / "grouped1x1.md"
@@ -60,39 +65,50 @@ def write(out: Path, section: str, body: str) -> int:
 
 
 def one_x_one_kernels(module, input_shape: tuple[int, ...]) -> str:
-    """How the compiled model runs its 1x1 convs: '<grouped> grouped / <n> 1x1' (fused expands
-    counted as 1x1 convs)."""
+    """How the compiled model runs its 1x1 convs: '<grouped> of <n>' (fused expand and project
+    convs counted as 1x1 convs)."""
     import torch
 
     cm = ps.compile(module, torch.zeros(1, *input_shape), threads=1)
     layers = cm.manifest["layers"]
-    grouped = sum(L["kernel"] == "grouped1x1" or (L["kernel"] == "pw_dw" and "nv" in L["schedule"])
-                  for L in layers)
+    grouped = sum(L["kernel"] == "grouped1x1" for L in layers) + \
+        sum(("nv" in L["schedule"]) + ("pnv" in L["schedule"]) for L in layers if L["kernel"] == "pw_dw")
     total = sum(m.kernel_size == (1, 1) for m in module.modules() if isinstance(m, torch.nn.Conv2d))
     return f"{grouped} of {total}"
 
 
+# --ab-against: (module, its constants set to -1 for build A, what A is, section suffix)
+AB_AGAINST = {
+    "dense-1x1": (grouped, ("GROUPED_MAX_DENSITY", "EXPAND_MAX_DENSITY"), "1x1 convs on the dense GEMM", ""),
+    "unfused-block": (lowering, ("PROJECT_MAX_WEIGHT_BYTES",), "project convs unfused", "-block"),
+}
+
+
 def ab(args: argparse.Namespace, header: list[str]) -> int:
-    """The A/B per model and rate: 1x1 convs on the dense GEMM (the grouped kernel's thresholds
-    set below every density for that build only) against the compiler's own pick."""
+    """The A/B per model and rate: build A with the thresholds ``--ab-against`` names set below
+    every layer (for that build only: the 1x1 convs on the dense GEMM, or the blocks' project
+    convs unfused) against the compiler's own pick."""
     import torch
 
     from benchmarks.ab_models import ab_table
 
+    module, names, what, suffix = AB_AGAINST[args.ab_against]
     for name in args.models.split(","):
         for rate in (float(r) for r in args.rates.split(",")):
             bm = BenchModel.from_zoo(name, rate=None if rate == 1 else rate, variant="imagenet")
             x = torch.zeros(1, *bm.input_shape)
-            saved = grouped.GROUPED_MAX_DENSITY, grouped.EXPAND_MAX_DENSITY
+            saved = {k: getattr(module, k) for k in names}
             try:
-                grouped.GROUPED_MAX_DENSITY = grouped.EXPAND_MAX_DENSITY = -1.0
-                dense = ps.compile(bm.module, x, threads=args.threads)
+                for k in names:
+                    setattr(module, k, -1)
+                a = ps.compile(bm.module, x, threads=args.threads)
             finally:
-                grouped.GROUPED_MAX_DENSITY, grouped.EXPAND_MAX_DENSITY = saved
-            text, _ = ab_table(dense, ps.compile(bm.module, x, threads=args.threads),
-                               f"{name} {rate:g}x, A: 1x1 convs on the dense GEMM, B: grouped where the compiler "
-                               f"picks it, {args.threads} thread(s)", header, seconds=args.ab, calls=20)
-            write(args.out, f"grouped1x1-ab-{name}-{rate:g}x-t{args.threads}", text)
+                for k, v in saved.items():
+                    setattr(module, k, v)
+            text, _ = ab_table(a, ps.compile(bm.module, x, threads=args.threads),
+                               f"{name} {rate:g}x, A: {what}, B: as the compiler picks, {args.threads} thread(s)",
+                               header, seconds=args.ab, calls=20)
+            write(args.out, f"grouped1x1-ab{suffix}-{name}-{rate:g}x-t{args.threads}", text)
     return 0
 
 
@@ -117,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=100)
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--ab", type=float, help="seconds of A/B per model and rate instead (see above)")
+    ap.add_argument("--ab-against", choices=tuple(AB_AGAINST), default="dense-1x1",
+                    help="what build A of --ab changes (see above)")
     ap.add_argument("--profile", action="store_true", help="time against the ideal per layer instead (see above)")
     args = ap.parse_args(argv)
     command = _report.command_line(__file__, sys.argv[1:] if argv is None else argv)

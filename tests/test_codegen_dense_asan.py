@@ -22,7 +22,7 @@ from patsparse.compiler.codegen.dense_conv import gen_conv2d
 from patsparse.compiler.codegen.depthwise import gen_depthwise
 from patsparse.compiler.codegen.gemm import gen_linear
 from patsparse.compiler.codegen.pool import gen_avgpool, gen_global_avgpool, gen_maxpool
-from patsparse.compiler.codegen.pw_dw import gen_pw_dw
+from patsparse.compiler.codegen.pw_dw import Project, gen_pw_dw
 from patsparse.compiler.layout import Layout
 from patsparse.compiler.target import detect
 
@@ -107,6 +107,11 @@ CASES = {
                                         expand_bias=np.zeros(6, np.float32), expand_act="none", k=5,
                                         padding=2, act="relu6"),
                         L(3, 9, 33, 1), L(6, 9, 33, 0), (6, 1, 5, 5)),
+    "pw_dw_block_res": Case(gen_pw_dw, dict(expand_weight=np.ones((7, 5, 1, 1), np.float32),
+                                            expand_bias=np.zeros(7, np.float32), expand_act="relu6",
+                                            act="relu6", project=Project(np.ones((5, 7, 1, 1), np.float32),
+                                                                         np.zeros(5, np.float32))),
+                            L(5, 9, 37, 0), L(5, 9, 37, 1), (7, 1, 3, 3), residual=True),
     "maxpool_s2_nohalo": Case(gen_maxpool, dict(k=3, stride=2, padding=1), L(4, 13, 37, 0),
                               L(4, 7, 19, 0), None),
     "avgpool_s3": Case(gen_avgpool, dict(k=3, stride=3, padding=1), L(2, 10, 20, 0),

@@ -293,11 +293,44 @@ class Expand(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.last(self.project(x)), 1), 1))
 
 
+class Split(Expand):
+    """The depthwise output also reaches the classifier, so the project conv stays a kernel of
+    its own (only a project fed by the depthwise alone fuses into the block)."""
+
+    def __init__(self):
+        super().__init__()
+        self.side = nn.Linear(96, 5)
+
+    def forward(self, x):
+        x = F.relu6(self.dw(F.relu6(self.expand(F.relu(self.stem(x))))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.last(self.project(x)), 1), 1)) + \
+            self.side(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class Block(Expand):
+    """An inverted-residual block with its residual add: expand, depthwise and project fuse."""
+
+    def __init__(self):
+        super().__init__()
+        self.project, self.last = nn.Conv2d(96, 16, 1), nn.Conv2d(16, 24, 1)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        x = self.project(F.relu6(self.dw(F.relu6(self.expand(x))))) + x
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.last(x), 1), 1))
+
+
 def test_grouped_on_aarch64_under_qemu(tmp_path):
     """The grouped kernel and the fused pruned expand (its depthwise pass on the kept taps)
-    rendered for NEON, built with the export's Makefile and run under qemu."""
-    src = _pruned_on_aarch64(Expand, 4, 56, tmp_path)
+    rendered for NEON, built with the export's Makefile and run under qemu; then whole blocks
+    (expand, depthwise, project, residual in one kernel), pruned and dense."""
+    src = _pruned_on_aarch64(Split, 4, 56, tmp_path)
     assert "grouped 1x1 conv" in src and "grouped sparse expand" in src and "4 depthwise taps per channel" in src
+    assert "grouped sparse project" not in src
+    src = _pruned_on_aarch64(Expand, 4, 56, tmp_path / "block")
+    assert "grouped sparse expand" in src and "grouped sparse project" in src
+    src = _pruned_on_aarch64(Block, None, 56, tmp_path / "dense")
+    assert "+ residual), project tile" in src
 
 
 def _pruned_on_aarch64(cls: type[nn.Module], rate: float | None, size: int, tmp_path) -> str:

@@ -9,6 +9,8 @@ Ops (attrs in brackets):
            [pool: {k, stride, padding}]   (a max pool after it, fused: lowering.fuse_conv_pool)
            [expand: {act}]                (a depthwise conv with the 1x1 conv before it fused,
                                           params expand_weight, expand_bias: lowering.fuse_pw_dw)
+           [project: {act}]               (and the 1x1 conv after it, params project_weight,
+                                          project_bias: lowering.fuse_project)
   bn       [eps]                         params mean, var, gamma, beta (folded away by passes)
   linear   []                            params weight (out, in), bias (out,)
   maxpool / avgpool [k, stride, padding] and where not the default [ceil_mode] (True),

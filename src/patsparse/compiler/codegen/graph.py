@@ -177,9 +177,8 @@ def pack_blob(plan: Plan) -> np.ndarray:
             packed = np.asarray(s.kernel.pack(n.params["weight"]), dtype=np.float32).ravel()
         else:
             packed = np.zeros(0, np.float32)
-        bias = np.zeros(s.out_layout.C, np.float32)
-        if "bias" in n.params:
-            bias[:] = n.params["bias"]
+        # the main conv's bias: one per output channel, but a fused block's is its depthwise's
+        bias = np.asarray(n.params.get("bias", np.zeros(s.out_layout.C)), np.float32).ravel()
         for arr, attr in ((packed, "w_off"), (bias, "b_off")):
             setattr(s, attr, at)
             size = (arr.size + ALIGN - 1) // ALIGN * ALIGN or ALIGN

@@ -20,8 +20,9 @@ when there are enough to share evenly, else the filter blocks by step count (ps_
 pattern kernel does). One load per FMA bounds the kernel below the dense GEMM's FLOP rate,
 which is why the compiler runs it only on sparse enough layers (compiler/grouped.py).
 
-``expand_c`` renders the same reduction for one row of the fused 1x1 + depthwise kernel
-(pw_dw.py), where a pruned expand conv writes its row into the ring.
+``row_c`` renders the same reduction for one row of the fused inverted-residual kernel
+(pw_dw.py): a pruned expand conv writing its row into the ring, a pruned project conv reading
+the depthwise conv's row.
 """
 
 from __future__ import annotations
@@ -114,12 +115,12 @@ def default_gb(nv: int, target: Target) -> int:
     return max(1, cpu.l2_bytes // 2 // (9 * nv * cpu.lanes * 4))
 
 
-def sections_c(o: dict, indent: str = "    ") -> list[str]:
-    """C pointers to the sections of a layer packed by gather.GatherPlan at ``w``."""
+def sections_c(o: dict, indent: str = "    ", base: str = "w") -> list[str]:
+    """C pointers to the sections of a layer packed by gather.GatherPlan at ``base``."""
     return [indent + x for x in (
-        "const int32_t *restrict gi = (const int32_t *)w;",
+        f"const int32_t *restrict gi = (const int32_t *)({base});",
         *(f"const int32_t *restrict {k} = gi + {o[k]};" for k in ("perm", "seg", "cost", "offs")),
-        f"const float *restrict wts = w + {o['wts']};")]
+        f"const float *restrict wts = ({base}) + {o['wts']};")]
 
 
 class GroupedEmitter:
@@ -316,20 +317,20 @@ def gen_grouped1x1(name: str, weight: np.ndarray, *, stride: int = 1, padding: i
                                                      "panel": int(panel), "vl": vl})
 
 
-def expand_nv(W: int, target: Target) -> int:
-    """The fused kernel's default tile for one expanded row of ``W`` pixels."""
+def row_nv(W: int, target: Target) -> int:
+    """The fused kernel's default grouped tile for one row of ``W`` pixels."""
     return balanced_nv(-(-W // target.require_cpu("grouped 1x1").lanes), max_nv(target))
 
 
-def expand_c(name: str, gp: GatherPlan, *, nv: int, W: int, cin: int, cs: int, ring_ld: int, bias_at: int,
-             act: str, target: Target, scratch_at: str) -> tuple[list[str], list[str], int]:
-    """C of a pruned expand conv in the fused 1x1 + depthwise kernel (pw_dw.py): (declarations
-    for the function's top, after the kernel's private scratch; the loop computing one expanded
-    row; floats of private scratch it uses at ``scratch_at``). The row loop reads ``src``
-    (input channel 0 of the row, ``cin`` channels ``cs`` apart) and writes each output channel's
-    row of ``act(conv + bias)`` at ``slot + channel * ring_ld``, lanes past ``W`` zeroed (``te``);
-    the layer is packed at ``w`` (``pack_grouped`` with ``gp``, panel rows of ``nv`` vectors),
-    its bias at ``w + bias_at``."""
+def row_c(name: str, gp: GatherPlan, *, nv: int, W: int, cin: int, cs: int, src: str, dst: str, dst_ld: int,
+          bias_at: int, act: str, target: Target, tail: str, res: str | None = None, base: str = "w") -> list[str]:
+    """C block computing one row of a grouped 1x1 conv inside a fused kernel (pw_dw.py: the
+    pruned expand writing a ring row, the pruned project reading the depthwise row). It reads
+    ``src`` (input channel 0 of the row, ``cin`` channels ``cs`` apart) and writes output channel
+    oc's row of ``act(conv + bias [+ residual])`` at ``dst + oc * dst_ld``, the residual read at
+    ``res + oc * dst_ld``, lanes past ``W`` zeroed by the mask ``tail``. The layer is packed at
+    ``base`` (``pack_grouped`` with ``gp``, channels ``cs`` apart, no panel), its bias at
+    ``w + bias_at``."""
     vl = target.require_cpu(name).lanes
     em = GroupedEmitter(name, gp, nv=nv, channels=cin, vl=vl, panel=False)
     nvw = -(-W // vl)
@@ -337,10 +338,13 @@ def expand_c(name: str, gp: GatherPlan, *, nv: int, W: int, cin: int, cs: int, r
     loop = [f"for (int vt = 0; vt < {-(-nvw // nv)}; vt++) {{"]
     for v in V:
         loop += [f"    int v{v} = vt * {nv} + {v}; const int ok{v} = v{v} < {nvw}; if (!ok{v}) v{v} = vt * {nv};",
-                 f"    const float *restrict x{v} = src + v{v} * VL;"]
+                 f"    const float *restrict x{v} = {src} + v{v} * VL;"]
     store = [f"const vf eb = vbcast(w[{bias_at} + oc]);"]
-    store += [f"if (ok{v}) {{ vf y = {act_c(act, f'sum{v} + eb')}; if (v{v} == {nvw - 1}) y = vand(y, te);"
-              f" vstore(slot + (size_t)oc * {ring_ld} + v{v} * VL, y); }}" for v in V]
+    for v in V:
+        at = f"(size_t)oc * {dst_ld} + v{v} * VL"
+        val = f"sum{v} + eb" + (f" + vload({res} + {at})" if res else "")
+        store.append(f"if (ok{v}) {{ vf y = {act_c(act, val)}; if (v{v} == {nvw - 1}) y = vand(y, {tail});"
+                     f" vstore({dst} + {at}, y); }}")
     loop += em.tile([f"x{v}" for v in V], cs, "0", str(gp.blocks), store, "    ")
     loop.append("}")
-    return sections_c(gp.offsets) + em.decls("    ", scratch_at), loop, em.private_floats
+    return ["{", *sections_c(gp.offsets, base=base), *("    " + x for x in loop), "}"]

@@ -141,15 +141,19 @@ def _pw_dw_matches(node: Node) -> dict | None:
 
 def _pw_dw_generate(step: Step, schedule: dict | None, target: Target, threads: int | None) -> GeneratedKernel:
     n, a = step.node, step.node.attrs
+    project = None if "project" not in a else pw_dw.Project(
+        n.params["project_weight"], n.params["project_bias"], a["project"]["act"],
+        grouped_sparsity(n.params["project_weight"], n.name))
     return pw_dw.gen_pw_dw(step.cname, expand_weight=n.params["expand_weight"], expand_sparsity=step.sparsity,
                            expand_bias=n.params["expand_bias"], expand_act=a["expand"]["act"], k=a["k"],
                            stride=a["stride"], padding=a["padding"], in_layout=step.in_layout,
                            out_layout=step.out_layout, act=n.act, target=target, schedule=schedule,
-                           has_residual=n.residual is not None, taps=depthwise.kept_taps(n.params["weight"]))
+                           has_residual=n.residual is not None, taps=depthwise.kept_taps(n.params["weight"]),
+                           project=project)
 
 
 def _pw_dw_candidates(step: Step, target: Target, threads: int | None) -> list[dict]:
-    return pw_dw.tiles(step.out_layout.C, step.in_layout.W, step.in_layout.C, target,
+    return pw_dw.tiles(step.node.params["expand_weight"].shape[0], step.in_layout.W, step.in_layout.C, target,
                        grouped=step.sparsity is not None)[:MAX_CANDIDATES]
 
 
