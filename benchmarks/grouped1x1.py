@@ -16,7 +16,7 @@ weights and runs the grouped kernel where it is faster than the dense GEMM (dens
     python -m benchmarks.grouped1x1 --ab 120 --models mobilenet_v2 --rates 8 --threads 1
 
 ``--profile`` instead writes where each model's time goes against its ideal (kept MACs at the
-FMA peak), per kernel family and per layer, ImageNet and CIFAR forms (layer_budget.py), a
+FMA peak), per kernel family and per layer, ImageNet and CIFAR forms (_layer_budget.py), a
 section per thread count:
 
     python -m benchmarks.grouped1x1 --profile --models mobilenet_v2 --rates 2.25,8 --threads 1
@@ -113,12 +113,12 @@ def ab(args: argparse.Namespace, header: list[str]) -> int:
 
 
 def profile(args: argparse.Namespace, command: str) -> int:
-    """The layer budget section (benchmarks.layer_budget) for ``--threads``."""
-    from benchmarks.layer_budget import report
+    """The layer budget section (benchmarks._layer_budget) for ``--threads``."""
+    from benchmarks._layer_budget import report
 
     body = report(args.models.split(","), [float(r) for r in args.rates.split(",")], args.threads, args.repeats)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    body = "\n".join([f"## Where the time goes, {args.threads} thread(s) (benchmarks/layer_budget.py)", "", body,
+    body = "\n".join([f"## Where the time goes, {args.threads} thread(s) (benchmarks/_layer_budget.py)", "", body,
                       f"Run {_report.utc_now()}, commit {_report.git_commit()}, "
                       f"{_report.machine_line(_report.machine())}, 1-min load average {load:.1f} at the end; "
                       f"command `{command}`."])

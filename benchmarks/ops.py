@@ -5,7 +5,7 @@ on the same model, side by side (patsparse.bench.run_bench: every engine in its 
 outputs checked against PyTorch, interleaved rounds, medians).
 
 For each full network the table gives the share of our latency spent in fallback segments and,
-from both engines' per-op profiles (benchmarks/op_profile.py), the op categories where we spend
+from both engines' per-op profiles (benchmarks/_op_profile.py), the op categories where we spend
 more time than ONNX Runtime; for each block, its two most expensive layers with their kernels.
 
 Usage: python -m benchmarks.ops [--threads 2] [--repeats 40] [--size 64] [--quick]
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from benchmarks import op_profile
+from benchmarks import _op_profile
 from benchmarks._report import BENCH, md_table, provenance
 
 import patsparse as ps
@@ -65,8 +65,8 @@ def architecture_row(name: str, args, log) -> list[str]:
     else:
         share = 0.0
         repeats = min(args.repeats, 20)
-        where = op_profile.costliest(op_profile.ours(cm, m, x, repeats),
-                                     op_profile.onnxruntime(m, x, args.threads, repeats))
+        where = _op_profile.costliest(_op_profile.ours(cm, m, x, repeats),
+                                      _op_profile.onnxruntime(m, x, args.threads, repeats))
     return [row[0], a.family, *row[1:], f"{100 * share:.0f}%", where]
 
 
@@ -133,7 +133,7 @@ random weights, BatchNorm statistics randomised, `project_model(m, {RATE:g})` (3
 and dilated ones included, by pattern and connectivity; depthwise 3x3 by pattern; 1x1 convs in
 virtual 3x3 kernels; the first conv dense). "fallback": the share of our latency spent in
 PyTorch segments (`ps.compile(strict=False)`). "ours / ORT ms by op": from both engines' per-op
-profiles (benchmarks/op_profile.py), the op categories where we spend the most more than ONNX
+profiles (benchmarks/_op_profile.py), the op categories where we spend the most more than ONNX
 Runtime, our ms / its ms ("none": no category costs us more).
 
 {md_table(["model", "family", "input", "patsparse ms", "ONNX Runtime ms", "OpenVINO ms", "ORT / ours",
