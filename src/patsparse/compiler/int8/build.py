@@ -101,8 +101,8 @@ void ps_forward(const float *restrict x, float *restrict y, int batch, float *re
     uint8_t *ws = (uint8_t *)wsf;
     const uint8_t *blob = (const uint8_t *)blobf;
     ps_sync *sync = (ps_sync *)(ws + {ws_bytes});
-    const int team = ps_team_prepare(sync, nthreads > 0 ? nthreads : omp_get_max_threads());
     const double start = omp_get_wtime();
+    const int team = ps_team_prepare(sync, nthreads > 0 ? nthreads : omp_get_max_threads(), start);
     #pragma omp parallel num_threads(team)
     {{
     ps_team_enter(sync);
@@ -131,7 +131,7 @@ void ps_forward(const float *restrict x, float *restrict y, int batch, float *re
     }}
     ps_team_leave();
     }}
-    ps_team_adapt(sync, team, omp_get_wtime() - start);  /* one thread while a busy core stalls the team */
+    ps_team_adapt(sync, team, start, omp_get_wtime());  /* one thread while a busy core stalls the team */
 }}
 void ps_release(float *wsf) {{ ps_team_release((ps_sync *)((uint8_t *)wsf + {ws_bytes})); }}
 int ps_vl(void) {{ return VL; }}
