@@ -51,14 +51,16 @@ int barrier_stress(int threads, int phases) {
     ps_team_release(&s);
     return bad;
 }
-/* the team size of `n` calls wanting `nt` threads, call i from at[i] to at[i] + 1 ms;
-   stalled[i]: call i slept that share of its time */
-void solo_policy(int nt, int n, const double *stalled, const double *at, int *team) {
+/* the team size of `n` calls wanting `nt` threads, call i starting at at[i] and lasting team_ms
+   on the team, solo_ms alone; stalled[i]: call i slept that share of its time */
+void solo_policy(int nt, int n, const double *stalled, const double *at, double team_ms, double solo_ms,
+                 int *team) {
     ps_sync s = {0};
     for (int i = 0; i < n; i++) {
         team[i] = ps_team_prepare(&s, nt, at[i]);
-        atomic_store(&s.slept_us, (unsigned)(stalled[i] * 1e3 * team[i]));
-        ps_team_adapt(&s, team[i], at[i], at[i] + 1e-3);
+        const double ms = team[i] > 1 ? team_ms : solo_ms;
+        atomic_store(&s.slept_us, (unsigned)(stalled[i] * 1e3 * ms * team[i]));
+        ps_team_adapt(&s, team[i], at[i], at[i] + 1e-3 * ms, 1);
     }
     ps_team_release(&s);
 }
@@ -89,10 +91,11 @@ def test_solo_fallback_backs_off_and_recovers(team_lib):
     assert f"#define PS_STALLS {k}" in prelude_c(detect())
     team = np.zeros(n, np.int32)
 
-    def policy(stalled: np.ndarray, period: float = 0.01) -> np.ndarray:
-        at = np.arange(n) * period  # call i starts at i * period seconds
+    def policy(stalled: np.ndarray, period: float = 0.01, team_ms: float = 3.0, solo_ms: float = 1.0) -> np.ndarray:
+        # call i starts at i * period seconds; by default a stalled team call is slower than one thread
+        at = np.arange(n) * period
         team_lib.solo_policy(2, n, stalled.ctypes.data_as(ctypes.c_void_p), at.ctypes.data_as(ctypes.c_void_p),
-                             team.ctypes.data_as(ctypes.c_void_p))
+                             ctypes.c_double(team_ms), ctypes.c_double(solo_ms), team.ctypes.data_as(ctypes.c_void_p))
         return team
 
     s1 = SPELL
@@ -117,8 +120,7 @@ def test_solo_fallback_backs_off_and_recovers(team_lib):
     assert (team[back:back + 65] == 2).all() and (team[back + 65:back + 65 + 2 * s1] == 1).all()
     assert team[back + 65 + 2 * s1] == 2
     # the fallback lasts a time, not a number of calls: a caller that calls once a second (a
-    # benchmark alternating engines) is back on the team at its next call, however many
-    # fallbacks came before
+    # benchmark alternating engines) is back on the team at its next call
     stalled[:] = 0
     stalled[:k] = 0.9
     assert (policy(stalled, period=1.0)[k:] == 2).all()
@@ -127,6 +129,11 @@ def test_solo_fallback_backs_off_and_recovers(team_lib):
     stalled[:] = 0.9
     runs = "".join(map(str, policy(stalled, period=1.0)[k:])).split("2")
     assert team[k] == 2 and max(map(len, runs)) == 2
+    # a team that stalls yet runs faster than one thread (several processes load the machine: the
+    # team gets two cores' time slices) goes back to the team after its first fallback, for good
+    stalled[:] = 0.9
+    policy(stalled, team_ms=1.0, solo_ms=2.0)
+    assert (team[:k] == 2).all() and (team[k:k + s1] == 1).all() and (team[k + s1:] == 2).all()
     # a stall under a quarter of the call's time is ordinary imbalance: the team stays
     stalled[:] = 0.2
     assert (policy(stalled) == 2).all()

@@ -74,7 +74,10 @@ PRELUDE = r"""
    every barrier, and every stalled team call is a latency outlier. The spell is wall time, not
    a number of calls, because the busy core is: counted in calls, a caller that calls seldom (a
    benchmark alternating engines, a slow video loop) stayed on one thread long after the other
-   process had gone. */
+   process had gone. Once one-thread calls have been timed, a stall counts only while team calls
+   run slower on average than one thread (`team_s`, `solo_s`: running means of seconds per
+   image): on a machine loaded by several processes the team stalls at barriers yet gets two
+   cores' time slices, and one thread, one core's share, ran 1.5-2x slower. */
 typedef struct { float *p; size_t n; } ps_arena_t;
 typedef struct {
     atomic_uint count, gen, sleepers;  /* barrier: arrivals, generation, waiters asleep on gen */
@@ -82,6 +85,8 @@ typedef struct {
     float *scr;                        /* the team's shared scratch, handed out by thread 0 */
     ps_arena_t *arena;                 /* [0] team scratch, [1 + t] thread t's own */
     double solo_until;                 /* omp_get_wtime() before which calls run on one thread */
+    float solo_s, team_s;              /* seconds per image of one-thread and team calls, running
+                                          means (0: none yet) */
     int narena;
     unsigned backoff, clean;           /* the last fallback's milliseconds; team calls since the
                                           last stall */
@@ -168,11 +173,17 @@ static int ps_team_prepare(ps_sync *s, int nt, double now) {
     atomic_store_explicit(&s->slept_us, 0, memory_order_relaxed);
     return nt;
 }
-/* after a call from `start` to `end` (omp_get_wtime()) on `nt` threads: fall back to one thread
-   if the team kept stalling */
-static void ps_team_adapt(ps_sync *s, int nt, double start, double end) {
-    if (nt <= 1) return;
-    if (atomic_load_explicit(&s->slept_us, memory_order_relaxed) * 1e-6 > 0.25 * (end - start) * nt) {
+/* after a call of `images` images from `start` (the team awake) to `end` (omp_get_wtime()) on
+   `nt` threads: fall back to one thread if the team kept stalling */
+static void ps_team_adapt(ps_sync *s, int nt, double start, double end, int images) {
+    const float per = (float)((end - start) / (images > 0 ? images : 1));
+    if (nt <= 1) {
+        s->solo_s = s->solo_s > 0 ? 0.75f * s->solo_s + 0.25f * per : per;
+        return;
+    }
+    s->team_s = s->team_s > 0 ? 0.875f * s->team_s + 0.125f * per : per;
+    if (atomic_load_explicit(&s->slept_us, memory_order_relaxed) * 1e-6 > 0.25 * (end - start) * nt &&
+        !(s->solo_s > 0 && s->team_s <= s->solo_s)) {
         /* a first fallback needs PS_STALLS stalled calls in a row (one stall is a hiccup, not a
            busy core); once the team has fallen back, one stalled probe is enough */
         if (++s->stalls < PS_STALLS && !s->backoff) return;
