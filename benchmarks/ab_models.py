@@ -8,9 +8,13 @@ block settled, after one unrecorded call: ``patsparse.bench.timing``), recording
 then probes the core-to-core latency (ceiling.core_to_core_ns). Rounds are grouped by that
 probe: 'together' (the two vCPUs share a last-level cache) and 'apart' (ceiling.vcpus_apart), because
 the compiled models' two-thread speed differs between the two (docs/COMPILER.md).
+``--pause S`` sleeps S seconds after each block, as a side-by-side benchmark leaves a model idle
+while the other engines run: small blocks with pauses call a model as the speed grid does, where
+a thread team's state carried from block to block (the solo fallback, base.PRELUDE) decides
+its speed.
 
     python -m benchmarks.ab_models OLD.compiled NEW.compiled [--seconds 300] [--calls 40]
-                                   [--trust-native-code] [--threads N] [--batch N]
+                                   [--trust-native-code] [--threads N] [--batch N] [--pause S]
 
 A and B are directories written by ``patsparse compile`` / ``CompiledModel.save`` (for the same
 input shape; their layers pair by name, so a build that fuses two layers shows the other's two
@@ -34,11 +38,13 @@ from patsparse.bench.timing import time_calls
 from patsparse.compiler.package import load_compiled
 
 
-def block(model, x: np.ndarray, calls: int) -> tuple[float, np.ndarray]:
-    """(median ms per call, median ms per layer) over ``calls`` settled calls after one warm-up."""
+def block(model, x: np.ndarray, calls: int, pause: float = 0.0) -> tuple[float, np.ndarray]:
+    """(median ms per call, median ms per layer) over ``calls`` settled calls after one warm-up,
+    then ``pause`` seconds idle."""
     per = np.zeros((calls + 1, len(model.manifest["layers"])))  # row 0: the warm-up call's
     rows = iter(per)
     lat = time_calls(lambda: model.run_numpy(x, next(rows)), calls, warmup=1)
+    time.sleep(pause)
     return float(np.median(lat)) * 1e3, np.median(per[1:], axis=0) * 1e3
 
 
@@ -56,12 +62,13 @@ def main(argv: list[str] | None = None) -> None:
                          "compiler; loading otherwise regenerates both with this one)")
     ap.add_argument("--threads", type=int, help="run both with this many threads (default: as saved)")
     ap.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
+    ap.add_argument("--pause", type=float, default=0.0, help="seconds idle after each block (default 0)")
     args = ap.parse_args(argv)
     a, b = (load_compiled(d, threads=args.threads, trust_native_code=args.trust_native_code)
             for d in (args.a, args.b))
     text, rounds = ab_table(a, b, f"{args.a} against {args.b}",
                             provenance(__file__, argv), seconds=args.seconds, calls=args.calls,
-                            batch=args.batch)
+                            batch=args.batch, pause=args.pause)
     if args.rounds_json:
         Path(args.rounds_json).write_text(json.dumps([{k: r[k] for k in ("far", "a", "b")} for r in rounds]))
     if args.out:
@@ -70,9 +77,10 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def ab_table(a, b, title: str, header: list[str], *, seconds: float, calls: int,
-             batch: int = 1) -> tuple[str, list[dict]]:
+             batch: int = 1, pause: float = 0.0) -> tuple[str, list[dict]]:
     """The A/B table of two compiled models (see the module docstring) and its rounds, under
-    ``header`` (the writing script's provenance lines), ``batch`` images per call."""
+    ``header`` (the writing script's provenance lines), ``batch`` images per call, ``pause``
+    seconds idle after each block."""
     if a.input_shape != b.input_shape:
         raise SystemExit(f"input shapes differ: {a.input_shape} against {b.input_shape}")
     kinds_a, kinds_b = ({L["name"]: L["kernel"] for L in m.manifest["layers"]} for m in (a, b))
@@ -86,10 +94,11 @@ def ab_table(a, b, title: str, header: list[str], *, seconds: float, calls: int,
     rounds = []
     end = time.time() + seconds
     while time.time() < end:
-        (ta, la), (tb, lb) = block(a, x, calls), block(b, x, calls)
+        (ta, la), (tb, lb) = block(a, x, calls, pause), block(b, x, calls, pause)
         rounds.append({"far": vcpus_apart(core_to_core_ns()), "a": ta, "b": tb, "la": la, "lb": lb})
     lines = [f"## A/B: {title} (benchmarks/ab_models.py)", "", *header,
-             f"- {len(rounds)} rounds of {calls} calls of batch {batch} each, A then B; medians over rounds", ""]
+             f"- {len(rounds)} rounds of {calls} calls of batch {batch} each, A then B"
+             + (f", {pause:g} s idle after each block" if pause else "") + "; medians over rounds", ""]
     for where, far in (("together", False), ("apart", True)):
         sel = [r for r in rounds if r["far"] == far]
         if not sel:

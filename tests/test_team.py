@@ -33,7 +33,7 @@ int barrier_stress(int threads, int phases) {
     atomic_int bad = 0;
     for (int i = 0; i < 64; i++) atomic_store(&slot[i], 0);
     ps_sync s = {0};
-    ps_team_prepare(&s, threads);
+    ps_team_prepare(&s, threads, 0.0);
     const int want = threads * (threads + 1) / 2;
     #pragma omp parallel num_threads(threads)
     {
@@ -51,13 +51,16 @@ int barrier_stress(int threads, int phases) {
     ps_team_release(&s);
     return bad;
 }
-/* the team size of `n` calls wanting `nt` threads; stalled[i]: call i slept that share of its time */
-void solo_policy(int nt, int n, const double *stalled, int *team) {
+/* the team size of `n` calls wanting `nt` threads, call i starting at at[i] and lasting team_ms
+   on the team, solo_ms alone; stalled[i]: call i slept that share of its time */
+void solo_policy(int nt, int n, const double *stalled, const double *at, double team_ms, double solo_ms,
+                 int *team) {
     ps_sync s = {0};
     for (int i = 0; i < n; i++) {
-        team[i] = ps_team_prepare(&s, nt);
-        atomic_store(&s.slept_us, (unsigned)(stalled[i] * 1e6 * team[i]));
-        ps_team_adapt(&s, team[i], 1.0);
+        team[i] = ps_team_prepare(&s, nt, at[i]);
+        const double ms = team[i] > 1 ? team_ms : solo_ms;
+        atomic_store(&s.slept_us, (unsigned)(stalled[i] * 1e3 * ms * team[i]));
+        ps_team_adapt(&s, team[i], at[i], at[i] + 1e-3 * ms, 1);
     }
     ps_team_release(&s);
 }
@@ -80,6 +83,7 @@ def test_barrier_with_sleeping_waiters_loses_no_wakeup(team_lib):
 
 
 STALLS = 3  # base.PRELUDE's PS_STALLS: stalled calls in a row before a fresh team falls back
+SPELL = 10  # calls 10 ms apart in a first fallback (PS_SOLO_MIN_MS 100)
 
 
 def test_solo_fallback_backs_off_and_recovers(team_lib):
@@ -87,29 +91,49 @@ def test_solo_fallback_backs_off_and_recovers(team_lib):
     assert f"#define PS_STALLS {k}" in prelude_c(detect())
     team = np.zeros(n, np.int32)
 
-    def policy(stalled: np.ndarray) -> np.ndarray:
-        team_lib.solo_policy(2, n, stalled.ctypes.data_as(ctypes.c_void_p), team.ctypes.data_as(ctypes.c_void_p))
+    def policy(stalled: np.ndarray, period: float = 0.01, team_ms: float = 3.0, solo_ms: float = 1.0) -> np.ndarray:
+        # call i starts at i * period seconds; by default a stalled team call is slower than one thread
+        at = np.arange(n) * period
+        team_lib.solo_policy(2, n, stalled.ctypes.data_as(ctypes.c_void_p), at.ctypes.data_as(ctypes.c_void_p),
+                             ctypes.c_double(team_ms), ctypes.c_double(solo_ms), team.ctypes.data_as(ctypes.c_void_p))
         return team
 
+    s1 = SPELL
     stalled = np.zeros(n)
     stalled[:k] = 0.9
-    stalled[k + 64] = 0.9  # k calls in a row stall, and so does the probe after the fallback
+    stalled[k + s1] = 0.9  # k calls in a row stall, and so does the probe after the fallback
     policy(stalled)
-    # 64 calls alone after the k-th; the probe stalls: 128 alone; then the team
-    assert (team[:k] == 2).all() and (team[k:k + 64] == 1).all() and team[k + 64] == 2
-    back = k + 193  # the first team call after the second fallback
-    assert (team[k + 65:back] == 1).all() and (team[back:] == 2).all()
+    # 100 ms (10 calls) alone after the k-th; the probe stalls: 200 ms alone; then the team
+    assert (team[:k] == 2).all() and (team[k:k + s1] == 1).all() and team[k + s1] == 2
+    back = k + 3 * s1 + 1  # the first team call after the second fallback
+    assert (team[k + s1 + 1:back] == 1).all() and (team[back:] == 2).all()
     # one stall soon after: the fallback doubles again (a clean probe alone does not forget)
     stalled[back + 6] = 0.9
     policy(stalled)
-    assert (team[back:back + 7] == 2).all() and (team[back + 7:] == 1).all()
-    # 64 clean team calls halve it: the next stall falls back for 128 calls, not 256
+    assert (team[back:back + 7] == 2).all() and (team[back + 7:back + 7 + 4 * s1] == 1).all()
+    assert team[back + 7 + 4 * s1] == 2
+    # 64 clean team calls halve it: the next stall falls back for 200 ms, not 400
     stalled[:] = 0
     stalled[:k] = 0.9
-    stalled[[k + 64, back + 64]] = 0.9
+    stalled[[k + s1, back + 64]] = 0.9
     policy(stalled)
-    assert (team[back:back + 65] == 2).all() and (team[back + 65:back + 193] == 1).all()
-    assert team[back + 193] == 2
+    assert (team[back:back + 65] == 2).all() and (team[back + 65:back + 65 + 2 * s1] == 1).all()
+    assert team[back + 65 + 2 * s1] == 2
+    # the fallback lasts a time, not a number of calls: a caller that calls once a second (a
+    # benchmark alternating engines) is back on the team at its next call
+    stalled[:] = 0
+    stalled[:k] = 0.9
+    assert (policy(stalled, period=1.0)[k:] == 2).all()
+    # and while every team call stalls, the spell doubles up to its 2 s cap: never more than two
+    # calls 1 s apart in a row on one thread
+    stalled[:] = 0.9
+    runs = "".join(map(str, policy(stalled, period=1.0)[k:])).split("2")
+    assert team[k] == 2 and max(map(len, runs)) == 2
+    # a team that stalls yet runs faster than one thread (several processes load the machine: the
+    # team gets two cores' time slices) goes back to the team after its first fallback, for good
+    stalled[:] = 0.9
+    policy(stalled, team_ms=1.0, solo_ms=2.0)
+    assert (team[:k] == 2).all() and (team[k:k + s1] == 1).all() and (team[k + s1:] == 2).all()
     # a stall under a quarter of the call's time is ordinary imbalance: the team stays
     stalled[:] = 0.2
     assert (policy(stalled) == 2).all()

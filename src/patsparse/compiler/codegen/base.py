@@ -68,19 +68,28 @@ PRELUDE = r"""
    (Per-library pthread keys ran out after ~500 libraries in one process: 2 of 1024 per library.)
    Solo fallback: when the threads of PS_STALLS calls in a row spent over a quarter of their time
    asleep at barriers waiting for a partner (another process holds a core; the call's first
-   barrier, the team's wake-up, does not count), the next calls run on one thread, as
-   many as `backoff` says (doubling while the team keeps stalling, halved only after PS_SOLO_MIN
-   team calls in a row without a stall): one thread on the free core beats a team that waits
-   for a time slice at every barrier, and every stalled team call is a latency outlier. */
+   barrier, the team's wake-up, does not count), calls run on one thread for the next `backoff`
+   milliseconds (doubling while the team keeps stalling, halved after PS_CLEAN team calls in a
+   row without a stall): one thread on the free core beats a team that waits for a time slice at
+   every barrier, and every stalled team call is a latency outlier. The spell is wall time, not
+   a number of calls, because the busy core is: counted in calls, a caller that calls seldom (a
+   benchmark alternating engines, a slow video loop) stayed on one thread long after the other
+   process had gone. Once one-thread calls have been timed, a stall counts only while team calls
+   run slower on average than one thread (`team_s`, `solo_s`: running means of seconds per
+   image): on a machine loaded by several processes the team stalls at barriers yet gets two
+   cores' time slices, and one thread, one core's share, ran 1.5-2x slower. */
 typedef struct { float *p; size_t n; } ps_arena_t;
 typedef struct {
     atomic_uint count, gen, sleepers;  /* barrier: arrivals, generation, waiters asleep on gen */
     atomic_uint slept_us;              /* this call's microseconds asleep at barriers, all threads */
     float *scr;                        /* the team's shared scratch, handed out by thread 0 */
     ps_arena_t *arena;                 /* [0] team scratch, [1 + t] thread t's own */
+    double solo_until;                 /* omp_get_wtime() before which calls run on one thread */
+    float solo_s, team_s;              /* seconds per image of one-thread and team calls, running
+                                          means (0: none yet) */
     int narena;
-    unsigned solo, backoff, clean;     /* calls left on one thread; the last fallback's length;
-                                          team calls since the last stall */
+    unsigned backoff, clean;           /* the last fallback's milliseconds; team calls since the
+                                          last stall */
     unsigned stalls;                   /* team calls in a row that stalled */
 } ps_sync;
 _Static_assert(sizeof(ps_sync) <= 64, "ps_sync must fit the 64 bytes the workspace reserves");
@@ -91,11 +100,14 @@ static inline void ps_team_leave(void) { ps_team_sync = 0; ps_team_nt = 0; }
 #ifndef PS_SPIN
 #define PS_SPIN 4000
 #endif
-#ifndef PS_SOLO_MIN
-#define PS_SOLO_MIN 64
+#ifndef PS_SOLO_MIN_MS
+#define PS_SOLO_MIN_MS 100
 #endif
-#ifndef PS_SOLO_MAX
-#define PS_SOLO_MAX 1024
+#ifndef PS_SOLO_MAX_MS
+#define PS_SOLO_MAX_MS 2000
+#endif
+#ifndef PS_CLEAN
+#define PS_CLEAN 64
 #endif
 #ifndef PS_STALLS
 #define PS_STALLS 3
@@ -147,9 +159,10 @@ static void ps_oom(const char *who, size_t bytes) {
     fprintf(stderr, "patsparse: kernel %s could not allocate %zu bytes of scratch\n", who, bytes);
     abort();
 }
-/* arena[0 .. nt] exist (call before the team starts); returns the team size to use */
-static int ps_team_prepare(ps_sync *s, int nt) {
-    if (nt > 1 && s->solo) { s->solo--; nt = 1; }
+/* arena[0 .. nt] exist (call before the team starts, at `now` = omp_get_wtime()); returns the
+   team size to use */
+static int ps_team_prepare(ps_sync *s, int nt, double now) {
+    if (nt > 1 && now < s->solo_until) nt = 1;
     if (s->narena < nt + 1) {
         ps_arena_t *a = realloc(s->arena, (size_t)(nt + 1) * sizeof *a);
         if (!a) ps_oom("team", (size_t)(nt + 1) * sizeof *a);
@@ -160,20 +173,28 @@ static int ps_team_prepare(ps_sync *s, int nt) {
     atomic_store_explicit(&s->slept_us, 0, memory_order_relaxed);
     return nt;
 }
-/* after a call of `seconds` on `nt` threads: fall back to one thread if the team kept stalling */
-static void ps_team_adapt(ps_sync *s, int nt, double seconds) {
-    if (nt <= 1) return;
-    if (atomic_load_explicit(&s->slept_us, memory_order_relaxed) * 1e-6 > 0.25 * seconds * nt) {
+/* after a call of `images` images from `start` (the team awake) to `end` (omp_get_wtime()) on
+   `nt` threads: fall back to one thread if the team kept stalling */
+static void ps_team_adapt(ps_sync *s, int nt, double start, double end, int images) {
+    const float per = (float)((end - start) / (images > 0 ? images : 1));
+    if (nt <= 1) {
+        s->solo_s = s->solo_s > 0 ? 0.75f * s->solo_s + 0.25f * per : per;
+        return;
+    }
+    s->team_s = s->team_s > 0 ? 0.875f * s->team_s + 0.125f * per : per;
+    if (atomic_load_explicit(&s->slept_us, memory_order_relaxed) * 1e-6 > 0.25 * (end - start) * nt &&
+        !(s->solo_s > 0 && s->team_s <= s->solo_s)) {
         /* a first fallback needs PS_STALLS stalled calls in a row (one stall is a hiccup, not a
            busy core); once the team has fallen back, one stalled probe is enough */
         if (++s->stalls < PS_STALLS && !s->backoff) return;
-        s->backoff = s->backoff ? (2 * s->backoff < PS_SOLO_MAX ? 2 * s->backoff : PS_SOLO_MAX) : PS_SOLO_MIN;
-        s->solo = s->backoff;
+        s->backoff = s->backoff ? (2 * s->backoff < PS_SOLO_MAX_MS ? 2 * s->backoff : PS_SOLO_MAX_MS)
+                                : PS_SOLO_MIN_MS;
+        s->solo_until = end + 1e-3 * s->backoff;
         s->clean = 0;
         s->stalls = 0;
     } else {
         s->stalls = 0;
-        if (++s->clean >= PS_SOLO_MIN) {
+        if (++s->clean >= PS_CLEAN) {
             s->backoff /= 2;
             s->clean = 0;
         }
@@ -200,7 +221,7 @@ static float *ps_arena(ps_arena_t *a, size_t nfloats, const char *who) {
    state; its arenas last as long as the process */
 static __thread ps_sync ps_lone_sync;
 static ps_sync *ps_lone(void) {
-    if (ps_lone_sync.narena < 2) ps_team_prepare(&ps_lone_sync, 1);
+    if (ps_lone_sync.narena < 2) ps_team_prepare(&ps_lone_sync, 1, 0.0);
     return &ps_lone_sync;
 }
 /* inside a team: thread 0 sizes the team arena, every thread gets the same pointer */
@@ -220,7 +241,7 @@ static inline ps_arena_t *ps_private_arena(void) {
 /* Run `call` `reps` times in a team of its own, a barrier after each (single-kernel tests, tuner) */
 #define PS_TEAM_LOOP(reps, call) do { \
     ps_sync ps_sync_ = {0}; \
-    ps_team_prepare(&ps_sync_, omp_get_max_threads()); \
+    ps_team_prepare(&ps_sync_, omp_get_max_threads(), 0.0); \
     _Pragma("omp parallel") { \
         ps_team_enter(&ps_sync_); \
         for (int ps_r_ = 0; ps_r_ < (reps); ps_r_++) { call; ps_barrier(); } \

@@ -25,6 +25,7 @@ from .common import (check_act, check_layout_types, check_layouts, check_name, c
                      conv_out_size)
 from .gemm import gen_conv1x1
 from .igemm import direct_s2_floats, gen_igemm
+from .igemm import ranked as _igemm_ranked
 from .igemm import schedules as _igemm_schedules
 from . import winograd
 
@@ -37,13 +38,25 @@ def schedules(*, cout: int, out_layout: Layout, cin: int | None = None, k: int =
     """Candidate schedules for a conv writing ``out_layout``, best-by-heuristic first (see
     igemm.schedules); ``cin`` and ``k`` sharpen the ranking when given, ``stride`` and
     ``in_layout`` add in-place stride-2 tiles where they apply."""
+    return _igemm_schedules(**_ranking_args(cout, out_layout, cin, k, padding, stride, in_layout, target))
+
+
+def ranked(*, cout: int, out_layout: Layout, cin: int | None = None, k: int = 1,
+           padding: int = 0, stride: int = 1, in_layout: Layout | None = None,
+           target: Target) -> list[tuple[float, float, dict]]:
+    """(modelled cycles, tie-break, schedule) of the candidates of ``schedules``, cheapest first
+    (igemm.ranked): what a pattern conv's own cost is weighed against (kernels.py)."""
+    return _igemm_ranked(**_ranking_args(cout, out_layout, cin, k, padding, stride, in_layout, target))
+
+
+def _ranking_args(cout: int, out_layout: Layout, cin: int | None, k: int, padding: int, stride: int,
+                  in_layout: Layout | None, target: Target) -> dict:
     s2 = direct_s2_floats(k=k, stride=stride, padding=padding, in_layout=in_layout) if in_layout else 0
     wino = in_layout is not None and winograd.applies(k=k, stride=stride, padding=padding, in_layout=in_layout)
     others = winograd.candidates(cin=cin or 256, cout=cout, Ho=out_layout.H, Wo=out_layout.W,
                                 target=target) if wino else []
-    return _igemm_schedules(cout=cout, Ho=out_layout.H, Wo=out_layout.W, cin=cin, k=k,
-                            compact=k == 1 and padding == 0, s2_input=s2, others=tuple(others),
-                            target=target)
+    return dict(cout=cout, Ho=out_layout.H, Wo=out_layout.W, cin=cin, k=k, compact=k == 1 and padding == 0,
+                s2_input=s2, others=tuple(others), target=target)
 
 
 def gen_conv2d(name: str, *, cin: int, cout: int, k: int, stride: int = 1, padding: int = 0,

@@ -69,7 +69,30 @@ def schedules(*, cout: int, Ho: int, Wo: int, cin: int | None = None, k: int = 1
               target: Target, compact: bool = False, s2_input: int = 0,
               others: tuple[tuple[float, float, dict], ...] = ()) -> list[dict]:
     """Candidate schedules for the auto-tuner: the heuristic's best first (the untuned default),
-    then the best of each other tile family, then the rest by rank.
+    then the best of each other tile family, then the rest by rank (``ranked``'s cost model)."""
+    ranked_ = [c[2] for c in ranked(cout=cout, Ho=Ho, Wo=Wo, cin=cin, k=k, target=target, compact=compact,
+                                    s2_input=s2_input, others=others)]
+
+    def family(d: dict) -> str:
+        return (f"wino{d['wino']}" if "wino" in d else "np" if "np" in d else "compact" if d.get("compact")
+                else "rows")
+
+    # the default first, then the best of every other family (so a tuner measuring the first few
+    # always compares row, compact and channel-vector tiles, and each Winograd tile size), then
+    # the rest by rank
+    leaders: list[dict] = []
+    for d in ranked_:
+        if family(d) not in {family(e) for e in leaders}:
+            leaders.append(d)
+    best = ([d for d in ranked_ if "mr" in d and "wino" not in d][:6] + [d for d in ranked_ if "np" in d][:2]
+            + [d for d in ranked_ if "wino" in d][:2])
+    return leaders + [d for d in best if d not in leaders]
+
+
+def ranked(*, cout: int, Ho: int, Wo: int, cin: int | None = None, k: int = 1,
+           target: Target, compact: bool = False, s2_input: int = 0,
+           others: tuple[tuple[float, float, dict], ...] = ()) -> list[tuple[float, float, dict]]:
+    """(modelled cycles of one call, tie-break, schedule) of every candidate, cheapest first.
 
     Row-vector tiles ``{"mr", "nr"}`` (MR channels x NR row vectors; all fit the register file
     with the NR input vectors held in registers and one spare, MR*NR + NR + 2 <= registers) and
@@ -129,22 +152,7 @@ def schedules(*, cout: int, Ho: int, Wo: int, cin: int | None = None, k: int = 1
         cands.append((c, -np_ * cvec.CB // vl, {"np": np_}))
     cands += others
     cands.sort(key=lambda c: c[:2])
-    ranked = [c[2] for c in cands]
-
-    def family(d: dict) -> str:
-        return (f"wino{d['wino']}" if "wino" in d else "np" if "np" in d else "compact" if d.get("compact")
-                else "rows")
-
-    # the default first, then the best of every other family (so a tuner measuring the first few
-    # always compares row, compact and channel-vector tiles, and each Winograd tile size), then
-    # the rest by rank
-    leaders: list[dict] = []
-    for d in ranked:
-        if family(d) not in {family(e) for e in leaders}:
-            leaders.append(d)
-    best = ([d for d in ranked if "mr" in d and "wino" not in d][:6] + [d for d in ranked if "np" in d][:2]
-            + [d for d in ranked if "wino" in d][:2])
-    return leaders + [d for d in best if d not in leaders]
+    return cands
 
 
 def _check_schedule(schedule: dict, where: str) -> tuple[int, int, int, str | None]:

@@ -6,7 +6,10 @@ family read from the node, e.g. a pattern conv's sparsity), ``generate(step, sch
 threads)`` and ``candidates(step, target, threads)`` (the schedules the tuner measures; the
 first is the untuned default where there is one). Families are tried in order, so a fused node
 (attributes ``pool`` or ``expand``, lowering.py), a sparse 3x3 conv and a 1x1 conv pruned in
-virtual 3x3 kernels are claimed before the dense conv. Adding an op family: its generator module and one entry in ``FAMILIES``.
+virtual 3x3 kernels are claimed before the dense conv. A pattern conv may still run a dense conv
+kernel with its zeros in place (a schedule with dense_conv's keys): where the cost model ranks
+it cheaper untuned, and among the candidates the tuner measures. Adding an op family: its
+generator module and one entry in ``FAMILIES``.
 """
 
 from __future__ import annotations
@@ -23,11 +26,21 @@ from . import (channels, channelwise, conv_pool, dense_conv, depthwise, gemm, gr
                softmax)
 from .base import GeneratedKernel
 from .pattern_conv import candidate_schedules, gen_pattern_conv
+from .pattern_conv import cost as pattern_cost
 from .step import Step
 
 # a 3x3 conv goes to the pattern kernel when it computes at most this share of the dense taps
 PATTERN_MAX_DENSITY = 0.6
 MAX_CANDIDATES = 6  # schedules the tuner measures per layer
+DENSE_CANDIDATES = 2  # dense schedules (the best of two kernel families) a pattern conv's tuner adds
+DENSE_KEYS = ("wino", "mr", "np")  # keys only dense_conv's schedules have
+# a pattern conv runs a dense kernel untuned only where that is modelled this much cheaper. On
+# the layers measured (pattern-only VGG-16 CIFAR and ResNet-18 ImageNet, both families on the
+# same weights, benchmarks.pattern_families, AVX-512) Winograd won where the modelled ratio was
+# 1.19 and up (128->128 @16x16: 1.14-1.24x faster; 256->256 @14x14 at 1.23: 0.8-1.3x, run to
+# run) and tied or lost at 1.15 and below (64->128 @16x16, 128->128 @28x28): closer calls are
+# the tuner's, which measures both
+DENSE_MARGIN = 1.18
 
 
 @dataclass(frozen=True)
@@ -71,8 +84,35 @@ def _pattern_matches(node: Node) -> dict | None:
 
 def _pattern_generate(step: Step, schedule: dict | None, target: Target, threads: int | None) -> GeneratedKernel:
     n, a = step.node, step.node.attrs
+    if schedule is None:
+        schedule = _pattern_default(step, target)
+    if dense_schedule(schedule):  # the zeros in place, through the dense conv's kernels
+        return _conv2d_generate(step, schedule, target, threads)
     return gen_pattern_conv(step.cname, n.params["weight"], stride=a["stride"], padding=a["padding"],
                             where=n.name, sparsity=step.sparsity, threads=threads, **_common(step, schedule, target))
+
+
+def dense_schedule(schedule: dict | None) -> bool:
+    """Whether ``schedule`` (of a pattern-matched conv) names a dense conv kernel: its keys are
+    dense_conv.schedules' (implicit-GEMM tiles, channel-vector tiles, Winograd)."""
+    return bool(schedule) and any(k in schedule for k in DENSE_KEYS)
+
+
+def dense_args(step: Step, target: Target) -> dict:
+    """dense_conv.schedules' (and ranked's) arguments for a conv step."""
+    a = step.node.attrs
+    return dict(cout=step.out_layout.C, out_layout=step.out_layout, cin=step.in_layout.C, k=a["k"],
+                padding=a["padding"], stride=a["stride"], in_layout=step.in_layout, target=target)
+
+
+def _pattern_default(step: Step, target: Target) -> dict | None:
+    """The untuned choice for a pattern-matched conv: None (the pattern kernel's own default
+    schedule) unless the dense conv's cheapest schedule is modelled DENSE_MARGIN times cheaper
+    than the pattern kernel (pattern_conv.cost, same units): a layer with many taps kept on a
+    large plane does fewer multiplies as Winograd, zeros and all, than as pattern FMAs."""
+    own = pattern_cost(step.sparsity, step.in_layout, step.out_layout, target)
+    cycles, _, sched = dense_conv.ranked(**dense_args(step, target))[0]
+    return sched if cycles * DENSE_MARGIN < own else None
 
 
 def _pattern_candidates(step: Step, target: Target, threads: int | None) -> list[dict]:
@@ -81,7 +121,14 @@ def _pattern_candidates(step: Step, target: Target, threads: int | None) -> list
     flat = [c for c in cands if c["layout"] != "rows"]
     # keep the larger row tiles (register reuse) in both loop orders, and every tiny-plane variant
     rows.sort(key=lambda c: (-(c["rows"] * c["vecs"]), c["order"]))
-    return flat + rows[: MAX_CANDIDATES - len(flat)]
+    # and the dense conv's best schedules of two kernel families (Winograd with the zeros in place
+    # can beat 4 of 9 taps), the untuned default first when it is a dense one
+    dense = dense_conv.schedules(**dense_args(step, target))[:DENSE_CANDIDATES]
+    default = _pattern_default(step, target)
+    if default is not None:
+        dense = [default] + [d for d in dense if d != default][:DENSE_CANDIDATES - 1]
+    own = flat + rows[: MAX_CANDIDATES - len(flat)]
+    return dense + own if default is not None else own + dense
 
 
 # ---- grouped 1x1 conv (virtual 3x3 kernels: compiler/grouped.py) -----------------------------
@@ -114,12 +161,9 @@ def _conv2d_generate(step: Step, schedule: dict | None, target: Target, threads:
 
 
 def _conv2d_candidates(step: Step, target: Target, threads: int | None) -> list[dict]:
-    a = step.node.attrs
     # the same ranking the untuned default comes from (input channels and kernel size decide it),
     # so the default is always among the candidates measured
-    return list(dense_conv.schedules(cout=step.out_layout.C, out_layout=step.out_layout, cin=step.in_layout.C,
-                                     k=a["k"], padding=a["padding"], stride=a["stride"],
-                                     in_layout=step.in_layout, target=target))[:MAX_CANDIDATES]
+    return dense_conv.schedules(**dense_args(step, target))[:MAX_CANDIDATES]
 
 
 def _conv_pool_generate(step: Step, schedule: dict | None, target: Target, threads: int | None) -> GeneratedKernel:

@@ -36,11 +36,11 @@ from .cm import ChannelMajorEmitter
 from .ct import ChannelTileEmitter
 from .flat import FlatEmitter
 from .rows import RowEmitter
-from .schedule import (FLAT_MAX_SCRATCH, candidate_schedules, cm_fits, ct_rows, default_schedule, flat_fits,
+from .schedule import (FLAT_MAX_SCRATCH, candidate_schedules, cm_fits, cost, ct_rows, default_schedule, flat_fits,
                        resolve_schedule, tap_pack)
 from .shared import ConvShape, support_c
 
-__all__ = ["WEIGHT_PREFETCH", "candidate_schedules", "cm_fits", "ct_rows", "default_schedule", "flat_fits",
+__all__ = ["WEIGHT_PREFETCH", "candidate_schedules", "cm_fits", "cost", "ct_rows", "default_schedule", "flat_fits",
            "gen_pattern_conv", "support_c", "tap_pack"]
 
 

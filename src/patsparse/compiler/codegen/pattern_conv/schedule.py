@@ -278,3 +278,25 @@ def resolve_schedule(schedule: dict | None, inp: Layout, out: Layout, target: Ta
     return sched
 
 
+
+
+
+# cycles per (kept tap, output vector): an FMA on one of two ports plus ~10% for the kernel's
+# index, broadcasts and loop. Fitted where the pattern kernel and Winograd are close (2.25x,
+# VGG-16 CIFAR, in-process A/B of the two families on the same weights, AVX-512, 2 threads):
+# 64->64 @32x32 pattern 1.08x faster, 128->128 @16x16 Winograd 1.24x, 256->256 @8x8 pattern 1.2x
+TAP_VECTOR_CYCLES = 0.55
+
+
+def cost(sp: LayerSparsity, inp: Layout, out: Layout, target: Target) -> float:
+    """Modelled cycles of one call of the pattern kernel (its default layout), in igemm.ranked's
+    units, so that kernels.py can weigh it against the dense conv's schedules: every kept tap
+    costs one FMA per output vector (row vectors; whole-plane vectors on the small planes the
+    channel-major and flat layouts take, fewer where taps share a vector)."""
+    vl = target.require_cpu("pattern conv cost").lanes
+    sched = default_schedule(inp, out, target)
+    if sched["layout"] in ("cm", "flat"):
+        vecs = -(-(out.H * out.W) // vl) / sched.get("pack", 1)
+    else:
+        vecs = out.H * -(-out.W // vl)
+    return TAP_VECTOR_CYCLES * int(sp.taps_per_kernel().sum()) * vecs
