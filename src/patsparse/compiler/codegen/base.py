@@ -200,6 +200,18 @@ static void ps_team_adapt(ps_sync *s, int nt, double start, double end, int imag
         }
     }
 }
+/* A forward pass's team, the same in every entry point: ps_forward_team sizes it (nthreads <= 0:
+   OpenMP's default) and starts the clock in *woke; ps_block_start is the barrier before each
+   block of images, whose first is the team's wake-up (not contention: unrecorded), after which
+   the clock restarts, so ps_team_adapt times the work alone. */
+static inline int ps_forward_team(ps_sync *s, int nthreads, double *woke) {
+    *woke = omp_get_wtime();
+    return ps_team_prepare(s, nthreads > 0 ? nthreads : omp_get_max_threads(), *woke);
+}
+static inline void ps_block_start(int first, double *woke) {
+    ps_barrier_ex(!first);
+    if (first && omp_get_thread_num() == 0) *woke = omp_get_wtime();
+}
 static void ps_team_release(ps_sync *s) {
     for (int i = 0; i < s->narena; i++) free(s->arena[i].p);
     free(s->arena);

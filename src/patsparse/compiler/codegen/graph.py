@@ -136,9 +136,8 @@ def emit_model(plan: Plan) -> str:
             f"    enum {{ IMAGES = {plan.images} }};",
             f"    const ptrdiff_t IMAGE = {plan.image_floats};  /* floats per image slot */",
             f"    ps_sync *sync = (ps_sync *)(ws + {plan.ws_floats});",
-            "    const double start = omp_get_wtime();",
-            "    const int team = ps_team_prepare(sync, nthreads > 0 ? nthreads : omp_get_max_threads(), start);",
-            "    double woke = start;  /* the team's wake-up over: what ps_team_adapt times */",
+            "    double woke;  /* the team's wake-up over: what ps_team_adapt times */",
+            "    const int team = ps_forward_team(sync, nthreads, &woke);",
             "    #pragma omp parallel num_threads(team)",
             "    {",
             "    ps_team_enter(sync);",
@@ -147,8 +146,7 @@ def emit_model(plan: Plan) -> str:
             "        const int nb = batch - n0 < IMAGES ? batch - n0 : IMAGES;",
             f"        {{ float *restrict buf = ws + {plan.offsets[INPUT]};",
             _copy_image(lay_in, into_ws=True), "        }",
-            "        ps_barrier_ex(n0 > 0);  /* the first: the team's wake-up, not contention */",
-            "        if (n0 == 0 && lead) woke = omp_get_wtime();",
+            "        ps_block_start(n0 == 0, &woke);",
             "        double t0 = prof && lead ? omp_get_wtime() : 0.0;"]
     for major, steps in segments(plan):
         lines = [x for s in steps for x in _step_lines(s, plan, major)]

@@ -101,9 +101,8 @@ void ps_forward(const float *restrict x, float *restrict y, int batch, float *re
     uint8_t *ws = (uint8_t *)wsf;
     const uint8_t *blob = (const uint8_t *)blobf;
     ps_sync *sync = (ps_sync *)(ws + {ws_bytes});
-    const double start = omp_get_wtime();
-    double woke = start;  /* the team's wake-up over: what ps_team_adapt times */
-    const int team = ps_team_prepare(sync, nthreads > 0 ? nthreads : omp_get_max_threads(), start);
+    double woke;  /* the team's wake-up over: what ps_team_adapt times */
+    const int team = ps_forward_team(sync, nthreads, &woke);
     #pragma omp parallel num_threads(team)
     {{
     ps_team_enter(sync);
@@ -119,8 +118,7 @@ void ps_forward(const float *restrict x, float *restrict y, int batch, float *re
                                                              {c_float(-zp_in)}, {c_float(255 - zp_in)}, {zp_in});
             ps_halo(p, {lin.H}, {lin.W}, {lin.P}, {lin.ld}, {zp_in});
         }}
-        ps_barrier_ex(n > 0);  /* the first: the team's wake-up, not contention */
-        if (n == 0 && lead) woke = omp_get_wtime();
+        ps_block_start(n == 0, &woke);
         double t0 = prof && lead ? omp_get_wtime() : 0.0;
 {chr(10).join(calls)}
         #pragma omp for schedule(static) nowait
@@ -133,7 +131,7 @@ void ps_forward(const float *restrict x, float *restrict y, int batch, float *re
     }}
     ps_team_leave();
     }}
-    ps_team_adapt(sync, team, woke, omp_get_wtime(), batch);  /* one thread while a busy core stalls the team */
+    ps_team_adapt(sync, team, woke, omp_get_wtime(), batch);
 }}
 void ps_release(float *wsf) {{ ps_team_release((ps_sync *)((uint8_t *)wsf + {ws_bytes})); }}
 int ps_vl(void) {{ return VL; }}
