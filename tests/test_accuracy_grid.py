@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from patsparse.errors import FormatError, InputError
 
@@ -30,6 +31,7 @@ def test_grid_runs_resumes_and_writes_results(tmp_path: Path, monkeypatch: pytes
     assert set(stored) == {"dense", "pattern-phase2", "magnitude-8x"}
     assert (cell_dir / "dense.safetensors").exists() and (cell_dir / "pattern-phase2.safetensors").exists()
     assert not (cell_dir / "magnitude-8x.safetensors").exists()
+    assert not list(cell_dir.glob("partial/*"))  # a finished row leaves no partial state
     for row in stored.values():
         assert 0.0 <= row["acc"] <= 1.0
         assert row["date"].endswith("UTC") and row["command"].startswith("python -m benchmarks.accuracy")
@@ -73,6 +75,49 @@ def test_missing_row_after_dense_reuses_stored_dense(tmp_path: Path, monkeypatch
     monkeypatch.setattr(acc, "run_row", lambda cell, row, *a: calls.append(row.id) or real(cell, row, *a))
     assert acc.main(_argv(tmp_path, "dense,filter-8x")) == 0
     assert calls == ["filter-8x"]
+
+
+def test_a_stopped_dense_row_goes_on_exactly_from_its_last_epoch(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dense parent takes hours here: a run stopped after two of three epochs continues from
+    the stored epoch to the very weights an uninterrupted run reaches, and never under another
+    configuration or from a damaged file."""
+    cell = acc.Cell("digits", acc.BUDGETS["tiny"], "convnet", 0, None, "cpu", False)
+    config = {"row": "dense", "epochs": 3}
+    train, _ = cell.loaders()
+    whole = cell.build()
+    acc.train_plain(whole, train, 3, 0.05, cell, "dense")
+
+    real, done = acc.train_epoch, []
+
+    def stop_in_third_epoch(*a, **k):
+        if len(done) == 2:
+            raise KeyboardInterrupt
+        done.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(acc, "train_epoch", stop_in_third_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        acc.train_plain(cell.build(), train, 3, 0.05, cell, "dense", acc.EpochCheckpoint(tmp_path, "dense", config))
+    monkeypatch.setattr(acc, "train_epoch", real)
+
+    with pytest.raises(FormatError, match="another configuration"):
+        acc.train_plain(cell.build(), train, 3, 0.05, cell, "dense",
+                        acc.EpochCheckpoint(tmp_path, "dense", {**config, "epochs": 4}))
+    checkpoint = acc.EpochCheckpoint(tmp_path, "dense", config)
+    resumed = cell.build()
+    acc.train_plain(resumed, train, 3, 0.05, cell, "dense", checkpoint)
+    assert checkpoint.earlier > 0 and checkpoint.elapsed() > checkpoint.earlier
+    for name, value in whole.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], value), name
+
+    data = bytearray(checkpoint.tensors.read_bytes())
+    data[-1] ^= 0xFF
+    checkpoint.tensors.write_bytes(bytes(data))
+    with pytest.raises(FormatError, match="does not match the hash"):
+        acc.train_plain(cell.build(), train, 3, 0.05, cell, "dense", acc.EpochCheckpoint(tmp_path, "dense", config))
+    checkpoint.clear()
+    assert not list((tmp_path / "partial").iterdir())
 
 
 def test_a_run_of_one_model_keeps_the_other_models_tables(tmp_path: Path) -> None:
