@@ -16,7 +16,8 @@ Rows, per model and seed, all starting from the same trained dense network:
 
 Each row's result is a JSON file under ``--out`` written when the row finishes, so the script
 resumes: a re-run skips finished rows (and refuses to mix rows run with another configuration),
-and a dense or dense-ft row stopped mid-way goes on from its last finished epoch.
+and a row stopped mid-way goes on from its last finished epoch (a pattern row from its hard-pruned
+state when its ADMM phase was stopped).
 The 3x3-conv rate of every row is measured from its weights. ``--report-only`` rewrites the
 RESULTS.md section from the stored rows.
 
@@ -31,6 +32,7 @@ import argparse
 import fnmatch
 import math
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -47,15 +49,14 @@ from benchmarks import _report
 import patsparse as ps
 from patsparse import data as psdata
 from patsparse import models as psmodels
-from patsparse.checkpoint import (atomic_write_bytes, check_state_dict, load_tensors, read_json, save_tensors,
-                                  stored_sha256, write_json)
+from patsparse.checkpoint import atomic_write_bytes, load_tensors, read_json, save_tensors, write_json
 from patsparse.errors import FormatError, InputError, PatsparseError
 from patsparse.patterns.library import candidates
 from patsparse.pruning.admm import cosine_lr, make_optimizer
 from patsparse.pruning import PruneRecipe
 from patsparse.pruning.baselines import measured_rate, prune_baseline, pruned_convs
 from patsparse.train.loop import evaluate, reshuffle, train_epoch
-from patsparse.train.state import optimizer_from_flat, optimizer_to_flat, rng_from_tensors, rng_to_tensors
+from patsparse.train.resume import EpochCheckpoint
 
 DATASETS = {  # --dataset -> (patsparse.data name, model variant)
     "fashion-mnist": ("fashion-mnist", "cifar"),
@@ -204,59 +205,6 @@ class Cell:
                             width=self.width, variant=variant)
 
 
-class EpochCheckpoint:
-    """A row's training state after its last finished epoch, in ``partial/`` beside the rows, so a
-    run stopped mid-row (a session ends, the machine restarts) goes on from there when re-run
-    instead of starting over: a dense parent takes hours on two cores. The continuation is exact
-    (model, optimizer and RNG state; the loader's order is a function of the epoch), and it is
-    refused when the row's configuration changed. Rows trained by ``train_plain`` (dense,
-    dense-ft) use it; the pruned rows restart."""
-
-    def __init__(self, row_dir: Path, row: str, config: dict[str, Any]):
-        self.pointer = row_dir / "partial" / f"{row}.json"
-        self.tensors = self.pointer.with_suffix(".safetensors")
-        self.config = config
-        self.earlier = 0.0  # seconds the stopped runs of this row spent
-        self._t0 = time.perf_counter()
-
-    def elapsed(self) -> float:
-        """Seconds of training this row has had, over every run of it."""
-        return self.earlier + time.perf_counter() - self._t0
-
-    def restore(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
-        """Load the stored state into ``model`` and ``optimizer``; the epochs already done (0: none)."""
-        if not self.pointer.exists():
-            return 0
-        state = read_json(self.pointer, "partial grid row")
-        if state.get("config") != self.config:
-            raise FormatError(f"{self.pointer} holds a row stopped under another configuration; delete "
-                              f"it to start that row over")
-        tensors = load_tensors(self.tensors, "partial grid row",
-                               sha=stored_sha256(state, "sha256", str(self.pointer)))
-        model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-        check_state_dict(model, model_state, str(self.tensors))
-        model.load_state_dict(model_state)
-        optimizer_from_flat(optimizer, tensors, state["optimizer"], str(self.pointer))
-        rng_from_tensors(tensors)
-        self.earlier = float(state["seconds"])
-        self._t0 = time.perf_counter()
-        return int(state["epochs"])
-
-    def save(self, epochs: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        """Store the state after ``epochs`` finished epochs (tensors first, then the pointer)."""
-        opt_tensors, opt_meta = optimizer_to_flat(optimizer)
-        tensors = {**{f"model.{k}": v for k, v in model.state_dict().items()}, **opt_tensors, **rng_to_tensors()}
-        self.pointer.parent.mkdir(parents=True, exist_ok=True)
-        sha = save_tensors(self.tensors, tensors)
-        write_json(self.pointer, {"config": self.config, "epochs": epochs, "seconds": self.elapsed(),
-                                  "optimizer": opt_meta, "sha256": sha})
-
-    def clear(self) -> None:
-        """The row is stored: its partial state goes."""
-        self.pointer.unlink(missing_ok=True)
-        self.tensors.unlink(missing_ok=True)
-
-
 def train_plain(model: nn.Module, loader, epochs: int, lr: float, cell: Cell, desc: str,
                 checkpoint: EpochCheckpoint | None = None) -> None:
     """SGD (nesterov, weight decay) with per-epoch cosine decay: the pruner's own optimizer and
@@ -291,7 +239,7 @@ def run_row(cell: Cell, row: Row, dense_state: dict[str, torch.Tensor] | None, l
     elif row.kind == "pattern":
         lib = random_library(8, cell.seed) if row.library == "random" else row.library
         ps.prune(model, train_loader, rate=row.rate, library=lib, recipe=cell.recipe(row), device=cell.device,
-                 progress=cell.progress)
+                 progress=cell.progress, checkpoint=checkpoint.pointer.with_suffix("") if checkpoint else None)
     else:
         r = cell.recipe(row)
         prune_baseline(model, train_loader, row.method, row.rate, epochs=b.prune_epochs, lr=cell.retrain_lr(row),
@@ -331,9 +279,12 @@ def run_cell(cell: Cell, rows: Iterable[Row], out: Path, log: Callable[[str], No
         if row.kind != "dense" and dense_state is None:
             dense_state = _dense_state(cell, out, loaders, log)
         log(f"run  {cell.model} seed {cell.seed} {row.id} ...")
-        checkpoint = EpochCheckpoint(d, row.id, cell.config(row))
+        # a row stopped mid-way goes on from its last epoch (state beside the rows, git-ignored):
+        # dense and dense-ft rows here, pattern rows in ps.prune's checkpoint directory
+        checkpoint = EpochCheckpoint(d / "partial" / f"{row.id}.json", cell.config(row))
         model = run_row(cell, row, dense_state, loaders, checkpoint)
-        seconds = checkpoint.elapsed()
+        done = [h for h in getattr(model, "patsparse_history", []) if h.get("phase") == "done"]
+        seconds = done[-1]["seconds"] if done else checkpoint.elapsed()  # every run of the row
         ev = evaluate(model, loaders[1], device=cell.device)
         names = [n for n, _ in pruned_convs(model)]
         result = {"config": cell.config(row), "acc": ev["acc"], "loss": ev["loss"],
@@ -346,6 +297,7 @@ def run_cell(cell: Cell, rows: Iterable[Row], out: Path, log: Callable[[str], No
             save_tensors(d / f"{row.id}.safetensors", model.state_dict())
         write_json(path, result)  # last: a row counts as done only once everything is stored
         checkpoint.clear()
+        shutil.rmtree(checkpoint.pointer.with_suffix(""), ignore_errors=True)
         results.append(result)
         log(f"done {cell.model} seed {cell.seed} {row.id}: acc {ev['acc'] * 100:.2f}%, "
             f"rate {result['rate_3x3']:.2f}x, {seconds:.0f}s")

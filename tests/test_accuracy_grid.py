@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from patsparse.errors import FormatError, InputError
+from patsparse.train.resume import EpochCheckpoint
 
 from benchmarks import _report as report
 from benchmarks import accuracy as acc
@@ -84,6 +85,7 @@ def test_a_stopped_dense_row_goes_on_exactly_from_its_last_epoch(tmp_path: Path,
     configuration or from a damaged file."""
     cell = acc.Cell("digits", acc.BUDGETS["tiny"], "convnet", 0, None, "cpu", False)
     config = {"row": "dense", "epochs": 3}
+    pointer = tmp_path / "partial" / "dense.json"
     train, _ = cell.loaders()
     whole = cell.build()
     acc.train_plain(whole, train, 3, 0.05, cell, "dense")
@@ -98,13 +100,13 @@ def test_a_stopped_dense_row_goes_on_exactly_from_its_last_epoch(tmp_path: Path,
 
     monkeypatch.setattr(acc, "train_epoch", stop_in_third_epoch)
     with pytest.raises(KeyboardInterrupt):
-        acc.train_plain(cell.build(), train, 3, 0.05, cell, "dense", acc.EpochCheckpoint(tmp_path, "dense", config))
+        acc.train_plain(cell.build(), train, 3, 0.05, cell, "dense", EpochCheckpoint(pointer, config))
     monkeypatch.setattr(acc, "train_epoch", real)
 
     with pytest.raises(FormatError, match="another configuration"):
         acc.train_plain(cell.build(), train, 3, 0.05, cell, "dense",
-                        acc.EpochCheckpoint(tmp_path, "dense", {**config, "epochs": 4}))
-    checkpoint = acc.EpochCheckpoint(tmp_path, "dense", config)
+                        EpochCheckpoint(pointer, {**config, "epochs": 4}))
+    checkpoint = EpochCheckpoint(pointer, config)
     resumed = cell.build()
     acc.train_plain(resumed, train, 3, 0.05, cell, "dense", checkpoint)
     assert checkpoint.earlier > 0 and checkpoint.elapsed() > checkpoint.earlier
@@ -115,7 +117,7 @@ def test_a_stopped_dense_row_goes_on_exactly_from_its_last_epoch(tmp_path: Path,
     data[-1] ^= 0xFF
     checkpoint.tensors.write_bytes(bytes(data))
     with pytest.raises(FormatError, match="does not match the hash"):
-        acc.train_plain(cell.build(), train, 3, 0.05, cell, "dense", acc.EpochCheckpoint(tmp_path, "dense", config))
+        acc.train_plain(cell.build(), train, 3, 0.05, cell, "dense", EpochCheckpoint(pointer, config))
     checkpoint.clear()
     assert not list((tmp_path / "partial").iterdir())
 

@@ -205,6 +205,7 @@ def test_cli_prune_and_extract(tmp_path, capsys):
     assert "3x3-conv rate (pruned 3x3 layers): 4.0" in out and "test accuracy: dense" in out
     assert ps.describe(ps.load(tmp_path / "p")).conv3x3_rate == pytest.approx(4.0, rel=0.02)
     assert (tmp_path / "p" / "recipe.yaml").is_file() and (tmp_path / "p" / "history.json").is_file()
+    assert not (tmp_path / "p" / "prune-checkpoint").exists()  # kept only until the pruned model is saved
     assert main(["extract", "--model", str(tmp_path / "p" / "dense"), *common, "--schedule", "16,8",
                  "--admm-iters", "1", "--out", str(tmp_path / "e")]) == 0
     assert "coincide with the designed Phase-2 library" in capsys.readouterr().out

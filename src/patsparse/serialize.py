@@ -56,7 +56,9 @@ HISTORY = "history.json"  # written beside a pruned model by `patsparse prune`
 MANIFEST = "manifest.json"  # written by the compiler's CompiledModel
 QUANTIZED = "quantized.json"  # written by patsparse.quant.QuantizedModel.save
 OWNED = (WEIGHTS, META, RECIPE, HISTORY)
-KEPT = ("dense",)  # `patsparse prune` trains a zoo model's dense parent there; a save keeps it
+# `patsparse prune` trains a zoo model's dense parent in "dense" and keeps its own state in
+# "prune-checkpoint" until the pruned model is saved; a save carries both over
+KEPT = ("dense", "prune-checkpoint")
 
 
 def save(obj: Any, path: str | os.PathLike, arch: dict | None = None,

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import textwrap
-import time
 from pathlib import Path
 from typing import Any
 
@@ -179,10 +179,11 @@ def run(args: argparse.Namespace) -> int:
     model, train_loader, test_loader, dataset = load_source(args, out)
     dense = evaluate(model, test_loader, device=args.device)
     print(f"dense model: test accuracy {dense['acc']:.2%} on {dataset}")
-    t0 = time.perf_counter()
+    # an interrupted run goes on from here when the same command is run again
+    checkpoint = out / "prune-checkpoint"
     prune(model, train_loader, recipe=recipe, eval_loader=test_loader, device=args.device,
-          progress=not args.quiet)
-    seconds = time.perf_counter() - t0
+          progress=not args.quiet, checkpoint=checkpoint)
+    seconds = model.patsparse_history[-1]["seconds"]
     pruned = evaluate(model, test_loader, device=args.device)
     info = train_loader.dataset.info
     # the loaders normalise with these, so the pruned weights expect them
@@ -191,6 +192,7 @@ def run(args: argparse.Namespace) -> int:
     write_json(out / "history.json", {"dense_acc": dense["acc"], "pruned_acc": pruned["acc"],
                                       "prune_seconds": seconds, "dataset": dataset,
                                       "history": model.patsparse_history})
+    shutil.rmtree(checkpoint, ignore_errors=True)  # the pruned model is stored
     print(describe(model))
     if args.quiet:  # otherwise prune printed it already
         print("\n".join(admm_summary(model.patsparse_history, model.patsparse_recipe)))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
@@ -20,6 +21,8 @@ from ..patterns.library import pattern_library
 from ..train.distill import Distillation
 from .admm import make_optimizer, run_admm, warmup_cosine
 from .layers import LayerPlan, plan_layers
+from ..train.resume import EpochCheckpoint
+from .checkpoint import PruneCheckpoint
 from .masks import MaskEnforcer
 from .projection import prune_planned
 from .recipe import PruneRecipe, method_for
@@ -35,18 +38,24 @@ def masked_retrain(model: nn.Module, loader: Iterable, masks: Mapping[str, torch
                    momentum: float, weight_decay: float, warmup: float = 0.05, device: str = "cpu",
                    progress: bool = True, eval_loader: Iterable | None = None,
                    history: list | None = None, distill: Distillation | None = None,
-                   output: Callable[[Any], torch.Tensor] | None = None) -> None:
+                   output: Callable[[Any], torch.Tensor] | None = None,
+                   checkpoint: EpochCheckpoint | None = None) -> None:
     """Retrain the kept weights (per-step cosine after a warm-up, optionally distilling from a
     teacher) while every weight that ``masks`` (layer name -> 0/1 tensor, e.g.
     :func:`~patsparse.pruning.spec.spec_masks` of a spec) zeroes stays zero. ``output`` picks the
-    logits from a forward that returns a tuple or dict (``masks`` names layers of ``model``)."""
+    logits from a forward that returns a tuple or dict (``masks`` names layers of ``model``).
+    ``checkpoint`` stores the state (and ``history``) after every epoch, and a stored state is
+    continued from its next epoch."""
     from ..train.loop import evaluate, reshuffle, train_epoch
 
     net = model if output is None else _Selected(model, output)
     optimizer = make_optimizer(model, lr, momentum, weight_decay)
     scheduler = warmup_cosine(optimizer, epochs * count_batches(loader), warmup)
+    start = checkpoint.restore(model, optimizer, scheduler) if checkpoint is not None else 0
+    if start and history is not None:
+        history[:] = checkpoint.extra or []
     with MaskEnforcer(model, masks) as enforcer:
-        for ep in range(epochs):
+        for ep in range(start, epochs):
             reshuffle(loader, ep)
             stats = train_epoch(net, loader, optimizer, device=device, after_step=enforcer.after_step,
                                 scheduler=scheduler, progress=progress, distill=distill,
@@ -57,6 +66,8 @@ def masked_retrain(model: nn.Module, loader: Iterable, masks: Mapping[str, torch
             _log(progress, f"retrain epoch {ep + 1}/{epochs}: {_fmt(record)}")
             if history is not None:
                 history.append(record)
+            if checkpoint is not None:
+                checkpoint.save(ep + 1, model, optimizer, scheduler, extra=history)
 
 
 @torch.no_grad()
@@ -231,7 +242,8 @@ def prune(model: nn.Module, train_loader: Iterable, rate: float = 8, library: st
           connectivity_balanced: bool = False, oneshot: bool | None = None, eval_loader: Iterable | None = None,
           device: str = "cpu", progress: bool = True, recipe: PruneRecipe | None = None,
           conv1x1: str | None = None, distill: float | None = None, allocation: str | None = None,
-          output: Callable[[Any], torch.Tensor] | None = None) -> nn.Module:
+          output: Callable[[Any], torch.Tensor] | None = None,
+          checkpoint: str | Path | None = None) -> nn.Module:
     """Pattern-prune ``model`` in place at a compression ``rate`` over its pruned layers and return it.
 
     ``train_loader`` is any re-iterable of ``(input, target)`` batches (cross-entropy loss).
@@ -248,6 +260,10 @@ def prune(model: nn.Module, train_loader: Iterable, rate: float = 8, library: st
     documented. ``output`` picks the logits when
     the model's forward returns a tuple or dict. ``eval_loader`` is used for progress reports
     and to score the trial projection of every ADMM iteration (a few training batches otherwise).
+    ``checkpoint``: a directory where the run stores its state after hard pruning and after every
+    retraining epoch (:mod:`~patsparse.pruning.checkpoint`); a run stopped part-way and started
+    again with the same arguments goes on from there (a stopped ADMM phase restarts). Delete the
+    directory once the pruned model is saved.
 
     Raises InputError for an unreachable rate, a model without prunable convs, a bad
     library or knob, an empty or too small loader, or a forward that does not return logits,
@@ -280,36 +296,46 @@ def prune(model: nn.Module, train_loader: Iterable, rate: float = 8, library: st
                    f"({'one-shot' if r.oneshot else f'{r.admm_iters} ADMM iterations x {r.epochs} epochs'}, "
                    f"{r.retrain_epochs} retrain epochs, {r.allocation} allocation, "
                    f"distillation {'off' if teacher is None else r.distill})")
-    if not r.oneshot:
-        steps = batches * r.epochs
+    state = PruneCheckpoint(checkpoint, r, batches) if checkpoint is not None else None
+    if state is not None and state.pruned:
+        spec, history = state.load_pruned(model, teacher.teacher if teacher is not None else None)
+        _log(progress, f"going on from {state.dir}: hard pruning was done, retraining continues")
+    else:
+        if not r.oneshot:
+            steps = batches * r.epochs
 
-        def on_iteration(it: int, record: dict) -> None:
-            record["reach"] = r.reach(record["rho"], steps)
-            record["trial"] = projection_gap(net, plans, lib, trial_data, train_loader, bn_trial, device)
-            history.append({"phase": "admm", **record})
-            _log(progress, f"ADMM iteration {it + 1}/{r.admm_iters}: {_fmt(record)}, "
-                           f"projection gap {record['trial']['gap'] * 100:+.2f} points")
+            def on_iteration(it: int, record: dict) -> None:
+                record["reach"] = r.reach(record["rho"], steps)
+                record["trial"] = projection_gap(net, plans, lib, trial_data, train_loader, bn_trial, device)
+                history.append({"phase": "admm", **record})
+                _log(progress, f"ADMM iteration {it + 1}/{r.admm_iters}: {_fmt(record)}, "
+                               f"projection gap {record['trial']['gap'] * 100:+.2f} points")
 
-        run_admm(net, train_loader, plans, lib, rhos=r.rho_schedule(steps), epochs=r.epochs, lr=r.lr,
-                 momentum=r.momentum, weight_decay=r.weight_decay, device=device, progress=progress,
-                 distill=teacher, progressive=r.progressive, on_iteration=on_iteration)
-    spec = prune_planned(plans, lib, r.rate)
-    recalibrate_batchnorm(net, train_loader, r.bn_batches, device)
-    if eval_loader is not None:
-        from ..train.loop import evaluate
+            run_admm(net, train_loader, plans, lib, rhos=r.rho_schedule(steps), epochs=r.epochs, lr=r.lr,
+                     momentum=r.momentum, weight_decay=r.weight_decay, device=device, progress=progress,
+                     distill=teacher, progressive=r.progressive, on_iteration=on_iteration)
+        spec = prune_planned(plans, lib, r.rate)
+        recalibrate_batchnorm(net, train_loader, r.bn_batches, device)
+        if eval_loader is not None:
+            from ..train.loop import evaluate
 
-        history.append({"phase": "hard-pruned", "eval": evaluate(net, eval_loader, device=device)})
-        _log(progress, f"after hard pruning: {_fmt(history[-1])}")
+            history.append({"phase": "hard-pruned", "eval": evaluate(net, eval_loader, device=device)})
+            _log(progress, f"after hard pruning: {_fmt(history[-1])}")
+        if state is not None:
+            state.save_pruned(model, spec, teacher.teacher if teacher is not None else None, history)
     if r.retrain_epochs:
         masked_retrain(model, train_loader, spec_masks(spec), epochs=r.retrain_epochs, lr=r.retrain_rate,
                        momentum=r.momentum, weight_decay=r.weight_decay, warmup=r.warmup, device=device,
                        progress=progress, eval_loader=eval_loader, history=history, distill=teacher,
-                       output=output)
+                       output=output, checkpoint=state.retrain if state is not None else None)
     check_weights(model, spec, "pruned model")  # the invariant the whole run promises
     model.patsparse_spec = spec
     model.patsparse_recipe = r
     model.patsparse_history = history
     for line in admm_summary(history, r):
         _log(progress or line.startswith("warning"), line)
-    _log(progress, f"done in {time.perf_counter() - t0:.1f}s")
+    # over every run of it when resumed: the checkpoint's clock started before ADMM
+    seconds = state.retrain.elapsed() if state is not None else time.perf_counter() - t0
+    history.append({"phase": "done", "seconds": seconds})
+    _log(progress, f"done in {seconds:.1f}s")
     return model
