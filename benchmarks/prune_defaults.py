@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import shutil
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -57,13 +57,14 @@ CONFIGS: dict[str, dict[str, Any]] = {
 }
 OUT = _report.BENCH / "prune_defaults"
 def run_one(model_dir: Path, config: str, rate: float, seed: int, subset: int, batch_size: int,
-            dense_acc: float, test_loader, dataset: str, command: str) -> dict[str, Any]:
+            dense_acc: float, test_loader, dataset: str, command: str, checkpoint: Path) -> dict[str, Any]:
+    """One pruning run; ``checkpoint`` holds its state until the row is written, so a run
+    stopped part-way goes on from its last retraining epoch when the sweep is re-run."""
     model = ps.load(model_dir)
     train_loader, _ = get_loaders(dataset, batch_size=batch_size, subset=subset, seed=seed)
     recipe = PruneRecipe(**{**CONFIGS[config], "rate": rate, "seed": seed})
-    t0 = time.perf_counter()
-    ps.prune(model, train_loader, recipe=recipe, progress=False)
-    seconds = time.perf_counter() - t0
+    ps.prune(model, train_loader, recipe=recipe, progress=False, checkpoint=checkpoint)
+    seconds = model.patsparse_history[-1]["seconds"]  # over every run of it
     acc = evaluate(model, test_loader)["acc"]
     admm = [h for h in model.patsparse_history if h.get("phase") == "admm"]
     arch = getattr(model, "patsparse_arch", None) or {}
@@ -163,9 +164,11 @@ def main(argv: list[str] | None = None) -> int:
                     path = out / f"{config}-{rate:g}x-seed{seed}.json"
                     if path.exists():
                         continue
+                    partial = out / "partial" / path.stem
                     r = run_one(args.model_dir, config, rate, seed, args.subset, args.batch_size, dense_acc,
-                                test_loader, dataset, command)
+                                test_loader, dataset, command, partial)
                     write_json(path, r)
+                    shutil.rmtree(partial, ignore_errors=True)
                     print(f"{config:>16} {rate:g}x seed {seed}: {r['diff_points']:+.2f} points "
                           f"(gap {r['final_gap_points']}, {r['seconds']:.0f}s)", flush=True)
     runs = {d.parent.name: [read_json(p, "sweep row") for p in sorted(d.glob("*.json"))]
