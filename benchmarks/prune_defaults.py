@@ -41,7 +41,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "steps-1500-distill-0.9": {"steps": 1500, "distill": 0.9},
     "steps-6000": {"steps": 6000},
     "lr-0.01": {"retrain_lr": 0.01},
+    "lr-0.1": {"retrain_lr": 0.1},
     "allocation-uniform": {"allocation": "uniform"},
+    "min-keep-0.5": {"min_layer_keep": 0.5},
     "admm": ADMM,
     "admm-steps-3000": {"oneshot": False, "steps": 3000},
     "retrain-lr-0.01": {**ADMM, "retrain_lr": 0.01},
@@ -105,7 +107,7 @@ def render(runs: dict[str, list[dict]], subset: int) -> str:
         "## Pruning defaults: which knob matters at a user's budget", "",
         f"Written by `benchmarks/prune_defaults.py`. A trained model pruned by `ps.prune` with a loader of "
         f"{subset} training images and the default recipe (one projection, then 3000 SGD steps of masked "
-        "retraining), one knob changed per row: `steps-1500` halves the budget and `steps-6000` doubles it, `lr-0.01` retrains at a third of the default rate, `allocation-uniform` keeps the same kernel fraction in every layer; `admm` is the paper's ADMM "
+        "retraining), one knob changed per row: `steps-1500` halves the budget and `steps-6000` doubles it, `lr-0.01` and `lr-0.1` retrain at a third of the default rate and at 3.3 times it, `allocation-uniform` keeps the same kernel fraction in every layer and `min-keep-0.5` raises LAMP's per-layer floor to half the uniform share; `admm` is the paper's ADMM "
         "as the default once ran it (1500 steps, half ADMM and half retraining), and the rows below it change "
         "one knob of that (`legacy`: the penalty, allocation and no distillation of earlier releases; "
         "`old-budget`: the earlier 4 x 1 ADMM and 3 retraining epochs; the rows from `legacy` down were swept "
