@@ -10,6 +10,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import patsparse as ps
+from patsparse.compiler.api import capture
 from patsparse.compiler.codegen import graph as graph_module, plan as plan_module
 from patsparse.models import get
 from patsparse.pruning.projection import project_model
@@ -99,9 +100,36 @@ def test_every_batched_pattern_layout_in_a_model(monkeypatch):
         _check(cm, m, batch)
 
 
+def test_image_major_runs_keep_their_own_tensors_in_one_shared_slot(monkeypatch):
+    """A tensor an image-major run both produces and alone reads lives in the shared slot (one
+    image's memory, warm across the block's images); tensors crossing into or out of a
+    layer-major run, the model's input and output stay in their image's slot."""
+    monkeypatch.setattr(graph_module, "LAYER_MAJOR_RATIO", 0.5)  # a mix of both kinds of run
+    m = _net("resnet18", 8.0)
+    plan = plan_module.plan_graph(capture(m, torch.zeros(1, 3, 32, 32)), threads=2)
+    graph_module.generate_kernels(plan)
+    graph_module.pack_blob(plan)
+    runs = graph_module.segments(plan)
+    assert {major for major, _ in runs} == {True, False}
+    run = {s.node.name: (i, major) for i, (major, steps) in enumerate(runs) for s in steps}
+    shared = graph_module.shared_tensors(plan)
+    readers: dict[str, set] = {}
+    for s in plan.steps:
+        for t in s.node.inputs + ([s.node.residual] if s.node.residual else []):
+            readers.setdefault(t, set()).add(run[s.node.name])
+    for t, (i, major) in run.items():
+        inside = not major and readers.get(t, set()) <= {(i, major)} and t != plan.graph.output
+        assert (t in shared) == inside, t
+    assert shared and plan.graph.output not in shared
+    assert plan.ws_floats == (plan.images + 1) * plan.image_floats
+    src = graph_module.emit_model(plan)
+    assert "(shared + " in src
+
+
 def test_block_is_bounded_by_the_workspace_budget():
-    per_image = plan_module.IMAGE_BLOCK_BYTES // 4 // 3 + 1  # 3 slots would overflow the budget
-    assert plan_module.image_block(per_image) == 2
+    per_image = plan_module.IMAGE_BLOCK_BYTES // 4 // 4 + 1  # 3 slots fit, 4 would overflow the budget
+    assert plan_module.image_block(per_image) == 2  # two images and the shared slot
+    assert plan_module.image_block(plan_module.IMAGE_BLOCK_BYTES // 4 // 3 + 1) == 1  # 2 slots: no pair
     assert plan_module.image_block(plan_module.IMAGE_BLOCK_BYTES) == 1  # one slot always
     assert plan_module.image_block(16) == plan_module.MAX_IMAGES
 

@@ -68,13 +68,19 @@ def plan_graph(g: Graph, *, target: Target | None = None, threads: int | None = 
         s.images = images
         if s.node.op == "concat":  # its kernel reads every input at its workspace offset
             s.operands = [(offsets[i], layouts[i]) for i in s.node.inputs]
-    return Plan(g, steps, layouts, offsets, images * ws, target=target, threads=threads,
+    return Plan(g, steps, layouts, offsets, slots(images) * ws, target=target, threads=threads,
                 image_floats=ws, images=images)
+
+
+def slots(images: int) -> int:
+    """Workspace slots of a block of ``images`` images: one per image, and with more than one
+    the slot image-major runs share (graph.shared_tensors)."""
+    return images + (images > 1)
 
 
 def image_block(image_floats: int) -> int:
     """Images per block of a batched forward pass: the most, up to MAX_IMAGES, whose workspace
-    slots (``image_floats`` each) fit IMAGE_BLOCK_BYTES together.
+    slots (``image_floats`` each, ``slots``) fit IMAGE_BLOCK_BYTES together.
 
     Why blocks: the forward pass runs each layer on every image of a block before the next
     layer (graph.py), so a layer's weights come from memory once per block instead of once per
@@ -82,7 +88,8 @@ def image_block(image_floats: int) -> int:
     block needs its own activations, so the block is bounded to keep the workspace (allocated,
     and zeroed once, per calling thread) at a size a batch-1 caller does not notice: a
     CIFAR-sized VGG-16 or ResNet-18 gets all 8 slots, an ImageNet ResNet-50 a few."""
-    return max(1, min(MAX_IMAGES, IMAGE_BLOCK_BYTES // max(1, 4 * image_floats)))
+    fit = IMAGE_BLOCK_BYTES // max(1, 4 * image_floats)
+    return max(1, min(MAX_IMAGES, fit - 1 if fit > 2 else 1))
 
 
 def assign_buffers(g: Graph, layouts: dict[str, Layout]) -> tuple[dict[str, int], int]:
