@@ -69,15 +69,20 @@ def test_any_batch_matches_torch(resnet_8x, batch, seed):
     _check(cm, m, batch, seed)
 
 
-@pytest.mark.parametrize("ratio", [graph_module.LAYER_MAJOR_RATIO, 0])
-def test_blocks_smaller_than_the_batch(monkeypatch, ratio):
+@pytest.mark.parametrize("ratio,shared", [(graph_module.LAYER_MAJOR_RATIO, True), (0, True),
+                                          (graph_module.LAYER_MAJOR_RATIO, False)])
+def test_blocks_smaller_than_the_batch(monkeypatch, ratio, shared):
     """A block of 3 images: batch 8 is blocks of 3, 3 and 2, through every op OpsNet has; with
-    ratio 0 every layer with weights runs layer-major (batched kernels take the block)."""
+    ratio 0 every layer with weights runs layer-major (batched kernels take the block); without
+    the shared slot image-major runs keep every tensor in its image's slot."""
     monkeypatch.setattr(plan_module, "MAX_IMAGES", 3)
     monkeypatch.setattr(graph_module, "LAYER_MAJOR_RATIO", ratio)
+    if not shared:
+        monkeypatch.setattr(plan_module, "has_shared_slot", lambda images, image_floats: False)
     m = sparse_opsnet()
     cm = ps.compile(m, torch.zeros(1, 3, 16, 16), threads=2)
     assert cm.manifest["images"] == 3
+    assert ("(shared + " in cm.source) == (shared and ratio != 0)
     if ratio == 0:
         batched = [L["c_name"] for L in cm.manifest["layers"] if L["batched"]]
         assert len(batched) >= 3 and all(f"{c}_nb(ws + " in cm.source for c in batched)
@@ -121,15 +126,16 @@ def test_image_major_runs_keep_their_own_tensors_in_one_shared_slot(monkeypatch)
         inside = not major and readers.get(t, set()) <= {(i, major)} and t != plan.graph.output
         assert (t in shared) == inside, t
     assert shared and plan.graph.output not in shared
-    assert plan.ws_floats == (plan.images + 1) * plan.image_floats
+    assert plan.shared_slot and plan.ws_floats == (plan.images + 1) * plan.image_floats
     src = graph_module.emit_model(plan)
     assert "(shared + " in src
 
 
 def test_block_is_bounded_by_the_workspace_budget():
     per_image = plan_module.IMAGE_BLOCK_BYTES // 4 // 4 + 1  # 3 slots fit, 4 would overflow the budget
-    assert plan_module.image_block(per_image) == 2  # two images and the shared slot
-    assert plan_module.image_block(plan_module.IMAGE_BLOCK_BYTES // 4 // 3 + 1) == 1  # 2 slots: no pair
+    assert plan_module.image_block(per_image) == 2 and plan_module.has_shared_slot(2, per_image)
+    per_image = plan_module.IMAGE_BLOCK_BYTES // 4 // 3 + 1  # 2 slots: two images, nothing shared
+    assert plan_module.image_block(per_image) == 2 and not plan_module.has_shared_slot(2, per_image)
     assert plan_module.image_block(plan_module.IMAGE_BLOCK_BYTES) == 1  # one slot always
     assert plan_module.image_block(16) == plan_module.MAX_IMAGES
 

@@ -100,7 +100,10 @@ def shared_tensors(plan: Plan) -> set[str]:
 
     Why: with a slot per image, 8 images of a ResNet-50 CIFAR (9 MB of activations each) walked
     64 MB of workspace per call where one image walks 9, and its 8x model ran a third slower per
-    image at batch 8 than at batch 1."""
+    image at batch 8 than at batch 1. Empty where the plan has no shared slot (one image per
+    block, or no room: plan.has_shared_slot)."""
+    if not plan.shared_slot:
+        return set()
     run_of: dict[str, tuple[int, bool]] = {}
     for i, (major, steps) in enumerate(segments(plan)):
         for s in steps:
@@ -168,7 +171,7 @@ def emit_model(plan: Plan) -> str:
             "                const float *restrict blob, int nthreads, double *restrict prof) {",
             f"    enum {{ IMAGES = {plan.images} }};",
             f"    const ptrdiff_t IMAGE = {plan.image_floats};  /* floats per image slot */",
-            "    float *shared = ws + IMAGE * IMAGES * (IMAGES > 1);  /* shared_tensors' slot */",
+            "    float *shared = ws + IMAGE * IMAGES; (void)shared;  /* shared_tensors' slot */",
             f"    ps_sync *sync = (ps_sync *)(ws + {plan.ws_floats});",
             "    double woke;  /* the team's wake-up over: what ps_team_adapt times */",
             "    const int team = ps_forward_team(sync, nthreads, &woke);",
