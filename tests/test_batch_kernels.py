@@ -65,6 +65,7 @@ def check(kernel, weight, lin: Layout, lout: Layout, stride: int, padding: int, 
     (64, 8, 30, 1, {"mr": 4, "nr": 2}, "each"),      # large planes: image by image
     (8, 16, 9, 2, {"mr": 4, "nr": 2, "s2": 1}, None),  # stride 2 read in place
     (24, 20, 7, 1, {"np": 5}, None),                 # channel-vector tiles
+    (16, 20, 9, 2, {"np": 4}, None),                 # ... read at stride 2 in place
     (16, 12, 7, 1, {"wino": 2, "mr": 4, "nr": 1}, None),  # Winograd: the block's tiles in one GEMM
     (8, 20, 13, 1, {"wino": 4, "mr": 6, "nr": 2}, None),  # R > 1 tile rows per transform unit
 ])

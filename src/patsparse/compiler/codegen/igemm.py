@@ -222,9 +222,10 @@ def gen_igemm(name: str, *, cin: int, cout: int, k: int, stride: int, padding: i
         raise InputError(f"{where}: schedule compact needs a 1x1 conv without padding "
                          f"(got {K}x{K}, padding {P})")
     kk = K * K
+    # channel-vector tiles broadcast single input values, so they read any stride in place
     acc = None if compact else input_access(name, channels=cin, k=K, stride=s, padding=P,
                                             in_layout=in_layout, Ho=Ho, Wo=Wo,
-                                            allow_strided=bool(schedule.get("s2")) and not np_ and K > 1)
+                                            allow_strided=bool(np_ or schedule.get("s2")) and K > 1)
     if np_:
         return cvec.gen_cvec(name, cin=cin, cout=cout, k=K, acc=acc, out_layout=out_layout,
                              act=act, has_residual=has_residual, np_=np_, order=order, target=target,
