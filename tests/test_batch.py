@@ -131,6 +131,44 @@ def test_image_major_runs_keep_their_own_tensors_in_one_shared_slot(monkeypatch)
     assert "(shared + " in src
 
 
+class _Island(torch.nn.Module):
+    """a -> x -> b -> c, with a's output added to c's when ``skip``: b is the layer-major
+    candidate between image-major layers, and the skip passes a tensor across it."""
+
+    def __init__(self, skip: bool):
+        super().__init__()
+        self.skip = skip
+        self.a, self.x = torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.Conv2d(32, 32, 1)
+        self.b, self.c = torch.nn.Conv2d(32, 32, 3, padding=1), torch.nn.Conv2d(32, 32, 1)
+
+    def forward(self, t):
+        a = torch.relu(self.a(t))
+        y = self.c(torch.relu(self.b(torch.relu(self.x(a)))))
+        return torch.relu(y + a if self.skip else y)
+
+
+def _island_plan(skip: bool):
+    plan = plan_module.plan_graph(capture(_Island(skip).eval(), torch.zeros(1, 3, 8, 8)), threads=2)
+    graph_module.generate_kernels(plan)
+    graph_module.pack_blob(plan)
+    return plan
+
+
+def test_a_layer_major_island_counts_what_it_pushes_out_of_the_shared_slot(monkeypatch):
+    """b alone passes the per-layer rule (weights over the ratio times its input and output),
+    but with the skip a's output also crosses it to c: counted, b runs image-major."""
+    plan = _island_plan(True)
+    b = next(s for s in plan.steps if s.node.name == "b")
+    a = next(s for s in plan.steps if s.node.name == "a")
+    weights, own = b.b_off - b.w_off, b.in_layout.size + b.out_layout.size
+    with_skip = own + plan.layouts[a.node.name].size
+    monkeypatch.setattr(graph_module, "LAYER_MAJOR_RATIO", (weights / own + weights / with_skip) / 2)
+    assert graph_module.layer_major(b)
+    lm = lambda p: {s.node.name for major, run in graph_module.segments(p) if major for s in run}  # noqa: E731
+    assert "b" not in lm(plan)
+    assert "b" in lm(_island_plan(False))  # nothing crosses it: it stays layer-major
+
+
 def test_block_is_bounded_by_the_workspace_budget():
     per_image = plan_module.IMAGE_BLOCK_BYTES // 4 // 4 + 1  # 3 slots fit, 4 would overflow the budget
     assert plan_module.image_block(per_image) == 2 and plan_module.has_shared_slot(2, per_image)

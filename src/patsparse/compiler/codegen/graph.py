@@ -78,17 +78,81 @@ def layer_major(s: Step) -> bool | None:
 
 def segments(plan: Plan) -> list[tuple[bool, list[Step]]]:
     """The steps in runs of (layer-major, steps): image-major runs take one image through all
-    their steps before the next image, layer-major runs one step over the block (layer_major)."""
+    their steps before the next image, layer-major runs one step over the block.
+
+    Each step is layer-major where layer_major says so; then a layer-major run goes back to
+    image-major while its weights are at most LAYER_MAJOR_RATIO times the activations it puts
+    in image slots (``_displaced``), the least paying run first.
+
+    Why: a layer-major run between two image-major ones puts in image slots not only its own
+    input and output but every tensor the two image-major runs pass across it (a residual), and
+    those slots are cold for each image. ResNet-50 CIFAR 8x at batch 8 (one thread, in-process
+    A/B against the image-by-image build): layer4's 1x1 convs after a layer-major 3x3 ran 2-2.7x
+    slower (their 4x4 planes of 2048 channels take 0.8 MB an image padded), which cost more
+    than the 3x3's weights, read once per block, saved (5-10%)."""
+    steps = plan.steps
+    major: list[bool] = []
+    for s in steps:
+        m = layer_major(s)
+        major.append(major[-1] if m is None and major else bool(m))
+    readers = _readers(plan)
+    while True:
+        runs = _runs(steps, major)
+        worst, worst_ratio = None, LAYER_MAJOR_RATIO
+        for k, (lm, run) in enumerate(runs):
+            if not lm:
+                continue
+            weights = sum(max(0, s.b_off - s.w_off) for s in run)
+            ratio = weights / max(1, _displaced(plan, run, major, readers))
+            if ratio <= worst_ratio:
+                worst, worst_ratio = k, ratio
+        if worst is None:
+            return runs
+        for s in runs[worst][1]:
+            major[s.index] = False
+
+
+def _runs(steps: list[Step], major: list[bool]) -> list[tuple[bool, list[Step]]]:
+    """``steps`` cut where ``major`` (per step index) changes."""
     runs: list[tuple[bool, list[Step]]] = []
-    for s in plan.steps:
-        major = layer_major(s)
-        if major is None:
-            major = runs[-1][0] if runs else False
-        if runs and runs[-1][0] == major:
+    for s in steps:
+        if runs and runs[-1][0] == major[s.index]:
             runs[-1][1].append(s)
         else:
-            runs.append((major, [s]))
+            runs.append((major[s.index], [s]))
     return runs
+
+
+def _readers(plan: Plan) -> dict[str, set[int]]:
+    """tensor -> indices of the steps reading it (input, operand or residual); -1 for a concat
+    (it reads every input from one slot base, so its operands never go to the shared slot)."""
+    readers: dict[str, set[int]] = {}
+    for s in plan.steps:
+        n = s.node
+        for t in n.inputs + ([n.residual] if n.residual else []):
+            readers.setdefault(t, set()).add(-1 if s.operands is not None else s.index)
+    return readers
+
+
+def _internal(plan: Plan, steps: list[Step], readers: dict[str, set[int]]) -> set[str]:
+    """The tensors ``steps`` produce and alone read (never the model's output)."""
+    inside = {s.index for s in steps}
+    return {s.node.name for s in steps
+            if s.node.name != plan.graph.output and readers.get(s.node.name, set()) <= inside}
+
+
+def _displaced(plan: Plan, run: list[Step], major: list[bool], readers: dict[str, set[int]]) -> int:
+    """Floats of one image's tensors that a layer-major ``run`` puts in image slots: what its
+    steps read and write, and what earlier steps pass across it to an image-major step after
+    it (a residual skipping it). Image-major, most of them would sit in the shared slot."""
+    first, last = run[0].index, run[-1].index
+    names = {s.node.name for s in run}
+    for s in run:
+        names.update(s.node.inputs + ([s.node.residual] if s.node.residual else []))
+    names.update(s.node.name for s in plan.steps[:first]
+                 if any(r > last and not major[r] for r in readers.get(s.node.name, ())))
+    names.discard(INPUT)
+    return sum(plan.layouts[t].size for t in names)
 
 
 def shared_tensors(plan: Plan) -> set[str]:
@@ -96,25 +160,12 @@ def shared_tensors(plan: Plan) -> set[str]:
     its steps alone (not the model's output, not a concat's operand: a concat reads every input
     from one slot base). They live in one shared slot that every image of a block reuses, so
     an image-major run touches one image's worth of memory, warm in cache, as a batch of one
-    does; only the tensors crossing a run's boundary need a slot per image.
-
-    Why: with a slot per image, 8 images of a ResNet-50 CIFAR (9 MB of activations each) walked
-    64 MB of workspace per call where one image walks 9, and its 8x model ran a third slower per
-    image at batch 8 than at batch 1. Empty where the plan has no shared slot (one image per
-    block, or no room: plan.has_shared_slot)."""
+    does; only the tensors crossing a run's boundary need a slot per image. Empty where the
+    plan has no shared slot (one image per block, or no room: plan.has_shared_slot)."""
     if not plan.shared_slot:
         return set()
-    run_of: dict[str, tuple[int, bool]] = {}
-    for i, (major, steps) in enumerate(segments(plan)):
-        for s in steps:
-            run_of[s.node.name] = (i, major)
-    readers: dict[str, set[int]] = {}
-    for s in plan.steps:
-        n = s.node
-        for t in n.inputs + ([n.residual] if n.residual else []):
-            readers.setdefault(t, set()).add(-1 if s.operands is not None else run_of[n.name][0])
-    return {t for t, (i, major) in run_of.items()
-            if not major and t != plan.graph.output and readers.get(t, {i}) <= {i}}
+    readers = _readers(plan)
+    return set().union(*(_internal(plan, run, readers) for major, run in segments(plan) if not major))
 
 
 def _call(s: Step, plan: Plan, base: Callable[[str | None], str], batched: bool) -> str:
