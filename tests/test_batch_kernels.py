@@ -66,8 +66,9 @@ def check(kernel, weight, lin: Layout, lout: Layout, stride: int, padding: int, 
     (8, 16, 9, 2, {"mr": 4, "nr": 2, "s2": 1}, None),  # stride 2 read in place
     (24, 20, 7, 1, {"np": 5}, None),                 # channel-vector tiles
     (16, 20, 9, 2, {"np": 4}, None),                 # ... read at stride 2 in place
-    (16, 12, 7, 1, {"wino": 2, "mr": 4, "nr": 1}, None),  # Winograd: the block's tiles in one GEMM
-    (8, 20, 13, 1, {"wino": 4, "mr": 6, "nr": 2}, None),  # R > 1 tile rows per transform unit
+    # Winograd, the block's tiles in one GEMM (batched where the weights are 10x an image's scratch)
+    (352, 352, 4, 1, {"wino": 2, "mr": 4, "nr": 1}, None),
+    (336, 336, 7, 1, {"wino": 4, "mr": 4, "nr": 1}, None),  # R > 1 tile rows per transform unit
 ])
 def test_dense_batched(cin, cout, H, stride, schedule, walk):
     rng = np.random.default_rng(1)
@@ -134,6 +135,17 @@ def test_team_free_kernels_are_those_without_shared_scratch_or_barriers():
     direct = gen_depthwise("dw_d", channels=8, in_layout=lay, out_layout=lay, target=HOST)
     planes = gen_depthwise("dw_p", channels=8, in_layout=Layout(8, 9, 9, 0), out_layout=lay, target=HOST)
     assert direct.team_free and not planes.team_free
+
+
+def test_winograd_batched_only_where_its_weights_outweigh_an_images_scratch():
+    """A block shares one Winograd call where re-reading the transformed weights per image
+    costs more than the block's scratch leaving cache (winograd.WINO_BATCH_RATIO); the kernel
+    still runs one image per call elsewhere."""
+    def kernel(c: int, H: int):
+        lay = Layout(c, H, H, 1)
+        return gen_conv2d("wino", cin=c, cout=c, k=3, padding=1, in_layout=lay, out_layout=lay,
+                          schedule={"wino": 2, "mr": 4, "nr": 1}, target=HOST)
+    assert kernel(512, 7).batched and not kernel(128, 7).batched and not kernel(512, 56).batched
 
 
 def test_a_kernel_with_a_prep_is_not_batched():

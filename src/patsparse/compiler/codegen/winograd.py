@@ -16,10 +16,15 @@ split over each, a barrier between them (the team and scratch scheme of base.PRE
    results interleaved back into pixel order, then A^T down the rows, with igemm's epilogue
    (bias, residual, activation, tail mask) on full row vectors of the output layout.
 
-Batched (base.GeneratedKernel): the block's images put their tiles side by side in V and M
+The code takes a block of images (``NAME_nb``): they put their tiles side by side in V and M
 (image b's ``Tp`` tiles at b * Tp), so each position's GEMM runs its weight panel over the
-tiles of every image: the transformed weights (16 MB per 512->512 F(2,3) layer) come from
-memory once per block instead of once per image.
+tiles of every image and the transformed weights come from memory once per block. That trades
+one image's V and M per image (leaving cache as the block grows) for the weights re-read per
+image, so the kernel is batched (base.GeneratedKernel) only where the weights are
+WINO_BATCH_RATIO times one image's scratch or more. ResNet-18 ImageNet at batch 8 (one thread,
+in-process A/B, contended): 512->512 F(2,3) at 7x7 (16.8 MB of weights, 1 MB of scratch an
+image) 1.23-1.33x faster batched; 256->256 F(4,3) at 14x14 (9.4 MB, 1.2 MB) 0.69-0.90x and
+128->128 at 28x28 (2.4 MB, 2.4 MB) 0.80-0.89x, so those run an image per call.
 
 Tiles sit in the lanes in row-major order, so where a tile row fills at most half a vector (a
 32x32 plane has 8 F(4,3) tiles per row) a transform unit takes R = VL / (tiles per row) tile
@@ -75,6 +80,7 @@ TRANSFORMS: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {
                   [0, _S2 / 4, -_S2 / 4, 2 * _S2, -2 * _S2, 1]], np.float64)),
 }
 TILE_SIZES = tuple(TRANSFORMS)
+WINO_BATCH_RATIO = 10  # transformed weights / one image's V and M from which blocks share a call
 OP_CYCLES = 0.5  # a vector load, store, add or shuffle: two ports
 
 
@@ -374,6 +380,7 @@ static void {name}_nb(const float *restrict in, float *restrict out, const float
         u = transform_weights(check_weight(weight, (cout, cin, 3, 3), name), m)
         return np.concatenate([pack_tiles(u[p].astype(np.float32)[:, :, None, None], mr) for p in range(A2)])
 
-    return GeneratedKernel(name=name, code=code, target=target, pack=pack, batched=True,
+    batched = cin * cout >= WINO_BATCH_RATIO * (cin + cout) * Tp  # (module docstring)
+    return GeneratedKernel(name=name, code=code, target=target, pack=pack, batched=batched,
                            flops=2 * cout * cin * 9 * Ho * Wo, schedule={"wino": m, "mr": mr, "nr": nr})
 
