@@ -49,9 +49,14 @@ def _category(op: str) -> str:
 def ours(cm, model: torch.nn.Module, example: torch.Tensor, repeats: int) -> dict[str, float]:
     """ms per category of one call of the CompiledModel ``cm`` of ``model``."""
     g = capture(model, example)
-    nodes = {n.name: n for n in g.nodes}
+    return by_category(cm.profile(example.numpy(), repeats=repeats), {n.name: n for n in g.nodes})
+
+
+def by_category(rows: list[dict], nodes: dict) -> dict[str, float]:
+    """ms per category of profile ``rows`` (``CompiledModel.profile``'s), each layer's node from
+    ``nodes`` (name -> IR node of the captured, unfused graph)."""
     out: dict[str, float] = defaultdict(float)
-    for row in cm.profile(example.numpy(), repeats=repeats):
+    for row in rows:
         n = nodes.get(row["name"])
         if row["kernel"] == "pw_dw" and n is not None and n.inputs[0] in nodes:
             e = nodes[n.inputs[0]]  # the 1x1 conv fused into it
@@ -59,7 +64,8 @@ def ours(cm, model: torch.nn.Module, example: torch.Tensor, repeats: int) -> dic
             dw = float(np.prod(n.shape)) * n.attrs["k"] ** 2
             out["conv 1x1"] += row["ms"] * pw / (pw + dw)
             out["depthwise"] += row["ms"] * dw / (pw + dw)
-        elif n is not None and n.op == "conv":
+            continue
+        if n is not None and n.op == "conv":
             cat = _conv_category(n.attrs["k"], n.attrs["groups"] > 1)
         else:
             cat = _category(n.op if n is not None else row["kernel"])

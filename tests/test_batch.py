@@ -10,6 +10,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import patsparse as ps
+from patsparse.compiler.api import capture
 from patsparse.compiler.codegen import graph as graph_module, plan as plan_module
 from patsparse.models import get
 from patsparse.pruning.projection import project_model
@@ -68,15 +69,20 @@ def test_any_batch_matches_torch(resnet_8x, batch, seed):
     _check(cm, m, batch, seed)
 
 
-@pytest.mark.parametrize("ratio", [graph_module.LAYER_MAJOR_RATIO, 0])
-def test_blocks_smaller_than_the_batch(monkeypatch, ratio):
+@pytest.mark.parametrize("ratio,shared", [(graph_module.LAYER_MAJOR_RATIO, True), (0, True),
+                                          (graph_module.LAYER_MAJOR_RATIO, False)])
+def test_blocks_smaller_than_the_batch(monkeypatch, ratio, shared):
     """A block of 3 images: batch 8 is blocks of 3, 3 and 2, through every op OpsNet has; with
-    ratio 0 every layer with weights runs layer-major (batched kernels take the block)."""
+    ratio 0 every layer with weights runs layer-major (batched kernels take the block); without
+    the shared slot image-major runs keep every tensor in its image's slot."""
     monkeypatch.setattr(plan_module, "MAX_IMAGES", 3)
     monkeypatch.setattr(graph_module, "LAYER_MAJOR_RATIO", ratio)
+    if not shared:
+        monkeypatch.setattr(plan_module, "has_shared_slot", lambda images, image_floats: False)
     m = sparse_opsnet()
     cm = ps.compile(m, torch.zeros(1, 3, 16, 16), threads=2)
     assert cm.manifest["images"] == 3
+    assert ("(shared + " in cm.source) == (shared and ratio != 0)
     if ratio == 0:
         batched = [L["c_name"] for L in cm.manifest["layers"] if L["batched"]]
         assert len(batched) >= 3 and all(f"{c}_nb(ws + " in cm.source for c in batched)
@@ -99,9 +105,75 @@ def test_every_batched_pattern_layout_in_a_model(monkeypatch):
         _check(cm, m, batch)
 
 
+def test_image_major_runs_keep_their_own_tensors_in_one_shared_slot(monkeypatch):
+    """A tensor an image-major run both produces and alone reads lives in the shared slot (one
+    image's memory, warm across the block's images); tensors crossing into or out of a
+    layer-major run, the model's input and output stay in their image's slot."""
+    monkeypatch.setattr(graph_module, "LAYER_MAJOR_RATIO", 0.5)  # a mix of both kinds of run
+    m = _net("resnet18", 8.0)
+    plan = plan_module.plan_graph(capture(m, torch.zeros(1, 3, 32, 32)), threads=2)
+    graph_module.generate_kernels(plan)
+    graph_module.pack_blob(plan)
+    runs = graph_module.segments(plan)
+    assert {major for major, _ in runs} == {True, False}
+    run = {s.node.name: (i, major) for i, (major, steps) in enumerate(runs) for s in steps}
+    shared = graph_module.shared_tensors(plan)
+    readers: dict[str, set] = {}
+    for s in plan.steps:
+        for t in s.node.inputs + ([s.node.residual] if s.node.residual else []):
+            readers.setdefault(t, set()).add(run[s.node.name])
+    for t, (i, major) in run.items():
+        inside = not major and readers.get(t, set()) <= {(i, major)} and t != plan.graph.output
+        assert (t in shared) == inside, t
+    assert shared and plan.graph.output not in shared
+    assert plan.shared_slot and plan.ws_floats == (plan.images + 1) * plan.image_floats
+    src = graph_module.emit_model(plan)
+    assert "(shared + " in src
+
+
+class _Island(torch.nn.Module):
+    """a -> x -> b -> c, with a's output added to c's when ``skip``: b is the layer-major
+    candidate between image-major layers, and the skip passes a tensor across it."""
+
+    def __init__(self, skip: bool):
+        super().__init__()
+        self.skip = skip
+        self.a, self.x = torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.Conv2d(32, 32, 1)
+        self.b, self.c = torch.nn.Conv2d(32, 32, 3, padding=1), torch.nn.Conv2d(32, 32, 1)
+
+    def forward(self, t):
+        a = torch.relu(self.a(t))
+        y = self.c(torch.relu(self.b(torch.relu(self.x(a)))))
+        return torch.relu(y + a if self.skip else y)
+
+
+def _island_plan(skip: bool):
+    plan = plan_module.plan_graph(capture(_Island(skip).eval(), torch.zeros(1, 3, 8, 8)), threads=2)
+    graph_module.generate_kernels(plan)
+    graph_module.pack_blob(plan)
+    return plan
+
+
+def test_a_layer_major_island_counts_what_it_pushes_out_of_the_shared_slot(monkeypatch):
+    """b alone passes the per-layer rule (weights over the ratio times its input and output),
+    but with the skip a's output also crosses it to c: counted, b runs image-major."""
+    plan = _island_plan(True)
+    b = next(s for s in plan.steps if s.node.name == "b")
+    a = next(s for s in plan.steps if s.node.name == "a")
+    weights, own = b.b_off - b.w_off, b.in_layout.size + b.out_layout.size
+    with_skip = own + plan.layouts[a.node.name].size
+    monkeypatch.setattr(graph_module, "LAYER_MAJOR_RATIO", (weights / own + weights / with_skip) / 2)
+    assert graph_module.layer_major(b)
+    lm = lambda p: {s.node.name for major, run in graph_module.segments(p) if major for s in run}  # noqa: E731
+    assert "b" not in lm(plan)
+    assert "b" in lm(_island_plan(False))  # nothing crosses it: it stays layer-major
+
+
 def test_block_is_bounded_by_the_workspace_budget():
-    per_image = plan_module.IMAGE_BLOCK_BYTES // 4 // 3 + 1  # 3 slots would overflow the budget
-    assert plan_module.image_block(per_image) == 2
+    per_image = plan_module.IMAGE_BLOCK_BYTES // 4 // 4 + 1  # 3 slots fit, 4 would overflow the budget
+    assert plan_module.image_block(per_image) == 2 and plan_module.has_shared_slot(2, per_image)
+    per_image = plan_module.IMAGE_BLOCK_BYTES // 4 // 3 + 1  # 2 slots: two images, nothing shared
+    assert plan_module.image_block(per_image) == 2 and not plan_module.has_shared_slot(2, per_image)
     assert plan_module.image_block(plan_module.IMAGE_BLOCK_BYTES) == 1  # one slot always
     assert plan_module.image_block(16) == plan_module.MAX_IMAGES
 

@@ -153,24 +153,26 @@ class CompactAccess:
 
 
 def compact_access(name: str, *, channels: int, stride: int, in_layout: Layout, Ho: int,
-                   Wo: int) -> CompactAccess:
+                   Wo: int, batched: bool = False) -> CompactAccess:
     """The prep that packs each channel's (strided) pixels densely for a 1x1 conv, padding 0.
 
     Why: a 7x7 plane fills 7 of 16 lanes per row vector (MobileNet-V2's last stages, ResNet's
     last downsample), so a row-vector tile computes 2.3x the useful FMAs; over the flattened
     plane the 49 pixels take 4 vectors. The copy touches each input element once against
-    Cout FMAs per element."""
+    Cout FMAs per element. ``batched``: the prep of a batched kernel (base.BATCHED_PARAMS)
+    packs the block's ``nb`` images, image b's planes ``b * channels * cs`` floats in."""
     L, s = in_layout, stride
     cs = round_up(Ho * Wo, MAX_VL)
+    images = "(size_t)nb * " if batched else ""
     scratch = f"""
-    PS_SCRATCH(scr, {channels * cs}, "{name}");"""
+    PS_SCRATCH(scr, {images}{channels * cs}, "{name}");"""
     prep = f"""
     {{
     #pragma omp for schedule(static) nowait
-    for (int q = 0; q < {channels * Ho}; q++) {{
-        const int ci = q / {Ho}, h = q % {Ho};
-        const float *restrict sr = in + (size_t)ci * {L.ps} + ({s} * h + {L.pad}) * {L.ld} + {L.pad};
-        float *restrict d = scr + (size_t)ci * {cs};
+    for (int q = 0; q < {'nb * ' if batched else ''}{channels * Ho}; q++) {{
+        const int ci = q / {Ho} % {channels}, h = q % {Ho}{f", b = q / {channels * Ho}" if batched else ""};
+        const float *restrict sr = in{" + b * is" if batched else ""} + (size_t)ci * {L.ps} + ({s} * h + {L.pad}) * {L.ld} + {L.pad};
+        float *restrict d = scr + {f"((size_t)b * {channels} + ci)" if batched else "(size_t)ci"} * {cs};
         for (int w = 0; w < {Wo}; w++) d[h * {Wo} + w] = sr[{s} * w];
         if (h == {Ho - 1}) for (int p = {Ho * Wo}; p < {cs}; p++) d[p] = 0.0f;
     }}
@@ -179,15 +181,16 @@ def compact_access(name: str, *, channels: int, stride: int, in_layout: Layout, 
     return CompactAccess(cs=cs, scratch=scratch, prep=prep)
 
 
-def compact_rows_c(slot: str, Ho: int, Wo: int, origin: int, ld: int) -> list[str]:
+def compact_rows_c(slot: str, Ho: int, Wo: int, origin: int, ld: int, image: str = "") -> list[str]:
     """C opening the loop over the output rows that compact vector ``slot`` (pixels slot * VL ..
     slot * VL + VL - 1 of the flattened Ho x Wo plane) touches. Inside, ``m`` has the bits of
     the lanes in that row and ``o`` is the offset, in a plane of row stride ``ld`` whose pixel
-    (0, 0) is at ``origin``, where lane 0 would go: ``vstore_lanes(plane + o, m, v)`` stores
-    the row's part. The caller closes the loop's brace."""
+    (0, 0) is at ``origin`` (past ``image``, C of an image's offset, if given), where lane 0
+    would go: ``vstore_lanes(plane + o, m, v)`` stores the row's part. The caller closes the
+    loop's brace."""
     return [f"const int p0 = {slot} * VL;",
             f"for (int h = p0 / {Wo}; h < {Ho} && h * {Wo} < p0 + VL; h++) {{",
             f"  const int lo = h * {Wo} > p0 ? h * {Wo} - p0 : 0,"
             f" hi = (h + 1) * {Wo} < p0 + VL ? (h + 1) * {Wo} - p0 : VL;",
             "  const unsigned m = (unsigned)((1ull << hi) - (1ull << lo));",
-            f"  const size_t o = {origin} + (size_t)h * {ld - Wo} + p0;"]
+            f"  const size_t o = {image}{origin} + (size_t)h * {ld - Wo} + p0;"]

@@ -330,3 +330,11 @@ class GeneratedKernel:
     schedule: dict = field(default_factory=dict)
     target: Target | None = None  # what the code was rendered for (KernelRunner builds for it)
     batched: bool = False  # the code also defines NAME_nb (module docstring)
+
+    @property
+    def team_free(self) -> bool:
+        """Whether calls on different images may follow each other without a barrier: the
+        kernel shares no scratch with its team (PS_SCRATCH) and has no barrier of its own, so
+        a thread's share of one image never waits on, nor overwrites, another's. (A kernel
+        whose code mentions either is assumed to need the barrier.)"""
+        return "PS_SCRATCH(" not in self.code and "ps_barrier(" not in self.code

@@ -56,7 +56,8 @@ def np_choices(target: Target) -> list[int]:
 def gen_cvec(name: str, *, cin: int, cout: int, k: int, acc: InputAccess, out_layout: Layout,
              act: str, has_residual: bool, np_: int, order: str | None, target: Target,
              images: int = 1) -> GeneratedKernel:
-    """The channel-vectorised kernel; ``acc`` says how the input is read (unit stride). Batched
+    """The channel-vectorised kernel; ``acc`` says how the input is read (any stride in place:
+    each input value is one broadcast). Batched
     (base.GeneratedKernel) where it reads the input in place, the images of a block walked as
     batch.py says for ``images``."""
     O = out_layout
@@ -76,7 +77,8 @@ def gen_cvec(name: str, *, cin: int, cout: int, k: int, acc: InputAccess, out_la
     pix = "\n".join(
         slot_c(j, np_, str(npix), batched) + "\n" +
         f"        int oh{j} = s{j} / {Wo}, ow{j} = s{j} % {Wo};\n"
-        f"        const float *p{j} = {acc.src} + {at(j)}{acc.origin} + (size_t)oh{j} * {acc.row_stride} + ow{j};"
+        f"        const float *p{j} = {acc.src} + {at(j)}{acc.origin} + (size_t)oh{j} * {acc.row_stride} + "
+        f"{acc.step} * ow{j};"
         for j in J)
 
     def variant(nv: int) -> str:

@@ -67,7 +67,7 @@ def gen_conv2d(name: str, *, cin: int, cout: int, k: int, stride: int = 1, paddi
 
     Weight shape (cout, cin, k, k). ``in_layout.pad`` may be smaller than ``padding`` (then no
     Winograd schedule). ``schedule`` None: the first of ``schedules``. ``images``: the image
-    block the model runs (igemm.gen_igemm batches over it; a Winograd kernel runs per image).
+    block the model runs (igemm.gen_igemm's walk over it; a Winograd kernel takes any block).
     """
     where = f"conv2d kernel {name}"
     check_name(name)

@@ -5,12 +5,14 @@ implicit-GEMM engine (igemm.py) with a single tap, reading the layout directly a
 through a decimated copy of the input at stride 2 (ResNet's downsample).
 
 A linear layer at batch 1 is a matrix-vector product, bound by streaming its weights, so it
-is a plain vectorised GEMV with several output rows per pass. Its input is the previous
-activation *as PyTorch flattens it*: ``in_layout`` is that activation's layout (C, H, W, pad),
-and features are read in C-H-W order, so both ``flatten(global_pool(x))`` (H = W = 1) and a
-flattened feature map (VGG's classifier) are accepted with no separate flatten pass. Its output
-is ``Layout(out_features, 1, 1, pad)``: one feature per plane, which is what a following linear
-layer or the model's output copy reads.
+is a plain vectorised GEMV with several output rows per pass. Batched (base.GeneratedKernel),
+each pass runs its rows on every image of the block in turn, so the rows (a few KB, in L1)
+come from memory once per block, not once per image (a ResNet-18's classifier is 2 MB). Its
+input is the previous activation *as PyTorch flattens it*: ``in_layout`` is that activation's
+layout (C, H, W, pad), and features are read in C-H-W order, so both
+``flatten(global_pool(x))`` (H = W = 1) and a flattened feature map (VGG's classifier) are
+accepted with no separate flatten pass. Its output is ``Layout(out_features, 1, 1, pad)``: one
+feature per plane, which is what a following linear layer or the model's output copy reads.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 from ...errors import InputError
 from ..layout import Layout, round_up
 from ..target import Target
-from .base import GeneratedKernel, act_scalar_c
+from .base import BATCHED_PARAMS, GeneratedKernel, act_scalar_c, single_image_c
 from .common import (check_act, check_layout_types, check_layouts, check_name, check_positive,
                      check_weight, conv_out_size, helpers_c, MAX_VL)
 from .igemm import gen_igemm
@@ -56,7 +58,7 @@ def schedules_linear(*, out_features: int) -> list[dict]:
 def gen_linear(name: str, *, in_features: int, out_features: int, in_layout: Layout,
                out_layout: Layout, act: str = "none", has_residual: bool = False,
                schedule: dict | None = None, target: Target) -> GeneratedKernel:
-    """y = W x + b for one image; weight shape (out_features, in_features).
+    """y = W x + b for each image of a block; weight shape (out_features, in_features).
 
     ``in_layout`` is the layout of the activation being flattened (C*H*W == in_features, read in
     C-H-W order); ``out_layout`` must be ``Layout(out_features, 1, 1, pad)`` for any pad.
@@ -78,44 +80,55 @@ def gen_linear(name: str, *, in_features: int, out_features: int, in_layout: Lay
     L, O = in_layout, out_layout
     hw = L.H * L.W
     if hw == 1:
-        gather = f"x[c] = in[(size_t)c * {L.ps} + {L.origin}];"
+        gather = f"x[c] = ib[(size_t)c * {L.ps} + {L.origin}];"
     else:
         gather = (f"for (int h = 0; h < {L.H}; h++) for (int q = 0; q < {L.W}; q++) "
-                  f"x[c * {hw} + h * {L.W} + q] = in[(size_t)c * {L.ps} + {L.origin} + h * {L.ld} + q];")
+                  f"x[c * {hw} + h * {L.W} + q] = ib[(size_t)c * {L.ps} + {L.origin} + h * {L.ld} + q];")
     accs = "\n".join(f"            vf a{i} = (vf){{0}};" for i in range(mr))
     fmas = " ".join(f"a{i} += vloada(wo + {i * kp} + k) * xv;" for i in range(mr))
     epi = []
     for i in range(mr):
         val = f"s{i} + bias[o + {i}]"
         if has_residual:
-            val += f" + res[(size_t)(o + {i}) * {O.ps} + {O.origin}]"
+            val += f" + rb[(size_t)(o + {i}) * {O.ps} + {O.origin}]"
         epi.append(f"            if (o + {i} < {out_features}) {{ float s{i} = 0.0f; "
                    f"for (int l = 0; l < VL; l++) s{i} += a{i}[l]; "
-                   f"out[(size_t)(o + {i}) * {O.ps} + {O.origin}] = {act_scalar_c(act, val)}; }}")
+                   f"ob[(size_t)(o + {i}) * {O.ps} + {O.origin}] = {act_scalar_c(act, val)}; }}")
     epi = "\n".join(epi)
     code = helpers_c(target) + f"""
 /* {name}: linear {in_features}->{out_features} (input flattened C-H-W from {L.C}x{L.H}x{L.W}),
    GEMV with {mr} output rows per pass */
-static void {name}(const float *restrict in, float *restrict out, const float *restrict w,
-                   const float *restrict bias, const float *restrict res) {{
-    PS_SCRATCH(x, {kp}, "{name}");
+static void {name}_nb(const float *restrict in, float *restrict out, const float *restrict w,
+                   const float *restrict bias, const float *restrict res{BATCHED_PARAMS}) {{
+    PS_SCRATCH(xs, (size_t)nb * {kp}, "{name}");  /* image b's features at b * {kp} */
     (void)res;
     {{
         #pragma omp for schedule(static) nowait
-        for (int c = 0; c < {L.C}; c++) {{ {gather} }}
+        for (int bc = 0; bc < nb * {L.C}; bc++) {{
+            const int b = bc / {L.C}, c = bc % {L.C};
+            const float *restrict ib = in + b * is;
+            float *restrict x = xs + (size_t)b * {kp};
+            {gather}
+        }}
         if (omp_get_thread_num() == 0)
-            for (int k = {in_features}; k < {kp}; k++) x[k] = 0.0f;
+            for (int b = 0; b < nb; b++) for (int k = {in_features}; k < {kp}; k++) xs[(size_t)b * {kp} + k] = 0.0f;
         ps_barrier();
         #pragma omp for schedule(static) nowait
         for (int o = 0; o < {op}; o += {mr}) {{
             const float *wo = w + (size_t)o * {kp};
+            for (int b = 0; b < nb; b++) {{
+            const float *restrict x = xs + (size_t)b * {kp};
+            float *restrict ob = out + b * is;
+            const float *restrict rb = res ? res + b * is : 0;
+            (void)rb;
 {accs}
             for (int k = 0; k < {kp}; k += VL) {{ vf xv = vloada(x + k); {fmas} }}
 {epi}
+            }}
         }}
     }}
 }}
-"""
+{single_image_c(name)}"""
 
     def pack(weight: np.ndarray) -> np.ndarray:
         wt = check_weight(weight, (out_features, in_features), name)
@@ -124,4 +137,4 @@ static void {name}(const float *restrict in, float *restrict out, const float *r
         return full.ravel()
 
     return GeneratedKernel(name=name, code=code, target=target, pack=pack, flops=2 * in_features * out_features,
-                           schedule={"mr": mr})
+                           schedule={"mr": mr}, batched=True)

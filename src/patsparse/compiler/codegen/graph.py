@@ -17,6 +17,8 @@ its wall-clock seconds (the per-layer profile: one branch per layer when off).
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from ..ir import INPUT, c_comment
@@ -76,42 +78,127 @@ def layer_major(s: Step) -> bool | None:
 
 def segments(plan: Plan) -> list[tuple[bool, list[Step]]]:
     """The steps in runs of (layer-major, steps): image-major runs take one image through all
-    their steps before the next image, layer-major runs one step over the block (layer_major)."""
+    their steps before the next image, layer-major runs one step over the block.
+
+    Each step is layer-major where layer_major says so; then a layer-major run goes back to
+    image-major while its weights are at most LAYER_MAJOR_RATIO times the activations it puts
+    in image slots (``_displaced``), the least paying run first.
+
+    Why: a layer-major run between two image-major ones puts in image slots not only its own
+    input and output but every tensor the two image-major runs pass across it (a residual), and
+    those slots are cold for each image. ResNet-50 CIFAR 8x at batch 8 (one thread, in-process
+    A/B against the image-by-image build): layer4's 1x1 convs after a layer-major 3x3 ran 2-2.7x
+    slower (their 4x4 planes of 2048 channels take 0.8 MB an image padded), which cost more
+    than the 3x3's weights, read once per block, saved (5-10%)."""
+    steps = plan.steps
+    major: list[bool] = []
+    for s in steps:
+        m = layer_major(s)
+        major.append(major[-1] if m is None and major else bool(m))
+    readers = _readers(plan)
+    while True:
+        runs = _runs(steps, major)
+        worst, worst_ratio = None, LAYER_MAJOR_RATIO
+        for k, (lm, run) in enumerate(runs):
+            if not lm:
+                continue
+            weights = sum(max(0, s.b_off - s.w_off) for s in run)
+            ratio = weights / max(1, _displaced(plan, run, major, readers))
+            if ratio <= worst_ratio:
+                worst, worst_ratio = k, ratio
+        if worst is None:
+            return runs
+        for s in runs[worst][1]:
+            major[s.index] = False
+
+
+def _runs(steps: list[Step], major: list[bool]) -> list[tuple[bool, list[Step]]]:
+    """``steps`` cut where ``major`` (per step index) changes."""
     runs: list[tuple[bool, list[Step]]] = []
-    for s in plan.steps:
-        major = layer_major(s)
-        if major is None:
-            major = runs[-1][0] if runs else False
-        if runs and runs[-1][0] == major:
+    for s in steps:
+        if runs and runs[-1][0] == major[s.index]:
             runs[-1][1].append(s)
         else:
-            runs.append((major, [s]))
+            runs.append((major[s.index], [s]))
     return runs
 
 
-def _call(s: Step, plan: Plan, at: str, batched: bool) -> str:
-    """C calling step ``s`` on the image slot at ``at`` (batched: on the block's nb images)."""
+def _readers(plan: Plan) -> dict[str, set[int]]:
+    """tensor -> indices of the steps reading it (input, operand or residual); -1 for a concat
+    (it reads every input from one slot base, so its operands never go to the shared slot)."""
+    readers: dict[str, set[int]] = {}
+    for s in plan.steps:
+        n = s.node
+        for t in n.inputs + ([n.residual] if n.residual else []):
+            readers.setdefault(t, set()).add(-1 if s.operands is not None else s.index)
+    return readers
+
+
+def _internal(plan: Plan, steps: list[Step], readers: dict[str, set[int]]) -> set[str]:
+    """The tensors ``steps`` produce and alone read (never the model's output)."""
+    inside = {s.index for s in steps}
+    return {s.node.name for s in steps
+            if s.node.name != plan.graph.output and readers.get(s.node.name, set()) <= inside}
+
+
+def _displaced(plan: Plan, run: list[Step], major: list[bool], readers: dict[str, set[int]]) -> int:
+    """Floats of one image's tensors that a layer-major ``run`` puts in image slots: what its
+    steps read and write, and what earlier steps pass across it to an image-major step after
+    it (a residual skipping it). Image-major, most of them would sit in the shared slot."""
+    first, last = run[0].index, run[-1].index
+    names = {s.node.name for s in run}
+    for s in run:
+        names.update(s.node.inputs + ([s.node.residual] if s.node.residual else []))
+    names.update(s.node.name for s in plan.steps[:first]
+                 if any(r > last and not major[r] for r in readers.get(s.node.name, ())))
+    names.discard(INPUT)
+    return sum(plan.layouts[t].size for t in names)
+
+
+def shared_tensors(plan: Plan) -> set[str]:
+    """The tensors an image-major run keeps to itself: produced by one of its steps and read by
+    its steps alone (not the model's output, not a concat's operand: a concat reads every input
+    from one slot base). They live in one shared slot that every image of a block reuses, so
+    an image-major run touches one image's worth of memory, warm in cache, as a batch of one
+    does; only the tensors crossing a run's boundary need a slot per image. Empty where the
+    plan has no shared slot (one image per block, or no room: plan.has_shared_slot)."""
+    if not plan.shared_slot:
+        return set()
+    readers = _readers(plan)
+    return set().union(*(_internal(plan, run, readers) for major, run in segments(plan) if not major))
+
+
+def _call(s: Step, plan: Plan, base: Callable[[str | None], str], batched: bool) -> str:
+    """C calling step ``s``, each tensor ``t`` at ``base(t)`` (a C pointer expression), batched:
+    on the block's nb images."""
     n = s.node
     second = n.residual or (n.inputs[1] if len(n.inputs) > 1 else None)  # a binary op's b
-    first = 0 if s.operands is not None else plan.offsets[n.inputs[0]]  # concat: the slot's base
-    res = f"{at} + {plan.offsets[second]}" if second else "0"
-    args = f"{at} + {first}, {at} + {plan.offsets[n.name]}, blob + {s.w_off}, blob + {s.b_off}, {res}"
+    # a concat reads every input at its offset from the slot's base
+    first = base(None) if s.operands is not None else f"{base(n.inputs[0])} + {plan.offsets[n.inputs[0]]}"
+    res = f"{base(second)} + {plan.offsets[second]}" if second else "0"
+    args = f"{first}, {base(n.name)} + {plan.offsets[n.name]}, blob + {s.w_off}, blob + {s.b_off}, {res}"
     return f"{s.cname}_nb({args}, nb, IMAGE);" if batched else f"{s.cname}({args});"
 
 
-def _step_lines(s: Step, plan: Plan, major: bool) -> list[str]:
-    """C lines running step ``s``, a barrier after each call and its time added to ``prof``:
-    layer-major, one call of a batched kernel or one call per image; image-major, on image b."""
+def _step_lines(s: Step, plan: Plan, major: bool, shared: set[str]) -> list[str]:
+    """C lines running step ``s``, a barrier after it and its time added to ``prof``:
+    layer-major, one call of a batched kernel or one call per image (a barrier after each
+    unless the kernel is team_free); image-major, on image b (its ``shared`` tensors in the
+    shared slot, the others in image b's)."""
     head = [f"        /* {c_comment(s.node.name)}: {s.kind} */"]
     prof = (f"if (prof && lead) {{ const double t1 = omp_get_wtime(); prof[{s.index}] += t1 - t0; "
             "t0 = t1; }")
+    image = lambda t: "shared" if t in shared else "ws + b * IMAGE"  # noqa: E731
     if not major:
-        return head + [f"        {_call(s, plan, 'ws + b * IMAGE', False)}", "        ps_barrier();",
+        return head + [f"        {_call(s, plan, image, False)}", "        ps_barrier();",
                        f"        {prof}"]
     if s.kernel.batched:
-        return head + [f"        {_call(s, plan, 'ws', True)}", "        ps_barrier();", f"        {prof}"]
+        return head + [f"        {_call(s, plan, lambda t: 'ws', True)}", "        ps_barrier();", f"        {prof}"]
+    if s.kernel.team_free:  # one barrier after the block's images, not one per image
+        return head + [f"        for (int b = 0; b < nb; b++) {_call(s, plan, image, False)}",
+                       "        ps_barrier();", f"        {prof}"]
     return head + ["        for (int b = 0; b < nb; b++) {",
-                   f"            {_call(s, plan, 'ws + b * IMAGE', False)}",
+                   f"            {_call(s, plan, image, False)}",
                    "            ps_barrier();",
                    "        }", f"        {prof}"]
 
@@ -135,6 +222,7 @@ def emit_model(plan: Plan) -> str:
             "                const float *restrict blob, int nthreads, double *restrict prof) {",
             f"    enum {{ IMAGES = {plan.images} }};",
             f"    const ptrdiff_t IMAGE = {plan.image_floats};  /* floats per image slot */",
+            "    float *shared = ws + IMAGE * IMAGES; (void)shared;  /* shared_tensors' slot */",
             f"    ps_sync *sync = (ps_sync *)(ws + {plan.ws_floats});",
             "    double woke;  /* the team's wake-up over: what ps_team_adapt times */",
             "    const int team = ps_forward_team(sync, nthreads, &woke);",
@@ -142,14 +230,17 @@ def emit_model(plan: Plan) -> str:
             "    {",
             "    ps_team_enter(sync);",
             "    const int lead = omp_get_thread_num() == 0;",
-            "    for (int n0 = 0; n0 < batch; n0 += IMAGES) {",
-            "        const int nb = batch - n0 < IMAGES ? batch - n0 : IMAGES;",
+            "    /* blocks of equal size: 8 images in blocks of 6 run as 4 + 4, not 6 + 2 */",
+            "    const int blocks = (batch + IMAGES - 1) / IMAGES, per = (batch + blocks - 1) / (blocks > 0 ? blocks : 1);",
+            "    for (int n0 = 0; n0 < batch; n0 += per) {",
+            "        const int nb = batch - n0 < per ? batch - n0 : per;",
             f"        {{ float *restrict buf = ws + {plan.offsets[INPUT]};",
             _copy_image(lay_in, into_ws=True), "        }",
             "        ps_block_start(n0 == 0, &woke);",
             "        double t0 = prof && lead ? omp_get_wtime() : 0.0;"]
+    shared = shared_tensors(plan)
     for major, steps in segments(plan):
-        lines = [x for s in steps for x in _step_lines(s, plan, major)]
+        lines = [x for s in steps for x in _step_lines(s, plan, major, shared)]
         body += lines if major else ["        for (int b = 0; b < nb; b++) {", *("    " + x for x in lines), "        }"]
     body += [f"        {{ const float *restrict buf = ws + {plan.offsets[g.output]};",
              _copy_image(lay_out, into_ws=False), "        }",

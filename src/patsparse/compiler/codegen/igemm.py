@@ -206,10 +206,10 @@ def gen_igemm(name: str, *, cin: int, cout: int, k: int, stride: int, padding: i
               schedule: dict | None, where: str, target: Target, images: int = 1) -> GeneratedKernel:
     """Generate the implicit-GEMM conv; callers have already validated shapes and arguments.
 
-    Tiles reading the input in place (row and channel-vector tiles) are batched
-    (base.GeneratedKernel): the images of a block are walked as batch.py says, for ``images``
-    (the block the model runs); tiles with a prep (phase or compact planes: one image's
-    scratch) run one image per call."""
+    Tiles reading the input in place (row and channel-vector tiles) and compact tiles (their
+    prep packs every image of the block) are batched (base.GeneratedKernel): the images of a
+    block are walked as batch.py says, for ``images`` (the block the model runs); tiles through
+    phase planes (one image's scratch) run one image per call."""
     H, W, s, P, K = in_layout.H, in_layout.W, stride, padding, k
     Ho, Wo = out_layout.H, out_layout.W
     if schedule is None:
@@ -222,9 +222,10 @@ def gen_igemm(name: str, *, cin: int, cout: int, k: int, stride: int, padding: i
         raise InputError(f"{where}: schedule compact needs a 1x1 conv without padding "
                          f"(got {K}x{K}, padding {P})")
     kk = K * K
+    # channel-vector tiles broadcast single input values, so they read any stride in place
     acc = None if compact else input_access(name, channels=cin, k=K, stride=s, padding=P,
                                             in_layout=in_layout, Ho=Ho, Wo=Wo,
-                                            allow_strided=bool(schedule.get("s2")) and not np_ and K > 1)
+                                            allow_strided=bool(np_ or schedule.get("s2")) and K > 1)
     if np_:
         return cvec.gen_cvec(name, cin=cin, cout=cout, k=K, acc=acc, out_layout=out_layout,
                              act=act, has_residual=has_residual, np_=np_, order=order, target=target,
@@ -232,7 +233,7 @@ def gen_igemm(name: str, *, cin: int, cout: int, k: int, stride: int, padding: i
     s2 = bool(acc and acc.step == 2)  # direct stride-2 reads: two loads and a shuffle per vector
     cout_pad = round_up(cout, mr)
     if compact:
-        cacc = compact_access(name, channels=cin, stride=s, in_layout=in_layout, Ho=Ho, Wo=Wo)
+        cacc = compact_access(name, channels=cin, stride=s, in_layout=in_layout, Ho=Ho, Wo=Wo, batched=True)
         src, cs, tap_off, scratch, prep = "scr", cacc.cs, (0,), cacc.scratch, cacc.prep
         reads = "compact-plane prep"
     else:
@@ -243,7 +244,7 @@ def gen_igemm(name: str, *, cin: int, cout: int, k: int, stride: int, padding: i
     ns1 = _slots(Ho, Wo, cpu.lanes, compact)
     order = order or loop_order(cin=cin, kk=kk, cout_pad=cout_pad, mr=mr, npt=-(-ns1 // nr), src_floats=cin * cs,
                                 l2_bytes=cpu.l2_bytes, out_floats=out_layout.size)
-    batched = not compact and acc.direct
+    batched = compact or acc.direct
     walk = batch_walk(images=images, order=order, ns=ns1, per_tile=nr, nct=cout_pad // mr, src_floats=cin * cs,
                       weight_floats=cout_pad * cin * kk, out_floats=out_layout.size, l2_bytes=cpu.l2_bytes)
     J, I = range(nr), range(mr)
@@ -266,7 +267,8 @@ def gen_igemm(name: str, *, cin: int, cout: int, k: int, stride: int, padding: i
     for j in J:
         stores.append(f"        if (ok{j}) {{")
         if compact:  # a vector over the flattened plane: one lane-masked store per output row it touches
-            stores += ["          " + x for x in compact_rows_c(f"s{j}", Ho, Wo, olay.origin, olay.ld)]
+            stores += ["          " + x for x in compact_rows_c(f"s{j}", Ho, Wo, olay.origin, olay.ld,
+                                                                   f"(size_t)i{j} * is + ")]
             stores += [f"            {store(j, i, 'm')}" for i in I]
             stores.append("          }")
         else:
@@ -277,7 +279,7 @@ def gen_igemm(name: str, *, cin: int, cout: int, k: int, stride: int, padding: i
     stores = "\n".join(stores)
     slots = "\n".join(
         slot_c(j, nr, "NS", batched) + "\n" +
-        (f"        const float *p{j} = scr + (size_t)s{j} * VL;" if compact else
+        (f"        const float *p{j} = scr + (size_t)i{j} * {cin * cs} + (size_t)s{j} * VL;" if compact else
          f"        int oh{j} = s{j} / NVW, w0{j} = s{j} % NVW * VL;\n"
          f"        const float *p{j} = {src} + {'(size_t)i' + str(j) + ' * is + ' if batched else ''}{acc.origin} + "
          f"(size_t)oh{j} * {acc.row_stride} + {'2 * ' if s2 else ''}w0{j};")

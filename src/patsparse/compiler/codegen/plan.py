@@ -20,7 +20,7 @@ from .step import Plan, Step
 
 ALIGN = 16  # floats
 MAX_IMAGES = 8                 # images per block of a batched forward pass (image_block)
-IMAGE_BLOCK_BYTES = 64 << 20   # workspace the image slots of one block may take together
+IMAGE_BLOCK_BYTES = 80 << 20   # workspace the image slots of one block may take together
 
 
 def _required_pad(node: Node) -> int:
@@ -68,21 +68,30 @@ def plan_graph(g: Graph, *, target: Target | None = None, threads: int | None = 
         s.images = images
         if s.node.op == "concat":  # its kernel reads every input at its workspace offset
             s.operands = [(offsets[i], layouts[i]) for i in s.node.inputs]
-    return Plan(g, steps, layouts, offsets, images * ws, target=target, threads=threads,
-                image_floats=ws, images=images)
+    shared = has_shared_slot(images, ws)
+    return Plan(g, steps, layouts, offsets, (images + shared) * ws, target=target, threads=threads,
+                image_floats=ws, images=images, shared_slot=shared)
 
 
 def image_block(image_floats: int) -> int:
     """Images per block of a batched forward pass: the most, up to MAX_IMAGES, whose workspace
-    slots (``image_floats`` each) fit IMAGE_BLOCK_BYTES together.
+    slots (``image_floats`` each) and the shared slot fit IMAGE_BLOCK_BYTES together (two
+    without the shared slot where three slots would not fit).
 
     Why blocks: the forward pass runs each layer on every image of a block before the next
     layer (graph.py), so a layer's weights come from memory once per block instead of once per
     image, and batched kernels put the block's images into one pool of tiles. Each image of a
     block needs its own activations, so the block is bounded to keep the workspace (allocated,
     and zeroed once, per calling thread) at a size a batch-1 caller does not notice: a
-    CIFAR-sized VGG-16 or ResNet-18 gets all 8 slots, an ImageNet ResNet-50 a few."""
-    return max(1, min(MAX_IMAGES, IMAGE_BLOCK_BYTES // max(1, 4 * image_floats)))
+    CIFAR-sized VGG-16, ResNet-18 or ResNet-50 gets all 8 slots, an ImageNet ResNet-50 two."""
+    fit = IMAGE_BLOCK_BYTES // max(1, 4 * image_floats)
+    return max(1, min(MAX_IMAGES, fit - 1 if fit >= 3 else fit))
+
+
+def has_shared_slot(images: int, image_floats: int) -> bool:
+    """Whether a block of ``images`` images gets the slot image-major runs share
+    (graph.shared_tensors): with more than one image, where it fits the budget."""
+    return images > 1 and (images + 1) * 4 * image_floats <= IMAGE_BLOCK_BYTES
 
 
 def assign_buffers(g: Graph, layouts: dict[str, Layout]) -> tuple[dict[str, int], int]:

@@ -37,13 +37,14 @@ class Plan:
     steps: list[Step]
     layouts: dict[str, Layout]
     offsets: dict[str, int]     # tensor -> workspace offset within an image's slot (floats)
-    ws_floats: int              # the activations of all image slots (images * image_floats)
+    ws_floats: int              # the activations of all slots ((images + shared_slot) * image_floats)
     target: Target
     blob_floats: int = 0
     threads: int | None = None  # the team size the model will run with (balances default schedules)
     schedules: dict[str, dict] = field(default_factory=dict)
     image_floats: int = 0       # one image's slot: image b's tensors live at b * image_floats + offset
     images: int = 1             # image slots: the block a batched forward pass runs layer by layer
+    shared_slot: bool = False   # one more slot after them, for graph.shared_tensors
 
     @property
     def vl(self) -> int:

@@ -16,6 +16,16 @@ split over each, a barrier between them (the team and scratch scheme of base.PRE
    results interleaved back into pixel order, then A^T down the rows, with igemm's epilogue
    (bias, residual, activation, tail mask) on full row vectors of the output layout.
 
+The code takes a block of images (``NAME_nb``): they put their tiles side by side in V and M
+(image b's ``Tp`` tiles at b * Tp), so each position's GEMM runs its weight panel over the
+tiles of every image and the transformed weights come from memory once per block. That trades
+one image's V and M per image (leaving cache as the block grows) for the weights re-read per
+image, so the kernel is batched (base.GeneratedKernel) only where the weights are
+WINO_BATCH_RATIO times one image's scratch or more. ResNet-18 ImageNet at batch 8 (one thread,
+in-process A/B, contended): 512->512 F(2,3) at 7x7 (16.8 MB of weights, 1 MB of scratch an
+image) 1.23-1.33x faster batched; 256->256 F(4,3) at 14x14 (9.4 MB, 1.2 MB) 0.69-0.90x and
+128->128 at 28x28 (2.4 MB, 2.4 MB) 0.80-0.89x, so those run an image per call.
+
 Tiles sit in the lanes in row-major order, so where a tile row fills at most half a vector (a
 32x32 plane has 8 F(4,3) tiles per row) a transform unit takes R = VL / (tiles per row) tile
 rows at once and its lanes stay busy: 1.4-2x faster layers at 32x32, 16x16 and 14x14 with 16
@@ -42,7 +52,7 @@ import numpy as np
 from ...errors import InputError
 from ..layout import Layout, round_up
 from ..target import Target
-from .base import GeneratedKernel, act_c
+from .base import BATCHED_PARAMS, GeneratedKernel, act_c, single_image_c
 from .common import check_weight, helpers_c
 from .igemm import L2_BYTES_PER_CYCLE, fma_step, pack_tiles
 
@@ -70,6 +80,7 @@ TRANSFORMS: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {
                   [0, _S2 / 4, -_S2 / 4, 2 * _S2, -2 * _S2, 1]], np.float64)),
 }
 TILE_SIZES = tuple(TRANSFORMS)
+WINO_BATCH_RATIO = 10  # transformed weights / one image's V and M from which blocks share a call
 OP_CYCLES = 0.5  # a vector load, store, add or shuffle: two ports
 
 
@@ -218,7 +229,7 @@ def gen_winograd(name: str, *, cin: int, cout: int, padding: int, in_layout: Lay
     H, W, Ho, Wo = L.H, L.W, O.H, O.W
     BT, _, AT = TRANSFORMS[m]
     nth, ntw, T, Tp, R = _dims(Ho, Wo, m, vl, nr)
-    nb = -(-nth // R)                           # units of R tile rows
+    nu = -(-nth // R)                           # units of R tile rows
     groups = -(-(R * ntw) // vl)                # tile vectors of a unit
     nxv = -(-(ntw * m + 2) // vl)               # row vectors of one input tile row
     # floats per transformed row of the row scratch: a unit's R tile rows at ntw * m apart, the
@@ -258,7 +269,7 @@ def gen_winograd(name: str, *, cin: int, cout: int, padding: int, in_layout: Lay
     otr = []
     for i in range(a):
         otr.append("            {")
-        otr += [f"              vf f{k} = vload(mp + (size_t){(i * a + k) * cout} * {Tp} + g * VL);"
+        otr += [f"              vf f{k} = vload(mp + (size_t){(i * a + k) * cout} * TT + g * VL);"
                 for k in range(a)]
         zs = [f"z{c}" for c in range(m)]
         otr += [f"              vf z{c} = {_combo(AT[c], [f'f{k}' for k in range(a)])};" for c in range(m)]
@@ -268,37 +279,38 @@ def gen_winograd(name: str, *, cin: int, cout: int, padding: int, in_layout: Lay
     epi = []
     for rr in range(m):
         y = _combo(AT[rr], [f"vload(r + {i * rw2} + rt * {ntw * m} + xv * VL)" for i in range(a)])
-        val = f"({y}) + bv" + (" + vload(res + o)" if has_residual else "")
+        val = f"({y}) + bv" + (" + vload(rb + o)" if has_residual else "")
         epi.append(f"""            if (ty * {m} + {rr} < {Ho})
             for (int xv = 0; xv < NOV; xv++) {{
                 size_t o = (size_t)co * {O.ps} + {O.origin} + (size_t)(ty * {m} + {rr}) * {O.ld} + xv * VL;
                 vf v = {act_c(act, val)};
                 if (xv == NOV - 1) v = vand(v, tm);
-                vstore(out + o, v);
+                vstore(ob + o, v);
             }}""")
 
     J, I = range(nr), range(mr)
     decl = "\n".join(f"        vf a{i}_{j} = (vf){{0}};" for i in I for j in J)
     body = "\n".join(fma_step((0,), mr, nr, " " * 12))
-    gstore = "\n".join(f"        if (co0 + {i} < {cout}) {{ float *mo = mb + (size_t)(p * {cout} + co0 + {i}) * {Tp} + t0; "
+    gstore = "\n".join(f"        if (co0 + {i} < {cout}) {{ float *mo = mb + (size_t)(p * {cout} + co0 + {i}) * TT + t0; "
                        + " ".join(f"vstore(mo + {j} * VL, a{i}_{j});" for j in J) + " }" for i in I)
-    qs = " ".join(f"const float *q{j} = vp + (size_t)ci * {Tp} + {j} * VL;" for j in J)
+    qs = " ".join(f"const float *q{j} = vp + (size_t)ci * TT + {j} * VL;" for j in J)
     code = helpers_c(target) + target.render(HELPERS) + f"""
 /* {name}: dense conv {cin}->{cout}, 3x3, stride 1, padding {P}, {H}x{W} -> {Ho}x{Wo},
    Winograd F({m}x{m}, 3x3): {nth}x{ntw} tiles, {A2} GEMMs of tile {mr} channels x {nr} vectors of tiles */
-static void {name}(const float *restrict in, float *restrict out, const float *restrict w,
-                   const float *restrict bias, const float *restrict res) {{
+static void {name}_nb(const float *restrict in, float *restrict out, const float *restrict w,
+                   const float *restrict bias, const float *restrict res{BATCHED_PARAMS}) {{
     enum {{ NOV = ({Wo} + VL - 1) / VL }};
+    const size_t TT = (size_t)nb * {Tp};  /* tiles of the block: image b's at b * {Tp} */
     const vi tm = vtailmask({Wo} - (NOV - 1) * VL);
     const vi bm = vtailmask({xbn});
     (void)res; (void)bm;
-    PS_SCRATCH(vb, (size_t){A2} * {cin} * {Tp} + (size_t){A2} * {cout} * {Tp} + VL, "{name}");
-    float *mb = vb + (size_t){A2} * {cin} * {Tp};
+    PS_SCRATCH(vb, (size_t){A2} * {cin + cout} * TT + VL, "{name}");
+    float *mb = vb + (size_t){A2} * {cin} * TT;
     PS_PRIVATE(t, {max(a * rw, a * rw2 + vl)}, "{name}");
     #pragma omp for schedule(static) nowait
-    for (int u = 0; u < {cin * nb}; u++) {{
-        const int ci = u / {nb}, tb = u % {nb};
-        const float *p0 = in + (size_t)ci * {L.ps} + {L.origin} - {P};
+    for (int u = 0; u < nb * {cin * nu}; u++) {{
+        const int b = u / {cin * nu}, ci = u / {nu} % {cin}, tb = u % {nu};
+        const float *p0 = in + b * is + (size_t)ci * {L.ps} + {L.origin} - {P};
         float tl[{max(1, len(tails))}];
         (void)tl;
         for (int rt = 0; rt < {R} && tb * {R} + rt < {nth}; rt++) {{
@@ -314,25 +326,26 @@ static void {name}(const float *restrict in, float *restrict out, const float *r
                 for (int i = 0; i < {a}; i++)
                     for (int q = 0; q < {a - m}; q++) tl[(rt * {a} + i) * {a - m} + q] = tr[i * {rw} + {ntw * m} + q];
         }}
-        float *vp = vb + (size_t)ci * {Tp} + tb * {R * ntw};
+        float *vp = vb + (size_t)ci * TT + (size_t)b * {Tp} + tb * {R * ntw};
         const int rows_here = {nth} - tb * {R} < {R} ? {nth} - tb * {R} : {R};
         for (int g = 0; g < {groups}; g++) {{
             const int left = rows_here * {ntw} - g * VL;
-#define WG_PUT(pp, e) do {{ float *d_ = vp + (size_t)(pp) * {cin * Tp} + g * VL; vf v_ = (e); \\
+#define WG_PUT(pp, e) do {{ float *d_ = vp + (size_t)(pp) * {cin} * TT + g * VL; vf v_ = (e); \\
             if (left >= VL) vstore(d_, v_); else vstore_lanes(d_, (1u << left) - 1u, v_); }} while (0)
 {chr(10).join(horiz)}
 #undef WG_PUT
         }}
-        if (tb == {nb - 1})
+        if (tb == {nu - 1})
             for (int pp = 0; pp < {A2}; pp++)
-                for (int q = {T}; q < {Tp}; q++) vb[((size_t)pp * {cin} + ci) * {Tp} + q] = 0.0f;
+                for (int q = {T}; q < {Tp}; q++) vb[((size_t)pp * {cin} + ci) * TT + (size_t)b * {Tp} + q] = 0.0f;
     }}
     ps_barrier();
+    const int NTB = nb * {Tp // (nr * vl)};  /* tile blocks of the block's images */
     #pragma omp for schedule(static) nowait
-    for (int u = 0; u < {A2 * nct * (Tp // (nr * vl))}; u++) {{
-        const int p = u / {nct * (Tp // (nr * vl))}, ct = u / {Tp // (nr * vl)} % {nct}, t0 = u % {Tp // (nr * vl)} * {nr} * VL;
+    for (int u = 0; u < {A2 * nct} * NTB; u++) {{
+        const int p = u / ({nct} * NTB), ct = u / NTB % {nct}, t0 = u % NTB * {nr} * VL;
         const int co0 = ct * {mr};
-        const float *vp = vb + (size_t)p * {cin * Tp} + t0;
+        const float *vp = vb + (size_t)p * {cin} * TT + t0;
         const float *wp = w + ((size_t)p * {nct} + ct) * {cin * mr};
 {decl}
         for (int ci = 0; ci < {cin}; ci++) {{
@@ -344,9 +357,12 @@ static void {name}(const float *restrict in, float *restrict out, const float *r
     }}
     ps_barrier();
     #pragma omp for schedule(static) nowait
-    for (int u = 0; u < {cout * nb}; u++) {{
-        const int co = u / {nb}, tb = u % {nb};
-        const float *mp = mb + (size_t)co * {Tp} + tb * {R * ntw};
+    for (int u = 0; u < nb * {cout * nu}; u++) {{
+        const int b = u / {cout * nu}, co = u / {nu} % {cout}, tb = u % {nu};
+        const float *mp = mb + (size_t)co * TT + (size_t)b * {Tp} + tb * {R * ntw};
+        float *restrict ob = out + b * is;
+        const float *restrict rb = res ? res + b * is : 0;
+        (void)rb;
         float *r = t;
         const vf bv = vbcast(bias[co]);
         for (int g = 0; g < {groups}; g++) {{
@@ -358,12 +374,13 @@ static void {name}(const float *restrict in, float *restrict out, const float *r
         }}
     }}
 }}
-"""
+{single_image_c(name)}"""
 
     def pack(weight: np.ndarray) -> np.ndarray:
         u = transform_weights(check_weight(weight, (cout, cin, 3, 3), name), m)
         return np.concatenate([pack_tiles(u[p].astype(np.float32)[:, :, None, None], mr) for p in range(A2)])
 
-    return GeneratedKernel(name=name, code=code, target=target, pack=pack,
+    batched = cin * cout >= WINO_BATCH_RATIO * (cin + cout) * Tp  # (module docstring)
+    return GeneratedKernel(name=name, code=code, target=target, pack=pack, batched=batched,
                            flops=2 * cout * cin * 9 * Ho * Wo, schedule={"wino": m, "mr": mr, "nr": nr})
 
