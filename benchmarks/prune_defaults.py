@@ -74,7 +74,9 @@ def run_one(model_dir: Path, config: str, rate: float, seed: int, subset: int, b
             "model": f"{arch.get('name', model_dir.name)} (width {arch.get('width', '?')})",
             "dense_acc": dense_acc, "acc": acc, "diff_points": (acc - dense_acc) * 100,
             "final_gap_points": admm[-1]["trial"]["gap"] * 100 if admm else None,
-            "final_reach": admm[-1]["reach"] if admm else None, "seconds": seconds,
+            "final_reach": admm[-1]["reach"] if admm else None,
+            "mask_changes": [h["mask_changes"] for h in model.patsparse_history if h.get("phase") == "dynamic"],
+            "seconds": seconds,
             "date": _report.utc_now(), "commit": _report.git_commit(), "machine": _report.machine(),
             "command": command}
 
