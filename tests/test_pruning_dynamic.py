@@ -13,8 +13,6 @@ import torch.nn.functional as F
 from torch import nn
 
 import patsparse as ps
-from patsparse import models
-from patsparse.data import get_loaders
 from patsparse.errors import InputError
 from patsparse.pruning import PruneRecipe, check_weights, plan_layers
 from patsparse.pruning.admm import warmup_cosine
@@ -22,18 +20,9 @@ from patsparse.pruning.dynamic import DynamicMasks, decay_for_reach
 from patsparse.pruning.layers import PATTERN, scheduled_keep
 from patsparse.pruning.projection import prune_layer
 from patsparse.pruning.spec import PRUNED
+from test_pruning_budget import loaders, small_net  # noqa: F401  (loaders is a fixture)
 
 LIB = ps.pattern_library("phase2")
-
-
-@pytest.fixture(scope="module")
-def loaders():
-    return get_loaders("digits", batch_size=64, subset=384)
-
-
-def small_net() -> nn.Module:
-    torch.manual_seed(0)
-    return models.get("convnet", num_classes=10, in_channels=1, width=0.25, variant="cifar")
 
 
 def batch(loaders):
