@@ -44,6 +44,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "lr-0.1": {"retrain_lr": 0.1},
     "allocation-uniform": {"allocation": "uniform"},
     "min-keep-0.5": {"min_layer_keep": 0.5},
+    "dynamic": {"dynamic": 0.5},
+    "dynamic-reach-10": {"dynamic": 0.5, "dynamic_reach": 10.0},
+    "dynamic-progressive": {"dynamic": 0.5, "progressive": True},
     "admm": ADMM,
     "admm-steps-3000": {"oneshot": False, "steps": 3000},
     "retrain-lr-0.01": {**ADMM, "retrain_lr": 0.01},
@@ -74,7 +77,9 @@ def run_one(model_dir: Path, config: str, rate: float, seed: int, subset: int, b
             "model": f"{arch.get('name', model_dir.name)} (width {arch.get('width', '?')})",
             "dense_acc": dense_acc, "acc": acc, "diff_points": (acc - dense_acc) * 100,
             "final_gap_points": admm[-1]["trial"]["gap"] * 100 if admm else None,
-            "final_reach": admm[-1]["reach"] if admm else None, "seconds": seconds,
+            "final_reach": admm[-1]["reach"] if admm else None,
+            "mask_changes": [h["mask_changes"] for h in model.patsparse_history if h.get("phase") == "dynamic"],
+            "seconds": seconds,
             "date": _report.utc_now(), "commit": _report.git_commit(), "machine": _report.machine(),
             "command": command}
 
@@ -107,7 +112,7 @@ def render(runs: dict[str, list[dict]], subset: int) -> str:
         "## Pruning defaults: which knob matters at a user's budget", "",
         f"Written by `benchmarks/prune_defaults.py`. A trained model pruned by `ps.prune` with a loader of "
         f"{subset} training images and the default recipe (one projection, then 3000 SGD steps of masked "
-        "retraining), one knob changed per row: `steps-1500` halves the budget and `steps-6000` doubles it, `lr-0.01` and `lr-0.1` retrain at a third of the default rate and at 3.3 times it, `allocation-uniform` keeps the same kernel fraction in every layer and `min-keep-0.5` raises LAMP's per-layer floor to half the uniform share; `admm` is the paper's ADMM "
+        "retraining), one knob changed per row: `steps-1500` halves the budget and `steps-6000` doubles it, `lr-0.01` and `lr-0.1` retrain at a third of the default rate and at 3.3 times it, `allocation-uniform` keeps the same kernel fraction in every layer and `min-keep-0.5` raises LAMP's per-layer floor to half the uniform share; the `dynamic` rows re-choose the masks from weights that keep training (SR-STE) during the first half of retraining before they freeze (`dynamic-reach-10`: a stronger decay on the pruned weights, `dynamic-progressive`: connectivity tightening from every kernel over that half); `admm` is the paper's ADMM "
         "as the default once ran it (1500 steps, half ADMM and half retraining), and the rows below it change "
         "one knob of that (`legacy`: the penalty, allocation and no distillation of earlier releases; "
         "`old-budget`: the earlier 4 x 1 ADMM and 3 retraining epochs; the rows from `legacy` down were swept "

@@ -72,6 +72,9 @@ def test_model_that_looks_like_a_path_is_reported_missing(tmp_path, capsys, no_d
     (["--rate", "1"], "recipe: rate must be"),
     (["--model", "alexnet"], "unknown model 'alexnet'"),
     (["--dense-epochs", "0"], "dense parent must be trained first"),
+    (["--dynamic", "2"], "dynamic must be a fraction"),
+    (["--dynamic", "0.5", "--admm-iters", "2"], "asks for dynamic masks, which replace ADMM's penalty"),
+    (["--dynamic-reach", "5"], "dynamic_reach configure dynamic masks"),
 ])
 def test_prune_rejects_bad_options_before_loading_data(tmp_path, capsys, no_datasets, argv, message):
     """CIFAR-10 is missing: had the data been loaded first, the error would name the dataset."""

@@ -20,6 +20,7 @@ EXAMPLE = textwrap.dedent("""\
       patsparse prune --model runs/r8 --rate 8 --library phase2 --out runs/r8_8x
       patsparse prune --model convnet --dataset digits --dense-epochs 5 --rate 4 --out runs/cn_4x
       patsparse prune --model runs/r8 --rate 8 --admm --out runs/r8_8x_admm
+      patsparse prune --model runs/r8 --rate 8 --dynamic 0.5 --out runs/r8_8x_dynamic
       patsparse prune --model runs/r8 --recipe my_recipe.yaml --out runs/r8_custom
 
     Writes OUT/model.safetensors + OUT/model.json (weights, sparsity spec, input shape and
@@ -128,6 +129,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     a("--distill", type=float, help="weight of distillation from the unpruned model (default 0.5, 0 = off)")
     a("--allocation", choices=("lamp", "uniform"), help="kernels kept per layer: lamp (global ranking, "
                                                         "default) or uniform (the same fraction everywhere)")
+    a("--dynamic", type=float, metavar="FRACTION",
+      help="run this fraction of the retraining epochs with dynamic masks, re-chosen from dense weights that "
+           "keep training (SR-STE), before they freeze (default 0: one fixed projection; not with --admm)")
+    a("--dynamic-reach", type=float, help="with --dynamic: how far the decay pulls pruned weights to zero "
+                                          "over that phase, exp(-reach) left (default 3)")
     a("--lr", type=float, help="SGD learning rate (default 0.01)")
     a("--layers", help="comma-separated conv names to prune (default: every 3x3 conv but the first, "
                          "1x1 convs per --conv1x1)")
@@ -150,7 +156,8 @@ def _recipe(args: argparse.Namespace):
     knobs: dict[str, Any] = {
         "rate": args.rate, "library": args.library, "admm_iters": args.admm_iters, "epochs": args.epochs,
         "retrain_epochs": args.retrain_epochs, "rho": args.rho, "lr": args.lr,
-        "penalty_reach": args.penalty_reach, "steps": args.steps, "distill": args.distill, "allocation": args.allocation,
+        "penalty_reach": args.penalty_reach, "steps": args.steps, "dynamic": args.dynamic,
+        "dynamic_reach": args.dynamic_reach, "distill": args.distill, "allocation": args.allocation,
         "layers": args.layers.split(",") if args.layers else None,
         "conv1x1": args.conv1x1, "connectivity_balanced": args.balanced or None}
     knobs["oneshot"] = method_for(True if args.oneshot else False if args.admm else None, knobs)

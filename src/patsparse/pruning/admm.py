@@ -31,7 +31,7 @@ from torch import nn
 
 from ..errors import DivergedError
 from ..train.distill import Distillation
-from .layers import CONNECTIVITY, PATTERN, LayerPlan
+from .layers import CONNECTIVITY, PATTERN, LayerPlan, scheduled_keep
 from .projection import project_connectivity, project_pattern
 
 
@@ -90,7 +90,7 @@ class ADMMState:
             p = lv.plan
             if lv.y is None:
                 continue
-            keep = max(p.keep, round(p.kernels * (p.keep / p.kernels) ** fraction))
+            keep = scheduled_keep(p, fraction, "geometric")
             if keep != lv.keep:
                 lv.keep = keep
                 lv.y = project_connectivity(p.module.weight.detach() + lv.v, keep, p.balanced, p.grouped)[0]
@@ -172,14 +172,15 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, steps: int, warmup: float) -
     spends a whole epoch at each of a handful of rates; the warm-up lets momentum rebuild after
     hard pruning has moved the weights, instead of taking the first steps at the full rate.
     """
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine_factor(step, steps, warmup))
+
+
+def warmup_cosine_factor(step: int, steps: int, warmup: float) -> float:
+    """The multiple of the base learning rate :func:`warmup_cosine` gives at ``step``."""
     ramp = max(1, round(warmup * steps))
-
-    def factor(step: int) -> float:
-        if step < ramp:
-            return (step + 1) / ramp
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - ramp) / max(1, steps - ramp))))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    if step < ramp:
+        return (step + 1) / ramp
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - ramp) / max(1, steps - ramp))))
 
 
 def _first_nonfinite(plans: Sequence[LayerPlan]) -> str | None:

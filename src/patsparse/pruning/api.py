@@ -1,7 +1,8 @@
 """``patsparse.prune``: the one line that pattern-prunes a user's CNN.
 
-Flow: plan layers and kernel budgets for the rate -> ADMM (pattern + connectivity) -> hard prune
-with the final projections -> masked retraining -> verify the spec against the weights. The
+Flow: plan layers and kernel budgets for the rate -> ADMM (pattern + connectivity) or dynamic
+masks (when asked for) -> hard prune with the final projections -> masked retraining -> verify
+the spec against the weights. The
 model is pruned in place and returned with ``model.patsparse_spec`` (the sparsity spec),
 ``model.patsparse_recipe`` and ``model.patsparse_history`` (per-phase losses/accuracies) attached.
 """
@@ -19,19 +20,16 @@ from torch import nn
 from ..errors import InputError
 from ..patterns.library import pattern_library
 from ..train.distill import Distillation
-from .admm import make_optimizer, run_admm, warmup_cosine
-from .layers import LayerPlan, plan_layers
 from ..train.resume import EpochCheckpoint
+from .admm import run_admm
 from .checkpoint import PruneCheckpoint
+from .dynamic import run_dynamic
+from .layers import LayerPlan, plan_layers
 from .masks import MaskEnforcer
+from .phase import count_batches, fmt, log, train_phase
 from .projection import prune_planned
 from .recipe import PruneRecipe, method_for
 from .spec import check_weights, spec_masks
-
-
-def _log(progress: bool, msg: str) -> None:
-    if progress:
-        print(f"[patsparse prune] {msg}", flush=True)
 
 
 def masked_retrain(model: nn.Module, loader: Iterable, masks: Mapping[str, torch.Tensor], *, epochs: int, lr: float,
@@ -46,28 +44,11 @@ def masked_retrain(model: nn.Module, loader: Iterable, masks: Mapping[str, torch
     logits from a forward that returns a tuple or dict (``masks`` names layers of ``model``).
     ``checkpoint`` stores the state (and ``history``) after every epoch, and a stored state is
     continued from its next epoch."""
-    from ..train.loop import evaluate, reshuffle, train_epoch
-
     net = model if output is None else _Selected(model, output)
-    optimizer = make_optimizer(model, lr, momentum, weight_decay)
-    scheduler = warmup_cosine(optimizer, epochs * count_batches(loader), warmup)
-    start = checkpoint.restore(model, optimizer, scheduler) if checkpoint is not None else 0
-    if start and history is not None:
-        history[:] = checkpoint.extra or []
     with MaskEnforcer(model, masks) as enforcer:
-        for ep in range(start, epochs):
-            reshuffle(loader, ep)
-            stats = train_epoch(net, loader, optimizer, device=device, after_step=enforcer.after_step,
-                                scheduler=scheduler, progress=progress, distill=distill,
-                                desc=f"retrain {ep + 1}/{epochs}")
-            record = {"phase": "retrain", "epoch": ep + 1, **stats}
-            if eval_loader is not None:
-                record["eval"] = evaluate(net, eval_loader, device=device)
-            _log(progress, f"retrain epoch {ep + 1}/{epochs}: {_fmt(record)}")
-            if history is not None:
-                history.append(record)
-            if checkpoint is not None:
-                checkpoint.save(ep + 1, model, optimizer, scheduler, extra=history)
+        train_phase(net, loader, "retrain", epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                    warmup=warmup, device=device, progress=progress, eval_loader=eval_loader, history=history,
+                    distill=distill, after_step=enforcer.after_step, checkpoint=checkpoint)
 
 
 @torch.no_grad()
@@ -97,26 +78,6 @@ def recalibrate_batchnorm(model: nn.Module, loader: Iterable, batches: int, devi
             m.momentum = mom
         model.train(was_training)
     return used
-
-
-def _fmt(record: dict) -> str:
-    parts = []
-    for k, v in record.items():
-        if k in ("phase", "epoch", "iteration", "layers"):
-            continue
-        if isinstance(v, dict):
-            parts.append(f"{k} acc {v.get('acc', float('nan')):.4f}")
-        elif isinstance(v, float):
-            parts.append(f"{k} {v:.4g}")
-    return ", ".join(parts)
-
-
-def count_batches(loader: Iterable) -> int:
-    """Batches in one pass of ``loader`` (``len`` when it has one, else by iterating once)."""
-    try:
-        return len(loader)  # type: ignore[arg-type]
-    except TypeError:
-        return sum(1 for _ in loader)
 
 
 class _Selected(nn.Module):
@@ -242,7 +203,7 @@ def prune(model: nn.Module, train_loader: Iterable, rate: float = 8, library: st
           connectivity_balanced: bool = False, oneshot: bool | None = None, eval_loader: Iterable | None = None,
           device: str = "cpu", progress: bool = True, recipe: PruneRecipe | None = None,
           conv1x1: str | None = None, distill: float | None = None, allocation: str | None = None,
-          output: Callable[[Any], torch.Tensor] | None = None,
+          dynamic: float | None = None, output: Callable[[Any], torch.Tensor] | None = None,
           checkpoint: str | Path | None = None) -> nn.Module:
     """Pattern-prune ``model`` in place at a compression ``rate`` over its pruned layers and return it.
 
@@ -254,7 +215,9 @@ def prune(model: nn.Module, train_loader: Iterable, rate: float = 8, library: st
     ``retrain_epochs`` (from the recipe's ``steps`` budget and the loader's length when unset: a
     small loader gets more passes). ``oneshot=False`` runs the paper's ADMM first: ``admm_iters``
     iterations of ``epochs`` primal SGD epochs each, with penalty ``rho``; setting any of those
-    three selects ADMM by itself. ``distill`` the weight of distillation from the unpruned model
+    three selects ADMM by itself. ``dynamic`` (a fraction, e.g. 0.5) instead runs that fraction of
+    the retraining epochs with dynamic masks, re-chosen from weights that keep training (SR-STE),
+    before the masks freeze. ``distill`` the weight of distillation from the unpruned model
     (0 = off), ``allocation`` how kept kernels are spread over layers ("lamp" or "uniform").
     Unset knobs come from ``recipe`` (default :class:`PruneRecipe`), whose every field is
     documented. ``output`` picks the logits when
@@ -262,8 +225,8 @@ def prune(model: nn.Module, train_loader: Iterable, rate: float = 8, library: st
     and to score the trial projection of every ADMM iteration (a few training batches otherwise).
     ``checkpoint``: a directory where the run stores its state after hard pruning and after every
     retraining epoch (:mod:`~patsparse.pruning.checkpoint`); a run stopped part-way and started
-    again with the same arguments goes on from there (a stopped ADMM phase restarts). Delete the
-    directory once the pruned model is saved.
+    again with the same arguments goes on from there (a stopped ADMM or dynamic-mask phase
+    restarts). Delete the directory once the pruned model is saved.
 
     Raises InputError for an unreachable rate, a model without prunable convs, a bad
     library or knob, an empty or too small loader, or a forward that does not return logits,
@@ -277,7 +240,7 @@ def prune(model: nn.Module, train_loader: Iterable, rate: float = 8, library: st
                           layers=list(layers) if layers is not None else None,
                           connectivity_balanced=connectivity_balanced or None,
                           oneshot=method_for(oneshot, {"epochs": epochs, "admm_iters": admm_iters, "rho": rho}),
-                          conv1x1=conv1x1, distill=distill, allocation=allocation)
+                          conv1x1=conv1x1, distill=distill, allocation=allocation, dynamic=dynamic)
     lib = pattern_library(library if isinstance(library, torch.Tensor) else r.library)
     plans = plan_layers(model, r.rate, r.layers, r.conv1x1, r.connectivity_balanced,
                         allocation=r.allocation, library=lib, min_layer_keep=r.min_layer_keep)
@@ -292,14 +255,15 @@ def prune(model: nn.Module, train_loader: Iterable, rate: float = 8, library: st
     bn_trial = min(r.bn_batches, 20)
     history: list[dict[str, Any]] = []
     t0 = time.perf_counter()
-    _log(progress, f"pruning {len(plans)} layers at {r.rate}x with {lib.shape[0]} patterns "
-                   f"({'one-shot' if r.oneshot else f'{r.admm_iters} ADMM iterations x {r.epochs} epochs'}, "
-                   f"{r.retrain_epochs} retrain epochs, {r.allocation} allocation, "
+    method = (f"{r.admm_iters} ADMM iterations x {r.epochs} epochs" if not r.oneshot else
+              f"dynamic masks fixed after {r.dynamic_epochs} epochs" if r.dynamic else "one-shot")
+    log(progress, f"pruning {len(plans)} layers at {r.rate}x with {lib.shape[0]} patterns "
+                   f"({method}, {r.retrain_epochs} retrain epochs, {r.allocation} allocation, "
                    f"distillation {'off' if teacher is None else r.distill})")
     state = PruneCheckpoint(checkpoint, r, batches) if checkpoint is not None else None
     if state is not None and state.pruned:
         spec, history = state.load_pruned(model, teacher.teacher if teacher is not None else None)
-        _log(progress, f"going on from {state.dir}: hard pruning was done, retraining continues")
+        log(progress, f"going on from {state.dir}: hard pruning was done, retraining continues")
     else:
         if not r.oneshot:
             steps = batches * r.epochs
@@ -308,23 +272,29 @@ def prune(model: nn.Module, train_loader: Iterable, rate: float = 8, library: st
                 record["reach"] = r.reach(record["rho"], steps)
                 record["trial"] = projection_gap(net, plans, lib, trial_data, train_loader, bn_trial, device)
                 history.append({"phase": "admm", **record})
-                _log(progress, f"ADMM iteration {it + 1}/{r.admm_iters}: {_fmt(record)}, "
+                log(progress, f"ADMM iteration {it + 1}/{r.admm_iters}: {fmt(record)}, "
                                f"projection gap {record['trial']['gap'] * 100:+.2f} points")
 
             run_admm(net, train_loader, plans, lib, rhos=r.rho_schedule(steps), epochs=r.epochs, lr=r.lr,
                      momentum=r.momentum, weight_decay=r.weight_decay, device=device, progress=progress,
                      distill=teacher, progressive=r.progressive, on_iteration=on_iteration)
+        if r.dynamic:
+            run_dynamic(net, train_loader, plans, lib, epochs=r.dynamic_epochs, lr=r.retrain_rate, momentum=r.momentum,
+                        weight_decay=r.weight_decay, warmup=r.warmup, reach=r.dynamic_reach, every=r.dynamic_every,
+                        progressive=r.progressive, device=device, progress=progress, eval_loader=eval_loader,
+                        history=history, distill=teacher)
         spec = prune_planned(plans, lib, r.rate)
         recalibrate_batchnorm(net, train_loader, r.bn_batches, device)
         if eval_loader is not None:
             from ..train.loop import evaluate
 
             history.append({"phase": "hard-pruned", "eval": evaluate(net, eval_loader, device=device)})
-            _log(progress, f"after hard pruning: {_fmt(history[-1])}")
+            log(progress, f"after hard pruning: {fmt(history[-1])}")
         if state is not None:
             state.save_pruned(model, spec, teacher.teacher if teacher is not None else None, history)
-    if r.retrain_epochs:
-        masked_retrain(model, train_loader, spec_masks(spec), epochs=r.retrain_epochs, lr=r.retrain_rate,
+    if r.retrain_epochs > r.dynamic_epochs:
+        masked_retrain(model, train_loader, spec_masks(spec), epochs=r.retrain_epochs - r.dynamic_epochs,
+                       lr=r.retrain_rate,
                        momentum=r.momentum, weight_decay=r.weight_decay, warmup=r.warmup, device=device,
                        progress=progress, eval_loader=eval_loader, history=history, distill=teacher,
                        output=output, checkpoint=state.retrain if state is not None else None)
@@ -333,9 +303,9 @@ def prune(model: nn.Module, train_loader: Iterable, rate: float = 8, library: st
     model.patsparse_recipe = r
     model.patsparse_history = history
     for line in admm_summary(history, r):
-        _log(progress or line.startswith("warning"), line)
+        log(progress or line.startswith("warning"), line)
     # over every run of it when resumed: the checkpoint's clock started before ADMM
     seconds = state.retrain.elapsed() if state is not None else time.perf_counter() - t0
     history.append({"phase": "done", "seconds": seconds})
-    _log(progress, f"done in {seconds:.1f}s")
+    log(progress, f"done in {seconds:.1f}s")
     return model

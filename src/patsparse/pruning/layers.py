@@ -75,6 +75,28 @@ class LayerPlan:
         return int(o * (group_count(i) if self.grouped else i))
 
 
+SCHEDULES = ("geometric", "cubic")
+
+
+def scheduled_keep(plan: LayerPlan, fraction: float, schedule: str) -> int:
+    """Kernels a connectivity layer keeps at ``fraction`` (0 -> 1, clamped) of a gradual schedule
+    from all its kernels to ``plan.keep``, never fewer than ``plan.keep``.
+
+    "geometric": the kept fraction is ``(keep / kernels) ** fraction`` (ADMM's per-iteration
+    schedule); "cubic" (Zhu & Gupta 2017): the pruned share of the target grows as
+    ``1 - (1 - fraction) ** 3``, fast while the weights are far from trained into the masks and
+    slowly near the end, so the last changes are small. Both give ``plan.keep`` at 1.
+    """
+    f = min(1.0, max(0.0, float(fraction)))
+    if schedule == "geometric":
+        keep = plan.kernels * (plan.keep / plan.kernels) ** f
+    elif schedule == "cubic":
+        keep = plan.kernels - (plan.kernels - plan.keep) * (1 - (1 - f) ** 3)
+    else:
+        raise InputError(f"connectivity schedule must be one of {SCHEDULES}, got {schedule!r}")
+    return max(plan.keep, round(keep))
+
+
 def is_3x3(m: nn.Module) -> bool:
     return isinstance(m, nn.Conv2d) and tuple(m.kernel_size) == (3, 3)
 

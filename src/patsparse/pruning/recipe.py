@@ -24,6 +24,7 @@ from .layers import CONV1X1
 
 ALLOCATIONS = ("uniform", "lamp")
 ADMM_KNOBS = ("admm_iters", "epochs", "rho", "penalty_reach", "penalty_strength")  # knobs only ADMM reads
+DYNAMIC_KNOBS = ("dynamic_reach", "dynamic_every")  # knobs only dynamic masks read
 MIN_REACH = 1.0  # below this an ADMM iteration leaves over a third of the distance to Z: an error
 MAX_PULL = 0.5  # the strongest per-step pull lr * rho a derived schedule uses (Nesterov is stable to ~1.4)
 RETRAIN_LR_FACTOR = 3.0  # retraining restarts at this multiple of lr unless retrain_lr is set (prune_defaults sweep)
@@ -51,8 +52,9 @@ def method_for(oneshot: bool | None, given: dict[str, Any]) -> bool | None:
 
 @dataclass
 class PruneRecipe:
-    """Pattern-aware pruning settings: one-shot projection + masked retraining (the default), or
-    the paper's ADMM before retraining (``oneshot=False``).
+    """Pattern-aware pruning settings: one-shot projection + masked retraining (the default),
+    masks re-chosen during the first part of retraining (``dynamic``), or the paper's ADMM before
+    retraining (``oneshot=False``).
 
     rate: compression rate over the pruned layers, dense weights / kept weights over 3x3 and 1x1
         convs together (2.25 = patterns only; more adds connectivity pruning).
@@ -78,8 +80,10 @@ class PruneRecipe:
         "uniform" (the paper: the same fraction in every layer) or "lamp" (one global ranking of
         kernels by layer-normalised energy, LAMP-style, so that redundant layers give up more).
     min_layer_keep: with "lamp", no layer keeps less than this fraction of the uniform share.
-    progressive: connectivity tightens over the ADMM iterations (the kept fraction shrinks
-        geometrically to its target at the last iteration) instead of at once.
+    progressive: connectivity tightens gradually instead of at once: over the ADMM iterations
+        (the kept fraction shrinks geometrically to its target at the last iteration) or over
+        the dynamic-mask phase (cubic, Zhu & Gupta 2017, from every kernel to the target at its
+        end); a one-shot run without dynamic masks has nothing to tighten it over (an error).
     distill, distill_temperature: weight of a knowledge-distillation term (KL divergence against
         the outputs of a frozen copy of the model taken before pruning, at this temperature) in
         the ADMM and retraining loss; 0 turns it off.
@@ -97,11 +101,24 @@ class PruneRecipe:
         removed, no patterns) or "dense" (1x1 convs untouched); see
         :func:`patsparse.pruning.layers.select_layers`; connectivity_balanced: same kernel count
         per filter.
-    oneshot: prune by one projection of the trained weights, then retrain for all of ``steps``
+    oneshot: prune by projection of the trained weights, then retrain for all of ``steps``
         (the default); False runs ADMM first. At a user's budget (a few thousand images,
         ``steps`` SGD steps) one-shot keeps more accuracy than ADMM with the same steps, because
         retraining, not the penalty, recovers most of what hard pruning costs (PRUNING.md has the
         sweep); ADMM pays off when its iterations get full passes over a large training set.
+    dynamic: the fraction of the retraining epochs (``retrain_epochs``, at least one) run with
+        dynamic masks (SR-STE, :mod:`patsparse.pruning.dynamic`) before the masks freeze: the
+        forward uses the projection of dense weights that keep training, with each plan's
+        kernel budget, and the projection is re-chosen as they move, so which taps and kernels
+        survive is learnt rather than fixed by the trained weights' magnitudes; then the weights
+        are hard-projected and the rest is masked retraining. 0 (the default) keeps one fixed
+        projection: with 6,000 images and ``steps`` steps no dynamic setting tried beat it on
+        VGG-16 (PRUNING.md has the sweep). A one-shot (not ADMM) method.
+    dynamic_reach: the decay ``lambda * (1 - mask) * W`` on the pruned entries during the dynamic
+        phase, as how far it alone would pull them to zero over the phase: exp(-reach) of their
+        value left (:func:`patsparse.pruning.dynamic.decay_for_reach`), so it means the same at
+        any budget. Larger settles the masks sooner; smaller lets more of them change.
+    dynamic_every: optimizer steps between re-derivations of the dynamic masks.
     bn_batches: training batches used to re-estimate BatchNorm running statistics right after
         hard pruning (0 = off): the pruned convs' outputs shift, so the statistics gathered on
         the unpruned weights are stale.
@@ -133,6 +150,9 @@ class PruneRecipe:
     conv1x1: str = "grouped"
     connectivity_balanced: bool = False
     oneshot: bool = True
+    dynamic: float = 0.0
+    dynamic_reach: float = 3.0
+    dynamic_every: int = 1
     bn_batches: int = 50
     seed: int | None = 0
     notes: dict[str, Any] = field(default_factory=dict)
@@ -165,6 +185,24 @@ class PruneRecipe:
              f"{'it' if len(admm) == 1 else 'them'} or ask for ADMM (oneshot=False, CLI --admm)")
         need(self.oneshot or (self.admm_iters >= 1 and self.epochs != 0),
              "ADMM needs admm_iters >= 1 and epochs >= 1 (or oneshot=True)")
+        need(number(self.dynamic) and 0 <= self.dynamic <= 1,
+             f"dynamic must be a fraction of the retraining epochs in [0, 1], got {self.dynamic!r}")
+        need(not (self.dynamic and not self.oneshot),
+             f"dynamic={self.dynamic} asks for dynamic masks, which replace ADMM's penalty "
+             f"(oneshot=False, CLI --admm{', and ' + ', '.join(admm) if admm else ''}); drop one of the two")
+        dynamic = [k for k in DYNAMIC_KNOBS if getattr(self, k) != defaults[k]]
+        need(not (dynamic and not self.dynamic),
+             f"{', '.join(dynamic)} configure dynamic masks, which a run with dynamic=0 skips; drop "
+             f"{'it' if len(dynamic) == 1 else 'them'} or ask for them (dynamic=0.5, CLI --dynamic 0.5)")
+        need(not (self.progressive and self.oneshot and not self.dynamic),
+             "progressive tightens connectivity over ADMM iterations or the dynamic-mask phase, and this "
+             "one-shot run has neither; drop it or ask for ADMM (oneshot=False) or dynamic masks (dynamic=0.5)")
+        need(not (self.dynamic and self.retrain_epochs == 0),
+             "dynamic masks run during retraining, and retrain_epochs=0 leaves none; drop one of the two")
+        need(isinstance(self.dynamic_every, int) and not isinstance(self.dynamic_every, bool)
+             and self.dynamic_every >= 1, f"dynamic_every must be an int >= 1, got {self.dynamic_every!r}")
+        need(number(self.dynamic_reach) and self.dynamic_reach >= 0,
+             f"dynamic_reach must be a number >= 0, got {self.dynamic_reach!r}")
         for k in ("rho_max", "lr", "penalty_strength", "penalty_reach", "distill_temperature"):
             v = getattr(self, k)
             need(number(v) and v > 0, f"{k} must be a positive number, got {v!r}")
@@ -192,6 +230,14 @@ class PruneRecipe:
     def retrain_rate(self) -> float:
         """The masked-retraining learning rate: ``retrain_lr``, else ``RETRAIN_LR_FACTOR`` x lr."""
         return self.retrain_lr if self.retrain_lr is not None else RETRAIN_LR_FACTOR * self.lr
+
+    @property
+    def dynamic_epochs(self) -> int:
+        """The retraining epochs run with dynamic masks (the first ones); needs ``retrain_epochs``
+        set (:meth:`for_loader`)."""
+        if not self.dynamic or self.retrain_epochs is None:
+            return 0
+        return min(self.retrain_epochs, max(1, round(self.dynamic * self.retrain_epochs)))
 
     def for_loader(self, batches: int) -> "PruneRecipe":
         """This recipe with ``epochs`` (ADMM only), ``retrain_epochs`` (unset ones from ``steps``) and

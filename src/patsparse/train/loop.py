@@ -1,8 +1,9 @@
 """One epoch of training and one pass of evaluation: the two primitives everything else uses.
 
 The pruning code drives ``train_epoch`` directly: ADMM adds its rho terms through
-``extra_loss(model)`` and masked retraining re-applies masks through ``after_step(model)``,
-which runs after the optimizer and scheduler steps of every batch.
+``extra_loss(model)``, masked retraining re-applies masks through ``after_step(model)``, which
+runs after the optimizer and scheduler steps of every batch, and dynamic masks also use
+``before_step(model)``, which runs between the backward pass and the optimizer step.
 """
 
 from __future__ import annotations
@@ -39,12 +40,13 @@ def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, *,
                 device: str | torch.device = "cpu", loss_fn: LossFn = F.cross_entropy,
                 extra_loss: Callable[[nn.Module], torch.Tensor] | None = None,
                 after_step: Callable[[nn.Module], None] | None = None,
+                before_step: Callable[[nn.Module], None] | None = None,
                 scheduler=None, progress: bool = True, desc: str = "",
                 distill: Distillation | None = None) -> dict:
     """Train ``model`` for one pass over ``loader``.
 
     Per batch: forward, ``loss_fn(logits, y)`` (mixed with a distillation term when ``distill``
-    is given), + ``extra_loss(model)`` when given, backward,
+    is given), + ``extra_loss(model)`` when given, backward, ``before_step(model)`` when given,
     ``optimizer.step()``, ``scheduler.step()`` (a per-iteration schedule) when given, then
     ``after_step(model)``. Returns {"loss", "acc", "seconds"} averaged over examples (and over
     ranks under torchrun); "loss" is the data loss, "extra" the mean extra loss if any.
@@ -69,6 +71,8 @@ def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, *,
             raise DivergedError(f"{desc or 'training'}: loss became {float(total.detach()):.4g} at batch {i}; "
                              "the run diverged (try a lower learning rate)")
         total.backward()
+        if before_step is not None:
+            before_step(model)
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
