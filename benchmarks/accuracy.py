@@ -612,9 +612,10 @@ def main(argv: list[str] | None = None) -> int:
     shown = [m for m in (*DEFAULT_MODELS, *models) if m in stored or m in models]
     shown += sorted(stored - set(shown))
     page = out / args.dataset / budget.name / RUNS_PAGE
-    atomic_write_bytes(page, runs_page(results, args.dataset, budget).encode())
+    planned = BUDGETS[args.budget]  # the report counts the budget's seeds, not this run's --seeds
+    atomic_write_bytes(page, runs_page(results, args.dataset, planned).encode())
     link = os.path.relpath(page.resolve(), Path(args.results).resolve().parent)
-    body = render(results, args.dataset, budget, list(dict.fromkeys(shown)), Path(link).as_posix())
+    body = render(results, args.dataset, planned, list(dict.fromkeys(shown)), Path(link).as_posix())
     _report.update_section(f"accuracy-{args.dataset}-{budget.name}", body, Path(args.results))
     print(f"wrote {args.results} ({len(results)} rows)")
     return 0

@@ -241,3 +241,13 @@ def test_oneshot_pattern_rows_retrain_as_long_as_the_baselines() -> None:
     assert one.oneshot and not admm.oneshot
     assert one.retrain_epochs == cell.budget.prune_epochs == admm.admm_iters * admm.epochs + admm.retrain_epochs
     assert cell.config(rows["magnitude-8x"])["retrain"]["lr"] == one.retrain_rate  # same retraining rate too
+
+
+def test_the_report_counts_the_budgets_seeds_not_one_runs(tmp_path: Path) -> None:
+    """A run of one seed (``--seeds 1``, a piece of the grid) reports the budget's whole plan."""
+    (tmp_path / "RESULTS.md").write_text("# Results\n")
+    argv = ["--dataset", "digits", "--budget", "medium", "--models", "convnet", "--seeds", "1", "--report-only",
+            "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "RESULTS.md"), "--quiet"]
+    assert acc.main(argv) == 0
+    seeds = acc.BUDGETS["medium"].seeds
+    assert f"{len(acc.ROWS)} rows x {seeds} seeds" in (tmp_path / "RESULTS.md").read_text()
