@@ -260,7 +260,7 @@ def prune(model: nn.Module, train_loader: Iterable, rate: float = 8, library: st
     log(progress, f"pruning {len(plans)} layers at {r.rate}x with {lib.shape[0]} patterns "
                    f"({method}, {r.retrain_epochs} retrain epochs, {r.allocation} allocation, "
                    f"distillation {'off' if teacher is None else r.distill})")
-    state = PruneCheckpoint(checkpoint, r, batches) if checkpoint is not None else None
+    state = PruneCheckpoint(checkpoint, r, model, lib, train_loader, batches) if checkpoint is not None else None
     if state is not None and state.pruned:
         spec, history = state.load_pruned(model, teacher.teacher if teacher is not None else None)
         log(progress, f"going on from {state.dir}: hard pruning was done, retraining continues")

@@ -4,9 +4,11 @@ rows of the accuracy grid, masked retraining inside ``prune``.
 A run of hours on a small machine gets stopped (a session ends, the machine restarts); with an
 :class:`EpochCheckpoint` a re-run goes on from the last finished epoch instead of starting over.
 The continuation is exact: model, optimizer, learning-rate scheduler and RNG state are stored,
-and loaders from ``patsparse.data`` order each epoch by (seed, epoch). Two files: tensors
-(safetensors, never pickle) and a JSON pointer written after them holding their SHA-256, so a
-kill between the two leaves the previous checkpoint, and a damaged file is an error, not weights.
+and loaders from ``patsparse.data`` order each epoch by (seed, epoch) (with ``workers=0``: worker
+processes draw their seeds from the loader's own generator, which is not stored). Each epoch's
+tensors go to a file of their own (safetensors, never pickle), then the JSON pointer naming
+it and holding its SHA-256 is replaced, then the older file goes: a kill at any point leaves a
+usable checkpoint, and a damaged file is an error, not weights.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from .state import optimizer_from_flat, optimizer_to_flat, rng_from_tensors, rng
 
 class EpochCheckpoint:
     """The state of one training loop after its last finished epoch, at ``pointer`` (a JSON
-    file; the tensors sit beside it with the suffix ``.safetensors``).
+    file; the tensors sit beside it, ``<stem>.e<epochs>.safetensors``).
 
     ``config`` is whatever decides the numbers the loop produces (hyper-parameters, data size):
     a stored state whose config differs is refused, because continuing it would silently mix
@@ -35,7 +37,6 @@ class EpochCheckpoint:
 
     def __init__(self, pointer: str | Path, config: dict[str, Any]):
         self.pointer = Path(pointer)
-        self.tensors = self.pointer.with_suffix(".safetensors")
         self.config = json.loads(json.dumps(config))  # compared with what JSON gives back
         self.earlier = 0.0  # seconds the stopped runs spent
         self.extra: Any = None
@@ -52,6 +53,14 @@ class EpochCheckpoint:
     def exists(self) -> bool:
         return self.pointer.exists()
 
+    @property
+    def tensors(self) -> Path | None:
+        """The tensor file the pointer names (None: nothing stored)."""
+        if not self.pointer.exists():
+            return None
+        state = read_json(self.pointer, "epoch checkpoint")
+        return self.pointer.parent / str(state.get("tensors")) if isinstance(state, dict) else None
+
     def restore(self, model: nn.Module, optimizer: torch.optim.Optimizer,
                 scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> int:
         """Load the stored state into the arguments; returns the epochs already done (0: none
@@ -59,13 +68,16 @@ class EpochCheckpoint:
         if not self.pointer.exists():
             return 0
         state = read_json(self.pointer, "epoch checkpoint")
-        if not isinstance(state, dict) or state.get("config") != self.config:
-            raise FormatError(f"{self.pointer} holds a run stopped under another configuration; delete "
-                              f"it to start over")
-        tensors = load_tensors(self.tensors, "epoch checkpoint",
-                               sha=stored_sha256(state, "sha256", str(self.pointer)))
+        check_config(state, self.config, self.pointer)
+        missing = [k for k in ("tensors", "epochs", "seconds", "optimizer", "scheduler") if k not in state]
+        if missing:
+            raise FormatError(f"{self.pointer} lacks {', '.join(missing)}: not a complete epoch checkpoint")
+        if scheduler is not None and not isinstance(state["scheduler"], dict):
+            raise FormatError(f"{self.pointer} holds no learning-rate schedule state, and this loop has one")
+        path = self.pointer.parent / str(state["tensors"])
+        tensors = load_tensors(path, "epoch checkpoint", sha=stored_sha256(state, "sha256", str(self.pointer)))
         model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-        check_state_dict(model, model_state, str(self.tensors))
+        check_state_dict(model, model_state, str(path))
         model.load_state_dict(model_state)
         optimizer_from_flat(optimizer, tensors, state["optimizer"], str(self.pointer))
         if scheduler is not None:
@@ -81,13 +93,50 @@ class EpochCheckpoint:
         opt_tensors, opt_meta = optimizer_to_flat(optimizer)
         tensors = {**{f"model.{k}": v for k, v in model.state_dict().items()}, **opt_tensors, **rng_to_tensors()}
         self.pointer.parent.mkdir(parents=True, exist_ok=True)
-        sha = save_tensors(self.tensors, tensors)
+        name = f"{self.pointer.stem}.e{epochs}.safetensors"
+        sha = save_tensors(self.pointer.parent / name, tensors)
         write_json(self.pointer, {
             "config": self.config, "epochs": epochs, "seconds": self.elapsed(), "optimizer": opt_meta,
             "scheduler": json.loads(json.dumps(scheduler.state_dict())) if scheduler is not None else None,
-            "extra": extra, "sha256": sha})
+            "extra": extra, "tensors": name, "sha256": sha})
+        for old in self._files():
+            if old.name != name:
+                old.unlink(missing_ok=True)
 
     def clear(self) -> None:
         """The run is done and stored elsewhere: its checkpoint goes."""
         self.pointer.unlink(missing_ok=True)
-        self.tensors.unlink(missing_ok=True)
+        for old in self._files():
+            old.unlink(missing_ok=True)
+
+    def _files(self) -> list[Path]:
+        return list(self.pointer.parent.glob(f"{self.pointer.stem}.e*.safetensors"))
+
+
+def check_config(state: Any, config: dict[str, Any], where: Path) -> None:
+    """Refuse a stored state whose ``config`` differs from ``config``, naming what differs."""
+    saved = state.get("config") if isinstance(state, dict) else None
+    if saved == config:
+        return
+    if not isinstance(saved, dict):
+        raise FormatError(f"{where} is not a checkpoint of this kind (no configuration stored)")
+    a, b = _flat(saved), _flat(config)
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    detail = "; ".join(f"{k}: stored {_short(a.get(k))}, now {_short(b.get(k))}" for k in keys[:6])
+    raise FormatError(f"{where} holds a run stopped under another configuration ({detail}); delete it "
+                      f"to start over")
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= 60 else text[:57] + "..."
