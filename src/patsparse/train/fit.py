@@ -43,6 +43,7 @@ from ..errors import FormatError, InputError
 from .artifacts import save_model
 from .dist import DistContext, barrier, init_distributed, unwrap
 from .loop import evaluate, train_epoch
+from .resume import flatten
 from .state import optimizer_from_flat, optimizer_to_flat, rng_from_tensors, rng_to_tensors
 
 CHECKPOINT_FORMAT = "patsparse-train-checkpoint"
@@ -120,16 +121,6 @@ def seed_everything(*parts: int) -> int:
     return seed
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 class _Run:
     """State of one fit() call: what to save, where, and how to restore it."""
 
@@ -172,7 +163,7 @@ class _Run:
         if state.get("steps_per_epoch") != self.steps_per_epoch:
             diff.append(f"batches per epoch: checkpoint {state.get('steps_per_epoch')} vs now "
                         f"{self.steps_per_epoch} (dataset, subset, batch size or world size changed)")
-        saved_meta, now_meta = _flatten(state.get("meta") or {}), _flatten(self.meta)
+        saved_meta, now_meta = flatten(state.get("meta") or {}), flatten(self.meta)
         diff += [f"{k}: checkpoint {saved_meta.get(k)!r} vs now {now_meta.get(k)!r}"
                  for k in sorted(set(saved_meta) | set(now_meta)) if saved_meta.get(k) != now_meta.get(k)]
         if diff:

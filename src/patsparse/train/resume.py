@@ -120,18 +120,19 @@ def check_config(state: Any, config: dict[str, Any], where: Path) -> None:
         return
     if not isinstance(saved, dict):
         raise FormatError(f"{where} is not a checkpoint of this kind (no configuration stored)")
-    a, b = _flat(saved), _flat(config)
+    a, b = flatten(saved), flatten(config)
     keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     detail = "; ".join(f"{k}: stored {_short(a.get(k))}, now {_short(b.get(k))}" for k in keys[:6])
     raise FormatError(f"{where} holds a run stopped under another configuration ({detail}); delete it "
                       f"to start over")
 
 
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as one level of dotted keys, so a difference can be named by its path."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out
