@@ -50,9 +50,6 @@ class EpochCheckpoint:
         """Count ``earlier`` seconds (spent by stopped runs) plus the time from now."""
         self.earlier, self._t0 = earlier, time.perf_counter()
 
-    def exists(self) -> bool:
-        return self.pointer.exists()
-
     @property
     def tensors(self) -> Path | None:
         """The tensor file the pointer names (None: nothing stored)."""
