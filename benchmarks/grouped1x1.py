@@ -164,9 +164,9 @@ def main(argv: list[str] | None = None) -> int:
         "every engine. `1x1 grouped` says how many of the model's 1x1 convs ran the grouped sparse kernel "
         "(the others ran the dense GEMM). The last column is the faster peer's time over patsparse's.", "",
         _report.md_table(["model", "rate", "1x1 grouped", *ENGINES, "speed-up vs faster peer"], rows), "",
-        f"**Contended numbers**: a shared 2-vCPU machine with other jobs running (1-min load average "
-        f"{load:.1f} at the end); ratios measured side by side in one run, absolute times are not "
-        "representative.", "",
+        f"1-min load average {load:.1f} at the end (2 vCPUs). Ratios are measured side by side in "
+        "one run; from run to run they move widely on this host (`python -m benchmarks.bars` repeats "
+        "the runs for the bars).", "",
         f"Run {_report.utc_now()}, commit {_report.git_commit()}, {_report.machine_line(_report.machine())}; "
         f"command `{command}`."])
     return write(args.out, f"grouped1x1-speed-t{args.threads}", body)
