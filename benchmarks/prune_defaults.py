@@ -16,6 +16,7 @@ re-run skips finished runs, so the sweep resumes and can be run in pieces (``--c
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import shutil
 import statistics
@@ -47,6 +48,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "dynamic": {"dynamic": 0.5},
     "dynamic-reach-10": {"dynamic": 0.5, "dynamic_reach": 10.0},
     "dynamic-progressive": {"dynamic": 0.5, "progressive": True},
+    "reconstruct-256": {"reconstruct": 256},
+    "reconstruct-1024": {"reconstruct": 1024},
     "admm": ADMM,
     "admm-steps-3000": {"oneshot": False, "steps": 3000},
     "retrain-lr-0.01": {**ADMM, "retrain_lr": 0.01},
@@ -61,13 +64,30 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "strength-0.01": {**ADMM, "penalty_strength": 0.01, "retrain_lr": 0.01},
 }
 OUT = _report.BENCH / "prune_defaults"
+def setup(model_dir: Path, config: str, rate: float, seed: int, subset: int, batch_size: int, dataset: str):
+    """A fresh copy of the trained model, the seed's training loader and the config's recipe."""
+    train_loader, _ = get_loaders(dataset, batch_size=batch_size, subset=subset, seed=seed)
+    return ps.load(model_dir), train_loader, PruneRecipe(**{**CONFIGS[config], "rate": rate, "seed": seed})
+
+
+def hard_pruned_acc(model_dir: Path, config: str, rate: float, seed: int, subset: int, batch_size: int,
+                    dataset: str, test_loader) -> float | None:
+    """Test accuracy right after hard pruning (projection, the refit when the config asks for it,
+    BatchNorm re-estimated), the state the full run then retrains: what retraining starts from.
+    None for configs that train before hard pruning (ADMM, dynamic masks)."""
+    model, train_loader, recipe = setup(model_dir, config, rate, seed, subset, batch_size, dataset)
+    if not recipe.oneshot or recipe.dynamic:
+        return None
+    ps.prune(model, train_loader, recipe=dataclasses.replace(recipe, retrain_epochs=0), eval_loader=test_loader,
+             progress=False)
+    return next(h["eval"]["acc"] for h in model.patsparse_history if h.get("phase") == "hard-pruned")
+
+
 def run_one(model_dir: Path, config: str, rate: float, seed: int, subset: int, batch_size: int,
             dense_acc: float, test_loader, dataset: str, command: str, checkpoint: Path) -> dict[str, Any]:
     """One pruning run; ``checkpoint`` holds its state until the row is written, so a run
     stopped part-way goes on from its last retraining epoch when the sweep is re-run."""
-    model = ps.load(model_dir)
-    train_loader, _ = get_loaders(dataset, batch_size=batch_size, subset=subset, seed=seed)
-    recipe = PruneRecipe(**{**CONFIGS[config], "rate": rate, "seed": seed})
+    model, train_loader, recipe = setup(model_dir, config, rate, seed, subset, batch_size, dataset)
     ps.prune(model, train_loader, recipe=recipe, progress=False, checkpoint=checkpoint)
     seconds = model.patsparse_history[-1]["seconds"]  # over every run of it
     acc = evaluate(model, test_loader)["acc"]
@@ -97,13 +117,15 @@ def model_table(rows: list[dict]) -> str:
     for (config, rate), rs in sorted(by.items(), key=lambda kv: (kv[0][1], _order(kv[0][0]))):
         m, h = _report.mean_ci95([r["diff_points"] for r in rs])
         gaps = [r["final_gap_points"] for r in rs if r["final_gap_points"] is not None]
+        hard = [(r["hard_pruned_acc"] - r["dense_acc"]) * 100 for r in rs if r.get("hard_pruned_acc") is not None]
         knobs = ", ".join(f"{k}={v}" for k, v in rs[0]["knobs"].items()) or "(the defaults)"
         table.append([f"{rate:g}x", config, knobs, str(len(rs)),
                       f"{m:+.2f}" + ("" if math.isnan(h) else f" ± {h:.2f}"),
+                      f"{statistics.fmean(hard):+.2f}" if hard else "-",
                       f"{statistics.fmean(gaps):.1f}" if gaps else "-",
                       f"{statistics.fmean(r['seconds'] for r in rs):.0f}", max(r["date"] for r in rs)])
-    return _report.md_table(["rate", "config", "knobs", "seeds", "change (points)", "final gap (points)",
-                             "seconds", "last run"], table)
+    return _report.md_table(["rate", "config", "knobs", "seeds", "change (points)", "hard-pruned (points)",
+                             "final gap (points)", "seconds", "last run"], table)
 
 
 def render(runs: dict[str, list[dict]], subset: int) -> str:
@@ -112,13 +134,13 @@ def render(runs: dict[str, list[dict]], subset: int) -> str:
         "## Pruning defaults: which knob matters at a user's budget", "",
         f"Written by `benchmarks/prune_defaults.py`. A trained model pruned by `ps.prune` with a loader of "
         f"{subset} training images and the default recipe (one projection, then 3000 SGD steps of masked "
-        "retraining), one knob changed per row: `steps-1500` halves the budget and `steps-6000` doubles it, `lr-0.01` and `lr-0.1` retrain at a third of the default rate and at 3.3 times it, `allocation-uniform` keeps the same kernel fraction in every layer and `min-keep-0.5` raises LAMP's per-layer floor to half the uniform share; the `dynamic` rows re-choose the masks from weights that keep training (SR-STE) during the first half of retraining before they freeze (`dynamic-reach-10`: a stronger decay on the pruned weights, `dynamic-progressive`: connectivity tightening from every kernel over that half); `admm` is the paper's ADMM "
+        "retraining), one knob changed per row: `steps-1500` halves the budget and `steps-6000` doubles it, `lr-0.01` and `lr-0.1` retrain at a third of the default rate and at 3.3 times it, `allocation-uniform` keeps the same kernel fraction in every layer and `min-keep-0.5` raises LAMP's per-layer floor to half the uniform share; the `dynamic` rows re-choose the masks from weights that keep training (SR-STE) during the first half of retraining before they freeze (`dynamic-reach-10`: a stronger decay on the pruned weights, `dynamic-progressive`: connectivity tightening from every kernel over that half); `reconstruct-N` refits the kept weights of every pruned conv after hard pruning by layer-wise least squares against the unpruned network's outputs on N training images; `admm` is the paper's ADMM "
         "as the default once ran it (1500 steps, half ADMM and half retraining), and the rows below it change "
         "one knob of that (`legacy`: the penalty, allocation and no distillation of earlier releases; "
         "`old-budget`: the earlier 4 x 1 ADMM and 3 retraining epochs; the rows from `legacy` down were swept "
         "when retraining ran at the ADMM rate, 0.01, which their knobs say). Accuracy change in points "
         "against the dense parent on the full test set, mean over seeds (with a 95% t-interval from two seeds "
-        "on); the projection gap is what a hard projection of the final ADMM weights cost before retraining.",
+        "on); 'hard-pruned' is the same change right after hard pruning (and the refit, with BatchNorm re-estimated), before retraining, for the one-shot rows; the projection gap is what a hard projection of the final ADMM weights cost before retraining.",
         ""]
     for name, rows in runs.items():
         model = next((r["model"] for r in rows if "model" in r), name)
@@ -169,15 +191,21 @@ def main(argv: list[str] | None = None) -> int:
             for seed in range(args.first_seed, args.first_seed + args.seeds):
                 for config in args.configs:
                     path = out / f"{config}-{rate:g}x-seed{seed}.json"
-                    if path.exists():
-                        continue
-                    partial = out / "partial" / path.stem
-                    r = run_one(args.model_dir, config, rate, seed, args.subset, args.batch_size, dense_acc,
-                                test_loader, dataset, command, partial)
-                    write_json(path, r)
-                    shutil.rmtree(partial, ignore_errors=True)
-                    print(f"{config:>16} {rate:g}x seed {seed}: {r['diff_points']:+.2f} points "
-                          f"(gap {r['final_gap_points']}, {r['seconds']:.0f}s)", flush=True)
+                    if not path.exists():
+                        partial = out / "partial" / path.stem
+                        r = run_one(args.model_dir, config, rate, seed, args.subset, args.batch_size, dense_acc,
+                                    test_loader, dataset, command, partial)
+                        write_json(path, r)
+                        shutil.rmtree(partial, ignore_errors=True)
+                        print(f"{config:>16} {rate:g}x seed {seed}: {r['diff_points']:+.2f} points "
+                              f"(gap {r['final_gap_points']}, {r['seconds']:.0f}s)", flush=True)
+                    r = read_json(path, "sweep row")
+                    if "hard_pruned_acc" not in r:  # also a row written before the probe existed
+                        r["hard_pruned_acc"] = hard_pruned_acc(args.model_dir, config, rate, seed, args.subset,
+                                                               args.batch_size, dataset, test_loader)
+                        write_json(path, r)
+                        print(f"{config:>16} {rate:g}x seed {seed}: hard-pruned accuracy {r['hard_pruned_acc']}",
+                              flush=True)
     runs = {d.parent.name: [read_json(p, "sweep row") for p in sorted(d.glob("*.json"))]
             for d in sorted(args.out.glob(f"*/subset{args.subset}"))}
     args.docs.parent.mkdir(parents=True, exist_ok=True)

@@ -18,8 +18,8 @@ def _row(config: str, rate: float, seed: int, diff: float, model: str = "resnet1
 
 def test_report_only_renders_every_model(tmp_path: Path) -> None:
     out = tmp_path / "sweep"
-    for name, rows in {"r18": [_row("default", 8.0, 0, -0.2), _row("default", 8.0, 1, 0.2)],
-                       "vgg": [_row("default", 16.0, 0, -0.5, "vgg16_bn (width 0.25)")]}.items():
+    vgg = {**_row("default", 16.0, 0, -0.5, "vgg16_bn (width 0.25)"), "hard_pruned_acc": 0.85}
+    for name, rows in {"r18": [_row("default", 8.0, 0, -0.2), _row("default", 8.0, 1, 0.2)], "vgg": [vgg]}.items():
         d = out / name / "subset6000"
         d.mkdir(parents=True)
         for r in rows:
@@ -34,5 +34,7 @@ def test_report_only_renders_every_model(tmp_path: Path) -> None:
     assert "### vgg16_bn (width 0.25), dense test accuracy 90.00% (`vgg`)" in text
     # two seeds: mean with a t-interval (12.71 * stdev / sqrt 2 = 2.54); one seed: the mean alone
     assert "| 8x | default | (the defaults) | 2 | +0.00 ± 2.54 |" in text
-    assert "| 16x | default | (the defaults) | 1 | -0.50 |" in text
+    # the accuracy right after hard pruning, where a row has it
+    assert "| 16x | default | (the defaults) | 1 | -0.50 | -5.00 |" in text
+    assert "| 8x | default | (the defaults) | 2 | +0.00 ± 2.54 | - |" in text
     assert "Commands: `python -m x`" in text

@@ -75,6 +75,7 @@ def test_model_that_looks_like_a_path_is_reported_missing(tmp_path, capsys, no_d
     (["--dynamic", "2"], "dynamic must be a fraction"),
     (["--dynamic", "0.5", "--admm-iters", "2"], "asks for dynamic masks, which replace ADMM's penalty"),
     (["--dynamic-reach", "5"], "dynamic_reach configure dynamic masks"),
+    (["--reconstruct", "-1"], "reconstruct must be an int >= 0"),
 ])
 def test_prune_rejects_bad_options_before_loading_data(tmp_path, capsys, no_datasets, argv, message):
     """CIFAR-10 is missing: had the data been loaded first, the error would name the dataset."""

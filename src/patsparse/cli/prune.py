@@ -21,6 +21,7 @@ EXAMPLE = textwrap.dedent("""\
       patsparse prune --model convnet --dataset digits --dense-epochs 5 --rate 4 --out runs/cn_4x
       patsparse prune --model runs/r8 --rate 8 --admm --out runs/r8_8x_admm
       patsparse prune --model runs/r8 --rate 8 --dynamic 0.5 --out runs/r8_8x_dynamic
+      patsparse prune --model runs/r8 --rate 8 --reconstruct 512 --out runs/r8_8x_refit
       patsparse prune --model runs/r8 --recipe my_recipe.yaml --out runs/r8_custom
 
     Writes OUT/model.safetensors + OUT/model.json (weights, sparsity spec, input shape and
@@ -134,6 +135,9 @@ def register(sub: argparse._SubParsersAction) -> None:
            "keep training (SR-STE), before they freeze (default 0: one fixed projection; not with --admm)")
     a("--dynamic-reach", type=float, help="with --dynamic: how far the decay pulls pruned weights to zero "
                                           "over that phase, exp(-reach) left (default 3)")
+    a("--reconstruct", type=int, metavar="IMAGES",
+      help="after hard pruning, refit the kept weights of every pruned conv by least squares so that it "
+           "reproduces the unpruned network's outputs on this many training images (default 0: off)")
     a("--lr", type=float, help="SGD learning rate (default 0.01)")
     a("--layers", help="comma-separated conv names to prune (default: every 3x3 conv but the first, "
                          "1x1 convs per --conv1x1)")
@@ -158,6 +162,7 @@ def _recipe(args: argparse.Namespace):
         "retrain_epochs": args.retrain_epochs, "rho": args.rho, "lr": args.lr,
         "penalty_reach": args.penalty_reach, "steps": args.steps, "dynamic": args.dynamic,
         "dynamic_reach": args.dynamic_reach, "distill": args.distill, "allocation": args.allocation,
+        "reconstruct": args.reconstruct,
         "layers": args.layers.split(",") if args.layers else None,
         "conv1x1": args.conv1x1, "connectivity_balanced": args.balanced or None}
     knobs["oneshot"] = method_for(True if args.oneshot else False if args.admm else None, knobs)

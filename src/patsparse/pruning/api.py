@@ -1,14 +1,15 @@
 """``patsparse.prune``: the one line that pattern-prunes a user's CNN.
 
 Flow: plan layers and kernel budgets for the rate -> ADMM (pattern + connectivity) or dynamic
-masks (when asked for) -> hard prune with the final projections -> masked retraining -> verify
-the spec against the weights. The
+masks (when asked for) -> hard prune with the final projections -> refit the kept weights by
+least squares (when asked for) -> masked retraining -> verify the spec against the weights. The
 model is pruned in place and returned with ``model.patsparse_spec`` (the sparsity spec),
 ``model.patsparse_recipe`` and ``model.patsparse_history`` (per-phase losses/accuracies) attached.
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ from .layers import LayerPlan, plan_layers
 from .masks import MaskEnforcer
 from .phase import count_batches, fmt, log, train_phase
 from .projection import prune_planned
+from .reconstruct import reconstruct as refit_layers, summary as refit_summary
 from .recipe import PruneRecipe, method_for
 from .spec import check_weights, spec_masks
 
@@ -204,7 +206,7 @@ def prune(model: nn.Module, train_loader: Iterable, rate: float = 8, library: st
           device: str = "cpu", progress: bool = True, recipe: PruneRecipe | None = None,
           conv1x1: str | None = None, distill: float | None = None, allocation: str | None = None,
           dynamic: float | None = None, output: Callable[[Any], torch.Tensor] | None = None,
-          checkpoint: str | Path | None = None) -> nn.Module:
+          reconstruct: int | None = None, checkpoint: str | Path | None = None) -> nn.Module:
     """Pattern-prune ``model`` in place at a compression ``rate`` over its pruned layers and return it.
 
     ``train_loader`` is any re-iterable of ``(input, target)`` batches (cross-entropy loss).
@@ -219,6 +221,9 @@ def prune(model: nn.Module, train_loader: Iterable, rate: float = 8, library: st
     the retraining epochs with dynamic masks, re-chosen from weights that keep training (SR-STE),
     before the masks freeze. ``distill`` the weight of distillation from the unpruned model
     (0 = off), ``allocation`` how kept kernels are spread over layers ("lamp" or "uniform").
+    ``reconstruct`` (a number of training images, 0 = off) refits the kept weights after hard
+    pruning by layer-wise least squares against the unpruned network's outputs
+    (:mod:`~patsparse.pruning.reconstruct`).
     Unset knobs come from ``recipe`` (default :class:`PruneRecipe`), whose every field is
     documented. ``output`` picks the logits when
     the model's forward returns a tuple or dict. ``eval_loader`` is used for progress reports
@@ -240,7 +245,8 @@ def prune(model: nn.Module, train_loader: Iterable, rate: float = 8, library: st
                           layers=list(layers) if layers is not None else None,
                           connectivity_balanced=connectivity_balanced or None,
                           oneshot=method_for(oneshot, {"epochs": epochs, "admm_iters": admm_iters, "rho": rho}),
-                          conv1x1=conv1x1, distill=distill, allocation=allocation, dynamic=dynamic)
+                          conv1x1=conv1x1, distill=distill, allocation=allocation, dynamic=dynamic,
+                          reconstruct=reconstruct)
     lib = pattern_library(library if isinstance(library, torch.Tensor) else r.library)
     plans = plan_layers(model, r.rate, r.layers, r.conv1x1, r.connectivity_balanced,
                         allocation=r.allocation, library=lib, min_layer_keep=r.min_layer_keep)
@@ -283,7 +289,12 @@ def prune(model: nn.Module, train_loader: Iterable, rate: float = 8, library: st
                         weight_decay=r.weight_decay, warmup=r.warmup, reach=r.dynamic_reach, every=r.dynamic_every,
                         progressive=r.progressive, device=device, progress=progress, eval_loader=eval_loader,
                         history=history, distill=teacher)
+        before = copy.deepcopy(model) if r.reconstruct else None  # the refit's target
         spec = prune_planned(plans, lib, r.rate)
+        if before is not None:
+            record = refit_layers(model, before, spec, train_loader, r.reconstruct, device)
+            history.append({"phase": "reconstruct", **record})
+            log(progress, refit_summary(record))
         recalibrate_batchnorm(net, train_loader, r.bn_batches, device)
         if eval_loader is not None:
             from ..train.loop import evaluate
