@@ -98,10 +98,11 @@ def test_grouped_matches_torch(I, O, H, W, stride, pin, pout, act, residual, vl,
 @settings(max_examples=10, deadline=None, derandomize=True)
 @given(cin=st.integers(9, 30), C=st.integers(1, 24), stride=st.integers(1, 2), H=st.integers(1, 12),
        W=st.integers(1, 40), vl=st.sampled_from([4, 8, 16]), nv=st.integers(1, 4),
-       keep=st.sampled_from([0.2, 0.6]), patterns=st.booleans())
-def test_fused_pruned_expand_matches_torch(cin, C, stride, H, W, vl, nv, keep, patterns):
-    """The 1x1 + depthwise kernel with an expand pruned in virtual kernels, and a depthwise conv
-    dense or in patterns (its kept taps only: depthwise.kept_taps)."""
+       keep=st.sampled_from([0.2, 0.6]), patterns=st.booleans(), reg=st.booleans())
+def test_fused_pruned_expand_matches_torch(cin, C, stride, H, W, vl, nv, keep, patterns, reg):
+    """The 1x1 + depthwise kernel with an expand pruned in virtual kernels (the gather or the
+    register-blocked kernel), and a depthwise conv dense or in patterns (its kept taps only:
+    depthwise.kept_taps)."""
     from patsparse.compiler.codegen.depthwise import kept_taps
 
     g = torch.Generator().manual_seed(cin * 17 + C)
@@ -116,9 +117,10 @@ def test_fused_pruned_expand_matches_torch(cin, C, stride, H, W, vl, nv, keep, p
     Lin, Lout = Layout(cin, H, W, 0), Layout(C, *want.shape[1:], 1)
     sp = analyse_grouped(ew.numpy())
     kern = gen_pw_dw("pd", expand_weight=ew.numpy(), expand_bias=eb.numpy(), expand_act="relu6", stride=stride,
-                     in_layout=Lin, out_layout=Lout, act="relu6", target=width_target(vl), schedule={"nv": nv},
-                     expand_sparsity=sp, taps=kept_taps(dw.numpy()))
-    assert kern.schedule == {"nv": nv}
+                     in_layout=Lin, out_layout=Lout, act="relu6", target=width_target(vl),
+                     schedule={"nv": nv, **({"reg": 1} if reg else {})}, expand_sparsity=sp, taps=kept_taps(dw.numpy()))
+    assert kern.schedule == {"nv": nv, **({"reg": 1} if reg else {})}
+    assert ("register-blocked" in kern.code) == reg
     assert (kept_taps(dw.numpy()) is None) != patterns
     assert kern.flops == 2 * int(sp.taps_per_kernel().sum()) * H * W + \
         2 * C * (kept_taps(dw.numpy()) or 9) * want.shape[1] * want.shape[2]
