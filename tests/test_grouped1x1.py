@@ -329,13 +329,21 @@ class Block(Expand):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.last(x), 1), 1))
 
 
-def test_grouped_on_aarch64_under_qemu(tmp_path):
+def test_grouped_on_aarch64_under_qemu(tmp_path, monkeypatch):
     """The grouped kernel and the fused pruned expand (its depthwise pass on the kept taps)
-    rendered for NEON, built with the export's Makefile and run under qemu; then whole blocks
-    (expand, depthwise, project, residual in one kernel), pruned and dense."""
+    rendered for NEON, built with the export's Makefile and run under qemu, register-blocked
+    (the default on these small layers) and on the gather lists; then whole blocks (expand,
+    depthwise, project, residual in one kernel), pruned and dense."""
+    from patsparse.compiler import grouped
+
     src = _pruned_on_aarch64(Split, 4, 56, tmp_path)
     assert "grouped 1x1 conv" in src and "grouped sparse expand" in src and "4 depthwise taps per channel" in src
     assert "grouped sparse project" not in src
+    assert "register-blocked" in src
+    monkeypatch.setattr(grouped, "REGISTER_MAX_FMAS", -1)
+    src = _pruned_on_aarch64(Split, 4, 56, tmp_path / "gather")
+    assert "gather entries" in src and "register-blocked" not in src
+    monkeypatch.undo()
     src = _pruned_on_aarch64(Expand, 4, 56, tmp_path / "block")
     assert "grouped sparse expand" in src and "grouped sparse project" in src
     src = _pruned_on_aarch64(Block, None, 56, tmp_path / "dense")
