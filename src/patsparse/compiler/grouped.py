@@ -35,11 +35,14 @@ GROUPED_MAX_DENSITY = 0.33
 EXPAND_MAX_DENSITY = 0.5
 EXPAND_MAX_INPUTS = 160
 # the register-blocked kernel (codegen/grouped_reg.py) loads a group's inputs once for up to 22
-# filters, so at density 4/9 it runs 1.3-3.8x faster than the gather kernel (AVX-512, one
-# thread, MobileNet-V2 shapes; docs/bench/grouped1x1.md): layers it takes go grouped up to 0.5.
-# It is unrolled (one FMA statement per kept weight), so only layers of at most
-# REGISTER_MAX_FMAS kept weights get it (gcc needs about 25 s for that many).
-REGISTER_MAX_FMAS = 1 << 15
+# filters, and layers it takes go grouped up to density 0.5. It is unrolled, one FMA instruction
+# per kept weight, so a layer's code is as large as its weights and cold at every call of a
+# model: with layers of up to 32k weights (20-90 KB of code on 7x7-28x28 planes) MobileNet-V2
+# 2.25x ran 0.91x as fast as without it, though each such layer called back to back ran 1.3-3.8x
+# faster than the gather kernel (AVX-512, one thread, contended; docs/bench/grouped1x1.md). Small
+# layers on large planes won (32 -> 16 at 112x112: 2.1x; fused expands of 680-1500 weights:
+# 1.13x), so it takes layers of at most REGISTER_MAX_FMAS kept weights.
+REGISTER_MAX_FMAS = 2048
 REGISTER_MAX_DENSITY = 0.5
 
 
