@@ -18,7 +18,9 @@ Work split: tiles of pixels outer, filter blocks inner: a tile's input vectors a
 into a contiguous panel (GroupedEmitter) that every filter reads. Threads take whole pixel tiles
 when there are enough to share evenly, else the filter blocks by step count (ps_split, as the
 pattern kernel does). One load per FMA bounds the kernel below the dense GEMM's FLOP rate,
-which is why the compiler runs it only on sparse enough layers (compiler/grouped.py).
+which is why the compiler runs it only on sparse enough layers (compiler/grouped.py). Small
+layers run the register-blocked form instead (grouped_reg.py; schedule "reg", ``schedules``),
+where a group's input loads feed a whole block of filters.
 
 ``row_c`` renders the same reduction for one row of the fused inverted-residual kernel
 (pw_dw.py): a pruned expand conv writing its row into the ring, a pruned project conv reading
@@ -270,8 +272,8 @@ def gen_grouped1x1(name: str, weight: np.ndarray, *, stride: int = 1, padding: i
 
     The code depends on which masks the weights use (read from the weights, or ``sparsity``:
     compiler.grouped.analyse_grouped); ``pack`` of the result turns a weight with that sparsity
-    into the array the kernel reads (gather.py). ``schedule``: {"nv", "compact", "fb", "gb"}
-    (``schedules``; fb and gb optional)."""
+    into the array the kernel reads (gather.py, or regblock.py with "reg": 1). ``schedule``:
+    {"nv", "compact", "fb", "gb", "panel", "reg"} (``schedules``; all but nv and compact optional)."""
     where = where or name
     check_name(name)
     check_act(act, where)
