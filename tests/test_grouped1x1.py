@@ -79,20 +79,24 @@ def test_mobilenet_project_shape(vl, stride):
     grouped_case(I=144, O=24, H=29, W=37, stride=stride, residual=True, act="none", vl=vl)
 
 
-@settings(max_examples=20, deadline=None, derandomize=True)
+@settings(max_examples=30, deadline=None, derandomize=True)
 @given(I=st.integers(9, 40), O=st.integers(1, 20), H=st.integers(1, 12), W=st.integers(1, 40),
        stride=st.integers(1, 2), pin=st.integers(0, 2), pout=st.integers(0, 2),
        act=st.sampled_from(["none", "relu", "relu6"]), residual=st.booleans(), vl=st.sampled_from([4, 8, 16]),
        nv=st.integers(1, 6), compact=st.booleans(), gb=st.integers(1, 3), fb=st.integers(1, 4),
-       keep=st.sampled_from([0.1, 0.5, 1.0]), dense=st.sampled_from([0.0, 0.3]))
-def test_grouped_matches_torch(I, O, H, W, stride, pin, pout, act, residual, vl, nv, compact, gb, fb, keep, dense):
+       keep=st.sampled_from([0.1, 0.5, 1.0]), dense=st.sampled_from([0.0, 0.3]), reg=st.booleans())
+def test_grouped_matches_torch(I, O, H, W, stride, pin, pout, act, residual, vl, nv, compact, gb, fb, keep, dense,
+                               reg):
     """Any channel counts (short last groups included), plane, stride, halo, epilogue, tile,
-    channel blocks, filter blocks (padded when they do not divide the filters), vector width and
-    mix of pattern, dense, thin and pruned kernels; the halo stays zero."""
-    grouped_case(I=I, O=O, H=H, W=W, stride=stride, pin=pin, pout=pout, act=act, residual=residual, vl=vl,
-                 schedule={"nv": nv, "compact": int(compact or stride == 2), "gb": gb, "fb": fb}, keep=keep,
-                 dense=dense,
-                 seed=I * 131 + O * 7 + H)
+    channel blocks, filter blocks (padded when they do not divide the filters; in the
+    register-blocked kernel, up to 20 filters, the last block short), vector width and mix of
+    pattern, dense, thin and pruned kernels (a filter that keeps nothing stores its bias); the
+    halo stays zero."""
+    kern = grouped_case(I=I, O=O, H=H, W=W, stride=stride, pin=pin, pout=pout, act=act, residual=residual, vl=vl,
+                        schedule={"nv": nv, "compact": int(compact or stride == 2), "gb": gb,
+                                  "fb": 5 * fb if reg else fb, "reg": int(reg)}, keep=keep, dense=dense,
+                        seed=I * 131 + O * 7 + H + reg)
+    assert kern.schedule.get("reg", 0) == reg and ("register-blocked" in kern.code) == reg
 
 
 @settings(max_examples=10, deadline=None, derandomize=True)
@@ -485,23 +489,6 @@ def test_pattern_depthwise_default_rows():
             for s, n in ((1, 7), (1, 28), (1, 56), (2, 14))] == [3, 3, 1, 2]
     cands = [d["rows"] for d in schedules(stride=1, out_layout=Layout(8, 14, 14), taps=4)]
     assert cands[0] == 7 and sorted(cands) == [1, 2, 3, 4, 7]  # the tuner's candidates, no repeat
-
-
-@settings(max_examples=20, deadline=None, derandomize=True)
-@given(I=st.integers(9, 60), O=st.integers(1, 30), H=st.integers(1, 10), W=st.integers(1, 40),
-       stride=st.integers(1, 2), pin=st.integers(0, 2), pout=st.integers(0, 2),
-       act=st.sampled_from(["none", "relu", "relu6"]), residual=st.booleans(), vl=st.sampled_from([4, 8, 16]),
-       nv=st.integers(1, 3), compact=st.booleans(), gb=st.integers(1, 7), fb=st.integers(1, 24),
-       keep=st.sampled_from([0.1, 0.5, 1.0]), dense=st.sampled_from([0.0, 0.3]))
-def test_register_blocked_matches_torch(I, O, H, W, stride, pin, pout, act, residual, vl, nv, compact, gb, fb, keep,
-                                        dense):
-    """The register-blocked kernel (grouped_reg.py): any filter block (the last one short),
-    channel blocks (partial sums carried between them), tile, vector form and mix of pattern,
-    dense, thin and pruned kernels (a filter that keeps nothing stores its bias)."""
-    kern = grouped_case(I=I, O=O, H=H, W=W, stride=stride, pin=pin, pout=pout, act=act, residual=residual,
-                        vl=vl, schedule={"nv": nv, "compact": int(compact or stride == 2), "gb": gb, "fb": fb,
-                                         "reg": 1}, keep=keep, dense=dense, seed=I * 37 + O * 5 + W)
-    assert kern.schedule["reg"] == 1 and "register-blocked" in kern.code
 
 
 def test_register_kernel_default_below_its_size():
