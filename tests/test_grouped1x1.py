@@ -511,7 +511,7 @@ def test_register_kernel_default_below_its_size():
 @pytest.mark.parametrize("fb,gb", [(1, 1), (5, 2), (22, 9)])
 def test_register_plan_holds_every_weight_once(fb, gb):
     """Read back from the register plan (regblock.py): every (filter, channel) weight once, in
-    code order (channel blocks outer, filter blocks inner), each group loading exactly the
+    code order (filter blocks outer, channel blocks inner), each group loading exactly the
     positions its filters multiply."""
     from patsparse.compiler.regblock import reg_plan
 
@@ -520,8 +520,8 @@ def test_register_plan_holds_every_weight_once(fb, gb):
     p = reg_plan(sp, fb=fb, gb=gb)
     packed = p.pack(w, sp, 0, "layer")
     got, seen = np.zeros((13, 40), np.float32), []
-    for b in range(p.nb):
-        for k, blk in enumerate(p.filters):
+    for k, blk in enumerate(p.filters):
+        for b in range(p.nb):
             for st_ in p.steps[k][b]:
                 assert b * p.gb <= st_.group < (b + 1) * p.gb
                 assert st_.positions == tuple(sorted({q for _, q, _ in st_.fmas}))

@@ -9,9 +9,8 @@ read at most nine vectors between them. Loaded once into registers, the nine fee
 the block, the mask picking registers at compile time, so no load, offset or loop exit is paid
 per weight. No equal sparsity across filters is needed (what XNNPACK's N>1 spmm kernels require).
 
-The weights are one float array in the order the code reads them: channel blocks of ``gb``
-groups outer, filter blocks inner, then groups and filters ascending, each kernel's taps in mask
-order.
+The weights are one float array in the order the code reads them: filter blocks outer, then
+channel blocks of ``gb`` groups, groups and filters ascending, each kernel's taps in mask order.
 """
 
 from __future__ import annotations
@@ -79,8 +78,8 @@ def reg_plan(sp: LayerSparsity, *, fb: int, gb: int) -> RegPlan:
     steps: list[list[tuple[GroupStep, ...]]] = [[] for _ in filters]
     src: list[int] = []
     chan: list[int] = []
-    for b in range(nb):
-        for k, blk in enumerate(filters):
+    for k, blk in enumerate(filters):
+        for b in range(nb):
             groups = []
             for g in range(b * gb, min(G, (b + 1) * gb)):
                 fmas = []

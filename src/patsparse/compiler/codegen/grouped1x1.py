@@ -75,12 +75,11 @@ def schedules(*, stride: int, Ho: int, Wo: int, target: Target, channels: int = 
 
     Default: the register-blocked kernel on a tile of one vector when the layer's ``fmas`` (kept
     weights) make little enough code (grouped.REGISTER_MAX_FMAS); then its half-sized filter
-    block and two-vector tile. The gather kernel
-    next (the default beyond that size): row vectors are read in place (no panel) and compact
-    ones through a panel; the tile as wide as the registers and its input footprint allow
-    (panel_nv). Then the other filter block, the other side of the panel choice, L1-sized
-    channel blocks when the layer's ``channels`` overflow one, a narrower tile, the other vector
-    form."""
+    block and two-vector tile. The gather kernel next (the default beyond that size): row
+    vectors are read in place (no panel) and compact ones through a panel; the tile as wide as
+    the registers and its input footprint allow (panel_nv). Then the other filter block, the
+    other side of the panel choice, L1-sized channel blocks when the layer's ``channels``
+    overflow one, a narrower tile, the other vector form."""
     vl = target.require_cpu("grouped 1x1").lanes
     cp = use_compact(stride, Ho, Wo, vl)
     ns = _slots(Ho, Wo, vl, cp)
@@ -104,7 +103,6 @@ def schedules(*, stride: int, Ho: int, Wo: int, target: Target, channels: int = 
     if stride == 1:
         cands.append(cand(FB, not cp, not cp))
     return [dict(t) for t in dict.fromkeys(tuple(sorted(c.items())) for c in regs + cands)]
-
 
 
 def pick(cands: list[dict], schedule: dict | None) -> dict:
@@ -253,7 +251,7 @@ def emitter(name: str, plan: GatherPlan | RegPlan, *, nv: int, channels: int, vl
             panel: bool) -> GroupedEmitter | RegisterEmitter:
     """The C emitter of ``plan``'s kernel (both speak GroupedEmitter's interface)."""
     if isinstance(plan, RegPlan):
-        return RegisterEmitter(name, plan, nv=nv, vl=vl)
+        return RegisterEmitter(plan, nv=nv)
     return GroupedEmitter(name, plan, nv=nv, channels=channels, vl=vl, panel=panel)
 
 

@@ -30,22 +30,17 @@ class RegisterEmitter:
     """The C of one grouped layer's reduction over a tile of NV pixel vectors, unrolled over its
     RegPlan. Inputs are read in place. Unlike GroupedEmitter.tile, a filter block's code wraps the
     tile loop (``blocks_outer``): unrolled per weight, a layer's code outgrows the instruction
-    cache, and run per tile from L2 it was front-end bound (2.7x slower than the gather kernel)."""
+    cache, and run whole per tile it is fetched from L2 every tile: front-end bound."""
 
-    panel = False
-
-    def __init__(self, name: str, plan: RegPlan, *, nv: int, vl: int):
-        self.name, self.plan, self.nv, self.vl = name, plan, nv, vl
+    def __init__(self, plan: RegPlan, *, nv: int):
+        self.plan, self.nv = plan, nv
         self.nb, self.fb = plan.nb, plan.fb
-        self.w = nv * vl
 
     def describe(self) -> str:
         return f"register-blocked, {self.plan.size} weights in blocks of {self.fb} filters"
 
     def ld(self, src_cs: int) -> int:
         return src_cs
-
-    private_floats = 0  # no panel, no partial sums: a block's groups all run inside the tile loop
 
     def pointers(self, indent: str, base: str) -> list[str]:
         """C naming the layer's weights (``rw``) at ``base`` and its filter blocks' ``cost``."""
@@ -54,6 +49,8 @@ class RegisterEmitter:
                 indent + f"const float *restrict rw0 = {base};"]
 
     def decls(self, indent: str, at: str | None = None) -> list[str]:
+        """No scratch (GroupedEmitter's panel and partial sums): a block's groups all run
+        inside the tile loop."""
         return []
 
     def _group_c(self, st: GroupStep, n: int, src: list[str], src_cs: int) -> list[str]:
@@ -81,6 +78,8 @@ class RegisterEmitter:
         for k, blk in enumerate(p.filters):
             I = range(len(blk))
             lines += [f"if ({k} >= {k0} && {k} < {k1}) {{", *("    " + x for x in loop),
+                      # rw opaque to gcc per tile: else it hoists every weight broadcast out of
+                      # the tile loop and keeps a vector per weight on the stack
                       "    const float *restrict rw = rw0; __asm__(\"\" : \"+r\"(rw));",
                       "    vf " + ", ".join(f"a{i}_{v} = (vf){{0}}" for i in I for v in V) + ";"]
             for b in range(p.nb):
