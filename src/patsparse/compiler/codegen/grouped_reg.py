@@ -78,9 +78,9 @@ class RegisterEmitter:
         for k, blk in enumerate(p.filters):
             I = range(len(blk))
             lines += [f"if ({k} >= {k0} && {k} < {k1}) {{", *("    " + x for x in loop),
-                      # rw opaque to gcc per tile: else it hoists every weight broadcast out of
-                      # the tile loop and keeps a vector per weight on the stack
-                      "    const float *restrict rw = rw0; __asm__(\"\" : \"+r\"(rw));",
+                      # rw opaque per tile: else gcc hoists every weight broadcast out of the
+                      # tile loop and keeps a vector per weight on the stack
+                      "    const float *restrict rw = rw0; PS_OPAQUE(rw);",
                       "    vf " + ", ".join(f"a{i}_{v} = (vf){{0}}" for i in I for v in V) + ";"]
             for b in range(p.nb):
                 for st in p.steps[k][b]:
