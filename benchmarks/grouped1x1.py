@@ -81,6 +81,7 @@ def one_x_one_kernels(module, input_shape: tuple[int, ...]) -> str:
 AB_AGAINST = {
     "dense-1x1": (grouped, ("GROUPED_MAX_DENSITY", "EXPAND_MAX_DENSITY"), "1x1 convs on the dense GEMM", ""),
     "unfused-block": (lowering, ("PROJECT_MAX_WEIGHT_BYTES",), "project convs unfused", "-block"),
+    "gather": (grouped, ("REGISTER_MAX_FMAS",), "no register-blocked kernel", "-gather"),
 }
 
 

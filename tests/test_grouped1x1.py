@@ -69,6 +69,7 @@ def grouped_case(*, I, O, H, W, stride=1, pin=0, pout=1, act="relu", residual=Fa
     assert kern.flops == 2 * int(sp.taps_per_kernel().sum()) * y.shape[1] * y.shape[2]
     got = run_kernel(kern, x.numpy(), w.numpy(), b.numpy(), Lin, Lout, r.numpy() if residual else None)
     check_close(got, want)
+    return kern
 
 
 @pytest.mark.parametrize("vl", [4, 8, 16])
@@ -78,29 +79,34 @@ def test_mobilenet_project_shape(vl, stride):
     grouped_case(I=144, O=24, H=29, W=37, stride=stride, residual=True, act="none", vl=vl)
 
 
-@settings(max_examples=20, deadline=None, derandomize=True)
+@settings(max_examples=30, deadline=None, derandomize=True)
 @given(I=st.integers(9, 40), O=st.integers(1, 20), H=st.integers(1, 12), W=st.integers(1, 40),
        stride=st.integers(1, 2), pin=st.integers(0, 2), pout=st.integers(0, 2),
        act=st.sampled_from(["none", "relu", "relu6"]), residual=st.booleans(), vl=st.sampled_from([4, 8, 16]),
        nv=st.integers(1, 6), compact=st.booleans(), gb=st.integers(1, 3), fb=st.integers(1, 4),
-       keep=st.sampled_from([0.1, 0.5, 1.0]), dense=st.sampled_from([0.0, 0.3]))
-def test_grouped_matches_torch(I, O, H, W, stride, pin, pout, act, residual, vl, nv, compact, gb, fb, keep, dense):
+       keep=st.sampled_from([0.1, 0.5, 1.0]), dense=st.sampled_from([0.0, 0.3]), reg=st.booleans())
+def test_grouped_matches_torch(I, O, H, W, stride, pin, pout, act, residual, vl, nv, compact, gb, fb, keep, dense,
+                               reg):
     """Any channel counts (short last groups included), plane, stride, halo, epilogue, tile,
-    channel blocks, filter blocks (padded when they do not divide the filters), vector width and
-    mix of pattern, dense, thin and pruned kernels; the halo stays zero."""
-    grouped_case(I=I, O=O, H=H, W=W, stride=stride, pin=pin, pout=pout, act=act, residual=residual, vl=vl,
-                 schedule={"nv": nv, "compact": int(compact or stride == 2), "gb": gb, "fb": fb}, keep=keep,
-                 dense=dense,
-                 seed=I * 131 + O * 7 + H)
+    channel blocks, filter blocks (padded when they do not divide the filters; in the
+    register-blocked kernel, up to 20 filters, the last block short), vector width and mix of
+    pattern, dense, thin and pruned kernels (a filter that keeps nothing stores its bias); the
+    halo stays zero."""
+    kern = grouped_case(I=I, O=O, H=H, W=W, stride=stride, pin=pin, pout=pout, act=act, residual=residual, vl=vl,
+                        schedule={"nv": nv, "compact": int(compact or stride == 2), "gb": gb,
+                                  "fb": 5 * fb if reg else fb, "reg": int(reg)}, keep=keep, dense=dense,
+                        seed=I * 131 + O * 7 + H + reg)
+    assert kern.schedule.get("reg", 0) == reg and ("register-blocked" in kern.code) == reg
 
 
 @settings(max_examples=10, deadline=None, derandomize=True)
 @given(cin=st.integers(9, 30), C=st.integers(1, 24), stride=st.integers(1, 2), H=st.integers(1, 12),
        W=st.integers(1, 40), vl=st.sampled_from([4, 8, 16]), nv=st.integers(1, 4),
-       keep=st.sampled_from([0.2, 0.6]), patterns=st.booleans())
-def test_fused_pruned_expand_matches_torch(cin, C, stride, H, W, vl, nv, keep, patterns):
-    """The 1x1 + depthwise kernel with an expand pruned in virtual kernels, and a depthwise conv
-    dense or in patterns (its kept taps only: depthwise.kept_taps)."""
+       keep=st.sampled_from([0.2, 0.6]), patterns=st.booleans(), reg=st.booleans())
+def test_fused_pruned_expand_matches_torch(cin, C, stride, H, W, vl, nv, keep, patterns, reg):
+    """The 1x1 + depthwise kernel with an expand pruned in virtual kernels (the gather or the
+    register-blocked kernel), and a depthwise conv dense or in patterns (its kept taps only:
+    depthwise.kept_taps)."""
     from patsparse.compiler.codegen.depthwise import kept_taps
 
     g = torch.Generator().manual_seed(cin * 17 + C)
@@ -115,9 +121,10 @@ def test_fused_pruned_expand_matches_torch(cin, C, stride, H, W, vl, nv, keep, p
     Lin, Lout = Layout(cin, H, W, 0), Layout(C, *want.shape[1:], 1)
     sp = analyse_grouped(ew.numpy())
     kern = gen_pw_dw("pd", expand_weight=ew.numpy(), expand_bias=eb.numpy(), expand_act="relu6", stride=stride,
-                     in_layout=Lin, out_layout=Lout, act="relu6", target=width_target(vl), schedule={"nv": nv},
-                     expand_sparsity=sp, taps=kept_taps(dw.numpy()))
-    assert kern.schedule == {"nv": nv}
+                     in_layout=Lin, out_layout=Lout, act="relu6", target=width_target(vl),
+                     schedule={"nv": nv, **({"reg": 1} if reg else {})}, expand_sparsity=sp, taps=kept_taps(dw.numpy()))
+    assert kern.schedule == {"nv": nv, **({"reg": 1} if reg else {})}
+    assert ("register-blocked" in kern.code) == reg
     assert (kept_taps(dw.numpy()) is None) != patterns
     assert kern.flops == 2 * int(sp.taps_per_kernel().sum()) * H * W + \
         2 * C * (kept_taps(dw.numpy()) or 9) * want.shape[1] * want.shape[2]
@@ -152,10 +159,16 @@ def test_sparsity_read_from_weights(I):
 
 def test_dense_and_thin_layers_stay_dense():
     """A dense 1x1 conv, one with fewer than 9 input channels, or a project conv pruned by
-    patterns alone (4 of 9: the dense GEMM is faster there, max_density) is not a grouped
-    layer; an expand conv pruned so is."""
+    patterns alone (4 of 9) too large for the register-blocked kernel (the dense GEMM is faster
+    than the gather kernel there, max_density) is not a grouped layer; an expand conv pruned so
+    is, and so is a project conv the register-blocked kernel takes (REGISTER_MAX_DENSITY)."""
+    from patsparse.compiler import grouped
+
     g = torch.Generator().manual_seed(0)
-    assert grouped_sparsity(grouped_weight(g, 8, 27, keep=1.0, thin=0.0).numpy()) is None
+    big = grouped_weight(g, 480, 180, keep=1.0, thin=0.0).numpy()  # 38,400 kept weights
+    assert grouped.kept_weights(analyse_grouped(big)) > grouped.REGISTER_MAX_FMAS
+    assert grouped_sparsity(big) is None
+    assert grouped_sparsity(grouped_weight(g, 8, 27, keep=1.0, thin=0.0).numpy()) is not None
     assert grouped_sparsity(grouped_weight(g, 54, 27, keep=1.0, thin=0.0).numpy()) is not None
     assert grouped_sparsity(torch.randn(8, 27, 1, 1, generator=g).numpy()) is None
     assert grouped_sparsity(np.zeros((8, 8, 1, 1), np.float32)) is None
@@ -320,13 +333,21 @@ class Block(Expand):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.last(x), 1), 1))
 
 
-def test_grouped_on_aarch64_under_qemu(tmp_path):
+def test_grouped_on_aarch64_under_qemu(tmp_path, monkeypatch):
     """The grouped kernel and the fused pruned expand (its depthwise pass on the kept taps)
-    rendered for NEON, built with the export's Makefile and run under qemu; then whole blocks
-    (expand, depthwise, project, residual in one kernel), pruned and dense."""
+    rendered for NEON, built with the export's Makefile and run under qemu, register-blocked
+    (the default on these small layers) and on the gather lists; then whole blocks (expand,
+    depthwise, project, residual in one kernel), pruned and dense."""
+    from patsparse.compiler import grouped
+
     src = _pruned_on_aarch64(Split, 4, 56, tmp_path)
     assert "grouped 1x1 conv" in src and "grouped sparse expand" in src and "4 depthwise taps per channel" in src
     assert "grouped sparse project" not in src
+    assert "register-blocked" in src
+    monkeypatch.setattr(grouped, "REGISTER_MAX_FMAS", -1)
+    src = _pruned_on_aarch64(Split, 4, 56, tmp_path / "gather")
+    assert "gather entries" in src and "register-blocked" not in src
+    monkeypatch.undo()
     src = _pruned_on_aarch64(Expand, 4, 56, tmp_path / "block")
     assert "grouped sparse expand" in src and "grouped sparse project" in src
     src = _pruned_on_aarch64(Block, None, 56, tmp_path / "dense")
@@ -468,3 +489,45 @@ def test_pattern_depthwise_default_rows():
             for s, n in ((1, 7), (1, 28), (1, 56), (2, 14))] == [3, 3, 1, 2]
     cands = [d["rows"] for d in schedules(stride=1, out_layout=Layout(8, 14, 14), taps=4)]
     assert cands[0] == 7 and sorted(cands) == [1, 2, 3, 4, 7]  # the tuner's candidates, no repeat
+
+
+def test_register_kernel_default_below_its_size():
+    """The register-blocked kernel is the default up to REGISTER_MAX_FMAS kept weights (the
+    gather kernel beyond), and a schedule naming no "reg" keeps the gather kernel."""
+    from patsparse.compiler import grouped
+    from patsparse.compiler.codegen import grouped1x1
+
+    t = width_target(16)
+    small = schedules(stride=1, Ho=14, Wo=14, target=t, channels=96, fmas=500)
+    assert small[0]["reg"] == 1 and small[0]["nv"] == 1 and any("reg" not in c for c in small)
+    big = schedules(stride=1, Ho=14, Wo=14, target=t, channels=96, fmas=grouped.REGISTER_MAX_FMAS + 1)
+    assert all("reg" not in c for c in big)
+    assert grouped1x1.pick(small, {"nv": 2})["fb"] == grouped1x1.FB
+    assert "reg" not in grouped1x1.pick(small, {"nv": 2})
+    kern = grouped_case(I=40, O=20, H=6, W=7, vl=16)
+    assert kern.schedule["reg"] == 1
+
+
+@pytest.mark.parametrize("fb,gb", [(1, 1), (5, 2), (22, 9)])
+def test_register_plan_holds_every_weight_once(fb, gb):
+    """Read back from the register plan (regblock.py): every (filter, channel) weight once, in
+    code order (filter blocks outer, channel blocks inner), each group loading exactly the
+    positions its filters multiply."""
+    from patsparse.compiler.regblock import reg_plan
+
+    w = grouped_weight(torch.Generator().manual_seed(fb + gb), 13, 40, keep=0.4, dense=0.2).numpy()
+    sp = analyse_grouped(w)
+    p = reg_plan(sp, fb=fb, gb=gb)
+    packed = p.pack(w, sp, 0, "layer")
+    got, seen = np.zeros((13, 40), np.float32), []
+    for k, blk in enumerate(p.filters):
+        for b in range(p.nb):
+            for st_ in p.steps[k][b]:
+                assert b * p.gb <= st_.group < (b + 1) * p.gb
+                assert st_.positions == tuple(sorted({q for _, q, _ in st_.fmas}))
+                for i, q, s in st_.fmas:
+                    got[blk[i], 9 * st_.group + q] += packed[s]
+                    seen.append(s)
+    assert seen == list(range(p.size))
+    np.testing.assert_array_equal(got, w.reshape(13, 40))
+    assert p.cost()[-1] == p.size == int(sp.taps_per_kernel().sum())

@@ -113,14 +113,17 @@ def test_inverted_residual_block(vl, stride, residual):
        H=st.integers(1, 9), W=st.integers(1, 40), pin=st.integers(0, 1), pout=st.integers(0, 2),
        residual=st.booleans(), vl=st.sampled_from([4, 8, 16]), pact=st.sampled_from(["none", "relu"]),
        expand=st.sampled_from([None, 0.2, 0.6]), project=st.sampled_from([None, 0.2, 0.6]), taps=st.booleans(),
-       tile=st.integers(1, 4))
+       tile=st.integers(1, 4), reg=st.booleans())
 def test_fused_block_matches_torch(cin, C, Cp, stride, H, W, pin, pout, residual, vl, pact, expand, project,
-                                   taps, tile):
-    """Any block shape: dense or pruned expand and project convs (grouped row reductions), dense
-    or pattern depthwise, residual or not, the project's tile ("pmr"/"pnr" or "pnv") varied."""
+                                   taps, tile, reg):
+    """Any block shape: dense or pruned expand and project convs (grouped row reductions: the
+    gather or the register-blocked kernel), dense or pattern depthwise, residual or not, the
+    project's tile ("pmr"/"pnr" or "pnv") varied."""
     if residual and stride != 1:
         return
-    schedule = {"pnv": tile} if project else {"pmr": tile + 1, "pnr": tile}
+    schedule = {"pnv": tile, "preg": int(reg)} if project else {"pmr": tile + 1, "pnr": tile}
+    if expand:
+        schedule.update({"nv": tile, "reg": int(reg)})
     block_case(cin=cin, C=C, Cp=Cp, stride=stride, H=H, W=W, pin=pin, pout=pout, residual=residual, vl=vl,
                pact=pact, schedule=schedule, expand_keep=expand, project_keep=project, taps=taps, seed=C * 7 + Cp)
 

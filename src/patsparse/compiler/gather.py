@@ -50,6 +50,15 @@ def filter_channels(sp: LayerSparsity) -> list[np.ndarray]:
     return out
 
 
+def checked_rows(weight: np.ndarray, sp: LayerSparsity, where: str) -> np.ndarray:
+    """A (O, I, 1, 1) ``weight`` as (O, I) float32 rows, an InputError naming the kernel if it
+    has a non-zero outside the sparsity ``sp`` (the code would drop it)."""
+    w = np.asarray(weight, dtype=np.float32).reshape(weight.shape[0], -1)
+    check_masks(sp, np.pad(w, ((0, 0), (0, 9 * sp.kernel_mask.shape[1] - w.shape[1])))
+                .reshape(sp.kernel_mask.shape + (9,)), where)
+    return w
+
+
 @dataclass(frozen=True)
 class GatherPlan:
     """Which entry of the weight each step reads, and the sections' offsets (in floats)."""
@@ -78,9 +87,7 @@ class GatherPlan:
     def pack(self, weight: np.ndarray, sp: LayerSparsity, panel_ld: int, where: str) -> np.ndarray:
         """The layer's array for a (O, I, 1, 1) ``weight`` with sparsity ``sp``; a tile's panel
         holds input channel c of channel block b at (c - 9 gb b) * ``panel_ld`` floats."""
-        w = np.asarray(weight, dtype=np.float32).reshape(weight.shape[0], -1)
-        check_masks(sp, np.pad(w, ((0, 0), (0, 9 * sp.kernel_mask.shape[1] - w.shape[1])))
-                    .reshape(sp.kernel_mask.shape + (9,)), where)
+        w = checked_rows(weight, sp, where)
         if (9 * self.gb * panel_ld) >= MAX_PANEL:
             raise UnsupportedError(f"{where}: a panel of {9 * self.gb * panel_ld} floats is too large")
         out = np.zeros(self.size, dtype=np.float32)

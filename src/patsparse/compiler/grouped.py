@@ -34,12 +34,27 @@ from .reorder import LayerSparsity, analyse
 GROUPED_MAX_DENSITY = 0.33
 EXPAND_MAX_DENSITY = 0.5
 EXPAND_MAX_INPUTS = 160
+# the register-blocked kernel (codegen/grouped_reg.py) loads a group's inputs once for up to 22
+# filters, and layers it takes go grouped up to density 0.5. It is unrolled, one FMA instruction
+# per kept weight, so a layer's code is as large as its weights and cold at every call of a
+# model: with layers of up to 32k weights (20-90 KB of code on 7x7-28x28 planes) MobileNet-V2
+# 2.25x ran 0.91x as fast as without it, though each such layer called back to back ran 1.3-3.8x
+# faster than the gather kernel (AVX-512, one thread, contended; docs/bench/grouped1x1.md). Small
+# layers on large planes won (32 -> 16 at 112x112: 2.1x; fused expands of 680-1500 weights:
+# 1.13x), so it takes layers of at most REGISTER_MAX_FMAS kept weights.
+REGISTER_MAX_FMAS = 2048
+REGISTER_MAX_DENSITY = 0.5
 
 
 def max_density(out_channels: int, in_channels: int) -> float:
     """The density up to which a (out, in, 1, 1) conv runs the grouped kernel (see above)."""
     expand = out_channels >= 2 * in_channels and in_channels <= EXPAND_MAX_INPUTS
     return EXPAND_MAX_DENSITY if expand else GROUPED_MAX_DENSITY
+
+
+def register_ok(fmas: int, nv: int = 1) -> bool:
+    """Whether a layer of ``fmas`` kept weights gets the register-blocked kernel at tile ``nv``."""
+    return 0 < fmas * nv <= REGISTER_MAX_FMAS
 
 
 def virtual_weight(weight: np.ndarray, where: str = "conv") -> np.ndarray:
@@ -72,14 +87,21 @@ def analyse_grouped(weight: np.ndarray, where: str = "conv") -> LayerSparsity:
 
 def grouped_density(sp: LayerSparsity, in_channels: int) -> float:
     """Share of a layer's dense products the grouped kernel computes."""
-    return float(sp.taps_per_kernel().sum()) / max(1, sp.kernel_mask.shape[0] * in_channels)
+    return kept_weights(sp) / max(1, sp.kernel_mask.shape[0] * in_channels)
+
+
+def kept_weights(sp: LayerSparsity | None) -> int:
+    """Products per pixel of a layer with grouped sparsity ``sp`` (its kept weights); 0 for None."""
+    return 0 if sp is None else int(sp.taps_per_kernel().sum())
 
 
 def grouped_sparsity(weight: np.ndarray, where: str = "conv") -> LayerSparsity | None:
     """The virtual-kernel sparsity of a 1x1 weight when the grouped kernel should run it (at
-    least 9 input channels, density at most ``max_density``), else None (dense path)."""
+    least 9 input channels, density at most ``max_density``, or REGISTER_MAX_DENSITY for a layer
+    the register-blocked kernel takes), else None (dense path)."""
     w = np.asarray(weight)
     if w.ndim != 4 or w.shape[2:] != (1, 1) or w.shape[1] < GROUP:
         return None
     sp = analyse_grouped(w, where)
-    return sp if grouped_density(sp, w.shape[1]) <= max_density(*w.shape[:2]) else None
+    limit = max(max_density(*w.shape[:2]), REGISTER_MAX_DENSITY if register_ok(kept_weights(sp)) else 0.0)
+    return sp if grouped_density(sp, w.shape[1]) <= limit else None

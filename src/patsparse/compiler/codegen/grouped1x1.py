@@ -18,7 +18,9 @@ Work split: tiles of pixels outer, filter blocks inner: a tile's input vectors a
 into a contiguous panel (GroupedEmitter) that every filter reads. Threads take whole pixel tiles
 when there are enough to share evenly, else the filter blocks by step count (ps_split, as the
 pattern kernel does). One load per FMA bounds the kernel below the dense GEMM's FLOP rate,
-which is why the compiler runs it only on sparse enough layers (compiler/grouped.py).
+which is why the compiler runs it only on sparse enough layers (compiler/grouped.py). Small
+layers run the register-blocked form instead (grouped_reg.py; schedule "reg", ``schedules``),
+where a group's input loads feed a whole block of filters.
 
 ``row_c`` renders the same reduction for one row of the fused inverted-residual kernel
 (pw_dw.py): a pruned expand conv writing its row into the ring, a pruned project conv reading
@@ -31,13 +33,15 @@ import numpy as np
 
 from ...errors import InputError, UnsupportedError
 from ..gather import GatherPlan, gather_plan
-from ..grouped import analyse_grouped, virtual_weight
+from ..grouped import analyse_grouped, kept_weights, register_ok, virtual_weight
 from ..layout import Layout
+from ..regblock import RegPlan, reg_plan
 from ..reorder import LayerSparsity
 from ..target import Target
 from .access import compact_access, compact_rows_c
 from .base import GeneratedKernel, act_c
 from .common import check_act, check_layouts, check_name, conv_out_size, helpers_c
+from .grouped_reg import RegisterEmitter, reg_fb
 from .igemm import COMPACT_MAX_SHARE, _slots
 from .pattern_conv.shared import support_c
 
@@ -63,14 +67,19 @@ def use_compact(stride: int, Ho: int, Wo: int, vl: int) -> bool:
     return stride != 1 or _slots(Ho, Wo, vl, True) <= COMPACT_MAX_SHARE * _slots(Ho, Wo, vl)
 
 
-def schedules(*, stride: int, Ho: int, Wo: int, target: Target, channels: int = 0) -> list[dict]:
+def schedules(*, stride: int, Ho: int, Wo: int, target: Target, channels: int = 0, fmas: int = 0) -> list[dict]:
     """Candidate schedules, the default first: {"nv": tile vectors, "compact": 0 or 1, "fb":
-    filters per step, "panel": 0 or 1, and "gb" where it differs from default_gb}.
+    filters per step, "panel": 0 or 1, and "gb" where it differs from default_gb}, or with
+    "reg": 1 the register-blocked kernel's (grouped_reg.py; "gb" there: one channel block unless
+    given).
 
-    Default: row vectors are read in place (no panel) and compact ones through a panel; the
-    tile as wide as the registers and its input footprint allow (panel_nv). Then the other filter
-    block, the other side of the panel choice, L1-sized channel blocks when the layer's
-    ``channels`` overflow one, a narrower tile, the other vector form."""
+    Default: the register-blocked kernel on a tile of one vector when the layer's ``fmas`` (kept
+    weights) make little enough code (grouped.REGISTER_MAX_FMAS); then its half-sized filter
+    block and two-vector tile. The gather kernel next (the default beyond that size): row
+    vectors are read in place (no panel) and compact ones through a panel; the tile as wide as
+    the registers and its input footprint allow (panel_nv). Then the other filter block, the
+    other side of the panel choice, L1-sized channel blocks when the layer's ``channels``
+    overflow one, a narrower tile, the other vector form."""
     vl = target.require_cpu("grouped 1x1").lanes
     cp = use_compact(stride, Ho, Wo, vl)
     ns = _slots(Ho, Wo, vl, cp)
@@ -79,6 +88,11 @@ def schedules(*, stride: int, Ho: int, Wo: int, target: Target, channels: int = 
         nv = balanced_nv(_slots(Ho, Wo, vl, compact), panel_nv(channels, target, fb))
         return {"nv": nv, "compact": int(compact), "fb": fb, "panel": int(panel)}
 
+    def reg(nv: int, fb: int) -> dict:
+        return {"nv": nv, "compact": int(cp), "fb": fb, "panel": 0, "reg": 1}
+
+    regs = [reg(nv, fb) for nv, fb in ((1, reg_fb(1, target)), (1, reg_fb(1, target) // 2), (2, reg_fb(2, target)))
+            if register_ok(fmas, nv)]
     first = cand(FB, cp)
     cands = [first, cand(2 * FB, cp), cand(FB, not cp)]
     for c in cands[:2]:
@@ -88,7 +102,15 @@ def schedules(*, stride: int, Ho: int, Wo: int, target: Target, channels: int = 
     cands.append({**first, "nv": max(1, min(first["nv"], ns) // 2)})
     if stride == 1:
         cands.append(cand(FB, not cp, not cp))
-    return [dict(t) for t in dict.fromkeys(tuple(sorted(c.items())) for c in cands)]
+    return [dict(t) for t in dict.fromkeys(tuple(sorted(c.items())) for c in regs + cands)]
+
+
+def pick(cands: list[dict], schedule: dict | None) -> dict:
+    """``schedule`` over the first of ``cands`` of its kind: a schedule that names no "reg" but
+    other keys is the gather kernel's (schedules written before the register kernel stay so)."""
+    s = dict(schedule or {})
+    want = int(s.get("reg", 0 if s else cands[0].get("reg", 0)))
+    return {**next((c for c in cands if int(c.get("reg", 0)) == want), cands[0]), **s}
 
 
 def panel_nv(channels: int, target: Target, fb: int = FB) -> int:
@@ -140,6 +162,13 @@ class GroupedEmitter:
         if not panel and plan.nb > 1:
             raise InputError(f"{name}: channel blocks need the panel")
         self.w = nv * vl  # floats per channel in the panel
+
+    def pointers(self, indent: str, base: str) -> list[str]:
+        """C naming the sections of the layer packed at ``base`` (``cost`` among them)."""
+        return sections_c(self.plan.offsets, indent, base)
+
+    def describe(self) -> str:
+        return f"{int(self.plan.seg[-1]) * self.fb} gather entries in blocks of {self.fb} filters"
 
     def ld(self, src_cs: int) -> int:
         """Floats between two input channels where the steps read them: ``panel_ld`` to pack with."""
@@ -200,21 +229,35 @@ class GroupedEmitter:
         return [indent + x for x in lines]
 
 
-def layer_plan(sp: LayerSparsity, sched: dict, target: Target, where: str) -> GatherPlan:
+def layer_plan(sp: LayerSparsity, sched: dict, target: Target, where: str) -> GatherPlan | RegPlan:
     """The gather lists of a layer with sparsity ``sp`` for a schedule {"nv", "fb", "gb",
-    "panel"} (all but nv optional: FB, default_gb, 1; without the panel, one channel block)."""
+    "panel"} (all but nv optional: FB, default_gb, 1; without the panel, one channel block), or
+    with "reg": 1 its register blocks ("fb" default reg_fb, "gb" default one channel block)."""
     try:
-        nv, fb = int(sched["nv"]), int(sched.get("fb", FB))
-        gb = int(sched.get("gb", default_gb(nv, target))) if int(sched.get("panel", 1)) else sp.kernel_mask.shape[1]
+        nv, reg = int(sched["nv"]), int(sched.get("reg", 0))
+        fb = int(sched.get("fb", reg_fb(nv, target) if reg else FB))
+        gb = int(sched.get("gb", default_gb(nv, target))) if int(sched.get("panel", 1)) and not reg else \
+            int(sched.get("gb", sp.kernel_mask.shape[1]) if reg else sp.kernel_mask.shape[1])
     except (KeyError, TypeError, ValueError):
-        raise InputError(f"{where}: schedule must have integer 'nv' (and 'fb', 'gb'), got {sched!r}") from None
-    if not (1 <= nv <= 16 and 1 <= fb <= 8 and gb >= 1):
-        raise InputError(f"{where}: schedule nv={nv}, fb={fb} or gb={gb} out of range (1..16, 1..8, >= 1)")
-    return gather_plan(sp, fb=fb, gb=gb)
+        raise InputError(f"{where}: schedule must have integer 'nv' (and 'fb', 'gb', 'reg'), got {sched!r}") from None
+    top = 32 if reg else 8
+    if not (1 <= nv <= 16 and 1 <= fb <= top and gb >= 1 and reg in (0, 1)):
+        raise InputError(f"{where}: schedule nv={nv}, fb={fb}, gb={gb} or reg={reg} out of range "
+                         f"(1..16, 1..{top}, >= 1, 0 or 1)")
+    return reg_plan(sp, fb=fb, gb=gb) if reg else gather_plan(sp, fb=fb, gb=gb)
 
 
-def pack_grouped(gp: GatherPlan, sp: LayerSparsity, weight: np.ndarray, panel_ld: int, where: str) -> np.ndarray:
-    """A (O, I, 1, 1) weight with sparsity ``sp`` (analyse_grouped) in ``gp``'s gather lists."""
+def emitter(name: str, plan: GatherPlan | RegPlan, *, nv: int, channels: int, vl: int,
+            panel: bool) -> GroupedEmitter | RegisterEmitter:
+    """The C emitter of ``plan``'s kernel (both speak GroupedEmitter's interface)."""
+    if isinstance(plan, RegPlan):
+        return RegisterEmitter(plan, nv=nv)
+    return GroupedEmitter(name, plan, nv=nv, channels=channels, vl=vl, panel=panel)
+
+
+def pack_grouped(gp: GatherPlan | RegPlan, sp: LayerSparsity, weight: np.ndarray, panel_ld: int,
+                 where: str) -> np.ndarray:
+    """A (O, I, 1, 1) weight with sparsity ``sp`` (analyse_grouped) in ``gp``'s form."""
     virtual_weight(weight, where)  # the shape checks
     return gp.pack(np.asarray(weight, np.float32), sp, panel_ld, where)
 
@@ -227,8 +270,8 @@ def gen_grouped1x1(name: str, weight: np.ndarray, *, stride: int = 1, padding: i
 
     The code depends on which masks the weights use (read from the weights, or ``sparsity``:
     compiler.grouped.analyse_grouped); ``pack`` of the result turns a weight with that sparsity
-    into the array the kernel reads (gather.py). ``schedule``: {"nv", "compact", "fb", "gb"}
-    (``schedules``; fb and gb optional)."""
+    into the array the kernel reads (gather.py, or regblock.py with "reg": 1). ``schedule``:
+    {"nv", "compact", "fb", "gb", "panel", "reg"} (``schedules``; all but nv and compact optional)."""
     where = where or name
     check_name(name)
     check_act(act, where)
@@ -242,10 +285,12 @@ def gen_grouped1x1(name: str, weight: np.ndarray, *, stride: int = 1, padding: i
     H, W = in_layout.H, in_layout.W
     Ho, Wo = (conv_out_size(n, 1, stride, 0, where) for n in (H, W))
     check_layouts(where, in_layout, out_layout, (I, H, W), (O, Ho, Wo))
-    sched = {**schedules(stride=stride, Ho=Ho, Wo=Wo, target=target, channels=I)[0], **(schedule or {})}
+    fmas = kept_weights(sp)
+    sched = pick(schedules(stride=stride, Ho=Ho, Wo=Wo, target=target, channels=I, fmas=fmas), schedule)
     gp = layer_plan(sp, sched, target, where)
     try:
-        nv, compact, panel = int(sched["nv"]), bool(int(sched["compact"])), bool(int(sched.get("panel", 1)))
+        nv, compact = int(sched["nv"]), bool(int(sched["compact"]))
+        panel = bool(int(sched.get("panel", 1))) and not isinstance(gp, RegPlan)
     except (KeyError, TypeError, ValueError):
         raise InputError(f"{where}: schedule must have integer 'nv' and 'compact' (and 'panel'), "
                          f"got {schedule!r}") from None
@@ -257,7 +302,7 @@ def gen_grouped1x1(name: str, weight: np.ndarray, *, stride: int = 1, padding: i
         cs, scratch, prep = cacc.cs, cacc.scratch, cacc.prep
     else:
         cs, scratch, prep = L.ps, "", ""
-    em = GroupedEmitter(name, gp, nv=nv, channels=I, vl=vl, panel=panel)
+    em = emitter(name, gp, nv=nv, channels=I, vl=vl, panel=panel)
     ns = _slots(Ho, Wo, vl, compact)
     V = range(nv)
     slots = []
@@ -283,15 +328,17 @@ def gen_grouped1x1(name: str, weight: np.ndarray, *, stride: int = 1, padding: i
             stores.append(f"    vf y = {act_c(act, val)}; if (w0{v} == LASTW) y = vand(y, tm); vstore(op + o, y);")
         stores.append("}")
     NFB = gp.blocks
+    loop, xs = ["        for (int pt = t0; pt < t1; pt++) {", *slots], [f"x{v}" for v in V]
+    body = (em.blocks_outer(loop, xs, cs, "f0", "f1", stores, " " * 8) if isinstance(em, RegisterEmitter) else
+            [*loop, *em.tile(xs, cs, "f0", "f1", stores, " " * 12), "        }"])
     code = helpers_c(target) + support_c(target) + "\n".join([
         f"/* ---- {name}: grouped 1x1 conv /{stride}, {I}->{O} ch ({sp.kernel_mask.shape[1]} virtual 3x3 "
-        f"kernels per filter), {H}x{W} -> {Ho}x{Wo}, {len(sp.masks)} masks, {int(gp.seg[-1]) * gp.fb} gather "
-        f"entries in blocks of {gp.fb} filters, tile {nv} {'plane' if compact else 'row'} vectors, "
-        f"{em.nb} blocks of {em.gb} groups */",
+        f"kernels per filter), {H}x{W} -> {Ho}x{Wo}, {len(sp.masks)} masks, {em.describe()}, "
+        f"tile {nv} {'plane' if compact else 'row'} vectors, {em.nb} blocks of {gp.gb} groups */",
         f'_Static_assert(VL == {vl}, "{name} was generated for {vl}-float vectors; regenerate it on this machine");',
         f"static void {name}(const float *restrict in, float *restrict out,",
         "    const float *restrict w, const float *restrict bias, const float *restrict res) {",
-        *sections_c(gp.offsets),
+        *em.pointers("    ", "w"),
         "    (void)res;",
         f"    enum {{ NVW = ({Wo} + VL - 1) / VL, NPT = ({ns} + {nv - 1}) / {nv}, LASTW = (NVW - 1) * VL }};",
         f"    const vi tm = vtailmask({Wo} - LASTW); (void)tm;{scratch}",
@@ -301,20 +348,17 @@ def gen_grouped1x1(name: str, weight: np.ndarray, *, stride: int = 1, padding: i
         f"        int t0 = 0, t1 = NPT, f0 = 0, f1 = {NFB};",
         "        if (NPT % nt == 0 || NPT >= 4 * nt) { t0 = NPT * t / nt; t1 = NPT * (t + 1) / nt; }",
         f"        else {{ f0 = ps_split(cost, {NFB}, t, nt); f1 = ps_split(cost, {NFB}, t + 1, nt); }}",
-        "        for (int pt = t0; pt < t1; pt++) {",
-        *slots,
-        *em.tile([f"x{v}" for v in V], cs, "f0", "f1", stores, " " * 12),
-        "        }",
+        *body,
         "    }",
         "}", ""])
 
     def pack(wt: np.ndarray) -> np.ndarray:
         return pack_grouped(gp, sp, wt, em.ld(cs), where)
 
-    flops = 2 * int(sp.taps_per_kernel().sum()) * Ho * Wo
+    flops = 2 * fmas * Ho * Wo
     return GeneratedKernel(name=name, code=code, target=target, pack=pack, flops=flops,
-                           schedule={"nv": nv, "compact": int(compact), "fb": gp.fb, "gb": em.gb,
-                                                     "panel": int(panel), "vl": vl})
+                           schedule={"nv": nv, "compact": int(compact), "fb": gp.fb, "gb": gp.gb,
+                                     "panel": int(panel), "vl": vl, **({"reg": 1} if isinstance(gp, RegPlan) else {})})
 
 
 def row_nv(W: int, target: Target) -> int:
@@ -322,17 +366,17 @@ def row_nv(W: int, target: Target) -> int:
     return balanced_nv(-(-W // target.require_cpu("grouped 1x1").lanes), max_nv(target))
 
 
-def row_c(name: str, gp: GatherPlan, *, nv: int, W: int, cin: int, cs: int, src: str, dst: str, dst_ld: int,
+def row_c(name: str, gp: GatherPlan | RegPlan, *, nv: int, W: int, cin: int, cs: int, src: str, dst: str, dst_ld: int,
           bias_at: int, act: str, target: Target, tail: str, res: str | None = None, base: str = "w") -> list[str]:
     """C block computing one row of a grouped 1x1 conv inside a fused kernel (pw_dw.py: the
     pruned expand writing a ring row, the pruned project reading the depthwise row). It reads
     ``src`` (input channel 0 of the row, ``cin`` channels ``cs`` apart) and writes output channel
     oc's row of ``act(conv + bias [+ residual])`` at ``dst + oc * dst_ld``, the residual read at
     ``res + oc * dst_ld``, lanes past ``W`` zeroed by the mask ``tail``. The layer is packed at
-    ``base`` (``pack_grouped`` with ``gp``, channels ``cs`` apart, no panel), its bias at
-    ``w + bias_at``."""
+    ``base`` (``pack_grouped`` with ``gp``, channels ``cs`` apart, no panel; register blocks in one
+    channel block), its bias at ``w + bias_at``."""
     vl = target.require_cpu(name).lanes
-    em = GroupedEmitter(name, gp, nv=nv, channels=cin, vl=vl, panel=False)
+    em = emitter(name, gp, nv=nv, channels=cin, vl=vl, panel=False)
     nvw = -(-W // vl)
     V = range(nv)
     loop = [f"for (int vt = 0; vt < {-(-nvw // nv)}; vt++) {{"]
@@ -345,6 +389,9 @@ def row_c(name: str, gp: GatherPlan, *, nv: int, W: int, cin: int, cs: int, src:
         val = f"sum{v} + eb" + (f" + vload({res} + {at})" if res else "")
         store.append(f"if (ok{v}) {{ vf y = {act_c(act, val)}; if (v{v} == {nvw - 1}) y = vand(y, {tail});"
                      f" vstore({dst} + {at}, y); }}")
-    loop += em.tile([f"x{v}" for v in V], cs, "0", str(gp.blocks), store, "    ")
-    loop.append("}")
-    return ["{", *sections_c(gp.offsets, base=base), *("    " + x for x in loop), "}"]
+    xs = [f"x{v}" for v in V]
+    if isinstance(em, RegisterEmitter):
+        loop = em.blocks_outer(loop, xs, cs, "0", str(gp.blocks), store, "")
+    else:
+        loop += [*em.tile(xs, cs, "0", str(gp.blocks), store, "    "), "}"]
+    return ["{", *em.pointers("    ", base), *("    " + x for x in loop), "}"]

@@ -19,7 +19,7 @@ from typing import Callable
 
 from ...errors import UnsupportedError
 from ..ir import Node
-from ..grouped import grouped_sparsity
+from ..grouped import grouped_sparsity, kept_weights
 from ..reorder import analyse
 from ..target import Target
 from . import (channels, channelwise, conv_pool, dense_conv, depthwise, gemm, grouped1x1, movement, pool, pw_dw,
@@ -149,7 +149,7 @@ def _grouped_generate(step: Step, schedule: dict | None, target: Target, threads
 def _grouped_candidates(step: Step, target: Target, threads: int | None) -> list[dict]:
     o = step.out_layout
     return grouped1x1.schedules(stride=step.node.attrs["stride"], Ho=o.H, Wo=o.W, target=target,
-                                channels=step.in_layout.C)[:MAX_CANDIDATES]
+                                channels=step.in_layout.C, fmas=kept_weights(step.sparsity))[:MAX_CANDIDATES]
 
 
 # ---- dense convs ------------------------------------------------------------------------------
@@ -198,7 +198,7 @@ def _pw_dw_generate(step: Step, schedule: dict | None, target: Target, threads: 
 
 def _pw_dw_candidates(step: Step, target: Target, threads: int | None) -> list[dict]:
     return pw_dw.tiles(step.node.params["expand_weight"].shape[0], step.in_layout.W, step.in_layout.C, target,
-                       grouped=step.sparsity is not None)[:MAX_CANDIDATES]
+                       grouped=step.sparsity is not None, fmas=kept_weights(step.sparsity))[:MAX_CANDIDATES]
 
 
 def _depthwise_matches(node: Node) -> dict | None:

@@ -42,22 +42,27 @@ from .base import GeneratedKernel, act_c
 from .common import (check_act, check_layout_types, check_layouts, check_name, check_positive,
                      check_weight, conv_out_size, helpers_c, ring_rows_c, VECTOR_LOAD)
 from .depthwise import pack_taps
-from .grouped1x1 import layer_plan, max_nv, pack_grouped, row_c, row_nv
+from .grouped1x1 import layer_plan, max_nv, pack_grouped, pick, row_c, row_nv
 from .igemm import fma_step, pack_tiles, schedules as igemm_schedules
+from ..grouped import kept_weights, register_ok
 from ..reorder import LayerSparsity
 
 
-def tiles(cout: int, W: int, cin: int, target: Target, grouped: bool = False) -> list[dict]:
+def tiles(cout: int, W: int, cin: int, target: Target, grouped: bool = False, fmas: int = 0) -> list[dict]:
     """The implicit GEMM's row-vector tiles for one expanded row (a 1 x W plane), best first;
-    for a pruned expand (``grouped``), the grouped kernel's tile widths."""
+    for a pruned expand (``grouped``), the grouped kernel's tile widths, after its
+    register-blocked form on one vector where the layer's ``fmas`` (kept weights) allow it
+    (grouped.REGISTER_MAX_FMAS)."""
     if grouped:
         nv = row_nv(W, target)
-        return [{"nv": n} for n in dict.fromkeys((nv, min(max_nv(target), -(-W // target.require_cpu("pw_dw").lanes))))]
+        reg = [{"nv": 1, "reg": 1}] if register_ok(fmas) else []
+        lanes = target.require_cpu("pw_dw").lanes
+        return reg + [{"nv": n} for n in dict.fromkeys((nv, min(max_nv(target), -(-W // lanes))))]
     return [d for d in igemm_schedules(cout=cout, Ho=1, Wo=W, cin=cin, k=1, target=target) if "mr" in d]
 
 
-def default_tile(cout: int, W: int, cin: int, target: Target, grouped: bool = False) -> dict:
-    return tiles(cout, W, cin, target, grouped)[0]
+def default_tile(cout: int, W: int, cin: int, target: Target, grouped: bool = False, fmas: int = 0) -> dict:
+    return tiles(cout, W, cin, target, grouped, fmas)[0]
 
 
 @dataclass(frozen=True)
@@ -97,12 +102,14 @@ def _row_conv(weight: np.ndarray, bias: np.ndarray, act: str, sp: LayerSparsity 
         nv = int(sched.get("nv", 0))
         if not 1 <= nv <= 16:
             raise InputError(f"{where}: tile nv={nv} out of range (1..16)")
-        gp = layer_plan(sp, {"nv": nv, "panel": 0}, target, where)
+        reg = {"reg": 1} if int(sched.get("reg", 0)) else {}
+        gp = layer_plan(sp, {"nv": nv, "panel": 0, **reg}, target, where)
         packed = pack_grouped(gp, sp, weight, cs, where)
         code = row_c(where, gp, nv=nv, W=W, cin=cin, cs=cs, src=src, dst=dst, dst_ld=dst_ld,
                      bias_at=at + packed.size, act=act, target=target, tail=tail, res=res, base=f"w + {at}")
-        out = {"nv": nv}, f"grouped sparse {role} ({len(sp.masks)} masks), tile {nv} row vectors", \
-            int(sp.taps_per_kernel().sum())
+        form = ", register-blocked" if reg else ""
+        out = {"nv": nv, **reg}, f"grouped sparse {role} ({len(sp.masks)} masks{form}), tile {nv} row vectors", \
+            kept_weights(sp)
     else:
         mr, nr = int(sched.get("mr", 0)), int(sched.get("nr", 0))
         if not (1 <= mr <= 32 and 1 <= nr <= 16):
@@ -162,7 +169,8 @@ def gen_pw_dw(name: str, *, expand_weight: np.ndarray, expand_bias: np.ndarray, 
     ring = K * C * rl + rl  # K slots of C rows, then one zero row
     band = C * nvo * vl if project else 0  # the depthwise output row the project reads
     load = VECTOR_LOAD[S]
-    sched = {**default_tile(C, W, cin, target, expand_sparsity is not None), **(schedule or {})}
+    sched = pick(tiles(C, W, cin, target, expand_sparsity is not None, kept_weights(expand_sparsity)),
+                 {k_: v for k_, v in (schedule or {}).items() if not k_.startswith("p")})
     e = _row_conv(ew, expand_bias, expand_act, expand_sparsity, sched, at=0, src="src", cs=in_layout.ps, W=W,
                   dst="slot", dst_ld=rl, tail="te", res=None, target=target, where=f"{where} (expand)", role="expand")
     what, sched = e.what, dict(e.sched)
@@ -172,7 +180,7 @@ def gen_pw_dw(name: str, *, expand_weight: np.ndarray, expand_bias: np.ndarray, 
         check_act(project.act, f"{where} (project)")
         pw = check_weight(project.weight, (O.C, C, 1, 1), f"{name} (project)")
         ps_ = {k_[1:]: v for k_, v in (schedule or {}).items() if k_.startswith("p")}
-        ps_ = {**default_tile(O.C, Wo, C, target, project.sparsity is not None), **ps_}
+        ps_ = pick(tiles(O.C, Wo, C, target, project.sparsity is not None, kept_weights(project.sparsity)), ps_)
         row = f"{O.origin} + (size_t)oh * {O.ld}"
         p = _row_conv(pw, project.bias, project.act, project.sparsity, ps_, at=dw, src="band", cs=nvo * vl, W=Wo,
                       dst=f"(out + {row})", dst_ld=O.ps, tail="to", res=f"(res + {row})" if has_residual else None,

@@ -24,7 +24,7 @@ class CDialect:
     vector_width: str   # defines VL, the floats per vector
     minmax: str         # vmax, vmin
     masked_io: str      # vload_lanes, vstore_lanes
-    keep: str           # PS_KEEP(v): pin a vector in a register
+    keep: str           # PS_KEEP(v): pin a vector in a register; PS_OPAQUE(p): hide a pointer's value
     load_s2: str        # ps_load_s2(p): lanes 0, 2, 4, ... of p[0 .. 2*VL)
     spread4: str        # PC_SPREAD4(p, lanes...): a vector of four floats at p, spread over lanes
     dot4: str           # int8: ps_w4, ps_w4_vec(words), ps_dot4(acc, x, w), PS_XMASK (compiler/int8)

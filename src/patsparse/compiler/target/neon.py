@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from .dialect import CDialect
 from .generic import DOT4 as GENERIC_DOT4
-from .generic import MASKED_IO, MINMAX, SPREAD4
+from .generic import MASKED_IO, MINMAX, OPAQUE_ASM, SPREAD4
 
 LANES = 4
 VREG_CONSTRAINT = "w"
@@ -36,5 +36,5 @@ static inline vi ps_dot4(vi acc, vi x, ps_w4 w) {
 
 DIALECT = CDialect(pause='    __asm__ __volatile__("yield");\n', vector_width=f"#define VL {LANES}\n",
                    minmax=MINMAX, masked_io=MASKED_IO,
-                   keep='#define PS_KEEP(v) __asm__("" : "+%s"(v))\n' % VREG_CONSTRAINT,
+                   keep='#define PS_KEEP(v) __asm__("" : "+%s"(v))\n' % VREG_CONSTRAINT + OPAQUE_ASM,
                    load_s2=LOAD_S2, spread4=SPREAD4, dot4=DOT4)

@@ -14,7 +14,7 @@ from .dialect import CDialect
 from .generic import LOAD_S2 as GENERIC_LOAD_S2
 from .generic import MASKED_IO as GENERIC_MASKED_IO
 from .generic import MINMAX as GENERIC_MINMAX
-from .generic import NO_KEEP, even_c
+from .generic import NO_KEEP, OPAQUE_ASM, even_c
 from .generic import DOT4 as GENERIC_DOT4
 from .generic import SPREAD4 as GENERIC_SPREAD4
 
@@ -68,7 +68,7 @@ KEEP = r"""/* Pin a loaded vector in a register: without it GCC folds the load i
 #if (defined(__x86_64__) || defined(__i386__)) && !defined(PS_EMULATED_VL)
 #define PS_KEEP(v) __asm__("" : "+%s"(v))
 #else
-""" % VREG_CONSTRAINT + NO_KEEP + "#endif\n"
+""" % VREG_CONSTRAINT + NO_KEEP + "#endif\n" + OPAQUE_ASM
 
 LOAD_S2 = ("#if VL == 16\n" + even_c(16) + "#elif VL == 8\n" + even_c(8) + "#else\n"
            + even_c(4) + "#endif\n" + r"""#if VL == 8 && defined(__AVX2__)
