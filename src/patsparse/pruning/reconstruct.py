@@ -210,7 +210,7 @@ def reconstruct(model: nn.Module, dense: nn.Module, spec: Mapping[str, Any], loa
     batches = calibration_batches(loader, images)
     used = sum(len(b) for b in batches)
     masks = spec_masks(spec)
-    modules = dict(model.named_modules())
+    modules, references = dict(model.named_modules()), dict(dense.named_modules())
     modes = (model.training, dense.training)
     model.eval()
     dense.eval()
@@ -220,7 +220,7 @@ def reconstruct(model: nn.Module, dense: nn.Module, spec: Mapping[str, Any], loa
     try:
         for name in forward_order(model, masks, batches[0].to(device)) if batches else []:
             conv = modules[name]
-            ref = dict(dense.named_modules())[name]
+            ref = references[name]
             h, c, hd = layer_statistics(model, dense, name, batches, per_image, generator, device)
             w_dense = _grouped(conv, ref.weight, ref.bias)
             w_projected = _grouped(conv, conv.weight, conv.bias)
