@@ -251,3 +251,21 @@ def test_the_report_counts_the_budgets_seeds_not_one_runs(tmp_path: Path) -> Non
     assert acc.main(argv) == 0
     seeds = acc.BUDGETS["medium"].seeds
     assert f"{len(acc.ROWS)} rows x {seeds} seeds" in (tmp_path / "RESULTS.md").read_text()
+
+
+def test_rows_stored_before_a_recipe_knob_existed_still_count() -> None:
+    """A knob added to PruneRecipe after a row ran is missing from its stored recipe: at its default
+    the row is the same configuration, set to anything else it is not."""
+    cell = acc.Cell("fashion-mnist", acc.BUDGETS["medium"], "vgg16_bn", 0, None, "cpu", False, "")
+    row = {r.id: r for r in acc.ROWS}["pc-8x-oneshot"]
+    current = cell.config(row)
+    stored = {**current, "recipe": {k: v for k, v in current["recipe"].items() if k != "saliency"}}
+    assert acc.same_config(stored, current) and acc.same_config(current, current)
+    assert not acc.same_config(stored, {**current, "recipe": {**current["recipe"], "saliency": 64}})
+    assert not acc.same_config({**stored, "seed": 1}, current)
+    assert not acc.same_config(None, current)
+    grid = report.BENCH / "accuracy/fashion-mnist/medium"
+    for model, seed, row in (("resnet18", 0, "pc-8x-oneshot"), ("resnet18", 0, "dense"), ("vgg16_bn", 1, "magnitude-8x")):
+        real = json.loads((grid / f"{model}/seed{seed}/{row}.json").read_text())["config"]
+        cell = acc.Cell("fashion-mnist", acc.BUDGETS["medium"], model, seed, None, "cpu", False, "")
+        assert acc.same_config(real, cell.config({r.id: r for r in acc.ROWS}[row])), (model, seed, row)
