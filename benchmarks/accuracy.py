@@ -36,7 +36,7 @@ import shutil
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -305,17 +305,22 @@ def run_cell(cell: Cell, rows: Iterable[Row], out: Path, log: Callable[[str], No
     return results
 
 
+# Fields added to Row and PruneRecipe after rows were stored, at the value that does what was done
+# before they existed: a stored row without one ran with this value.
+ADDED_FIELDS = {"row": {"oneshot": False},
+                "recipe": {"dynamic": 0.0, "dynamic_reach": 3.0, "dynamic_every": 1, "reconstruct": 0, "saliency": 0}}
+
+
 def same_config(stored: Any, current: dict[str, Any]) -> bool:
-    """Whether a stored row ran the configuration ``current`` asks for. A field added to the row
-    or the recipe after the row ran is absent from what it stored; at its default it changes
-    nothing that ran."""
+    """Whether a stored row ran the configuration ``current`` asks for, reading a field it lacks
+    (added later, :data:`ADDED_FIELDS`) as the value that reproduces what ran before."""
     if not isinstance(stored, dict):
         return False
-    defaults = {"row": {f.name: f.default for f in fields(Row)}, "recipe": PruneRecipe().to_dict()}
     seen = dict(current)
-    for key, default in defaults.items():
+    for key, added in ADDED_FIELDS.items():
         if isinstance(stored.get(key), dict) and isinstance(current.get(key), dict):
-            seen[key] = {k: v for k, v in current[key].items() if k in stored[key] or v != default.get(k)}
+            seen[key] = {k: v for k, v in current[key].items()
+                         if k in stored[key] or k not in added or v != added[k]}
     return stored == seen
 
 

@@ -264,6 +264,8 @@ def test_rows_stored_before_a_recipe_knob_existed_still_count() -> None:
     assert not acc.same_config(stored, {**current, "recipe": {**current["recipe"], "saliency": 64}})
     assert not acc.same_config({**stored, "seed": 1}, current)
     assert not acc.same_config(None, current)
+    older = {**current, "recipe": {k: v for k, v in current["recipe"].items() if k != "steps"}}
+    assert not acc.same_config(older, current)  # not a known later field: no guess about what ran
     grid = report.BENCH / "accuracy/fashion-mnist/medium"
     for model, seed, row in (("resnet18", 0, "pc-8x-oneshot"), ("resnet18", 0, "dense"), ("vgg16_bn", 1, "magnitude-8x")):
         real = json.loads((grid / f"{model}/seed{seed}/{row}.json").read_text())["config"]
