@@ -308,7 +308,7 @@ def run_cell(cell: Cell, rows: Iterable[Row], out: Path, log: Callable[[str], No
 # Fields added to Row and PruneRecipe after rows were stored, at the value that does what was done
 # before they existed: a stored row without one ran with this value.
 ADDED_FIELDS = {"row": {"oneshot": False},
-                "recipe": {"dynamic": 0.0, "dynamic_reach": 3.0, "dynamic_every": 1, "reconstruct": 0, "saliency": 0}}
+                "recipe": {"dynamic": 0.0, "dynamic_reach": 3.0, "dynamic_every": 1, "reconstruct": 0}}
 
 
 def same_config(stored: Any, current: dict[str, Any]) -> bool:

@@ -51,7 +51,6 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "reconstruct-256": {"reconstruct": 256},
     "reconstruct-1024": {"reconstruct": 1024},
     "reconstruct-1024-lr-0.01": {"reconstruct": 1024, "retrain_lr": 0.01},
-    "saliency-1024": {"saliency": 1024},
     "admm": ADMM,
     "admm-steps-3000": {"oneshot": False, "steps": 3000},
     "retrain-lr-0.01": {**ADMM, "retrain_lr": 0.01},
@@ -136,7 +135,7 @@ def render(runs: dict[str, list[dict]], subset: int) -> str:
         "## Pruning defaults: which knob matters at a user's budget", "",
         f"Written by `benchmarks/prune_defaults.py`. A trained model pruned by `ps.prune` with a loader of "
         f"{subset} training images and the default recipe (one projection, then 3000 SGD steps of masked "
-        "retraining), one knob changed per row: `steps-1500` halves the budget and `steps-6000` doubles it, `lr-0.01` and `lr-0.1` retrain at a third of the default rate and at 3.3 times it, `allocation-uniform` keeps the same kernel fraction in every layer and `min-keep-0.5` raises LAMP's per-layer floor to half the uniform share; the `dynamic` rows re-choose the masks from weights that keep training (SR-STE) during the first half of retraining before they freeze (`dynamic-reach-10`: a stronger decay on the pruned weights, `dynamic-progressive`: connectivity tightening from every kernel over that half); `reconstruct-N` refits the kept weights of every pruned conv after hard pruning by layer-wise least squares against the unpruned network's outputs on N training images (`-lr-0.01`: then retrained at a third of the default rate, so that retraining starts from the refit instead of undoing it); `saliency-N` chooses the patterns, kernels and per-layer budgets by `w^2 E[x^2]`, the input moments measured on N training images, instead of weight magnitude; `admm` is the paper's ADMM "
+        "retraining), one knob changed per row: `steps-1500` halves the budget and `steps-6000` doubles it, `lr-0.01` and `lr-0.1` retrain at a third of the default rate and at 3.3 times it, `allocation-uniform` keeps the same kernel fraction in every layer and `min-keep-0.5` raises LAMP's per-layer floor to half the uniform share; the `dynamic` rows re-choose the masks from weights that keep training (SR-STE) during the first half of retraining before they freeze (`dynamic-reach-10`: a stronger decay on the pruned weights, `dynamic-progressive`: connectivity tightening from every kernel over that half); `reconstruct-N` refits the kept weights of every pruned conv after hard pruning by layer-wise least squares against the unpruned network's outputs on N training images (`-lr-0.01`: then retrained at a third of the default rate, so that retraining starts from the refit instead of undoing it); `admm` is the paper's ADMM "
         "as the default once ran it (1500 steps, half ADMM and half retraining), and the rows below it change "
         "one knob of that (`legacy`: the penalty, allocation and no distillation of earlier releases; "
         "`old-budget`: the earlier 4 x 1 ADMM and 3 retraining epochs; the rows from `legacy` down were swept "

@@ -259,9 +259,9 @@ def test_rows_stored_before_a_recipe_knob_existed_still_count() -> None:
     cell = acc.Cell("fashion-mnist", acc.BUDGETS["medium"], "vgg16_bn", 0, None, "cpu", False, "")
     row = {r.id: r for r in acc.ROWS}["pc-8x-oneshot"]
     current = cell.config(row)
-    stored = {**current, "recipe": {k: v for k, v in current["recipe"].items() if k != "saliency"}}
+    stored = {**current, "recipe": {k: v for k, v in current["recipe"].items() if k != "reconstruct"}}
     assert acc.same_config(stored, current) and acc.same_config(current, current)
-    assert not acc.same_config(stored, {**current, "recipe": {**current["recipe"], "saliency": 64}})
+    assert not acc.same_config(stored, {**current, "recipe": {**current["recipe"], "reconstruct": 64}})
     assert not acc.same_config({**stored, "seed": 1}, current)
     assert not acc.same_config(None, current)
     older = {**current, "recipe": {k: v for k, v in current["recipe"].items() if k != "steps"}}

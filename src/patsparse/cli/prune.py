@@ -138,9 +138,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     a("--reconstruct", type=int, metavar="IMAGES",
       help="after hard pruning, refit the kept weights of every pruned conv by least squares so that it "
            "reproduces the unpruned network's outputs on this many training images (default 0: off)")
-    a("--saliency", type=int, metavar="IMAGES",
-      help="choose patterns, kernels and per-layer budgets by w^2 E[x^2], with the inputs measured on this "
-           "many training images, instead of weight magnitude (default 0: magnitude)")
     a("--lr", type=float, help="SGD learning rate (default 0.01)")
     a("--layers", help="comma-separated conv names to prune (default: every 3x3 conv but the first, "
                          "1x1 convs per --conv1x1)")
@@ -165,7 +162,7 @@ def _recipe(args: argparse.Namespace):
         "retrain_epochs": args.retrain_epochs, "rho": args.rho, "lr": args.lr,
         "penalty_reach": args.penalty_reach, "steps": args.steps, "dynamic": args.dynamic,
         "dynamic_reach": args.dynamic_reach, "distill": args.distill, "allocation": args.allocation,
-        "reconstruct": args.reconstruct, "saliency": args.saliency,
+        "reconstruct": args.reconstruct,
         "layers": args.layers.split(",") if args.layers else None,
         "conv1x1": args.conv1x1, "connectivity_balanced": args.balanced or None}
     knobs["oneshot"] = method_for(True if args.oneshot else False if args.admm else None, knobs)

@@ -61,11 +61,11 @@ class ADMMState:
             w = p.module.weight.detach()
             lv = _LayerVars(p)
             if p.mode != CONNECTIVITY:
-                lv.z, lv.pattern_ids = project_pattern(w, library, p.importance)
+                lv.z, lv.pattern_ids = project_pattern(w, library)
                 lv.u = torch.zeros_like(w)
             if p.mode != PATTERN:
                 lv.keep = p.keep
-                lv.y = project_connectivity(w, p.keep, p.balanced, p.grouped, p.importance)[0]
+                lv.y = project_connectivity(w, p.keep, p.balanced, p.grouped)[0]
                 lv.v = torch.zeros_like(w)
             self.layers.append(lv)
 
@@ -93,8 +93,7 @@ class ADMMState:
             keep = scheduled_keep(p, fraction, "geometric")
             if keep != lv.keep:
                 lv.keep = keep
-                lv.y = project_connectivity(p.module.weight.detach() + lv.v, keep, p.balanced, p.grouped,
-                                              p.importance)[0]
+                lv.y = project_connectivity(p.module.weight.detach() + lv.v, keep, p.balanced, p.grouped)[0]
 
     def penalty(self, model: nn.Module | None = None) -> torch.Tensor:
         """sum rho/2 ||W - Z + U||^2 + rho/2 ||W - Y + V||^2 (differentiable in W).
@@ -125,14 +124,13 @@ class ADMMState:
             den += sq
             rec = per_layer[lv.plan.name] = {}
             if lv.z is not None:
-                lv.z, lv.pattern_ids = project_pattern(w + lv.u, self.library, lv.plan.importance)
+                lv.z, lv.pattern_ids = project_pattern(w + lv.u, self.library)
                 lv.u += w - lv.z
                 d = float((w - lv.z).pow(2).sum())
                 num_z += d
                 rec["pattern"] = math.sqrt(d / sq) if sq else 0.0
             if lv.y is not None:
-                lv.y = project_connectivity(w + lv.v, lv.keep, lv.plan.balanced, lv.plan.grouped,
-                                              lv.plan.importance)[0]
+                lv.y = project_connectivity(w + lv.v, lv.keep, lv.plan.balanced, lv.plan.grouped)[0]
                 lv.v += w - lv.y
                 d = float((w - lv.y).pow(2).sum())
                 num_y += d

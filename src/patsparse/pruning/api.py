@@ -30,7 +30,6 @@ from .masks import MaskEnforcer
 from .phase import count_batches, fmt, log, train_phase
 from .projection import prune_planned
 from .reconstruct import reconstruct as refit_layers, summary as refit_summary
-from .saliency import input_moments
 from .recipe import PruneRecipe, method_for
 from .spec import check_weights, spec_masks
 
@@ -207,8 +206,7 @@ def prune(model: nn.Module, train_loader: Iterable, rate: float = 8, library: st
           device: str = "cpu", progress: bool = True, recipe: PruneRecipe | None = None,
           conv1x1: str | None = None, distill: float | None = None, allocation: str | None = None,
           dynamic: float | None = None, output: Callable[[Any], torch.Tensor] | None = None,
-          reconstruct: int | None = None, saliency: int | None = None,
-          checkpoint: str | Path | None = None) -> nn.Module:
+          reconstruct: int | None = None, checkpoint: str | Path | None = None) -> nn.Module:
     """Pattern-prune ``model`` in place at a compression ``rate`` over its pruned layers and return it.
 
     ``train_loader`` is any re-iterable of ``(input, target)`` batches (cross-entropy loss).
@@ -225,9 +223,7 @@ def prune(model: nn.Module, train_loader: Iterable, rate: float = 8, library: st
     (0 = off), ``allocation`` how kept kernels are spread over layers ("lamp" or "uniform").
     ``reconstruct`` (a number of training images, 0 = off) refits the kept weights after hard
     pruning by layer-wise least squares against the unpruned network's outputs
-    (:mod:`~patsparse.pruning.reconstruct`). ``saliency`` (a number of training images, 0 = off)
-    chooses what to prune by ``w^2 E[x^2]`` instead of weight magnitude
-    (:mod:`~patsparse.pruning.saliency`).
+    (:mod:`~patsparse.pruning.reconstruct`).
     Unset knobs come from ``recipe`` (default :class:`PruneRecipe`), whose every field is
     documented. ``output`` picks the logits when
     the model's forward returns a tuple or dict. ``eval_loader`` is used for progress reports
@@ -250,17 +246,13 @@ def prune(model: nn.Module, train_loader: Iterable, rate: float = 8, library: st
                           connectivity_balanced=connectivity_balanced or None,
                           oneshot=method_for(oneshot, {"epochs": epochs, "admm_iters": admm_iters, "rho": rho}),
                           conv1x1=conv1x1, distill=distill, allocation=allocation, dynamic=dynamic,
-                          reconstruct=reconstruct, saliency=saliency)
+                          reconstruct=reconstruct)
     lib = pattern_library(library if isinstance(library, torch.Tensor) else r.library)
     plans = plan_layers(model, r.rate, r.layers, r.conv1x1, r.connectivity_balanced,
                         allocation=r.allocation, library=lib, min_layer_keep=r.min_layer_keep)
     model.to(device)
     net = model if output is None else _Selected(model, output)
     r = _check_loader(net, train_loader, r, device)
-    if r.saliency:  # the plans above checked the rate before any data was read; now weight them
-        plans = plan_layers(model, r.rate, r.layers, r.conv1x1, r.connectivity_balanced, allocation=r.allocation,
-                            library=lib, min_layer_keep=r.min_layer_keep,
-                            importance=input_moments(net, plans, train_loader, r.saliency, device))
     batches = count_batches(train_loader)
     if r.seed is not None:
         torch.manual_seed(r.seed)

@@ -52,14 +52,6 @@ def kernel_rows(weight: torch.Tensor, grouped: bool) -> torch.Tensor:
     return grouped_rows(weight) if grouped else weight.flatten(2)
 
 
-def scored_rows(weight: torch.Tensor, grouped: bool, importance: torch.Tensor | None = None) -> torch.Tensor:
-    """The rows the projections rank: :func:`kernel_rows` of ``weight``, each entry scaled by the
-    square root of its ``importance`` (same shape as the weight, e.g. the input moments of
-    :mod:`patsparse.pruning.saliency`), so squared entries are ``w^2 * importance``."""
-    rows = kernel_rows(weight, grouped)
-    return rows if importance is None else rows * kernel_rows(importance.to(rows), grouped).sqrt()
-
-
 def from_kernel_rows(rows: torch.Tensor, shape: torch.Size | tuple[int, ...], grouped: bool) -> torch.Tensor:
     """Inverse of :func:`kernel_rows`: the padding of a short last group is dropped."""
     o, i = shape[:2]

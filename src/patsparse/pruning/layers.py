@@ -32,14 +32,14 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 
 from ..errors import InputError
 from ..patterns.library import PATTERN_SIZE, pattern_library, pattern_scores
-from .grouping import group_costs, group_count, grouping_problem, scored_rows
+from .grouping import group_costs, group_count, grouping_problem, kernel_rows
 
 PATTERN_RATE = 9 / 4  # what pattern pruning alone gives on a 3x3 kernel
 PATTERN_AND_CONNECTIVITY = "pattern+connectivity"
@@ -56,9 +56,6 @@ class LayerPlan:
 
     ``keep`` is a kernel count for the whole layer (virtual kernels for a grouped 1x1 conv);
     in balanced mode it is a multiple of the number of filters (the same count per filter).
-    ``importance`` (the weight's shape, or None for weight magnitude alone) weights every
-    weight's square when patterns, kernels and budgets are chosen
-    (:mod:`~patsparse.pruning.saliency`).
     """
 
     name: str
@@ -66,7 +63,6 @@ class LayerPlan:
     mode: str
     keep: int | None = None
     balanced: bool = False
-    importance: torch.Tensor | None = None
 
     @property
     def grouped(self) -> bool:
@@ -190,8 +186,8 @@ def kernel_costs(plan: LayerPlan, library: torch.Tensor) -> torch.Tensor:
 
 def kernel_energies(plan: LayerPlan, library: torch.Tensor) -> torch.Tensor:
     """Squared norm each kernel of a layer keeps once pruned: after pattern projection onto
-    ``library``, or the whole kernel's for connectivity alone (weighted by ``plan.importance``)."""
-    rows = scored_rows(plan.module.weight.detach(), plan.grouped, plan.importance)
+    ``library``, or the whole kernel's for connectivity alone."""
+    rows = kernel_rows(plan.module.weight.detach(), plan.grouped)
     if plan.mode == CONNECTIVITY:
         return rows.pow(2).sum(dim=2).flatten()
     return pattern_scores(rows, library).max(dim=1).values
@@ -275,8 +271,7 @@ def lamp_shares(energies: Sequence[torch.Tensor], total: float, floors: Sequence
 
 def plan_layers(model: nn.Module, rate: float, layers: Sequence[str] | None = None,
                 conv1x1: str = "grouped", balanced: bool = False, allocation: str = "uniform",
-                library: torch.Tensor | None = None, min_layer_keep: float = 0.25,
-                importance: Mapping[str, torch.Tensor] | None = None) -> list[LayerPlan]:
+                library: torch.Tensor | None = None, min_layer_keep: float = 0.25) -> list[LayerPlan]:
     """Decide each pruned layer's mode and kernel budget for a compression ``rate`` over the
     pruned layers (``layers`` and ``conv1x1`` select them as in :func:`select_layers`).
 
@@ -284,8 +279,7 @@ def plan_layers(model: nn.Module, rate: float, layers: Sequence[str] | None = No
     ``allocation="lamp"``, gives the energies: the connectivity budget is spread by
     :func:`lamp_shares` over the energy each kernel keeps after pattern projection, with no
     layer below ``min_layer_keep`` of its uniform share; ``"uniform"`` keeps the same fraction
-    of kernels everywhere. ``importance`` (per conv name, see :class:`LayerPlan`) weights the
-    energies and goes into the plans, so every later projection uses it too.
+    of kernels everywhere.
     """
     if allocation not in ("uniform", "lamp"):
         raise InputError(f"allocation must be 'uniform' or 'lamp', got {allocation!r}")
@@ -295,9 +289,7 @@ def plan_layers(model: nn.Module, rate: float, layers: Sequence[str] | None = No
         raise InputError(f"rate {rate} cannot be reached: pattern pruning alone already gives "
                          f"{PATTERN_RATE}x on 3x3 convs, so the rate must be >= 2.25")
     lib = pattern_library("phase2") if library is None else library
-    importance = importance or {}
-    plans = [LayerPlan(n, m, mode, balanced=balanced, importance=importance.get(n))
-             for n, m, mode in select_layers(model, layers, conv1x1)]
+    plans = [LayerPlan(n, m, mode, balanced=balanced) for n, m, mode in select_layers(model, layers, conv1x1)]
     dense = sum(p.module.weight.numel() for p in plans)
     fixed = sum(float(kernel_costs(p, lib).sum()) for p in plans if p.mode == PATTERN)  # depthwise: exact
     conn = [p for p in plans if p.mode != PATTERN]

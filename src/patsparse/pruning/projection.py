@@ -20,7 +20,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..patterns.library import pattern_library
-from .grouping import GROUP, from_kernel_rows, kernel_rows, scored_rows
+from .grouping import GROUP, from_kernel_rows, kernel_rows
 from .layers import CONNECTIVITY, PATTERN, LayerPlan, plan_layers
 from .spec import PRUNED, layer_entry, make_spec
 
@@ -48,7 +48,7 @@ def _check_pattern_weight(weight: torch.Tensor, what: str) -> bool:
 
 
 def project_pattern(weight: torch.Tensor, library: torch.Tensor | str = "phase2",
-                    importance: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Project every 3x3 kernel (or every virtual 3x3 kernel of a 1x1 conv) onto its best
     library pattern.
 
@@ -57,21 +57,18 @@ def project_pattern(weight: torch.Tensor, library: torch.Tensor | str = "phase2"
     being I for 3x3 kernels and ceil(I / 9) for a 1x1 conv. The short last group of a 1x1 conv
     keeps the cut mask of largest kept energy, which may hold fewer than 4 entries.
     An all-zero kernel gets id 0 (it is the connectivity projection that marks kernels pruned).
-    ``importance`` (the weight's shape) makes the chosen mask the one keeping the largest
-    ``sum w^2 * importance`` (:mod:`~patsparse.pruning.saliency`); the kept values are unchanged.
     """
     grouped = _check_pattern_weight(weight, "project_pattern")
     lib = pattern_library(library)
     w = weight.detach()
     rows = kernel_rows(w, grouped)
     flat = rows.reshape(-1, 9)
-    scored = flat if importance is None else scored_rows(w, grouped, importance).reshape(-1, 9)
     lib_flat = lib.to(dtype=w.dtype, device=w.device).reshape(-1, 9)
     n = flat.shape[0]
     step = max(1, _SCORE_BLOCK // lib_flat.shape[0])
     ids = torch.empty(n, dtype=torch.long, device=w.device)
     for start in range(0, n, step):  # blocks of kernels, not single kernels: bounded memory
-        chunk = scored[start:start + step]
+        chunk = flat[start:start + step]
         ids[start:start + step] = ((chunk * chunk) @ lib_flat.T).argmax(dim=1)
     projected = from_kernel_rows(flat * lib_flat[ids], w.shape, grouped)
     return projected, ids.view(rows.shape[:2])
@@ -99,16 +96,14 @@ def kernels_to_keep(keep: int | float, out_channels: int, in_channels: int,
 
 
 def project_connectivity(weight: torch.Tensor, keep: int | float, balanced: bool = False,
-                         grouped: bool = False, importance: torch.Tensor | None = None,
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
+                         grouped: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Keep the kernels of largest L2 norm and zero the rest.
 
     ``keep``: a fraction of kernels (float in (0, 1]) or a count (int). ``balanced=True`` keeps
     the same number in every filter (output channel). ``grouped=True`` takes a 1x1 conv's
     virtual 3x3 kernels (whole groups of 9 input channels) as its kernels. Returns
     ``(projected, kept)`` with ``kept`` an (O, K) bool mask. Ties are broken by position
-    (stable sort), so the result is deterministic. ``importance`` (the weight's shape) ranks
-    kernels by ``sum w^2 * importance`` instead (:mod:`~patsparse.pruning.saliency`).
+    (stable sort), so the result is deterministic.
     """
     if not isinstance(weight, torch.Tensor) or weight.dim() != 4:
         raise InputError(f"project_connectivity: expected a conv weight (O, I, kh, kw), got {_shape(weight)}")
@@ -119,7 +114,7 @@ def project_connectivity(weight: torch.Tensor, keep: int | float, balanced: bool
     rows = kernel_rows(w, grouped)
     o, i = rows.shape[:2]
     k = kernels_to_keep(keep, o, i, balanced, "project_connectivity")
-    norms = scored_rows(w, grouped, importance).pow(2).sum(dim=2)
+    norms = rows.norm(dim=2)
     if balanced:
         order = torch.sort(norms, dim=1, descending=True, stable=True).indices[:, :k]
         kept = torch.zeros(o, i, dtype=torch.bool, device=w.device)
@@ -135,19 +130,18 @@ def project_connectivity(weight: torch.Tensor, keep: int | float, balanced: bool
 def prune_layer(weight: torch.Tensor, plan: LayerPlan, library: torch.Tensor,
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Hard-prune one layer's weight per its plan: pattern projection, then keep the ``plan.keep``
-    kernels (virtual kernels for a grouped 1x1 conv) of largest remaining norm (both weighted by
-    ``plan.importance`` when the plan has one). Returns
+    kernels (virtual kernels for a grouped 1x1 conv) of largest remaining norm. Returns
     ``(projected, kernel_ids)`` (-1 = pruned).
 
     The one place that turns a plan into final weights, shared by one-shot projection and the
     hard-pruning step that ends ADMM.
     """
     if plan.mode == CONNECTIVITY:
-        projected, kept = project_connectivity(weight, plan.keep, plan.balanced, importance=plan.importance)
+        projected, kept = project_connectivity(weight, plan.keep, plan.balanced)
         return projected, torch.where(kept, 0, PRUNED)
-    projected, ids = project_pattern(weight, library, plan.importance)
+    projected, ids = project_pattern(weight, library)
     if plan.mode != PATTERN:
-        projected, kept = project_connectivity(projected, plan.keep, plan.balanced, plan.grouped, plan.importance)
+        projected, kept = project_connectivity(projected, plan.keep, plan.balanced, plan.grouped)
         ids = torch.where(kept, ids, PRUNED)
     return projected, ids
 

@@ -130,10 +130,6 @@ class PruneRecipe:
         BatchNorm is re-estimated after it. 0 (the default): the refit makes hard pruning cost
         far less, but after ``steps`` of retraining it did not beat retraining the plain
         projection on VGG-16 with 6,000 images (PRUNING.md has the numbers).
-    saliency: training images whose activations weight the choice of what to prune (0 = weight
-        magnitude alone): every weight is scored by ``w^2 E[x^2]``, with ``E[x^2]`` the mean
-        square of the input it multiplies in the unpruned model (:mod:`patsparse.pruning.saliency`),
-        for the patterns, the kernels and LAMP's per-layer budgets alike.
     """
 
     rate: float = 8.0
@@ -167,7 +163,6 @@ class PruneRecipe:
     dynamic_every: int = 1
     bn_batches: int = 50
     reconstruct: int = 0
-    saliency: int = 0
     seed: int | None = 0
     notes: dict[str, Any] = field(default_factory=dict)
 
@@ -186,7 +181,7 @@ class PruneRecipe:
         def count(v: Any) -> bool:
             return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
-        for k in ("admm_iters", "bn_batches", "steps", "reconstruct", "saliency"):
+        for k in ("admm_iters", "bn_batches", "steps", "reconstruct"):
             need(count(getattr(self, k)), f"{k} must be an int >= 0, got {getattr(self, k)!r}")
         for k in ("epochs", "retrain_epochs"):
             v = getattr(self, k)
