@@ -65,6 +65,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "strength-0.01": {**ADMM, "penalty_strength": 0.01, "retrain_lr": 0.01},
 }
 OUT = _report.BENCH / "prune_defaults"
+
+
 def setup(model_dir: Path, config: str, rate: float, seed: int, subset: int, batch_size: int, dataset: str):
     """A fresh copy of the trained model, the seed's training loader and the config's recipe."""
     train_loader, _ = get_loaders(dataset, batch_size=batch_size, subset=subset, seed=seed)

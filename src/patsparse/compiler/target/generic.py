@@ -25,8 +25,10 @@ static inline void vstore_lanes(float *p, unsigned m, vf v) {
 
 NO_KEEP = "#define PS_KEEP(v) ((void)0)\n"
 # PS_OPAQUE(p): the pointer p as if changed here, so loads through it stay where they are (a
-# kernel whose loop-invariant loads gcc would otherwise hoist and spill); portable C: no-op
+# kernel whose loop-invariant loads gcc would otherwise hoist and spill). The targets with gcc
+# and a register constraint use the asm; the portable dialect makes it a no-op.
 OPAQUE_ASM = '#define PS_OPAQUE(p) __asm__("" : "+r"(p))\n'
+NO_OPAQUE = "#define PS_OPAQUE(p) ((void)0)\n"
 
 LOAD_S2 = r"""static inline vf ps_load_s2(const float *p) {
     return __builtin_shuffle(vload(p), vload(p + VL), PS_EVEN);
@@ -49,7 +51,7 @@ def even_c(lanes: int) -> str:
 def dialect(lanes: int) -> CDialect:
     """The portable dialect at a fixed width of ``lanes`` floats."""
     return CDialect(pause="", vector_width=f"#define VL {lanes}\n", minmax=MINMAX, masked_io=MASKED_IO,
-                    keep=NO_KEEP + '#define PS_OPAQUE(p) ((void)0)\n', load_s2=even_c(lanes) + LOAD_S2, spread4=SPREAD4, dot4=DOT4)
+                    keep=NO_KEEP + NO_OPAQUE, load_s2=even_c(lanes) + LOAD_S2, spread4=SPREAD4, dot4=DOT4)
 
 # int8 4-way dot product (compiler/int8): each int32 lane of x holds four uint8 codes, w four
 # int8 weights; ps_dot4 adds their four products to the lane, exactly. ps_w4_vec takes one weight
